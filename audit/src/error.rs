@@ -1,0 +1,134 @@
+//! Errors of the audit crate.
+//!
+//! Every variant says what was being done and with which path. The type is `Clone` because one
+//! failed write is reported to every caller whose event was in that batch, and is kept (sticky)
+//! for every later caller.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What went wrong while writing or reading the audit log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    /// The log directory could not be created.
+    #[error("cannot create audit directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// A segment file could not be opened (or created).
+    #[error("cannot open audit log {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The exclusive lock that keeps appends from several processes apart could not be taken.
+    #[error("cannot lock audit log {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// Appending events failed; the events of that batch are not (fully) on disk.
+    #[error("cannot append to audit log {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// `fdatasync` failed; whether the events reached the disk is unknown.
+    #[error("cannot sync audit log {path} to disk: {source}")]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// Reading a segment (or listing the directory) failed.
+    #[error("cannot read audit log {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// A line is not a valid event.
+    #[error("{path} line {line}: not a valid audit event: {reason}")]
+    Parse {
+        path: PathBuf,
+        /// 1-based line number within the segment.
+        line: u64,
+        reason: String,
+    },
+    /// An event could not be encoded as JSON.
+    #[error("cannot encode audit event of type {kind:?}: {reason}")]
+    Encode { kind: String, reason: String },
+    /// The directory holds no audit log.
+    #[error("no audit log in {dir} (expected {expected})")]
+    NoLog { dir: PathBuf, expected: PathBuf },
+    /// The writer was closed (or has stopped); nothing more can be recorded through it.
+    #[error("audit log writer for {dir} is closed")]
+    Closed { dir: PathBuf },
+    /// An earlier write failed, so the writer refuses further events (fail closed): the state
+    /// of the file is no longer known to be good. Restart to recover.
+    #[error("audit log in {dir} is unusable after an earlier failure: {source}")]
+    Failed {
+        dir: PathBuf,
+        #[source]
+        source: Box<AuditError>,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start audit writer for {dir}: {source}")]
+    Spawn {
+        dir: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+}
+
+// Constructors for the io-error variants, so call sites read `map_err(|e| AuditError::open(&p, e))`.
+impl AuditError {
+    pub(crate) fn create_dir(path: &Path, e: io::Error) -> AuditError {
+        AuditError::CreateDir {
+            path: path.to_owned(),
+            source: Arc::new(e),
+        }
+    }
+    pub(crate) fn open(path: &Path, e: io::Error) -> AuditError {
+        AuditError::Open {
+            path: path.to_owned(),
+            source: Arc::new(e),
+        }
+    }
+    pub(crate) fn lock(path: &Path, e: io::Error) -> AuditError {
+        AuditError::Lock {
+            path: path.to_owned(),
+            source: Arc::new(e),
+        }
+    }
+    pub(crate) fn write(path: &Path, e: io::Error) -> AuditError {
+        AuditError::Write {
+            path: path.to_owned(),
+            source: Arc::new(e),
+        }
+    }
+    pub(crate) fn sync(path: &Path, e: io::Error) -> AuditError {
+        AuditError::Sync {
+            path: path.to_owned(),
+            source: Arc::new(e),
+        }
+    }
+    pub(crate) fn read(path: &Path, e: io::Error) -> AuditError {
+        AuditError::Read {
+            path: path.to_owned(),
+            source: Arc::new(e),
+        }
+    }
+    pub(crate) fn spawn(dir: &Path, e: io::Error) -> AuditError {
+        AuditError::Spawn {
+            dir: dir.to_owned(),
+            source: Arc::new(e),
+        }
+    }
+}

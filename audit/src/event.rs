@@ -1,0 +1,367 @@
+//! The audit event schema (version 1).
+//!
+//! One [`Event`] is one JSON object on one line. Optional fields are omitted when empty, so a
+//! line carries only what is known about that event. Readers tolerate fields and event types they
+//! do not know: `kind` is a plain string and unknown keys are ignored, so an older `postern-audit`
+//! can still read a log written by a newer gateway.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Schema version written into [`Event::v`] by this crate.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One audited fact: a session opened, refused or closed, a connector came or went, a token was
+/// issued, a gateway started or stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Schema version ([`SCHEMA_VERSION`]), so readers can tell old lines from new ones.
+    pub v: u32,
+    /// When the event happened: RFC 3339, UTC, microseconds (`2025-03-01T08:15:02.123456Z`).
+    pub ts: String,
+    /// What happened, e.g. `session.start` (see [`EventType`]). A string, not the enum, so that
+    /// readers keep working when later versions add types.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Ties `session.start` to its `session.end` (and to the gateway's logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The authenticated user (IdP subject or username) the event is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The user's groups as the policy saw them, so a decision can be re-checked later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    /// Client address `ip:port` as seen by the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The endpoint asked for (session events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<EndpointRef>,
+    /// The connector that carried (or refused) the session, or the subject of a connector event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector: Option<ConnectorRef>,
+    /// The policy decision, with the rule and policy version that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<DecisionRef>,
+    /// Bytes relayed client -> endpoint (`session.end`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_up: Option<u64>,
+    /// Bytes relayed endpoint -> client (`session.end`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_down: Option<u64>,
+    /// How long the session lasted (`session.end`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Why a session ended: `client_closed`, `endpoint_closed`, `max_duration`, `idle_timeout`,
+    /// `connector_lost`, `connector_refused`, `policy_revoked`, `shutdown`, `error`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_reason: Option<String>,
+    /// Id of the gateway node that wrote the event (several replicas may share an auditor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Free text for what has no field of its own: why a connection was refused, a token's
+    /// `jti`, the admin command that was run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Hospital site, for connector and enrolment events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+}
+
+/// The endpoint a session was for, copied from the policy at decision time (the policy file may
+/// change later; the audit line must still say what was reached).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRef {
+    /// Policy name of the endpoint, e.g. `pacs-dicom`.
+    pub name: String,
+    /// Site the endpoint lives at.
+    pub site: String,
+    /// Host name or address the connector dials.
+    pub host: String,
+    /// TCP port the connector dials.
+    pub port: u16,
+    /// Protocol tag from the policy: `dicom`, `rdp`, `https`, ...
+    pub protocol: String,
+}
+
+/// A connector, identified by the id in its certificate and its site.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorRef {
+    /// Connector id (from its client certificate).
+    pub id: String,
+    /// Site the connector serves.
+    pub site: String,
+}
+
+/// The policy decision behind a session event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRef {
+    /// `allow` or `deny`.
+    pub effect: String,
+    /// The rule that decided (absent for a default deny: no rule matched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Version (hash) of the policy that was evaluated, so the decision can be replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<String>,
+    /// Human-readable reason from the policy trace.
+    pub reason: String,
+}
+
+/// The event types this version writes. The on-disk value is [`EventType::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// A session was allowed; written durably before the first byte is relayed.
+    SessionStart,
+    /// A session was refused (policy, token, no connector, ...).
+    SessionDenied,
+    /// A session closed; carries byte counts, duration and close reason.
+    SessionEnd,
+    /// A connector enrolled with a one-time token and got its certificate.
+    ConnectorEnrolled,
+    /// A connector connection came up.
+    ConnectorConnected,
+    /// A connector connection went away.
+    ConnectorDisconnected,
+    /// A connector connection was refused (bad or revoked certificate, ...).
+    ConnectorRefused,
+    /// A connector's certificate was revoked.
+    ConnectorRevoked,
+    /// An enrolment attempt failed (bad, used or expired token, bad CSR).
+    EnrollmentFailed,
+    /// An enrolment token was issued.
+    TokenCreated,
+    /// A session token was minted for a signed-in user.
+    TokenMinted,
+    /// A gateway node started.
+    GatewayStarted,
+    /// A gateway node stopped.
+    GatewayStopped,
+}
+
+impl EventType {
+    /// Every type this version knows, in declaration order.
+    pub const ALL: [EventType; 13] = [
+        EventType::SessionStart,
+        EventType::SessionDenied,
+        EventType::SessionEnd,
+        EventType::ConnectorEnrolled,
+        EventType::ConnectorConnected,
+        EventType::ConnectorDisconnected,
+        EventType::ConnectorRefused,
+        EventType::ConnectorRevoked,
+        EventType::EnrollmentFailed,
+        EventType::TokenCreated,
+        EventType::TokenMinted,
+        EventType::GatewayStarted,
+        EventType::GatewayStopped,
+    ];
+
+    /// The string stored in the `type` field.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventType::SessionStart => "session.start",
+            EventType::SessionDenied => "session.denied",
+            EventType::SessionEnd => "session.end",
+            EventType::ConnectorEnrolled => "connector.enrolled",
+            EventType::ConnectorConnected => "connector.connected",
+            EventType::ConnectorDisconnected => "connector.disconnected",
+            EventType::ConnectorRefused => "connector.refused",
+            EventType::ConnectorRevoked => "connector.revoked",
+            EventType::EnrollmentFailed => "connector.enroll_failed",
+            EventType::TokenCreated => "token.created",
+            EventType::TokenMinted => "token.minted",
+            EventType::GatewayStarted => "gateway.started",
+            EventType::GatewayStopped => "gateway.stopped",
+        }
+    }
+
+    /// The known type stored as `s`, or `None` for a type this version does not know.
+    pub fn from_type_str(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Event {
+    /// A new event of type `kind`, stamped with the schema version and the current time.
+    pub fn new(kind: EventType) -> Event {
+        Event {
+            v: SCHEMA_VERSION,
+            ts: now_rfc3339_micros(),
+            kind: kind.as_str().to_owned(),
+            ..Event::default()
+        }
+    }
+
+    /// The type as an enum, or `None` if it is one this version does not know.
+    pub fn event_type(&self) -> Option<EventType> {
+        EventType::from_type_str(&self.kind)
+    }
+}
+
+/// The current time as written in [`Event::ts`].
+pub fn now_rfc3339_micros() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_type_strings_are_unique_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for t in EventType::ALL {
+            assert!(
+                seen.insert(t.as_str()),
+                "duplicate type string {}",
+                t.as_str()
+            );
+            assert_eq!(EventType::from_type_str(t.as_str()), Some(t));
+            assert_eq!(t.to_string(), t.as_str());
+        }
+        assert_eq!(seen.len(), 13);
+        assert_eq!(EventType::from_type_str("session.teleported"), None);
+    }
+
+    #[test]
+    fn new_fills_version_type_and_utc_micro_timestamp() {
+        let e = Event::new(EventType::SessionEnd);
+        assert_eq!(e.v, 1);
+        assert_eq!(e.kind, "session.end");
+        assert_eq!(e.event_type(), Some(EventType::SessionEnd));
+        // 2025-03-01T08:15:02.123456Z
+        assert_eq!(e.ts.len(), 27, "{}", e.ts);
+        assert!(e.ts.ends_with('Z'), "{}", e.ts);
+        assert_eq!(&e.ts[19..20], ".", "{}", e.ts);
+        assert!(humantime::parse_rfc3339(&e.ts).is_ok(), "{}", e.ts);
+        assert_eq!(e.user, None);
+    }
+
+    #[test]
+    fn empty_options_are_omitted() {
+        let e = Event {
+            ts: "2025-03-01T08:15:02.123456Z".into(),
+            ..Event::new(EventType::GatewayStarted)
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            json,
+            r#"{"v":1,"ts":"2025-03-01T08:15:02.123456Z","type":"gateway.started"}"#
+        );
+        let d = DecisionRef {
+            effect: "deny".into(),
+            reason: "no rule matched".into(),
+            ..DecisionRef::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"effect":"deny","reason":"no rule matched"}"#
+        );
+    }
+
+    #[test]
+    fn every_field_round_trips_with_its_exact_name() {
+        let e = Event {
+            v: 1,
+            ts: "2025-03-01T08:15:02.123456Z".into(),
+            kind: "session.end".into(),
+            session_id: Some("s-1".into()),
+            user: Some("dr.jones".into()),
+            groups: Some(vec!["radiologists".into(), "on-call".into()]),
+            source: Some("203.0.113.7:51234".into()),
+            endpoint: Some(EndpointRef {
+                name: "pacs-dicom".into(),
+                site: "truro".into(),
+                host: "10.1.2.3".into(),
+                port: 11112,
+                protocol: "dicom".into(),
+            }),
+            connector: Some(ConnectorRef {
+                id: "conn-7".into(),
+                site: "truro".into(),
+            }),
+            decision: Some(DecisionRef {
+                effect: "allow".into(),
+                rule: Some("radiologists-pacs".into()),
+                policy_version: Some("sha256:abcd".into()),
+                reason: "rule radiologists-pacs matched".into(),
+            }),
+            bytes_up: Some(1234),
+            bytes_down: Some(u64::MAX),
+            duration_ms: Some(60_000),
+            close_reason: Some("client_closed".into()),
+            gateway: Some("gw-a".into()),
+            detail: Some("détail ünïcode \"quoted\"\nnewline".into()),
+            site: Some("truro".into()),
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(!json.contains('\n'), "one event must be one line: {json}");
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "bytes_down",
+                "bytes_up",
+                "close_reason",
+                "connector",
+                "decision",
+                "detail",
+                "duration_ms",
+                "endpoint",
+                "gateway",
+                "groups",
+                "session_id",
+                "site",
+                "source",
+                "ts",
+                "type",
+                "user",
+                "v"
+            ]
+        );
+        assert_eq!(value["endpoint"]["port"], 11112);
+        assert_eq!(value["decision"]["policy_version"], "sha256:abcd");
+        assert_eq!(value["connector"]["id"], "conn-7");
+        let back: Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn readers_tolerate_unknown_fields_and_types() {
+        let line = r#"{"v":2,"ts":"2030-01-01T00:00:00.000000Z","type":"session.paused","seq":42,"prev":"ab","user":"u"}"#;
+        let e: Event = serde_json::from_str(line).unwrap();
+        assert_eq!(e.v, 2);
+        assert_eq!(e.kind, "session.paused");
+        assert_eq!(e.event_type(), None);
+        assert_eq!(e.user.as_deref(), Some("u"));
+    }
+
+    #[test]
+    fn required_fields_are_required() {
+        for line in [
+            r#"{"ts":"2030-01-01T00:00:00.000000Z","type":"session.start"}"#,
+            r#"{"v":1,"type":"session.start"}"#,
+            r#"{"v":1,"ts":"2030-01-01T00:00:00.000000Z"}"#,
+        ] {
+            let err = serde_json::from_str::<Event>(line).unwrap_err();
+            assert!(err.to_string().contains("missing field"), "{line}: {err}");
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! `connector.toml`, resolved with every error reported at once.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::allowlist::{Allowlist, Entry, Ports};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    state_dir: PathBuf,
+    /// Gateway connector listeners (`host:port`); default: those given at enrolment.
+    #[serde(default)]
+    gateways: Vec<String>,
+    #[serde(default)]
+    connections_per_gateway: Option<usize>,
+    #[serde(default)]
+    reconnect_max: Option<String>,
+    #[serde(default)]
+    dial_timeout: Option<String>,
+    #[serde(default)]
+    shutdown_grace: Option<String>,
+    #[serde(default)]
+    allow: Vec<RawAllow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    cidr: String,
+    ports: String,
+}
+
+/// Resolved connector configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub gateways: Vec<String>,
+    pub connections_per_gateway: usize,
+    pub reconnect_max: Duration,
+    pub dial_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub allowlist: Allowlist,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let file = path.display();
+        let mut errors = Vec::new();
+        let mut dur = |key: &str, v: Option<String>, default: Duration| match v {
+            None => default,
+            Some(s) => humantime::parse_duration(&s).unwrap_or_else(|e| {
+                errors.push(format!(
+                    "{file}: {key}: expected a duration like \"10s\", found \"{s}\" ({e})"
+                ));
+                default
+            }),
+        };
+        let reconnect_max = dur("reconnect_max", raw.reconnect_max, Duration::from_secs(30));
+        let dial_timeout = dur("dial_timeout", raw.dial_timeout, Duration::from_secs(5));
+        let shutdown_grace = dur(
+            "shutdown_grace",
+            raw.shutdown_grace,
+            Duration::from_secs(30),
+        );
+        let connections_per_gateway = raw.connections_per_gateway.unwrap_or(2);
+        if !(1..=16).contains(&connections_per_gateway) {
+            errors.push(format!(
+                "{file}: connections_per_gateway: expected 1 to 16, found {connections_per_gateway}"
+            ));
+        }
+        let mut entries = Vec::new();
+        for (i, a) in raw.allow.iter().enumerate() {
+            let net = a
+                .cidr
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| a.cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            let ports = Ports::parse(&a.ports);
+            match (net, ports) {
+                (Ok(net), Ok(ports)) => entries.push(Entry { net, ports }),
+                (net, ports) => {
+                    if net.is_err() {
+                        errors.push(format!(
+                            "{file}: allow[{i}].cidr: expected a network like \"10.20.0.0/16\" or an address, found \"{}\"",
+                            a.cidr
+                        ));
+                    }
+                    if let Err(e) = ports {
+                        errors.push(format!("{file}: allow[{i}].ports: {e}"));
+                    }
+                }
+            }
+        }
+        for g in &raw.gateways {
+            if g.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                errors.push(format!(
+                    "{file}: gateways: expected host:port, found \"{g}\""
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let state_dir = if raw.state_dir.is_absolute() {
+            raw.state_dir
+        } else {
+            base.join(raw.state_dir)
+        };
+        Ok(Config {
+            state_dir,
+            gateways: raw.gateways,
+            connections_per_gateway,
+            reconnect_max,
+            dial_timeout,
+            shutdown_grace,
+            allowlist: Allowlist { entries },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_reports_all_errors() {
+        let c = Config::parse(
+            "state_dir = \"s\"\n[[allow]]\ncidr = \"10.0.0.0/8\"\nports = \"104\"\n[[allow]]\ncidr = \"10.9.9.9\"\nports = \"*\"\n",
+            Path::new("/etc/c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, Path::new("/etc/s"));
+        assert_eq!(c.allowlist.entries.len(), 2);
+        assert!(c.allowlist.allows("10.9.9.9".parse().unwrap(), 22));
+
+        let e = Config::parse(
+            "state_dir = \"s\"\nreconnect_max = \"later\"\n[[allow]]\ncidr = \"10.0.0.0/33\"\nports = \"http\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("c.toml: reconnect_max"), "{e}");
+        assert!(e.contains("c.toml: allow[0].cidr"), "{e}");
+        assert!(e.contains("c.toml: allow[0].ports"), "{e}");
+
+        let e = Config::parse("state_dir = \"s\"\nallowlist = []\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `allowlist`"), "{e}");
+    }
+}

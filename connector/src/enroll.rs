@@ -1,0 +1,254 @@
+//! `postern-connector enroll`: make a key pair, send a CSR with the one-time token, store the
+//! issued certificate.
+//!
+//! The gateway is authenticated on this first contact by the pin inside the token (the SHA-256
+//! of its CA certificate); the connector then trusts only that CA for every later connection.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use postern_proto::enroll::EnrollToken;
+use postern_proto::wire::{self, EnrollRequest, EnrollResponse, ErrorBody};
+use rustls_pki_types::ServerName;
+use serde::{Deserialize, Serialize};
+
+/// What the connector remembers about its enrolment (`STATE_DIR/enrollment.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub connector_id: String,
+    pub site: String,
+    pub gateway_url: String,
+    pub connector_addrs: Vec<String>,
+    pub not_after: String,
+}
+
+pub const KEY_FILE: &str = "connector.key";
+pub const CERT_FILE: &str = "connector.pem";
+pub const CA_FILE: &str = "gateway-ca.pem";
+pub const ENROLLMENT_FILE: &str = "enrollment.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error(transparent)]
+    Token(#[from] postern_proto::enroll::TokenFormatError),
+    #[error("gateway URL '{0}' is not like https://gateway.example:8443")]
+    Url(String),
+    #[error("{0} is already enrolled as {1}; use --force to enrol again")]
+    AlreadyEnrolled(PathBuf, String),
+    #[error("cannot reach the gateway at {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS with the gateway failed: {0} (is the token for this gateway?)")]
+    Tls(std::io::Error),
+    #[error("talking to the gateway: {0}")]
+    Http(String),
+    #[error("the gateway refused the enrolment: {0}")]
+    Refused(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Splits `https://host:port[/]` into (host, port).
+pub fn parse_url(url: &str) -> Result<(String, u16), EnrollError> {
+    let bad = || EnrollError::Url(url.to_owned());
+    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('/') || rest.is_empty() {
+        return Err(bad());
+    }
+    if let Some(v6) = rest.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if after.is_empty() => 443,
+            None => return Err(bad()),
+        };
+        return Ok((host.to_owned(), port));
+    }
+    match rest.rsplit_once(':') {
+        Some((h, p)) => Ok((h.to_owned(), p.parse().map_err(|_| bad())?)),
+        None => Ok((rest.to_owned(), 443)),
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EnrollError {
+    let what = what.into();
+    move |source| EnrollError::Io { what, source }
+}
+
+pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), EnrollError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io(format!("setting permissions on {}", tmp.display())))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("writing {}", path.display())))
+}
+
+/// Enrols with the gateway and stores key, certificate, gateway CA and enrolment facts.
+pub async fn enroll(
+    gateway_url: &str,
+    token: &str,
+    state_dir: &Path,
+    force: bool,
+) -> Result<Enrollment, EnrollError> {
+    let token = EnrollToken::parse(token)?;
+    let (host, port) = parse_url(gateway_url)?;
+    if let Ok(existing) = load_enrollment(state_dir) {
+        if !force {
+            return Err(EnrollError::AlreadyEnrolled(
+                state_dir.to_owned(),
+                existing.connector_id,
+            ));
+        }
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(io(format!("creating {}", state_dir.display())))?;
+
+    let key = rcgen::KeyPair::generate().map_err(|e| EnrollError::Other(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "postern-connector");
+    let csr_pem = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| EnrollError::Other(format!("making the certificate request: {e}")))?;
+
+    let tls_config = postern_proto::tls::pinned_client_config(&token.pin, &[wire::ALPN_HTTP1])
+        .map_err(|e| EnrollError::Other(e.to_string()))?;
+    let addr = format!("{host}:{port}");
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|source| EnrollError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+    let server_name =
+        ServerName::try_from(host.clone()).map_err(|_| EnrollError::Url(gateway_url.into()))?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(EnrollError::Tls)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| EnrollError::Http(e.to_string()))?;
+    tokio::spawn(conn);
+    let body = serde_json::to_vec(&EnrollRequest {
+        token: token.secret.clone(),
+        csr_pem,
+        hostname: hostname(),
+    })
+    .map_err(|e| EnrollError::Other(e.to_string()))?;
+    let req = http::Request::post(wire::PATH_ENROLL)
+        .header(http::header::HOST, addr.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| EnrollError::Http(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| EnrollError::Http(e.to_string()))?;
+    let status = resp.status();
+    let bytes = Limited::new(resp.into_body(), wire::MAX_JSON_BODY)
+        .collect()
+        .await
+        .map_err(|e| EnrollError::Http(e.to_string()))?
+        .to_bytes();
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|b| b.message)
+            .unwrap_or_else(|_| format!("HTTP {status}"));
+        return Err(EnrollError::Refused(msg));
+    }
+    let r: EnrollResponse = serde_json::from_slice(&bytes)
+        .map_err(|e| EnrollError::Http(format!("unexpected enrolment response: {e}")))?;
+    let ca = postern_proto::tls::certs_from_pem(&r.gateway_ca_pem, "gateway CA")
+        .map_err(|e| EnrollError::Other(e.to_string()))?;
+    if ca.first().map(postern_proto::tls::cert_pin).as_deref() != Some(token.pin.as_str()) {
+        return Err(EnrollError::Other(
+            "the gateway sent a CA certificate that does not match the token's pin".into(),
+        ));
+    }
+    write_file(
+        &state_dir.join(KEY_FILE),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(&state_dir.join(CERT_FILE), r.cert_pem.as_bytes(), 0o644)?;
+    write_file(&state_dir.join(CA_FILE), r.gateway_ca_pem.as_bytes(), 0o644)?;
+    let enrollment = Enrollment {
+        connector_id: r.connector_id,
+        site: r.site,
+        gateway_url: gateway_url.to_owned(),
+        connector_addrs: r.connector_addrs,
+        not_after: r.not_after,
+    };
+    let json =
+        serde_json::to_vec_pretty(&enrollment).map_err(|e| EnrollError::Other(e.to_string()))?;
+    write_file(&state_dir.join(ENROLLMENT_FILE), &json, 0o600)?;
+    Ok(enrollment)
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+pub fn load_enrollment(state_dir: &Path) -> Result<Enrollment, EnrollError> {
+    let path = state_dir.join(ENROLLMENT_FILE);
+    let bytes = std::fs::read(&path).map_err(io(format!(
+        "reading {} (has this connector been enrolled? run `postern-connector enroll`)",
+        path.display()
+    )))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| EnrollError::Other(format!("{} is corrupt: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("https://gw.example:8443").unwrap(),
+            ("gw.example".into(), 8443)
+        );
+        assert_eq!(
+            parse_url("https://gw.example/").unwrap(),
+            ("gw.example".into(), 443)
+        );
+        assert_eq!(parse_url("https://[::1]:9").unwrap(), ("::1".into(), 9));
+        assert!(parse_url("http://gw").is_err());
+        assert!(parse_url("https://gw:x").is_err());
+        assert!(parse_url("https://gw/path").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! The Postern connector: the on-premises agent that dials *out* to the gateway.
+//!
+//! * [`config`]: `connector.toml` (state directory, gateway addresses, allowlist).
+//! * [`allowlist`]: the connector's own list of reachable networks and ports (default deny).
+//! * [`enroll`]: one-time enrolment (CSR + token → client certificate).
+//! * [`link`]: the dial-out links; each serves the gateway's HTTP/2 `CONNECT` requests.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod allowlist;
+pub mod config;
+pub mod enroll;
+pub mod link;

@@ -1,0 +1,306 @@
+//! Dial-out links to the gateway.
+//!
+//! For every gateway address the connector keeps `connections_per_gateway` TLS 1.3 connections
+//! up, each presenting the enrolled client certificate and trusting only the gateway CA stored
+//! at enrolment. On each connection the connector is the HTTP/2 *server*: the gateway sends one
+//! `CONNECT host:port` per tunnel; the target is checked against the allowlist before any dial.
+//! Lost connections are redialled with jittered exponential backoff that resets after a
+//! connection stayed up for a while. HTTP/2 PINGs detect dead paths.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use postern_proto::relay::{relay, Counters};
+use postern_proto::wire;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::allowlist::Allowlist;
+use crate::config::Config;
+use crate::enroll::{load_enrollment, Enrollment, CA_FILE, CERT_FILE, KEY_FILE};
+
+/// A connection that stayed up this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+const BACKOFF_START: Duration = Duration::from_millis(100);
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+pub const CONN_WINDOW: u32 = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Enroll(#[from] crate::enroll::EnrollError),
+    #[error("{what}: {message}")]
+    Identity { what: String, message: String },
+    #[error("no gateway address: list `gateways` in the configuration or enrol again")]
+    NoGateway,
+}
+
+/// Loads the enrolment and builds the mutual-TLS client configuration.
+pub fn load_identity(state_dir: &Path) -> Result<(Enrollment, Arc<ClientConfig>), LinkError> {
+    let enrollment = load_enrollment(state_dir)?;
+    let read = |name: &str| {
+        std::fs::read_to_string(state_dir.join(name)).map_err(|e| LinkError::Identity {
+            what: state_dir.join(name).display().to_string(),
+            message: e.to_string(),
+        })
+    };
+    let tls_err = |e: postern_proto::tls::TlsError| LinkError::Identity {
+        what: state_dir.display().to_string(),
+        message: e.to_string(),
+    };
+    let ca = postern_proto::tls::certs_from_pem(&read(CA_FILE)?, CA_FILE).map_err(tls_err)?;
+    let chain =
+        postern_proto::tls::certs_from_pem(&read(CERT_FILE)?, CERT_FILE).map_err(tls_err)?;
+    let key = postern_proto::tls::key_from_pem(&read(KEY_FILE)?, KEY_FILE).map_err(tls_err)?;
+    let config = postern_proto::tls::client_config(ca, Some((chain, key)), &[wire::ALPN_CONNECTOR])
+        .map_err(tls_err)?;
+    Ok((enrollment, Arc::new(config)))
+}
+
+struct Shared {
+    tls: Arc<ClientConfig>,
+    allowlist: Allowlist,
+    dial_timeout: Duration,
+    reconnect_max: Duration,
+    cancel: CancellationToken,
+    relays: TaskTracker,
+    connector_id: String,
+}
+
+/// Runs the connector until `shutdown` completes, then stops dialling, lets open tunnels finish
+/// for up to `shutdown_grace` and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), LinkError> {
+    let (enrollment, tls) = load_identity(&config.state_dir)?;
+    let gateways = if config.gateways.is_empty() {
+        enrollment.connector_addrs.clone()
+    } else {
+        config.gateways.clone()
+    };
+    if gateways.is_empty() {
+        return Err(LinkError::NoGateway);
+    }
+    if config.allowlist.entries.is_empty() {
+        warn!("the allowlist is empty: every tunnel will be refused");
+    }
+    let shared = Arc::new(Shared {
+        tls,
+        allowlist: config.allowlist.clone(),
+        dial_timeout: config.dial_timeout,
+        reconnect_max: config.reconnect_max,
+        cancel: CancellationToken::new(),
+        relays: TaskTracker::new(),
+        connector_id: enrollment.connector_id.clone(),
+    });
+    info!(connector_id = %enrollment.connector_id, site = %enrollment.site, gateways = ?gateways, "connector starting");
+    let mut links = Vec::new();
+    for gw in &gateways {
+        for n in 0..config.connections_per_gateway {
+            links.push(tokio::spawn(link_loop(shared.clone(), gw.clone(), n)));
+        }
+    }
+    shutdown.await;
+    info!(grace = ?config.shutdown_grace, open_tunnels = shared.relays.len(), "shutting down");
+    shared.cancel.cancel();
+    shared.relays.close();
+    if tokio::time::timeout(config.shutdown_grace, shared.relays.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open_tunnels = shared.relays.len(),
+            "grace period over; closing open tunnels"
+        );
+    }
+    for l in links {
+        l.abort();
+    }
+    Ok(())
+}
+
+/// Jitter in [0.5, 1.5) of `d`.
+fn jitter(d: Duration) -> Duration {
+    let r = postern_proto::ids::random_bytes(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .unwrap_or(32768);
+    d.mul_f64(0.5 + f64::from(r) / 65536.0)
+}
+
+async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        if shared.cancel.is_cancelled() {
+            return;
+        }
+        let started = Instant::now();
+        match connect_once(&shared, &gateway).await {
+            Ok(()) => info!(%gateway, link = n, "gateway connection closed"),
+            Err(e) => warn!(%gateway, link = n, error = %e, "gateway connection failed"),
+        }
+        if started.elapsed() >= STABLE_AFTER {
+            backoff = BACKOFF_START;
+        }
+        let wait = jitter(backoff);
+        backoff = (backoff * 2).min(shared.reconnect_max);
+        debug!(%gateway, link = n, ?wait, "reconnecting after backoff");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {},
+            _ = shared.cancel.cancelled() => return,
+        }
+    }
+}
+
+async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String> {
+    let (host, port) = gateway
+        .rsplit_once(':')
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse::<u16>().ok()?,
+            ))
+        })
+        .ok_or_else(|| format!("'{gateway}' is not host:port"))?;
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| "TCP connect timed out".to_owned())?
+        .map_err(|e| format!("TCP connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("server name: {e}"))?;
+    let tls = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(shared.tls.clone()).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "TLS handshake timed out".to_owned())?
+    .map_err(|e| format!("TLS handshake: {e}"))?;
+    info!(%gateway, connector_id = %shared.connector_id, "connected to gateway");
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let shared = svc_shared.clone();
+        async move { Ok::<_, Infallible>(handle(shared, req).await) }
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(15))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .adaptive_window(true)
+        .max_frame_size(64 * 1024)
+        .max_concurrent_streams(16_384)
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r.map_err(|e| format!("HTTP/2: {e}")),
+        _ = shared.cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            Ok(())
+        }
+    }
+}
+
+fn refuse(status: StatusCode, reason: &str) -> Response<Empty<Bytes>> {
+    let mut r = Response::new(Empty::new());
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(reason) {
+        r.headers_mut().insert(wire::HDR_REASON, v);
+    }
+    r
+}
+
+/// Resolves `host` and keeps only the addresses the allowlist permits for `port`.
+async fn allowed_addrs(shared: &Shared, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::time::timeout(shared.dial_timeout, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| format!("resolving {host} timed out"))?
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .collect(),
+    };
+    Ok(addrs
+        .into_iter()
+        .filter(|a| shared.allowlist.allows(a.ip(), a.port()))
+        .collect())
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Empty<Bytes>> {
+    let session = req
+        .headers()
+        .get(wire::HDR_SESSION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    if req.method() != Method::CONNECT {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "only CONNECT is served");
+    }
+    let Some((host, port)) = req
+        .uri()
+        .authority()
+        .and_then(|a| Some((a.host().to_owned(), a.port_u16()?)))
+    else {
+        return refuse(StatusCode::BAD_REQUEST, "CONNECT target must be host:port");
+    };
+    let target = format!("{host}:{port}");
+    let addrs = match allowed_addrs(&shared, &host, port).await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(session_id = %session, %target, error = %e, "cannot resolve target");
+            return refuse(StatusCode::BAD_GATEWAY, &e);
+        }
+    };
+    if addrs.is_empty() {
+        warn!(session_id = %session, %target, "refused: target is outside this connector's allowlist");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            &format!("target {target} is outside this connector's allowlist"),
+        );
+    }
+    let mut last_err = String::new();
+    let mut stream = None;
+    for addr in &addrs {
+        match tokio::time::timeout(shared.dial_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                stream = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last_err = format!("{addr}: {e}"),
+            Err(_) => last_err = format!("{addr}: connect timed out"),
+        }
+    }
+    let Some(tcp) = stream else {
+        warn!(session_id = %session, %target, error = %last_err, "cannot reach target");
+        return refuse(
+            StatusCode::BAD_GATEWAY,
+            &format!("cannot reach {target}: {last_err}"),
+        );
+    };
+    let _ = tcp.set_nodelay(true);
+    debug!(session_id = %session, %target, "tunnel open");
+    shared.relays.spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(up) => {
+                let counters = Arc::new(Counters::default());
+                let ended = relay(TokioIo::new(up), tcp, counters.clone()).await;
+                debug!(session_id = %session, %target, ?ended, to_target = counters.a_to_b(), from_target = counters.b_to_a(), "tunnel closed");
+            }
+            Err(e) => debug!(session_id = %session, error = %e, "tunnel upgrade failed"),
+        }
+    });
+    Response::new(Empty::new())
+}

@@ -1,0 +1,149 @@
+//! `postern-connector`: enrol, run, status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use postern_connector::{config::Config, enroll, link};
+
+#[derive(Parser)]
+#[command(
+    name = "postern-connector",
+    version,
+    about = "Postern on-premises connector (dials out to the gateway)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enrol with a gateway using a one-time token from `postern-gateway token create`.
+    Enroll {
+        /// Gateway URL, e.g. https://gateway.example.org:8443
+        #[arg(long)]
+        gateway: String,
+        /// The one-time enrolment token (or set POSTERN_ENROLL_TOKEN).
+        #[arg(long, env = "POSTERN_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, default_value = "/var/lib/postern-connector")]
+        state_dir: PathBuf,
+        /// Replace an existing enrolment.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run: dial out to the gateway and serve tunnels to allowed targets.
+    Run {
+        #[arg(long, short, default_value = "/etc/postern/connector.toml")]
+        config: PathBuf,
+    },
+    /// Show the enrolment and configuration.
+    Status {
+        #[arg(long, short, default_value = "/etc/postern/connector.toml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and enrolment, then exit.
+    Check {
+        #[arg(long, short, default_value = "/etc/postern/connector.toml")]
+        config: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match real_main(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "postern-connector: {}",
+                postern_proto::report::render(e.as_ref())
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Enroll {
+            gateway,
+            token,
+            state_dir,
+            force,
+        } => {
+            let e = runtime()?.block_on(enroll::enroll(&gateway, &token, &state_dir, force))?;
+            println!(
+                "enrolled as {} (site {}); certificate valid until {}; state in {}",
+                e.connector_id,
+                e.site,
+                e.not_after,
+                state_dir.display()
+            );
+            Ok(())
+        }
+        Cmd::Run { config } => {
+            let config = Config::load(&config)?;
+            init_tracing();
+            runtime()?.block_on(link::run(config, shutdown_signal()))?;
+            Ok(())
+        }
+        Cmd::Status { config } | Cmd::Check { config } => {
+            let path = config.clone();
+            let config = Config::load(&config)?;
+            let (e, _) = link::load_identity(&config.state_dir)?;
+            let gateways = if config.gateways.is_empty() {
+                &e.connector_addrs
+            } else {
+                &config.gateways
+            };
+            println!("config       {}", path.display());
+            println!("connector    {} (site {})", e.connector_id, e.site);
+            println!("certificate  valid until {}", e.not_after);
+            println!("gateways     {}", gateways.join(", "));
+            println!(
+                "links        {} per gateway",
+                config.connections_per_gateway
+            );
+            println!("allowlist    {} entries", config.allowlist.entries.len());
+            for a in &config.allowlist.entries {
+                println!("             {} ports {:?}", a.net, a.ports);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,688 @@
+//! The clinician-facing listener: TLS 1.3, HTTP/2 (and HTTP/1.1 for JSON calls).
+//!
+//! * `CONNECT endpoint:0` — the tunnel broker.
+//! * `GET /v1/endpoints` — endpoints this user may reach.
+//! * `GET /v1/endpoints/NAME` — the decision for one endpoint (the client's preflight); a
+//!   denial here is audited like any other.
+//! * `POST /v1/enroll` — connector enrolment with a one-time token.
+//! * `GET /healthz`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use postern_audit::{DecisionRef, EndpointRef, EventType};
+use postern_policy::{Decision, Effect, Endpoint};
+use postern_proto::ids::{ct_eq, random_id, sha256_hex};
+use postern_proto::relay::Counters;
+use postern_proto::wire::{
+    self, EndpointInfo, EndpointList, EnrollRequest, EnrollResponse, ErrorBody,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::connectors::{CONN_WINDOW, STREAM_WINDOW};
+use crate::sessions::{end_session, run_session, SessionInfo};
+use crate::store::{unix_now, ConnectorRec, StoreError};
+use crate::tokens::{Claims, TokenError};
+use crate::Gateway;
+
+type Resp = Response<Full<Bytes>>;
+
+pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = gw.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "client listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = gw.conn_limit.clone().try_acquire_owned() else {
+            warn!(%peer, "connection limit reached; refusing client connection");
+            continue;
+        };
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            serve_connection(gw, tcp, peer).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let tls =
+        match tokio::time::timeout(gw.config.handshake_timeout, gw.client_tls.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "client TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "client TLS handshake timed out");
+                return;
+            }
+        };
+    let svc_gw = gw.clone();
+    let service = service_fn(move |req| {
+        let gw = svc_gw.clone();
+        async move { Ok::<_, Infallible>(route(gw, req, peer).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .adaptive_window(true)
+        .max_frame_size(64 * 1024)
+        .max_concurrent_streams(4096)
+        .max_header_list_size(32 * 1024)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::select! {
+        r = conn => if let Err(e) = r { debug!(%peer, error = %e, "client connection ended with an error") },
+        _ = gw.shutdown.cancelled() => {},
+    }
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// An error response: JSON body plus the reason in a header (readable on a CONNECT refusal,
+/// where clients may not read bodies).
+fn error(status: StatusCode, code: &str, message: &str) -> Resp {
+    let mut r = json(
+        status,
+        &ErrorBody {
+            error: code.to_owned(),
+            message: message.to_owned(),
+        },
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&sanitize_header(message)) {
+        r.headers_mut().insert(wire::HDR_REASON, v);
+    }
+    r
+}
+
+fn sanitize_header(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(512)
+        .collect()
+}
+
+async fn route(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    if req.method() == Method::CONNECT {
+        return broker(gw, req, peer).await;
+    }
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, wire::PATH_HEALTH) => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
+        (&Method::POST, wire::PATH_ENROLL) => enroll(gw, req, peer).await,
+        (&Method::GET, wire::PATH_ENDPOINTS) => list_endpoints(&gw, &req, peer),
+        (&Method::GET, p) if p.starts_with("/v1/endpoints/") => {
+            let name = &p["/v1/endpoints/".len()..];
+            check_endpoint(&gw, &req, peer, name).await
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such resource"),
+    }
+}
+
+fn bearer(req: &Request<Incoming>) -> Result<&str, TokenError> {
+    let v = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or(TokenError::Missing)?
+        .to_str()
+        .map_err(|_| TokenError::Malformed("authorization header is not ASCII".into()))?;
+    v.strip_prefix("Bearer ")
+        .map(str::trim)
+        .ok_or_else(|| TokenError::Malformed("authorization is not a Bearer token".into()))
+}
+
+fn authenticate(gw: &Gateway, req: &Request<Incoming>) -> Result<Claims, TokenError> {
+    gw.keys.verify(bearer(req)?)
+}
+
+pub fn endpoint_ref(e: &Endpoint) -> EndpointRef {
+    EndpointRef {
+        name: e.name.clone(),
+        site: e.site.clone(),
+        host: e.host.clone(),
+        port: e.port,
+        protocol: e.protocol.to_string(),
+    }
+}
+
+fn decision_ref(d: &Decision) -> DecisionRef {
+    DecisionRef {
+        effect: match d.effect {
+            Effect::Allow => "allow".into(),
+            Effect::Deny => "deny".into(),
+        },
+        rule: d.rule.clone(),
+        policy_version: Some(d.policy_version.clone()),
+        reason: d.reason.clone(),
+    }
+}
+
+/// Audits a refused access attempt (token or policy) as `session.denied`.
+fn audit_denied(
+    gw: &Gateway,
+    peer: SocketAddr,
+    claims: Option<&Claims>,
+    endpoint_name: &str,
+    decision: Option<&Decision>,
+    detail: String,
+) {
+    let policy = gw.policy();
+    let mut ev = gw.event(EventType::SessionDenied);
+    ev.source = Some(peer.to_string());
+    ev.user = claims.map(|c| c.sub.clone());
+    ev.groups = claims.map(|c| c.groups.clone());
+    ev.endpoint = Some(match policy.endpoint(endpoint_name) {
+        Some(e) => endpoint_ref(e),
+        None => EndpointRef {
+            name: endpoint_name.to_owned(),
+            ..Default::default()
+        },
+    });
+    ev.decision = Some(match decision {
+        Some(d) => decision_ref(d),
+        None => DecisionRef {
+            effect: "deny".into(),
+            rule: None,
+            policy_version: Some(policy.version().to_owned()),
+            reason: detail.clone(),
+        },
+    });
+    ev.detail = Some(detail);
+    gw.audit.record_nowait(ev);
+}
+
+fn token_refusal(e: &TokenError) -> Resp {
+    let status = match e {
+        TokenError::Keys { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    error(status, e.code(), &e.to_string())
+}
+
+fn policy_request<'a>(claims: &'a Claims, endpoint: &'a str) -> postern_policy::Request<'a> {
+    postern_policy::Request {
+        user: &claims.sub,
+        groups: &claims.groups,
+        endpoint,
+    }
+}
+
+async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    let started = Instant::now();
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
+    let Some(name) = wire::endpoint_from_authority(&authority).map(str::to_owned) else {
+        let shown = sanitize_header(&authority);
+        audit_denied(
+            &gw,
+            peer,
+            None,
+            &shown,
+            None,
+            format!("malformed CONNECT target '{shown}' (expected ENDPOINT:0)"),
+        );
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_target",
+            "CONNECT target must be ENDPOINT:0",
+        );
+    };
+    let claims = match authenticate(&gw, &req) {
+        Ok(c) => c,
+        Err(e) => {
+            audit_denied(&gw, peer, None, &name, None, e.to_string());
+            return token_refusal(&e);
+        }
+    };
+    let policy = gw.policy();
+    let decision = policy.evaluate(&policy_request(&claims, &name));
+    let endpoint = match (decision.is_allowed(), policy.endpoint(&name)) {
+        (true, Some(e)) => e.clone(),
+        _ => {
+            info!(user = %claims.sub, endpoint = %name, reason = %decision.reason, "access denied");
+            audit_denied(
+                &gw,
+                peer,
+                Some(&claims),
+                &name,
+                Some(&decision),
+                decision.reason.clone(),
+            );
+            return error(StatusCode::FORBIDDEN, "policy_denied", &decision.reason);
+        }
+    };
+    let Ok(session_id) = random_id("sess") else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "random number generator failed",
+        );
+    };
+    let mut info = SessionInfo {
+        id: session_id.clone(),
+        user: claims.sub.clone(),
+        groups: claims.groups.clone(),
+        source: peer.to_string(),
+        endpoint: endpoint_ref(&endpoint),
+        decision: decision_ref(&decision),
+        connector: None,
+    };
+    let link = gw.registry.pick(&endpoint.site);
+    info.connector = link.as_ref().map(|l| l.connector_ref());
+
+    // Durable before anything is relayed: fail closed if the audit log cannot be written.
+    if let Err(e) = gw
+        .audit
+        .record(info.event(&gw, EventType::SessionStart))
+        .await
+    {
+        tracing::error!(error = %e, "audit log unavailable: refusing session");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the gateway cannot write its audit log, so it is refusing new sessions; contact the service desk",
+        );
+    }
+    let none = Counters::default();
+    let Some(link) = link else {
+        let msg = format!(
+            "no connector for site '{}' is connected to the gateway",
+            endpoint.site
+        );
+        end_session(
+            &gw,
+            &info,
+            started,
+            "no_connector",
+            Some(msg.clone()),
+            &none,
+        )
+        .await;
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no_connector", &msg);
+    };
+
+    let target = if endpoint.host.contains(':') && !endpoint.host.starts_with('[') {
+        format!("[{}]:{}", endpoint.host, endpoint.port)
+    } else {
+        format!("{}:{}", endpoint.host, endpoint.port)
+    };
+    let connect = Request::builder()
+        .method(Method::CONNECT)
+        .uri(target.as_str())
+        .header(wire::HDR_SESSION, session_id.as_str())
+        .header(wire::HDR_ENDPOINT, endpoint.name.as_str())
+        .body(Empty::<Bytes>::new());
+    let connect = match connect {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("endpoint address '{target}' is not valid: {e}");
+            end_session(&gw, &info, started, "error", Some(msg.clone()), &none).await;
+            return error(StatusCode::BAD_GATEWAY, "bad_endpoint", &msg);
+        }
+    };
+    let mut sender = link.sender.clone();
+    let resp = match tokio::time::timeout(
+        gw.config.connector_dial_timeout,
+        sender.send_request(connect),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let msg = format!("connector {} failed: {e}", link.connector_id);
+            end_session(
+                &gw,
+                &info,
+                started,
+                "connector_lost",
+                Some(msg.clone()),
+                &none,
+            )
+            .await;
+            return error(StatusCode::BAD_GATEWAY, "connector_error", &msg);
+        }
+        Err(_) => {
+            let msg = format!(
+                "connector {} did not reach {} within {:?}",
+                link.connector_id, endpoint.name, gw.config.connector_dial_timeout
+            );
+            end_session(
+                &gw,
+                &info,
+                started,
+                "connector_timeout",
+                Some(msg.clone()),
+                &none,
+            )
+            .await;
+            return error(StatusCode::GATEWAY_TIMEOUT, "connector_timeout", &msg);
+        }
+    };
+    if resp.status() != StatusCode::OK {
+        let why = resp
+            .headers()
+            .get(wire::HDR_REASON)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("no reason given")
+            .to_owned();
+        let msg = format!("connector {} refused: {why}", link.connector_id);
+        let reason = if resp.status() == StatusCode::FORBIDDEN {
+            "connector_refused"
+        } else {
+            "endpoint_unreachable"
+        };
+        end_session(&gw, &info, started, reason, Some(msg.clone()), &none).await;
+        return error(StatusCode::BAD_GATEWAY, reason, &msg);
+    }
+
+    // Deadline: the rule's maximum session duration, capped by the token's expiry.
+    let max = decision
+        .limits
+        .max_session
+        .unwrap_or(Duration::from_secs(8 * 3600));
+    let token_left = Duration::from_secs(claims.exp.saturating_sub(unix_now()));
+    let (limit, limit_reason) = if token_left < max {
+        (token_left, "token_expired")
+    } else {
+        (max, "max_duration")
+    };
+    let deadline = started + limit;
+    info!(session_id = %session_id, user = %claims.sub, endpoint = %endpoint.name, connector_id = %link.connector_id, "session started");
+    let client_up = hyper::upgrade::on(req);
+    let endpoint_up = hyper::upgrade::on(resp);
+    let task_gw = gw.clone();
+    tokio::spawn(async move {
+        match tokio::join!(client_up, endpoint_up) {
+            (Ok(c), Ok(e)) => {
+                run_session(
+                    task_gw,
+                    info,
+                    TokioIo::new(c),
+                    TokioIo::new(e),
+                    deadline,
+                    limit_reason,
+                    started,
+                )
+                .await
+            }
+            (c, e) => {
+                let msg = format!(
+                    "stream upgrade failed (client: {}, connector: {})",
+                    c.err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "ok".into()),
+                    e.err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "ok".into())
+                );
+                end_session(
+                    &task_gw,
+                    &info,
+                    started,
+                    "error",
+                    Some(msg),
+                    &Counters::default(),
+                )
+                .await;
+            }
+        }
+    });
+    let mut ok = Response::new(Full::new(Bytes::new()));
+    if let Ok(v) = header::HeaderValue::from_str(&session_id) {
+        ok.headers_mut().insert(wire::HDR_SESSION, v);
+    }
+    ok
+}
+
+fn endpoint_info(e: &Endpoint, d: &Decision) -> EndpointInfo {
+    EndpointInfo {
+        name: e.name.clone(),
+        site: e.site.clone(),
+        protocol: e.protocol.to_string(),
+        description: e.description.clone(),
+        allowed: d.is_allowed(),
+        rule: d.rule.clone(),
+        reason: d.reason.clone(),
+        max_session_secs: d.limits.max_session.map(|m| m.as_secs()),
+    }
+}
+
+fn list_endpoints(gw: &Gateway, req: &Request<Incoming>, peer: SocketAddr) -> Resp {
+    let claims = match authenticate(gw, req) {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(%peer, error = %e, "endpoint listing refused");
+            return token_refusal(&e);
+        }
+    };
+    let policy = gw.policy();
+    let endpoints = policy
+        .endpoints()
+        .iter()
+        .filter_map(|e| {
+            let d = policy.evaluate(&policy_request(&claims, &e.name));
+            d.is_allowed().then(|| endpoint_info(e, &d))
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &EndpointList {
+            user: claims.sub,
+            groups: claims.groups,
+            endpoints,
+        },
+    )
+}
+
+async fn check_endpoint(
+    gw: &Gateway,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    name: &str,
+) -> Resp {
+    let claims = match authenticate(gw, req) {
+        Ok(c) => c,
+        Err(e) => {
+            audit_denied(gw, peer, None, &sanitize_header(name), None, e.to_string());
+            return token_refusal(&e);
+        }
+    };
+    let policy = gw.policy();
+    let d = policy.evaluate(&policy_request(&claims, name));
+    match policy.endpoint(name) {
+        Some(e) if d.is_allowed() => json(StatusCode::OK, &endpoint_info(e, &d)),
+        _ => {
+            audit_denied(
+                gw,
+                peer,
+                Some(&claims),
+                &sanitize_header(name),
+                Some(&d),
+                d.reason.clone(),
+            );
+            error(StatusCode::FORBIDDEN, "policy_denied", &d.reason)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum EnrollError {
+    #[error("the enrolment token is not known to this gateway")]
+    Unknown,
+    #[error("the enrolment token was already used (by connector {0}); ask for a new one")]
+    Used(String),
+    #[error("the enrolment token expired; ask for a new one")]
+    Expired,
+    #[error("{0}")]
+    BadCsr(String),
+    #[error("internal error: {0}")]
+    Store(#[from] StoreError),
+}
+
+async fn enroll(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    let body = match Limited::new(req.into_body(), wire::MAX_JSON_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "bad_request",
+                &format!("request body: {e}"),
+            )
+        }
+    };
+    let request: EnrollRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("enrolment request is not valid JSON: {e}"),
+            )
+        }
+    };
+    let secret_hash = sha256_hex(request.token.as_bytes());
+    let validity = gw.config.connector_cert_validity;
+    let task_gw = gw.clone();
+    let hostname = request.hostname.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let gw = task_gw;
+        gw.store.update(|state| {
+            let now = unix_now();
+            let tok = state
+                .enroll_tokens
+                .iter_mut()
+                .find(|t| ct_eq(t.secret_sha256.as_bytes(), secret_hash.as_bytes()))
+                .ok_or(EnrollError::Unknown)?;
+            if let Some(by) = &tok.used_by {
+                return Err(EnrollError::Used(by.clone()));
+            }
+            if tok.expires <= now {
+                return Err(EnrollError::Expired);
+            }
+            let site = tok.site.clone();
+            let suffix = random_id("x")
+                .map_err(|_| EnrollError::BadCsr("random number generator failed".into()))?;
+            let id = format!("{site}-{}", &suffix[2..10]);
+            let (cert_pem, serial, not_after) = gw
+                .connector_ca
+                .sign_connector(&request.csr_pem, &id, &site, validity)
+                .map_err(|e| EnrollError::BadCsr(e.to_string()))?;
+            tok.used = Some(now);
+            tok.used_by = Some(id.clone());
+            let token_id = tok.id.clone();
+            let not_after_unix = not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            state.connectors.push(ConnectorRec {
+                id: id.clone(),
+                site: site.clone(),
+                serial,
+                hostname,
+                enrolled: now,
+                not_after: not_after_unix,
+                revoked: None,
+            });
+            Ok((id, site, cert_pem, not_after, token_id))
+        })
+    })
+    .await;
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => Err(EnrollError::BadCsr(format!("enrolment task failed: {e}"))),
+    };
+    match result {
+        Ok((id, site, cert_pem, not_after, token_id)) => {
+            let mut ev = gw.event(EventType::ConnectorEnrolled);
+            ev.connector = Some(postern_audit::ConnectorRef {
+                id: id.clone(),
+                site: site.clone(),
+            });
+            ev.site = Some(site.clone());
+            ev.source = Some(peer.to_string());
+            ev.detail = Some(format!("enrolment token {token_id}"));
+            if let Err(e) = gw.audit.record(ev).await {
+                warn!(error = %e, "could not audit connector.enrolled");
+            }
+            info!(connector_id = %id, %site, %peer, "connector enrolled");
+            json(
+                StatusCode::OK,
+                &EnrollResponse {
+                    connector_id: id,
+                    site,
+                    cert_pem,
+                    gateway_ca_pem: gw_server_ca_pem(&gw),
+                    connector_addrs: gw.connector_addrs.clone(),
+                    not_after: humantime::format_rfc3339_seconds(not_after).to_string(),
+                },
+            )
+        }
+        Err(e) => {
+            warn!(%peer, reason = %e, "connector enrolment refused");
+            let mut ev = gw.event(EventType::EnrollmentFailed);
+            ev.source = Some(peer.to_string());
+            ev.detail = Some(e.to_string());
+            gw.audit.record_nowait(ev);
+            let (status, code) = match e {
+                EnrollError::Unknown | EnrollError::Used(_) | EnrollError::Expired => {
+                    (StatusCode::FORBIDDEN, "enrollment_refused")
+                }
+                EnrollError::BadCsr(_) => (StatusCode::BAD_REQUEST, "bad_csr"),
+                EnrollError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            };
+            error(status, code, &e.to_string())
+        }
+    }
+}
+
+fn gw_server_ca_pem(gw: &Gateway) -> String {
+    std::fs::read_to_string(gw.config.state_dir.join("server-ca.pem")).unwrap_or_default()
+}

@@ -1,0 +1,255 @@
+//! Gateway configuration: `gateway.toml`, parsed into serde structs with `deny_unknown_fields`,
+//! then resolved into [`Config`] with every error collected and reported at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors in a configuration file. Each message names the file, the key and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    /// Name of this gateway node in audit events.
+    #[serde(default = "default_node_id")]
+    node_id: String,
+    state_dir: PathBuf,
+    policy: PathBuf,
+    audit_dir: Option<PathBuf>,
+    listen: RawListen,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    clients: String,
+    connectors: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    /// Names and addresses put in the gateway's self-issued server certificate.
+    server_names: Option<Vec<String>>,
+    /// `host:port` of the connector listener as connectors should dial it.
+    advertise_connector_addrs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    handshake_timeout: Option<String>,
+    connector_dial_timeout: Option<String>,
+    max_connections: Option<usize>,
+    session_token_max_ttl: Option<String>,
+    connector_cert_validity: Option<String>,
+}
+
+fn default_node_id() -> String {
+    "gateway-1".to_owned()
+}
+
+/// Resolved gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: String,
+    pub state_dir: PathBuf,
+    pub policy: PathBuf,
+    pub audit_dir: PathBuf,
+    pub listen_clients: SocketAddr,
+    pub listen_connectors: SocketAddr,
+    pub server_names: Vec<String>,
+    /// Empty means "derive from the bound connector listener address".
+    pub advertise_connector_addrs: Vec<String>,
+    pub handshake_timeout: Duration,
+    pub connector_dial_timeout: Duration,
+    pub max_connections: usize,
+    pub session_token_max_ttl: Duration,
+    pub connector_cert_validity: Duration,
+}
+
+impl Config {
+    /// Defaults for a given state directory and policy, listening on loopback ephemeral ports.
+    pub fn local(state_dir: &Path, policy: &Path) -> Config {
+        Config {
+            node_id: default_node_id(),
+            state_dir: state_dir.to_owned(),
+            policy: policy.to_owned(),
+            audit_dir: state_dir.join("audit"),
+            listen_clients: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen_connectors: SocketAddr::from(([127, 0, 0, 1], 0)),
+            server_names: default_server_names(),
+            advertise_connector_addrs: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
+            connector_dial_timeout: Duration::from_secs(10),
+            max_connections: 20_000,
+            session_token_max_ttl: Duration::from_secs(24 * 3600),
+            connector_cert_validity: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+
+    /// Reads and resolves a configuration file. Relative paths are taken relative to the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` is used for messages and relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let file = path.display();
+        let mut errors = Vec::new();
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let mut addr = |key: &str, v: &str| -> SocketAddr {
+            v.parse().unwrap_or_else(|_| {
+                errors.push(format!(
+                    "{file}: listen.{key}: expected an address like \"0.0.0.0:8443\", found \"{v}\""
+                ));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            })
+        };
+        let listen_clients = addr("clients", &raw.listen.clients);
+        let listen_connectors = addr("connectors", &raw.listen.connectors);
+        let mut dur = |key: &str, v: Option<String>, default: Duration| -> Duration {
+            match v {
+                None => default,
+                Some(s) => humantime::parse_duration(&s).unwrap_or_else(|e| {
+                    errors.push(format!(
+                        "{file}: limits.{key}: expected a duration like \"10s\" or \"8h\", found \"{s}\" ({e})"
+                    ));
+                    default
+                }),
+            }
+        };
+        let d = Config::local(Path::new("."), Path::new("."));
+        let handshake_timeout = dur(
+            "handshake_timeout",
+            raw.limits.handshake_timeout,
+            d.handshake_timeout,
+        );
+        let connector_dial_timeout = dur(
+            "connector_dial_timeout",
+            raw.limits.connector_dial_timeout,
+            d.connector_dial_timeout,
+        );
+        let session_token_max_ttl = dur(
+            "session_token_max_ttl",
+            raw.limits.session_token_max_ttl,
+            d.session_token_max_ttl,
+        );
+        let connector_cert_validity = dur(
+            "connector_cert_validity",
+            raw.limits.connector_cert_validity,
+            d.connector_cert_validity,
+        );
+        let max_connections = raw.limits.max_connections.unwrap_or(d.max_connections);
+        if max_connections == 0 {
+            errors.push(format!(
+                "{file}: limits.max_connections: must be at least 1"
+            ));
+        }
+        if raw.node_id.is_empty() {
+            errors.push(format!("{file}: node_id: must not be empty"));
+        }
+        let server_names = raw.tls.server_names.unwrap_or_else(default_server_names);
+        if server_names.is_empty() {
+            errors.push(format!(
+                "{file}: tls.server_names: list at least one name clients use to reach the gateway"
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        let state_dir = abs(raw.state_dir);
+        Ok(Config {
+            node_id: raw.node_id,
+            audit_dir: raw
+                .audit_dir
+                .map(abs)
+                .unwrap_or_else(|| state_dir.join("audit")),
+            state_dir,
+            policy: abs(raw.policy),
+            listen_clients,
+            listen_connectors,
+            server_names,
+            advertise_connector_addrs: raw.tls.advertise_connector_addrs.unwrap_or_default(),
+            handshake_timeout,
+            connector_dial_timeout,
+            max_connections,
+            session_token_max_ttl,
+            connector_cert_validity,
+        })
+    }
+}
+
+fn default_server_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_example_and_resolves_paths() {
+        let c = Config::parse(
+            "state_dir = \"state\"\npolicy = \"/etc/p.toml\"\n[listen]\nclients = \"127.0.0.1:8443\"\nconnectors = \"127.0.0.1:8444\"\n",
+            Path::new("/etc/postern/gateway.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, Path::new("/etc/postern/state"));
+        assert_eq!(c.audit_dir, Path::new("/etc/postern/state/audit"));
+        assert_eq!(c.policy, Path::new("/etc/p.toml"));
+        assert_eq!(c.listen_clients.port(), 8443);
+    }
+
+    #[test]
+    fn reports_every_error_with_file_and_key() {
+        let err = Config::parse(
+            "state_dir = \"s\"\npolicy = \"p\"\n[listen]\nclients = \"nope\"\nconnectors = \"1.2.3.4\"\n[limits]\nhandshake_timeout = \"soon\"\n",
+            Path::new("gw.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("gw.toml: listen.clients"), "{err}");
+        assert!(err.contains("gw.toml: listen.connectors"), "{err}");
+        assert!(err.contains("gw.toml: limits.handshake_timeout"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::parse(
+            "state_dir = \"s\"\npolicy = \"p\"\nlisten_port = 3\n[listen]\nclients = \"127.0.0.1:1\"\nconnectors = \"127.0.0.1:2\"\n",
+            Path::new("gw.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `listen_port`"), "{err}");
+        assert!(err.contains("gw.toml"), "{err}");
+    }
+}

@@ -1,0 +1,291 @@
+//! The connector listener (mutual TLS, ALPN `postern-connector/1`) and the registry of live
+//! connector links.
+//!
+//! A connector's certificate must chain to the connector CA *and* match the serial recorded for
+//! its id in the store and not be revoked. Once accepted, the gateway becomes the HTTP/2 client
+//! on that connection; each tunnel is one `CONNECT` stream on it (no handshake per session).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use postern_audit::{ConnectorRef, EventType};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::Gateway;
+
+/// HTTP/2 windows on connector links. Adaptive (BDP-estimating) windows so that one stream is
+/// not capped at 64 KiB per round trip on a long path, starting from these sizes.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+pub const CONN_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// One live connection from a connector.
+pub struct Link {
+    pub seq: u64,
+    pub connector_id: String,
+    pub site: String,
+    pub serial: String,
+    pub peer: SocketAddr,
+    pub sender: SendRequest<Empty<Bytes>>,
+    pub cancel: CancellationToken,
+}
+
+impl Link {
+    pub fn connector_ref(&self) -> ConnectorRef {
+        ConnectorRef {
+            id: self.connector_id.clone(),
+            site: self.site.clone(),
+        }
+    }
+}
+
+/// Live links by site.
+#[derive(Default)]
+pub struct Registry {
+    by_site: Mutex<HashMap<String, Vec<Arc<Link>>>>,
+    next: AtomicUsize,
+    seq: AtomicU64,
+}
+
+impl Registry {
+    fn add(&self, link: Arc<Link>) {
+        if let Ok(mut m) = self.by_site.lock() {
+            m.entry(link.site.clone()).or_default().push(link);
+        }
+    }
+
+    fn remove(&self, link: &Link) {
+        if let Ok(mut m) = self.by_site.lock() {
+            if let Some(v) = m.get_mut(&link.site) {
+                v.retain(|l| l.seq != link.seq);
+                if v.is_empty() {
+                    m.remove(&link.site);
+                }
+            }
+        }
+    }
+
+    /// A live link of `site`, round robin over the healthy ones.
+    pub fn pick(&self, site: &str) -> Option<Arc<Link>> {
+        let m = self.by_site.lock().ok()?;
+        let links = m.get(site)?;
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..links.len())
+            .map(|i| &links[(start + i) % links.len()])
+            .find(|l| !l.sender.is_closed() && !l.cancel.is_cancelled())
+            .cloned()
+    }
+
+    fn all(&self) -> Vec<Arc<Link>> {
+        self.by_site
+            .lock()
+            .map(|m| m.values().flatten().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = gw.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    warn!(error = %e, "connector listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = gw.conn_limit.clone().try_acquire_owned() else {
+            warn!(%peer, "connection limit reached; refusing connector connection");
+            continue;
+        };
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            handle(gw, tcp, peer).await;
+            drop(permit);
+        });
+    }
+}
+
+/// (connector id, certificate serial hex) from the peer's leaf certificate.
+fn identity(der: &[u8]) -> Option<(String, String)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    let serial = postern_proto::ids::hex(cert.raw_serial());
+    Some((cn, serial))
+}
+
+fn refuse(gw: &Gateway, peer: SocketAddr, id: Option<&str>, why: &str) {
+    warn!(%peer, connector_id = id.unwrap_or("?"), reason = why, "connector refused");
+    let mut ev = gw.event(EventType::ConnectorRefused);
+    ev.source = Some(peer.to_string());
+    ev.connector = id.map(|id| ConnectorRef {
+        id: id.to_owned(),
+        site: String::new(),
+    });
+    ev.detail = Some(why.to_owned());
+    gw.audit.record_nowait(ev);
+}
+
+async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(gw.config.handshake_timeout, gw.connector_tls.accept(tcp))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            // Certificates from another CA end here, as do port scanners and garbage.
+            debug!(%peer, error = %e, "connector TLS handshake failed");
+            if e.to_string().contains("certificate") {
+                refuse(&gw, peer, None, &format!("TLS handshake failed: {e}"));
+            }
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "connector TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, conn) = tls.get_ref();
+    let Some((id, serial)) = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| identity(c.as_ref()))
+    else {
+        refuse(
+            &gw,
+            peer,
+            None,
+            "client certificate has no readable identity",
+        );
+        return;
+    };
+    let store = gw.store.clone();
+    let state = match tokio::task::spawn_blocking(move || store.read()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot read the state store; refusing connector");
+            return;
+        }
+        Err(_) => return,
+    };
+    let Some(rec) = state.connector(&id) else {
+        refuse(&gw, peer, Some(&id), "unknown connector id");
+        return;
+    };
+    if rec.revoked.is_some() {
+        refuse(&gw, peer, Some(&id), "connector certificate is revoked");
+        return;
+    }
+    if rec.serial != serial {
+        refuse(
+            &gw,
+            peer,
+            Some(&id),
+            "certificate serial does not match the enrolled certificate",
+        );
+        return;
+    }
+    let site = rec.site.clone();
+
+    let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .adaptive_window(true)
+        .max_frame_size(64 * 1024)
+        .keep_alive_interval(Duration::from_secs(15))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(tls));
+    let (sender, connection) =
+        match tokio::time::timeout(gw.config.handshake_timeout, handshake).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "HTTP/2 handshake with connector failed");
+                return;
+            }
+            Err(_) => return,
+        };
+    let link = Arc::new(Link {
+        seq: gw.registry.seq.fetch_add(1, Ordering::Relaxed),
+        connector_id: id.clone(),
+        site: site.clone(),
+        serial,
+        peer,
+        sender,
+        cancel: CancellationToken::new(),
+    });
+    gw.registry.add(link.clone());
+    info!(connector_id = %id, %site, %peer, "connector connected");
+    let mut ev = gw.event(EventType::ConnectorConnected);
+    ev.connector = Some(link.connector_ref());
+    ev.source = Some(peer.to_string());
+    ev.site = Some(site.clone());
+    gw.audit.record_nowait(ev);
+
+    let why = tokio::select! {
+        r = connection => match r {
+            Ok(()) => "connection closed".to_owned(),
+            Err(e) => format!("connection lost: {e}"),
+        },
+        _ = link.cancel.cancelled() => "certificate revoked".to_owned(),
+        _ = gw.shutdown.cancelled() => "gateway shutting down".to_owned(),
+    };
+    gw.registry.remove(&link);
+    info!(connector_id = %id, %site, %peer, reason = %why, "connector disconnected");
+    let mut ev = gw.event(EventType::ConnectorDisconnected);
+    ev.connector = Some(link.connector_ref());
+    ev.source = Some(peer.to_string());
+    ev.site = Some(site);
+    ev.detail = Some(why);
+    gw.audit.record_nowait(ev);
+}
+
+/// Re-reads the store when it changes and drops links whose connector was revoked (and the
+/// sessions they carry), so a revocation from the CLI takes effect within a second.
+pub async fn watch_revocations(gw: Arc<Gateway>) {
+    let mut last: Option<SystemTime> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let modified = gw.store.modified();
+        if modified == last {
+            continue;
+        }
+        last = modified;
+        let store = gw.store.clone();
+        let Ok(Ok(state)) = tokio::task::spawn_blocking(move || store.read()).await else {
+            continue;
+        };
+        for link in gw.registry.all() {
+            let ok = state
+                .connector(&link.connector_id)
+                .is_some_and(|r| r.revoked.is_none() && r.serial == link.serial);
+            if !ok {
+                let n = gw
+                    .sessions
+                    .kill_connector(&link.connector_id, "connector_revoked");
+                info!(connector_id = %link.connector_id, peer = %link.peer, sessions = n, "connector revoked: dropping its connection");
+                link.cancel.cancel();
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The Postern gateway.
+//!
+//! Layout:
+//! * [`config`]: `gateway.toml`, resolved with every error reported at once.
+//! * [`pki`]: the server CA (gateway TLS certificate) and connector CA (enrolment).
+//! * [`store`]: the embedded state store (enrolment tokens, connector inventory).
+//! * [`tokens`]: session tokens (EdDSA JWT, `kid` rotation).
+//! * `client_api`: the clinician-facing listener: enrolment, endpoint listing, `CONNECT` broker.
+//! * `connectors`: the mutual-TLS connector listener and the registry of live connector links.
+//! * `sessions`: live tunnels: relay, limits, `session.end`.
+//! * [`admin`]: the admin commands (`token create`, `connector list|revoke`, `session mint`).
+//! * [`demo`]: the local demo deployment.
+//!
+//! Flow of a tunnel: the client's `CONNECT endpoint:0` arrives on the client listener (HTTP/2
+//! over TLS 1.3); the broker verifies the session token, evaluates the policy, writes
+//! `session.start` durably, picks a live link of a connector of the endpoint's site, sends
+//! `CONNECT host:port` on that existing HTTP/2 connection, and on 200 splices the two streams
+//! until one side closes, the rule's maximum duration or the token's expiry passes, or the
+//! gateway shuts down; then it writes `session.end` with bytes and the reason.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod admin;
+mod client_api;
+pub mod config;
+mod connectors;
+pub mod demo;
+mod fsutil;
+pub mod pki;
+mod sessions;
+pub mod store;
+pub mod tokens;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use postern_audit::{AuditLog, Event, EventType};
+use postern_policy::Policy;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+/// Errors that stop the gateway from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("policy: {0}")]
+    Policy(#[from] postern_policy::PolicyError),
+    #[error("audit log: {0}")]
+    Audit(#[from] postern_audit::AuditError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Tokens(#[from] tokens::TokenError),
+    #[error(transparent)]
+    Tls(#[from] postern_proto::tls::TlsError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// The two bound listeners. Binding is the caller's job, so tests bind `127.0.0.1:0` and read
+/// the addresses back before the gateway starts.
+pub struct Listeners {
+    pub clients: TcpListener,
+    pub connectors: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both listeners from the configuration.
+    pub async fn bind(config: &Config) -> Result<Listeners, GatewayError> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| GatewayError::Io {
+                    what: format!("binding the {what} listener on {addr}"),
+                    source,
+                })
+        };
+        Ok(Listeners {
+            clients: bind(config.listen_clients, "client").await?,
+            connectors: bind(config.listen_connectors, "connector").await?,
+        })
+    }
+}
+
+/// Everything the listeners share.
+pub(crate) struct Gateway {
+    pub config: Config,
+    pub policy: RwLock<Arc<Policy>>,
+    pub keys: tokens::TokenKeys,
+    pub store: store::Store,
+    pub audit: AuditLog,
+    pub connector_ca: pki::Ca,
+    pub client_tls: TlsAcceptor,
+    pub connector_tls: TlsAcceptor,
+    pub connector_addrs: Vec<String>,
+    pub registry: connectors::Registry,
+    pub sessions: sessions::Sessions,
+    pub conn_limit: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+}
+
+impl Gateway {
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn event(&self, kind: EventType) -> Event {
+        let mut ev = Event::new(kind);
+        ev.gateway = Some(self.config.node_id.clone());
+        ev
+    }
+}
+
+/// Loads keys, CAs, policy and the audit log; fails before accepting anything if any is bad.
+async fn init(config: Config, listeners: &Listeners) -> Result<Arc<Gateway>, GatewayError> {
+    fsutil::private_dir(&config.state_dir).map_err(|source| GatewayError::Io {
+        what: format!("creating state directory {}", config.state_dir.display()),
+        source,
+    })?;
+    let policy = Policy::from_file(&config.policy)?;
+    let store = store::Store::open(&config.state_dir)?;
+    let keys = tokens::TokenKeys::load_or_create(&config.state_dir)?;
+    let server_ca = pki::Ca::load_or_create(&config.state_dir, "server-ca", "Postern gateway CA")?;
+    let connector_ca =
+        pki::Ca::load_or_create(&config.state_dir, "connector-ca", "Postern connector CA")?;
+    let (chain, key) =
+        server_ca.issue_server(&config.server_names, Duration::from_secs(365 * 86400))?;
+    use postern_proto::wire::{ALPN_CONNECTOR, ALPN_H2, ALPN_HTTP1};
+    let client_tls = postern_proto::tls::server_config(
+        chain.clone(),
+        key.clone_key(),
+        &[ALPN_H2, ALPN_HTTP1],
+        None,
+    )?;
+    let connector_tls = postern_proto::tls::server_config(
+        chain,
+        key,
+        &[ALPN_CONNECTOR],
+        Some(connector_ca.cert_der.clone()),
+    )?;
+    let audit = AuditLog::open(&config.audit_dir).await?;
+    let connector_addrs = if config.advertise_connector_addrs.is_empty() {
+        let a = listeners
+            .connectors
+            .local_addr()
+            .map_err(|source| GatewayError::Io {
+                what: "reading the connector listener address".into(),
+                source,
+            })?;
+        vec![a.to_string()]
+    } else {
+        config.advertise_connector_addrs.clone()
+    };
+    Ok(Arc::new(Gateway {
+        conn_limit: Arc::new(Semaphore::new(config.max_connections)),
+        policy: RwLock::new(Arc::new(policy)),
+        keys,
+        store,
+        audit,
+        connector_ca,
+        client_tls: TlsAcceptor::from(Arc::new(client_tls)),
+        connector_tls: TlsAcceptor::from(Arc::new(connector_tls)),
+        connector_addrs,
+        registry: connectors::Registry::default(),
+        sessions: sessions::Sessions::default(),
+        shutdown: CancellationToken::new(),
+        config,
+    }))
+}
+
+/// Runs the gateway until `shutdown` completes, then ends live sessions (reason `shutdown`),
+/// flushes the audit log and returns.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    let gw = init(config, &listeners).await?;
+    let policy = gw.policy();
+    info!(
+        clients = %listeners.clients.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        connectors = %listeners.connectors.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        policy_version = policy.version(),
+        endpoints = policy.endpoints().len(),
+        "gateway started"
+    );
+    let mut started = gw.event(EventType::GatewayStarted);
+    started.detail = Some(format!("policy {}", policy.version()));
+    gw.audit.record(started).await?;
+
+    let tasks = [
+        tokio::spawn(client_api::accept_loop(gw.clone(), listeners.clients)),
+        tokio::spawn(connectors::accept_loop(gw.clone(), listeners.connectors)),
+        tokio::spawn(connectors::watch_revocations(gw.clone())),
+    ];
+    shutdown.await;
+    info!("shutting down: ending live sessions");
+    gw.shutdown.cancel();
+    gw.sessions.kill_all("shutdown");
+    gw.sessions.wait_empty(Duration::from_secs(5)).await;
+    for t in tasks {
+        t.abort();
+    }
+    gw.audit.record_nowait(gw.event(EventType::GatewayStopped));
+    if let Err(e) = gw.audit.close().await {
+        warn!(error = %e, "flushing the audit log at shutdown failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! `postern-gateway`: run the gateway, the local demo, and admin commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use postern_gateway::{admin, Config, Listeners};
+
+#[derive(Parser)]
+#[command(
+    name = "postern-gateway",
+    version,
+    about = "Postern zero-trust access gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Gateway configuration file.
+    #[arg(
+        long,
+        short,
+        default_value = "/etc/postern/gateway.toml",
+        env = "POSTERN_GATEWAY_CONFIG"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Run(ConfigArg),
+    /// Validate the configuration and the policy it names, then exit.
+    Check(ConfigArg),
+    /// Start a complete local deployment on loopback (gateway, connector, sample endpoints).
+    Demo {
+        /// Directory for the demo's state, logs and tokens (recreated on each start).
+        #[arg(long, default_value = "postern-demo")]
+        dir: PathBuf,
+        /// Port of the gateway's client listener (the connector listener uses the next one).
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+    },
+    /// Connector enrolment tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Enrolled connectors.
+    Connector {
+        #[command(subcommand)]
+        cmd: ConnectorCmd,
+    },
+    /// Session tokens.
+    Session {
+        #[command(subcommand)]
+        cmd: SessionCmd,
+    },
+    /// Write the gateway CA certificate that clients and connectors trust.
+    ExportCa {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Output file.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a one-time enrolment token for a connector of SITE.
+    Create {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        site: String,
+        /// Validity, e.g. 30m, 1h, 1d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConnectorCmd {
+    /// List enrolled connectors.
+    List(ConfigArg),
+    /// Revoke a connector: its next connection is refused and live ones are dropped.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionCmd {
+    /// Mint a session token (service accounts and tests; clinicians sign in instead).
+    Mint {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        user: String,
+        /// Comma-separated groups.
+        #[arg(long, value_delimiter = ',', default_value = "")]
+        groups: Vec<String>,
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn load(c: &ConfigArg) -> anyhow::Result<Config> {
+    Ok(Config::load(&c.config)?)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "postern-gateway: {}",
+                postern_proto::report::render(e.as_ref())
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Run(c) => {
+            let config = load(&c)?;
+            init_tracing();
+            runtime()?.block_on(async move {
+                // Validate the policy before binding anything.
+                postern_policy::Policy::from_file(&config.policy)?;
+                let listeners = Listeners::bind(&config).await?;
+                postern_gateway::run(config, listeners, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+        Cmd::Check(c) => {
+            let config = load(&c)?;
+            let policy = postern_policy::Policy::from_file(&config.policy)
+                .with_context(|| format!("policy {}", config.policy.display()))?;
+            println!(
+                "ok: {} (policy {} with {} endpoints)",
+                c.config.display(),
+                policy.version(),
+                policy.endpoints().len()
+            );
+            Ok(())
+        }
+        Cmd::Demo { dir, port } => {
+            init_tracing();
+            runtime()?.block_on(postern_gateway::demo::run(dir, port, shutdown_signal()))
+        }
+        Cmd::Token {
+            cmd: TokenCmd::Create { config, site, ttl },
+        } => {
+            let t = admin::token_create(&load(&config)?, &site, ttl)?;
+            eprintln!(
+                "enrolment token {} for site {} (one use, expires {}):",
+                t.id,
+                t.site,
+                humantime::format_rfc3339_seconds(t.expires)
+            );
+            println!("{}", t.token);
+            Ok(())
+        }
+        Cmd::Connector {
+            cmd: ConnectorCmd::List(c),
+        } => {
+            print!("{}", admin::connector_list(&load(&c)?)?);
+            Ok(())
+        }
+        Cmd::Connector {
+            cmd: ConnectorCmd::Revoke { config, id },
+        } => {
+            let site = admin::connector_revoke(&load(&config)?, &id)?;
+            println!("revoked connector {id} (site {site})");
+            Ok(())
+        }
+        Cmd::Session {
+            cmd:
+                SessionCmd::Mint {
+                    config,
+                    user,
+                    groups,
+                    ttl,
+                },
+        } => {
+            let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
+            let (token, _) = admin::session_mint(&load(&config)?, &user, &groups, ttl)?;
+            println!("{token}");
+            Ok(())
+        }
+        Cmd::ExportCa { config, out } => {
+            admin::export_ca(&load(&config)?, &out)?;
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

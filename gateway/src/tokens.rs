@@ -1,0 +1,276 @@
+//! Session tokens: EdDSA (Ed25519) JWTs signed by the gateway.
+//!
+//! Keys live in `STATE_DIR/jwt/`: `<kid>.key` (PKCS#8 PEM, 0600) and `<kid>.pub` (SPKI PEM);
+//! `active` names the signing kid. Every key in the directory verifies, so rotation is: add a
+//! key, make it active, remove the old one after the longest token lifetime.
+//!
+//! The same token type is issued by `postern-gateway session mint` (service accounts, tests)
+//! and, later, by the OIDC sign-in.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{private_dir, write_atomic};
+use crate::store::unix_now;
+
+pub const ISSUER: &str = "postern-gateway";
+pub const AUDIENCE: &str = "postern";
+
+/// Claims of a session token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    /// The user (IdP subject or e-mail).
+    pub sub: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub iat: u64,
+    pub exp: u64,
+    /// Token id, for audit and revocation.
+    pub jti: String,
+    /// When the user authenticated (seconds since the epoch).
+    #[serde(default)]
+    pub auth_time: Option<u64>,
+    /// Whether multi-factor authentication was performed.
+    #[serde(default)]
+    pub mfa: bool,
+    /// Bound device id, once device trust lands.
+    #[serde(default)]
+    pub device: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("session token has expired; sign in again")]
+    Expired,
+    #[error("session token signature is not valid for this gateway")]
+    BadSignature,
+    #[error("session token was signed with an unknown key (kid {0})")]
+    UnknownKey(String),
+    #[error("session token is malformed: {0}")]
+    Malformed(String),
+    #[error("no session token: send 'authorization: Bearer <token>'")]
+    Missing,
+    #[error("token keys in {path}: {message}")]
+    Keys { path: String, message: String },
+}
+
+impl TokenError {
+    /// Stable code for error bodies and audit.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Expired => "token_expired",
+            TokenError::BadSignature | TokenError::UnknownKey(_) => "token_invalid_signature",
+            TokenError::Malformed(_) => "token_malformed",
+            TokenError::Missing => "token_missing",
+            TokenError::Keys { .. } => "internal",
+        }
+    }
+}
+
+/// Signing and verification keys.
+pub struct TokenKeys {
+    active: String,
+    encoding: EncodingKey,
+    decoding: HashMap<String, DecodingKey>,
+    validation: Validation,
+}
+
+impl TokenKeys {
+    /// Loads `DIR/jwt`, generating a first key if there is none.
+    pub fn load_or_create(state_dir: &Path) -> Result<TokenKeys, TokenError> {
+        let dir = state_dir.join("jwt");
+        let keys_err = |message: String| TokenError::Keys {
+            path: dir.display().to_string(),
+            message,
+        };
+        private_dir(&dir).map_err(|e| keys_err(e.to_string()))?;
+        let active_path = dir.join("active");
+        if !active_path.exists() {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+                .map_err(|e| keys_err(e.to_string()))?;
+            let kid = format!(
+                "k{}",
+                &postern_proto::ids::sha256_hex(key.public_key_raw())[..16]
+            );
+            write_atomic(
+                &dir.join(format!("{kid}.key")),
+                key.serialize_pem().as_bytes(),
+                0o600,
+            )
+            .map_err(|e| keys_err(e.to_string()))?;
+            write_atomic(
+                &dir.join(format!("{kid}.pub")),
+                key.public_key_pem().as_bytes(),
+                0o644,
+            )
+            .map_err(|e| keys_err(e.to_string()))?;
+            write_atomic(&active_path, kid.as_bytes(), 0o600)
+                .map_err(|e| keys_err(e.to_string()))?;
+        }
+        let active = std::fs::read_to_string(&active_path)
+            .map_err(|e| keys_err(e.to_string()))?
+            .trim()
+            .to_owned();
+        let priv_pem = std::fs::read(dir.join(format!("{active}.key")))
+            .map_err(|e| keys_err(format!("active key {active}: {e}")))?;
+        let encoding =
+            EncodingKey::from_ed_pem(&priv_pem).map_err(|e| keys_err(format!("{active}: {e}")))?;
+        let mut decoding = HashMap::new();
+        let entries = std::fs::read_dir(&dir).map_err(|e| keys_err(e.to_string()))?;
+        for entry in entries {
+            let path = entry.map_err(|e| keys_err(e.to_string()))?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("pub") {
+                continue;
+            }
+            let Some(kid) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let pem = std::fs::read(&path).map_err(|e| keys_err(e.to_string()))?;
+            let key =
+                DecodingKey::from_ed_pem(&pem).map_err(|e| keys_err(format!("{kid}: {e}")))?;
+            decoding.insert(kid.to_owned(), key);
+        }
+        if !decoding.contains_key(&active) {
+            return Err(keys_err(format!("public key {active}.pub is missing")));
+        }
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.leeway = 30;
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        Ok(TokenKeys {
+            active,
+            encoding,
+            decoding,
+            validation,
+        })
+    }
+
+    /// Mints a token for `user` with `groups`, valid for `ttl`. Returns (token, claims).
+    pub fn mint(
+        &self,
+        user: &str,
+        groups: &[String],
+        ttl: Duration,
+    ) -> Result<(String, Claims), TokenError> {
+        let now = unix_now();
+        let claims = Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: user.into(),
+            groups: groups.to_vec(),
+            iat: now,
+            exp: now + ttl.as_secs(),
+            jti: postern_proto::ids::random_id("tok")
+                .map_err(|_| TokenError::Malformed("random number generator failed".into()))?,
+            auth_time: Some(now),
+            mfa: false,
+            device: None,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.active.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| TokenError::Malformed(e.to_string()))?;
+        Ok((token, claims))
+    }
+
+    /// Verifies signature, issuer, audience and expiry.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        if token.len() > 8192 {
+            return Err(TokenError::Malformed("longer than 8192 bytes".into()));
+        }
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Malformed(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| TokenError::Malformed("no kid in header".into()))?;
+        let key = self
+            .decoding
+            .get(&kid)
+            .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+        use jsonwebtoken::errors::ErrorKind;
+        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .map(|d| d.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                _ => TokenError::Malformed(e.to_string()),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mint_verify_and_reject() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = TokenKeys::load_or_create(dir.path()).unwrap();
+        let (tok, claims) = keys
+            .mint("alice", &["radiologists".into()], Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(keys.verify(&tok).unwrap(), claims);
+
+        // Reloading keeps the same key.
+        let again = TokenKeys::load_or_create(dir.path()).unwrap();
+        assert_eq!(again.verify(&tok).unwrap().sub, "alice");
+
+        // Tampered payload.
+        let mut parts: Vec<String> = tok.split('.').map(String::from).collect();
+        parts[1] = parts[1].replace('a', "b");
+        let tampered = parts.join(".");
+        assert!(matches!(
+            keys.verify(&tampered),
+            Err(TokenError::BadSignature | TokenError::Malformed(_))
+        ));
+
+        // Foreign gateway.
+        let other = tempfile::tempdir().unwrap();
+        let foreign = TokenKeys::load_or_create(other.path()).unwrap();
+        let (ftok, _) = foreign
+            .mint("mallory", &[], Duration::from_secs(60))
+            .unwrap();
+        assert!(matches!(keys.verify(&ftok), Err(TokenError::UnknownKey(_))));
+
+        assert!(matches!(
+            keys.verify("garbage"),
+            Err(TokenError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = TokenKeys::load_or_create(dir.path()).unwrap();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(keys.active.clone());
+        let now = unix_now();
+        let claims = Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: "bob".into(),
+            groups: vec![],
+            iat: now - 7200,
+            exp: now - 3600,
+            jti: "t".into(),
+            auth_time: None,
+            mfa: false,
+            device: None,
+        };
+        let tok = jsonwebtoken::encode(&header, &claims, &keys.encoding).unwrap();
+        assert!(matches!(keys.verify(&tok), Err(TokenError::Expired)));
+    }
+}

@@ -1,0 +1,372 @@
+//! Stage 1: TOML text → raw serde structs that mirror the file, with byte spans.
+//!
+//! The document is parsed with `toml_edit` (the parser inside the `toml` crate), which keeps the
+//! span of every key and value. Each table is then decoded on its own, so one bad endpoint does
+//! not hide the problems in the next; and unknown keys are found by comparing a table's keys with
+//! the fields serde will accept, so every unknown key is reported, not only the first. The raw
+//! structs keep `#[serde(deny_unknown_fields)]` as a backstop.
+//!
+//! Raw fields are deliberately loose (`Option`, strings, `i64`): a missing field, a zero port or
+//! an unknown protocol is a *validation* error found in stage 2 alongside all the others, rather
+//! than a serde error that would abandon the table. Only a wrong TOML type stops a table here.
+
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use serde::Deserialize;
+use toml::Spanned;
+use toml_edit::{ImDocument, InlineTable, Item, Value};
+
+use crate::error::{Diagnostics, ErrorKind};
+use crate::text::{one_line, suggest, Quoted};
+use crate::{MAX_ENDPOINTS, MAX_RULES};
+
+/// The `[defaults]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDefaults {
+    pub(crate) max_session: Option<Spanned<String>>,
+}
+
+/// One `[[endpoints]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEndpoint {
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) site: Option<Spanned<String>>,
+    pub(crate) host: Option<Spanned<String>>,
+    pub(crate) port: Option<Spanned<i64>>,
+    pub(crate) protocol: Option<Spanned<String>>,
+    pub(crate) description: Option<Spanned<String>>,
+}
+
+/// One `[[rules]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    pub(crate) id: Option<Spanned<String>>,
+    pub(crate) effect: Option<Spanned<String>>,
+    pub(crate) groups: Option<Vec<Spanned<String>>>,
+    pub(crate) users: Option<Vec<Spanned<String>>>,
+    pub(crate) endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) max_session: Option<Spanned<String>>,
+    pub(crate) description: Option<Spanned<String>>,
+}
+
+/// A decoded table and where it starts (its `[[header]]`, or the `{` of an inline table).
+#[derive(Debug)]
+pub(crate) struct Located<T> {
+    pub(crate) at: usize,
+    /// 1-based position within its section, to name tables that have no valid name.
+    pub(crate) ordinal: usize,
+    pub(crate) value: T,
+}
+
+/// Everything stage 1 could decode.
+#[derive(Debug, Default)]
+pub(crate) struct RawDocument {
+    pub(crate) defaults: Option<Located<RawDefaults>>,
+    pub(crate) endpoints: Vec<Located<RawEndpoint>>,
+    pub(crate) rules: Vec<Located<RawRule>>,
+    /// Names written in endpoint tables that failed to decode. Rules that name them are not
+    /// reported as referencing an unknown endpoint: the real problem was already reported.
+    pub(crate) undecoded_endpoint_names: Vec<String>,
+}
+
+const TOP_LEVEL_KEYS: [&str; 3] = ["defaults", "endpoints", "rules"];
+
+/// Parses `text` and decodes every table it can. Returns `None` when the text is not TOML or a
+/// count limit is exceeded; otherwise returns what decoded, with problems recorded in `diags`.
+pub(crate) fn load(text: &str, diags: &mut Diagnostics) -> Option<RawDocument> {
+    let document = match ImDocument::parse(text) {
+        Ok(document) => document,
+        Err(e) => {
+            diags.push(
+                ErrorKind::Syntax,
+                e.span().map_or(0, |s| s.start),
+                format!("invalid TOML: {}", one_line(e.message())),
+                None,
+            );
+            return None;
+        }
+    };
+    let mut root = document.into_table();
+
+    let unknown: Vec<String> = root
+        .iter()
+        .map(|(key, _)| key)
+        .filter(|key| !TOP_LEVEL_KEYS.contains(key))
+        .map(str::to_owned)
+        .collect();
+    for key in &unknown {
+        let at = root.key(key).and_then(|k| k.span()).map_or(0, |s| s.start);
+        diags.push(
+            ErrorKind::UnknownKey,
+            at,
+            format!("unknown top-level key `{}`", Quoted(key)),
+            Some(unknown_key_hint(key, &TOP_LEVEL_KEYS)),
+        );
+    }
+
+    let mut raw = RawDocument::default();
+
+    if let Some((key_at, item)) = take(&mut root, "defaults") {
+        match into_table(item) {
+            Some((at, table)) => {
+                if let Some(value) = decode::<RawDefaults>(table, at, diags) {
+                    raw.defaults = Some(Located {
+                        at,
+                        ordinal: 1,
+                        value,
+                    });
+                }
+            }
+            None => diags.push(
+                ErrorKind::InvalidType,
+                key_at,
+                "`defaults` must be a table",
+                Some("write it as a `[defaults]` section".into()),
+            ),
+        }
+    }
+
+    let endpoints = take(&mut root, "endpoints")
+        .map(|(key_at, item)| section_tables(item, "endpoints", key_at, diags))
+        .unwrap_or_default();
+    let rules = take(&mut root, "rules")
+        .map(|(key_at, item)| section_tables(item, "rules", key_at, diags))
+        .unwrap_or_default();
+    let endpoints_ok = within_limit(&endpoints, MAX_ENDPOINTS, "endpoints", diags);
+    let rules_ok = within_limit(&rules, MAX_RULES, "rules", diags);
+    if !(endpoints_ok && rules_ok) {
+        return None;
+    }
+
+    for (index, (at, table)) in endpoints.into_iter().enumerate() {
+        let name = table.get("name").and_then(Value::as_str).map(str::to_owned);
+        match decode::<RawEndpoint>(table, at, diags) {
+            Some(value) => raw.endpoints.push(Located {
+                at,
+                ordinal: index + 1,
+                value,
+            }),
+            None => raw.undecoded_endpoint_names.extend(name),
+        }
+    }
+    for (index, (at, table)) in rules.into_iter().enumerate() {
+        if let Some(value) = decode::<RawRule>(table, at, diags) {
+            raw.rules.push(Located {
+                at,
+                ordinal: index + 1,
+                value,
+            });
+        }
+    }
+    Some(raw)
+}
+
+/// Removes `key` from the root table, returning where the key is written and its item.
+fn take(root: &mut toml_edit::Table, key: &str) -> Option<(usize, Item)> {
+    let at = root.key(key).and_then(|k| k.span()).map_or(0, |s| s.start);
+    root.remove(key).map(|item| (at, item))
+}
+
+/// A single table, written either as `[name]` or as `name = { … }`.
+fn into_table(item: Item) -> Option<(usize, InlineTable)> {
+    match item {
+        Item::Table(table) => {
+            let at = table.span().map_or(0, |s| s.start);
+            Some((at, table.into_inline_table()))
+        }
+        Item::Value(Value::InlineTable(table)) => {
+            let at = table.span().map_or(0, |s| s.start);
+            Some((at, table))
+        }
+        _ => None,
+    }
+}
+
+/// The tables of an `[[endpoints]]` / `[[rules]]` section, also accepting the inline form
+/// `endpoints = [{ … }, { … }]`.
+fn section_tables(
+    item: Item,
+    section: &str,
+    key_at: usize,
+    diags: &mut Diagnostics,
+) -> Vec<(usize, InlineTable)> {
+    match item {
+        Item::ArrayOfTables(tables) => tables
+            .into_iter()
+            .map(|table| {
+                let at = table.span().map_or(key_at, |s| s.start);
+                (at, table.into_inline_table())
+            })
+            .collect(),
+        Item::Value(Value::Array(values)) => values
+            .into_iter()
+            .filter_map(|value| match value {
+                Value::InlineTable(table) => {
+                    let at = table.span().map_or(key_at, |s| s.start);
+                    Some((at, table))
+                }
+                other => {
+                    diags.push(
+                        ErrorKind::InvalidType,
+                        other.span().map_or(key_at, |s| s.start),
+                        format!("each entry of `{section}` must be a table"),
+                        Some(format!(
+                            "write each entry under its own `[[{section}]]` header"
+                        )),
+                    );
+                    None
+                }
+            })
+            .collect(),
+        _ => {
+            diags.push(
+                ErrorKind::InvalidType,
+                key_at,
+                format!("`{section}` must be an array of tables"),
+                Some(format!(
+                    "write each entry under its own `[[{section}]]` header (double brackets)"
+                )),
+            );
+            Vec::new()
+        }
+    }
+}
+
+fn within_limit(
+    tables: &[(usize, InlineTable)],
+    limit: usize,
+    section: &str,
+    diags: &mut Diagnostics,
+) -> bool {
+    match tables.get(limit) {
+        None => true,
+        Some((at, _)) => {
+            diags.push(
+                ErrorKind::LimitExceeded,
+                *at,
+                format!(
+                    "too many {section}: {} (the limit is {limit})",
+                    tables.len()
+                ),
+                Some("split the deployment or merge similar entries".into()),
+            );
+            false
+        }
+    }
+}
+
+/// Decodes one table into `T`, first reporting (and dropping) every key `T` does not define.
+fn decode<T: DeserializeOwned>(
+    mut table: InlineTable,
+    at: usize,
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    let fields = struct_fields::<T>();
+    let unknown: Vec<String> = table
+        .iter()
+        .map(|(key, _)| key)
+        .filter(|key| !fields.contains(key))
+        .map(str::to_owned)
+        .collect();
+    if !unknown.is_empty() {
+        for key in &unknown {
+            let key_at = table
+                .key(key)
+                .and_then(|k| k.span())
+                .map_or(at, |s| s.start);
+            diags.push(
+                ErrorKind::UnknownKey,
+                key_at,
+                format!("unknown key `{}`", Quoted(key)),
+                Some(unknown_key_hint(key, fields)),
+            );
+        }
+        table.retain(|key, _| fields.contains(&key));
+    }
+
+    // Find the key of a failing value before the table is consumed, to name it in the message.
+    let spans: Vec<(String, std::ops::Range<usize>)> = table
+        .iter()
+        .filter_map(|(key, value)| value.span().map(|span| (key.to_owned(), span)))
+        .collect();
+    match T::deserialize(Value::InlineTable(table).into_deserializer()) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            let error_at = e.span().map_or(at, |s| s.start);
+            let key = spans
+                .iter()
+                .find(|(_, span)| span.contains(&error_at))
+                .map(|(key, _)| key.as_str());
+            let message = match key {
+                Some(key) => format!("`{key}`: {}", one_line(e.message())),
+                None => one_line(e.message()),
+            };
+            diags.push(ErrorKind::InvalidType, error_at, message, None);
+            None
+        }
+    }
+}
+
+fn unknown_key_hint(key: &str, allowed: &[&'static str]) -> String {
+    match suggest(key, allowed.iter().copied()) {
+        Some(close) => format!("did you mean `{close}`?"),
+        None => format!("allowed keys: {}", allowed.join(", ")),
+    }
+}
+
+/// The field names that `T`'s derived `Deserialize` accepts, exactly as serde lists them.
+///
+/// A derived struct impl calls `deserialize_struct` with its field list before reading anything;
+/// this probe deserializer records that list and stops. Asking serde, rather than keeping a copy
+/// of each list by hand, means the unknown-key check can never drift from the structs.
+fn struct_fields<T: DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("field probe: not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("field probe: fields recorded"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    // Always an error by construction; the point is the side effect on `fields`.
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn struct_fields_lists_serde_fields() {
+        assert_eq!(
+            struct_fields::<RawEndpoint>(),
+            ["name", "site", "host", "port", "protocol", "description"]
+        );
+        assert_eq!(struct_fields::<RawDefaults>(), ["max_session"]);
+        assert_eq!(struct_fields::<RawRule>().len(), 7);
+    }
+}

@@ -1,0 +1,149 @@
+//! Names and message bodies on the wire.
+//!
+//! Clinician ↔ gateway: HTTP/2 (or HTTP/1.1 for the JSON calls) over TLS 1.3, ALPN [`ALPN_H2`].
+//! A tunnel is one `CONNECT` request whose authority is `ENDPOINT:0` (see [`connect_authority`]);
+//! the session token travels as `authorization: Bearer …`.
+//!
+//! Gateway ↔ connector: the connector dials out over mutual TLS 1.3 with ALPN [`ALPN_CONNECTOR`];
+//! on that connection the roles reverse: the gateway is the HTTP/2 *client* and sends one
+//! `CONNECT host:port` per tunnelled TCP connection, the connector is the HTTP/2 server.
+
+use serde::{Deserialize, Serialize};
+
+/// ALPN for the clinician-facing listener (HTTP/2 for tunnels).
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN for HTTP/1.1 (enrolment and JSON calls from simple clients).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN for connector links. The version suffix is bumped on incompatible changes, so an old
+/// connector and a new gateway fail the handshake with a clear "no application protocol" error
+/// instead of misparsing each other.
+pub const ALPN_CONNECTOR: &[u8] = b"postern-connector/1";
+
+/// Response header carrying a human-readable reason for a refusal.
+pub const HDR_REASON: &str = "postern-reason";
+/// Header carrying the session id, gateway → client and gateway → connector.
+pub const HDR_SESSION: &str = "postern-session-id";
+/// Header carrying the endpoint name, gateway → connector (for the connector's logs).
+pub const HDR_ENDPOINT: &str = "postern-endpoint";
+
+/// Enrolment path on the gateway's public listener.
+pub const PATH_ENROLL: &str = "/v1/enroll";
+/// Endpoint listing path.
+pub const PATH_ENDPOINTS: &str = "/v1/endpoints";
+/// Liveness path (no authentication, reveals nothing).
+pub const PATH_HEALTH: &str = "/healthz";
+
+/// Largest JSON body any Postern listener accepts.
+pub const MAX_JSON_BODY: usize = 64 * 1024;
+
+/// Authority used in the clinician's `CONNECT` for an endpoint: the endpoint name with port 0
+/// (HTTP requires a port in authority-form; the real port comes from the policy, never from the
+/// client).
+pub fn connect_authority(endpoint: &str) -> String {
+    format!("{endpoint}:0")
+}
+
+/// Inverse of [`connect_authority`]: the endpoint name, if the authority is well-formed.
+pub fn endpoint_from_authority(authority: &str) -> Option<&str> {
+    let name = authority.strip_suffix(":0")?;
+    valid_name(name).then_some(name)
+}
+
+/// Names of endpoints, sites and connectors: `[a-z0-9][a-z0-9-]{0,62}`.
+pub fn valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// `POST /v1/enroll` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The secret part of the one-time token (never the pin, never logged).
+    pub token: String,
+    /// PKCS#10 CSR in PEM; only its public key is used, the gateway chooses the subject.
+    pub csr_pem: String,
+    /// Host name of the connector machine, for the operator's inventory.
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+/// `POST /v1/enroll` success body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub connector_id: String,
+    pub site: String,
+    /// The connector's client certificate (PEM).
+    pub cert_pem: String,
+    /// The CA that issued the gateway's server certificate; the connector trusts only this.
+    pub gateway_ca_pem: String,
+    /// Addresses of the gateway's connector listener(s) (`host:port`).
+    pub connector_addrs: Vec<String>,
+    /// Certificate expiry, RFC 3339.
+    pub not_after: String,
+}
+
+/// One row of `GET /v1/endpoints`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EndpointInfo {
+    pub name: String,
+    pub site: String,
+    pub protocol: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub allowed: bool,
+    /// Rule that allows (or denies) it.
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// Human sentence explaining the decision.
+    pub reason: String,
+    /// Maximum session length in seconds, when allowed.
+    #[serde(default)]
+    pub max_session_secs: Option<u64>,
+}
+
+/// `GET /v1/endpoints` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointList {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+/// Every error body from every Postern listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `token_expired`, `policy_denied`.
+    pub error: String,
+    /// Sentence for a person.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_round_trip() {
+        assert_eq!(
+            endpoint_from_authority(&connect_authority("truro-pacs")),
+            Some("truro-pacs")
+        );
+        assert_eq!(endpoint_from_authority("truro-pacs:104"), None);
+        assert_eq!(endpoint_from_authority("../etc:0"), None);
+        assert_eq!(endpoint_from_authority(":0"), None);
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("truro-1"));
+        assert!(!valid_name("-truro"));
+        assert!(!valid_name("Truro"));
+        assert!(!valid_name(&"a".repeat(64)));
+        assert!(!valid_name(""));
+    }
+}
