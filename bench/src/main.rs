@@ -1,1 +1,159 @@
-fn main() {}
+//! `postern-bench`: the helper binary of `bench/run`.
+//!
+//! It does what a shell script cannot do well: a TCP echo server, session-setup latency and
+//! rate, holding thousands of idle tunnelled connections, a delaying TCP relay (the kernel here
+//! has no `tc netem`), process memory from `/proc`, and the final report.
+
+mod net;
+mod report;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "postern-bench", about = "Benchmark helpers for Postern")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// TCP echo server. Prints `listening on ADDR` once bound.
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Session setup: connect, write 1 byte, read it back, close; prints latency and rate as
+    /// one JSON line.
+    Sessions {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Sessions run (and discarded) before measuring.
+        #[arg(long, default_value_t = 0)]
+        warmup: usize,
+        /// Extra `key=value` fields for the JSON line (values that parse as JSON stay JSON).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Opens COUNT connections, echoes one byte on each so that every tunnel is really up,
+    /// prints one JSON line, then holds them until SIGTERM/SIGINT (or stdin EOF with
+    /// --wait-stdin) and closes them.
+    Hold {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// Connections being opened at the same time.
+        #[arg(long, default_value_t = 32)]
+        parallel: usize,
+        /// Also stop when standard input reaches end-of-file.
+        #[arg(long)]
+        wait_stdin: bool,
+    },
+    /// TCP relay that holds every chunk for DELAY_MS in each direction before forwarding it, so
+    /// a path through it has a round-trip time of 2 × DELAY_MS. At most MAX_BUFFER bytes are
+    /// queued per direction; when the queue is full the relay stops reading (back-pressure).
+    Delay {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+        #[arg(long, default_value_t = 25)]
+        delay_ms: u64,
+        #[arg(long, default_value_t = 16 * 1024 * 1024)]
+        max_buffer: usize,
+    },
+    /// RSS and PSS (kB) of a process from /proc/PID/smaps_rollup, as one JSON line.
+    Mem {
+        #[arg(long)]
+        pid: u32,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Prints N distinct free loopback TCP ports.
+    FreePorts { n: usize },
+    /// Waits until ADDR accepts a TCP connection.
+    WaitPort {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 20_000)]
+        timeout_ms: u64,
+    },
+    /// Turns `iperf3 -J` output into one JSON line (Gbit/s received).
+    IperfSummary {
+        file: PathBuf,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Builds the Markdown results table from the JSON lines the other commands printed.
+    Report {
+        /// JSON lines file.
+        raw: PathBuf,
+        /// `key=value` lines shown under "Setup".
+        #[arg(long = "meta")]
+        meta: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Mem { pid, labels } => report::mem(pid, &labels),
+        Cmd::IperfSummary { file, labels } => report::iperf_summary(&file, &labels),
+        Cmd::Report { raw, meta } => report::report(&raw, &meta),
+        cmd => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run(cmd))
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Echo { listen } => net::echo(listen).await,
+        Cmd::Sessions {
+            target,
+            count,
+            concurrency,
+            warmup,
+            labels,
+        } => net::sessions(target, count, concurrency, warmup, &labels).await,
+        Cmd::Hold {
+            target,
+            count,
+            parallel,
+            wait_stdin,
+        } => net::hold(target, count, parallel, wait_stdin).await,
+        Cmd::Delay {
+            listen,
+            upstream,
+            delay_ms,
+            max_buffer,
+        } => net::delay(listen, upstream, delay_ms, max_buffer).await,
+        Cmd::FreePorts { n } => net::free_ports(n).await,
+        Cmd::WaitPort { addr, timeout_ms } => net::wait_port(addr, timeout_ms).await,
+        Cmd::Mem { .. } | Cmd::IperfSummary { .. } | Cmd::Report { .. } => Ok(()),
+    }
+}
+
+/// Parses `key=value` labels into JSON fields; a value that parses as JSON (a number, `true`)
+/// stays JSON, anything else becomes a string.
+pub fn labels(labels: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut m = serde_json::Map::new();
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("label '{l}' is not key=value"))?;
+        let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
+        m.insert(k.to_owned(), v);
+    }
+    Ok(m)
+}

@@ -254,9 +254,9 @@ fn refusal(status: StatusCode, code: &str, message: String, endpoint: &str) -> C
 
 /// Human form of a duration in whole seconds: "4h", "90m", "45s".
 pub fn short_duration(secs: u64) -> String {
-    if secs % 3600 == 0 && secs > 0 {
+    if secs.is_multiple_of(3600) && secs > 0 {
         format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 && secs > 0 {
+    } else if secs.is_multiple_of(60) && secs > 0 {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")

@@ -184,6 +184,17 @@ impl Diagnostics {
         message: impl Into<String>,
         hint: Option<String>,
     ) {
+        self.push_with(kind, offset, || (message.into(), hint));
+    }
+
+    /// Like [`Diagnostics::push`], but builds the message and hint only if they will be kept:
+    /// for loops that may report hundreds of thousands of problems in a hostile file.
+    pub(crate) fn push_with(
+        &mut self,
+        kind: ErrorKind,
+        offset: usize,
+        build: impl FnOnce() -> (String, Option<String>),
+    ) {
         if self.pending.len() >= MAX_DIAGNOSTICS {
             if self.dropped == 0 {
                 self.first_dropped_at = offset;
@@ -191,10 +202,11 @@ impl Diagnostics {
             self.dropped += 1;
             return;
         }
+        let (message, hint) = build();
         self.pending.push(Pending {
             offset,
             kind,
-            message: message.into(),
+            message,
             hint,
         });
     }

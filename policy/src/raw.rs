@@ -58,6 +58,15 @@ pub(crate) struct Located<T> {
     /// 1-based position within its section, to name tables that have no valid name.
     pub(crate) ordinal: usize,
     pub(crate) value: T,
+    /// Keys whose values had the wrong type: already reported, and dropped from `value`, so
+    /// stage 2 must not call them missing.
+    pub(crate) invalid_keys: Vec<String>,
+}
+
+impl<T> Located<T> {
+    pub(crate) fn is_invalid(&self, key: &str) -> bool {
+        self.invalid_keys.iter().any(|k| k == key)
+    }
 }
 
 /// Everything stage 1 could decode.
@@ -98,12 +107,12 @@ pub(crate) fn load(text: &str, diags: &mut Diagnostics) -> Option<RawDocument> {
         .collect();
     for key in &unknown {
         let at = root.key(key).and_then(|k| k.span()).map_or(0, |s| s.start);
-        diags.push(
-            ErrorKind::UnknownKey,
-            at,
-            format!("unknown top-level key `{}`", Quoted(key)),
-            Some(unknown_key_hint(key, &TOP_LEVEL_KEYS)),
-        );
+        diags.push_with(ErrorKind::UnknownKey, at, || {
+            (
+                format!("unknown top-level key `{}`", Quoted(key)),
+                Some(unknown_key_hint(key, &TOP_LEVEL_KEYS)),
+            )
+        });
     }
 
     let mut raw = RawDocument::default();
@@ -111,11 +120,12 @@ pub(crate) fn load(text: &str, diags: &mut Diagnostics) -> Option<RawDocument> {
     if let Some((key_at, item)) = take(&mut root, "defaults") {
         match into_table(item) {
             Some((at, table)) => {
-                if let Some(value) = decode::<RawDefaults>(table, at, diags) {
+                if let Some((value, invalid_keys)) = decode::<RawDefaults>(table, at, diags) {
                     raw.defaults = Some(Located {
                         at,
                         ordinal: 1,
                         value,
+                        invalid_keys,
                     });
                 }
             }
@@ -143,20 +153,22 @@ pub(crate) fn load(text: &str, diags: &mut Diagnostics) -> Option<RawDocument> {
     for (index, (at, table)) in endpoints.into_iter().enumerate() {
         let name = table.get("name").and_then(Value::as_str).map(str::to_owned);
         match decode::<RawEndpoint>(table, at, diags) {
-            Some(value) => raw.endpoints.push(Located {
+            Some((value, invalid_keys)) => raw.endpoints.push(Located {
                 at,
                 ordinal: index + 1,
                 value,
+                invalid_keys,
             }),
             None => raw.undecoded_endpoint_names.extend(name),
         }
     }
     for (index, (at, table)) in rules.into_iter().enumerate() {
-        if let Some(value) = decode::<RawRule>(table, at, diags) {
+        if let Some((value, invalid_keys)) = decode::<RawRule>(table, at, diags) {
             raw.rules.push(Located {
                 at,
                 ordinal: index + 1,
                 value,
+                invalid_keys,
             });
         }
     }
@@ -257,12 +269,14 @@ fn within_limit(
     }
 }
 
-/// Decodes one table into `T`, first reporting (and dropping) every key `T` does not define.
+/// Decodes one table into `T`, reporting every key `T` does not define and every value of the
+/// wrong type. Returns the decoded value (without the wrongly-typed values) and the keys whose
+/// values were dropped, or `None` if an error could not be pinned to a key.
 fn decode<T: DeserializeOwned>(
     mut table: InlineTable,
     at: usize,
     diags: &mut Diagnostics,
-) -> Option<T> {
+) -> Option<(T, Vec<String>)> {
     let fields = struct_fields::<T>();
     let unknown: Vec<String> = table
         .iter()
@@ -276,36 +290,58 @@ fn decode<T: DeserializeOwned>(
                 .key(key)
                 .and_then(|k| k.span())
                 .map_or(at, |s| s.start);
-            diags.push(
-                ErrorKind::UnknownKey,
-                key_at,
-                format!("unknown key `{}`", Quoted(key)),
-                Some(unknown_key_hint(key, fields)),
-            );
+            diags.push_with(ErrorKind::UnknownKey, key_at, || {
+                (
+                    format!("unknown key `{}`", Quoted(key)),
+                    Some(unknown_key_hint(key, fields)),
+                )
+            });
         }
         table.retain(|key, _| fields.contains(&key));
     }
 
-    // Find the key of a failing value before the table is consumed, to name it in the message.
-    let spans: Vec<(String, std::ops::Range<usize>)> = table
-        .iter()
-        .filter_map(|(key, value)| value.span().map(|span| (key.to_owned(), span)))
-        .collect();
-    match T::deserialize(Value::InlineTable(table).into_deserializer()) {
-        Ok(value) => Some(value),
-        Err(e) => {
-            let error_at = e.span().map_or(at, |s| s.start);
-            let key = spans
-                .iter()
-                .find(|(_, span)| span.contains(&error_at))
-                .map(|(key, _)| key.as_str());
-            let message = match key {
-                Some(key) => format!("`{key}`: {}", one_line(e.message())),
-                None => one_line(e.message()),
-            };
-            diags.push(ErrorKind::InvalidType, error_at, message, None);
-            None
+    // serde stops at the first value of the wrong type. Drop that key and decode again, so the
+    // other values of the table are still checked; the table has at most `fields.len()` keys
+    // left, which bounds the retries.
+    let mut invalid_keys = Vec::new();
+    loop {
+        match T::deserialize(Value::InlineTable(table.clone()).into_deserializer()) {
+            Ok(value) => return Some((value, invalid_keys)),
+            Err(e) => {
+                let error_at = e.span().map_or(at, |s| s.start);
+                let key = table
+                    .iter()
+                    .find(|(_, value)| value.span().is_some_and(|span| span.contains(&error_at)))
+                    .map(|(key, _)| key.to_owned());
+                let message = one_line(e.message());
+                let Some(key) = key else {
+                    diags.push(ErrorKind::InvalidType, error_at, message, None);
+                    return None;
+                };
+                let hint = type_hint(&key, &message);
+                diags.push(
+                    ErrorKind::InvalidType,
+                    error_at,
+                    format!("`{key}`: {message}"),
+                    hint,
+                );
+                table.remove(&key);
+                invalid_keys.push(key);
+            }
         }
+    }
+}
+
+/// A hint for the common type mistakes, recognised from serde's "expected …" wording.
+fn type_hint(key: &str, message: &str) -> Option<String> {
+    if message.contains("expected a sequence") {
+        Some(format!("`{key}` takes a list, such as `{key} = [\"…\"]`"))
+    } else if message.contains("expected i64") {
+        Some(format!("`{key}` takes a number without quotes"))
+    } else if message.contains("expected a string") {
+        Some(format!("`{key}` takes text in double quotes"))
+    } else {
+        None
     }
 }
 

@@ -124,7 +124,6 @@ impl Resolver<'_, '_> {
         names: &mut HashMap<&'r str, usize>,
     ) -> Option<Endpoint> {
         let raw = &located.value;
-        let at = located.at;
         let fallback_label = format!("endpoint #{}", located.ordinal);
 
         let name = self
@@ -132,7 +131,7 @@ impl Resolver<'_, '_> {
                 &raw.name,
                 "name",
                 &fallback_label,
-                at,
+                located,
                 "name = \"truro-pacs-dicom\"",
             )
             .and_then(|name| self.name(name, "endpoint name", &fallback_label));
@@ -148,20 +147,20 @@ impl Resolver<'_, '_> {
         }
 
         let site = self
-            .required(&raw.site, "site", &label, at, "site = \"truro\"")
+            .required(&raw.site, "site", &label, located, "site = \"truro\"")
             .and_then(|site| self.name(site, "site name", &label));
         let host = self
-            .required(&raw.host, "host", &label, at, "host = \"10.1.2.3\"")
+            .required(&raw.host, "host", &label, located, "host = \"10.1.2.3\"")
             .and_then(|host| self.host(host, &label));
         let port = self
-            .required(&raw.port, "port", &label, at, "port = 104")
+            .required(&raw.port, "port", &label, located, "port = 104")
             .and_then(|port| self.port(port, &label));
         let protocol = self
             .required(
                 &raw.protocol,
                 "protocol",
                 &label,
-                at,
+                located,
                 "protocol = \"dicom\"",
             )
             .and_then(|protocol| self.protocol(protocol, &label));
@@ -200,7 +199,7 @@ impl Resolver<'_, '_> {
                 &raw.id,
                 "id",
                 &fallback_label,
-                at,
+                located,
                 "id = \"radiologists-pacs\"",
             )
             .and_then(|id| self.name(id, "rule id", &fallback_label));
@@ -216,13 +215,15 @@ impl Resolver<'_, '_> {
         }
 
         let effect = self
-            .required(&raw.effect, "effect", &label, at, "effect = \"allow\"")
+            .required(&raw.effect, "effect", &label, located, "effect = \"allow\"")
             .and_then(|effect| self.effect(effect, &label));
 
         let groups = self.subjects(raw.groups.as_deref(), "group", &label);
         let users = self.subjects(raw.users.as_deref(), "user", &label);
-        let no_subjects =
-            matches!(&groups, Some(g) if g.is_empty()) && matches!(&users, Some(u) if u.is_empty());
+        let no_subjects = matches!(&groups, Some(g) if g.is_empty())
+            && matches!(&users, Some(u) if u.is_empty())
+            && !located.is_invalid("groups")
+            && !located.is_invalid("users");
         if no_subjects {
             self.diags.push(
                 ErrorKind::NoSubjects,
@@ -237,7 +238,7 @@ impl Resolver<'_, '_> {
                 &raw.endpoints,
                 "endpoints",
                 &label,
-                at,
+                located,
                 "endpoints = [\"truro-pacs-dicom\"]",
             )
             .and_then(|list| self.targets(list, &label, declared, declared_in_order));
@@ -290,19 +291,20 @@ impl Resolver<'_, '_> {
         })
     }
 
-    /// The value of a required key, or a "missing required key" problem at the table header.
-    fn required<'v, T>(
+    /// The value of a required key, or a "missing required key" problem at the table header
+    /// (unless the key was present with the wrong type, which stage 1 reported).
+    fn required<'v, T, R>(
         &mut self,
         value: &'v Option<Spanned<T>>,
         key: &str,
         label: &str,
-        table_at: usize,
+        table: &Located<R>,
         example: &str,
     ) -> Option<&'v Spanned<T>> {
-        if value.is_none() {
+        if value.is_none() && !table.is_invalid(key) {
             self.diags.push(
                 ErrorKind::MissingField,
-                table_at,
+                table.at,
                 format!("{label} is missing required key `{key}`"),
                 Some(format!("add a line such as `{example}`")),
             );
@@ -521,7 +523,8 @@ impl Resolver<'_, '_> {
                     names.push(name.to_owned());
                 }
             } else {
-                let hint = self.unknown_endpoint_hint(name, declared_in_order);
+                let mut hint = || self.unknown_endpoint_hint(name, declared_in_order);
+                let hint = hint();
                 self.diags.push(
                     ErrorKind::UnknownEndpoint,
                     entry.span().start,

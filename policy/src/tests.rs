@@ -41,7 +41,10 @@ fn errors(text: &str) -> Vec<Diagnostic> {
         Ok(_) => panic!("expected errors, the policy parsed"),
         Err(e) => {
             let diagnostics = e.diagnostics().to_vec();
-            assert!(!diagnostics.is_empty(), "an invalid policy reports something");
+            assert!(
+                !diagnostics.is_empty(),
+                "an invalid policy reports something"
+            );
             diagnostics
         }
     }
@@ -64,7 +67,10 @@ fn decide(policy: &Policy, user: &str, groups: &[&str], endpoint: &str) -> Decis
 }
 
 fn example_config() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/policy.toml"))
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/policy.toml"
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -96,7 +102,10 @@ description = "Radiologists read images"
             description: None,
         })
     );
-    assert_eq!(policy.endpoint("pacs").map(|e| e.protocol), Some(Protocol::Dicom));
+    assert_eq!(
+        policy.endpoint("pacs").map(|e| e.protocol),
+        Some(Protocol::Dicom)
+    );
     assert_eq!(policy.endpoint("nope"), None);
 
     let version = policy.version();
@@ -125,18 +134,36 @@ fn example_config_parses_and_decides_as_its_comments_say() {
     );
     assert_eq!(policy.rule_count(), 5);
     assert_eq!(
-        policy.endpoint("truro-reporting-pc-01").map(|e| (e.protocol, e.port)),
+        policy
+            .endpoint("truro-reporting-pc-01")
+            .map(|e| (e.protocol, e.port)),
         Some((Protocol::Rdp, 3389))
     );
 
-    let consultant = decide(&policy, "dr.hughes@truro.nhs.uk", &["radiology-consultants"], "penzance-pacs-dicom");
+    let consultant = decide(
+        &policy,
+        "dr.hughes@truro.nhs.uk",
+        &["radiology-consultants"],
+        "penzance-pacs-dicom",
+    );
     assert!(consultant.is_allowed());
     assert_eq!(consultant.rule.as_deref(), Some("consultants-all"));
-    assert_eq!(consultant.limits.max_session, Some(Duration::from_secs(8 * 3600)));
+    assert_eq!(
+        consultant.limits.max_session,
+        Some(Duration::from_secs(8 * 3600))
+    );
 
-    let registrar = decide(&policy, "dr.khan@truro.nhs.uk", &["radiology-registrars"], "truro-reporting-pc-01");
+    let registrar = decide(
+        &policy,
+        "dr.khan@truro.nhs.uk",
+        &["radiology-registrars"],
+        "truro-reporting-pc-01",
+    );
     assert!(registrar.is_allowed());
-    assert_eq!(registrar.limits.max_session, Some(Duration::from_secs(4 * 3600)));
+    assert_eq!(
+        registrar.limits.max_session,
+        Some(Duration::from_secs(4 * 3600))
+    );
 
     let locum = decide(
         &policy,
@@ -152,7 +179,12 @@ fn example_config_parses_and_decides_as_its_comments_say() {
     );
     assert_eq!(locum.matched_allows, ["registrars-reporting"]);
 
-    let admin = decide(&policy, "Sam.Taylor@truro.nhs.uk", &[], "penzance-pacs-dicom");
+    let admin = decide(
+        &policy,
+        "Sam.Taylor@truro.nhs.uk",
+        &[],
+        "penzance-pacs-dicom",
+    );
     assert!(admin.is_allowed());
     assert_eq!(admin.rule.as_deref(), Some("pacs-admin"));
 }
@@ -163,7 +195,10 @@ fn empty_policy_is_valid_and_denies_everything() {
     assert!(policy.endpoints().is_empty());
     let decision = decide(&policy, "alice", &["radiologists"], "pacs");
     assert!(!decision.is_allowed());
-    assert_eq!(decision.reason, "endpoint 'pacs' is not defined in the policy");
+    assert_eq!(
+        decision.reason,
+        "endpoint 'pacs' is not defined in the policy"
+    );
 }
 
 #[test]
@@ -236,7 +271,10 @@ fn unknown_key_in_defaults_and_rules() {
     assert_eq!(all.len(), 2, "{all:#?}");
     assert_eq!((all[0].line, all[0].kind), (2, ErrorKind::UnknownKey));
     assert_eq!(all[0].hint.as_deref(), Some("did you mean `max_session`?"));
-    assert_eq!((all[1].line, all[1].kind), (4 + RULES_LINE + 2, ErrorKind::UnknownKey));
+    assert_eq!(
+        (all[1].line, all[1].kind),
+        (4 + RULES_LINE + 2, ErrorKind::UnknownKey)
+    );
     assert_eq!(all[1].hint.as_deref(), Some("did you mean `users`?"));
 }
 
@@ -257,15 +295,42 @@ groups = ["g"]
     assert_eq!(
         summary,
         [
-            (1, ErrorKind::MissingField, "endpoint 'pacs' is missing required key `host`"),
-            (1, ErrorKind::MissingField, "endpoint 'pacs' is missing required key `port`"),
-            (1, ErrorKind::MissingField, "endpoint 'pacs' is missing required key `protocol`"),
-            (5, ErrorKind::MissingField, "rule #1 is missing required key `id`"),
-            (5, ErrorKind::MissingField, "rule #1 is missing required key `effect`"),
-            (5, ErrorKind::MissingField, "rule #1 is missing required key `endpoints`"),
+            (
+                1,
+                ErrorKind::MissingField,
+                "endpoint 'pacs' is missing required key `host`"
+            ),
+            (
+                1,
+                ErrorKind::MissingField,
+                "endpoint 'pacs' is missing required key `port`"
+            ),
+            (
+                1,
+                ErrorKind::MissingField,
+                "endpoint 'pacs' is missing required key `protocol`"
+            ),
+            (
+                5,
+                ErrorKind::MissingField,
+                "rule #1 is missing required key `id`"
+            ),
+            (
+                5,
+                ErrorKind::MissingField,
+                "rule #1 is missing required key `effect`"
+            ),
+            (
+                5,
+                ErrorKind::MissingField,
+                "rule #1 is missing required key `endpoints`"
+            ),
         ]
     );
-    assert_eq!(all[0].hint.as_deref(), Some("add a line such as `host = \"10.1.2.3\"`"));
+    assert_eq!(
+        all[0].hint.as_deref(),
+        Some("add a line such as `host = \"10.1.2.3\"`")
+    );
 }
 
 #[test]
@@ -295,10 +360,22 @@ endpoints = ["pacs"]
             (RULES_LINE + 8, 6, ErrorKind::InvalidName),
         ]
     );
-    assert_eq!(all[0].message, "endpoint name 'Truro_PACS' of endpoint #3 is not a valid name");
-    assert_eq!(all[1].message, "site name 'truro site' of endpoint #3 is not a valid name");
-    assert_eq!(all[2].message, "rule id '-rule' of rule #1 is not a valid name");
-    assert!(all[0].hint.as_deref().is_some_and(|h| h.contains("lowercase letters")));
+    assert_eq!(
+        all[0].message,
+        "endpoint name 'Truro_PACS' of endpoint #3 is not a valid name"
+    );
+    assert_eq!(
+        all[1].message,
+        "site name 'truro site' of endpoint #3 is not a valid name"
+    );
+    assert_eq!(
+        all[2].message,
+        "rule id '-rule' of rule #1 is not a valid name"
+    );
+    assert!(all[0]
+        .hint
+        .as_deref()
+        .is_some_and(|h| h.contains("lowercase letters")));
 }
 
 #[test]
@@ -331,7 +408,10 @@ endpoints = ["web"]
     assert_eq!(d.kind, ErrorKind::DuplicateRule);
     assert_eq!(d.line, RULES_LINE + 7);
     assert_eq!(d.message, "duplicate rule id 'r'");
-    assert_eq!(d.hint, Some(format!("first defined on line {}", RULES_LINE + 1)));
+    assert_eq!(
+        d.hint,
+        Some(format!("first defined on line {}", RULES_LINE + 1))
+    );
 }
 
 #[test]
@@ -398,8 +478,14 @@ fn invalid_durations_are_reported() {
     ));
     assert_eq!(all.len(), 2, "{all:#?}");
     assert_eq!((all[0].line, all[0].kind), (2, ErrorKind::InvalidDuration));
-    assert_eq!(all[0].message, "`max_session` in [defaults] must be longer than zero");
-    assert_eq!((all[1].line, all[1].kind), (4 + RULES_LINE + 4, ErrorKind::InvalidDuration));
+    assert_eq!(
+        all[0].message,
+        "`max_session` in [defaults] must be longer than zero"
+    );
+    assert_eq!(
+        (all[1].line, all[1].kind),
+        (4 + RULES_LINE + 4, ErrorKind::InvalidDuration)
+    );
     assert!(
         all[1]
             .message
@@ -430,7 +516,58 @@ fn ports_must_be_1_to_65535() {
 fn wrong_toml_type_names_the_key() {
     let d = only_error("[[endpoints]]\nname = \"e\"\nsite = \"s\"\nhost = \"h\"\nport = \"104\"\nprotocol = \"tcp\"\n");
     assert_eq!((d.line, d.column, d.kind), (5, 8, ErrorKind::InvalidType));
-    assert!(d.message.starts_with("`port`: invalid type: string"), "{}", d.message);
+    assert_eq!(
+        d.message,
+        "`port`: invalid type: string \"104\", expected i64"
+    );
+    assert_eq!(
+        d.hint.as_deref(),
+        Some("`port` takes a number without quotes")
+    );
+}
+
+#[test]
+fn every_wrongly_typed_value_in_a_table_is_reported() {
+    // serde stops at the first bad value; the loader drops it and decodes the rest again, so the
+    // other problems of the same table are found, and dropped keys are not "missing".
+    let all = errors(
+        r#"[[endpoints]]
+name = 3
+site = "Truro"
+host = "10.1.2.3"
+port = "104"
+protocol = "dicom"
+
+[[rules]]
+id = "r"
+effect = "allow"
+groups = "radiologists"
+endpoints = ["nowhere"]
+"#,
+    );
+    let summary: Vec<(usize, ErrorKind)> = all.iter().map(|d| (d.line, d.kind)).collect();
+    assert_eq!(
+        summary,
+        [
+            (2, ErrorKind::InvalidType),
+            (3, ErrorKind::InvalidName),
+            (5, ErrorKind::InvalidType),
+            (11, ErrorKind::InvalidType),
+            (12, ErrorKind::UnknownEndpoint),
+        ]
+    );
+    assert_eq!(
+        all[0].message,
+        "`name`: invalid type: integer `3`, expected a string"
+    );
+    assert_eq!(
+        all[1].message,
+        "site name 'Truro' of endpoint #1 is not a valid name"
+    );
+    assert_eq!(
+        all[3].hint.as_deref(),
+        Some("`groups` takes a list, such as `groups = [\"…\"]`")
+    );
 }
 
 #[test]
@@ -457,7 +594,10 @@ protocol = "dicom"
         [
             (3, "site name of endpoint 'a' is empty"),
             (4, "host of endpoint 'a' is empty"),
-            (11, "host 'pacs server:104' of endpoint 'b' is not an IP address or DNS name"),
+            (
+                11,
+                "host 'pacs server:104' of endpoint 'b' is not an IP address or DNS name"
+            ),
         ]
     );
     assert!(all.iter().all(|d| d.kind == ErrorKind::InvalidValue));
@@ -498,7 +638,7 @@ fn misshapen_sections_are_reported() {
             (1, ErrorKind::InvalidType),
             (3, ErrorKind::InvalidType),
             (6, ErrorKind::MissingField),
-            (6, ErrorKind::MissingField),
+            (6, ErrorKind::NoSubjects),
             (6, ErrorKind::MissingField),
         ]
     );
@@ -533,7 +673,10 @@ fn control_characters_in_strings_are_rejected() {
         "[[rules]]\nid = \"r\"\neffect = \"deny\"\nusers = [\"alice\"]\nendpoints = [\"pacs\"]\ndescription = \"line one\\nline two\"\n",
     ));
     assert_eq!((d.line, d.kind), (RULES_LINE + 5, ErrorKind::InvalidValue));
-    assert_eq!(d.message, "description of rule 'r' contains a control character");
+    assert_eq!(
+        d.message,
+        "description of rule 'r' contains a control character"
+    );
 }
 
 #[test]
@@ -587,8 +730,16 @@ max_session = "2h"
     let shown = err.to_string();
     let lines: Vec<&str> = shown.lines().collect();
     assert_eq!(lines.len(), all.len());
-    assert!(lines[0].starts_with("policy.toml:2:15: error: invalid duration 'forever'"), "{}", lines[0]);
-    assert!(lines[7].starts_with("policy.toml:28:15: error: rule 'r1' is a deny rule"), "{}", lines[7]);
+    assert!(
+        lines[0].starts_with("policy.toml:2:15: error: invalid duration 'forever'"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[7].starts_with("policy.toml:28:15: error: rule 'r1' is a deny rule"),
+        "{}",
+        lines[7]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -599,7 +750,11 @@ fn file_over_4_mib_is_refused_before_parsing() {
     let text = format!("x = \"{}\"\n", "a".repeat(5_000_000));
     let d = only_error(&text);
     assert_eq!((d.line, d.column, d.kind), (1, 1, ErrorKind::LimitExceeded));
-    assert!(d.message.contains("the limit is 4194304 bytes"), "{}", d.message);
+    assert!(
+        d.message.contains("the limit is 4194304 bytes"),
+        "{}",
+        d.message
+    );
 }
 
 #[test]
@@ -609,7 +764,10 @@ fn long_strings_are_refused_and_not_echoed() {
         "[[rules]]\nid = \"r\"\neffect = \"allow\"\nusers = [\"{long}\"]\nendpoints = [\"pacs\"]\n"
     )));
     assert_eq!((d.line, d.kind), (RULES_LINE + 3, ErrorKind::LimitExceeded));
-    assert_eq!(d.message, "user of rule 'r' is 2097152 bytes long (the limit is 1024)");
+    assert_eq!(
+        d.message,
+        "user of rule 'r' is 2097152 bytes long (the limit is 1024)"
+    );
 
     // Strings exactly at the limit are fine.
     let ok = "a".repeat(MAX_STRING_BYTES);
@@ -618,7 +776,13 @@ fn long_strings_are_refused_and_not_echoed() {
     )));
 
     // A huge unknown key or a huge wrongly-typed value is not copied into the message.
-    let all = errors(&format!("{long} = 1\n[[endpoints]]\nport = \"{long}\"\n"));
+    let big = "a".repeat(1_500_000);
+    let all = errors(&format!("{big} = 1\n[[endpoints]]\nport = \"{big}\"\n"));
+    assert_eq!(all[0].kind, ErrorKind::UnknownKey);
+    assert!(
+        all.iter().any(|d| d.kind == ErrorKind::InvalidType),
+        "{all:#?}"
+    );
     assert!(all.iter().all(|d| d.message.len() < 300), "{all:#?}");
 }
 
@@ -627,7 +791,11 @@ fn too_many_endpoints_or_rules_are_refused() {
     let endpoint = "[[endpoints]]\nname = \"e\"\n";
     let d = only_error(&endpoint.repeat(MAX_ENDPOINTS + 1));
     assert_eq!(d.kind, ErrorKind::LimitExceeded);
-    assert_eq!(d.line, 2 * MAX_ENDPOINTS + 1, "points at the first endpoint over the limit");
+    assert_eq!(
+        d.line,
+        2 * MAX_ENDPOINTS + 1,
+        "points at the first endpoint over the limit"
+    );
     assert_eq!(d.message, "too many endpoints: 10001 (the limit is 10000)");
 
     let d = only_error(&"[[rules]]\n".repeat(MAX_RULES + 1));
@@ -647,10 +815,14 @@ fn policy_at_the_count_limits_loads_and_evaluates() {
             "[[rules]]\nid = \"r{i}\"\neffect = \"allow\"\ngroups = [\"g{i}\"]\nendpoints = [\"e{i}\"]\n"
         ));
     }
-    text.push_str("[[rules]]\nid = \"all\"\neffect = \"deny\"\nusers = [\"mallory\"]\nendpoints = [\"*\"]\n");
+    text.push_str(
+        "[[rules]]\nid = \"all\"\neffect = \"deny\"\nusers = [\"mallory\"]\nendpoints = [\"*\"]\n",
+    );
     assert!(text.len() <= MAX_FILE_BYTES);
     // One rule over the limit, so this is rejected; drop one allow rule to fit.
-    assert!(errors(&text).iter().any(|d| d.message.starts_with("too many rules")));
+    assert!(errors(&text)
+        .iter()
+        .any(|d| d.message.starts_with("too many rules")));
     let text = text.replacen(
         "[[rules]]\nid = \"r0\"\neffect = \"allow\"\ngroups = [\"g0\"]\nendpoints = [\"e0\"]\n",
         "",
@@ -682,7 +854,11 @@ fn deeply_nested_input_is_an_error_not_a_crash() {
     assert_eq!(only_error(&headers).kind, ErrorKind::Syntax);
 
     // Nesting the parser accepts, where a string belongs.
-    let shallow = format!("[[endpoints]]\nname = {}{}\n", "[".repeat(40), "]".repeat(40));
+    let shallow = format!(
+        "[[endpoints]]\nname = {}{}\nsite = \"s\"\nhost = \"h\"\nport = 1\nprotocol = \"tcp\"\n",
+        "[".repeat(40),
+        "]".repeat(40)
+    );
     assert_eq!(only_error(&shallow).kind, ErrorKind::InvalidType);
 }
 
@@ -710,7 +886,10 @@ fn random_bytes_are_rejected_without_panic() {
         let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         let text = String::from_utf8_lossy(&bytes);
         let result = Policy::parse(&text, "random.toml");
-        assert!(result.is_err(), "round {round}: random bytes parsed as a policy");
+        assert!(
+            result.is_err(),
+            "round {round}: random bytes parsed as a policy"
+        );
     }
 }
 
@@ -746,7 +925,10 @@ fn mutated_policies_never_panic() {
         }
     }
     // Mutations land in comments often enough that both outcomes occur.
-    assert!(accepted > 0 && rejected > 0, "accepted {accepted}, rejected {rejected}");
+    assert!(
+        accepted > 0 && rejected > 0,
+        "accepted {accepted}, rejected {rejected}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -794,7 +976,12 @@ endpoints = ["pacs"]
 #[test]
 fn allow_uses_the_first_matching_allow_rule_and_its_limits() {
     let policy = eval_policy();
-    let d = decide(&policy, "bob@truro.nhs.uk", &["radiologists", "staff"], "pacs");
+    let d = decide(
+        &policy,
+        "bob@truro.nhs.uk",
+        &["radiologists", "staff"],
+        "pacs",
+    );
     assert_eq!(
         d,
         Decision {
@@ -815,7 +1002,12 @@ fn allow_uses_the_first_matching_allow_rule_and_its_limits() {
 #[test]
 fn deny_overrides_allow() {
     let policy = eval_policy();
-    let d = decide(&policy, "carol@truro.nhs.uk", &["radiologists", "locums"], "pacs");
+    let d = decide(
+        &policy,
+        "carol@truro.nhs.uk",
+        &["radiologists", "locums"],
+        "pacs",
+    );
     assert!(!d.is_allowed());
     assert_eq!(d.rule.as_deref(), Some("no-locums-pacs"));
     assert_eq!(d.reason, "denied by rule 'no-locums-pacs'");
@@ -824,7 +1016,12 @@ fn deny_overrides_allow() {
     assert_eq!(d.limits, Limits::default());
 
     // The same locum may still use the web viewer: the deny rule does not cover it.
-    let d = decide(&policy, "carol@truro.nhs.uk", &["radiologists", "locums"], "web");
+    let d = decide(
+        &policy,
+        "carol@truro.nhs.uk",
+        &["radiologists", "locums"],
+        "web",
+    );
     assert_eq!(d.reason, "allowed by rule 'radiologists'");
 }
 
@@ -842,13 +1039,20 @@ fn deny_reason_includes_the_rule_description() {
 #[test]
 fn no_matching_rule_is_default_deny_with_reason() {
     let policy = eval_policy();
-    let d = decide(&policy, "dave@truro.nhs.uk", &["porters", "estates"], "pacs");
+    let d = decide(
+        &policy,
+        "dave@truro.nhs.uk",
+        &["porters", "estates"],
+        "pacs",
+    );
     assert_eq!(
         d,
         Decision {
             effect: Effect::Deny,
             rule: None,
-            reason: "no rule allows user 'dave@truro.nhs.uk' (groups: porters, estates) to reach 'pacs'".into(),
+            reason:
+                "no rule allows user 'dave@truro.nhs.uk' (groups: porters, estates) to reach 'pacs'"
+                    .into(),
             limits: Limits::default(),
             matched_allows: vec![],
             matched_denies: vec![],
@@ -868,8 +1072,14 @@ fn unknown_endpoint_is_denied_with_reason() {
     let d = decide(&policy, "bob@truro.nhs.uk", &["staff"], "penzance-pacs");
     assert!(!d.is_allowed());
     assert_eq!(d.rule, None);
-    assert_eq!(d.reason, "endpoint 'penzance-pacs' is not defined in the policy");
-    assert!(d.matched_allows.is_empty(), "'*' rules do not apply to unknown endpoints");
+    assert_eq!(
+        d.reason,
+        "endpoint 'penzance-pacs' is not defined in the policy"
+    );
+    assert!(
+        d.matched_allows.is_empty(),
+        "'*' rules do not apply to unknown endpoints"
+    );
 }
 
 #[test]
@@ -915,12 +1125,21 @@ effect = "allow"
 users = ["a"]
 endpoints = ["web"]
 "#;
-    let with_defaults = parse(&format!("[defaults]\nmax_session = \"2h 30m\"\n\n{}", with_rules(rules)));
+    let with_defaults = parse(&format!(
+        "[defaults]\nmax_session = \"2h 30m\"\n\n{}",
+        with_rules(rules)
+    ));
     let without = parse(&with_rules(rules));
 
     let limit = |p: &Policy, e: &str| decide(p, "a", &[], e).limits.max_session;
-    assert_eq!(limit(&with_defaults, "web"), Some(Duration::from_secs(150 * 60)));
-    assert_eq!(limit(&with_defaults, "pacs"), Some(Duration::from_secs(15 * 60)));
+    assert_eq!(
+        limit(&with_defaults, "web"),
+        Some(Duration::from_secs(150 * 60))
+    );
+    assert_eq!(
+        limit(&with_defaults, "pacs"),
+        Some(Duration::from_secs(15 * 60))
+    );
     assert_eq!(limit(&without, "web"), Some(Duration::from_secs(8 * 3600)));
     assert_eq!(limit(&without, "pacs"), Some(Duration::from_secs(15 * 60)));
 }
@@ -934,7 +1153,10 @@ fn request_values_in_reasons_cannot_forge_lines() {
         "no rule allows user 'eve\\nALLOW alice' (groups: x\\u{1b}[2J) to reach 'pacs'"
     );
     let d = decide(&policy, "eve", &[], "pacs\r\n");
-    assert_eq!(d.reason, "endpoint 'pacs\\r\\n' is not defined in the policy");
+    assert_eq!(
+        d.reason,
+        "endpoint 'pacs\\r\\n' is not defined in the policy"
+    );
 }
 
 #[test]
@@ -983,7 +1205,10 @@ fn from_file_reports_read_errors_with_the_path() {
     assert!(err.diagnostics().is_empty());
     let shown = err.to_string();
     assert!(
-        shown.starts_with(&format!("{}: error: cannot read policy file: ", missing.display())),
+        shown.starts_with(&format!(
+            "{}: error: cannot read policy file: ",
+            missing.display()
+        )),
         "{shown}"
     );
 }
@@ -995,9 +1220,17 @@ fn from_file_uses_the_path_as_origin_and_checks_encoding_and_size() {
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[[endpoints]]\nname = 3\n").unwrap();
     let err = Policy::from_file(&path).unwrap_err();
-    assert_eq!(err.diagnostics().len(), 1);
-    assert_eq!(err.diagnostics()[0].origin, path.display().to_string());
-    assert!(err.to_string().starts_with(&format!("{}:2:8: error: ", path.display())));
+    let origin = path.display().to_string();
+    assert!(err.diagnostics().iter().all(|d| d.origin == origin));
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(&format!("{origin}:1:1: error: ")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("\n{origin}:2:8: error: `name`: ")),
+        "{shown}"
+    );
 
     let latin1 = dir.path().join("latin1.toml");
     std::fs::write(&latin1, b"# ok\n# caf\xe9\n").unwrap();

@@ -1,1 +1,422 @@
-//! e2e harness
+//! End-to-end test harness: starts the real Postern binaries (and real peers such as Orthanc)
+//! on ephemeral loopback ports in temporary directories, waits on readiness signals (audit
+//! events, "ready" lines, HTTP answers) rather than sleeping, and kills everything on drop.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`); the test command in
+//! README.md does that.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub mod dicom;
+
+/// Directory holding the workspace binaries (target/debug or target/release).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/e2e-xxxx
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    for b in ["postern-gateway", "postern-connector", "postern"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} missing: build the binaries first with `cargo build --workspace --bins`",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// A free TCP port on 127.0.0.1 (for peers that cannot bind port 0 and report it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 20 ms until it returns Some or `limit` passes.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to completion; returns (success, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A child process killed on drop; its output goes to a log file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
+        let f = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc {
+            child,
+            log,
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status();
+    }
+
+    /// Sends SIGTERM and waits for exit (up to `limit`); returns the exit status code.
+    pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
+        self.signal("TERM");
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP echo server on 127.0.0.1 (stands in for any TCP service behind the connector).
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Echo {
+    pub fn start() -> Echo {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, a) = (stop.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut c) = conn else { continue };
+                a.fetch_add(1, Ordering::Relaxed);
+                std::thread::spawn(move || {
+                    let mut r = c.try_clone().unwrap();
+                    let _ = std::io::copy(&mut r, &mut c);
+                });
+            }
+        });
+        Echo {
+            addr,
+            accepted,
+            stop,
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// Sends `msg` to `addr` and reads the same number of bytes back.
+pub fn echo_roundtrip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(msg)?;
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// One connector allowlist entry: (cidr, ports).
+pub type Allow = (&'static str, String);
+
+/// A gateway and (optionally) an enrolled, running connector, with their files.
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+    pub gateway: Option<Proc>,
+    pub connector: Option<Proc>,
+    pub client_port: u16,
+    pub connector_port: u16,
+    pub connector_id: String,
+}
+
+impl Deployment {
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn gateway_toml(&self) -> PathBuf {
+        self.path("gateway.toml")
+    }
+
+    /// Starts a gateway with `policy` (no connector yet).
+    pub fn gateway_only(policy: &str) -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        let client_port = free_port();
+        let connector_port = free_port();
+        std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+        std::fs::write(
+            dir.path().join("gateway.toml"),
+            format!(
+                "node_id = \"gw-test\"\nstate_dir = \"gw\"\npolicy = \"policy.toml\"\n[listen]\nclients = \"127.0.0.1:{client_port}\"\nconnectors = \"127.0.0.1:{connector_port}\"\n[limits]\nhandshake_timeout = \"2s\"\nconnector_dial_timeout = \"3s\"\n"
+            ),
+        )
+        .unwrap();
+        let mut d = Deployment {
+            dir,
+            gateway: None,
+            connector: None,
+            client_port,
+            connector_port,
+            connector_id: String::new(),
+        };
+        d.start_gateway();
+        d
+    }
+
+    /// Starts gateway and connector (site "truro") with `allow` as the connector allowlist.
+    pub fn start(policy: &str, allow: &[Allow]) -> Deployment {
+        let mut d = Deployment::gateway_only(policy);
+        let token = d.enroll_token("truro", "10m");
+        let (ok, out, err) = d.enroll("conn", &token);
+        assert!(ok, "enrolment failed: {out}{err}");
+        d.connector_id = out.split_whitespace().nth(2).unwrap().to_owned();
+        d.write_connector_toml("conn", allow, None);
+        d.start_connector("conn");
+        d
+    }
+
+    /// Starts (or restarts) the gateway process and waits for its `gateway.started` event.
+    pub fn start_gateway(&mut self) {
+        let before = self.count("gateway.started");
+        let p = Proc::spawn(
+            "gateway",
+            Command::new(bin("postern-gateway"))
+                .args(["run", "--config"])
+                .arg(self.gateway_toml())
+                .env("POSTERN_LOG", "info,postern_gateway=debug"),
+            self.path(&format!("gateway-{before}.log")),
+        );
+        self.gateway = Some(p);
+        wait_for("gateway.started", Duration::from_secs(20), || {
+            if let Some(g) = self.gateway.as_mut() {
+                assert!(g.is_running(), "gateway exited: {}", g.log_text());
+            }
+            (self.count("gateway.started") > before).then_some(())
+        });
+    }
+
+    pub fn enroll_token(&self, site: &str, ttl: &str) -> String {
+        let (ok, out, err) = run(Command::new(bin("postern-gateway"))
+            .args(["token", "create", "--site", site, "--ttl", ttl, "--config"])
+            .arg(self.gateway_toml()));
+        assert!(ok, "token create failed: {err}");
+        out.trim().to_owned()
+    }
+
+    /// Runs `postern-connector enroll` into state dir `name`.
+    pub fn enroll(&self, name: &str, token: &str) -> (bool, String, String) {
+        run(Command::new(bin("postern-connector"))
+            .args([
+                "enroll",
+                "--gateway",
+                &self.url(),
+                "--token",
+                token,
+                "--state-dir",
+            ])
+            .arg(self.path(name)))
+    }
+
+    pub fn write_connector_toml(&self, name: &str, allow: &[Allow], gateways: Option<&str>) {
+        let mut t = format!(
+            "state_dir = \"{name}\"\nconnections_per_gateway = 2\nreconnect_max = \"500ms\"\n"
+        );
+        if let Some(g) = gateways {
+            t.push_str(&format!("gateways = [\"{g}\"]\n"));
+        }
+        for (cidr, ports) in allow {
+            t.push_str(&format!(
+                "[[allow]]\ncidr = \"{cidr}\"\nports = \"{ports}\"\n"
+            ));
+        }
+        std::fs::write(self.path(&format!("{name}.toml")), t).unwrap();
+    }
+
+    /// Starts connector `name` and waits until the gateway audits its connection.
+    pub fn start_connector(&mut self, name: &str) {
+        let before = self.count("connector.connected");
+        self.connector = Some(self.spawn_connector(name));
+        wait_for("connector.connected", Duration::from_secs(20), || {
+            (self.count("connector.connected") > before).then_some(())
+        });
+    }
+
+    pub fn spawn_connector(&self, name: &str) -> Proc {
+        Proc::spawn(
+            "connector",
+            Command::new(bin("postern-connector"))
+                .args(["run", "--config"])
+                .arg(self.path(&format!("{name}.toml")))
+                .env("POSTERN_LOG", "debug,h2=info,hyper=info,rustls=info"),
+            self.path(&format!("{name}.log")),
+        )
+    }
+
+    /// Mints a session token; returns the path of the file holding it.
+    pub fn mint(&self, user: &str, groups: &str, ttl: &str) -> PathBuf {
+        let (ok, out, err) = run(Command::new(bin("postern-gateway"))
+            .args([
+                "session", "mint", "--user", user, "--groups", groups, "--ttl", ttl, "--config",
+            ])
+            .arg(self.gateway_toml()));
+        assert!(ok, "session mint failed: {err}");
+        let path = self.path(&format!("{user}-{}.token", free_port()));
+        std::fs::write(&path, out.trim()).unwrap();
+        path
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        let p = self.path("gw/server-ca.pem");
+        assert!(p.exists());
+        p
+    }
+
+    /// `postern connect ENDPOINT --listen 127.0.0.1:0`: Ok(process, local address) once it
+    /// printed its ready line, or Err(everything it printed) if it exited.
+    pub fn connect(&self, endpoint: &str, token: &Path) -> Result<(Proc, SocketAddr), String> {
+        let log = self.path(&format!("client-{endpoint}-{}.log", free_port()));
+        let mut p = Proc::spawn(
+            "client",
+            Command::new(bin("postern"))
+                .args([
+                    "connect",
+                    endpoint,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--gateway",
+                    &self.url(),
+                ])
+                .arg("--ca-file")
+                .arg(self.ca_file())
+                .arg("--token-file")
+                .arg(token),
+            log,
+        );
+        let start = Instant::now();
+        loop {
+            let text = p.log_text();
+            if let Some(line) = text.lines().find(|l| l.starts_with("ready: listening on ")) {
+                let addr = line["ready: listening on ".len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                return Ok((p, addr));
+            }
+            if !p.is_running() {
+                return Err(p.log_text());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "client never became ready: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every audit event so far.
+    pub fn audit(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.path("gw/audit/audit.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l}: {e}")))
+            .collect()
+    }
+
+    pub fn events(&self, kind: &str) -> Vec<Value> {
+        self.audit()
+            .into_iter()
+            .filter(|e| e["type"] == kind)
+            .collect()
+    }
+
+    pub fn count(&self, kind: &str) -> usize {
+        self.events(kind).len()
+    }
+
+    /// Waits for an event of `kind` matching `pred`.
+    pub fn wait_event(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(
+            &format!("audit event {kind}"),
+            Duration::from_secs(20),
+            || self.events(kind).into_iter().find(|e| pred(e)),
+        )
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the tests need (idempotently) and runs the whole test suite.
+# Real peers: Orthanc (PACS), dcmtk (DICOM tools), iperf3, curl — from Debian's packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
+command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The end-to-end tests start the real binaries, so build them first.
+cargo build --workspace --bins --locked
+cargo test --workspace --locked

@@ -1,0 +1,675 @@
+//! End-to-end tests: real gateway, connector and client binaries on loopback, a real Orthanc
+//! PACS and real dcmtk tools. Every case also checks the audit events it implies.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use postern_e2e::dicom::{echoscu, findscu, getscu, make_study, storescu, Orthanc};
+use postern_e2e::{bin, echo_roundtrip, run, wait_for, Deployment, Echo};
+use serde_json::Value;
+
+fn policy(dicom_port: u16, echo: SocketAddr, outside_port: u16) -> String {
+    format!(
+        r#"
+[[endpoints]]
+name = "pacs-dicom"
+site = "truro"
+host = "127.0.0.1"
+port = {dicom_port}
+protocol = "dicom"
+
+[[endpoints]]
+name = "echo"
+site = "truro"
+host = "127.0.0.1"
+port = {echo_port}
+protocol = "tcp"
+
+[[endpoints]]
+name = "short"
+site = "truro"
+host = "127.0.0.1"
+port = {echo_port}
+protocol = "tcp"
+
+[[endpoints]]
+name = "outside"
+site = "truro"
+host = "127.0.0.1"
+port = {outside_port}
+protocol = "tcp"
+
+[[rules]]
+id = "radiologists"
+effect = "allow"
+groups = ["radiologists"]
+endpoints = ["pacs-dicom", "echo", "outside"]
+max_session = "1h"
+
+[[rules]]
+id = "short-sessions"
+effect = "allow"
+groups = ["radiologists"]
+endpoints = ["short"]
+max_session = "2s"
+"#,
+        echo_port = echo.port()
+    )
+}
+
+/// The connector allowlist: the PACS and the echo service, nothing else on loopback.
+fn allow(ports: &[u16]) -> Vec<(&'static str, String)> {
+    vec![(
+        "127.0.0.1/32",
+        ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    )]
+}
+
+fn standard() -> (Deployment, Echo) {
+    let echo = Echo::start();
+    let d = Deployment::start(&policy(1, echo.addr, 9), &allow(&[echo.addr.port()]));
+    (d, echo)
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+#[test]
+fn dicom_round_trip_through_the_tunnel_is_byte_identical_and_audited() {
+    let work = tempfile::tempdir().unwrap();
+    let orthanc = Orthanc::start(&work.path().join("orthanc"));
+    let echo = Echo::start();
+    let d = Deployment::start(
+        &policy(orthanc.dicom_port, echo.addr, 9),
+        &allow(&[orthanc.dicom_port, echo.addr.port()]),
+    );
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (_client, local) = d.connect("pacs-dicom", &token).unwrap();
+
+    let (ok, out, err) = echoscu(local);
+    assert!(ok, "C-ECHO through the tunnel failed: {out}{err}");
+
+    let (file, study_uid) = make_study(work.path(), "PID-E2E-1");
+    let (ok, out, err) = storescu(local, &file);
+    assert!(ok, "C-STORE through the tunnel failed: {out}{err}");
+    assert_eq!(
+        orthanc.instance_count(),
+        1,
+        "Orthanc did not store the instance"
+    );
+
+    let (ok, out, err) = findscu(local, "PID-E2E-1");
+    assert!(ok, "C-FIND failed: {out}{err}");
+    assert!(
+        format!("{out}{err}").contains(&study_uid),
+        "C-FIND did not return study {study_uid}: {out}{err}"
+    );
+
+    let got_dir = work.path().join("retrieved");
+    let (ok, out, err) = getscu(local, &study_uid, &got_dir);
+    assert!(ok, "C-GET failed: {out}{err}");
+    let files: Vec<_> = std::fs::read_dir(&got_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "expected one retrieved file, got {files:?}");
+    let original = std::fs::read(&file).unwrap();
+    let retrieved = std::fs::read(&files[0]).unwrap();
+    assert!(original.len() > 262_144);
+    assert!(
+        original == retrieved,
+        "retrieved file differs from the stored one"
+    );
+
+    // Four associations → four sessions, each started and ended with bytes both ways.
+    let ends = wait_for("four session.end events", Duration::from_secs(20), || {
+        let e = d.events("session.end");
+        (e.len() >= 4).then_some(e)
+    });
+    let starts = d.events("session.start");
+    assert_eq!(starts.len(), 4, "{starts:?}");
+    for st in &starts {
+        assert_eq!(st["user"], "alice@truro.nhs.uk");
+        assert_eq!(st["endpoint"]["name"], "pacs-dicom");
+        assert_eq!(st["endpoint"]["protocol"], "dicom");
+        assert_eq!(st["decision"]["rule"], "radiologists");
+        assert_eq!(st["connector"]["id"], d.connector_id.as_str());
+        assert!(s(&st["decision"]["policy_version"]).starts_with("sha256:"));
+        assert!(s(&st["source"]).starts_with("127.0.0.1:"));
+    }
+    for end in &ends {
+        assert!(end["bytes_up"].as_u64().unwrap() > 0, "{end}");
+        assert!(end["bytes_down"].as_u64().unwrap() > 0, "{end}");
+        assert!(end["duration_ms"].is_u64());
+        assert!(starts
+            .iter()
+            .any(|st| st["session_id"] == end["session_id"]));
+    }
+    let store = ends
+        .iter()
+        .map(|e| e["bytes_up"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        store > 262_144,
+        "the C-STORE session should carry the file: {store}"
+    );
+    let get = ends
+        .iter()
+        .map(|e| e["bytes_down"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        get > 262_144,
+        "the C-GET session should carry the file back: {get}"
+    );
+}
+
+#[test]
+fn user_whose_groups_allow_nothing_is_denied_with_reason() {
+    let (d, _echo) = standard();
+    let token = d.mint("bob@truro.nhs.uk", "porters", "1h");
+    let err = d.connect("echo", &token).err().expect("bob must be denied");
+    assert!(
+        err.contains("access to echo denied: no rule allows user 'bob@truro.nhs.uk' (groups: porters) to reach 'echo'"),
+        "{err}"
+    );
+    let ev = d.wait_event("session.denied", |e| e["user"] == "bob@truro.nhs.uk");
+    assert_eq!(ev["decision"]["effect"], "deny");
+    assert!(
+        s(&ev["decision"]["reason"]).contains("no rule allows"),
+        "{ev}"
+    );
+    assert_eq!(ev["endpoint"]["name"], "echo");
+    assert_eq!(d.count("session.start"), 0);
+}
+
+#[test]
+fn endpoint_not_in_policy_is_denied() {
+    let (d, _echo) = standard();
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let err = d
+        .connect("truro-ct-console", &token)
+        .err()
+        .expect("must be denied");
+    assert!(
+        err.contains("endpoint 'truro-ct-console' is not defined"),
+        "{err}"
+    );
+    let ev = d.wait_event("session.denied", |e| {
+        e["endpoint"]["name"] == "truro-ct-console"
+    });
+    assert!(s(&ev["decision"]["reason"]).contains("not defined"), "{ev}");
+}
+
+#[test]
+fn connector_refuses_targets_outside_its_allowlist_even_when_policy_allows() {
+    // Something really listens on the "outside" port: the connector must not dial it.
+    let outside = TcpListener::bind("127.0.0.1:0").unwrap();
+    outside.set_nonblocking(true).unwrap();
+    let echo = Echo::start();
+    let d = Deployment::start(
+        &policy(1, echo.addr, outside.local_addr().unwrap().port()),
+        &allow(&[echo.addr.port()]),
+    );
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (client, local) = d
+        .connect("outside", &token)
+        .expect("policy allows 'outside'");
+    let mut c = TcpStream::connect(local).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = c.write_all(b"hello");
+    let mut buf = [0u8; 16];
+    let n = c.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the tunnel must be closed without data");
+    let end = d.wait_event("session.end", |e| e["endpoint"]["name"] == "outside");
+    assert_eq!(end["close_reason"], "connector_refused", "{end}");
+    assert!(
+        s(&end["detail"]).contains("outside this connector's allowlist"),
+        "{end}"
+    );
+    assert!(
+        outside.accept().is_err(),
+        "the connector dialled a target outside its allowlist"
+    );
+    wait_for(
+        "client to print the refusal",
+        Duration::from_secs(5),
+        || {
+            client
+                .log_text()
+                .contains("outside this connector's allowlist")
+                .then_some(())
+        },
+    );
+}
+
+fn tampered(token: &str) -> String {
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    // Change the claims (groups) but keep the signature.
+    let claims = parts[1].clone();
+    let flipped: String = claims
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 10 {
+                if c == 'A' {
+                    'B'
+                } else {
+                    'A'
+                }
+            } else {
+                c
+            }
+        })
+        .collect();
+    parts[1] = flipped;
+    parts.join(".")
+}
+
+#[test]
+fn expired_tampered_foreign_and_unsigned_tokens_are_refused() {
+    let (d, _echo) = standard();
+    let other = Deployment::gateway_only(&policy(1, "127.0.0.1:1".parse().unwrap(), 9));
+    let dir = d.path("tokens");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, t: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, t).unwrap();
+        p
+    };
+    let good = std::fs::read_to_string(d.mint("alice@truro.nhs.uk", "radiologists", "1h")).unwrap();
+    let foreign =
+        std::fs::read_to_string(other.mint("alice@truro.nhs.uk", "radiologists", "1h")).unwrap();
+    let expiring = d.mint("carol@truro.nhs.uk", "radiologists", "1s");
+    let header_none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
+    let unsigned = format!("{header_none}.{}.", good.split('.').nth(1).unwrap());
+
+    let cases = [
+        (
+            write("tampered", &tampered(&good)),
+            "signature is not valid",
+        ),
+        (write("foreign", &foreign), "signed with an unknown key"),
+        (write("unsigned", &unsigned), "malformed"),
+        (write("garbage", "not-a-token"), "malformed"),
+    ];
+    assert_eq!(cases.len(), 4);
+    for (path, want) in &cases {
+        let err = d
+            .connect("echo", path)
+            .err()
+            .unwrap_or_else(|| panic!("{path:?} accepted"));
+        assert!(err.contains(want), "{path:?}: expected '{want}' in: {err}");
+    }
+    // Expiry (the gateway allows no leeway on its own tokens).
+    std::thread::sleep(Duration::from_millis(2100));
+    let err = d
+        .connect("echo", &expiring)
+        .err()
+        .expect("expired token accepted");
+    assert!(err.contains("session has expired"), "{err}");
+
+    let denied = wait_for("5 denials", Duration::from_secs(10), || {
+        let v = d.events("session.denied");
+        (v.len() >= 5).then_some(v)
+    });
+    for want in [
+        "signature is not valid",
+        "unknown key",
+        "malformed",
+        "expired",
+    ] {
+        assert!(
+            denied.iter().any(|e| s(&e["detail"]).contains(want)),
+            "no session.denied mentions '{want}': {denied:?}"
+        );
+    }
+    assert_eq!(d.count("session.start"), 0);
+}
+
+#[test]
+fn enrolment_tokens_are_single_use_and_expire() {
+    let d = Deployment::gateway_only(&policy(1, "127.0.0.1:1".parse().unwrap(), 9));
+    let token = d.enroll_token("truro", "10m");
+    let (ok, out, err) = d.enroll("c1", &token);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("enrolled as truro-"), "{out}");
+    let key_mode = std::fs::metadata(d.path("c1/connector.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key_mode.permissions()) & 0o777,
+        0o600
+    );
+
+    let (ok, _, err) = d.enroll("c2", &token);
+    assert!(!ok);
+    assert!(err.contains("already used"), "{err}");
+    assert!(
+        !d.path("c2/connector.pem").exists(),
+        "a refused enrolment must write nothing"
+    );
+
+    let short = d.enroll_token("truro", "1s");
+    std::thread::sleep(Duration::from_millis(1100));
+    let (ok, _, err) = d.enroll("c3", &short);
+    assert!(!ok);
+    assert!(err.contains("expired"), "{err}");
+
+    // Right pin, unknown secret.
+    let pin = token.rsplit('.').next().unwrap();
+    let unknown = format!("pte1.{}.{pin}", "ab".repeat(32));
+    let (ok, _, err) = d.enroll("c4", &unknown);
+    assert!(!ok);
+    assert!(err.contains("not known"), "{err}");
+
+    // Wrong pin: the connector refuses to talk to a gateway it cannot authenticate.
+    let secret = token.split('.').nth(1).unwrap();
+    let wrong_pin = format!("pte1.{secret}.{}", "cd".repeat(32));
+    let (ok, _, err) = d.enroll("c5", &wrong_pin);
+    assert!(!ok);
+    assert!(err.contains("does not match the pin"), "{err}");
+
+    let (_, list, _) = run(Command::new(bin("postern-gateway"))
+        .args(["connector", "list", "--config"])
+        .arg(d.gateway_toml()));
+    assert_eq!(
+        list.lines().filter(|l| l.starts_with("truro-")).count(),
+        1,
+        "{list}"
+    );
+    let failed = wait_for("3 enrolment failures", Duration::from_secs(5), || {
+        let v = d.events("connector.enroll_failed");
+        (v.len() >= 3).then_some(v)
+    });
+    for want in ["already used", "expired", "not known"] {
+        assert!(
+            failed.iter().any(|e| s(&e["detail"]).contains(want)),
+            "{want}: {failed:?}"
+        );
+    }
+    assert_eq!(d.count("connector.enrolled"), 1);
+}
+
+#[test]
+fn revoked_connector_is_dropped_and_refused() {
+    let (mut d, echo) = standard();
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (_client, local) = d.connect("echo", &token).unwrap();
+    // A live tunnel, then revoke.
+    let mut live = TcpStream::connect(local).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    live.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    live.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+
+    let (ok, out, err) = run(Command::new(bin("postern-gateway"))
+        .args(["connector", "revoke", &d.connector_id, "--config"])
+        .arg(d.gateway_toml()));
+    assert!(ok, "{out}{err}");
+    let end = d.wait_event("session.end", |e| e["close_reason"] == "connector_revoked");
+    assert_eq!(end["user"], "alice@truro.nhs.uk");
+    let n = live.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the live tunnel must be closed");
+    d.wait_event("connector.revoked", |e| {
+        e["connector"]["id"] == d.connector_id.as_str()
+    });
+    d.wait_event("connector.disconnected", |e| {
+        s(&e["detail"]).contains("revoked")
+    });
+    // Its reconnection attempts are refused.
+    d.wait_event("connector.refused", |e| s(&e["detail"]).contains("revoked"));
+    // And new sessions find no connector.
+    let mut c = TcpStream::connect(local).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = c.write_all(b"x");
+    assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
+    let e = d.wait_event("session.end", |e| e["close_reason"] == "no_connector");
+    assert!(
+        s(&e["detail"]).contains("no connector for site 'truro'"),
+        "{e}"
+    );
+    drop(echo);
+    d.connector.take();
+}
+
+#[test]
+fn connector_with_certificate_from_another_gateway_is_refused() {
+    let (d, _echo) = standard();
+    let other = Deployment::gateway_only(&policy(1, "127.0.0.1:1".parse().unwrap(), 9));
+    let token = other.enroll_token("truro", "10m");
+    let (ok, out, err) = other.enroll("foreign", &token);
+    assert!(ok, "{out}{err}");
+    // Make the foreign connector trust *our* gateway, so the refusal is the gateway's.
+    std::fs::copy(d.ca_file(), other.path("foreign/gateway-ca.pem")).unwrap();
+    other.write_connector_toml(
+        "foreign",
+        &allow(&[1]),
+        Some(&format!("127.0.0.1:{}", d.connector_port)),
+    );
+    let _foreign = other.spawn_connector("foreign");
+    let ev = d.wait_event("connector.refused", |_| true);
+    assert!(s(&ev["detail"]).contains("certificate"), "{ev}");
+    assert_eq!(
+        d.count("connector.connected"),
+        2,
+        "only our own connector's two links"
+    );
+}
+
+#[test]
+fn gateway_restart_connector_reconnects_and_new_sessions_work() {
+    let (mut d, _echo) = standard();
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (client, local) = d.connect("echo", &token).unwrap();
+    assert_eq!(echo_roundtrip(local, b"before").unwrap(), b"before");
+
+    let connected_before = d.count("connector.connected");
+    d.gateway.as_mut().unwrap().kill();
+    d.start_gateway();
+    let t0 = Instant::now();
+    wait_for("connector to reconnect", Duration::from_secs(20), || {
+        (d.count("connector.connected") >= connected_before + 2).then_some(())
+    });
+    let reconnect = t0.elapsed();
+    assert!(
+        reconnect < Duration::from_secs(10),
+        "reconnect took {reconnect:?}"
+    );
+    // The same client process reconnects to the restarted gateway by itself.
+    assert_eq!(echo_roundtrip(local, b"after").unwrap(), b"after");
+    drop(client);
+    let starts = d.events("session.start");
+    assert!(!starts.is_empty());
+}
+
+#[test]
+fn max_session_duration_closes_the_tunnel_and_says_why() {
+    let (d, _echo) = standard();
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (_client, local) = d.connect("short", &token).unwrap();
+    let mut c = TcpStream::connect(local).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"hi").unwrap();
+    let mut buf = [0u8; 2];
+    c.read_exact(&mut buf).unwrap();
+    let t0 = Instant::now();
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    let held = t0.elapsed();
+    assert!(
+        held < Duration::from_secs(5),
+        "tunnel outlived its 2s limit: {held:?}"
+    );
+    let end = d.wait_event("session.end", |e| e["endpoint"]["name"] == "short");
+    assert_eq!(end["close_reason"], "max_duration", "{end}");
+    assert_eq!(end["bytes_up"], 2);
+    assert_eq!(end["bytes_down"], 2);
+    let ms = end["duration_ms"].as_u64().unwrap();
+    assert!((1900..4000).contains(&ms), "duration {ms} ms");
+}
+
+#[test]
+fn garbage_and_half_open_connections_do_not_hurt_the_gateway() {
+    let (mut d, _echo) = standard();
+    let targets = [d.client_port, d.connector_port];
+    // Half-open connections that never speak (slow handshakes): held during the rest.
+    let idle: Vec<TcpStream> = targets
+        .iter()
+        .flat_map(|p| (0..20).map(move |_| TcpStream::connect(("127.0.0.1", *p)).unwrap()))
+        .collect();
+    assert_eq!(idle.len(), 40);
+    for port in targets {
+        for junk in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            &b"\x16\x03\x01\xff\xff garbage garbage"[..],
+            &[0u8; 4096][..],
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00"[..],
+        ] {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.write_all(junk);
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf); // closed or an alert; never a hang beyond the timeout
+        }
+    }
+    // An oversized header over real TLS (curl) gets a refusal, not a crash.
+    let big = format!("x-big: {}", "a".repeat(100_000));
+    let (_, out, err) = run(Command::new("curl")
+        .args([
+            "-sS",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
+        .arg(d.ca_file())
+        .args(["-H", &big, &format!("{}/healthz", d.url())]));
+    assert!(out != "200", "oversized header accepted: {out} {err}");
+    // The gateway still serves a clinician promptly while the half-open sockets sit there.
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let t0 = Instant::now();
+    let (_client, local) = d.connect("echo", &token).unwrap();
+    assert_eq!(echo_roundtrip(local, b"still fine").unwrap(), b"still fine");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(d.gateway.as_mut().unwrap().is_running());
+    let log = d.gateway.as_ref().unwrap().log_text();
+    assert!(!log.contains("panicked"), "{log}");
+    drop(idle);
+}
+
+#[test]
+fn config_errors_name_file_and_key_and_bind_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = postern_e2e::free_port();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        policy(1, "127.0.0.1:1".parse().unwrap(), 9),
+    )
+    .unwrap();
+    std::fs::write(
+        &cfg,
+        format!("state_dir = \"s\"\npolicy = \"policy.toml\"\n[listen]\nclients = \"127.0.0.1:{port}\"\nconnectors = \"127.0.0.1:{port}\"\n[limits]\nhandshake_timeout = \"whenever\"\n"),
+    )
+    .unwrap();
+    let (ok, _, err) = run(Command::new(bin("postern-gateway"))
+        .args(["run", "--config"])
+        .arg(&cfg));
+    assert!(!ok);
+    assert!(
+        err.contains("gateway.toml: limits.handshake_timeout"),
+        "{err}"
+    );
+    assert!(
+        TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "a listener was bound"
+    );
+
+    // A policy that references an undefined endpoint: the gateway refuses to start.
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[[rules]]\nid = \"r\"\neffect = \"allow\"\ngroups = [\"g\"]\nendpoints = [\"nope\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &cfg,
+        format!("state_dir = \"s\"\npolicy = \"policy.toml\"\n[listen]\nclients = \"127.0.0.1:{port}\"\nconnectors = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let (ok, _, err) = run(Command::new(bin("postern-gateway"))
+        .args(["run", "--config"])
+        .arg(&cfg));
+    assert!(!ok);
+    assert!(err.contains("policy.toml") && err.contains("nope"), "{err}");
+
+    let ccfg = dir.path().join("connector.toml");
+    std::fs::write(
+        &ccfg,
+        "state_dir = \"c\"\n[[allow]]\ncidr = \"10.0.0.0/40\"\nports = \"104\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(Command::new(bin("postern-connector"))
+        .args(["run", "--config"])
+        .arg(&ccfg));
+    assert!(!ok);
+    assert!(err.contains("connector.toml: allow[0].cidr"), "{err}");
+}
+
+#[test]
+fn iperf3_runs_through_the_tunnel() {
+    let work = tempfile::tempdir().unwrap();
+    let port = postern_e2e::free_port();
+    let _server = postern_e2e::Proc::spawn(
+        "iperf3",
+        Command::new("iperf3").args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()]),
+        work.path().join("iperf3.log"),
+    );
+    wait_for("iperf3 server", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    });
+    let echo = Echo::start();
+    let d = Deployment::start(
+        &policy(port, echo.addr, 9),
+        &allow(&[port, echo.addr.port()]),
+    );
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (_client, local) = d.connect("pacs-dicom", &token).unwrap();
+    let (ok, out, err) = run(Command::new("iperf3").args([
+        "-c",
+        "127.0.0.1",
+        "-p",
+        &local.port().to_string(),
+        "-t",
+        "1",
+        "-J",
+    ]));
+    assert!(ok, "iperf3 through the tunnel failed: {out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let bps = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap();
+    assert!(bps > 1e8, "implausibly slow tunnel: {bps} bit/s");
+    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    // iperf3 uses a control and a data connection: two sessions; the data one carries it all.
+    let ends = wait_for("two session.end events", Duration::from_secs(10), || {
+        let v = d.events("session.end");
+        (v.len() >= 2).then_some(v)
+    });
+    let up: u64 = ends.iter().map(|e| e["bytes_up"].as_u64().unwrap()).sum();
+    assert!(
+        up >= received,
+        "audit says {up} bytes up, iperf3 received {received}"
+    );
+}
