@@ -271,10 +271,8 @@ async fn delay_direction(
             let Ok(permit) = reader_budget.clone().acquire_many_owned(cap as u32).await else {
                 return;
             };
-            let n = match r.read(&mut buf).await {
-                Ok(n) => n,
-                Err(_) => 0,
-            };
+            // A read error ends this direction like an end-of-file.
+            let n: usize = r.read(&mut buf).await.unwrap_or_default();
             permit.forget();
             reader_budget.add_permits(cap - n);
             let due = tokio::time::Instant::now() + delay;

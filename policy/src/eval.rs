@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::model::{Effect, Rule};
+use crate::model::{user_key, Effect, Rule};
 use crate::resolve::Targets;
 use crate::text::{bounded_list, Quoted};
 use crate::Policy;
@@ -189,6 +189,7 @@ impl Policy {
             );
         };
 
+        let user = user_key(req.user);
         let mut first_allow: Option<&Rule> = None;
         let mut first_deny: Option<&Rule> = None;
         let mut matched_allows = Vec::new();
@@ -197,7 +198,7 @@ impl Policy {
             .index
             .candidates(position)
             .filter_map(|i| self.rules.get(i))
-            .filter(|rule| rule.matches_subject(req.user, req.groups))
+            .filter(|rule| rule.matches_subject(&user, req.groups))
         {
             match rule.effect {
                 Effect::Allow => {

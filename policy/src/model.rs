@@ -1,5 +1,7 @@
 //! The resolved runtime types: what a policy means once every value has been checked.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -110,20 +112,30 @@ pub(crate) struct Rule {
     pub(crate) effect: Effect,
     /// Matches a request whose groups include any of these (exact comparison: group names come
     /// from IdP claims and may be opaque ids).
-    pub(crate) groups: Vec<String>,
-    /// Matches a request from any of these users (ASCII case-insensitive: user names are e-mail
-    /// addresses and IdPs do not agree on their case).
-    pub(crate) users: Vec<String>,
+    pub(crate) groups: HashSet<String>,
+    /// Matches a request from any of these users, stored ASCII-lowercased: user names are
+    /// e-mail addresses and IdPs do not agree on their case. Sets, because a rule may list
+    /// thousands of users and evaluation should not scan them.
+    pub(crate) users: HashSet<String>,
     /// For allow rules, the session limit after defaults were applied; `None` for deny rules.
     pub(crate) max_session: Option<Duration>,
     pub(crate) description: Option<String>,
 }
 
 impl Rule {
-    /// Whether the rule's subjects include the requesting user or any of their groups.
-    pub(crate) fn matches_subject(&self, user: &str, groups: &[String]) -> bool {
-        self.users.iter().any(|u| u.eq_ignore_ascii_case(user))
-            || self.groups.iter().any(|g| groups.iter().any(|rg| rg == g))
+    /// Whether the rule's subjects include the requesting user (given as
+    /// [`user_key`]) or any of their groups.
+    pub(crate) fn matches_subject(&self, user_key: &str, groups: &[String]) -> bool {
+        self.users.contains(user_key) || groups.iter().any(|g| self.groups.contains(g))
+    }
+}
+
+/// A user name in the form rules store it: ASCII-lowercased, borrowing when it already is.
+pub(crate) fn user_key(user: &str) -> Cow<'_, str> {
+    if user.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(user.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(user)
     }
 }
 

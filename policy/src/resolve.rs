@@ -62,26 +62,7 @@ pub(crate) fn resolve(
         .and_then(|defaults| resolver.defaults(defaults))
         .unwrap_or(DEFAULT_MAX_SESSION);
 
-    // Every name written in an endpoint table, valid or not: a rule naming one of these is not
-    // also reported as referencing an unknown endpoint.
-    let declared: HashSet<&str> = raw
-        .endpoints
-        .iter()
-        .filter_map(|e| e.value.name.as_ref().map(|n| n.get_ref().as_str()))
-        .chain(raw.undecoded_endpoint_names.iter().map(String::as_str))
-        .collect();
-    // File order, for hints.
-    let mut declared_in_order: Vec<&str> = Vec::new();
-    let mut seen_in_order = HashSet::new();
-    for name in raw
-        .endpoints
-        .iter()
-        .filter_map(|e| e.value.name.as_ref().map(|n| n.get_ref().as_str()))
-    {
-        if seen_in_order.insert(name) {
-            declared_in_order.push(name);
-        }
-    }
+    let declared = Declared::new(&raw);
 
     let mut resolved = Resolved::default();
     let mut endpoint_names: HashMap<&str, usize> = HashMap::new();
@@ -93,17 +74,63 @@ pub(crate) fn resolve(
 
     let mut rule_ids: HashMap<&str, usize> = HashMap::new();
     for located in &raw.rules {
-        if let Some(rule) = resolver.rule(
-            located,
-            &mut rule_ids,
-            &declared,
-            &declared_in_order,
-            default_max_session,
-        ) {
+        if let Some(rule) = resolver.rule(located, &mut rule_ids, &declared, default_max_session) {
             resolved.rules.push(rule);
         }
     }
     resolved
+}
+
+/// The endpoint names written in the file, for checking rules' references.
+struct Declared<'r> {
+    /// Every name written in an endpoint table, valid or not: a rule naming one of these is not
+    /// also reported as referencing an unknown endpoint (the endpoint's own problem was).
+    names: HashSet<&'r str>,
+    /// The same names in file order without repeats, for "did you mean".
+    in_order: Vec<&'r str>,
+    /// The hint for an unknown reference when no name is close, built once.
+    list_hint: String,
+}
+
+impl<'r> Declared<'r> {
+    fn new(raw: &'r RawDocument) -> Self {
+        let mut names = HashSet::new();
+        let mut in_order = Vec::new();
+        for name in raw
+            .endpoints
+            .iter()
+            .filter_map(|e| e.value.name.as_ref().map(|n| n.get_ref().as_str()))
+        {
+            if names.insert(name) {
+                in_order.push(name);
+            }
+        }
+        names.extend(raw.undecoded_endpoint_names.iter().map(String::as_str));
+        let list_hint = if in_order.is_empty() {
+            "the policy defines no endpoints".to_owned()
+        } else {
+            format!(
+                "defined endpoints: {}",
+                bounded_list(in_order.iter().copied(), HINT_LIST_MAX)
+            )
+        };
+        Declared {
+            names,
+            in_order,
+            list_hint,
+        }
+    }
+
+    /// "did you mean" for a close name while `budget` lasts, else the list of names.
+    fn hint_for(&self, unknown: &str, budget: &mut usize) -> String {
+        if *budget > 0 {
+            *budget -= 1;
+            if let Some(close) = suggest(unknown, self.in_order.iter().copied()) {
+                return format!("did you mean '{close}'?");
+            }
+        }
+        self.list_hint.clone()
+    }
 }
 
 struct Resolver<'d, 's> {
@@ -186,8 +213,7 @@ impl Resolver<'_, '_> {
         &mut self,
         located: &'r Located<RawRule>,
         ids: &mut HashMap<&'r str, usize>,
-        declared: &HashSet<&str>,
-        declared_in_order: &[&str],
+        declared: &Declared<'_>,
         default_max_session: Duration,
     ) -> Option<ResolvedRule> {
         let raw = &located.value;
@@ -241,7 +267,7 @@ impl Resolver<'_, '_> {
                 located,
                 "endpoints = [\"truro-pacs-dicom\"]",
             )
-            .and_then(|list| self.targets(list, &label, declared, declared_in_order));
+            .and_then(|list| self.targets(list, &label, declared));
 
         // For optional keys, `None` is absent and `Some(None)` is present but invalid.
         let max_session = match (&raw.max_session, effect) {
@@ -264,6 +290,7 @@ impl Resolver<'_, '_> {
 
         // Every check has run; build the rule only if all of them passed.
         let (id, effect, groups, users, targets) = (id?, effect?, groups?, users?, targets?);
+        let users = users.iter().map(|u| u.to_ascii_lowercase()).collect();
         if no_subjects {
             return None;
         }
@@ -470,9 +497,9 @@ impl Resolver<'_, '_> {
         list: Option<&[Spanned<String>]>,
         what: &str,
         label: &str,
-    ) -> Option<Vec<String>> {
+    ) -> Option<HashSet<String>> {
         let mut ok = true;
-        let mut out = Vec::new();
+        let mut out = HashSet::new();
         for entry in list.unwrap_or_default() {
             match self.text(entry, what, label) {
                 Some("") => {
@@ -485,9 +512,7 @@ impl Resolver<'_, '_> {
                     ok = false;
                 }
                 Some(text) => {
-                    if !out.iter().any(|seen| seen == text) {
-                        out.push(text.to_owned());
-                    }
+                    out.insert(text.to_owned());
                 }
                 None => ok = false,
             }
@@ -499,8 +524,7 @@ impl Resolver<'_, '_> {
         &mut self,
         list: &Spanned<Vec<Spanned<String>>>,
         label: &str,
-        declared: &HashSet<&str>,
-        declared_in_order: &[&str],
+        declared: &Declared<'_>,
     ) -> Option<Targets> {
         if list.get_ref().is_empty() {
             self.diags.push(
@@ -514,23 +538,24 @@ impl Resolver<'_, '_> {
         let mut ok = true;
         let mut all = false;
         let mut names: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
         for entry in list.get_ref() {
             let name = entry.get_ref().as_str();
             if name == "*" {
                 all = true;
-            } else if declared.contains(name) {
-                if !names.iter().any(|seen| seen == name) {
+            } else if declared.names.contains(name) {
+                if seen.insert(name) {
                     names.push(name.to_owned());
                 }
             } else {
-                let mut hint = || self.unknown_endpoint_hint(name, declared_in_order);
-                let hint = hint();
-                self.diags.push(
-                    ErrorKind::UnknownEndpoint,
-                    entry.span().start,
-                    format!("{label} references unknown endpoint '{}'", Quoted(name)),
-                    Some(hint),
-                );
+                let budget = &mut self.suggestion_budget;
+                self.diags
+                    .push_with(ErrorKind::UnknownEndpoint, entry.span().start, || {
+                        (
+                            format!("{label} references unknown endpoint '{}'", Quoted(name)),
+                            Some(declared.hint_for(name, budget)),
+                        )
+                    });
                 ok = false;
             }
         }
@@ -539,22 +564,6 @@ impl Resolver<'_, '_> {
             (true, true) => Some(Targets::All),
             (true, false) => Some(Targets::Named(names)),
         }
-    }
-
-    fn unknown_endpoint_hint(&mut self, name: &str, declared_in_order: &[&str]) -> String {
-        if declared_in_order.is_empty() {
-            return "the policy defines no endpoints".into();
-        }
-        if self.suggestion_budget > 0 {
-            self.suggestion_budget -= 1;
-            if let Some(close) = suggest(name, declared_in_order.iter().copied()) {
-                return format!("did you mean '{close}'?");
-            }
-        }
-        format!(
-            "defined endpoints: {}",
-            bounded_list(declared_in_order.iter().copied(), HINT_LIST_MAX)
-        )
     }
 
     fn duration(&mut self, value: &Spanned<String>, what: &str) -> Option<Duration> {

@@ -1243,3 +1243,157 @@ fn from_file_uses_the_path_as_origin_and_checks_encoding_and_size() {
     let err = Policy::from_file(&big).unwrap_err();
     assert_eq!(err.diagnostics()[0].kind, ErrorKind::LimitExceeded);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation against a simple model
+
+/// A rule as the model sees it.
+struct ModelRule {
+    id: String,
+    deny: bool,
+    groups: Vec<String>,
+    users: Vec<String>,
+    /// `None` for `"*"`.
+    endpoints: Option<Vec<String>>,
+}
+
+/// The specification, executed literally: scan every rule in file order.
+fn model_decide(
+    rules: &[ModelRule],
+    endpoints: &[String],
+    user: &str,
+    groups: &[String],
+    endpoint: &str,
+) -> (Effect, Option<String>, Vec<String>, Vec<String>) {
+    if !endpoints.iter().any(|e| e == endpoint) {
+        return (Effect::Deny, None, vec![], vec![]);
+    }
+    let matching: Vec<&ModelRule> = rules
+        .iter()
+        .filter(|r| {
+            r.endpoints
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|e| e == endpoint))
+        })
+        .filter(|r| {
+            r.users.iter().any(|u| u.eq_ignore_ascii_case(user))
+                || r.groups.iter().any(|g| groups.contains(g))
+        })
+        .collect();
+    let allows: Vec<String> = matching
+        .iter()
+        .filter(|r| !r.deny)
+        .map(|r| r.id.clone())
+        .collect();
+    let denies: Vec<String> = matching
+        .iter()
+        .filter(|r| r.deny)
+        .map(|r| r.id.clone())
+        .collect();
+    match (denies.first(), allows.first()) {
+        (Some(deny), _) => (Effect::Deny, Some(deny.clone()), allows, denies),
+        (None, Some(allow)) => (Effect::Allow, Some(allow.clone()), allows, denies),
+        (None, None) => (Effect::Deny, None, allows, denies),
+    }
+}
+
+#[test]
+fn evaluation_agrees_with_a_simple_model() {
+    let mut rng = Rng(0x5eed);
+    let (mut allowed, mut denied_by_rule, mut default_denied) = (0, 0, 0);
+    for _ in 0..40 {
+        let endpoints: Vec<String> = (0..1 + rng.below(8)).map(|i| format!("e{i}")).collect();
+        let pool_groups = ["g0", "g1", "g2", "g3"];
+        let pool_users = ["u0@x", "u1@x", "U2@x"];
+        let mut text = String::new();
+        for e in &endpoints {
+            text.push_str(&format!(
+                "[[endpoints]]\nname = \"{e}\"\nsite = \"s\"\nhost = \"h\"\nport = 1\nprotocol = \"tcp\"\n"
+            ));
+        }
+        let mut rules = Vec::new();
+        for i in 0..rng.below(12) {
+            let pick = |rng: &mut Rng, pool: &[&str]| -> Vec<String> {
+                pool.iter()
+                    .filter(|_| rng.below(3) == 0)
+                    .map(|s| s.to_string())
+                    .collect()
+            };
+            let mut groups = pick(&mut rng, &pool_groups);
+            let users = pick(&mut rng, &pool_users);
+            if groups.is_empty() && users.is_empty() {
+                groups.push("g0".into());
+            }
+            let targets = if rng.below(4) == 0 {
+                None
+            } else {
+                let mut t: Vec<String> = endpoints
+                    .iter()
+                    .filter(|_| rng.below(2) == 0)
+                    .cloned()
+                    .collect();
+                if t.is_empty() {
+                    t.push(endpoints[0].clone());
+                }
+                Some(t)
+            };
+            let rule = ModelRule {
+                id: format!("r{i}"),
+                deny: rng.below(4) == 0,
+                groups,
+                users,
+                endpoints: targets,
+            };
+            let quoted = |list: &[String]| {
+                list.iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            text.push_str(&format!(
+                "[[rules]]\nid = \"{}\"\neffect = \"{}\"\ngroups = [{}]\nusers = [{}]\nendpoints = [{}]\n",
+                rule.id,
+                if rule.deny { "deny" } else { "allow" },
+                quoted(&rule.groups),
+                quoted(&rule.users),
+                rule.endpoints.as_deref().map_or("\"*\"".to_owned(), quoted),
+            ));
+            rules.push(rule);
+        }
+        let policy = parse(&text);
+
+        for _ in 0..50 {
+            let user = ["u0@x", "U1@X", "u2@x", "nobody"][rng.below(4)];
+            let groups: Vec<String> = pool_groups
+                .iter()
+                .filter(|_| rng.below(3) == 0)
+                .map(|g| g.to_string())
+                .collect();
+            let endpoint = format!("e{}", rng.below(9));
+            let decision = policy.evaluate(&Request {
+                user,
+                groups: &groups,
+                endpoint: &endpoint,
+            });
+            let (effect, rule, allows, denies) =
+                model_decide(&rules, &endpoints, user, &groups, &endpoint);
+            assert_eq!(
+                decision.effect, effect,
+                "{text}\n{user} {groups:?} {endpoint}"
+            );
+            assert_eq!(decision.rule, rule, "{text}\n{user} {groups:?} {endpoint}");
+            assert_eq!(decision.matched_allows, allows, "{text}");
+            assert_eq!(decision.matched_denies, denies, "{text}");
+            match (decision.effect, &decision.rule) {
+                (Effect::Allow, _) => allowed += 1,
+                (Effect::Deny, Some(_)) => denied_by_rule += 1,
+                (Effect::Deny, None) => default_denied += 1,
+            }
+        }
+    }
+    // Every branch was exercised.
+    assert!(
+        allowed > 50 && denied_by_rule > 50 && default_denied > 50,
+        "allowed {allowed}, denied by rule {denied_by_rule}, default denied {default_denied}"
+    );
+}
