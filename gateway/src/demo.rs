@@ -272,7 +272,7 @@ Try these in another terminal:
 
   # the connector refuses what its own allowlist does not name, even though policy allows it
   postern connect demo-ssh --listen 127.0.0.1:18022 --token-file {alice} &
-  curl -s telnet://127.0.0.1:18022 --max-time 2
+  curl -s --max-time 2 telnet://127.0.0.1:18022 </dev/null   # postern prints the refusal
 
   # the audit trail
   postern-audit search {audit}

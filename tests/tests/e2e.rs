@@ -673,3 +673,136 @@ fn iperf3_runs_through_the_tunnel() {
         "audit says {up} bytes up, iperf3 received {received}"
     );
 }
+
+#[test]
+fn malformed_connect_targets_are_refused_and_http1_connect_works() {
+    let (d, _echo) = standard();
+    let token =
+        std::fs::read_to_string(d.mint("alice@truro.nhs.uk", "radiologists", "1h")).unwrap();
+    let curl = |target: &str| {
+        run(Command::new("curl")
+            .args([
+                "-sS",
+                "--http0.9",
+                "--max-time",
+                "2",
+                "--proxy",
+                &d.url(),
+                "--proxy-cacert",
+            ])
+            .arg(d.ca_file())
+            .args([
+                "--proxy-header",
+                &format!("Authorization: Bearer {token}"),
+                "-p",
+            ])
+            .arg(target)
+            .args(["-w", "%{http_connect}"]))
+    };
+    // An HTTP/1.1 CONNECT from a stock client reaches the endpoint (raw TCP echo: curl sends its
+    // GET and reads it back, which is enough to prove the tunnel).
+    let (_, out, err) = curl("http://echo:0/hello");
+    assert!(out.contains("GET /hello HTTP/1.1"), "{out}{err}");
+    for bad in ["http://echo:104/", "http://10.1.2.3:22/", "http://ECHO:0/"] {
+        let (ok, out, err) = curl(bad);
+        assert!(!ok, "{bad} accepted");
+        assert!(out.ends_with("400"), "{bad}: {out} {err}");
+    }
+    let denied = wait_for(
+        "3 malformed-target denials",
+        Duration::from_secs(10),
+        || {
+            let v: Vec<Value> = d
+                .events("session.denied")
+                .into_iter()
+                .filter(|e| s(&e["detail"]).contains("malformed CONNECT target"))
+                .collect();
+            (v.len() >= 3).then_some(v)
+        },
+    );
+    assert!(denied
+        .iter()
+        .any(|e| s(&e["detail"]).contains("10.1.2.3:22")));
+}
+
+#[test]
+fn sigterm_ends_live_sessions_with_reason_shutdown() {
+    let (mut d, _echo) = standard();
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (_client, local) = d.connect("echo", &token).unwrap();
+    let mut live = TcpStream::connect(local).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    live.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    live.read_exact(&mut b).unwrap();
+    d.wait_event("session.start", |_| true);
+    let code = d
+        .gateway
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "gateway did not exit cleanly");
+    let end = d.wait_event("session.end", |_| true);
+    assert_eq!(end["close_reason"], "shutdown");
+    assert_eq!(end["bytes_up"], 1);
+    d.wait_event("gateway.stopped", |_| true);
+}
+
+#[test]
+fn demo_comes_up_and_its_printed_next_steps_work() {
+    let work = tempfile::tempdir().unwrap();
+    // The demo uses PORT and PORT+1.
+    let port = loop {
+        let p = postern_e2e::free_port();
+        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            break p;
+        }
+    };
+    let demo = postern_e2e::Proc::spawn(
+        "demo",
+        Command::new(bin("postern-gateway"))
+            .args(["demo", "--dir"])
+            .arg(work.path().join("demo"))
+            .args(["--port", &port.to_string()])
+            .env("POSTERN_LOG", "warn"),
+        work.path().join("demo.log"),
+    );
+    let text = wait_for("the demo's instructions", Duration::from_secs(30), || {
+        let t = demo.log_text();
+        t.contains("postern-audit search").then_some(t)
+    });
+    let steps: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Try these"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("Try these"))
+        .collect();
+    assert!(steps.len() >= 8, "too few steps: {steps:?}");
+    // Run them as printed, giving background tunnels a moment to print their ready line.
+    let mut script = String::from("set -u\n");
+    for step in &steps {
+        script.push_str(step);
+        script.push('\n');
+        if step.ends_with('&') {
+            script.push_str("for i in $(seq 100); do sleep 0.05; ss -ltn | grep -q \"$(echo '");
+            script.push_str(step);
+            script.push_str("' | grep -o '127.0.0.1:[0-9]*')\" && break; done\n");
+        }
+    }
+    script.push_str("kill $(jobs -p) 2>/dev/null\nwait 2>/dev/null\n");
+    let (_, out, err) = run(Command::new("bash").arg("-c").arg(&script));
+    let all = format!("{out}\n{err}");
+    assert!(all.contains("signed in as alice@demo.nhs.uk"), "{all}");
+    assert!(all.contains("demo-web"), "{all}");
+    assert!(all.contains("Hello from the demo web viewer"), "{all}");
+    assert!(
+        all.contains("access to demo-web denied: no rule allows user 'lee@demo.nhs.uk'"),
+        "{all}"
+    );
+    assert!(all.contains("outside this connector's allowlist"), "{all}");
+    assert!(
+        all.contains("session.start") && all.contains("session.denied"),
+        "{all}"
+    );
+}
