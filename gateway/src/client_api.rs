@@ -242,11 +242,12 @@ fn token_refusal(e: &TokenError) -> Resp {
 }
 
 fn policy_request<'a>(claims: &'a Claims, endpoint: &'a str) -> postern_policy::Request<'a> {
-    postern_policy::Request {
-        user: &claims.sub,
-        groups: &claims.groups,
+    postern_policy::Request::new(
+        &claims.sub,
+        &claims.groups,
         endpoint,
-    }
+        std::time::SystemTime::now(),
+    )
 }
 
 async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Resp {

@@ -12,10 +12,10 @@ use crate::Policy;
 /// How many of the requester's groups a "no rule allows" reason lists.
 const REASON_GROUPS_MAX: usize = 20;
 
-/// Who wants to reach what. Built by the gateway from the authenticated session.
+/// Who wants to reach what, and when. Built by the gateway from the authenticated session.
 ///
-/// This will gain fields (device posture, source address, time); construct it with a struct
-/// literal and expect to fill them in as they arrive.
+/// Construct it with [`Request::new`]; facts added later (device posture, source address,
+/// authentication strength) come with builder methods, so callers keep compiling as it grows.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     /// The authenticated user name (normally an e-mail address).
@@ -24,6 +24,25 @@ pub struct Request<'a> {
     pub groups: &'a [String],
     /// The endpoint name the user asked for.
     pub endpoint: &'a str,
+    /// When the request is evaluated. The evaluator never reads the clock itself.
+    pub at: std::time::SystemTime,
+}
+
+impl<'a> Request<'a> {
+    /// A request by `user` (with `groups`) for `endpoint`, evaluated as of `at`.
+    pub fn new(
+        user: &'a str,
+        groups: &'a [String],
+        endpoint: &'a str,
+        at: std::time::SystemTime,
+    ) -> Request<'a> {
+        Request {
+            user,
+            groups,
+            endpoint,
+            at,
+        }
+    }
 }
 
 /// Limits attached to an allow decision.

@@ -26,11 +26,8 @@
 //! "#, "policy.toml")?;
 //!
 //! let groups = vec!["radiologists".to_owned()];
-//! let decision = policy.evaluate(&Request {
-//!     user: "alice@truro.nhs.uk",
-//!     groups: &groups,
-//!     endpoint: "truro-pacs-dicom",
-//! });
+//! let now = std::time::SystemTime::now();
+//! let decision = policy.evaluate(&Request::new("alice@truro.nhs.uk", &groups, "truro-pacs-dicom", now));
 //! assert!(decision.is_allowed());
 //! assert_eq!(decision.reason, "allowed by rule 'radiologists-pacs'");
 //! # Ok::<(), postern_policy::PolicyError>(())

@@ -75,11 +75,12 @@ fn main() -> anyhow::Result<ExitCode> {
                 .map(|g| g.trim().to_owned())
                 .filter(|g| !g.is_empty())
                 .collect();
-            let decision = policy.evaluate(&Request {
-                user: &user,
-                groups: &groups,
-                endpoint: &endpoint,
-            });
+            let decision = policy.evaluate(&Request::new(
+                &user,
+                &groups,
+                &endpoint,
+                std::time::SystemTime::now(),
+            ));
             if json {
                 let text =
                     serde_json::to_string_pretty(&decision).context("serializing the decision")?;

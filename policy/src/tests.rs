@@ -59,11 +59,12 @@ fn only_error(text: &str) -> Diagnostic {
 
 fn decide(policy: &Policy, user: &str, groups: &[&str], endpoint: &str) -> Decision {
     let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-    policy.evaluate(&Request {
+    policy.evaluate(&Request::new(
         user,
-        groups: &groups,
+        &groups,
         endpoint,
-    })
+        std::time::SystemTime::now(),
+    ))
 }
 
 fn example_config() -> &'static Path {
@@ -1370,11 +1371,12 @@ fn evaluation_agrees_with_a_simple_model() {
                 .map(|g| g.to_string())
                 .collect();
             let endpoint = format!("e{}", rng.below(9));
-            let decision = policy.evaluate(&Request {
+            let decision = policy.evaluate(&Request::new(
                 user,
-                groups: &groups,
-                endpoint: &endpoint,
-            });
+                &groups,
+                &endpoint,
+                std::time::SystemTime::now(),
+            ));
             let (effect, rule, allows, denies) =
                 model_decide(&rules, &endpoints, user, &groups, &endpoint);
             assert_eq!(
