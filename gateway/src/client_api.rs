@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::connectors::{CONN_WINDOW, STREAM_WINDOW};
-use crate::sessions::{end_session, run_session, SessionInfo};
+use crate::sessions::{deadline_for, end_session, run_session, Facts, SessionInfo};
 use crate::store::{unix_now, ConnectorRec, StoreError};
 use crate::tokens::{Claims, TokenError};
 use crate::Gateway;
@@ -187,7 +187,7 @@ pub fn endpoint_ref(e: &Endpoint) -> EndpointRef {
     }
 }
 
-fn decision_ref(d: &Decision) -> DecisionRef {
+pub(crate) fn decision_ref(d: &Decision) -> DecisionRef {
     DecisionRef {
         effect: match d.effect {
             Effect::Allow => "allow".into(),
@@ -422,17 +422,12 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
     }
 
     // Deadline: the rule's maximum session duration, capped by the token's expiry.
-    let max = decision
-        .limits
-        .max_session
-        .unwrap_or(Duration::from_secs(8 * 3600));
-    let token_left = Duration::from_secs(claims.exp.saturating_sub(unix_now()));
-    let (limit, limit_reason) = if token_left < max {
-        (token_left, "token_expired")
-    } else {
-        (max, "max_duration")
+    let facts = Facts {
+        source_ip: peer.ip(),
+        token_exp: claims.exp,
+        started,
     };
-    let deadline = started + limit;
+    let deadline = deadline_for(&decision, started, claims.exp);
     info!(session_id = %session_id, user = %claims.sub, endpoint = %endpoint.name, connector_id = %link.connector_id, "session started");
     let client_up = hyper::upgrade::on(req);
     let endpoint_up = hyper::upgrade::on(resp);
@@ -443,11 +438,10 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
                 run_session(
                     task_gw,
                     info,
+                    facts,
+                    deadline,
                     TokioIo::new(c),
                     TokioIo::new(e),
-                    deadline,
-                    limit_reason,
-                    started,
                 )
                 .await
             }

@@ -7,7 +7,8 @@
 //! * [`tokens`]: session tokens (EdDSA JWT, `kid` rotation).
 //! * `client_api`: the clinician-facing listener: enrolment, endpoint listing, `CONNECT` broker.
 //! * `connectors`: the mutual-TLS connector listener and the registry of live connector links.
-//! * `sessions`: live tunnels: relay, limits, `session.end`.
+//! * `sessions`: live tunnels: relay, limits, continuous authorization, `session.end`.
+//! * `reload`: live policy reload (SIGHUP, file change) and re-evaluation of live sessions.
 //! * [`admin`]: the admin commands (`token create`, `connector list|revoke`, `session mint`).
 //! * [`demo`]: the local demo deployment.
 //!
@@ -26,6 +27,7 @@ mod connectors;
 pub mod demo;
 mod fsutil;
 pub mod pki;
+mod reload;
 mod sessions;
 pub mod store;
 pub mod tokens;
@@ -207,6 +209,8 @@ pub async fn run(
         tokio::spawn(client_api::accept_loop(gw.clone(), listeners.clients)),
         tokio::spawn(connectors::accept_loop(gw.clone(), listeners.connectors)),
         tokio::spawn(connectors::watch_revocations(gw.clone())),
+        tokio::spawn(reload::watch_file(gw.clone())),
+        tokio::spawn(reload::on_sighup(gw.clone())),
     ];
     shutdown.await;
     info!("shutting down: ending live sessions");

@@ -1,13 +1,22 @@
-//! Live tunnels: each has a kill switch (with a reason) so that shutdown, connector revocation
-//! and, later, policy re-evaluation can end it, and every end is audited with the bytes moved.
+//! Live tunnels.
+//!
+//! Each live session keeps the facts it was authorized on, a kill switch (with a reason) and an
+//! adjustable deadline, so that the gateway can *continuously* authorize it: on a policy reload
+//! every live session is re-evaluated against the new policy; one no longer allowed is ended
+//! at once (`session.terminated` naming the rule that now denies, then `session.end`), and a
+//! shorter `max_session` moves its deadline. Shutdown and connector revocation use the same
+//! kill switch. Every end is audited with the bytes moved.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use postern_audit::{ConnectorRef, DecisionRef, EndpointRef, Event, EventType};
+use postern_policy::{Decision, Policy};
 use postern_proto::relay::{relay, Counters, Ended};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -39,6 +48,15 @@ impl SessionInfo {
     }
 }
 
+/// The facts a session was authorized on: enough to ask the policy again.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub source_ip: IpAddr,
+    /// Token expiry (seconds since the epoch): the session never outlives it.
+    pub token_exp: u64,
+    pub started: Instant,
+}
+
 /// A kill switch with the reason it was thrown.
 #[derive(Debug, Default)]
 pub struct Kill {
@@ -63,9 +81,45 @@ impl Kill {
     }
 }
 
+/// A deadline and the close reason to use when it passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    pub at: Instant,
+    pub reason: &'static str,
+}
+
+/// The deadline for a session started at `started` under `decision`: the rule's maximum
+/// duration, capped by the token's expiry.
+pub fn deadline_for(decision: &Decision, started: Instant, token_exp: u64) -> Deadline {
+    let max = decision
+        .limits
+        .max_session
+        .unwrap_or(postern_policy::DEFAULT_MAX_SESSION);
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let token_left = Duration::from_secs(token_exp.saturating_sub(now_unix));
+    let by_rule = started + max;
+    let by_token = Instant::now() + token_left;
+    if by_token < by_rule {
+        Deadline {
+            at: by_token,
+            reason: "token_expired",
+        }
+    } else {
+        Deadline {
+            at: by_rule,
+            reason: "max_duration",
+        }
+    }
+}
+
 struct Live {
     kill: Arc<Kill>,
-    connector_id: Option<String>,
+    info: SessionInfo,
+    facts: Facts,
+    deadline: watch::Sender<Deadline>,
 }
 
 /// The live sessions of this gateway.
@@ -75,19 +129,35 @@ pub struct Sessions {
     empty: tokio::sync::Notify,
 }
 
+/// Outcome of re-evaluating live sessions.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recheck {
+    pub checked: usize,
+    pub terminated: usize,
+    pub shortened: usize,
+}
+
 impl Sessions {
-    fn insert(&self, id: &str, connector_id: Option<String>) -> Arc<Kill> {
+    fn insert(
+        &self,
+        info: &SessionInfo,
+        facts: Facts,
+        deadline: Deadline,
+    ) -> (Arc<Kill>, watch::Receiver<Deadline>) {
         let kill = Arc::new(Kill::default());
+        let (tx, rx) = watch::channel(deadline);
         if let Ok(mut m) = self.live.lock() {
             m.insert(
-                id.to_owned(),
+                info.id.clone(),
                 Live {
                     kill: kill.clone(),
-                    connector_id,
+                    info: info.clone(),
+                    facts,
+                    deadline: tx,
                 },
             );
         }
-        kill
+        (kill, rx)
     }
 
     fn remove(&self, id: &str) {
@@ -116,13 +186,62 @@ impl Sessions {
         let mut n = 0;
         if let Ok(m) = self.live.lock() {
             for l in m.values() {
-                if l.connector_id.as_deref() == Some(connector_id) {
+                if l.info.connector.as_ref().map(|c| c.id.as_str()) == Some(connector_id) {
                     l.kill.kill(reason);
                     n += 1;
                 }
             }
         }
         n
+    }
+
+    /// Asks `policy` again about every live session (continuous authorization). Sessions no
+    /// longer allowed — or whose endpoint now points elsewhere — are terminated with a
+    /// `session.terminated` event carrying the new decision; a shorter limit moves deadlines.
+    pub fn reevaluate(&self, gw: &Gateway, policy: &Policy, why: &str) -> Recheck {
+        let mut out = Recheck::default();
+        let Ok(m) = self.live.lock() else {
+            return out;
+        };
+        let now = SystemTime::now();
+        for live in m.values() {
+            out.checked += 1;
+            let info = &live.info;
+            let request =
+                postern_policy::Request::new(&info.user, &info.groups, &info.endpoint.name, now);
+            let decision = policy.evaluate(&request);
+            let moved = policy.endpoint(&info.endpoint.name).is_some_and(|e| {
+                e.site != info.endpoint.site
+                    || e.host != info.endpoint.host
+                    || e.port != info.endpoint.port
+            });
+            if !decision.is_allowed() || moved {
+                let reason = if moved {
+                    format!(
+                        "endpoint '{}' now points to another address",
+                        info.endpoint.name
+                    )
+                } else {
+                    decision.reason.clone()
+                };
+                info!(session_id = %info.id, user = %info.user, source = %live.facts.source_ip, endpoint = %info.endpoint.name, %reason, "terminating session: access withdrawn");
+                let mut ev = info.event(gw, EventType::SessionEnd);
+                ev.kind = "session.terminated".into();
+                ev.decision = Some(crate::client_api::decision_ref(&decision));
+                ev.detail = Some(format!("{why}: {reason}"));
+                gw.audit.record_nowait(ev);
+                live.kill.kill("access_withdrawn");
+                out.terminated += 1;
+                continue;
+            }
+            let new = deadline_for(&decision, live.facts.started, live.facts.token_exp);
+            let current = *live.deadline.borrow();
+            if new.at < current.at {
+                let _ = live.deadline.send(new);
+                out.shortened += 1;
+            }
+        }
+        out
     }
 
     /// Waits until no session is live, or `limit` passes.
@@ -144,27 +263,38 @@ impl Sessions {
 pub async fn run_session<C, E>(
     gw: Arc<Gateway>,
     info: SessionInfo,
+    facts: Facts,
+    deadline: Deadline,
     client: C,
     endpoint: E,
-    deadline: Instant,
-    deadline_reason: &'static str,
-    started: Instant,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
     E: AsyncRead + AsyncWrite + Unpin,
 {
-    let connector_id = info.connector.as_ref().map(|c| c.id.clone());
-    let kill = gw.sessions.insert(&info.id, connector_id);
+    let started = facts.started;
+    let (kill, mut deadline_rx) = gw.sessions.insert(&info, facts, deadline);
     let counters = Arc::new(Counters::default());
-    let reason = tokio::select! {
-        ended = relay(client, endpoint, counters.clone()) => match ended {
-            Ended::AClosed => "client_closed".to_owned(),
-            Ended::BClosed => "endpoint_closed".to_owned(),
-            Ended::AError => "client_error".to_owned(),
-            Ended::BError => "endpoint_error".to_owned(),
-        },
-        _ = tokio::time::sleep_until(deadline.into()) => deadline_reason.to_owned(),
-        _ = kill.token.cancelled() => kill.reason(),
+    let relay = relay(client, endpoint, counters.clone());
+    tokio::pin!(relay);
+    let reason = loop {
+        let current = *deadline_rx.borrow_and_update();
+        tokio::select! {
+            ended = &mut relay => break match ended {
+                Ended::AClosed => "client_closed".to_owned(),
+                Ended::BClosed => "endpoint_closed".to_owned(),
+                Ended::AError => "client_error".to_owned(),
+                Ended::BError => "endpoint_error".to_owned(),
+            },
+            _ = tokio::time::sleep_until(current.at.into()) => break current.reason.to_owned(),
+            changed = deadline_rx.changed() => {
+                if changed.is_err() {
+                    // The registry entry is gone: only kill() does that; wait for it.
+                    kill.token.cancelled().await;
+                    break kill.reason();
+                }
+            }
+            _ = kill.token.cancelled() => break kill.reason(),
+        }
     };
     gw.sessions.remove(&info.id);
     end_session(&gw, &info, started, &reason, None, &counters).await;

@@ -785,9 +785,15 @@ fn demo_comes_up_and_its_printed_next_steps_work() {
         script.push_str(step);
         script.push('\n');
         if step.ends_with('&') {
-            script.push_str("for i in $(seq 100); do sleep 0.05; ss -ltn | grep -q \"$(echo '");
-            script.push_str(step);
-            script.push_str("' | grep -o '127.0.0.1:[0-9]*')\" && break; done\n");
+            // Wait (up to 20 s) until the background tunnel's port accepts connections.
+            let port = step
+                .split("127.0.0.1:")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .unwrap();
+            script.push_str(&format!(
+                "for i in $(seq 400); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.05; done\n"
+            ));
         }
     }
     script.push_str("kill $(jobs -p) 2>/dev/null\nwait 2>/dev/null\n");
@@ -804,5 +810,116 @@ fn demo_comes_up_and_its_printed_next_steps_work() {
     assert!(
         all.contains("session.start") && all.contains("session.denied"),
         "{all}"
+    );
+}
+
+#[test]
+fn policy_reload_withdraws_access_during_a_live_dicom_association() {
+    let work = tempfile::tempdir().unwrap();
+    let orthanc = Orthanc::start(&work.path().join("orthanc"));
+    let echo = Echo::start();
+    let text = policy(orthanc.dicom_port, echo.addr, 9);
+    let d = Deployment::start(&text, &allow(&[orthanc.dicom_port, echo.addr.port()]));
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (_client, local) = d.connect("pacs-dicom", &token).unwrap();
+    // A long-lived association: C-ECHO after C-ECHO on one connection.
+    let mut viewer = postern_e2e::Proc::spawn(
+        "echoscu",
+        Command::new("echoscu").args([
+            "-aet",
+            "VIEWER",
+            "-aec",
+            "ORTHANC",
+            "--repeat",
+            "1000000",
+            "127.0.0.1",
+            &local.port().to_string(),
+        ]),
+        work.path().join("echoscu.log"),
+    );
+    let start = d.wait_event("session.start", |e| e["endpoint"]["name"] == "pacs-dicom");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        viewer.is_running(),
+        "the association ended early: {}",
+        viewer.log_text()
+    );
+
+    // Withdraw the radiologists' access to the PACS and reload with SIGHUP.
+    let withdrawn = text.replace(
+        "endpoints = [\"pacs-dicom\", \"echo\", \"outside\"]",
+        "endpoints = [\"echo\", \"outside\"]",
+    );
+    assert_ne!(withdrawn, text);
+    std::fs::write(d.path("policy.toml"), &withdrawn).unwrap();
+    let t0 = Instant::now();
+    d.gateway.as_ref().unwrap().signal("HUP");
+    let term = d.wait_event("session.terminated", |e| {
+        e["session_id"] == start["session_id"]
+    });
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(2), "termination took {took:?}");
+    assert_eq!(term["decision"]["effect"], "deny");
+    assert!(
+        s(&term["decision"]["reason"]).contains("no rule allows"),
+        "{term}"
+    );
+    assert_ne!(
+        term["decision"]["policy_version"],
+        start["decision"]["policy_version"]
+    );
+    let end = d.wait_event("session.end", |e| e["session_id"] == start["session_id"]);
+    assert_eq!(end["close_reason"], "access_withdrawn");
+    assert!(end["bytes_up"].as_u64().unwrap() > 0);
+    let reloaded = d.wait_event("policy.reloaded", |_| true);
+    assert!(
+        s(&reloaded["detail"]).contains("1 terminated"),
+        "{reloaded}"
+    );
+    wait_for("echoscu to fail", Duration::from_secs(10), || {
+        (!viewer.is_running()).then_some(())
+    });
+    let log = viewer.log_text();
+    assert!(
+        log.contains("Echo Failed") || log.contains("network closed"),
+        "{log}"
+    );
+    // And a new association is refused under the new policy.
+    let (ok, _, _) = echoscu(local);
+    assert!(!ok, "C-ECHO succeeded after access was withdrawn");
+}
+
+#[test]
+fn edited_policy_file_reloads_and_a_broken_one_is_rejected() {
+    let echo = Echo::start();
+    let text = policy(1, echo.addr, 9);
+    let d = Deployment::start(&text, &allow(&[echo.addr.port()]));
+    let bob = d.mint("bob@truro.nhs.uk", "porters", "1h");
+    assert!(d.connect("echo", &bob).is_err());
+
+    // A broken edit: rejected, the old policy keeps serving.
+    std::fs::write(
+        d.path("policy.toml"),
+        format!("{text}\n[[rules]]\nid = \"broken\"\n"),
+    )
+    .unwrap();
+    let rejected = d.wait_event("policy.rejected", |_| true);
+    assert!(s(&rejected["detail"]).contains("policy.toml"), "{rejected}");
+    let alice = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (_c, local) = d.connect("echo", &alice).unwrap();
+    assert_eq!(echo_roundtrip(local, b"old policy").unwrap(), b"old policy");
+
+    // A good edit (no signal): porters may now reach the echo service.
+    let widened = text.replace(
+        "groups = [\"radiologists\"]\nendpoints = [\"pacs-dicom\"",
+        "groups = [\"radiologists\", \"porters\"]\nendpoints = [\"pacs-dicom\"",
+    );
+    assert_ne!(widened, text);
+    std::fs::write(d.path("policy.toml"), widened).unwrap();
+    d.wait_event("policy.reloaded", |_| true);
+    let (_c2, local2) = d.connect("echo", &bob).expect("bob allowed after reload");
+    assert_eq!(
+        echo_roundtrip(local2, b"new policy").unwrap(),
+        b"new policy"
     );
 }
