@@ -217,6 +217,13 @@ impl Deployment {
 
     /// Starts a gateway with `policy` (no connector yet).
     pub fn gateway_only(policy: &str) -> Deployment {
+        let mut d = Deployment::prepare(policy);
+        d.start_gateway();
+        d
+    }
+
+    /// Writes the gateway's files without starting it.
+    pub fn prepare(policy: &str) -> Deployment {
         let dir = tempfile::tempdir().unwrap();
         let client_port = free_port();
         let connector_port = free_port();
@@ -228,28 +235,31 @@ impl Deployment {
             ),
         )
         .unwrap();
-        let mut d = Deployment {
+        Deployment {
             dir,
             gateway: None,
             connector: None,
             client_port,
             connector_port,
             connector_id: String::new(),
-        };
-        d.start_gateway();
-        d
+        }
     }
 
     /// Starts gateway and connector (site "truro") with `allow` as the connector allowlist.
     pub fn start(policy: &str, allow: &[Allow]) -> Deployment {
-        let mut d = Deployment::gateway_only(policy);
+        Deployment::gateway_only(policy).with_connector(allow)
+    }
+
+    /// Enrols and starts a connector (site "truro") on a running gateway.
+    pub fn with_connector(mut self, allow: &[Allow]) -> Deployment {
+        let d = &mut self;
         let token = d.enroll_token("truro", "10m");
         let (ok, out, err) = d.enroll("conn", &token);
         assert!(ok, "enrolment failed: {out}{err}");
         d.connector_id = out.split_whitespace().nth(2).unwrap().to_owned();
         d.write_connector_toml("conn", allow, None);
         d.start_connector("conn");
-        d
+        self
     }
 
     /// Starts (or restarts) the gateway process and waits for its `gateway.started` event.

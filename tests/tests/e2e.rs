@@ -923,3 +923,113 @@ fn edited_policy_file_reloads_and_a_broken_one_is_rejected() {
         b"new policy"
     );
 }
+
+/// Mounts a tmpfs of `size` at `dir` (root only); unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        let (root, _, _) = run(Command::new("sh").args(["-c", "[ \"$(id -u)\" = 0 ]"]));
+        if !root {
+            eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let (ok, out, err) = run(Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir));
+        assert!(ok, "mount tmpfs failed: {out}{err}");
+        Some(Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_audit_disk_refuses_new_sessions_fail_closed() {
+    let echo = Echo::start();
+    let mut d = Deployment::prepare(&policy(1, echo.addr, 9));
+    let Some(_fs) = Tmpfs::mount(&d.path("gw/audit"), "256k") else {
+        return;
+    };
+    d.start_gateway();
+    let d = d.with_connector(&allow(&[echo.addr.port()]));
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (client, local) = d.connect("echo", &token).unwrap();
+    assert_eq!(
+        echo_roundtrip(local, b"while there is room").unwrap(),
+        b"while there is room"
+    );
+
+    // Fill the audit filesystem.
+    let filler = d.path("gw/audit/filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![b'x'; 4096];
+    while f.write_all(&chunk).and_then(|_| f.sync_all()).is_ok() {}
+    drop(f);
+
+    // The log file's last page may still hold a few events; sessions keep working (each with
+    // its durable session.start) until a write fails, and from then on they are refused.
+    let accepted = || echo.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let mut refused_at = None;
+    for attempt in 0..200 {
+        let (starts, reached) = (d.count("session.start"), accepted());
+        let mut c = TcpStream::connect(local).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = c.write_all(b"ping");
+        let mut buf = [0u8; 4];
+        if c.read_exact(&mut buf).is_ok() {
+            assert_eq!(
+                d.count("session.start"),
+                starts + 1,
+                "a session ran without session.start"
+            );
+        } else {
+            assert_eq!(
+                accepted(),
+                reached,
+                "the endpoint was reached without a durable session.start"
+            );
+            refused_at = Some(attempt);
+            break;
+        }
+    }
+    assert!(
+        refused_at.is_some(),
+        "sessions were never refused on a full audit disk"
+    );
+    let starts_when_full = d.count("session.start");
+    let accepted_before = accepted();
+    let starts_before = starts_when_full;
+    wait_for(
+        "the client to report the refusal",
+        Duration::from_secs(10),
+        || {
+            client
+                .log_text()
+                .contains("cannot write its audit log")
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        echo.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        accepted_before,
+        "the endpoint was reached without a durable session.start"
+    );
+    // Room again: the log is not silently resumed with a gap — the gateway stays fail-closed
+    // until restarted, and the refusal is visible in its log.
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(d.count("session.start"), starts_before);
+    let log = d.gateway.as_ref().unwrap().log_text();
+    assert!(log.contains("audit log unavailable"), "{log}");
+}
