@@ -48,6 +48,7 @@ pub struct GatewayConn {
     port: u16,
     tls: Arc<ClientConfig>,
     token: String,
+    justification: Option<String>,
     sender: Mutex<Option<SendRequest<Empty<Bytes>>>>,
 }
 
@@ -99,8 +100,25 @@ impl GatewayConn {
             port,
             tls: Arc::new(tls),
             token,
+            justification: None,
             sender: Mutex::new(None),
         })
+    }
+
+    /// A reason for break-glass access, sent with every request and audited by the gateway.
+    pub fn with_justification(mut self, reason: &str) -> Result<GatewayConn, ClientError> {
+        let reason = reason.trim();
+        if reason.is_empty()
+            || reason.len() > wire::MAX_JUSTIFICATION
+            || !reason.bytes().all(|b| (0x20..0x7f).contains(&b))
+        {
+            return Err(ClientError::Setup(format!(
+                "--reason must be 1 to {} printable ASCII characters",
+                wire::MAX_JUSTIFICATION
+            )));
+        }
+        self.justification = Some(reason.to_owned());
+        Ok(self)
     }
 
     fn authority(&self) -> String {

@@ -43,6 +43,9 @@ enum Cmd {
         /// Local address to listen on.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Why you need access (break-glass rules require it); recorded in the audit log.
+        #[arg(long)]
+        reason: Option<String>,
         #[command(flatten)]
         gw: GatewayArgs,
     },
@@ -56,7 +59,7 @@ enum Cmd {
     },
 }
 
-fn gateway(args: &GatewayArgs) -> anyhow::Result<Arc<GatewayConn>> {
+fn gateway(args: &GatewayArgs, reason: Option<&str>) -> anyhow::Result<Arc<GatewayConn>> {
     let token = match (&args.token_file, std::env::var("POSTERN_TOKEN")) {
         (Some(f), _) => std::fs::read_to_string(f)
             .with_context(|| format!("reading the session token from {}", f.display()))?,
@@ -102,9 +105,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Connect {
             endpoint,
             listen,
+            reason,
             gw,
         } => {
-            let gw = gateway(&gw)?;
+            let gw = gateway(&gw, reason.as_deref())?;
             let fut = connect(gw, &endpoint, listen, |addr, info| {
                 let max = info
                     .max_session_secs
@@ -123,7 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Endpoints { gw, json } => {
-            let list = gateway(&gw)?.endpoints().await?;
+            let list = gateway(&gw, None)?.endpoints().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list.endpoints)?);
                 return Ok(());

@@ -25,6 +25,10 @@ pub const HDR_REASON: &str = "postern-reason";
 pub const HDR_SESSION: &str = "postern-session-id";
 /// Header carrying the endpoint name, gateway → connector (for the connector's logs).
 pub const HDR_ENDPOINT: &str = "postern-endpoint";
+/// Header carrying the clinician's reason for break-glass access, client → gateway (audited).
+pub const HDR_JUSTIFICATION: &str = "postern-justification";
+/// Longest justification accepted, in bytes.
+pub const MAX_JUSTIFICATION: usize = 512;
 
 /// Enrolment path on the gateway's public listener.
 pub const PATH_ENROLL: &str = "/v1/enroll";
