@@ -66,11 +66,11 @@ fn gateway(args: &GatewayArgs, reason: Option<&str>) -> anyhow::Result<Arc<Gatew
         (None, Ok(t)) => t,
         (None, Err(_)) => anyhow::bail!("no session token: pass --token-file or set POSTERN_TOKEN"),
     };
-    Ok(Arc::new(GatewayConn::new(
-        &args.gateway,
-        &args.ca_file,
-        &token,
-    )?))
+    let mut conn = GatewayConn::new(&args.gateway, &args.ca_file, &token)?;
+    if let Some(r) = reason {
+        conn = conn.with_justification(r)?;
+    }
+    Ok(Arc::new(conn))
 }
 
 fn main() -> ExitCode {
