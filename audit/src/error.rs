@@ -78,6 +78,25 @@ pub enum AuditError {
         #[source]
         source: Box<AuditError>,
     },
+    /// The chain cannot be continued from what is on disk (the last line is damaged).
+    #[error("{path} offset {offset}: {reason}")]
+    Chain {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// `audit.*` events are written by the audit writer only.
+    #[error("event type {kind:?} is reserved for the audit writer itself")]
+    Reserved { kind: String },
+    /// The audit signing key (or a public key) could not be read, created or parsed.
+    #[error("audit key{}: {reason}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    Key {
+        path: Option<PathBuf>,
+        reason: String,
+    },
+    /// SIEM forwarding options are unusable (bad address, bad CA).
+    #[error("syslog forwarding to {target}: {reason}")]
+    Forward { target: String, reason: String },
     /// The writer thread could not be started.
     #[error("cannot start audit writer for {dir}: {source}")]
     Spawn {

@@ -14,11 +14,21 @@ use serde::{Deserialize, Serialize};
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// One audited fact: a session opened, refused or closed, a connector came or went, a token was
-/// issued, a gateway started or stopped.
+/// issued, a gateway started or stopped, an administrator ran a command.
+///
+/// Fields are serialized in declaration order and optional fields are omitted when empty; the
+/// writer fills `seq`, `prev` and `hash` (whatever a caller put there is overwritten). The
+/// declaration order is part of the format only in that the writer always puts `prev` and then
+/// `hash` last, which the chain's canonical bytes rely on (see `docs/audit.md`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Schema version ([`SCHEMA_VERSION`]), so readers can tell old lines from new ones.
     pub v: u32,
+    /// Position in the log: 1 for the first event, +1 for each next one, across segments and
+    /// across every process that appends. A gap or a repeat means events were removed or
+    /// reordered. Set by the writer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// When the event happened: RFC 3339, UTC, microseconds (`2025-03-01T08:15:02.123456Z`).
     pub ts: String,
     /// What happened, e.g. `session.start` (see [`EventType`]). A string, not the enum, so that
@@ -28,31 +38,55 @@ pub struct Event {
     /// Ties `session.start` to its `session.end` (and to the gateway's logs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
-    /// The authenticated user (IdP subject or username) the event is about.
+    /// The authenticated user the event is about: the IdP subject (or username). For `admin.*`
+    /// events, the operating-system user who ran the command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The user's display name from the IdP, so a report reads "Dr Ann Jones", not a subject id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    /// The user's email from the IdP: what auditors usually search by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_email: Option<String>,
     /// The user's groups as the policy saw them, so a decision can be re-checked later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<String>>,
+    /// The device the user came from, when device trust identified it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceRef>,
     /// Client address `ip:port` as seen by the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The client's user agent (`postern/0.1.0`, a browser), as it announced itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
     /// The endpoint asked for (session events).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<EndpointRef>,
+    /// The endpoint's egress class from the policy (e.g. `clinical`, `admin`), kept beside
+    /// `endpoint` rather than inside it so that [`EndpointRef`] stays as it was in v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_class: Option<String>,
     /// The connector that carried (or refused) the session, or the subject of a connector event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connector: Option<ConnectorRef>,
     /// The policy decision, with the rule and policy version that made it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<DecisionRef>,
-    /// Bytes relayed client -> endpoint (`session.end`).
+    /// Findings of report-only rules: what a rule in report-only mode would have decided, one
+    /// sentence each. They did not change the decision; they show what enforcing would change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_only: Option<Vec<String>>,
+    /// The reason the user typed for break-glass access, verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub justification: Option<String>,
+    /// Bytes relayed client -> endpoint (`session.end`, `session.terminated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_up: Option<u64>,
-    /// Bytes relayed endpoint -> client (`session.end`).
+    /// Bytes relayed endpoint -> client (`session.end`, `session.terminated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_down: Option<u64>,
-    /// How long the session lasted (`session.end`).
+    /// How long the session lasted (`session.end`, `session.terminated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
     /// Why a session ended: `client_closed`, `endpoint_closed`, `max_duration`, `idle_timeout`,
@@ -60,6 +94,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close_reason: Option<String>,
     /// Id of the gateway node that wrote the event (several replicas may share an auditor).
+    /// The writer fills it from `AuditOptions::node_id` when the caller left it empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
     /// Free text for what has no field of its own: why a connection was refused, a token's
@@ -69,6 +104,59 @@ pub struct Event {
     /// Hospital site, for connector and enrolment events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
+    /// What the log itself records about its integrity (`audit.*` events only): a checkpoint's
+    /// signature, the key that signs, what a recovery found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditMeta>,
+    /// `hash` of the event before this one (64 hex digits; 64 zeros for the first event).
+    /// Set by the writer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
+    /// SHA-256 over `prev` and this event's canonical bytes (64 hex digits); always the last
+    /// member of the line. Set by the writer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+/// The device a session came from, as device trust identified it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRef {
+    /// Stable device id (e.g. from the device certificate or MDM).
+    pub id: String,
+    /// Human name of the device (`RAD-LAPTOP-042`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Whether the user proved presence on the device (biometric / PIN) for this sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_verified: Option<bool>,
+}
+
+/// Integrity facts carried by `audit.*` events. Every member is optional; which ones are set
+/// depends on the type (see `docs/audit.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditMeta {
+    /// `audit.checkpoint`: why it was written: `count`, `interval`, `rotate` or `close`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `audit.checkpoint`, `audit.started`: the Ed25519 public key that signs checkpoints
+    /// (64 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `audit.checkpoint`: Ed25519 signature (128 hex digits) over the checkpoint message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+    /// `audit.recovered`: the segment file in which torn bytes were found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
+    /// `audit.recovered`: byte offset in `segment` where the torn bytes began (and were cut).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// `audit.recovered`: how many torn bytes were cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torn_bytes: Option<u64>,
+    /// `audit.recovered`: SHA-256 of the cut bytes, so a copy taken earlier can be matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torn_sha256: Option<String>,
 }
 
 /// The endpoint a session was for, copied from the policy at decision time (the policy file may
@@ -112,6 +200,9 @@ pub struct DecisionRef {
 }
 
 /// The event types this version writes. The on-disk value is [`EventType::as_str`].
+///
+/// Types are grouped in families by the part before the dot (`session.*`, `auth.*`, ...), which
+/// `search --type session.*` selects as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
     /// A session was allowed; written durably before the first byte is relayed.
@@ -140,11 +231,43 @@ pub enum EventType {
     GatewayStarted,
     /// A gateway node stopped.
     GatewayStopped,
+    /// A user signed in at the identity provider and the gateway accepted the result.
+    AuthLogin,
+    /// A sign-in failed (IdP error, bad state, unknown user, MFA missing, ...).
+    AuthFailed,
+    /// A user signed out, or their sign-in was ended.
+    AuthLogout,
+    /// A device was registered for device trust.
+    DeviceEnrolled,
+    /// A device proved its identity/posture for a sign-in or session.
+    DeviceVerified,
+    /// A device failed its check (unknown, revoked, posture not met).
+    DeviceRejected,
+    /// A device's registration was revoked.
+    DeviceRevoked,
+    /// A live session was ended by the gateway (policy change, revocation, admin action), as
+    /// opposed to [`EventType::SessionEnd`], where one of the two ends closed it.
+    SessionTerminated,
+    /// A new policy was loaded and is in force.
+    PolicyReloaded,
+    /// A new policy was rejected; the previous one stays in force.
+    PolicyRejected,
+    /// A session token was revoked before its expiry.
+    TokenRevoked,
+    /// An administrator ran a command (`detail` holds the command, `user` the OS user).
+    /// Further `admin.*` types may be written; `search --type admin.*` finds them all.
+    AdminCommand,
+    /// A signed checkpoint: the log up to here is vouched for by the audit key.
+    AuditCheckpoint,
+    /// An audit writer opened the log (carries the public key that will sign its checkpoints).
+    AuditStarted,
+    /// An audit writer found and cut torn bytes left by a crash (what it found is recorded).
+    AuditRecovered,
 }
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 13] = [
+    pub const ALL: [EventType; 28] = [
         EventType::SessionStart,
         EventType::SessionDenied,
         EventType::SessionEnd,
@@ -158,6 +281,21 @@ impl EventType {
         EventType::TokenMinted,
         EventType::GatewayStarted,
         EventType::GatewayStopped,
+        EventType::AuthLogin,
+        EventType::AuthFailed,
+        EventType::AuthLogout,
+        EventType::DeviceEnrolled,
+        EventType::DeviceVerified,
+        EventType::DeviceRejected,
+        EventType::DeviceRevoked,
+        EventType::SessionTerminated,
+        EventType::PolicyReloaded,
+        EventType::PolicyRejected,
+        EventType::TokenRevoked,
+        EventType::AdminCommand,
+        EventType::AuditCheckpoint,
+        EventType::AuditStarted,
+        EventType::AuditRecovered,
     ];
 
     /// The string stored in the `type` field.
@@ -176,12 +314,33 @@ impl EventType {
             EventType::TokenMinted => "token.minted",
             EventType::GatewayStarted => "gateway.started",
             EventType::GatewayStopped => "gateway.stopped",
+            EventType::AuthLogin => "auth.login",
+            EventType::AuthFailed => "auth.failed",
+            EventType::AuthLogout => "auth.logout",
+            EventType::DeviceEnrolled => "device.enrolled",
+            EventType::DeviceVerified => "device.verified",
+            EventType::DeviceRejected => "device.rejected",
+            EventType::DeviceRevoked => "device.revoked",
+            EventType::SessionTerminated => "session.terminated",
+            EventType::PolicyReloaded => "policy.reloaded",
+            EventType::PolicyRejected => "policy.rejected",
+            EventType::TokenRevoked => "token.revoked",
+            EventType::AdminCommand => "admin.command",
+            EventType::AuditCheckpoint => "audit.checkpoint",
+            EventType::AuditStarted => "audit.started",
+            EventType::AuditRecovered => "audit.recovered",
         }
     }
 
     /// The known type stored as `s`, or `None` for a type this version does not know.
     pub fn from_type_str(s: &str) -> Option<EventType> {
         EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Whether only the audit writer itself may write this type (`audit.*`): a caller that
+    /// records one is refused, so nobody can forge a checkpoint through the normal API.
+    pub fn is_reserved(s: &str) -> bool {
+        s.starts_with("audit.")
     }
 }
 
@@ -229,7 +388,7 @@ mod tests {
             assert_eq!(EventType::from_type_str(t.as_str()), Some(t));
             assert_eq!(t.to_string(), t.as_str());
         }
-        assert_eq!(seen.len(), 13);
+        assert_eq!(seen.len(), EventType::ALL.len());
         assert_eq!(EventType::from_type_str("session.teleported"), None);
     }
 
@@ -303,6 +462,24 @@ mod tests {
             gateway: Some("gw-a".into()),
             detail: Some("détail ünïcode \"quoted\"\nnewline".into()),
             site: Some("truro".into()),
+            seq: Some(7),
+            user_name: Some("Dr Ann Jones".into()),
+            user_email: Some("ann.jones@nhs.example".into()),
+            device: Some(DeviceRef {
+                id: "dev-9".into(),
+                name: Some("RAD-LAPTOP-042".into()),
+                user_verified: Some(true),
+            }),
+            user_agent: Some("postern/0.1.0".into()),
+            egress_class: Some("clinical".into()),
+            report_only: Some(vec!["rule night-shift would deny: outside hours".into()]),
+            justification: Some("stroke call, consultant unavailable".into()),
+            audit: Some(AuditMeta {
+                reason: Some("close".into()),
+                ..AuditMeta::default()
+            }),
+            prev: Some("0".repeat(64)),
+            hash: Some("f".repeat(64)),
         };
         let json = serde_json::to_string(&e).unwrap();
         assert!(!json.contains('\n'), "one event must be one line: {json}");
@@ -317,28 +494,48 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "audit",
                 "bytes_down",
                 "bytes_up",
                 "close_reason",
                 "connector",
                 "decision",
                 "detail",
+                "device",
                 "duration_ms",
+                "egress_class",
                 "endpoint",
                 "gateway",
                 "groups",
+                "hash",
+                "justification",
+                "prev",
+                "report_only",
+                "seq",
                 "session_id",
                 "site",
                 "source",
                 "ts",
                 "type",
                 "user",
+                "user_agent",
+                "user_email",
+                "user_name",
                 "v"
             ]
         );
         assert_eq!(value["endpoint"]["port"], 11112);
         assert_eq!(value["decision"]["policy_version"], "sha256:abcd");
         assert_eq!(value["connector"]["id"], "conn-7");
+        assert_eq!(value["device"]["user_verified"], true);
+        // Serialization order: seq right after v; prev then hash last (the chain relies on it).
+        assert!(json.starts_with(r#"{"v":1,"seq":7,"ts":"#), "{json}");
+        let tail = format!(
+            r#","prev":"{}","hash":"{}"}}"#,
+            "0".repeat(64),
+            "f".repeat(64)
+        );
+        assert!(json.ends_with(&tail), "{json}");
         let back: Event = serde_json::from_str(&json).unwrap();
         assert_eq!(back, e);
     }

@@ -1,68 +1,85 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 //! # postern-audit
 //!
-//! The audit trail of Postern: who reached which endpoint, when, from where, under which policy
-//! rule, for how long and with how many bytes; which connectors came and went; which tokens were
-//! issued. The gateway writes it; admin CLI commands append to it; auditors read and search it.
+//! The audit trail of Postern: who reached which endpoint, when, from which device, under which
+//! policy rule, for how long and with how many bytes; which connectors came and went; which
+//! tokens were issued; which admin commands were run. The gateway writes it; admin CLI commands
+//! append to it; auditors verify, search and export it. The full format is in `docs/audit.md`.
 //!
 //! ## Layout on disk
 //!
 //! ```text
-//! DIR/                 0700, created if missing
-//!   audit.jsonl        0600, the first segment: JSON Lines, one Event per line, append-only
+//! DIR/                    0700, created if missing
+//!   audit.jsonl           0600, segment 1: JSON Lines, one Event per line, append-only
+//!   audit.000002.jsonl    segment 2, ... (rotation by size/age; the chain runs across them)
+//!   audit.lock            the flock every appending process takes
+//!   audit.head            the latest signed checkpoint (a witness line), replaced by rename
+//!   syslog.cursor         the last seq delivered to the syslog server (with forwarding)
+//! STATE_DIR/audit-key.pk8 0600, the Ed25519 key that signs checkpoints (AuditKey::load_or_create)
 //! ```
 //!
-//! Segment names come from [`first_segment_path`] / [`segment_paths`] so that rotation can add
-//! further segments without touching callers. Readers ignore unknown fields and keep `type` as a
-//! string, so old readers read new logs.
+//! ## Module map and flow
 //!
-//! ## Who writes, and how
-//!
-//! * The gateway holds one [`AuditLog`] (a cheap, cloneable handle). A dedicated writer thread
-//!   owns the file and does **group commit**: it drains whatever is queued into one buffer and
-//!   appends it with a single locked `write_all` followed by `fdatasync`.
-//! * Short-lived processes (admin commands) call [`append_sync`].
-//!
-//! Every append, from either path, runs under an exclusive `flock` on the segment, on a
-//! descriptor opened with `O_APPEND`, with one `write_all` per batch; lines from different
-//! processes therefore never interleave.
+//! * `event`: the schema ([`Event`], [`EventType`]). Readers ignore unknown fields and keep
+//!   `type` as a string, so old readers read new logs.
+//! * `chain`: canonical bytes, `hash = SHA-256(prev || canonical)`, the checkpoint message.
+//! * `store`: segments, the lock, finding the chain head, cutting a torn tail, the one append
+//!   path ([`append_sync`] and the writer both go through it).
+//! * `writer`: [`AuditLog`], a handle feeding a dedicated thread that does **group commit**
+//!   (one `write_all` + `fdatasync` per batch), rotation, and signed checkpoints every N events
+//!   or T seconds and at [`AuditLog::close`].
+//! * `key`: [`AuditKey`] (private, in the gateway's state dir) and [`AuditPublicKey`].
+//! * `witness`: a checkpoint as one line for an outside witness ([`Witness`]).
+//! * `syslog`: RFC 5424 over TCP/TLS; the live forwarder behind a bounded queue that resumes
+//!   from the local log.
+//! * `reader`, [`verify`], [`search`], [`sessions`]: streaming readers for `postern-audit`.
 //!
 //! ## The durability promise
 //!
 //! [`AuditLog::record`] and [`append_sync`] return `Ok` only after the event's line has been
-//! written **and** `fdatasync`ed (and, when the file is new, its directory entry synced). The
+//! written **and** `fdatasync`ed (and, when a file is new, its directory entry synced). The
 //! gateway records `session.start` with `record` before it relays the first byte of a session.
 //! [`AuditLog::record_nowait`] gives ordering but not a wait: its event is synced with the batch
 //! it lands in, and [`AuditLog::close`] / [`AuditLog::flush`] wait for everything queued.
 //!
 //! If a write or sync fails, every caller in that batch gets the error and the log refuses every
 //! later event ([`AuditError::Failed`], visible through [`AuditLog::health`]): the gateway then
-//! refuses new sessions rather than run unaudited (fail closed).
+//! refuses new sessions rather than run unaudited (fail closed). A crash mid-write leaves at most
+//! an incomplete last line; the next writer (or `append_sync`) cuts exactly those bytes, records
+//! `audit.recovered`, and continues the chain.
 //!
-//! ## Reading
+//! ## Several writers
 //!
-//! [`events`] streams [`Entry`]s (line number, raw line, parsed [`Event`]) across segments;
-//! [`read_all`] collects them and stops at the first bad line, naming file and line. The
-//! `postern-audit search` binary is a thin layer over [`events`] and [`search::Filter`].
-//!
-//! ## What comes next
-//!
-//! A SHA-256 hash chain (`seq`, `prev`, `hash`) computed on the writer thread under the same
-//! lock, signed checkpoints, segment rotation, crash recovery of a torn tail, `verify` and SIEM
-//! export. The single append path in `store` and the `raw` line kept by the reader are where
-//! those attach.
+//! Every append takes the exclusive lock, then checks (by segment and length) whether anyone
+//! else appended since this process last wrote; if so it re-reads the chain head from the file.
+//! So a gateway and any number of admin commands interleave on one chain.
 
+mod chain;
 mod error;
 mod event;
+mod hexfmt;
+mod key;
 mod reader;
 pub mod search;
+pub mod sessions;
 mod store;
+pub mod syslog;
+pub mod verify;
+mod witness;
 mod writer;
 
+pub use chain::{canonical_bytes, checkpoint_message, line_hash, GENESIS};
 pub use error::AuditError;
 pub use event::{
-    now_rfc3339_micros, ConnectorRef, DecisionRef, EndpointRef, Event, EventType, SCHEMA_VERSION,
+    now_rfc3339_micros, AuditMeta, ConnectorRef, DecisionRef, DeviceRef, EndpointRef, Event,
+    EventType, SCHEMA_VERSION,
 };
-pub use reader::{events, read_all, Entry, Events};
-pub use store::{append_sync, first_segment_path, segment_paths, FIRST_SEGMENT};
-pub use writer::{AuditLog, AuditStats};
+pub use key::{audit_key_path, AuditKey, AuditPublicKey, AUDIT_KEY_FILE};
+pub use reader::{events, parse_line, read_all, Entry, Events, RawLine, RawLines};
+pub use store::{
+    append_sync, first_segment_path, parse_segment_name, segment_file_name, segment_paths,
+    FIRST_SEGMENT, HEAD_FILE, LOCK_FILE,
+};
+pub use syslog::{SyslogOptions, SyslogTls};
+pub use witness::{Witness, WITNESS_FORMAT};
+pub use writer::{AuditLog, AuditOptions, AuditStats};

@@ -2,18 +2,26 @@
 //! the `postern_audit` library.
 
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
-use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-use postern_audit::search::{table_header, table_row, Filter};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use postern_audit::search::{parse_time, Filter, Format, ReportError, Summary};
+use postern_audit::syslog::{format_rfc5424, frame, SyslogTarget};
+use postern_audit::verify::{verify, KeySource, VerifyOptions};
+use postern_audit::{
+    AuditError, AuditKey, AuditLog, AuditOptions, AuditPublicKey, DecisionRef, DeviceRef,
+    EndpointRef, Event, EventType, SyslogOptions, Witness,
+};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "postern-audit",
     version,
-    about = "Read and search Postern audit logs"
+    about = "Verify, search and export Postern audit logs"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,32 +30,205 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print the events of an audit log that match every given filter, oldest first.
+    /// Prove the log was not edited, reordered or cut: check every chain link and every
+    /// checkpoint signature. Exit 0 if intact, 1 if not, 2 if the log cannot be read.
+    Verify(VerifyArgs),
+    /// Print the events that match every given filter, oldest first.
     Search(SearchArgs),
+    /// One row per session: user, device, endpoint, start, end, duration, bytes, close reason,
+    /// justification.
+    Sessions(SearchArgs),
+    /// Export matching events as JSON lines, CSV or RFC 5424 syslog (to stdout, or sent to a
+    /// syslog server with --to).
+    Export(ExportArgs),
+    /// Print the latest signed checkpoint as one line, for an outside witness to keep.
+    Checkpoint(CheckpointArgs),
+    /// Print the public audit key (PEM, or hex with --hex) from a key file or state directory.
+    Pubkey(PubkeyArgs),
+    /// Write synthetic events (tests and benchmarks); prints `ack SEQ-ID` per durable event.
+    #[command(hide = true)]
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// Audit log directory (the one holding audit.jsonl).
+    dir: PathBuf,
+    /// The audit public key (PEM or hex) to check checkpoint signatures against. Without it,
+    /// the key named in the log is used (trust on first use).
+    #[arg(long, value_name = "FILE")]
+    pubkey: Option<PathBuf>,
+    /// A file of checkpoint lines (from `postern-audit checkpoint`) the log must still contain.
+    #[arg(long, value_name = "FILE")]
+    witness: Vec<PathBuf>,
+    /// Require the log to end with a closing checkpoint (archived logs).
+    #[arg(long)]
+    closed: bool,
+}
+
+#[derive(Debug, Args)]
+struct FilterArgs {
+    /// Event type, e.g. session.start, or a family such as session.*
+    #[arg(long = "type", value_name = "TYPE")]
+    kind: Option<String>,
+    /// User: subject exactly, or email (any case).
+    #[arg(long)]
+    user: Option<String>,
+    /// Endpoint name, exactly; end it with * for a prefix (truro-pacs*).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Site (of the endpoint or connector).
+    #[arg(long)]
+    site: Option<String>,
+    /// Session id, exactly.
+    #[arg(long, value_name = "SESSION_ID")]
+    session: Option<String>,
+    /// Device id or name.
+    #[arg(long)]
+    device: Option<String>,
+    /// Decision effect.
+    #[arg(long, value_parser = ["allow", "deny"])]
+    decision: Option<String>,
+    /// From this time on: 2025-03-01T18:00:00Z, 2025-03-01T18:00:00+01:00, 2025-03-01, or 12h
+    /// (ago).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(self) -> anyhow::Result<Filter> {
+        let now = SystemTime::now();
+        let time = |v: Option<String>, flag: &str| -> anyhow::Result<Option<SystemTime>> {
+            v.map(|t| parse_time(&t, now).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
+                .transpose()
+        };
+        Ok(Filter {
+            kind: self.kind,
+            user: self.user,
+            session: self.session,
+            endpoint: self.endpoint,
+            site: self.site,
+            device: self.device,
+            decision: self.decision,
+            since: time(self.since, "--since")?,
+            until: time(self.until, "--until")?,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
 struct SearchArgs {
     /// Audit log directory (the one holding audit.jsonl).
     dir: PathBuf,
-    /// Event type, e.g. session.start, or a family such as session.*
-    #[arg(long = "type", value_name = "TYPE")]
-    kind: Option<String>,
-    /// User name, exactly.
-    #[arg(long)]
-    user: Option<String>,
-    /// Session id, exactly.
-    #[arg(long, value_name = "SESSION_ID")]
-    session: Option<String>,
-    /// Print matching events as JSON lines, exactly as stored, instead of a table.
-    #[arg(long)]
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Print JSON lines instead of a table (search: the stored lines, unchanged).
+    #[arg(long, conflicts_with = "csv")]
     json: bool,
+    /// Print CSV instead of a table.
+    #[arg(long)]
+    csv: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Json,
+    Csv,
+    Syslog,
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    /// Audit log directory.
+    dir: PathBuf,
+    #[arg(long, value_enum)]
+    format: ExportFormat,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Send to this syslog server (host:port, RFC 5424 octet-counted over TCP) instead of
+    /// printing. Only with --format syslog.
+    #[arg(long, value_name = "HOST:PORT")]
+    to: Option<String>,
+    /// Use TLS 1.3 to the syslog server; needs --ca.
+    #[arg(long, requires = "to", requires = "ca")]
+    tls: bool,
+    /// CA certificate(s) (PEM) the syslog server's certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Name in the syslog server's certificate (default: the host of --to).
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct CheckpointArgs {
+    /// Audit log directory.
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct PubkeyArgs {
+    /// `audit-key.pk8`, or the state directory holding it.
+    path: PathBuf,
+    /// Print 64 hex digits instead of PEM.
+    #[arg(long)]
+    hex: bool,
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    dir: PathBuf,
+    /// Events to write.
+    #[arg(long, default_value_t = 1000)]
+    events: u64,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 8)]
+    tasks: u64,
+    /// State directory with (or for) audit-key.pk8: sign checkpoints.
+    #[arg(long)]
+    key_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 10_000)]
+    checkpoint_events: u64,
+    #[arg(long, default_value_t = 128 * 1024 * 1024)]
+    segment_bytes: u64,
+    /// Extra bytes of detail per event (bigger writes).
+    #[arg(long, default_value_t = 0)]
+    pad: usize,
+    /// Distinct users to spread events over.
+    #[arg(long, default_value_t = 1000)]
+    users: u64,
+    /// Append with append_sync (as an admin CLI does) instead of a writer.
+    #[arg(long)]
+    append_sync: bool,
+    /// Print no acks.
+    #[arg(long)]
+    quiet: bool,
+    /// Id prefix of the events (to tell processes apart).
+    #[arg(long, default_value = "e")]
+    tag: String,
+    /// Close the log cleanly at the end (closing checkpoint).
+    #[arg(long)]
+    close: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Search(args) => search(args),
+        // Exit 2 when verification could not even run (bad key file, unreadable log), so
+        // scripts can tell "could not check" from "tampered" (1).
+        Command::Verify(args) => verify_cmd(args).or_else(|e| {
+            eprintln!("postern-audit: {e:#}");
+            Ok(ExitCode::from(2))
+        }),
+        Command::Search(args) => report(args, false),
+        Command::Sessions(args) => report(args, true),
+        Command::Export(args) => export(args),
+        Command::Checkpoint(args) => checkpoint(args),
+        Command::Pubkey(args) => pubkey(args),
+        Command::Load(args) => load(args),
     };
     match result {
         Ok(code) => code,
@@ -59,50 +240,420 @@ fn main() -> ExitCode {
     }
 }
 
-fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
-    let filter = Filter {
-        kind: args.kind,
-        user: args.user,
-        session: args.session,
+fn verify_cmd(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let mut options = VerifyOptions::default();
+    if let Some(path) = &args.pubkey {
+        options.pubkey = Some(AuditPublicKey::read_file(path)?);
+    }
+    for path in &args.witness {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading witness file {}", path.display()))?;
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let w = Witness::parse(line).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} line {}: not a checkpoint line: {e}",
+                    path.display(),
+                    n + 1
+                )
+            })?;
+            options.witnesses.push(w);
+        }
+    }
+    options.require_closed = args.closed;
+    let report = match verify(&args.dir, &options) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("postern-audit: {e}");
+            return Ok(ExitCode::from(2));
+        }
     };
-    let entries = postern_audit::events(&args.dir)?;
-    let stdout = io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
-    if !args.json {
-        writeln!(out, "{}", table_header())?;
-    }
-    let mut bad_lines = 0u64;
-    for entry in entries {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e @ postern_audit::AuditError::Parse { .. }) => {
-                // Keep going: the rest of the log is still readable, and the auditor needs to
-                // see it; the exit status reports the damage.
-                out.flush()?;
-                eprintln!("postern-audit: {e}");
-                bad_lines += 1;
-                continue;
-            }
-            Err(e) => return Err(e).context("search stopped"),
-        };
-        if !filter.matches(&entry.event) {
-            continue;
-        }
-        if args.json {
-            writeln!(out, "{}", entry.raw)?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "log:          {}", args.dir.display())?;
+    writeln!(
+        out,
+        "segments:     {}\nevents:       {} chained (seq 1..{}){}",
+        report.segments,
+        report.events,
+        report.last_seq,
+        if report.legacy_events > 0 {
+            format!(
+                ", plus {} older unchained event(s) at the start (not protected)",
+                report.legacy_events
+            )
         } else {
-            writeln!(out, "{}", table_row(&entry.event))?;
+            String::new()
         }
+    )?;
+    let key = match (report.key, report.key_source) {
+        (Some(k), KeySource::Given) => format!("{} (given with --pubkey)", k.to_hex()),
+        (Some(k), _) => format!(
+            "{} (named in the log itself; pass --pubkey with a copy you trust to prove who signed)",
+            k.to_hex()
+        ),
+        (None, _) => "none (the log has no signing key: no checkpoints)".to_owned(),
+    };
+    writeln!(out, "audit key:    {key}")?;
+    writeln!(
+        out,
+        "checkpoints:  {} with a valid signature",
+        report.checkpoints
+    )?;
+    if let Some(cp) = &report.last_checkpoint {
+        writeln!(
+            out,
+            "last checkpoint: seq {} ({}) at {}",
+            cp.seq, cp.reason, cp.ts
+        )?;
+        writeln!(
+            out,
+            "unsigned tail: {} event(s) after it",
+            report.unsigned_tail
+        )?;
     }
+    writeln!(
+        out,
+        "audit.head:   {}",
+        if report.head_checked {
+            "checked"
+        } else {
+            "absent"
+        }
+    )?;
+    if !options.witnesses.is_empty() {
+        writeln!(out, "witnesses:    {} checked", report.witnesses_checked)?;
+    }
+    if let Some((path, offset, bytes)) = &report.torn_tail {
+        writeln!(
+            out,
+            "note: {} ends in an incomplete line ({bytes} bytes at offset {offset}): a write in progress, or a crash the writer will recover from",
+            path.display()
+        )?;
+    }
+    if report.is_ok() {
+        writeln!(
+            out,
+            "OK: every link and every checkpoint signature verified."
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "FAILED: {} problem(s).", report.problem_count)?;
+    if let Some(first) = report.first_problem() {
+        writeln!(out, "first broken: {first}")?;
+    }
+    for p in report.problems.iter().skip(1) {
+        writeln!(out, "  also: {p}")?;
+    }
+    if report.problem_count > report.problems.len() as u64 {
+        writeln!(
+            out,
+            "  ... and {} more",
+            report.problem_count - report.problems.len() as u64
+        )?;
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+fn report(args: SearchArgs, sessions: bool) -> anyhow::Result<ExitCode> {
+    let format = if args.json {
+        Format::Json
+    } else if args.csv {
+        Format::Csv
+    } else {
+        Format::Table
+    };
+    let filter = args.filter.filter()?;
+    run_report(&args.dir, |out, bad| {
+        if sessions {
+            postern_audit::sessions::sessions(&args.dir, &filter, format, out, bad)
+        } else {
+            postern_audit::search::search(&args.dir, &filter, format, out, bad)
+        }
+    })
+}
+
+/// Runs a streaming report to stdout, printing bad lines to stderr as they come.
+fn run_report(
+    dir: &Path,
+    f: impl FnOnce(&mut dyn Write, &mut dyn FnMut(&AuditError)) -> Result<Summary, ReportError>,
+) -> anyhow::Result<ExitCode> {
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(256 * 1024, stdout.lock());
+    let mut bad = |e: &AuditError| {
+        eprintln!("postern-audit: {e}");
+    };
+    let summary = match f(&mut out, &mut bad) {
+        Ok(summary) => summary,
+        Err(ReportError::Output(e)) => return Err(e.into()),
+        Err(ReportError::Audit(e)) => {
+            let _ = out.flush();
+            return Err(anyhow::Error::new(e).context(format!("reading {}", dir.display())));
+        }
+    };
     out.flush()?;
-    if bad_lines > 0 {
-        eprintln!("postern-audit: {bad_lines} line(s) of the log are not valid events");
+    if summary.torn_tail {
+        eprintln!("postern-audit: note: the log ends in an incomplete line (a write in progress, or a crash); skipped");
+    }
+    if summary.bad_lines > 0 {
+        eprintln!(
+            "postern-audit: {} line(s) of the log are not valid events",
+            summary.bad_lines
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }
 
+fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let filter = args.filter.filter()?;
+    let format = match args.format {
+        ExportFormat::Json => Format::Json,
+        ExportFormat::Csv => Format::Csv,
+        ExportFormat::Syslog => Format::Syslog,
+    };
+    let Some(to) = args.to else {
+        return run_report(&args.dir, |out, bad| {
+            postern_audit::search::search(&args.dir, &filter, format, out, bad)
+        });
+    };
+    if !matches!(args.format, ExportFormat::Syslog) {
+        bail!("--to sends syslog messages; use it with --format syslog");
+    }
+    let options = if args.tls {
+        let Some(ca) = &args.ca else {
+            bail!("--tls needs --ca");
+        };
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        let name = args.server_name.clone().unwrap_or_else(|| host_of(&to));
+        SyslogOptions::tls(to.clone(), name, &pem)?
+    } else {
+        SyslogOptions::tcp(to.clone())
+    };
+    let target = SyslogTarget::new(options)?;
+    let mut conn = target
+        .connect()
+        .with_context(|| format!("connecting to {}", target.options().target()))?;
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut sent = 0u64;
+    let mut bad_lines = 0u64;
+    let mut lines = postern_audit::RawLines::open(&args.dir)?;
+    while let Some(line) = lines.next() {
+        let line = line?;
+        if !line.complete {
+            continue;
+        }
+        let entry = match postern_audit::parse_line(&line) {
+            Ok(entry) => entry,
+            Err(e) => {
+                eprintln!("postern-audit: {e}");
+                bad_lines += 1;
+                continue;
+            }
+        };
+        if !filter.matches(&entry.event) {
+            continue;
+        }
+        frame(
+            &format_rfc5424(entry.raw.as_bytes(), "postern", "-"),
+            &mut buf,
+        );
+        sent += 1;
+        if buf.len() >= 1 << 20 {
+            conn.send(&buf)?;
+            buf.clear();
+        }
+    }
+    conn.send(&buf)?;
+    conn.close();
+    eprintln!(
+        "postern-audit: sent {sent} event(s) to {}",
+        target.options().target()
+    );
+    Ok(if bad_lines > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn host_of(address: &str) -> String {
+    match address.rsplit_once(':') {
+        Some((host, _)) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        None => address.to_owned(),
+    }
+}
+
+fn checkpoint(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
+    let mut last = None;
+    for entry in postern_audit::events(&args.dir)? {
+        let Ok(entry) = entry else { continue };
+        if let Some(w) = Witness::from_event(&entry.event) {
+            last = Some(w);
+        }
+    }
+    match last {
+        Some(w) => {
+            println!("{}", w.to_line());
+            Ok(ExitCode::SUCCESS)
+        }
+        None => bail!(
+            "no signed checkpoint in {} (is the gateway running with an audit key?)",
+            args.dir.display()
+        ),
+    }
+}
+
+fn pubkey(args: PubkeyArgs) -> anyhow::Result<ExitCode> {
+    let path = if args.path.is_dir() {
+        postern_audit::audit_key_path(&args.path)
+    } else {
+        args.path.clone()
+    };
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let key = AuditKey::from_pkcs8(&bytes)?;
+    if args.hex {
+        println!("{}", key.public_key().to_hex());
+    } else {
+        print!("{}", key.public_key().to_pem());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A synthetic but realistic event: sessions of `users` users on a few endpoints.
+fn synthetic(tag: &str, i: u64, users: u64, pad: usize) -> Event {
+    const ENDPOINTS: [(&str, &str); 4] = [
+        ("truro-pacs", "truro"),
+        ("truro-rdp", "truro"),
+        ("bodmin-pacs", "bodmin"),
+        ("penzance-ris", "penzance"),
+    ];
+    let session = i / 2;
+    let u = (session * 7919) % users.max(1);
+    let (name, site) = ENDPOINTS[(session % 4) as usize];
+    let mut e = Event {
+        session_id: Some(format!("{tag}-{i}")),
+        user: Some(format!("sub-{u:06}")),
+        user_email: Some(format!("user{u}@trust.nhs.example")),
+        user_name: Some(format!("User {u}")),
+        groups: Some(vec!["radiologists".into()]),
+        device: Some(DeviceRef {
+            id: format!("dev-{}", u % 500),
+            name: Some(format!("LAPTOP-{:03}", u % 500)),
+            user_verified: Some(true),
+        }),
+        source: Some(format!(
+            "203.0.113.{}:{}",
+            u % 250,
+            40_000 + session % 20_000
+        )),
+        endpoint: Some(EndpointRef {
+            name: name.into(),
+            site: site.into(),
+            host: format!("{name}.local"),
+            port: 104,
+            protocol: "dicom".into(),
+        }),
+        decision: Some(DecisionRef {
+            effect: "allow".into(),
+            rule: Some("radiologists-pacs".into()),
+            policy_version: Some("sha256:0f1e2d3c".into()),
+            reason: "group radiologists".into(),
+        }),
+        ..Event::new(if i.is_multiple_of(2) {
+            EventType::SessionStart
+        } else {
+            EventType::SessionEnd
+        })
+    };
+    if i % 2 == 1 {
+        e.bytes_up = Some(1000 + i);
+        e.bytes_down = Some(1_000_000 + i);
+        e.duration_ms = Some(60_000);
+        e.close_reason = Some("client_closed".into());
+    }
+    if pad > 0 {
+        e.detail = Some("x".repeat(pad));
+    }
+    e
+}
+
+fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    let out = Arc::new(Mutex::new(io::stdout()));
+    let ack = |out: &Arc<Mutex<io::Stdout>>, id: &str| {
+        if let Ok(mut o) = out.lock() {
+            let _ = writeln!(o, "ack {id}");
+            let _ = o.flush();
+        }
+    };
+    if args.append_sync {
+        for i in 0..args.events {
+            let e = synthetic(&args.tag, i, args.users, args.pad);
+            postern_audit::append_sync(&args.dir, &e)?;
+            if !args.quiet {
+                ack(&out, e.session_id.as_deref().unwrap_or_default());
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let mut options = AuditOptions {
+            checkpoint_events: args.checkpoint_events,
+            segment_max_bytes: args.segment_bytes,
+            node_id: Some("load".into()),
+            ..AuditOptions::default()
+        };
+        if let Some(dir) = &args.key_dir {
+            options.signing_key = Some(AuditKey::load_or_create(dir)?);
+        }
+        let log = AuditLog::open_with(&args.dir, options).await?;
+        let tasks = args.tasks.max(1);
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let log = log.clone();
+            let out = Arc::clone(&out);
+            let tag = args.tag.clone();
+            let (users, pad, quiet, n) = (args.users, args.pad, args.quiet, args.events);
+            handles.push(tokio::spawn(async move {
+                let mut i = t;
+                while i < n {
+                    let e = synthetic(&tag, i, users, pad);
+                    let id = e.session_id.clone().unwrap_or_default();
+                    log.record(e).await?;
+                    if !quiet {
+                        ack(&out, &id);
+                    }
+                    i += tasks;
+                }
+                Ok::<(), AuditError>(())
+            }));
+        }
+        for h in handles {
+            h.await??;
+        }
+        if args.close {
+            log.close().await?;
+        } else {
+            log.flush().await?;
+        }
+        eprintln!("postern-audit load: {:?}", log.stats());
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<io::Error>()
-        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
 }

@@ -1,29 +1,149 @@
-//! What `postern-audit search` matches and prints, kept here so it is testable without a process.
+//! What `postern-audit search` and `export` match and print, kept here so it is testable
+//! without a process.
+//!
+//! Searching streams the log once. Before parsing a line it looks for the most selective
+//! filter value in the raw bytes (as JSON writes it, compared ignoring ASCII case): a line that
+//! does not contain it cannot match and is skipped unparsed, which is what makes a search by user
+//! over millions of events take seconds.
 
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::error::AuditError;
 use crate::event::Event;
+use crate::reader::{parse_line, RawLine, RawLines};
+use crate::store::segment_paths;
 
 /// Which events to show. Every given criterion must match; an empty filter matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     /// Event type, exactly (`session.start`), or a family ending in `.*` (`session.*`).
     pub kind: Option<String>,
-    /// User, exactly.
+    /// User: the subject (`user`) exactly, or the email (`user_email`) ignoring ASCII case.
     pub user: Option<String>,
     /// Session id, exactly.
     pub session: Option<String>,
+    /// Endpoint name, exactly, or every endpoint whose name starts with a prefix when it ends
+    /// in `*` (`truro-pacs*` for `truro-pacs-dicom` and `truro-pacs-web`).
+    pub endpoint: Option<String>,
+    /// Site: of the endpoint, of the connector, or the event's own `site`.
+    pub site: Option<String>,
+    /// Device id or device name, exactly.
+    pub device: Option<String>,
+    /// Decision effect: `allow` or `deny`.
+    pub decision: Option<String>,
+    /// Only events at or after this time.
+    pub since: Option<SystemTime>,
+    /// Only events before this time.
+    pub until: Option<SystemTime>,
 }
 
 impl Filter {
     /// Whether `event` passes the filter.
     pub fn matches(&self, event: &Event) -> bool {
-        let kind_ok = match self.kind.as_deref() {
+        self.matches_except_type(event) && self.type_matches(event)
+    }
+
+    fn type_matches(&self, event: &Event) -> bool {
+        match self.kind.as_deref() {
             None => true,
             Some(want) => match want.strip_suffix('*') {
                 Some(prefix) if prefix.ends_with('.') => event.kind.starts_with(prefix),
                 _ => event.kind == want,
             },
+        }
+    }
+
+    /// Every criterion but the type (what `sessions` applies to a session's first event).
+    pub fn matches_except_type(&self, event: &Event) -> bool {
+        let user_ok = match self.user.as_deref() {
+            None => true,
+            Some(want) => {
+                event.user.as_deref() == Some(want)
+                    || event
+                        .user_email
+                        .as_deref()
+                        .is_some_and(|e| e.eq_ignore_ascii_case(want))
+            }
         };
-        kind_ok && eq_opt(&self.user, &event.user) && eq_opt(&self.session, &event.session_id)
+        let site_ok = match self.site.as_deref() {
+            None => true,
+            Some(want) => {
+                event.endpoint.as_ref().is_some_and(|e| e.site == want)
+                    || event.connector.as_ref().is_some_and(|c| c.site == want)
+                    || event.site.as_deref() == Some(want)
+            }
+        };
+        let device_ok = match self.device.as_deref() {
+            None => true,
+            Some(want) => event
+                .device
+                .as_ref()
+                .is_some_and(|d| d.id == want || d.name.as_deref() == Some(want)),
+        };
+        let time_ok = (self.since.is_none() && self.until.is_none()) || {
+            match event_time(&event.ts) {
+                Some(t) => {
+                    self.since.is_none_or(|since| t >= since)
+                        && self.until.is_none_or(|until| t < until)
+                }
+                None => false,
+            }
+        };
+        user_ok
+            && site_ok
+            && device_ok
+            && time_ok
+            && eq_opt(&self.session, &event.session_id)
+            && self.endpoint.as_deref().is_none_or(|want| {
+                event
+                    .endpoint
+                    .as_ref()
+                    .is_some_and(|e| match want.strip_suffix('*') {
+                        Some(prefix) => e.name.starts_with(prefix),
+                        None => e.name == want,
+                    })
+            })
+            && eq_opt(
+                &self.decision,
+                &event.decision.as_ref().map(|d| d.effect.clone()),
+            )
+    }
+
+    /// A byte string every matching line must contain (ignoring ASCII case), if the filter has
+    /// one: the most selective given value, as JSON writes it (quoted, escaped).
+    pub fn prefilter(&self) -> Option<Vec<u8>> {
+        let quoted = |s: &str| serde_json::to_string(s).ok().map(String::into_bytes);
+        if let Some(v) = self.session.as_deref() {
+            return quoted(v);
+        }
+        if let Some(v) = self.user.as_deref() {
+            return quoted(v);
+        }
+        if let Some(v) = self.device.as_deref() {
+            return quoted(v);
+        }
+        if let Some(v) = self.endpoint.as_deref() {
+            return match v.strip_suffix('*') {
+                Some(prefix) => quoted(prefix).map(|q| q[..q.len() - 1].to_vec()),
+                None => quoted(v),
+            };
+        }
+        if let Some(v) = self.site.as_deref() {
+            return quoted(v);
+        }
+        if let Some(kind) = self.kind.as_deref() {
+            return match kind.strip_suffix('*') {
+                // `"session.` : the opening quote and the family.
+                Some(prefix) if prefix.ends_with('.') => {
+                    let q = quoted(prefix)?;
+                    Some(q[..q.len() - 1].to_vec())
+                }
+                _ => quoted(kind),
+            };
+        }
+        None
     }
 }
 
@@ -32,6 +152,80 @@ fn eq_opt(want: &Option<String>, have: &Option<String>) -> bool {
         None => true,
         Some(want) => have.as_deref() == Some(want.as_str()),
     }
+}
+
+/// The time of an event's `ts`, if it is a valid RFC 3339 time.
+pub fn event_time(ts: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(ts).ok()
+}
+
+/// Parses a `--since`/`--until` value: an RFC 3339 time (`2025-03-01T18:00:00Z`, with an
+/// optional fraction and a `Z` or `±hh:mm` offset), a date (`2025-03-01`, midnight UTC), a
+/// date and time without zone (UTC), or a duration back from `now` (`12h`, `7days`).
+pub fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, String> {
+    let text = text.trim();
+    if let Ok(d) = humantime::parse_duration(text) {
+        return now
+            .checked_sub(d)
+            .ok_or_else(|| format!("{text:?} reaches back before 1970"));
+    }
+    if text.len() == 10 {
+        return humantime::parse_rfc3339(&format!("{text}T00:00:00Z"))
+            .map_err(|e| format!("{text:?} is not a date: {e}"));
+    }
+    // An explicit offset: apply it (humantime only knows UTC).
+    let bytes = text.as_bytes();
+    if text.len() > 6
+        && matches!(bytes[text.len() - 6], b'+' | b'-')
+        && bytes[text.len() - 3] == b':'
+    {
+        let (base, offset) = text.split_at(text.len() - 6);
+        let sign = if offset.starts_with('-') { -1i64 } else { 1 };
+        let hours: i64 = offset[1..3]
+            .parse()
+            .map_err(|_| format!("bad offset in {text:?}"))?;
+        let minutes: i64 = offset[4..6]
+            .parse()
+            .map_err(|_| format!("bad offset in {text:?}"))?;
+        let local = humantime::parse_rfc3339_weak(base).map_err(|e| format!("{text:?}: {e}"))?;
+        let shift = std::time::Duration::from_secs(((hours * 60 + minutes) * 60) as u64);
+        // 18:00+01:00 is 17:00Z.
+        return if sign > 0 {
+            local.checked_sub(shift)
+        } else {
+            local.checked_add(shift)
+        }
+        .ok_or_else(|| format!("{text:?} is out of range"));
+    }
+    humantime::parse_rfc3339_weak(text.trim_end_matches('Z')).map_err(|e| {
+        format!("{text:?} is not a time (use 2025-03-01T18:00:00Z, 2025-03-01 or 12h): {e}")
+    })
+}
+
+/// Whether `hay` contains `needle`, ignoring ASCII case (the per-line form of what
+/// [`scan_lines_containing`] does per chunk; the tests hold one to the other).
+#[cfg(test)]
+pub(crate) fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    if hay.len() < needle.len() {
+        return false;
+    }
+    let (lo, up) = (first.to_ascii_lowercase(), first.to_ascii_uppercase());
+    let last_start = hay.len() - needle.len();
+    let mut from = 0;
+    while from <= last_start {
+        let Some(i) = memchr::memchr2(lo, up, &hay[from..=last_start]) else {
+            return false;
+        };
+        let at = from + i;
+        if hay[at + 1..at + needle.len()].eq_ignore_ascii_case(rest) {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
 }
 
 // Fixed widths: search streams, so it cannot measure the widest cell first.
@@ -70,13 +264,18 @@ pub fn table_row(event: &Event) -> String {
     } else {
         "-".to_owned()
     };
+    let user = event
+        .user_email
+        .as_deref()
+        .or(event.user.as_deref())
+        .unwrap_or("-");
     row(
-        &event.ts,
-        &event.kind,
-        event.user.as_deref().unwrap_or("-"),
-        &endpoint,
+        &one_line(&event.ts),
+        &one_line(&event.kind),
+        &one_line(user),
+        &one_line(&endpoint),
         &one_line(&outcome),
-        event.session_id.as_deref().unwrap_or("-"),
+        &one_line(event.session_id.as_deref().unwrap_or("-")),
     )
 }
 
@@ -86,16 +285,336 @@ fn row(ts: &str, kind: &str, user: &str, endpoint: &str, outcome: &str, session:
 
 /// Free text may hold newlines or control characters; a table row must stay one line and must
 /// not let logged text drive the auditor's terminal.
-fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
 }
 
+/// Columns of `--csv` / `export --format csv`, in order.
+pub const CSV_COLUMNS: [&str; 33] = [
+    "seq",
+    "ts",
+    "type",
+    "session_id",
+    "user",
+    "user_name",
+    "user_email",
+    "groups",
+    "device_id",
+    "device_name",
+    "device_user_verified",
+    "source",
+    "user_agent",
+    "endpoint",
+    "endpoint_site",
+    "endpoint_host",
+    "endpoint_port",
+    "protocol",
+    "egress_class",
+    "connector_id",
+    "connector_site",
+    "decision",
+    "rule",
+    "policy_version",
+    "reason",
+    "report_only",
+    "justification",
+    "bytes_up",
+    "bytes_down",
+    "duration_ms",
+    "close_reason",
+    "gateway",
+    "detail",
+];
+
+/// The CSV header line (no newline).
+pub fn csv_header() -> String {
+    CSV_COLUMNS.join(",")
+}
+
+/// One CSV line (no newline) for `event`, in [`CSV_COLUMNS`] order. Lists are joined with `;`.
+/// Cells are quoted as RFC 4180 says; a cell starting with `=`, `+`, `-`, `@`, tab or CR gets
+/// a leading `'` so a spreadsheet shows it instead of running it as a formula.
+pub fn csv_row(event: &Event) -> String {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let num = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_default();
+    let ep = event.endpoint.as_ref();
+    let dev = event.device.as_ref();
+    let con = event.connector.as_ref();
+    let dec = event.decision.as_ref();
+    let cells: [String; 33] = [
+        num(event.seq),
+        event.ts.clone(),
+        event.kind.clone(),
+        opt(&event.session_id),
+        opt(&event.user),
+        opt(&event.user_name),
+        opt(&event.user_email),
+        event
+            .groups
+            .as_ref()
+            .map(|g| g.join(";"))
+            .unwrap_or_default(),
+        dev.map(|d| d.id.clone()).unwrap_or_default(),
+        dev.and_then(|d| d.name.clone()).unwrap_or_default(),
+        dev.and_then(|d| d.user_verified)
+            .map(|b| b.to_string())
+            .unwrap_or_default(),
+        opt(&event.source),
+        opt(&event.user_agent),
+        ep.map(|e| e.name.clone()).unwrap_or_default(),
+        ep.map(|e| e.site.clone()).unwrap_or_default(),
+        ep.map(|e| e.host.clone()).unwrap_or_default(),
+        ep.map(|e| e.port.to_string()).unwrap_or_default(),
+        ep.map(|e| e.protocol.clone()).unwrap_or_default(),
+        opt(&event.egress_class),
+        con.map(|c| c.id.clone()).unwrap_or_default(),
+        con.map(|c| c.site.clone()).unwrap_or_default(),
+        dec.map(|d| d.effect.clone()).unwrap_or_default(),
+        dec.and_then(|d| d.rule.clone()).unwrap_or_default(),
+        dec.and_then(|d| d.policy_version.clone())
+            .unwrap_or_default(),
+        dec.map(|d| d.reason.clone()).unwrap_or_default(),
+        event
+            .report_only
+            .as_ref()
+            .map(|r| r.join(";"))
+            .unwrap_or_default(),
+        opt(&event.justification),
+        num(event.bytes_up),
+        num(event.bytes_down),
+        num(event.duration_ms),
+        opt(&event.close_reason),
+        opt(&event.gateway),
+        opt(&event.detail),
+    ];
+    let cells: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
+    cells.join(",")
+}
+
+/// One CSV cell: formula-neutralised, quoted when needed.
+pub fn csv_cell(value: &str) -> String {
+    let mut v = String::with_capacity(value.len() + 2);
+    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        v.push('\'');
+    }
+    v.push_str(value);
+    if v.contains([',', '"', '\n', '\r']) || v.starts_with(' ') || v.ends_with(' ') {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v
+    }
+}
+
+/// How `search` and `export` print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A table for people.
+    Table,
+    /// The stored lines, unchanged.
+    Json,
+    /// CSV with a header line.
+    Csv,
+    /// RFC 5424 syslog messages, one per line.
+    Syslog,
+}
+
+/// An error of a report command: the log could not be read, or the output not written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("cannot write output: {0}")]
+    Output(#[from] io::Error),
+}
+
+/// What a streaming report went through.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Lines read.
+    pub scanned: u64,
+    /// Events printed.
+    pub matched: u64,
+    /// Lines that are not valid events (reported through the callback).
+    pub bad_lines: u64,
+    /// Whether the log ends in an incomplete line (a crash or a write in progress); it is
+    /// skipped without counting as bad.
+    pub torn_tail: bool,
+}
+
+/// Streams the log in `dir`, printing every event that passes `filter` to `out` in `format`.
+/// Bad lines are passed to `bad` and skipped, so the auditor still sees the rest.
+pub fn search(
+    dir: &Path,
+    filter: &Filter,
+    format: Format,
+    out: &mut dyn Write,
+    bad: &mut dyn FnMut(&AuditError),
+) -> Result<Summary, ReportError> {
+    let needle = filter.prefilter();
+    let paths = segment_paths(dir)?;
+    if paths.is_empty() {
+        return Err(AuditError::NoLog {
+            dir: dir.to_owned(),
+            expected: crate::store::first_segment_path(dir),
+        }
+        .into());
+    }
+    let mut summary = Summary::default();
+    match format {
+        Format::Table => writeln!(out, "{}", table_header())?,
+        Format::Csv => writeln!(out, "{}", csv_header())?,
+        Format::Json | Format::Syslog => {}
+    }
+    let mut handle = |line: &RawLine<'_>, summary: &mut Summary| -> Result<(), ReportError> {
+        if !line.complete && line.last_segment {
+            summary.torn_tail = true;
+            return Ok(());
+        }
+        let entry = match parse_line(line) {
+            Ok(entry) => entry,
+            Err(e) => {
+                summary.bad_lines += 1;
+                bad(&e);
+                return Ok(());
+            }
+        };
+        if !filter.matches(&entry.event) {
+            return Ok(());
+        }
+        summary.matched += 1;
+        match format {
+            Format::Table => writeln!(out, "{}", table_row(&entry.event))?,
+            Format::Json => writeln!(out, "{}", entry.raw)?,
+            Format::Csv => writeln!(out, "{}", csv_row(&entry.event))?,
+            Format::Syslog => {
+                out.write_all(&crate::syslog::format_rfc5424(
+                    entry.raw.as_bytes(),
+                    "postern",
+                    "-",
+                ))?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Ok(())
+    };
+    match needle {
+        Some(needle) => {
+            let needle = needle.to_ascii_lowercase();
+            let count = paths.len();
+            for (i, path) in paths.iter().enumerate() {
+                let lines = scan_lines_containing(path, &needle, i + 1 == count, |line| {
+                    handle(&line, &mut summary)
+                })?;
+                summary.scanned += lines;
+            }
+        }
+        None => {
+            let mut lines = RawLines::from_paths(paths);
+            while let Some(line) = lines.next() {
+                let line = line?;
+                summary.scanned += 1;
+                handle(&line, &mut summary)?;
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// Size of the chunks [`scan_lines_containing`] reads.
+const SCAN_CHUNK: usize = 4 * 1024 * 1024;
+
+/// Calls `f` for every line of the segment at `path` that contains `needle` (lowercase; ASCII
+/// case is ignored). Reads the file in large chunks, lowercases each chunk once and searches it
+/// with a SIMD substring finder, so lines without the needle cost almost nothing. Returns the
+/// number of lines in the segment.
+fn scan_lines_containing(
+    path: &Path,
+    needle: &[u8],
+    last_segment: bool,
+    f: impl FnMut(RawLine<'_>) -> Result<(), ReportError>,
+) -> Result<u64, ReportError> {
+    scan_chunked(path, needle, last_segment, SCAN_CHUNK, f)
+}
+
+fn scan_chunked(
+    path: &Path,
+    needle: &[u8],
+    last_segment: bool,
+    chunk: usize,
+    mut f: impl FnMut(RawLine<'_>) -> Result<(), ReportError>,
+) -> Result<u64, ReportError> {
+    use std::io::Read;
+    let finder = memchr::memmem::Finder::new(needle);
+    let mut file = std::fs::File::open(path).map_err(|e| AuditError::read(path, e))?;
+    let mut buf: Vec<u8> = Vec::with_capacity(chunk * 2);
+    let mut lower: Vec<u8> = Vec::with_capacity(chunk * 2);
+    let mut base = 0u64; // file offset of buf[0]
+    let mut lines_before_buf = 0u64; // complete lines before buf[0]
+    loop {
+        let filled = buf.len();
+        buf.resize(filled + chunk, 0);
+        let n = loop {
+            match file.read(&mut buf[filled..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(AuditError::read(path, e).into()),
+            }
+        };
+        buf.truncate(filled + n);
+        let eof = n == 0;
+        let end = if eof {
+            buf.len()
+        } else {
+            match memchr::memrchr(b'\n', &buf) {
+                Some(i) => i + 1,
+                None => continue, // one very long line: read more
+            }
+        };
+        lower.clear();
+        lower.extend_from_slice(&buf[..end]);
+        lower.make_ascii_lowercase();
+        let mut counted = 0usize;
+        let mut lines = lines_before_buf;
+        let mut from = 0usize;
+        while from < end {
+            let Some(hit) = finder.find(&lower[from..end]) else {
+                break;
+            };
+            let at = from + hit;
+            let start = memchr::memrchr(b'\n', &buf[..at]).map_or(0, |i| i + 1);
+            let stop = memchr::memchr(b'\n', &buf[at..end]).map_or(end, |i| at + i);
+            lines += memchr::memchr_iter(b'\n', &buf[counted..start]).count() as u64;
+            counted = start;
+            let complete = stop < end;
+            f(RawLine {
+                path,
+                line: lines + 1,
+                offset: base + start as u64,
+                bytes: &buf[start..stop],
+                complete,
+                last_segment,
+            })?;
+            from = stop + 1;
+        }
+        lines += memchr::memchr_iter(b'\n', &buf[counted..end]).count() as u64;
+        lines_before_buf = lines;
+        if eof {
+            if end > 0 && buf[end - 1] != b'\n' {
+                lines_before_buf += 1; // the incomplete last line
+            }
+            return Ok(lines_before_buf);
+        }
+        buf.drain(..end);
+        base += end as u64;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{ConnectorRef, DecisionRef, EndpointRef, EventType};
+    use crate::event::{ConnectorRef, DecisionRef, DeviceRef, EndpointRef, EventType};
 
     fn ev(kind: EventType, user: &str, session: &str) -> Event {
         Event {
@@ -113,6 +632,7 @@ mod tests {
             kind: kind.map(Into::into),
             user: user.map(Into::into),
             session: session.map(Into::into),
+            ..Filter::default()
         };
         assert!(f(Some("session.start"), Some("alice"), Some("s1")).matches(&e));
         assert!(f(Some("session.*"), None, None).matches(&e));
@@ -124,6 +644,229 @@ mod tests {
         assert!(!f(Some("session.start"), Some("alice"), Some("s2")).matches(&e));
         // An event without a user never matches a user filter.
         assert!(!f(None, Some("alice"), None).matches(&Event::new(EventType::GatewayStarted)));
+    }
+
+    #[test]
+    fn new_filters_match_endpoint_site_device_decision_email_and_time() {
+        let mut e = ev(EventType::SessionStart, "sub-1", "s1");
+        e.ts = "2025-03-01T22:15:00.000000Z".into();
+        e.user_email = Some("Ann.Jones@nhs.example".into());
+        e.endpoint = Some(EndpointRef {
+            name: "truro-pacs".into(),
+            site: "truro".into(),
+            ..EndpointRef::default()
+        });
+        e.device = Some(DeviceRef {
+            id: "dev-9".into(),
+            name: Some("RAD-LAPTOP-042".into()),
+            user_verified: Some(true),
+        });
+        e.decision = Some(DecisionRef {
+            effect: "allow".into(),
+            ..DecisionRef::default()
+        });
+        let now = SystemTime::now();
+        let t = |s: &str| Some(parse_time(s, now).unwrap());
+        let yes = [
+            Filter {
+                user: Some("ann.jones@nhs.example".into()),
+                ..Filter::default()
+            },
+            Filter {
+                user: Some("sub-1".into()),
+                ..Filter::default()
+            },
+            Filter {
+                endpoint: Some("truro-pacs".into()),
+                ..Filter::default()
+            },
+            Filter {
+                site: Some("truro".into()),
+                ..Filter::default()
+            },
+            Filter {
+                device: Some("dev-9".into()),
+                ..Filter::default()
+            },
+            Filter {
+                device: Some("RAD-LAPTOP-042".into()),
+                ..Filter::default()
+            },
+            Filter {
+                decision: Some("allow".into()),
+                ..Filter::default()
+            },
+            Filter {
+                since: t("2025-03-01T18:00:00Z"),
+                until: t("2025-03-02T08:00:00Z"),
+                ..Filter::default()
+            },
+            Filter {
+                since: t("2025-03-01T23:00:00+01:00"),
+                ..Filter::default()
+            },
+        ];
+        for f in &yes {
+            assert!(f.matches(&e), "{f:?}");
+        }
+        let no = [
+            Filter {
+                user: Some("SUB-1".into()),
+                ..Filter::default()
+            },
+            Filter {
+                endpoint: Some("truro".into()),
+                ..Filter::default()
+            },
+            Filter {
+                site: Some("bodmin".into()),
+                ..Filter::default()
+            },
+            Filter {
+                device: Some("dev-1".into()),
+                ..Filter::default()
+            },
+            Filter {
+                decision: Some("deny".into()),
+                ..Filter::default()
+            },
+            Filter {
+                since: t("2025-03-01T22:15:00.000001Z"),
+                ..Filter::default()
+            },
+            Filter {
+                until: t("2025-03-01T22:15:00Z"),
+                ..Filter::default()
+            },
+            Filter {
+                since: t("2025-03-01T23:16:00+01:00"),
+                ..Filter::default()
+            },
+        ];
+        for f in &no {
+            assert!(!f.matches(&e), "{f:?}");
+        }
+        let mut c = Event::new(EventType::ConnectorConnected);
+        c.connector = Some(ConnectorRef {
+            id: "c".into(),
+            site: "truro".into(),
+        });
+        assert!(Filter {
+            site: Some("truro".into()),
+            ..Filter::default()
+        }
+        .matches(&c));
+    }
+
+    #[test]
+    fn prefilter_is_a_necessary_condition() {
+        let mut e = ev(EventType::SessionStart, "dr \"quoted\" ünï", "s1");
+        e.user_email = Some("Ann@X.example".into());
+        crate::store::encode_event(&mut e, crate::store::Head::EMPTY, &mut Vec::new()).unwrap();
+        let line = serde_json::to_string(&e).unwrap();
+        for f in [
+            Filter {
+                user: e.user.clone(),
+                ..Filter::default()
+            },
+            Filter {
+                user: Some("ann@x.example".into()),
+                ..Filter::default()
+            },
+            Filter {
+                kind: Some("session.*".into()),
+                ..Filter::default()
+            },
+            Filter {
+                kind: Some("session.start".into()),
+                ..Filter::default()
+            },
+            Filter {
+                session: Some("s1".into()),
+                ..Filter::default()
+            },
+        ] {
+            assert!(f.matches(&e), "{f:?}");
+            let needle = f.prefilter().unwrap();
+            assert!(
+                contains_ignore_ascii_case(line.as_bytes(), &needle),
+                "{f:?}"
+            );
+        }
+        assert!(!contains_ignore_ascii_case(b"abc", b"abcd"));
+        assert!(contains_ignore_ascii_case(b"xxABcd", b"abC"));
+        assert!(!contains_ignore_ascii_case(b"xxABd", b"abc"));
+    }
+
+    #[test]
+    fn chunked_scan_finds_exactly_the_lines_a_line_by_line_scan_finds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("seg");
+        let mut text = String::new();
+        for i in 0..200 {
+            let user = if i % 7 == 0 {
+                "Ann@X.example"
+            } else {
+                "bob@x.example"
+            };
+            text.push_str(&format!(
+                "{{\"n\":{i},\"pad\":\"{}\",\"user\":\"{user}\"}}\n",
+                "z".repeat(i % 13)
+            ));
+        }
+        text.push_str("{\"torn\":\"ann@x.example"); // incomplete last line
+        std::fs::write(&path, &text).unwrap();
+        let needle = b"\"ann@x.example";
+        let mut want = Vec::new();
+        let mut offset = 0u64;
+        for (n, chunk) in text.split_inclusive('\n').enumerate() {
+            let line = chunk.strip_suffix('\n').unwrap_or(chunk);
+            if contains_ignore_ascii_case(line.as_bytes(), needle) {
+                want.push((n as u64 + 1, offset, line.to_owned(), chunk.ends_with('\n')));
+            }
+            offset += chunk.len() as u64;
+        }
+        assert_eq!(want.len(), 200 / 7 + 2);
+        for chunk in [1, 7, 64, 1000, SCAN_CHUNK] {
+            let mut got = Vec::new();
+            let lines = scan_chunked(&path, needle, true, chunk, |l| {
+                got.push((
+                    l.line,
+                    l.offset,
+                    String::from_utf8(l.bytes.to_vec()).unwrap(),
+                    l.complete,
+                ));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got, want, "chunk {chunk}");
+            assert_eq!(lines, 201, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn parse_time_forms() {
+        let now = humantime::parse_rfc3339("2025-03-02T12:00:00Z").unwrap();
+        let p = |s: &str| humantime::format_rfc3339(parse_time(s, now).unwrap()).to_string();
+        assert_eq!(p("2025-03-01"), "2025-03-01T00:00:00Z");
+        assert_eq!(p("2025-03-01T18:00:00Z"), "2025-03-01T18:00:00Z");
+        assert_eq!(p("2025-03-01 18:00:00"), "2025-03-01T18:00:00Z");
+        assert_eq!(p("2025-03-01T18:00:00+01:00"), "2025-03-01T17:00:00Z");
+        assert_eq!(p("2025-03-01T18:00:00-05:30"), "2025-03-01T23:30:00Z");
+        assert_eq!(p("12h"), "2025-03-02T00:00:00Z");
+        assert!(parse_time("last tuesday", now).is_err());
+    }
+
+    #[test]
+    fn csv_cells_are_quoted_and_formula_safe() {
+        assert_eq!(csv_cell("plain"), "plain");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_cell("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+        assert_eq!(csv_cell("-1,2"), "\"'-1,2\"");
+        assert_eq!(csv_cell("two\nlines"), "\"two\nlines\"");
+        let e = ev(EventType::SessionStart, "alice", "s1");
+        assert_eq!(csv_row(&e).split(',').count(), CSV_COLUMNS.len());
     }
 
     #[test]

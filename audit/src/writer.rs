@@ -1,61 +1,128 @@
 //! The gateway's audit writer: a handle ([`AuditLog`]) feeding one dedicated thread that owns
-//! the segment file and commits events in groups.
+//! the log and commits events in groups.
 //!
 //! ```text
 //!  record(ev) ──┐                       writer thread
-//!  record(ev) ──┼─ mpsc (bounded) ──▶  take one command, drain what else is queued (capped),
-//!  record_nowait┘                       encode into one buffer, Segment::append (lock, one
-//!                                       write_all, fdatasync, unlock), answer every waiter
+//!  record(ev) ──┼─ mpsc (bounded) ──▶  take one command, drain what else is queued (capped);
+//!  record_nowait┘                       lock; observe the active segment (someone else appended?
+//!                                       torn tail?); rotate if due; chain + encode the batch
+//!                                       (+ a signed checkpoint if due) into one buffer; one
+//!                                       write_all; fdatasync; unlock; answer every waiter;
+//!                                       offer the lines to the syslog forwarder (never waits)
 //! ```
 //!
-//! A dedicated thread rather than `spawn_blocking` per batch: the file stays open, there is no
-//! per-batch task hand-off, and the thread blocks on the channel when idle.
+//! A dedicated thread rather than `spawn_blocking` per batch: the files stay open, there is no
+//! per-batch task hand-off, and the thread sleeps on the channel (or the checkpoint timer) when
+//! idle. It runs a small current-thread runtime only to wait on both.
 //!
 //! Failure is sticky: once a batch cannot be written or synced, every waiter of that batch gets
 //! the error and every later event is refused with [`AuditError::Failed`], so the gateway fails
 //! closed (no new sessions) instead of relaying traffic it cannot audit.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::chain::checkpoint_message;
 use crate::error::AuditError;
-use crate::event::Event;
-use crate::store::{encode_line, Segment};
+use crate::event::{AuditMeta, Event, EventType};
+use crate::hexfmt::hex;
+use crate::key::AuditKey;
+use crate::store::{encode_event, write_atomic, Head, Store, HEAD_FILE};
+use crate::syslog::{Forwarder, SyslogOptions};
+use crate::witness::Witness;
 
 /// How many commands may wait for the writer before `record` waits and `record_nowait` drops.
 const QUEUE_CAPACITY: usize = 16 * 1024;
 /// At most this many events go into one write (bounds latency of the first waiter).
 const MAX_BATCH_EVENTS: usize = 1024;
-/// A batch is committed once its buffer reaches this size.
-const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// How an [`AuditLog`] writes: signing, checkpoints, rotation, forwarding.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// Ed25519 key that signs checkpoints (see [`AuditKey::load_or_create`]). Without a key the
+    /// log is still hash-chained, but no checkpoints are written, so a log cut short (or
+    /// rewritten from some point on by someone who recomputes the hashes) is not detected.
+    pub signing_key: Option<AuditKey>,
+    /// Write a checkpoint once this many events were appended since the last one (0: never by
+    /// count). Default 10,000.
+    pub checkpoint_events: u64,
+    /// Write a checkpoint when this much time passed since the last one and events were
+    /// appended meanwhile (zero: never by time). Default 60 s. Bounds how much of a running
+    /// log can be removed from its end without a witness noticing.
+    pub checkpoint_interval: Duration,
+    /// Start a new segment before a batch once the active one holds this many bytes (0: never).
+    /// Default 128 MiB.
+    pub segment_max_bytes: u64,
+    /// Start a new segment once the active one's first event is this old (zero: never).
+    /// Default 24 h.
+    pub segment_max_age: Duration,
+    /// Written into `gateway` of every event that has none, and of the writer's own events.
+    pub node_id: Option<String>,
+    /// Also forward every event to a syslog server (RFC 5424 over TCP or TLS). Never slows or
+    /// blocks the local write.
+    pub syslog: Option<SyslogOptions>,
+}
+
+impl Default for AuditOptions {
+    fn default() -> AuditOptions {
+        AuditOptions {
+            signing_key: None,
+            checkpoint_events: 10_000,
+            checkpoint_interval: Duration::from_secs(60),
+            segment_max_bytes: 128 * 1024 * 1024,
+            segment_max_age: Duration::from_secs(24 * 3600),
+            node_id: None,
+            syslog: None,
+        }
+    }
+}
 
 type Reply = oneshot::Sender<Result<(), AuditError>>;
 
 enum Command {
-    /// Append one event; `done` is `None` for `record_nowait`. Boxed: an `Event` is ~560 bytes
-    /// and every queue slot would otherwise be that large.
+    /// Append one event; `done` is `None` for `record_nowait`. Boxed: an `Event` is large and
+    /// every queue slot would otherwise be that large.
     Append {
         event: Box<Event>,
         done: Option<Reply>,
     },
     /// Answer once everything queued before it is on disk.
     Flush(Reply),
-    /// Commit everything queued before it, answer, stop.
+    /// Commit everything queued before it (and a closing checkpoint), answer, stop.
     Close(Reply),
 }
 
 /// Counters of an [`AuditLog`], for metrics and health checks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AuditStats {
-    /// Events written and synced.
+    /// Events written and synced (callers' events; the writer's own `audit.*` events are not
+    /// counted here).
     pub written: u64,
     /// `record_nowait` events that were never queued (queue full or writer closed).
     pub dropped: u64,
     /// `record_nowait` events that were queued but could not be written (no caller to tell).
     pub failed: u64,
+    /// Signed checkpoints written.
+    pub checkpoints: u64,
+    /// `seq` of the last event known to be on disk.
+    pub head_seq: u64,
+    /// Events delivered to the syslog server (written to its connection).
+    pub forwarded: u64,
+    /// Events that did not fit the forwarder's in-memory queue (SIEM slow or down). They are
+    /// not lost: the forwarder reads them back from the local log when it catches up.
+    pub forward_overflow: u64,
+    /// Failed connection attempts and sends to the syslog server.
+    pub forward_errors: u64,
+    /// Events on disk not yet delivered to the syslog server (`head_seq` minus the last
+    /// forwarded seq); grows while the SIEM is unreachable.
+    pub forward_lag: u64,
+    /// Whether the forwarder is connected to the syslog server right now.
+    pub forward_connected: bool,
 }
 
 #[derive(Debug)]
@@ -66,6 +133,9 @@ struct Shared {
     written: AtomicU64,
     dropped: AtomicU64,
     failed: AtomicU64,
+    checkpoints: AtomicU64,
+    head_seq: AtomicU64,
+    forwarder: OnceLock<Arc<crate::syslog::ForwardStats>>,
 }
 
 impl Shared {
@@ -86,7 +156,8 @@ impl Shared {
 /// Handle to the audit log of one directory. Cheap to clone; all clones feed the same writer.
 ///
 /// Dropping every handle without [`AuditLog::close`] still writes what was queued (the writer
-/// drains the channel before it stops), but only `close` lets the caller wait for it.
+/// drains the channel before it stops), but only `close` lets the caller wait for it, and only
+/// `close` writes the closing checkpoint.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Command>,
@@ -94,15 +165,27 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (creating) the log in `dir` and starts its writer thread. Fails if the directory or
-    /// the segment cannot be created or opened, so a gateway that cannot audit does not start.
+    /// Opens (creating) the log in `dir` with [`AuditOptions::default`] (no signing key: no
+    /// checkpoints) and starts its writer thread. See [`AuditLog::open_with`].
     pub async fn open(dir: &Path) -> Result<AuditLog, AuditError> {
+        AuditLog::open_with(dir, AuditOptions::default()).await
+    }
+
+    /// Opens (creating) the log in `dir` and starts its writer thread. Under the lock it finds
+    /// the chain head, cuts a torn tail left by a crash (recording `audit.recovered`), and
+    /// durably records `audit.started` before returning. Fails if the directory or segment
+    /// cannot be created, opened or written, or the chain cannot be continued, so a gateway
+    /// that cannot audit does not start.
+    pub async fn open_with(dir: &Path, options: AuditOptions) -> Result<AuditLog, AuditError> {
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             failure: OnceLock::new(),
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            head_seq: AtomicU64::new(0),
+            forwarder: OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (opened_tx, opened_rx) = oneshot::channel();
@@ -110,21 +193,18 @@ impl AuditLog {
         std::thread::Builder::new()
             .name("postern-audit".into())
             .spawn(move || {
-                // Open on the writer thread: file system calls never block the runtime.
-                let segment = match Segment::open(&thread_shared.dir) {
-                    Ok(segment) => segment,
+                // Open on the writer thread: file system calls never block the caller's runtime.
+                match Writer::start(thread_shared, options, rx) {
+                    Ok((writer, runtime)) => {
+                        if opened_tx.send(Ok(())).is_ok() {
+                            writer.run(&runtime);
+                        } else {
+                            writer.stop_forwarder();
+                        }
+                    }
                     Err(e) => {
                         let _ = opened_tx.send(Err(e));
-                        return;
                     }
-                };
-                if opened_tx.send(Ok(())).is_ok() {
-                    Writer {
-                        segment,
-                        shared: thread_shared,
-                        rx,
-                    }
-                    .run();
                 }
             })
             .map_err(|e| AuditError::spawn(dir, e))?;
@@ -137,10 +217,14 @@ impl AuditLog {
 
     /// Appends `event` and returns once it is on disk (written and `fdatasync`ed). Use it where
     /// the event must be durable before acting, e.g. `session.start` before relaying any byte.
-    /// An error means the event may not be on disk; treat the log as failed.
+    /// An error means the event may not be on disk; treat the log as failed. `audit.*` types
+    /// are refused ([`AuditError::Reserved`]): only the writer writes them.
     pub async fn record(&self, event: Event) -> Result<(), AuditError> {
         if let Some(e) = self.shared.failed_error() {
             return Err(e);
+        }
+        if EventType::is_reserved(&event.kind) {
+            return Err(AuditError::Reserved { kind: event.kind });
         }
         let (done, answer) = oneshot::channel();
         self.tx
@@ -155,8 +239,9 @@ impl AuditLog {
 
     /// Queues `event` without waiting: it is written in order with the events around it and
     /// synced with its batch. Never blocks. If the queue is full or the writer is closed the
-    /// event is dropped and counted in [`AuditStats::dropped`]; if its batch fails, it is counted
-    /// in [`AuditStats::failed`]. Both are logged with `tracing` at error level.
+    /// event is dropped and counted in [`AuditStats::dropped`]; if its batch fails (or it is a
+    /// reserved `audit.*` type), it is counted in [`AuditStats::failed`]. Both are logged with
+    /// `tracing` at error level.
     pub fn record_nowait(&self, event: Event) {
         if let Err(e) = self.tx.try_send(Command::Append {
             event: Box::new(event),
@@ -181,8 +266,9 @@ impl AuditLog {
         answer.await.map_err(|_| self.shared.closed_error())?
     }
 
-    /// Writes everything queued, then stops the writer (call at shutdown). Later `record`s fail
-    /// with [`AuditError::Closed`]. Returns the sticky error if any write ever failed, so a
+    /// Writes everything queued and a closing checkpoint (with a signing key), gives the syslog
+    /// forwarder a moment to deliver, then stops the writer (call at shutdown). Later `record`s
+    /// fail with [`AuditError::Closed`]. Returns the sticky error if any write ever failed, so a
     /// shutdown can report that events were lost. Calling it again is harmless.
     pub async fn close(&self) -> Result<(), AuditError> {
         let (done, answer) = oneshot::channel();
@@ -203,11 +289,19 @@ impl AuditLog {
 
     /// Current counters.
     pub fn stats(&self) -> AuditStats {
-        AuditStats {
+        let head_seq = self.shared.head_seq.load(Ordering::Relaxed);
+        let mut stats = AuditStats {
             written: self.shared.written.load(Ordering::Relaxed),
             dropped: self.shared.dropped.load(Ordering::Relaxed),
             failed: self.shared.failed.load(Ordering::Relaxed),
+            checkpoints: self.shared.checkpoints.load(Ordering::Relaxed),
+            head_seq,
+            ..AuditStats::default()
+        };
+        if let Some(f) = self.shared.forwarder.get() {
+            f.fill(&mut stats, head_seq);
         }
+        stats
     }
 
     /// The directory this log writes to.
@@ -218,76 +312,204 @@ impl AuditLog {
 
 /// State of the writer thread.
 struct Writer {
-    segment: Segment,
+    store: Store,
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Command>,
+    options: AuditOptions,
+    /// Public key hex, when signing.
+    key_hex: Option<String>,
+    /// `seq` of the last checkpoint (this run's, or the one `audit.head` names).
+    last_checkpoint_seq: u64,
+    last_checkpoint_at: Instant,
+    forwarder: Option<Forwarder>,
+    buf: Vec<u8>,
+    /// A checkpoint to record in `audit.head` once the waiters have their answer.
+    pending_head: Option<Witness>,
 }
 
 /// What one batch collected.
 #[derive(Default)]
 struct Batch {
-    buf: Vec<u8>,
-    events: u64,
-    nowait_events: u64,
+    events: Vec<(Box<Event>, Option<Reply>)>,
+    /// Waiters of the whole batch (flush, and record callers whose event was encoded).
     waiters: Vec<Reply>,
+    nowait_events: u64,
     close: Option<Reply>,
 }
 
+/// Why the writer thread is committing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Events,
+    Timer,
+    Close,
+}
+
 impl Writer {
-    fn run(mut self) {
-        let mut batch = Batch::default();
-        while let Some(first) = self.rx.blocking_recv() {
-            self.collect(first, &mut batch);
-            let result = self.commit(&batch);
-            for waiter in batch.waiters.drain(..) {
-                // A waiter that gave up (its future was dropped) needs no answer.
-                let _ = waiter.send(result.clone());
+    fn start(
+        shared: Arc<Shared>,
+        options: AuditOptions,
+        rx: mpsc::Receiver<Command>,
+    ) -> Result<(Writer, tokio::runtime::Runtime), AuditError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| AuditError::spawn(&shared.dir, e))?;
+        let store = Store::open(&shared.dir)?;
+        let key_hex = options
+            .signing_key
+            .as_ref()
+            .map(|k| k.public_key().to_hex());
+        let mut writer = Writer {
+            store,
+            shared,
+            rx,
+            options,
+            key_hex,
+            last_checkpoint_seq: 0,
+            last_checkpoint_at: Instant::now(),
+            forwarder: None,
+            buf: Vec::with_capacity(256 * 1024),
+            pending_head: None,
+        };
+        let head_path = writer.shared.dir.join(HEAD_FILE);
+        match std::fs::read_to_string(&head_path) {
+            Ok(text) => {
+                if let Ok(w) = Witness::parse(&text) {
+                    writer.last_checkpoint_seq = w.seq;
+                }
             }
-            if let Some(done) = batch.close.take() {
-                self.shut_down(done);
-                return;
+            Err(_) => {
+                if let Some(key) = &writer.key_hex {
+                    // Before any checkpoint can exist, so audit.head is never missing beside one.
+                    let none = Witness::none(
+                        writer.options.node_id.as_deref().unwrap_or(""),
+                        key,
+                        &crate::event::now_rfc3339_micros(),
+                    );
+                    let mut line = none.to_line();
+                    line.push('\n');
+                    crate::store::ensure_dir(&writer.shared.dir)?;
+                    write_atomic(&writer.shared.dir, &head_path, line.as_bytes())
+                        .map_err(|e| AuditError::write(&head_path, e))?;
+                }
             }
-            batch.buf.clear();
-            batch.events = 0;
-            batch.nowait_events = 0;
         }
-        // Every handle was dropped: everything queued has been written above.
+        // The opening commit: recovery (if any) and audit.started, durable before we return.
+        let mut started = Event::new(EventType::AuditStarted);
+        started.detail = Some(format!(
+            "audit writer started (pid {}); checkpoints {}",
+            std::process::id(),
+            if writer.options.signing_key.is_some() {
+                "signed"
+            } else {
+                "off: no signing key"
+            }
+        ));
+        if let Some(key) = &writer.key_hex {
+            started.audit = Some(AuditMeta {
+                key: Some(key.clone()),
+                ..AuditMeta::default()
+            });
+        }
+        let start_seq = {
+            let mut batch = Batch::default();
+            batch.events.push((Box::new(started), None));
+            let first = writer.commit_inner(&mut batch, Trigger::Events)?;
+            writer.after_commit();
+            first.map_or(writer.store.head().seq, |seq| seq - 1)
+        };
+        if let Some(syslog) = &writer.options.syslog {
+            let forwarder = Forwarder::start(
+                &writer.shared.dir,
+                syslog.clone(),
+                writer.options.node_id.clone(),
+                start_seq,
+            )?;
+            let _ = writer.shared.forwarder.set(forwarder.stats());
+            writer.forwarder = Some(forwarder);
+        }
+        Ok((writer, runtime))
     }
 
-    /// Adds `first` and whatever else is already queued (up to the caps) to `batch`.
+    fn run(mut self, runtime: &tokio::runtime::Runtime) {
+        runtime.block_on(async {
+            let mut batch = Batch::default();
+            loop {
+                let deadline = self.timer_deadline();
+                let first = match deadline {
+                    Some(deadline) => {
+                        tokio::select! {
+                            command = self.rx.recv() => command.map(Some),
+                            _ = tokio::time::sleep_until(deadline.into()) => Some(None),
+                        }
+                    }
+                    None => self.rx.recv().await.map(Some),
+                };
+                let trigger = match first {
+                    None => break, // every handle was dropped; everything queued was written
+                    Some(None) => Trigger::Timer,
+                    Some(Some(command)) => {
+                        self.collect(command, &mut batch);
+                        if batch.close.is_some() {
+                            Trigger::Close
+                        } else {
+                            Trigger::Events
+                        }
+                    }
+                };
+                let result = self.commit(&mut batch, trigger);
+                for waiter in batch.waiters.drain(..) {
+                    // A waiter that gave up (its future was dropped) needs no answer.
+                    let _ = waiter.send(result.clone());
+                }
+                self.after_commit();
+                if let Some(done) = batch.close.take() {
+                    self.shut_down(done);
+                    return;
+                }
+                batch.nowait_events = 0;
+            }
+            self.stop_forwarder();
+        });
+    }
+
+    /// When the checkpoint timer fires next, if it runs at all.
+    fn timer_deadline(&self) -> Option<Instant> {
+        let interval = self.options.checkpoint_interval;
+        (self.options.signing_key.is_some() && !interval.is_zero())
+            .then(|| self.last_checkpoint_at + interval)
+    }
+
+    /// Adds `first` and whatever else is already queued (up to the cap) to `batch`.
     fn collect(&mut self, first: Command, batch: &mut Batch) {
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
-                Command::Append { event, done } => self.add(event, done, batch),
+                Command::Append { event, done } => {
+                    if let Some(e) = self.shared.failed_error() {
+                        // Fail closed: nothing more goes to a log whose state is unknown.
+                        self.reject(done, e);
+                    } else if EventType::is_reserved(&event.kind) {
+                        let kind = event.kind.clone();
+                        self.reject(done, AuditError::Reserved { kind });
+                    } else {
+                        if done.is_none() {
+                            batch.nowait_events += 1;
+                        }
+                        batch.events.push((event, done));
+                    }
+                }
                 Command::Flush(done) => batch.waiters.push(done),
                 Command::Close(done) => {
                     batch.close = Some(done);
                     return;
                 }
             }
-            if batch.events as usize >= MAX_BATCH_EVENTS || batch.buf.len() >= MAX_BATCH_BYTES {
+            if batch.events.len() >= MAX_BATCH_EVENTS {
                 return;
             }
             next = self.rx.try_recv().ok();
-        }
-    }
-
-    fn add(&self, event: Box<Event>, done: Option<Reply>, batch: &mut Batch) {
-        if let Some(e) = self.shared.failed_error() {
-            // Fail closed: nothing more goes to a log whose state is unknown.
-            self.reject(done, e);
-            return;
-        }
-        match encode_line(&event, &mut batch.buf) {
-            Ok(()) => {
-                batch.events += 1;
-                match done {
-                    Some(done) => batch.waiters.push(done),
-                    None => batch.nowait_events += 1,
-                }
-            }
-            Err(e) => self.reject(done, e),
         }
     }
 
@@ -298,43 +520,182 @@ impl Writer {
             }
             None => {
                 self.shared.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(dir = %self.shared.dir.display(), error = %error, "audit event not written");
             }
         }
     }
 
     /// Writes and syncs the batch. Errors become sticky.
-    fn commit(&self, batch: &Batch) -> Result<(), AuditError> {
+    fn commit(&mut self, batch: &mut Batch, trigger: Trigger) -> Result<(), AuditError> {
         if let Some(e) = self.shared.failed_error() {
+            for (_, done) in batch.events.drain(..) {
+                self.reject(done, e.clone());
+            }
             return Err(e);
         }
-        match self.segment.append(&batch.buf) {
-            Ok(()) => {
-                self.shared
-                    .written
-                    .fetch_add(batch.events, Ordering::Relaxed);
-                Ok(())
-            }
+        let nowait = batch.nowait_events;
+        match self.commit_inner(batch, trigger) {
+            Ok(_) => Ok(()),
             Err(e) => {
-                self.shared
-                    .failed
-                    .fetch_add(batch.nowait_events, Ordering::Relaxed);
+                self.shared.failed.fetch_add(nowait, Ordering::Relaxed);
                 tracing::error!(
-                    path = %self.segment.path().display(),
+                    path = %self.store.active_path().display(),
                     error = %e,
-                    events = batch.events,
                     "audit write failed; refusing further audit events"
                 );
-                // This thread is the only one that sets `failure`, and it stops writing once it
-                // is set, so this is the first failure.
+                // Only this thread sets `failure`, and it stops writing once it is set, so this
+                // is the first failure.
                 let _ = self.shared.failure.set(e.clone());
                 Err(e)
             }
         }
     }
 
+    /// The locked part of a commit: observe, rotate, encode, checkpoint, write, sync. Moves
+    /// the waiters of encoded events into `batch.waiters`. Returns the `seq` of the first line
+    /// written, if any.
+    fn commit_inner(
+        &mut self,
+        batch: &mut Batch,
+        trigger: Trigger,
+    ) -> Result<Option<u64>, AuditError> {
+        let Writer {
+            store,
+            shared,
+            options,
+            key_hex,
+            last_checkpoint_seq,
+            last_checkpoint_at,
+            forwarder,
+            buf,
+            pending_head,
+            ..
+        } = self;
+        let node = options.node_id.as_deref();
+        let mut lines: Vec<(u64, Range<usize>)> = Vec::new();
+        let mut wrote_checkpoint = None;
+        let mut checkpoints_written = 0u64;
+        let mut caller_events = 0u64;
+        let mut written_before = 0;
+        store.locked(|store| {
+            let recovery = store.observe()?;
+            let mut head = store.head();
+            buf.clear();
+            if let Some(recovery) = recovery {
+                let start = buf.len();
+                head = encode_event(&mut recovery.event(node), head, buf)?;
+                lines.push((head.seq, start..buf.len()));
+            }
+            let has_events = !batch.events.is_empty();
+            if has_events && rotation_due(store, options) {
+                if let (Some(key), Some(key_hex)) = (&options.signing_key, key_hex.as_deref()) {
+                    let start = buf.len();
+                    let (h, w) = encode_checkpoint(key, key_hex, node, "rotate", head, buf)?;
+                    head = h;
+                    lines.push((head.seq, start..buf.len()));
+                    wrote_checkpoint = Some(w);
+                    checkpoints_written += 1;
+                }
+                store.append(buf, head)?;
+                store.rotate()?;
+                // Lines already written stay in `lines` with their ranges into this buffer;
+                // the batch goes after them and only the rest is written below.
+                written_before = buf.len();
+            }
+            for (mut event, done) in batch.events.drain(..) {
+                if event.gateway.is_none() {
+                    event.gateway = node.map(str::to_owned);
+                }
+                let start = buf.len();
+                match encode_event(&mut event, head, buf) {
+                    Ok(h) => {
+                        head = h;
+                        lines.push((head.seq, start..buf.len()));
+                        if event.kind != EventType::AuditStarted.as_str() {
+                            caller_events += 1;
+                        }
+                        if let Some(done) = done {
+                            batch.waiters.push(done);
+                        }
+                    }
+                    Err(e) => match done {
+                        Some(done) => {
+                            let _ = done.send(Err(e));
+                        }
+                        None => {
+                            shared.failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    },
+                }
+            }
+            if let (Some(key), Some(key_hex)) = (&options.signing_key, key_hex.as_deref()) {
+                let since = head.seq.saturating_sub(*last_checkpoint_seq);
+                let reason = match trigger {
+                    Trigger::Close => Some("close"),
+                    _ if since == 0 => None,
+                    _ if options.checkpoint_events > 0 && since >= options.checkpoint_events => {
+                        Some("count")
+                    }
+                    _ if !options.checkpoint_interval.is_zero()
+                        && last_checkpoint_at.elapsed() >= options.checkpoint_interval =>
+                    {
+                        Some("interval")
+                    }
+                    _ => None,
+                };
+                if let Some(reason) = reason {
+                    let start = buf.len();
+                    let (h, w) = encode_checkpoint(key, key_hex, node, reason, head, buf)?;
+                    head = h;
+                    lines.push((head.seq, start..buf.len()));
+                    wrote_checkpoint = Some(w);
+                    checkpoints_written += 1;
+                }
+            }
+            store.append(&buf[written_before..], head)
+        })?;
+        if trigger == Trigger::Timer {
+            *last_checkpoint_at = Instant::now();
+        }
+        let head = store.head();
+        shared.head_seq.store(head.seq, Ordering::Relaxed);
+        shared.written.fetch_add(caller_events, Ordering::Relaxed);
+        if let Some(w) = wrote_checkpoint {
+            *last_checkpoint_seq = w.seq;
+            *last_checkpoint_at = Instant::now();
+            shared
+                .checkpoints
+                .fetch_add(checkpoints_written, Ordering::Relaxed);
+            *pending_head = Some(w);
+        }
+        let first = lines.first().map(|(seq, _)| *seq);
+        if let Some(forwarder) = forwarder {
+            for (seq, range) in lines {
+                forwarder.offer(seq, &buf[range]);
+            }
+        }
+        Ok(first)
+    }
+
+    /// Work after the waiters were answered: record the latest checkpoint in `audit.head`.
+    fn after_commit(&mut self) {
+        if let Some(w) = self.pending_head.take() {
+            write_head(&self.shared.dir, &w);
+        }
+    }
+
+    fn stop_forwarder(mut self) {
+        if let Some(f) = self.forwarder.take() {
+            f.stop();
+        }
+    }
+
     /// Answers the close, then refuses whatever raced in behind it.
     fn shut_down(mut self, done: Reply) {
         self.rx.close();
+        if let Some(f) = self.forwarder.take() {
+            f.stop();
+        }
         let _ = done.send(self.health());
         while let Ok(command) = self.rx.try_recv() {
             match command {
@@ -362,5 +723,57 @@ impl Writer {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// Whether the active segment should be closed before the next batch.
+fn rotation_due(store: &Store, options: &AuditOptions) -> bool {
+    if store.active_len() == 0 {
+        return false;
+    }
+    let by_size = options.segment_max_bytes > 0 && store.active_len() >= options.segment_max_bytes;
+    let by_age = !options.segment_max_age.is_zero()
+        && SystemTime::now()
+            .duration_since(store.active_started())
+            .is_ok_and(|age| age >= options.segment_max_age);
+    by_size || by_age
+}
+
+/// Encodes a signed `audit.checkpoint` onto `buf` after `head`; returns the new head and the
+/// checkpoint as a witness line.
+fn encode_checkpoint(
+    key: &AuditKey,
+    key_hex: &str,
+    node: Option<&str>,
+    reason: &str,
+    head: Head,
+    buf: &mut Vec<u8>,
+) -> Result<(Head, Witness), AuditError> {
+    let mut event = Event::new(EventType::AuditCheckpoint);
+    event.gateway = node.map(str::to_owned);
+    let seq = head.seq + 1;
+    let prev = hex(&head.hash);
+    let message = checkpoint_message(seq, &prev, &event.ts, node.unwrap_or(""), reason);
+    event.audit = Some(AuditMeta {
+        reason: Some(reason.to_owned()),
+        key: Some(key_hex.to_owned()),
+        sig: Some(hex(&key.sign(&message))),
+        ..AuditMeta::default()
+    });
+    let new_head = encode_event(&mut event, head, buf)?;
+    let witness = Witness::from_event(&event).ok_or_else(|| AuditError::Encode {
+        kind: event.kind.clone(),
+        reason: "checkpoint lacks a field it was just given".to_owned(),
+    })?;
+    Ok((new_head, witness))
+}
+
+/// Rewrites `audit.head` with the latest checkpoint. A failure is logged, not fatal: the log
+/// itself is intact; only the local truncation check is weaker until the next checkpoint.
+fn write_head(dir: &Path, witness: &Witness) {
+    let mut line = witness.to_line();
+    line.push('\n');
+    if let Err(e) = write_atomic(dir, &dir.join(HEAD_FILE), line.as_bytes()) {
+        tracing::error!(dir = %dir.display(), error = %e, "cannot update audit.head");
     }
 }

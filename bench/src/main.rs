@@ -4,6 +4,7 @@
 //! rate, holding thousands of idle tunnelled connections, a delaying TCP relay (the kernel here
 //! has no `tc netem`), process memory from `/proc`, and the final report.
 
+mod cpu;
 mod net;
 mod report;
 
@@ -41,6 +42,9 @@ enum Cmd {
         /// Extra `key=value` fields for the JSON line (values that parse as JSON stay JSON).
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// `name=pid`: report the CPU time this process used per measured session.
+        #[arg(long = "cpu")]
+        cpu: Vec<String>,
     },
     /// Opens COUNT connections, echoes one byte on each so that every tunnel is really up,
     /// prints one JSON line, then holds them until SIGTERM/SIGINT (or stdin EOF with
@@ -77,6 +81,11 @@ enum Cmd {
         #[arg(long = "label")]
         labels: Vec<String>,
     },
+    /// CPU time (user + system, µs) used so far by each `name=pid`, as one JSON object.
+    Cpu {
+        #[arg(long = "proc")]
+        procs: Vec<String>,
+    },
     /// Prints N distinct free loopback TCP ports.
     FreePorts { n: usize },
     /// Waits until ADDR accepts a TCP connection.
@@ -90,6 +99,11 @@ enum Cmd {
         file: PathBuf,
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// Output of `cpu` before and after the run: adds CPU seconds per GB moved.
+        #[arg(long, requires = "cpu_after")]
+        cpu_before: Option<String>,
+        #[arg(long)]
+        cpu_after: Option<String>,
     },
     /// Builds the Markdown results table from the JSON lines the other commands printed.
     Report {
@@ -105,7 +119,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Mem { pid, labels } => report::mem(pid, &labels),
-        Cmd::IperfSummary { file, labels } => report::iperf_summary(&file, &labels),
+        Cmd::IperfSummary {
+            file,
+            labels,
+            cpu_before,
+            cpu_after,
+        } => report::iperf_summary(&file, &labels, cpu_before.as_deref(), cpu_after.as_deref()),
+        Cmd::Cpu { procs } => {
+            println!("{}", cpu::snapshot(&cpu::parse_procs(&procs)?)?);
+            Ok(())
+        }
         Cmd::Report { raw, meta } => report::report(&raw, &meta),
         cmd => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -125,7 +148,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             concurrency,
             warmup,
             labels,
-        } => net::sessions(target, count, concurrency, warmup, &labels).await,
+            cpu,
+        } => net::sessions(target, count, concurrency, warmup, &labels, &cpu).await,
         Cmd::Hold {
             target,
             count,
@@ -140,7 +164,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         } => net::delay(listen, upstream, delay_ms, max_buffer).await,
         Cmd::FreePorts { n } => net::free_ports(n).await,
         Cmd::WaitPort { addr, timeout_ms } => net::wait_port(addr, timeout_ms).await,
-        Cmd::Mem { .. } | Cmd::IperfSummary { .. } | Cmd::Report { .. } => Ok(()),
+        Cmd::Mem { .. } | Cmd::IperfSummary { .. } | Cmd::Report { .. } | Cmd::Cpu { .. } => Ok(()),
     }
 }
 

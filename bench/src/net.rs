@@ -78,11 +78,14 @@ pub async fn sessions(
     concurrency: usize,
     warmup: usize,
     labels: &[String],
+    cpu: &[String],
 ) -> anyhow::Result<()> {
     let mut out = crate::labels(labels)?;
+    let procs = crate::cpu::parse_procs(cpu)?;
     for _ in 0..warmup {
         let _ = tokio::time::timeout(IO_TIMEOUT, one_session(target)).await;
     }
+    let cpu_before = crate::cpu::snapshot(&procs)?;
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(Vec::with_capacity(count)));
     let errors = Arc::new(AtomicUsize::new(0));
@@ -125,6 +128,7 @@ pub async fn sessions(
         w.await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = crate::cpu::snapshot(&procs)?;
     let mut lat = results
         .lock()
         .map_err(|_| anyhow::anyhow!("results lock poisoned"))?
@@ -157,6 +161,14 @@ pub async fn sessions(
         })
         .into(),
     );
+    if !procs.is_empty() && ok > 0 {
+        let used = crate::cpu::delta(&cpu_before, &cpu_after);
+        let per: serde_json::Map<String, serde_json::Value> = used
+            .into_iter()
+            .map(|(k, us)| (k, (us / ok as f64).into()))
+            .collect();
+        out.insert("cpu_us_per_session".into(), per.into());
+    }
     if let Ok(Some(e)) = first_error.lock().map(|f| f.clone()) {
         out.insert("first_error".into(), e.into());
     }

@@ -35,7 +35,12 @@ pub fn mem(pid: u32, labels: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn iperf_summary(file: &Path, labels: &[String]) -> anyhow::Result<()> {
+pub fn iperf_summary(
+    file: &Path,
+    labels: &[String],
+    cpu_before: Option<&str>,
+    cpu_after: Option<&str>,
+) -> anyhow::Result<()> {
     let mut out = crate::labels(labels)?;
     let text = std::fs::read_to_string(file).unwrap_or_default();
     match serde_json::from_str::<Value>(&text) {
@@ -46,6 +51,23 @@ pub fn iperf_summary(file: &Path, labels: &[String]) -> anyhow::Result<()> {
             match (bps, v.get("error").and_then(Value::as_str)) {
                 (Some(bps), None) if bps > 0.0 => {
                     out.insert("gbps".into(), (bps / 1e9).into());
+                    let bytes = v
+                        .pointer("/end/sum_received/bytes")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(0.0);
+                    if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
+                        if bytes > 0.0 {
+                            let used = crate::cpu::delta(
+                                &serde_json::from_str(b)?,
+                                &serde_json::from_str(a)?,
+                            );
+                            let per: Map<String, Value> = used
+                                .into_iter()
+                                .map(|(k, us)| (k, (us / 1e6 / (bytes / 1e9)).into()))
+                                .collect();
+                            out.insert("cpu_s_per_gb".into(), per.into());
+                        }
+                    }
                     if let Some(r) = v
                         .pointer("/end/sum_sent/retransmits")
                         .and_then(Value::as_u64)
@@ -82,6 +104,12 @@ impl Raw {
     fn nums(&self, want: &[(&str, Value)], field: &str) -> Vec<f64> {
         self.select(want)
             .filter_map(|r| r.get(field).and_then(Value::as_f64))
+            .collect()
+    }
+
+    fn ptr_nums(&self, want: &[(&str, Value)], pointer: &str) -> Vec<f64> {
+        self.select(want)
+            .filter_map(|r| r.pointer(pointer).and_then(Value::as_f64))
             .collect()
     }
 
@@ -212,6 +240,31 @@ pub fn report(raw: &Path, meta: &[String]) -> anyhow::Result<()> {
             pr.map(|x| x >= 1.0),
         ));
     }
+    md.push_str("\nCPU time of the tunnel's own processes per GB carried (seconds of CPU per GB; postern: `postern connect` + gateway + connector, rathole: client + server):\n\n");
+    md.push_str("| direction | postern | of which client / gateway / connector | rathole-tls | postern / rathole-tls |\n|---|---|---|---|---|\n");
+    for (dir, label) in DIRS {
+        let q = |p: &str| vec![("kind", s("iperf")), ("path", s(p)), ("dir", s(dir))];
+        let p = raw.ptr_nums(&q("postern"), "/cpu_s_per_gb/total");
+        let r = raw.ptr_nums(&q("rathole"), "/cpu_s_per_gb/total");
+        let parts: Vec<String> = ["client", "gateway", "connector"]
+            .iter()
+            .map(|c| {
+                fmt_opt(
+                    median(&raw.ptr_nums(&q("postern"), &format!("/cpu_s_per_gb/{c}"))),
+                    2,
+                    "",
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} |",
+            cell(&p, 2),
+            parts.join(" / "),
+            cell(&r, 2),
+            fmt_opt(ratio(median(&p), median(&r)), 2, "×")
+        );
+    }
     let errs: Vec<String> = raw
         .select(&[("kind", s("iperf"))])
         .filter_map(|r| {
@@ -238,7 +291,7 @@ pub fn report(raw: &Path, meta: &[String]) -> anyhow::Result<()> {
         md,
         "### (b) Session setup: {count} sessions of connect + 1 byte echoed + close, to an echo server\n"
     );
-    md.push_str("| path | 1 at a time: p50 µs | p99 µs | sessions/s | 16 concurrent: sessions/s | p50 µs | p99 µs | failed sessions |\n|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| path | 1 at a time: p50 µs | p99 µs | sessions/s | 16 concurrent: sessions/s | p50 µs | p99 µs | CPU µs per session | failed sessions |\n|---|---|---|---|---|---|---|---|---|\n");
     let mut rate16 = Vec::new();
     for (path, label) in PATHS {
         let q = |c: u64| {
@@ -251,9 +304,40 @@ pub fn report(raw: &Path, meta: &[String]) -> anyhow::Result<()> {
         let r16 = raw.nums(&q(16), "sessions_per_s");
         rate16.push(median(&r16));
         let errors = raw.sum_u64(&q(1), "errors") + raw.sum_u64(&q(16), "errors");
+        // CPU per session of the tunnel's processes (16 concurrent), with a breakdown.
+        let mut names: Vec<String> = Vec::new();
+        for r in raw.select(&q(16)) {
+            if let Some(m) = r.get("cpu_us_per_session").and_then(Value::as_object) {
+                for k in m.keys() {
+                    if k != "total" && !names.contains(k) {
+                        names.push(k.clone());
+                    }
+                }
+            }
+        }
+        let total = median(&raw.ptr_nums(&q(16), "/cpu_us_per_session/total"));
+        let cpu = match total {
+            Some(t) if !names.is_empty() => {
+                let parts: Vec<String> = names
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "{n} {}",
+                            fmt_opt(
+                                median(&raw.ptr_nums(&q(16), &format!("/cpu_us_per_session/{n}"))),
+                                0,
+                                ""
+                            )
+                        )
+                    })
+                    .collect();
+                format!("{t:.0} ({})", parts.join(", "))
+            }
+            _ => "n/a".into(),
+        };
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} | {} | {} | {} | {errors} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {cpu} | {errors} |",
             cell(&raw.nums(&q(1), "p50_us"), 0),
             cell(&raw.nums(&q(1), "p99_us"), 0),
             cell(&raw.nums(&q(1), "sessions_per_s"), 0),
@@ -374,7 +458,7 @@ pub fn report(raw: &Path, meta: &[String]) -> anyhow::Result<()> {
         "### (d) One iperf3 stream with 50 ms RTT between gateway and connector (Gbit/s; measured relay RTT p50 {} ms)\n",
         fmt_opt(median(&rtt).map(|u| u / 1000.0), 1, "")
     );
-    md.push_str("| direction | relay alone (plain TCP) | postern through the relay | postern / relay alone |\n|---|---|---|---|\n");
+    md.push_str("| direction | relay alone (plain TCP) | postern through the relay | postern / relay alone | postern without the relay, from (a) |\n|---|---|---|---|---|\n");
     for (dir, label) in DIRS {
         let get = |p: &str| {
             raw.nums(
@@ -386,11 +470,12 @@ pub fn report(raw: &Path, meta: &[String]) -> anyhow::Result<()> {
         let r = ratio(median(&p), median(&base));
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} |",
             cell(&base, 2),
             cell(&p, 2),
             r.map(|x| format!("{:.0}%", x * 100.0))
-                .unwrap_or_else(|| "n/a".into())
+                .unwrap_or_else(|| "n/a".into()),
+            fmt_opt(median(&get("postern")), 2, "")
         );
         targets.push((
             format!("(d) {dir}: postern ≥ 80% of the relay alone at 50 ms RTT"),

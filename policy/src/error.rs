@@ -81,6 +81,58 @@ pub enum ErrorKind {
     NoSubjects,
     /// `max_session` on a deny rule, where it has no meaning.
     MaxSessionOnDeny,
+    /// `idle_timeout` or `require_justification` on a deny rule.
+    LimitOnDeny,
+    /// Two groups with the same name.
+    DuplicateGroup,
+    /// A rule names a group that the policy does not define (once it defines any).
+    UnknownGroup,
+    /// A time zone name that is not in the IANA database.
+    UnknownZone,
+    /// A time window that does not parse.
+    InvalidWindow,
+    /// Conditions that parse but can never all hold: an empty window, a validity range that
+    /// ends before it starts, windows that never fall inside the validity range.
+    NeverMatches,
+    /// A network that is not an address or CIDR block.
+    InvalidNetwork,
+    /// A rule that can never decide anything: an earlier unconditional deny covers every user
+    /// and endpoint it covers.
+    Unreachable,
+    /// `[defaults]` written in more than one file of a policy directory.
+    DuplicateDefaults,
+    /// Two inline tests with the same name.
+    DuplicateTest,
+    /// An inline test names a rule that the policy does not define.
+    UnknownRule,
+    /// A `report_only` entry names a condition that the rule does not have.
+    UnknownCondition,
+    /// Warning: an allow rule that a later unconditional deny always overrides.
+    Shadowed,
+    /// Warning: a rule whose endpoint selection matches no endpoint, or a group no rule uses.
+    MatchesNothing,
+    /// Warning: a CIDR block with host bits set, or windows that cover the whole week.
+    Suspicious,
+}
+
+/// Whether a [`Diagnostic`] stops the policy from loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Severity {
+    /// The policy is not loaded.
+    Error,
+    /// The policy loads, but probably does not say what its author meant. Listed by
+    /// [`crate::Policy::warnings`]; `postern-policy check --deny-warnings` fails on them.
+    Warning,
+}
+
+impl Severity {
+    /// `error` or `warning`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
 }
 
 /// One problem in a policy file, with where it is and, usually, how to fix it.
@@ -95,6 +147,8 @@ pub struct Diagnostic {
     pub line: usize,
     /// 1-based column, counted in characters.
     pub column: usize,
+    /// Error or warning.
+    pub severity: Severity,
     /// What sort of problem this is.
     pub kind: ErrorKind,
     /// What is wrong, as a sentence fragment without trailing punctuation.
@@ -107,8 +161,12 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}:{}:{}: error: {}",
-            self.origin, self.line, self.column, self.message
+            "{}:{}:{}: {}: {}",
+            self.origin,
+            self.line,
+            self.column,
+            self.severity.as_str(),
+            self.message
         )?;
         if let Some(hint) = &self.hint {
             write!(f, "  (hint: {hint})")?;
@@ -150,6 +208,15 @@ impl<'a> SourceMap<'a> {
         (line_index + 1, column + 1)
     }
 
+    /// The byte offset at which 1-based `line` starts (the end of the text past the last line).
+    pub(crate) fn offset_of_line(&self, line: usize) -> usize {
+        self.position(0);
+        self.line_starts
+            .get()
+            .and_then(|starts| starts.get(line.saturating_sub(1)).copied())
+            .unwrap_or(self.text.len())
+    }
+
     /// The 1-based line of a byte offset.
     pub(crate) fn line(&self, offset: usize) -> usize {
         self.position(offset).0
@@ -159,6 +226,7 @@ impl<'a> SourceMap<'a> {
 /// A problem found while loading, positioned by byte offset; turned into a [`Diagnostic`] once
 /// loading is over.
 struct Pending {
+    file: usize,
     offset: usize,
     kind: ErrorKind,
     message: String,
@@ -168,14 +236,48 @@ struct Pending {
 /// Collects problems during parsing and validation so that all of them can be reported at once.
 #[derive(Default)]
 pub(crate) struct Diagnostics {
+    /// The file that offsets given to `push` refer to.
+    file: usize,
     pending: Vec<Pending>,
+    warnings: Vec<Pending>,
     /// Problems found after [`MAX_DIAGNOSTICS`] was reached; counted, not kept.
     dropped: usize,
     /// Offset of the first dropped problem, where the "too many errors" note points.
     first_dropped_at: usize,
+    first_dropped_file: usize,
+}
+
+/// One source file of a policy, for positioning diagnostics.
+pub(crate) struct SourceFile<'a> {
+    pub(crate) origin: String,
+    pub(crate) map: SourceMap<'a>,
 }
 
 impl Diagnostics {
+    /// Makes later offsets refer to file number `file`.
+    pub(crate) fn set_file(&mut self, file: usize) {
+        self.file = file;
+    }
+
+    /// Records a warning at byte `offset` of the current file. Warnings are bounded like errors.
+    pub(crate) fn warn(
+        &mut self,
+        kind: ErrorKind,
+        offset: usize,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        if self.warnings.len() < MAX_DIAGNOSTICS {
+            self.warnings.push(Pending {
+                file: self.file,
+                offset,
+                kind,
+                message: message.into(),
+                hint,
+            });
+        }
+    }
+
     /// Records a problem at byte `offset`.
     pub(crate) fn push(
         &mut self,
@@ -198,12 +300,14 @@ impl Diagnostics {
         if self.pending.len() >= MAX_DIAGNOSTICS {
             if self.dropped == 0 {
                 self.first_dropped_at = offset;
+                self.first_dropped_file = self.file;
             }
             self.dropped += 1;
             return;
         }
         let (message, hint) = build();
         self.pending.push(Pending {
+            file: self.file,
             offset,
             kind,
             message,
@@ -216,12 +320,13 @@ impl Diagnostics {
     }
 
     /// Positions every problem, in file order (problems at the same place keep the order in
-    /// which they were found).
-    pub(crate) fn finish(self, source: &SourceMap<'_>, origin: &str) -> Vec<Diagnostic> {
+    /// which they were found): the errors, then the warnings.
+    pub(crate) fn finish(self, files: &[SourceFile<'_>]) -> (Vec<Diagnostic>, Vec<Diagnostic>) {
         let mut pending = self.pending;
-        pending.sort_by_key(|p| p.offset);
+        pending.sort_by_key(|p| (p.file, p.offset));
         if self.dropped > 0 {
             pending.push(Pending {
+                file: self.first_dropped_file,
                 offset: self.first_dropped_at,
                 kind: ErrorKind::LimitExceeded,
                 message: format!("too many errors: {} more not shown", self.dropped),
@@ -230,21 +335,53 @@ impl Diagnostics {
                 )),
             });
         }
-        pending
-            .into_iter()
-            .map(|p| {
-                let (line, column) = source.position(p.offset);
-                Diagnostic {
-                    origin: origin.to_owned(),
-                    line,
-                    column,
-                    kind: p.kind,
-                    message: p.message,
-                    hint: p.hint,
-                }
-            })
-            .collect()
+        let mut warnings = self.warnings;
+        warnings.sort_by_key(|p| (p.file, p.offset));
+        (
+            position(pending, files, Severity::Error),
+            position(warnings, files, Severity::Warning),
+        )
     }
+
+    /// The errors only, for a single file.
+    pub(crate) fn finish_one(self, source: &SourceMap<'_>, origin: &str) -> Vec<Diagnostic> {
+        let file = SourceFile {
+            origin: origin.to_owned(),
+            map: SourceMap::new(source.text),
+        };
+        let mut this = self;
+        this.file = 0;
+        for p in this.pending.iter_mut() {
+            p.file = 0;
+        }
+        this.first_dropped_file = 0;
+        this.finish(std::slice::from_ref(&file)).0
+    }
+}
+
+fn position(
+    pending: Vec<Pending>,
+    files: &[SourceFile<'_>],
+    severity: Severity,
+) -> Vec<Diagnostic> {
+    pending
+        .into_iter()
+        .map(|p| {
+            let (origin, (line, column)) = match files.get(p.file) {
+                Some(file) => (file.origin.clone(), file.map.position(p.offset)),
+                None => (String::new(), (1, 1)),
+            };
+            Diagnostic {
+                origin,
+                line,
+                column,
+                severity,
+                kind: p.kind,
+                message: p.message,
+                hint: p.hint,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -272,7 +409,7 @@ mod tests {
         for i in 0..MAX_DIAGNOSTICS + 10 {
             diags.push(ErrorKind::InvalidValue, i * 2, format!("problem {i}"), None);
         }
-        let all = diags.finish(&map, "p.toml");
+        let all = diags.finish_one(&map, "p.toml");
         assert_eq!(all.len(), MAX_DIAGNOSTICS + 1);
         let last = all.last().unwrap();
         assert_eq!(last.kind, ErrorKind::LimitExceeded);
@@ -286,6 +423,7 @@ mod tests {
             origin: "policy.toml".into(),
             line: 12,
             column: 9,
+            severity: Severity::Error,
             kind: ErrorKind::UnknownEndpoint,
             message: "rule 'x' references unknown endpoint 'pacs'".into(),
             hint: Some("defined endpoints: a, b".into()),

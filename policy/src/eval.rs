@@ -1,47 +1,146 @@
-//! Stage 3: answering requests. The rule index is built once when a policy loads; evaluating a
-//! request touches only the rules that can apply to its endpoint.
+//! Stage 3: answering requests. The index is built once when a policy loads (endpoint → subject
+//! → rules); evaluating a request touches only the rules that name one of the requester's
+//! groups (or the user, or everyone) for the requested endpoint, in file order, without
+//! allocating except for the decision it returns.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use crate::model::{user_key, Effect, Rule};
-use crate::resolve::Targets;
-use crate::text::{bounded_list, Quoted};
+use smallvec::SmallVec;
+
+use crate::model::{user_key, Effect};
+use crate::rule::{Check, Group, Rule, Selection};
+use crate::schedule::{LocalTime, Zone};
+use crate::text::{bounded_list, FastMap, Quoted};
 use crate::Policy;
 
 /// How many of the requester's groups a "no rule allows" reason lists.
 const REASON_GROUPS_MAX: usize = 20;
 
+/// What the client device is, as the gateway learned it (device certificate, MDM, posture
+/// agent). All facts are optional as a whole: a request without [`Request::with_device`] has
+/// no device facts, and every device condition is then *unknown* (see [`Policy::evaluate`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceFacts {
+    /// The device is enrolled with the trust (it holds a device certificate).
+    pub registered: bool,
+    /// The device is approved for patient data (managed, encrypted, patched).
+    pub approved: bool,
+    /// The device verified its user locally (biometric or PIN on a platform authenticator).
+    pub user_verified: bool,
+    /// Any further facts from a posture check, as strings: `os = "windows-11"`,
+    /// `disk_encrypted = "true"`. Rules compare them exactly.
+    pub posture: BTreeMap<String, String>,
+}
+
+/// How the user signed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AuthFacts {
+    mfa: bool,
+    auth_time: Option<SystemTime>,
+}
+
 /// Who wants to reach what, and when. Built by the gateway from the authenticated session.
 ///
-/// Construct it with [`Request::new`]; facts added later (device posture, source address,
-/// authentication strength) come with builder methods, so callers keep compiling as it grows.
+/// Construct it with [`Request::new`]; further facts come with builder methods, so callers keep
+/// compiling as it grows. A fact that was not given is *unknown*, never assumed: a condition
+/// that needs it does not let an allow rule match (and does not stop a deny rule).
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     /// The authenticated user name (normally an e-mail address).
     pub user: &'a str,
-    /// The user's groups, as mapped from IdP claims.
+    /// The values of the user's `groups` claim, as the IdP sent them.
     pub groups: &'a [String],
     /// The endpoint name the user asked for.
     pub endpoint: &'a str,
     /// When the request is evaluated. The evaluator never reads the clock itself.
-    pub at: std::time::SystemTime,
+    pub at: SystemTime,
+    port: Option<u16>,
+    source: Option<IpAddr>,
+    auth: Option<AuthFacts>,
+    device: Option<&'a DeviceFacts>,
+    justification: Option<&'a str>,
+    claims: Vec<(&'a str, &'a [String])>,
 }
 
 impl<'a> Request<'a> {
-    /// A request by `user` (with `groups`) for `endpoint`, evaluated as of `at`.
+    /// A request by `user` (with `groups`, the values of the IdP's `groups` claim) for
+    /// `endpoint`, evaluated as of `at`.
     pub fn new(
         user: &'a str,
         groups: &'a [String],
         endpoint: &'a str,
-        at: std::time::SystemTime,
+        at: SystemTime,
     ) -> Request<'a> {
         Request {
             user,
             groups,
             endpoint,
             at,
+            port: None,
+            source: None,
+            auth: None,
+            device: None,
+            justification: None,
+            claims: Vec::new(),
         }
+    }
+
+    /// The client's address as the gateway sees it (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn with_source(mut self, source: IpAddr) -> Self {
+        self.source = Some(source.to_canonical());
+        self
+    }
+
+    /// How the user signed in: whether with multi-factor authentication, and when (the IdP's
+    /// `auth_time`; `None` if the token does not say).
+    pub fn with_auth(mut self, mfa: bool, auth_time: Option<SystemTime>) -> Self {
+        self.auth = Some(AuthFacts { mfa, auth_time });
+        self
+    }
+
+    /// What the client device is.
+    pub fn with_device(mut self, device: &'a DeviceFacts) -> Self {
+        self.device = Some(device);
+        self
+    }
+
+    /// The reason the user gave for break-glass access. Blank text counts as none.
+    pub fn with_justification(mut self, justification: &'a str) -> Self {
+        self.justification = Some(justification).filter(|j| !j.trim().is_empty());
+        self
+    }
+
+    /// The port the client asks for, for endpoints with a port range; without it the
+    /// endpoint's first port is meant.
+    pub fn with_port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// The values of another IdP claim (`roles`, `job_title`), for groups mapped from it.
+    /// `"groups"` adds to the values given to [`Request::new`].
+    pub fn with_claim(mut self, claim: &'a str, values: &'a [String]) -> Self {
+        self.claims.push((claim, values));
+        self
+    }
+
+    /// The source address, if given.
+    pub fn source(&self) -> Option<IpAddr> {
+        self.source
+    }
+
+    /// The device facts, if given.
+    pub fn device(&self) -> Option<&'a DeviceFacts> {
+        self.device
+    }
+
+    /// The justification, if a non-blank one was given.
+    pub fn justification(&self) -> Option<&'a str> {
+        self.justification
     }
 }
 
@@ -52,6 +151,13 @@ pub struct Limits {
     /// (`"4h"`), the same way the policy file writes it, or `null`.
     #[serde(serialize_with = "serialize_optional_duration")]
     pub max_session: Option<Duration>,
+    /// How long a session may carry no traffic before the gateway closes it; `None` for no
+    /// idle limit.
+    #[serde(serialize_with = "serialize_optional_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Break-glass: the access was granted on the strength of the user's justification, which
+    /// the gateway must audit and flag for review.
+    pub require_justification: bool,
 }
 
 fn serialize_optional_duration<S: serde::Serializer>(
@@ -62,6 +168,27 @@ fn serialize_optional_duration<S: serde::Serializer>(
         Some(duration) => serializer.collect_str(&humantime::format_duration(*duration)),
         None => serializer.serialize_none(),
     }
+}
+
+fn serialize_optional_time<S: serde::Serializer>(
+    value: &Option<SystemTime>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(time) => serializer.collect_str(&humantime::format_rfc3339_seconds(*time)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A condition in report-only mode that would have failed: the rule matched anyway.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReportOnly {
+    /// The rule that has the condition.
+    pub rule: String,
+    /// The condition's name, as `report_only` writes it: `device.approved`, `windows`, …
+    pub condition: String,
+    /// What was wrong, for people: "the device is not approved".
+    pub reason: String,
 }
 
 /// The answer to a [`Request`], with everything needed to audit or explain it.
@@ -80,6 +207,15 @@ pub struct Decision {
     pub matched_allows: Vec<String>,
     /// Every deny rule that matched, in file order.
     pub matched_denies: Vec<String>,
+    /// Conditions in report-only mode that failed in rules that matched.
+    pub report_only: Vec<ReportOnly>,
+    /// The earliest instant after the request's `at` at which the same request could get a
+    /// different effect, deciding rule or limits because of time alone: a window opening or
+    /// closing (or the zone's clocks changing), a validity date passing, the sign-in growing
+    /// older than a rule's `max_age`. `None`: no passage of time changes it (a new policy or
+    /// new facts still can). Whole seconds; the gateway re-evaluates live sessions then.
+    #[serde(serialize_with = "serialize_optional_time")]
+    pub valid_until: Option<SystemTime>,
     /// [`Policy::version`] of the policy that decided.
     pub policy_version: String,
 }
@@ -101,6 +237,11 @@ impl fmt::Display for Decision {
                 ids.join(", ")
             }
         }
+        let duration = |d: Option<Duration>| {
+            d.map_or("none".to_owned(), |d| {
+                humantime::format_duration(d).to_string()
+            })
+        };
         writeln!(f, "effect:          {}", self.effect)?;
         writeln!(
             f,
@@ -110,91 +251,467 @@ impl fmt::Display for Decision {
         writeln!(f, "reason:          {}", self.reason)?;
         writeln!(f, "matched allows:  {}", list(&self.matched_allows))?;
         writeln!(f, "matched denies:  {}", list(&self.matched_denies))?;
-        match self.limits.max_session {
-            Some(limit) => writeln!(f, "max session:     {}", humantime::format_duration(limit))?,
-            None => writeln!(f, "max session:     none")?,
+        writeln!(f, "max session:     {}", duration(self.limits.max_session))?;
+        if self.is_allowed() {
+            writeln!(f, "idle timeout:    {}", duration(self.limits.idle_timeout))?;
+            writeln!(
+                f,
+                "justification:   {}",
+                if self.limits.require_justification {
+                    "required (break-glass)"
+                } else {
+                    "not required"
+                }
+            )?;
+        }
+        for report in &self.report_only {
+            writeln!(
+                f,
+                "report only:     rule '{}': {} ({})",
+                report.rule, report.condition, report.reason
+            )?;
+        }
+        match self.valid_until {
+            Some(t) => writeln!(
+                f,
+                "valid until:     {}",
+                humantime::format_rfc3339_seconds(t)
+            )?,
+            None => writeln!(f, "valid until:     no time limit")?,
         }
         write!(f, "policy version:  {}", self.policy_version)
     }
 }
 
-/// Which rules can apply to which endpoint.
-///
-/// `"*"` rules are kept in one list rather than copied into every endpoint's list: copying would
-/// cost rules × endpoints entries (10,000 × 10,000 at the limits). Evaluation merges the two
-/// sorted lists, so rules are still visited in file order without allocating.
+/// Subject key of "every authenticated user" (`groups = ["*"]`).
+const EVERYONE: u32 = 0;
+
+/// Rules by subject for one endpoint (or for "every endpoint"): `keys` ascending, and the
+/// rules of `keys[i]` are `rules[starts[i]..starts[i + 1]]`, ascending.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct RuleIndex {
-    /// For each endpoint (same order as the policy's endpoints), the rules that name it,
-    /// ascending.
-    by_endpoint: Vec<Vec<usize>>,
-    /// Rules that cover every endpoint, ascending.
-    wildcard: Vec<usize>,
+struct SubjectIndex {
+    keys: Box<[u32]>,
+    starts: Box<[u32]>,
+    rules: Box<[u32]>,
 }
 
-impl RuleIndex {
-    /// Builds the index; `endpoint_index` maps a name to its position among the endpoints.
-    pub(crate) fn build<'t>(
-        endpoint_count: usize,
-        targets: impl IntoIterator<Item = &'t Targets>,
-        endpoint_index: impl Fn(&str) -> Option<usize>,
-    ) -> RuleIndex {
-        let mut index = RuleIndex {
-            by_endpoint: vec![Vec::new(); endpoint_count],
-            wildcard: Vec::new(),
+impl SubjectIndex {
+    fn build(mut entries: Vec<(u32, u32)>) -> SubjectIndex {
+        entries.sort_unstable();
+        entries.dedup();
+        let mut keys = Vec::new();
+        let mut starts = Vec::new();
+        let mut rules = Vec::with_capacity(entries.len());
+        for (i, &(key, rule)) in entries.iter().enumerate() {
+            if keys.last() != Some(&key) {
+                keys.push(key);
+                starts.push(u32::try_from(i).unwrap_or(u32::MAX));
+            }
+            rules.push(rule);
+        }
+        starts.push(u32::try_from(entries.len()).unwrap_or(u32::MAX));
+        SubjectIndex {
+            keys: keys.into(),
+            starts: starts.into(),
+            rules: rules.into(),
+        }
+    }
+
+    fn lookup(&self, key: u32) -> &[u32] {
+        let Ok(i) = self.keys.binary_search(&key) else {
+            return &[];
         };
-        for (rule, targets) in targets.into_iter().enumerate() {
-            match targets {
-                Targets::All => index.wildcard.push(rule),
-                Targets::Named(names) => {
-                    for position in names.iter().filter_map(|name| endpoint_index(name)) {
-                        if let Some(list) = index.by_endpoint.get_mut(position) {
-                            // Names within a rule are distinct, so `rule` is pushed at most once.
-                            list.push(rule);
+        let (Some(&a), Some(&b)) = (self.starts.get(i), self.starts.get(i + 1)) else {
+            return &[];
+        };
+        self.rules.get(a as usize..b as usize).unwrap_or(&[])
+    }
+}
+
+/// Claim value → the groups mapped from it.
+type ClaimMap = FastMap<Box<str>, Box<[u32]>>;
+
+/// Everything evaluation needs to find the rules for a request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Index {
+    /// Lowercased user name → user id.
+    user_ids: FastMap<Box<str>, u32>,
+    /// By user id: the groups that list the user explicitly.
+    user_groups: Vec<Box<[u32]>>,
+    /// Value of the `groups` claim → groups mapped from it.
+    groups_claim: ClaimMap,
+    /// Other claims: claim → value → groups.
+    other_claims: FastMap<Box<str>, ClaimMap>,
+    group_count: u32,
+    by_endpoint: Vec<SubjectIndex>,
+    all_endpoints: SubjectIndex,
+}
+
+impl Index {
+    pub(crate) fn build(
+        endpoint_count: usize,
+        groups: &[Group],
+        users: &[String],
+        rules: &[Rule],
+    ) -> Index {
+        let group_count = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+        let mut index = Index {
+            group_count,
+            ..Index::default()
+        };
+        let mut user_groups: Vec<Vec<u32>> = vec![Vec::new(); users.len()];
+        for (i, user) in users.iter().enumerate() {
+            index
+                .user_ids
+                .insert(user.as_str().into(), u32::try_from(i).unwrap_or(u32::MAX));
+        }
+        let mut groups_claim: HashMap<&str, Vec<u32>> = HashMap::new();
+        let mut other: HashMap<&str, HashMap<&str, Vec<u32>>> = HashMap::new();
+        for (g, group) in groups.iter().enumerate() {
+            let g = u32::try_from(g).unwrap_or(u32::MAX);
+            for value in &group.values {
+                if group.claim == "groups" {
+                    groups_claim.entry(value).or_default().push(g);
+                } else {
+                    other
+                        .entry(&group.claim)
+                        .or_default()
+                        .entry(value)
+                        .or_default()
+                        .push(g);
+                }
+            }
+            for user in &group.users {
+                if let Some(&u) = index.user_ids.get(user.as_str()) {
+                    if let Some(list) = user_groups.get_mut(u as usize) {
+                        list.push(g);
+                    }
+                }
+            }
+        }
+        index.user_groups = user_groups.into_iter().map(Into::into).collect();
+        index.groups_claim = groups_claim
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        index.other_claims = other
+            .into_iter()
+            .map(|(claim, values)| {
+                (
+                    claim.into(),
+                    values
+                        .into_iter()
+                        .map(|(k, v)| (k.into(), v.into()))
+                        .collect(),
+                )
+            })
+            .collect();
+
+        let mut by_endpoint: Vec<Vec<(u32, u32)>> = vec![Vec::new(); endpoint_count];
+        let mut all = Vec::new();
+        for (r, rule) in rules.iter().enumerate() {
+            let r = u32::try_from(r).unwrap_or(u32::MAX);
+            let keys = rule_keys(rule, group_count);
+            match &rule.selection {
+                Selection::All => all.extend(keys.iter().map(|&k| (k, r))),
+                Selection::Some(list) => {
+                    for &e in list {
+                        if let Some(entries) = by_endpoint.get_mut(e as usize) {
+                            entries.extend(keys.iter().map(|&k| (k, r)));
                         }
                     }
                 }
             }
         }
+        index.by_endpoint = by_endpoint.into_iter().map(SubjectIndex::build).collect();
+        index.all_endpoints = SubjectIndex::build(all);
         index
     }
 
-    /// The rules that can apply to endpoint `position`, in file order.
-    fn candidates(&self, position: usize) -> impl Iterator<Item = usize> + '_ {
-        let named = self
-            .by_endpoint
-            .get(position)
-            .map_or(&[][..], Vec::as_slice);
-        let wildcard = self.wildcard.as_slice();
-        let (mut i, mut j) = (0, 0);
-        std::iter::from_fn(move || match (named.get(i), wildcard.get(j)) {
-            (Some(&a), Some(&b)) if a < b => {
-                i += 1;
-                Some(a)
+    /// The request's subject keys: everyone, the user, and each group the user is in.
+    fn subject_keys(&self, req: &Request<'_>) -> SmallVec<[u32; 16]> {
+        let mut keys: SmallVec<[u32; 16]> = SmallVec::new();
+        keys.push(EVERYONE);
+        let group_key = |g: u32| 1 + g;
+        if let Some(&u) = self.user_ids.get(&*user_key(req.user)) {
+            keys.push(1 + self.group_count + u);
+            if let Some(groups) = self.user_groups.get(u as usize) {
+                keys.extend(groups.iter().map(|&g| group_key(g)));
             }
-            (_, Some(&b)) => {
-                j += 1;
-                Some(b)
+        }
+        if !self.groups_claim.is_empty() {
+            for value in req.groups {
+                if let Some(groups) = self.groups_claim.get(value.as_str()) {
+                    keys.extend(groups.iter().map(|&g| group_key(g)));
+                }
             }
-            (Some(&a), None) => {
-                i += 1;
-                Some(a)
+        }
+        for &(claim, values) in &req.claims {
+            let map = if claim == "groups" {
+                Some(&self.groups_claim)
+            } else {
+                self.other_claims.get(claim)
+            };
+            if let Some(map) = map {
+                for value in values {
+                    if let Some(groups) = map.get(value.as_str()) {
+                        keys.extend(groups.iter().map(|&g| group_key(g)));
+                    }
+                }
             }
-            (None, None) => None,
-        })
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// The rules that can apply to endpoint `position` for these subject keys, in file order.
+    fn candidates(&self, position: usize, keys: &[u32]) -> SmallVec<[u32; 32]> {
+        let mut out: SmallVec<[u32; 32]> = SmallVec::new();
+        let mut slices = 0;
+        for index in [self.by_endpoint.get(position), Some(&self.all_endpoints)]
+            .into_iter()
+            .flatten()
+        {
+            for &key in keys {
+                let rules = index.lookup(key);
+                if !rules.is_empty() {
+                    slices += 1;
+                    out.extend_from_slice(rules);
+                }
+            }
+        }
+        if slices > 1 {
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
+    }
+}
+
+/// A rule's subject keys.
+fn rule_keys(rule: &Rule, group_count: u32) -> SmallVec<[u32; 8]> {
+    let mut keys = SmallVec::new();
+    if rule.subjects.everyone {
+        keys.push(EVERYONE);
+    }
+    keys.extend(rule.subjects.groups.iter().map(|&g| 1 + g));
+    keys.extend(rule.subjects.users.iter().map(|&u| 1 + group_count + u));
+    keys
+}
+
+/// Whether a condition holds for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Met,
+    NotMet,
+    /// The request lacks the fact the condition needs.
+    Unknown,
+}
+
+impl Outcome {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Met => "met",
+            Outcome::NotMet => "not met",
+            Outcome::Unknown => "unknown",
+        }
+    }
+}
+
+/// Per-request evaluation state: the instant, and local times computed so far.
+pub(crate) struct Context<'r, 'a> {
+    pub(crate) req: &'r Request<'a>,
+    /// `req.at` in whole Unix seconds (earlier instants clamp to 0).
+    pub(crate) now: i64,
+    zones: SmallVec<[(*const Zone, LocalTime); 2]>,
+}
+
+impl<'r, 'a> Context<'r, 'a> {
+    pub(crate) fn new(req: &'r Request<'a>) -> Self {
+        Context {
+            req,
+            now: unix_seconds(req.at),
+            zones: SmallVec::new(),
+        }
+    }
+
+    fn local(&mut self, zone: &Arc<Zone>) -> LocalTime {
+        let key = Arc::as_ptr(zone);
+        if let Some((_, local)) = self.zones.iter().find(|(z, _)| *z == key) {
+            return *local;
+        }
+        let local = zone.week_second(self.now);
+        self.zones.push((key, local));
+        local
+    }
+}
+
+pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+fn system_time(secs: i64) -> Option<SystemTime> {
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+/// A check's outcome, and for timed checks the next instant at which it may change (`None`:
+/// never, for this request).
+pub(crate) fn check(check: &Check, cx: &mut Context<'_, '_>) -> (Outcome, Option<i64>) {
+    let req = cx.req;
+    let met = |ok: bool| if ok { Outcome::Met } else { Outcome::NotMet };
+    match check {
+        Check::Valid { from, until } => {
+            let now = cx.now;
+            match (from, until) {
+                (Some((f, _)), _) if now < *f => (Outcome::NotMet, Some(*f)),
+                (_, Some((u, _))) if now >= *u => (Outcome::NotMet, None),
+                (_, until) => (Outcome::Met, until.as_ref().map(|(u, _)| *u)),
+            }
+        }
+        Check::Windows(schedule) => {
+            let local = cx.local(&schedule.zone);
+            let (inside, next) = schedule.state_at_local(cx.now, local);
+            (met(inside), next)
+        }
+        Check::Source { allow, deny } => match req.source {
+            None => (Outcome::Unknown, None),
+            Some(ip) => {
+                let allowed = allow.is_empty() || allow.iter().any(|n| n.contains(&ip));
+                let denied = deny.iter().any(|n| n.contains(&ip));
+                (met(allowed && !denied), None)
+            }
+        },
+        Check::Mfa(want) => match req.auth {
+            None => (Outcome::Unknown, None),
+            Some(auth) => (met(auth.mfa == *want), None),
+        },
+        Check::MaxAge(max) => match req.auth.and_then(|a| a.auth_time) {
+            None => (Outcome::Unknown, None),
+            Some(auth_time) => {
+                let signed_in = unix_seconds(auth_time);
+                let max = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
+                // Younger than `max`: at exactly `max` old the sign-in has expired.
+                let expires = signed_in.saturating_add(max);
+                if cx.now < expires {
+                    (Outcome::Met, Some(expires))
+                } else {
+                    (Outcome::NotMet, None)
+                }
+            }
+        },
+        Check::Registered(want) => device(req, |d| d.registered == *want),
+        Check::Approved(want) => device(req, |d| d.approved == *want),
+        Check::UserVerified(want) => device(req, |d| d.user_verified == *want),
+        Check::Posture { key, values } => match req.device.map(|d| d.posture.get(key.as_str())) {
+            None | Some(None) => (Outcome::Unknown, None),
+            Some(Some(value)) => (met(values.iter().any(|v| v == value)), None),
+        },
+        Check::Justification => (met(req.justification.is_some()), None),
+    }
+}
+
+fn device(req: &Request<'_>, ok: impl Fn(&DeviceFacts) -> bool) -> (Outcome, Option<i64>) {
+    match req.device {
+        None => (Outcome::Unknown, None),
+        Some(d) => (if ok(d) { Outcome::Met } else { Outcome::NotMet }, None),
+    }
+}
+
+/// How one candidate rule fared.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RuleOutcome {
+    pub(crate) matched: bool,
+    /// The first enforced condition that stopped the rule, and its outcome.
+    pub(crate) failed: Option<(usize, Outcome)>,
+    /// The earliest instant at which the rule's match could change with time alone.
+    pub(crate) edge: Option<i64>,
+}
+
+/// Evaluates a candidate rule's conditions. Allow rules need every enforced condition met;
+/// deny rules apply unless an enforced condition is *known* not to hold, so a missing fact
+/// never lifts a deny. Report-only conditions that do not hold are passed to `report`.
+pub(crate) fn evaluate_rule(
+    rule: &Rule,
+    cx: &mut Context<'_, '_>,
+    mut report: impl FnMut(usize, Outcome),
+) -> RuleOutcome {
+    let mut outcome = RuleOutcome {
+        matched: true,
+        failed: None,
+        edge: None,
+    };
+    if rule.conditions.is_empty() {
+        return outcome;
+    }
+    let deny = rule.effect == Effect::Deny;
+    // Earliest change among timed conditions that hold; latest among those that do not.
+    let mut holding_edge: Option<i64> = None;
+    let mut failing_edge: Option<i64> = None;
+    let mut stuck = false;
+    for (i, condition) in rule.conditions.iter().enumerate() {
+        let (result, next) = check(&condition.check, cx);
+        if condition.report {
+            if result != Outcome::Met {
+                report(i, result);
+            }
+            continue;
+        }
+        let blocks = if deny {
+            result == Outcome::NotMet
+        } else {
+            result != Outcome::Met
+        };
+        let timed = condition.check.is_timed();
+        if blocks {
+            outcome.matched = false;
+            outcome.failed.get_or_insert((i, result));
+            match (timed, next) {
+                (true, Some(t)) => failing_edge = Some(failing_edge.map_or(t, |e| e.max(t))),
+                _ => stuck = true,
+            }
+        } else if let (true, Some(t)) = (timed, next) {
+            holding_edge = Some(holding_edge.map_or(t, |e| e.min(t)));
+        }
+    }
+    outcome.edge = if outcome.matched {
+        holding_edge
+    } else if stuck {
+        None
+    } else {
+        failing_edge
+    };
+    outcome
+}
+
+fn min_edge(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
     }
 }
 
 impl Policy {
     /// Decides a request: default deny, deny overrides allow.
     ///
-    /// * Unknown endpoint: deny, no rule.
+    /// * Unknown endpoint, or a port outside the endpoint's ports: deny, no rule.
+    /// * A rule is a candidate when it names the endpoint (by name, pattern, label or egress
+    ///   class) and the request's user, one of its groups, or everyone (`"*"`).
+    /// * A candidate allow rule matches when every enforced condition is met; a candidate deny
+    ///   rule matches unless an enforced condition is known not to hold. A condition whose fact
+    ///   the request lacks (no device facts, no source address, no sign-in time) is *unknown*:
+    ///   it never lets an allow match, and never lifts a deny.
     /// * Any matching deny rule: deny by the first one in file order.
     /// * Otherwise any matching allow rule: allow by the first one, with its limits.
-    /// * Otherwise: deny, no rule.
+    /// * Otherwise: deny, no rule; the reason says what the first candidate allow rule lacked
+    ///   ("Denied: access to truro-pacs-web for locums is only Mon–Fri 18:00–08:00
+    ///   Europe/London"), or that no rule names the user.
     ///
-    /// A rule matches when the request's user is among its `users` (ASCII case-insensitive) or
-    /// any of the request's groups is among its `groups` (exact), and it covers the endpoint.
+    /// Time is `req.at`; the clock is never read.
     pub fn evaluate(&self, req: &Request<'_>) -> Decision {
         let Some(position) = self.endpoint_position(req.endpoint) else {
             return self.deny(
@@ -207,73 +724,198 @@ impl Policy {
                 Vec::new(),
             );
         };
+        if let (Some(port), Some(endpoint)) = (req.port, self.endpoints.get(position)) {
+            if !endpoint.ports.contains(port) {
+                return self.deny(
+                    None,
+                    format!(
+                        "Denied: port {port} is not a port of {} (ports {})",
+                        endpoint.name, endpoint.ports
+                    ),
+                    Vec::new(),
+                    Vec::new(),
+                );
+            }
+        }
 
-        let user = user_key(req.user);
-        let mut first_allow: Option<&Rule> = None;
-        let mut first_deny: Option<&Rule> = None;
-        let mut matched_allows = Vec::new();
-        let mut matched_denies = Vec::new();
-        for rule in self
-            .index
-            .candidates(position)
-            .filter_map(|i| self.rules.get(i))
-            .filter(|rule| rule.matches_subject(&user, req.groups))
-        {
-            match rule.effect {
-                Effect::Allow => {
-                    first_allow.get_or_insert(rule);
-                    matched_allows.push(rule.id.clone());
+        let keys = self.index.subject_keys(req);
+        let candidates = self.index.candidates(position, &keys);
+        let mut cx = Context::new(req);
+        let mut allows: SmallVec<[u32; 8]> = SmallVec::new();
+        let mut denies: SmallVec<[u32; 8]> = SmallVec::new();
+        let mut reports: SmallVec<[(u32, u16, Outcome); 4]> = SmallVec::new();
+        let mut near_miss: Option<(u32, usize, Outcome)> = None;
+        // Edges: of every candidate; of candidates that can still change the outcome given
+        // what decided it (computed below).
+        let mut edges: SmallVec<[(u32, Option<i64>); 8]> = SmallVec::new();
+
+        for &r in &candidates {
+            let Some(rule) = self.rules.get(r as usize) else {
+                continue;
+            };
+            let before = reports.len();
+            let outcome = evaluate_rule(rule, &mut cx, |i, o| {
+                reports.push((r, u16::try_from(i).unwrap_or(u16::MAX), o));
+            });
+            if outcome.edge.is_some() || !edges.is_empty() {
+                edges.push((r, outcome.edge));
+            }
+            if outcome.matched {
+                match rule.effect {
+                    Effect::Allow => allows.push(r),
+                    Effect::Deny => denies.push(r),
                 }
-                Effect::Deny => {
-                    first_deny.get_or_insert(rule);
-                    matched_denies.push(rule.id.clone());
+            } else {
+                reports.truncate(before);
+                if rule.effect == Effect::Allow && near_miss.is_none() {
+                    if let Some((i, o)) = outcome.failed {
+                        near_miss = Some((r, i, o));
+                    }
                 }
             }
         }
 
-        if let Some(rule) = first_deny {
-            let reason = match &rule.description {
-                Some(description) => format!("denied by rule '{}': {description}", rule.id),
-                None => format!("denied by rule '{}'", rule.id),
-            };
-            return self.deny(
-                Some(rule.id.clone()),
-                reason,
-                matched_allows,
-                matched_denies,
-            );
-        }
-        if let Some(rule) = first_allow {
-            return Decision {
-                effect: Effect::Allow,
-                rule: Some(rule.id.clone()),
-                reason: format!("allowed by rule '{}'", rule.id),
-                limits: Limits {
-                    max_session: rule.max_session,
+        let (effect, decider) = match (denies.first(), allows.first()) {
+            (Some(&d), _) => (Effect::Deny, Some(d)),
+            (None, Some(&a)) => (Effect::Allow, Some(a)),
+            (None, None) => (Effect::Deny, None),
+        };
+        let valid_until = self.valid_until(effect, decider, &edges);
+
+        let ids = |list: &[u32]| -> Vec<String> {
+            list.iter()
+                .filter_map(|&r| self.rules.get(r as usize))
+                .map(|rule| rule.id.clone())
+                .collect()
+        };
+        let report_only = reports
+            .iter()
+            .filter_map(|&(r, i, o)| {
+                let rule = self.rules.get(r as usize)?;
+                let condition = rule.conditions.get(usize::from(i))?;
+                Some(ReportOnly {
+                    rule: rule.id.clone(),
+                    condition: condition.check.name(),
+                    reason: detail(&condition.check, o, &mut cx),
+                })
+            })
+            .collect();
+
+        let decider_rule = decider.and_then(|r| self.rules.get(r as usize));
+        let (reason, limits) = match (effect, decider_rule) {
+            (Effect::Allow, Some(rule)) => (
+                rule.reason.clone(),
+                Limits {
+                    max_session: rule.limits.max_session,
+                    idle_timeout: rule.limits.idle_timeout,
+                    require_justification: rule.limits.require_justification,
                 },
-                matched_allows,
-                matched_denies,
-                policy_version: self.version.clone(),
-            };
+            ),
+            (Effect::Deny, Some(rule)) => (rule.reason.clone(), Limits::default()),
+            (_, None) => (
+                self.default_deny_reason(req, position, &keys, near_miss, &mut cx),
+                Limits::default(),
+            ),
+        };
+        Decision {
+            effect,
+            rule: decider_rule.map(|rule| rule.id.clone()),
+            reason,
+            limits,
+            matched_allows: ids(&allows),
+            matched_denies: ids(&denies),
+            report_only,
+            valid_until,
+            policy_version: self.version.clone(),
+        }
+    }
+
+    /// See [`Decision::valid_until`]. A deny by a rule that time cannot lift stays a deny; only
+    /// an earlier deny starting to match could change its deciding rule. An allow can change
+    /// when a deny or an earlier allow starts to match, or when the allow itself stops.
+    fn valid_until(
+        &self,
+        effect: Effect,
+        decider: Option<u32>,
+        edges: &[(u32, Option<i64>)],
+    ) -> Option<SystemTime> {
+        let edge_of = |r: u32| edges.iter().find(|(e, _)| *e == r).and_then(|(_, e)| *e);
+        let is_deny = |r: u32| {
+            self.rules
+                .get(r as usize)
+                .is_some_and(|rule| rule.effect == Effect::Deny)
+        };
+        let edge = match (effect, decider) {
+            (Effect::Deny, Some(d)) if edge_of(d).is_none() => edges
+                .iter()
+                .filter(|(r, _)| *r < d && is_deny(*r))
+                .fold(None, |acc, (_, e)| min_edge(acc, *e)),
+            (Effect::Allow, Some(a)) => edges
+                .iter()
+                .filter(|(r, _)| *r <= a || is_deny(*r))
+                .fold(None, |acc, (_, e)| min_edge(acc, *e)),
+            _ => edges.iter().fold(None, |acc, (_, e)| min_edge(acc, *e)),
+        };
+        edge.and_then(system_time)
+    }
+
+    fn default_deny_reason(
+        &self,
+        req: &Request<'_>,
+        position: usize,
+        keys: &[u32],
+        near_miss: Option<(u32, usize, Outcome)>,
+        cx: &mut Context<'_, '_>,
+    ) -> String {
+        if let Some((r, i, outcome)) = near_miss {
+            if let (Some(rule), Some(endpoint)) =
+                (self.rules.get(r as usize), self.endpoints.get(position))
+            {
+                if let Some(condition) = rule.conditions.get(i) {
+                    return format!(
+                        "Denied: access to {} for {} {}",
+                        endpoint.name,
+                        self.who(rule, keys, req),
+                        requirement(&condition.check, outcome, cx)
+                    );
+                }
+            }
         }
         let groups = if req.groups.is_empty() {
             "none".to_owned()
         } else {
             bounded_list(req.groups.iter().map(String::as_str), REASON_GROUPS_MAX)
         };
-        self.deny(
-            None,
-            format!(
-                "no rule allows user '{}' (groups: {groups}) to reach '{}'",
-                Quoted(req.user),
-                Quoted(req.endpoint)
-            ),
-            matched_allows,
-            matched_denies,
+        format!(
+            "no rule allows user '{}' (groups: {groups}) to reach '{}'",
+            Quoted(req.user),
+            Quoted(req.endpoint)
         )
     }
 
-    fn deny(
+    /// How a rule's subject matched the request, for reasons: a group name, the user, or
+    /// everyone.
+    fn who(&self, rule: &Rule, keys: &[u32], req: &Request<'_>) -> String {
+        let group_count = self.groups.len();
+        if let Some(group) = rule
+            .subjects
+            .groups
+            .iter()
+            .find(|&&g| keys.binary_search(&(1 + g)).is_ok())
+            .and_then(|&g| self.groups.get(g as usize))
+        {
+            return group.name.clone();
+        }
+        if rule.subjects.users.iter().any(|&u| {
+            let key = u32::try_from(group_count).unwrap_or(u32::MAX) + 1 + u;
+            keys.binary_search(&key).is_ok()
+        }) {
+            return format!("user '{}'", Quoted(req.user));
+        }
+        "everyone".to_owned()
+    }
+
+    pub(crate) fn deny(
         &self,
         rule: Option<String>,
         reason: String,
@@ -287,49 +929,347 @@ impl Policy {
             limits: Limits::default(),
             matched_allows,
             matched_denies,
+            report_only: Vec::new(),
+            valid_until: None,
             policy_version: self.version.clone(),
+        }
+    }
+
+    /// The decision with its full trace: every candidate rule and each of its conditions.
+    pub fn explain(&self, req: &Request<'_>) -> Explanation {
+        let decision = self.evaluate(req);
+        let mut rules = Vec::new();
+        let mut other_rules = self.rules.len();
+        if let Some(position) = self.endpoint_position(req.endpoint) {
+            let keys = self.index.subject_keys(req);
+            let candidates = self.index.candidates(position, &keys);
+            other_rules -= candidates.len();
+            let mut cx = Context::new(req);
+            for &r in &candidates {
+                let Some(rule) = self.rules.get(r as usize) else {
+                    continue;
+                };
+                let outcome = evaluate_rule(rule, &mut cx, |_, _| {});
+                let conditions = rule
+                    .conditions
+                    .iter()
+                    .map(|c| {
+                        let (o, _) = check(&c.check, &mut cx);
+                        ConditionTrace {
+                            condition: c.check.name(),
+                            outcome: o.as_str(),
+                            detail: detail(&c.check, o, &mut cx),
+                            report_only: c.report,
+                        }
+                    })
+                    .collect();
+                rules.push(RuleTrace {
+                    rule: rule.id.clone(),
+                    description: rule.description.clone(),
+                    effect: rule.effect,
+                    selects: rule.selector.to_string(),
+                    location: format!(
+                        "{}:{}",
+                        self.origins.get(rule.file).map_or("?", String::as_str),
+                        rule.line
+                    ),
+                    matched: outcome.matched,
+                    conditions,
+                });
+            }
+        }
+        Explanation {
+            decision,
+            rules,
+            other_rules,
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// [`Policy::explain`]'s answer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Explanation {
+    /// The decision, exactly as [`Policy::evaluate`] returns it.
+    pub decision: Decision,
+    /// Every rule that names the endpoint and the user (or one of their groups, or everyone),
+    /// in file order.
+    pub rules: Vec<RuleTrace>,
+    /// How many other rules the policy has (they name other endpoints or other people).
+    pub other_rules: usize,
+}
 
-    fn index(targets: &[Targets], endpoints: &[&str]) -> RuleIndex {
-        RuleIndex::build(endpoints.len(), targets, |name| {
-            endpoints.iter().position(|e| *e == name)
-        })
+/// One candidate rule in an [`Explanation`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RuleTrace {
+    /// The rule's id.
+    pub rule: String,
+    /// The rule's description, if it has one.
+    pub description: Option<String>,
+    /// Allow or deny.
+    pub effect: Effect,
+    /// How the rule selects endpoints, as written.
+    pub selects: String,
+    /// `file:line` where the rule is written.
+    pub location: String,
+    /// Whether the rule matched (its enforced conditions allowed it to).
+    pub matched: bool,
+    /// Each condition, in evaluation order.
+    pub conditions: Vec<ConditionTrace>,
+}
+
+/// One condition in a [`RuleTrace`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConditionTrace {
+    /// The condition's name, as `report_only` writes it.
+    pub condition: String,
+    /// `met`, `not met` or `unknown` (the request lacks the fact).
+    pub outcome: &'static str,
+    /// What was compared, for people.
+    pub detail: String,
+    /// Whether the condition is only reported.
+    pub report_only: bool,
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.decision)?;
+        writeln!(f)?;
+        if self.rules.is_empty() {
+            writeln!(
+                f,
+                "trace: no rule names this endpoint for this user or their groups"
+            )?;
+        } else {
+            writeln!(
+                f,
+                "trace (rules for this endpoint and user, in file order):"
+            )?;
+        }
+        for rule in &self.rules {
+            writeln!(
+                f,
+                "  {} {} {} ({}) — {}",
+                if rule.matched { "matched" } else { "no match" },
+                rule.effect,
+                rule.rule,
+                rule.location,
+                rule.selects
+            )?;
+            if let Some(description) = &rule.description {
+                writeln!(f, "      \"{description}\"")?;
+            }
+            if rule.conditions.is_empty() {
+                writeln!(f, "      no conditions")?;
+            }
+            for c in &rule.conditions {
+                writeln!(
+                    f,
+                    "      {:<24} {:<8} {}{}",
+                    c.condition,
+                    c.outcome,
+                    c.detail,
+                    if c.report_only { "  [report only]" } else { "" }
+                )?;
+            }
+        }
+        write!(
+            f,
+            "  ({} other rule{} name other endpoints or other people)",
+            self.other_rules,
+            if self.other_rules == 1 { "" } else { "s" }
+        )
     }
+}
 
-    #[test]
-    fn candidates_merge_named_and_wildcard_rules_in_file_order() {
-        let targets = [
-            Targets::Named(vec!["a".into()]),
-            Targets::All,
-            Targets::Named(vec!["b".into(), "a".into()]),
-            Targets::All,
-            Targets::Named(vec!["b".into()]),
-        ];
-        let index = index(&targets, &["a", "b", "c"]);
-        assert_eq!(index.candidates(0).collect::<Vec<_>>(), [0, 1, 2, 3]);
-        assert_eq!(index.candidates(1).collect::<Vec<_>>(), [1, 2, 3, 4]);
-        assert_eq!(index.candidates(2).collect::<Vec<_>>(), [1, 3]);
-        assert_eq!(index.candidates(9).collect::<Vec<_>>(), [1, 3]);
+fn duration_text(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn time_text(secs: i64) -> String {
+    system_time(secs).map_or_else(
+        || secs.to_string(),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    )
+}
+
+/// What a condition compared, for traces and report-only entries.
+pub(crate) fn detail(check: &Check, outcome: Outcome, cx: &mut Context<'_, '_>) -> String {
+    let req = cx.req;
+    match (check, outcome) {
+        (Check::Valid { from, until }, _) => {
+            let range = match (from, until) {
+                (Some((_, f)), Some((_, u))) => format!("valid from {f} until {u}"),
+                (Some((_, f)), None) => format!("valid from {f}"),
+                (None, Some((_, u))) => format!("valid until {u}"),
+                (None, None) => "always valid".into(),
+            };
+            format!("{range}; now {}", time_text(cx.now))
+        }
+        (Check::Windows(schedule), o) => format!(
+            "{} {}",
+            if o == Outcome::Met {
+                "inside"
+            } else {
+                "outside"
+            },
+            schedule.describe()
+        ),
+        (Check::Source { .. }, Outcome::Unknown) => "the request has no source address".into(),
+        (Check::Source { allow, deny }, o) => {
+            let ip = req.source.map(|ip| ip.to_string()).unwrap_or_default();
+            if o == Outcome::Met {
+                format!("source {ip} is allowed")
+            } else if deny
+                .iter()
+                .any(|n| req.source.is_some_and(|s| n.contains(&s)))
+            {
+                format!("source {ip} is in a denied network")
+            } else {
+                format!(
+                    "source {ip} is not in {}",
+                    bounded_list(
+                        allow
+                            .iter()
+                            .map(|n| n.to_string())
+                            .collect::<Vec<_>>()
+                            .iter()
+                            .map(String::as_str),
+                        5
+                    )
+                )
+            }
+        }
+        (Check::Mfa(_), Outcome::Unknown) => "the request says nothing about the sign-in".into(),
+        (Check::Mfa(want), _) => {
+            let used = req.auth.is_some_and(|a| a.mfa);
+            format!(
+                "sign-in {} multi-factor authentication (required: {})",
+                if used { "used" } else { "did not use" },
+                if *want { "yes" } else { "no" }
+            )
+        }
+        (Check::MaxAge(max), Outcome::Unknown) => {
+            format!(
+                "sign-in time unknown (at most {} ago required)",
+                duration_text(*max)
+            )
+        }
+        (Check::MaxAge(max), _) => {
+            let signed_in = req.auth.and_then(|a| a.auth_time).map_or(0, unix_seconds);
+            let age = u64::try_from(cx.now.saturating_sub(signed_in)).unwrap_or(0);
+            format!(
+                "signed in {} ago (at most {})",
+                duration_text(Duration::from_secs(age)),
+                duration_text(*max)
+            )
+        }
+        (Check::Registered(_) | Check::Approved(_) | Check::UserVerified(_), Outcome::Unknown) => {
+            "the request carries no device facts".into()
+        }
+        (Check::Registered(want), _) => device_text(
+            "registered",
+            *want,
+            req.device.is_some_and(|d| d.registered),
+        ),
+        (Check::Approved(want), _) => {
+            device_text("approved", *want, req.device.is_some_and(|d| d.approved))
+        }
+        (Check::UserVerified(want), _) => device_text(
+            "user-verified",
+            *want,
+            req.device.is_some_and(|d| d.user_verified),
+        ),
+        (Check::Posture { key, values }, Outcome::Unknown) => format!(
+            "device posture '{key}' is not reported (accepted: {})",
+            values.join(", ")
+        ),
+        (Check::Posture { key, values }, _) => {
+            let value = req
+                .device
+                .and_then(|d| d.posture.get(key.as_str()))
+                .map(String::as_str)
+                .unwrap_or_default();
+            format!(
+                "device posture '{key}' is '{}' (accepted: {})",
+                Quoted(value),
+                values.join(", ")
+            )
+        }
+        (Check::Justification, Outcome::Met) => "a justification was given".into(),
+        (Check::Justification, _) => "no justification was given".into(),
     }
+}
 
-    #[test]
-    fn limits_serialize_as_humantime() {
-        let limits = Limits {
-            max_session: Some(Duration::from_secs(4 * 3600 + 1800)),
-        };
-        assert_eq!(
-            serde_json::to_string(&limits).unwrap(),
-            r#"{"max_session":"4h 30m"}"#
-        );
-        assert_eq!(
-            serde_json::to_string(&Limits::default()).unwrap(),
-            r#"{"max_session":null}"#
-        );
+fn device_text(what: &str, want: bool, actual: bool) -> String {
+    format!(
+        "the device is {}{what} (required: {})",
+        if actual { "" } else { "not " },
+        if want {
+            what.to_owned()
+        } else {
+            format!("not {what}")
+        }
+    )
+}
+
+/// The end of a default-deny sentence: what the nearest allow rule requires.
+fn requirement(check: &Check, outcome: Outcome, cx: &mut Context<'_, '_>) -> String {
+    let req = cx.req;
+    let unknown = outcome == Outcome::Unknown;
+    match check {
+        Check::Valid { from, until } => match (from, until) {
+            (Some((_, f)), Some((_, u))) => format!("is valid only from {f} until {u}"),
+            (Some((_, f)), None) => format!("is valid only from {f}"),
+            (None, Some((_, u))) => format!("ended at {u}"),
+            (None, None) => "is not valid".into(),
+        },
+        Check::Windows(schedule) => format!("is only {}", schedule.describe()),
+        Check::Source { .. } if unknown => "needs the client's address, which is unknown".into(),
+        Check::Source { .. } => format!(
+            "is not allowed from {}",
+            req.source.map(|s| s.to_string()).unwrap_or_default()
+        ),
+        Check::Mfa(true) => "requires multi-factor sign-in".into(),
+        Check::Mfa(false) => "is only for sign-ins without multi-factor authentication".into(),
+        Check::MaxAge(max) if unknown => format!(
+            "requires a sign-in within the last {}; the sign-in time is unknown",
+            duration_text(*max)
+        ),
+        Check::MaxAge(max) => {
+            let signed_in = req.auth.and_then(|a| a.auth_time).map_or(0, unix_seconds);
+            let age = u64::try_from(cx.now.saturating_sub(signed_in)).unwrap_or(0);
+            format!(
+                "requires a sign-in within the last {}; the last was {} ago",
+                duration_text(*max),
+                duration_text(Duration::from_secs(age))
+            )
+        }
+        Check::Registered(want) => device_requirement("registered", *want, unknown),
+        Check::Approved(want) => device_requirement("approved", *want, unknown),
+        Check::UserVerified(want) => device_requirement("user-verified", *want, unknown),
+        Check::Posture { key, values } => format!(
+            "requires device posture '{key}' to be {}{}",
+            values.join(" or "),
+            if unknown {
+                "; the device did not report it"
+            } else {
+                ""
+            }
+        ),
+        Check::Justification => "requires a justification (break-glass access)".into(),
+    }
+}
+
+fn device_requirement(what: &str, want: bool, unknown: bool) -> String {
+    let article = if what.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    match (want, unknown) {
+        (true, true) => format!("requires {article} {what} device; the device is unknown"),
+        (true, false) => format!("requires {article} {what} device; this device is not {what}"),
+        (false, true) => format!("is only for devices that are not {what}; the device is unknown"),
+        (false, false) => format!("is only for devices that are not {what}"),
     }
 }

@@ -1,10 +1,8 @@
 //! The resolved runtime types: what a policy means once every value has been checked.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
 /// A service behind a connector that users may be allowed to reach.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -15,12 +13,76 @@ pub struct Endpoint {
     pub site: String,
     /// IP address or DNS name the connector dials.
     pub host: String,
-    /// TCP port the connector dials, 1..=65535.
+    /// TCP port the connector dials, 1..=65535: the endpoint's only port, or the first of
+    /// [`Endpoint::ports`] when the policy gives a range.
     pub port: u16,
+    /// Every port a client may ask for on this endpoint (`first..=last`); `port..=port` when the
+    /// policy gives a single port. For services that listen on a block of ports (a viewer that
+    /// opens one port per session, a DICOM node with several AEs on consecutive ports).
+    pub ports: PortRange,
     /// What runs there; lets the gateway pick protocol-aware handling and audit wording.
     pub protocol: Protocol,
+    /// Whether data can leave the hospital through this endpoint; rules select endpoints by it
+    /// (typically: `data` endpoints only from approved devices).
+    pub egress: Egress,
+    /// Free labels (`pacs`, `truro`, `reporting`) that rules use to select many endpoints at
+    /// once. Sorted, without repeats.
+    pub labels: Vec<String>,
     /// Free text for people reading the policy or an access list.
     pub description: Option<String>,
+}
+
+/// An inclusive range of TCP ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct PortRange {
+    /// The first port, 1..=65535.
+    pub first: u16,
+    /// The last port, `first..=65535`.
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Whether `port` is in the range.
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// What can leave the hospital through an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    /// Pixels only: the data stays in the hospital (RDP to a reporting PC, a streaming viewer).
+    Display,
+    /// Data reaches the client (DICOM retrieves, file downloads). The default, being the cautious
+    /// choice for an endpoint nobody classified.
+    Data,
+}
+
+impl Egress {
+    /// `display` or `data`, as written in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Egress::Display => "display",
+            Egress::Data => "data",
+        }
+    }
+}
+
+impl fmt::Display for Egress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The application protocol spoken by an endpoint.
@@ -102,31 +164,6 @@ impl Effect {
 impl fmt::Display for Effect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// A validated rule. Which endpoints it covers lives in the policy's index, not here.
-#[derive(Debug, Clone)]
-pub(crate) struct Rule {
-    pub(crate) id: String,
-    pub(crate) effect: Effect,
-    /// Matches a request whose groups include any of these (exact comparison: group names come
-    /// from IdP claims and may be opaque ids).
-    pub(crate) groups: HashSet<String>,
-    /// Matches a request from any of these users, stored ASCII-lowercased: user names are
-    /// e-mail addresses and IdPs do not agree on their case. Sets, because a rule may list
-    /// thousands of users and evaluation should not scan them.
-    pub(crate) users: HashSet<String>,
-    /// For allow rules, the session limit after defaults were applied; `None` for deny rules.
-    pub(crate) max_session: Option<Duration>,
-    pub(crate) description: Option<String>,
-}
-
-impl Rule {
-    /// Whether the rule's subjects include the requesting user (given as
-    /// [`user_key`]) or any of their groups.
-    pub(crate) fn matches_subject(&self, user_key: &str, groups: &[String]) -> bool {
-        self.users.contains(user_key) || groups.iter().any(|g| self.groups.contains(g))
     }
 }
 

@@ -10,20 +10,25 @@
 //! an unknown protocol is a *validation* error found in stage 2 alongside all the others, rather
 //! than a serde error that would abandon the table. Only a wrong TOML type stops a table here.
 
+use std::collections::BTreeMap;
+
 use serde::de::{DeserializeOwned, IntoDeserializer};
 use serde::Deserialize;
+use toml::value::Datetime;
 use toml::Spanned;
 use toml_edit::{ImDocument, InlineTable, Item, Value};
 
 use crate::error::{Diagnostics, ErrorKind};
 use crate::text::{one_line, suggest, Quoted};
-use crate::{MAX_ENDPOINTS, MAX_RULES};
+use crate::{MAX_ENDPOINTS, MAX_GROUPS, MAX_RULES, MAX_TESTS};
 
 /// The `[defaults]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDefaults {
     pub(crate) max_session: Option<Spanned<String>>,
+    pub(crate) idle_timeout: Option<Spanned<String>>,
+    pub(crate) zone: Option<Spanned<String>>,
 }
 
 /// One `[[endpoints]]` table.
@@ -34,8 +39,56 @@ pub(crate) struct RawEndpoint {
     pub(crate) site: Option<Spanned<String>>,
     pub(crate) host: Option<Spanned<String>>,
     pub(crate) port: Option<Spanned<i64>>,
+    pub(crate) ports: Option<Spanned<String>>,
     pub(crate) protocol: Option<Spanned<String>>,
+    pub(crate) egress: Option<Spanned<String>>,
+    pub(crate) labels: Option<Vec<Spanned<String>>>,
     pub(crate) description: Option<Spanned<String>>,
+}
+
+/// One `[[groups]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGroup {
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) claim: Option<Spanned<String>>,
+    pub(crate) values: Option<Vec<Spanned<String>>>,
+    pub(crate) users: Option<Vec<Spanned<String>>>,
+    pub(crate) description: Option<Spanned<String>>,
+}
+
+/// A rule's `device` table: what the client device must be.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDevice {
+    pub(crate) registered: Option<Spanned<bool>>,
+    pub(crate) approved: Option<Spanned<bool>>,
+    pub(crate) user_verified: Option<Spanned<bool>>,
+    pub(crate) posture: Option<BTreeMap<String, Spanned<StringOrList>>>,
+}
+
+/// A rule's `auth` table: how strongly and how recently the user signed in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuth {
+    pub(crate) mfa: Option<Spanned<bool>>,
+    pub(crate) max_age: Option<Spanned<String>>,
+}
+
+/// A rule's `source` table: which client networks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSource {
+    pub(crate) allow: Option<Vec<Spanned<String>>>,
+    pub(crate) deny: Option<Vec<Spanned<String>>>,
+}
+
+/// A posture fact's accepted values: one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum StringOrList {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// One `[[rules]]` table.
@@ -44,16 +97,61 @@ pub(crate) struct RawEndpoint {
 pub(crate) struct RawRule {
     pub(crate) id: Option<Spanned<String>>,
     pub(crate) effect: Option<Spanned<String>>,
+    pub(crate) description: Option<Spanned<String>>,
     pub(crate) groups: Option<Vec<Spanned<String>>>,
     pub(crate) users: Option<Vec<Spanned<String>>>,
     pub(crate) endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) endpoint_labels: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) egress: Option<Spanned<String>>,
+    pub(crate) zone: Option<Spanned<String>>,
+    pub(crate) windows: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) valid_from: Option<Spanned<Datetime>>,
+    pub(crate) valid_until: Option<Spanned<Datetime>>,
+    pub(crate) device: Option<RawDevice>,
+    pub(crate) auth: Option<RawAuth>,
+    pub(crate) source: Option<RawSource>,
+    pub(crate) report_only: Option<Vec<Spanned<String>>>,
     pub(crate) max_session: Option<Spanned<String>>,
-    pub(crate) description: Option<Spanned<String>>,
+    pub(crate) idle_timeout: Option<Spanned<String>>,
+    pub(crate) require_justification: Option<Spanned<bool>>,
+}
+
+/// Device facts in a test case.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTestDevice {
+    pub(crate) registered: Option<bool>,
+    pub(crate) approved: Option<bool>,
+    pub(crate) user_verified: Option<bool>,
+    pub(crate) posture: Option<BTreeMap<String, String>>,
+}
+
+/// One `[[tests]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTest {
+    pub(crate) name: Option<Spanned<String>>,
+    pub(crate) user: Option<Spanned<String>>,
+    pub(crate) groups: Option<Vec<Spanned<String>>>,
+    pub(crate) claims: Option<BTreeMap<String, Vec<String>>>,
+    pub(crate) endpoint: Option<Spanned<String>>,
+    pub(crate) at: Option<Spanned<Datetime>>,
+    pub(crate) zone: Option<Spanned<String>>,
+    pub(crate) source: Option<Spanned<String>>,
+    pub(crate) device: Option<RawTestDevice>,
+    pub(crate) mfa: Option<Spanned<bool>>,
+    pub(crate) signed_in_ago: Option<Spanned<String>>,
+    pub(crate) justification: Option<Spanned<String>>,
+    pub(crate) expect: Option<Spanned<String>>,
+    pub(crate) rule: Option<Spanned<String>>,
+    pub(crate) reason_contains: Option<Spanned<String>>,
 }
 
 /// A decoded table and where it starts (its `[[header]]`, or the `{` of an inline table).
 #[derive(Debug)]
 pub(crate) struct Located<T> {
+    /// Which file of the policy it is in (position in the list of sources).
+    pub(crate) file: usize,
     pub(crate) at: usize,
     /// 1-based position within its section, to name tables that have no valid name.
     pub(crate) ordinal: usize,
@@ -69,22 +167,34 @@ impl<T> Located<T> {
     }
 }
 
-/// Everything stage 1 could decode.
+/// Everything stage 1 could decode, from one file or from every file of a directory.
 #[derive(Debug, Default)]
 pub(crate) struct RawDocument {
-    pub(crate) defaults: Option<Located<RawDefaults>>,
+    pub(crate) defaults: Vec<Located<RawDefaults>>,
+    pub(crate) groups: Vec<Located<RawGroup>>,
     pub(crate) endpoints: Vec<Located<RawEndpoint>>,
     pub(crate) rules: Vec<Located<RawRule>>,
+    pub(crate) tests: Vec<Located<RawTest>>,
     /// Names written in endpoint tables that failed to decode. Rules that name them are not
     /// reported as referencing an unknown endpoint: the real problem was already reported.
     pub(crate) undecoded_endpoint_names: Vec<String>,
+    /// The same for groups.
+    pub(crate) undecoded_group_names: Vec<String>,
+    /// The same for rules (tests that name them are not reported).
+    pub(crate) undecoded_rule_ids: Vec<String>,
 }
 
-const TOP_LEVEL_KEYS: [&str; 3] = ["defaults", "endpoints", "rules"];
+const TOP_LEVEL_KEYS: [&str; 5] = ["defaults", "groups", "endpoints", "rules", "tests"];
 
-/// Parses `text` and decodes every table it can. Returns `None` when the text is not TOML or a
-/// count limit is exceeded; otherwise returns what decoded, with problems recorded in `diags`.
-pub(crate) fn load(text: &str, diags: &mut Diagnostics) -> Option<RawDocument> {
+/// Parses `text` (file number `file`) and adds every table it can decode to `raw`. Returns
+/// `false` when the text is not TOML or a count limit is exceeded; problems are recorded in
+/// `diags`, which must be set to the same file.
+pub(crate) fn load(
+    text: &str,
+    file: usize,
+    raw: &mut RawDocument,
+    diags: &mut Diagnostics,
+) -> bool {
     let document = match ImDocument::parse(text) {
         Ok(document) => document,
         Err(e) => {
@@ -94,7 +204,7 @@ pub(crate) fn load(text: &str, diags: &mut Diagnostics) -> Option<RawDocument> {
                 format!("invalid TOML: {}", one_line(e.message())),
                 None,
             );
-            return None;
+            return false;
         }
     };
     let mut root = document.into_table();
@@ -115,13 +225,12 @@ pub(crate) fn load(text: &str, diags: &mut Diagnostics) -> Option<RawDocument> {
         });
     }
 
-    let mut raw = RawDocument::default();
-
     if let Some((key_at, item)) = take(&mut root, "defaults") {
         match into_table(item) {
             Some((at, table)) => {
-                if let Some((value, invalid_keys)) = decode::<RawDefaults>(table, at, diags) {
-                    raw.defaults = Some(Located {
+                if let Some((value, invalid_keys)) = decode::<RawDefaults>(table, at, &[], diags) {
+                    raw.defaults.push(Located {
+                        file,
                         at,
                         ordinal: 1,
                         value,
@@ -138,22 +247,47 @@ pub(crate) fn load(text: &str, diags: &mut Diagnostics) -> Option<RawDocument> {
         }
     }
 
-    let endpoints = take(&mut root, "endpoints")
-        .map(|(key_at, item)| section_tables(item, "endpoints", key_at, diags))
-        .unwrap_or_default();
-    let rules = take(&mut root, "rules")
-        .map(|(key_at, item)| section_tables(item, "rules", key_at, diags))
-        .unwrap_or_default();
-    let endpoints_ok = within_limit(&endpoints, MAX_ENDPOINTS, "endpoints", diags);
-    let rules_ok = within_limit(&rules, MAX_RULES, "rules", diags);
-    if !(endpoints_ok && rules_ok) {
-        return None;
+    let mut sections = Vec::new();
+    for (section, limit, total) in [
+        ("groups", MAX_GROUPS, raw.groups.len()),
+        ("endpoints", MAX_ENDPOINTS, raw.endpoints.len()),
+        ("rules", MAX_RULES, raw.rules.len()),
+        ("tests", MAX_TESTS, raw.tests.len()),
+    ] {
+        let tables = take(&mut root, section)
+            .map(|(key_at, item)| section_tables(item, section, key_at, diags))
+            .unwrap_or_default();
+        if !within_limit(&tables, limit.saturating_sub(total), limit, section, diags) {
+            return false;
+        }
+        sections.push(tables);
     }
+    let mut sections = sections.into_iter();
+    let (groups, endpoints, rules, tests) = (
+        sections.next().unwrap_or_default(),
+        sections.next().unwrap_or_default(),
+        sections.next().unwrap_or_default(),
+        sections.next().unwrap_or_default(),
+    );
 
+    for (index, (at, table)) in groups.into_iter().enumerate() {
+        let name = table.get("name").and_then(Value::as_str).map(str::to_owned);
+        match decode::<RawGroup>(table, at, &[], diags) {
+            Some((value, invalid_keys)) => raw.groups.push(Located {
+                file,
+                at,
+                ordinal: index + 1,
+                value,
+                invalid_keys,
+            }),
+            None => raw.undecoded_group_names.extend(name),
+        }
+    }
     for (index, (at, table)) in endpoints.into_iter().enumerate() {
         let name = table.get("name").and_then(Value::as_str).map(str::to_owned);
-        match decode::<RawEndpoint>(table, at, diags) {
+        match decode::<RawEndpoint>(table, at, &[], diags) {
             Some((value, invalid_keys)) => raw.endpoints.push(Located {
+                file,
                 at,
                 ordinal: index + 1,
                 value,
@@ -162,9 +296,29 @@ pub(crate) fn load(text: &str, diags: &mut Diagnostics) -> Option<RawDocument> {
             None => raw.undecoded_endpoint_names.extend(name),
         }
     }
+    let rule_nested = [
+        ("device", struct_fields::<RawDevice>()),
+        ("auth", struct_fields::<RawAuth>()),
+        ("source", struct_fields::<RawSource>()),
+    ];
     for (index, (at, table)) in rules.into_iter().enumerate() {
-        if let Some((value, invalid_keys)) = decode::<RawRule>(table, at, diags) {
-            raw.rules.push(Located {
+        let id = table.get("id").and_then(Value::as_str).map(str::to_owned);
+        match decode::<RawRule>(table, at, &rule_nested, diags) {
+            Some((value, invalid_keys)) => raw.rules.push(Located {
+                file,
+                at,
+                ordinal: index + 1,
+                value,
+                invalid_keys,
+            }),
+            None => raw.undecoded_rule_ids.extend(id),
+        }
+    }
+    let test_nested = [("device", struct_fields::<RawTestDevice>())];
+    for (index, (at, table)) in tests.into_iter().enumerate() {
+        if let Some((value, invalid_keys)) = decode::<RawTest>(table, at, &test_nested, diags) {
+            raw.tests.push(Located {
+                file,
                 at,
                 ordinal: index + 1,
                 value,
@@ -172,7 +326,7 @@ pub(crate) fn load(text: &str, diags: &mut Diagnostics) -> Option<RawDocument> {
             });
         }
     }
-    Some(raw)
+    true
 }
 
 /// Removes `key` from the root table, returning where the key is written and its item.
@@ -246,21 +400,23 @@ fn section_tables(
     }
 }
 
+/// Whether `tables` fit in what is left (`remaining`) of the policy-wide `limit`.
 fn within_limit(
     tables: &[(usize, InlineTable)],
+    remaining: usize,
     limit: usize,
     section: &str,
     diags: &mut Diagnostics,
 ) -> bool {
-    match tables.get(limit) {
+    match tables.get(remaining) {
         None => true,
         Some((at, _)) => {
             diags.push(
                 ErrorKind::LimitExceeded,
                 *at,
                 format!(
-                    "too many {section}: {} (the limit is {limit})",
-                    tables.len()
+                    "too many {section}: {} (the limit is {limit} in the whole policy)",
+                    tables.len() + (limit - remaining)
                 ),
                 Some("split the deployment or merge similar entries".into()),
             );
@@ -272,11 +428,35 @@ fn within_limit(
 /// Decodes one table into `T`, reporting every key `T` does not define and every value of the
 /// wrong type. Returns the decoded value (without the wrongly-typed values) and the keys whose
 /// values were dropped, or `None` if an error could not be pinned to a key.
+///
+/// `nested` lists keys whose values are sub-tables with a fixed set of keys (a rule's `device`,
+/// `auth`, `source`), so that unknown keys inside them are reported one by one as well.
 fn decode<T: DeserializeOwned>(
     mut table: InlineTable,
     at: usize,
+    nested: &[(&str, &'static [&'static str])],
     diags: &mut Diagnostics,
 ) -> Option<(T, Vec<String>)> {
+    for (key, fields) in nested {
+        if let Some(Value::InlineTable(sub)) = table.get_mut(key) {
+            let unknown: Vec<String> = sub
+                .iter()
+                .map(|(k, _)| k)
+                .filter(|k| !fields.contains(k))
+                .map(str::to_owned)
+                .collect();
+            for name in &unknown {
+                let key_at = sub.key(name).and_then(|k| k.span()).map_or(at, |s| s.start);
+                diags.push_with(ErrorKind::UnknownKey, key_at, || {
+                    (
+                        format!("unknown key `{}` in `{key}`", Quoted(name)),
+                        Some(unknown_key_hint(name, fields)),
+                    )
+                });
+            }
+            sub.retain(|k, _| fields.contains(&k));
+        }
+    }
     let fields = struct_fields::<T>();
     let unknown: Vec<String> = table
         .iter()
@@ -340,6 +520,12 @@ fn type_hint(key: &str, message: &str) -> Option<String> {
         Some(format!("`{key}` takes a number without quotes"))
     } else if message.contains("expected a string") {
         Some(format!("`{key}` takes text in double quotes"))
+    } else if message.contains("expected a boolean") {
+        Some(format!("`{key}` takes true or false, without quotes"))
+    } else if message.contains("Datetime") || message.contains("datetime") {
+        Some(format!(
+            "`{key}` takes a TOML date or date-time without quotes, such as `{key} = 2025-02-01` or `{key} = 2025-02-01T09:00:00Z`"
+        ))
     } else {
         None
     }
@@ -400,9 +586,23 @@ mod tests {
     fn struct_fields_lists_serde_fields() {
         assert_eq!(
             struct_fields::<RawEndpoint>(),
-            ["name", "site", "host", "port", "protocol", "description"]
+            [
+                "name",
+                "site",
+                "host",
+                "port",
+                "ports",
+                "protocol",
+                "egress",
+                "labels",
+                "description"
+            ]
         );
-        assert_eq!(struct_fields::<RawDefaults>(), ["max_session"]);
-        assert_eq!(struct_fields::<RawRule>().len(), 7);
+        assert_eq!(
+            struct_fields::<RawDefaults>(),
+            ["max_session", "idle_timeout", "zone"]
+        );
+        assert_eq!(struct_fields::<RawRule>().len(), 19);
+        assert_eq!(struct_fields::<RawDevice>().len(), 4);
     }
 }

@@ -1,0 +1,766 @@
+//! SIEM export: RFC 5424 syslog messages over TCP or TLS (RFC 5425 octet-counted framing), and
+//! the live forwarder that feeds a syslog server from the writer without ever slowing it.
+//!
+//! ```text
+//!  writer thread ── try_send(seq, line) ──▶ bounded queue ──▶ forwarder thread ──▶ TCP / TLS
+//!        │ (full: count overflow, move on)                    ▲  │
+//!        ▼                                                    │  └─ cursor file: last seq sent
+//!    local log  ◀──────── reads back what the queue missed ───┘
+//! ```
+//!
+//! The local log is the source of truth: the queue is only a fast path. Whenever the next event
+//! the forwarder needs is not at the front of the queue (the queue overflowed while the SIEM
+//! was away, another process appended with `append_sync`, or the gateway restarted), it reads
+//! it from the log. The last forwarded `seq` is saved in `DIR/syslog.cursor` (at most once a
+//! second and at shutdown), so a restart resumes there: delivery is at-least-once, and a SIEM
+//! can drop repeats by `seq`.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde::{Deserialize, Serialize};
+
+use crate::chain::ChainView;
+use crate::error::AuditError;
+use crate::store::{segments, write_atomic};
+use crate::writer::AuditStats;
+
+/// Structured-data id of the `[postern@32473 ...]` element. 32473 is the private enterprise
+/// number reserved for examples (RFC 5612); Postern has none of its own.
+pub const SD_ID: &str = "postern@32473";
+/// File in the log directory holding the forwarder's position.
+pub const CURSOR_FILE: &str = "syslog.cursor";
+/// Syslog facility 13, "log audit".
+const FACILITY: u8 = 13;
+
+/// Where and how to forward.
+#[derive(Debug, Clone)]
+pub struct SyslogOptions {
+    /// `host:port` of the syslog server.
+    pub address: String,
+    /// TLS (RFC 5425) when set; plain TCP (RFC 6587 octet counting) otherwise.
+    pub tls: Option<SyslogTls>,
+    /// Events held in memory for the forwarder, beyond which the writer stops queueing (and the
+    /// forwarder later reads from the log). Default 10,000.
+    pub queue_capacity: usize,
+    /// APP-NAME of the messages. Default `postern`.
+    pub app_name: String,
+}
+
+impl SyslogOptions {
+    /// Plain TCP to `address` (`host:port`) with defaults.
+    pub fn tcp(address: impl Into<String>) -> SyslogOptions {
+        SyslogOptions {
+            address: address.into(),
+            tls: None,
+            queue_capacity: 10_000,
+            app_name: "postern".to_owned(),
+        }
+    }
+
+    /// TLS 1.3 to `address`, checking the server's certificate for `server_name` against the
+    /// CA certificates in `ca_pem`.
+    pub fn tls(
+        address: impl Into<String>,
+        server_name: impl Into<String>,
+        ca_pem: &[u8],
+    ) -> Result<SyslogOptions, AuditError> {
+        let address = address.into();
+        let ca_certs = parse_ca_pem(&address, ca_pem)?;
+        Ok(SyslogOptions {
+            tls: Some(SyslogTls {
+                server_name: server_name.into(),
+                ca_certs,
+            }),
+            ..SyslogOptions::tcp(address)
+        })
+    }
+
+    /// `tls://host:port` or `tcp://host:port`, for messages and the cursor file.
+    pub fn target(&self) -> String {
+        match &self.tls {
+            Some(_) => format!("tls://{}", self.address),
+            None => format!("tcp://{}", self.address),
+        }
+    }
+}
+
+/// TLS settings for syslog.
+#[derive(Debug, Clone)]
+pub struct SyslogTls {
+    /// Name the server's certificate must carry.
+    pub server_name: String,
+    /// CA certificates the server's chain must end in.
+    pub ca_certs: Vec<CertificateDer<'static>>,
+}
+
+fn parse_ca_pem(target: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, AuditError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
+    let certs = certs.map_err(|e| AuditError::Forward {
+        target: target.to_owned(),
+        reason: format!("bad CA PEM: {e}"),
+    })?;
+    if certs.is_empty() {
+        return Err(AuditError::Forward {
+            target: target.to_owned(),
+            reason: "no CERTIFICATE in the CA PEM".to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+fn client_config(target: &str, tls: &SyslogTls) -> Result<Arc<rustls::ClientConfig>, AuditError> {
+    let bad = |reason: String| AuditError::Forward {
+        target: target.to_owned(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &tls.ca_certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| bad(format!("bad CA certificate: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| bad(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// An open connection to a syslog server.
+pub struct SyslogConnection {
+    stream: Stream,
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+/// A prepared destination: options plus the TLS configuration built once.
+#[derive(Clone)]
+pub struct SyslogTarget {
+    options: SyslogOptions,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+}
+
+impl SyslogTarget {
+    /// Checks the options (CA certificates, server name) without connecting.
+    pub fn new(options: SyslogOptions) -> Result<SyslogTarget, AuditError> {
+        let target = options.target();
+        let tls = match &options.tls {
+            Some(tls) => {
+                let name = ServerName::try_from(tls.server_name.clone()).map_err(|e| {
+                    AuditError::Forward {
+                        target: target.clone(),
+                        reason: format!("bad server name {:?}: {e}", tls.server_name),
+                    }
+                })?;
+                Some((client_config(&target, tls)?, name))
+            }
+            None => None,
+        };
+        Ok(SyslogTarget { options, tls })
+    }
+
+    /// Connects (5 s timeout) and, for TLS, completes the handshake.
+    pub fn connect(&self) -> io::Result<SyslogConnection> {
+        let addrs: Vec<_> = self.options.address.to_socket_addrs()?.collect();
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing");
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                Ok(tcp) => {
+                    tcp.set_nodelay(true)?;
+                    tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
+                    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    let stream = match &self.tls {
+                        None => Stream::Tcp(tcp),
+                        Some((config, name)) => {
+                            let conn =
+                                rustls::ClientConnection::new(Arc::clone(config), name.clone())
+                                    .map_err(io::Error::other)?;
+                            let mut tls = rustls::StreamOwned::new(conn, tcp);
+                            // Finish the handshake now, so a bad certificate is reported as a
+                            // connection failure rather than at the first write.
+                            while tls.conn.is_handshaking() {
+                                tls.conn.complete_io(&mut tls.sock)?;
+                            }
+                            Stream::Tls(Box::new(tls))
+                        }
+                    };
+                    return Ok(SyslogConnection { stream });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The options this target was made from.
+    pub fn options(&self) -> &SyslogOptions {
+        &self.options
+    }
+}
+
+impl SyslogConnection {
+    /// Sends already framed bytes and flushes.
+    pub fn send(&mut self, framed: &[u8]) -> io::Result<()> {
+        match &mut self.stream {
+            Stream::Tcp(s) => {
+                s.write_all(framed)?;
+                s.flush()
+            }
+            Stream::Tls(s) => {
+                s.write_all(framed)?;
+                s.flush()
+            }
+        }
+    }
+
+    /// Closes the connection cleanly (TLS close_notify).
+    pub fn close(mut self) {
+        if let Stream::Tls(s) = &mut self.stream {
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
+    }
+}
+
+/// One RFC 5424 message for a stored log line (without `\n`): facility 13 (log audit),
+/// severity warning for refusals and failures and notice otherwise, the event's `ts`, node id
+/// as HOSTNAME, `type` as MSGID, `seq` and `hash` as structured data, the line itself as MSG.
+pub fn format_rfc5424(line: &[u8], app_name: &str, fallback_host: &str) -> Vec<u8> {
+    let view = ChainView::parse(line).unwrap_or_default();
+    let severity = severity(&view.kind);
+    let pri = u16::from(FACILITY) * 8 + u16::from(severity);
+    let ts = if humantime::parse_rfc3339_weak(&view.ts).is_ok() && view.ts.ends_with('Z') {
+        view.ts.as_str()
+    } else {
+        "-"
+    };
+    let host = header_field(view.gateway.as_deref().unwrap_or(fallback_host), 255);
+    let app = header_field(app_name, 48);
+    let msgid = header_field(&view.kind, 32);
+    let mut sd = format!("[{SD_ID}");
+    if let Some(seq) = view.seq {
+        sd.push_str(&format!(" seq=\"{seq}\""));
+    }
+    if let Some(hash) = &view.hash {
+        sd.push_str(&format!(" hash=\"{}\"", sd_escape(hash)));
+    }
+    sd.push(']');
+    let mut out = format!("<{pri}>1 {ts} {host} {app} - {msgid} {sd} ").into_bytes();
+    out.extend_from_slice(line);
+    out
+}
+
+/// `len SP msg`, RFC 6587 / RFC 5425 octet counting.
+pub fn frame(message: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(message.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(message);
+}
+
+fn severity(kind: &str) -> u8 {
+    const WARNING: u8 = 4;
+    const NOTICE: u8 = 5;
+    let warn = kind.ends_with(".denied")
+        || kind.ends_with(".failed")
+        || kind.ends_with(".refused")
+        || kind.ends_with(".rejected")
+        || kind.ends_with(".enroll_failed")
+        || kind == "session.terminated"
+        || kind == "audit.recovered";
+    if warn {
+        WARNING
+    } else {
+        NOTICE
+    }
+}
+
+/// A HEADER field: printable US-ASCII without spaces, at most `max` characters, or `-`.
+fn header_field(s: &str, max: usize) -> String {
+    let cleaned: String = s
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(max)
+        .collect();
+    if cleaned.is_empty() {
+        "-".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+fn sd_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '"' | '\\' | ']') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Counters shared between the forwarder thread and [`crate::AuditLog::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct ForwardStats {
+    forwarded: AtomicU64,
+    overflow: AtomicU64,
+    errors: AtomicU64,
+    last_seq: AtomicU64,
+    connected: AtomicBool,
+}
+
+impl ForwardStats {
+    pub(crate) fn fill(&self, stats: &mut AuditStats, head_seq: u64) {
+        stats.forwarded = self.forwarded.load(Ordering::Relaxed);
+        stats.forward_overflow = self.overflow.load(Ordering::Relaxed);
+        stats.forward_errors = self.errors.load(Ordering::Relaxed);
+        stats.forward_connected = self.connected.load(Ordering::Relaxed);
+        stats.forward_lag = head_seq.saturating_sub(self.last_seq.load(Ordering::Relaxed));
+    }
+}
+
+/// The writer's side of the live forwarder.
+pub(crate) struct Forwarder {
+    tx: SyncSender<(u64, Box<[u8]>)>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<ForwardStats>,
+}
+
+/// How long `close` lets the forwarder deliver what is left.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+/// Events per send.
+const SEND_BATCH: usize = 512;
+
+#[derive(Serialize, Deserialize)]
+struct Cursor {
+    target: String,
+    seq: u64,
+}
+
+impl Forwarder {
+    /// Starts the forwarder thread. `start_after`: where to begin if there is no cursor for
+    /// this target (the head before this writer's first event: only new events are sent).
+    pub(crate) fn start(
+        dir: &Path,
+        options: SyslogOptions,
+        node: Option<String>,
+        start_after: u64,
+    ) -> Result<Forwarder, AuditError> {
+        let target = SyslogTarget::new(options)?;
+        let name = target.options.target();
+        let cursor_path = dir.join(CURSOR_FILE);
+        let saved = std::fs::read_to_string(&cursor_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Cursor>(&t).ok())
+            .filter(|c| c.target == name);
+        let cursor = match saved {
+            Some(c) => c.seq,
+            None => {
+                // First time for this target: remember the starting point at once, so that
+                // what this run cannot deliver is sent by a later one.
+                let text = serde_json::to_string(&Cursor {
+                    target: name.clone(),
+                    seq: start_after,
+                })
+                .unwrap_or_default();
+                if let Err(e) = write_atomic(dir, &cursor_path, text.as_bytes()) {
+                    tracing::warn!(path = %cursor_path.display(), error = %e, "cannot save syslog cursor");
+                }
+                start_after
+            }
+        };
+        let stats = Arc::new(ForwardStats::default());
+        stats.last_seq.store(cursor, Ordering::Relaxed);
+        let capacity = target.options.queue_capacity.max(1);
+        let (tx, rx) = mpsc::sync_channel(capacity.min(1024));
+        let stop = Arc::new(AtomicBool::new(false));
+        let host = node.unwrap_or_else(|| "-".to_owned());
+        let mut task = ForwardTask {
+            dir: dir.to_owned(),
+            target,
+            name,
+            host,
+            rx,
+            pending: VecDeque::new(),
+            capacity,
+            cursor,
+            saved_cursor: cursor,
+            cursor_path,
+            log: None,
+            stats: Arc::clone(&stats),
+            stop: Arc::clone(&stop),
+        };
+        let thread = std::thread::Builder::new()
+            .name("postern-audit-syslog".into())
+            .spawn(move || task.run())
+            .map_err(|e| AuditError::spawn(dir, e))?;
+        Ok(Forwarder {
+            tx,
+            stop,
+            thread: Some(thread),
+            stats,
+        })
+    }
+
+    pub(crate) fn stats(&self) -> Arc<ForwardStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Offers a committed line (with or without its `\n`). Never blocks: if the queue is full,
+    /// counts an overflow; the forwarder will read the line from the log.
+    pub(crate) fn offer(&self, seq: u64, line: &[u8]) {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        match self.tx.try_send((seq, line.into())) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.overflow.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Lets the forwarder deliver what it can within a short time, then stops it.
+    pub(crate) fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Where the forwarder is reading the log.
+struct LogPosition {
+    path: PathBuf,
+    index: usize,
+    offset: u64,
+    /// `seq` of the last line before `offset`.
+    seq: u64,
+}
+
+struct ForwardTask {
+    dir: PathBuf,
+    target: SyslogTarget,
+    name: String,
+    host: String,
+    rx: Receiver<(u64, Box<[u8]>)>,
+    pending: VecDeque<(u64, Box<[u8]>)>,
+    capacity: usize,
+    /// Last `seq` delivered.
+    cursor: u64,
+    saved_cursor: u64,
+    cursor_path: PathBuf,
+    log: Option<LogPosition>,
+    stats: Arc<ForwardStats>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ForwardTask {
+    fn run(&mut self) {
+        let mut conn: Option<SyslogConnection> = None;
+        let mut backoff = Duration::from_millis(200);
+        let mut next_attempt = Instant::now();
+        let mut last_save = Instant::now();
+        let mut last_log_poll = Instant::now();
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            if stop_deadline.is_none() && self.stop.load(Ordering::Relaxed) {
+                stop_deadline = Some(Instant::now() + DRAIN_TIME);
+            }
+            if stop_deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            self.drain_queue();
+            let poll_log =
+                stop_deadline.is_some() || last_log_poll.elapsed() >= Duration::from_secs(1);
+            let batch = self.next_batch(poll_log);
+            if poll_log {
+                last_log_poll = Instant::now();
+            }
+            if batch.is_empty() {
+                if stop_deadline.is_some() {
+                    break; // caught up
+                }
+                match self.rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(item) => self.push_pending(item),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                self.maybe_save(&mut last_save);
+                continue;
+            }
+            if conn.is_none() {
+                if Instant::now() < next_attempt {
+                    if stop_deadline.is_some() {
+                        break; // not connected; do not wait for the SIEM at shutdown
+                    }
+                    std::thread::sleep(
+                        Duration::from_millis(50).min(next_attempt - Instant::now()),
+                    );
+                    continue;
+                }
+                match self.target.connect() {
+                    Ok(c) => {
+                        tracing::info!(target = %self.name, "connected to syslog");
+                        self.stats.connected.store(true, Ordering::Relaxed);
+                        backoff = Duration::from_millis(200);
+                        conn = Some(c);
+                    }
+                    Err(e) => {
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(target = %self.name, error = %e, "cannot connect to syslog; events wait in the local log");
+                        next_attempt = Instant::now() + jitter(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                }
+            }
+            let mut framed = Vec::with_capacity(batch.len() * 512);
+            for (_, line) in &batch {
+                frame(
+                    &format_rfc5424(line, &self.target.options.app_name, &self.host),
+                    &mut framed,
+                );
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            match c.send(&framed) {
+                Ok(()) => {
+                    let last = batch.last().map_or(self.cursor, |(seq, _)| *seq);
+                    self.cursor = last;
+                    self.stats.last_seq.store(last, Ordering::Relaxed);
+                    self.stats
+                        .forwarded
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    tracing::warn!(target = %self.name, error = %e, "syslog send failed; will resend from the local log");
+                    conn = None;
+                    next_attempt = Instant::now() + jitter(backoff);
+                    // The batch is not lost: the cursor did not move, so it is read again.
+                    self.log = None;
+                }
+            }
+            self.maybe_save(&mut last_save);
+        }
+        if let Some(c) = conn.take() {
+            c.close();
+        }
+        self.stats.connected.store(false, Ordering::Relaxed);
+        self.save();
+    }
+
+    fn push_pending(&mut self, item: (u64, Box<[u8]>)) {
+        if item.0 > self.cursor {
+            self.pending.push_back(item);
+        }
+    }
+
+    /// Moves queued lines into `pending`, up to its capacity (beyond it the channel fills and
+    /// the writer counts overflows).
+    fn drain_queue(&mut self) {
+        while self.pending.len() < self.capacity {
+            match self.rx.try_recv() {
+                Ok(item) => self.push_pending(item),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// The next events to send, in `seq` order, starting right after the cursor: from the
+    /// queue when it holds exactly that event, else from the log.
+    fn next_batch(&mut self, poll_log: bool) -> Vec<(u64, Box<[u8]>)> {
+        while self
+            .pending
+            .front()
+            .is_some_and(|(seq, _)| *seq <= self.cursor)
+        {
+            self.pending.pop_front();
+        }
+        let want = self.cursor + 1;
+        let mut batch = Vec::new();
+        if self.pending.front().is_some_and(|(seq, _)| *seq == want) {
+            let mut next = want;
+            while batch.len() < SEND_BATCH
+                && self.pending.front().is_some_and(|(seq, _)| *seq == next)
+            {
+                if let Some(item) = self.pending.pop_front() {
+                    batch.push(item);
+                }
+                next += 1;
+            }
+            return batch;
+        }
+        let gap = self.pending.front().map(|(seq, _)| *seq);
+        if gap.is_some() || poll_log {
+            match self.read_log(want, gap) {
+                Ok(lines) => batch = lines,
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "syslog forwarder cannot read the local log");
+                    self.log = None;
+                }
+            }
+        }
+        batch
+    }
+
+    /// Lines with `seq` from `from` up to (not including) `until`, at most a batch, from the
+    /// local log. Keeps its position between calls so catching up is linear.
+    fn read_log(&mut self, from: u64, until: Option<u64>) -> io::Result<Vec<(u64, Box<[u8]>)>> {
+        let segs = segments(&self.dir).map_err(io::Error::other)?;
+        if segs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let position_ok = self.log.as_ref().is_some_and(|p| {
+            p.seq + 1 == from && segs.get(p.index).is_some_and(|(_, path)| *path == p.path)
+        });
+        if !position_ok {
+            self.log = Some(locate(&segs, from)?);
+        }
+        let Some(pos) = self.log.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        loop {
+            let mut file = File::open(&pos.path)?;
+            file.seek(SeekFrom::Start(pos.offset))?;
+            let mut reader = BufReader::with_capacity(64 * 1024, file);
+            let mut line = Vec::new();
+            loop {
+                if out.len() >= SEND_BATCH {
+                    return Ok(out);
+                }
+                line.clear();
+                let n = reader.read_until(b'\n', &mut line)?;
+                if n == 0 || line.last() != Some(&b'\n') {
+                    break; // end of segment (or a line still being written)
+                }
+                line.pop();
+                let Some(seq) = ChainView::parse(&line).ok().and_then(|v| v.seq) else {
+                    pos.offset += n as u64;
+                    continue;
+                };
+                if until.is_some_and(|u| seq >= u) {
+                    return Ok(out);
+                }
+                pos.offset += n as u64;
+                if seq < from {
+                    continue;
+                }
+                pos.seq = seq;
+                out.push((seq, line.as_slice().into()));
+            }
+            // Move to the next segment if there is one.
+            match segs.get(pos.index + 1) {
+                Some((_, next)) => {
+                    pos.index += 1;
+                    pos.path = next.clone();
+                    pos.offset = 0;
+                }
+                None => return Ok(out),
+            }
+        }
+    }
+
+    fn maybe_save(&mut self, last_save: &mut Instant) {
+        if self.cursor != self.saved_cursor && last_save.elapsed() >= Duration::from_secs(1) {
+            self.save();
+            *last_save = Instant::now();
+        }
+    }
+
+    fn save(&mut self) {
+        if self.cursor == self.saved_cursor {
+            return;
+        }
+        let cursor = Cursor {
+            target: self.name.clone(),
+            seq: self.cursor,
+        };
+        let text = serde_json::to_string(&cursor).unwrap_or_default();
+        match write_atomic(&self.dir, &self.cursor_path, text.as_bytes()) {
+            Ok(()) => self.saved_cursor = self.cursor,
+            Err(e) => {
+                tracing::warn!(path = %self.cursor_path.display(), error = %e, "cannot save syslog cursor");
+            }
+        }
+    }
+}
+
+/// The segment (and start offset) holding `seq`: the last segment whose first event's seq is
+/// at most `seq`.
+fn locate(segs: &[(u32, PathBuf)], seq: u64) -> io::Result<LogPosition> {
+    let mut chosen = 0;
+    for (i, (_, path)) in segs.iter().enumerate().rev() {
+        let mut first = Vec::new();
+        BufReader::new(File::open(path)?).read_until(b'\n', &mut first)?;
+        if let Some(first_seq) = ChainView::parse(first.strip_suffix(b"\n").unwrap_or(&first))
+            .ok()
+            .and_then(|v| v.seq)
+        {
+            if first_seq <= seq {
+                chosen = i;
+                break;
+            }
+        }
+    }
+    Ok(LogPosition {
+        path: segs[chosen].1.clone(),
+        index: chosen,
+        offset: 0,
+        seq: seq.saturating_sub(1),
+    })
+}
+
+/// `d` plus up to 50% random jitter, so many gateways do not reconnect in step.
+fn jitter(d: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
+    d + d.mul_f64(f64::from(byte[0]) / 510.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc5424_message_has_every_header_part() {
+        let line = br#"{"v":1,"seq":7,"ts":"2025-03-01T08:15:02.123456Z","type":"session.denied","user":"a","gateway":"gw-1","prev":"00","hash":"abc"}"#;
+        let msg = String::from_utf8(format_rfc5424(line, "postern", "fallback")).unwrap();
+        assert_eq!(
+            msg,
+            format!(
+                "<108>1 2025-03-01T08:15:02.123456Z gw-1 postern - session.denied [postern@32473 seq=\"7\" hash=\"abc\"] {}",
+                std::str::from_utf8(line).unwrap()
+            )
+        );
+        let start = br#"{"v":1,"ts":"not a time","type":"session.start"}"#;
+        let msg = String::from_utf8(format_rfc5424(start, "post ern", "h")).unwrap();
+        assert!(
+            msg.starts_with("<109>1 - h postern - session.start [postern@32473] {"),
+            "{msg}"
+        );
+        let mut framed = Vec::new();
+        frame(b"hello", &mut framed);
+        assert_eq!(framed, b"5 hello");
+        assert_eq!(sd_escape(r#"a"b]c\d"#), r#"a\"b\]c\\d"#);
+    }
+}

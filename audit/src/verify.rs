@@ -1,0 +1,480 @@
+//! `postern-audit verify`: proves a log was not edited, reordered, cut or extended with forged
+//! checkpoints, by recomputing every link of the chain and checking every checkpoint signature.
+//!
+//! It streams: memory does not grow with the log (only checkpoints are remembered, to match
+//! witnesses). Checks, line by line:
+//!
+//! 1. the line is a JSON event ending in `,"hash":"<64 hex>"}`;
+//! 2. `seq` is one more than the previous event's (the first is 1): a gap means events were
+//!    removed, a step back means they were reordered or repeated;
+//! 3. `prev` is the previous event's hash (64 zeros for the first);
+//! 4. `hash` = SHA-256(previous hash || canonical bytes): otherwise the line was edited;
+//! 5. an `audit.checkpoint` carries a valid Ed25519 signature by the audit key (the one given
+//!    with `--pubkey`, else the one the log names: trust on first use, reported as such).
+//!
+//! and at the end: the log reaches every checkpoint that `audit.head` and the given witnesses
+//! name, with the same hash (otherwise its tail was cut or rewritten).
+//!
+//! After a problem the verifier re-synchronises on the line's own claims and goes on, so one
+//! edit is one problem and the rest of the log is still checked.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::chain::{chain_hash, checkpoint_message, split_hashed_line, ChainView, GENESIS};
+use crate::error::AuditError;
+use crate::event::EventType;
+use crate::hexfmt::{decode_hex, hex};
+use crate::key::AuditPublicKey;
+use crate::reader::RawLines;
+use crate::store::{segment_paths, HEAD_FILE};
+use crate::witness::Witness;
+
+/// What to check beyond the chain itself.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// The trusted audit public key. Without it, checkpoints are checked against the key the
+    /// log itself names (which proves consistency, not origin).
+    pub pubkey: Option<AuditPublicKey>,
+    /// Checkpoints held by an outside witness; the log must contain each of them.
+    pub witnesses: Vec<Witness>,
+    /// Require the log to end with a closing checkpoint (for archived logs).
+    pub require_closed: bool,
+    /// Keep at most this many problems in the report (all are counted). 0 means 20.
+    pub max_problems: usize,
+}
+
+/// One thing found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `seq` of the broken event: the one on the line if readable, else the one expected there.
+    pub seq: Option<u64>,
+    /// Segment file (empty for problems about the log as a whole).
+    pub segment: PathBuf,
+    /// Byte offset of the line in the segment.
+    pub offset: u64,
+    /// 1-based line number in the segment.
+    pub line: u64,
+    /// What is wrong, in words.
+    pub what: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.segment.as_os_str().is_empty() {
+            return f.write_str(&self.what);
+        }
+        match self.seq {
+            Some(seq) => write!(f, "seq {seq}")?,
+            None => f.write_str("seq ?")?,
+        }
+        write!(
+            f,
+            " at {} offset {} (line {}): {}",
+            self.segment.display(),
+            self.offset,
+            self.line,
+            self.what
+        )
+    }
+}
+
+/// Where the key used for signatures came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// `--pubkey`.
+    Given,
+    /// Named in the log (first `audit.started` or checkpoint): trust on first use.
+    FromLog,
+    /// No key anywhere: no checkpoints to check.
+    None,
+}
+
+/// The outcome of [`verify`].
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    /// Segments read.
+    pub segments: usize,
+    /// Chained events checked.
+    pub events: u64,
+    /// Lines from before the chain existed (no `seq`/`hash`) at the start of the log: readable
+    /// but not protected.
+    pub legacy_events: u64,
+    /// `seq` and `hash` of the last event.
+    pub last_seq: u64,
+    pub last_hash: String,
+    /// Checkpoints whose signature was checked and valid.
+    pub checkpoints: u64,
+    /// The last checkpoint in the log.
+    pub last_checkpoint: Option<Witness>,
+    /// Events after the last checkpoint (not covered by a signature yet).
+    pub unsigned_tail: u64,
+    /// The key checkpoints were checked against.
+    pub key: Option<AuditPublicKey>,
+    pub key_source: KeySource,
+    /// An incomplete last line (segment, offset, bytes): a crash mid-write not yet recovered,
+    /// or a write in progress. Not tampering by itself.
+    pub torn_tail: Option<(PathBuf, u64, u64)>,
+    /// Whether `audit.head` was found and checked.
+    pub head_checked: bool,
+    /// Witness lines checked.
+    pub witnesses_checked: usize,
+    /// The first problems found (at most `max_problems`).
+    pub problems: Vec<Problem>,
+    /// All problems found.
+    pub problem_count: u64,
+}
+
+impl VerifyReport {
+    /// No problem found.
+    pub fn is_ok(&self) -> bool {
+        self.problem_count == 0
+    }
+
+    /// The first broken event.
+    pub fn first_problem(&self) -> Option<&Problem> {
+        self.problems.first()
+    }
+}
+
+/// Verifies the log in `dir` (and its `audit.head`). `Err` only if there is no log or it cannot
+/// be read; a log that fails verification is an `Ok` report with problems.
+pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<VerifyReport, AuditError> {
+    let paths = segment_paths(dir)?;
+    let mut lines = RawLines::open(dir)?;
+    let mut v = Verifier::new(options);
+    v.report.segments = paths.len();
+    while let Some(line) = lines.next() {
+        let line = line?;
+        v.line(
+            line.path,
+            line.line,
+            line.offset,
+            line.bytes,
+            line.complete,
+            line.last_segment,
+        );
+    }
+    let head_path = dir.join(HEAD_FILE);
+    let head = match std::fs::read_to_string(&head_path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(AuditError::read(&head_path, e)),
+    };
+    Ok(v.finish(head.as_deref()))
+}
+
+/// Verifies segments held in memory (oldest first), with the contents of `audit.head` if any.
+/// The same checks as [`verify`]; for fuzzing and for tools that fetch logs themselves.
+pub fn verify_bytes(
+    segments: &[&[u8]],
+    head: Option<&str>,
+    options: &VerifyOptions,
+) -> VerifyReport {
+    let mut v = Verifier::new(options);
+    v.report.segments = segments.len();
+    for (i, segment) in segments.iter().enumerate() {
+        let path = PathBuf::from(crate::store::segment_file_name(i as u32 + 1));
+        let last = i + 1 == segments.len();
+        let mut offset = 0u64;
+        for (n, chunk) in segment.split_inclusive(|&b| b == b'\n').enumerate() {
+            let complete = chunk.last() == Some(&b'\n');
+            let bytes = if complete {
+                &chunk[..chunk.len() - 1]
+            } else {
+                chunk
+            };
+            v.line(&path, n as u64 + 1, offset, bytes, complete, last);
+            offset += chunk.len() as u64;
+        }
+    }
+    v.finish(head)
+}
+
+struct Verifier<'o> {
+    options: &'o VerifyOptions,
+    report: VerifyReport,
+    head: [u8; 32],
+    chain_started: bool,
+    /// seq → hash of every checkpoint seen.
+    checkpoints: HashMap<u64, String>,
+    /// Whether the last event was a closing checkpoint.
+    closed: bool,
+}
+
+impl<'o> Verifier<'o> {
+    fn new(options: &'o VerifyOptions) -> Verifier<'o> {
+        Verifier {
+            options,
+            report: VerifyReport {
+                segments: 0,
+                events: 0,
+                legacy_events: 0,
+                last_seq: 0,
+                last_hash: hex(&GENESIS),
+                checkpoints: 0,
+                last_checkpoint: None,
+                unsigned_tail: 0,
+                key: options.pubkey,
+                key_source: if options.pubkey.is_some() {
+                    KeySource::Given
+                } else {
+                    KeySource::None
+                },
+                torn_tail: None,
+                head_checked: false,
+                witnesses_checked: 0,
+                problems: Vec::new(),
+                problem_count: 0,
+            },
+            head: GENESIS,
+            chain_started: false,
+            checkpoints: HashMap::new(),
+            closed: false,
+        }
+    }
+
+    fn problem(&mut self, seq: Option<u64>, path: &Path, line: u64, offset: u64, what: String) {
+        self.report.problem_count += 1;
+        let max = if self.options.max_problems == 0 {
+            20
+        } else {
+            self.options.max_problems
+        };
+        if self.report.problems.len() < max {
+            self.report.problems.push(Problem {
+                seq,
+                segment: path.to_owned(),
+                offset,
+                line,
+                what,
+            });
+        }
+    }
+
+    fn log_problem(&mut self, what: String) {
+        self.problem(None, Path::new(""), 0, 0, what);
+    }
+
+    fn line(
+        &mut self,
+        path: &Path,
+        line_no: u64,
+        offset: u64,
+        bytes: &[u8],
+        complete: bool,
+        last_segment: bool,
+    ) {
+        let expected = self.report.last_seq + 1;
+        if !complete {
+            if last_segment {
+                self.report.torn_tail = Some((path.to_owned(), offset, bytes.len() as u64));
+            } else {
+                self.problem(
+                    Some(expected),
+                    path,
+                    line_no,
+                    offset,
+                    "incomplete line at the end of a segment that is not the last one".into(),
+                );
+            }
+            return;
+        }
+        let view = match ChainView::parse(bytes) {
+            Ok(view) => view,
+            Err(e) => {
+                let what = if bytes.iter().all(u8::is_ascii_whitespace) {
+                    "empty line".to_owned()
+                } else {
+                    format!("not a valid event: {e}")
+                };
+                self.problem(Some(expected), path, line_no, offset, what);
+                self.closed = false;
+                return;
+            }
+        };
+        let Some(claimed_hex) = view.hash.as_deref() else {
+            if !self.chain_started && view.seq.is_none() && view.prev.is_none() {
+                self.report.legacy_events += 1;
+            } else {
+                self.problem(view.seq.or(Some(expected)), path, line_no, offset, "event without a hash inside the chain (inserted, or written by something other than the audit writer)".into());
+            }
+            return;
+        };
+        self.chain_started = true;
+        self.closed = false;
+        let mut wrong = Vec::new();
+        let Some((body, claimed)) = split_hashed_line(bytes) else {
+            self.problem(view.seq.or(Some(expected)), path, line_no, offset, "the hash member is not the last member of the line, or is not 64 lowercase hex digits".into());
+            return;
+        };
+        if hex(&claimed) != claimed_hex {
+            wrong.push("the line holds two different hashes".to_owned());
+        }
+        match view.seq {
+            Some(seq) if seq == expected => {}
+            Some(seq) if seq > expected => wrong.push(format!(
+                "seq {seq} follows seq {}: {} event(s) missing",
+                expected - 1,
+                seq - expected
+            )),
+            Some(seq) => wrong.push(format!(
+                "seq {seq} follows seq {}: events reordered or repeated",
+                expected - 1
+            )),
+            None => wrong.push("no seq".to_owned()),
+        }
+        if view.prev.as_deref() != Some(hex(&self.head).as_str()) {
+            wrong.push("prev is not the hash of the event before it (an event was removed, reordered or edited before it)".to_owned());
+        }
+        let computed = chain_hash(&self.head, body, b"}");
+        if computed != claimed {
+            wrong.push("hash does not match the line's contents: the line was edited".to_owned());
+        }
+        let seq = view.seq.unwrap_or(expected);
+        self.report.events += 1;
+        self.report.unsigned_tail += 1;
+        if view.kind == EventType::AuditCheckpoint.as_str() {
+            // Remembered even if its signature fails, so witnesses are compared by hash.
+            self.checkpoints.insert(seq, claimed_hex.to_owned());
+            match self.check_checkpoint(&view, seq) {
+                Ok(witness) => {
+                    if wrong.is_empty() {
+                        self.report.checkpoints += 1;
+                        self.report.unsigned_tail = 0;
+                        self.closed = witness.reason == "close";
+                    }
+                    self.report.last_checkpoint = Some(witness);
+                }
+                Err(what) => wrong.push(what),
+            }
+        } else if view.kind == EventType::AuditStarted.as_str() {
+            self.adopt_key(view.audit.as_ref().and_then(|a| a.key.as_deref()));
+        }
+        if !wrong.is_empty() {
+            self.problem(Some(seq), path, line_no, offset, wrong.join("; "));
+        }
+        // Re-synchronise on what the line claims, so later lines are judged on their own.
+        self.head = claimed;
+        self.report.last_seq = seq;
+        self.report.last_hash = claimed_hex.to_owned();
+    }
+
+    /// Trust on first use: without `--pubkey`, the first key the log names is the key.
+    fn adopt_key(&mut self, key: Option<&str>) {
+        if self.report.key.is_none() {
+            if let Some(key) = key.and_then(AuditPublicKey::from_hex) {
+                self.report.key = Some(key);
+                self.report.key_source = KeySource::FromLog;
+            }
+        }
+    }
+
+    fn check_checkpoint(&mut self, view: &ChainView, seq: u64) -> Result<Witness, String> {
+        let audit = view.audit.clone().unwrap_or_default();
+        let (Some(reason), Some(key_hex), Some(sig_hex), Some(prev), Some(hash)) = (
+            audit.reason,
+            audit.key,
+            audit.sig,
+            view.prev.clone(),
+            view.hash.clone(),
+        ) else {
+            return Err("checkpoint lacks its reason, key or signature".to_owned());
+        };
+        self.adopt_key(Some(&key_hex));
+        let witness = Witness {
+            format: crate::witness::WITNESS_FORMAT.to_owned(),
+            seq,
+            ts: view.ts.clone(),
+            node: view.gateway.clone().unwrap_or_default(),
+            reason,
+            prev,
+            hash,
+            key: key_hex.clone(),
+            sig: sig_hex.clone(),
+        };
+        let Some(trusted) = self.report.key else {
+            return Err("checkpoint names no valid public key".to_owned());
+        };
+        if AuditPublicKey::from_hex(&key_hex) != Some(trusted) {
+            return Err(format!(
+                "checkpoint names key {key_hex}, but the audit key is {}",
+                trusted.to_hex()
+            ));
+        }
+        let message = checkpoint_message(
+            seq,
+            &witness.prev,
+            &witness.ts,
+            &witness.node,
+            &witness.reason,
+        );
+        let valid = decode_hex(&sig_hex).is_some_and(|sig| trusted.verify(&message, &sig));
+        if !valid {
+            return Err("checkpoint signature is not valid for the audit key (forged, or the checkpoint was edited)".to_owned());
+        }
+        Ok(witness)
+    }
+
+    /// Checks that the log reaches `w` with the same hash.
+    fn check_witness(&mut self, w: &Witness, what: &str) {
+        if w.seq == 0 && w.reason == "none" {
+            return; // audit.head before the first checkpoint: nothing to hold the log to
+        }
+        if let Some(key) = self.report.key {
+            if !w.signature_valid(&key) {
+                self.log_problem(format!(
+                    "{what}: its signature is not valid for the audit key {}",
+                    key.to_hex()
+                ));
+                return;
+            }
+        }
+        if w.seq > self.report.last_seq {
+            self.log_problem(format!(
+                "{what} names checkpoint seq {} ({}), but the log ends at seq {}: the log was cut short (truncated)",
+                w.seq, w.ts, self.report.last_seq
+            ));
+            return;
+        }
+        match self.checkpoints.get(&w.seq) {
+            Some(hash) if *hash == w.hash => {}
+            Some(hash) => self.log_problem(format!(
+                "{what} names checkpoint seq {} with hash {}, but the log's checkpoint there has hash {hash}: the log was rewritten",
+                w.seq, w.hash
+            )),
+            None => self.log_problem(format!(
+                "{what} names checkpoint seq {}, but the log has no checkpoint there: the log was rewritten",
+                w.seq
+            )),
+        }
+    }
+
+    fn finish(mut self, head: Option<&str>) -> VerifyReport {
+        match head {
+            Some(text) => match Witness::parse(text) {
+                Ok(w) => {
+                    self.report.head_checked = true;
+                    self.check_witness(&w, "audit.head");
+                }
+                Err(e) => self.log_problem(format!("audit.head is not a checkpoint line: {e}")),
+            },
+            None if !self.checkpoints.is_empty() => self.log_problem(
+                "audit.head is missing although the log has signed checkpoints (deleted?); cannot tell whether the tail was cut".to_owned(),
+            ),
+            None => {}
+        }
+        let witnesses = self.options.witnesses.clone();
+        for (i, w) in witnesses.iter().enumerate() {
+            self.check_witness(w, &format!("witness {}", i + 1));
+            self.report.witnesses_checked += 1;
+        }
+        if self.options.require_closed && !self.closed {
+            self.log_problem(
+                "the log does not end with a closing checkpoint (writer still running, crashed, or the tail was cut)".to_owned(),
+            );
+        }
+        self.report
+    }
+}
