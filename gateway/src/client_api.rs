@@ -104,7 +104,7 @@ async fn serve_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
     }
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
     *r.status_mut() = status;
@@ -117,7 +117,7 @@ fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
 
 /// An error response: JSON body plus the reason in a header (readable on a CONNECT refusal,
 /// where clients may not read bodies).
-fn error(status: StatusCode, code: &str, message: &str) -> Resp {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Resp {
     let mut r = json(
         status,
         &ErrorBody {
@@ -153,6 +153,11 @@ async fn route(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Re
         (&Method::GET, wire::PATH_HEALTH) => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
         (&Method::POST, wire::PATH_ENROLL) => enroll(gw, req, peer).await,
         (&Method::GET, wire::PATH_ENDPOINTS) => list_endpoints(&gw, &req, peer),
+        (&Method::GET, "/auth/login") => crate::auth::login(gw, req, peer).await,
+        (&Method::GET, "/auth/callback") => crate::auth::callback(gw, req, peer).await,
+        (&Method::POST, "/auth/token") => crate::auth::token(gw, req, peer).await,
+        (&Method::POST, "/auth/logout") => crate::auth::logout(gw, req, peer).await,
+        (&Method::GET, "/v1/whoami") => crate::auth::whoami(&gw, &req),
         (&Method::GET, p) if p.starts_with("/v1/endpoints/") => {
             let name = &p["/v1/endpoints/".len()..];
             check_endpoint(&gw, &req, peer, name).await
@@ -173,8 +178,12 @@ fn bearer(req: &Request<Incoming>) -> Result<&str, TokenError> {
         .ok_or_else(|| TokenError::Malformed("authorization is not a Bearer token".into()))
 }
 
-fn authenticate(gw: &Gateway, req: &Request<Incoming>) -> Result<Claims, TokenError> {
-    gw.keys.verify(bearer(req)?)
+pub(crate) fn authenticate(gw: &Gateway, req: &Request<Incoming>) -> Result<Claims, TokenError> {
+    let claims = gw.keys.verify(bearer(req)?)?;
+    if gw.is_revoked(&claims.jti) {
+        return Err(TokenError::Revoked);
+    }
+    Ok(claims)
 }
 
 pub fn endpoint_ref(e: &Endpoint) -> EndpointRef {
@@ -233,7 +242,7 @@ fn audit_denied(
     gw.audit.record_nowait(ev);
 }
 
-fn token_refusal(e: &TokenError) -> Resp {
+pub(crate) fn token_refusal(e: &TokenError) -> Resp {
     let status = match e {
         TokenError::Keys { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::UNAUTHORIZED,
@@ -425,6 +434,7 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
     let facts = Facts {
         source_ip: peer.ip(),
         token_exp: claims.exp,
+        jti: claims.jti.clone(),
         started,
     };
     let deadline = deadline_for(&decision, started, claims.exp);

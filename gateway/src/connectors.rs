@@ -259,8 +259,9 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
     gw.audit.record_nowait(ev);
 }
 
-/// Re-reads the store when it changes and drops links whose connector was revoked (and the
-/// sessions they carry), so a revocation from the CLI takes effect within a second.
+/// Re-reads the store when it changes: drops links whose connector was revoked (and the
+/// sessions they carry) and refreshes revoked session tokens, so revocations made from the
+/// CLI or another process take effect within a second.
 pub async fn watch_revocations(gw: Arc<Gateway>) {
     let mut last: Option<SystemTime> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -275,6 +276,7 @@ pub async fn watch_revocations(gw: Arc<Gateway>) {
         let Ok(Ok(state)) = tokio::task::spawn_blocking(move || store.read()).await else {
             continue;
         };
+        gw.load_revocations(&state);
         for link in gw.registry.all() {
             let ok = state
                 .connector(&link.connector_id)

@@ -4,7 +4,9 @@
 //! * [`config`]: `gateway.toml`, resolved with every error reported at once.
 //! * [`pki`]: the server CA (gateway TLS certificate) and connector CA (enrolment).
 //! * [`store`]: the embedded state store (enrolment tokens, connector inventory).
-//! * [`tokens`]: session tokens (EdDSA JWT, `kid` rotation).
+//! * [`tokens`]: session tokens (EdDSA JWT, `kid` rotation, revocation).
+//! * [`oidc`]: sign-in as an OpenID Connect relying party (code flow + PKCE); `auth` has its
+//!   routes and `pages` the browser pages; `httpc` is the HTTP client used to reach the IdP.
 //! * `client_api`: the clinician-facing listener: enrolment, endpoint listing, `CONNECT` broker.
 //! * `connectors`: the mutual-TLS connector listener and the registry of live connector links.
 //! * `sessions`: live tunnels: relay, limits, continuous authorization, `session.end`.
@@ -21,11 +23,15 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
+mod auth;
 mod client_api;
 pub mod config;
 mod connectors;
 pub mod demo;
 mod fsutil;
+mod httpc;
+pub mod oidc;
+mod pages;
 pub mod pki;
 mod reload;
 mod sessions;
@@ -111,6 +117,11 @@ pub(crate) struct Gateway {
     pub sessions: sessions::Sessions,
     pub conn_limit: Arc<Semaphore>,
     pub shutdown: CancellationToken,
+    pub oidc: Option<Arc<oidc::Oidc>>,
+    pub signin_limiter: auth::Limiter,
+    /// Ids of session tokens revoked before expiry (sign-out).
+    pub revoked: RwLock<std::collections::HashSet<String>>,
+    pub ratelimited: std::sync::atomic::AtomicU64,
 }
 
 impl Gateway {
@@ -119,6 +130,35 @@ impl Gateway {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked.read().map(|r| r.contains(jti)).unwrap_or(true)
+    }
+
+    pub fn revoke_jti(&self, jti: &str) {
+        if let Ok(mut r) = self.revoked.write() {
+            r.insert(jti.to_owned());
+        }
+    }
+
+    /// Replaces the revocation set from the store.
+    pub fn load_revocations(&self, state: &store::State) {
+        let now = store::unix_now();
+        if let Ok(mut r) = self.revoked.write() {
+            *r = state
+                .revoked_tokens
+                .iter()
+                .filter(|t| t.exp > now)
+                .map(|t| t.jti.clone())
+                .collect();
+        }
+    }
+
+    pub fn note_ratelimited(&self, what: &str) {
+        self.ratelimited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(what, "rate limited");
     }
 
     pub fn event(&self, kind: EventType) -> Event {
@@ -156,6 +196,16 @@ async fn init(config: Config, listeners: &Listeners) -> Result<Arc<Gateway>, Gat
         Some(connector_ca.cert_der.clone()),
     )?;
     let audit = AuditLog::open(&config.audit_dir).await?;
+    let oidc = match &config.oidc {
+        Some(o) => Some(Arc::new(
+            oidc::Oidc::new(o.clone(), &config.state_dir).map_err(|message| GatewayError::Io {
+                what: "sign-in (oidc)".into(),
+                source: std::io::Error::other(message),
+            })?,
+        )),
+        None => None,
+    };
+    let initial_state = store.read()?;
     let connector_addrs = if config.advertise_connector_addrs.is_empty() {
         let a = listeners
             .connectors
@@ -181,8 +231,22 @@ async fn init(config: Config, listeners: &Listeners) -> Result<Arc<Gateway>, Gat
         registry: connectors::Registry::default(),
         sessions: sessions::Sessions::default(),
         shutdown: CancellationToken::new(),
+        oidc,
+        signin_limiter: auth::Limiter::default(),
+        revoked: RwLock::new(Default::default()),
+        ratelimited: Default::default(),
         config,
     }))
+    .inspect(|gw| gw.load_revocations(&initial_state))
+}
+
+/// Periodic upkeep: forget idle rate-limiter entries.
+async fn housekeeping(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        gw.signin_limiter.shrink();
+    }
 }
 
 /// Runs the gateway until `shutdown` completes, then ends live sessions (reason `shutdown`),
@@ -211,13 +275,18 @@ pub async fn run(
         tokio::spawn(connectors::watch_revocations(gw.clone())),
         tokio::spawn(reload::watch_file(gw.clone())),
         tokio::spawn(reload::on_sighup(gw.clone())),
+        tokio::spawn(housekeeping(gw.clone())),
     ];
+    let discovery = gw
+        .oidc
+        .clone()
+        .map(|o| tokio::spawn(o.keep_discovering(gw.shutdown.clone())));
     shutdown.await;
     info!("shutting down: ending live sessions");
     gw.shutdown.cancel();
     gw.sessions.kill_all("shutdown");
     gw.sessions.wait_empty(Duration::from_secs(5)).await;
-    for t in tasks {
+    for t in tasks.into_iter().chain(discovery) {
         t.abort();
     }
     gw.audit.record_nowait(gw.event(EventType::GatewayStopped));

@@ -54,6 +54,8 @@ pub struct Facts {
     pub source_ip: IpAddr,
     /// Token expiry (seconds since the epoch): the session never outlives it.
     pub token_exp: u64,
+    /// Token id: revoking the token ends the session.
+    pub jti: String,
     pub started: Instant,
 }
 
@@ -179,6 +181,18 @@ impl Sessions {
                 l.kill.kill(reason);
             }
         }
+    }
+
+    /// Ends every session opened with token `jti`.
+    pub fn kill_token(&self, jti: &str, reason: &str) -> usize {
+        let mut n = 0;
+        if let Ok(m) = self.live.lock() {
+            for l in m.values().filter(|l| l.facts.jti == jti) {
+                l.kill.kill(reason);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Ends every session relayed by `connector_id`.
