@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod dicom;
+pub mod oidc;
 
 /// Directory holding the workspace binaries (target/debug or target/release).
 pub fn bin_dir() -> PathBuf {
