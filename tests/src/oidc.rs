@@ -119,6 +119,7 @@ impl OidcProvider {
         redirect_uris: &[String],
         users: &[OidcUser],
     ) -> OidcProvider {
+        std::fs::create_dir_all(dir).unwrap();
         let users_json = users_json(users);
         let proc = launch(
             dir,
