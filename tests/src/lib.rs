@@ -18,6 +18,7 @@ use serde_json::Value;
 
 pub mod dicom;
 pub mod oidc;
+pub mod rogue_idp;
 
 /// Directory holding the workspace binaries (target/debug or target/release).
 pub fn bin_dir() -> PathBuf {

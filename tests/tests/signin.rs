@@ -373,3 +373,85 @@ fn cli_code_cannot_be_redeemed_without_the_verifier() {
     let (_, out, _) = post(&verifier);
     assert!(out.contains("invalid_grant"), "{out}");
 }
+
+#[test]
+fn forged_and_malformed_id_tokens_are_refused() {
+    use postern_e2e::rogue_idp::{Mode, RogueIdp};
+    let echo = Echo::start();
+    let mut d = Deployment::prepare(&policy(echo.addr));
+    let idp = RogueIdp::start(CLIENT_ID);
+    configure_oidc(&d, &idp.issuer);
+    d.start_gateway();
+    let start = format!("{}/auth/login", d.url());
+    // The harness IdP is otherwise correct: a valid token signs in.
+    idp.set_mode(Mode::Valid);
+    let r = Browser::new(&d.ca_file()).get(&start);
+    assert!(
+        r.body.contains("Signed in as mallory@hospital.test"),
+        "{r:?}"
+    );
+    let cases = [
+        (Mode::WrongAudience, "audience"),
+        (Mode::WrongIssuer, "issuer"),
+        (Mode::Expired, "expired"),
+        (Mode::AlgNone, "id_token_invalid"),
+        (Mode::Hs256WithPublicKey, "id_token_invalid"),
+        (Mode::WrongNonce, "nonce"),
+        (Mode::UnknownKey, "id_token"),
+    ];
+    assert_eq!(cases.len(), 7);
+    for (mode, want) in cases {
+        idp.set_mode(mode);
+        let before = d.count("auth.failed");
+        let r = Browser::new(&d.ca_file()).get(&start);
+        assert_eq!(r.status, 502, "{mode:?} was not refused: {r:?}");
+        assert!(
+            r.body.contains("could not be verified"),
+            "{mode:?}: {}",
+            r.body
+        );
+        let failed = wait_for("auth.failed", Duration::from_secs(10), || {
+            let v = d.events("auth.failed");
+            (v.len() > before).then(|| v[before].clone())
+        });
+        let detail = s(&failed["detail"]).to_lowercase();
+        assert!(
+            detail.contains(want),
+            "{mode:?}: expected '{want}' in {detail}"
+        );
+    }
+    assert_eq!(d.count("auth.login"), 1, "only the valid token may sign in");
+}
+
+#[test]
+fn sign_in_floods_are_rate_limited_with_retry_after() {
+    let echo = Echo::start();
+    let mut d = Deployment::prepare(&policy(echo.addr));
+    let idp = postern_e2e::rogue_idp::RogueIdp::start(CLIENT_ID);
+    configure_oidc(&d, &idp.issuer);
+    d.start_gateway();
+    let url = format!("{}/auth/login", d.url());
+    let mut codes = Vec::new();
+    for _ in 0..40 {
+        let (_, out, _) = run(Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-D", "-", "--cacert"])
+            .arg(d.ca_file())
+            .arg(&url));
+        codes.push(out);
+    }
+    let limited: Vec<&String> = codes
+        .iter()
+        .filter(|h| h.starts_with("HTTP/2 429") || h.starts_with("HTTP/1.1 429"))
+        .collect();
+    assert!(!limited.is_empty(), "no 429 in 40 rapid sign-in starts");
+    assert!(
+        limited[0].to_lowercase().contains("retry-after:"),
+        "{}",
+        limited[0]
+    );
+    assert!(
+        codes[0].contains(" 303"),
+        "the first start should redirect: {}",
+        codes[0]
+    );
+}
