@@ -206,6 +206,9 @@ async fn init(config: Config, listeners: &Listeners) -> Result<Arc<Gateway>, Gat
         None => None,
     };
     let initial_state = store.read()?;
+    if let Some(o) = config.oidc.as_ref().filter(|o| o.insecure_http_issuer) {
+        warn!(issuer = %o.issuer, "sign-in uses a plain-http identity provider on loopback: for tests and the demo only (postern-gateway check reports this)");
+    }
     let connector_addrs = if config.advertise_connector_addrs.is_empty() {
         let a = listeners
             .connectors

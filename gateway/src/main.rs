@@ -173,14 +173,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Check(c) => {
             let config = load(&c)?;
-            let policy = postern_policy::Policy::from_file(&config.policy)
-                .with_context(|| format!("policy {}", config.policy.display()))?;
-            println!(
-                "ok: {} (policy {} with {} endpoints)",
-                c.config.display(),
-                policy.version(),
-                policy.endpoints().len()
-            );
+            let problems = admin::check(&config);
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("error: {p}");
+                }
+                anyhow::bail!("{} problem(s) in {}", problems.len(), c.config.display());
+            }
+            println!("ok: {}", c.config.display());
             Ok(())
         }
         Cmd::Demo { dir, port } => {
