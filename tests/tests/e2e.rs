@@ -752,10 +752,13 @@ fn sigterm_ends_live_sessions_with_reason_shutdown() {
 #[test]
 fn demo_comes_up_and_its_printed_next_steps_work() {
     let work = tempfile::tempdir().unwrap();
-    // The demo uses PORT and PORT+1.
+    // The demo uses PORT (clients), PORT+1 (connectors) and PORT+2 (its identity provider).
     let port = loop {
         let p = postern_e2e::free_port();
-        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+        if p < 65000
+            && TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
+            && TcpListener::bind(("127.0.0.1", p + 2)).is_ok()
+        {
             break p;
         }
     };
@@ -770,7 +773,7 @@ fn demo_comes_up_and_its_printed_next_steps_work() {
     );
     let text = wait_for("the demo's instructions", Duration::from_secs(30), || {
         let t = demo.log_text();
-        t.contains("postern-audit search").then_some(t)
+        t.contains("postern logout").then_some(t)
     });
     let steps: Vec<&str> = text
         .lines()
@@ -778,14 +781,56 @@ fn demo_comes_up_and_its_printed_next_steps_work() {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("Try these"))
         .collect();
-    assert!(steps.len() >= 8, "too few steps: {steps:?}");
-    // Run them as printed, giving background tunnels a moment to print their ready line.
+    assert!(steps.len() >= 10, "too few steps: {steps:?}");
+    let cfg = work.path().join("postern-config");
+    let path = format!(
+        "{}:{}",
+        steps[0]
+            .trim_start_matches("export PATH=")
+            .trim_end_matches(":$PATH"),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // Sign in as a person would: run the printed `postern login`, open its URL in a browser
+    // (curl-driven), type alice / alice at the demo identity provider.
+    let login_step = steps
+        .iter()
+        .find(|s| s.starts_with("postern login"))
+        .unwrap();
+    let mut login = postern_e2e::Proc::spawn(
+        "login",
+        Command::new("bash")
+            .arg("-c")
+            .arg(login_step)
+            .env("PATH", &path)
+            .env("POSTERN_CONFIG_DIR", &cfg),
+        work.path().join("login.log"),
+    );
+    let url = wait_for("the sign-in URL", Duration::from_secs(10), || {
+        login
+            .log_text()
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("https://"))
+            .map(str::to_owned)
+    });
+    let ca = work.path().join("demo/gateway-ca.pem");
+    let page = postern_e2e::oidc::browser_login(&url, &ca, "alice", "alice");
+    assert!(page.body.contains("You are signed in"), "{page:?}");
+    wait_for("postern login to finish", Duration::from_secs(20), || {
+        (!login.is_running()).then_some(())
+    });
+    assert!(
+        login.log_text().contains("signed in as alice@demo.nhs.uk"),
+        "{}",
+        login.log_text()
+    );
+
+    // The rest, as printed, in one shell; background tunnels get a moment to listen.
     let mut script = String::from("set -u\n");
-    for step in &steps {
+    for step in steps.iter().filter(|s| !s.starts_with("postern login")) {
         script.push_str(step);
         script.push('\n');
         if step.ends_with('&') {
-            // Wait (up to 20 s) until the background tunnel's port accepts connections.
             let port = step
                 .split("127.0.0.1:")
                 .nth(1)
@@ -797,9 +842,13 @@ fn demo_comes_up_and_its_printed_next_steps_work() {
         }
     }
     script.push_str("kill $(jobs -p) 2>/dev/null\nwait 2>/dev/null\n");
-    let (_, out, err) = run(Command::new("bash").arg("-c").arg(&script));
+    let (_, out, err) = run(Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("POSTERN_CONFIG_DIR", &cfg));
     let all = format!("{out}\n{err}");
     assert!(all.contains("signed in as alice@demo.nhs.uk"), "{all}");
+    assert!(all.contains("mfa      yes"), "{all}");
     assert!(all.contains("demo-web"), "{all}");
     assert!(all.contains("Hello from the demo web viewer"), "{all}");
     assert!(
@@ -811,6 +860,8 @@ fn demo_comes_up_and_its_printed_next_steps_work() {
         all.contains("session.start") && all.contains("session.denied"),
         "{all}"
     );
+    assert!(all.contains("auth.login"), "{all}");
+    assert!(all.contains("signed out"), "{all}");
 }
 
 #[test]

@@ -465,20 +465,31 @@ fn check_rejects_development_identity_provider_settings() {
         .args(["check", "--config"])
         .arg(d.gateway_toml()));
     assert!(!ok);
-    assert!(err.contains("insecure_http_issuer") && err.contains("tests and the demo only"), "{err}");
+    assert!(
+        err.contains("insecure_http_issuer") && err.contains("tests and the demo only"),
+        "{err}"
+    );
     // The same file with https and a secret in a file of mode 0644 lists that too.
     let text = std::fs::read_to_string(d.gateway_toml())
         .unwrap()
         .replace("http://127.0.0.1:9", "https://idp.example")
         .replace("insecure_http_issuer = true\n", "");
     std::fs::write(d.gateway_toml(), text).unwrap();
-    std::fs::set_permissions(d.path("oidc-secret"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        d.path("oidc-secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
     let (ok, _, err) = run(Command::new(bin("postern-gateway"))
         .args(["check", "--config"])
         .arg(d.gateway_toml()));
     assert!(!ok);
     assert!(err.contains("readable by others"), "{err}");
-    std::fs::set_permissions(d.path("oidc-secret"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        d.path("oidc-secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let (ok, out, err) = run(Command::new(bin("postern-gateway"))
         .args(["check", "--config"])
         .arg(d.gateway_toml()));
