@@ -105,10 +105,7 @@ impl RogueIdp {
                 let Ok(mut s) = conn else { continue };
                 let mut buf = vec![0u8; 16384];
                 let mut used = 0;
-                loop {
-                    let Ok(n) = s.read(&mut buf[used..]) else {
-                        break;
-                    };
+                while let Ok(n) = s.read(&mut buf[used..]) {
                     if n == 0 {
                         break;
                     }
