@@ -126,6 +126,7 @@ fn redirect(location: &str) -> Resp {
 
 /// Audits `auth.failed` and renders the error page with the same id.
 fn fail_page(gw: &Gateway, peer: SocketAddr, ua: &str, e: &AuthError) -> Resp {
+    gw.metrics.auth_logins.with_label_values(&["failure"]).inc();
     let id = postern_proto::ids::random_id("err")
         .map(|s| s[..16].to_owned())
         .unwrap_or_else(|_| "err-unknown".into());
@@ -271,6 +272,7 @@ pub async fn callback(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr
         Err(e) => return fail_page(&gw, peer, &ua, &e),
     };
     info!(user = %identity.user, groups = ?identity.groups, mfa = identity.mfa, %peer, "signed in");
+    gw.metrics.auth_logins.with_label_values(&["success"]).inc();
     let mut ev = named(&gw, "auth.login");
     ev.user = Some(identity.user.clone());
     ev.groups = Some(identity.groups.clone());

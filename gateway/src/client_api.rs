@@ -217,6 +217,7 @@ fn audit_denied(
     decision: Option<&Decision>,
     detail: String,
 ) {
+    gw.metrics.sessions_total.with_label_values(&["deny"]).inc();
     let policy = gw.policy();
     let mut ev = gw.event(EventType::SessionDenied);
     ev.source = Some(peer.to_string());
@@ -326,11 +327,17 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
     info.connector = link.as_ref().map(|l| l.connector_ref());
 
     // Durable before anything is relayed: fail closed if the audit log cannot be written.
-    if let Err(e) = gw
+    gw.metrics
+        .sessions_total
+        .with_label_values(&["allow"])
+        .inc();
+    let audit_timer = gw.metrics.audit_write.start_timer();
+    let durable = gw
         .audit
         .record(info.event(&gw, EventType::SessionStart))
-        .await
-    {
+        .await;
+    audit_timer.observe_duration();
+    if let Err(e) = durable {
         tracing::error!(error = %e, "audit log unavailable: refusing session");
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -439,6 +446,9 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
     };
     let deadline = deadline_for(&decision, started, claims.exp);
     info!(session_id = %session_id, user = %claims.sub, endpoint = %endpoint.name, connector_id = %link.connector_id, "session started");
+    gw.metrics
+        .session_setup
+        .observe(started.elapsed().as_secs_f64());
     let client_up = hyper::upgrade::on(req);
     let endpoint_up = hyper::upgrade::on(resp);
     let task_gw = gw.clone();

@@ -36,6 +36,16 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     oidc: Option<RawOidc>,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// Metrics and health (`/metrics`, `/healthz`, `/readyz`), plain HTTP: keep it on loopback
+    /// or a management network.
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +118,8 @@ pub struct Config {
     pub session_token_max_ttl: Duration,
     pub connector_cert_validity: Duration,
     pub oidc: Option<OidcConfig>,
+    /// Admin listener for metrics and health; None = off.
+    pub listen_admin: Option<SocketAddr>,
 }
 
 /// A client secret: never printed.
@@ -191,6 +203,7 @@ impl Config {
             session_token_max_ttl: Duration::from_secs(24 * 3600),
             connector_cert_validity: Duration::from_secs(90 * 24 * 3600),
             oidc: None,
+            listen_admin: None,
         }
     }
 
@@ -223,6 +236,14 @@ impl Config {
         };
         let listen_clients = addr("clients", &raw.listen.clients);
         let listen_connectors = addr("connectors", &raw.listen.connectors);
+        let listen_admin = raw.admin.listen.as_deref().map(|a| {
+            a.parse().unwrap_or_else(|_| {
+                errors.push(format!(
+                    "{file}: admin.listen: expected an address like \"127.0.0.1:9090\", found \"{a}\""
+                ));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            })
+        });
         let mut dur = |key: &str, v: Option<String>, default: Duration| -> Duration {
             match v {
                 None => default,
@@ -351,6 +372,7 @@ impl Config {
             session_token_max_ttl,
             connector_cert_validity,
             oidc,
+            listen_admin,
         })
     }
 }

@@ -234,6 +234,8 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         cancel: CancellationToken::new(),
     });
     gw.registry.add(link.clone());
+    let connected = gw.metrics.connectors_connected.with_label_values(&[&site]);
+    connected.inc();
     info!(connector_id = %id, %site, %peer, "connector connected");
     let mut ev = gw.event(EventType::ConnectorConnected);
     ev.connector = Some(link.connector_ref());
@@ -250,6 +252,7 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         _ = gw.shutdown.cancelled() => "gateway shutting down".to_owned(),
     };
     gw.registry.remove(&link);
+    connected.dec();
     info!(connector_id = %id, %site, %peer, reason = %why, "connector disconnected");
     let mut ev = gw.event(EventType::ConnectorDisconnected);
     ev.connector = Some(link.connector_ref());

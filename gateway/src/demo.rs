@@ -142,6 +142,7 @@ pub async fn run(
     let listeners = Listeners {
         clients: bind(port).await?,
         connectors: bind(connector_port).await?,
+        admin: None,
     };
     let idp_port = port.checked_add(2).context("--port too high")?;
     let idp_listener = bind(idp_port).await?;

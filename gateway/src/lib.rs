@@ -11,6 +11,8 @@
 //! * `connectors`: the mutual-TLS connector listener and the registry of live connector links.
 //! * `sessions`: live tunnels: relay, limits, continuous authorization, `session.end`.
 //! * `reload`: live policy reload (SIGHUP, file change) and re-evaluation of live sessions.
+//! * [`metrics`]: Prometheus metrics; `status_http` serves them with health checks on the
+//!   admin listener.
 //! * [`admin`]: the admin commands (`token create`, `connector list|revoke`, `session mint`).
 //! * [`demo`]: the local demo deployment.
 //!
@@ -30,11 +32,13 @@ mod connectors;
 pub mod demo;
 mod fsutil;
 mod httpc;
+pub mod metrics;
 pub mod oidc;
 mod pages;
 pub mod pki;
 mod reload;
 mod sessions;
+mod status_http;
 pub mod store;
 pub mod tokens;
 
@@ -82,6 +86,8 @@ pub enum GatewayError {
 pub struct Listeners {
     pub clients: TcpListener,
     pub connectors: TcpListener,
+    /// Metrics and health, if configured.
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -95,9 +101,14 @@ impl Listeners {
                     source,
                 })
         };
+        let admin = match config.listen_admin {
+            Some(a) => Some(bind(a, "admin").await?),
+            None => None,
+        };
         Ok(Listeners {
             clients: bind(config.listen_clients, "client").await?,
             connectors: bind(config.listen_connectors, "connector").await?,
+            admin,
         })
     }
 }
@@ -122,6 +133,7 @@ pub(crate) struct Gateway {
     /// Ids of session tokens revoked before expiry (sign-out).
     pub revoked: RwLock<std::collections::HashSet<String>>,
     pub ratelimited: std::sync::atomic::AtomicU64,
+    pub metrics: metrics::Metrics,
 }
 
 impl Gateway {
@@ -158,6 +170,7 @@ impl Gateway {
     pub fn note_ratelimited(&self, what: &str) {
         self.ratelimited
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.ratelimited.with_label_values(&[what]).inc();
         tracing::debug!(what, "rate limited");
     }
 
@@ -238,6 +251,10 @@ async fn init(config: Config, listeners: &Listeners) -> Result<Arc<Gateway>, Gat
         signin_limiter: auth::Limiter::default(),
         revoked: RwLock::new(Default::default()),
         ratelimited: Default::default(),
+        metrics: metrics::Metrics::new().map_err(|e| GatewayError::Io {
+            what: "setting up metrics".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?,
         config,
     }))
     .inspect(|gw| gw.load_revocations(&initial_state))
@@ -268,6 +285,7 @@ pub async fn run(
         endpoints = policy.endpoints().len(),
         "gateway started"
     );
+    gw.metrics.set_policy_version(policy.version());
     let mut started = gw.event(EventType::GatewayStarted);
     started.detail = Some(format!("policy {}", policy.version()));
     gw.audit.record(started).await?;
@@ -280,6 +298,9 @@ pub async fn run(
         tokio::spawn(reload::on_sighup(gw.clone())),
         tokio::spawn(housekeeping(gw.clone())),
     ];
+    let admin_task = listeners
+        .admin
+        .map(|l| tokio::spawn(status_http::serve(gw.clone(), l)));
     let discovery = gw
         .oidc
         .clone()
@@ -289,7 +310,7 @@ pub async fn run(
     gw.shutdown.cancel();
     gw.sessions.kill_all("shutdown");
     gw.sessions.wait_empty(Duration::from_secs(5)).await;
-    for t in tasks.into_iter().chain(discovery) {
+    for t in tasks.into_iter().chain(discovery).chain(admin_task) {
         t.abort();
     }
     gw.audit.record_nowait(gw.event(EventType::GatewayStopped));

@@ -287,6 +287,11 @@ pub async fn run_session<C, E>(
 {
     let started = facts.started;
     let (kill, mut deadline_rx) = gw.sessions.insert(&info, facts, deadline);
+    let active = gw
+        .metrics
+        .sessions_active
+        .with_label_values(&[&info.endpoint.site, &info.endpoint.name]);
+    active.inc();
     let counters = Arc::new(Counters::default());
     let relay = relay(client, endpoint, counters.clone());
     tokio::pin!(relay);
@@ -311,6 +316,15 @@ pub async fn run_session<C, E>(
         }
     };
     gw.sessions.remove(&info.id);
+    active.dec();
+    gw.metrics
+        .tunnel_bytes
+        .with_label_values(&["up"])
+        .inc_by(counters.a_to_b());
+    gw.metrics
+        .tunnel_bytes
+        .with_label_values(&["down"])
+        .inc_by(counters.b_to_a());
     end_session(&gw, &info, started, &reason, None, &counters).await;
 }
 

@@ -1085,3 +1085,57 @@ fn full_audit_disk_refuses_new_sessions_fail_closed() {
     let log = d.gateway.as_ref().unwrap().log_text();
     assert!(log.contains("audit log unavailable"), "{log}");
 }
+
+#[test]
+fn metrics_and_health_on_the_admin_listener() {
+    let echo = Echo::start();
+    let mut d = Deployment::prepare(&policy(1, echo.addr, 9));
+    let admin = postern_e2e::free_port();
+    d.append_config(&format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
+    d.start_gateway();
+    let d = d.with_connector(&allow(&[echo.addr.port()]));
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (_c, local) = d.connect("echo", &token).unwrap();
+    assert_eq!(echo_roundtrip(local, b"count me").unwrap(), b"count me");
+    let bob = d.mint("bob@truro.nhs.uk", "porters", "1h");
+    assert!(d.connect("echo", &bob).is_err());
+    d.wait_event("session.end", |_| true);
+    let addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let metrics = wait_for("metrics", Duration::from_secs(10), || {
+        postern_e2e::dicom::http_get(addr, "/metrics")
+            .filter(|m| m.contains("postern_tunnel_bytes_total"))
+    });
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{metrics}"))
+    };
+    assert_eq!(value("postern_sessions_total{decision=\"allow\"}"), 1.0);
+    assert!(value("postern_sessions_total{decision=\"deny\"}") >= 1.0);
+    assert_eq!(value("postern_connectors_connected{site=\"truro\"}"), 2.0);
+    assert_eq!(value("postern_tunnel_bytes_total{direction=\"up\"}"), 8.0);
+    assert_eq!(value("postern_tunnel_bytes_total{direction=\"down\"}"), 8.0);
+    assert_eq!(value("postern_session_setup_seconds_count"), 1.0);
+    assert!(value("postern_audit_events_total") >= 4.0);
+    assert!(
+        metrics.contains("postern_policy_version_info{version=\"sha256:"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("postern_build_info{version="), "{metrics}");
+    assert_eq!(
+        postern_e2e::dicom::http_get(addr, "/readyz").as_deref(),
+        Some("ready\n")
+    );
+    // The public listener does not serve metrics.
+    let (_, out, _) = run(Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(d.ca_file())
+        .arg(format!("{}/metrics", d.url())));
+    assert!(
+        !out.contains("postern_"),
+        "metrics leaked on the public port: {out}"
+    );
+}
