@@ -39,7 +39,7 @@ type Resp = Response<Full<Bytes>>;
 pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) {
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = gw.shutdown.cancelled() => return,
+            _ = gw.draining.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -98,9 +98,17 @@ async fn serve_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(conn);
     tokio::select! {
-        r = conn => if let Err(e) = r { debug!(%peer, error = %e, "client connection ended with an error") },
-        _ = gw.shutdown.cancelled() => {},
+        r = conn.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "client connection ended with an error") },
+        _ = gw.draining.cancelled() => {
+            // GOAWAY: streams in flight (and upgraded tunnels) go on; no new requests.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {},
+                _ = gw.shutdown.cancelled() => {},
+            }
+        }
     }
 }
 

@@ -94,6 +94,7 @@ struct RawLimits {
     max_connections: Option<usize>,
     session_token_max_ttl: Option<String>,
     connector_cert_validity: Option<String>,
+    shutdown_grace: Option<String>,
 }
 
 fn default_node_id() -> String {
@@ -117,6 +118,8 @@ pub struct Config {
     pub max_connections: usize,
     pub session_token_max_ttl: Duration,
     pub connector_cert_validity: Duration,
+    /// On SIGTERM, how long live sessions may go on before they are ended.
+    pub shutdown_grace: Duration,
     pub oidc: Option<OidcConfig>,
     /// Admin listener for metrics and health; None = off.
     pub listen_admin: Option<SocketAddr>,
@@ -202,6 +205,7 @@ impl Config {
             max_connections: 20_000,
             session_token_max_ttl: Duration::from_secs(24 * 3600),
             connector_cert_validity: Duration::from_secs(90 * 24 * 3600),
+            shutdown_grace: Duration::from_secs(30),
             oidc: None,
             listen_admin: None,
         }
@@ -275,6 +279,11 @@ impl Config {
             "connector_cert_validity",
             raw.limits.connector_cert_validity,
             d.connector_cert_validity,
+        );
+        let shutdown_grace = dur(
+            "shutdown_grace",
+            raw.limits.shutdown_grace,
+            d.shutdown_grace,
         );
         let max_connections = raw.limits.max_connections.unwrap_or(d.max_connections);
         if max_connections == 0 {
@@ -371,6 +380,7 @@ impl Config {
             max_connections,
             session_token_max_ttl,
             connector_cert_validity,
+            shutdown_grace,
             oidc,
             listen_admin,
         })

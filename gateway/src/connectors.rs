@@ -95,7 +95,7 @@ impl Registry {
 pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) {
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = gw.shutdown.cancelled() => return,
+            _ = gw.draining.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {

@@ -188,6 +188,7 @@ pub async fn run(
     let gateway = tokio::spawn(async move {
         crate::run(gw_config, listeners, async {
             let _ = stop_rx.await;
+            crate::Stop::Now
         })
         .await
     });

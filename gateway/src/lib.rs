@@ -128,6 +128,8 @@ pub(crate) struct Gateway {
     pub sessions: sessions::Sessions,
     pub conn_limit: Arc<Semaphore>,
     pub shutdown: CancellationToken,
+    /// Cancelled first at shutdown: listeners stop accepting, HTTP connections get GOAWAY.
+    pub draining: CancellationToken,
     pub oidc: Option<Arc<oidc::Oidc>>,
     pub signin_limiter: auth::Limiter,
     /// Ids of session tokens revoked before expiry (sign-out).
@@ -247,6 +249,7 @@ async fn init(config: Config, listeners: &Listeners) -> Result<Arc<Gateway>, Gat
         registry: connectors::Registry::default(),
         sessions: sessions::Sessions::default(),
         shutdown: CancellationToken::new(),
+        draining: CancellationToken::new(),
         oidc,
         signin_limiter: auth::Limiter::default(),
         revoked: RwLock::new(Default::default()),
@@ -269,12 +272,22 @@ async fn housekeeping(gw: Arc<Gateway>) {
     }
 }
 
-/// Runs the gateway until `shutdown` completes, then ends live sessions (reason `shutdown`),
-/// flushes the audit log and returns.
+/// How to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: stop accepting, let live sessions finish for up to `limits.shutdown_grace`,
+    /// then end the rest (reason `shutdown`).
+    Drain,
+    /// SIGINT: end live sessions now (reason `shutdown`).
+    Now,
+}
+
+/// Runs the gateway until `shutdown` completes, then stops as it says, ends live sessions
+/// (`session.end` reason `shutdown`), flushes the audit log and returns.
 pub async fn run(
     config: Config,
     listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Stop>,
 ) -> Result<(), GatewayError> {
     let gw = init(config, &listeners).await?;
     let policy = gw.policy();
@@ -305,11 +318,23 @@ pub async fn run(
         .oidc
         .clone()
         .map(|o| tokio::spawn(o.keep_discovering(gw.shutdown.clone())));
-    shutdown.await;
-    info!("shutting down: ending live sessions");
-    gw.shutdown.cancel();
+    let stop = shutdown.await;
+    gw.draining.cancel();
+    if stop == Stop::Drain && gw.sessions.len() > 0 {
+        info!(
+            sessions = gw.sessions.len(),
+            grace = ?gw.config.shutdown_grace,
+            "draining: no new connections; live sessions may finish"
+        );
+        gw.sessions.wait_empty(gw.config.shutdown_grace).await;
+    }
+    info!(
+        sessions = gw.sessions.len(),
+        "shutting down: ending live sessions"
+    );
     gw.sessions.kill_all("shutdown");
     gw.sessions.wait_empty(Duration::from_secs(5)).await;
+    gw.shutdown.cancel();
     for t in tasks.into_iter().chain(discovery).chain(admin_task) {
         t.abort();
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use postern_gateway::{admin, Config, Listeners};
+use postern_gateway::{admin, Config, Listeners, Stop};
 
 #[derive(Parser)]
 #[command(
@@ -126,7 +126,8 @@ fn init_tracing() {
         .init();
 }
 
-async fn shutdown_signal() {
+/// SIGTERM drains, SIGINT is fast.
+async fn shutdown_signal() -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
     match (
         signal(SignalKind::terminate()),
@@ -134,12 +135,13 @@ async fn shutdown_signal() {
     ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
+                _ = term.recv() => Stop::Drain,
+                _ = int.recv() => Stop::Now,
             }
         }
         _ => {
             let _ = tokio::signal::ctrl_c().await;
+            Stop::Now
         }
     }
 }
@@ -185,7 +187,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Demo { dir, port } => {
             init_tracing();
-            runtime()?.block_on(postern_gateway::demo::run(dir, port, shutdown_signal()))
+            runtime()?.block_on(postern_gateway::demo::run(dir, port, async {
+                shutdown_signal().await;
+            }))
         }
         Cmd::Token {
             cmd: TokenCmd::Create { config, site, ttl },

@@ -250,7 +250,7 @@ impl Deployment {
         std::fs::write(
             dir.path().join("gateway.toml"),
             format!(
-                "node_id = \"gw-test\"\nstate_dir = \"gw\"\npolicy = \"policy.toml\"\n[listen]\nclients = \"127.0.0.1:{client_port}\"\nconnectors = \"127.0.0.1:{connector_port}\"\n[limits]\nhandshake_timeout = \"2s\"\nconnector_dial_timeout = \"3s\"\n{extra}"
+                "node_id = \"gw-test\"\nstate_dir = \"gw\"\npolicy = \"policy.toml\"\n[listen]\nclients = \"127.0.0.1:{client_port}\"\nconnectors = \"127.0.0.1:{connector_port}\"\n[limits]\nhandshake_timeout = \"2s\"\nconnector_dial_timeout = \"3s\"\nshutdown_grace = \"2s\"\n{extra}"
             ),
         )
         .unwrap();

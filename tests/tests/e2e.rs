@@ -726,7 +726,7 @@ fn malformed_connect_targets_are_refused_and_http1_connect_works() {
 }
 
 #[test]
-fn sigterm_ends_live_sessions_with_reason_shutdown() {
+fn sigterm_drains_then_ends_live_sessions_with_reason_shutdown() {
     let (mut d, _echo) = standard();
     let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
     let (_client, local) = d.connect("echo", &token).unwrap();
@@ -737,15 +737,30 @@ fn sigterm_ends_live_sessions_with_reason_shutdown() {
     let mut b = [0u8; 1];
     live.read_exact(&mut b).unwrap();
     d.wait_event("session.start", |_| true);
-    let code = d
-        .gateway
-        .as_mut()
-        .unwrap()
-        .terminate(Duration::from_secs(10));
-    assert_eq!(code, Some(0), "gateway did not exit cleanly");
-    let end = d.wait_event("session.end", |_| true);
+    let t0 = Instant::now();
+    d.gateway.as_ref().unwrap().signal("TERM");
+    // During the grace period (2 s in the test config) the live tunnel still works...
+    std::thread::sleep(Duration::from_millis(300));
+    live.write_all(b"y").unwrap();
+    live.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"y");
+    // ...but nothing new is accepted.
+    assert!(
+        TcpStream::connect(("127.0.0.1", d.client_port)).is_err()
+            || echo_roundtrip(local, b"new").is_err(),
+        "a new session was accepted while draining"
+    );
+    let code = wait_for("the gateway to exit", Duration::from_secs(10), || {
+        d.gateway.as_mut().unwrap().child.try_wait().ok().flatten()
+    });
+    assert_eq!(code.code(), Some(0), "gateway did not exit cleanly");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "no grace period: {waited:?}"
+    );
+    let end = d.wait_event("session.end", |e| e["bytes_up"] == 2);
     assert_eq!(end["close_reason"], "shutdown");
-    assert_eq!(end["bytes_up"], 1);
     d.wait_event("gateway.stopped", |_| true);
 }
 
