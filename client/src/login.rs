@@ -20,17 +20,7 @@ use tokio::net::TcpListener;
 use crate::{ClientError, GatewayConn};
 
 /// What `POST /auth/token` and `GET /v1/whoami` answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Session {
-    pub token: Option<String>,
-    pub user: String,
-    pub name: Option<String>,
-    pub groups: Vec<String>,
-    pub mfa: bool,
-    pub auth_time: Option<u64>,
-    pub expires_at: u64,
-    pub idp: Option<String>,
-}
+pub use postern_proto::wire::SessionSummary as Session;
 
 /// Remembered between commands (`config.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

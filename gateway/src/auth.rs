@@ -24,7 +24,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use openidconnect::url::form_urlencoded;
 use postern_audit::{Event, EventType};
-use serde::{Deserialize, Serialize};
+use postern_proto::wire::SessionSummary;
+use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::oidc::{AuthError, CliRequest, Identity, Oidc, COOKIE};
@@ -164,26 +165,40 @@ fn oidc(gw: &Gateway) -> Result<&Arc<Oidc>, AuthError> {
     })
 }
 
-/// `GET /auth/login`.
-pub async fn login(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-    let ua = user_agent(&req);
+/// Rate limit and query-size check shared by the browser-facing routes; Ok(user agent).
+fn precheck(
+    gw: &Gateway,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    max_query: usize,
+) -> Result<String, Box<Resp>> {
+    let ua = user_agent(req);
     if let Err(secs) = gw.signin_limiter.check(peer.ip()) {
         gw.note_ratelimited("signin");
-        return too_many(secs);
+        return Err(Box::new(too_many(secs)));
     }
-    if req.uri().query().map(str::len).unwrap_or(0) > 4096 {
-        return fail_page(
-            &gw,
+    if req.uri().query().map(str::len).unwrap_or(0) > max_query {
+        return Err(Box::new(fail_page(
+            gw,
             peer,
             &ua,
             &AuthError {
                 status: StatusCode::URI_TOO_LONG,
                 code: "oversized",
                 public: "This sign-in link is not valid.".into(),
-                detail: "query string over 4096 bytes".into(),
+                detail: format!("query string over {max_query} bytes"),
             },
-        );
+        )));
     }
+    Ok(ua)
+}
+
+/// `GET /auth/login`.
+pub async fn login(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    let ua = match precheck(&gw, &req, peer, 4096) {
+        Ok(ua) => ua,
+        Err(r) => return *r,
+    };
     let oidc = match oidc(&gw) {
         Ok(o) => o,
         Err(e) => return fail_page(&gw, peer, &ua, &e),
@@ -227,28 +242,14 @@ pub async fn login(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -
 
 /// `GET /auth/callback`.
 pub async fn callback(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-    let ua = user_agent(&req);
-    if let Err(secs) = gw.signin_limiter.check(peer.ip()) {
-        gw.note_ratelimited("signin");
-        return too_many(secs);
-    }
+    let ua = match precheck(&gw, &req, peer, 8192) {
+        Ok(ua) => ua,
+        Err(r) => return *r,
+    };
     let oidc = match oidc(&gw) {
         Ok(o) => o.clone(),
         Err(e) => return fail_page(&gw, peer, &ua, &e),
     };
-    if req.uri().query().map(str::len).unwrap_or(0) > 8192 {
-        return fail_page(
-            &gw,
-            peer,
-            &ua,
-            &AuthError {
-                status: StatusCode::URI_TOO_LONG,
-                code: "oversized",
-                public: "This sign-in link is not valid.".into(),
-                detail: "query string over 8192 bytes".into(),
-            },
-        );
-    }
     let q = query(&req);
     let jar = cookie(&req);
     let result = oidc
@@ -344,21 +345,8 @@ struct TokenRequest {
     code_verifier: String,
 }
 
-/// What `POST /auth/token` and `GET /v1/whoami` return.
-#[derive(Serialize, Deserialize)]
-pub struct SessionInfoBody {
-    pub token: Option<String>,
-    pub user: String,
-    pub name: Option<String>,
-    pub groups: Vec<String>,
-    pub mfa: bool,
-    pub auth_time: Option<u64>,
-    pub expires_at: u64,
-    pub idp: Option<String>,
-}
-
-fn body_of(claims: &Claims, token: Option<String>) -> SessionInfoBody {
-    SessionInfoBody {
+fn body_of(claims: &Claims, token: Option<String>) -> SessionSummary {
+    SessionSummary {
         token,
         user: claims.sub.clone(),
         name: claims.name.clone(),

@@ -38,16 +38,8 @@ type Resp = Response<Full<Bytes>>;
 
 pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) {
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = gw.draining.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "client listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, peer)) = crate::next_conn(&listener, &gw.draining, "client").await else {
+            return;
         };
         let Ok(permit) = gw.conn_limit.clone().try_acquire_owned() else {
             warn!(%peer, "connection limit reached; refusing client connection");

@@ -94,17 +94,8 @@ impl Registry {
 
 pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) {
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = gw.draining.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    warn!(error = %e, "connector listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, peer)) = crate::next_conn(&listener, &gw.draining, "connector").await else {
+            return;
         };
         let Ok(permit) = gw.conn_limit.clone().try_acquire_owned() else {
             warn!(%peer, "connection limit reached; refusing connector connection");

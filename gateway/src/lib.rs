@@ -263,6 +263,28 @@ async fn init(config: Config, listeners: &Listeners) -> Result<Arc<Gateway>, Gat
     .inspect(|gw| gw.load_revocations(&initial_state))
 }
 
+/// The next connection on `listener`, or None once `stop` is cancelled. Accept errors (out of
+/// file descriptors and the like) back off instead of spinning; the caller spawns a task per
+/// connection, so the accept loop itself never waits on a peer.
+pub(crate) async fn next_conn(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    warn!(error = %e, listener = what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Periodic upkeep: forget idle rate-limiter entries.
 async fn housekeeping(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));

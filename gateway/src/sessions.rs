@@ -315,7 +315,6 @@ pub async fn run_session<C, E>(
             _ = kill.token.cancelled() => break kill.reason(),
         }
     };
-    gw.sessions.remove(&info.id);
     active.dec();
     gw.metrics
         .tunnel_bytes
@@ -326,6 +325,9 @@ pub async fn run_session<C, E>(
         .with_label_values(&["down"])
         .inc_by(counters.b_to_a());
     end_session(&gw, &info, started, &reason, None, &counters).await;
+    // Only now: shutdown waits for the registry to empty before it closes the audit log, so
+    // every session.end is on disk first.
+    gw.sessions.remove(&info.id);
 }
 
 /// Writes `session.end` for a session that started (also for ones that never relayed a byte).

@@ -13,7 +13,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tracing::warn;
 
 use crate::Gateway;
 
@@ -64,16 +63,8 @@ fn route(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
     loop {
-        let (tcp, _) = tokio::select! {
-            _ = gw.shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "admin listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, _)) = crate::next_conn(&listener, &gw.shutdown, "admin").await else {
+            return;
         };
         let gw = gw.clone();
         tokio::spawn(async move {

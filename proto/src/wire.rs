@@ -118,6 +118,27 @@ pub struct EndpointList {
     pub endpoints: Vec<EndpointInfo>,
 }
 
+/// What `POST /auth/token` and `GET /v1/whoami` answer: who a session token is for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionSummary {
+    /// The token itself (only from `POST /auth/token`).
+    #[serde(default)]
+    pub token: Option<String>,
+    pub user: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub groups: Vec<String>,
+    pub mfa: bool,
+    /// When the user authenticated at the IdP (seconds since the epoch).
+    #[serde(default)]
+    pub auth_time: Option<u64>,
+    /// Token expiry (seconds since the epoch).
+    pub expires_at: u64,
+    /// Issuer of the sign-in.
+    #[serde(default)]
+    pub idp: Option<String>,
+}
+
 /// Every error body from every Postern listener.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
