@@ -11,14 +11,11 @@
 //! Every failure ends in a readable page (or JSON for the CLI calls) and an `auth.failed` event
 //! with the same error id. Starts and callbacks are rate limited per source address.
 
-use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -35,40 +32,6 @@ use crate::tokens::{new_jti, Claims};
 use crate::Gateway;
 
 type Resp = Response<Full<Bytes>>;
-
-/// Per-address limits on unauthenticated sign-in endpoints.
-pub struct Limiter {
-    inner: DefaultKeyedRateLimiter<IpAddr>,
-}
-
-impl Default for Limiter {
-    fn default() -> Self {
-        // 5 per second sustained, bursts of 20, per source address.
-        let quota = Quota::per_second(NonZeroU32::MIN.saturating_add(4))
-            .allow_burst(NonZeroU32::MIN.saturating_add(19));
-        Limiter {
-            inner: RateLimiter::keyed(quota),
-        }
-    }
-}
-
-impl Limiter {
-    /// Ok, or the number of seconds to wait.
-    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
-        self.inner.check_key(&ip).map_err(|not_until| {
-            not_until
-                .wait_time_from(DefaultClock::default().now())
-                .as_secs()
-                .max(1)
-        })
-    }
-
-    /// Forgets idle addresses (bounded memory).
-    pub fn shrink(&self) {
-        self.inner.retain_recent();
-        self.inner.shrink_to_fit();
-    }
-}
 
 fn named(gw: &Gateway, kind: &str) -> Event {
     let mut ev = gw.event(EventType::GatewayStarted);
@@ -173,7 +136,7 @@ fn precheck(
     max_query: usize,
 ) -> Result<String, Box<Resp>> {
     let ua = user_agent(req);
-    if let Err(secs) = gw.signin_limiter.check(peer.ip()) {
+    if let Err(secs) = gw.limits.signin.check(&peer.ip()) {
         gw.note_ratelimited("signin");
         return Err(Box::new(too_many(secs)));
     }
@@ -361,7 +324,7 @@ fn body_of(claims: &Claims, token: Option<String>) -> SessionSummary {
 /// `POST /auth/token`.
 pub async fn token(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
     use crate::client_api::{error, json};
-    if let Err(secs) = gw.signin_limiter.check(peer.ip()) {
+    if let Err(secs) = gw.limits.signin.check(&peer.ip()) {
         gw.note_ratelimited("signin");
         let mut r = error(
             StatusCode::TOO_MANY_REQUESTS,

@@ -45,9 +45,9 @@ pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) {
             warn!(%peer, "connection limit reached; refusing client connection");
             continue;
         };
-        let gw = gw.clone();
-        tokio::spawn(async move {
-            serve_connection(gw, tcp, peer).await;
+        let task_gw = gw.clone();
+        gw.conns.spawn(async move {
+            serve_connection(task_gw, tcp, peer).await;
             drop(permit);
         });
     }
@@ -142,6 +142,15 @@ fn sanitize_header(s: &str) -> String {
         })
         .take(512)
         .collect()
+}
+
+/// 429 with `Retry-After`.
+fn too_many(message: &str, secs: u64) -> Resp {
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+    if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
 }
 
 async fn route(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
@@ -290,6 +299,24 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
             return token_refusal(&e);
         }
     };
+    let limited = gw
+        .limits
+        .tunnel_ip
+        .check(&peer.ip())
+        .and_then(|_| gw.limits.tunnel_user.check(&claims.sub));
+    if let Err(secs) = limited {
+        gw.note_ratelimited("tunnel");
+        let msg = format!("too many new connections; try again in {secs}s");
+        audit_denied(
+            &gw,
+            peer,
+            Some(&claims),
+            &name,
+            None,
+            format!("rate limited: {msg}"),
+        );
+        return too_many(&msg, secs);
+    }
     let policy = gw.policy();
     let decision = policy.evaluate(&policy_request(&claims, &name));
     let endpoint = match (decision.is_allowed(), policy.endpoint(&name)) {
@@ -580,10 +607,17 @@ enum EnrollError {
 }
 
 async fn enroll(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-    let body = match Limited::new(req.into_body(), wire::MAX_JSON_BODY)
+    // The (bounded) body is read before answering, even with 429: an HTTP/2 response sent
+    // before the request body is consumed ends in a stream reset that clients may report as a
+    // failure instead of showing the answer.
+    let body = Limited::new(req.into_body(), wire::MAX_JSON_BODY)
         .collect()
-        .await
-    {
+        .await;
+    if let Err(secs) = gw.limits.enroll.check(&peer.ip()) {
+        gw.note_ratelimited("enroll");
+        return too_many("too many enrolment attempts from this address", secs);
+    }
+    let body = match body {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             return error(

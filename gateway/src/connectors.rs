@@ -97,13 +97,18 @@ pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) {
         let Some((tcp, peer)) = crate::next_conn(&listener, &gw.draining, "connector").await else {
             return;
         };
+        if gw.limits.connector_dial.check(&peer.ip()).is_err() {
+            gw.note_ratelimited("connector");
+            debug!(%peer, "connector connection attempts over the limit; dropped");
+            continue;
+        }
         let Ok(permit) = gw.conn_limit.clone().try_acquire_owned() else {
             warn!(%peer, "connection limit reached; refusing connector connection");
             continue;
         };
-        let gw = gw.clone();
-        tokio::spawn(async move {
-            handle(gw, tcp, peer).await;
+        let task_gw = gw.clone();
+        gw.conns.spawn(async move {
+            handle(task_gw, tcp, peer).await;
             drop(permit);
         });
     }

@@ -32,6 +32,7 @@ mod connectors;
 pub mod demo;
 mod fsutil;
 mod httpc;
+mod limits;
 pub mod metrics;
 pub mod oidc;
 mod pages;
@@ -130,8 +131,10 @@ pub(crate) struct Gateway {
     pub shutdown: CancellationToken,
     /// Cancelled first at shutdown: listeners stop accepting, HTTP connections get GOAWAY.
     pub draining: CancellationToken,
+    /// Per-connection tasks of both listeners, awaited at shutdown.
+    pub conns: tokio_util::task::TaskTracker,
     pub oidc: Option<Arc<oidc::Oidc>>,
-    pub signin_limiter: auth::Limiter,
+    pub limits: limits::Limits,
     /// Ids of session tokens revoked before expiry (sign-out).
     pub revoked: RwLock<std::collections::HashSet<String>>,
     pub ratelimited: std::sync::atomic::AtomicU64,
@@ -250,8 +253,9 @@ async fn init(config: Config, listeners: &Listeners) -> Result<Arc<Gateway>, Gat
         sessions: sessions::Sessions::default(),
         shutdown: CancellationToken::new(),
         draining: CancellationToken::new(),
+        conns: tokio_util::task::TaskTracker::new(),
         oidc,
-        signin_limiter: auth::Limiter::default(),
+        limits: limits::Limits::default(),
         revoked: RwLock::new(Default::default()),
         ratelimited: Default::default(),
         metrics: metrics::Metrics::new().map_err(|e| GatewayError::Io {
@@ -290,7 +294,7 @@ async fn housekeeping(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        gw.signin_limiter.shrink();
+        gw.limits.shrink();
     }
 }
 
@@ -357,6 +361,17 @@ pub async fn run(
     gw.sessions.kill_all("shutdown");
     gw.sessions.wait_empty(Duration::from_secs(5)).await;
     gw.shutdown.cancel();
+    // Connection tasks write their last events (connector.disconnected) before the log closes.
+    gw.conns.close();
+    if tokio::time::timeout(Duration::from_secs(3), gw.conns.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = gw.conns.len(),
+            "connections still closing at shutdown"
+        );
+    }
     for t in tasks.into_iter().chain(discovery).chain(admin_task) {
         t.abort();
     }

@@ -1154,3 +1154,34 @@ fn metrics_and_health_on_the_admin_listener() {
         "metrics leaked on the public port: {out}"
     );
 }
+
+#[test]
+fn enrolment_floods_are_rate_limited_per_address() {
+    let d = Deployment::gateway_only(&policy(1, "127.0.0.1:1".parse().unwrap(), 9));
+    let mut statuses = Vec::new();
+    for _ in 0..15 {
+        let (_, out, err) = run(Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(d.ca_file())
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-d",
+                "{\"token\":\"x\",\"csr_pem\":\"y\"}",
+            ])
+            .arg(format!("{}/v1/enroll", d.url())));
+        statuses.push(format!("{out}{}", err.trim()));
+    }
+    assert!(
+        statuses.iter().any(|s| s == "403"),
+        "the first attempts are judged: {statuses:?}"
+    );
+    assert!(
+        !statuses.iter().any(|s| s == "000"),
+        "a request got no answer: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().any(|s| s == "429"),
+        "no rate limit in 15 rapid attempts: {statuses:?}"
+    );
+}
