@@ -169,9 +169,8 @@ impl GatewayConn {
             .map_err(|e| connect_err(format!("TLS: {e}")))?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .initial_stream_window_size(1024 * 1024)
-            .initial_connection_window_size(8 * 1024 * 1024)
-            .adaptive_window(true)
+            .initial_stream_window_size(wire::STREAM_WINDOW)
+            .initial_connection_window_size(wire::CONN_WINDOW)
             .max_frame_size(64 * 1024)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))

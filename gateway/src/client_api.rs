@@ -23,12 +23,12 @@ use postern_policy::{Decision, Effect, Endpoint};
 use postern_proto::ids::{ct_eq, random_id, sha256_hex};
 use postern_proto::relay::Counters;
 use postern_proto::wire::{
-    self, EndpointInfo, EndpointList, EnrollRequest, EnrollResponse, ErrorBody,
+    self, EndpointInfo, EndpointList, EnrollRequest, EnrollResponse, ErrorBody, CONN_WINDOW,
+    STREAM_WINDOW,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::connectors::{CONN_WINDOW, STREAM_WINDOW};
 use crate::sessions::{deadline_for, end_session, run_session, Facts, SessionInfo};
 use crate::store::{unix_now, ConnectorRec, StoreError};
 use crate::tokens::{Claims, TokenError};
@@ -83,7 +83,6 @@ async fn serve_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
-        .adaptive_window(true)
         .max_frame_size(64 * 1024)
         .max_concurrent_streams(4096)
         .max_header_list_size(32 * 1024)

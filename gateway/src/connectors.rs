@@ -20,12 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::Gateway;
+use postern_proto::wire::{CONN_WINDOW, STREAM_WINDOW};
 
-/// HTTP/2 windows on connector links. Adaptive (BDP-estimating) windows so that one stream is
-/// not capped at 64 KiB per round trip on a long path, starting from these sizes.
-pub const STREAM_WINDOW: u32 = 1024 * 1024;
-pub const CONN_WINDOW: u32 = 8 * 1024 * 1024;
+use crate::Gateway;
 
 /// One live connection from a connector.
 pub struct Link {
@@ -205,7 +202,6 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
-        .adaptive_window(true)
         .max_frame_size(64 * 1024)
         .keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(20))

@@ -37,6 +37,15 @@ pub const PATH_ENDPOINTS: &str = "/v1/endpoints";
 /// Liveness path (no authentication, reveals nothing).
 pub const PATH_HEALTH: &str = "/healthz";
 
+/// HTTP/2 flow-control window per stream (tunnel). Fixed and large rather than adaptive:
+/// hyper's BDP estimator left the gateway's receive window near 64 KiB on a 50 ms path
+/// (bench (d): 0.01 Gbit/s), and one window per round trip is the ceiling of a stream
+/// (16 MiB / 50 ms ≈ 2.7 Gbit/s). The window is credit, not an allocation: memory is used only
+/// when a receiver falls behind, and is then bounded by [`CONN_WINDOW`] per connection.
+pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// HTTP/2 flow-control window per connection (all tunnels on one link).
+pub const CONN_WINDOW: u32 = 64 * 1024 * 1024;
+
 /// Largest JSON body any Postern listener accepts.
 pub const MAX_JSON_BODY: usize = 64 * 1024;
 
