@@ -5,6 +5,8 @@
 //! connection, so a PACS viewer that opens many associations costs one handshake.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod login;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http2::SendRequest;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -49,7 +51,7 @@ pub struct GatewayConn {
     tls: Arc<ClientConfig>,
     token: String,
     justification: Option<String>,
-    sender: Mutex<Option<SendRequest<Empty<Bytes>>>>,
+    sender: Mutex<Option<SendRequest<Full<Bytes>>>>,
 }
 
 /// Splits `https://host[:port][/]`.
@@ -80,6 +82,19 @@ pub fn parse_url(url: &str) -> Result<(String, u16), ClientError> {
 impl GatewayConn {
     /// `ca_file`: the gateway CA certificate (from `postern-gateway export-ca`).
     pub fn new(url: &str, ca_file: &Path, token: &str) -> Result<GatewayConn, ClientError> {
+        let token = token.trim().to_owned();
+        if token.is_empty() {
+            return Err(ClientError::Setup("the session token is empty".into()));
+        }
+        Self::build(url, ca_file, token)
+    }
+
+    /// A connection without a session token (for signing in).
+    pub fn anonymous(url: &str, ca_file: &Path) -> Result<GatewayConn, ClientError> {
+        Self::build(url, ca_file, String::new())
+    }
+
+    fn build(url: &str, ca_file: &Path, token: String) -> Result<GatewayConn, ClientError> {
         let (host, port) = parse_url(url)?;
         let pem = std::fs::read_to_string(ca_file).map_err(|e| {
             ClientError::Setup(format!(
@@ -91,10 +106,6 @@ impl GatewayConn {
             .map_err(|e| ClientError::Setup(e.to_string()))?;
         let tls = postern_proto::tls::client_config(roots, None, &[wire::ALPN_H2])
             .map_err(|e| ClientError::Setup(e.to_string()))?;
-        let token = token.trim().to_owned();
-        if token.is_empty() {
-            return Err(ClientError::Setup("the session token is empty".into()));
-        }
         Ok(GatewayConn {
             host,
             port,
@@ -130,7 +141,7 @@ impl GatewayConn {
     }
 
     /// The shared HTTP/2 connection, dialled on first use and again after it drops.
-    async fn sender(&self) -> Result<SendRequest<Empty<Bytes>>, ClientError> {
+    async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
         let mut guard = self.sender.lock().await;
         if let Some(s) = guard.as_ref() {
             if !s.is_closed() {
@@ -158,9 +169,8 @@ impl GatewayConn {
             .map_err(|e| connect_err(format!("TLS: {e}")))?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .initial_stream_window_size(1024 * 1024)
-            .initial_connection_window_size(8 * 1024 * 1024)
-            .adaptive_window(true)
+            .initial_stream_window_size(wire::STREAM_WINDOW)
+            .initial_connection_window_size(wire::CONN_WINDOW)
             .max_frame_size(64 * 1024)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))
@@ -176,16 +186,37 @@ impl GatewayConn {
         Ok(sender)
     }
 
-    fn request(&self, method: Method, uri: &str) -> Result<Request<Empty<Bytes>>, ClientError> {
-        Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(
+    fn request(&self, method: Method, uri: &str) -> Result<Request<Full<Bytes>>, ClientError> {
+        let mut builder = Request::builder().method(method).uri(uri);
+        if !self.token.is_empty() {
+            builder = builder.header(
                 http::header::AUTHORIZATION,
                 format!("Bearer {}", self.token),
-            )
-            .body(Empty::new())
+            );
+        }
+        if let Some(j) = &self.justification {
+            builder = builder.header(wire::HDR_JUSTIFICATION, j.as_str());
+        }
+        builder
+            .body(Full::new(Bytes::new()))
             .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `POST path` with a JSON body; decodes a JSON answer.
+    pub async fn post_json<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let uri = format!("https://{}{}", self.authority(), path);
+        let mut req = self.request(Method::POST, &uri)?;
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        *req.body_mut() = Full::new(Bytes::from(bytes));
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        self.send_json(req, path).await
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(
@@ -195,6 +226,14 @@ impl GatewayConn {
     ) -> Result<T, ClientError> {
         let uri = format!("https://{}{}", self.authority(), path);
         let req = self.request(Method::GET, &uri)?;
+        self.send_json(req, endpoint).await
+    }
+
+    async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: Request<Full<Bytes>>,
+        endpoint: &str,
+    ) -> Result<T, ClientError> {
         let resp = self
             .sender()
             .await?
@@ -215,6 +254,11 @@ impl GatewayConn {
             message: format!("HTTP {status}"),
         });
         Err(refusal(status, &err.error, err.message, endpoint))
+    }
+
+    /// `GET /v1/whoami`.
+    pub async fn whoami(&self) -> Result<login::Session, ClientError> {
+        self.get_json("/v1/whoami", "your session").await
     }
 
     /// `GET /v1/endpoints`.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use postern_client::{connect, short_duration, GatewayConn};
+use postern_client::{connect, login, short_duration, GatewayConn};
 
 #[derive(Parser)]
 #[command(
@@ -23,15 +23,34 @@ struct Cli {
 
 #[derive(Args)]
 struct GatewayArgs {
-    /// Gateway URL.
+    /// Gateway URL (default: the one you last signed in to).
     #[arg(long, env = "POSTERN_GATEWAY")]
-    gateway: String,
-    /// The gateway's CA certificate.
+    gateway: Option<String>,
+    /// The gateway's CA certificate (default: the one used at sign-in).
     #[arg(long, env = "POSTERN_CA_FILE")]
-    ca_file: PathBuf,
-    /// File holding your session token (or set POSTERN_TOKEN).
+    ca_file: Option<PathBuf>,
+    /// File holding your session token (default: the one stored by `postern login`;
+    /// or set POSTERN_TOKEN).
     #[arg(long, env = "POSTERN_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+}
+
+impl GatewayArgs {
+    /// Gateway URL and CA file, from flags or from the last sign-in.
+    fn target(&self) -> anyhow::Result<(String, PathBuf)> {
+        let saved = login::config_dir().ok().and_then(|d| login::load_saved(&d));
+        let gateway = self
+            .gateway
+            .clone()
+            .or_else(|| saved.as_ref().map(|s| s.gateway.clone()))
+            .context("no gateway: pass --gateway URL (or run postern login URL first)")?;
+        let ca = self
+            .ca_file
+            .clone()
+            .or_else(|| saved.as_ref().map(|s| s.ca_file.clone()))
+            .context("no gateway CA: pass --ca-file (or run postern login first)")?;
+        Ok((gateway, ca))
+    }
 }
 
 #[derive(Subcommand)]
@@ -49,6 +68,30 @@ enum Cmd {
         #[command(flatten)]
         gw: GatewayArgs,
     },
+    /// Sign in through your hospital's identity provider (opens the browser).
+    Login {
+        /// Gateway URL, e.g. https://gw.example.org:8443
+        gateway: String,
+        /// The gateway's CA certificate.
+        #[arg(long, env = "POSTERN_CA_FILE")]
+        ca_file: PathBuf,
+        /// Do not try to open a browser; just print the URL.
+        #[arg(long)]
+        no_browser: bool,
+        /// How long to wait for the browser, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Show who is signed in, until when, groups and MFA.
+    Status {
+        #[command(flatten)]
+        gw: GatewayArgs,
+    },
+    /// Sign out: revoke the session token at the gateway and delete it here.
+    Logout {
+        #[command(flatten)]
+        gw: GatewayArgs,
+    },
     /// List the endpoints you may reach.
     Endpoints {
         #[command(flatten)]
@@ -60,17 +103,58 @@ enum Cmd {
 }
 
 fn gateway(args: &GatewayArgs, reason: Option<&str>) -> anyhow::Result<Arc<GatewayConn>> {
+    let (url, ca) = args.target()?;
     let token = match (&args.token_file, std::env::var("POSTERN_TOKEN")) {
         (Some(f), _) => std::fs::read_to_string(f)
             .with_context(|| format!("reading the session token from {}", f.display()))?,
         (None, Ok(t)) => t,
-        (None, Err(_)) => anyhow::bail!("no session token: pass --token-file or set POSTERN_TOKEN"),
+        (None, Err(_)) => {
+            let path = login::token_path(&login::config_dir()?);
+            std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "you are not signed in ({} not found): run postern login",
+                    path.display()
+                )
+            })?
+        }
     };
-    let mut conn = GatewayConn::new(&args.gateway, &args.ca_file, &token)?;
+    let mut conn = GatewayConn::new(&url, &ca, &token)?;
     if let Some(r) = reason {
         conn = conn.with_justification(r)?;
     }
     Ok(Arc::new(conn))
+}
+
+fn when(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
+        .to_string()
+}
+
+fn print_session(s: &login::Session) {
+    println!(
+        "signed in as {}{}",
+        s.user,
+        s.name
+            .as_ref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  groups   {}",
+        if s.groups.is_empty() {
+            "none".into()
+        } else {
+            s.groups.join(", ")
+        }
+    );
+    println!("  mfa      {}", if s.mfa { "yes" } else { "no" });
+    if let Some(t) = s.auth_time {
+        println!("  since    {}", when(t));
+    }
+    println!("  expires  {}", when(s.expires_at));
+    if let Some(idp) = &s.idp {
+        println!("  via      {idp}");
+    }
 }
 
 fn main() -> ExitCode {
@@ -124,6 +208,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 r = fut => r?,
                 _ = tokio::signal::ctrl_c() => {},
             }
+            Ok(())
+        }
+        Cmd::Login {
+            gateway,
+            ca_file,
+            no_browser,
+            timeout,
+        } => {
+            let session = login::login(
+                &gateway,
+                &ca_file,
+                !no_browser,
+                std::time::Duration::from_secs(timeout),
+                |url| {
+                    println!("Open this URL in your browser to sign in:\n\n  {url}\n");
+                    let _ = std::io::stdout().flush();
+                },
+            )
+            .await?;
+            print_session(&session);
+            Ok(())
+        }
+        Cmd::Status { gw } => {
+            let conn = gateway(&gw, None)?;
+            let s: login::Session = conn.whoami().await?;
+            print_session(&s);
+            Ok(())
+        }
+        Cmd::Logout { gw } => {
+            let conn = gateway(&gw, None)?;
+            login::logout(&conn).await?;
+            println!("signed out");
             Ok(())
         }
         Cmd::Endpoints { gw, json } => {

@@ -36,8 +36,6 @@ use crate::enroll::{load_enrollment, Enrollment, CA_FILE, CERT_FILE, KEY_FILE};
 /// A connection that stayed up this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 const BACKOFF_START: Duration = Duration::from_millis(100);
-pub const STREAM_WINDOW: u32 = 1024 * 1024;
-pub const CONN_WINDOW: u32 = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -196,9 +194,8 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(20))
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONN_WINDOW)
-        .adaptive_window(true)
+        .initial_stream_window_size(wire::STREAM_WINDOW)
+        .initial_connection_window_size(wire::CONN_WINDOW)
         .max_frame_size(64 * 1024)
         .max_concurrent_streams(16_384)
         .serve_connection(TokioIo::new(tls), service);

@@ -190,3 +190,44 @@ pub fn export_ca(config: &Config, out: &Path) -> Result<(), GatewayError> {
         source,
     })
 }
+
+/// `check`: every problem with a configuration, all at once (empty = fine). Looks at the
+/// policy, the sign-in settings and the state directory; binds nothing.
+pub fn check(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = postern_policy::Policy::from_file(&config.policy) {
+        problems.push(format!("policy {}:\n{e}", config.policy.display()));
+    }
+    if let Some(o) = &config.oidc {
+        if o.insecure_http_issuer {
+            problems.push(format!(
+                "oidc.insecure_http_issuer = true: a plain-http identity provider ({}) is for tests and the demo only; production sign-in must use https",
+                o.issuer
+            ));
+        }
+        if let Err(e) = o.read_secret() {
+            problems.push(e);
+        }
+        if let crate::config::SecretSource::File(p) = &o.client_secret {
+            if let Ok(m) = std::fs::metadata(p) {
+                use std::os::unix::fs::PermissionsExt;
+                if m.permissions().mode() & 0o077 != 0 {
+                    problems.push(format!(
+                        "{}: the client secret file is readable by others (chmod 600)",
+                        p.display()
+                    ));
+                }
+            }
+        }
+    }
+    if let Ok(m) = std::fs::metadata(&config.state_dir) {
+        use std::os::unix::fs::PermissionsExt;
+        if m.permissions().mode() & 0o077 != 0 {
+            problems.push(format!(
+                "{}: the state directory holds keys and must not be readable by others (chmod 700)",
+                config.state_dir.display()
+            ));
+        }
+    }
+    problems
+}

@@ -23,12 +23,12 @@ use postern_policy::{Decision, Effect, Endpoint};
 use postern_proto::ids::{ct_eq, random_id, sha256_hex};
 use postern_proto::relay::Counters;
 use postern_proto::wire::{
-    self, EndpointInfo, EndpointList, EnrollRequest, EnrollResponse, ErrorBody,
+    self, EndpointInfo, EndpointList, EnrollRequest, EnrollResponse, ErrorBody, CONN_WINDOW,
+    STREAM_WINDOW,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::connectors::{CONN_WINDOW, STREAM_WINDOW};
 use crate::sessions::{deadline_for, end_session, run_session, Facts, SessionInfo};
 use crate::store::{unix_now, ConnectorRec, StoreError};
 use crate::tokens::{Claims, TokenError};
@@ -38,24 +38,16 @@ type Resp = Response<Full<Bytes>>;
 
 pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) {
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = gw.shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "client listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, peer)) = crate::next_conn(&listener, &gw.draining, "client").await else {
+            return;
         };
         let Ok(permit) = gw.conn_limit.clone().try_acquire_owned() else {
             warn!(%peer, "connection limit reached; refusing client connection");
             continue;
         };
-        let gw = gw.clone();
-        tokio::spawn(async move {
-            serve_connection(gw, tcp, peer).await;
+        let task_gw = gw.clone();
+        gw.conns.spawn(async move {
+            serve_connection(task_gw, tcp, peer).await;
             drop(permit);
         });
     }
@@ -91,20 +83,27 @@ async fn serve_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
-        .adaptive_window(true)
         .max_frame_size(64 * 1024)
         .max_concurrent_streams(4096)
         .max_header_list_size(32 * 1024)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(conn);
     tokio::select! {
-        r = conn => if let Err(e) = r { debug!(%peer, error = %e, "client connection ended with an error") },
-        _ = gw.shutdown.cancelled() => {},
+        r = conn.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "client connection ended with an error") },
+        _ = gw.draining.cancelled() => {
+            // GOAWAY: streams in flight (and upgraded tunnels) go on; no new requests.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {},
+                _ = gw.shutdown.cancelled() => {},
+            }
+        }
     }
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
     *r.status_mut() = status;
@@ -117,7 +116,7 @@ fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
 
 /// An error response: JSON body plus the reason in a header (readable on a CONNECT refusal,
 /// where clients may not read bodies).
-fn error(status: StatusCode, code: &str, message: &str) -> Resp {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Resp {
     let mut r = json(
         status,
         &ErrorBody {
@@ -144,6 +143,15 @@ fn sanitize_header(s: &str) -> String {
         .collect()
 }
 
+/// 429 with `Retry-After`.
+fn too_many(message: &str, secs: u64) -> Resp {
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+    if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
 async fn route(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
     if req.method() == Method::CONNECT {
         return broker(gw, req, peer).await;
@@ -153,6 +161,11 @@ async fn route(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Re
         (&Method::GET, wire::PATH_HEALTH) => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
         (&Method::POST, wire::PATH_ENROLL) => enroll(gw, req, peer).await,
         (&Method::GET, wire::PATH_ENDPOINTS) => list_endpoints(&gw, &req, peer),
+        (&Method::GET, "/auth/login") => crate::auth::login(gw, req, peer).await,
+        (&Method::GET, "/auth/callback") => crate::auth::callback(gw, req, peer).await,
+        (&Method::POST, "/auth/token") => crate::auth::token(gw, req, peer).await,
+        (&Method::POST, "/auth/logout") => crate::auth::logout(gw, req, peer).await,
+        (&Method::GET, "/v1/whoami") => crate::auth::whoami(&gw, &req),
         (&Method::GET, p) if p.starts_with("/v1/endpoints/") => {
             let name = &p["/v1/endpoints/".len()..];
             check_endpoint(&gw, &req, peer, name).await
@@ -173,8 +186,12 @@ fn bearer(req: &Request<Incoming>) -> Result<&str, TokenError> {
         .ok_or_else(|| TokenError::Malformed("authorization is not a Bearer token".into()))
 }
 
-fn authenticate(gw: &Gateway, req: &Request<Incoming>) -> Result<Claims, TokenError> {
-    gw.keys.verify(bearer(req)?)
+pub(crate) fn authenticate(gw: &Gateway, req: &Request<Incoming>) -> Result<Claims, TokenError> {
+    let claims = gw.keys.verify(bearer(req)?)?;
+    if gw.is_revoked(&claims.jti) {
+        return Err(TokenError::Revoked);
+    }
+    Ok(claims)
 }
 
 pub fn endpoint_ref(e: &Endpoint) -> EndpointRef {
@@ -208,6 +225,7 @@ fn audit_denied(
     decision: Option<&Decision>,
     detail: String,
 ) {
+    gw.metrics.sessions_total.with_label_values(&["deny"]).inc();
     let policy = gw.policy();
     let mut ev = gw.event(EventType::SessionDenied);
     ev.source = Some(peer.to_string());
@@ -233,7 +251,7 @@ fn audit_denied(
     gw.audit.record_nowait(ev);
 }
 
-fn token_refusal(e: &TokenError) -> Resp {
+pub(crate) fn token_refusal(e: &TokenError) -> Resp {
     let status = match e {
         TokenError::Keys { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::UNAUTHORIZED,
@@ -280,6 +298,24 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
             return token_refusal(&e);
         }
     };
+    let limited = gw
+        .limits
+        .tunnel_ip
+        .check(&peer.ip())
+        .and_then(|_| gw.limits.tunnel_user.check(&claims.sub));
+    if let Err(secs) = limited {
+        gw.note_ratelimited("tunnel");
+        let msg = format!("too many new connections; try again in {secs}s");
+        audit_denied(
+            &gw,
+            peer,
+            Some(&claims),
+            &name,
+            None,
+            format!("rate limited: {msg}"),
+        );
+        return too_many(&msg, secs);
+    }
     let policy = gw.policy();
     let decision = policy.evaluate(&policy_request(&claims, &name));
     let endpoint = match (decision.is_allowed(), policy.endpoint(&name)) {
@@ -317,11 +353,17 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
     info.connector = link.as_ref().map(|l| l.connector_ref());
 
     // Durable before anything is relayed: fail closed if the audit log cannot be written.
-    if let Err(e) = gw
+    gw.metrics
+        .sessions_total
+        .with_label_values(&["allow"])
+        .inc();
+    let audit_timer = gw.metrics.audit_write.start_timer();
+    let durable = gw
         .audit
         .record(info.event(&gw, EventType::SessionStart))
-        .await
-    {
+        .await;
+    audit_timer.observe_duration();
+    if let Err(e) = durable {
         tracing::error!(error = %e, "audit log unavailable: refusing session");
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -425,10 +467,14 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
     let facts = Facts {
         source_ip: peer.ip(),
         token_exp: claims.exp,
+        jti: claims.jti.clone(),
         started,
     };
     let deadline = deadline_for(&decision, started, claims.exp);
     info!(session_id = %session_id, user = %claims.sub, endpoint = %endpoint.name, connector_id = %link.connector_id, "session started");
+    gw.metrics
+        .session_setup
+        .observe(started.elapsed().as_secs_f64());
     let client_up = hyper::upgrade::on(req);
     let endpoint_up = hyper::upgrade::on(resp);
     let task_gw = gw.clone();
@@ -560,10 +606,17 @@ enum EnrollError {
 }
 
 async fn enroll(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-    let body = match Limited::new(req.into_body(), wire::MAX_JSON_BODY)
+    // The (bounded) body is read before answering, even with 429: an HTTP/2 response sent
+    // before the request body is consumed ends in a stream reset that clients may report as a
+    // failure instead of showing the answer.
+    let body = Limited::new(req.into_body(), wire::MAX_JSON_BODY)
         .collect()
-        .await
-    {
+        .await;
+    if let Err(secs) = gw.limits.enroll.check(&peer.ip()) {
+        gw.note_ratelimited("enroll");
+        return too_many("too many enrolment attempts from this address", secs);
+    }
+    let body = match body {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             return error(

@@ -35,6 +35,39 @@ struct RawConfig {
     tls: RawTls,
     #[serde(default)]
     limits: RawLimits,
+    oidc: Option<RawOidc>,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// Metrics and health (`/metrics`, `/healthz`, `/readyz`), plain HTTP: keep it on loopback
+    /// or a management network.
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    issuer: String,
+    client_id: String,
+    client_secret_file: Option<PathBuf>,
+    client_secret_env: Option<String>,
+    redirect_url: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    user_claim: Option<String>,
+    groups_claim: Option<String>,
+    name_claim: Option<String>,
+    mfa_amr: Option<Vec<String>>,
+    #[serde(default)]
+    mfa_acr: Vec<String>,
+    session_ttl: Option<String>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    insecure_http_issuer: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +94,7 @@ struct RawLimits {
     max_connections: Option<usize>,
     session_token_max_ttl: Option<String>,
     connector_cert_validity: Option<String>,
+    shutdown_grace: Option<String>,
 }
 
 fn default_node_id() -> String {
@@ -84,6 +118,74 @@ pub struct Config {
     pub max_connections: usize,
     pub session_token_max_ttl: Duration,
     pub connector_cert_validity: Duration,
+    /// On SIGTERM, how long live sessions may go on before they are ended.
+    pub shutdown_grace: Duration,
+    pub oidc: Option<OidcConfig>,
+    /// Admin listener for metrics and health; None = off.
+    pub listen_admin: Option<SocketAddr>,
+}
+
+/// A client secret: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where the client secret comes from (read at start, never from the main file in clear).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+    /// Set in code (the demo's in-process identity provider).
+    Inline(Secret),
+}
+
+/// Sign-in with the hospital's OpenID provider.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: SecretSource,
+    /// The gateway's callback URL as registered at the IdP (…/auth/callback).
+    pub redirect_url: String,
+    /// Scopes in addition to `openid`.
+    pub scopes: Vec<String>,
+    /// Claim naming the user in policies and audit (default `email`, falling back to `sub`).
+    pub user_claim: String,
+    pub groups_claim: String,
+    pub name_claim: String,
+    /// `amr` values that mean "multi-factor authentication happened".
+    pub mfa_amr: Vec<String>,
+    /// `acr` values that mean the same.
+    pub mfa_acr: Vec<String>,
+    /// Lifetime of the session token issued after sign-in (one reporting shift by default).
+    pub session_ttl: Duration,
+    /// Extra CA certificate(s) for the IdP's TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Allows an `http://` issuer on a loopback address: tests and the demo only.
+    /// `postern-gateway check` reports it as an error.
+    pub insecure_http_issuer: bool,
+}
+
+impl OidcConfig {
+    /// Reads the client secret from its source.
+    pub fn read_secret(&self) -> Result<Secret, String> {
+        match &self.client_secret {
+            SecretSource::File(p) => std::fs::read_to_string(p)
+                .map(|s| Secret(s.trim().to_owned()))
+                .map_err(|e| format!("reading oidc.client_secret_file {}: {e}", p.display())),
+            SecretSource::Env(v) => std::env::var(v)
+                .map(|s| Secret(s.trim().to_owned()))
+                .map_err(|_| {
+                    format!("oidc.client_secret_env: environment variable {v} is not set")
+                }),
+            SecretSource::Inline(s) => Ok(s.clone()),
+        }
+    }
 }
 
 impl Config {
@@ -103,6 +205,9 @@ impl Config {
             max_connections: 20_000,
             session_token_max_ttl: Duration::from_secs(24 * 3600),
             connector_cert_validity: Duration::from_secs(90 * 24 * 3600),
+            shutdown_grace: Duration::from_secs(30),
+            oidc: None,
+            listen_admin: None,
         }
     }
 
@@ -135,6 +240,14 @@ impl Config {
         };
         let listen_clients = addr("clients", &raw.listen.clients);
         let listen_connectors = addr("connectors", &raw.listen.connectors);
+        let listen_admin = raw.admin.listen.as_deref().map(|a| {
+            a.parse().unwrap_or_else(|_| {
+                errors.push(format!(
+                    "{file}: admin.listen: expected an address like \"127.0.0.1:9090\", found \"{a}\""
+                ));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            })
+        });
         let mut dur = |key: &str, v: Option<String>, default: Duration| -> Duration {
             match v {
                 None => default,
@@ -167,6 +280,11 @@ impl Config {
             raw.limits.connector_cert_validity,
             d.connector_cert_validity,
         );
+        let shutdown_grace = dur(
+            "shutdown_grace",
+            raw.limits.shutdown_grace,
+            d.shutdown_grace,
+        );
         let max_connections = raw.limits.max_connections.unwrap_or(d.max_connections);
         if max_connections == 0 {
             errors.push(format!(
@@ -182,6 +300,65 @@ impl Config {
                 "{file}: tls.server_names: list at least one name clients use to reach the gateway"
             ));
         }
+        let oidc = raw.oidc.map(|o| {
+            let secret = match (o.client_secret_file, o.client_secret_env) {
+                (Some(f), None) => SecretSource::File(abs(f)),
+                (None, Some(e)) => SecretSource::Env(e),
+                _ => {
+                    errors.push(format!(
+                        "{file}: oidc: set exactly one of client_secret_file or client_secret_env (the secret never goes in this file)"
+                    ));
+                    SecretSource::Env(String::new())
+                }
+            };
+            let http_ok = o.insecure_http_issuer
+                && (o.issuer.starts_with("http://127.")
+                    || o.issuer.starts_with("http://localhost")
+                    || o.issuer.starts_with("http://[::1]"));
+            if !(o.issuer.starts_with("https://") || http_ok) {
+                errors.push(format!(
+                    "{file}: oidc.issuer: expected an https:// URL, found \"{}\"",
+                    o.issuer
+                ));
+            }
+            if !o.redirect_url.starts_with("https://") || !o.redirect_url.ends_with("/auth/callback") {
+                errors.push(format!(
+                    "{file}: oidc.redirect_url: expected https://<this gateway>/auth/callback, found \"{}\"",
+                    o.redirect_url
+                ));
+            }
+            if o.client_id.is_empty() {
+                errors.push(format!("{file}: oidc.client_id: must not be empty"));
+            }
+            let session_ttl = match o.session_ttl {
+                None => Duration::from_secs(10 * 3600),
+                Some(t) => humantime::parse_duration(&t).unwrap_or_else(|e| {
+                    errors.push(format!(
+                        "{file}: oidc.session_ttl: expected a duration like \"10h\", found \"{t}\" ({e})"
+                    ));
+                    Duration::from_secs(3600)
+                }),
+            };
+            OidcConfig {
+                issuer: o.issuer,
+                client_id: o.client_id,
+                client_secret: secret,
+                redirect_url: o.redirect_url,
+                scopes: o.scopes,
+                user_claim: o.user_claim.unwrap_or_else(|| "email".into()),
+                groups_claim: o.groups_claim.unwrap_or_else(|| "groups".into()),
+                name_claim: o.name_claim.unwrap_or_else(|| "name".into()),
+                mfa_amr: o.mfa_amr.unwrap_or_else(|| {
+                    ["mfa", "otp", "hwk", "swk", "fpt", "face", "pin", "sms"]
+                        .map(String::from)
+                        .to_vec()
+                }),
+                mfa_acr: o.mfa_acr,
+                session_ttl,
+                ca_file: o.ca_file.map(abs),
+                insecure_http_issuer: o.insecure_http_issuer,
+            }
+        });
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
@@ -203,6 +380,9 @@ impl Config {
             max_connections,
             session_token_max_ttl,
             connector_cert_validity,
+            shutdown_grace,
+            oidc,
+            listen_admin,
         })
     }
 }

@@ -20,12 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::Gateway;
+use postern_proto::wire::{CONN_WINDOW, STREAM_WINDOW};
 
-/// HTTP/2 windows on connector links. Adaptive (BDP-estimating) windows so that one stream is
-/// not capped at 64 KiB per round trip on a long path, starting from these sizes.
-pub const STREAM_WINDOW: u32 = 1024 * 1024;
-pub const CONN_WINDOW: u32 = 8 * 1024 * 1024;
+use crate::Gateway;
 
 /// One live connection from a connector.
 pub struct Link {
@@ -94,25 +91,21 @@ impl Registry {
 
 pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) {
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = gw.shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    warn!(error = %e, "connector listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, peer)) = crate::next_conn(&listener, &gw.draining, "connector").await else {
+            return;
         };
+        if gw.limits.connector_dial.check(&peer.ip()).is_err() {
+            gw.note_ratelimited("connector");
+            debug!(%peer, "connector connection attempts over the limit; dropped");
+            continue;
+        }
         let Ok(permit) = gw.conn_limit.clone().try_acquire_owned() else {
             warn!(%peer, "connection limit reached; refusing connector connection");
             continue;
         };
-        let gw = gw.clone();
-        tokio::spawn(async move {
-            handle(gw, tcp, peer).await;
+        let task_gw = gw.clone();
+        gw.conns.spawn(async move {
+            handle(task_gw, tcp, peer).await;
             drop(permit);
         });
     }
@@ -209,7 +202,6 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
-        .adaptive_window(true)
         .max_frame_size(64 * 1024)
         .keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(20))
@@ -234,6 +226,8 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         cancel: CancellationToken::new(),
     });
     gw.registry.add(link.clone());
+    let connected = gw.metrics.connectors_connected.with_label_values(&[&site]);
+    connected.inc();
     info!(connector_id = %id, %site, %peer, "connector connected");
     let mut ev = gw.event(EventType::ConnectorConnected);
     ev.connector = Some(link.connector_ref());
@@ -250,6 +244,7 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         _ = gw.shutdown.cancelled() => "gateway shutting down".to_owned(),
     };
     gw.registry.remove(&link);
+    connected.dec();
     info!(connector_id = %id, %site, %peer, reason = %why, "connector disconnected");
     let mut ev = gw.event(EventType::ConnectorDisconnected);
     ev.connector = Some(link.connector_ref());
@@ -259,8 +254,9 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
     gw.audit.record_nowait(ev);
 }
 
-/// Re-reads the store when it changes and drops links whose connector was revoked (and the
-/// sessions they carry), so a revocation from the CLI takes effect within a second.
+/// Re-reads the store when it changes: drops links whose connector was revoked (and the
+/// sessions they carry) and refreshes revoked session tokens, so revocations made from the
+/// CLI or another process take effect within a second.
 pub async fn watch_revocations(gw: Arc<Gateway>) {
     let mut last: Option<SystemTime> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -275,6 +271,7 @@ pub async fn watch_revocations(gw: Arc<Gateway>) {
         let Ok(Ok(state)) = tokio::task::spawn_blocking(move || store.read()).await else {
             continue;
         };
+        gw.load_revocations(&state);
         for link in gw.registry.all() {
             let ok = state
                 .connector(&link.connector_id)

@@ -1,9 +1,10 @@
 //! `postern-gateway demo`: a complete deployment on loopback from embedded defaults.
 //!
-//! It starts the gateway in this process, two sample endpoints (a small web page standing in
-//! for a PACS web viewer, and a TCP echo service), enrols a real `postern-connector` process
-//! with a one-time token, mints session tokens for two demo users, and prints the commands to
-//! try next. Everything lives in one directory, recreated on each start.
+//! It starts the gateway in this process, the development identity provider (loopback only,
+//! demo users alice and lee), two sample endpoints (a small web page standing in for a PACS web
+//! viewer, and a TCP echo service), enrols a real `postern-connector` process with a one-time
+//! token, mints a session token for lee (to show a denial without a second sign-in), and prints
+//! the commands to try next. Everything lives in one directory, recreated on each start.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -141,7 +142,10 @@ pub async fn run(
     let listeners = Listeners {
         clients: bind(port).await?,
         connectors: bind(connector_port).await?,
+        admin: None,
     };
+    let idp_port = port.checked_add(2).context("--port too high")?;
+    let idp_listener = bind(idp_port).await?;
     let dir = prepare_dir(&dir)?;
 
     let web = TcpListener::bind("127.0.0.1:0").await?;
@@ -159,6 +163,24 @@ pub async fn run(
             "# Demo gateway configuration (generated).\nnode_id = \"demo-gateway\"\nstate_dir = \"gateway\"\npolicy = \"policy.toml\"\n\n[listen]\nclients = \"127.0.0.1:{port}\"\nconnectors = \"127.0.0.1:{connector_port}\"\n"
         ),
     )?;
+    // Sign-in: the development identity provider, in this process, on loopback.
+    let issuer = postern_devidp::issuer_for(idp_listener.local_addr()?);
+    let secret = postern_proto::ids::hex(
+        &postern_proto::ids::random_bytes(24)
+            .map_err(|_| anyhow::anyhow!("random number generator failed"))?,
+    );
+    crate::fsutil::write_atomic(&dir.join("oidc-secret"), secret.as_bytes(), 0o600)?;
+    let callback = format!("https://127.0.0.1:{port}/auth/callback");
+    let mut text = std::fs::read_to_string(&gateway_toml)?;
+    text.push_str(&format!(
+        "\n# Sign-in against the demo's development identity provider (plain http on loopback:\n# `postern-gateway check` rightly rejects this outside the demo).\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"postern-demo\"\nclient_secret_file = \"oidc-secret\"\nredirect_url = \"{callback}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\ninsecure_http_issuer = true\n"
+    ));
+    std::fs::write(&gateway_toml, text)?;
+    let idp_config = postern_devidp::DevIdpConfig::demo("postern-demo", &secret, &callback);
+    let (idp_stop_tx, idp_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let idp = tokio::spawn(postern_devidp::serve(idp_listener, idp_config, async {
+        let _ = idp_stop_rx.await;
+    }));
     let config = Config::load(&gateway_toml)?;
     let gw_url = format!("https://127.0.0.1:{port}");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -166,6 +188,7 @@ pub async fn run(
     let gateway = tokio::spawn(async move {
         crate::run(gw_config, listeners, async {
             let _ = stop_rx.await;
+            crate::Stop::Now
         })
         .await
     });
@@ -225,15 +248,7 @@ pub async fn run(
 
     let ca = dir.join("gateway-ca.pem");
     admin::export_ca(&config, &ca)?;
-    let alice = dir.join("alice.token");
     let lee = dir.join("lee.token");
-    let (t, _) = admin::session_mint(
-        &config,
-        "alice@demo.nhs.uk",
-        &["radiologists".into()],
-        Duration::from_secs(8 * 3600),
-    )?;
-    crate::fsutil::write_atomic(&alice, t.as_bytes(), 0o600)?;
     let (t, _) = admin::session_mint(
         &config,
         "lee@demo.nhs.uk",
@@ -251,39 +266,45 @@ pub async fn run(
 Postern demo is running on loopback (Ctrl-C stops it). Everything is in {dir}
 
   gateway     {gw_url} (connectors on 127.0.0.1:{cport}), audit log {audit}
+  sign-in     development identity provider at {issuer} (demo users only, not for production)
   connector   site "demo", enrolled with a one-time token, allowlist 127.0.0.1:{web_port},{echo_port}
   endpoints   demo-web (sample web viewer), demo-echo (TCP echo), demo-ssh (not in the allowlist)
-  users       alice (radiologists: allowed), lee (locums: no rule allows them)
+  users       alice / password alice (radiologists: allowed), lee / password lee (locums: no rule allows them)
 
 Try these in another terminal:
 
   export PATH={bin}:$PATH
-  export POSTERN_GATEWAY={gw_url} POSTERN_CA_FILE={ca}
+
+  # sign in as alice (opens your browser, or open the URL it prints; user alice, password alice)
+  postern login {gw_url} --ca-file {ca}
+  postern status
 
   # what alice may reach
-  postern endpoints --token-file {alice}
+  postern endpoints
 
   # a tunnel to the web viewer, then fetch the page through it
-  postern connect demo-web --listen 127.0.0.1:18080 --token-file {alice} &
+  postern connect demo-web --listen 127.0.0.1:18080 &
   curl -s http://127.0.0.1:18080/
 
-  # lee is denied, with the reason
+  # lee is denied, with the reason (a session token minted for lee)
   postern connect demo-web --listen 127.0.0.1:18081 --token-file {lee}
 
   # the connector refuses what its own allowlist does not name, even though policy allows it
-  postern connect demo-ssh --listen 127.0.0.1:18022 --token-file {alice} &
+  postern connect demo-ssh --listen 127.0.0.1:18022 &
   curl -s --max-time 2 telnet://127.0.0.1:18022 </dev/null   # postern prints the refusal
 
   # the audit trail
   postern-audit search {audit}
   postern-audit search {audit} --type session.denied
+
+  # sign out: the token is revoked at the gateway
+  postern logout
 "#,
         dir = dir.display(),
         cport = connector_port,
         audit = config.audit_dir.display(),
         bin = bin.display(),
         ca = ca.display(),
-        alice = alice.display(),
         lee = lee.display(),
     );
     let _ = audit_bin;
@@ -295,5 +316,7 @@ Try these in another terminal:
     let _ = connector.start_kill();
     let _ = stop_tx.send(());
     gateway.await.context("gateway task")??;
+    let _ = idp_stop_tx.send(());
+    let _ = idp.await;
     Ok(())
 }

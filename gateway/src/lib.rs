@@ -4,11 +4,15 @@
 //! * [`config`]: `gateway.toml`, resolved with every error reported at once.
 //! * [`pki`]: the server CA (gateway TLS certificate) and connector CA (enrolment).
 //! * [`store`]: the embedded state store (enrolment tokens, connector inventory).
-//! * [`tokens`]: session tokens (EdDSA JWT, `kid` rotation).
+//! * [`tokens`]: session tokens (EdDSA JWT, `kid` rotation, revocation).
+//! * [`oidc`]: sign-in as an OpenID Connect relying party (code flow + PKCE); `auth` has its
+//!   routes and `pages` the browser pages; `httpc` is the HTTP client used to reach the IdP.
 //! * `client_api`: the clinician-facing listener: enrolment, endpoint listing, `CONNECT` broker.
 //! * `connectors`: the mutual-TLS connector listener and the registry of live connector links.
 //! * `sessions`: live tunnels: relay, limits, continuous authorization, `session.end`.
 //! * `reload`: live policy reload (SIGHUP, file change) and re-evaluation of live sessions.
+//! * [`metrics`]: Prometheus metrics; `status_http` serves them with health checks on the
+//!   admin listener.
 //! * [`admin`]: the admin commands (`token create`, `connector list|revoke`, `session mint`).
 //! * [`demo`]: the local demo deployment.
 //!
@@ -21,14 +25,21 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
+mod auth;
 mod client_api;
 pub mod config;
 mod connectors;
 pub mod demo;
 mod fsutil;
+mod httpc;
+mod limits;
+pub mod metrics;
+pub mod oidc;
+mod pages;
 pub mod pki;
 mod reload;
 mod sessions;
+mod status_http;
 pub mod store;
 pub mod tokens;
 
@@ -76,6 +87,8 @@ pub enum GatewayError {
 pub struct Listeners {
     pub clients: TcpListener,
     pub connectors: TcpListener,
+    /// Metrics and health, if configured.
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -89,9 +102,14 @@ impl Listeners {
                     source,
                 })
         };
+        let admin = match config.listen_admin {
+            Some(a) => Some(bind(a, "admin").await?),
+            None => None,
+        };
         Ok(Listeners {
             clients: bind(config.listen_clients, "client").await?,
             connectors: bind(config.listen_connectors, "connector").await?,
+            admin,
         })
     }
 }
@@ -111,6 +129,16 @@ pub(crate) struct Gateway {
     pub sessions: sessions::Sessions,
     pub conn_limit: Arc<Semaphore>,
     pub shutdown: CancellationToken,
+    /// Cancelled first at shutdown: listeners stop accepting, HTTP connections get GOAWAY.
+    pub draining: CancellationToken,
+    /// Per-connection tasks of both listeners, awaited at shutdown.
+    pub conns: tokio_util::task::TaskTracker,
+    pub oidc: Option<Arc<oidc::Oidc>>,
+    pub limits: limits::Limits,
+    /// Ids of session tokens revoked before expiry (sign-out).
+    pub revoked: RwLock<std::collections::HashSet<String>>,
+    pub ratelimited: std::sync::atomic::AtomicU64,
+    pub metrics: metrics::Metrics,
 }
 
 impl Gateway {
@@ -119,6 +147,36 @@ impl Gateway {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked.read().map(|r| r.contains(jti)).unwrap_or(true)
+    }
+
+    pub fn revoke_jti(&self, jti: &str) {
+        if let Ok(mut r) = self.revoked.write() {
+            r.insert(jti.to_owned());
+        }
+    }
+
+    /// Replaces the revocation set from the store.
+    pub fn load_revocations(&self, state: &store::State) {
+        let now = store::unix_now();
+        if let Ok(mut r) = self.revoked.write() {
+            *r = state
+                .revoked_tokens
+                .iter()
+                .filter(|t| t.exp > now)
+                .map(|t| t.jti.clone())
+                .collect();
+        }
+    }
+
+    pub fn note_ratelimited(&self, what: &str) {
+        self.ratelimited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.ratelimited.with_label_values(&[what]).inc();
+        tracing::debug!(what, "rate limited");
     }
 
     pub fn event(&self, kind: EventType) -> Event {
@@ -156,6 +214,19 @@ async fn init(config: Config, listeners: &Listeners) -> Result<Arc<Gateway>, Gat
         Some(connector_ca.cert_der.clone()),
     )?;
     let audit = AuditLog::open(&config.audit_dir).await?;
+    let oidc = match &config.oidc {
+        Some(o) => Some(Arc::new(
+            oidc::Oidc::new(o.clone(), &config.state_dir).map_err(|message| GatewayError::Io {
+                what: "sign-in (oidc)".into(),
+                source: std::io::Error::other(message),
+            })?,
+        )),
+        None => None,
+    };
+    let initial_state = store.read()?;
+    if let Some(o) = config.oidc.as_ref().filter(|o| o.insecure_http_issuer) {
+        warn!(issuer = %o.issuer, "sign-in uses a plain-http identity provider on loopback: for tests and the demo only (postern-gateway check reports this)");
+    }
     let connector_addrs = if config.advertise_connector_addrs.is_empty() {
         let a = listeners
             .connectors
@@ -181,16 +252,68 @@ async fn init(config: Config, listeners: &Listeners) -> Result<Arc<Gateway>, Gat
         registry: connectors::Registry::default(),
         sessions: sessions::Sessions::default(),
         shutdown: CancellationToken::new(),
+        draining: CancellationToken::new(),
+        conns: tokio_util::task::TaskTracker::new(),
+        oidc,
+        limits: limits::Limits::default(),
+        revoked: RwLock::new(Default::default()),
+        ratelimited: Default::default(),
+        metrics: metrics::Metrics::new().map_err(|e| GatewayError::Io {
+            what: "setting up metrics".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?,
         config,
     }))
+    .inspect(|gw| gw.load_revocations(&initial_state))
 }
 
-/// Runs the gateway until `shutdown` completes, then ends live sessions (reason `shutdown`),
-/// flushes the audit log and returns.
+/// The next connection on `listener`, or None once `stop` is cancelled. Accept errors (out of
+/// file descriptors and the like) back off instead of spinning; the caller spawns a task per
+/// connection, so the accept loop itself never waits on a peer.
+pub(crate) async fn next_conn(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    warn!(error = %e, listener = what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Periodic upkeep: forget idle rate-limiter entries.
+async fn housekeeping(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        gw.limits.shrink();
+    }
+}
+
+/// How to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: stop accepting, let live sessions finish for up to `limits.shutdown_grace`,
+    /// then end the rest (reason `shutdown`).
+    Drain,
+    /// SIGINT: end live sessions now (reason `shutdown`).
+    Now,
+}
+
+/// Runs the gateway until `shutdown` completes, then stops as it says, ends live sessions
+/// (`session.end` reason `shutdown`), flushes the audit log and returns.
 pub async fn run(
     config: Config,
     listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Stop>,
 ) -> Result<(), GatewayError> {
     let gw = init(config, &listeners).await?;
     let policy = gw.policy();
@@ -201,6 +324,7 @@ pub async fn run(
         endpoints = policy.endpoints().len(),
         "gateway started"
     );
+    gw.metrics.set_policy_version(policy.version());
     let mut started = gw.event(EventType::GatewayStarted);
     started.detail = Some(format!("policy {}", policy.version()));
     gw.audit.record(started).await?;
@@ -211,13 +335,44 @@ pub async fn run(
         tokio::spawn(connectors::watch_revocations(gw.clone())),
         tokio::spawn(reload::watch_file(gw.clone())),
         tokio::spawn(reload::on_sighup(gw.clone())),
+        tokio::spawn(housekeeping(gw.clone())),
     ];
-    shutdown.await;
-    info!("shutting down: ending live sessions");
-    gw.shutdown.cancel();
+    let admin_task = listeners
+        .admin
+        .map(|l| tokio::spawn(status_http::serve(gw.clone(), l)));
+    let discovery = gw
+        .oidc
+        .clone()
+        .map(|o| tokio::spawn(o.keep_discovering(gw.shutdown.clone())));
+    let stop = shutdown.await;
+    gw.draining.cancel();
+    if stop == Stop::Drain && gw.sessions.len() > 0 {
+        info!(
+            sessions = gw.sessions.len(),
+            grace = ?gw.config.shutdown_grace,
+            "draining: no new connections; live sessions may finish"
+        );
+        gw.sessions.wait_empty(gw.config.shutdown_grace).await;
+    }
+    info!(
+        sessions = gw.sessions.len(),
+        "shutting down: ending live sessions"
+    );
     gw.sessions.kill_all("shutdown");
     gw.sessions.wait_empty(Duration::from_secs(5)).await;
-    for t in tasks {
+    gw.shutdown.cancel();
+    // Connection tasks write their last events (connector.disconnected) before the log closes.
+    gw.conns.close();
+    if tokio::time::timeout(Duration::from_secs(3), gw.conns.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = gw.conns.len(),
+            "connections still closing at shutdown"
+        );
+    }
+    for t in tasks.into_iter().chain(discovery).chain(admin_task) {
         t.abort();
     }
     gw.audit.record_nowait(gw.event(EventType::GatewayStopped));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use postern_gateway::{admin, Config, Listeners};
+use postern_gateway::{admin, Config, Listeners, Stop};
 
 #[derive(Parser)]
 #[command(
@@ -126,7 +126,8 @@ fn init_tracing() {
         .init();
 }
 
-async fn shutdown_signal() {
+/// SIGTERM drains, SIGINT is fast.
+async fn shutdown_signal() -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
     match (
         signal(SignalKind::terminate()),
@@ -134,12 +135,13 @@ async fn shutdown_signal() {
     ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
+                _ = term.recv() => Stop::Drain,
+                _ = int.recv() => Stop::Now,
             }
         }
         _ => {
             let _ = tokio::signal::ctrl_c().await;
+            Stop::Now
         }
     }
 }
@@ -173,19 +175,21 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Check(c) => {
             let config = load(&c)?;
-            let policy = postern_policy::Policy::from_file(&config.policy)
-                .with_context(|| format!("policy {}", config.policy.display()))?;
-            println!(
-                "ok: {} (policy {} with {} endpoints)",
-                c.config.display(),
-                policy.version(),
-                policy.endpoints().len()
-            );
+            let problems = admin::check(&config);
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("error: {p}");
+                }
+                anyhow::bail!("{} problem(s) in {}", problems.len(), c.config.display());
+            }
+            println!("ok: {}", c.config.display());
             Ok(())
         }
         Cmd::Demo { dir, port } => {
             init_tracing();
-            runtime()?.block_on(postern_gateway::demo::run(dir, port, shutdown_signal()))
+            runtime()?.block_on(postern_gateway::demo::run(dir, port, async {
+                shutdown_signal().await;
+            }))
         }
         Cmd::Token {
             cmd: TokenCmd::Create { config, site, ttl },

@@ -60,6 +60,10 @@ pub async fn reload(gw: &Arc<Gateway>, trigger: &str) -> bool {
         Ok(Err(e)) => {
             let errors = e.to_string();
             warn!(%trigger, errors = %errors, "policy rejected; keeping the running policy");
+            gw.metrics
+                .policy_reloads
+                .with_label_values(&["rejected"])
+                .inc();
             let mut ev = named(gw, "policy.rejected");
             ev.detail = Some(format!(
                 "{trigger}: kept {}; errors:\n{}",
@@ -83,6 +87,8 @@ pub async fn reload(gw: &Arc<Gateway>, trigger: &str) -> bool {
         Ok(mut p) => *p = new.clone(),
         Err(poisoned) => *poisoned.into_inner() = new.clone(),
     }
+    gw.metrics.policy_reloads.with_label_values(&["ok"]).inc();
+    gw.metrics.set_policy_version(new.version());
     let recheck = gw.sessions.reevaluate(gw, &new, "policy reloaded");
     info!(
         %trigger,

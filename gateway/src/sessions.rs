@@ -54,6 +54,8 @@ pub struct Facts {
     pub source_ip: IpAddr,
     /// Token expiry (seconds since the epoch): the session never outlives it.
     pub token_exp: u64,
+    /// Token id: revoking the token ends the session.
+    pub jti: String,
     pub started: Instant,
 }
 
@@ -181,6 +183,18 @@ impl Sessions {
         }
     }
 
+    /// Ends every session opened with token `jti`.
+    pub fn kill_token(&self, jti: &str, reason: &str) -> usize {
+        let mut n = 0;
+        if let Ok(m) = self.live.lock() {
+            for l in m.values().filter(|l| l.facts.jti == jti) {
+                l.kill.kill(reason);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Ends every session relayed by `connector_id`.
     pub fn kill_connector(&self, connector_id: &str, reason: &str) -> usize {
         let mut n = 0;
@@ -273,6 +287,11 @@ pub async fn run_session<C, E>(
 {
     let started = facts.started;
     let (kill, mut deadline_rx) = gw.sessions.insert(&info, facts, deadline);
+    let active = gw
+        .metrics
+        .sessions_active
+        .with_label_values(&[&info.endpoint.site, &info.endpoint.name]);
+    active.inc();
     let counters = Arc::new(Counters::default());
     let relay = relay(client, endpoint, counters.clone());
     tokio::pin!(relay);
@@ -296,8 +315,19 @@ pub async fn run_session<C, E>(
             _ = kill.token.cancelled() => break kill.reason(),
         }
     };
-    gw.sessions.remove(&info.id);
+    active.dec();
+    gw.metrics
+        .tunnel_bytes
+        .with_label_values(&["up"])
+        .inc_by(counters.a_to_b());
+    gw.metrics
+        .tunnel_bytes
+        .with_label_values(&["down"])
+        .inc_by(counters.b_to_a());
     end_session(&gw, &info, started, &reason, None, &counters).await;
+    // Only now: shutdown waits for the registry to empty before it closes the audit log, so
+    // every session.end is on disk first.
+    gw.sessions.remove(&info.id);
 }
 
 /// Writes `session.end` for a session that started (also for ones that never relayed a byte).

@@ -56,6 +56,16 @@ pub struct ConnectorRec {
     pub revoked: Option<u64>,
 }
 
+/// A session token revoked before its expiry (sign-out, admin).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RevokedToken {
+    pub jti: String,
+    /// The token's own expiry: after it, the entry can be forgotten.
+    pub exp: u64,
+    pub user: String,
+    pub revoked: u64,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
@@ -63,6 +73,8 @@ pub struct State {
     pub enroll_tokens: Vec<EnrollTokenRec>,
     #[serde(default)]
     pub connectors: Vec<ConnectorRec>,
+    #[serde(default)]
+    pub revoked_tokens: Vec<RevokedToken>,
 }
 
 impl State {

@@ -42,6 +42,12 @@ pub struct Claims {
     /// Bound device id, once device trust lands.
     #[serde(default)]
     pub device: Option<String>,
+    /// Display name from the identity provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Issuer of the sign-in (the IdP), or `mint` for tokens from `session mint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +62,8 @@ pub enum TokenError {
     Malformed(String),
     #[error("no session token: send 'authorization: Bearer <token>'")]
     Missing,
+    #[error("session token was revoked (signed out); sign in again")]
+    Revoked,
     #[error("token keys in {path}: {message}")]
     Keys { path: String, message: String },
 }
@@ -65,6 +73,7 @@ impl TokenError {
     pub fn code(&self) -> &'static str {
         match self {
             TokenError::Expired => "token_expired",
+            TokenError::Revoked => "token_revoked",
             TokenError::BadSignature | TokenError::UnknownKey(_) => "token_invalid_signature",
             TokenError::Malformed(_) => "token_malformed",
             TokenError::Missing => "token_missing",
@@ -74,6 +83,12 @@ impl TokenError {
 }
 
 /// Signing and verification keys.
+/// A fresh token id.
+pub fn new_jti() -> Result<String, TokenError> {
+    postern_proto::ids::random_id("tok")
+        .map_err(|_| TokenError::Malformed("random number generator failed".into()))
+}
+
 pub struct TokenKeys {
     active: String,
     encoding: EncodingKey,
@@ -161,19 +176,26 @@ impl TokenKeys {
         ttl: Duration,
     ) -> Result<(String, Claims), TokenError> {
         let now = unix_now();
-        let claims = Claims {
+        self.issue(Claims {
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
             sub: user.into(),
             groups: groups.to_vec(),
             iat: now,
             exp: now + ttl.as_secs(),
-            jti: postern_proto::ids::random_id("tok")
-                .map_err(|_| TokenError::Malformed("random number generator failed".into()))?,
+            jti: new_jti()?,
             auth_time: Some(now),
             mfa: false,
             device: None,
-        };
+            name: None,
+            idp: Some("mint".into()),
+        })
+    }
+
+    /// Signs `claims` (issuer and audience are set here).
+    pub fn issue(&self, mut claims: Claims) -> Result<(String, Claims), TokenError> {
+        claims.iss = ISSUER.into();
+        claims.aud = AUDIENCE.into();
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.active.clone());
         let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
@@ -270,6 +292,8 @@ mod tests {
             auth_time: None,
             mfa: false,
             device: None,
+            name: None,
+            idp: None,
         };
         let tok = jsonwebtoken::encode(&header, &claims, &keys.encoding).unwrap();
         assert!(matches!(keys.verify(&tok), Err(TokenError::Expired)));

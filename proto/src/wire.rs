@@ -37,6 +37,15 @@ pub const PATH_ENDPOINTS: &str = "/v1/endpoints";
 /// Liveness path (no authentication, reveals nothing).
 pub const PATH_HEALTH: &str = "/healthz";
 
+/// HTTP/2 flow-control window per stream (tunnel). Fixed and large rather than adaptive:
+/// hyper's BDP estimator left the gateway's receive window near 64 KiB on a 50 ms path
+/// (bench (d): 0.01 Gbit/s), and one window per round trip is the ceiling of a stream
+/// (16 MiB / 50 ms ≈ 2.7 Gbit/s). The window is credit, not an allocation: memory is used only
+/// when a receiver falls behind, and is then bounded by [`CONN_WINDOW`] per connection.
+pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// HTTP/2 flow-control window per connection (all tunnels on one link).
+pub const CONN_WINDOW: u32 = 64 * 1024 * 1024;
+
 /// Largest JSON body any Postern listener accepts.
 pub const MAX_JSON_BODY: usize = 64 * 1024;
 
@@ -116,6 +125,27 @@ pub struct EndpointList {
     pub user: String,
     pub groups: Vec<String>,
     pub endpoints: Vec<EndpointInfo>,
+}
+
+/// What `POST /auth/token` and `GET /v1/whoami` answer: who a session token is for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionSummary {
+    /// The token itself (only from `POST /auth/token`).
+    #[serde(default)]
+    pub token: Option<String>,
+    pub user: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub groups: Vec<String>,
+    pub mfa: bool,
+    /// When the user authenticated at the IdP (seconds since the epoch).
+    #[serde(default)]
+    pub auth_time: Option<u64>,
+    /// Token expiry (seconds since the epoch).
+    pub expires_at: u64,
+    /// Issuer of the sign-in.
+    #[serde(default)]
+    pub idp: Option<String>,
 }
 
 /// Every error body from every Postern listener.

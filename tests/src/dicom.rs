@@ -85,7 +85,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let (head, body) = resp.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")).then(|| body.to_owned())
 }
 
 /// A test DICOM file made with dump2dcm (fresh UIDs): a 512×512 8-bit secondary capture

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 pub mod dicom;
 pub mod oidc;
+pub mod rogue_idp;
 
 /// Directory holding the workspace binaries (target/debug or target/release).
 pub fn bin_dir() -> PathBuf {
@@ -225,6 +226,23 @@ impl Deployment {
 
     /// Writes the gateway's files without starting it.
     pub fn prepare(policy: &str) -> Deployment {
+        Deployment::prepare_with(policy, "")
+    }
+
+    /// The URL the IdP must redirect to (this gateway's `/auth/callback`).
+    pub fn callback_url(&self) -> String {
+        format!("{}/auth/callback", self.url())
+    }
+
+    /// Adds `text` (e.g. an `[oidc]` table) to gateway.toml.
+    pub fn append_config(&self, text: &str) {
+        let mut t = std::fs::read_to_string(self.gateway_toml()).unwrap();
+        t.push_str(text);
+        std::fs::write(self.gateway_toml(), t).unwrap();
+    }
+
+    /// As [`Deployment::prepare`], with extra gateway.toml text.
+    pub fn prepare_with(policy: &str, extra: &str) -> Deployment {
         let dir = tempfile::tempdir().unwrap();
         let client_port = free_port();
         let connector_port = free_port();
@@ -232,7 +250,7 @@ impl Deployment {
         std::fs::write(
             dir.path().join("gateway.toml"),
             format!(
-                "node_id = \"gw-test\"\nstate_dir = \"gw\"\npolicy = \"policy.toml\"\n[listen]\nclients = \"127.0.0.1:{client_port}\"\nconnectors = \"127.0.0.1:{connector_port}\"\n[limits]\nhandshake_timeout = \"2s\"\nconnector_dial_timeout = \"3s\"\n"
+                "node_id = \"gw-test\"\nstate_dir = \"gw\"\npolicy = \"policy.toml\"\n[listen]\nclients = \"127.0.0.1:{client_port}\"\nconnectors = \"127.0.0.1:{connector_port}\"\n[limits]\nhandshake_timeout = \"2s\"\nconnector_dial_timeout = \"3s\"\nshutdown_grace = \"2s\"\n{extra}"
             ),
         )
         .unwrap();

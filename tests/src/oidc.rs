@@ -119,6 +119,7 @@ impl OidcProvider {
         redirect_uris: &[String],
         users: &[OidcUser],
     ) -> OidcProvider {
+        std::fs::create_dir_all(dir).unwrap();
         let users_json = users_json(users);
         let proc = launch(
             dir,
@@ -417,13 +418,9 @@ impl Browser {
             }
             if r.status == 200 {
                 if let Some((user, pass)) = creds {
-                    if let Some(action) = login_form_action(&r.body) {
+                    if let Some((action, inner)) = login_form(&r.body) {
                         creds = None;
-                        form = Some(format!(
-                            "login={}&password={}",
-                            pct_encode(user),
-                            pct_encode(pass)
-                        ));
+                        form = Some(form_body(&inner, user, pass));
                         url = resolve(&url, &action);
                         continue;
                     }
@@ -489,7 +486,56 @@ struct CurlResponse {
 }
 
 /// The `action` of a POST form with a password field, HTML-unescaped.
+#[cfg(test)]
 fn login_form_action(html: &str) -> Option<String> {
+    login_form(html).map(|(action, _)| action)
+}
+
+/// Fills a login form like a person would: hidden inputs keep their values, the first text
+/// (or email) input gets the username, the password input the password, and the first named
+/// submit button is the one pressed.
+fn form_body(inner: &str, user: &str, pass: &str) -> String {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let mut user_done = false;
+    let lower = inner.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find("<input") {
+        let start = from + i;
+        let end = lower[start..].find('>').map_or(lower.len(), |e| start + e);
+        let tag = &inner[start..end];
+        from = end;
+        let Some(name) = attr(tag, "name") else {
+            continue;
+        };
+        let kind = attr(tag, "type")
+            .unwrap_or_else(|| "text".into())
+            .to_ascii_lowercase();
+        match kind.as_str() {
+            "hidden" => fields.push((name, attr(tag, "value").unwrap_or_default())),
+            "password" => fields.push((name, pass.to_owned())),
+            "text" | "email" if !user_done => {
+                user_done = true;
+                fields.push((name, user.to_owned()));
+            }
+            _ => {}
+        }
+    }
+    if let Some(i) = lower.find("<button") {
+        let end = lower[i..].find('>').map_or(lower.len(), |e| i + e);
+        let tag = &inner[i..end];
+        if let (Some(n), Some(v)) = (attr(tag, "name"), attr(tag, "value")) {
+            fields.push((n, v));
+        }
+    }
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", pct_encode(k), pct_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The `action` and inner HTML of the first POST form with a password field.
+fn login_form(html: &str) -> Option<(String, String)> {
     let lower = html.to_ascii_lowercase();
     let mut from = 0;
     while let Some(i) = lower[from..].find("<form") {
@@ -507,7 +553,10 @@ fn login_form_action(html: &str) -> Option<String> {
                     continue;
                 }
             }
-            return Some(attr(tag, "action").unwrap_or_default());
+            return Some((
+                attr(tag, "action").unwrap_or_default(),
+                html[tag_end..end].to_owned(),
+            ));
         }
         from = end;
     }

@@ -726,7 +726,7 @@ fn malformed_connect_targets_are_refused_and_http1_connect_works() {
 }
 
 #[test]
-fn sigterm_ends_live_sessions_with_reason_shutdown() {
+fn sigterm_drains_then_ends_live_sessions_with_reason_shutdown() {
     let (mut d, _echo) = standard();
     let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
     let (_client, local) = d.connect("echo", &token).unwrap();
@@ -737,25 +737,43 @@ fn sigterm_ends_live_sessions_with_reason_shutdown() {
     let mut b = [0u8; 1];
     live.read_exact(&mut b).unwrap();
     d.wait_event("session.start", |_| true);
-    let code = d
-        .gateway
-        .as_mut()
-        .unwrap()
-        .terminate(Duration::from_secs(10));
-    assert_eq!(code, Some(0), "gateway did not exit cleanly");
-    let end = d.wait_event("session.end", |_| true);
+    let t0 = Instant::now();
+    d.gateway.as_ref().unwrap().signal("TERM");
+    // During the grace period (2 s in the test config) the live tunnel still works...
+    std::thread::sleep(Duration::from_millis(300));
+    live.write_all(b"y").unwrap();
+    live.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"y");
+    // ...but nothing new is accepted.
+    assert!(
+        TcpStream::connect(("127.0.0.1", d.client_port)).is_err()
+            || echo_roundtrip(local, b"new").is_err(),
+        "a new session was accepted while draining"
+    );
+    let code = wait_for("the gateway to exit", Duration::from_secs(10), || {
+        d.gateway.as_mut().unwrap().child.try_wait().ok().flatten()
+    });
+    assert_eq!(code.code(), Some(0), "gateway did not exit cleanly");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "no grace period: {waited:?}"
+    );
+    let end = d.wait_event("session.end", |e| e["bytes_up"] == 2);
     assert_eq!(end["close_reason"], "shutdown");
-    assert_eq!(end["bytes_up"], 1);
     d.wait_event("gateway.stopped", |_| true);
 }
 
 #[test]
 fn demo_comes_up_and_its_printed_next_steps_work() {
     let work = tempfile::tempdir().unwrap();
-    // The demo uses PORT and PORT+1.
+    // The demo uses PORT (clients), PORT+1 (connectors) and PORT+2 (its identity provider).
     let port = loop {
         let p = postern_e2e::free_port();
-        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+        if p < 65000
+            && TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
+            && TcpListener::bind(("127.0.0.1", p + 2)).is_ok()
+        {
             break p;
         }
     };
@@ -770,7 +788,7 @@ fn demo_comes_up_and_its_printed_next_steps_work() {
     );
     let text = wait_for("the demo's instructions", Duration::from_secs(30), || {
         let t = demo.log_text();
-        t.contains("postern-audit search").then_some(t)
+        t.contains("postern logout").then_some(t)
     });
     let steps: Vec<&str> = text
         .lines()
@@ -778,14 +796,56 @@ fn demo_comes_up_and_its_printed_next_steps_work() {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("Try these"))
         .collect();
-    assert!(steps.len() >= 8, "too few steps: {steps:?}");
-    // Run them as printed, giving background tunnels a moment to print their ready line.
+    assert!(steps.len() >= 10, "too few steps: {steps:?}");
+    let cfg = work.path().join("postern-config");
+    let path = format!(
+        "{}:{}",
+        steps[0]
+            .trim_start_matches("export PATH=")
+            .trim_end_matches(":$PATH"),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // Sign in as a person would: run the printed `postern login`, open its URL in a browser
+    // (curl-driven), type alice / alice at the demo identity provider.
+    let login_step = steps
+        .iter()
+        .find(|s| s.starts_with("postern login"))
+        .unwrap();
+    let mut login = postern_e2e::Proc::spawn(
+        "login",
+        Command::new("bash")
+            .arg("-c")
+            .arg(login_step)
+            .env("PATH", &path)
+            .env("POSTERN_CONFIG_DIR", &cfg),
+        work.path().join("login.log"),
+    );
+    let url = wait_for("the sign-in URL", Duration::from_secs(10), || {
+        login
+            .log_text()
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("https://"))
+            .map(str::to_owned)
+    });
+    let ca = work.path().join("demo/gateway-ca.pem");
+    let page = postern_e2e::oidc::browser_login(&url, &ca, "alice", "alice");
+    assert!(page.body.contains("You are signed in"), "{page:?}");
+    wait_for("postern login to finish", Duration::from_secs(20), || {
+        (!login.is_running()).then_some(())
+    });
+    assert!(
+        login.log_text().contains("signed in as alice@demo.nhs.uk"),
+        "{}",
+        login.log_text()
+    );
+
+    // The rest, as printed, in one shell; background tunnels get a moment to listen.
     let mut script = String::from("set -u\n");
-    for step in &steps {
+    for step in steps.iter().filter(|s| !s.starts_with("postern login")) {
         script.push_str(step);
         script.push('\n');
         if step.ends_with('&') {
-            // Wait (up to 20 s) until the background tunnel's port accepts connections.
             let port = step
                 .split("127.0.0.1:")
                 .nth(1)
@@ -797,9 +857,13 @@ fn demo_comes_up_and_its_printed_next_steps_work() {
         }
     }
     script.push_str("kill $(jobs -p) 2>/dev/null\nwait 2>/dev/null\n");
-    let (_, out, err) = run(Command::new("bash").arg("-c").arg(&script));
+    let (_, out, err) = run(Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("POSTERN_CONFIG_DIR", &cfg));
     let all = format!("{out}\n{err}");
     assert!(all.contains("signed in as alice@demo.nhs.uk"), "{all}");
+    assert!(all.contains("mfa      yes"), "{all}");
     assert!(all.contains("demo-web"), "{all}");
     assert!(all.contains("Hello from the demo web viewer"), "{all}");
     assert!(
@@ -811,6 +875,8 @@ fn demo_comes_up_and_its_printed_next_steps_work() {
         all.contains("session.start") && all.contains("session.denied"),
         "{all}"
     );
+    assert!(all.contains("auth.login"), "{all}");
+    assert!(all.contains("signed out"), "{all}");
 }
 
 #[test]
@@ -1033,4 +1099,89 @@ fn full_audit_disk_refuses_new_sessions_fail_closed() {
     assert_eq!((d.count("session.start"), accepted()), (starts, reached));
     let log = d.gateway.as_ref().unwrap().log_text();
     assert!(log.contains("audit log unavailable"), "{log}");
+}
+
+#[test]
+fn metrics_and_health_on_the_admin_listener() {
+    let echo = Echo::start();
+    let mut d = Deployment::prepare(&policy(1, echo.addr, 9));
+    let admin = postern_e2e::free_port();
+    d.append_config(&format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
+    d.start_gateway();
+    let d = d.with_connector(&allow(&[echo.addr.port()]));
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (_c, local) = d.connect("echo", &token).unwrap();
+    assert_eq!(echo_roundtrip(local, b"count me").unwrap(), b"count me");
+    let bob = d.mint("bob@truro.nhs.uk", "porters", "1h");
+    assert!(d.connect("echo", &bob).is_err());
+    d.wait_event("session.end", |_| true);
+    let addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let metrics = wait_for("metrics", Duration::from_secs(10), || {
+        postern_e2e::dicom::http_get(addr, "/metrics")
+            .filter(|m| m.contains("postern_tunnel_bytes_total"))
+    });
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{metrics}"))
+    };
+    assert_eq!(value("postern_sessions_total{decision=\"allow\"}"), 1.0);
+    assert!(value("postern_sessions_total{decision=\"deny\"}") >= 1.0);
+    assert_eq!(value("postern_connectors_connected{site=\"truro\"}"), 2.0);
+    assert_eq!(value("postern_tunnel_bytes_total{direction=\"up\"}"), 8.0);
+    assert_eq!(value("postern_tunnel_bytes_total{direction=\"down\"}"), 8.0);
+    assert_eq!(value("postern_session_setup_seconds_count"), 1.0);
+    assert!(value("postern_audit_events_total") >= 4.0);
+    assert!(
+        metrics.contains("postern_policy_version_info{version=\"sha256:"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("postern_build_info{version="), "{metrics}");
+    assert_eq!(
+        postern_e2e::dicom::http_get(addr, "/readyz").as_deref(),
+        Some("ready\n")
+    );
+    // The public listener does not serve metrics.
+    let (_, out, _) = run(Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(d.ca_file())
+        .arg(format!("{}/metrics", d.url())));
+    assert!(
+        !out.contains("postern_"),
+        "metrics leaked on the public port: {out}"
+    );
+}
+
+#[test]
+fn enrolment_floods_are_rate_limited_per_address() {
+    let d = Deployment::gateway_only(&policy(1, "127.0.0.1:1".parse().unwrap(), 9));
+    let mut statuses = Vec::new();
+    for _ in 0..15 {
+        let (_, out, err) = run(Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(d.ca_file())
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-d",
+                "{\"token\":\"x\",\"csr_pem\":\"y\"}",
+            ])
+            .arg(format!("{}/v1/enroll", d.url())));
+        statuses.push(format!("{out}{}", err.trim()));
+    }
+    assert!(
+        statuses.iter().any(|s| s == "403"),
+        "the first attempts are judged: {statuses:?}"
+    );
+    assert!(
+        !statuses.iter().any(|s| s == "000"),
+        "a request got no answer: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().any(|s| s == "429"),
+        "no rate limit in 15 rapid attempts: {statuses:?}"
+    );
 }

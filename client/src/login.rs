@@ -1,0 +1,293 @@
+//! `postern login`, `status`, `logout`: signing in through the browser and keeping the session
+//! token in the user's config directory (`$POSTERN_CONFIG_DIR`, else
+//! `$XDG_CONFIG_HOME/postern`, else `~/.config/postern`), mode 0600.
+//!
+//! Sign-in hands the token to this process through a one-shot loopback listener
+//! (`http://127.0.0.1:PORT/callback`) protected by its own PKCE pair: the browser only ever
+//! carries a one-time code, and only this process, holding the verifier, can redeem it at the
+//! gateway. Another local process that sees the redirect gets nothing usable.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::{ClientError, GatewayConn};
+
+/// What `POST /auth/token` and `GET /v1/whoami` answer.
+pub use postern_proto::wire::SessionSummary as Session;
+
+/// Remembered between commands (`config.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Saved {
+    pub gateway: String,
+    pub ca_file: PathBuf,
+}
+
+/// The config directory.
+pub fn config_dir() -> Result<PathBuf, ClientError> {
+    if let Ok(d) = std::env::var("POSTERN_CONFIG_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    if let Ok(d) = std::env::var("XDG_CONFIG_HOME") {
+        return Ok(PathBuf::from(d).join("postern"));
+    }
+    std::env::var("HOME")
+        .map(|h| PathBuf::from(h).join(".config").join("postern"))
+        .map_err(|_| ClientError::Setup("cannot find your home directory (HOME is not set)".into()))
+}
+
+pub fn token_path(dir: &Path) -> PathBuf {
+    dir.join("token")
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), ClientError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let err = |e: std::io::Error| ClientError::Setup(format!("writing {}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(err)?;
+    f.write_all(data).and_then(|_| f.sync_all()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+pub fn load_saved(dir: &Path) -> Option<Saved> {
+    std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+fn pct(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn unpct(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn random_b64(n: usize) -> Result<String, ClientError> {
+    postern_proto::ids::random_bytes(n)
+        .map(|b| URL_SAFE_NO_PAD.encode(b))
+        .map_err(|_| ClientError::Setup("random number generator failed".into()))
+}
+
+/// Reads one HTTP request head from the browser; returns its request target.
+async fn read_target(s: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buf = vec![0u8; 8192];
+    let mut used = 0;
+    while used < buf.len() {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf[used..]))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        used += n;
+        if buf[..used].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = std::str::from_utf8(&buf[..used]).ok()?;
+    let line = head.lines().next()?;
+    let mut parts = line.split(' ');
+    (parts.next()? == "GET").then_some(())?;
+    parts.next().map(str::to_owned)
+}
+
+async fn answer(s: &mut tokio::net::TcpStream, status: &str, message: &str) {
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Postern</title><body style=\"font:18px system-ui,sans-serif;max-width:32rem;margin:4rem auto\"><h1>{message}</h1><p>You can close this window and return to the terminal.</p></body></html>"
+    );
+    let resp = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-security-policy: default-src 'none'; style-src 'unsafe-inline'\r\ncache-control: no-store\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(resp.as_bytes()).await;
+    let _ = s.shutdown().await;
+}
+
+/// Signs in: prints (and, if asked, opens) the URL, waits for the browser to come back, redeems
+/// the code, stores the token. `show_url` is called with the URL to open.
+pub async fn login(
+    gateway: &str,
+    ca_file: &Path,
+    open_browser: bool,
+    wait: Duration,
+    show_url: impl FnOnce(&str),
+) -> Result<Session, ClientError> {
+    let verifier = random_b64(32)?;
+    let challenge = URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        verifier.as_bytes(),
+    ));
+    let state = random_b64(16)?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| ClientError::Setup(format!("cannot listen on loopback: {e}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| ClientError::Setup(e.to_string()))?
+        .port();
+    let redirect = format!("http://127.0.0.1:{port}/callback");
+    let url = format!(
+        "{}/auth/login?cli_redirect={}&cli_challenge={}&cli_state={}",
+        gateway.trim_end_matches('/'),
+        pct(&redirect),
+        pct(&challenge),
+        pct(&state)
+    );
+    let conn = GatewayConn::anonymous(gateway, ca_file)?;
+    show_url(&url);
+    if open_browser {
+        let _ = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+    let code = tokio::time::timeout(wait, async {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let Some(target) = read_target(&mut s).await else {
+                continue;
+            };
+            let Some(query) = target.strip_prefix("/callback?") else {
+                answer(&mut s, "404 Not Found", "Nothing here").await;
+                continue;
+            };
+            let params: Vec<(String, String)> = query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (unpct(k), unpct(v)))
+                .collect();
+            let get = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+            let got_state = get("state").unwrap_or_default();
+            if !postern_proto::ids::ct_eq(got_state.as_bytes(), state.as_bytes()) {
+                answer(
+                    &mut s,
+                    "400 Bad Request",
+                    "This sign-in does not belong to this terminal",
+                )
+                .await;
+                continue;
+            }
+            match get("code") {
+                Some(code) => {
+                    answer(&mut s, "200 OK", "You are signed in").await;
+                    return code;
+                }
+                None => {
+                    answer(&mut s, "400 Bad Request", "Sign-in did not complete").await;
+                    continue;
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        ClientError::Setup(format!(
+            "no sign-in within {}s; run postern login again",
+            wait.as_secs()
+        ))
+    })?;
+    let session: Session = conn
+        .post_json(
+            "/auth/token",
+            &serde_json::json!({"code": code, "code_verifier": verifier}),
+        )
+        .await?;
+    let token = session
+        .token
+        .clone()
+        .ok_or_else(|| ClientError::Protocol("the gateway returned no token".into()))?;
+    let dir = config_dir()?;
+    write_private(&token_path(&dir), token.as_bytes())?;
+    let ca_abs = ca_file
+        .canonicalize()
+        .unwrap_or_else(|_| ca_file.to_owned());
+    let saved = Saved {
+        gateway: gateway.trim_end_matches('/').to_owned(),
+        ca_file: ca_abs,
+    };
+    let json =
+        serde_json::to_vec_pretty(&saved).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    write_private(&dir.join("config.json"), &json)?;
+    Ok(session)
+}
+
+/// Revokes the stored token at the gateway and deletes it locally.
+pub async fn logout(conn: &GatewayConn) -> Result<(), ClientError> {
+    let result: Result<serde_json::Value, ClientError> =
+        conn.post_json("/auth/logout", &serde_json::json!({})).await;
+    let dir = config_dir()?;
+    let _ = std::fs::remove_file(token_path(&dir));
+    match result {
+        Ok(_) | Err(ClientError::Expired) | Err(ClientError::Unauthorized(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_round_trip() {
+        let s = "http://127.0.0.1:5/callback?x=a b&y=é";
+        assert_eq!(unpct(&pct(s)), s);
+        assert_eq!(unpct("a%2Fb+c%zz"), "a/b c%zz");
+    }
+}

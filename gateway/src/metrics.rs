@@ -1,0 +1,140 @@
+//! Prometheus metrics, served in the text exposition format on the separate admin listener
+//! (`[admin] listen`, loopback by default), never on the public ports.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub sessions_active: IntGaugeVec,
+    pub sessions_total: IntCounterVec,
+    pub session_setup: Histogram,
+    pub tunnel_bytes: IntCounterVec,
+    pub connectors_connected: IntGaugeVec,
+    pub auth_logins: IntCounterVec,
+    pub policy_reloads: IntCounterVec,
+    pub policy_version: IntGaugeVec,
+    pub audit_events: IntCounter,
+    pub audit_failures: IntCounter,
+    pub audit_write: Histogram,
+    pub ratelimited: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    pub connections_open: IntGauge,
+    audit_seen: AtomicU64,
+    audit_failed_seen: AtomicU64,
+}
+
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0,
+    ]
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                registry.register(Box::new(m.clone()))?;
+                m
+            }};
+        }
+        let m = Metrics {
+            sessions_active: reg!(IntGaugeVec::new(
+                Opts::new("postern_sessions_active", "Live tunnelled sessions"),
+                &["site", "endpoint"]
+            )?),
+            sessions_total: reg!(IntCounterVec::new(
+                Opts::new("postern_sessions_total", "Tunnel requests by decision"),
+                &["decision"]
+            )?),
+            session_setup: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "postern_session_setup_seconds",
+                    "From CONNECT received to tunnel ready (token, policy, durable audit, connector dial)"
+                )
+                .buckets(latency_buckets())
+            )?),
+            tunnel_bytes: reg!(IntCounterVec::new(
+                Opts::new("postern_tunnel_bytes_total", "Bytes relayed by ended sessions"),
+                &["direction"]
+            )?),
+            connectors_connected: reg!(IntGaugeVec::new(
+                Opts::new("postern_connectors_connected", "Live connector links"),
+                &["site"]
+            )?),
+            auth_logins: reg!(IntCounterVec::new(
+                Opts::new("postern_auth_logins_total", "Sign-ins by result"),
+                &["result"]
+            )?),
+            policy_reloads: reg!(IntCounterVec::new(
+                Opts::new("postern_policy_reloads_total", "Policy reloads by result"),
+                &["result"]
+            )?),
+            policy_version: reg!(IntGaugeVec::new(
+                Opts::new("postern_policy_version_info", "The running policy version (value 1)"),
+                &["version"]
+            )?),
+            audit_events: reg!(IntCounter::new(
+                "postern_audit_events_total",
+                "Audit events written"
+            )?),
+            audit_failures: reg!(IntCounter::new(
+                "postern_audit_failures_total",
+                "Audit events that could not be written"
+            )?),
+            audit_write: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "postern_audit_write_seconds",
+                    "Time to make session.start durable (group commit + fdatasync)"
+                )
+                .buckets(latency_buckets())
+            )?),
+            ratelimited: reg!(IntCounterVec::new(
+                Opts::new("postern_ratelimited_total", "Requests refused by rate limits"),
+                &["what"]
+            )?),
+            build_info: reg!(IntGaugeVec::new(
+                Opts::new("postern_build_info", "Build information (value 1)"),
+                &["version"]
+            )?),
+            connections_open: reg!(IntGauge::new(
+                "postern_connections_open",
+                "Open TCP connections on both listeners"
+            )?),
+            audit_seen: AtomicU64::new(0),
+            audit_failed_seen: AtomicU64::new(0),
+            registry,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Ok(m)
+    }
+
+    pub fn set_policy_version(&self, version: &str) {
+        self.policy_version.reset();
+        self.policy_version.with_label_values(&[version]).set(1);
+    }
+
+    /// Brings the audit counters up to the writer's own totals.
+    pub fn sync_audit(&self, written: u64, failed: u64) {
+        let prev = self.audit_seen.swap(written, Ordering::Relaxed);
+        self.audit_events.inc_by(written.saturating_sub(prev));
+        let prev = self.audit_failed_seen.swap(failed, Ordering::Relaxed);
+        self.audit_failures.inc_by(failed.saturating_sub(prev));
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
