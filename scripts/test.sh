@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (idempotently) and runs the whole test suite.
-# Real peers: Orthanc (PACS), dcmtk (DICOM tools), iperf3, curl — from Debian's packages —
+# Real peers: Orthanc (PACS), dcmtk (DICOM tools), iperf3, curl, rsyslog (SIEM export) — from
+# Debian's packages —
 # and an OpenID provider (tests/oidc-provider: panva's oidc-provider from npm, run by node).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,8 @@ command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
+dpkg -s rsyslog-openssl >/dev/null 2>&1 || need+=(rsyslog-openssl)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"

@@ -14,8 +14,16 @@ use crate::store::{unix_now, EnrollTokenRec, Store};
 use crate::tokens::TokenKeys;
 use crate::{Config, GatewayError};
 
+/// Appends an admin command's event, saying which local account ran it.
 fn audit(config: &Config, mut ev: Event) -> Result<(), GatewayError> {
     ev.gateway = Some(config.node_id.clone());
+    let who = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    ev.detail = Some(format!(
+        "{} (by local user {who})",
+        ev.detail.as_deref().unwrap_or("admin command")
+    ));
     postern_audit::append_sync(&config.audit_dir, &ev)?;
     Ok(())
 }

@@ -20,7 +20,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use openidconnect::url::form_urlencoded;
-use postern_audit::{Event, EventType};
+use postern_audit::EventType;
 use postern_proto::wire::SessionSummary;
 use serde::Deserialize;
 use tracing::{info, warn};
@@ -32,12 +32,6 @@ use crate::tokens::{new_jti, Claims};
 use crate::Gateway;
 
 type Resp = Response<Full<Bytes>>;
-
-fn named(gw: &Gateway, kind: &str) -> Event {
-    let mut ev = gw.event(EventType::GatewayStarted);
-    ev.kind = kind.to_owned();
-    ev
-}
 
 fn user_agent(req: &Request<Incoming>) -> String {
     req.headers()
@@ -95,9 +89,10 @@ fn fail_page(gw: &Gateway, peer: SocketAddr, ua: &str, e: &AuthError) -> Resp {
         .map(|s| s[..16].to_owned())
         .unwrap_or_else(|_| "err-unknown".into());
     warn!(error_id = %id, code = e.code, detail = %e.detail, %peer, "sign-in failed");
-    let mut ev = named(gw, "auth.failed");
+    let mut ev = gw.event(EventType::AuthFailed);
     ev.source = Some(peer.to_string());
-    ev.detail = Some(format!("{id}: {}: {} (user agent: {ua})", e.code, e.detail));
+    ev.user_agent = Some(ua.to_owned());
+    ev.detail = Some(format!("{id}: {}: {}", e.code, e.detail));
     gw.audit.record_nowait(ev);
     let mut r = pages::error(e.status, &e.public, &id);
     if e.status == StatusCode::SERVICE_UNAVAILABLE {
@@ -237,16 +232,18 @@ pub async fn callback(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr
     };
     info!(user = %identity.user, groups = ?identity.groups, mfa = identity.mfa, %peer, "signed in");
     gw.metrics.auth_logins.with_label_values(&["success"]).inc();
-    let mut ev = named(&gw, "auth.login");
+    let mut ev = gw.event(EventType::AuthLogin);
     ev.user = Some(identity.user.clone());
     ev.groups = Some(identity.groups.clone());
     ev.source = Some(peer.to_string());
+    ev.user_agent = Some(ua.clone());
+    ev.user_name = identity.name.clone();
+    ev.user_email = identity.email.clone();
     ev.detail = Some(format!(
-        "idp {} subject {}; mfa {}; name {}; session token {} until {}; user agent: {ua}",
+        "idp {} subject {}; mfa {}; session token {} until {}",
         identity.issuer,
         identity.subject,
         identity.mfa,
-        identity.name.as_deref().unwrap_or("-"),
         claims.jti,
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(claims.exp))
     ));
@@ -361,7 +358,7 @@ pub async fn token(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -
         );
     };
     let Some(token) = oidc.redeem_cli_code(&tr.code, &tr.code_verifier) else {
-        let mut ev = named(&gw, "auth.failed");
+        let mut ev = gw.event(EventType::AuthFailed);
         ev.source = Some(peer.to_string());
         ev.detail =
             Some("invalid_grant: unknown, expired or reused CLI code, or wrong verifier".into());
@@ -421,7 +418,7 @@ pub async fn logout(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
     }
     gw.revoke_jti(&claims.jti);
     let ended = gw.sessions.kill_token(&claims.jti, "token_revoked");
-    let mut ev = named(&gw, "auth.logout");
+    let mut ev = gw.event(EventType::AuthLogout);
     ev.user = Some(claims.sub.clone());
     ev.source = Some(peer.to_string());
     ev.detail = Some(format!(
@@ -429,7 +426,7 @@ pub async fn logout(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
         claims.jti
     ));
     gw.audit.record_nowait(ev);
-    let mut ev = named(&gw, "token.revoked");
+    let mut ev = gw.event(EventType::TokenRevoked);
     ev.user = Some(claims.sub.clone());
     ev.detail = Some(format!("session token {} (sign-out)", claims.jti));
     gw.audit.record_nowait(ev);

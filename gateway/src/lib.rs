@@ -213,7 +213,18 @@ async fn init(config: Config, listeners: &Listeners) -> Result<Arc<Gateway>, Gat
         &[ALPN_CONNECTOR],
         Some(connector_ca.cert_der.clone()),
     )?;
-    let audit = AuditLog::open(&config.audit_dir).await?;
+    // Tamper evidence: a hash chain over every event, checkpoints signed with the gateway's
+    // Ed25519 audit key (state dir, 0600; `postern-audit verify --pubkey` checks them).
+    let audit_key = postern_audit::AuditKey::load_or_create(&config.state_dir)?;
+    let audit = AuditLog::open_with(
+        &config.audit_dir,
+        postern_audit::AuditOptions {
+            signing_key: Some(audit_key),
+            node_id: Some(config.node_id.clone()),
+            ..Default::default()
+        },
+    )
+    .await?;
     let oidc = match &config.oidc {
         Some(o) => Some(Arc::new(
             oidc::Oidc::new(o.clone(), &config.state_dir).map_err(|message| GatewayError::Io {

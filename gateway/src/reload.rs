@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use postern_audit::{Event, EventType};
+use postern_audit::EventType;
 use postern_policy::Policy;
 use tracing::{info, warn};
 
@@ -17,12 +17,6 @@ use crate::Gateway;
 
 /// How often the policy file's metadata is looked at.
 const POLL: Duration = Duration::from_millis(250);
-
-fn named(gw: &Gateway, kind: &str) -> Event {
-    let mut ev = gw.event(EventType::GatewayStarted);
-    ev.kind = kind.to_owned();
-    ev
-}
 
 /// What identifies a version of the policy on disk without reading it: (name, mtime, length) of
 /// the file, or of every `*.toml` in the directory.
@@ -64,7 +58,7 @@ pub async fn reload(gw: &Arc<Gateway>, trigger: &str) -> bool {
                 .policy_reloads
                 .with_label_values(&["rejected"])
                 .inc();
-            let mut ev = named(gw, "policy.rejected");
+            let mut ev = gw.event(EventType::PolicyRejected);
             ev.detail = Some(format!(
                 "{trigger}: kept {}; errors:\n{}",
                 gw.policy().version(),
@@ -98,7 +92,7 @@ pub async fn reload(gw: &Arc<Gateway>, trigger: &str) -> bool {
         terminated = recheck.terminated,
         "policy reloaded"
     );
-    let mut ev = named(gw, "policy.reloaded");
+    let mut ev = gw.event(EventType::PolicyReloaded);
     ev.detail = Some(format!(
         "{trigger}: {} -> {}; {} live sessions re-evaluated, {} terminated, {} shortened",
         old.version(),

@@ -239,8 +239,7 @@ impl Sessions {
                     decision.reason.clone()
                 };
                 info!(session_id = %info.id, user = %info.user, source = %live.facts.source_ip, endpoint = %info.endpoint.name, %reason, "terminating session: access withdrawn");
-                let mut ev = info.event(gw, EventType::SessionEnd);
-                ev.kind = "session.terminated".into();
+                let mut ev = info.event(gw, EventType::SessionTerminated);
                 ev.decision = Some(crate::client_api::decision_ref(&decision));
                 ev.detail = Some(format!("{why}: {reason}"));
                 gw.audit.record_nowait(ev);
