@@ -259,13 +259,39 @@ pub(crate) fn token_refusal(e: &TokenError) -> Resp {
     error(status, e.code(), &e.to_string())
 }
 
-fn policy_request<'a>(claims: &'a Claims, endpoint: &'a str) -> postern_policy::Request<'a> {
-    postern_policy::Request::new(
+/// The break-glass reason sent by `postern connect --reason`, if any and well-formed.
+fn justification(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(wire::HDR_JUSTIFICATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|j| !j.is_empty() && j.len() <= wire::MAX_JUSTIFICATION)
+        .map(str::to_owned)
+}
+
+/// Everything the policy may ask about this request: who, from where, how strongly
+/// authenticated, with what reason (device facts arrive with device trust).
+fn policy_request<'a>(
+    claims: &'a Claims,
+    endpoint: &'a str,
+    peer: SocketAddr,
+    justification: Option<&'a str>,
+) -> postern_policy::Request<'a> {
+    let auth_time = claims
+        .auth_time
+        .map(|t| std::time::UNIX_EPOCH + Duration::from_secs(t));
+    let r = postern_policy::Request::new(
         &claims.sub,
         &claims.groups,
         endpoint,
         std::time::SystemTime::now(),
     )
+    .with_source(peer.ip())
+    .with_auth(claims.mfa, auth_time);
+    match justification {
+        Some(j) => r.with_justification(j),
+        None => r,
+    }
 }
 
 async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
@@ -317,7 +343,13 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
         return too_many(&msg, secs);
     }
     let policy = gw.policy();
-    let decision = policy.evaluate(&policy_request(&claims, &name));
+    let reason_given = justification(&req);
+    let decision = policy.evaluate(&policy_request(
+        &claims,
+        &name,
+        peer,
+        reason_given.as_deref(),
+    ));
     let endpoint = match (decision.is_allowed(), policy.endpoint(&name)) {
         (true, Some(e)) => e.clone(),
         _ => {
@@ -348,6 +380,11 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
         endpoint: endpoint_ref(&endpoint),
         decision: decision_ref(&decision),
         connector: None,
+        justification: reason_given
+            .clone()
+            .filter(|_| decision.limits.require_justification),
+        report_only: crate::sessions::report_only(&decision),
+        egress_class: Some(endpoint.egress.to_string()),
     };
     let link = gw.registry.pick(&endpoint.site);
     info.connector = link.as_ref().map(|l| l.connector_ref());
@@ -468,8 +505,15 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
         source_ip: peer.ip(),
         token_exp: claims.exp,
         jti: claims.jti.clone(),
+        mfa: claims.mfa,
+        auth_time: claims
+            .auth_time
+            .map(|t| std::time::UNIX_EPOCH + Duration::from_secs(t)),
+        justification: reason_given.clone(),
         started,
     };
+    let idle_limit = decision.limits.idle_timeout;
+    let recheck_at = decision.valid_until;
     let deadline = deadline_for(&decision, started, claims.exp);
     info!(session_id = %session_id, user = %claims.sub, endpoint = %endpoint.name, connector_id = %link.connector_id, "session started");
     gw.metrics
@@ -486,6 +530,8 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
                     info,
                     facts,
                     deadline,
+                    idle_limit,
+                    recheck_at,
                     TokioIo::new(c),
                     TokioIo::new(e),
                 )
@@ -546,7 +592,7 @@ fn list_endpoints(gw: &Gateway, req: &Request<Incoming>, peer: SocketAddr) -> Re
         .endpoints()
         .iter()
         .filter_map(|e| {
-            let d = policy.evaluate(&policy_request(&claims, &e.name));
+            let d = policy.evaluate(&policy_request(&claims, &e.name, peer, None));
             d.is_allowed().then(|| endpoint_info(e, &d))
         })
         .collect();
@@ -574,7 +620,8 @@ async fn check_endpoint(
         }
     };
     let policy = gw.policy();
-    let d = policy.evaluate(&policy_request(&claims, name));
+    let given = justification(req);
+    let d = policy.evaluate(&policy_request(&claims, name, peer, given.as_deref()));
     match policy.endpoint(name) {
         Some(e) if d.is_allowed() => json(StatusCode::OK, &endpoint_info(e, &d)),
         _ => {

@@ -32,6 +32,12 @@ pub struct SessionInfo {
     pub endpoint: EndpointRef,
     pub decision: DecisionRef,
     pub connector: Option<ConnectorRef>,
+    /// Break-glass reason the clinician gave (audited, flagged for review).
+    pub justification: Option<String>,
+    /// Report-only conditions that would have denied ("would deny" findings).
+    pub report_only: Vec<String>,
+    /// `display` (pixels only) or `data` (images reach the laptop).
+    pub egress_class: Option<String>,
 }
 
 impl SessionInfo {
@@ -44,8 +50,24 @@ impl SessionInfo {
         ev.endpoint = Some(self.endpoint.clone());
         ev.decision = Some(self.decision.clone());
         ev.connector = self.connector.clone();
+        ev.justification = self.justification.clone();
+        ev.report_only = (!self.report_only.is_empty()).then(|| self.report_only.clone());
+        ev.egress_class = self.egress_class.clone();
         ev
     }
+}
+
+/// The findings of a decision's report-only conditions, as audit strings.
+pub fn report_only(d: &Decision) -> Vec<String> {
+    d.report_only
+        .iter()
+        .map(|r| {
+            format!(
+                "would deny: rule '{}' {}: {}",
+                r.rule, r.condition, r.reason
+            )
+        })
+        .collect()
 }
 
 /// The facts a session was authorized on: enough to ask the policy again.
@@ -56,7 +78,27 @@ pub struct Facts {
     pub token_exp: u64,
     /// Token id: revoking the token ends the session.
     pub jti: String,
+    pub mfa: bool,
+    pub auth_time: Option<SystemTime>,
+    pub justification: Option<String>,
     pub started: Instant,
+}
+
+impl Facts {
+    /// The policy request this session was (and is again) authorized on, as of `at`.
+    pub fn request<'a>(
+        &'a self,
+        info: &'a SessionInfo,
+        at: SystemTime,
+    ) -> postern_policy::Request<'a> {
+        let r = postern_policy::Request::new(&info.user, &info.groups, &info.endpoint.name, at)
+            .with_source(self.source_ip)
+            .with_auth(self.mfa, self.auth_time);
+        match &self.justification {
+            Some(j) => r.with_justification(j),
+            None => r,
+        }
+    }
 }
 
 /// A kill switch with the reason it was thrown.
@@ -221,9 +263,7 @@ impl Sessions {
         for live in m.values() {
             out.checked += 1;
             let info = &live.info;
-            let request =
-                postern_policy::Request::new(&info.user, &info.groups, &info.endpoint.name, now);
-            let decision = policy.evaluate(&request);
+            let decision = policy.evaluate(&live.facts.request(info, now));
             let moved = policy.endpoint(&info.endpoint.name).is_some_and(|e| {
                 e.site != info.endpoint.site
                     || e.host != info.endpoint.host
@@ -273,11 +313,19 @@ impl Sessions {
 }
 
 /// Relays a brokered session until it ends, then writes `session.end`.
+///
+/// Besides the relay it watches: the deadline (rule's maximum, token expiry; moved by policy
+/// reloads), the kill switch, the idle limit, and `recheck_at` — the instant the policy said the
+/// decision could change by time alone (a window closing, a contract ending); then the session
+/// is evaluated again and ended if no longer allowed.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_session<C, E>(
     gw: Arc<Gateway>,
     info: SessionInfo,
     facts: Facts,
     deadline: Deadline,
+    idle_limit: Option<Duration>,
+    mut recheck_at: Option<SystemTime>,
     client: C,
     endpoint: E,
 ) where
@@ -285,6 +333,7 @@ pub async fn run_session<C, E>(
     E: AsyncRead + AsyncWrite + Unpin,
 {
     let started = facts.started;
+    let recheck_facts = facts.clone();
     let (kill, mut deadline_rx) = gw.sessions.insert(&info, facts, deadline);
     let active = gw
         .metrics
@@ -294,8 +343,18 @@ pub async fn run_session<C, E>(
     let counters = Arc::new(Counters::default());
     let relay = relay(client, endpoint, counters.clone());
     tokio::pin!(relay);
+    let idle_tick =
+        idle_limit.map(|l| (l / 4).clamp(Duration::from_millis(250), Duration::from_secs(30)));
+    let mut last_moved = (0u64, Instant::now());
+    let far = Duration::from_secs(365 * 24 * 3600);
     let reason = loop {
         let current = *deadline_rx.borrow_and_update();
+        let until_recheck = recheck_at
+            .map(|t| {
+                t.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+            })
+            .unwrap_or(far);
         tokio::select! {
             ended = &mut relay => break match ended {
                 Ended::AClosed => "client_closed".to_owned(),
@@ -312,6 +371,27 @@ pub async fn run_session<C, E>(
                 }
             }
             _ = kill.token.cancelled() => break kill.reason(),
+            _ = tokio::time::sleep(until_recheck), if recheck_at.is_some() => {
+                let policy = gw.policy();
+                let decision = policy.evaluate(&recheck_facts.request(&info, SystemTime::now()));
+                if !decision.is_allowed() {
+                    info!(session_id = %info.id, user = %info.user, endpoint = %info.endpoint.name, reason = %decision.reason, "terminating session: time-bound access ended");
+                    let mut ev = info.event(&gw, EventType::SessionTerminated);
+                    ev.decision = Some(crate::client_api::decision_ref(&decision));
+                    ev.detail = Some(format!("time-bound access ended: {}", decision.reason));
+                    gw.audit.record_nowait(ev);
+                    break "access_withdrawn".to_owned();
+                }
+                recheck_at = decision.valid_until;
+            }
+            _ = tokio::time::sleep(idle_tick.unwrap_or(far)), if idle_tick.is_some() => {
+                let moved = counters.a_to_b() + counters.b_to_a();
+                if moved != last_moved.0 {
+                    last_moved = (moved, Instant::now());
+                } else if idle_limit.is_some_and(|l| last_moved.1.elapsed() >= l) {
+                    break "idle_timeout".to_owned();
+                }
+            }
         }
     };
     active.dec();

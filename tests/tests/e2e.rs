@@ -1185,3 +1185,180 @@ fn enrolment_floods_are_rate_limited_per_address() {
         "no rate limit in 15 rapid attempts: {statuses:?}"
     );
 }
+
+fn rfc3339_in(secs: u64) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + secs;
+    let (_, out, _) =
+        run(Command::new("date").args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%SZ"]));
+    out.trim().to_owned()
+}
+
+fn v1_policy(echo: SocketAddr, contract_end: &str) -> String {
+    format!(
+        r#"
+[defaults]
+zone = "Europe/London"
+
+[[endpoints]]
+name = "echo"
+site = "truro"
+host = "127.0.0.1"
+port = {port}
+protocol = "tcp"
+egress = "display"
+
+[[endpoints]]
+name = "echo-glass"
+site = "truro"
+host = "127.0.0.1"
+port = {port}
+protocol = "tcp"
+
+[[endpoints]]
+name = "echo-idle"
+site = "truro"
+host = "127.0.0.1"
+port = {port}
+protocol = "tcp"
+
+[[rules]]
+id = "locum-contract"
+effect = "allow"
+groups = ["locums"]
+endpoints = ["echo"]
+valid_until = {contract_end}
+
+[[rules]]
+id = "break-glass"
+effect = "allow"
+groups = ["radiologists"]
+endpoints = ["echo-glass"]
+require_justification = true
+
+[[rules]]
+id = "idle-limited"
+effect = "allow"
+groups = ["radiologists"]
+endpoints = ["echo-idle"]
+idle_timeout = "1s"
+"#,
+        port = echo.port()
+    )
+}
+
+#[test]
+fn a_contract_that_ends_during_a_session_terminates_it() {
+    let echo = Echo::start();
+    let d = Deployment::start(
+        &v1_policy(echo.addr, &rfc3339_in(4)),
+        &allow(&[echo.addr.port()]),
+    );
+    let token = d.mint("locum@truro.nhs.uk", "locums", "1h");
+    let (_c, local) = d.connect("echo", &token).unwrap();
+    let mut live = TcpStream::connect(local).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    live.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    live.read_exact(&mut b).unwrap();
+    let start = d.wait_event("session.start", |_| true);
+    assert_eq!(start["egress_class"], "display");
+    assert_eq!(
+        live.read(&mut b).unwrap_or(0),
+        0,
+        "the tunnel outlived the contract"
+    );
+    let term = d.wait_event("session.terminated", |e| {
+        e["session_id"] == start["session_id"]
+    });
+    assert_eq!(term["decision"]["effect"], "deny");
+    assert!(
+        s(&term["detail"]).contains("time-bound access ended"),
+        "{term}"
+    );
+    let end = d.wait_event("session.end", |e| e["session_id"] == start["session_id"]);
+    assert_eq!(end["close_reason"], "access_withdrawn");
+    // And a new connection is refused now.
+    assert!(d.connect("echo", &token).is_err());
+}
+
+#[test]
+fn break_glass_needs_a_reason_which_is_audited() {
+    let echo = Echo::start();
+    let d = Deployment::start(
+        &v1_policy(echo.addr, "2099-01-01"),
+        &allow(&[echo.addr.port()]),
+    );
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let err = d
+        .connect("echo-glass", &token)
+        .err()
+        .expect("no reason given: must be denied");
+    assert!(err.contains("denied"), "{err}");
+    let denied = d.wait_event("session.denied", |e| e["endpoint"]["name"] == "echo-glass");
+    assert_eq!(denied["decision"]["effect"], "deny");
+    // With a reason: allowed, and the reason is in session.start.
+    let log = d.path("glass.log");
+    let client = postern_e2e::Proc::spawn(
+        "client",
+        Command::new(bin("postern"))
+            .args([
+                "connect",
+                "echo-glass",
+                "--listen",
+                "127.0.0.1:0",
+                "--gateway",
+                &d.url(),
+            ])
+            .arg("--ca-file")
+            .arg(d.ca_file())
+            .arg("--token-file")
+            .arg(&token)
+            .args(["--reason", "stroke call, on-call registrar unreachable"]),
+        log,
+    );
+    let addr: SocketAddr = wait_for("ready", Duration::from_secs(10), || {
+        client.log_text().lines().find_map(|l| {
+            l.strip_prefix("ready: listening on ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+        })
+    });
+    assert_eq!(echo_roundtrip(addr, b"urgent").unwrap(), b"urgent");
+    let start = d.wait_event("session.start", |e| e["endpoint"]["name"] == "echo-glass");
+    assert_eq!(
+        start["justification"],
+        "stroke call, on-call registrar unreachable"
+    );
+    assert_eq!(start["decision"]["rule"], "break-glass");
+}
+
+#[test]
+fn idle_sessions_are_closed_after_the_rule_idle_timeout() {
+    let echo = Echo::start();
+    let d = Deployment::start(
+        &v1_policy(echo.addr, "2099-01-01"),
+        &allow(&[echo.addr.port()]),
+    );
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (_c, local) = d.connect("echo-idle", &token).unwrap();
+    let mut live = TcpStream::connect(local).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    live.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    live.read_exact(&mut b).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(live.read(&mut b).unwrap_or(0), 0);
+    let idle = t0.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(4),
+        "closed after {idle:?}"
+    );
+    let end = d.wait_event("session.end", |e| e["endpoint"]["name"] == "echo-idle");
+    assert_eq!(end["close_reason"], "idle_timeout");
+}
