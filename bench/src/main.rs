@@ -39,6 +39,15 @@ enum Cmd {
         /// Sessions run (and discarded) before measuring.
         #[arg(long, default_value_t = 0)]
         warmup: usize,
+        /// Start at most this many sessions per second (0: as fast as they complete).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Run the sessions in batches of this many, each after --pause-ms; only the time
+        /// inside the batches counts for sessions/s (0: one batch).
+        #[arg(long, default_value_t = 0)]
+        burst: usize,
+        #[arg(long, default_value_t = 4500)]
+        pause_ms: u64,
         /// Extra `key=value` fields for the JSON line (values that parse as JSON stay JSON).
         #[arg(long = "label")]
         labels: Vec<String>,
@@ -57,6 +66,9 @@ enum Cmd {
         /// Connections being opened at the same time.
         #[arg(long, default_value_t = 32)]
         parallel: usize,
+        /// Open at most this many connections per second (0: no limit).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
         /// Also stop when standard input reaches end-of-file.
         #[arg(long)]
         wait_stdin: bool,
@@ -147,15 +159,33 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             count,
             concurrency,
             warmup,
+            rate,
+            burst,
+            pause_ms,
             labels,
             cpu,
-        } => net::sessions(target, count, concurrency, warmup, &labels, &cpu).await,
+        } => {
+            let pause = std::time::Duration::from_millis(pause_ms);
+            net::sessions(
+                target,
+                count,
+                concurrency,
+                warmup,
+                rate,
+                burst,
+                pause,
+                &labels,
+                &cpu,
+            )
+            .await
+        }
         Cmd::Hold {
             target,
             count,
             parallel,
+            rate,
             wait_stdin,
-        } => net::hold(target, count, parallel, wait_stdin).await,
+        } => net::hold(target, count, parallel, rate, wait_stdin).await,
         Cmd::Delay {
             listen,
             upstream,

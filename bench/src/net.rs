@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -72,67 +72,128 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Spaces session starts `interval` apart across all workers.
+#[derive(Clone)]
+struct Pacer {
+    next: Arc<tokio::sync::Mutex<tokio::time::Instant>>,
+    interval: Duration,
+}
+
+impl Pacer {
+    fn new(per_second: f64) -> Option<Pacer> {
+        (per_second > 0.0).then(|| Pacer {
+            next: Arc::new(tokio::sync::Mutex::new(tokio::time::Instant::now())),
+            interval: Duration::from_secs_f64(1.0 / per_second),
+        })
+    }
+
+    async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().await;
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    latencies: Vec<u64>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+/// Runs `count` sessions with `concurrency` workers.
+async fn run_batch(
+    target: SocketAddr,
+    count: usize,
+    concurrency: usize,
+    pacer: Option<Pacer>,
+) -> anyhow::Result<Batch> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (next, pacer) = (next.clone(), pacer.clone());
+        workers.push(tokio::spawn(async move {
+            let mut mine = Batch::default();
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                if let Some(p) = &pacer {
+                    p.wait().await;
+                }
+                let t0 = Instant::now();
+                let err = match tokio::time::timeout(IO_TIMEOUT, one_session(target)).await {
+                    Ok(Ok(())) => {
+                        mine.latencies.push(t0.elapsed().as_micros() as u64);
+                        continue;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_owned(),
+                };
+                mine.errors += 1;
+                mine.first_error.get_or_insert(err);
+            }
+            mine
+        }));
+    }
+    let mut all = Batch::default();
+    for w in workers {
+        let b = w.await?;
+        all.latencies.extend(b.latencies);
+        all.errors += b.errors;
+        if all.first_error.is_none() {
+            all.first_error = b.first_error;
+        }
+    }
+    Ok(all)
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn sessions(
     target: SocketAddr,
     count: usize,
     concurrency: usize,
     warmup: usize,
+    rate: f64,
+    burst: usize,
+    pause: Duration,
     labels: &[String],
     cpu: &[String],
 ) -> anyhow::Result<()> {
     let mut out = crate::labels(labels)?;
     let procs = crate::cpu::parse_procs(cpu)?;
+    let pacer = Pacer::new(rate);
     for _ in 0..warmup {
+        if let Some(p) = &pacer {
+            p.wait().await;
+        }
         let _ = tokio::time::timeout(IO_TIMEOUT, one_session(target)).await;
     }
     let cpu_before = crate::cpu::snapshot(&procs)?;
-    let next = Arc::new(AtomicUsize::new(0));
-    let results = Arc::new(Mutex::new(Vec::with_capacity(count)));
-    let errors = Arc::new(AtomicUsize::new(0));
-    let first_error = Arc::new(Mutex::new(None::<String>));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..concurrency.max(1) {
-        let (next, results, errors, first_error) = (
-            next.clone(),
-            results.clone(),
-            errors.clone(),
-            first_error.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < count {
-                let t0 = Instant::now();
-                match tokio::time::timeout(IO_TIMEOUT, one_session(target)).await {
-                    Ok(Ok(())) => mine.push(t0.elapsed().as_micros() as u64),
-                    Ok(Err(e)) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut f) = first_error.lock() {
-                            f.get_or_insert_with(|| e.to_string());
-                        }
-                    }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut f) = first_error.lock() {
-                            f.get_or_insert_with(|| "timed out".into());
-                        }
-                    }
-                }
-            }
-            if let Ok(mut r) = results.lock() {
-                r.extend(mine);
-            }
-        }));
+    // Without --burst, one batch of COUNT; with it, batches of BURST each after a pause, and
+    // only the time inside the batches counts.
+    let batch = if burst == 0 { count.max(1) } else { burst };
+    let mut all = Batch::default();
+    let mut elapsed = 0.0;
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(batch);
+        if burst > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        let started = Instant::now();
+        let b = run_batch(target, n, concurrency, pacer.clone()).await?;
+        elapsed += started.elapsed().as_secs_f64();
+        all.latencies.extend(b.latencies);
+        all.errors += b.errors;
+        if all.first_error.is_none() {
+            all.first_error = b.first_error;
+        }
+        left -= n;
     }
-    for w in workers {
-        w.await?;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = crate::cpu::snapshot(&procs)?;
-    let mut lat = results
-        .lock()
-        .map_err(|_| anyhow::anyhow!("results lock poisoned"))?
-        .clone();
+    let mut lat = all.latencies;
     lat.sort_unstable();
     let ok = lat.len();
     let mean = if ok == 0 {
@@ -145,7 +206,13 @@ pub async fn sessions(
     out.insert("concurrency".into(), concurrency.into());
     out.insert("count".into(), count.into());
     out.insert("ok".into(), ok.into());
-    out.insert("errors".into(), errors.load(Ordering::Relaxed).into());
+    out.insert("errors".into(), all.errors.into());
+    if rate > 0.0 {
+        out.insert("paced_per_s".into(), rate.into());
+    }
+    if burst > 0 {
+        out.insert("burst".into(), burst.into());
+    }
     out.insert("p50_us".into(), percentile(&lat, 50.0).into());
     out.insert("p90_us".into(), percentile(&lat, 90.0).into());
     out.insert("p99_us".into(), percentile(&lat, 99.0).into());
@@ -169,7 +236,7 @@ pub async fn sessions(
             .collect();
         out.insert("cpu_us_per_session".into(), per.into());
     }
-    if let Ok(Some(e)) = first_error.lock().map(|f| f.clone()) {
+    if let Some(e) = all.first_error {
         out.insert("first_error".into(), e.into());
     }
     print_line(&serde_json::Value::Object(out).to_string());
@@ -189,12 +256,17 @@ pub async fn hold(
     target: SocketAddr,
     count: usize,
     parallel: usize,
+    rate: f64,
     wait_stdin: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(parallel.max(1)));
+    let pacer = Pacer::new(rate);
     let mut tasks = Vec::with_capacity(count);
     for _ in 0..count {
+        if let Some(p) = &pacer {
+            p.wait().await;
+        }
         let permit = gate.clone().acquire_owned().await?;
         tasks.push(tokio::spawn(async move {
             let r = tokio::time::timeout(IO_TIMEOUT, hold_one(target)).await;

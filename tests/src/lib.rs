@@ -39,13 +39,33 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
-/// A free TCP port on 127.0.0.1 (for peers that cannot bind port 0 and report it).
+/// A free TCP port on 127.0.0.1 (for peers that cannot bind port 0 and report it, and for
+/// configurations written before a process starts).
+///
+/// Ports come from 15000–32767, below Linux's ephemeral range (32768–60999): a port handed out
+/// here is not also picked by the kernel for some test's outgoing connection in the seconds
+/// before its server binds it. Pseudo-random order keeps parallel tests apart; the bind check
+/// skips ports in use.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let mut x = seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        x ^= x >> 31;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 29;
+        let port = 15000 + (x % (32768 - 15000)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 15000-32767")
 }
 
 /// Polls `f` every 20 ms until it returns Some or `limit` passes.
