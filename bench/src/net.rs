@@ -425,11 +425,42 @@ pub async fn delay(
     .await
 }
 
+/// Lowest port of the kernel's ephemeral range (outgoing connections take ports from there).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32768)
+}
+
+/// Picks ports below the ephemeral range, so that an outgoing connection made between this
+/// call and the server's bind cannot take the port; falls back to the kernel's choice.
 pub async fn free_ports(n: usize) -> anyhow::Result<()> {
+    const FLOOR: u16 = 10_000;
+    let high = ephemeral_low();
     let mut listeners = Vec::with_capacity(n);
     let mut ports = Vec::with_capacity(n);
-    for _ in 0..n {
-        let l = TcpListener::bind(("127.0.0.1", 0)).await?;
+    // A small LCG seeded from the clock and pid spreads concurrent runs over the range.
+    let mut x = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    let mut tries = 0;
+    while ports.len() < n {
+        tries += 1;
+        let l = if high > FLOOR + 1000 && tries < 1000 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let port = FLOOR + ((x >> 33) % u64::from(high - FLOOR)) as u16;
+            match TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(l) => l,
+                Err(_) => continue,
+            }
+        } else {
+            TcpListener::bind(("127.0.0.1", 0)).await?
+        };
         ports.push(l.local_addr()?.port().to_string());
         listeners.push(l);
     }

@@ -733,7 +733,7 @@ pub fn jwt_decode(token: &str) -> (Value, Value) {
 }
 
 /// A PKCE pair (verifier, S256 challenge). The verifier is 43+ characters of base64url from
-/// /dev/urandom; the challenge is computed by node (no hashing crate in this crate).
+/// /dev/urandom; the challenge is its S256 transform.
 pub fn pkce_pair() -> (String, String) {
     let mut raw = [0u8; 32];
     std::fs::File::open("/dev/urandom")
@@ -745,15 +745,9 @@ pub fn pkce_pair() -> (String, String) {
     (verifier, challenge)
 }
 
-/// base64url(SHA-256(input)) via node.
+/// base64url(SHA-256(input)).
 pub fn s256(input: &str) -> String {
-    let (ok, out, err) = crate::run(Command::new("node").args([
-        "-e",
-        "process.stdout.write(require('crypto').createHash('sha256').update(process.argv[1]).digest('base64url'))",
-        input,
-    ]));
-    assert!(ok, "node sha256: {err}");
-    out
+    b64url_encode(ring::digest::digest(&ring::digest::SHA256, input.as_bytes()).as_ref())
 }
 
 /// A random URL-safe string (for `state`, `nonce`).
