@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{free_port, wait_for, Proc};
+use crate::{free_port, Proc};
 
 /// A test user known to the provider.
 #[derive(Clone, Debug)]
@@ -243,31 +243,41 @@ fn launch(
         "{}/node_modules is missing: run `npm ci --no-audit --no-fund` there (scripts/test.sh does)",
         pdir.display()
     );
-    let mut proc = Proc::spawn(
-        "oidc-provider",
-        Command::new("node")
-            .arg(pdir.join("server.js"))
-            .current_dir(&pdir)
-            .env("OIDC_PORT", port.to_string())
-            .env("OIDC_CLIENT_ID", client_id)
-            .env("OIDC_CLIENT_SECRET", client_secret)
-            .env("OIDC_REDIRECT_URIS", redirect_uris.join(","))
-            .env("OIDC_USERS", users_json)
-            .env_remove("DEBUG"),
-        dir.join(format!("oidc-provider-{port}-{n}.log")),
-    );
     let want = format!("\"issuer\":\"{}\"", issuer(port));
-    wait_for("oidc-provider discovery", Duration::from_secs(30), || {
-        assert!(
-            proc.is_running(),
-            "oidc-provider exited: {}",
-            proc.log_text()
+    // A loaded 2-core machine can leave a fresh node process unready for a long time (seen in
+    // CI after a restart): give each attempt 20 s, and start a new process once if needed.
+    let mut logs = String::new();
+    for attempt in 0..2 {
+        let mut proc = Proc::spawn(
+            "oidc-provider",
+            Command::new("node")
+                .arg(pdir.join("server.js"))
+                .current_dir(&pdir)
+                .env("OIDC_PORT", port.to_string())
+                .env("OIDC_CLIENT_ID", client_id)
+                .env("OIDC_CLIENT_SECRET", client_secret)
+                .env("OIDC_REDIRECT_URIS", redirect_uris.join(","))
+                .env("OIDC_USERS", users_json)
+                .env_remove("DEBUG"),
+            dir.join(format!("oidc-provider-{port}-{n}-{attempt}.log")),
         );
-        let (status, body) = http_get(port, "/.well-known/openid-configuration")?;
-        // Another process could hold the port: make sure the answer is ours.
-        (status == 200 && body.contains(&want)).then_some(())
-    });
-    proc
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if !proc.is_running() {
+                break;
+            }
+            if let Some((status, body)) = http_get(port, "/.well-known/openid-configuration") {
+                // Another process could hold the port: make sure the answer is ours.
+                if status == 200 && body.contains(&want) {
+                    return proc;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        logs.push_str(&format!("attempt {attempt}:\n{}\n", proc.log_text()));
+        proc.kill();
+    }
+    panic!("oidc-provider on port {port} never answered discovery:\n{logs}");
 }
 
 fn users_json(users: &[OidcUser]) -> String {
