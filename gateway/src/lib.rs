@@ -187,7 +187,10 @@ impl Gateway {
 }
 
 /// Loads keys, CAs, policy and the audit log; fails before accepting anything if any is bad.
-async fn init(config: Config, listeners: &Listeners) -> Result<Arc<Gateway>, GatewayError> {
+pub(crate) async fn init(
+    config: Config,
+    listeners: &Listeners,
+) -> Result<Arc<Gateway>, GatewayError> {
     fsutil::private_dir(&config.state_dir).map_err(|source| GatewayError::Io {
         what: format!("creating state directory {}", config.state_dir.display()),
         source,

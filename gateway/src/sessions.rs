@@ -437,3 +437,88 @@ pub async fn end_session(
         tracing::error!(session_id = %info.id, error = %e, "could not write session.end");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"
+[[endpoints]]
+name = "pacs"
+site = "truro"
+host = "10.0.0.1"
+port = 104
+protocol = "dicom"
+
+[[rules]]
+id = "consultants"
+effect = "allow"
+groups = ["consultants", "locums"]
+endpoints = ["pacs"]
+"#;
+
+    /// Continuous authorization at scale: 10,000 live sessions, a reload that withdraws access
+    /// from half of them. Prints how long the re-evaluation took (docs/benchmarks.md records a
+    /// release-build run; this test checks the outcome, not the time).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reevaluating_ten_thousand_live_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+        let config =
+            crate::Config::local(&dir.path().join("state"), &dir.path().join("policy.toml"));
+        let listeners = crate::Listeners::bind(&config).await.unwrap();
+        let gw = crate::init(config, &listeners).await.unwrap();
+        let policy = gw.policy();
+        let decision = policy.evaluate(&postern_policy::Request::new(
+            "u",
+            &["consultants".to_owned()],
+            "pacs",
+            SystemTime::now(),
+        ));
+        assert!(decision.is_allowed());
+        let mut kills = Vec::new();
+        for i in 0..10_000 {
+            let group = if i % 2 == 0 { "consultants" } else { "locums" };
+            let info = SessionInfo {
+                id: format!("sess-{i}"),
+                user: format!("user{i}@truro.nhs.uk"),
+                groups: vec![group.to_owned()],
+                source: "127.0.0.1:1".into(),
+                endpoint: crate::client_api::endpoint_ref(policy.endpoint("pacs").unwrap()),
+                decision: crate::client_api::decision_ref(&decision),
+                connector: None,
+                justification: None,
+                report_only: Vec::new(),
+                egress_class: None,
+            };
+            let facts = Facts {
+                source_ip: "127.0.0.1".parse().unwrap(),
+                token_exp: u64::MAX / 2,
+                jti: format!("tok-{i}"),
+                mfa: true,
+                auth_time: Some(SystemTime::now()),
+                justification: None,
+                started: Instant::now(),
+            };
+            let deadline = deadline_for(&decision, Instant::now(), u64::MAX / 2);
+            let (kill, _rx) = gw.sessions.insert(&info, facts, deadline);
+            kills.push(kill);
+        }
+        let withdrawn = postern_policy::Policy::parse(
+            &POLICY.replace("[\"consultants\", \"locums\"]", "[\"consultants\"]"),
+            "policy.toml",
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        let outcome = gw.sessions.reevaluate(&gw, &withdrawn, "test reload");
+        let took = t0.elapsed();
+        println!("re-evaluated {} live sessions in {took:?}", outcome.checked);
+        assert_eq!(outcome.checked, 10_000);
+        assert_eq!(outcome.terminated, 5_000);
+        let killed = kills.iter().filter(|k| k.token.is_cancelled()).count();
+        assert_eq!(killed, 5_000);
+        assert!(kills[1].token.is_cancelled() && !kills[0].token.is_cancelled());
+        assert_eq!(kills[1].reason(), "access_withdrawn");
+        gw.audit.close().await.unwrap();
+    }
+}
