@@ -7,7 +7,6 @@
 //! carries a one-time code, and only this process, holding the verifier, can redeem it at the
 //! gateway. Another local process that sees the redirect gets nothing usable.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,27 +46,11 @@ pub fn token_path(dir: &Path) -> PathBuf {
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), ClientError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let err = |e: std::io::Error| ClientError::Setup(format!("writing {}: {e}", path.display()));
     if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(err)?;
+        postern_proto::fsutil::private_dir(dir).map_err(err)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(err)?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    postern_proto::fsutil::write_atomic(path, data, 0o600).map_err(err)
 }
 
 pub fn load_saved(dir: &Path) -> Option<Saved> {

@@ -86,22 +86,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EnrollError {
 }
 
 pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), EnrollError> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(format!("writing {}", tmp.display())))?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(io(format!("setting permissions on {}", tmp.display())))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .map_err(io(format!("writing {}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(io(format!("writing {}", path.display())))
+    postern_proto::fsutil::write_atomic(path, data, mode)
+        .map_err(io(format!("writing {}", path.display())))
 }
 
 /// Enrols with the gateway and stores key, certificate, gateway CA and enrolment facts.
@@ -121,10 +107,7 @@ pub async fn enroll(
             ));
         }
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
+    postern_proto::fsutil::private_dir(state_dir)
         .map_err(io(format!("creating {}", state_dir.display())))?;
 
     let key = rcgen::KeyPair::generate().map_err(|e| EnrollError::Other(e.to_string()))?;
@@ -212,8 +195,6 @@ pub async fn enroll(
     write_file(&state_dir.join(ENROLLMENT_FILE), &json, 0o600)?;
     Ok(enrollment)
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 fn hostname() -> Option<String> {
     std::fs::read_to_string("/etc/hostname")

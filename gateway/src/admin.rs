@@ -172,7 +172,7 @@ pub fn session_mint(
             source: std::io::Error::other("must not be empty"),
         });
     }
-    crate::fsutil::private_dir(&config.state_dir).map_err(|source| GatewayError::Io {
+    postern_proto::fsutil::private_dir(&config.state_dir).map_err(|source| GatewayError::Io {
         what: format!("creating {}", config.state_dir.display()),
         source,
     })?;

@@ -754,7 +754,7 @@ async fn enroll(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
                     connector_id: id,
                     site,
                     cert_pem,
-                    gateway_ca_pem: gw_server_ca_pem(&gw),
+                    gateway_ca_pem: gw.server_ca_pem.clone(),
                     connector_addrs: gw.connector_addrs.clone(),
                     not_after: humantime::format_rfc3339_seconds(not_after).to_string(),
                 },
@@ -776,8 +776,4 @@ async fn enroll(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
             error(status, code, &e.to_string())
         }
     }
-}
-
-fn gw_server_ca_pem(gw: &Gateway) -> String {
-    std::fs::read_to_string(gw.config.state_dir.join("server-ca.pem")).unwrap_or_default()
 }

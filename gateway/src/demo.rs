@@ -131,7 +131,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let connector_bin = sibling("postern-connector")?;
     let client_bin = sibling("postern")?;
-    let audit_bin = sibling("postern-audit")?;
+    // The printed steps use postern-audit too: fail now if it was not built.
+    sibling("postern-audit")?;
     // Bind first: a second demo must fail before it touches the first one's directory.
     let connector_port = port.checked_add(1).context("--port too high")?;
     let bind = |p: u16| async move {
@@ -169,7 +170,7 @@ pub async fn run(
         &postern_proto::ids::random_bytes(24)
             .map_err(|_| anyhow::anyhow!("random number generator failed"))?,
     );
-    crate::fsutil::write_atomic(&dir.join("oidc-secret"), secret.as_bytes(), 0o600)?;
+    postern_proto::fsutil::write_atomic(&dir.join("oidc-secret"), secret.as_bytes(), 0o600)?;
     let callback = format!("https://127.0.0.1:{port}/auth/callback");
     let mut text = std::fs::read_to_string(&gateway_toml)?;
     text.push_str(&format!(
@@ -255,7 +256,7 @@ pub async fn run(
         &["locums".into()],
         Duration::from_secs(8 * 3600),
     )?;
-    crate::fsutil::write_atomic(&lee, t.as_bytes(), 0o600)?;
+    postern_proto::fsutil::write_atomic(&lee, t.as_bytes(), 0o600)?;
 
     let bin = client_bin
         .parent()
@@ -307,7 +308,6 @@ Try these in another terminal:
         ca = ca.display(),
         lee = lee.display(),
     );
-    let _ = audit_bin;
 
     tokio::select! {
         _ = shutdown => {},

@@ -30,7 +30,6 @@ mod client_api;
 pub mod config;
 mod connectors;
 pub mod demo;
-mod fsutil;
 mod httpc;
 mod limits;
 pub mod metrics;
@@ -122,6 +121,8 @@ pub(crate) struct Gateway {
     pub store: store::Store,
     pub audit: AuditLog,
     pub connector_ca: pki::Ca,
+    /// The CA that issued the gateway's TLS certificate (sent to connectors at enrolment).
+    pub server_ca_pem: String,
     pub client_tls: TlsAcceptor,
     pub connector_tls: TlsAcceptor,
     pub connector_addrs: Vec<String>,
@@ -137,7 +138,6 @@ pub(crate) struct Gateway {
     pub limits: limits::Limits,
     /// Ids of session tokens revoked before expiry (sign-out).
     pub revoked: RwLock<std::collections::HashSet<String>>,
-    pub ratelimited: std::sync::atomic::AtomicU64,
     pub metrics: metrics::Metrics,
 }
 
@@ -173,8 +173,6 @@ impl Gateway {
     }
 
     pub fn note_ratelimited(&self, what: &str) {
-        self.ratelimited
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics.ratelimited.with_label_values(&[what]).inc();
         tracing::debug!(what, "rate limited");
     }
@@ -191,7 +189,7 @@ pub(crate) async fn init(
     config: Config,
     listeners: &Listeners,
 ) -> Result<Arc<Gateway>, GatewayError> {
-    fsutil::private_dir(&config.state_dir).map_err(|source| GatewayError::Io {
+    postern_proto::fsutil::private_dir(&config.state_dir).map_err(|source| GatewayError::Io {
         what: format!("creating state directory {}", config.state_dir.display()),
         source,
     })?;
@@ -260,6 +258,7 @@ pub(crate) async fn init(
         store,
         audit,
         connector_ca,
+        server_ca_pem: server_ca.cert_pem.clone(),
         client_tls: TlsAcceptor::from(Arc::new(client_tls)),
         connector_tls: TlsAcceptor::from(Arc::new(connector_tls)),
         connector_addrs,
@@ -271,7 +270,6 @@ pub(crate) async fn init(
         oidc,
         limits: limits::Limits::default(),
         revoked: RwLock::new(Default::default()),
-        ratelimited: Default::default(),
         metrics: metrics::Metrics::new().map_err(|e| GatewayError::Io {
             what: "setting up metrics".into(),
             source: std::io::Error::other(e.to_string()),

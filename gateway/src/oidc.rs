@@ -236,7 +236,7 @@ impl Oidc {
         if !key_path.exists() {
             let key = postern_proto::ids::random_bytes(32)
                 .map_err(|_| "random number generator failed".to_owned())?;
-            crate::fsutil::write_atomic(&key_path, &key, 0o600)
+            postern_proto::fsutil::write_atomic(&key_path, &key, 0o600)
                 .map_err(|e| format!("writing {}: {e}", key_path.display()))?;
         }
         let key =

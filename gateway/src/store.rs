@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{private_dir, write_atomic};
+use postern_proto::fsutil::{private_dir, write_atomic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

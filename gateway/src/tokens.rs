@@ -14,8 +14,8 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{private_dir, write_atomic};
 use crate::store::unix_now;
+use postern_proto::fsutil::{private_dir, write_atomic};
 
 pub const ISSUER: &str = "postern-gateway";
 pub const AUDIENCE: &str = "postern";

@@ -8,12 +8,14 @@
 //!   explicitly (`builder_with_provider`) and TLS 1.3 only, so cargo feature unification can
 //!   never select another provider at run time.
 //! * [`enroll`]: the one-time enrolment token format (secret + pin of the gateway's CA).
+//! * [`fsutil`]: private directories and atomic, mode-setting file writes (keys, tokens).
 //! * [`ids`]: random identifiers and constant-time comparison.
 //! * [`report`]: one-line rendering of an error chain for people.
 //! * [`relay`]: the byte relay between two streams (counting, half-close aware, adaptive buffers).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod enroll;
+pub mod fsutil;
 pub mod ids;
 pub mod relay;
 pub mod report;

@@ -211,6 +211,28 @@ pub fn echo_roundtrip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> 
     Ok(buf)
 }
 
+/// Opens a tunnel through `addr` (a `postern connect` port to an echo service) and proves it is
+/// up by echoing one byte; the stream then stays open (15 s read timeout) for the test to watch.
+pub fn open_live(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"x", "the tunnel did not echo");
+    s
+}
+
+/// Whether a new connection through `addr` is closed without any data coming back (the
+/// gateway or connector refused the tunnel).
+pub fn tunnel_refused(addr: SocketAddr) -> bool {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(b"ping");
+    let mut buf = [0u8; 16];
+    s.read(&mut buf).unwrap_or(0) == 0
+}
+
 /// One connector allowlist entry: (cidr, ports).
 pub type Allow = (&'static str, String);
 

@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use postern_e2e::dicom::{echoscu, findscu, getscu, make_study, storescu, Orthanc};
-use postern_e2e::{bin, echo_roundtrip, run, wait_for, Deployment, Echo};
+use postern_e2e::{
+    bin, echo_roundtrip, open_live, run, tunnel_refused, wait_for, Deployment, Echo,
+};
 use serde_json::Value;
 
 fn policy(dicom_port: u16, echo: SocketAddr, outside_port: u16) -> String {
@@ -224,12 +226,10 @@ fn connector_refuses_targets_outside_its_allowlist_even_when_policy_allows() {
     let (client, local) = d
         .connect("outside", &token)
         .expect("policy allows 'outside'");
-    let mut c = TcpStream::connect(local).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = c.write_all(b"hello");
-    let mut buf = [0u8; 16];
-    let n = c.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "the tunnel must be closed without data");
+    assert!(
+        tunnel_refused(local),
+        "the tunnel must be closed without data"
+    );
     let end = d.wait_event("session.end", |e| e["endpoint"]["name"] == "outside");
     assert_eq!(end["close_reason"], "connector_refused", "{end}");
     assert!(
@@ -404,13 +404,8 @@ fn revoked_connector_is_dropped_and_refused() {
     let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
     let (_client, local) = d.connect("echo", &token).unwrap();
     // A live tunnel, then revoke.
-    let mut live = TcpStream::connect(local).unwrap();
-    live.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    live.write_all(b"ping").unwrap();
+    let mut live = open_live(local);
     let mut buf = [0u8; 4];
-    live.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"ping");
 
     let (ok, out, err) = run(Command::new(bin("postern-gateway"))
         .args(["connector", "revoke", &d.connector_id, "--config"])
@@ -429,10 +424,10 @@ fn revoked_connector_is_dropped_and_refused() {
     // Its reconnection attempts are refused.
     d.wait_event("connector.refused", |e| s(&e["detail"]).contains("revoked"));
     // And new sessions find no connector.
-    let mut c = TcpStream::connect(local).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = c.write_all(b"x");
-    assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
+    assert!(
+        tunnel_refused(local),
+        "a tunnel opened with its connector revoked"
+    );
     let e = d.wait_event("session.end", |e| e["close_reason"] == "no_connector");
     assert!(
         s(&e["detail"]).contains("no connector for site 'truro'"),
@@ -730,12 +725,8 @@ fn sigterm_drains_then_ends_live_sessions_with_reason_shutdown() {
     let (mut d, _echo) = standard();
     let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
     let (_client, local) = d.connect("echo", &token).unwrap();
-    let mut live = TcpStream::connect(local).unwrap();
-    live.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    live.write_all(b"x").unwrap();
+    let mut live = open_live(local);
     let mut b = [0u8; 1];
-    live.read_exact(&mut b).unwrap();
     d.wait_event("session.start", |_| true);
     let t0 = Instant::now();
     d.gateway.as_ref().unwrap().signal("TERM");
@@ -1259,12 +1250,8 @@ fn a_contract_that_ends_during_a_session_terminates_it() {
     );
     let token = d.mint("locum@truro.nhs.uk", "locums", "1h");
     let (_c, local) = d.connect("echo", &token).unwrap();
-    let mut live = TcpStream::connect(local).unwrap();
-    live.set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    live.write_all(b"x").unwrap();
+    let mut live = open_live(local);
     let mut b = [0u8; 1];
-    live.read_exact(&mut b).unwrap();
     let start = d.wait_event("session.start", |_| true);
     assert_eq!(start["egress_class"], "display");
     assert_eq!(
@@ -1346,12 +1333,8 @@ fn idle_sessions_are_closed_after_the_rule_idle_timeout() {
     );
     let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
     let (_c, local) = d.connect("echo-idle", &token).unwrap();
-    let mut live = TcpStream::connect(local).unwrap();
-    live.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    live.write_all(b"x").unwrap();
+    let mut live = open_live(local);
     let mut b = [0u8; 1];
-    live.read_exact(&mut b).unwrap();
     let t0 = Instant::now();
     assert_eq!(live.read(&mut b).unwrap_or(0), 0);
     let idle = t0.elapsed();

@@ -1,4 +1,6 @@
-//! Small file helpers: private directories and files, atomic replacement.
+//! File helpers shared by the gateway, connector and client for keys, tokens and state:
+//! private directories (0700) and atomic replacement of files with a given mode (0600 for
+//! secrets), fsynced before the rename.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
