@@ -393,6 +393,8 @@ fn body_of(claims: &Claims, token: Option<String>) -> SessionSummary {
         auth_time: claims.auth_time,
         expires_at: claims.exp,
         idp: claims.idp.clone(),
+        device: claims.device.clone(),
+        user_verified: claims.uv,
     }
 }
 
