@@ -523,13 +523,29 @@ pub async fn handle(
     peer: SocketAddr,
     step: Step,
 ) -> Resp {
+    let jar = cookie(&req);
+    // Read the (bounded) body first, so even a refusal is a clean answer.
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| e.to_string());
+    handle_body(gw, jar, body, peer, step).await
+}
+
+/// [`handle`] after the request is read: `jar` is the `postern_device` cookie, `body` the
+/// bounded body (Err when it was too large).
+pub(crate) async fn handle_body(
+    gw: Arc<Gateway>,
+    jar: Option<String>,
+    body: Result<Bytes, String>,
+    peer: SocketAddr,
+    step: Step,
+) -> Resp {
     let kind = match step {
         Step::RegisterBegin | Step::RegisterFinish => "register",
         Step::AssertBegin | Step::AssertFinish => "assert",
     };
-    let jar = cookie(&req);
-    // Read the (bounded) body first, so even a refusal is a clean answer.
-    let body = Limited::new(req.into_body(), MAX_BODY).collect().await;
     if let Err(secs) = gw.limits.signin.check(&peer.ip()) {
         gw.note_ratelimited("signin");
         let mut r = crate::client_api::error(
@@ -543,7 +559,7 @@ pub async fn handle(
         return r;
     }
     let body = match body {
-        Ok(b) => b.to_bytes(),
+        Ok(b) => b,
         Err(e) => {
             return fail(
                 &gw,
