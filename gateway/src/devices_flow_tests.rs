@@ -595,7 +595,7 @@ async fn each_bad_assertion_is_refused_with_its_own_audited_reason() {
     let r = handle_body(
         h.gw.clone(),
         Some(c.clone()),
-        Err("length limit exceeded".into()),
+        Err("70000 bytes or more".into()),
         h.peer,
         Step::AssertFinish,
     )
