@@ -253,7 +253,10 @@ pub fn check_notes(config: &Config) -> Vec<String> {
             "device trust is OFF ([devices] required = false): sign-in issues tokens that are not bound to a device, and policy device conditions are unknown for them".into(),
         );
     }
-    if config.oidc.is_some() && config.devices.required {
+    if config.oidc.is_some()
+        && config.devices.required
+        && crate::devices::Devices::new(config).is_ok()
+    {
         match config.webauthn_origin_and_rp_id() {
             Ok((origin, rp_id)) => notes.push(format!(
                 "device trust is on: WebAuthn relying party '{rp_id}', origin {origin}, approval {}",
