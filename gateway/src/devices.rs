@@ -711,7 +711,7 @@ fn register_begin(gw: &Gateway, b: &Body) -> Result<serde_json::Value, DevError>
     gw.devices.with_ceremony(&b.ceremony, |c| {
         let nonce = postern_proto::ids::random_bytes(32).map_err(|_| internal("rng failed"))?;
         let challenge = bound_challenge(&nonce, c.posture.as_ref());
-        options.public_key.challenge = challenge.to_vec().into();
+        options.public_key.challenge = challenge.to_vec();
         let state = set_state_challenge(&state, "rs", &challenge)?;
         c.pending = Some(Pending::Register { state, nonce, name });
         serde_json::to_value(&options).map_err(|e| internal(e.to_string()))
@@ -745,7 +745,7 @@ fn assert_begin(gw: &Gateway, b: &Body) -> Result<serde_json::Value, DevError> {
     gw.devices.with_ceremony(&b.ceremony, |c| {
         let nonce = postern_proto::ids::random_bytes(32).map_err(|_| internal("rng failed"))?;
         let challenge = bound_challenge(&nonce, c.posture.as_ref());
-        options.public_key.challenge = challenge.to_vec().into();
+        options.public_key.challenge = challenge.to_vec();
         let state = set_state_challenge(&state, "ast", &challenge)?;
         c.pending = Some(Pending::Assert { state, nonce });
         serde_json::to_value(&options).map_err(|e| internal(e.to_string()))
