@@ -1281,7 +1281,11 @@ posture = { disk_encrypted = "true", firewall = "true" }
         assert!(d.is_allowed(), "firewall {fw}: {}", d.reason);
         assert_eq!(d.report_only.len(), 1, "{:?}", d.report_only);
         assert_eq!(d.report_only[0].condition, "device.posture.firewall");
-        assert!(d.report_only[0].reason.contains("firewall"), "{:?}", d.report_only);
+        assert!(
+            d.report_only[0].reason.contains("firewall"),
+            "{:?}",
+            d.report_only
+        );
     }
     // The enforced condition fails (false, or not determinable): denied, naming the fact.
     for disk in ["false", "unknown"] {
