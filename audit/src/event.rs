@@ -221,6 +221,8 @@ pub enum EventType {
     ConnectorRefused,
     /// A connector's certificate was revoked.
     ConnectorRevoked,
+    /// A connector renewed its client certificate (same id and site, new serial).
+    ConnectorRenewed,
     /// An enrolment attempt failed (bad, used or expired token, bad CSR).
     EnrollmentFailed,
     /// An enrolment token was issued.
@@ -267,7 +269,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 28] = [
+    pub const ALL: [EventType; 29] = [
         EventType::SessionStart,
         EventType::SessionDenied,
         EventType::SessionEnd,
@@ -276,6 +278,7 @@ impl EventType {
         EventType::ConnectorDisconnected,
         EventType::ConnectorRefused,
         EventType::ConnectorRevoked,
+        EventType::ConnectorRenewed,
         EventType::EnrollmentFailed,
         EventType::TokenCreated,
         EventType::TokenMinted,
@@ -309,6 +312,7 @@ impl EventType {
             EventType::ConnectorDisconnected => "connector.disconnected",
             EventType::ConnectorRefused => "connector.refused",
             EventType::ConnectorRevoked => "connector.revoked",
+            EventType::ConnectorRenewed => "connector.renewed",
             EventType::EnrollmentFailed => "connector.enroll_failed",
             EventType::TokenCreated => "token.created",
             EventType::TokenMinted => "token.minted",

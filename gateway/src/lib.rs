@@ -10,6 +10,9 @@
 //! * `client_api`: the clinician-facing listener: enrolment, endpoint listing, `CONNECT` broker.
 //! * `connectors`: the mutual-TLS connector listener and the registry of live connector links.
 //! * `sessions`: live tunnels: relay, limits, continuous authorization, `session.end`.
+//! * `rtt`: round-trip probes over connector links (`postern_connector_rtt_seconds`).
+//! * `renew`: connector certificate renewal (a short extra mTLS connection, ALPN
+//!   `postern-renew/1`, authenticated by the current certificate).
 //! * `reload`: live policy reload (SIGHUP, file change) and re-evaluation of live sessions.
 //! * [`metrics`]: Prometheus metrics; `status_http` serves them with health checks on the
 //!   admin listener.
@@ -37,6 +40,8 @@ pub mod oidc;
 mod pages;
 pub mod pki;
 mod reload;
+mod renew;
+mod rtt;
 mod sessions;
 mod status_http;
 pub mod store;
@@ -201,7 +206,7 @@ pub(crate) async fn init(
         pki::Ca::load_or_create(&config.state_dir, "connector-ca", "Postern connector CA")?;
     let (chain, key) =
         server_ca.issue_server(&config.server_names, Duration::from_secs(365 * 86400))?;
-    use postern_proto::wire::{ALPN_CONNECTOR, ALPN_H2, ALPN_HTTP1};
+    use postern_proto::wire::{ALPN_CONNECTOR, ALPN_H2, ALPN_HTTP1, ALPN_RENEW};
     let client_tls = postern_proto::tls::server_config(
         chain.clone(),
         key.clone_key(),
@@ -211,7 +216,7 @@ pub(crate) async fn init(
     let connector_tls = postern_proto::tls::server_config(
         chain,
         key,
-        &[ALPN_CONNECTOR],
+        &[ALPN_CONNECTOR, ALPN_RENEW],
         Some(connector_ca.cert_der.clone()),
     )?;
     // Tamper evidence: a hash chain over every event, checkpoints signed with the gateway's

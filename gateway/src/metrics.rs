@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -15,6 +15,7 @@ pub struct Metrics {
     pub session_setup: Histogram,
     pub tunnel_bytes: IntCounterVec,
     pub connectors_connected: IntGaugeVec,
+    pub connector_rtt: HistogramVec,
     pub auth_logins: IntCounterVec,
     pub policy_reloads: IntCounterVec,
     pub policy_version: IntGaugeVec,
@@ -68,6 +69,14 @@ impl Metrics {
             connectors_connected: reg!(IntGaugeVec::new(
                 Opts::new("postern_connectors_connected", "Live connector links"),
                 &["site"]
+            )?),
+            connector_rtt: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "postern_connector_rtt_seconds",
+                    "Round trip of a probe request over each connector link (every 10 s)"
+                )
+                .buckets(latency_buckets()),
+                &["site", "connector"]
             )?),
             auth_logins: reg!(IntCounterVec::new(
                 Opts::new("postern_auth_logins_total", "Sign-ins by result"),

@@ -1,0 +1,293 @@
+//! Operations: connector round-trip metric, connector-side metrics and health, automatic
+//! connector certificate renewal, the gateway certificate from files (reload on SIGHUP), CA
+//! export and `check`. Real binaries on loopback, as in `e2e.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use postern_e2e::{echo_roundtrip, free_port, tunnel_refused, wait_for, Deployment, Echo};
+use serde_json::Value;
+
+fn policy(echo: SocketAddr, outside_port: u16) -> String {
+    format!(
+        r#"
+[[endpoints]]
+name = "echo"
+site = "truro"
+host = "127.0.0.1"
+port = {echo_port}
+protocol = "tcp"
+
+[[endpoints]]
+name = "outside"
+site = "truro"
+host = "127.0.0.1"
+port = {outside_port}
+protocol = "tcp"
+
+[[rules]]
+id = "radiologists"
+effect = "allow"
+groups = ["radiologists"]
+endpoints = ["echo", "outside"]
+max_session = "1h"
+"#,
+        echo_port = echo.port()
+    )
+}
+
+fn allow_echo(echo: &Echo) -> Vec<(&'static str, String)> {
+    vec![("127.0.0.1/32", echo.addr.port().to_string())]
+}
+
+/// (status, body) of an HTTP/1.0 GET.
+fn http(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// The value of the sample line starting with `name` (labels included) in a text exposition.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn add_connector_admin(d: &Deployment, name: &str) -> SocketAddr {
+    let port = free_port();
+    let path = d.path(&format!("{name}.toml"));
+    let mut t = std::fs::read_to_string(&path).unwrap();
+    t.push_str(&format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"));
+    std::fs::write(&path, t).unwrap();
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+#[test]
+fn link_round_trip_and_connector_metrics_and_readiness() {
+    let echo = Echo::start();
+    let outside = free_port();
+    let mut d = Deployment::prepare(&policy(echo.addr, outside));
+    let gw_admin = free_port();
+    d.append_config(&format!("[admin]\nlisten = \"127.0.0.1:{gw_admin}\"\n"));
+    d.start_gateway();
+    let gw_admin: SocketAddr = format!("127.0.0.1:{gw_admin}").parse().unwrap();
+    let token = d.enroll_token("truro", "10m");
+    let (ok, out, err) = d.enroll("conn", &token);
+    assert!(ok, "{out}{err}");
+    d.connector_id = out.split_whitespace().nth(2).unwrap().to_owned();
+    d.write_connector_toml("conn", &allow_echo(&echo), None);
+    let c_admin = add_connector_admin(&d, "conn");
+    d.start_connector("conn");
+
+    // Readiness: both links up.
+    let body = wait_for("connector /readyz", Duration::from_secs(10), || {
+        http(c_admin, "/readyz")
+            .filter(|(s, _)| *s == 200)
+            .map(|(_, b)| b)
+    });
+    assert!(body.starts_with("ready:"), "{body}");
+    assert_eq!(http(c_admin, "/healthz"), Some((200, "ok\n".into())));
+
+    // One tunnel, one refusal by the connector's allowlist.
+    let alice = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (_c, local) = d.connect("echo", &alice).unwrap();
+    assert_eq!(echo_roundtrip(local, b"metrics!").unwrap(), b"metrics!");
+    let (_o, outside_local) = d.connect("outside", &alice).unwrap();
+    assert!(tunnel_refused(outside_local));
+    d.wait_event("session.end", |e| e["endpoint"]["name"] == "echo");
+
+    let m = wait_for("connector metrics", Duration::from_secs(10), || {
+        http(c_admin, "/metrics").map(|(_, b)| b).filter(|b| {
+            sample(
+                b,
+                "postern_connector_tunnel_bytes_total{direction=\"to_target\"}",
+            ) == Some(8.0)
+        })
+    });
+    assert_eq!(sample(&m, "postern_connector_links_up"), Some(2.0), "{m}");
+    assert_eq!(
+        sample(&m, "postern_connector_dials_total{result=\"ok\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "postern_connector_allowlist_refusals_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "postern_connector_streams_active"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "postern_connector_tunnel_bytes_total{direction=\"from_target\"}"
+        ),
+        Some(8.0)
+    );
+    assert_eq!(
+        sample(&m, "postern_connector_reconnects_total"),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(sample(&m, "postern_connector_cert_expiry_timestamp_seconds").unwrap() > 1.7e9);
+
+    // The gateway's probe: every 10 s per link, the first at once. Not a session.
+    let label = format!("{{connector=\"{}\",site=\"truro\"}}", d.connector_id);
+    let gm = wait_for("two probes per link", Duration::from_secs(25), || {
+        http(gw_admin, "/metrics").map(|(_, b)| b).filter(|b| {
+            sample(b, &format!("postern_connector_rtt_seconds_count{label}")).unwrap_or(0.0) >= 4.0
+        })
+    });
+    let count = sample(&gm, &format!("postern_connector_rtt_seconds_count{label}")).unwrap();
+    let sum = sample(&gm, &format!("postern_connector_rtt_seconds_sum{label}")).unwrap();
+    let mean = sum / count;
+    println!(
+        "link RTT on loopback: {count} probes, mean {:.3} ms",
+        mean * 1000.0
+    );
+    assert!(mean > 0.0 && mean < 0.5, "mean RTT {mean}s");
+    // Probes are not tunnels: only the two tunnels opened above are in the audit, and the
+    // connector dialled once.
+    assert_eq!(d.count("session.start"), 2);
+    let m = http(c_admin, "/metrics").unwrap().1;
+    assert_eq!(
+        sample(&m, "postern_connector_dials_total{result=\"ok\"}"),
+        Some(1.0),
+        "{m}"
+    );
+
+    // Gateway gone: not ready, reconnects counted.
+    d.gateway.as_mut().unwrap().kill();
+    wait_for("connector /readyz 503", Duration::from_secs(10), || {
+        http(c_admin, "/readyz")
+            .filter(|(s, b)| *s == 503 && b.contains("no gateway link"))
+            .map(|_| ())
+    });
+    wait_for("reconnects counted", Duration::from_secs(10), || {
+        let m = http(c_admin, "/metrics")?.1;
+        (sample(&m, "postern_connector_reconnects_total")? >= 2.0).then_some(())
+    });
+}
+
+fn state_connector(d: &Deployment) -> Value {
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path("gw/state.json")).unwrap()).unwrap();
+    state["connectors"][0].clone()
+}
+
+#[test]
+fn connector_certificate_renews_and_keeps_working_past_the_original_expiry() {
+    let echo = Echo::start();
+    let mut d =
+        Deployment::prepare_with(&policy(echo.addr, 9), "connector_cert_validity = \"30s\"\n");
+    d.start_gateway();
+    let enrolled_at = Instant::now();
+    let d = d.with_connector(&allow_echo(&echo));
+    let first_serial = s(&state_connector(&d)["serial"]).to_owned();
+    let pem_before = std::fs::read_to_string(d.path("conn/connector.pem")).unwrap();
+
+    // Renewal at two thirds of 30 s.
+    let ev = wait_for("connector.renewed", Duration::from_secs(40), || {
+        d.events("connector.renewed").into_iter().next()
+    });
+    let renewed_after = enrolled_at.elapsed();
+    println!("renewed {renewed_after:?} after enrolment");
+    assert!(
+        renewed_after >= Duration::from_secs(15),
+        "{renewed_after:?}"
+    );
+    assert_eq!(ev["connector"]["id"], d.connector_id.as_str());
+    assert_eq!(ev["connector"]["site"], "truro");
+    assert!(s(&ev["detail"]).contains(&first_serial), "{ev}");
+    let rec = state_connector(&d);
+    assert_ne!(s(&rec["serial"]), first_serial);
+    assert_eq!(s(&rec["previous_serial"]), first_serial);
+    assert!(s(&ev["detail"]).contains(s(&rec["serial"])), "{ev}");
+    let pem_after = wait_for("new certificate on disk", Duration::from_secs(5), || {
+        let p = std::fs::read_to_string(d.path("conn/connector.pem")).ok()?;
+        (p != pem_before).then_some(p)
+    });
+    assert!(pem_after.contains("BEGIN CERTIFICATE"));
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["conn/connector.key", "conn/connector.pem"] {
+        let mode = std::fs::metadata(d.path(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    assert!(!d.path("conn/renewal.pem").exists());
+
+    // Live links made with the first certificate stay up through the renewal.
+    let alice = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (_c, local) = d.connect("echo", &alice).unwrap();
+    assert_eq!(echo_roundtrip(local, b"before").unwrap(), b"before");
+
+    // Past the first certificate's expiry, restart the gateway: new links need the new one.
+    let past = Duration::from_secs(33);
+    if let Some(w) = past.checked_sub(enrolled_at.elapsed()) {
+        std::thread::sleep(w);
+    }
+    let mut d = d;
+    let connected = d.count("connector.connected");
+    d.gateway.as_mut().unwrap().kill();
+    d.start_gateway();
+    wait_for("connector reconnects", Duration::from_secs(20), || {
+        (d.count("connector.connected") >= connected + 2).then_some(())
+    });
+    assert!(
+        enrolled_at.elapsed() > Duration::from_secs(30),
+        "the first certificate has expired"
+    );
+    let (_c2, local2) = d.connect("echo", &alice).unwrap();
+    assert_eq!(
+        echo_roundtrip(local2, b"after expiry").unwrap(),
+        b"after expiry"
+    );
+    let refused = d.events("connector.refused");
+    assert!(refused.is_empty(), "{refused:?}");
+}
+
+#[test]
+fn a_revoked_connector_cannot_renew() {
+    let echo = Echo::start();
+    let mut d =
+        Deployment::prepare_with(&policy(echo.addr, 9), "connector_cert_validity = \"9s\"\n");
+    d.start_gateway();
+    let d = d.with_connector(&allow_echo(&echo));
+    let (ok, out, err) = postern_e2e::run(
+        std::process::Command::new(postern_e2e::bin("postern-gateway"))
+            .args(["connector", "revoke", &d.connector_id, "--config"])
+            .arg(d.gateway_toml()),
+    );
+    assert!(ok, "{out}{err}");
+    // Renewal is due 6 s after enrolment; the gateway refuses it and says why.
+    let ev = d.wait_event("connector.refused", |e| {
+        s(&e["detail"]).contains("certificate renewal refused")
+    });
+    assert!(s(&ev["detail"]).contains("revoked"), "{ev}");
+    assert_eq!(ev["connector"]["id"], d.connector_id.as_str());
+    let log = wait_for(
+        "renewal failure in the connector log",
+        Duration::from_secs(10),
+        || {
+            let l = d.connector.as_ref().unwrap().log_text();
+            l.contains("client certificate renewal failed").then_some(l)
+        },
+    );
+    assert!(d.events("connector.renewed").is_empty(), "{log}");
+}
