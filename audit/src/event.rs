@@ -233,6 +233,10 @@ pub enum EventType {
     GatewayStarted,
     /// A gateway node stopped.
     GatewayStopped,
+    /// The gateway's client-facing certificate was reloaded from its files (SIGHUP).
+    GatewayCertReloaded,
+    /// A new client-facing certificate was refused; the running one stays.
+    GatewayCertRejected,
     /// A user signed in at the identity provider and the gateway accepted the result.
     AuthLogin,
     /// A sign-in failed (IdP error, bad state, unknown user, MFA missing, ...).
@@ -269,7 +273,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 29] = [
+    pub const ALL: [EventType; 31] = [
         EventType::SessionStart,
         EventType::SessionDenied,
         EventType::SessionEnd,
@@ -284,6 +288,8 @@ impl EventType {
         EventType::TokenMinted,
         EventType::GatewayStarted,
         EventType::GatewayStopped,
+        EventType::GatewayCertReloaded,
+        EventType::GatewayCertRejected,
         EventType::AuthLogin,
         EventType::AuthFailed,
         EventType::AuthLogout,
@@ -318,6 +324,8 @@ impl EventType {
             EventType::TokenMinted => "token.minted",
             EventType::GatewayStarted => "gateway.started",
             EventType::GatewayStopped => "gateway.stopped",
+            EventType::GatewayCertReloaded => "gateway.cert_reloaded",
+            EventType::GatewayCertRejected => "gateway.cert_rejected",
             EventType::AuthLogin => "auth.login",
             EventType::AuthFailed => "auth.failed",
             EventType::AuthLogout => "auth.logout",

@@ -199,6 +199,35 @@ pub fn export_ca(config: &Config, out: &Path) -> Result<(), GatewayError> {
     })
 }
 
+/// Which of the gateway's two CAs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhichCa {
+    /// Issues the gateway's own TLS certificate (what connectors, and clients without a
+    /// certificate from files, trust).
+    Server,
+    /// Issues connector client certificates (what auditors and hospital IT may pin).
+    Connector,
+}
+
+/// `ca export --which W`: the CA certificate in PEM, read from the state directory (never
+/// created here: a gateway that never started has none).
+pub fn ca_pem(config: &Config, which: WhichCa) -> Result<String, GatewayError> {
+    let name = match which {
+        WhichCa::Server => "server-ca.pem",
+        WhichCa::Connector => "connector-ca.pem",
+    };
+    let path = config.state_dir.join(name);
+    let pem = std::fs::read_to_string(&path).map_err(|source| GatewayError::Io {
+        what: format!(
+            "reading {} (has the gateway been started with this configuration?)",
+            path.display()
+        ),
+        source,
+    })?;
+    postern_proto::tls::certs_from_pem(&pem, &path.display().to_string())?;
+    Ok(pem)
+}
+
 /// `check`: every problem with a configuration, all at once (empty = fine). Looks at the
 /// policy, the sign-in settings and the state directory; binds nothing.
 pub fn check(config: &Config) -> Vec<String> {

@@ -61,6 +61,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SessionCmd,
     },
+    /// The gateway's certificate authorities.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
     /// Write the gateway CA certificate that clients and connectors trust.
     ExportCa {
         #[command(flatten)]
@@ -69,6 +74,25 @@ enum Cmd {
         #[arg(long, short)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Print a CA certificate (PEM) on standard output, e.g. for hospital IT or auditors to pin.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// `server`: issues the gateway's own TLS certificate; `connector`: issues connector
+        /// client certificates.
+        #[arg(long, value_enum, default_value = "server")]
+        which: WhichArg,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WhichArg {
+    Server,
+    Connector,
 }
 
 #[derive(Subcommand)]
@@ -229,6 +253,16 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
             let (token, _) = admin::session_mint(&load(&config)?, &user, &groups, ttl)?;
             println!("{token}");
+            Ok(())
+        }
+        Cmd::Ca {
+            cmd: CaCmd::Export { config, which },
+        } => {
+            let which = match which {
+                WhichArg::Server => admin::WhichCa::Server,
+                WhichArg::Connector => admin::WhichCa::Connector,
+            };
+            print!("{}", admin::ca_pem(&load(&config)?, which)?);
             Ok(())
         }
         Cmd::ExportCa { config, out } => {

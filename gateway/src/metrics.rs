@@ -25,6 +25,7 @@ pub struct Metrics {
     pub ratelimited: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub connections_open: IntGauge,
+    pub server_cert_expiry: IntGauge,
     audit_seen: AtomicU64,
     audit_failed_seen: AtomicU64,
 }
@@ -116,6 +117,10 @@ impl Metrics {
             connections_open: reg!(IntGauge::new(
                 "postern_connections_open",
                 "Open TCP connections on both listeners"
+            )?),
+            server_cert_expiry: reg!(IntGauge::new(
+                "postern_tls_cert_expiry_timestamp_seconds",
+                "Expiry of the client-facing TLS certificate (Unix time)"
             )?),
             audit_seen: AtomicU64::new(0),
             audit_failed_seen: AtomicU64::new(0),

@@ -291,3 +291,159 @@ fn a_revoked_connector_cannot_renew() {
     );
     assert!(d.events("connector.renewed").is_empty(), "{log}");
 }
+
+/// A CA named `cn` and a server certificate it issues for 127.0.0.1 and localhost, valid for
+/// `days`. Returns (CA PEM, chain PEM (leaf + CA), leaf key PEM).
+fn issue(cn: &str, days: i64) -> (String, String, String) {
+    let now = time::OffsetDateTime::now_utc();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.not_before = now - time::Duration::days(1);
+    ca.not_after = now + time::Duration::days(365);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{cn} gateway"));
+    leaf.not_before = now - time::Duration::days(1);
+    leaf.not_after = now + time::Duration::days(days);
+    let leaf_cert = leaf.signed_by(&key, &issuer).unwrap();
+    (
+        ca_cert.pem(),
+        format!("{}{}", leaf_cert.pem(), ca_cert.pem()),
+        key.serialize_pem(),
+    )
+}
+
+fn write_mode(path: &std::path::Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Whether curl trusting `ca` completes a TLS handshake and GET /healthz with the gateway.
+fn curl_ok(d: &Deployment, ca: &std::path::Path) -> bool {
+    let (ok, out, _) = postern_e2e::run(
+        std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5", "--cacert"])
+            .arg(ca)
+            .arg(format!("{}/healthz", d.url())),
+    );
+    ok && out == "ok\n"
+}
+
+#[test]
+fn gateway_certificate_from_files_reloads_on_sighup_without_dropping_sessions() {
+    let echo = Echo::start();
+    let mut d = Deployment::prepare(&policy(echo.addr, 9));
+    let (ca1, chain1, key1) = issue("Hospital CA one", 90);
+    let (ca2, chain2, key2) = issue("Hospital CA two", 90);
+    let (ca1_file, ca2_file) = (d.path("ca1.pem"), d.path("ca2.pem"));
+    std::fs::write(&ca1_file, &ca1).unwrap();
+    std::fs::write(&ca2_file, &ca2).unwrap();
+    let (cert_file, key_file) = (d.path("tls/gateway.pem"), d.path("tls/gateway.key"));
+    std::fs::create_dir_all(d.path("tls")).unwrap();
+    write_mode(&cert_file, &chain1, 0o644);
+    write_mode(&key_file, &key1, 0o600);
+    d.append_config("[tls]\ncert_file = \"tls/gateway.pem\"\nkey_file = \"tls/gateway.key\"\n");
+    d.start_gateway();
+
+    // Clients see the certificate from the files; not the gateway's own CA.
+    assert!(curl_ok(&d, &ca1_file));
+    assert!(!curl_ok(&d, &d.ca_file()));
+    // Enrolment still works: the connector's pin names the gateway's own CA.
+    let mut d = d.with_connector(&allow_echo(&echo));
+
+    let alice = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (_c, local) = d.connect_with_ca("echo", &alice, &ca1_file).unwrap();
+    let mut live = postern_e2e::open_live(local);
+
+    // New pair + SIGHUP: new handshakes get it, the live tunnel goes on.
+    write_mode(&cert_file, &chain2, 0o644);
+    write_mode(&key_file, &key2, 0o600);
+    d.gateway.as_ref().unwrap().signal("HUP");
+    let ev = d.wait_event("gateway.cert_reloaded", |_| true);
+    assert!(s(&ev["detail"]).contains("Hospital CA two gateway"), "{ev}");
+    assert!(curl_ok(&d, &ca2_file));
+    assert!(!curl_ok(&d, &ca1_file));
+    live.write_all(b"still here").unwrap();
+    let mut buf = [0u8; 10];
+    live.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
+
+    // A key that does not belong to the certificate: refused, the running one stays.
+    let (_, _, other_key) = issue("Other", 90);
+    write_mode(&key_file, &other_key, 0o600);
+    d.gateway.as_ref().unwrap().signal("HUP");
+    let ev = d.wait_event("gateway.cert_rejected", |_| true);
+    assert!(
+        s(&ev["detail"]).contains("does not belong to the certificate"),
+        "{ev}"
+    );
+    assert!(curl_ok(&d, &ca2_file));
+
+    // A key file others can read: refused too.
+    write_mode(&key_file, &key2, 0o644);
+    d.gateway.as_ref().unwrap().signal("HUP");
+    let ev = d.wait_event("gateway.cert_rejected", |e| {
+        s(&e["detail"]).contains("mode 0644")
+    });
+    assert!(s(&ev["detail"]).contains("chmod 600"), "{ev}");
+    // An expired certificate: refused.
+    let (_, expired_chain, expired_key) = issue("Expired", -1);
+    write_mode(&cert_file, &expired_chain, 0o644);
+    write_mode(&key_file, &expired_key, 0o600);
+    d.gateway.as_ref().unwrap().signal("HUP");
+    d.wait_event("gateway.cert_rejected", |e| {
+        s(&e["detail"]).contains("expired")
+    });
+    assert!(curl_ok(&d, &ca2_file));
+    assert_eq!(d.count("gateway.cert_reloaded"), 1);
+    assert!(d.gateway.as_mut().unwrap().is_running());
+    live.write_all(b"and still").unwrap();
+    let mut buf = [0u8; 9];
+    live.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"and still");
+    assert_eq!(d.count("session.end"), 0);
+}
+
+#[test]
+fn ca_export_prints_either_ca() {
+    let d = Deployment::gateway_only(&policy("127.0.0.1:1".parse().unwrap(), 9));
+    let export = |which: &str| {
+        postern_e2e::run(
+            std::process::Command::new(postern_e2e::bin("postern-gateway"))
+                .args(["ca", "export", "--which", which, "--config"])
+                .arg(d.gateway_toml()),
+        )
+    };
+    let (ok, out, err) = export("connector");
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        std::fs::read_to_string(d.path("gw/connector-ca.pem")).unwrap()
+    );
+    assert!(out.starts_with("-----BEGIN CERTIFICATE-----"));
+    let (ok, out, err) = export("server");
+    assert!(ok, "{err}");
+    assert_eq!(out, std::fs::read_to_string(d.ca_file()).unwrap());
+    let (ok, _, err) = export("both");
+    assert!(!ok);
+    assert!(err.contains("invalid value 'both'"), "{err}");
+
+    // A gateway that never started has no CA: said so, nothing created.
+    let fresh = Deployment::prepare(&policy("127.0.0.1:1".parse().unwrap(), 9));
+    let (ok, _, err) = postern_e2e::run(
+        std::process::Command::new(postern_e2e::bin("postern-gateway"))
+            .args(["ca", "export", "--which", "connector", "--config"])
+            .arg(fresh.gateway_toml()),
+    );
+    assert!(!ok);
+    assert!(err.contains("has the gateway been started"), "{err}");
+    assert!(!fresh.path("gw/connector-ca.pem").exists());
+}
