@@ -19,6 +19,7 @@
 //! * [`metrics`]: Prometheus metrics; `status_http` serves them with health checks on the
 //!   admin listener.
 //! * [`admin`]: the admin commands (`token create`, `connector list|revoke`, `session mint`).
+//! * [`check`]: `postern-gateway check` (configuration, files, certificates, ports, IdP).
 //! * [`demo`]: the local demo deployment.
 //!
 //! Flow of a tunnel: the client's `CONNECT endpoint:0` arrives on the client listener (HTTP/2
@@ -31,6 +32,7 @@
 
 pub mod admin;
 mod auth;
+pub mod check;
 mod client_api;
 pub mod config;
 mod connectors;

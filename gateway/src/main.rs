@@ -199,12 +199,16 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Check(c) => {
             let config = load(&c)?;
-            let problems = admin::check(&config);
-            if !problems.is_empty() {
-                for p in &problems {
-                    eprintln!("error: {p}");
-                }
-                anyhow::bail!("{} problem(s) in {}", problems.len(), c.config.display());
+            let findings = runtime()?.block_on(postern_gateway::check::check(&config));
+            for f in &findings {
+                eprintln!("{f}");
+            }
+            let errors = findings
+                .iter()
+                .filter(|f| f.severity == postern_proto::certs::Severity::Error)
+                .count();
+            if errors > 0 {
+                anyhow::bail!("{errors} problem(s) in {}", c.config.display());
             }
             println!("ok: {}", c.config.display());
             Ok(())

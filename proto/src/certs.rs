@@ -9,6 +9,164 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// How bad a problem `check` found is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Worth knowing; `check` still succeeds.
+    Warning,
+    /// The program would fail or be unsafe; `check` exits non-zero.
+    Error,
+}
+
+/// One thing `check` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl Finding {
+    pub fn error(message: impl Into<String>) -> Finding {
+        Finding {
+            severity: Severity::Error,
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(message: impl Into<String>) -> Finding {
+        Finding {
+            severity: Severity::Warning,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.severity {
+            Severity::Error => write!(f, "error: {}", self.message),
+            Severity::Warning => write!(f, "warning: {}", self.message),
+        }
+    }
+}
+
+/// Expiry warnings start this long before a certificate expires.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86400);
+
+/// Reads a PEM certificate (chain) file and reports what is wrong with its first certificate at
+/// `now`: unreadable or unparsable, expired or not yet valid (errors), expiring within
+/// [`EXPIRY_WARNING`] (warning). Returns the chain when it could be read.
+pub fn check_cert_file(
+    path: &Path,
+    what: &str,
+    now: SystemTime,
+    out: &mut Vec<Finding>,
+) -> Option<Vec<CertificateDer<'static>>> {
+    let pem = match std::fs::read_to_string(path) {
+        Ok(p) => p,
+        Err(e) => {
+            out.push(Finding::error(format!(
+                "{what} {}: cannot read it: {e}",
+                path.display()
+            )));
+            return None;
+        }
+    };
+    let chain = match crate::tls::certs_from_pem(&pem, &path.display().to_string()) {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(Finding::error(format!("{what}: {e}")));
+            return None;
+        }
+    };
+    match cert_info(&chain[0]) {
+        Err(e) => out.push(Finding::error(format!("{what} {}: {e}", path.display()))),
+        Ok(info) => match validity(&info, now, EXPIRY_WARNING) {
+            Validity::Ok => {}
+            Validity::ExpiresSoon(left) => out.push(Finding::warning(format!(
+                "{what} {} expires in {} (on {}): renew it",
+                path.display(),
+                humantime::format_duration(Duration::from_secs(left.as_secs())),
+                rfc3339(info.not_after)
+            ))),
+            Validity::Expired => out.push(Finding::error(format!(
+                "{what} {} expired on {}",
+                path.display(),
+                rfc3339(info.not_after)
+            ))),
+            Validity::NotYetValid => out.push(Finding::error(format!(
+                "{what} {} is not valid before {}",
+                path.display(),
+                rfc3339(info.not_before)
+            ))),
+        },
+    }
+    Some(chain)
+}
+
+/// Reads a PEM key file and reports what is wrong with it: unreadable, mode too open (both
+/// errors), not the key of `chain`'s leaf (error).
+pub fn check_key_file(
+    path: &Path,
+    what: &str,
+    chain: Option<&[CertificateDer<'static>]>,
+    out: &mut Vec<Finding>,
+) {
+    if let Some(p) = key_mode_problem(path) {
+        out.push(Finding::error(format!("{what}: {p}")));
+    }
+    let pem = match std::fs::read_to_string(path) {
+        Ok(p) => p,
+        Err(e) => {
+            out.push(Finding::error(format!(
+                "{what} {}: cannot read it: {e}",
+                path.display()
+            )));
+            return;
+        }
+    };
+    let key = match crate::tls::key_from_pem(&pem, &path.display().to_string()) {
+        Ok(k) => k,
+        Err(e) => {
+            out.push(Finding::error(format!("{what}: {e}")));
+            return;
+        }
+    };
+    if let Some(chain) = chain {
+        if let Err(e) = certified_key(chain.to_vec(), key) {
+            out.push(Finding::error(format!("{what} {}: {e}", path.display())));
+        }
+    }
+}
+
+/// Reports a directory that holds keys but is open to others (mode & 0o077).
+pub fn check_private_dir(dir: &Path, what: &str, out: &mut Vec<Finding>) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(dir) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            out.push(Finding::error(format!(
+                "{what} {}: mode {mode:04o}: it holds keys and must not be open to others (chmod 700)",
+                dir.display()
+            )));
+        }
+    }
+}
+
+/// Reports a listen address that cannot be bound now.
+pub fn check_bind(addr: std::net::SocketAddr, what: &str, out: &mut Vec<Finding>) {
+    if let Err(e) = std::net::TcpListener::bind(addr) {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (another process listens there; if it is this program already running with this configuration, that is expected)"
+        } else {
+            ""
+        };
+        out.push(Finding::error(format!(
+            "{what} {addr}: cannot listen: {e}{hint}"
+        )));
+    }
+}
+
 /// What `check` and renewal need to know about a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
@@ -135,7 +293,7 @@ pub fn key_mode_problem(path: &Path) -> Option<String> {
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     (mode & !KEY_MODE_ALLOWED != 0).then(|| {
         format!(
-            "{}: mode {mode:04o} lets others read or change a private file (chmod 600, or 640 for a group that must read it)",
+            "{}: mode {mode:04o} is too open: a private key or secret must not be readable by others or writable by its group (chmod 600, or 640 for a group that must read it)",
             path.display()
         )
     })

@@ -447,3 +447,112 @@ fn ca_export_prints_either_ca() {
     assert!(err.contains("has the gateway been started"), "{err}");
     assert!(!fresh.path("gw/connector-ca.pem").exists());
 }
+
+#[test]
+fn check_lists_every_problem_and_exits_non_zero() {
+    let echo = Echo::start();
+    let d = Deployment::start(&policy(echo.addr, 9), &allow_echo(&echo));
+    let gateway_check = |config: &std::path::Path| {
+        postern_e2e::run(
+            std::process::Command::new(postern_e2e::bin("postern-gateway"))
+                .args(["check", "--config"])
+                .arg(config),
+        )
+    };
+    let connector_check = |config: &std::path::Path| {
+        postern_e2e::run(
+            std::process::Command::new(postern_e2e::bin("postern-connector"))
+                .args(["check", "--config"])
+                .arg(config),
+        )
+    };
+    // The running deployment's connector passes; the gateway's only problem is that its own
+    // ports are taken (by itself), which it says.
+    let (ok, out, err) = connector_check(&d.path("conn.toml"));
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = gateway_check(&d.gateway_toml());
+    assert!(!ok);
+    assert!(
+        err.contains("if it is this program already running"),
+        "{err}"
+    );
+    assert!(err.contains("2 problem(s)"), "{err}");
+
+    // A broken gateway configuration: bad policy, open state dir, expired certificate with a
+    // key of another certificate, readable by all, an audit directory that cannot exist, an
+    // unreachable identity provider, a port in use.
+    std::fs::write(d.path("bad-policy.toml"), "[[rules]]\nid = 1\n").unwrap();
+    let (_, expired_chain, _) = issue("Expired", -3);
+    let (_, _, other_key) = issue("Other", 30);
+    write_mode(&d.path("expired.pem"), &expired_chain, 0o644);
+    write_mode(&d.path("other.key"), &other_key, 0o644);
+    write_mode(&d.path("idp-secret"), "s3cret", 0o600);
+    std::fs::write(d.path("a-file"), "").unwrap();
+    let idp = free_port();
+    let bad = d.path("bad-gateway.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "state_dir = \"gw\"\npolicy = \"bad-policy.toml\"\naudit_dir = \"a-file/audit\"\n[listen]\nclients = \"127.0.0.1:{}\"\nconnectors = \"127.0.0.1:{}\"\n[tls]\ncert_file = \"expired.pem\"\nkey_file = \"other.key\"\n[oidc]\nissuer = \"http://127.0.0.1:{idp}\"\nclient_id = \"postern\"\nclient_secret_file = \"idp-secret\"\nredirect_url = \"https://127.0.0.1/auth/callback\"\ninsecure_http_issuer = true\n",
+            d.client_port,
+            free_port()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path("gw"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let started = Instant::now();
+    let (ok, out, err) = gateway_check(&bad);
+    println!("gateway check took {:?}:\n{err}", started.elapsed());
+    assert!(!ok, "{out}");
+    for needle in [
+        "error: policy ",
+        "error: state_dir ",
+        "chmod 700",
+        "error: tls.cert_file ",
+        "expired on",
+        "error: tls.key_file: ",
+        "mode 0644",
+        "does not belong to the certificate",
+        "error: listen.clients 127.0.0.1:",
+        "error: audit_dir ",
+        "error: oidc.insecure_http_issuer",
+        "error: oidc.issuer: the identity provider's discovery document",
+        "9 problem(s) in",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // A broken connector configuration: key readable by all, an admin port in use, a gateway
+    // that cannot be reached and one that cannot be resolved.
+    std::fs::set_permissions(
+        d.path("conn/connector.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let closed = free_port();
+    let bad = d.path("bad-connector.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "state_dir = \"conn\"\ngateways = [\"127.0.0.1:{closed}\", \"no-such-gateway.invalid:8444\"]\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+            d.client_port
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = connector_check(&bad);
+    println!("connector check:\n{err}");
+    assert!(!ok, "{out}");
+    for needle in [
+        "error: client key: ",
+        "mode 0644",
+        "error: admin.listen 127.0.0.1:",
+        &format!("error: gateway 127.0.0.1:{closed}: cannot connect"),
+        "error: gateway no-such-gateway.invalid:8444: cannot resolve",
+        "warning: the allowlist is empty",
+        "4 problem(s) in",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
