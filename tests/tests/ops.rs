@@ -556,3 +556,51 @@ fn check_lists_every_problem_and_exits_non_zero() {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
 }
+
+#[test]
+fn the_grafana_dashboard_uses_real_metric_names() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("docs/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let sources = [
+        std::fs::read_to_string(root.join("gateway/src/metrics.rs")).unwrap(),
+        std::fs::read_to_string(root.join("connector/src/metrics.rs")).unwrap(),
+    ];
+    let mut exprs = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["definition"].as_str() {
+            exprs.push(q.to_owned());
+        }
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("postern_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            names.insert(base.to_owned());
+            rest = &tail[end..];
+        }
+    }
+    assert!(names.len() >= 20, "{names:?}");
+    for n in &names {
+        assert!(
+            sources.iter().any(|s| s.contains(&format!("\"{n}\""))),
+            "the dashboard names {n}, which no metrics.rs registers"
+        );
+    }
+}
