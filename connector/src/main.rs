@@ -44,7 +44,8 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/postern/connector.toml")]
         config: PathBuf,
     },
-    /// Validate the configuration and enrolment, then exit.
+    /// Check the configuration, enrolment, certificate and gateway reachability; print every
+    /// problem; exit 1 on any error.
     Check {
         #[arg(long, short, default_value = "/etc/postern/connector.toml")]
         config: PathBuf,

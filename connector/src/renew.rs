@@ -92,7 +92,14 @@ pub(crate) async fn keep_renewed(shared: Arc<Shared>, state_dir: PathBuf, gatewa
                 let left = not_after
                     .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO);
-                let retry = (left / 6).clamp(Duration::from_secs(1), Duration::from_secs(600));
+                let retry = if left.is_zero() {
+                    // An expired certificate cannot authenticate a renewal; only a new
+                    // enrolment helps. Keep trying, rarely, in case the clock was wrong.
+                    tracing::error!(expired = %postern_proto::certs::rfc3339(not_after), "the client certificate has expired and cannot be renewed: enrol this connector again (postern-connector enroll --force)");
+                    Duration::from_secs(600)
+                } else {
+                    (left / 6).clamp(Duration::from_secs(1), Duration::from_secs(600))
+                };
                 warn!(error = %e, ?retry, expires = %postern_proto::certs::rfc3339(not_after), "client certificate renewal failed");
                 if sleep_or_stop(&shared, retry).await {
                     return;

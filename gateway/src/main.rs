@@ -35,7 +35,8 @@ struct ConfigArg {
 enum Cmd {
     /// Run the gateway.
     Run(ConfigArg),
-    /// Validate the configuration and the policy it names, then exit.
+    /// Check the configuration and what it points at (policy, keys, certificates, ports, audit
+    /// directory, identity provider); print every problem; exit 1 on any error.
     Check(ConfigArg),
     /// Start a complete local deployment on loopback (gateway, connector, sample endpoints).
     Demo {
