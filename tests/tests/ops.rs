@@ -173,6 +173,20 @@ fn link_round_trip_and_connector_metrics_and_readiness() {
         "{m}"
     );
 
+    // `status` shows the running connector's counters.
+    let (ok, out, err) = postern_e2e::run(
+        std::process::Command::new(postern_e2e::bin("postern-connector"))
+            .args(["status", "--config"])
+            .arg(d.path("conn.toml")),
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("running      (from http://{c_admin}/metrics)")),
+        "{out}"
+    );
+    assert!(out.contains("links_up 2"), "{out}");
+    assert!(out.contains("allowlist_refusals_total 1"), "{out}");
+
     // Gateway gone: not ready, reconnects counted.
     d.gateway.as_mut().unwrap().kill();
     wait_for("connector /readyz 503", Duration::from_secs(10), || {
