@@ -221,6 +221,8 @@ pub enum EventType {
     ConnectorRefused,
     /// A connector's certificate was revoked.
     ConnectorRevoked,
+    /// A connector renewed its client certificate (same id and site, new serial).
+    ConnectorRenewed,
     /// An enrolment attempt failed (bad, used or expired token, bad CSR).
     EnrollmentFailed,
     /// An enrolment token was issued.
@@ -231,6 +233,10 @@ pub enum EventType {
     GatewayStarted,
     /// A gateway node stopped.
     GatewayStopped,
+    /// The gateway's client-facing certificate was reloaded from its files (SIGHUP).
+    GatewayCertReloaded,
+    /// A new client-facing certificate was refused; the running one stays.
+    GatewayCertRejected,
     /// A user signed in at the identity provider and the gateway accepted the result.
     AuthLogin,
     /// A sign-in failed (IdP error, bad state, unknown user, MFA missing, ...).
@@ -273,7 +279,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 30] = [
+    pub const ALL: [EventType; 33] = [
         EventType::SessionStart,
         EventType::SessionDenied,
         EventType::SessionEnd,
@@ -282,11 +288,14 @@ impl EventType {
         EventType::ConnectorDisconnected,
         EventType::ConnectorRefused,
         EventType::ConnectorRevoked,
+        EventType::ConnectorRenewed,
         EventType::EnrollmentFailed,
         EventType::TokenCreated,
         EventType::TokenMinted,
         EventType::GatewayStarted,
         EventType::GatewayStopped,
+        EventType::GatewayCertReloaded,
+        EventType::GatewayCertRejected,
         EventType::AuthLogin,
         EventType::AuthFailed,
         EventType::AuthLogout,
@@ -317,11 +326,14 @@ impl EventType {
             EventType::ConnectorDisconnected => "connector.disconnected",
             EventType::ConnectorRefused => "connector.refused",
             EventType::ConnectorRevoked => "connector.revoked",
+            EventType::ConnectorRenewed => "connector.renewed",
             EventType::EnrollmentFailed => "connector.enroll_failed",
             EventType::TokenCreated => "token.created",
             EventType::TokenMinted => "token.minted",
             EventType::GatewayStarted => "gateway.started",
             EventType::GatewayStopped => "gateway.stopped",
+            EventType::GatewayCertReloaded => "gateway.cert_reloaded",
+            EventType::GatewayCertRejected => "gateway.cert_rejected",
             EventType::AuthLogin => "auth.login",
             EventType::AuthFailed => "auth.failed",
             EventType::AuthLogout => "auth.logout",

@@ -199,50 +199,33 @@ pub fn export_ca(config: &Config, out: &Path) -> Result<(), GatewayError> {
     })
 }
 
-/// `check`: every problem with a configuration, all at once (empty = fine). Looks at the
-/// policy, the sign-in settings and the state directory; binds nothing.
-pub fn check(config: &Config) -> Vec<String> {
-    let mut problems = Vec::new();
-    if let Err(e) = postern_policy::Policy::from_file(&config.policy) {
-        problems.push(format!("policy {}:\n{e}", config.policy.display()));
-    }
-    if let Some(o) = &config.oidc {
-        if o.insecure_http_issuer {
-            problems.push(format!(
-                "oidc.insecure_http_issuer = true: a plain-http identity provider ({}) is for tests and the demo only; production sign-in must use https",
-                o.issuer
-            ));
-        }
-        if let Err(e) = o.read_secret() {
-            problems.push(e);
-        }
-        if let crate::config::SecretSource::File(p) = &o.client_secret {
-            if let Ok(m) = std::fs::metadata(p) {
-                use std::os::unix::fs::PermissionsExt;
-                if m.permissions().mode() & 0o077 != 0 {
-                    problems.push(format!(
-                        "{}: the client secret file is readable by others (chmod 600)",
-                        p.display()
-                    ));
-                }
-            }
-        }
-    }
-    if config.oidc.is_some() && config.devices.required {
-        if let Err(e) = crate::devices::Devices::new(config) {
-            problems.push(e);
-        }
-    }
-    if let Ok(m) = std::fs::metadata(&config.state_dir) {
-        use std::os::unix::fs::PermissionsExt;
-        if m.permissions().mode() & 0o077 != 0 {
-            problems.push(format!(
-                "{}: the state directory holds keys and must not be readable by others (chmod 700)",
-                config.state_dir.display()
-            ));
-        }
-    }
-    problems
+/// Which of the gateway's two CAs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhichCa {
+    /// Issues the gateway's own TLS certificate (what connectors, and clients without a
+    /// certificate from files, trust).
+    Server,
+    /// Issues connector client certificates (what auditors and hospital IT may pin).
+    Connector,
+}
+
+/// `ca export --which W`: the CA certificate in PEM, read from the state directory (never
+/// created here: a gateway that never started has none).
+pub fn ca_pem(config: &Config, which: WhichCa) -> Result<String, GatewayError> {
+    let name = match which {
+        WhichCa::Server => "server-ca.pem",
+        WhichCa::Connector => "connector-ca.pem",
+    };
+    let path = config.state_dir.join(name);
+    let pem = std::fs::read_to_string(&path).map_err(|source| GatewayError::Io {
+        what: format!(
+            "reading {} (has the gateway been started with this configuration?)",
+            path.display()
+        ),
+        source,
+    })?;
+    postern_proto::tls::certs_from_pem(&pem, &path.display().to_string())?;
+    Ok(pem)
 }
 
 /// `check`: things worth knowing that are not errors (printed as `note:`).

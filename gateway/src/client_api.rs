@@ -34,7 +34,7 @@ use crate::store::{unix_now, ConnectorRec, StoreError};
 use crate::tokens::{Claims, TokenError};
 use crate::Gateway;
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
 pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) {
     loop {
@@ -795,6 +795,8 @@ async fn enroll(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
                 enrolled: now,
                 not_after: not_after_unix,
                 revoked: None,
+                previous_serial: None,
+                renewed: None,
             });
             Ok((id, site, cert_pem, not_after, token_id))
         })

@@ -111,6 +111,10 @@ struct RawTls {
     server_names: Option<Vec<String>>,
     /// `host:port` of the connector listener as connectors should dial it.
     advertise_connector_addrs: Option<Vec<String>>,
+    /// The client-facing certificate chain (PEM, leaf first) and its key, e.g. from the
+    /// hospital's or a public CA. Default: a certificate issued by the gateway's own CA.
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +142,8 @@ pub struct Config {
     pub listen_clients: SocketAddr,
     pub listen_connectors: SocketAddr,
     pub server_names: Vec<String>,
+    /// Client-facing certificate and key files (reloaded on SIGHUP); None = self-issued.
+    pub server_cert_files: Option<CertFiles>,
     /// Empty means "derive from the bound connector listener address".
     pub advertise_connector_addrs: Vec<String>,
     pub handshake_timeout: Duration,
@@ -304,6 +310,7 @@ impl Config {
             listen_clients: SocketAddr::from(([127, 0, 0, 1], 0)),
             listen_connectors: SocketAddr::from(([127, 0, 0, 1], 0)),
             server_names: default_server_names(),
+            server_cert_files: None,
             advertise_connector_addrs: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             connector_dial_timeout: Duration::from_secs(10),
@@ -424,6 +431,19 @@ impl Config {
         if raw.node_id.is_empty() {
             errors.push(format!("{file}: node_id: must not be empty"));
         }
+        let server_cert_files = match (raw.tls.cert_file, raw.tls.key_file) {
+            (Some(cert), Some(key)) => Some(CertFiles {
+                cert: abs(cert),
+                key: abs(key),
+            }),
+            (None, None) => None,
+            _ => {
+                errors.push(format!(
+                    "{file}: tls: set both cert_file and key_file (or neither, for a certificate from the gateway's own CA)"
+                ));
+                None
+            }
+        };
         let server_names = raw.tls.server_names.unwrap_or_else(default_server_names);
         if server_names.is_empty() {
             errors.push(format!(
@@ -535,6 +555,7 @@ impl Config {
             listen_clients,
             listen_connectors,
             server_names,
+            server_cert_files,
             advertise_connector_addrs: raw.tls.advertise_connector_addrs.unwrap_or_default(),
             handshake_timeout,
             connector_dial_timeout,
@@ -548,6 +569,13 @@ impl Config {
             devices,
         })
     }
+}
+
+/// A certificate chain file and its key file (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 fn default_server_names() -> Vec<String> {

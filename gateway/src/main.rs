@@ -35,7 +35,8 @@ struct ConfigArg {
 enum Cmd {
     /// Run the gateway.
     Run(ConfigArg),
-    /// Validate the configuration and the policy it names, then exit.
+    /// Check the configuration and what it points at (policy, keys, certificates, ports, audit
+    /// directory, identity provider); print every problem; exit 1 on any error.
     Check(ConfigArg),
     /// Start a complete local deployment on loopback (gateway, connector, sample endpoints).
     Demo {
@@ -71,6 +72,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UserCmd,
     },
+    /// The gateway's certificate authorities.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
     /// Write the gateway CA certificate that clients and connectors trust.
     ExportCa {
         #[command(flatten)]
@@ -79,6 +85,25 @@ enum Cmd {
         #[arg(long, short)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Print a CA certificate (PEM) on standard output, e.g. for hospital IT or auditors to pin.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// `server`: issues the gateway's own TLS certificate; `connector`: issues connector
+        /// client certificates.
+        #[arg(long, value_enum, default_value = "server")]
+        which: WhichArg,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WhichArg {
+    Server,
+    Connector,
 }
 
 #[derive(Subcommand)]
@@ -228,15 +253,19 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Check(c) => {
             let config = load(&c)?;
-            let problems = admin::check(&config);
+            let findings = runtime()?.block_on(postern_gateway::check::check(&config));
             for n in admin::check_notes(&config) {
                 eprintln!("note: {n}");
             }
-            if !problems.is_empty() {
-                for p in &problems {
-                    eprintln!("error: {p}");
-                }
-                anyhow::bail!("{} problem(s) in {}", problems.len(), c.config.display());
+            for f in &findings {
+                eprintln!("{f}");
+            }
+            let errors = findings
+                .iter()
+                .filter(|f| f.severity == postern_proto::certs::Severity::Error)
+                .count();
+            if errors > 0 {
+                anyhow::bail!("{errors} problem(s) in {}", c.config.display());
             }
             println!("ok: {}", c.config.display());
             Ok(())
@@ -329,6 +358,16 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 if ids.is_empty() { "" } else { ": " },
                 ids.join(", ")
             );
+            Ok(())
+        }
+        Cmd::Ca {
+            cmd: CaCmd::Export { config, which },
+        } => {
+            let which = match which {
+                WhichArg::Server => admin::WhichCa::Server,
+                WhichArg::Connector => admin::WhichCa::Connector,
+            };
+            print!("{}", admin::ca_pem(&load(&config)?, which)?);
             Ok(())
         }
         Cmd::ExportCa { config, out } => {

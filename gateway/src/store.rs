@@ -55,6 +55,21 @@ pub struct ConnectorRec {
     pub not_after: u64,
     #[serde(default)]
     pub revoked: Option<u64>,
+    /// Serial of the certificate before the last renewal: links made with it stay up and it may
+    /// still connect until it expires (so a connector that renewed but crashed before installing
+    /// its new certificate is not locked out).
+    #[serde(default)]
+    pub previous_serial: Option<String>,
+    /// Last certificate renewal (seconds since the epoch).
+    #[serde(default)]
+    pub renewed: Option<u64>,
+}
+
+impl ConnectorRec {
+    /// Whether a certificate with `serial` is this connector's current or previous one.
+    pub fn accepts_serial(&self, serial: &str) -> bool {
+        self.serial == serial || self.previous_serial.as_deref() == Some(serial)
+    }
 }
 
 /// A session token revoked before its expiry (sign-out, admin).
@@ -269,6 +284,8 @@ mod tests {
                     enrolled: 1,
                     not_after: 2,
                     revoked: None,
+                    previous_serial: None,
+                    renewed: None,
                 });
                 Ok::<_, StoreError>(())
             })

@@ -422,6 +422,16 @@ impl Deployment {
     /// `postern connect ENDPOINT --listen 127.0.0.1:0`: Ok(process, local address) once it
     /// printed its ready line, or Err(everything it printed) if it exited.
     pub fn connect(&self, endpoint: &str, token: &Path) -> Result<(Proc, SocketAddr), String> {
+        self.connect_with_ca(endpoint, token, &self.ca_file())
+    }
+
+    /// As [`Deployment::connect`], trusting `ca` for the gateway's certificate.
+    pub fn connect_with_ca(
+        &self,
+        endpoint: &str,
+        token: &Path,
+        ca: &Path,
+    ) -> Result<(Proc, SocketAddr), String> {
         let log = self.path(&format!("client-{endpoint}-{}.log", free_port()));
         let mut p = Proc::spawn(
             "client",
@@ -435,7 +445,7 @@ impl Deployment {
                     &self.url(),
                 ])
                 .arg("--ca-file")
-                .arg(self.ca_file())
+                .arg(ca)
                 .arg("--token-file")
                 .arg(token),
             log,

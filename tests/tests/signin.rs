@@ -494,8 +494,14 @@ fn check_rejects_development_identity_provider_settings() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let (ok, out, err) = run(Command::new(bin("postern-gateway"))
+    // Left: the identity provider cannot be reached (check fetches its discovery document).
+    let (ok, _, err) = run(Command::new(bin("postern-gateway"))
         .args(["check", "--config"])
         .arg(d.gateway_toml()));
-    assert!(ok, "{out}{err}");
+    assert!(!ok);
+    assert!(
+        err.contains("error: oidc.issuer: the identity provider's discovery document https://idp.example/.well-known/openid-configuration could not be fetched")
+            && err.contains("1 problem(s)"),
+        "{err}"
+    );
 }
