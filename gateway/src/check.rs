@@ -387,6 +387,8 @@ mod tests {
     async fn identity_provider_problems() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = good(dir.path());
+        // The redirect URL below is an address; WebAuthn's RP id problem is tested elsewhere.
+        c.devices.required = false;
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "s3cret").unwrap();
         chmod(&secret, 0o644);
@@ -435,5 +437,18 @@ mod tests {
             "{f:?}"
         );
         assert_eq!(errors(&f).len(), 2, "{f:?}"); // and insecure_http_issuer
+
+        // Device trust on with an address as relying party: one more error, naming the fix.
+        c.devices.required = true;
+        let f = check(&c).await;
+        assert!(
+            has(
+                &f,
+                Severity::Error,
+                "WebAuthn needs a host name as relying party id"
+            ),
+            "{f:?}"
+        );
+        assert_eq!(errors(&f).len(), 3, "{f:?}");
     }
 }
