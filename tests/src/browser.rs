@@ -411,6 +411,35 @@ impl Chromium {
         v.as_array().cloned().unwrap_or_default()
     }
 
+    /// A Chrome DevTools Protocol command through chromedriver (`goog/cdp/execute`).
+    pub fn cdp(&self, cmd: &str, params: Value) -> Result<Value, WdError> {
+        self.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({ "cmd": cmd, "params": params })),
+        )
+    }
+
+    /// Runs `js` in every document this tab loads from now on, before the page's own scripts
+    /// (CDP `Page.addScriptToEvaluateOnNewDocument`): how a test stands between a page and its
+    /// server, as a hostile extension could.
+    pub fn on_new_document(&self, js: &str) {
+        self.cdp(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": js }),
+        )
+        .unwrap_or_else(|e| panic!("addScriptToEvaluateOnNewDocument: {e}"));
+    }
+
+    /// Sets whether the authenticator's user verification succeeds (W3C "Set User Verified").
+    pub fn set_user_verified(&self, id: &str, verified: bool) {
+        self.must(
+            "POST",
+            &format!("/webauthn/authenticator/{id}/uv"),
+            Some(json!({ "isUserVerified": verified })),
+        );
+    }
+
     /// Deletes every cookie of the current page's origin (e.g. to start a fresh sign-in).
     pub fn delete_cookies(&self) {
         self.must("DELETE", "/cookie", None);
@@ -437,6 +466,28 @@ impl Drop for Chromium {
             .status();
         self.driver.kill();
     }
+}
+
+/// Signs `msg` (ECDSA P-256, SHA-256, DER signature as WebAuthn uses) with a virtual
+/// authenticator's credential key as WebDriver exports it (`privateKey`: base64url PKCS#8).
+/// Lets a test forge an assertion that carries a *valid* signature of the real credential.
+pub fn sign_as_credential(private_key_b64url: &str, msg: &[u8]) -> Vec<u8> {
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    let der = crate::oidc::b64url_decode(private_key_b64url).expect("privateKey is not base64url");
+    let rng = ring::rand::SystemRandom::new();
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &der, &rng)
+        .unwrap_or_else(|e| panic!("credential key is not a P-256 PKCS#8 key: {e}"));
+    key.sign(&rng, msg).unwrap().as_ref().to_vec()
+}
+
+/// The uncompressed public point of a credential key (for checking a browser's signature).
+pub fn credential_public_key(private_key_b64url: &str) -> Vec<u8> {
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    let der = crate::oidc::b64url_decode(private_key_b64url).expect("privateKey is not base64url");
+    let rng = ring::rand::SystemRandom::new();
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &der, &rng)
+        .unwrap_or_else(|e| panic!("credential key is not a P-256 PKCS#8 key: {e}"));
+    key.public_key().as_ref().to_vec()
 }
 
 /// Creates `$home/.pki/nssdb` (no password) and trusts `ca` (PEM) there for TLS servers.
