@@ -237,14 +237,20 @@ pub enum EventType {
     AuthFailed,
     /// A user signed out, or their sign-in was ended.
     AuthLogout,
-    /// A device was registered for device trust.
-    DeviceEnrolled,
-    /// A device proved its identity/posture for a sign-in or session.
+    /// A device (WebAuthn credential) was registered; `detail` says whether it is active or
+    /// pending approval.
+    DeviceRegistered,
+    /// A pending device was approved (by an administrator, or automatically by site policy).
+    DeviceApproved,
+    /// A device proved itself with a WebAuthn assertion at sign-in.
     DeviceVerified,
-    /// A device failed its check (unknown, revoked, posture not met).
-    DeviceRejected,
-    /// A device's registration was revoked.
+    /// A WebAuthn ceremony failed; `detail` starts with the error reference and reason code
+    /// (`posture_mismatch`, `unknown_challenge`, `possible_clone`, ...).
+    DeviceAssertionFailed,
+    /// A device's registration was revoked (its live sessions end).
     DeviceRevoked,
+    /// A device reported its posture, signed with its device key; `detail` is the report.
+    PostureReported,
     /// A live session was ended by the gateway (policy change, revocation, admin action), as
     /// opposed to [`EventType::SessionEnd`], where one of the two ends closed it.
     SessionTerminated,
@@ -267,7 +273,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 28] = [
+    pub const ALL: [EventType; 30] = [
         EventType::SessionStart,
         EventType::SessionDenied,
         EventType::SessionEnd,
@@ -284,10 +290,12 @@ impl EventType {
         EventType::AuthLogin,
         EventType::AuthFailed,
         EventType::AuthLogout,
-        EventType::DeviceEnrolled,
+        EventType::DeviceRegistered,
+        EventType::DeviceApproved,
         EventType::DeviceVerified,
-        EventType::DeviceRejected,
+        EventType::DeviceAssertionFailed,
         EventType::DeviceRevoked,
+        EventType::PostureReported,
         EventType::SessionTerminated,
         EventType::PolicyReloaded,
         EventType::PolicyRejected,
@@ -317,10 +325,12 @@ impl EventType {
             EventType::AuthLogin => "auth.login",
             EventType::AuthFailed => "auth.failed",
             EventType::AuthLogout => "auth.logout",
-            EventType::DeviceEnrolled => "device.enrolled",
+            EventType::DeviceRegistered => "device.registered",
+            EventType::DeviceApproved => "device.approved",
             EventType::DeviceVerified => "device.verified",
-            EventType::DeviceRejected => "device.rejected",
+            EventType::DeviceAssertionFailed => "device.assertion_failed",
             EventType::DeviceRevoked => "device.revoked",
+            EventType::PostureReported => "posture.reported",
             EventType::SessionTerminated => "session.terminated",
             EventType::PolicyReloaded => "policy.reloaded",
             EventType::PolicyRejected => "policy.rejected",

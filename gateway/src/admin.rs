@@ -228,6 +228,11 @@ pub fn check(config: &Config) -> Vec<String> {
             }
         }
     }
+    if config.oidc.is_some() && config.devices.required {
+        if let Err(e) = crate::devices::Devices::new(config) {
+            problems.push(e);
+        }
+    }
     if let Ok(m) = std::fs::metadata(&config.state_dir) {
         use std::os::unix::fs::PermissionsExt;
         if m.permissions().mode() & 0o077 != 0 {
@@ -238,4 +243,254 @@ pub fn check(config: &Config) -> Vec<String> {
         }
     }
     problems
+}
+
+/// `check`: things worth knowing that are not errors (printed as `note:`).
+pub fn check_notes(config: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    if config.oidc.is_some() && !config.devices.required {
+        notes.push(
+            "device trust is OFF ([devices] required = false): sign-in issues tokens that are not bound to a device, and policy device conditions are unknown for them".into(),
+        );
+    }
+    if config.oidc.is_some() && config.devices.required {
+        match config.webauthn_origin_and_rp_id() {
+            Ok((origin, rp_id)) => notes.push(format!(
+                "device trust is on: WebAuthn relying party '{rp_id}', origin {origin}, approval {}",
+                match config.devices.approval {
+                    crate::config::Approval::Auto => "auto",
+                    crate::config::Approval::Manual => "manual",
+                }
+            )),
+            Err(e) => notes.push(format!("device trust: {e}")),
+        }
+    }
+    notes
+}
+
+fn admin_err(what: String, message: &str) -> GatewayError {
+    GatewayError::Io {
+        what,
+        source: std::io::Error::other(message.to_owned()),
+    }
+}
+
+/// One device as `device list --json` prints it (the stored record without the key blob).
+pub fn device_json(d: &crate::store::DeviceRec) -> serde_json::Value {
+    serde_json::json!({
+        "id": d.id,
+        "user": d.user,
+        "name": d.name,
+        "status": d.status.as_str(),
+        "credential_id": d.credential_id,
+        "aaguid": d.aaguid,
+        "sign_count": d.sign_count,
+        "user_verified": d.user_verified,
+        "backup_eligible": d.backup_eligible,
+        "backup_state": d.backup_state,
+        "transports": d.transports,
+        "created": d.created,
+        "last_seen": d.last_seen,
+        "approved": d.approved,
+        "approved_by": d.approved_by,
+        "revoked": d.revoked,
+        "revoked_reason": d.revoked_reason,
+        "posture": d.posture,
+    })
+}
+
+fn when(t: Option<u64>) -> String {
+    t.map(|t| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t)).to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `device list [--user U] [--pending] [--json]`.
+pub fn device_list(
+    config: &Config,
+    user: Option<&str>,
+    pending_only: bool,
+    json: bool,
+) -> Result<String, GatewayError> {
+    let state = Store::open(&config.state_dir)?.read()?;
+    let devices: Vec<_> = state
+        .devices
+        .iter()
+        .filter(|d| user.is_none_or(|u| d.user == u))
+        .filter(|d| !pending_only || d.status == crate::store::DeviceStatus::Pending)
+        .collect();
+    if json {
+        let v: Vec<_> = devices.iter().map(|d| device_json(d)).collect();
+        return serde_json::to_string_pretty(&v)
+            .map(|s| s + "\n")
+            .map_err(|e| admin_err("printing devices".into(), &e.to_string()));
+    }
+    let mut out = format!(
+        "{:<17} {:<28} {:<20} {:<8} {:<3} {:<21} {}\n",
+        "ID", "USER", "NAME", "STATUS", "UV", "LAST SEEN", "POSTURE"
+    );
+    for d in devices {
+        let posture = d
+            .posture
+            .as_ref()
+            .map(|p| {
+                let f = p.policy_facts();
+                format!(
+                    "{} {}; disk {}, firewall {}, lock {}",
+                    p.os_name, p.os_version, f["disk_encrypted"], f["firewall"], f["screen_lock"]
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<17} {:<28} {:<20} {:<8} {:<3} {:<21} {}\n",
+            d.id,
+            d.user,
+            d.name.chars().take(20).collect::<String>(),
+            d.status.as_str(),
+            if d.user_verified { "yes" } else { "no" },
+            when(d.last_seen.or(Some(d.created))),
+            posture
+        ));
+    }
+    Ok(out)
+}
+
+fn device_event(kind: EventType, d: &crate::store::DeviceRec, detail: String) -> Event {
+    let mut ev = Event::new(kind);
+    ev.user = Some(d.user.clone());
+    ev.device = Some(postern_audit::DeviceRef {
+        id: d.id.clone(),
+        name: Some(d.name.clone()),
+        user_verified: Some(d.user_verified),
+    });
+    ev.detail = Some(detail);
+    ev
+}
+
+fn local_user() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// `device approve ID`: a pending (or suspect) device becomes active.
+pub fn device_approve(config: &Config, id: &str) -> Result<crate::store::DeviceRec, GatewayError> {
+    use crate::store::DeviceStatus;
+    let store = Store::open(&config.state_dir)?;
+    let (rec, was) = store.update(|s| {
+        let d = s.devices.iter_mut().find(|d| d.id == id).ok_or_else(|| {
+            admin_err(
+                format!("approving device '{id}'"),
+                "no such device (see `postern-gateway device list`)",
+            )
+        })?;
+        let was = d.status;
+        match d.status {
+            DeviceStatus::Revoked => {
+                return Err(admin_err(
+                    format!("approving device '{id}'"),
+                    "the device is revoked; the user must register it again",
+                ))
+            }
+            DeviceStatus::Active => {}
+            DeviceStatus::Pending | DeviceStatus::Suspect => {
+                d.status = DeviceStatus::Active;
+                d.approved = Some(unix_now());
+                d.approved_by = Some(local_user());
+            }
+        }
+        Ok::<_, GatewayError>((d.clone(), was))
+    })?;
+    if was != crate::store::DeviceStatus::Active {
+        audit(
+            config,
+            device_event(
+                EventType::DeviceApproved,
+                &rec,
+                format!("device {} approved (was {})", rec.id, was.as_str()),
+            ),
+        )?;
+    }
+    Ok(rec)
+}
+
+/// `device revoke ID`: refused from now on; a running gateway ends its live tunnels.
+pub fn device_revoke(
+    config: &Config,
+    id: &str,
+    reason: &str,
+) -> Result<crate::store::DeviceRec, GatewayError> {
+    use crate::store::DeviceStatus;
+    let store = Store::open(&config.state_dir)?;
+    let rec = store.update(|s| {
+        let d = s.devices.iter_mut().find(|d| d.id == id).ok_or_else(|| {
+            admin_err(
+                format!("revoking device '{id}'"),
+                "no such device (see `postern-gateway device list`)",
+            )
+        })?;
+        if d.status != DeviceStatus::Revoked {
+            d.status = DeviceStatus::Revoked;
+            d.revoked = Some(unix_now());
+            d.revoked_reason = Some(reason.to_owned());
+        }
+        Ok::<_, GatewayError>(d.clone())
+    })?;
+    audit(
+        config,
+        device_event(
+            EventType::DeviceRevoked,
+            &rec,
+            format!("device {} revoked: {reason}", rec.id),
+        ),
+    )?;
+    Ok(rec)
+}
+
+/// `user revoke U`: every device of U revoked and U's current tokens refused; a running
+/// gateway ends U's live tunnels. Returns the devices revoked.
+pub fn user_revoke(config: &Config, user: &str) -> Result<Vec<String>, GatewayError> {
+    use crate::store::{DeviceStatus, RevokedUser};
+    if user.is_empty() {
+        return Err(admin_err(
+            "user revoke".into(),
+            "the user must not be empty",
+        ));
+    }
+    let store = Store::open(&config.state_dir)?;
+    let now = unix_now();
+    let revoked = store.update(|s| {
+        let mut ids = Vec::new();
+        for d in s.devices.iter_mut().filter(|d| d.user == user) {
+            if d.status != DeviceStatus::Revoked {
+                d.status = DeviceStatus::Revoked;
+                d.revoked = Some(now);
+                d.revoked_reason = Some("user revoked".into());
+                ids.push(d.clone());
+            }
+        }
+        s.revoked_users.retain(|u| u.user != user);
+        s.revoked_users.push(RevokedUser {
+            user: user.to_owned(),
+            before: now,
+        });
+        Ok::<_, GatewayError>(ids)
+    })?;
+    for d in &revoked {
+        audit(
+            config,
+            device_event(
+                EventType::DeviceRevoked,
+                d,
+                format!("device {} revoked: user revoked", d.id),
+            ),
+        )?;
+    }
+    let mut ev = Event::new(EventType::AdminCommand);
+    ev.user = Some(user.to_owned());
+    ev.detail = Some(format!(
+        "user revoke {user}: {} device(s) revoked, tokens issued until now refused",
+        revoked.len()
+    ));
+    audit(config, ev)?;
+    Ok(revoked.into_iter().map(|d| d.id).collect())
 }

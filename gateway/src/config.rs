@@ -38,6 +38,18 @@ struct RawConfig {
     oidc: Option<RawOidc>,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    devices: RawDevices,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevices {
+    required: Option<bool>,
+    approval: Option<String>,
+    rp_id: Option<String>,
+    rp_name: Option<String>,
+    origin: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +135,82 @@ pub struct Config {
     pub oidc: Option<OidcConfig>,
     /// Admin listener for metrics and health; None = off.
     pub listen_admin: Option<SocketAddr>,
+    /// Device trust (WebAuthn) at sign-in.
+    pub devices: DevicesConfig,
+}
+
+/// Whether a newly registered device may be used at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Approval {
+    /// Active as soon as it is registered.
+    Auto,
+    /// Pending until the security team runs `postern-gateway device approve`.
+    Manual,
+}
+
+/// `[devices]`: device trust at sign-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicesConfig {
+    /// Sign-in ends with a WebAuthn ceremony and tokens are bound to a device (default true).
+    /// `false` restores device-less sign-in; `check` reports it.
+    pub required: bool,
+    pub approval: Approval,
+    /// WebAuthn relying party id; None = the host of `oidc.redirect_url`.
+    pub rp_id: Option<String>,
+    pub rp_name: String,
+    /// Web origin of the sign-in pages; None = scheme://host:port of `oidc.redirect_url`.
+    pub origin: Option<String>,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> DevicesConfig {
+        DevicesConfig {
+            required: true,
+            approval: Approval::Manual,
+            rp_id: None,
+            rp_name: "Postern".into(),
+            origin: None,
+        }
+    }
+}
+
+impl Config {
+    /// The WebAuthn origin and RP id: configured, else derived from `oidc.redirect_url`.
+    pub fn webauthn_origin_and_rp_id(&self) -> Result<(String, String), String> {
+        let derived = self.oidc.as_ref().and_then(|o| {
+            let rest = o.redirect_url.strip_prefix("https://")?;
+            let authority = rest.split('/').next()?;
+            let host = if let Some(h) = authority.strip_prefix('[') {
+                h.split(']').next()?.to_owned()
+            } else {
+                authority
+                    .rsplit_once(':')
+                    .map(|(h, _)| h)
+                    .unwrap_or(authority)
+                    .to_owned()
+            };
+            Some((format!("https://{authority}"), host))
+        });
+        let origin =
+            match (&self.devices.origin, &derived) {
+                (Some(o), _) => o.trim_end_matches('/').to_owned(),
+                (None, Some((o, _))) => o.clone(),
+                (None, None) => return Err(
+                    "devices.origin is not set and there is no oidc.redirect_url to derive it from"
+                        .into(),
+                ),
+            };
+        let rp_id =
+            match (&self.devices.rp_id, &derived) {
+                (Some(r), _) => r.clone(),
+                (None, Some((_, h))) => h.clone(),
+                (None, None) => return Err(
+                    "devices.rp_id is not set and there is no oidc.redirect_url to derive it from"
+                        .into(),
+                ),
+            };
+        Ok((origin, rp_id))
+    }
 }
 
 /// A client secret: never printed.
@@ -208,6 +296,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             oidc: None,
             listen_admin: None,
+            devices: DevicesConfig::default(),
         }
     }
 
@@ -359,6 +448,37 @@ impl Config {
                 insecure_http_issuer: o.insecure_http_issuer,
             }
         });
+        let mut devices = DevicesConfig::default();
+        if let Some(r) = raw.devices.required {
+            devices.required = r;
+        }
+        match raw.devices.approval.as_deref() {
+            None => {}
+            Some("auto") => devices.approval = Approval::Auto,
+            Some("manual") => devices.approval = Approval::Manual,
+            Some(other) => errors.push(format!(
+                "{file}: devices.approval: expected \"auto\" or \"manual\", found \"{other}\""
+            )),
+        }
+        if let Some(n) = raw.devices.rp_name {
+            devices.rp_name = n;
+        }
+        if let Some(r) = raw.devices.rp_id {
+            if r.is_empty() || r.contains(['/', ':', ' ']) {
+                errors.push(format!(
+                    "{file}: devices.rp_id: expected a host name like \"gw.example.org\", found \"{r}\""
+                ));
+            }
+            devices.rp_id = Some(r);
+        }
+        if let Some(o) = raw.devices.origin {
+            if !o.starts_with("https://") {
+                errors.push(format!(
+                    "{file}: devices.origin: expected https://host[:port], found \"{o}\""
+                ));
+            }
+            devices.origin = Some(o);
+        }
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
@@ -383,6 +503,7 @@ impl Config {
             shutdown_grace,
             oidc,
             listen_admin,
+            devices,
         })
     }
 }

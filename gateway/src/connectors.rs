@@ -272,6 +272,14 @@ pub async fn watch_revocations(gw: Arc<Gateway>) {
             continue;
         };
         gw.load_revocations(&state);
+        gw.devices.load(&state);
+        let ended = gw.sessions.enforce_devices(&gw);
+        if ended > 0 {
+            info!(
+                sessions = ended,
+                "live sessions ended: device or user revoked"
+            );
+        }
         for link in gw.registry.all() {
             let ok = state
                 .connector(&link.connector_id)

@@ -13,6 +13,8 @@
 //! * `reload`: live policy reload (SIGHUP, file change) and re-evaluation of live sessions.
 //! * [`metrics`]: Prometheus metrics; `status_http` serves them with health checks on the
 //!   admin listener.
+//! * `devices`: device trust — WebAuthn registration and assertion at the end of sign-in,
+//!   posture bound into the challenge, the registered-device table.
 //! * [`admin`]: the admin commands (`token create`, `connector list|revoke`, `session mint`).
 //! * [`demo`]: the local demo deployment.
 //!
@@ -30,6 +32,7 @@ mod client_api;
 pub mod config;
 mod connectors;
 pub mod demo;
+pub(crate) mod devices;
 mod httpc;
 mod limits;
 pub mod metrics;
@@ -139,6 +142,8 @@ pub(crate) struct Gateway {
     /// Ids of session tokens revoked before expiry (sign-out).
     pub revoked: RwLock<std::collections::HashSet<String>>,
     pub metrics: metrics::Metrics,
+    /// Device trust: WebAuthn ceremonies and the registered-device table.
+    pub devices: devices::Devices,
 }
 
 impl Gateway {
@@ -236,6 +241,14 @@ pub(crate) async fn init(
         None => None,
     };
     let initial_state = store.read()?;
+    let devices = devices::Devices::new(&config).map_err(|message| GatewayError::Io {
+        what: "device trust ([devices])".into(),
+        source: std::io::Error::other(message),
+    })?;
+    devices.load(&initial_state);
+    if config.oidc.is_some() && !config.devices.required {
+        warn!("device trust is off ([devices] required = false): sign-in issues tokens that are not bound to a device");
+    }
     if let Some(o) = config.oidc.as_ref().filter(|o| o.insecure_http_issuer) {
         warn!(issuer = %o.issuer, "sign-in uses a plain-http identity provider on loopback: for tests and the demo only (postern-gateway check reports this)");
     }
@@ -274,6 +287,7 @@ pub(crate) async fn init(
             what: "setting up metrics".into(),
             source: std::io::Error::other(e.to_string()),
         })?,
+        devices,
         config,
     }))
     .inspect(|gw| gw.load_revocations(&initial_state))

@@ -61,6 +61,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SessionCmd,
     },
+    /// Registered devices (device trust).
+    Device {
+        #[command(subcommand)]
+        cmd: DeviceCmd,
+    },
+    /// Users.
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
     /// Write the gateway CA certificate that clients and connectors trust.
     ExportCa {
         #[command(flatten)]
@@ -94,6 +104,49 @@ enum ConnectorCmd {
         #[command(flatten)]
         config: ConfigArg,
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    /// List registered devices.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this user's devices.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only devices waiting for approval.
+        #[arg(long)]
+        pending: bool,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending (or suspended) device.
+    Approve {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: String,
+    },
+    /// Revoke a device: refused from now on; its live tunnels end within a second.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: String,
+        /// Why (audited).
+        #[arg(long, default_value = "revoked by the security team")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Revoke a user: every device and current token refused; live tunnels end within a second.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        user: String,
     },
 }
 
@@ -176,6 +229,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Check(c) => {
             let config = load(&c)?;
             let problems = admin::check(&config);
+            for n in admin::check_notes(&config) {
+                eprintln!("note: {n}");
+            }
             if !problems.is_empty() {
                 for p in &problems {
                     eprintln!("error: {p}");
@@ -229,6 +285,50 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
             let (token, _) = admin::session_mint(&load(&config)?, &user, &groups, ttl)?;
             println!("{token}");
+            Ok(())
+        }
+        Cmd::Device {
+            cmd:
+                DeviceCmd::List {
+                    config,
+                    user,
+                    pending,
+                    json,
+                },
+        } => {
+            print!(
+                "{}",
+                admin::device_list(&load(&config)?, user.as_deref(), pending, json)?
+            );
+            Ok(())
+        }
+        Cmd::Device {
+            cmd: DeviceCmd::Approve { config, id },
+        } => {
+            let d = admin::device_approve(&load(&config)?, &id)?;
+            println!("device {} (user {}, \"{}\") approved", d.id, d.user, d.name);
+            Ok(())
+        }
+        Cmd::Device {
+            cmd: DeviceCmd::Revoke { config, id, reason },
+        } => {
+            let d = admin::device_revoke(&load(&config)?, &id, &reason)?;
+            println!(
+                "device {} (user {}, \"{}\") revoked; a running gateway ends its live tunnels within a second",
+                d.id, d.user, d.name
+            );
+            Ok(())
+        }
+        Cmd::User {
+            cmd: UserCmd::Revoke { config, user },
+        } => {
+            let ids = admin::user_revoke(&load(&config)?, &user)?;
+            println!(
+                "user {user} revoked: {} device(s) revoked{}{}; tokens issued until now are refused and live tunnels end within a second",
+                ids.len(),
+                if ids.is_empty() { "" } else { ": " },
+                ids.join(", ")
+            );
             Ok(())
         }
         Cmd::ExportCa { config, out } => {

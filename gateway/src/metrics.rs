@@ -24,6 +24,7 @@ pub struct Metrics {
     pub ratelimited: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub connections_open: IntGauge,
+    pub device_ceremonies: IntCounterVec,
     audit_seen: AtomicU64,
     audit_failed_seen: AtomicU64,
 }
@@ -107,6 +108,13 @@ impl Metrics {
             connections_open: reg!(IntGauge::new(
                 "postern_connections_open",
                 "Open TCP connections on both listeners"
+            )?),
+            device_ceremonies: reg!(IntCounterVec::new(
+                Opts::new(
+                    "postern_device_ceremonies_total",
+                    "WebAuthn registrations and assertions by result (ok or the failure code)"
+                ),
+                &["kind", "result"]
             )?),
             audit_seen: AtomicU64::new(0),
             audit_failed_seen: AtomicU64::new(0),

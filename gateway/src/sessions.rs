@@ -38,6 +38,8 @@ pub struct SessionInfo {
     pub report_only: Vec<String>,
     /// `display` (pixels only) or `data` (images reach the laptop).
     pub egress_class: Option<String>,
+    /// The device the session's token is bound to.
+    pub device: Option<postern_audit::DeviceRef>,
 }
 
 impl SessionInfo {
@@ -53,6 +55,7 @@ impl SessionInfo {
         ev.justification = self.justification.clone();
         ev.report_only = (!self.report_only.is_empty()).then(|| self.report_only.clone());
         ev.egress_class = self.egress_class.clone();
+        ev.device = self.device.clone();
         ev
     }
 }
@@ -82,6 +85,12 @@ pub struct Facts {
     pub auth_time: Option<SystemTime>,
     pub justification: Option<String>,
     pub started: Instant,
+    /// When the token was issued (`user revoke` ends sessions of tokens issued before it).
+    pub token_iat: u64,
+    /// The device the token is bound to: revoking it ends the session.
+    pub device_id: Option<String>,
+    /// The device facts the policy saw.
+    pub device: Option<postern_policy::DeviceFacts>,
 }
 
 impl Facts {
@@ -94,6 +103,10 @@ impl Facts {
         let r = postern_policy::Request::new(&info.user, &info.groups, &info.endpoint.name, at)
             .with_source(self.source_ip)
             .with_auth(self.mfa, self.auth_time);
+        let r = match &self.device {
+            Some(d) => r.with_device(d),
+            None => r,
+        };
         match &self.justification {
             Some(j) => r.with_justification(j),
             None => r,
@@ -247,6 +260,49 @@ impl Sessions {
                     n += 1;
                 }
             }
+        }
+        n
+    }
+
+    /// Ends every live session whose device is no longer active or whose user was revoked,
+    /// each with a `session.terminated` event saying why. Returns how many.
+    pub fn enforce_devices(&self, gw: &Gateway) -> usize {
+        let mut n = 0;
+        let Ok(m) = self.live.lock() else {
+            return 0;
+        };
+        for live in m.values() {
+            let user_revoked = gw
+                .devices
+                .user_revoked(&live.info.user, live.facts.token_iat);
+            let device_state = live.facts.device_id.as_ref().and_then(|id| {
+                match gw.devices.view(id).map(|v| v.status) {
+                    Some(crate::store::DeviceStatus::Active) => None,
+                    Some(s) => Some((id.clone(), s.as_str())),
+                    None => Some((id.clone(), "unregistered")),
+                }
+            });
+            let (reason, detail) = match (user_revoked, device_state) {
+                (true, _) => (
+                    "user_revoked",
+                    format!("user revoked: access for {} was revoked", live.info.user),
+                ),
+                (false, Some((id, status))) => (
+                    "device_revoked",
+                    format!("device revoked: device {id} is now {status}"),
+                ),
+                (false, None) => continue,
+            };
+            if live.kill.token.is_cancelled() {
+                continue;
+            }
+            info!(session_id = %live.info.id, user = %live.info.user, reason, "terminating session: device or user revoked");
+            let mut ev = live.info.event(gw, EventType::SessionTerminated);
+            ev.close_reason = Some(reason.to_owned());
+            ev.detail = Some(detail);
+            gw.audit.record_nowait(ev);
+            live.kill.kill(reason);
+            n += 1;
         }
         n
     }
@@ -490,6 +546,7 @@ endpoints = ["pacs"]
                 justification: None,
                 report_only: Vec::new(),
                 egress_class: None,
+                device: None,
             };
             let facts = Facts {
                 source_ip: "127.0.0.1".parse().unwrap(),
@@ -499,6 +556,9 @@ endpoints = ["pacs"]
                 auth_time: Some(SystemTime::now()),
                 justification: None,
                 started: Instant::now(),
+                token_iat: 0,
+                device_id: None,
+                device: None,
             };
             let deadline = deadline_for(&decision, Instant::now(), u64::MAX / 2);
             let (kill, _rx) = gw.sessions.insert(&info, facts, deadline);

@@ -9,6 +9,8 @@
 //!   never select another provider at run time.
 //! * [`enroll`]: the one-time enrolment token format (secret + pin of the gateway's CA).
 //! * [`fsutil`]: private directories and atomic, mode-setting file writes (keys, tokens).
+//! * [`posture`]: the device posture report, its canonical hash and the WebAuthn challenge
+//!   that binds it.
 //! * [`ids`]: random identifiers and constant-time comparison.
 //! * [`report`]: one-line rendering of an error chain for people.
 //! * [`relay`]: the byte relay between two streams (counting, half-close aware, adaptive buffers).
@@ -17,6 +19,7 @@
 pub mod enroll;
 pub mod fsutil;
 pub mod ids;
+pub mod posture;
 pub mod relay;
 pub mod report;
 pub mod tls;

@@ -146,6 +146,12 @@ pub struct SessionSummary {
     /// Issuer of the sign-in.
     #[serde(default)]
     pub idp: Option<String>,
+    /// The registered device the sign-in was completed on (device trust).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Whether that device verified the user (PIN, biometric).
+    #[serde(default)]
+    pub user_verified: bool,
 }
 
 /// Every error body from every Postern listener.
