@@ -59,7 +59,7 @@ struct World {
 impl World {
     /// Device trust off: the sign-in of before.
     fn new() -> World {
-        World::with("", "", &[])
+        World::with("", "[devices]\nrequired = false\n", &[])
     }
 
     /// `extra_policy` is appended to the policy, `extra_config` to gateway.toml (after
@@ -242,12 +242,21 @@ fn through_idp(w: &World, b: &Chromium, url: &str, user: &str, pass: &str) {
 }
 
 /// On the device page: names the device and registers it; returns the page state after
-/// (`pending`, or `done` with automatic approval).
+/// (`pending`, `error`, or `done` — with automatic approval the page goes on to sign in, and
+/// a CLI sign-in ends on the CLI's loopback page, reported as `done` too).
 fn register(b: &Chromium, name: &str) -> String {
     wait_state(b, &["register"], Duration::from_secs(15));
     b.type_into("#device-name", name);
     b.click("#register");
-    wait_state(b, &["pending", "done", "error"], Duration::from_secs(20))
+    b.wait("registration to finish", Duration::from_secs(20), || {
+        if b.url().starts_with("http://127.0.0.1:") {
+            return Some("done".to_owned());
+        }
+        let s = page_state(b);
+        ["pending", "done", "error"]
+            .contains(&s.as_str())
+            .then_some(s)
+    })
 }
 
 /// Waits for `p` to exit; returns (success, its output).
@@ -586,16 +595,14 @@ approved = true
     let (mut login, url) = w.start_login(&cfg);
     through_idp(&w, &b, &url, "alice", "alice-pw");
     let state = wait_state(&b, &["error", "pending", "done"], Duration::from_secs(20));
-    assert_ne!(
-        state,
-        "done",
-        "a pending device signed in: {}",
-        b.describe()
-    );
+    assert_eq!(state, "pending", "{}", b.describe());
     let failed = w.assertion_failed("device_pending");
     assert_eq!(failed["user"], "alice@hospital.test");
+    assert_eq!(device_of(&failed), id, "{failed}");
     assert!(
-        b.text().to_lowercase().contains("approv"),
+        b.element_text("#status")
+            .unwrap_or_default()
+            .contains("waiting for approval"),
         "the page should say the device awaits approval: {}",
         b.describe()
     );
@@ -843,10 +850,16 @@ fn b64(v: &Value) -> Vec<u8> {
 
 /// The gateway still answers (no panic, no hang).
 fn gateway_alive(w: &mut World) {
+    let g = w.d.gateway.as_mut().unwrap();
+    assert!(g.is_running(), "the gateway died: {}", g.log_text());
+    assert!(!g.log_text().contains("panicked"), "{}", g.log_text());
+    let (ok, out, err) = run(Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(w.d.ca_file())
+        .arg(format!("{}/healthz", w.url())));
     assert!(
-        w.d.gateway.as_mut().unwrap().is_running(),
-        "the gateway died: {}",
-        w.d.gateway.as_ref().unwrap().log_text()
+        ok && out.trim() == "ok",
+        "the gateway does not answer: {out}{err}"
     );
 }
 
@@ -952,6 +965,13 @@ posture = { disk_encrypted = "true" }
         "{\"ceremony\": 5, \"credential\": []}",
     );
     assert_refused(&w, &r, "bad_request");
+    // Malformed registration.
+    let r = post(&b, "/auth/device/register/finish", "[[[");
+    let ev = assert_refused(&w, &r, "bad_request");
+    assert!(
+        ev["detail"].as_str().unwrap().contains(": register: "),
+        "{ev}"
+    );
     // Oversized client data (a 5 KiB clientDataJSON).
     let mut big = held.clone();
     let padded = format!(
@@ -970,13 +990,16 @@ posture = { disk_encrypted = "true" }
     assert_refused(&w, &r, "oversized");
     gateway_alive(&mut w);
 
-    // Wrong challenge: a new begin replaced the challenge the held assertion signed.
-    let fresh = assertion(&b, Value::Null);
+    // Wrong challenge: a new begin replaced the challenge the held assertion signed. (Any
+    // finish, refused or not, uses up the ceremony's current challenge, so every case below
+    // starts with a fresh assertion.)
+    let _fresh = assertion(&b, Value::Null);
     let r = post(&b, "/auth/device/assert/finish", &held.to_string());
     assert_refused(&w, &r, "challenge_mismatch");
 
     // Posture altered after signing: claim an encrypted disk.
-    let mut altered = fresh.clone();
+    let mut altered = assertion(&b, Value::Null);
+    assert_eq!(altered["posture"]["facts"]["disk_encrypted"], "false");
     altered["posture"]["facts"]["disk_encrypted"] = json!("true");
     let r = post(&b, "/auth/device/assert/finish", &altered.to_string());
     assert_refused(&w, &r, "posture_mismatch");
@@ -1081,6 +1104,23 @@ fn another_device_of_the_same_user_is_unknown_and_refused() {
     // The page asks for alice's registered credential, which laptop B does not hold.
     let state = wait_state(&b, &["error", "done"], Duration::from_secs(30));
     assert_eq!(state, "error", "{}", b.describe());
+    let code = b
+        .exec(
+            "return document.getElementById('error').dataset.code",
+            vec![],
+        )
+        .unwrap();
+    assert_eq!(
+        code,
+        "browser",
+        "a refusal by the browser itself: {}",
+        b.describe()
+    );
+    let shown = b.element_text("#error").unwrap_or_default();
+    assert!(
+        shown.contains("not allowed"),
+        "the page shows the browser's NotAllowedError: {shown}"
+    );
     assert!(
         b.exec("return (window.__held || []).length", vec![])
             .unwrap()
