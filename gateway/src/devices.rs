@@ -25,7 +25,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use postern_audit::{DeviceRef, EventType};
 use postern_policy::DeviceFacts;
@@ -523,13 +523,54 @@ pub async fn handle(
     peer: SocketAddr,
     step: Step,
 ) -> Resp {
+    let jar = cookie(&req);
+    // Read the (bounded) body first, so even a refusal is a clean answer.
+    let body = read_bounded(req.into_body()).await;
+    handle_body(gw, jar, body, peer, step).await
+}
+
+/// Reads at most [`MAX_BODY`] bytes. A larger body is read on (and thrown away) up to 1 MiB, so
+/// the client still gets the JSON refusal instead of a reset stream; beyond that, it is cut.
+async fn read_bounded(mut body: Incoming) -> Result<Bytes, String> {
+    use http_body_util::BodyExt as _;
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => f,
+            Ok(Some(Err(e))) => return Err(format!("reading the body: {e}")),
+            Ok(None) => break,
+            Err(_) => return Err("body not received within 10 s".into()),
+        };
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if total > 1024 * 1024 {
+                break;
+            }
+        }
+    }
+    if total > MAX_BODY {
+        return Err(format!("{total} bytes or more"));
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// [`handle`] after the request is read: `jar` is the `postern_device` cookie, `body` the
+/// bounded body (Err when it was too large).
+pub(crate) async fn handle_body(
+    gw: Arc<Gateway>,
+    jar: Option<String>,
+    body: Result<Bytes, String>,
+    peer: SocketAddr,
+    step: Step,
+) -> Resp {
     let kind = match step {
         Step::RegisterBegin | Step::RegisterFinish => "register",
         Step::AssertBegin | Step::AssertFinish => "assert",
     };
-    let jar = cookie(&req);
-    // Read the (bounded) body first, so even a refusal is a clean answer.
-    let body = Limited::new(req.into_body(), MAX_BODY).collect().await;
     if let Err(secs) = gw.limits.signin.check(&peer.ip()) {
         gw.note_ratelimited("signin");
         let mut r = crate::client_api::error(
@@ -543,8 +584,8 @@ pub async fn handle(
         return r;
     }
     let body = match body {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+        Ok(b) => b,
+        Err(e) if e.starts_with(|c: char| c.is_ascii_digit()) => {
             return fail(
                 &gw,
                 kind,
@@ -555,6 +596,19 @@ pub async fn handle(
                     "oversized",
                     "The browser sent too much data.",
                     format!("request body over {MAX_BODY} bytes ({e})"),
+                ),
+            )
+        }
+        Err(e) => {
+            return fail(
+                &gw,
+                kind,
+                peer,
+                None,
+                DevError::bad(
+                    "bad_request",
+                    "The browser's request did not arrive complete.",
+                    e,
                 ),
             )
         }
@@ -1234,7 +1288,8 @@ function failed(r){
   if(j.error==='no_devices'){setState('register','No device is registered for you yet. Name this laptop and register it.');$('device-name').focus();return;}
   if(j.error==='device_pending'){setState('pending',(j.message||'This device is waiting for approval.')+' (waiting for approval)');return;}
   if(j.error){showError(j.error,(j.message||'Sign-in failed.')+(j.ref?' Reference: '+j.ref:''));return;}
-  showError('browser',String((r&&r.message)||r||'The browser could not use this device.'));
+  const name=(r&&r.name)||'Error';
+  showError('client_error',name+': '+String((r&&r.message)||r||'the browser could not use this device')+' — if this laptop is not registered yet, register it below.');
 }
 async function signIn(){
   clearError();setState('assert','Confirm it is you on this device…');

@@ -33,6 +33,8 @@ pub mod config;
 mod connectors;
 pub mod demo;
 pub(crate) mod devices;
+#[cfg(test)]
+mod devices_flow_tests;
 mod httpc;
 mod limits;
 pub mod metrics;
