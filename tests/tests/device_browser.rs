@@ -1112,13 +1112,13 @@ fn another_device_of_the_same_user_is_unknown_and_refused() {
         .unwrap();
     assert_eq!(
         code,
-        "browser",
+        "client_error",
         "a refusal by the browser itself: {}",
         b.describe()
     );
     let shown = b.element_text("#error").unwrap_or_default();
     assert!(
-        shown.contains("not allowed"),
+        shown.starts_with("NotAllowedError: ") && shown.contains("register it below"),
         "the page shows the browser's NotAllowedError: {shown}"
     );
     assert!(
