@@ -411,6 +411,27 @@ impl Chromium {
         v.as_array().cloned().unwrap_or_default()
     }
 
+    /// Puts a credential into a virtual authenticator (W3C "Add Credential"): `cred` as
+    /// [`Chromium::credentials`] lists them (`credentialId`, `isResidentCredential`, `rpId`,
+    /// `privateKey`, `userHandle`, `signCount`) — e.g. a copy of another laptop's key.
+    pub fn add_credential(&self, id: &str, cred: &Value) {
+        let mut body = json!({
+            "credentialId": cred["credentialId"],
+            "isResidentCredential": cred["isResidentCredential"],
+            "rpId": cred["rpId"],
+            "privateKey": cred["privateKey"],
+            "signCount": cred["signCount"],
+        });
+        if cred["userHandle"].is_string() {
+            body["userHandle"] = cred["userHandle"].clone();
+        }
+        self.must(
+            "POST",
+            &format!("/webauthn/authenticator/{id}/credential"),
+            Some(body),
+        );
+    }
+
     /// A Chrome DevTools Protocol command through chromedriver (`goog/cdp/execute`).
     pub fn cdp(&self, cmd: &str, params: Value) -> Result<Value, WdError> {
         self.cmd(

@@ -1068,7 +1068,8 @@ posture = { disk_encrypted = "true" }
 }
 
 /// Another laptop of the same user — a second authenticator, holding a passkey for this site
-/// that was never registered here — is unknown to the gateway and refused.
+/// that was never registered here — is unknown to the gateway and refused; and a copy of the
+/// registered laptop's key on it (counter reset) is caught as a clone, suspending the device.
 #[test]
 fn another_device_of_the_same_user_is_unknown_and_refused() {
     let t = Instant::now();
@@ -1077,7 +1078,7 @@ fn another_device_of_the_same_user_is_unknown_and_refused() {
     // Laptop A registers (approved at once) and signs in.
     let a = w.browser();
     a.goto(&format!("{}/healthz", w.url()));
-    a.add_authenticator(&AuthenticatorOptions::default());
+    let auth_a = a.add_authenticator(&AuthenticatorOptions::default());
     let cfg_a = w.config_dir("alice-a");
     let (mut login, url) = w.start_login(&cfg_a);
     through_idp(&w, &a, &url, "alice", "alice-pw");
@@ -1133,10 +1134,37 @@ fn another_device_of_the_same_user_is_unknown_and_refused() {
     let r = post(&b, "/auth/device/assert/finish", &body.to_string());
     let ev = assert_refused(&w, &r, "unknown_credential");
     assert_eq!(ev["user"], "alice@hospital.test", "{ev}");
+    assert_eq!(w.devices().len(), 1, "no device was added");
+
+    // A copy of laptop A's key on laptop B, its counter reset (a cloned authenticator): the
+    // counter goes backwards, the gateway suspects a clone and suspends the device.
+    let mut copy = a.credentials(&auth_a)[0].clone();
+    assert!(copy["signCount"].as_u64().unwrap() >= 1, "{copy}");
+    copy["signCount"] = json!(0);
+    b.add_credential(&auth_b, &copy);
+    let body = assertion(&b, Value::Null);
+    assert_eq!(body["credential"]["rawId"], known[0]["credential_id"]);
+    let r = post(&b, "/auth/device/assert/finish", &body.to_string());
+    let ev = assert_refused(&w, &r, "possible_clone");
+    assert_eq!(device_of(&ev), known[0]["id"].as_str().unwrap(), "{ev}");
+    assert_eq!(w.devices()[0]["status"], "suspect");
     assert!(login_b.is_running(), "laptop B's sign-in must not complete");
     login_b.kill();
     assert!(!cfg_b.join("token").exists());
-    assert_eq!(w.devices().len(), 1, "no device was added");
-    assert_eq!(w.d.count("auth.login"), 1);
+
+    // Laptop A itself is refused now, until the security team has looked.
+    let (mut login, url) = w.start_login(&cfg_a);
+    through_idp(&w, &a, &url, "alice", "alice-pw");
+    wait_state(&a, &["error", "done"], Duration::from_secs(20));
+    let code = a
+        .exec(
+            "return document.getElementById('error').dataset.code",
+            vec![],
+        )
+        .unwrap();
+    assert_eq!(code, "possible_clone", "{}", a.describe());
+    assert!(login.is_running());
+    login.kill();
+    assert_eq!(w.d.count("auth.login"), 1, "only laptop A's first sign-in");
     eprintln!("[{:?}] done", t.elapsed());
 }
