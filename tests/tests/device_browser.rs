@@ -1063,6 +1063,47 @@ posture = { disk_encrypted = "true" }
         findings.contains("would deny") && findings.contains("disk_encrypted"),
         "{start}"
     );
+
+    // Revoking the user ends their live tunnel and refuses their token from then on.
+    let mut live = postern_e2e::open_live(addr);
+    let live_start = wait_for("the live session", Duration::from_secs(10), || {
+        w.d.events("session.start")
+            .into_iter()
+            .filter(|e| e["endpoint"]["name"] == "echo-trial")
+            .nth(1)
+    });
+    let t0 = Instant::now();
+    let (ok, out, err) = w.admin(&["user", "revoke", "alice@hospital.test"]);
+    assert!(ok, "user revoke: {out}{err}");
+    let term = w.d.wait_event("session.terminated", |e| {
+        e["session_id"] == live_start["session_id"]
+    });
+    eprintln!(
+        "[{:?}] user revoke → session.terminated in {:?}",
+        t.elapsed(),
+        t0.elapsed()
+    );
+    assert!(
+        term["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("user revoked"),
+        "{term}"
+    );
+    let end = w.d.wait_event("session.end", |e| {
+        e["session_id"] == live_start["session_id"]
+    });
+    assert_eq!(end["close_reason"], "user_revoked", "{end}");
+    let mut one = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut live, &mut one).unwrap_or(0),
+        0,
+        "the tunnel stayed open"
+    );
+    assert!(
+        postern_e2e::tunnel_refused(addr),
+        "a new tunnel was let through"
+    );
     gateway_alive(&mut w);
     eprintln!("[{:?}] done", t.elapsed());
 }
