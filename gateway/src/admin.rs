@@ -494,3 +494,104 @@ pub fn user_revoke(config: &Config, user: &str) -> Result<Vec<String>, GatewayEr
     audit(config, ev)?;
     Ok(revoked.into_iter().map(|d| d.id).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DeviceRec, DeviceStatus};
+
+    fn rec(id: &str, user: &str, status: DeviceStatus) -> DeviceRec {
+        DeviceRec {
+            id: id.into(),
+            user: user.into(),
+            name: format!("{id} laptop"),
+            status,
+            credential_id: format!("cred-{id}"),
+            aaguid: "00000000-0000-0000-0000-000000000000".into(),
+            sign_count: 3,
+            user_verified: true,
+            backup_eligible: false,
+            backup_state: false,
+            transports: vec!["internal".into()],
+            created: 1_760_000_000,
+            last_seen: Some(1_760_000_100),
+            approved: None,
+            approved_by: None,
+            revoked: None,
+            revoked_reason: None,
+            posture: None,
+            passkey: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn device_list_approve_revoke_and_user_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::local(&dir.path().join("state"), &dir.path().join("p.toml"));
+        let store = Store::open(&config.state_dir).unwrap();
+        store
+            .update(|s| {
+                s.devices.push(rec("dev-1", "ann@x", DeviceStatus::Pending));
+                s.devices.push(rec("dev-2", "ann@x", DeviceStatus::Active));
+                s.devices.push(rec("dev-3", "bob@x", DeviceStatus::Pending));
+                Ok::<_, GatewayError>(())
+            })
+            .unwrap();
+
+        let all: Vec<serde_json::Value> =
+            serde_json::from_str(&device_list(&config, None, false, true).unwrap()).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0]["status"], "pending");
+        assert_eq!(all[0]["credential_id"], "cred-dev-1");
+        assert!(
+            all[0].get("passkey").is_none(),
+            "the key blob is not listed"
+        );
+        let pending: Vec<serde_json::Value> =
+            serde_json::from_str(&device_list(&config, None, true, true).unwrap()).unwrap();
+        assert_eq!(pending.len(), 2);
+        let anns: Vec<serde_json::Value> =
+            serde_json::from_str(&device_list(&config, Some("ann@x"), true, true).unwrap())
+                .unwrap();
+        assert_eq!(anns.len(), 1);
+        assert_eq!(anns[0]["id"], "dev-1");
+        let table = device_list(&config, None, false, false).unwrap();
+        assert!(table.starts_with("ID "), "{table}");
+        assert!(
+            table.contains("dev-3") && table.contains("bob@x") && table.contains("pending"),
+            "{table}"
+        );
+
+        let d = device_approve(&config, "dev-1").unwrap();
+        assert_eq!(d.status, DeviceStatus::Active);
+        assert!(d.approved.is_some());
+        let e = device_approve(&config, "dev-9").unwrap_err().to_string();
+        assert!(e.contains("no such device"), "{e}");
+
+        let d = device_revoke(&config, "dev-1", "lost on the train").unwrap();
+        assert_eq!(d.status, DeviceStatus::Revoked);
+        assert_eq!(d.revoked_reason.as_deref(), Some("lost on the train"));
+        let e = device_approve(&config, "dev-1").unwrap_err().to_string();
+        assert!(e.contains("revoked"), "{e}");
+
+        let ids = user_revoke(&config, "ann@x").unwrap();
+        assert_eq!(ids, vec!["dev-2".to_owned()]);
+        let s = store.read().unwrap();
+        assert!(s
+            .devices
+            .iter()
+            .filter(|d| d.user == "ann@x")
+            .all(|d| d.status == DeviceStatus::Revoked));
+        assert_eq!(s.device("dev-3").unwrap().status, DeviceStatus::Pending);
+        assert_eq!(s.revoked_users.len(), 1);
+
+        // Every change is in the audit log.
+        let mut text = String::new();
+        for e in std::fs::read_dir(&config.audit_dir).unwrap() {
+            text.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap_or_default());
+        }
+        assert_eq!(text.matches("\"type\":\"device.approved\"").count(), 1);
+        assert_eq!(text.matches("\"type\":\"device.revoked\"").count(), 2);
+        assert!(text.contains("user revoke ann@x"));
+    }
+}

@@ -553,4 +553,43 @@ mod tests {
         assert!(err.contains("unknown field `listen_port`"), "{err}");
         assert!(err.contains("gw.toml"), "{err}");
     }
+
+    #[test]
+    fn devices_section_defaults_derivation_and_errors() {
+        let base = "state_dir = \"s\"\npolicy = \"p\"\n[listen]\nclients = \"127.0.0.1:1\"\nconnectors = \"127.0.0.1:2\"\n[oidc]\nissuer = \"https://idp.example\"\nclient_id = \"c\"\nclient_secret_env = \"X\"\nredirect_url = \"https://gw.example.org:8443/auth/callback\"\n";
+        let c = Config::parse(base, Path::new("gw.toml")).unwrap();
+        assert!(c.devices.required, "device trust is on by default");
+        assert_eq!(c.devices.approval, Approval::Manual);
+        assert_eq!(
+            c.webauthn_origin_and_rp_id().unwrap(),
+            (
+                "https://gw.example.org:8443".to_owned(),
+                "gw.example.org".to_owned()
+            )
+        );
+        let c = Config::parse(
+            &format!("{base}[devices]\nrequired = false\napproval = \"auto\"\nrp_id = \"example.org\"\norigin = \"https://gw.example.org:8443\"\n"),
+            Path::new("gw.toml"),
+        )
+        .unwrap();
+        assert!(!c.devices.required);
+        assert_eq!(c.devices.approval, Approval::Auto);
+        assert_eq!(c.webauthn_origin_and_rp_id().unwrap().1, "example.org");
+        let err = Config::parse(
+            &format!("{base}[devices]\napproval = \"sometimes\"\norigin = \"http://x\"\nrp_id = \"a/b\"\n"),
+            Path::new("gw.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("gw.toml: devices.approval"), "{err}");
+        assert!(err.contains("gw.toml: devices.origin"), "{err}");
+        assert!(err.contains("gw.toml: devices.rp_id"), "{err}");
+        let err = Config::parse(
+            &format!("{base}[devices]\nrequire = true\n"),
+            Path::new("gw.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `require`"), "{err}");
+    }
 }

@@ -314,4 +314,35 @@ mod tests {
         let tok = jsonwebtoken::encode(&header, &claims, &keys.encoding).unwrap();
         assert!(matches!(keys.verify(&tok), Err(TokenError::Expired)));
     }
+
+    #[test]
+    fn device_claims_round_trip_and_default_when_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = TokenKeys::load_or_create(dir.path()).unwrap();
+        let (_, base) = keys.mint("ann", &[], Duration::from_secs(60)).unwrap();
+        let posture: std::collections::BTreeMap<String, String> =
+            [("disk_encrypted".to_owned(), "true".to_owned())].into();
+        let (tok, claims) = keys
+            .issue(Claims {
+                device: Some("dev-0123456789ab".into()),
+                uv: true,
+                posture: Some(posture.clone()),
+                ..base.clone()
+            })
+            .unwrap();
+        let back = keys.verify(&tok).unwrap();
+        assert_eq!(back, claims);
+        assert_eq!(back.device.as_deref(), Some("dev-0123456789ab"));
+        assert!(back.uv);
+        assert_eq!(back.posture, Some(posture));
+        // A token minted without device trust has no device, uv false, no posture.
+        let (tok, _) = keys.mint("bob", &[], Duration::from_secs(60)).unwrap();
+        let c = keys.verify(&tok).unwrap();
+        assert_eq!((c.device, c.uv, c.posture), (None, false, None));
+        // The payload without the new claims (an older gateway's token) still parses.
+        let old =
+            r#"{"iss":"postern-gateway","aud":"postern","sub":"x","iat":1,"exp":2,"jti":"t"}"#;
+        let c: Claims = serde_json::from_str(old).unwrap();
+        assert_eq!((c.device, c.uv), (None, false));
+    }
 }
