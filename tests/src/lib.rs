@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod browser;
 pub mod dicom;
 pub mod oidc;
 pub mod rogue_idp;
