@@ -532,7 +532,8 @@ fn check_lists_every_problem_and_exits_non_zero() {
         "error: audit_dir ",
         "error: oidc.insecure_http_issuer",
         "error: oidc.issuer: the identity provider's discovery document",
-        "9 problem(s) in",
+        "error: WebAuthn needs a host name as relying party id",
+        "10 problem(s) in",
     ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
