@@ -81,8 +81,9 @@ pub fn parse_url(url: &str) -> Result<(String, u16), ClientError> {
 }
 
 impl GatewayConn {
-    /// `ca_file`: the gateway CA certificate (from `postern-gateway export-ca`).
-    pub fn new(url: &str, ca_file: &Path, token: &str) -> Result<GatewayConn, ClientError> {
+    /// `ca_file`: the gateway CA certificate (from `postern-gateway ca export`); None trusts
+    /// the public web PKI (a gateway with a certificate from a public CA).
+    pub fn new(url: &str, ca_file: Option<&Path>, token: &str) -> Result<GatewayConn, ClientError> {
         let token = token.trim().to_owned();
         if token.is_empty() {
             return Err(ClientError::Setup("the session token is empty".into()));
@@ -91,22 +92,28 @@ impl GatewayConn {
     }
 
     /// A connection without a session token (for signing in).
-    pub fn anonymous(url: &str, ca_file: &Path) -> Result<GatewayConn, ClientError> {
+    pub fn anonymous(url: &str, ca_file: Option<&Path>) -> Result<GatewayConn, ClientError> {
         Self::build(url, ca_file, String::new())
     }
 
-    fn build(url: &str, ca_file: &Path, token: String) -> Result<GatewayConn, ClientError> {
+    fn build(url: &str, ca_file: Option<&Path>, token: String) -> Result<GatewayConn, ClientError> {
         let (host, port) = parse_url(url)?;
-        let pem = std::fs::read_to_string(ca_file).map_err(|e| {
-            ClientError::Setup(format!(
-                "cannot read the gateway CA file {}: {e}",
-                ca_file.display()
-            ))
-        })?;
-        let roots = postern_proto::tls::certs_from_pem(&pem, &ca_file.display().to_string())
-            .map_err(|e| ClientError::Setup(e.to_string()))?;
-        let tls = postern_proto::tls::client_config(roots, None, &[wire::ALPN_H2])
-            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        let tls = match ca_file {
+            Some(ca_file) => {
+                let pem = std::fs::read_to_string(ca_file).map_err(|e| {
+                    ClientError::Setup(format!(
+                        "cannot read the gateway CA file {}: {e}",
+                        ca_file.display()
+                    ))
+                })?;
+                let roots =
+                    postern_proto::tls::certs_from_pem(&pem, &ca_file.display().to_string())
+                        .map_err(|e| ClientError::Setup(e.to_string()))?;
+                postern_proto::tls::client_config(roots, None, &[wire::ALPN_H2])
+            }
+            None => postern_proto::tls::public_client_config(&[wire::ALPN_H2]),
+        }
+        .map_err(|e| ClientError::Setup(e.to_string()))?;
         Ok(GatewayConn {
             host,
             port,

@@ -25,7 +25,9 @@ pub use postern_proto::wire::SessionSummary as Session;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Saved {
     pub gateway: String,
-    pub ca_file: PathBuf,
+    /// The gateway CA given at sign-in; None = the public web PKI.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The config directory.
@@ -144,7 +146,7 @@ async fn answer(s: &mut tokio::net::TcpStream, status: &str, message: &str) {
 /// the code, stores the token. `show_url` is called with the URL to open.
 pub async fn login(
     gateway: &str,
-    ca_file: &Path,
+    ca_file: Option<&Path>,
     open_browser: bool,
     wait: Duration,
     show_url: impl FnOnce(&str),
@@ -155,7 +157,7 @@ pub async fn login(
 /// As [`login`], sending `posture` with the sign-in (the gateway has the device key sign it).
 pub async fn login_with_posture(
     gateway: &str,
-    ca_file: &Path,
+    ca_file: Option<&Path>,
     open_browser: bool,
     wait: Duration,
     posture: Option<&crate::posture::PostureReport>,
@@ -254,9 +256,7 @@ pub async fn login_with_posture(
         .ok_or_else(|| ClientError::Protocol("the gateway returned no token".into()))?;
     let dir = config_dir()?;
     write_private(&token_path(&dir), token.as_bytes())?;
-    let ca_abs = ca_file
-        .canonicalize()
-        .unwrap_or_else(|_| ca_file.to_owned());
+    let ca_abs = ca_file.map(|f| f.canonicalize().unwrap_or_else(|_| f.to_owned()));
     let saved = Saved {
         gateway: gateway.trim_end_matches('/').to_owned(),
         ca_file: ca_abs,

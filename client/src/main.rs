@@ -26,7 +26,7 @@ struct GatewayArgs {
     /// Gateway URL (default: the one you last signed in to).
     #[arg(long, env = "POSTERN_GATEWAY")]
     gateway: Option<String>,
-    /// The gateway's CA certificate (default: the one used at sign-in).
+    /// The gateway's CA certificate (default: the one used at sign-in, else the public web PKI).
     #[arg(long, env = "POSTERN_CA_FILE")]
     ca_file: Option<PathBuf>,
     /// File holding your session token (default: the one stored by `postern login`;
@@ -37,7 +37,7 @@ struct GatewayArgs {
 
 impl GatewayArgs {
     /// Gateway URL and CA file, from flags or from the last sign-in.
-    fn target(&self) -> anyhow::Result<(String, PathBuf)> {
+    fn target(&self) -> anyhow::Result<(String, Option<PathBuf>)> {
         let saved = login::config_dir().ok().and_then(|d| login::load_saved(&d));
         let gateway = self
             .gateway
@@ -47,8 +47,7 @@ impl GatewayArgs {
         let ca = self
             .ca_file
             .clone()
-            .or_else(|| saved.as_ref().map(|s| s.ca_file.clone()))
-            .context("no gateway CA: pass --ca-file (or run postern login first)")?;
+            .or_else(|| saved.as_ref().and_then(|s| s.ca_file.clone()));
         Ok((gateway, ca))
     }
 }
@@ -72,9 +71,10 @@ enum Cmd {
     Login {
         /// Gateway URL, e.g. https://gw.example.org:8443
         gateway: String,
-        /// The gateway's CA certificate.
+        /// The gateway's CA certificate, if your IT team gave you one (a gateway with a
+        /// certificate from a public CA needs none).
         #[arg(long, env = "POSTERN_CA_FILE")]
-        ca_file: PathBuf,
+        ca_file: Option<PathBuf>,
         /// Do not try to open a browser; just print the URL.
         #[arg(long)]
         no_browser: bool,
@@ -121,7 +121,7 @@ fn gateway(args: &GatewayArgs, reason: Option<&str>) -> anyhow::Result<Arc<Gatew
             })?
         }
     };
-    let mut conn = GatewayConn::new(&url, &ca, &token)?;
+    let mut conn = GatewayConn::new(&url, ca.as_deref(), &token)?;
     if let Some(r) = reason {
         conn = conn.with_justification(r)?;
     }
@@ -245,7 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let session = login::login_with_posture(
                 &gateway,
-                &ca_file,
+                ca_file.as_deref(),
                 !no_browser,
                 std::time::Duration::from_secs(timeout),
                 Some(&report),

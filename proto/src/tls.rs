@@ -119,6 +119,23 @@ pub fn client_config(
     for r in roots {
         store.add(r)?;
     }
+    client_config_with(store, client_auth, alpn)
+}
+
+/// Client config that trusts the public web PKI (Mozilla's root programme, as shipped by
+/// `webpki-roots`): for a gateway whose client-facing certificate comes from a public CA
+/// (`[tls] cert_file`).
+pub fn public_client_config(alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
+    let mut store = RootCertStore::empty();
+    store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    client_config_with(store, None, alpn)
+}
+
+fn client_config_with(
+    store: RootCertStore,
+    client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(store);

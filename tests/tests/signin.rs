@@ -194,6 +194,21 @@ fn clinician_signs_in_connects_checks_status_and_signs_out() {
         "{out}"
     );
 
+    // Without the gateway CA (no --ca-file, nothing saved) the CLI trusts only the public web
+    // PKI, which did not issue this gateway's certificate: refused, and the message says why.
+    let bare = w.work.path().join("bare-config");
+    let (ok, _, err) = postern(
+        &bare,
+        &[
+            "endpoints",
+            "--gateway",
+            &w.d.url(),
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && err.contains("certificate"), "{err}");
+
     let saved_token = std::fs::read_to_string(&token).unwrap();
     let (ok, out, err) = postern(&cfg, &["logout"]);
     assert!(ok, "{out}{err}");
