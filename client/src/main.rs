@@ -158,6 +158,10 @@ fn print_session(s: &login::Session) {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = postern_cliassets::run_if_requested(<Cli as clap::CommandFactory>::command)
+    {
+        return code;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
