@@ -70,7 +70,7 @@ enum Cmd {
     },
     /// Sign in through your hospital's identity provider (opens the browser).
     Login {
-        /// Gateway URL, e.g. https://gw.example.org:8443
+        /// Gateway URL, e.g. `https://gw.example.org:8443`
         gateway: String,
         /// The gateway's CA certificate.
         #[arg(long, env = "POSTERN_CA_FILE")]
