@@ -9,7 +9,7 @@
 # release build and, the first time, the debootstrap).
 #
 #   scripts/systemd-smoke.sh            # exit 0 = every step passed
-#   POSTERN_SMOKE_DIR=/var/tmp/x        # where the cached root and the logs go
+#   POSTERN_SMOKE_DIR=/var/tmp/x        # where the container's root and the logs go
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -17,12 +17,10 @@ repo=$PWD
 [ "$(id -u)" -eq 0 ] || { echo "systemd-smoke: needs root (debootstrap, systemd-nspawn)" >&2; exit 1; }
 
 work=${POSTERN_SMOKE_DIR:-/var/tmp/postern-smoke}
-base=$work/bookworm-base
 machine=$work/machine
 mkdir -p "$work"
 
 need=()
-command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
@@ -33,21 +31,12 @@ fi
 
 # The packages: the release and an upgrade (same code, next Debian revision).
 ver=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
-./scripts/package.sh
+# (The upgrade first: cargo-deb tidies target/debian/ as it works.)
 DEB_REVISION=2 DEB_OUT=target/debian-upgrade ./scripts/package.sh
+./scripts/package.sh
 
-# A minimal Debian bookworm with systemd, from the mirror apt already uses.
-mirror=$(sed -n 's/^URIs: *\(http[^ ]*\/debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
-mirror=${mirror:-http://deb.debian.org/debian}
-if [ ! -f "$base/.complete" ]; then
-  echo "debootstrap: bookworm from $mirror into $base"
-  rm -rf "$base"
-  debootstrap --variant=minbase \
-    --include=systemd,systemd-sysv,dbus,sudo,curl,ca-certificates,procps,iproute2,python3,man-db \
-    bookworm "$base" "$mirror" > "$work/debootstrap.log" 2>&1 ||
-    { tail -n 20 "$work/debootstrap.log"; exit 1; }
-  touch "$base/.complete"
-fi
+# A minimal Debian bookworm with systemd (cached).
+base=$(./scripts/debian-root.sh)
 
 rm -rf "$machine"
 cp -a "$base" "$machine"
@@ -55,7 +44,7 @@ mkdir -p "$machine/root/debs"
 cp target/debian/*.deb target/debian-upgrade/*.deb "$machine/root/debs/"
 cp scripts/smoke/guide-steps.sh "$machine/root/"
 echo "postern-smoke" > "$machine/etc/hostname"
-echo "127.0.0.1 gw.example.org" >> "$machine/etc/hosts"
+printf '127.0.1.1 postern-smoke\n127.0.0.1 gw.example.org\n' >> "$machine/etc/hosts"
 
 # systemd-nspawn keeps per-machine state under /run/systemd/nspawn and refuses to delete it
 # unless it is on tmpfs; on a host whose /run is not tmpfs (PID 1 is not systemd) give it one.
@@ -83,10 +72,13 @@ timeout 1200 systemd-nspawn -q -D "$machine" -M postern-smoke -b --register=no -
   --private-network --console=pipe > "$work/console.log" 2>&1 &
 nspawn_pid=$!
 
+# The container's PID 1 (systemd) is the child of systemd-nspawn, itself the child of timeout.
 leader=""
 for _ in $(seq 1 100); do
-  leader=$(pgrep -P "$nspawn_pid" | head -n 1 || true)
-  [ -n "$leader" ] && break
+  nspawn=$(pgrep -P "$nspawn_pid" -x systemd-nspawn | head -n 1 || true)
+  [ -n "$nspawn" ] && leader=$(pgrep -P "$nspawn" | head -n 1 || true)
+  [ -n "$leader" ] && [ "$(cat "/proc/$leader/comm" 2>/dev/null)" = systemd ] && break
+  leader=""
   sleep 0.1
 done
 [ -n "$leader" ] || { echo "container did not start"; cat "$work/console.log"; exit 1; }
@@ -117,3 +109,6 @@ if [ "$rc" -ne 0 ]; then
   exit "$rc"
 fi
 echo "systemd-smoke: PASSED in $(($(date +%s) - start)) s (log $work/steps.log)"
+cleanup
+trap - EXIT
+rm -rf "$machine"

@@ -63,17 +63,22 @@ sudo -u postern-gateway postern-gateway check --config /etc/postern/gateway.toml
 step "3. start the gateway under systemd"
 systemctl enable --now postern-gateway
 systemctl status --no-pager postern-gateway
+curl --retry 10 --retry-connrefused --retry-delay 1 -fsS http://127.0.0.1:9090/readyz
 check 'systemctl is-active postern-gateway.service | grep -qx active'
-check '[ "$(stat -c %a /var/lib/postern-gateway/connector-ca.key)" = 600 ]'
-check '[ "$(stat -c %U /var/lib/postern-gateway/state.json)" = postern-gateway ]'
+for f in server-ca.key connector-ca.key audit-key.pk8; do
+    check '[ "$(mode /var/lib/postern-gateway/$f)" = "600 postern-gateway:postern-gateway" ]'
+done
+ls -la /var/lib/postern-gateway
 check 'ss -ltn | grep -q ":8443 "'
 check 'ss -ltn | grep -q ":8444 "'
-curl -fsS http://127.0.0.1:9090/readyz
 
 step "4. the gateway CA for clients, and an enrolment token for the hospital"
 sudo -u postern-gateway postern-gateway export-ca --config /etc/postern/gateway.toml --out /tmp/gateway-ca.pem
 cp /tmp/gateway-ca.pem /root/gateway-ca.pem
 TOKEN=$(sudo -u postern-gateway postern-gateway token create --config /etc/postern/gateway.toml --site truro --ttl 1h)
+# admin commands ran as the service user: the files they wrote are the service's
+check '[ "$(mode /var/lib/postern-gateway/state.json)" = "600 postern-gateway:postern-gateway" ]'
+check '[ -z "$(find /var/lib/postern-gateway ! -user postern-gateway)" ]'
 
 step "5. install and enrol the connector (hospital IT)"
 apt-get install -y "./postern-connector_${VER}_amd64.deb"
