@@ -15,6 +15,7 @@
 //! The command is not a clap subcommand, so it is in neither `--help`, the man pages nor the
 //! completions. (Subcommands marked `hide` are left out of the man pages; clap_complete's bash
 //! script still completes them.)
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 use std::ffi::OsString;
 use std::fs;

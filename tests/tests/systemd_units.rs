@@ -2,6 +2,7 @@
 //! security` rates each at an exposure of at most 2.0, and `systemd-analyze verify` finds nothing
 //! to say about them in a root laid out as the packages install them (real binaries in
 //! /usr/bin). systemd need not be PID 1: both run offline. scripts/test.sh installs systemd.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -130,7 +131,11 @@ fn install_root() -> tempfile::TempDir {
             std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), &to).unwrap();
         }
     }
-    assert!(n > 50, "only {n} systemd units copied from {}", sys_units.display());
+    assert!(
+        n > 50,
+        "only {n} systemd units copied from {}",
+        sys_units.display()
+    );
     std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
     std::os::unix::fs::symlink("usr/lib", r.join("lib")).unwrap();
     let kill = ["/usr/bin/kill", "/bin/kill"]
@@ -169,7 +174,12 @@ fn units_verify_cleanly() {
         "[Service]\nExecStart=/usr/bin/postern-missing run\nProtectSytem=strict\n",
     )
     .unwrap();
-    let o = analyze(&["verify", "--man=no", &format!("--root={r}"), "postern-bad.service"]);
+    let o = analyze(&[
+        "verify",
+        "--man=no",
+        &format!("--root={r}"),
+        "postern-bad.service",
+    ]);
     let out = text(&o);
     assert!(out.contains("ProtectSytem"), "{out}");
     assert!(out.contains("postern-missing"), "{out}");
