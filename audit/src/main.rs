@@ -215,6 +215,10 @@ struct LoadArgs {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = postern_cliassets::run_if_requested(<Cli as clap::CommandFactory>::command)
+    {
+        return code;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         // Exit 2 when verification could not even run (bad key file, unreadable log), so

@@ -69,7 +69,7 @@ enum Cmd {
     },
     /// Sign in through your hospital's identity provider (opens the browser).
     Login {
-        /// Gateway URL, e.g. https://gw.example.org:8443
+        /// Gateway URL, e.g. `https://gw.example.org:8443`
         gateway: String,
         /// The gateway's CA certificate, if your IT team gave you one (a gateway with a
         /// certificate from a public CA needs none).
@@ -171,6 +171,10 @@ fn print_session(s: &login::Session) {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = postern_cliassets::run_if_requested(<Cli as clap::CommandFactory>::command)
+    {
+        return code;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()

@@ -80,6 +80,10 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = postern_cliassets::run_if_requested(<Cli as clap::CommandFactory>::command)
+    {
+        return code;
+    }
     match real_main(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -225,6 +225,10 @@ async fn shutdown_signal() -> Stop {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = postern_cliassets::run_if_requested(<Cli as clap::CommandFactory>::command)
+    {
+        return code;
+    }
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -110,6 +110,10 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    if let Some(code) = postern_cliassets::run_if_requested(<Cli as clap::CommandFactory>::command)
+    {
+        return Ok(code);
+    }
     match Cli::parse().command {
         Command::Check {
             path,
