@@ -150,6 +150,22 @@ pub fn connector_revoke(config: &Config, id: &str) -> Result<String, GatewayErro
     Ok(site)
 }
 
+/// `session rotate-key`: a new active token-signing key (see [`TokenKeys::add_active_key`]).
+pub fn session_rotate_key(config: &Config) -> Result<String, GatewayError> {
+    let kid = crate::tokens::TokenKeys::add_active_key(&config.state_dir).map_err(|e| {
+        GatewayError::Io {
+            what: "rotating the session-token signing key".into(),
+            source: std::io::Error::other(e.to_string()),
+        }
+    })?;
+    let mut ev = Event::new(EventType::AdminCommand);
+    ev.detail = Some(format!(
+        "session rotate-key: new signing key {kid} (active after the gateway restarts)"
+    ));
+    audit(config, ev)?;
+    Ok(kid)
+}
+
 /// `session mint`: a session token for a user (service accounts, tests, until sign-in lands).
 pub fn session_mint(
     config: &Config,

@@ -118,6 +118,9 @@ enum TokenCmd {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Generate a new token-signing key and make it active (after a restart); tokens signed
+    /// by the old keys stay valid until they expire.
+    RotateKey(ConfigArg),
 }
 
 #[derive(Subcommand)]
@@ -304,6 +307,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         } => {
             let site = admin::connector_revoke(&load(&config)?, &id)?;
             println!("revoked connector {id} (site {site})");
+            Ok(())
+        }
+        Cmd::Session {
+            cmd: SessionCmd::RotateKey(c),
+        } => {
+            let kid = admin::session_rotate_key(&load(&c)?)?;
+            println!(
+                "new session-token signing key {kid}; restart the gateway to sign with it (tokens signed by older keys keep working until they expire; delete an old key's files from the state directory's jwt/ after the longest token lifetime)"
+            );
             Ok(())
         }
         Cmd::Session {

@@ -109,6 +109,40 @@ pub struct TokenKeys {
 }
 
 impl TokenKeys {
+    /// Generates a new signing key in `DIR/jwt` and makes it the active one; returns its kid.
+    /// The previous keys stay and keep verifying the tokens they signed (remove their files
+    /// once the longest token lifetime has passed). A running gateway signs with the new key
+    /// after a restart.
+    pub fn add_active_key(state_dir: &Path) -> Result<String, TokenError> {
+        let dir = state_dir.join("jwt");
+        let keys_err = |message: String| TokenError::Keys {
+            path: dir.display().to_string(),
+            message,
+        };
+        private_dir(&dir).map_err(|e| keys_err(e.to_string()))?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .map_err(|e| keys_err(e.to_string()))?;
+        let kid = format!(
+            "k{}",
+            &postern_proto::ids::sha256_hex(key.public_key_raw())[..16]
+        );
+        write_atomic(
+            &dir.join(format!("{kid}.key")),
+            key.serialize_pem().as_bytes(),
+            0o600,
+        )
+        .map_err(|e| keys_err(e.to_string()))?;
+        write_atomic(
+            &dir.join(format!("{kid}.pub")),
+            key.public_key_pem().as_bytes(),
+            0o644,
+        )
+        .map_err(|e| keys_err(e.to_string()))?;
+        write_atomic(&dir.join("active"), kid.as_bytes(), 0o600)
+            .map_err(|e| keys_err(e.to_string()))?;
+        Ok(kid)
+    }
+
     /// Loads `DIR/jwt`, generating a first key if there is none.
     pub fn load_or_create(state_dir: &Path) -> Result<TokenKeys, TokenError> {
         let dir = state_dir.join("jwt");
@@ -119,26 +153,7 @@ impl TokenKeys {
         private_dir(&dir).map_err(|e| keys_err(e.to_string()))?;
         let active_path = dir.join("active");
         if !active_path.exists() {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
-                .map_err(|e| keys_err(e.to_string()))?;
-            let kid = format!(
-                "k{}",
-                &postern_proto::ids::sha256_hex(key.public_key_raw())[..16]
-            );
-            write_atomic(
-                &dir.join(format!("{kid}.key")),
-                key.serialize_pem().as_bytes(),
-                0o600,
-            )
-            .map_err(|e| keys_err(e.to_string()))?;
-            write_atomic(
-                &dir.join(format!("{kid}.pub")),
-                key.public_key_pem().as_bytes(),
-                0o644,
-            )
-            .map_err(|e| keys_err(e.to_string()))?;
-            write_atomic(&active_path, kid.as_bytes(), 0o600)
-                .map_err(|e| keys_err(e.to_string()))?;
+            Self::add_active_key(state_dir)?;
         }
         let active = std::fs::read_to_string(&active_path)
             .map_err(|e| keys_err(e.to_string()))?
@@ -251,6 +266,32 @@ impl TokenKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotation_signs_with_the_new_key_and_still_verifies_old_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = TokenKeys::load_or_create(dir.path()).unwrap();
+        let (old_tok, _) = old.mint("alice", &[], Duration::from_secs(60)).unwrap();
+        let kid = TokenKeys::add_active_key(dir.path()).unwrap();
+        let new = TokenKeys::load_or_create(dir.path()).unwrap();
+        let (new_tok, _) = new.mint("bob", &[], Duration::from_secs(60)).unwrap();
+        let header = jsonwebtoken::decode_header(&new_tok).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(kid.as_str()));
+        assert_ne!(
+            jsonwebtoken::decode_header(&old_tok).unwrap().kid,
+            header.kid
+        );
+        assert_eq!(new.verify(&old_tok).unwrap().sub, "alice");
+        assert_eq!(new.verify(&new_tok).unwrap().sub, "bob");
+        // The old key set does not know the new kid.
+        assert!(old.verify(&new_tok).is_err());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join("jwt").join(format!("{kid}.key")))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     #[test]
     fn mint_verify_and_reject() {
