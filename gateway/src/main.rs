@@ -118,9 +118,6 @@ enum TokenCmd {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
-    /// Generate a new token-signing key and make it active (after a restart); tokens signed
-    /// by the old keys stay valid until they expire.
-    RotateKey(ConfigArg),
 }
 
 #[derive(Subcommand)]
@@ -192,6 +189,9 @@ enum SessionCmd {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Generate a new token-signing key and make it active (after a restart); tokens signed
+    /// by the old keys stay valid until they expire.
+    RotateKey(ConfigArg),
 }
 
 fn load(c: &ConfigArg) -> anyhow::Result<Config> {
