@@ -522,6 +522,7 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
     let client_up = hyper::upgrade::on(req);
     let endpoint_up = hyper::upgrade::on(resp);
     let task_gw = gw.clone();
+    let link_lost = link.lost.clone();
     tokio::spawn(async move {
         match tokio::join!(client_up, endpoint_up) {
             (Ok(c), Ok(e)) => {
@@ -532,6 +533,7 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
                     deadline,
                     idle_limit,
                     recheck_at,
+                    link_lost,
                     TokioIo::new(c),
                     TokioIo::new(e),
                 )

@@ -33,6 +33,9 @@ pub struct Link {
     pub peer: SocketAddr,
     pub sender: SendRequest<Empty<Bytes>>,
     pub cancel: CancellationToken,
+    /// Cancelled once the connection has ended, for whatever reason: a session relayed over
+    /// it that fails then ends with reason `connector_lost` rather than `endpoint_error`.
+    pub lost: CancellationToken,
 }
 
 impl Link {
@@ -224,6 +227,7 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         peer,
         sender,
         cancel: CancellationToken::new(),
+        lost: CancellationToken::new(),
     });
     gw.registry.add(link.clone());
     let connected = gw.metrics.connectors_connected.with_label_values(&[&site]);
@@ -244,6 +248,7 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         _ = gw.shutdown.cancelled() => "gateway shutting down".to_owned(),
     };
     gw.registry.remove(&link);
+    link.lost.cancel();
     connected.dec();
     info!(connector_id = %id, %site, %peer, reason = %why, "connector disconnected");
     let mut ev = gw.event(EventType::ConnectorDisconnected);
