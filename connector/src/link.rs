@@ -5,7 +5,9 @@
 //! at enrolment. On each connection the connector is the HTTP/2 *server*: the gateway sends one
 //! `CONNECT host:port` per tunnel; the target is checked against the allowlist before any dial.
 //! Lost connections are redialled with jittered exponential backoff that resets after a
-//! connection stayed up for a while. HTTP/2 PINGs detect dead paths.
+//! connection stayed up for a while; right after a working connection drops (a gateway
+//! restart), redials stay at most about a second apart for a while, so the connector is back
+//! within two seconds of the gateway. HTTP/2 PINGs detect dead paths.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -36,6 +38,12 @@ use crate::enroll::{load_enrollment, Enrollment, CA_FILE, CERT_FILE, KEY_FILE};
 /// A connection that stayed up this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 const BACKOFF_START: Duration = Duration::from_millis(100);
+/// A connection that stayed up this long was a working link: when it drops, redial fast.
+const FAST_AFTER: Duration = Duration::from_secs(5);
+/// For this long after a working link dropped, redials are at most `FAST_CAP` (jittered to
+/// at most 1.5 s) apart.
+const FAST_WINDOW: Duration = Duration::from_secs(60);
+const FAST_CAP: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -139,6 +147,7 @@ fn jitter(d: Duration) -> Duration {
 
 async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
     let mut backoff = BACKOFF_START;
+    let mut fast_until: Option<Instant> = None;
     loop {
         if shared.cancel.is_cancelled() {
             return;
@@ -148,10 +157,20 @@ async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
             Ok(()) => info!(%gateway, link = n, "gateway connection closed"),
             Err(e) => warn!(%gateway, link = n, error = %e, "gateway connection failed"),
         }
-        if started.elapsed() >= STABLE_AFTER {
+        let up_for = started.elapsed();
+        if up_for >= STABLE_AFTER {
             backoff = BACKOFF_START;
         }
-        let wait = jitter(backoff);
+        // Only a link that had been working opens the fast window: a gateway that refuses
+        // the connector right after the handshake still gets the exponential backoff.
+        if up_for >= FAST_AFTER {
+            fast_until = Some(Instant::now() + FAST_WINDOW);
+        }
+        let cap = match fast_until {
+            Some(t) if Instant::now() < t => FAST_CAP.min(shared.reconnect_max),
+            _ => shared.reconnect_max,
+        };
+        let wait = jitter(backoff.min(cap));
         backoff = (backoff * 2).min(shared.reconnect_max);
         debug!(%gateway, link = n, ?wait, "reconnecting after backoff");
         tokio::select! {
