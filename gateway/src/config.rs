@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::limits::{RateLimits, RateQuota};
+
 /// Errors in a configuration file. Each message names the file, the key and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +40,19 @@ struct RawConfig {
     oidc: Option<RawOidc>,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    rate_limits: RawRateLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    signin: Option<RateQuota>,
+    enroll: Option<RateQuota>,
+    connector_dial: Option<RateQuota>,
+    tunnel_per_address: Option<RateQuota>,
+    tunnel_per_user: Option<RateQuota>,
+    admin: Option<RateQuota>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +138,8 @@ pub struct Config {
     pub oidc: Option<OidcConfig>,
     /// Admin listener for metrics and health; None = off.
     pub listen_admin: Option<SocketAddr>,
+    /// Per-address and per-user rate limits.
+    pub rate_limits: RateLimits,
 }
 
 /// A client secret: never printed.
@@ -208,6 +225,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             oidc: None,
             listen_admin: None,
+            rate_limits: RateLimits::default(),
         }
     }
 
@@ -291,6 +309,29 @@ impl Config {
                 "{file}: limits.max_connections: must be at least 1"
             ));
         }
+        let rl = RateLimits::default();
+        let mut quota = |key: &str, v: Option<RateQuota>, default: RateQuota| -> RateQuota {
+            let q = v.unwrap_or(default);
+            if q.per_second == 0 || q.burst == 0 {
+                errors.push(format!(
+                    "{file}: rate_limits.{key}: per_second and burst must both be at least 1"
+                ));
+            }
+            q
+        };
+        let rr = raw.rate_limits;
+        let rate_limits = RateLimits {
+            signin: quota("signin", rr.signin, rl.signin),
+            enroll: quota("enroll", rr.enroll, rl.enroll),
+            connector_dial: quota("connector_dial", rr.connector_dial, rl.connector_dial),
+            tunnel_per_address: quota(
+                "tunnel_per_address",
+                rr.tunnel_per_address,
+                rl.tunnel_per_address,
+            ),
+            tunnel_per_user: quota("tunnel_per_user", rr.tunnel_per_user, rl.tunnel_per_user),
+            admin: quota("admin", rr.admin, rl.admin),
+        };
         if raw.node_id.is_empty() {
             errors.push(format!("{file}: node_id: must not be empty"));
         }
@@ -383,6 +424,7 @@ impl Config {
             shutdown_grace,
             oidc,
             listen_admin,
+            rate_limits,
         })
     }
 }
@@ -419,6 +461,54 @@ mod tests {
         assert!(err.contains("gw.toml: listen.clients"), "{err}");
         assert!(err.contains("gw.toml: listen.connectors"), "{err}");
         assert!(err.contains("gw.toml: limits.handshake_timeout"), "{err}");
+    }
+
+    #[test]
+    fn rate_limits_default_override_and_reject_zero() {
+        let base = "state_dir = \"s\"\npolicy = \"p\"\n[listen]\nclients = \"127.0.0.1:1\"\nconnectors = \"127.0.0.1:2\"\n";
+        let c = Config::parse(base, Path::new("gw.toml")).unwrap();
+        assert_eq!(c.rate_limits, RateLimits::default());
+        let c = Config::parse(
+            &format!(
+                "{base}[rate_limits]\ntunnel_per_user = {{ per_second = 2000, burst = 4000 }}\n"
+            ),
+            Path::new("gw.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.rate_limits.tunnel_per_user.per_second, 2000);
+        assert_eq!(c.rate_limits.tunnel_per_user.burst, 4000);
+        assert_eq!(c.rate_limits.signin, RateLimits::default().signin);
+        let err = Config::parse(
+            &format!("{base}[rate_limits]\nsignin = {{ per_second = 0, burst = 5 }}\nenroll = {{ per_second = 1 }}\n"),
+            Path::new("gw.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("missing field `burst`"), "{err}");
+        let err = Config::parse(
+            &format!("{base}[rate_limits]\nsignin = {{ per_second = 0, burst = 5 }}\n"),
+            Path::new("gw.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "gw.toml: rate_limits.signin: per_second and burst must both be at least 1"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../config/gateway.toml");
+        let c = Config::parse(text, Path::new("/etc/postern/gateway.toml"))
+            .unwrap_or_else(|e| panic!("config/gateway.toml: {e}"));
+        assert_eq!(
+            c.rate_limits,
+            RateLimits::default(),
+            "the example shows the defaults"
+        );
     }
 
     #[test]

@@ -268,7 +268,7 @@ pub(crate) async fn init(
         draining: CancellationToken::new(),
         conns: tokio_util::task::TaskTracker::new(),
         oidc,
-        limits: limits::Limits::default(),
+        limits: limits::Limits::new(&config.rate_limits),
         revoked: RwLock::new(Default::default()),
         metrics: metrics::Metrics::new().map_err(|e| GatewayError::Io {
             what: "setting up metrics".into(),

@@ -8,6 +8,9 @@
 //! | connector connection attempts | source address | 5/s | 30 |
 //! | tunnel opens | source address | 100/s | 400 |
 //! | tunnel opens | user | 50/s | 200 |
+//! | admin listener requests (metrics, health) | source address | 20/s | 100 |
+//!
+//! Each is set in the `[rate_limits]` table of the gateway configuration (read at start).
 //!
 //! A DICOM viewer opens one association per query or retrieve, so the tunnel limits leave room
 //! for a busy reporting session while a runaway or hostile client is stopped.
@@ -25,6 +28,12 @@ pub struct Limiter<K: Hash + Eq + Clone> {
 
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+impl<K: Hash + Eq + Clone> From<RateQuota> for Limiter<K> {
+    fn from(q: RateQuota) -> Self {
+        Limiter::new(q.per_second, q.burst)
+    }
 }
 
 impl<K: Hash + Eq + Clone> Limiter<K> {
@@ -51,6 +60,39 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     }
 }
 
+/// One limiter's budget: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateQuota {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// The `[rate_limits]` table of the gateway configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    pub signin: RateQuota,
+    pub enroll: RateQuota,
+    pub connector_dial: RateQuota,
+    pub tunnel_per_address: RateQuota,
+    pub tunnel_per_user: RateQuota,
+    pub admin: RateQuota,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        let q = |per_second, burst| RateQuota { per_second, burst };
+        RateLimits {
+            signin: q(5, 20),
+            enroll: q(1, 10),
+            connector_dial: q(5, 30),
+            tunnel_per_address: q(100, 400),
+            tunnel_per_user: q(50, 200),
+            admin: q(20, 100),
+        }
+    }
+}
+
 /// All the gateway's limiters.
 pub struct Limits {
     pub signin: Limiter<IpAddr>,
@@ -58,22 +100,29 @@ pub struct Limits {
     pub connector_dial: Limiter<IpAddr>,
     pub tunnel_ip: Limiter<IpAddr>,
     pub tunnel_user: Limiter<String>,
+    pub admin: Limiter<IpAddr>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            signin: Limiter::new(5, 20),
-            enroll: Limiter::new(1, 10),
-            connector_dial: Limiter::new(5, 30),
-            tunnel_ip: Limiter::new(100, 400),
-            tunnel_user: Limiter::new(50, 200),
-        }
+        Limits::new(&RateLimits::default())
     }
 }
 
 impl Limits {
+    pub fn new(r: &RateLimits) -> Limits {
+        Limits {
+            signin: Limiter::from(r.signin),
+            enroll: Limiter::from(r.enroll),
+            connector_dial: Limiter::from(r.connector_dial),
+            tunnel_ip: Limiter::from(r.tunnel_per_address),
+            tunnel_user: Limiter::from(r.tunnel_per_user),
+            admin: Limiter::from(r.admin),
+        }
+    }
+
     pub fn shrink(&self) {
+        self.admin.shrink();
         self.signin.shrink();
         self.enroll.shrink();
         self.connector_dial.shrink();

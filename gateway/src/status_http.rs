@@ -63,7 +63,7 @@ fn route(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
     loop {
-        let Some((tcp, _)) = crate::next_conn(&listener, &gw.shutdown, "admin").await else {
+        let Some((tcp, peer)) = crate::next_conn(&listener, &gw.shutdown, "admin").await else {
             return;
         };
         let gw = gw.clone();
@@ -71,7 +71,20 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
             let svc_gw = gw.clone();
             let service = service_fn(move |req: Request<Incoming>| {
                 let gw = svc_gw.clone();
-                async move { Ok::<_, Infallible>(route(&gw, &req)) }
+                async move {
+                    if let Err(wait) = gw.limits.admin.check(&peer.ip()) {
+                        gw.note_ratelimited("admin");
+                        let mut r = text(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            format!("too many requests from {}; retry in {wait} s\n", peer.ip()),
+                            "text/plain",
+                        );
+                        r.headers_mut()
+                            .insert(header::RETRY_AFTER, header::HeaderValue::from(wait));
+                        return Ok::<_, Infallible>(r);
+                    }
+                    Ok::<_, Infallible>(route(&gw, &req))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
