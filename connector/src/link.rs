@@ -205,9 +205,12 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
     .map_err(|e| format!("TLS handshake: {e}"))?;
     info!(%gateway, connector_id = %shared.connector_id, "connected to gateway");
     let svc_shared = shared.clone();
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let svc_draining = draining.clone();
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
-        async move { Ok::<_, Infallible>(handle(shared, req).await) }
+        let draining = svc_draining.clone();
+        async move { Ok::<_, Infallible>(handle(shared, &draining, req).await) }
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -218,12 +221,28 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
         .max_frame_size(64 * 1024)
         .max_concurrent_streams(16_384)
         .serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
+    let mut conn = Box::pin(conn);
     tokio::select! {
         r = conn.as_mut() => r.map_err(|e| format!("HTTP/2: {e}")),
         _ = shared.cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            Ok(())
+        }
+        _ = draining.notified() => {
+            // Dial again now (the caller's loop does); this link carries on, in its own task,
+            // for the tunnels it still has until the gateway closes it.
+            info!(%gateway, "gateway is draining: dialling again; the old link stays for its open tunnels");
+            let cancel = shared.cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = conn.as_mut() => {},
+                    _ = cancel.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    }
+                }
+            });
             Ok(())
         }
     }
@@ -255,7 +274,15 @@ async fn allowed_addrs(shared: &Shared, host: &str, port: u16) -> Result<Vec<Soc
         .collect())
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Empty<Bytes>> {
+async fn handle(
+    shared: Arc<Shared>,
+    draining: &tokio::sync::Notify,
+    req: Request<Incoming>,
+) -> Response<Empty<Bytes>> {
+    if req.method() == Method::POST && req.uri().path() == wire::PATH_DRAINING {
+        draining.notify_one();
+        return Response::new(Empty::new());
+    }
     let session = req
         .headers()
         .get(wire::HDR_SESSION)

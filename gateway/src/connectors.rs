@@ -259,6 +259,32 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
     gw.audit.record_nowait(ev);
 }
 
+/// Tells every connected connector that this gateway is draining (`POST /v1/draining` on
+/// each link), so that it dials again now — reaching another replica — instead of when the
+/// link closes at the end of the grace period. The links themselves stay up for the sessions
+/// they carry. Best effort: a connector that does not answer within a second is left alone.
+pub fn announce_drain(gw: &Gateway) {
+    for link in gw.registry.all() {
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(postern_proto::wire::PATH_DRAINING)
+            .body(Empty::<Bytes>::new());
+        let Ok(req) = req else { continue };
+        let mut sender = link.sender.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(1), sender.send_request(req)).await {
+                Ok(Ok(_)) => {
+                    debug!(connector_id = %link.connector_id, peer = %link.peer, "told connector we are draining")
+                }
+                Ok(Err(e)) => {
+                    debug!(connector_id = %link.connector_id, error = %e, "drain notice failed")
+                }
+                Err(_) => debug!(connector_id = %link.connector_id, "drain notice timed out"),
+            }
+        });
+    }
+}
+
 /// Re-reads the store when it changes: drops links whose connector was revoked (and the
 /// sessions they carry) and refreshes revoked session tokens, so revocations made from the
 /// CLI or another process take effect within a second.

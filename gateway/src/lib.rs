@@ -358,6 +358,9 @@ pub async fn run(
         .map(|o| tokio::spawn(o.keep_discovering(gw.shutdown.clone())));
     let stop = shutdown.await;
     gw.draining.cancel();
+    if stop == Stop::Drain {
+        connectors::announce_drain(&gw);
+    }
     if stop == Stop::Drain && gw.sessions.len() > 0 {
         info!(
             sessions = gw.sessions.len(),

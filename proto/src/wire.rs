@@ -36,6 +36,11 @@ pub const PATH_ENROLL: &str = "/v1/enroll";
 pub const PATH_ENDPOINTS: &str = "/v1/endpoints";
 /// Liveness path (no authentication, reveals nothing).
 pub const PATH_HEALTH: &str = "/healthz";
+/// Gateway → connector, on a link: `POST` here says the gateway is draining (it accepts no new
+/// connections and closes its links when the grace period ends). The connector dials that
+/// address again at once, which behind a load balancer reaches another replica, and keeps the
+/// old link for the tunnels it still carries.
+pub const PATH_DRAINING: &str = "/v1/draining";
 
 /// HTTP/2 flow-control window per stream (tunnel). Fixed and large rather than adaptive:
 /// hyper's BDP estimator left the gateway's receive window near 64 KiB on a 50 ms path
