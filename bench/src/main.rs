@@ -79,11 +79,13 @@ enum Cmd {
     /// TCP relay that holds every chunk for DELAY_MS in each direction before forwarding it, so
     /// a path through it has a round-trip time of 2 × DELAY_MS. At most MAX_BUFFER bytes are
     /// queued per direction; when the queue is full the relay stops reading (back-pressure).
+    /// With several --upstream it is also a round-robin TCP load balancer that skips an
+    /// upstream refusing connections (a replica that is draining or down).
     Delay {
         #[arg(long)]
         listen: SocketAddr,
-        #[arg(long)]
-        upstream: SocketAddr,
+        #[arg(long, required = true)]
+        upstream: Vec<SocketAddr>,
         #[arg(long, default_value_t = 25)]
         delay_ms: u64,
         #[arg(long, default_value_t = 16 * 1024 * 1024)]

@@ -411,7 +411,7 @@ async fn delay_direction(
 
 pub async fn delay(
     listen: SocketAddr,
-    upstream: SocketAddr,
+    upstreams: Vec<SocketAddr>,
     delay_ms: u64,
     max_buffer: usize,
 ) -> anyhow::Result<()> {
@@ -423,24 +423,41 @@ pub async fn delay(
         .await
         .with_context(|| format!("binding {listen}"))?;
     print_line(&format!("listening on {}", listener.local_addr()?));
+    anyhow::ensure!(!upstreams.is_empty(), "give at least one --upstream");
     let delay = Duration::from_millis(delay_ms);
-    accept_forever(listener, move |down| async move {
-        let up = match TcpStream::connect(upstream).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("postern-bench: delay relay cannot reach {upstream}: {e}");
-                return;
+    let upstreams = Arc::new(upstreams);
+    let next = Arc::new(AtomicUsize::new(0));
+    accept_forever(listener, move |down| {
+        let (upstreams, next) = (upstreams.clone(), next.clone());
+        async move {
+            // Round robin; an upstream that refuses is skipped.
+            let first = next.fetch_add(1, Ordering::Relaxed);
+            let mut up = None;
+            for i in 0..upstreams.len() {
+                let addr = upstreams[(first + i) % upstreams.len()];
+                match TcpStream::connect(addr).await {
+                    Ok(s) => {
+                        up = Some(s);
+                        break;
+                    }
+                    Err(e) => eprintln!("postern-bench: delay relay cannot reach {addr}: {e}"),
+                }
             }
-        };
-        let _ = up.set_nodelay(true);
-        let (dr, dw) = down.into_split();
-        let (ur, uw) = up.into_split();
-        tokio::join!(
-            delay_direction(dr, uw, delay, max_buffer),
-            delay_direction(ur, dw, delay, max_buffer),
-        );
+            let Some(up) = up else { return };
+            relay_delayed(down, up, delay, max_buffer).await;
+        }
     })
     .await
+}
+
+async fn relay_delayed(down: TcpStream, up: TcpStream, delay: Duration, max_buffer: usize) {
+    let _ = up.set_nodelay(true);
+    let (dr, dw) = down.into_split();
+    let (ur, uw) = up.into_split();
+    tokio::join!(
+        delay_direction(dr, uw, delay, max_buffer),
+        delay_direction(ur, dw, delay, max_buffer),
+    );
 }
 
 /// Lowest port of the kernel's ephemeral range (outgoing connections take ports from there).

@@ -522,6 +522,16 @@ impl Deployment {
     /// `postern connect ENDPOINT --listen 127.0.0.1:0`: Ok(process, local address) once it
     /// printed its ready line, or Err(everything it printed) if it exited.
     pub fn connect(&self, endpoint: &str, token: &Path) -> Result<(Proc, SocketAddr), String> {
+        self.connect_to(&self.url(), endpoint, token)
+    }
+
+    /// As [`Deployment::connect`], to the gateway at `url` (another replica).
+    pub fn connect_to(
+        &self,
+        url: &str,
+        endpoint: &str,
+        token: &Path,
+    ) -> Result<(Proc, SocketAddr), String> {
         let log = self.path(&format!("client-{endpoint}-{}.log", free_port()));
         let mut p = Proc::spawn(
             "client",
@@ -532,7 +542,7 @@ impl Deployment {
                     "--listen",
                     "127.0.0.1:0",
                     "--gateway",
-                    &self.url(),
+                    url,
                 ])
                 .arg("--ca-file")
                 .arg(self.ca_file())

@@ -970,3 +970,145 @@ fn garbage_on_both_listeners_no_panic_no_leak() {
 fn full_garbage() {
     garbage("full", 60);
 }
+
+// ------------------------------------------------------------------ drain moves connectors
+
+/// Copies `from` into `to` recursively (a replica's state: CAs, keys, the store).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path, skip: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() == skip {
+            continue;
+        }
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target, skip);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Two gateway replicas (B shares A's CAs, keys and store) behind one connector address (a
+/// round-robin TCP balancer). SIGTERM to A: A tells the connector it is draining, the
+/// connector dials again at once and lands on B — before A's grace period ends — while the
+/// tunnel still open through A keeps working until A ends it with reason `shutdown`.
+#[test]
+fn draining_gateway_sends_its_connector_links_to_another_replica() {
+    let probe = tempfile::tempdir().unwrap();
+    let (_echo, echo) = bench_echo(probe.path().join("echo.log"));
+    let mut d = Deployment::prepare_with(&policy(echo), EXTRA_CONFIG);
+    d.start_gateway();
+    d.connector_id = d.enroll_connector("conn", "truro");
+    // Replica B: same state (after the enrolment), own audit log and ports.
+    copy_dir(&d.path("gw"), &d.path("gw-b"), "audit");
+    let (b_clients, b_conns) = (postern_e2e::free_port(), postern_e2e::free_port());
+    let b_toml = d.path("gateway-b.toml");
+    std::fs::write(
+        &b_toml,
+        std::fs::read_to_string(d.gateway_toml())
+            .unwrap()
+            .replace("gw-test", "gw-b")
+            .replace("state_dir = \"gw\"", "state_dir = \"gw-b\"")
+            .replace(&d.client_port.to_string(), &b_clients.to_string())
+            .replace(&d.connector_port.to_string(), &b_conns.to_string()),
+    )
+    .unwrap();
+    let mut gw_b = Proc::spawn(
+        "gateway-b",
+        std::process::Command::new(postern_e2e::bin("postern-gateway"))
+            .args(["run", "--config"])
+            .arg(&b_toml),
+        d.path("gateway-b.log"),
+    );
+    let b_audit = d.path("gw-b/audit/audit.jsonl");
+    let b_events = |kind: &str| -> Vec<Value> {
+        std::fs::read_to_string(&b_audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["type"] == kind)
+            .collect()
+    };
+    wait_for("replica B to start", Duration::from_secs(20), || {
+        assert!(gw_b.is_running(), "{}", gw_b.log_text());
+        (!b_events("gateway.started").is_empty()).then_some(())
+    });
+    // The connector's one gateway address is the balancer in front of A and B.
+    let mut lb = bench(
+        "balancer",
+        &args(&[
+            "delay",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &format!("127.0.0.1:{}", d.connector_port),
+            "--upstream",
+            &format!("127.0.0.1:{b_conns}"),
+            "--delay-ms",
+            "0",
+        ]),
+        d.path("balancer.log"),
+    );
+    let lb_addr: SocketAddr = wait_for("the balancer", Duration::from_secs(10), || {
+        assert!(lb.is_running(), "{}", lb.log_text());
+        lb.log_text()
+            .lines()
+            .find_map(|l| l.strip_prefix("listening on "))
+            .and_then(|a| a.trim().parse().ok())
+    });
+    let allow = [("127.0.0.1/32", echo.port().to_string())];
+    d.write_connector_toml("conn", &allow, Some(&lb_addr.to_string()));
+    let connector = d.spawn_connector("conn");
+    wait_for("a link on each replica", Duration::from_secs(20), || {
+        (d.count("connector.connected") >= 1 && !b_events("connector.connected").is_empty())
+            .then_some(())
+    });
+    let token = d.mint("drain@truro.nhs.uk", "clinicians", "1h");
+    let (_client_a, via_a) = d.connect("echo", &token).unwrap();
+    let mut open = live(via_a);
+
+    let b_links_before = b_events("connector.connected").len();
+    let t0 = Instant::now();
+    d.gateway.as_ref().unwrap().signal("TERM");
+    wait_for(
+        "the connector to move to B",
+        Duration::from_secs(10),
+        || (b_events("connector.connected").len() > b_links_before).then_some(()),
+    );
+    let moved_ms = t0.elapsed().as_millis() as u64;
+    // A is still in its grace period: the tunnel through it works.
+    open.write_all(b"z").unwrap();
+    let mut b = [0u8; 1];
+    open.read_exact(&mut b).unwrap();
+    let a_running = d.gateway.as_mut().unwrap().is_running();
+    let code = wait_for("A to exit", Duration::from_secs(15), || {
+        d.gateway.as_mut().unwrap().child.try_wait().ok().flatten()
+    });
+    let end = d.wait_event("session.end", |e| e["user"] == "drain@truro.nhs.uk");
+    // Sessions through B work with both of the connector's links there.
+    let (_client_b, via_b) = d
+        .connect_to(&format!("https://127.0.0.1:{b_clients}"), "echo", &token)
+        .unwrap();
+    let through_b = echo_roundtrip(via_b, b"via B").is_ok();
+    let log = connector.log_text();
+    report(
+        "drain_moves_connector",
+        "ci",
+        json!({
+            "moved_to_b_ms_after_sigterm": moved_ms, "a_still_running_then": a_running,
+            "a_exit": code.code(), "a_session_end_reason": end["close_reason"],
+            "session_via_b_ok": through_b,
+        }),
+    );
+    assert!(
+        a_running,
+        "the connector only moved once A had gone ({moved_ms} ms)"
+    );
+    assert!(log.contains("gateway is draining"), "{log}");
+    assert_eq!(code.code(), Some(0));
+    assert_eq!(end["close_reason"], "shutdown", "{end}");
+    assert!(through_b);
+    gw_b.terminate(Duration::from_secs(10));
+}
