@@ -608,6 +608,11 @@ impl Deployment {
     /// `postern-audit verify` on the audit directory, checking checkpoint signatures against
     /// the gateway's own audit key: (passed, its output).
     pub fn verify_audit(&self) -> (bool, String) {
+        self.verify_audit_with(&[])
+    }
+
+    /// As [`Deployment::verify_audit`] with more `postern-audit verify` options (`--closed`).
+    pub fn verify_audit_with(&self, options: &[&str]) -> (bool, String) {
         let (ok, pem, err) = run(Command::new(bin("postern-audit"))
             .arg("pubkey")
             .arg(self.path("gw")));
@@ -618,7 +623,8 @@ impl Deployment {
             .arg("verify")
             .arg(self.path("gw/audit"))
             .arg("--pubkey")
-            .arg(&key));
+            .arg(&key)
+            .args(options));
         (ok, format!("{out}{err}"))
     }
 

@@ -1087,6 +1087,8 @@ fn draining_gateway_sends_its_connector_links_to_another_replica() {
         d.gateway.as_mut().unwrap().child.try_wait().ok().flatten()
     });
     let end = d.wait_event("session.end", |e| e["user"] == "drain@truro.nhs.uk");
+    // A flushed its log and closed it with a signed checkpoint.
+    let (closed_ok, verify_out) = d.verify_audit_with(&["--closed"]);
     // Sessions through B work with both of the connector's links there.
     let (_client_b, via_b) = d
         .connect_to(&format!("https://127.0.0.1:{b_clients}"), "echo", &token)
@@ -1099,7 +1101,7 @@ fn draining_gateway_sends_its_connector_links_to_another_replica() {
         json!({
             "moved_to_b_ms_after_sigterm": moved_ms, "a_still_running_then": a_running,
             "a_exit": code.code(), "a_session_end_reason": end["close_reason"],
-            "session_via_b_ok": through_b,
+            "session_via_b_ok": through_b, "a_audit_verify_closed": closed_ok,
         }),
     );
     assert!(
@@ -1109,6 +1111,7 @@ fn draining_gateway_sends_its_connector_links_to_another_replica() {
     assert!(log.contains("gateway is draining"), "{log}");
     assert_eq!(code.code(), Some(0));
     assert_eq!(end["close_reason"], "shutdown", "{end}");
+    assert!(closed_ok, "{verify_out}");
     assert!(through_b);
     gw_b.terminate(Duration::from_secs(10));
 }
