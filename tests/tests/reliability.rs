@@ -654,6 +654,9 @@ fn kill_gateway(tier: &str, sc: GwKillScale) {
     let gen1_events = st.d.audit().len();
     st.d.gateway.as_mut().unwrap().kill();
     let killed_at = Instant::now();
+    // Sessions the killed process started and could not end (the held tunnels, and any in
+    // flight): the restarted gateway must end them, reason gateway_lost.
+    let cut: HashSet<String> = unended(&st.d).into_iter().collect();
     std::thread::sleep(sc.down);
     st.d.start_gateway();
     let restarted = Instant::now();
@@ -706,9 +709,20 @@ fn kill_gateway(tier: &str, sc: GwKillScale) {
         .iter()
         .filter(|e| e["type"] == "audit.recovered")
         .count();
-    let orphaned = unended(&st.d).len();
+    let lost: HashSet<String> = audit
+        .iter()
+        .filter(|e| e["type"] == "session.end" && e["close_reason"] == "gateway_lost")
+        .map(|e| s(&e["session_id"]).to_owned())
+        .collect();
     // Sessions work again through the same client processes.
     let after = echo_roundtrip(acked[0].1, b"after restart").is_ok();
+    // Once the load is over, every session in the log has its end.
+    let without_end = wait_for("every session to end", Duration::from_secs(30), || {
+        let open = unended(&st.d);
+        open.is_empty()
+            .then_some(0)
+            .or_else(|| (killed_at.elapsed() > Duration::from_secs(60)).then_some(open.len()))
+    });
     let (verified, verify_out) = st.d.verify_audit();
     report(
         "kill_gateway",
@@ -722,11 +736,21 @@ fn kill_gateway(tier: &str, sc: GwKillScale) {
             "wall_ms_restart_to_links": wall_reconnect.as_millis() as u64,
             "killed_to_links_ms": killed_to_links.as_millis() as u64,
             "background": {"ok": bgr["ok"], "errors": bgr["errors"], "count": bg_count},
-            "audit_recovered_events": recovered, "sessions_without_end": orphaned,
+            "audit_recovered_events": recovered, "sessions_cut_by_the_kill": cut.len(),
+            "ended_gateway_lost_at_restart": lost.len(), "sessions_without_end": without_end,
             "session_after_restart_ok": after, "audit_verify_ok": verified,
         }),
     );
     assert!(verified, "postern-audit verify failed:\n{verify_out}");
+    assert!(
+        cut.len() >= sc.held,
+        "the held tunnels were live at the kill"
+    );
+    assert_eq!(
+        lost, cut,
+        "every session cut by the kill ends gateway_lost at the restart"
+    );
+    assert_eq!(without_end, 0, "sessions without session.end");
     assert_eq!(
         acked_starts, sc.acked_sessions,
         "acknowledged session.start missing"
