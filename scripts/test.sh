@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (idempotently) and runs the whole test suite.
-# Real peers: Orthanc (PACS), dcmtk (DICOM tools), iperf3, curl, rsyslog (SIEM export) — from
-# Debian's packages —
+# Real peers: Orthanc (PACS), dcmtk (DICOM tools), iperf3, curl, rsyslog (SIEM export),
+# Chromium with chromedriver (device trust in a real browser) — from Debian's packages —
 # and an OpenID provider (tests/oidc-provider: panva's oidc-provider from npm, run by node).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,11 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
 dpkg -s rsyslog-openssl >/dev/null 2>&1 || need+=(rsyslog-openssl)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+# A real browser for the device-trust tests (WebDriver virtual authenticator), and certutil to
+# trust the gateway's test CA in the browser's NSS database.
+dpkg -s chromium >/dev/null 2>&1 || need+=(chromium)
+dpkg -s chromium-driver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""

@@ -221,6 +221,8 @@ pub enum EventType {
     ConnectorRefused,
     /// A connector's certificate was revoked.
     ConnectorRevoked,
+    /// A connector renewed its client certificate (same id and site, new serial).
+    ConnectorRenewed,
     /// An enrolment attempt failed (bad, used or expired token, bad CSR).
     EnrollmentFailed,
     /// An enrolment token was issued.
@@ -231,20 +233,30 @@ pub enum EventType {
     GatewayStarted,
     /// A gateway node stopped.
     GatewayStopped,
+    /// The gateway's client-facing certificate was reloaded from its files (SIGHUP).
+    GatewayCertReloaded,
+    /// A new client-facing certificate was refused; the running one stays.
+    GatewayCertRejected,
     /// A user signed in at the identity provider and the gateway accepted the result.
     AuthLogin,
     /// A sign-in failed (IdP error, bad state, unknown user, MFA missing, ...).
     AuthFailed,
     /// A user signed out, or their sign-in was ended.
     AuthLogout,
-    /// A device was registered for device trust.
-    DeviceEnrolled,
-    /// A device proved its identity/posture for a sign-in or session.
+    /// A device (WebAuthn credential) was registered; `detail` says whether it is active or
+    /// pending approval.
+    DeviceRegistered,
+    /// A pending device was approved (by an administrator, or automatically by site policy).
+    DeviceApproved,
+    /// A device proved itself with a WebAuthn assertion at sign-in.
     DeviceVerified,
-    /// A device failed its check (unknown, revoked, posture not met).
-    DeviceRejected,
-    /// A device's registration was revoked.
+    /// A WebAuthn ceremony failed; `detail` starts with the error reference and reason code
+    /// (`posture_mismatch`, `unknown_challenge`, `possible_clone`, ...).
+    DeviceAssertionFailed,
+    /// A device's registration was revoked (its live sessions end).
     DeviceRevoked,
+    /// A device reported its posture, signed with its device key; `detail` is the report.
+    PostureReported,
     /// A live session was ended by the gateway (policy change, revocation, admin action), as
     /// opposed to [`EventType::SessionEnd`], where one of the two ends closed it.
     SessionTerminated,
@@ -267,7 +279,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 28] = [
+    pub const ALL: [EventType; 33] = [
         EventType::SessionStart,
         EventType::SessionDenied,
         EventType::SessionEnd,
@@ -276,18 +288,23 @@ impl EventType {
         EventType::ConnectorDisconnected,
         EventType::ConnectorRefused,
         EventType::ConnectorRevoked,
+        EventType::ConnectorRenewed,
         EventType::EnrollmentFailed,
         EventType::TokenCreated,
         EventType::TokenMinted,
         EventType::GatewayStarted,
         EventType::GatewayStopped,
+        EventType::GatewayCertReloaded,
+        EventType::GatewayCertRejected,
         EventType::AuthLogin,
         EventType::AuthFailed,
         EventType::AuthLogout,
-        EventType::DeviceEnrolled,
+        EventType::DeviceRegistered,
+        EventType::DeviceApproved,
         EventType::DeviceVerified,
-        EventType::DeviceRejected,
+        EventType::DeviceAssertionFailed,
         EventType::DeviceRevoked,
+        EventType::PostureReported,
         EventType::SessionTerminated,
         EventType::PolicyReloaded,
         EventType::PolicyRejected,
@@ -309,18 +326,23 @@ impl EventType {
             EventType::ConnectorDisconnected => "connector.disconnected",
             EventType::ConnectorRefused => "connector.refused",
             EventType::ConnectorRevoked => "connector.revoked",
+            EventType::ConnectorRenewed => "connector.renewed",
             EventType::EnrollmentFailed => "connector.enroll_failed",
             EventType::TokenCreated => "token.created",
             EventType::TokenMinted => "token.minted",
             EventType::GatewayStarted => "gateway.started",
             EventType::GatewayStopped => "gateway.stopped",
+            EventType::GatewayCertReloaded => "gateway.cert_reloaded",
+            EventType::GatewayCertRejected => "gateway.cert_rejected",
             EventType::AuthLogin => "auth.login",
             EventType::AuthFailed => "auth.failed",
             EventType::AuthLogout => "auth.logout",
-            EventType::DeviceEnrolled => "device.enrolled",
+            EventType::DeviceRegistered => "device.registered",
+            EventType::DeviceApproved => "device.approved",
             EventType::DeviceVerified => "device.verified",
-            EventType::DeviceRejected => "device.rejected",
+            EventType::DeviceAssertionFailed => "device.assertion_failed",
             EventType::DeviceRevoked => "device.revoked",
+            EventType::PostureReported => "posture.reported",
             EventType::SessionTerminated => "session.terminated",
             EventType::PolicyReloaded => "policy.reloaded",
             EventType::PolicyRejected => "policy.rejected",

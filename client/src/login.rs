@@ -149,6 +149,18 @@ pub async fn login(
     wait: Duration,
     show_url: impl FnOnce(&str),
 ) -> Result<Session, ClientError> {
+    login_with_posture(gateway, ca_file, open_browser, wait, None, show_url).await
+}
+
+/// As [`login`], sending `posture` with the sign-in (the gateway has the device key sign it).
+pub async fn login_with_posture(
+    gateway: &str,
+    ca_file: &Path,
+    open_browser: bool,
+    wait: Duration,
+    posture: Option<&crate::posture::PostureReport>,
+    show_url: impl FnOnce(&str),
+) -> Result<Session, ClientError> {
     let verifier = random_b64(32)?;
     let challenge = URL_SAFE_NO_PAD.encode(ring::digest::digest(
         &ring::digest::SHA256,
@@ -163,13 +175,17 @@ pub async fn login(
         .map_err(|e| ClientError::Setup(e.to_string()))?
         .port();
     let redirect = format!("http://127.0.0.1:{port}/callback");
-    let url = format!(
+    let mut url = format!(
         "{}/auth/login?cli_redirect={}&cli_challenge={}&cli_state={}",
         gateway.trim_end_matches('/'),
         pct(&redirect),
         pct(&challenge),
         pct(&state)
     );
+    if let Some(p) = posture {
+        url.push_str("&cli_posture=");
+        url.push_str(&URL_SAFE_NO_PAD.encode(p.canonical()));
+    }
     let conn = GatewayConn::anonymous(gateway, ca_file)?;
     show_url(&url);
     if open_browser {

@@ -81,6 +81,9 @@ enum Cmd {
         /// How long to wait for the browser, in seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// Send this posture report (JSON) instead of gathering one (tests, site agents).
+        #[arg(long, env = "POSTERN_POSTURE_FILE")]
+        posture_file: Option<PathBuf>,
     },
     /// Show who is signed in, until when, groups and MFA.
     Status {
@@ -148,6 +151,16 @@ fn print_session(s: &login::Session) {
         }
     );
     println!("  mfa      {}", if s.mfa { "yes" } else { "no" });
+    println!(
+        "  device   {}",
+        match &s.device {
+            Some(d) => format!(
+                "{d} (user verified: {})",
+                if s.user_verified { "yes" } else { "no" }
+            ),
+            None => "not bound to a device".into(),
+        }
+    );
     if let Some(t) = s.auth_time {
         println!("  since    {}", when(t));
     }
@@ -215,12 +228,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ca_file,
             no_browser,
             timeout,
+            posture_file,
         } => {
-            let session = login::login(
+            let report = match &posture_file {
+                Some(p) => postern_client::posture::from_file(p)?,
+                None => postern_client::posture::collect().await,
+            };
+            let facts = report.policy_facts();
+            eprintln!(
+                "device posture: {} {}; disk encryption {}, firewall {}, screen lock {}",
+                report.os_name,
+                report.os_version,
+                facts["disk_encrypted"],
+                facts["firewall"],
+                facts["screen_lock"]
+            );
+            let session = login::login_with_posture(
                 &gateway,
                 &ca_file,
                 !no_browser,
                 std::time::Duration::from_secs(timeout),
+                Some(&report),
                 |url| {
                     println!("Open this URL in your browser to sign in:\n\n  {url}\n");
                     let _ = std::io::stdout().flush();

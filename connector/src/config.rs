@@ -37,6 +37,16 @@ struct Raw {
     shutdown_grace: Option<String>,
     #[serde(default)]
     allow: Vec<RawAllow>,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// Metrics and health (`/metrics`, `/healthz`, `/readyz`), plain HTTP: loopback or a
+    /// management network only.
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +66,8 @@ pub struct Config {
     pub dial_timeout: Duration,
     pub shutdown_grace: Duration,
     pub allowlist: Allowlist,
+    /// Admin listener for metrics and health; None = off.
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -128,6 +140,14 @@ impl Config {
                 ));
             }
         }
+        let admin_listen = raw.admin.listen.as_deref().and_then(|a| {
+            a.parse().map_err(|_| {
+                errors.push(format!(
+                    "{file}: admin.listen: expected an address like \"127.0.0.1:9091\", found \"{a}\""
+                ));
+            })
+            .ok()
+        });
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
@@ -145,6 +165,7 @@ impl Config {
             dial_timeout,
             shutdown_grace,
             allowlist: Allowlist { entries },
+            admin_listen,
         })
     }
 }
@@ -178,5 +199,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `allowlist`"), "{e}");
+
+        let e = Config::parse(
+            "state_dir = \"s\"\n[admin]\nlisten = \"localhost\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("c.toml: admin.listen"), "{e}");
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../config/connector.toml");
+        let c = Config::parse(text, Path::new("/etc/postern/connector.toml"))
+            .unwrap_or_else(|e| panic!("config/connector.toml: {e}"));
+        assert_eq!(c.state_dir, Path::new("/var/lib/postern-connector"));
+        assert_eq!(c.allowlist.entries.len(), 3);
+        assert_eq!(
+            c.admin_listen,
+            Some("127.0.0.1:9091".parse().unwrap()),
+            "the example shows the admin listener"
+        );
     }
 }

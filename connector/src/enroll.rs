@@ -22,6 +22,11 @@ pub struct Enrollment {
     pub gateway_url: String,
     pub connector_addrs: Vec<String>,
     pub not_after: String,
+    /// When the current certificate was received (seconds since the epoch): renewal starts at
+    /// two thirds of the span from here to `not_after`. Absent in enrolments made before
+    /// renewal existed (the certificate's notBefore is used then).
+    #[serde(default)]
+    pub issued_at: Option<u64>,
 }
 
 pub const KEY_FILE: &str = "connector.key";
@@ -121,8 +126,13 @@ pub async fn enroll(
         .and_then(|c| c.pem())
         .map_err(|e| EnrollError::Other(format!("making the certificate request: {e}")))?;
 
-    let tls_config = postern_proto::tls::pinned_client_config(&token.pin, &[wire::ALPN_HTTP1])
-        .map_err(|e| EnrollError::Other(e.to_string()))?;
+    // The marker ALPN asks a gateway with a public certificate from files for the certificate
+    // of its own CA, which is what the pin names.
+    let tls_config = postern_proto::tls::pinned_client_config(
+        &token.pin,
+        &[wire::ALPN_HTTP1, wire::ALPN_ENROLL_MARKER],
+    )
+    .map_err(|e| EnrollError::Other(e.to_string()))?;
     let addr = format!("{host}:{port}");
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
@@ -181,7 +191,7 @@ pub async fn enroll(
         key.serialize_pem().as_bytes(),
         0o600,
     )?;
-    write_file(&state_dir.join(CERT_FILE), r.cert_pem.as_bytes(), 0o644)?;
+    write_file(&state_dir.join(CERT_FILE), r.cert_pem.as_bytes(), 0o600)?;
     write_file(&state_dir.join(CA_FILE), r.gateway_ca_pem.as_bytes(), 0o644)?;
     let enrollment = Enrollment {
         connector_id: r.connector_id,
@@ -189,11 +199,19 @@ pub async fn enroll(
         gateway_url: gateway_url.to_owned(),
         connector_addrs: r.connector_addrs,
         not_after: r.not_after,
+        issued_at: Some(unix_now()),
     };
     let json =
         serde_json::to_vec_pretty(&enrollment).map_err(|e| EnrollError::Other(e.to_string()))?;
     write_file(&state_dir.join(ENROLLMENT_FILE), &json, 0o600)?;
     Ok(enrollment)
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn hostname() -> Option<String> {

@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 use crate::allowlist::Allowlist;
 use crate::config::Config;
 use crate::enroll::{load_enrollment, Enrollment, CA_FILE, CERT_FILE, KEY_FILE};
+use crate::metrics::Metrics;
 
 /// A connection that stayed up this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
@@ -53,10 +54,30 @@ pub enum LinkError {
     Identity { what: String, message: String },
     #[error("no gateway address: list `gateways` in the configuration or enrol again")]
     NoGateway,
+    #[error("admin listener {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("setting up metrics: {0}")]
+    Metrics(String),
 }
 
-/// Loads the enrolment and builds the mutual-TLS client configuration.
+/// Loads the enrolment and builds the mutual-TLS client configuration for links.
 pub fn load_identity(state_dir: &Path) -> Result<(Enrollment, Arc<ClientConfig>), LinkError> {
+    load_identity_alpn(state_dir, &[wire::ALPN_CONNECTOR])
+}
+
+/// As [`load_identity`], offering `alpn` (renewal uses its own). Finishes an interrupted
+/// certificate renewal first.
+pub fn load_identity_alpn(
+    state_dir: &Path,
+    alpn: &[&[u8]],
+) -> Result<(Enrollment, Arc<ClientConfig>), LinkError> {
+    crate::renew::finish_pending(state_dir).map_err(|message| LinkError::Identity {
+        what: state_dir.display().to_string(),
+        message,
+    })?;
     let enrollment = load_enrollment(state_dir)?;
     let read = |name: &str| {
         std::fs::read_to_string(state_dir.join(name)).map_err(|e| LinkError::Identity {
@@ -72,19 +93,37 @@ pub fn load_identity(state_dir: &Path) -> Result<(Enrollment, Arc<ClientConfig>)
     let chain =
         postern_proto::tls::certs_from_pem(&read(CERT_FILE)?, CERT_FILE).map_err(tls_err)?;
     let key = postern_proto::tls::key_from_pem(&read(KEY_FILE)?, KEY_FILE).map_err(tls_err)?;
-    let config = postern_proto::tls::client_config(ca, Some((chain, key)), &[wire::ALPN_CONNECTOR])
-        .map_err(tls_err)?;
+    let config =
+        postern_proto::tls::client_config(ca, Some((chain, key)), alpn).map_err(tls_err)?;
     Ok((enrollment, Arc::new(config)))
 }
 
-struct Shared {
-    tls: Arc<ClientConfig>,
+pub(crate) struct Shared {
+    /// Client configuration with the current certificate; renewal swaps it, new links use it.
+    pub(crate) tls: std::sync::RwLock<Arc<ClientConfig>>,
+    pub(crate) metrics: Arc<Metrics>,
     allowlist: Allowlist,
     dial_timeout: Duration,
     reconnect_max: Duration,
-    cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
     relays: TaskTracker,
-    connector_id: String,
+    pub(crate) connector_id: String,
+}
+
+impl Shared {
+    pub(crate) fn tls(&self) -> Arc<ClientConfig> {
+        match self.tls.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub(crate) fn set_tls(&self, tls: Arc<ClientConfig>) {
+        match self.tls.write() {
+            Ok(mut t) => *t = tls,
+            Err(poisoned) => *poisoned.into_inner() = tls,
+        }
+    }
 }
 
 /// Runs the connector until `shutdown` completes, then stops dialling, lets open tunnels finish
@@ -102,8 +141,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if config.allowlist.entries.is_empty() {
         warn!("the allowlist is empty: every tunnel will be refused");
     }
+    let metrics = Arc::new(Metrics::new().map_err(|e| LinkError::Metrics(e.to_string()))?);
+    let admin = match config.admin_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| LinkError::Admin { addr, source })?,
+        ),
+        None => None,
+    };
     let shared = Arc::new(Shared {
-        tls,
+        tls: std::sync::RwLock::new(tls),
+        metrics: metrics.clone(),
         allowlist: config.allowlist.clone(),
         dial_timeout: config.dial_timeout,
         reconnect_max: config.reconnect_max,
@@ -113,6 +162,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     });
     info!(connector_id = %enrollment.connector_id, site = %enrollment.site, gateways = ?gateways, "connector starting");
     let mut links = Vec::new();
+    if let Some(l) = admin {
+        if let Ok(a) = l.local_addr() {
+            info!(admin = %a, "admin listener (metrics, health) up");
+        }
+        links.push(tokio::spawn(crate::admin_http::serve(
+            metrics.clone(),
+            l,
+            shared.cancel.clone(),
+        )));
+    }
+    links.push(tokio::spawn(crate::renew::keep_renewed(
+        shared.clone(),
+        config.state_dir.clone(),
+        gateways.clone(),
+    )));
     for gw in &gateways {
         for n in 0..config.connections_per_gateway {
             links.push(tokio::spawn(link_loop(shared.clone(), gw.clone(), n)));
@@ -148,9 +212,13 @@ fn jitter(d: Duration) -> Duration {
 async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
     let mut backoff = BACKOFF_START;
     let mut fast_until: Option<Instant> = None;
+    let mut first = true;
     loop {
         if shared.cancel.is_cancelled() {
             return;
+        }
+        if !std::mem::take(&mut first) {
+            shared.metrics.reconnects.inc();
         }
         let started = Instant::now();
         match connect_once(&shared, &gateway).await {
@@ -198,7 +266,7 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
     let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("server name: {e}"))?;
     let tls = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_rustls::TlsConnector::from(shared.tls.clone()).connect(name, tcp),
+        tokio_rustls::TlsConnector::from(shared.tls()).connect(name, tcp),
     )
     .await
     .map_err(|_| "TLS handshake timed out".to_owned())?
@@ -222,7 +290,8 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
         .max_concurrent_streams(16_384)
         .serve_connection(TokioIo::new(tls), service);
     let mut conn = Box::pin(conn);
-    tokio::select! {
+    shared.metrics.links_up.inc();
+    let r = tokio::select! {
         r = conn.as_mut() => r.map_err(|e| format!("HTTP/2: {e}")),
         _ = shared.cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
@@ -231,7 +300,8 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
         }
         _ = draining.notified() => {
             // Dial again now (the caller's loop does); this link carries on, in its own task,
-            // for the tunnels it still has until the gateway closes it.
+            // for the tunnels it still has until the gateway closes it. It no longer counts
+            // as a link that is up: no new tunnels will come over it.
             info!(%gateway, "gateway is draining: dialling again; the old link stays for its open tunnels");
             let cancel = shared.cancel.clone();
             tokio::spawn(async move {
@@ -245,7 +315,9 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
             });
             Ok(())
         }
-    }
+    };
+    shared.metrics.links_up.dec();
+    r
 }
 
 fn refuse(status: StatusCode, reason: &str) -> Response<Empty<Bytes>> {
@@ -289,6 +361,12 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_owned();
+    if req.method() == Method::GET && req.uri().path() == wire::PATH_LINK_PING {
+        // The gateway's round-trip probe: answered at once, dials nothing.
+        let mut r = Response::new(Empty::new());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        return r;
+    }
     if req.method() != Method::CONNECT {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "only CONNECT is served");
     }
@@ -303,11 +381,17 @@ async fn handle(
     let addrs = match allowed_addrs(&shared, &host, port).await {
         Ok(a) => a,
         Err(e) => {
+            shared
+                .metrics
+                .dials
+                .with_label_values(&["resolve_failed"])
+                .inc();
             warn!(session_id = %session, %target, error = %e, "cannot resolve target");
             return refuse(StatusCode::BAD_GATEWAY, &e);
         }
     };
     if addrs.is_empty() {
+        shared.metrics.allowlist_refusals.inc();
         warn!(session_id = %session, %target, "refused: target is outside this connector's allowlist");
         return refuse(
             StatusCode::FORBIDDEN,
@@ -327,6 +411,11 @@ async fn handle(
         }
     }
     let Some(tcp) = stream else {
+        shared
+            .metrics
+            .dials
+            .with_label_values(&["unreachable"])
+            .inc();
         warn!(session_id = %session, %target, error = %last_err, "cannot reach target");
         return refuse(
             StatusCode::BAD_GATEWAY,
@@ -334,16 +423,28 @@ async fn handle(
         );
     };
     let _ = tcp.set_nodelay(true);
+    shared.metrics.dials.with_label_values(&["ok"]).inc();
     debug!(session_id = %session, %target, "tunnel open");
+    let metrics = shared.metrics.clone();
+    metrics.streams_active.inc();
     shared.relays.spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(up) => {
                 let counters = Arc::new(Counters::default());
                 let ended = relay(TokioIo::new(up), tcp, counters.clone()).await;
+                metrics
+                    .tunnel_bytes
+                    .with_label_values(&["to_target"])
+                    .inc_by(counters.a_to_b());
+                metrics
+                    .tunnel_bytes
+                    .with_label_values(&["from_target"])
+                    .inc_by(counters.b_to_a());
                 debug!(session_id = %session, %target, ?ended, to_target = counters.a_to_b(), from_target = counters.b_to_a(), "tunnel closed");
             }
             Err(e) => debug!(session_id = %session, error = %e, "tunnel upgrade failed"),
         }
+        metrics.streams_active.dec();
     });
     Response::new(Empty::new())
 }

@@ -39,12 +39,13 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/postern/connector.toml")]
         config: PathBuf,
     },
-    /// Show the enrolment and configuration.
+    /// Show the enrolment, the configuration and (with `[admin] listen`) the live counters.
     Status {
         #[arg(long, short, default_value = "/etc/postern/connector.toml")]
         config: PathBuf,
     },
-    /// Validate the configuration and enrolment, then exit.
+    /// Check the configuration, enrolment, certificate and gateway reachability; print every
+    /// problem; exit 1 on any error.
     Check {
         #[arg(long, short, default_value = "/etc/postern/connector.toml")]
         config: PathBuf,
@@ -122,7 +123,24 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(link::run(config, shutdown_signal()))?;
             Ok(())
         }
-        Cmd::Status { config } | Cmd::Check { config } => {
+        Cmd::Check { config } => {
+            let path = config;
+            let config = Config::load(&path)?;
+            let findings = runtime()?.block_on(postern_connector::check::check(&config));
+            for f in &findings {
+                eprintln!("{f}");
+            }
+            let errors = findings
+                .iter()
+                .filter(|f| f.severity == postern_proto::certs::Severity::Error)
+                .count();
+            if errors > 0 {
+                anyhow::bail!("{errors} problem(s) in {}", path.display());
+            }
+            println!("ok: {}", path.display());
+            Ok(())
+        }
+        Cmd::Status { config } => {
             let path = config.clone();
             let config = Config::load(&config)?;
             let (e, _) = link::load_identity(&config.state_dir)?;
@@ -143,7 +161,40 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             for a in &config.allowlist.entries {
                 println!("             {} ports {:?}", a.net, a.ports);
             }
+            if let Some(addr) = config.admin_listen {
+                match running_metrics(addr) {
+                    Some(lines) => {
+                        println!("running      (from http://{addr}/metrics)");
+                        for l in lines {
+                            println!("             {l}");
+                        }
+                    }
+                    None => println!("running      no answer on the admin listener {addr}"),
+                }
+            }
             Ok(())
         }
     }
+}
+
+/// The live counters of a running connector, from its admin listener.
+fn running_metrics(addr: std::net::SocketAddr) -> Option<Vec<String>> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    Some(
+        body.lines()
+            .filter(|l| {
+                l.starts_with("postern_connector_") && !l.starts_with("postern_connector_build")
+            })
+            .map(|l| l.trim_start_matches("postern_connector_").to_owned())
+            .collect(),
+    )
 }

@@ -199,43 +199,385 @@ pub fn export_ca(config: &Config, out: &Path) -> Result<(), GatewayError> {
     })
 }
 
-/// `check`: every problem with a configuration, all at once (empty = fine). Looks at the
-/// policy, the sign-in settings and the state directory; binds nothing.
-pub fn check(config: &Config) -> Vec<String> {
-    let mut problems = Vec::new();
-    if let Err(e) = postern_policy::Policy::from_file(&config.policy) {
-        problems.push(format!("policy {}:\n{e}", config.policy.display()));
+/// Which of the gateway's two CAs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhichCa {
+    /// Issues the gateway's own TLS certificate (what connectors, and clients without a
+    /// certificate from files, trust).
+    Server,
+    /// Issues connector client certificates (what auditors and hospital IT may pin).
+    Connector,
+}
+
+/// `ca export --which W`: the CA certificate in PEM, read from the state directory (never
+/// created here: a gateway that never started has none).
+pub fn ca_pem(config: &Config, which: WhichCa) -> Result<String, GatewayError> {
+    let name = match which {
+        WhichCa::Server => "server-ca.pem",
+        WhichCa::Connector => "connector-ca.pem",
+    };
+    let path = config.state_dir.join(name);
+    let pem = std::fs::read_to_string(&path).map_err(|source| GatewayError::Io {
+        what: format!(
+            "reading {} (has the gateway been started with this configuration?)",
+            path.display()
+        ),
+        source,
+    })?;
+    postern_proto::tls::certs_from_pem(&pem, &path.display().to_string())?;
+    Ok(pem)
+}
+
+/// `check`: things worth knowing that are not errors (printed as `note:`).
+pub fn check_notes(config: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    if config.oidc.is_some() && !config.devices.required {
+        notes.push(
+            "device trust is OFF ([devices] required = false): sign-in issues tokens that are not bound to a device, and policy device conditions are unknown for them".into(),
+        );
     }
-    if let Some(o) = &config.oidc {
-        if o.insecure_http_issuer {
-            problems.push(format!(
-                "oidc.insecure_http_issuer = true: a plain-http identity provider ({}) is for tests and the demo only; production sign-in must use https",
-                o.issuer
-            ));
-        }
-        if let Err(e) = o.read_secret() {
-            problems.push(e);
-        }
-        if let crate::config::SecretSource::File(p) = &o.client_secret {
-            if let Ok(m) = std::fs::metadata(p) {
-                use std::os::unix::fs::PermissionsExt;
-                if m.permissions().mode() & 0o077 != 0 {
-                    problems.push(format!(
-                        "{}: the client secret file is readable by others (chmod 600)",
-                        p.display()
-                    ));
+    if config.oidc.is_some()
+        && config.devices.required
+        && crate::devices::Devices::new(config).is_ok()
+    {
+        match config.webauthn_origin_and_rp_id() {
+            Ok((origin, rp_id)) => notes.push(format!(
+                "device trust is on: WebAuthn relying party '{rp_id}', origin {origin}, approval {}",
+                match config.devices.approval {
+                    crate::config::Approval::Auto => "auto",
+                    crate::config::Approval::Manual => "manual",
                 }
+            )),
+            Err(e) => notes.push(format!("device trust: {e}")),
+        }
+    }
+    notes
+}
+
+fn admin_err(what: String, message: &str) -> GatewayError {
+    GatewayError::Io {
+        what,
+        source: std::io::Error::other(message.to_owned()),
+    }
+}
+
+/// One device as `device list --json` prints it (the stored record without the key blob).
+pub fn device_json(d: &crate::store::DeviceRec) -> serde_json::Value {
+    serde_json::json!({
+        "id": d.id,
+        "user": d.user,
+        "name": d.name,
+        "status": d.status.as_str(),
+        "credential_id": d.credential_id,
+        "aaguid": d.aaguid,
+        "sign_count": d.sign_count,
+        "user_verified": d.user_verified,
+        "backup_eligible": d.backup_eligible,
+        "backup_state": d.backup_state,
+        "transports": d.transports,
+        "created": d.created,
+        "last_seen": d.last_seen,
+        "approved": d.approved,
+        "approved_by": d.approved_by,
+        "revoked": d.revoked,
+        "revoked_reason": d.revoked_reason,
+        "posture": d.posture,
+    })
+}
+
+fn when(t: Option<u64>) -> String {
+    t.map(|t| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t)).to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `device list [--user U] [--pending] [--json]`.
+pub fn device_list(
+    config: &Config,
+    user: Option<&str>,
+    pending_only: bool,
+    json: bool,
+) -> Result<String, GatewayError> {
+    let state = Store::open(&config.state_dir)?.read()?;
+    let devices: Vec<_> = state
+        .devices
+        .iter()
+        .filter(|d| user.is_none_or(|u| d.user == u))
+        .filter(|d| !pending_only || d.status == crate::store::DeviceStatus::Pending)
+        .collect();
+    if json {
+        let v: Vec<_> = devices.iter().map(|d| device_json(d)).collect();
+        return serde_json::to_string_pretty(&v)
+            .map(|s| s + "\n")
+            .map_err(|e| admin_err("printing devices".into(), &e.to_string()));
+    }
+    let mut out = format!(
+        "{:<17} {:<28} {:<20} {:<8} {:<3} {:<21} {}\n",
+        "ID", "USER", "NAME", "STATUS", "UV", "LAST SEEN", "POSTURE"
+    );
+    for d in devices {
+        let posture = d
+            .posture
+            .as_ref()
+            .map(|p| {
+                let f = p.policy_facts();
+                format!(
+                    "{} {}; disk {}, firewall {}, lock {}",
+                    p.os_name, p.os_version, f["disk_encrypted"], f["firewall"], f["screen_lock"]
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<17} {:<28} {:<20} {:<8} {:<3} {:<21} {}\n",
+            d.id,
+            d.user,
+            d.name.chars().take(20).collect::<String>(),
+            d.status.as_str(),
+            if d.user_verified { "yes" } else { "no" },
+            when(d.last_seen.or(Some(d.created))),
+            posture
+        ));
+    }
+    Ok(out)
+}
+
+fn device_event(kind: EventType, d: &crate::store::DeviceRec, detail: String) -> Event {
+    let mut ev = Event::new(kind);
+    ev.user = Some(d.user.clone());
+    ev.device = Some(postern_audit::DeviceRef {
+        id: d.id.clone(),
+        name: Some(d.name.clone()),
+        user_verified: Some(d.user_verified),
+    });
+    ev.detail = Some(detail);
+    ev
+}
+
+fn local_user() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// `device approve ID`: a pending (or suspect) device becomes active.
+pub fn device_approve(config: &Config, id: &str) -> Result<crate::store::DeviceRec, GatewayError> {
+    use crate::store::DeviceStatus;
+    let store = Store::open(&config.state_dir)?;
+    let (rec, was) = store.update(|s| {
+        let d = s.devices.iter_mut().find(|d| d.id == id).ok_or_else(|| {
+            admin_err(
+                format!("approving device '{id}'"),
+                "no such device (see `postern-gateway device list`)",
+            )
+        })?;
+        let was = d.status;
+        match d.status {
+            DeviceStatus::Revoked => {
+                return Err(admin_err(
+                    format!("approving device '{id}'"),
+                    "the device is revoked; the user must register it again",
+                ))
+            }
+            DeviceStatus::Active => {}
+            DeviceStatus::Pending | DeviceStatus::Suspect => {
+                d.status = DeviceStatus::Active;
+                d.approved = Some(unix_now());
+                d.approved_by = Some(local_user());
             }
         }
+        Ok::<_, GatewayError>((d.clone(), was))
+    })?;
+    if was != crate::store::DeviceStatus::Active {
+        audit(
+            config,
+            device_event(
+                EventType::DeviceApproved,
+                &rec,
+                format!("device {} approved (was {})", rec.id, was.as_str()),
+            ),
+        )?;
     }
-    if let Ok(m) = std::fs::metadata(&config.state_dir) {
-        use std::os::unix::fs::PermissionsExt;
-        if m.permissions().mode() & 0o077 != 0 {
-            problems.push(format!(
-                "{}: the state directory holds keys and must not be readable by others (chmod 700)",
-                config.state_dir.display()
-            ));
+    Ok(rec)
+}
+
+/// `device revoke ID`: refused from now on; a running gateway ends its live tunnels.
+pub fn device_revoke(
+    config: &Config,
+    id: &str,
+    reason: &str,
+) -> Result<crate::store::DeviceRec, GatewayError> {
+    use crate::store::DeviceStatus;
+    let store = Store::open(&config.state_dir)?;
+    let rec = store.update(|s| {
+        let d = s.devices.iter_mut().find(|d| d.id == id).ok_or_else(|| {
+            admin_err(
+                format!("revoking device '{id}'"),
+                "no such device (see `postern-gateway device list`)",
+            )
+        })?;
+        if d.status != DeviceStatus::Revoked {
+            d.status = DeviceStatus::Revoked;
+            d.revoked = Some(unix_now());
+            d.revoked_reason = Some(reason.to_owned());
+        }
+        Ok::<_, GatewayError>(d.clone())
+    })?;
+    audit(
+        config,
+        device_event(
+            EventType::DeviceRevoked,
+            &rec,
+            format!("device {} revoked: {reason}", rec.id),
+        ),
+    )?;
+    Ok(rec)
+}
+
+/// `user revoke U`: every device of U revoked and U's current tokens refused; a running
+/// gateway ends U's live tunnels. Returns the devices revoked.
+pub fn user_revoke(config: &Config, user: &str) -> Result<Vec<String>, GatewayError> {
+    use crate::store::{DeviceStatus, RevokedUser};
+    if user.is_empty() {
+        return Err(admin_err(
+            "user revoke".into(),
+            "the user must not be empty",
+        ));
+    }
+    let store = Store::open(&config.state_dir)?;
+    let now = unix_now();
+    let revoked = store.update(|s| {
+        let mut ids = Vec::new();
+        for d in s.devices.iter_mut().filter(|d| d.user == user) {
+            if d.status != DeviceStatus::Revoked {
+                d.status = DeviceStatus::Revoked;
+                d.revoked = Some(now);
+                d.revoked_reason = Some("user revoked".into());
+                ids.push(d.clone());
+            }
+        }
+        s.revoked_users.retain(|u| u.user != user);
+        s.revoked_users.push(RevokedUser {
+            user: user.to_owned(),
+            before: now,
+        });
+        Ok::<_, GatewayError>(ids)
+    })?;
+    for d in &revoked {
+        audit(
+            config,
+            device_event(
+                EventType::DeviceRevoked,
+                d,
+                format!("device {} revoked: user revoked", d.id),
+            ),
+        )?;
+    }
+    let mut ev = Event::new(EventType::AdminCommand);
+    ev.user = Some(user.to_owned());
+    ev.detail = Some(format!(
+        "user revoke {user}: {} device(s) revoked, tokens issued until now refused",
+        revoked.len()
+    ));
+    audit(config, ev)?;
+    Ok(revoked.into_iter().map(|d| d.id).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DeviceRec, DeviceStatus};
+
+    fn rec(id: &str, user: &str, status: DeviceStatus) -> DeviceRec {
+        DeviceRec {
+            id: id.into(),
+            user: user.into(),
+            name: format!("{id} laptop"),
+            status,
+            credential_id: format!("cred-{id}"),
+            aaguid: "00000000-0000-0000-0000-000000000000".into(),
+            sign_count: 3,
+            user_verified: true,
+            backup_eligible: false,
+            backup_state: false,
+            transports: vec!["internal".into()],
+            created: 1_760_000_000,
+            last_seen: Some(1_760_000_100),
+            approved: None,
+            approved_by: None,
+            revoked: None,
+            revoked_reason: None,
+            posture: None,
+            passkey: serde_json::Value::Null,
         }
     }
-    problems
+
+    #[test]
+    fn device_list_approve_revoke_and_user_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::local(&dir.path().join("state"), &dir.path().join("p.toml"));
+        let store = Store::open(&config.state_dir).unwrap();
+        store
+            .update(|s| {
+                s.devices.push(rec("dev-1", "ann@x", DeviceStatus::Pending));
+                s.devices.push(rec("dev-2", "ann@x", DeviceStatus::Active));
+                s.devices.push(rec("dev-3", "bob@x", DeviceStatus::Pending));
+                Ok::<_, GatewayError>(())
+            })
+            .unwrap();
+
+        let all: Vec<serde_json::Value> =
+            serde_json::from_str(&device_list(&config, None, false, true).unwrap()).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0]["status"], "pending");
+        assert_eq!(all[0]["credential_id"], "cred-dev-1");
+        assert!(
+            all[0].get("passkey").is_none(),
+            "the key blob is not listed"
+        );
+        let pending: Vec<serde_json::Value> =
+            serde_json::from_str(&device_list(&config, None, true, true).unwrap()).unwrap();
+        assert_eq!(pending.len(), 2);
+        let anns: Vec<serde_json::Value> =
+            serde_json::from_str(&device_list(&config, Some("ann@x"), true, true).unwrap())
+                .unwrap();
+        assert_eq!(anns.len(), 1);
+        assert_eq!(anns[0]["id"], "dev-1");
+        let table = device_list(&config, None, false, false).unwrap();
+        assert!(table.starts_with("ID "), "{table}");
+        assert!(
+            table.contains("dev-3") && table.contains("bob@x") && table.contains("pending"),
+            "{table}"
+        );
+
+        let d = device_approve(&config, "dev-1").unwrap();
+        assert_eq!(d.status, DeviceStatus::Active);
+        assert!(d.approved.is_some());
+        let e = device_approve(&config, "dev-9").unwrap_err().to_string();
+        assert!(e.contains("no such device"), "{e}");
+
+        let d = device_revoke(&config, "dev-1", "lost on the train").unwrap();
+        assert_eq!(d.status, DeviceStatus::Revoked);
+        assert_eq!(d.revoked_reason.as_deref(), Some("lost on the train"));
+        let e = device_approve(&config, "dev-1").unwrap_err().to_string();
+        assert!(e.contains("revoked"), "{e}");
+
+        let ids = user_revoke(&config, "ann@x").unwrap();
+        assert_eq!(ids, vec!["dev-2".to_owned()]);
+        let s = store.read().unwrap();
+        assert!(s
+            .devices
+            .iter()
+            .filter(|d| d.user == "ann@x")
+            .all(|d| d.status == DeviceStatus::Revoked));
+        assert_eq!(s.device("dev-3").unwrap().status, DeviceStatus::Pending);
+        assert_eq!(s.revoked_users.len(), 1);
+
+        // Every change is in the audit log.
+        let mut text = String::new();
+        for e in std::fs::read_dir(&config.audit_dir).unwrap() {
+            text.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap_or_default());
+        }
+        assert_eq!(text.matches("\"type\":\"device.approved\"").count(), 1);
+        assert_eq!(text.matches("\"type\":\"device.revoked\"").count(), 2);
+        assert!(text.contains("user revoke ann@x"));
+    }
 }

@@ -25,6 +25,10 @@ use postern_proto::wire::SessionSummary;
 use serde::Deserialize;
 use tracing::{info, warn};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use postern_proto::posture::PostureReport;
+
 use crate::oidc::{AuthError, CliRequest, Identity, Oidc, COOKIE};
 use crate::pages;
 use crate::store::{unix_now, RevokedToken, StoreError};
@@ -167,11 +171,37 @@ pub async fn login(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -
         param(&q, "cli_challenge"),
         param(&q, "cli_state"),
     ) {
-        (Some(r), Some(c), Some(s)) => Some(CliRequest {
-            redirect: r.to_owned(),
-            challenge: c.to_owned(),
-            state: s.to_owned(),
-        }),
+        (Some(r), Some(c), Some(s)) => {
+            let posture = match param(&q, "cli_posture") {
+                None => None,
+                Some(p) => match URL_SAFE_NO_PAD
+                    .decode(p.trim_end_matches('='))
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| PostureReport::parse(&b).map_err(|e| e.to_string()))
+                {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        return fail_page(
+                            &gw,
+                            peer,
+                            &ua,
+                            &AuthError {
+                                status: StatusCode::BAD_REQUEST,
+                                code: "bad_posture",
+                                public: "The device report sent by the postern command is not valid. Update postern and try again.".into(),
+                                detail: format!("cli_posture: {e}"),
+                            },
+                        );
+                    }
+                },
+            };
+            Some(CliRequest {
+                redirect: r.to_owned(),
+                challenge: c.to_owned(),
+                state: s.to_owned(),
+                posture,
+            })
+        }
         (None, None, None) => None,
         _ => {
             return fail_page(
@@ -226,19 +256,70 @@ pub async fn callback(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr
             return r;
         }
     };
-    let (token, claims) = match mint(&gw, &oidc, &identity) {
-        Ok(x) => x,
-        Err(e) => return fail_page(&gw, peer, &ua, &e),
+    if gw.devices.enabled() {
+        // Device trust: the sign-in continues with a WebAuthn ceremony on the device page.
+        let posture = cli.as_ref().and_then(|c| c.posture.clone());
+        return match gw.devices.open(identity.clone(), cli) {
+            Ok(ceremony) => {
+                let mut r = crate::devices::page(&gw, &identity, &ceremony, posture.as_ref());
+                set_cookie(&mut r, "", 0);
+                r
+            }
+            Err(e) => fail_page(
+                &gw,
+                peer,
+                &ua,
+                &AuthError {
+                    status: e.status,
+                    code: e.code,
+                    public: e.public,
+                    detail: e.detail,
+                },
+            ),
+        };
+    }
+    let mut r = match complete(&gw, &identity, cli, None, peer, &ua) {
+        Ok(Some(url)) => redirect(&url),
+        Ok(None) => pages::success(
+            "You are signed in",
+            &format!(
+                "Signed in as {} — you can close this window.",
+                identity.user
+            ),
+        ),
+        Err(e) => fail_page(&gw, peer, &ua, &e),
     };
-    info!(user = %identity.user, groups = ?identity.groups, mfa = identity.mfa, %peer, "signed in");
+    set_cookie(&mut r, "", 0);
+    r
+}
+
+/// Finishes a sign-in: mints the session token (bound to `device` when device trust is on),
+/// audits `auth.login` and returns the CLI's loopback URL with its one-time code, or `None`
+/// for a browser-only sign-in.
+pub(crate) fn complete(
+    gw: &Gateway,
+    identity: &Identity,
+    cli: Option<CliRequest>,
+    device: Option<&crate::devices::Binding>,
+    peer: SocketAddr,
+    ua: &str,
+) -> Result<Option<String>, AuthError> {
+    let oidc = oidc(gw)?;
+    let (token, claims) = mint(gw, oidc, identity, device)?;
+    info!(user = %identity.user, groups = ?identity.groups, mfa = identity.mfa, device = ?claims.device, %peer, "signed in");
     gw.metrics.auth_logins.with_label_values(&["success"]).inc();
     let mut ev = gw.event(EventType::AuthLogin);
     ev.user = Some(identity.user.clone());
     ev.groups = Some(identity.groups.clone());
     ev.source = Some(peer.to_string());
-    ev.user_agent = Some(ua.clone());
+    ev.user_agent = Some(ua.to_owned());
     ev.user_name = identity.name.clone();
     ev.user_email = identity.email.clone();
+    ev.device = device.map(|d| postern_audit::DeviceRef {
+        id: d.device.clone(),
+        name: Some(d.name.clone()),
+        user_verified: Some(d.user_verified),
+    });
     ev.detail = Some(format!(
         "idp {} subject {}; mfa {}; session token {} until {}",
         identity.issuer,
@@ -248,30 +329,25 @@ pub async fn callback(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(claims.exp))
     ));
     gw.audit.record_nowait(ev);
-    let mut r = match cli {
-        Some(cli) => match oidc.issue_cli_code(&cli, token) {
-            Ok(code) => {
-                let enc: String = form_urlencoded::Serializer::new(String::new())
-                    .append_pair("code", &code)
-                    .append_pair("state", &cli.state)
-                    .finish();
-                redirect(&format!("{}?{enc}", cli.redirect))
-            }
-            Err(e) => fail_page(&gw, peer, &ua, &e),
-        },
-        None => pages::success(
-            "You are signed in",
-            &format!(
-                "Signed in as {} — you can close this window.",
-                identity.user
-            ),
-        ),
-    };
-    set_cookie(&mut r, "", 0);
-    r
+    match cli {
+        Some(cli) => {
+            let code = oidc.issue_cli_code(&cli, token)?;
+            let enc: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("code", &code)
+                .append_pair("state", &cli.state)
+                .finish();
+            Ok(Some(format!("{}?{enc}", cli.redirect)))
+        }
+        None => Ok(None),
+    }
 }
 
-fn mint(gw: &Gateway, oidc: &Oidc, id: &Identity) -> Result<(String, Claims), AuthError> {
+fn mint(
+    gw: &Gateway,
+    oidc: &Oidc,
+    id: &Identity,
+    device: Option<&crate::devices::Binding>,
+) -> Result<(String, Claims), AuthError> {
     let internal = |d: String| AuthError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         code: "internal",
@@ -291,7 +367,9 @@ fn mint(gw: &Gateway, oidc: &Oidc, id: &Identity) -> Result<(String, Claims), Au
             jti: new_jti().map_err(|e| internal(e.to_string()))?,
             auth_time: Some(id.auth_time.unwrap_or(now)),
             mfa: id.mfa,
-            device: None,
+            device: device.map(|d| d.device.clone()),
+            uv: device.is_some_and(|d| d.user_verified),
+            posture: device.and_then(|d| d.posture.as_ref().map(|p| p.policy_facts())),
             name: id.name.clone(),
             idp: Some(id.issuer.clone()),
         })
@@ -315,6 +393,8 @@ fn body_of(claims: &Claims, token: Option<String>) -> SessionSummary {
         auth_time: claims.auth_time,
         expires_at: claims.exp,
         idp: claims.idp.clone(),
+        device: claims.device.clone(),
+        user_verified: claims.uv,
     }
 }
 

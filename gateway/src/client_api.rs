@@ -34,7 +34,7 @@ use crate::store::{unix_now, ConnectorRec, StoreError};
 use crate::tokens::{Claims, TokenError};
 use crate::Gateway;
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
 pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) {
     loop {
@@ -183,6 +183,18 @@ async fn route(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Re
         (&Method::POST, "/auth/token") => crate::auth::token(gw, req, peer).await,
         (&Method::POST, "/auth/logout") => crate::auth::logout(gw, req, peer).await,
         (&Method::GET, "/v1/whoami") => crate::auth::whoami(&gw, &req),
+        (&Method::POST, "/auth/device/register/begin") => {
+            crate::devices::handle(gw, req, peer, crate::devices::Step::RegisterBegin).await
+        }
+        (&Method::POST, "/auth/device/register/finish") => {
+            crate::devices::handle(gw, req, peer, crate::devices::Step::RegisterFinish).await
+        }
+        (&Method::POST, "/auth/device/assert/begin") => {
+            crate::devices::handle(gw, req, peer, crate::devices::Step::AssertBegin).await
+        }
+        (&Method::POST, "/auth/device/assert/finish") => {
+            crate::devices::handle(gw, req, peer, crate::devices::Step::AssertFinish).await
+        }
         (&Method::GET, p) if p.starts_with("/v1/endpoints/") => {
             let name = &p["/v1/endpoints/".len()..];
             check_endpoint(&gw, &req, peer, name).await
@@ -205,10 +217,42 @@ fn bearer(req: &Request<Incoming>) -> Result<&str, TokenError> {
 
 pub(crate) fn authenticate(gw: &Gateway, req: &Request<Incoming>) -> Result<Claims, TokenError> {
     let claims = gw.keys.verify(bearer(req)?)?;
+    check_live(gw, &claims)?;
+    Ok(claims)
+}
+
+/// Revocations that apply to a valid token: sign-out, its user, its device.
+pub(crate) fn check_live(gw: &Gateway, claims: &Claims) -> Result<(), TokenError> {
     if gw.is_revoked(&claims.jti) {
         return Err(TokenError::Revoked);
     }
-    Ok(claims)
+    if gw.devices.user_revoked(&claims.sub, claims.iat) {
+        return Err(TokenError::UserRevoked);
+    }
+    if let Some(id) = &claims.device {
+        match gw.devices.view(id) {
+            Some(v) if v.status == crate::store::DeviceStatus::Active && v.user == claims.sub => {}
+            Some(v) => return Err(TokenError::DeviceNotActive(id.clone(), v.status.as_str())),
+            None => return Err(TokenError::DeviceNotActive(id.clone(), "not registered")),
+        }
+    }
+    Ok(())
+}
+
+/// The policy's device facts for a token: none for a token not bound to a device.
+pub(crate) fn device_facts(gw: &Gateway, claims: &Claims) -> Option<postern_policy::DeviceFacts> {
+    claims
+        .device
+        .as_deref()
+        .map(|id| gw.devices.facts(id, claims.uv, claims.posture.as_ref()))
+}
+
+pub(crate) fn device_ref(gw: &Gateway, claims: &Claims) -> Option<postern_audit::DeviceRef> {
+    claims.device.as_ref().map(|id| postern_audit::DeviceRef {
+        id: id.clone(),
+        name: gw.devices.view(id).map(|v| v.name),
+        user_verified: Some(claims.uv),
+    })
 }
 
 pub fn endpoint_ref(e: &Endpoint) -> EndpointRef {
@@ -247,6 +291,7 @@ fn audit_denied(
     let mut ev = gw.event(EventType::SessionDenied);
     ev.source = Some(peer.to_string());
     ev.user = claims.map(|c| c.sub.clone());
+    ev.device = claims.and_then(|c| device_ref(gw, c));
     ev.groups = claims.map(|c| c.groups.clone());
     ev.endpoint = Some(match policy.endpoint(endpoint_name) {
         Some(e) => endpoint_ref(e),
@@ -287,12 +332,13 @@ fn justification(req: &Request<Incoming>) -> Option<String> {
 }
 
 /// Everything the policy may ask about this request: who, from where, how strongly
-/// authenticated, with what reason (device facts arrive with device trust).
+/// authenticated, on what device, with what reason.
 fn policy_request<'a>(
     claims: &'a Claims,
     endpoint: &'a str,
     peer: SocketAddr,
     justification: Option<&'a str>,
+    device: Option<&'a postern_policy::DeviceFacts>,
 ) -> postern_policy::Request<'a> {
     let auth_time = claims
         .auth_time
@@ -305,6 +351,10 @@ fn policy_request<'a>(
     )
     .with_source(peer.ip())
     .with_auth(claims.mfa, auth_time);
+    let r = match device {
+        Some(d) => r.with_device(d),
+        None => r,
+    };
     match justification {
         Some(j) => r.with_justification(j),
         None => r,
@@ -361,11 +411,13 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
     }
     let policy = gw.policy();
     let reason_given = justification(&req);
+    let device = device_facts(&gw, &claims);
     let decision = policy.evaluate(&policy_request(
         &claims,
         &name,
         peer,
         reason_given.as_deref(),
+        device.as_ref(),
     ));
     let endpoint = match (decision.is_allowed(), policy.endpoint(&name)) {
         (true, Some(e)) => e.clone(),
@@ -402,6 +454,7 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
             .filter(|_| decision.limits.require_justification),
         report_only: crate::sessions::report_only(&decision),
         egress_class: Some(endpoint.egress.to_string()),
+        device: device_ref(&gw, &claims),
     };
     let link = gw.registry.pick(&endpoint.site);
     info.connector = link.as_ref().map(|l| l.connector_ref());
@@ -528,6 +581,9 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
             .map(|t| std::time::UNIX_EPOCH + Duration::from_secs(t)),
         justification: reason_given.clone(),
         started,
+        token_iat: claims.iat,
+        device_id: claims.device.clone(),
+        device: device.clone(),
     };
     let idle_limit = decision.limits.idle_timeout;
     let recheck_at = decision.valid_until;
@@ -607,11 +663,18 @@ fn list_endpoints(gw: &Gateway, req: &Request<Incoming>, peer: SocketAddr) -> Re
         }
     };
     let policy = gw.policy();
+    let device = device_facts(gw, &claims);
     let endpoints = policy
         .endpoints()
         .iter()
         .filter_map(|e| {
-            let d = policy.evaluate(&policy_request(&claims, &e.name, peer, None));
+            let d = policy.evaluate(&policy_request(
+                &claims,
+                &e.name,
+                peer,
+                None,
+                device.as_ref(),
+            ));
             d.is_allowed().then(|| endpoint_info(e, &d))
         })
         .collect();
@@ -640,7 +703,14 @@ async fn check_endpoint(
     };
     let policy = gw.policy();
     let given = justification(req);
-    let d = policy.evaluate(&policy_request(&claims, name, peer, given.as_deref()));
+    let device = device_facts(gw, &claims);
+    let d = policy.evaluate(&policy_request(
+        &claims,
+        name,
+        peer,
+        given.as_deref(),
+        device.as_ref(),
+    ));
     match policy.endpoint(name) {
         Some(e) if d.is_allowed() => json(StatusCode::OK, &endpoint_info(e, &d)),
         _ => {
@@ -744,6 +814,8 @@ async fn enroll(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
                 enrolled: now,
                 not_after: not_after_unix,
                 revoked: None,
+                previous_serial: None,
+                renewed: None,
             });
             Ok((id, site, cert_pem, not_after, token_id))
         })

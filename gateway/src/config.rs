@@ -42,6 +42,8 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     rate_limits: RawRateLimits,
+    #[serde(default)]
+    devices: RawDevices,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +55,16 @@ struct RawRateLimits {
     tunnel_per_address: Option<RateQuota>,
     tunnel_per_user: Option<RateQuota>,
     admin: Option<RateQuota>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevices {
+    required: Option<bool>,
+    approval: Option<String>,
+    rp_id: Option<String>,
+    rp_name: Option<String>,
+    origin: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +111,10 @@ struct RawTls {
     server_names: Option<Vec<String>>,
     /// `host:port` of the connector listener as connectors should dial it.
     advertise_connector_addrs: Option<Vec<String>>,
+    /// The client-facing certificate chain (PEM, leaf first) and its key, e.g. from the
+    /// hospital's or a public CA. Default: a certificate issued by the gateway's own CA.
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +142,8 @@ pub struct Config {
     pub listen_clients: SocketAddr,
     pub listen_connectors: SocketAddr,
     pub server_names: Vec<String>,
+    /// Client-facing certificate and key files (reloaded on SIGHUP); None = self-issued.
+    pub server_cert_files: Option<CertFiles>,
     /// Empty means "derive from the bound connector listener address".
     pub advertise_connector_addrs: Vec<String>,
     pub handshake_timeout: Duration,
@@ -140,6 +158,82 @@ pub struct Config {
     pub listen_admin: Option<SocketAddr>,
     /// Per-address and per-user rate limits.
     pub rate_limits: RateLimits,
+    /// Device trust (WebAuthn) at sign-in.
+    pub devices: DevicesConfig,
+}
+
+/// Whether a newly registered device may be used at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Approval {
+    /// Active as soon as it is registered.
+    Auto,
+    /// Pending until the security team runs `postern-gateway device approve`.
+    Manual,
+}
+
+/// `[devices]`: device trust at sign-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicesConfig {
+    /// Sign-in ends with a WebAuthn ceremony and tokens are bound to a device (default true).
+    /// `false` restores device-less sign-in; `check` reports it.
+    pub required: bool,
+    pub approval: Approval,
+    /// WebAuthn relying party id; None = the host of `oidc.redirect_url`.
+    pub rp_id: Option<String>,
+    pub rp_name: String,
+    /// Web origin of the sign-in pages; None = scheme://host:port of `oidc.redirect_url`.
+    pub origin: Option<String>,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> DevicesConfig {
+        DevicesConfig {
+            required: true,
+            approval: Approval::Manual,
+            rp_id: None,
+            rp_name: "Postern".into(),
+            origin: None,
+        }
+    }
+}
+
+impl Config {
+    /// The WebAuthn origin and RP id: configured, else derived from `oidc.redirect_url`.
+    pub fn webauthn_origin_and_rp_id(&self) -> Result<(String, String), String> {
+        let derived = self.oidc.as_ref().and_then(|o| {
+            let rest = o.redirect_url.strip_prefix("https://")?;
+            let authority = rest.split('/').next()?;
+            let host = if let Some(h) = authority.strip_prefix('[') {
+                h.split(']').next()?.to_owned()
+            } else {
+                authority
+                    .rsplit_once(':')
+                    .map(|(h, _)| h)
+                    .unwrap_or(authority)
+                    .to_owned()
+            };
+            Some((format!("https://{authority}"), host))
+        });
+        let origin =
+            match (&self.devices.origin, &derived) {
+                (Some(o), _) => o.trim_end_matches('/').to_owned(),
+                (None, Some((o, _))) => o.clone(),
+                (None, None) => return Err(
+                    "devices.origin is not set and there is no oidc.redirect_url to derive it from"
+                        .into(),
+                ),
+            };
+        let rp_id =
+            match (&self.devices.rp_id, &derived) {
+                (Some(r), _) => r.clone(),
+                (None, Some((_, h))) => h.clone(),
+                (None, None) => return Err(
+                    "devices.rp_id is not set and there is no oidc.redirect_url to derive it from"
+                        .into(),
+                ),
+            };
+        Ok((origin, rp_id))
+    }
 }
 
 /// A client secret: never printed.
@@ -216,6 +310,7 @@ impl Config {
             listen_clients: SocketAddr::from(([127, 0, 0, 1], 0)),
             listen_connectors: SocketAddr::from(([127, 0, 0, 1], 0)),
             server_names: default_server_names(),
+            server_cert_files: None,
             advertise_connector_addrs: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             connector_dial_timeout: Duration::from_secs(10),
@@ -226,6 +321,7 @@ impl Config {
             oidc: None,
             listen_admin: None,
             rate_limits: RateLimits::default(),
+            devices: DevicesConfig::default(),
         }
     }
 
@@ -335,6 +431,19 @@ impl Config {
         if raw.node_id.is_empty() {
             errors.push(format!("{file}: node_id: must not be empty"));
         }
+        let server_cert_files = match (raw.tls.cert_file, raw.tls.key_file) {
+            (Some(cert), Some(key)) => Some(CertFiles {
+                cert: abs(cert),
+                key: abs(key),
+            }),
+            (None, None) => None,
+            _ => {
+                errors.push(format!(
+                    "{file}: tls: set both cert_file and key_file (or neither, for a certificate from the gateway's own CA)"
+                ));
+                None
+            }
+        };
         let server_names = raw.tls.server_names.unwrap_or_else(default_server_names);
         if server_names.is_empty() {
             errors.push(format!(
@@ -400,6 +509,37 @@ impl Config {
                 insecure_http_issuer: o.insecure_http_issuer,
             }
         });
+        let mut devices = DevicesConfig::default();
+        if let Some(r) = raw.devices.required {
+            devices.required = r;
+        }
+        match raw.devices.approval.as_deref() {
+            None => {}
+            Some("auto") => devices.approval = Approval::Auto,
+            Some("manual") => devices.approval = Approval::Manual,
+            Some(other) => errors.push(format!(
+                "{file}: devices.approval: expected \"auto\" or \"manual\", found \"{other}\""
+            )),
+        }
+        if let Some(n) = raw.devices.rp_name {
+            devices.rp_name = n;
+        }
+        if let Some(r) = raw.devices.rp_id {
+            if r.is_empty() || r.contains(['/', ':', ' ']) {
+                errors.push(format!(
+                    "{file}: devices.rp_id: expected a host name like \"gw.example.org\", found \"{r}\""
+                ));
+            }
+            devices.rp_id = Some(r);
+        }
+        if let Some(o) = raw.devices.origin {
+            if !o.starts_with("https://") {
+                errors.push(format!(
+                    "{file}: devices.origin: expected https://host[:port], found \"{o}\""
+                ));
+            }
+            devices.origin = Some(o);
+        }
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
@@ -415,6 +555,7 @@ impl Config {
             listen_clients,
             listen_connectors,
             server_names,
+            server_cert_files,
             advertise_connector_addrs: raw.tls.advertise_connector_addrs.unwrap_or_default(),
             handshake_timeout,
             connector_dial_timeout,
@@ -425,8 +566,16 @@ impl Config {
             oidc,
             listen_admin,
             rate_limits,
+            devices,
         })
     }
+}
+
+/// A certificate chain file and its key file (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 fn default_server_names() -> Vec<String> {
@@ -521,5 +670,44 @@ mod tests {
         .to_string();
         assert!(err.contains("unknown field `listen_port`"), "{err}");
         assert!(err.contains("gw.toml"), "{err}");
+    }
+
+    #[test]
+    fn devices_section_defaults_derivation_and_errors() {
+        let base = "state_dir = \"s\"\npolicy = \"p\"\n[listen]\nclients = \"127.0.0.1:1\"\nconnectors = \"127.0.0.1:2\"\n[oidc]\nissuer = \"https://idp.example\"\nclient_id = \"c\"\nclient_secret_env = \"X\"\nredirect_url = \"https://gw.example.org:8443/auth/callback\"\n";
+        let c = Config::parse(base, Path::new("gw.toml")).unwrap();
+        assert!(c.devices.required, "device trust is on by default");
+        assert_eq!(c.devices.approval, Approval::Manual);
+        assert_eq!(
+            c.webauthn_origin_and_rp_id().unwrap(),
+            (
+                "https://gw.example.org:8443".to_owned(),
+                "gw.example.org".to_owned()
+            )
+        );
+        let c = Config::parse(
+            &format!("{base}[devices]\nrequired = false\napproval = \"auto\"\nrp_id = \"example.org\"\norigin = \"https://gw.example.org:8443\"\n"),
+            Path::new("gw.toml"),
+        )
+        .unwrap();
+        assert!(!c.devices.required);
+        assert_eq!(c.devices.approval, Approval::Auto);
+        assert_eq!(c.webauthn_origin_and_rp_id().unwrap().1, "example.org");
+        let err = Config::parse(
+            &format!("{base}[devices]\napproval = \"sometimes\"\norigin = \"http://x\"\nrp_id = \"a/b\"\n"),
+            Path::new("gw.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("gw.toml: devices.approval"), "{err}");
+        assert!(err.contains("gw.toml: devices.origin"), "{err}");
+        assert!(err.contains("gw.toml: devices.rp_id"), "{err}");
+        let err = Config::parse(
+            &format!("{base}[devices]\nrequire = true\n"),
+            Path::new("gw.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `require`"), "{err}");
     }
 }

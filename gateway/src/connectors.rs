@@ -182,24 +182,33 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         }
         Err(_) => return,
     };
+    let renewing = conn.alpn_protocol() == Some(postern_proto::wire::ALPN_RENEW);
+    let refuse_id = |why: &str| {
+        let why = if renewing {
+            format!("{why} (certificate renewal refused)")
+        } else {
+            why.to_owned()
+        };
+        refuse(&gw, peer, Some(&id), &why);
+    };
     let Some(rec) = state.connector(&id) else {
-        refuse(&gw, peer, Some(&id), "unknown connector id");
+        refuse_id("unknown connector id");
         return;
     };
     if rec.revoked.is_some() {
-        refuse(&gw, peer, Some(&id), "connector certificate is revoked");
+        refuse_id("connector certificate is revoked");
         return;
     }
-    if rec.serial != serial {
-        refuse(
-            &gw,
-            peer,
-            Some(&id),
-            "certificate serial does not match the enrolled certificate",
-        );
+    if !rec.accepts_serial(&serial) {
+        refuse_id("certificate serial does not match the enrolled certificate");
         return;
     }
     let site = rec.site.clone();
+    if renewing {
+        let rec = rec.clone();
+        crate::renew::serve(gw, tls, peer, rec, serial).await;
+        return;
+    }
 
     let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -238,6 +247,7 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
     ev.source = Some(peer.to_string());
     ev.site = Some(site.clone());
     gw.audit.record_nowait(ev);
+    let probe = tokio::spawn(crate::rtt::probe(gw.clone(), link.clone()));
 
     let why = tokio::select! {
         r = connection => match r {
@@ -247,6 +257,7 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         _ = link.cancel.cancelled() => "certificate revoked".to_owned(),
         _ = gw.shutdown.cancelled() => "gateway shutting down".to_owned(),
     };
+    probe.abort();
     gw.registry.remove(&link);
     link.lost.cancel();
     connected.dec();
@@ -303,10 +314,18 @@ pub async fn watch_revocations(gw: Arc<Gateway>) {
             continue;
         };
         gw.load_revocations(&state);
+        gw.devices.load(&state);
+        let ended = gw.sessions.enforce_devices(&gw);
+        if ended > 0 {
+            info!(
+                sessions = ended,
+                "live sessions ended: device or user revoked"
+            );
+        }
         for link in gw.registry.all() {
             let ok = state
                 .connector(&link.connector_id)
-                .is_some_and(|r| r.revoked.is_none() && r.serial == link.serial);
+                .is_some_and(|r| r.revoked.is_none() && r.accepts_serial(&link.serial));
             if !ok {
                 let n = gw
                     .sessions

@@ -10,10 +10,18 @@
 //! * `client_api`: the clinician-facing listener: enrolment, endpoint listing, `CONNECT` broker.
 //! * `connectors`: the mutual-TLS connector listener and the registry of live connector links.
 //! * `sessions`: live tunnels: relay, limits, continuous authorization, `session.end`.
+//! * `rtt`: round-trip probes over connector links (`postern_connector_rtt_seconds`).
+//! * `renew`: connector certificate renewal (a short extra mTLS connection, ALPN
+//!   `postern-renew/1`, authenticated by the current certificate).
+//! * `server_cert`: the client-facing certificate (self-issued, or from files reloaded on
+//!   SIGHUP).
 //! * `reload`: live policy reload (SIGHUP, file change) and re-evaluation of live sessions.
 //! * [`metrics`]: Prometheus metrics; `status_http` serves them with health checks on the
 //!   admin listener.
+//! * `devices`: device trust — WebAuthn registration and assertion at the end of sign-in,
+//!   posture bound into the challenge, the registered-device table.
 //! * [`admin`]: the admin commands (`token create`, `connector list|revoke`, `session mint`).
+//! * [`check`]: `postern-gateway check` (configuration, files, certificates, ports, IdP).
 //! * [`demo`]: the local demo deployment.
 //!
 //! Flow of a tunnel: the client's `CONNECT endpoint:0` arrives on the client listener (HTTP/2
@@ -26,10 +34,14 @@
 
 pub mod admin;
 mod auth;
+pub mod check;
 mod client_api;
 pub mod config;
 mod connectors;
 pub mod demo;
+pub(crate) mod devices;
+#[cfg(test)]
+mod devices_flow_tests;
 mod httpc;
 mod limits;
 pub mod metrics;
@@ -38,6 +50,9 @@ mod pages;
 pub mod pki;
 mod recovery;
 mod reload;
+mod renew;
+mod rtt;
+mod server_cert;
 mod sessions;
 mod status_http;
 pub mod store;
@@ -125,6 +140,8 @@ pub(crate) struct Gateway {
     /// The CA that issued the gateway's TLS certificate (sent to connectors at enrolment).
     pub server_ca_pem: String,
     pub client_tls: TlsAcceptor,
+    /// What the client listener presents (swapped on SIGHUP when it comes from files).
+    pub server_cert: Arc<server_cert::ServerCert>,
     pub connector_tls: TlsAcceptor,
     pub connector_addrs: Vec<String>,
     pub registry: connectors::Registry,
@@ -140,6 +157,8 @@ pub(crate) struct Gateway {
     /// Ids of session tokens revoked before expiry (sign-out).
     pub revoked: RwLock<std::collections::HashSet<String>>,
     pub metrics: metrics::Metrics,
+    /// Device trust: WebAuthn ceremonies and the registered-device table.
+    pub devices: devices::Devices,
 }
 
 impl Gateway {
@@ -202,17 +221,29 @@ pub(crate) async fn init(
         pki::Ca::load_or_create(&config.state_dir, "connector-ca", "Postern connector CA")?;
     let (chain, key) =
         server_ca.issue_server(&config.server_names, Duration::from_secs(365 * 86400))?;
-    use postern_proto::wire::{ALPN_CONNECTOR, ALPN_H2, ALPN_HTTP1};
-    let client_tls = postern_proto::tls::server_config(
-        chain.clone(),
-        key.clone_key(),
+    use postern_proto::wire::{ALPN_CONNECTOR, ALPN_H2, ALPN_HTTP1, ALPN_RENEW};
+    let own = postern_proto::certs::certified_key(chain.clone(), key.clone_key()).map_err(|e| {
+        GatewayError::Io {
+            what: "the self-issued server certificate".into(),
+            source: std::io::Error::other(e),
+        }
+    })?;
+    let server_cert = Arc::new(
+        server_cert::ServerCert::new(Arc::new(own), config.server_cert_files.clone()).map_err(
+            |e| GatewayError::Io {
+                what: "the client-facing certificate ([tls] cert_file, key_file)".into(),
+                source: std::io::Error::other(e),
+            },
+        )?,
+    );
+    let client_tls = postern_proto::tls::server_config_with_resolver(
+        server_cert.clone(),
         &[ALPN_H2, ALPN_HTTP1],
-        None,
     )?;
     let connector_tls = postern_proto::tls::server_config(
         chain,
         key,
-        &[ALPN_CONNECTOR],
+        &[ALPN_CONNECTOR, ALPN_RENEW],
         Some(connector_ca.cert_der.clone()),
     )?;
     // Tamper evidence: a hash chain over every event, checkpoints signed with the gateway's
@@ -237,6 +268,14 @@ pub(crate) async fn init(
         None => None,
     };
     let initial_state = store.read()?;
+    let devices = devices::Devices::new(&config).map_err(|message| GatewayError::Io {
+        what: "device trust ([devices])".into(),
+        source: std::io::Error::other(message),
+    })?;
+    devices.load(&initial_state);
+    if config.oidc.is_some() && !config.devices.required {
+        warn!("device trust is off ([devices] required = false): sign-in issues tokens that are not bound to a device");
+    }
     if let Some(o) = config.oidc.as_ref().filter(|o| o.insecure_http_issuer) {
         warn!(issuer = %o.issuer, "sign-in uses a plain-http identity provider on loopback: for tests and the demo only (postern-gateway check reports this)");
     }
@@ -261,6 +300,7 @@ pub(crate) async fn init(
         connector_ca,
         server_ca_pem: server_ca.cert_pem.clone(),
         client_tls: TlsAcceptor::from(Arc::new(client_tls)),
+        server_cert,
         connector_tls: TlsAcceptor::from(Arc::new(connector_tls)),
         connector_addrs,
         registry: connectors::Registry::default(),
@@ -275,6 +315,7 @@ pub(crate) async fn init(
             what: "setting up metrics".into(),
             source: std::io::Error::other(e.to_string()),
         })?,
+        devices,
         config,
     }))
     .inspect(|gw| gw.load_revocations(&initial_state))
@@ -373,6 +414,7 @@ pub async fn run(
     );
     gw.metrics.set_policy_version(policy.version());
     end_lost_sessions(&gw).await?;
+    gw.metrics.server_cert_expiry.set(gw.server_cert.expiry());
     let mut started = gw.event(EventType::GatewayStarted);
     started.detail = Some(format!("policy {}", policy.version()));
     gw.audit.record(started).await?;

@@ -35,7 +35,8 @@ struct ConfigArg {
 enum Cmd {
     /// Run the gateway.
     Run(ConfigArg),
-    /// Validate the configuration and the policy it names, then exit.
+    /// Check the configuration and what it points at (policy, keys, certificates, ports, audit
+    /// directory, identity provider); print every problem; exit 1 on any error.
     Check(ConfigArg),
     /// Start a complete local deployment on loopback (gateway, connector, sample endpoints).
     Demo {
@@ -61,6 +62,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SessionCmd,
     },
+    /// Registered devices (device trust).
+    Device {
+        #[command(subcommand)]
+        cmd: DeviceCmd,
+    },
+    /// Users.
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// The gateway's certificate authorities.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
     /// Write the gateway CA certificate that clients and connectors trust.
     ExportCa {
         #[command(flatten)]
@@ -69,6 +85,25 @@ enum Cmd {
         #[arg(long, short)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Print a CA certificate (PEM) on standard output, e.g. for hospital IT or auditors to pin.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// `server`: issues the gateway's own TLS certificate; `connector`: issues connector
+        /// client certificates.
+        #[arg(long, value_enum, default_value = "server")]
+        which: WhichArg,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WhichArg {
+    Server,
+    Connector,
 }
 
 #[derive(Subcommand)]
@@ -94,6 +129,49 @@ enum ConnectorCmd {
         #[command(flatten)]
         config: ConfigArg,
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    /// List registered devices.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this user's devices.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only devices waiting for approval.
+        #[arg(long)]
+        pending: bool,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending (or suspended) device.
+    Approve {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: String,
+    },
+    /// Revoke a device: refused from now on; its live tunnels end within a second.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: String,
+        /// Why (audited).
+        #[arg(long, default_value = "revoked by the security team")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Revoke a user: every device and current token refused; live tunnels end within a second.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        user: String,
     },
 }
 
@@ -175,12 +253,19 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Check(c) => {
             let config = load(&c)?;
-            let problems = admin::check(&config);
-            if !problems.is_empty() {
-                for p in &problems {
-                    eprintln!("error: {p}");
-                }
-                anyhow::bail!("{} problem(s) in {}", problems.len(), c.config.display());
+            let findings = runtime()?.block_on(postern_gateway::check::check(&config));
+            for n in admin::check_notes(&config) {
+                eprintln!("note: {n}");
+            }
+            for f in &findings {
+                eprintln!("{f}");
+            }
+            let errors = findings
+                .iter()
+                .filter(|f| f.severity == postern_proto::certs::Severity::Error)
+                .count();
+            if errors > 0 {
+                anyhow::bail!("{errors} problem(s) in {}", c.config.display());
             }
             println!("ok: {}", c.config.display());
             Ok(())
@@ -229,6 +314,60 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
             let (token, _) = admin::session_mint(&load(&config)?, &user, &groups, ttl)?;
             println!("{token}");
+            Ok(())
+        }
+        Cmd::Device {
+            cmd:
+                DeviceCmd::List {
+                    config,
+                    user,
+                    pending,
+                    json,
+                },
+        } => {
+            print!(
+                "{}",
+                admin::device_list(&load(&config)?, user.as_deref(), pending, json)?
+            );
+            Ok(())
+        }
+        Cmd::Device {
+            cmd: DeviceCmd::Approve { config, id },
+        } => {
+            let d = admin::device_approve(&load(&config)?, &id)?;
+            println!("device {} (user {}, \"{}\") approved", d.id, d.user, d.name);
+            Ok(())
+        }
+        Cmd::Device {
+            cmd: DeviceCmd::Revoke { config, id, reason },
+        } => {
+            let d = admin::device_revoke(&load(&config)?, &id, &reason)?;
+            println!(
+                "device {} (user {}, \"{}\") revoked; a running gateway ends its live tunnels within a second",
+                d.id, d.user, d.name
+            );
+            Ok(())
+        }
+        Cmd::User {
+            cmd: UserCmd::Revoke { config, user },
+        } => {
+            let ids = admin::user_revoke(&load(&config)?, &user)?;
+            println!(
+                "user {user} revoked: {} device(s) revoked{}{}; tokens issued until now are refused and live tunnels end within a second",
+                ids.len(),
+                if ids.is_empty() { "" } else { ": " },
+                ids.join(", ")
+            );
+            Ok(())
+        }
+        Cmd::Ca {
+            cmd: CaCmd::Export { config, which },
+        } => {
+            let which = match which {
+                WhichArg::Server => admin::WhichCa::Server,
+                WhichArg::Connector => admin::WhichCa::Connector,
+            };
+            print!("{}", admin::ca_pem(&load(&config)?, which)?);
             Ok(())
         }
         Cmd::ExportCa { config, out } => {

@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -15,6 +15,7 @@ pub struct Metrics {
     pub session_setup: Histogram,
     pub tunnel_bytes: IntCounterVec,
     pub connectors_connected: IntGaugeVec,
+    pub connector_rtt: HistogramVec,
     pub auth_logins: IntCounterVec,
     pub policy_reloads: IntCounterVec,
     pub policy_version: IntGaugeVec,
@@ -24,6 +25,8 @@ pub struct Metrics {
     pub ratelimited: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub connections_open: IntGauge,
+    pub device_ceremonies: IntCounterVec,
+    pub server_cert_expiry: IntGauge,
     audit_seen: AtomicU64,
     audit_failed_seen: AtomicU64,
 }
@@ -69,6 +72,14 @@ impl Metrics {
                 Opts::new("postern_connectors_connected", "Live connector links"),
                 &["site"]
             )?),
+            connector_rtt: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "postern_connector_rtt_seconds",
+                    "Round trip of a probe request over each connector link (every 10 s)"
+                )
+                .buckets(latency_buckets()),
+                &["site", "connector"]
+            )?),
             auth_logins: reg!(IntCounterVec::new(
                 Opts::new("postern_auth_logins_total", "Sign-ins by result"),
                 &["result"]
@@ -107,6 +118,17 @@ impl Metrics {
             connections_open: reg!(IntGauge::new(
                 "postern_connections_open",
                 "Open TCP connections on both listeners"
+            )?),
+            device_ceremonies: reg!(IntCounterVec::new(
+                Opts::new(
+                    "postern_device_ceremonies_total",
+                    "WebAuthn registrations and assertions by result (ok or the failure code)"
+                ),
+                &["kind", "result"]
+            )?),
+            server_cert_expiry: reg!(IntGauge::new(
+                "postern_tls_cert_expiry_timestamp_seconds",
+                "Expiry of the client-facing TLS certificate (Unix time)"
             )?),
             audit_seen: AtomicU64::new(0),
             audit_failed_seen: AtomicU64::new(0),

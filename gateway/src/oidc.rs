@@ -141,6 +141,10 @@ pub struct CliRequest {
     pub challenge: String,
     /// The CLI's state, echoed back to it.
     pub state: String,
+    /// The posture report `postern login` collected (`cli_posture`), to be signed by the
+    /// device key in the WebAuthn ceremony.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posture: Option<postern_proto::posture::PostureReport>,
 }
 
 /// What the sealed cookie holds.

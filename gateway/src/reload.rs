@@ -1,4 +1,5 @@
-//! Live policy reload: on SIGHUP and when the policy file changes (polled, debounced).
+//! Live policy reload: on SIGHUP and when the policy file changes (polled, debounced). SIGHUP
+//! also reloads the client-facing certificate files, if configured (see `server_cert`).
 //!
 //! A new policy is parsed and validated off the async threads. If it is invalid the running
 //! policy stays, and `policy.rejected` records the errors. If it is valid it is swapped in
@@ -144,5 +145,6 @@ pub async fn on_sighup(gw: Arc<Gateway>) {
             _ = gw.shutdown.cancelled() => return,
         }
         reload(&gw, "SIGHUP").await;
+        crate::server_cert::reload(&gw, "SIGHUP").await;
     }
 }

@@ -38,6 +38,8 @@ pub struct SessionInfo {
     pub report_only: Vec<String>,
     /// `display` (pixels only) or `data` (images reach the laptop).
     pub egress_class: Option<String>,
+    /// The device the session's token is bound to.
+    pub device: Option<postern_audit::DeviceRef>,
 }
 
 impl SessionInfo {
@@ -53,6 +55,7 @@ impl SessionInfo {
         ev.justification = self.justification.clone();
         ev.report_only = (!self.report_only.is_empty()).then(|| self.report_only.clone());
         ev.egress_class = self.egress_class.clone();
+        ev.device = self.device.clone();
         ev
     }
 }
@@ -82,6 +85,12 @@ pub struct Facts {
     pub auth_time: Option<SystemTime>,
     pub justification: Option<String>,
     pub started: Instant,
+    /// When the token was issued (`user revoke` ends sessions of tokens issued before it).
+    pub token_iat: u64,
+    /// The device the token is bound to: revoking it ends the session.
+    pub device_id: Option<String>,
+    /// The device facts the policy saw.
+    pub device: Option<postern_policy::DeviceFacts>,
 }
 
 impl Facts {
@@ -94,6 +103,10 @@ impl Facts {
         let r = postern_policy::Request::new(&info.user, &info.groups, &info.endpoint.name, at)
             .with_source(self.source_ip)
             .with_auth(self.mfa, self.auth_time);
+        let r = match &self.device {
+            Some(d) => r.with_device(d),
+            None => r,
+        };
         match &self.justification {
             Some(j) => r.with_justification(j),
             None => r,
@@ -247,6 +260,49 @@ impl Sessions {
                     n += 1;
                 }
             }
+        }
+        n
+    }
+
+    /// Ends every live session whose device is no longer active or whose user was revoked,
+    /// each with a `session.terminated` event saying why. Returns how many.
+    pub fn enforce_devices(&self, gw: &Gateway) -> usize {
+        let mut n = 0;
+        let Ok(m) = self.live.lock() else {
+            return 0;
+        };
+        for live in m.values() {
+            let user_revoked = gw
+                .devices
+                .user_revoked(&live.info.user, live.facts.token_iat);
+            let device_state = live.facts.device_id.as_ref().and_then(|id| {
+                match gw.devices.view(id).map(|v| v.status) {
+                    Some(crate::store::DeviceStatus::Active) => None,
+                    Some(s) => Some((id.clone(), s.as_str())),
+                    None => Some((id.clone(), "unregistered")),
+                }
+            });
+            let (reason, detail) = match (user_revoked, device_state) {
+                (true, _) => (
+                    "user_revoked",
+                    format!("user revoked: access for {} was revoked", live.info.user),
+                ),
+                (false, Some((id, status))) => (
+                    "device_revoked",
+                    format!("device revoked: device {id} is now {status}"),
+                ),
+                (false, None) => continue,
+            };
+            if live.kill.token.is_cancelled() {
+                continue;
+            }
+            info!(session_id = %live.info.id, user = %live.info.user, reason, "terminating session: device or user revoked");
+            let mut ev = live.info.event(gw, EventType::SessionTerminated);
+            ev.close_reason = Some(reason.to_owned());
+            ev.detail = Some(detail);
+            gw.audit.record_nowait(ev);
+            live.kill.kill(reason);
+            n += 1;
         }
         n
     }
@@ -512,6 +568,7 @@ endpoints = ["pacs"]
                 justification: None,
                 report_only: Vec::new(),
                 egress_class: None,
+                device: None,
             };
             let facts = Facts {
                 source_ip: "127.0.0.1".parse().unwrap(),
@@ -521,6 +578,9 @@ endpoints = ["pacs"]
                 auth_time: Some(SystemTime::now()),
                 justification: None,
                 started: Instant::now(),
+                token_iat: 0,
+                device_id: None,
+                device: None,
             };
             let deadline = deadline_for(&decision, Instant::now(), u64::MAX / 2);
             let (kill, _rx) = gw.sessions.insert(&info, facts, deadline);
@@ -542,5 +602,142 @@ endpoints = ["pacs"]
         assert!(kills[1].token.is_cancelled() && !kills[0].token.is_cancelled());
         assert_eq!(kills[1].reason(), "access_withdrawn");
         gw.audit.close().await.unwrap();
+    }
+
+    fn device_rec(id: &str, user: &str) -> crate::store::DeviceRec {
+        crate::store::DeviceRec {
+            id: id.into(),
+            user: user.into(),
+            name: "home laptop".into(),
+            status: crate::store::DeviceStatus::Active,
+            credential_id: format!("cred-{id}"),
+            aaguid: "00000000-0000-0000-0000-000000000000".into(),
+            sign_count: 0,
+            user_verified: true,
+            backup_eligible: false,
+            backup_state: false,
+            transports: vec![],
+            created: 1,
+            last_seen: None,
+            approved: Some(1),
+            approved_by: Some("test".into()),
+            revoked: None,
+            revoked_reason: None,
+            posture: None,
+            passkey: serde_json::Value::Null,
+        }
+    }
+
+    /// `device revoke` and `user revoke` end exactly the live sessions of that device / user,
+    /// each with `session.terminated` saying why and the kill reason `session.end` will carry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn revoking_a_device_or_user_ends_their_live_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+        let config =
+            crate::Config::local(&dir.path().join("state"), &dir.path().join("policy.toml"));
+        let listeners = crate::Listeners::bind(&config).await.unwrap();
+        let gw = crate::init(config, &listeners).await.unwrap();
+        gw.store
+            .update(|s| {
+                s.devices.push(device_rec("dev-a", "ann@x"));
+                s.devices.push(device_rec("dev-b", "ann@x"));
+                s.devices.push(device_rec("dev-c", "cat@x"));
+                Ok::<_, crate::store::StoreError>(())
+            })
+            .unwrap();
+        gw.devices.load(&gw.store.read().unwrap());
+        let policy = gw.policy();
+        let decision = policy.evaluate(&postern_policy::Request::new(
+            "u",
+            &["consultants".to_owned()],
+            "pacs",
+            SystemTime::now(),
+        ));
+        let mut kills = Vec::new();
+        for (i, (user, device)) in [
+            ("ann@x", Some("dev-a")),
+            ("ann@x", Some("dev-b")),
+            ("cat@x", Some("dev-c")),
+            ("dan@x", None),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let info = SessionInfo {
+                id: format!("sess-{i}"),
+                user: user.into(),
+                groups: vec!["consultants".into()],
+                source: "127.0.0.1:1".into(),
+                endpoint: crate::client_api::endpoint_ref(policy.endpoint("pacs").unwrap()),
+                decision: crate::client_api::decision_ref(&decision),
+                connector: None,
+                justification: None,
+                report_only: Vec::new(),
+                egress_class: None,
+                device: device.map(|d| postern_audit::DeviceRef {
+                    id: d.into(),
+                    ..Default::default()
+                }),
+            };
+            let facts = Facts {
+                source_ip: "127.0.0.1".parse().unwrap(),
+                token_exp: u64::MAX / 2,
+                jti: format!("tok-{i}"),
+                mfa: true,
+                auth_time: None,
+                justification: None,
+                started: Instant::now(),
+                token_iat: crate::store::unix_now() - 10,
+                device_id: device.map(str::to_owned),
+                device: None,
+            };
+            let deadline = deadline_for(&decision, Instant::now(), u64::MAX / 2);
+            let (kill, _rx) = gw.sessions.insert(&info, facts, deadline);
+            kills.push(kill);
+        }
+        assert_eq!(gw.sessions.enforce_devices(&gw), 0);
+
+        crate::admin::device_revoke(&gw.config, "dev-a", "laptop lost").unwrap();
+        gw.devices.load(&gw.store.read().unwrap());
+        assert_eq!(gw.sessions.enforce_devices(&gw), 1);
+        assert!(kills[0].token.is_cancelled());
+        assert_eq!(kills[0].reason(), "device_revoked");
+        assert!(!kills[1].token.is_cancelled() && !kills[2].token.is_cancelled());
+
+        let revoked = crate::admin::user_revoke(&gw.config, "cat@x").unwrap();
+        assert_eq!(revoked, vec!["dev-c".to_owned()]);
+        gw.devices.load(&gw.store.read().unwrap());
+        assert_eq!(gw.sessions.enforce_devices(&gw), 1);
+        assert_eq!(kills[2].reason(), "user_revoked");
+        assert!(!kills[1].token.is_cancelled() && !kills[3].token.is_cancelled());
+        // Tokens issued before the user revocation are refused; later ones are not.
+        let now = crate::store::unix_now();
+        assert!(gw.devices.user_revoked("cat@x", now - 5));
+        assert!(!gw.devices.user_revoked("cat@x", now + 5));
+        assert!(!gw.devices.user_revoked("ann@x", now - 5));
+
+        gw.audit.close().await.unwrap();
+        let mut text = String::new();
+        for e in std::fs::read_dir(&gw.config.audit_dir).unwrap() {
+            text.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap_or_default());
+        }
+        let terminated: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["type"] == "session.terminated")
+            .collect();
+        assert_eq!(terminated.len(), 2, "{terminated:?}");
+        assert!(terminated[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("device revoked"));
+        assert_eq!(terminated[0]["device"]["id"], "dev-a");
+        assert!(terminated[1]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("user revoked"));
+        // The admin commands audited themselves (they append directly to the log).
+        assert!(text.contains("\"type\":\"device.revoked\""));
     }
 }

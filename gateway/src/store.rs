@@ -2,8 +2,9 @@
 //! an exclusive lock on `STATE_DIR/state.lock`, so the running gateway and short-lived admin
 //! commands (`token create`, `connector revoke`) can both change it safely.
 //!
-//! It holds enrolment tokens (only the SHA-256 of their secret) and the connector inventory
-//! (id, site, certificate serial, revocation). The running gateway re-reads it when its
+//! It holds enrolment tokens (only the SHA-256 of their secret), the connector inventory
+//! (id, site, certificate serial, revocation), revoked session tokens and users, and the
+//! registered devices (WebAuthn credentials, status, last posture). The running gateway re-reads it when its
 //! modification time changes, so a revocation made from the CLI reaches live connections.
 
 use std::fs::OpenOptions;
@@ -54,6 +55,21 @@ pub struct ConnectorRec {
     pub not_after: u64,
     #[serde(default)]
     pub revoked: Option<u64>,
+    /// Serial of the certificate before the last renewal: links made with it stay up and it may
+    /// still connect until it expires (so a connector that renewed but crashed before installing
+    /// its new certificate is not locked out).
+    #[serde(default)]
+    pub previous_serial: Option<String>,
+    /// Last certificate renewal (seconds since the epoch).
+    #[serde(default)]
+    pub renewed: Option<u64>,
+}
+
+impl ConnectorRec {
+    /// Whether a certificate with `serial` is this connector's current or previous one.
+    pub fn accepts_serial(&self, serial: &str) -> bool {
+        self.serial == serial || self.previous_serial.as_deref() == Some(serial)
+    }
 }
 
 /// A session token revoked before its expiry (sign-out, admin).
@@ -66,6 +82,77 @@ pub struct RevokedToken {
     pub revoked: u64,
 }
 
+/// Where a device stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// Registered, waiting for `device approve` (manual approval).
+    Pending,
+    /// May sign in.
+    Active,
+    /// Its sign count went backwards (possibly cloned): refused until approved again.
+    Suspect,
+    /// Revoked: refused for good; its live sessions were ended.
+    Revoked,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Pending => "pending",
+            DeviceStatus::Active => "active",
+            DeviceStatus::Suspect => "suspect",
+            DeviceStatus::Revoked => "revoked",
+        }
+    }
+}
+
+/// One registered device: a WebAuthn credential of one user.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceRec {
+    /// `dev-` + 12 hex digits.
+    pub id: String,
+    pub user: String,
+    /// What the clinician called it ("home laptop").
+    pub name: String,
+    pub status: DeviceStatus,
+    /// WebAuthn credential id, base64url.
+    pub credential_id: String,
+    /// Authenticator model (AAGUID; all zeros when the authenticator does not say).
+    pub aaguid: String,
+    /// Last sign count seen (0 for authenticators without a counter).
+    pub sign_count: u32,
+    /// User verification (PIN, biometric) happened at registration.
+    pub user_verified: bool,
+    pub backup_eligible: bool,
+    pub backup_state: bool,
+    #[serde(default)]
+    pub transports: Vec<String>,
+    pub created: u64,
+    #[serde(default)]
+    pub last_seen: Option<u64>,
+    #[serde(default)]
+    pub approved: Option<u64>,
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    #[serde(default)]
+    pub revoked: Option<u64>,
+    #[serde(default)]
+    pub revoked_reason: Option<String>,
+    /// The last posture report signed by this device (canonical JSON).
+    #[serde(default)]
+    pub posture: Option<postern_proto::posture::PostureReport>,
+    /// The credential as webauthn-rs keeps it (public key, counter, flags).
+    pub passkey: serde_json::Value,
+}
+
+/// A user whose access was revoked: tokens issued before `before` are refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RevokedUser {
+    pub user: String,
+    pub before: u64,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
@@ -75,11 +162,19 @@ pub struct State {
     pub connectors: Vec<ConnectorRec>,
     #[serde(default)]
     pub revoked_tokens: Vec<RevokedToken>,
+    #[serde(default)]
+    pub devices: Vec<DeviceRec>,
+    #[serde(default)]
+    pub revoked_users: Vec<RevokedUser>,
 }
 
 impl State {
     pub fn connector(&self, id: &str) -> Option<&ConnectorRec> {
         self.connectors.iter().find(|c| c.id == id)
+    }
+
+    pub fn device(&self, id: &str) -> Option<&DeviceRec> {
+        self.devices.iter().find(|d| d.id == id)
     }
 }
 
@@ -189,6 +284,8 @@ mod tests {
                     enrolled: 1,
                     not_after: 2,
                     revoked: None,
+                    previous_serial: None,
+                    renewed: None,
                 });
                 Ok::<_, StoreError>(())
             })

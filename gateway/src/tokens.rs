@@ -39,9 +39,15 @@ pub struct Claims {
     /// Whether multi-factor authentication was performed.
     #[serde(default)]
     pub mfa: bool,
-    /// Bound device id, once device trust lands.
+    /// The device the sign-in was completed on (WebAuthn assertion), if device trust is on.
     #[serde(default)]
     pub device: Option<String>,
+    /// Whether the device verified its user (PIN, biometric) in that assertion.
+    #[serde(default)]
+    pub uv: bool,
+    /// Posture facts the device reported and signed at sign-in (policy `device.posture.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posture: Option<std::collections::BTreeMap<String, String>>,
     /// Display name from the identity provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -64,6 +70,10 @@ pub enum TokenError {
     Missing,
     #[error("session token was revoked (signed out); sign in again")]
     Revoked,
+    #[error("the device this session token is bound to ({0}) is {1}; sign in again from an active device")]
+    DeviceNotActive(String, &'static str),
+    #[error("access for this user was revoked; sign in again")]
+    UserRevoked,
     #[error("token keys in {path}: {message}")]
     Keys { path: String, message: String },
 }
@@ -74,6 +84,8 @@ impl TokenError {
         match self {
             TokenError::Expired => "token_expired",
             TokenError::Revoked => "token_revoked",
+            TokenError::DeviceNotActive(..) => "device_revoked",
+            TokenError::UserRevoked => "user_revoked",
             TokenError::BadSignature | TokenError::UnknownKey(_) => "token_invalid_signature",
             TokenError::Malformed(_) => "token_malformed",
             TokenError::Missing => "token_missing",
@@ -187,6 +199,8 @@ impl TokenKeys {
             auth_time: Some(now),
             mfa: false,
             device: None,
+            uv: false,
+            posture: None,
             name: None,
             idp: Some("mint".into()),
         })
@@ -292,10 +306,43 @@ mod tests {
             auth_time: None,
             mfa: false,
             device: None,
+            uv: false,
+            posture: None,
             name: None,
             idp: None,
         };
         let tok = jsonwebtoken::encode(&header, &claims, &keys.encoding).unwrap();
         assert!(matches!(keys.verify(&tok), Err(TokenError::Expired)));
+    }
+
+    #[test]
+    fn device_claims_round_trip_and_default_when_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = TokenKeys::load_or_create(dir.path()).unwrap();
+        let (_, base) = keys.mint("ann", &[], Duration::from_secs(60)).unwrap();
+        let posture: std::collections::BTreeMap<String, String> =
+            [("disk_encrypted".to_owned(), "true".to_owned())].into();
+        let (tok, claims) = keys
+            .issue(Claims {
+                device: Some("dev-0123456789ab".into()),
+                uv: true,
+                posture: Some(posture.clone()),
+                ..base.clone()
+            })
+            .unwrap();
+        let back = keys.verify(&tok).unwrap();
+        assert_eq!(back, claims);
+        assert_eq!(back.device.as_deref(), Some("dev-0123456789ab"));
+        assert!(back.uv);
+        assert_eq!(back.posture, Some(posture));
+        // A token minted without device trust has no device, uv false, no posture.
+        let (tok, _) = keys.mint("bob", &[], Duration::from_secs(60)).unwrap();
+        let c = keys.verify(&tok).unwrap();
+        assert_eq!((c.device, c.uv, c.posture), (None, false, None));
+        // The payload without the new claims (an older gateway's token) still parses.
+        let old =
+            r#"{"iss":"postern-gateway","aud":"postern","sub":"x","iat":1,"exp":2,"jti":"t"}"#;
+        let c: Claims = serde_json::from_str(old).unwrap();
+        assert_eq!((c.device, c.uv), (None, false));
     }
 }

@@ -1243,3 +1243,55 @@ fn ten_megabyte_strings_and_100k_rules_are_refused_quickly() {
     );
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+/// The posture facts `postern login` reports (`disk_encrypted`, `firewall`, `screen_lock`,
+/// each "true" / "false" / "unknown"): one enforced, one report-only.
+#[test]
+fn posture_conditions_enforced_or_report_only() {
+    let p = policy(
+        r#"[[rules]]
+id = "data"
+effect = "allow"
+groups = ["consultants"]
+egress = "data"
+report_only = ["device.posture.firewall"]
+
+[rules.device]
+approved = true
+user_verified = true
+posture = { disk_encrypted = "true", firewall = "true" }
+"#,
+    );
+    let g = strings(&["Rad-Consultants"]);
+    let with = |disk: &str, fw: &str| {
+        let mut d = device(true, true, true);
+        d.posture.insert("disk_encrypted".into(), disk.into());
+        d.posture.insert("firewall".into(), fw.into());
+        d
+    };
+    // Both met: allowed, nothing reported.
+    let ok = with("true", "true");
+    let d = p.evaluate(&ask("a", &g, "truro-pacs-dicom").with_device(&ok));
+    assert!(d.is_allowed());
+    assert!(d.report_only.is_empty());
+    // The report-only condition fails: still allowed, with a "would deny" finding.
+    for fw in ["false", "unknown"] {
+        let dev = with("true", fw);
+        let d = p.evaluate(&ask("a", &g, "truro-pacs-dicom").with_device(&dev));
+        assert!(d.is_allowed(), "firewall {fw}: {}", d.reason);
+        assert_eq!(d.report_only.len(), 1, "{:?}", d.report_only);
+        assert_eq!(d.report_only[0].condition, "device.posture.firewall");
+        assert!(
+            d.report_only[0].reason.contains("firewall"),
+            "{:?}",
+            d.report_only
+        );
+    }
+    // The enforced condition fails (false, or not determinable): denied, naming the fact.
+    for disk in ["false", "unknown"] {
+        let dev = with(disk, "true");
+        let d = p.evaluate(&ask("a", &g, "truro-pacs-dicom").with_device(&dev));
+        assert!(!d.is_allowed());
+        assert!(d.reason.contains("disk_encrypted"), "{}", d.reason);
+    }
+}

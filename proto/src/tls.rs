@@ -95,6 +95,20 @@ pub fn server_config(
     Ok(config)
 }
 
+/// Server config without client certificates whose certificate comes from `resolver` (so it
+/// can be replaced while the server runs): TLS 1.3, ALPN ids.
+pub fn server_config_with_resolver(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// Client config trusting only `roots`, optionally presenting a client certificate.
 pub fn client_config(
     roots: Vec<CertificateDer<'static>>,

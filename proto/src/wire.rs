@@ -19,6 +19,16 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// instead of misparsing each other.
 pub const ALPN_CONNECTOR: &[u8] = b"postern-connector/1";
 
+/// ALPN a connector offers (with [`ALPN_CONNECTOR`]'s client certificate) on a short extra
+/// connection to the connector listener to renew that certificate: HTTP/1.1, one
+/// `POST` [`PATH_RENEW`].
+pub const ALPN_RENEW: &[u8] = b"postern-renew/1";
+/// ALPN a connector offers, next to [`ALPN_HTTP1`], when it enrols: it marks the handshake as an
+/// enrolment, so a gateway whose public certificate comes from files (`[tls] cert_file`) still
+/// presents the certificate of its own server CA, which is what the token's pin names. It is
+/// never selected; the request itself is HTTP/1.1.
+pub const ALPN_ENROLL_MARKER: &[u8] = b"postern-enroll/1";
+
 /// Response header carrying a human-readable reason for a refusal.
 pub const HDR_REASON: &str = "postern-reason";
 /// Header carrying the session id, gateway → client and gateway → connector.
@@ -41,6 +51,11 @@ pub const PATH_HEALTH: &str = "/healthz";
 /// address again at once, which behind a load balancer reaches another replica, and keeps the
 /// old link for the tunnels it still carries.
 pub const PATH_DRAINING: &str = "/v1/draining";
+/// Link round-trip probe, gateway → connector on a connector link (`GET`): the connector answers
+/// 204 at once; it is not a tunnel and dials nothing.
+pub const PATH_LINK_PING: &str = "/v1/link/ping";
+/// Certificate renewal, connector → gateway on a [`ALPN_RENEW`] connection (`POST`).
+pub const PATH_RENEW: &str = "/v1/renew";
 
 /// HTTP/2 flow-control window per stream (tunnel). Fixed and large rather than adaptive:
 /// hyper's BDP estimator left the gateway's receive window near 64 KiB on a 50 ms path
@@ -105,6 +120,26 @@ pub struct EnrollResponse {
     pub not_after: String,
 }
 
+/// `POST /v1/renew` body. The connector is identified by the client certificate of the
+/// connection (which must be current, unexpired and not revoked), never by this body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// PKCS#10 CSR in PEM for a fresh key; only its public key is used.
+    pub csr_pem: String,
+}
+
+/// `POST /v1/renew` success body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewResponse {
+    pub connector_id: String,
+    pub site: String,
+    /// The new client certificate (PEM).
+    pub cert_pem: String,
+    /// Its expiry, RFC 3339.
+    pub not_after: String,
+}
+
 /// One row of `GET /v1/endpoints`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EndpointInfo {
@@ -151,6 +186,12 @@ pub struct SessionSummary {
     /// Issuer of the sign-in.
     #[serde(default)]
     pub idp: Option<String>,
+    /// The registered device the sign-in was completed on (device trust).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Whether that device verified the user (PIN, biometric).
+    #[serde(default)]
+    pub user_verified: bool,
 }
 
 /// Every error body from every Postern listener.

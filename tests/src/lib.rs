@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod browser;
 pub mod dicom;
 pub mod oidc;
 pub mod rogue_idp;
@@ -522,7 +523,17 @@ impl Deployment {
     /// `postern connect ENDPOINT --listen 127.0.0.1:0`: Ok(process, local address) once it
     /// printed its ready line, or Err(everything it printed) if it exited.
     pub fn connect(&self, endpoint: &str, token: &Path) -> Result<(Proc, SocketAddr), String> {
-        self.connect_to(&self.url(), endpoint, token)
+        self.connect_with_ca(endpoint, token, &self.ca_file())
+    }
+
+    /// As [`Deployment::connect`], trusting `ca` for the gateway's certificate.
+    pub fn connect_with_ca(
+        &self,
+        endpoint: &str,
+        token: &Path,
+        ca: &Path,
+    ) -> Result<(Proc, SocketAddr), String> {
+        self.connect_to_with_ca(&self.url(), endpoint, token, ca)
     }
 
     /// As [`Deployment::connect`], to the gateway at `url` (another replica).
@@ -531,6 +542,16 @@ impl Deployment {
         url: &str,
         endpoint: &str,
         token: &Path,
+    ) -> Result<(Proc, SocketAddr), String> {
+        self.connect_to_with_ca(url, endpoint, token, &self.ca_file())
+    }
+
+    fn connect_to_with_ca(
+        &self,
+        url: &str,
+        endpoint: &str,
+        token: &Path,
+        ca: &Path,
     ) -> Result<(Proc, SocketAddr), String> {
         let log = self.path(&format!("client-{endpoint}-{}.log", free_port()));
         let mut p = Proc::spawn(
@@ -545,7 +566,7 @@ impl Deployment {
                     url,
                 ])
                 .arg("--ca-file")
-                .arg(self.ca_file())
+                .arg(ca)
                 .arg("--token-file")
                 .arg(token),
             log,

@@ -79,7 +79,7 @@ fn world() -> World {
 fn configure_oidc(d: &Deployment, issuer: &str) {
     std::fs::write(d.path("oidc-secret"), CLIENT_SECRET).unwrap();
     d.append_config(&format!(
-        "[oidc]\nissuer = \"{issuer}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"oidc-secret\"\nredirect_url = \"{}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\ninsecure_http_issuer = true\nsession_ttl = \"8h\"\n",
+        "[oidc]\nissuer = \"{issuer}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"oidc-secret\"\nredirect_url = \"{}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\ninsecure_http_issuer = true\nsession_ttl = \"8h\"\n[devices]\nrequired = false\n",
         d.callback_url()
     ));
 }
@@ -494,8 +494,14 @@ fn check_rejects_development_identity_provider_settings() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let (ok, out, err) = run(Command::new(bin("postern-gateway"))
+    // Left: the identity provider cannot be reached (check fetches its discovery document).
+    let (ok, _, err) = run(Command::new(bin("postern-gateway"))
         .args(["check", "--config"])
         .arg(d.gateway_toml()));
-    assert!(ok, "{out}{err}");
+    assert!(!ok);
+    assert!(
+        err.contains("error: oidc.issuer: the identity provider's discovery document https://idp.example/.well-known/openid-configuration could not be fetched")
+            && err.contains("1 problem(s)"),
+        "{err}"
+    );
 }

@@ -1,0 +1,307 @@
+//! Automatic renewal of the connector's client certificate.
+//!
+//! At two thirds of the certificate's lifetime (at once if that is already past), the connector
+//! makes a fresh key and CSR and opens a short extra connection to a gateway connector listener,
+//! authenticated by its *current* client certificate, with ALPN
+//! [`ALPN_RENEW`](postern_proto::wire::ALPN_RENEW); there it sends one HTTP/1.1
+//! `POST /v1/renew`. The gateway checks that certificate exactly as for a link (chains to the
+//! connector CA, unexpired, serial on record, connector not revoked), signs the CSR for the same
+//! connector id and site, records the new serial and audits `connector.renewed`.
+//!
+//! The new key and certificate are first written together to `renewal.pem` (0600, atomic), then
+//! to `connector.key` and `connector.pem` (0600, atomic each), then `renewal.pem` is removed; a
+//! crash in between is finished by [`finish_pending`] at the next start. New links use the new
+//! certificate; live links keep going (the gateway accepts the previous serial too).
+//! A failed attempt is retried after a sixth of the remaining lifetime (1 s to 10 min).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use postern_proto::wire::{self, ErrorBody, RenewRequest, RenewResponse};
+use rustls_pki_types::ServerName;
+use tracing::{info, warn};
+
+use crate::enroll::{load_enrollment, unix_now, write_file, CERT_FILE, ENROLLMENT_FILE, KEY_FILE};
+use crate::link::Shared;
+
+/// Key and certificate of a renewal being installed.
+pub const PENDING_FILE: &str = "renewal.pem";
+
+fn cert_times(state_dir: &Path) -> Result<(SystemTime, SystemTime), String> {
+    let pem = std::fs::read_to_string(state_dir.join(CERT_FILE))
+        .map_err(|e| format!("reading {}: {e}", state_dir.join(CERT_FILE).display()))?;
+    let chain = postern_proto::tls::certs_from_pem(&pem, CERT_FILE).map_err(|e| e.to_string())?;
+    let info = postern_proto::certs::cert_info(&chain[0])?;
+    Ok((info.not_before, info.not_after))
+}
+
+/// When to renew a certificate received at `start` that expires at `not_after`: two thirds in.
+pub fn renew_at(start: SystemTime, not_after: SystemTime) -> SystemTime {
+    let life = not_after.duration_since(start).unwrap_or(Duration::ZERO);
+    start + life.mul_f64(2.0 / 3.0)
+}
+
+/// Renews whenever due, until the connector stops.
+pub(crate) async fn keep_renewed(shared: Arc<Shared>, state_dir: PathBuf, gateways: Vec<String>) {
+    loop {
+        let (not_before, not_after) = match cert_times(&state_dir) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "cannot read the client certificate; renewal retries in 60 s");
+                if sleep_or_stop(&shared, Duration::from_secs(60)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let expiry = not_after
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        shared
+            .metrics
+            .cert_expiry
+            .set(i64::try_from(expiry).unwrap_or(i64::MAX));
+        let start = load_enrollment(&state_dir)
+            .ok()
+            .and_then(|e| e.issued_at)
+            .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+            .filter(|s| *s < not_after)
+            .unwrap_or(not_before);
+        let due = renew_at(start, not_after);
+        let wait = due
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        if !wait.is_zero() {
+            info!(renew_at = %postern_proto::certs::rfc3339(due), not_after = %postern_proto::certs::rfc3339(not_after), "client certificate renewal scheduled");
+            if sleep_or_stop(&shared, wait).await {
+                return;
+            }
+        }
+        match renew_once(&shared, &state_dir, &gateways).await {
+            Ok(not_after) => {
+                shared.metrics.renewals.with_label_values(&["ok"]).inc();
+                info!(connector_id = %shared.connector_id, %not_after, "client certificate renewed");
+            }
+            Err(e) => {
+                shared.metrics.renewals.with_label_values(&["failed"]).inc();
+                let left = not_after
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                let retry = if left.is_zero() {
+                    // An expired certificate cannot authenticate a renewal; only a new
+                    // enrolment helps. Keep trying, rarely, in case the clock was wrong.
+                    tracing::error!(expired = %postern_proto::certs::rfc3339(not_after), "the client certificate has expired and cannot be renewed: enrol this connector again (postern-connector enroll --force)");
+                    Duration::from_secs(600)
+                } else {
+                    (left / 6).clamp(Duration::from_secs(1), Duration::from_secs(600))
+                };
+                warn!(error = %e, ?retry, expires = %postern_proto::certs::rfc3339(not_after), "client certificate renewal failed");
+                if sleep_or_stop(&shared, retry).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps; true if the connector is stopping.
+async fn sleep_or_stop(shared: &Shared, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shared.cancel.cancelled() => true,
+    }
+}
+
+/// One renewal: new key, CSR to the first gateway that answers, files installed, TLS swapped.
+async fn renew_once(
+    shared: &Shared,
+    state_dir: &Path,
+    gateways: &[String],
+) -> Result<String, String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, shared.connector_id.as_str());
+    let csr_pem = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| format!("making the certificate request: {e}"))?;
+    let (_, renew_tls) = crate::link::load_identity_alpn(state_dir, &[wire::ALPN_RENEW])
+        .map_err(|e| e.to_string())?;
+    let mut last = String::from("no gateway address");
+    for gw in gateways {
+        match request(renew_tls.clone(), gw, &csr_pem).await {
+            Ok(r) => {
+                let key_pem = key.serialize_pem();
+                install(state_dir, &key_pem, &r)?;
+                let (_, tls) = crate::link::load_identity(state_dir).map_err(|e| e.to_string())?;
+                shared.set_tls(tls);
+                return Ok(r.not_after);
+            }
+            Err(e) => last = format!("{gw}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+async fn request(
+    tls: Arc<rustls::ClientConfig>,
+    gateway: &str,
+    csr_pem: &str,
+) -> Result<RenewResponse, String> {
+    let (host, port) = gateway
+        .rsplit_once(':')
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse::<u16>().ok()?,
+            ))
+        })
+        .ok_or_else(|| format!("'{gateway}' is not host:port"))?;
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("server name: {e}"))?;
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| format!("TCP connect: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let body = serde_json::to_vec(&RenewRequest {
+            csr_pem: csr_pem.to_owned(),
+        })
+        .map_err(|e| e.to_string())?;
+        let req = http::Request::post(wire::PATH_RENEW)
+            .header(http::header::HOST, gateway)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("HTTP: {e} (a revoked or unknown connector is disconnected)"))?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), wire::MAX_JSON_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("HTTP body: {e}"))?
+            .to_bytes();
+        conn.abort();
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|b| b.message)
+                .unwrap_or_else(|_| format!("HTTP {status}"));
+            return Err(format!("the gateway refused the renewal: {msg}"));
+        }
+        serde_json::from_slice::<RenewResponse>(&bytes)
+            .map_err(|e| format!("unexpected renewal response: {e}"))
+    };
+    tokio::time::timeout(Duration::from_secs(20), work)
+        .await
+        .map_err(|_| "renewal timed out".to_owned())?
+}
+
+/// Writes the renewed key and certificate (see the module comment for the order).
+fn install(state_dir: &Path, key_pem: &str, r: &RenewResponse) -> Result<(), String> {
+    let chain = postern_proto::tls::certs_from_pem(&r.cert_pem, "renewed certificate")
+        .map_err(|e| e.to_string())?;
+    let key = postern_proto::tls::key_from_pem(key_pem, "new key").map_err(|e| e.to_string())?;
+    postern_proto::certs::certified_key(chain, key)
+        .map_err(|e| format!("the renewed certificate: {e}"))?;
+    let pending = state_dir.join(PENDING_FILE);
+    write_file(
+        &pending,
+        format!("{key_pem}{}", r.cert_pem).as_bytes(),
+        0o600,
+    )
+    .map_err(|e| e.to_string())?;
+    finish_pending(state_dir)?;
+    if let Ok(mut e) = load_enrollment(state_dir) {
+        e.not_after = r.not_after.clone();
+        e.issued_at = Some(unix_now());
+        if let Ok(json) = serde_json::to_vec_pretty(&e) {
+            write_file(&state_dir.join(ENROLLMENT_FILE), &json, 0o600)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Completes an interrupted renewal: `renewal.pem` (key + certificate) becomes
+/// `connector.key` + `connector.pem`. Nothing to do without it.
+pub fn finish_pending(state_dir: &Path) -> Result<(), String> {
+    let pending = state_dir.join(PENDING_FILE);
+    let text = match std::fs::read_to_string(&pending) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("reading {}: {e}", pending.display())),
+    };
+    let cert_at = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .ok_or_else(|| format!("{}: no certificate in it", pending.display()))?;
+    let (key_pem, cert_pem) = text.split_at(cert_at);
+    write_file(&state_dir.join(KEY_FILE), key_pem.as_bytes(), 0o600).map_err(|e| e.to_string())?;
+    write_file(&state_dir.join(CERT_FILE), cert_pem.as_bytes(), 0o600)
+        .map_err(|e| e.to_string())?;
+    std::fs::remove_file(&pending).map_err(|e| format!("removing {}: {e}", pending.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renews_at_two_thirds() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1000);
+        assert_eq!(
+            renew_at(t0, t0 + Duration::from_secs(30)),
+            t0 + Duration::from_secs(20)
+        );
+        assert_eq!(renew_at(t0, t0 - Duration::from_secs(1)), t0);
+    }
+
+    #[test]
+    fn a_pending_renewal_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        finish_pending(dir.path()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["c".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(
+            dir.path().join(PENDING_FILE),
+            format!("{}{}", key.serialize_pem(), cert.pem()),
+        )
+        .unwrap();
+        finish_pending(dir.path()).unwrap();
+        assert!(!dir.path().join(PENDING_FILE).exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap(),
+            key.serialize_pem()
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(CERT_FILE)).unwrap(),
+            cert.pem()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        for f in [KEY_FILE, CERT_FILE] {
+            let m = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(m & 0o777, 0o600, "{f}");
+        }
+    }
+}
