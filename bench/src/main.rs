@@ -4,6 +4,7 @@
 //! rate, holding thousands of idle tunnelled connections, a delaying TCP relay (the kernel here
 //! has no `tc netem`), process memory from `/proc`, and the final report.
 
+mod attack;
 mod cpu;
 mod net;
 mod report;
@@ -30,8 +31,9 @@ enum Cmd {
     /// Session setup: connect, write 1 byte, read it back, close; prints latency and rate as
     /// one JSON line.
     Sessions {
-        #[arg(long)]
-        target: SocketAddr,
+        /// Repeat to spread sessions round robin over several targets.
+        #[arg(long, required = true)]
+        target: Vec<SocketAddr>,
         #[arg(long, default_value_t = 1000)]
         count: usize,
         #[arg(long, default_value_t = 1)]
@@ -59,8 +61,9 @@ enum Cmd {
     /// prints one JSON line, then holds them until SIGTERM/SIGINT (or stdin EOF with
     /// --wait-stdin) and closes them.
     Hold {
-        #[arg(long)]
-        target: SocketAddr,
+        /// Repeat to spread connections round robin over several targets.
+        #[arg(long, required = true)]
+        target: Vec<SocketAddr>,
         #[arg(long, default_value_t = 2000)]
         count: usize,
         /// Connections being opened at the same time.
@@ -76,15 +79,49 @@ enum Cmd {
     /// TCP relay that holds every chunk for DELAY_MS in each direction before forwarding it, so
     /// a path through it has a round-trip time of 2 × DELAY_MS. At most MAX_BUFFER bytes are
     /// queued per direction; when the queue is full the relay stops reading (back-pressure).
+    /// With several --upstream it is also a round-robin TCP load balancer that skips an
+    /// upstream refusing connections (a replica that is draining or down).
     Delay {
         #[arg(long)]
         listen: SocketAddr,
-        #[arg(long)]
-        upstream: SocketAddr,
+        #[arg(long, required = true)]
+        upstream: Vec<SocketAddr>,
         #[arg(long, default_value_t = 25)]
         delay_ms: u64,
         #[arg(long, default_value_t = 16 * 1024 * 1024)]
         max_buffer: usize,
+    },
+    /// Slowloris: COUNT connections each sending one byte per INTERVAL_MS for DURATION_S
+    /// seconds (mode tls-hello: a ClientHello that never completes; h2 / h1: a completed TLS
+    /// handshake, then a request that never completes). Prints how many the server closed.
+    Slowloris {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 60)]
+        duration_s: u64,
+        #[arg(long, default_value = "tls-hello")]
+        mode: String,
+        /// The gateway's server CA (modes h2 and h1).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+    /// Garbage and truncated TLS / HTTP/2 / HTTP/1.1 input on new connections for DURATION_S
+    /// seconds; with --ca-file also after a completed TLS handshake. Prints attempts per kind.
+    Garbage {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 60)]
+        duration_s: u64,
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
     /// RSS and PSS (kB) of a process from /proc/PID/smaps_rollup, as one JSON line.
     Mem {
@@ -167,7 +204,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         } => {
             let pause = std::time::Duration::from_millis(pause_ms);
             net::sessions(
-                target,
+                &target,
                 count,
                 concurrency,
                 warmup,
@@ -185,13 +222,38 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             parallel,
             rate,
             wait_stdin,
-        } => net::hold(target, count, parallel, rate, wait_stdin).await,
+        } => net::hold(&target, count, parallel, rate, wait_stdin).await,
         Cmd::Delay {
             listen,
             upstream,
             delay_ms,
             max_buffer,
         } => net::delay(listen, upstream, delay_ms, max_buffer).await,
+        Cmd::Slowloris {
+            target,
+            count,
+            interval_ms,
+            duration_s,
+            mode,
+            ca_file,
+        } => {
+            attack::slowloris(
+                target,
+                count,
+                interval_ms,
+                duration_s,
+                &mode,
+                ca_file.as_deref(),
+            )
+            .await
+        }
+        Cmd::Garbage {
+            target,
+            duration_s,
+            parallel,
+            seed,
+            ca_file,
+        } => attack::garbage(target, duration_s, parallel, seed, ca_file.as_deref()).await,
         Cmd::FreePorts { n } => net::free_ports(n).await,
         Cmd::WaitPort { addr, timeout_ms } => net::wait_port(addr, timeout_ms).await,
         Cmd::Mem { .. } | Cmd::IperfSummary { .. } | Cmd::Report { .. } | Cmd::Cpu { .. } => Ok(()),

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 /// How long one session (or one held connection) may take before it counts as failed.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn print_line(s: &str) {
+pub fn print_line(s: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{s}");
     let _ = out.flush();
@@ -64,7 +64,7 @@ async fn one_session(target: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -107,7 +107,7 @@ struct Batch {
 
 /// Runs `count` sessions with `concurrency` workers.
 async fn run_batch(
-    target: SocketAddr,
+    targets: Arc<Vec<SocketAddr>>,
     count: usize,
     concurrency: usize,
     pacer: Option<Pacer>,
@@ -115,10 +115,15 @@ async fn run_batch(
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (next, pacer) = (next.clone(), pacer.clone());
+        let (next, pacer, targets) = (next.clone(), pacer.clone(), targets.clone());
         workers.push(tokio::spawn(async move {
             let mut mine = Batch::default();
-            while next.fetch_add(1, Ordering::Relaxed) < count {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let target = targets[i % targets.len()];
                 if let Some(p) = &pacer {
                     p.wait().await;
                 }
@@ -151,7 +156,7 @@ async fn run_batch(
 
 #[allow(clippy::too_many_arguments)]
 pub async fn sessions(
-    target: SocketAddr,
+    targets: &[SocketAddr],
     count: usize,
     concurrency: usize,
     warmup: usize,
@@ -161,10 +166,13 @@ pub async fn sessions(
     labels: &[String],
     cpu: &[String],
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(!targets.is_empty(), "give at least one --target");
+    let targets = Arc::new(targets.to_vec());
     let mut out = crate::labels(labels)?;
     let procs = crate::cpu::parse_procs(cpu)?;
     let pacer = Pacer::new(rate);
-    for _ in 0..warmup {
+    for i in 0..warmup {
+        let target = targets[i % targets.len()];
         if let Some(p) = &pacer {
             p.wait().await;
         }
@@ -183,7 +191,7 @@ pub async fn sessions(
             tokio::time::sleep(pause).await;
         }
         let started = Instant::now();
-        let b = run_batch(target, n, concurrency, pacer.clone()).await?;
+        let b = run_batch(targets.clone(), n, concurrency, pacer.clone()).await?;
         elapsed += started.elapsed().as_secs_f64();
         all.latencies.extend(b.latencies);
         all.errors += b.errors;
@@ -202,7 +210,15 @@ pub async fn sessions(
         lat.iter().sum::<u64>() as f64 / ok as f64
     };
     out.insert("kind".into(), "sessions".into());
-    out.insert("target".into(), target.to_string().into());
+    out.insert(
+        "target".into(),
+        targets
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+            .into(),
+    );
     out.insert("concurrency".into(), concurrency.into());
     out.insert("count".into(), count.into());
     out.insert("ok".into(), ok.into());
@@ -253,17 +269,19 @@ async fn hold_one(target: SocketAddr) -> anyhow::Result<TcpStream> {
 }
 
 pub async fn hold(
-    target: SocketAddr,
+    targets: &[SocketAddr],
     count: usize,
     parallel: usize,
     rate: f64,
     wait_stdin: bool,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(!targets.is_empty(), "give at least one --target");
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(parallel.max(1)));
     let pacer = Pacer::new(rate);
     let mut tasks = Vec::with_capacity(count);
-    for _ in 0..count {
+    for i in 0..count {
+        let target = targets[i % targets.len()];
         if let Some(p) = &pacer {
             p.wait().await;
         }
@@ -393,7 +411,7 @@ async fn delay_direction(
 
 pub async fn delay(
     listen: SocketAddr,
-    upstream: SocketAddr,
+    upstreams: Vec<SocketAddr>,
     delay_ms: u64,
     max_buffer: usize,
 ) -> anyhow::Result<()> {
@@ -405,24 +423,41 @@ pub async fn delay(
         .await
         .with_context(|| format!("binding {listen}"))?;
     print_line(&format!("listening on {}", listener.local_addr()?));
+    anyhow::ensure!(!upstreams.is_empty(), "give at least one --upstream");
     let delay = Duration::from_millis(delay_ms);
-    accept_forever(listener, move |down| async move {
-        let up = match TcpStream::connect(upstream).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("postern-bench: delay relay cannot reach {upstream}: {e}");
-                return;
+    let upstreams = Arc::new(upstreams);
+    let next = Arc::new(AtomicUsize::new(0));
+    accept_forever(listener, move |down| {
+        let (upstreams, next) = (upstreams.clone(), next.clone());
+        async move {
+            // Round robin; an upstream that refuses is skipped.
+            let first = next.fetch_add(1, Ordering::Relaxed);
+            let mut up = None;
+            for i in 0..upstreams.len() {
+                let addr = upstreams[(first + i) % upstreams.len()];
+                match TcpStream::connect(addr).await {
+                    Ok(s) => {
+                        up = Some(s);
+                        break;
+                    }
+                    Err(e) => eprintln!("postern-bench: delay relay cannot reach {addr}: {e}"),
+                }
             }
-        };
-        let _ = up.set_nodelay(true);
-        let (dr, dw) = down.into_split();
-        let (ur, uw) = up.into_split();
-        tokio::join!(
-            delay_direction(dr, uw, delay, max_buffer),
-            delay_direction(ur, dw, delay, max_buffer),
-        );
+            let Some(up) = up else { return };
+            relay_delayed(down, up, delay, max_buffer).await;
+        }
     })
     .await
+}
+
+async fn relay_delayed(down: TcpStream, up: TcpStream, delay: Duration, max_buffer: usize) {
+    let _ = up.set_nodelay(true);
+    let (dr, dw) = down.into_split();
+    let (ur, uw) = up.into_split();
+    tokio::join!(
+        delay_direction(dr, uw, delay, max_buffer),
+        delay_direction(ur, dw, delay, max_buffer),
+    );
 }
 
 /// Lowest port of the kernel's ephemeral range (outgoing connections take ports from there).

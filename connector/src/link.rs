@@ -5,7 +5,9 @@
 //! at enrolment. On each connection the connector is the HTTP/2 *server*: the gateway sends one
 //! `CONNECT host:port` per tunnel; the target is checked against the allowlist before any dial.
 //! Lost connections are redialled with jittered exponential backoff that resets after a
-//! connection stayed up for a while. HTTP/2 PINGs detect dead paths.
+//! connection stayed up for a while; right after a working connection drops (a gateway
+//! restart), redials stay at most about a second apart for a while, so the connector is back
+//! within two seconds of the gateway. HTTP/2 PINGs detect dead paths.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,6 +39,12 @@ use crate::metrics::Metrics;
 /// A connection that stayed up this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 const BACKOFF_START: Duration = Duration::from_millis(100);
+/// A connection that stayed up this long was a working link: when it drops, redial fast.
+const FAST_AFTER: Duration = Duration::from_secs(5);
+/// For this long after a working link dropped, redials are at most `FAST_CAP` (jittered to
+/// at most 1.5 s) apart.
+const FAST_WINDOW: Duration = Duration::from_secs(60);
+const FAST_CAP: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -203,6 +211,7 @@ fn jitter(d: Duration) -> Duration {
 
 async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
     let mut backoff = BACKOFF_START;
+    let mut fast_until: Option<Instant> = None;
     let mut first = true;
     loop {
         if shared.cancel.is_cancelled() {
@@ -216,10 +225,20 @@ async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
             Ok(()) => info!(%gateway, link = n, "gateway connection closed"),
             Err(e) => warn!(%gateway, link = n, error = %e, "gateway connection failed"),
         }
-        if started.elapsed() >= STABLE_AFTER {
+        let up_for = started.elapsed();
+        if up_for >= STABLE_AFTER {
             backoff = BACKOFF_START;
         }
-        let wait = jitter(backoff);
+        // Only a link that had been working opens the fast window: a gateway that refuses
+        // the connector right after the handshake still gets the exponential backoff.
+        if up_for >= FAST_AFTER {
+            fast_until = Some(Instant::now() + FAST_WINDOW);
+        }
+        let cap = match fast_until {
+            Some(t) if Instant::now() < t => FAST_CAP.min(shared.reconnect_max),
+            _ => shared.reconnect_max,
+        };
+        let wait = jitter(backoff.min(cap));
         backoff = (backoff * 2).min(shared.reconnect_max);
         debug!(%gateway, link = n, ?wait, "reconnecting after backoff");
         tokio::select! {
@@ -254,9 +273,12 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
     .map_err(|e| format!("TLS handshake: {e}"))?;
     info!(%gateway, connector_id = %shared.connector_id, "connected to gateway");
     let svc_shared = shared.clone();
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let svc_draining = draining.clone();
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
-        async move { Ok::<_, Infallible>(handle(shared, req).await) }
+        let draining = svc_draining.clone();
+        async move { Ok::<_, Infallible>(handle(shared, &draining, req).await) }
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -267,13 +289,30 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
         .max_frame_size(64 * 1024)
         .max_concurrent_streams(16_384)
         .serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
+    let mut conn = Box::pin(conn);
     shared.metrics.links_up.inc();
     let r = tokio::select! {
         r = conn.as_mut() => r.map_err(|e| format!("HTTP/2: {e}")),
         _ = shared.cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            Ok(())
+        }
+        _ = draining.notified() => {
+            // Dial again now (the caller's loop does); this link carries on, in its own task,
+            // for the tunnels it still has until the gateway closes it. It no longer counts
+            // as a link that is up: no new tunnels will come over it.
+            info!(%gateway, "gateway is draining: dialling again; the old link stays for its open tunnels");
+            let cancel = shared.cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = conn.as_mut() => {},
+                    _ = cancel.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    }
+                }
+            });
             Ok(())
         }
     };
@@ -307,7 +346,15 @@ async fn allowed_addrs(shared: &Shared, host: &str, port: u16) -> Result<Vec<Soc
         .collect())
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Empty<Bytes>> {
+async fn handle(
+    shared: Arc<Shared>,
+    draining: &tokio::sync::Notify,
+    req: Request<Incoming>,
+) -> Response<Empty<Bytes>> {
+    if req.method() == Method::POST && req.uri().path() == wire::PATH_DRAINING {
+        draining.notify_one();
+        return Response::new(Empty::new());
+    }
     let session = req
         .headers()
         .get(wire::HDR_SESSION)

@@ -68,10 +68,25 @@ async fn serve_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
             }
         };
     let svc_gw = gw.clone();
+    // Signalled by the first request: a connection that completes TLS and then never finishes
+    // a request (an idle socket, or HTTP/2 headers trickled in a byte at a time) is closed
+    // after `handshake_timeout`, like a slow handshake, instead of holding a connection slot.
+    let first_request = Arc::new(tokio::sync::Notify::new());
+    let seen = first_request.clone();
     let service = service_fn(move |req| {
+        seen.notify_one();
         let gw = svc_gw.clone();
         async move { Ok::<_, Infallible>(route(gw, req, peer).await) }
     });
+    let limit = gw.config.handshake_timeout;
+    let no_request = async move {
+        if tokio::time::timeout(limit, first_request.notified())
+            .await
+            .is_ok()
+        {
+            std::future::pending::<()>().await;
+        }
+    };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -92,6 +107,8 @@ async fn serve_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "client connection ended with an error") },
+        // Nothing was served on it, so dropping the connection loses nothing.
+        _ = no_request => debug!(%peer, ?limit, "no complete request after the TLS handshake; closing"),
         _ = gw.draining.cancelled() => {
             // GOAWAY: streams in flight (and upgraded tunnels) go on; no new requests.
             conn.as_mut().graceful_shutdown();
@@ -578,6 +595,7 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
     let client_up = hyper::upgrade::on(req);
     let endpoint_up = hyper::upgrade::on(resp);
     let task_gw = gw.clone();
+    let link_lost = link.lost.clone();
     tokio::spawn(async move {
         match tokio::join!(client_up, endpoint_up) {
             (Ok(c), Ok(e)) => {
@@ -588,6 +606,7 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
                     deadline,
                     idle_limit,
                     recheck_at,
+                    link_lost,
                     TokioIo::new(c),
                     TokioIo::new(e),
                 )

@@ -33,6 +33,9 @@ pub struct Link {
     pub peer: SocketAddr,
     pub sender: SendRequest<Empty<Bytes>>,
     pub cancel: CancellationToken,
+    /// Cancelled once the connection has ended, for whatever reason: a session relayed over
+    /// it that fails then ends with reason `connector_lost` rather than `endpoint_error`.
+    pub lost: CancellationToken,
 }
 
 impl Link {
@@ -233,6 +236,7 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         peer,
         sender,
         cancel: CancellationToken::new(),
+        lost: CancellationToken::new(),
     });
     gw.registry.add(link.clone());
     let connected = gw.metrics.connectors_connected.with_label_values(&[&site]);
@@ -255,6 +259,7 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
     };
     probe.abort();
     gw.registry.remove(&link);
+    link.lost.cancel();
     connected.dec();
     info!(connector_id = %id, %site, %peer, reason = %why, "connector disconnected");
     let mut ev = gw.event(EventType::ConnectorDisconnected);
@@ -263,6 +268,32 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
     ev.site = Some(site);
     ev.detail = Some(why);
     gw.audit.record_nowait(ev);
+}
+
+/// Tells every connected connector that this gateway is draining (`POST /v1/draining` on
+/// each link), so that it dials again now — reaching another replica — instead of when the
+/// link closes at the end of the grace period. The links themselves stay up for the sessions
+/// they carry. Best effort: a connector that does not answer within a second is left alone.
+pub fn announce_drain(gw: &Gateway) {
+    for link in gw.registry.all() {
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(postern_proto::wire::PATH_DRAINING)
+            .body(Empty::<Bytes>::new());
+        let Ok(req) = req else { continue };
+        let mut sender = link.sender.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(1), sender.send_request(req)).await {
+                Ok(Ok(_)) => {
+                    debug!(connector_id = %link.connector_id, peer = %link.peer, "told connector we are draining")
+                }
+                Ok(Err(e)) => {
+                    debug!(connector_id = %link.connector_id, error = %e, "drain notice failed")
+                }
+                Err(_) => debug!(connector_id = %link.connector_id, "drain notice timed out"),
+            }
+        });
+    }
 }
 
 /// Re-reads the store when it changes: drops links whose connector was revoked (and the

@@ -48,6 +48,7 @@ pub mod metrics;
 pub mod oidc;
 mod pages;
 pub mod pki;
+mod recovery;
 mod reload;
 mod renew;
 mod rtt;
@@ -351,6 +352,40 @@ async fn housekeeping(gw: Arc<Gateway>) {
     }
 }
 
+/// Writes `session.end` (reason `gateway_lost`) for the sessions a previous process of this
+/// gateway started and never ended because it was killed or crashed (see `recovery`). Failing
+/// to read the log back is only a warning; failing to write the ends stops the start.
+async fn end_lost_sessions(gw: &Gateway) -> Result<(), GatewayError> {
+    let dir = gw.config.audit_dir.clone();
+    let open = match tokio::task::spawn_blocking(move || recovery::open_sessions(&dir)).await {
+        Ok(Ok(open)) => open,
+        Ok(Err(e)) => {
+            warn!(error = %e, "could not read the audit log back for sessions left open");
+            return Ok(());
+        }
+        Err(e) => {
+            warn!(error = %e, "reading the audit log back failed");
+            return Ok(());
+        }
+    };
+    if open.is_empty() {
+        return Ok(());
+    }
+    warn!(
+        sessions = open.len(),
+        "the previous gateway process stopped without ending these sessions: recording their end (reason gateway_lost)"
+    );
+    // In batches well under the writer's queue, each committed with one flush.
+    for chunk in open.chunks(4096) {
+        for start in chunk {
+            gw.audit
+                .record_nowait(recovery::lost_end(start, &gw.config.node_id));
+        }
+        gw.audit.flush().await?;
+    }
+    Ok(())
+}
+
 /// How to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -378,6 +413,7 @@ pub async fn run(
         "gateway started"
     );
     gw.metrics.set_policy_version(policy.version());
+    end_lost_sessions(&gw).await?;
     gw.metrics.server_cert_expiry.set(gw.server_cert.expiry());
     let mut started = gw.event(EventType::GatewayStarted);
     started.detail = Some(format!("policy {}", policy.version()));
@@ -400,6 +436,9 @@ pub async fn run(
         .map(|o| tokio::spawn(o.keep_discovering(gw.shutdown.clone())));
     let stop = shutdown.await;
     gw.draining.cancel();
+    if stop == Stop::Drain {
+        connectors::announce_drain(&gw);
+    }
     if stop == Stop::Drain && gw.sessions.len() > 0 {
         info!(
             sessions = gw.sessions.len(),

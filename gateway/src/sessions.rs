@@ -374,6 +374,10 @@ impl Sessions {
 /// reloads), the kill switch, the idle limit, and `recheck_at` — the instant the policy said the
 /// decision could change by time alone (a window closing, a contract ending); then the session
 /// is evaluated again and ended if no longer allowed.
+///
+/// `link_lost` is the connector link's end signal: when the endpoint side fails because the
+/// link to the connector went away (connector killed, network cut), the reason is
+/// `connector_lost`.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_session<C, E>(
     gw: Arc<Gateway>,
@@ -382,6 +386,7 @@ pub async fn run_session<C, E>(
     deadline: Deadline,
     idle_limit: Option<Duration>,
     mut recheck_at: Option<SystemTime>,
+    link_lost: CancellationToken,
     client: C,
     endpoint: E,
 ) where
@@ -414,8 +419,11 @@ pub async fn run_session<C, E>(
         tokio::select! {
             ended = &mut relay => break match ended {
                 Ended::AClosed => "client_closed".to_owned(),
-                Ended::BClosed => "endpoint_closed".to_owned(),
                 Ended::AError => "client_error".to_owned(),
+                Ended::BClosed | Ended::BError if connector_lost(&link_lost, ended).await => {
+                    "connector_lost".to_owned()
+                }
+                Ended::BClosed => "endpoint_closed".to_owned(),
                 Ended::BError => "endpoint_error".to_owned(),
             },
             _ = tokio::time::sleep_until(current.at.into()) => break current.reason.to_owned(),
@@ -463,6 +471,20 @@ pub async fn run_session<C, E>(
     // Only now: shutdown waits for the registry to empty before it closes the audit log, so
     // every session.end is on disk first.
     gw.sessions.remove(&info.id);
+}
+
+/// Whether the endpoint side ended because the connector link went away. A stream error and
+/// the end of its connection are seen by different tasks in either order, so after an error
+/// this waits briefly (both are woken by the same connection event, so 200 ms is ample) for
+/// the link's end signal; a clean close only checks it.
+async fn connector_lost(link_lost: &CancellationToken, ended: Ended) -> bool {
+    if ended == Ended::BError {
+        tokio::time::timeout(Duration::from_millis(200), link_lost.cancelled())
+            .await
+            .is_ok()
+    } else {
+        link_lost.is_cancelled()
+    }
 }
 
 /// Writes `session.end` for a session that started (also for ones that never relayed a byte).

@@ -46,6 +46,11 @@ pub const PATH_ENROLL: &str = "/v1/enroll";
 pub const PATH_ENDPOINTS: &str = "/v1/endpoints";
 /// Liveness path (no authentication, reveals nothing).
 pub const PATH_HEALTH: &str = "/healthz";
+/// Gateway → connector, on a link: `POST` here says the gateway is draining (it accepts no new
+/// connections and closes its links when the grace period ends). The connector dials that
+/// address again at once, which behind a load balancer reaches another replica, and keeps the
+/// old link for the tunnels it still carries.
+pub const PATH_DRAINING: &str = "/v1/draining";
 /// Link round-trip probe, gateway → connector on a connector link (`GET`): the connector answers
 /// 204 at once; it is not a tunnel and dials nothing.
 pub const PATH_LINK_PING: &str = "/v1/link/ping";

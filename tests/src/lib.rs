@@ -148,10 +148,82 @@ impl Proc {
         None
     }
 
+    /// SIGKILL (kill -9) and reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Resident memory (VmRSS, kB) from /proc/PID/status.
+    pub fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("{} is gone: {e}", self.name));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS for {}", self.name))
+    }
+
+    /// Open file descriptors (sockets included) from /proc/PID/fd.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or_else(|e| panic!("{} is gone: {e}", self.name))
+    }
+
+    /// The last JSON object line of kind `kind` this process printed (postern-bench output).
+    pub fn json_line(&self, kind: &str) -> Option<Value> {
+        self.log_text()
+            .lines()
+            .rev()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["kind"] == kind)
+    }
+
+    /// Waits (up to `limit`) for the JSON line of kind `kind`.
+    pub fn wait_json(&mut self, kind: &str, limit: Duration) -> Value {
+        wait_for(&format!("{} to print {kind}", self.name), limit, || {
+            let v = self.json_line(kind);
+            if v.is_none() && !self.is_running() {
+                panic!(
+                    "{} exited without printing {kind}: {}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            v
+        })
+    }
+}
+
+/// Starts `postern-bench ARGS` (the load generators of bench/) with its output in `log`.
+pub fn bench(name: &str, args: &[String], log: PathBuf) -> Proc {
+    Proc::spawn(name, Command::new(bin("postern-bench")).args(args), log)
+}
+
+/// A `postern-bench echo` server (tokio; scales to many thousands of connections, unlike
+/// [`Echo`]'s thread per connection). Returns the process and its address.
+pub fn bench_echo(log: PathBuf) -> (Proc, SocketAddr) {
+    let mut p = bench(
+        "echo",
+        &["echo".into(), "--listen".into(), "127.0.0.1:0".into()],
+        log,
+    );
+    let addr = wait_for(
+        "postern-bench echo to listen",
+        Duration::from_secs(10),
+        || {
+            assert!(p.is_running(), "echo exited: {}", p.log_text());
+            p.log_text()
+                .lines()
+                .find_map(|l| l.strip_prefix("listening on "))
+                .and_then(|a| a.trim().parse().ok())
+        },
+    );
+    (p, addr)
 }
 
 impl Drop for Proc {
@@ -315,13 +387,41 @@ impl Deployment {
     /// Enrols and starts a connector (site "truro") on a running gateway.
     pub fn with_connector(mut self, allow: &[Allow]) -> Deployment {
         let d = &mut self;
-        let token = d.enroll_token("truro", "10m");
-        let (ok, out, err) = d.enroll("conn", &token);
-        assert!(ok, "enrolment failed: {out}{err}");
-        d.connector_id = out.split_whitespace().nth(2).unwrap().to_owned();
+        d.connector_id = d.enroll_connector("conn", "truro");
         d.write_connector_toml("conn", allow, None);
         d.start_connector("conn");
         self
+    }
+
+    /// Enrols connector `name` (state dir `name`) for `site`; returns its id.
+    pub fn enroll_connector(&self, name: &str, site: &str) -> String {
+        let token = self.enroll_token(site, "10m");
+        let (ok, out, err) = self.enroll(name, &token);
+        assert!(ok, "enrolment failed: {out}{err}");
+        out.split_whitespace().nth(2).unwrap().to_owned()
+    }
+
+    /// Enrols and starts one more connector for site "truro" (besides `self.connector`),
+    /// waits until the gateway audits its connection, and returns it with its id.
+    pub fn add_connector(&self, name: &str, allow: &[Allow]) -> (Proc, String) {
+        let id = self.enroll_connector(name, "truro");
+        self.write_connector_toml(name, allow, None);
+        let before = self.connected(&id);
+        let p = self.spawn_connector(name);
+        wait_for(
+            &format!("{name} to connect"),
+            Duration::from_secs(20),
+            || (self.connected(&id) > before).then_some(()),
+        );
+        (p, id)
+    }
+
+    /// How many `connector.connected` events connector `id` has.
+    pub fn connected(&self, id: &str) -> usize {
+        self.events("connector.connected")
+            .iter()
+            .filter(|e| e["connector"]["id"] == id)
+            .count()
     }
 
     /// Starts (or restarts) the gateway process and waits for its `gateway.started` event.
@@ -433,6 +533,26 @@ impl Deployment {
         token: &Path,
         ca: &Path,
     ) -> Result<(Proc, SocketAddr), String> {
+        self.connect_to_with_ca(&self.url(), endpoint, token, ca)
+    }
+
+    /// As [`Deployment::connect`], to the gateway at `url` (another replica).
+    pub fn connect_to(
+        &self,
+        url: &str,
+        endpoint: &str,
+        token: &Path,
+    ) -> Result<(Proc, SocketAddr), String> {
+        self.connect_to_with_ca(url, endpoint, token, &self.ca_file())
+    }
+
+    fn connect_to_with_ca(
+        &self,
+        url: &str,
+        endpoint: &str,
+        token: &Path,
+        ca: &Path,
+    ) -> Result<(Proc, SocketAddr), String> {
         let log = self.path(&format!("client-{endpoint}-{}.log", free_port()));
         let mut p = Proc::spawn(
             "client",
@@ -443,7 +563,7 @@ impl Deployment {
                     "--listen",
                     "127.0.0.1:0",
                     "--gateway",
-                    &self.url(),
+                    url,
                 ])
                 .arg("--ca-file")
                 .arg(ca)
@@ -474,12 +594,59 @@ impl Deployment {
         }
     }
 
-    /// Every audit event so far.
+    /// Every audit event so far, from every segment in order (`audit.jsonl`, then
+    /// `audit.000002.jsonl`, ...). A torn last line (a gateway killed mid-write) is skipped.
     pub fn audit(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.path("gw/audit/audit.jsonl")).unwrap_or_default();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l}: {e}")))
-            .collect()
+        let dir = self.path("gw/audit");
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                        n.starts_with("audit.") && n.ends_with(".jsonl")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        // "audit.jsonl" sorts after "audit.000002.jsonl": put the first segment first.
+        segments.sort_by_key(|p| (p.file_name().is_some_and(|n| n != "audit.jsonl"), p.clone()));
+        let mut out = Vec::new();
+        for seg in segments {
+            let text = std::fs::read_to_string(&seg).unwrap_or_default();
+            let complete = text.ends_with('\n');
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, l) in lines.iter().enumerate() {
+                match serde_json::from_str(l) {
+                    Ok(v) => out.push(v),
+                    Err(_) if i + 1 == lines.len() && !complete => {}
+                    Err(e) => panic!("bad audit line {l}: {e}"),
+                }
+            }
+        }
+        out
+    }
+
+    /// `postern-audit verify` on the audit directory, checking checkpoint signatures against
+    /// the gateway's own audit key: (passed, its output).
+    pub fn verify_audit(&self) -> (bool, String) {
+        self.verify_audit_with(&[])
+    }
+
+    /// As [`Deployment::verify_audit`] with more `postern-audit verify` options (`--closed`).
+    pub fn verify_audit_with(&self, options: &[&str]) -> (bool, String) {
+        let (ok, pem, err) = run(Command::new(bin("postern-audit"))
+            .arg("pubkey")
+            .arg(self.path("gw")));
+        assert!(ok, "postern-audit pubkey failed: {err}");
+        let key = self.path("audit-pub.pem");
+        std::fs::write(&key, pem).unwrap();
+        let (ok, out, err) = run(Command::new(bin("postern-audit"))
+            .arg("verify")
+            .arg(self.path("gw/audit"))
+            .arg("--pubkey")
+            .arg(&key)
+            .args(options));
+        (ok, format!("{out}{err}"))
     }
 
     pub fn events(&self, kind: &str) -> Vec<Value> {
