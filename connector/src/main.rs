@@ -38,6 +38,10 @@ enum Cmd {
     Run {
         #[arg(long, short, default_value = "/etc/postern/connector.toml")]
         config: PathBuf,
+        /// Stop (as on SIGTERM) when standard input closes: for a parent process, such as
+        /// `postern-gateway demo`, whose connector must not outlive it even if it is killed.
+        #[arg(long, hide = true)]
+        exit_with_stdin: bool,
     },
     /// Show the enrolment, the configuration and (with `[admin] listen`) the live counters.
     Status {
@@ -75,6 +79,18 @@ async fn shutdown_signal() {
         }
         _ => {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Resolves when standard input reaches end of file (the parent that holds the pipe is gone).
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
         }
     }
 }
@@ -121,10 +137,22 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Run { config } => {
+        Cmd::Run {
+            config,
+            exit_with_stdin,
+        } => {
             let config = Config::load(&config)?;
             init_tracing();
-            runtime()?.block_on(link::run(config, shutdown_signal()))?;
+            runtime()?.block_on(link::run(config, async move {
+                if exit_with_stdin {
+                    tokio::select! {
+                        _ = shutdown_signal() => {},
+                        _ = stdin_closed() => {},
+                    }
+                } else {
+                    shutdown_signal().await;
+                }
+            }))?;
             Ok(())
         }
         Cmd::Check { config } => {

@@ -220,14 +220,19 @@ pub async fn run(
             "# Demo connector configuration (generated).\nstate_dir = \"connector\"\n\n# Only the two sample services; the policy's demo-ssh (port 22) is not listed, so the\n# connector refuses it even though the gateway's policy allows it.\n[[allow]]\ncidr = \"127.0.0.1/32\"\nports = \"{web_port},{echo_port}\"\n"
         ),
     )?;
+    // The connector holds the read end of a pipe as its stdin and stops when it closes, so it
+    // never outlives the demo, even one killed with SIGKILL.
     let mut connector = tokio::process::Command::new(&connector_bin)
-        .args(["run", "--config"])
+        .args(["run", "--exit-with-stdin", "--config"])
         .arg(&connector_toml)
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("connector.log"))?)
         .kill_on_drop(true)
         .spawn()
         .context("starting postern-connector")?;
+    // Held until the demo ends (`Child::wait` would close it).
+    let _connector_stdin = connector.stdin.take();
 
     // Wait until the gateway has audited the connector's connection.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

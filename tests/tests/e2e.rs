@@ -868,6 +868,30 @@ fn demo_comes_up_and_its_printed_next_steps_work() {
     );
     assert!(all.contains("auth.login"), "{all}");
     assert!(all.contains("signed out"), "{all}");
+
+    // The demo's connector is a child process; killed with SIGKILL, the demo cannot stop it,
+    // but the connector notices its stdin pipe close and stops by itself.
+    let connector_pids = || -> Vec<u32> {
+        let marker = work.path().join("demo").join("connector.toml");
+        let marker = marker.to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                    .unwrap_or(false)
+            })
+            .collect()
+    };
+    assert_eq!(connector_pids().len(), 1, "the demo's connector is running");
+    let mut demo = demo;
+    demo.kill();
+    wait_for(
+        "the demo's connector to stop",
+        Duration::from_secs(10),
+        || connector_pids().is_empty().then_some(()),
+    );
 }
 
 #[test]
