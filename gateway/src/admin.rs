@@ -9,8 +9,9 @@ use postern_audit::{ConnectorRef, Event, EventType};
 use postern_proto::enroll::EnrollToken;
 use postern_proto::ids::{hex, random_bytes, random_id, sha256_hex};
 
+use crate::clock::unix_now;
 use crate::pki::Ca;
-use crate::store::{unix_now, EnrollTokenRec, Store};
+use crate::state::{self, DeviceRec, DeviceStatus, EnrollTokenRec, Refusal, StoreError};
 use crate::tokens::TokenKeys;
 use crate::{Config, GatewayError};
 
@@ -44,7 +45,7 @@ pub struct CreatedToken {
 }
 
 /// `token create --site S --ttl D`: a one-time enrolment token, stored only as a hash.
-pub fn token_create(
+pub async fn token_create(
     config: &Config,
     site: &str,
     ttl: Duration,
@@ -57,7 +58,7 @@ pub fn token_create(
             ),
         });
     }
-    let store = Store::open(&config.state_dir)?;
+    let store = state::open(&config.state_dir)?;
     let server_ca = Ca::load_or_create(&config.state_dir, "server-ca", "Postern gateway CA")?;
     let secret = hex(&random_bytes(32).map_err(|_| rng_err())?);
     let id = random_id("et").map_err(|_| rng_err())?[..15].to_owned();
@@ -71,12 +72,7 @@ pub fn token_create(
         used: None,
         used_by: None,
     };
-    store.update(|s| {
-        // Forget long-dead tokens so the store does not grow without bound.
-        s.enroll_tokens.retain(|t| t.expires + 7 * 86400 > now);
-        s.enroll_tokens.push(rec);
-        Ok::<_, GatewayError>(())
-    })?;
+    store.create_enroll_token(rec, now).await?;
     let mut ev = Event::new(EventType::TokenCreated);
     ev.site = Some(site.to_owned());
     ev.detail = Some(format!(
@@ -97,13 +93,13 @@ pub fn token_create(
 }
 
 /// `connector list`: a table of enrolled connectors.
-pub fn connector_list(config: &Config) -> Result<String, GatewayError> {
-    let state = Store::open(&config.state_dir)?.read()?;
+pub async fn connector_list(config: &Config) -> Result<String, GatewayError> {
+    let connectors = state::open(&config.state_dir)?.connectors().await?;
     let mut out = format!(
         "{:<24} {:<12} {:<10} {:<22} {}\n",
         "ID", "SITE", "STATUS", "CERT EXPIRES", "HOST"
     );
-    for c in &state.connectors {
+    for c in &connectors {
         let status = if c.revoked.is_some() {
             "revoked"
         } else if c.not_after <= unix_now() {
@@ -124,22 +120,18 @@ pub fn connector_list(config: &Config) -> Result<String, GatewayError> {
 }
 
 /// `connector revoke ID`: refuses its next connection; a running gateway drops live ones.
-pub fn connector_revoke(config: &Config, id: &str) -> Result<String, GatewayError> {
-    let store = Store::open(&config.state_dir)?;
-    let site = store.update(|s| {
-        let c = s
-            .connectors
-            .iter_mut()
-            .find(|c| c.id == id)
-            .ok_or_else(|| GatewayError::Io {
-                what: format!("revoking connector '{id}'"),
-                source: std::io::Error::other(
-                    "no such connector (see `postern-gateway connector list`)",
-                ),
-            })?;
-        c.revoked.get_or_insert(unix_now());
-        Ok::<_, GatewayError>(c.site.clone())
-    })?;
+pub async fn connector_revoke(config: &Config, id: &str) -> Result<String, GatewayError> {
+    let store = state::open(&config.state_dir)?;
+    let site = match store.revoke_connector(id.to_owned(), unix_now()).await {
+        Ok(c) => c.site,
+        Err(StoreError::Refused(Refusal::UnknownConnector(_))) => {
+            return Err(admin_err(
+                format!("revoking connector '{id}'"),
+                "no such connector (see `postern-gateway connector list`)",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut ev = Event::new(EventType::ConnectorRevoked);
     ev.connector = Some(ConnectorRef {
         id: id.to_owned(),
@@ -278,7 +270,7 @@ fn admin_err(what: String, message: &str) -> GatewayError {
 }
 
 /// One device as `device list --json` prints it (the stored record without the key blob).
-pub fn device_json(d: &crate::store::DeviceRec) -> serde_json::Value {
+pub fn device_json(d: &DeviceRec) -> serde_json::Value {
     serde_json::json!({
         "id": d.id,
         "user": d.user,
@@ -307,18 +299,17 @@ fn when(t: Option<u64>) -> String {
 }
 
 /// `device list [--user U] [--pending] [--json]`.
-pub fn device_list(
+pub async fn device_list(
     config: &Config,
     user: Option<&str>,
     pending_only: bool,
     json: bool,
 ) -> Result<String, GatewayError> {
-    let state = Store::open(&config.state_dir)?.read()?;
-    let devices: Vec<_> = state
-        .devices
+    let all = state::open(&config.state_dir)?.devices().await?;
+    let devices: Vec<_> = all
         .iter()
         .filter(|d| user.is_none_or(|u| d.user == u))
-        .filter(|d| !pending_only || d.status == crate::store::DeviceStatus::Pending)
+        .filter(|d| !pending_only || d.status == DeviceStatus::Pending)
         .collect();
     if json {
         let v: Vec<_> = devices.iter().map(|d| device_json(d)).collect();
@@ -356,7 +347,7 @@ pub fn device_list(
     Ok(out)
 }
 
-fn device_event(kind: EventType, d: &crate::store::DeviceRec, detail: String) -> Event {
+fn device_event(kind: EventType, d: &DeviceRec, detail: String) -> Event {
     let mut ev = Event::new(kind);
     ev.user = Some(d.user.clone());
     ev.device = Some(postern_audit::DeviceRef {
@@ -375,40 +366,47 @@ fn local_user() -> String {
 }
 
 /// `device approve ID`: a pending (or suspect) device becomes active.
-pub fn device_approve(config: &Config, id: &str) -> Result<crate::store::DeviceRec, GatewayError> {
-    use crate::store::DeviceStatus;
-    let store = Store::open(&config.state_dir)?;
-    let (rec, was) = store.update(|s| {
-        let d = s.devices.iter_mut().find(|d| d.id == id).ok_or_else(|| {
-            admin_err(
+pub async fn device_approve(config: &Config, id: &str) -> Result<DeviceRec, GatewayError> {
+    let store = state::open(&config.state_dir)?;
+    let by = local_user();
+    let change = store
+        .update_device(
+            id.to_owned(),
+            Box::new(move |d| match d.status {
+                DeviceStatus::Revoked => Err(Refusal::DeviceRevoked(d.id.clone())),
+                DeviceStatus::Active => Ok(()),
+                DeviceStatus::Pending | DeviceStatus::Suspect => {
+                    d.status = DeviceStatus::Active;
+                    d.approved = Some(unix_now());
+                    d.approved_by = Some(by);
+                    Ok(())
+                }
+            }),
+        )
+        .await;
+    let (was, rec) = match change {
+        Ok(x) => x,
+        Err(StoreError::Refused(Refusal::UnknownDevice(_))) => {
+            return Err(admin_err(
                 format!("approving device '{id}'"),
                 "no such device (see `postern-gateway device list`)",
-            )
-        })?;
-        let was = d.status;
-        match d.status {
-            DeviceStatus::Revoked => {
-                return Err(admin_err(
-                    format!("approving device '{id}'"),
-                    "the device is revoked; the user must register it again",
-                ))
-            }
-            DeviceStatus::Active => {}
-            DeviceStatus::Pending | DeviceStatus::Suspect => {
-                d.status = DeviceStatus::Active;
-                d.approved = Some(unix_now());
-                d.approved_by = Some(local_user());
-            }
+            ))
         }
-        Ok::<_, GatewayError>((d.clone(), was))
-    })?;
-    if was != crate::store::DeviceStatus::Active {
+        Err(StoreError::Refused(Refusal::DeviceRevoked(_))) => {
+            return Err(admin_err(
+                format!("approving device '{id}'"),
+                "the device is revoked; the user must register it again",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if was.status != DeviceStatus::Active {
         audit(
             config,
             device_event(
                 EventType::DeviceApproved,
                 &rec,
-                format!("device {} approved (was {})", rec.id, was.as_str()),
+                format!("device {} approved (was {})", rec.id, was.status.as_str()),
             ),
         )?;
     }
@@ -416,27 +414,36 @@ pub fn device_approve(config: &Config, id: &str) -> Result<crate::store::DeviceR
 }
 
 /// `device revoke ID`: refused from now on; a running gateway ends its live tunnels.
-pub fn device_revoke(
+pub async fn device_revoke(
     config: &Config,
     id: &str,
     reason: &str,
-) -> Result<crate::store::DeviceRec, GatewayError> {
-    use crate::store::DeviceStatus;
-    let store = Store::open(&config.state_dir)?;
-    let rec = store.update(|s| {
-        let d = s.devices.iter_mut().find(|d| d.id == id).ok_or_else(|| {
-            admin_err(
+) -> Result<DeviceRec, GatewayError> {
+    let store = state::open(&config.state_dir)?;
+    let why = reason.to_owned();
+    let change = store
+        .update_device(
+            id.to_owned(),
+            Box::new(move |d| {
+                if d.status != DeviceStatus::Revoked {
+                    d.status = DeviceStatus::Revoked;
+                    d.revoked = Some(unix_now());
+                    d.revoked_reason = Some(why);
+                }
+                Ok(())
+            }),
+        )
+        .await;
+    let rec = match change {
+        Ok((_, rec)) => rec,
+        Err(StoreError::Refused(Refusal::UnknownDevice(_))) => {
+            return Err(admin_err(
                 format!("revoking device '{id}'"),
                 "no such device (see `postern-gateway device list`)",
-            )
-        })?;
-        if d.status != DeviceStatus::Revoked {
-            d.status = DeviceStatus::Revoked;
-            d.revoked = Some(unix_now());
-            d.revoked_reason = Some(reason.to_owned());
+            ))
         }
-        Ok::<_, GatewayError>(d.clone())
-    })?;
+        Err(e) => return Err(e.into()),
+    };
     audit(
         config,
         device_event(
@@ -450,33 +457,15 @@ pub fn device_revoke(
 
 /// `user revoke U`: every device of U revoked and U's current tokens refused; a running
 /// gateway ends U's live tunnels. Returns the devices revoked.
-pub fn user_revoke(config: &Config, user: &str) -> Result<Vec<String>, GatewayError> {
-    use crate::store::{DeviceStatus, RevokedUser};
+pub async fn user_revoke(config: &Config, user: &str) -> Result<Vec<String>, GatewayError> {
     if user.is_empty() {
         return Err(admin_err(
             "user revoke".into(),
             "the user must not be empty",
         ));
     }
-    let store = Store::open(&config.state_dir)?;
-    let now = unix_now();
-    let revoked = store.update(|s| {
-        let mut ids = Vec::new();
-        for d in s.devices.iter_mut().filter(|d| d.user == user) {
-            if d.status != DeviceStatus::Revoked {
-                d.status = DeviceStatus::Revoked;
-                d.revoked = Some(now);
-                d.revoked_reason = Some("user revoked".into());
-                ids.push(d.clone());
-            }
-        }
-        s.revoked_users.retain(|u| u.user != user);
-        s.revoked_users.push(RevokedUser {
-            user: user.to_owned(),
-            before: now,
-        });
-        Ok::<_, GatewayError>(ids)
-    })?;
+    let store = state::open(&config.state_dir)?;
+    let revoked = store.revoke_user(user.to_owned(), unix_now()).await?;
     for d in &revoked {
         audit(
             config,
@@ -500,7 +489,6 @@ pub fn user_revoke(config: &Config, user: &str) -> Result<Vec<String>, GatewayEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DeviceRec, DeviceStatus};
 
     fn rec(id: &str, user: &str, status: DeviceStatus) -> DeviceRec {
         DeviceRec {
@@ -526,22 +514,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn device_list_approve_revoke_and_user_revoke() {
+    #[tokio::test]
+    async fn device_list_approve_revoke_and_user_revoke() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::local(&dir.path().join("state"), &dir.path().join("p.toml"));
-        let store = Store::open(&config.state_dir).unwrap();
-        store
-            .update(|s| {
-                s.devices.push(rec("dev-1", "ann@x", DeviceStatus::Pending));
-                s.devices.push(rec("dev-2", "ann@x", DeviceStatus::Active));
-                s.devices.push(rec("dev-3", "bob@x", DeviceStatus::Pending));
-                Ok::<_, GatewayError>(())
-            })
-            .unwrap();
+        let store = state::open(&config.state_dir).unwrap();
+        for (id, user, status) in [
+            ("dev-1", "ann@x", DeviceStatus::Pending),
+            ("dev-2", "ann@x", DeviceStatus::Active),
+            ("dev-3", "bob@x", DeviceStatus::Pending),
+        ] {
+            store.add_device(rec(id, user, status)).await.unwrap();
+        }
 
         let all: Vec<serde_json::Value> =
-            serde_json::from_str(&device_list(&config, None, false, true).unwrap()).unwrap();
+            serde_json::from_str(&device_list(&config, None, false, true).await.unwrap()).unwrap();
         assert_eq!(all.len(), 3);
         assert_eq!(all[0]["status"], "pending");
         assert_eq!(all[0]["credential_id"], "cred-dev-1");
@@ -550,42 +537,53 @@ mod tests {
             "the key blob is not listed"
         );
         let pending: Vec<serde_json::Value> =
-            serde_json::from_str(&device_list(&config, None, true, true).unwrap()).unwrap();
+            serde_json::from_str(&device_list(&config, None, true, true).await.unwrap()).unwrap();
         assert_eq!(pending.len(), 2);
-        let anns: Vec<serde_json::Value> =
-            serde_json::from_str(&device_list(&config, Some("ann@x"), true, true).unwrap())
-                .unwrap();
+        let anns: Vec<serde_json::Value> = serde_json::from_str(
+            &device_list(&config, Some("ann@x"), true, true)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(anns.len(), 1);
         assert_eq!(anns[0]["id"], "dev-1");
-        let table = device_list(&config, None, false, false).unwrap();
+        let table = device_list(&config, None, false, false).await.unwrap();
         assert!(table.starts_with("ID "), "{table}");
         assert!(
             table.contains("dev-3") && table.contains("bob@x") && table.contains("pending"),
             "{table}"
         );
 
-        let d = device_approve(&config, "dev-1").unwrap();
+        let d = device_approve(&config, "dev-1").await.unwrap();
         assert_eq!(d.status, DeviceStatus::Active);
         assert!(d.approved.is_some());
-        let e = device_approve(&config, "dev-9").unwrap_err().to_string();
+        let e = device_approve(&config, "dev-9")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no such device"), "{e}");
 
-        let d = device_revoke(&config, "dev-1", "lost on the train").unwrap();
+        let d = device_revoke(&config, "dev-1", "lost on the train")
+            .await
+            .unwrap();
         assert_eq!(d.status, DeviceStatus::Revoked);
         assert_eq!(d.revoked_reason.as_deref(), Some("lost on the train"));
-        let e = device_approve(&config, "dev-1").unwrap_err().to_string();
+        let e = device_approve(&config, "dev-1")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("revoked"), "{e}");
 
-        let ids = user_revoke(&config, "ann@x").unwrap();
+        let ids = user_revoke(&config, "ann@x").await.unwrap();
         assert_eq!(ids, vec!["dev-2".to_owned()]);
-        let s = store.read().unwrap();
-        assert!(s
-            .devices
+        let devices = store.devices().await.unwrap();
+        assert!(devices
             .iter()
             .filter(|d| d.user == "ann@x")
             .all(|d| d.status == DeviceStatus::Revoked));
-        assert_eq!(s.device("dev-3").unwrap().status, DeviceStatus::Pending);
-        assert_eq!(s.revoked_users.len(), 1);
+        let dev3 = devices.iter().find(|d| d.id == "dev-3").unwrap();
+        assert_eq!(dev3.status, DeviceStatus::Pending);
+        assert_eq!(store.revocations().await.unwrap().users.len(), 1);
 
         // Every change is in the audit log.
         let mut text = String::new();

@@ -29,9 +29,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use postern_proto::posture::PostureReport;
 
+use crate::clock::unix_now;
 use crate::oidc::{AuthError, CliRequest, Identity, Oidc, COOKIE};
 use crate::pages;
-use crate::store::{unix_now, RevokedToken, StoreError};
+use crate::state::RevokedToken;
 use crate::tokens::{new_jti, Claims};
 use crate::Gateway;
 
@@ -477,19 +478,8 @@ pub async fn logout(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
         user: claims.sub.clone(),
         revoked: unix_now(),
     };
-    let store = gw.store.clone();
-    let saved = tokio::task::spawn_blocking(move || {
-        store.update(|s| {
-            let now = unix_now();
-            s.revoked_tokens.retain(|t| t.exp > now);
-            if !s.revoked_tokens.iter().any(|t| t.jti == rec.jti) {
-                s.revoked_tokens.push(rec);
-            }
-            Ok::<_, StoreError>(())
-        })
-    })
-    .await;
-    if !matches!(saved, Ok(Ok(()))) {
+    let saved = gw.store.revoke_token(rec, unix_now()).await;
+    if saved.is_err() {
         return crate::client_api::error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use postern_audit::{DecisionRef, EndpointRef, EventType};
 use postern_policy::{Decision, Effect, Endpoint};
-use postern_proto::ids::{ct_eq, random_id, sha256_hex};
+use postern_proto::ids::{random_id, sha256_hex};
 use postern_proto::relay::Counters;
 use postern_proto::wire::{
     self, EndpointInfo, EndpointList, EnrollRequest, EnrollResponse, ErrorBody, CONN_WINDOW,
@@ -29,8 +29,8 @@ use postern_proto::wire::{
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::clock::unix_now;
 use crate::sessions::{deadline_for, end_session, run_session, Facts, SessionInfo};
-use crate::store::{unix_now, ConnectorRec, StoreError};
 use crate::tokens::{Claims, TokenError};
 use crate::Gateway;
 
@@ -231,7 +231,7 @@ pub(crate) fn check_live(gw: &Gateway, claims: &Claims) -> Result<(), TokenError
     }
     if let Some(id) = &claims.device {
         match gw.devices.view(id) {
-            Some(v) if v.status == crate::store::DeviceStatus::Active && v.user == claims.sub => {}
+            Some(v) if v.status == crate::state::DeviceStatus::Active && v.user == claims.sub => {}
             Some(v) => return Err(TokenError::DeviceNotActive(id.clone(), v.status.as_str())),
             None => return Err(TokenError::DeviceNotActive(id.clone(), "not registered")),
         }
@@ -727,20 +727,6 @@ async fn check_endpoint(
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum EnrollError {
-    #[error("the enrolment token is not known to this gateway")]
-    Unknown,
-    #[error("the enrolment token was already used (by connector {0}); ask for a new one")]
-    Used(String),
-    #[error("the enrolment token expired; ask for a new one")]
-    Expired,
-    #[error("{0}")]
-    BadCsr(String),
-    #[error("internal error: {0}")]
-    Store(#[from] StoreError),
-}
-
 async fn enroll(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
     // The (bounded) body is read before answering, even with 429: an HTTP/2 response sent
     // before the request body is consumed ends in a stream reset that clients may report as a
@@ -774,59 +760,32 @@ async fn enroll(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
     };
     let secret_hash = sha256_hex(request.token.as_bytes());
     let validity = gw.config.connector_cert_validity;
-    let task_gw = gw.clone();
-    let hostname = request.hostname.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let gw = task_gw;
-        gw.store.update(|state| {
-            let now = unix_now();
-            let tok = state
-                .enroll_tokens
-                .iter_mut()
-                .find(|t| ct_eq(t.secret_sha256.as_bytes(), secret_hash.as_bytes()))
-                .ok_or(EnrollError::Unknown)?;
-            if let Some(by) = &tok.used_by {
-                return Err(EnrollError::Used(by.clone()));
-            }
-            if tok.expires <= now {
-                return Err(EnrollError::Expired);
-            }
-            let site = tok.site.clone();
-            let suffix = random_id("x")
-                .map_err(|_| EnrollError::BadCsr("random number generator failed".into()))?;
-            let id = format!("{site}-{}", &suffix[2..10]);
-            let (cert_pem, serial, not_after) = gw
-                .connector_ca
-                .sign_connector(&request.csr_pem, &id, &site, validity)
-                .map_err(|e| EnrollError::BadCsr(e.to_string()))?;
-            tok.used = Some(now);
-            tok.used_by = Some(id.clone());
-            let token_id = tok.id.clone();
-            let not_after_unix = not_after
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            state.connectors.push(ConnectorRec {
-                id: id.clone(),
-                site: site.clone(),
+    let ca = gw.connector_ca.clone();
+    let csr_pem = request.csr_pem;
+    let issue: crate::state::EnrollIssuer = Box::new(move |site: &str| {
+        let suffix = random_id("x").map_err(|_| "random number generator failed".to_owned())?;
+        let id = format!("{site}-{}", &suffix[2..10]);
+        let (cert_pem, serial, not_after) = ca
+            .sign_connector(&csr_pem, &id, site, validity)
+            .map_err(|e| e.to_string())?;
+        Ok((
+            id,
+            crate::state::Issued {
+                cert_pem,
                 serial,
-                hostname,
-                enrolled: now,
-                not_after: not_after_unix,
-                revoked: None,
-                previous_serial: None,
-                renewed: None,
-            });
-            Ok((id, site, cert_pem, not_after, token_id))
-        })
-    })
-    .await;
-    let result = match result {
-        Ok(r) => r,
-        Err(e) => Err(EnrollError::BadCsr(format!("enrolment task failed: {e}"))),
-    };
+                not_after: crate::clock::unix_secs(not_after),
+            },
+        ))
+    });
+    let result = gw
+        .store
+        .enroll_connector(secret_hash, request.hostname, unix_now(), issue)
+        .await;
     match result {
-        Ok((id, site, cert_pem, not_after, token_id)) => {
+        Ok((rec, issued, token_id)) => {
+            let (id, site) = (rec.id, rec.site);
+            let cert_pem = issued.cert_pem;
+            let not_after = crate::clock::from_unix(issued.not_after);
             let mut ev = gw.event(EventType::ConnectorEnrolled);
             ev.connector = Some(postern_audit::ConnectorRef {
                 id: id.clone(),
@@ -857,12 +816,13 @@ async fn enroll(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
             ev.source = Some(peer.to_string());
             ev.detail = Some(e.to_string());
             gw.audit.record_nowait(ev);
-            let (status, code) = match e {
-                EnrollError::Unknown | EnrollError::Used(_) | EnrollError::Expired => {
-                    (StatusCode::FORBIDDEN, "enrollment_refused")
-                }
-                EnrollError::BadCsr(_) => (StatusCode::BAD_REQUEST, "bad_csr"),
-                EnrollError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            use crate::state::{Refusal, StoreError};
+            let (status, code) = match &e {
+                StoreError::Refused(
+                    Refusal::UnknownToken | Refusal::TokenUsed(_) | Refusal::TokenExpired,
+                ) => (StatusCode::FORBIDDEN, "enrollment_refused"),
+                StoreError::Refused(_) => (StatusCode::BAD_REQUEST, "bad_csr"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             };
             error(status, code, &e.to_string())
         }

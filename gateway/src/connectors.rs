@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -173,14 +173,12 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         );
         return;
     };
-    let store = gw.store.clone();
-    let state = match tokio::task::spawn_blocking(move || store.read()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let rec = match gw.store.connector(id.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
             warn!(error = %e, "cannot read the state store; refusing connector");
             return;
         }
-        Err(_) => return,
     };
     let renewing = conn.alpn_protocol() == Some(postern_proto::wire::ALPN_RENEW);
     let refuse_id = |why: &str| {
@@ -191,7 +189,7 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         };
         refuse(&gw, peer, Some(&id), &why);
     };
-    let Some(rec) = state.connector(&id) else {
+    let Some(rec) = rec else {
         refuse_id("unknown connector id");
         return;
     };
@@ -205,7 +203,6 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
     }
     let site = rec.site.clone();
     if renewing {
-        let rec = rec.clone();
         crate::renew::serve(gw, tls, peer, rec, serial).await;
         return;
     }
@@ -296,43 +293,54 @@ pub fn announce_drain(gw: &Gateway) {
     }
 }
 
-/// Re-reads the store when it changes: drops links whose connector was revoked (and the
-/// sessions they carry) and refreshes revoked session tokens, so revocations made from the
-/// CLI or another process take effect within a second.
+/// Follows the store's changes: drops links whose connector was revoked (and the sessions
+/// they carry), refreshes revoked session tokens and the device table and ends the sessions
+/// they revoke, so revocations made here, from the CLI or by another process take effect
+/// within a second.
 pub async fn watch_revocations(gw: Arc<Gateway>) {
-    let mut last: Option<SystemTime> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut changes = gw.store.changes();
     loop {
-        tick.tick().await;
-        let modified = gw.store.modified();
-        if modified == last {
-            continue;
+        match changes.recv().await {
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
-        last = modified;
-        let store = gw.store.clone();
-        let Ok(Ok(state)) = tokio::task::spawn_blocking(move || store.read()).await else {
-            continue;
-        };
-        gw.load_revocations(&state);
-        gw.devices.load(&state);
-        let ended = gw.sessions.enforce_devices(&gw);
-        if ended > 0 {
-            info!(
-                sessions = ended,
-                "live sessions ended: device or user revoked"
-            );
+        // Whatever changed, the views are reloaded whole: one read covers a burst of changes.
+        while changes.try_recv().is_ok() {}
+        enforce(&gw).await;
+    }
+}
+
+/// Reloads revocations and devices from the store and ends what they revoke.
+async fn enforce(gw: &Gateway) {
+    if let Err(e) = gw.reload_state().await {
+        warn!(error = %e, "cannot read the state store; revocations not refreshed");
+        return;
+    }
+    let ended = gw.sessions.enforce_devices(gw);
+    if ended > 0 {
+        info!(
+            sessions = ended,
+            "live sessions ended: device or user revoked"
+        );
+    }
+    let connectors = match gw.store.connectors().await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot read the state store; connector revocations not checked");
+            return;
         }
-        for link in gw.registry.all() {
-            let ok = state
-                .connector(&link.connector_id)
-                .is_some_and(|r| r.revoked.is_none() && r.accepts_serial(&link.serial));
-            if !ok {
-                let n = gw
-                    .sessions
-                    .kill_connector(&link.connector_id, "connector_revoked");
-                info!(connector_id = %link.connector_id, peer = %link.peer, sessions = n, "connector revoked: dropping its connection");
-                link.cancel.cancel();
-            }
+    };
+    for link in gw.registry.all() {
+        let ok = connectors
+            .iter()
+            .find(|r| r.id == link.connector_id)
+            .is_some_and(|r| r.revoked.is_none() && r.accepts_serial(&link.serial));
+        if !ok {
+            let n = gw
+                .sessions
+                .kill_connector(&link.connector_id, "connector_revoked");
+            info!(connector_id = %link.connector_id, peer = %link.peer, sessions = n, "connector revoked: dropping its connection");
+            link.cancel.cancel();
         }
     }
 }

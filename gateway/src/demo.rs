@@ -195,7 +195,7 @@ pub async fn run(
     });
 
     // Enrol a real connector process with a one-time token.
-    let token = admin::token_create(&config, "demo", Duration::from_secs(600))?;
+    let token = admin::token_create(&config, "demo", Duration::from_secs(600)).await?;
     let connector_dir = dir.join("connector");
     let status = tokio::process::Command::new(&connector_bin)
         .args([

@@ -37,10 +37,11 @@ use webauthn_rs::prelude::{
     RegisterPublicKeyCredential, Url, Uuid, Webauthn, WebauthnBuilder, WebauthnError,
 };
 
+use crate::clock::unix_now;
 use crate::config::Approval;
 use crate::oidc::{CliRequest, Identity};
 use crate::pages;
-use crate::store::{unix_now, DeviceRec, DeviceStatus, State, StoreError};
+use crate::state::{DeviceChange, DeviceRec, DeviceStatus, Refusal, StoreError};
 use crate::Gateway;
 
 type Resp = Response<Full<Bytes>>;
@@ -188,11 +189,10 @@ impl Devices {
         })
     }
 
-    /// Replaces the device table and revoked users from the store.
-    pub fn load(&self, state: &State) {
+    /// Replaces the device table and revoked users (from the store).
+    pub fn load(&self, devices: &[DeviceRec], revoked_users: &[crate::state::RevokedUser]) {
         if let Ok(mut t) = self.table.write() {
-            *t = state
-                .devices
+            *t = devices
                 .iter()
                 .map(|d| {
                     (
@@ -207,8 +207,7 @@ impl Devices {
                 .collect();
         }
         if let Ok(mut r) = self.revoked_users.write() {
-            *r = state
-                .revoked_users
+            *r = revoked_users
                 .iter()
                 .map(|u| (u.user.clone(), u.before))
                 .collect();
@@ -648,8 +647,8 @@ pub(crate) async fn handle_body(
         );
     }
     let result = match step {
-        Step::RegisterBegin => register_begin(&gw, &parsed),
-        Step::AssertBegin => assert_begin(&gw, &parsed),
+        Step::RegisterBegin => register_begin(&gw, &parsed).await,
+        Step::AssertBegin => assert_begin(&gw, &parsed).await,
         Step::RegisterFinish => register_finish(&gw, &parsed, peer).await,
         Step::AssertFinish => assert_finish(&gw, &parsed, peer).await,
     };
@@ -671,16 +670,12 @@ pub(crate) async fn handle_body(
     }
 }
 
-fn user_devices(gw: &Gateway, user: &str) -> Result<Vec<DeviceRec>, DevError> {
-    let state = gw.store.read().map_err(|e| internal(e.to_string()))?;
-    Ok(state
-        .devices
-        .into_iter()
-        .filter(|d| d.user == user)
-        .collect())
+async fn user_devices(gw: &Gateway, user: &str) -> Result<Vec<DeviceRec>, DevError> {
+    let all = gw.store.devices().await?;
+    Ok(all.into_iter().filter(|d| d.user == user).collect())
 }
 
-fn register_begin(gw: &Gateway, b: &Body) -> Result<serde_json::Value, DevError> {
+async fn register_begin(gw: &Gateway, b: &Body) -> Result<serde_json::Value, DevError> {
     let w = gw.devices.webauthn()?;
     let name = b.name.as_deref().map(str::trim).unwrap_or("");
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
@@ -694,7 +689,8 @@ fn register_begin(gw: &Gateway, b: &Body) -> Result<serde_json::Value, DevError>
         .devices
         .user_of(&b.ceremony)
         .ok_or_else(|| DevError::bad("unknown_challenge", START_AGAIN, "unknown ceremony"))?;
-    let existing: Vec<_> = user_devices(gw, &user)?
+    let existing: Vec<_> = user_devices(gw, &user)
+        .await?
         .iter()
         .filter_map(passkey_of)
         .map(|p| p.cred_id().clone())
@@ -718,7 +714,7 @@ fn register_begin(gw: &Gateway, b: &Body) -> Result<serde_json::Value, DevError>
     })
 }
 
-fn assert_begin(gw: &Gateway, b: &Body) -> Result<serde_json::Value, DevError> {
+async fn assert_begin(gw: &Gateway, b: &Body) -> Result<serde_json::Value, DevError> {
     let w = gw.devices.webauthn()?;
     let user = gw
         .devices
@@ -726,7 +722,8 @@ fn assert_begin(gw: &Gateway, b: &Body) -> Result<serde_json::Value, DevError> {
         .ok_or_else(|| DevError::bad("unknown_challenge", START_AGAIN, "unknown ceremony"))?;
     // Every registered credential of the user is offered, whatever its status, so a pending or
     // revoked laptop gets its own clear answer instead of "no passkey found".
-    let keys: Vec<Passkey> = user_devices(gw, &user)?
+    let keys: Vec<Passkey> = user_devices(gw, &user)
+        .await?
         .iter()
         .filter_map(passkey_of)
         .collect();
@@ -844,21 +841,11 @@ fn audit_device(gw: &Gateway, kind: EventType, rec: &DeviceRec, detail: String) 
     gw.audit.record_nowait(ev);
 }
 
-async fn save(
-    gw: &Gateway,
-    f: impl FnOnce(&mut State) -> Result<DeviceRec, DevError> + Send + 'static,
-) -> Result<DeviceRec, DevError> {
-    let store = gw.store.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        store.update(|s| {
-            let rec = f(s)?;
-            Ok::<_, DevError>((rec, s.clone()))
-        })
-    })
-    .await
-    .map_err(|e| internal(e.to_string()))??;
-    gw.devices.load(&out.1);
-    Ok(out.0)
+/// Reloads the device table after a change, so the next token check sees it.
+async fn reload(gw: &Gateway) {
+    if let Err(e) = gw.reload_state().await {
+        warn!(error = %e, "cannot re-read the device table");
+    }
 }
 
 impl From<StoreError> for DevError {
@@ -945,28 +932,19 @@ async fn register_finish(
         posture,
         passkey: serde_json::to_value(&passkey).map_err(|e| internal(e.to_string()))?,
     };
-    let new = rec.clone();
-    let rec = save(gw, move |s| {
-        if let Some(d) = s
-            .devices
-            .iter()
-            .find(|d| d.credential_id == new.credential_id)
-        {
+    match gw.store.add_device(rec.clone()).await {
+        Ok(()) => reload(gw).await,
+        Err(StoreError::Refused(Refusal::CredentialExists { device, user })) => {
             return Err(DevError::new(
                 StatusCode::CONFLICT,
                 "credential_exists",
                 "This device is already registered.",
-                format!(
-                    "credential already registered as {} (user {})",
-                    d.id, d.user
-                ),
+                format!("credential already registered as {device} (user {user})"),
             )
-            .with_device(&d.id));
+            .with_device(&device));
         }
-        s.devices.push(new.clone());
-        Ok(new)
-    })
-    .await?;
+        Err(e) => return Err(e.into()),
+    }
     info!(device = %rec.id, user = %rec.user, status = rec.status.as_str(), %peer, "device registered");
     audit_device(
         gw,
@@ -1036,7 +1014,7 @@ async fn assert_finish(
         .devices
         .with_ceremony(&b.ceremony, |c| Ok((c.identity.user.clone(), ())))?;
     let cred_id = b64(&pkc.raw_id);
-    let devices = user_devices(gw, &user)?;
+    let devices = user_devices(gw, &user).await?;
     let Some(dev) = devices.iter().find(|d| d.credential_id == cred_id).cloned() else {
         return Err(DevError::new(
             StatusCode::FORBIDDEN,
@@ -1051,18 +1029,15 @@ async fn assert_finish(
             let err = map_webauthn(e).with_device(&dev.id);
             if err.code == "possible_clone" {
                 let id = dev.id.clone();
-                let _ = save(gw, move |s| {
-                    let d = s
-                        .devices
-                        .iter_mut()
-                        .find(|d| d.id == id)
-                        .ok_or_else(|| internal("device vanished"))?;
+                let suspect: DeviceChange = Box::new(|d| {
                     if d.status != DeviceStatus::Revoked {
                         d.status = DeviceStatus::Suspect;
                     }
-                    Ok(d.clone())
-                })
-                .await;
+                    Ok(())
+                });
+                if gw.store.update_device(id, suspect).await.is_ok() {
+                    reload(gw).await;
+                }
             }
             return Err(err);
         }
@@ -1072,15 +1047,10 @@ async fn assert_finish(
     let posture_saved = posture.clone();
     let user_verified = result.user_verified();
     let counter = result.counter();
-    let rec = save(gw, move |s| {
-        let d = s
-            .devices
-            .iter_mut()
-            .find(|d| d.id == id)
-            .ok_or_else(|| internal("device vanished"))?;
+    let seen: DeviceChange = Box::new(move |d| {
         if let Some(mut pk) = passkey_of(d) {
             pk.update_credential(&result);
-            d.passkey = serde_json::to_value(&pk).map_err(|e| internal(e.to_string()))?;
+            d.passkey = serde_json::to_value(&pk).map_err(|e| Refusal::Rejected(e.to_string()))?;
         }
         d.sign_count = d.sign_count.max(result.counter());
         d.backup_state = result.backup_state();
@@ -1088,9 +1058,10 @@ async fn assert_finish(
         if posture_saved.is_some() {
             d.posture = posture_saved;
         }
-        Ok(d.clone())
-    })
-    .await?;
+        Ok(())
+    });
+    let (_, rec) = gw.store.update_device(id, seen).await?;
+    reload(gw).await;
     match rec.status {
         DeviceStatus::Active => {}
         DeviceStatus::Pending => {

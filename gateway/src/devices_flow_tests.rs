@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::devices::{handle_body, Step};
 use crate::oidc::{pkce_challenge, CliRequest, Identity};
-use crate::store::DeviceStatus;
+use crate::state::DeviceStatus;
 use crate::Gateway;
 
 const ORIGIN: &str = "https://localhost:8443";
@@ -296,13 +296,13 @@ impl Harness {
         json!({"ceremony": c, "credential": cred, "posture": p})
     }
 
-    fn reload(&self) {
-        self.gw.devices.load(&self.gw.store.read().unwrap());
+    async fn reload(&self) {
+        self.gw.reload_state().await.unwrap();
     }
 
-    fn device(&self, user: &str) -> crate::store::DeviceRec {
-        let s = self.gw.store.read().unwrap();
-        let mut d: Vec<_> = s.devices.into_iter().filter(|d| d.user == user).collect();
+    async fn device(&self, user: &str) -> crate::state::DeviceRec {
+        let all = self.gw.store.devices().await.unwrap();
+        let mut d: Vec<_> = all.into_iter().filter(|d| d.user == user).collect();
         d.pop().unwrap()
     }
 
@@ -347,7 +347,7 @@ async fn register_approve_assert_and_the_token_carries_the_device() {
     let (st, body) = h.register(&c, &mut laptop, "home laptop", DISK).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["status"], "pending");
-    let dev = h.device("ann@truro.nhs.uk");
+    let dev = h.device("ann@truro.nhs.uk").await;
     assert_eq!(dev.status, DeviceStatus::Pending);
     assert_eq!(dev.name, "home laptop");
     assert_eq!(dev.aaguid, "5a5a5a5a-5a5a-5a5a-5a5a-5a5a5a5a5a5a");
@@ -358,7 +358,7 @@ async fn register_approve_assert_and_the_token_carries_the_device() {
     );
 
     // Signing in again on the pending laptop: refused as pending.
-    h.reload();
+    h.reload().await;
     let c = h.ceremony("ann@truro.nhs.uk", DISK);
     let fin = h.assertion(&c, &mut laptop, DISK).await;
     let (st, body) = h.call(&c, Step::AssertFinish, fin).await;
@@ -369,8 +369,10 @@ async fn register_approve_assert_and_the_token_carries_the_device() {
     );
 
     // Approved by the security team: the next sign-in gets a device-bound token.
-    crate::admin::device_approve(&h.gw.config, &dev.id).unwrap();
-    h.reload();
+    crate::admin::device_approve(&h.gw.config, &dev.id)
+        .await
+        .unwrap();
+    h.reload().await;
     let c = h.ceremony("ann@truro.nhs.uk", DISK);
     let fin = h.assertion(&c, &mut laptop, DISK).await;
     let (st, body) = h.call(&c, Step::AssertFinish, fin.clone()).await;
@@ -403,7 +405,7 @@ async fn register_approve_assert_and_the_token_carries_the_device() {
         postern_policy::Request::new(&claims.sub, &groups, "pacs", std::time::SystemTime::now())
             .with_device(&facts);
     assert!(h.gw.policy().evaluate(&req).is_allowed());
-    assert_eq!(h.device("ann@truro.nhs.uk").sign_count, 2);
+    assert_eq!(h.device("ann@truro.nhs.uk").await.sign_count, 2);
 
     // Replay of the same finish body: the challenge was consumed.
     let (st, body) = h.call(&c, Step::AssertFinish, fin).await;
@@ -413,8 +415,10 @@ async fn register_approve_assert_and_the_token_carries_the_device() {
     );
 
     // Revoked: the token stops working and a new assertion is refused as revoked.
-    crate::admin::device_revoke(&h.gw.config, &dev.id, "laptop lost").unwrap();
-    h.reload();
+    crate::admin::device_revoke(&h.gw.config, &dev.id, "laptop lost")
+        .await
+        .unwrap();
+    h.reload().await;
     assert!(matches!(
         crate::client_api::check_live(&h.gw, &claims),
         Err(crate::tokens::TokenError::DeviceNotActive(..))
@@ -466,7 +470,7 @@ async fn each_bad_assertion_is_refused_with_its_own_audited_reason() {
     let fin = h.assertion(&c, &mut laptop, DISK).await;
     let (st, body) = h.call(&c, Step::AssertFinish, fin).await;
     assert_eq!(st, 200, "{body}");
-    h.reload();
+    h.reload().await;
 
     // Posture report altered after signing.
     let c = h.ceremony(user, DISK);
@@ -612,7 +616,7 @@ async fn each_bad_assertion_is_refused_with_its_own_audited_reason() {
         (403, Some("possible_clone")),
         "{body}"
     );
-    assert_eq!(h.device(user).status, DeviceStatus::Suspect);
+    assert_eq!(h.device(user).await.status, DeviceStatus::Suspect);
 
     let failures = h.failures().await;
     for code in [

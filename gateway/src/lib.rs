@@ -3,7 +3,8 @@
 //! Layout:
 //! * [`config`]: `gateway.toml`, resolved with every error reported at once.
 //! * [`pki`]: the server CA (gateway TLS certificate) and connector CA (enrolment).
-//! * [`store`]: the embedded state store (enrolment tokens, connector inventory).
+//! * [`state`]: the `StateStore` seam (enrolment tokens, connectors, revocations, devices)
+//!   and its file implementation; [`clock`]: the `Clock` seam.
 //! * [`tokens`]: session tokens (EdDSA JWT, `kid` rotation, revocation).
 //! * [`oidc`]: sign-in as an OpenID Connect relying party (code flow + PKCE); `auth` has its
 //!   routes and `pages` the browser pages; `httpc` is the HTTP client used to reach the IdP.
@@ -36,6 +37,7 @@ pub mod admin;
 mod auth;
 pub mod check;
 mod client_api;
+pub mod clock;
 pub mod config;
 mod connectors;
 pub mod demo;
@@ -54,8 +56,8 @@ mod renew;
 mod rtt;
 mod server_cert;
 mod sessions;
+pub mod state;
 mod status_http;
-pub mod store;
 pub mod tokens;
 
 use std::future::Future;
@@ -85,7 +87,7 @@ pub enum GatewayError {
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error(transparent)]
-    Store(#[from] store::StoreError),
+    Store(#[from] state::StoreError),
     #[error(transparent)]
     Tokens(#[from] tokens::TokenError),
     #[error(transparent)]
@@ -134,9 +136,9 @@ pub(crate) struct Gateway {
     pub config: Config,
     pub policy: RwLock<Arc<Policy>>,
     pub keys: tokens::TokenKeys,
-    pub store: store::Store,
+    pub store: state::SharedStore,
     pub audit: AuditLog,
-    pub connector_ca: pki::Ca,
+    pub connector_ca: Arc<pki::Ca>,
     /// The CA that issued the gateway's TLS certificate (sent to connectors at enrolment).
     pub server_ca_pem: String,
     pub client_tls: TlsAcceptor,
@@ -179,17 +181,21 @@ impl Gateway {
         }
     }
 
-    /// Replaces the revocation set from the store.
-    pub fn load_revocations(&self, state: &store::State) {
-        let now = store::unix_now();
+    /// Replaces the revocation set and the device table from the store.
+    pub async fn reload_state(&self) -> Result<(), state::StoreError> {
+        let revocations = self.store.revocations().await?;
+        let devices = self.store.devices().await?;
+        let now = clock::unix_now();
         if let Ok(mut r) = self.revoked.write() {
-            *r = state
-                .revoked_tokens
+            *r = revocations
+                .tokens
                 .iter()
                 .filter(|t| t.exp > now)
                 .map(|t| t.jti.clone())
                 .collect();
         }
+        self.devices.load(&devices, &revocations.users);
+        Ok(())
     }
 
     pub fn note_ratelimited(&self, what: &str) {
@@ -214,7 +220,7 @@ pub(crate) async fn init(
         source,
     })?;
     let policy = Policy::from_file(&config.policy)?;
-    let store = store::Store::open(&config.state_dir)?;
+    let store = state::open(&config.state_dir)?;
     let keys = tokens::TokenKeys::load_or_create(&config.state_dir)?;
     let server_ca = pki::Ca::load_or_create(&config.state_dir, "server-ca", "Postern gateway CA")?;
     let connector_ca =
@@ -267,12 +273,10 @@ pub(crate) async fn init(
         )),
         None => None,
     };
-    let initial_state = store.read()?;
     let devices = devices::Devices::new(&config).map_err(|message| GatewayError::Io {
         what: "device trust ([devices])".into(),
         source: std::io::Error::other(message),
     })?;
-    devices.load(&initial_state);
     if config.oidc.is_some() && !config.devices.required {
         warn!("device trust is off ([devices] required = false): sign-in issues tokens that are not bound to a device");
     }
@@ -291,13 +295,13 @@ pub(crate) async fn init(
     } else {
         config.advertise_connector_addrs.clone()
     };
-    Ok(Arc::new(Gateway {
+    let gw = Arc::new(Gateway {
         conn_limit: Arc::new(Semaphore::new(config.max_connections)),
         policy: RwLock::new(Arc::new(policy)),
         keys,
         store,
         audit,
-        connector_ca,
+        connector_ca: Arc::new(connector_ca),
         server_ca_pem: server_ca.cert_pem.clone(),
         client_tls: TlsAcceptor::from(Arc::new(client_tls)),
         server_cert,
@@ -317,8 +321,9 @@ pub(crate) async fn init(
         })?,
         devices,
         config,
-    }))
-    .inspect(|gw| gw.load_revocations(&initial_state))
+    });
+    gw.reload_state().await?;
+    Ok(gw)
 }
 
 /// The next connection on `listener`, or None once `stop` is cancelled. Accept errors (out of

@@ -286,7 +286,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Token {
             cmd: TokenCmd::Create { config, site, ttl },
         } => {
-            let t = admin::token_create(&load(&config)?, &site, ttl)?;
+            let t = runtime()?.block_on(admin::token_create(&load(&config)?, &site, ttl))?;
             eprintln!(
                 "enrolment token {} for site {} (one use, expires {}):",
                 t.id,
@@ -299,13 +299,16 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Connector {
             cmd: ConnectorCmd::List(c),
         } => {
-            print!("{}", admin::connector_list(&load(&c)?)?);
+            print!(
+                "{}",
+                runtime()?.block_on(admin::connector_list(&load(&c)?))?
+            );
             Ok(())
         }
         Cmd::Connector {
             cmd: ConnectorCmd::Revoke { config, id },
         } => {
-            let site = admin::connector_revoke(&load(&config)?, &id)?;
+            let site = runtime()?.block_on(admin::connector_revoke(&load(&config)?, &id))?;
             println!("revoked connector {id} (site {site})");
             Ok(())
         }
@@ -343,21 +346,26 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         } => {
             print!(
                 "{}",
-                admin::device_list(&load(&config)?, user.as_deref(), pending, json)?
+                runtime()?.block_on(admin::device_list(
+                    &load(&config)?,
+                    user.as_deref(),
+                    pending,
+                    json
+                ))?
             );
             Ok(())
         }
         Cmd::Device {
             cmd: DeviceCmd::Approve { config, id },
         } => {
-            let d = admin::device_approve(&load(&config)?, &id)?;
+            let d = runtime()?.block_on(admin::device_approve(&load(&config)?, &id))?;
             println!("device {} (user {}, \"{}\") approved", d.id, d.user, d.name);
             Ok(())
         }
         Cmd::Device {
             cmd: DeviceCmd::Revoke { config, id, reason },
         } => {
-            let d = admin::device_revoke(&load(&config)?, &id, &reason)?;
+            let d = runtime()?.block_on(admin::device_revoke(&load(&config)?, &id, &reason))?;
             println!(
                 "device {} (user {}, \"{}\") revoked; a running gateway ends its live tunnels within a second",
                 d.id, d.user, d.name
@@ -367,7 +375,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::User {
             cmd: UserCmd::Revoke { config, user },
         } => {
-            let ids = admin::user_revoke(&load(&config)?, &user)?;
+            let ids = runtime()?.block_on(admin::user_revoke(&load(&config)?, &user))?;
             println!(
                 "user {user} revoked: {} device(s) revoked{}{}; tokens issued until now are refused and live tunnels end within a second",
                 ids.len(),

@@ -24,22 +24,9 @@ use postern_proto::wire::{self, RenewRequest, RenewResponse};
 use tracing::{info, warn};
 
 use crate::client_api::{error, json, Resp};
-use crate::store::{unix_now, ConnectorRec};
+use crate::clock::unix_now;
+use crate::state::ConnectorRec;
 use crate::Gateway;
-
-#[derive(Debug, thiserror::Error)]
-enum RenewError {
-    #[error("connector {0} is revoked")]
-    Revoked(String),
-    #[error("connector {0} is no longer enrolled")]
-    Unknown(String),
-    #[error("the certificate presented is not the connector's current one")]
-    Superseded,
-    #[error("{0}")]
-    BadCsr(String),
-    #[error("internal error: {0}")]
-    Store(#[from] crate::store::StoreError),
-}
 
 /// Serves one renewal connection (HTTP/1.1, at most 30 s).
 pub async fn serve<S>(gw: Arc<Gateway>, tls: S, peer: SocketAddr, rec: ConnectorRec, serial: String)
@@ -96,47 +83,34 @@ async fn handle(
         }
     };
     let validity = gw.config.connector_cert_validity;
-    let task_gw = gw.clone();
-    let (id, site) = (rec.id.clone(), rec.site.clone());
-    let presented = serial.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let gw = task_gw;
-        gw.store.update(|state| {
-            let c = state
-                .connectors
-                .iter_mut()
-                .find(|c| c.id == id)
-                .ok_or_else(|| RenewError::Unknown(id.clone()))?;
-            if c.revoked.is_some() {
-                return Err(RenewError::Revoked(id.clone()));
-            }
-            if !c.accepts_serial(&presented) {
-                return Err(RenewError::Superseded);
-            }
-            let (cert_pem, new_serial, not_after) = gw
-                .connector_ca
-                .sign_connector(&request.csr_pem, &c.id, &c.site, validity)
-                .map_err(|e| RenewError::BadCsr(e.to_string()))?;
-            let old = std::mem::replace(&mut c.serial, new_serial.clone());
-            // The presented certificate is the one live links use; keep that one acceptable.
-            c.previous_serial = Some(if old == presented { old } else { presented });
-            c.not_after = not_after
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            c.renewed = Some(unix_now());
-            Ok((cert_pem, new_serial, not_after))
+    let ca = gw.connector_ca.clone();
+    let csr_pem = request.csr_pem;
+    let issue: crate::state::RenewIssuer = Box::new(move |c: &ConnectorRec| {
+        let (cert_pem, serial, not_after) = ca
+            .sign_connector(&csr_pem, &c.id, &c.site, validity)
+            .map_err(|e| e.to_string())?;
+        Ok(crate::state::Issued {
+            cert_pem,
+            serial,
+            not_after: crate::clock::unix_secs(not_after),
         })
-    })
-    .await
-    .unwrap_or_else(|e| Err(RenewError::BadCsr(format!("renewal task failed: {e}"))));
+    });
+    // The store re-checks the record atomically, so a revocation that races the renewal wins.
+    let result = gw
+        .store
+        .renew_connector(rec.id.clone(), serial.clone(), unix_now(), issue)
+        .await;
+    let site = rec.site.clone();
     let cref = ConnectorRef {
         id: rec.id.clone(),
         site: rec.site.clone(),
     };
     match result {
-        Ok((cert_pem, new_serial, not_after)) => {
-            let not_after = humantime::format_rfc3339_seconds(not_after).to_string();
+        Ok((_, issued)) => {
+            let (cert_pem, new_serial) = (issued.cert_pem, issued.serial);
+            let not_after =
+                humantime::format_rfc3339_seconds(crate::clock::from_unix(issued.not_after))
+                    .to_string();
             let mut ev = gw.event(EventType::ConnectorRenewed);
             ev.connector = Some(cref);
             ev.site = Some(site.clone());
@@ -171,12 +145,15 @@ async fn handle(
             ev.source = Some(peer.to_string());
             ev.detail = Some(format!("certificate renewal refused: {e}"));
             gw.audit.record_nowait(ev);
-            let (status, code) = match e {
-                RenewError::Revoked(_) | RenewError::Unknown(_) | RenewError::Superseded => {
-                    (StatusCode::FORBIDDEN, "renewal_refused")
-                }
-                RenewError::BadCsr(_) => (StatusCode::BAD_REQUEST, "bad_csr"),
-                RenewError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            use crate::state::{Refusal, StoreError};
+            let (status, code) = match &e {
+                StoreError::Refused(
+                    Refusal::ConnectorRevoked(_)
+                    | Refusal::UnknownConnector(_)
+                    | Refusal::Superseded,
+                ) => (StatusCode::FORBIDDEN, "renewal_refused"),
+                StoreError::Refused(_) => (StatusCode::BAD_REQUEST, "bad_csr"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             };
             error(status, code, &e.to_string())
         }

@@ -277,7 +277,7 @@ impl Sessions {
                 .user_revoked(&live.info.user, live.facts.token_iat);
             let device_state = live.facts.device_id.as_ref().and_then(|id| {
                 match gw.devices.view(id).map(|v| v.status) {
-                    Some(crate::store::DeviceStatus::Active) => None,
+                    Some(crate::state::DeviceStatus::Active) => None,
                     Some(s) => Some((id.clone(), s.as_str())),
                     None => Some((id.clone(), "unregistered")),
                 }
@@ -604,12 +604,12 @@ endpoints = ["pacs"]
         gw.audit.close().await.unwrap();
     }
 
-    fn device_rec(id: &str, user: &str) -> crate::store::DeviceRec {
-        crate::store::DeviceRec {
+    fn device_rec(id: &str, user: &str) -> crate::state::DeviceRec {
+        crate::state::DeviceRec {
             id: id.into(),
             user: user.into(),
             name: "home laptop".into(),
-            status: crate::store::DeviceStatus::Active,
+            status: crate::state::DeviceStatus::Active,
             credential_id: format!("cred-{id}"),
             aaguid: "00000000-0000-0000-0000-000000000000".into(),
             sign_count: 0,
@@ -638,15 +638,10 @@ endpoints = ["pacs"]
             crate::Config::local(&dir.path().join("state"), &dir.path().join("policy.toml"));
         let listeners = crate::Listeners::bind(&config).await.unwrap();
         let gw = crate::init(config, &listeners).await.unwrap();
-        gw.store
-            .update(|s| {
-                s.devices.push(device_rec("dev-a", "ann@x"));
-                s.devices.push(device_rec("dev-b", "ann@x"));
-                s.devices.push(device_rec("dev-c", "cat@x"));
-                Ok::<_, crate::store::StoreError>(())
-            })
-            .unwrap();
-        gw.devices.load(&gw.store.read().unwrap());
+        for (id, user) in [("dev-a", "ann@x"), ("dev-b", "ann@x"), ("dev-c", "cat@x")] {
+            gw.store.add_device(device_rec(id, user)).await.unwrap();
+        }
+        gw.reload_state().await.unwrap();
         let policy = gw.policy();
         let decision = policy.evaluate(&postern_policy::Request::new(
             "u",
@@ -688,7 +683,7 @@ endpoints = ["pacs"]
                 auth_time: None,
                 justification: None,
                 started: Instant::now(),
-                token_iat: crate::store::unix_now() - 10,
+                token_iat: crate::clock::unix_now() - 10,
                 device_id: device.map(str::to_owned),
                 device: None,
             };
@@ -698,21 +693,25 @@ endpoints = ["pacs"]
         }
         assert_eq!(gw.sessions.enforce_devices(&gw), 0);
 
-        crate::admin::device_revoke(&gw.config, "dev-a", "laptop lost").unwrap();
-        gw.devices.load(&gw.store.read().unwrap());
+        crate::admin::device_revoke(&gw.config, "dev-a", "laptop lost")
+            .await
+            .unwrap();
+        gw.reload_state().await.unwrap();
         assert_eq!(gw.sessions.enforce_devices(&gw), 1);
         assert!(kills[0].token.is_cancelled());
         assert_eq!(kills[0].reason(), "device_revoked");
         assert!(!kills[1].token.is_cancelled() && !kills[2].token.is_cancelled());
 
-        let revoked = crate::admin::user_revoke(&gw.config, "cat@x").unwrap();
+        let revoked = crate::admin::user_revoke(&gw.config, "cat@x")
+            .await
+            .unwrap();
         assert_eq!(revoked, vec!["dev-c".to_owned()]);
-        gw.devices.load(&gw.store.read().unwrap());
+        gw.reload_state().await.unwrap();
         assert_eq!(gw.sessions.enforce_devices(&gw), 1);
         assert_eq!(kills[2].reason(), "user_revoked");
         assert!(!kills[1].token.is_cancelled() && !kills[3].token.is_cancelled());
         // Tokens issued before the user revocation are refused; later ones are not.
-        let now = crate::store::unix_now();
+        let now = crate::clock::unix_now();
         assert!(gw.devices.user_revoked("cat@x", now - 5));
         assert!(!gw.devices.user_revoked("cat@x", now + 5));
         assert!(!gw.devices.user_revoked("ann@x", now - 5));

@@ -14,7 +14,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::store::unix_now;
+use crate::clock::unix_now;
 use postern_proto::fsutil::{private_dir, write_atomic};
 
 pub const ISSUER: &str = "postern-gateway";

@@ -1,0 +1,290 @@
+//! The gateway's state, behind one seam: [`StateStore`].
+//!
+//! Everything the gateway keeps beyond a process's life — enrolment tokens (hashes only), the
+//! connector inventory and certificate serials, revoked session tokens and users, registered
+//! devices and their WebAuthn credentials — is reached through the domain operations of
+//! [`StateStore`], each atomic on its own (one statement or transaction in a database, one
+//! locked read-modify-write of the file today). Admin commands use the same trait. A
+//! [`changes`](StateStore::changes) stream says what changed, whether this process or another
+//! (an admin command, another replica) changed it, so revocations reach live sessions.
+//!
+//! Implementations: [`file::FileStore`] (`STATE_DIR/state.json`, the embedded default).
+//! [`open`] is the one place that chooses; nothing outside this module knows it is a file.
+
+pub mod file;
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// What a store operation returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A failed store operation. [`StoreError::Refused`] is a domain answer (the store is
+/// unchanged); the others are the store's own failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state store {path} is corrupt: {message}")]
+    Corrupt {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("state store: {0}")]
+    Backend(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+}
+
+/// Why a domain operation changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the enrolment token is not known to this gateway")]
+    UnknownToken,
+    #[error("the enrolment token was already used (by connector {0}); ask for a new one")]
+    TokenUsed(String),
+    #[error("the enrolment token expired; ask for a new one")]
+    TokenExpired,
+    #[error("connector {0} is no longer enrolled")]
+    UnknownConnector(String),
+    #[error("connector {0} is revoked")]
+    ConnectorRevoked(String),
+    #[error("the certificate presented is not the connector's current one")]
+    Superseded,
+    #[error("no such device: {0}")]
+    UnknownDevice(String),
+    #[error("device {0} is revoked")]
+    DeviceRevoked(String),
+    #[error("credential already registered as {device} (user {user})")]
+    CredentialExists { device: String, user: String },
+    /// The caller's own step (signing a CSR, building a record) failed.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// A certificate the connector CA signed inside an enrolment or renewal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    pub cert_pem: String,
+    /// Serial (hex).
+    pub serial: String,
+    /// Expiry, seconds since the epoch.
+    pub not_after: u64,
+}
+
+/// Signs the certificate of a new connector of the given site: returns its id and certificate.
+pub type EnrollIssuer = Box<dyn FnOnce(&str) -> Result<(String, Issued), String> + Send>;
+/// Signs a renewed certificate for the given connector.
+pub type RenewIssuer = Box<dyn FnOnce(&ConnectorRec) -> Result<Issued, String> + Send>;
+/// Changes one device; `Err` leaves it as it was.
+pub type DeviceChange = Box<dyn FnOnce(&mut DeviceRec) -> Result<(), Refusal> + Send>;
+
+/// What changed in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    ConnectorEnrolled(String),
+    ConnectorRenewed(String),
+    ConnectorRevoked(String),
+    TokenRevoked(String),
+    UserRevoked(String),
+    DeviceChanged(String),
+    /// Changed by someone else (another process or replica), detail unknown: reload it all.
+    External,
+}
+
+/// Revoked session tokens and users.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Revocations {
+    pub tokens: Vec<RevokedToken>,
+    pub users: Vec<RevokedUser>,
+}
+
+/// The gateway's state, as domain operations. Each operation is atomic: it happens entirely
+/// or (on any error) not at all, also when several processes or replicas share the store.
+pub trait StateStore: Send + Sync + 'static {
+    /// Stores a new enrolment token (forgetting ones expired over a week before `now`).
+    fn create_enroll_token(&self, token: EnrollTokenRec, now: u64) -> StoreFuture<'_, ()>;
+    /// Burns the unused, unexpired token whose secret hashes to `secret_sha256` and records
+    /// the connector that `issue` signs for the token's site, in one step: two callers can
+    /// never both use a token, and a failed `issue` leaves the token usable.
+    /// Returns the connector and the token's public id.
+    fn enroll_connector(
+        &self,
+        secret_sha256: String,
+        hostname: Option<String>,
+        now: u64,
+        issue: EnrollIssuer,
+    ) -> StoreFuture<'_, (ConnectorRec, Issued, String)>;
+    /// Replaces the certificate of connector `id`, which presented `serial`; the presented
+    /// serial stays acceptable as `previous_serial`. Refused if revoked or superseded.
+    fn renew_connector(
+        &self,
+        id: String,
+        serial: String,
+        now: u64,
+        issue: RenewIssuer,
+    ) -> StoreFuture<'_, (ConnectorRec, Issued)>;
+    /// Marks connector `id` revoked (idempotent).
+    fn revoke_connector(&self, id: String, now: u64) -> StoreFuture<'_, ConnectorRec>;
+    fn connector(&self, id: String) -> StoreFuture<'_, Option<ConnectorRec>>;
+    fn connectors(&self) -> StoreFuture<'_, Vec<ConnectorRec>>;
+    /// Records a revoked session token (forgetting revocations of tokens expired by `now`).
+    fn revoke_token(&self, token: RevokedToken, now: u64) -> StoreFuture<'_, ()>;
+    /// Revokes every device of `user` and refuses the user's tokens issued before `now`;
+    /// returns the devices this revoked.
+    fn revoke_user(&self, user: String, now: u64) -> StoreFuture<'_, Vec<DeviceRec>>;
+    fn revocations(&self) -> StoreFuture<'_, Revocations>;
+    /// Registers a device; refused if its WebAuthn credential is registered already.
+    fn add_device(&self, device: DeviceRec) -> StoreFuture<'_, ()>;
+    /// Applies `change` to device `id`; returns it before and after.
+    fn update_device(
+        &self,
+        id: String,
+        change: DeviceChange,
+    ) -> StoreFuture<'_, (DeviceRec, DeviceRec)>;
+    fn devices(&self) -> StoreFuture<'_, Vec<DeviceRec>>;
+    /// Changes from now on. A receiver that falls behind gets `Lagged` and should reload.
+    fn changes(&self) -> broadcast::Receiver<Change>;
+}
+
+/// A shared store.
+pub type SharedStore = Arc<dyn StateStore>;
+
+/// Opens the configured store (today: the file in the state directory).
+pub fn open(state_dir: &Path) -> Result<SharedStore, StoreError> {
+    Ok(Arc::new(file::FileStore::open(state_dir)?))
+}
+
+/// One enrolment token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EnrollTokenRec {
+    /// Short public id for listing and audit (never the secret).
+    pub id: String,
+    pub secret_sha256: String,
+    pub site: String,
+    pub created: u64,
+    pub expires: u64,
+    #[serde(default)]
+    pub used: Option<u64>,
+    #[serde(default)]
+    pub used_by: Option<String>,
+}
+
+/// One enrolled connector.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectorRec {
+    pub id: String,
+    pub site: String,
+    /// Serial of the current client certificate (hex).
+    pub serial: String,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    pub enrolled: u64,
+    pub not_after: u64,
+    #[serde(default)]
+    pub revoked: Option<u64>,
+    /// Serial of the certificate before the last renewal: links made with it stay up and it may
+    /// still connect until it expires (so a connector that renewed but crashed before installing
+    /// its new certificate is not locked out).
+    #[serde(default)]
+    pub previous_serial: Option<String>,
+    /// Last certificate renewal (seconds since the epoch).
+    #[serde(default)]
+    pub renewed: Option<u64>,
+}
+
+impl ConnectorRec {
+    /// Whether a certificate with `serial` is this connector's current or previous one.
+    pub fn accepts_serial(&self, serial: &str) -> bool {
+        self.serial == serial || self.previous_serial.as_deref() == Some(serial)
+    }
+}
+
+/// A session token revoked before its expiry (sign-out, admin).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RevokedToken {
+    pub jti: String,
+    /// The token's own expiry: after it, the entry can be forgotten.
+    pub exp: u64,
+    pub user: String,
+    pub revoked: u64,
+}
+
+/// Where a device stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// Registered, waiting for `device approve` (manual approval).
+    Pending,
+    /// May sign in.
+    Active,
+    /// Its sign count went backwards (possibly cloned): refused until approved again.
+    Suspect,
+    /// Revoked: refused for good; its live sessions were ended.
+    Revoked,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Pending => "pending",
+            DeviceStatus::Active => "active",
+            DeviceStatus::Suspect => "suspect",
+            DeviceStatus::Revoked => "revoked",
+        }
+    }
+}
+
+/// One registered device: a WebAuthn credential of one user.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceRec {
+    /// `dev-` + 12 hex digits.
+    pub id: String,
+    pub user: String,
+    /// What the clinician called it ("home laptop").
+    pub name: String,
+    pub status: DeviceStatus,
+    /// WebAuthn credential id, base64url.
+    pub credential_id: String,
+    /// Authenticator model (AAGUID; all zeros when the authenticator does not say).
+    pub aaguid: String,
+    /// Last sign count seen (0 for authenticators without a counter).
+    pub sign_count: u32,
+    /// User verification (PIN, biometric) happened at registration.
+    pub user_verified: bool,
+    pub backup_eligible: bool,
+    pub backup_state: bool,
+    #[serde(default)]
+    pub transports: Vec<String>,
+    pub created: u64,
+    #[serde(default)]
+    pub last_seen: Option<u64>,
+    #[serde(default)]
+    pub approved: Option<u64>,
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    #[serde(default)]
+    pub revoked: Option<u64>,
+    #[serde(default)]
+    pub revoked_reason: Option<String>,
+    /// The last posture report signed by this device (canonical JSON).
+    #[serde(default)]
+    pub posture: Option<postern_proto::posture::PostureReport>,
+    /// The credential as webauthn-rs keeps it (public key, counter, flags).
+    pub passkey: serde_json::Value,
+}
+
+/// A user whose access was revoked: tokens issued before `before` are refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RevokedUser {
+    pub user: String,
+    pub before: u64,
+}
