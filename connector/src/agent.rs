@@ -173,3 +173,161 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use crate::enroll::{Enrollment, CA_FILE, CERT_FILE, ENROLLMENT_FILE, KEY_FILE};
+
+    /// An enrolled state directory in `dir` (its certificate, valid for a day, is its own CA,
+    /// so renewal is hours away) and a configuration that dials `gateway` over two links and
+    /// has an admin listener on an ephemeral port.
+    fn enrolled(dir: &Path, gateway: SocketAddr) -> Config {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::hours(1);
+        p.not_after = now + time::Duration::days(1);
+        let cert = p.self_signed(&key).unwrap();
+        std::fs::write(dir.join(CA_FILE), cert.pem()).unwrap();
+        std::fs::write(dir.join(CERT_FILE), cert.pem()).unwrap();
+        std::fs::write(dir.join(KEY_FILE), key.serialize_pem()).unwrap();
+        let enrollment = Enrollment {
+            connector_id: "conn-test".into(),
+            site: "truro".into(),
+            gateway_url: format!("https://{gateway}"),
+            connector_addrs: vec![gateway.to_string()],
+            not_after: "in a day".into(),
+            issued_at: Some(crate::enroll::unix_now()),
+        };
+        std::fs::write(
+            dir.join(ENROLLMENT_FILE),
+            serde_json::to_vec(&enrollment).unwrap(),
+        )
+        .unwrap();
+        Config::parse(
+            &format!(
+                "state_dir = \"{}\"\nconnections_per_gateway = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+                dir.display()
+            ),
+            &dir.join("connector.toml"),
+        )
+        .unwrap()
+    }
+
+    /// A "gateway" on an ephemeral port that accepts every connection, counts it and closes
+    /// it (so every link attempt fails in the TLS handshake and is redialled after backoff).
+    async fn counting_gateway() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                drop(tcp);
+            }
+        });
+        (addr, count)
+    }
+
+    /// Waits (in paused time: at once) until `count` reaches `n`; fails after a virtual minute.
+    async fn wait_for(count: &AtomicUsize, n: usize) {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while count.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "only {} dial(s), expected {n}",
+                count.load(Ordering::SeqCst)
+            )
+        });
+    }
+
+    /// Lets aborted tasks go and dials already accepted by the kernel reach the counter.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_handle_stops_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gateway, dials) = counting_gateway().await;
+        let mut config = enrolled(dir.path(), gateway);
+        config.gateways = vec![gateway.to_string()];
+        let agent = spawn(config).await.unwrap();
+        let admin = agent.admin_addr().unwrap();
+        // Both links dial, fail and redial after their backoff: the agent is running.
+        wait_for(&dials, 6).await;
+        assert!(agent.metrics().reconnects.get() >= 4);
+        tokio::net::TcpStream::connect(admin)
+            .await
+            .expect("the admin listener is up while the agent runs");
+
+        let at_drop = dials.load(Ordering::SeqCst);
+        drop(agent);
+        settle().await;
+        let after = dials.load(Ordering::SeqCst);
+        // At most the dial each link had under way when the handle went.
+        assert!(
+            after <= at_drop + 2,
+            "{at_drop} dials at drop, {after} just after"
+        );
+        // Far past the longest backoff (reconnect_max 30 s): nobody dials any more.
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert_eq!(
+            dials.load(Ordering::SeqCst),
+            after,
+            "dials after the handle was dropped"
+        );
+        assert!(
+            tokio::net::TcpStream::connect(admin).await.is_err(),
+            "the admin listener is closed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_returns_after_its_shutdown_and_stops_dialling() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gateway, dials) = counting_gateway().await;
+        let config = enrolled(dir.path(), gateway);
+        // The gateway address comes from the enrolment here (no `gateways` in the config).
+        assert!(config.gateways.is_empty());
+        let d = dials.clone();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            run(config, async move { wait_for(&d, 4).await }),
+        )
+        .await
+        .expect("run returns once its shutdown future completes")
+        .unwrap();
+        settle().await;
+        let after = dials.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert_eq!(
+            dials.load(Ordering::SeqCst),
+            after,
+            "dials after run returned"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unenrolled_state_dir_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(
+            &format!("state_dir = \"{}\"\n", dir.path().display()),
+            &dir.path().join("connector.toml"),
+        )
+        .unwrap();
+        let e = spawn(config).await.err().expect("no enrolment, no agent");
+        let text = e.to_string();
+        assert!(text.contains(ENROLLMENT_FILE), "{text}");
+        assert!(text.contains("postern-connector enroll"), "{text}");
+    }
+}
