@@ -57,10 +57,10 @@ pub async fn check(config: &Config) -> Vec<Finding> {
             SystemTime::now(),
             &mut out,
         );
-        if dir.join(crate::renew::PENDING_FILE).exists() {
+        if dir.join(crate::identity::PENDING_FILE).exists() {
             out.push(Finding::warning(format!(
                 "{}: a certificate renewal was interrupted; the connector finishes it at start",
-                dir.join(crate::renew::PENDING_FILE).display()
+                dir.join(crate::identity::PENDING_FILE).display()
             )));
         }
     }

@@ -126,6 +126,44 @@ pub async fn enroll(
         .and_then(|c| c.pem())
         .map_err(|e| EnrollError::Other(format!("making the certificate request: {e}")))?;
 
+    let r = request_certificate(gateway_url, &host, port, &token, csr_pem).await?;
+    let ca = postern_proto::tls::certs_from_pem(&r.gateway_ca_pem, "gateway CA")
+        .map_err(|e| EnrollError::Other(e.to_string()))?;
+    if ca.first().map(postern_proto::tls::cert_pin).as_deref() != Some(token.pin.as_str()) {
+        return Err(EnrollError::Other(
+            "the gateway sent a CA certificate that does not match the token's pin".into(),
+        ));
+    }
+    write_file(
+        &state_dir.join(KEY_FILE),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(&state_dir.join(CERT_FILE), r.cert_pem.as_bytes(), 0o600)?;
+    write_file(&state_dir.join(CA_FILE), r.gateway_ca_pem.as_bytes(), 0o644)?;
+    let enrollment = Enrollment {
+        connector_id: r.connector_id,
+        site: r.site,
+        gateway_url: gateway_url.to_owned(),
+        connector_addrs: r.connector_addrs,
+        not_after: r.not_after,
+        issued_at: Some(unix_now()),
+    };
+    let json =
+        serde_json::to_vec_pretty(&enrollment).map_err(|e| EnrollError::Other(e.to_string()))?;
+    write_file(&state_dir.join(ENROLLMENT_FILE), &json, 0o600)?;
+    Ok(enrollment)
+}
+
+/// Sends the CSR with the token to the gateway at `host:port`, which is authenticated by the
+/// token's pin, and returns its answer.
+async fn request_certificate(
+    gateway_url: &str,
+    host: &str,
+    port: u16,
+    token: &EnrollToken,
+    csr_pem: String,
+) -> Result<EnrollResponse, EnrollError> {
     // The marker ALPN asks a gateway with a public certificate from files for the certificate
     // of its own CA, which is what the pin names.
     let tls_config = postern_proto::tls::pinned_client_config(
@@ -134,14 +172,14 @@ pub async fn enroll(
     )
     .map_err(|e| EnrollError::Other(e.to_string()))?;
     let addr = format!("{host}:{port}");
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+    let tcp = tokio::net::TcpStream::connect((host, port))
         .await
         .map_err(|source| EnrollError::Connect {
             addr: addr.clone(),
             source,
         })?;
     let server_name =
-        ServerName::try_from(host.clone()).map_err(|_| EnrollError::Url(gateway_url.into()))?;
+        ServerName::try_from(host.to_owned()).map_err(|_| EnrollError::Url(gateway_url.into()))?;
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_config))
         .connect(server_name, tcp)
         .await
@@ -177,34 +215,8 @@ pub async fn enroll(
             .unwrap_or_else(|_| format!("HTTP {status}"));
         return Err(EnrollError::Refused(msg));
     }
-    let r: EnrollResponse = serde_json::from_slice(&bytes)
-        .map_err(|e| EnrollError::Http(format!("unexpected enrolment response: {e}")))?;
-    let ca = postern_proto::tls::certs_from_pem(&r.gateway_ca_pem, "gateway CA")
-        .map_err(|e| EnrollError::Other(e.to_string()))?;
-    if ca.first().map(postern_proto::tls::cert_pin).as_deref() != Some(token.pin.as_str()) {
-        return Err(EnrollError::Other(
-            "the gateway sent a CA certificate that does not match the token's pin".into(),
-        ));
-    }
-    write_file(
-        &state_dir.join(KEY_FILE),
-        key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_file(&state_dir.join(CERT_FILE), r.cert_pem.as_bytes(), 0o600)?;
-    write_file(&state_dir.join(CA_FILE), r.gateway_ca_pem.as_bytes(), 0o644)?;
-    let enrollment = Enrollment {
-        connector_id: r.connector_id,
-        site: r.site,
-        gateway_url: gateway_url.to_owned(),
-        connector_addrs: r.connector_addrs,
-        not_after: r.not_after,
-        issued_at: Some(unix_now()),
-    };
-    let json =
-        serde_json::to_vec_pretty(&enrollment).map_err(|e| EnrollError::Other(e.to_string()))?;
-    write_file(&state_dir.join(ENROLLMENT_FILE), &json, 0o600)?;
-    Ok(enrollment)
+    serde_json::from_slice(&bytes)
+        .map_err(|e| EnrollError::Http(format!("unexpected enrolment response: {e}")))
 }
 
 pub fn unix_now() -> u64 {

@@ -10,9 +10,7 @@
 //! within two seconds of the gateway. HTTP/2 PINGs detect dead paths.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +22,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use postern_proto::relay::{relay, Counters};
 use postern_proto::wire;
-use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::allowlist::Allowlist;
-use crate::config::Config;
-use crate::enroll::{load_enrollment, Enrollment, CA_FILE, CERT_FILE, KEY_FILE};
+use crate::identity::ClientTls;
 use crate::metrics::Metrics;
 
 /// A connection that stayed up this long resets the backoff.
@@ -47,159 +43,22 @@ const FAST_AFTER: Duration = Duration::from_secs(5);
 const FAST_WINDOW: Duration = Duration::from_secs(60);
 const FAST_CAP: Duration = Duration::from_millis(500);
 
-#[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    #[error(transparent)]
-    Enroll(#[from] crate::enroll::EnrollError),
-    #[error("{what}: {message}")]
-    Identity { what: String, message: String },
-    #[error("no gateway address: list `gateways` in the configuration or enrol again")]
-    NoGateway,
-    #[error("admin listener {addr}: {source}")]
-    Admin {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("setting up metrics: {0}")]
-    Metrics(String),
-}
-
-/// Loads the enrolment and builds the mutual-TLS client configuration for links.
-pub fn load_identity(state_dir: &Path) -> Result<(Enrollment, Arc<ClientConfig>), LinkError> {
-    load_identity_alpn(state_dir, &[wire::ALPN_CONNECTOR])
-}
-
-/// As [`load_identity`], offering `alpn` (renewal uses its own). Finishes an interrupted
-/// certificate renewal first.
-pub fn load_identity_alpn(
-    state_dir: &Path,
-    alpn: &[&[u8]],
-) -> Result<(Enrollment, Arc<ClientConfig>), LinkError> {
-    crate::renew::finish_pending(state_dir).map_err(|message| LinkError::Identity {
-        what: state_dir.display().to_string(),
-        message,
-    })?;
-    let enrollment = load_enrollment(state_dir)?;
-    let read = |name: &str| {
-        std::fs::read_to_string(state_dir.join(name)).map_err(|e| LinkError::Identity {
-            what: state_dir.join(name).display().to_string(),
-            message: e.to_string(),
-        })
-    };
-    let tls_err = |e: postern_proto::tls::TlsError| LinkError::Identity {
-        what: state_dir.display().to_string(),
-        message: e.to_string(),
-    };
-    let ca = postern_proto::tls::certs_from_pem(&read(CA_FILE)?, CA_FILE).map_err(tls_err)?;
-    let chain =
-        postern_proto::tls::certs_from_pem(&read(CERT_FILE)?, CERT_FILE).map_err(tls_err)?;
-    let key = postern_proto::tls::key_from_pem(&read(KEY_FILE)?, KEY_FILE).map_err(tls_err)?;
-    let config =
-        postern_proto::tls::client_config(ca, Some((chain, key)), alpn).map_err(tls_err)?;
-    Ok((enrollment, Arc::new(config)))
-}
-
+/// What every link of one agent shares. Built by the agent (the `agent` module), which owns the
+/// tasks; a link only watches the two tokens.
 pub(crate) struct Shared {
     /// Client configuration with the current certificate; renewal swaps it, new links use it.
-    pub(crate) tls: std::sync::RwLock<Arc<ClientConfig>>,
+    pub(crate) tls: Arc<ClientTls>,
     pub(crate) metrics: Arc<Metrics>,
-    allowlist: Allowlist,
-    dial_timeout: Duration,
-    reconnect_max: Duration,
-    pub(crate) cancel: CancellationToken,
-    relays: TaskTracker,
+    pub(crate) allowlist: Allowlist,
+    pub(crate) dial_timeout: Duration,
+    pub(crate) reconnect_max: Duration,
+    /// Stop dialling; close links gracefully (open tunnels may finish).
+    pub(crate) stop: CancellationToken,
+    /// Close open tunnels and draining links now (grace period over, or the agent dropped).
+    pub(crate) kill: CancellationToken,
+    /// Tunnels being relayed, so shutdown can wait for them.
+    pub(crate) relays: TaskTracker,
     pub(crate) connector_id: String,
-}
-
-impl Shared {
-    pub(crate) fn tls(&self) -> Arc<ClientConfig> {
-        match self.tls.read() {
-            Ok(t) => t.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    pub(crate) fn set_tls(&self, tls: Arc<ClientConfig>) {
-        match self.tls.write() {
-            Ok(mut t) => *t = tls,
-            Err(poisoned) => *poisoned.into_inner() = tls,
-        }
-    }
-}
-
-/// Runs the connector until `shutdown` completes, then stops dialling, lets open tunnels finish
-/// for up to `shutdown_grace` and returns.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), LinkError> {
-    let (enrollment, tls) = load_identity(&config.state_dir)?;
-    let gateways = if config.gateways.is_empty() {
-        enrollment.connector_addrs.clone()
-    } else {
-        config.gateways.clone()
-    };
-    if gateways.is_empty() {
-        return Err(LinkError::NoGateway);
-    }
-    if config.allowlist.entries.is_empty() {
-        warn!("the allowlist is empty: every tunnel will be refused");
-    }
-    let metrics = Arc::new(Metrics::new().map_err(|e| LinkError::Metrics(e.to_string()))?);
-    let admin = match config.admin_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| LinkError::Admin { addr, source })?,
-        ),
-        None => None,
-    };
-    let shared = Arc::new(Shared {
-        tls: std::sync::RwLock::new(tls),
-        metrics: metrics.clone(),
-        allowlist: config.allowlist.clone(),
-        dial_timeout: config.dial_timeout,
-        reconnect_max: config.reconnect_max,
-        cancel: CancellationToken::new(),
-        relays: TaskTracker::new(),
-        connector_id: enrollment.connector_id.clone(),
-    });
-    info!(connector_id = %enrollment.connector_id, site = %enrollment.site, gateways = ?gateways, "connector starting");
-    let mut links = Vec::new();
-    if let Some(l) = admin {
-        if let Ok(a) = l.local_addr() {
-            info!(admin = %a, "admin listener (metrics, health) up");
-        }
-        links.push(tokio::spawn(crate::admin_http::serve(
-            metrics.clone(),
-            l,
-            shared.cancel.clone(),
-        )));
-    }
-    links.push(tokio::spawn(crate::renew::keep_renewed(
-        shared.clone(),
-        config.state_dir.clone(),
-        gateways.clone(),
-    )));
-    for gw in &gateways {
-        for n in 0..config.connections_per_gateway {
-            links.push(tokio::spawn(link_loop(shared.clone(), gw.clone(), n)));
-        }
-    }
-    shutdown.await;
-    info!(grace = ?config.shutdown_grace, open_tunnels = shared.relays.len(), "shutting down");
-    shared.cancel.cancel();
-    shared.relays.close();
-    if tokio::time::timeout(config.shutdown_grace, shared.relays.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            open_tunnels = shared.relays.len(),
-            "grace period over; closing open tunnels"
-        );
-    }
-    for l in links {
-        l.abort();
-    }
-    Ok(())
 }
 
 /// Jitter in [0.5, 1.5) of `d`.
@@ -210,12 +69,13 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + f64::from(r) / 65536.0)
 }
 
-async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
+/// Keeps link `n` to `gateway` up until `shared.stop` fires: dial, serve, back off, dial again.
+pub(crate) async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
     let mut backoff = BACKOFF_START;
     let mut fast_until: Option<Instant> = None;
     let mut first = true;
     loop {
-        if shared.cancel.is_cancelled() {
+        if shared.stop.is_cancelled() {
             return;
         }
         if !std::mem::take(&mut first) {
@@ -244,7 +104,7 @@ async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
         debug!(%gateway, link = n, ?wait, "reconnecting after backoff");
         tokio::select! {
             _ = tokio::time::sleep(wait) => {},
-            _ = shared.cancel.cancelled() => return,
+            _ = shared.stop.cancelled() => return,
         }
     }
 }
@@ -267,7 +127,7 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
     let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("server name: {e}"))?;
     let tls = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_rustls::TlsConnector::from(shared.tls()).connect(name, tcp),
+        tokio_rustls::TlsConnector::from(shared.tls.current()).connect(name, tcp),
     )
     .await
     .map_err(|_| "TLS handshake timed out".to_owned())?
@@ -294,7 +154,7 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
     shared.metrics.links_up.inc();
     let r = tokio::select! {
         r = conn.as_mut() => r.map_err(|e| format!("HTTP/2: {e}")),
-        _ = shared.cancel.cancelled() => {
+        _ = shared.stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
             Ok(())
@@ -304,13 +164,17 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
             // for the tunnels it still has until the gateway closes it. It no longer counts
             // as a link that is up: no new tunnels will come over it.
             info!(%gateway, "gateway is draining: dialling again; the old link stays for its open tunnels");
-            let cancel = shared.cancel.clone();
+            let (stop, kill) = (shared.stop.clone(), shared.kill.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     _ = conn.as_mut() => {},
-                    _ = cancel.cancelled() => {
+                    _ = kill.cancelled() => {},
+                    _ = stop.cancelled() => {
                         conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                        tokio::select! {
+                            _ = tokio::time::timeout(Duration::from_secs(5), conn) => {},
+                            _ = kill.cancelled() => {},
+                        }
                     }
                 }
             });
@@ -426,26 +290,45 @@ async fn handle(
     let _ = tcp.set_nodelay(true);
     shared.metrics.dials.with_label_values(&["ok"]).inc();
     debug!(session_id = %session, %target, "tunnel open");
+    spawn_tunnel(&shared, req, tcp, session, target);
+    Response::new(Empty::new())
+}
+
+/// Relays the upgraded `CONNECT` stream to `tcp` in a task the agent tracks (shutdown waits
+/// for it) and ends (the kill token).
+fn spawn_tunnel(
+    shared: &Shared,
+    req: Request<Incoming>,
+    tcp: TcpStream,
+    session: String,
+    target: String,
+) {
     let metrics = shared.metrics.clone();
+    let kill = shared.kill.clone();
     metrics.streams_active.inc();
     shared.relays.spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(up) => {
-                let counters = Arc::new(Counters::default());
-                let ended = relay(TokioIo::new(up), tcp, counters.clone()).await;
-                metrics
-                    .tunnel_bytes
-                    .with_label_values(&["to_target"])
-                    .inc_by(counters.a_to_b());
-                metrics
-                    .tunnel_bytes
-                    .with_label_values(&["from_target"])
-                    .inc_by(counters.b_to_a());
-                debug!(session_id = %session, %target, ?ended, to_target = counters.a_to_b(), from_target = counters.b_to_a(), "tunnel closed");
+        let tunnel = async {
+            match hyper::upgrade::on(req).await {
+                Ok(up) => {
+                    let counters = Arc::new(Counters::default());
+                    let ended = relay(TokioIo::new(up), tcp, counters.clone()).await;
+                    metrics
+                        .tunnel_bytes
+                        .with_label_values(&["to_target"])
+                        .inc_by(counters.a_to_b());
+                    metrics
+                        .tunnel_bytes
+                        .with_label_values(&["from_target"])
+                        .inc_by(counters.b_to_a());
+                    debug!(session_id = %session, %target, ?ended, to_target = counters.a_to_b(), from_target = counters.b_to_a(), "tunnel closed");
+                }
+                Err(e) => debug!(session_id = %session, error = %e, "tunnel upgrade failed"),
             }
-            Err(e) => debug!(session_id = %session, error = %e, "tunnel upgrade failed"),
+        };
+        tokio::select! {
+            _ = tunnel => {},
+            _ = kill.cancelled() => debug!(session_id = %session, %target, "tunnel closed: the connector stopped"),
         }
         metrics.streams_active.dec();
     });
-    Response::new(Empty::new())
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use postern_connector::{config::Config, enroll, link};
+use postern_connector::{config::Config, enroll, identity};
 
 #[derive(Parser)]
 #[command(
@@ -143,7 +143,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         } => {
             let config = Config::load(&config)?;
             init_tracing();
-            runtime()?.block_on(link::run(config, async move {
+            runtime()?.block_on(postern_connector::run(config, async move {
                 if exit_with_stdin {
                     tokio::select! {
                         _ = shutdown_signal() => {},
@@ -175,7 +175,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { config } => {
             let path = config.clone();
             let config = Config::load(&config)?;
-            let (e, _) = link::load_identity(&config.state_dir)?;
+            let (e, _) = identity::load_identity(&config.state_dir)?;
             let gateways = if config.gateways.is_empty() {
                 &e.connector_addrs
             } else {

@@ -1,5 +1,5 @@
 //! Connector metrics (Prometheus text format), served with health checks on the optional admin
-//! listener (`[admin] listen`, see [`crate::admin_http`]).
+//! listener (`[admin] listen`, served by the `admin_http` module).
 
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,

@@ -8,11 +8,13 @@
 //! connector CA, unexpired, serial on record, connector not revoked), signs the CSR for the same
 //! connector id and site, records the new serial and audits `connector.renewed`.
 //!
-//! The new key and certificate are first written together to `renewal.pem` (0600, atomic), then
-//! to `connector.key` and `connector.pem` (0600, atomic each), then `renewal.pem` is removed; a
-//! crash in between is finished by [`finish_pending`] at the next start. New links use the new
-//! certificate; live links keep going (the gateway accepts the previous serial too).
+//! The new key and certificate are installed by [`install_renewed`] (crash-safe: see
+//! [`crate::identity`]) and swapped into the [`ClientTls`] the links dial with. New links use
+//! the new certificate; live links keep going (the gateway accepts the previous serial too).
 //! A failed attempt is retried after a sixth of the remaining lifetime (1 s to 10 min).
+//!
+//! The renewal task gets what it needs in a `Renewal` and stops when its cancellation token
+//! fires; it knows nothing of the links.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,13 +25,24 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use postern_proto::wire::{self, ErrorBody, RenewRequest, RenewResponse};
 use rustls_pki_types::ServerName;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::enroll::{load_enrollment, unix_now, write_file, CERT_FILE, ENROLLMENT_FILE, KEY_FILE};
-use crate::link::Shared;
+use crate::enroll::{load_enrollment, CERT_FILE};
+use crate::identity::{install_renewed, load_identity, load_identity_alpn, ClientTls};
+use crate::metrics::Metrics;
 
-/// Key and certificate of a renewal being installed.
-pub const PENDING_FILE: &str = "renewal.pem";
+/// What the renewal task works with.
+pub(crate) struct Renewal {
+    pub(crate) state_dir: PathBuf,
+    /// Gateway connector listeners (`host:port`), tried in order.
+    pub(crate) gateways: Vec<String>,
+    /// The common name of every CSR: the gateway signs for the same connector only.
+    pub(crate) connector_id: String,
+    /// Replaced with the renewed identity, for the links' next dials.
+    pub(crate) tls: Arc<ClientTls>,
+    pub(crate) metrics: Arc<Metrics>,
+}
 
 fn cert_times(state_dir: &Path) -> Result<(SystemTime, SystemTime), String> {
     let pem = std::fs::read_to_string(state_dir.join(CERT_FILE))
@@ -46,13 +59,20 @@ pub fn renew_at(start: SystemTime, not_after: SystemTime) -> SystemTime {
 }
 
 /// Renews whenever due, until the connector stops.
-pub(crate) async fn keep_renewed(shared: Arc<Shared>, state_dir: PathBuf, gateways: Vec<String>) {
+pub(crate) async fn keep_renewed(renewal: Renewal, stop: CancellationToken) {
+    let Renewal {
+        state_dir,
+        gateways,
+        connector_id,
+        tls,
+        metrics,
+    } = &renewal;
     loop {
-        let (not_before, not_after) = match cert_times(&state_dir) {
+        let (not_before, not_after) = match cert_times(state_dir) {
             Ok(t) => t,
             Err(e) => {
                 warn!(error = %e, "cannot read the client certificate; renewal retries in 60 s");
-                if sleep_or_stop(&shared, Duration::from_secs(60)).await {
+                if sleep_or_stop(&stop, Duration::from_secs(60)).await {
                     return;
                 }
                 continue;
@@ -62,11 +82,10 @@ pub(crate) async fn keep_renewed(shared: Arc<Shared>, state_dir: PathBuf, gatewa
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        shared
-            .metrics
+        metrics
             .cert_expiry
             .set(i64::try_from(expiry).unwrap_or(i64::MAX));
-        let start = load_enrollment(&state_dir)
+        let start = load_enrollment(state_dir)
             .ok()
             .and_then(|e| e.issued_at)
             .map(|s| UNIX_EPOCH + Duration::from_secs(s))
@@ -78,17 +97,17 @@ pub(crate) async fn keep_renewed(shared: Arc<Shared>, state_dir: PathBuf, gatewa
             .unwrap_or(Duration::ZERO);
         if !wait.is_zero() {
             info!(renew_at = %postern_proto::certs::rfc3339(due), not_after = %postern_proto::certs::rfc3339(not_after), "client certificate renewal scheduled");
-            if sleep_or_stop(&shared, wait).await {
+            if sleep_or_stop(&stop, wait).await {
                 return;
             }
         }
-        match renew_once(&shared, &state_dir, &gateways).await {
+        match renew_once(connector_id, state_dir, gateways, tls).await {
             Ok(not_after) => {
-                shared.metrics.renewals.with_label_values(&["ok"]).inc();
-                info!(connector_id = %shared.connector_id, %not_after, "client certificate renewed");
+                metrics.renewals.with_label_values(&["ok"]).inc();
+                info!(%connector_id, %not_after, "client certificate renewed");
             }
             Err(e) => {
-                shared.metrics.renewals.with_label_values(&["failed"]).inc();
+                metrics.renewals.with_label_values(&["failed"]).inc();
                 let left = not_after
                     .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO);
@@ -101,7 +120,7 @@ pub(crate) async fn keep_renewed(shared: Arc<Shared>, state_dir: PathBuf, gatewa
                     (left / 6).clamp(Duration::from_secs(1), Duration::from_secs(600))
                 };
                 warn!(error = %e, ?retry, expires = %postern_proto::certs::rfc3339(not_after), "client certificate renewal failed");
-                if sleep_or_stop(&shared, retry).await {
+                if sleep_or_stop(&stop, retry).await {
                     return;
                 }
             }
@@ -110,39 +129,40 @@ pub(crate) async fn keep_renewed(shared: Arc<Shared>, state_dir: PathBuf, gatewa
 }
 
 /// Sleeps; true if the connector is stopping.
-async fn sleep_or_stop(shared: &Shared, d: Duration) -> bool {
+async fn sleep_or_stop(stop: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
-        _ = shared.cancel.cancelled() => true,
+        _ = stop.cancelled() => true,
     }
 }
 
 /// One renewal: new key, CSR to the first gateway that answers, files installed, TLS swapped.
 async fn renew_once(
-    shared: &Shared,
+    connector_id: &str,
     state_dir: &Path,
     gateways: &[String],
+    tls: &ClientTls,
 ) -> Result<String, String> {
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, shared.connector_id.as_str());
+        .push(rcgen::DnType::CommonName, connector_id);
     let csr_pem = params
         .serialize_request(&key)
         .and_then(|c| c.pem())
         .map_err(|e| format!("making the certificate request: {e}"))?;
-    let (_, renew_tls) = crate::link::load_identity_alpn(state_dir, &[wire::ALPN_RENEW])
-        .map_err(|e| e.to_string())?;
+    let (_, renew_tls) =
+        load_identity_alpn(state_dir, &[wire::ALPN_RENEW]).map_err(|e| e.to_string())?;
     let mut last = String::from("no gateway address");
     for gw in gateways {
         match request(renew_tls.clone(), gw, &csr_pem).await {
             Ok(r) => {
                 let key_pem = key.serialize_pem();
-                install(state_dir, &key_pem, &r)?;
-                let (_, tls) = crate::link::load_identity(state_dir).map_err(|e| e.to_string())?;
-                shared.set_tls(tls);
+                install_renewed(state_dir, &key_pem, &r)?;
+                let (_, renewed) = load_identity(state_dir).map_err(|e| e.to_string())?;
+                tls.replace(renewed);
                 return Ok(r.not_after);
             }
             Err(e) => last = format!("{gw}: {e}"),
@@ -212,51 +232,6 @@ async fn request(
         .map_err(|_| "renewal timed out".to_owned())?
 }
 
-/// Writes the renewed key and certificate (see the module comment for the order).
-fn install(state_dir: &Path, key_pem: &str, r: &RenewResponse) -> Result<(), String> {
-    let chain = postern_proto::tls::certs_from_pem(&r.cert_pem, "renewed certificate")
-        .map_err(|e| e.to_string())?;
-    let key = postern_proto::tls::key_from_pem(key_pem, "new key").map_err(|e| e.to_string())?;
-    postern_proto::certs::certified_key(chain, key)
-        .map_err(|e| format!("the renewed certificate: {e}"))?;
-    let pending = state_dir.join(PENDING_FILE);
-    write_file(
-        &pending,
-        format!("{key_pem}{}", r.cert_pem).as_bytes(),
-        0o600,
-    )
-    .map_err(|e| e.to_string())?;
-    finish_pending(state_dir)?;
-    if let Ok(mut e) = load_enrollment(state_dir) {
-        e.not_after = r.not_after.clone();
-        e.issued_at = Some(unix_now());
-        if let Ok(json) = serde_json::to_vec_pretty(&e) {
-            write_file(&state_dir.join(ENROLLMENT_FILE), &json, 0o600)
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(())
-}
-
-/// Completes an interrupted renewal: `renewal.pem` (key + certificate) becomes
-/// `connector.key` + `connector.pem`. Nothing to do without it.
-pub fn finish_pending(state_dir: &Path) -> Result<(), String> {
-    let pending = state_dir.join(PENDING_FILE);
-    let text = match std::fs::read_to_string(&pending) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("reading {}: {e}", pending.display())),
-    };
-    let cert_at = text
-        .find("-----BEGIN CERTIFICATE-----")
-        .ok_or_else(|| format!("{}: no certificate in it", pending.display()))?;
-    let (key_pem, cert_pem) = text.split_at(cert_at);
-    write_file(&state_dir.join(KEY_FILE), key_pem.as_bytes(), 0o600).map_err(|e| e.to_string())?;
-    write_file(&state_dir.join(CERT_FILE), cert_pem.as_bytes(), 0o600)
-        .map_err(|e| e.to_string())?;
-    std::fs::remove_file(&pending).map_err(|e| format!("removing {}: {e}", pending.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,39 +244,5 @@ mod tests {
             t0 + Duration::from_secs(20)
         );
         assert_eq!(renew_at(t0, t0 - Duration::from_secs(1)), t0);
-    }
-
-    #[test]
-    fn a_pending_renewal_is_finished() {
-        let dir = tempfile::tempdir().unwrap();
-        finish_pending(dir.path()).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["c".to_owned()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        std::fs::write(
-            dir.path().join(PENDING_FILE),
-            format!("{}{}", key.serialize_pem(), cert.pem()),
-        )
-        .unwrap();
-        finish_pending(dir.path()).unwrap();
-        assert!(!dir.path().join(PENDING_FILE).exists());
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap(),
-            key.serialize_pem()
-        );
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join(CERT_FILE)).unwrap(),
-            cert.pem()
-        );
-        use std::os::unix::fs::PermissionsExt;
-        for f in [KEY_FILE, CERT_FILE] {
-            let m = std::fs::metadata(dir.path().join(f))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(m & 0o777, 0o600, "{f}");
-        }
     }
 }

@@ -1,0 +1,333 @@
+//! The running connector: a set of tasks behind one [`AgentHandle`].
+//!
+//! [`spawn`] loads the identity, binds the admin listener (if configured) and starts, each as
+//! its own task, `connections_per_gateway` link loops per gateway address ([`crate::link`]),
+//! the certificate renewal ([`crate::renew`]) and the admin listener ([`crate::admin_http`]).
+//! It returns at once with the handle, which owns those tasks:
+//!
+//! * dropping the handle stops everything now: no more dials, links and open tunnels closed,
+//!   renewal and admin listener ended;
+//! * [`AgentHandle::shutdown`] stops dialling, lets open tunnels finish for up to
+//!   `shutdown_grace`, then does the same.
+//!
+//! [`run`] is the two together, for `postern-connector run`: spawn, wait for the shutdown
+//! signal, shut down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::identity::{load_identity, ClientTls, IdentityError};
+use crate::link::{link_loop, Shared};
+use crate::metrics::Metrics;
+use crate::renew::{keep_renewed, Renewal};
+
+/// Why the connector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("no gateway address: list `gateways` in the configuration or enrol again")]
+    NoGateway,
+    #[error("admin listener {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("setting up metrics: {0}")]
+    Metrics(String),
+}
+
+/// A running connector. Dropping it stops the connector (see the module comment).
+#[must_use = "dropping the handle stops the connector at once"]
+pub struct AgentHandle {
+    shared: Arc<Shared>,
+    /// Link loops, renewal and admin listener: aborted when the handle goes.
+    tasks: JoinSet<()>,
+    shutdown_grace: std::time::Duration,
+    admin_addr: Option<SocketAddr>,
+}
+
+/// Starts the connector described by `config` and returns its handle.
+pub async fn spawn(config: Config) -> Result<AgentHandle, LinkError> {
+    let (enrollment, tls) = load_identity(&config.state_dir)?;
+    let gateways = if config.gateways.is_empty() {
+        enrollment.connector_addrs.clone()
+    } else {
+        config.gateways.clone()
+    };
+    if gateways.is_empty() {
+        return Err(LinkError::NoGateway);
+    }
+    if config.allowlist.entries.is_empty() {
+        warn!("the allowlist is empty: every tunnel will be refused");
+    }
+    let metrics = Arc::new(Metrics::new().map_err(|e| LinkError::Metrics(e.to_string()))?);
+    let admin = match config.admin_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| LinkError::Admin { addr, source })?,
+        ),
+        None => None,
+    };
+    let tls = Arc::new(ClientTls::new(tls));
+    let shared = Arc::new(Shared {
+        tls: tls.clone(),
+        metrics: metrics.clone(),
+        allowlist: config.allowlist.clone(),
+        dial_timeout: config.dial_timeout,
+        reconnect_max: config.reconnect_max,
+        stop: CancellationToken::new(),
+        kill: CancellationToken::new(),
+        relays: TaskTracker::new(),
+        connector_id: enrollment.connector_id.clone(),
+    });
+    info!(connector_id = %enrollment.connector_id, site = %enrollment.site, gateways = ?gateways, "connector starting");
+    let mut tasks = JoinSet::new();
+    let mut admin_addr = None;
+    if let Some(l) = admin {
+        if let Ok(a) = l.local_addr() {
+            info!(admin = %a, "admin listener (metrics, health) up");
+            admin_addr = Some(a);
+        }
+        tasks.spawn(crate::admin_http::serve(
+            metrics.clone(),
+            l,
+            shared.stop.clone(),
+        ));
+    }
+    let renewal = Renewal {
+        state_dir: config.state_dir.clone(),
+        gateways: gateways.clone(),
+        connector_id: enrollment.connector_id.clone(),
+        tls,
+        metrics,
+    };
+    tasks.spawn(keep_renewed(renewal, shared.stop.clone()));
+    for gw in &gateways {
+        for n in 0..config.connections_per_gateway {
+            tasks.spawn(link_loop(shared.clone(), gw.clone(), n));
+        }
+    }
+    Ok(AgentHandle {
+        shared,
+        tasks,
+        shutdown_grace: config.shutdown_grace,
+        admin_addr,
+    })
+}
+
+impl AgentHandle {
+    /// The address the admin listener (metrics, health) is bound to, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The connector's metrics (the ones the admin listener serves).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Stops dialling and closes the links gracefully, lets open tunnels finish for up to
+    /// `shutdown_grace`, then stops everything (as dropping the handle does).
+    pub async fn shutdown(self) {
+        let relays = &self.shared.relays;
+        info!(grace = ?self.shutdown_grace, open_tunnels = relays.len(), "shutting down");
+        self.shared.stop.cancel();
+        relays.close();
+        if tokio::time::timeout(self.shutdown_grace, relays.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open_tunnels = relays.len(),
+                "grace period over; closing open tunnels"
+            );
+        }
+        // Dropping `self` closes what is left.
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+        self.shared.kill.cancel();
+        // Dropping the JoinSet would abort them too; said here so the order is plain.
+        self.tasks.abort_all();
+    }
+}
+
+/// Runs the connector until `shutdown` completes, then stops dialling, lets open tunnels finish
+/// for up to `shutdown_grace` and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), LinkError> {
+    let agent = spawn(config).await?;
+    shutdown.await;
+    agent.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use crate::enroll::{Enrollment, CA_FILE, CERT_FILE, ENROLLMENT_FILE, KEY_FILE};
+
+    /// An enrolled state directory in `dir` (its certificate, valid for a day, is its own CA,
+    /// so renewal is hours away) and a configuration that dials `gateway` over two links and
+    /// has an admin listener on an ephemeral port.
+    fn enrolled(dir: &Path, gateway: SocketAddr) -> Config {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::hours(1);
+        p.not_after = now + time::Duration::days(1);
+        let cert = p.self_signed(&key).unwrap();
+        std::fs::write(dir.join(CA_FILE), cert.pem()).unwrap();
+        std::fs::write(dir.join(CERT_FILE), cert.pem()).unwrap();
+        std::fs::write(dir.join(KEY_FILE), key.serialize_pem()).unwrap();
+        let enrollment = Enrollment {
+            connector_id: "conn-test".into(),
+            site: "truro".into(),
+            gateway_url: format!("https://{gateway}"),
+            connector_addrs: vec![gateway.to_string()],
+            not_after: "in a day".into(),
+            issued_at: Some(crate::enroll::unix_now()),
+        };
+        std::fs::write(
+            dir.join(ENROLLMENT_FILE),
+            serde_json::to_vec(&enrollment).unwrap(),
+        )
+        .unwrap();
+        Config::parse(
+            &format!(
+                "state_dir = \"{}\"\nconnections_per_gateway = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+                dir.display()
+            ),
+            &dir.join("connector.toml"),
+        )
+        .unwrap()
+    }
+
+    /// A "gateway" on an ephemeral port that accepts every connection, counts it and closes
+    /// it (so every link attempt fails in the TLS handshake and is redialled after backoff).
+    async fn counting_gateway() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                drop(tcp);
+            }
+        });
+        (addr, count)
+    }
+
+    /// Waits (in paused time: at once) until `count` reaches `n`; fails after a virtual minute.
+    async fn wait_for(count: &AtomicUsize, n: usize) {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while count.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "only {} dial(s), expected {n}",
+                count.load(Ordering::SeqCst)
+            )
+        });
+    }
+
+    /// Lets aborted tasks go and dials already accepted by the kernel reach the counter.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_handle_stops_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gateway, dials) = counting_gateway().await;
+        let mut config = enrolled(dir.path(), gateway);
+        config.gateways = vec![gateway.to_string()];
+        let agent = spawn(config).await.unwrap();
+        let admin = agent.admin_addr().unwrap();
+        // Both links dial, fail and redial after their backoff: the agent is running.
+        wait_for(&dials, 6).await;
+        assert!(agent.metrics().reconnects.get() >= 4);
+        tokio::net::TcpStream::connect(admin)
+            .await
+            .expect("the admin listener is up while the agent runs");
+
+        let at_drop = dials.load(Ordering::SeqCst);
+        drop(agent);
+        settle().await;
+        let after = dials.load(Ordering::SeqCst);
+        // At most the dial each link had under way when the handle went.
+        assert!(
+            after <= at_drop + 2,
+            "{at_drop} dials at drop, {after} just after"
+        );
+        // Far past the longest backoff (reconnect_max 30 s): nobody dials any more.
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert_eq!(
+            dials.load(Ordering::SeqCst),
+            after,
+            "dials after the handle was dropped"
+        );
+        assert!(
+            tokio::net::TcpStream::connect(admin).await.is_err(),
+            "the admin listener is closed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_returns_after_its_shutdown_and_stops_dialling() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gateway, dials) = counting_gateway().await;
+        let config = enrolled(dir.path(), gateway);
+        // The gateway address comes from the enrolment here (no `gateways` in the config).
+        assert!(config.gateways.is_empty());
+        let d = dials.clone();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            run(config, async move { wait_for(&d, 4).await }),
+        )
+        .await
+        .expect("run returns once its shutdown future completes")
+        .unwrap();
+        settle().await;
+        let after = dials.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert_eq!(
+            dials.load(Ordering::SeqCst),
+            after,
+            "dials after run returned"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unenrolled_state_dir_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(
+            &format!("state_dir = \"{}\"\n", dir.path().display()),
+            &dir.path().join("connector.toml"),
+        )
+        .unwrap();
+        let e = spawn(config).await.err().expect("no enrolment, no agent");
+        let text = e.to_string();
+        assert!(text.contains(ENROLLMENT_FILE), "{text}");
+        assert!(text.contains("postern-connector enroll"), "{text}");
+    }
+}
