@@ -22,6 +22,8 @@
 //!
 //! * `event`: the schema ([`Event`], [`EventType`]). Readers ignore unknown fields and keep
 //!   `type` as a string, so old readers read new logs.
+//! * `stats`: [`AuditStats`], the counters of the log (the writer and the syslog forwarder each
+//!   fill their part); below both, so `syslog` does not depend on `writer`.
 //! * `chain`: canonical bytes, `hash = SHA-256(prev || canonical)`, the checkpoint message.
 //! * `store`: segments, the lock, finding the chain head, cutting a torn tail, the one append
 //!   path ([`append_sync`] and the writer both go through it).
@@ -62,6 +64,7 @@ mod key;
 mod reader;
 pub mod search;
 pub mod sessions;
+mod stats;
 mod store;
 pub mod syslog;
 pub mod verify;
@@ -76,10 +79,11 @@ pub use event::{
 };
 pub use key::{audit_key_path, AuditKey, AuditPublicKey, AUDIT_KEY_FILE};
 pub use reader::{events, parse_line, read_all, Entry, Events, RawLine, RawLines};
+pub use stats::AuditStats;
 pub use store::{
     append_sync, first_segment_path, parse_segment_name, segment_file_name, segment_paths,
     FIRST_SEGMENT, HEAD_FILE, LOCK_FILE,
 };
 pub use syslog::{SyslogOptions, SyslogTls};
 pub use witness::{Witness, WITNESS_FORMAT};
-pub use writer::{AuditLog, AuditOptions, AuditStats};
+pub use writer::{AuditLog, AuditOptions};

@@ -32,6 +32,7 @@ use crate::error::AuditError;
 use crate::event::{AuditMeta, Event, EventType};
 use crate::hexfmt::hex;
 use crate::key::AuditKey;
+use crate::stats::{AuditStats, ForwardStats};
 use crate::store::{encode_event, write_atomic, Head, Store, HEAD_FILE};
 use crate::syslog::{Forwarder, SyslogOptions};
 use crate::witness::Witness;
@@ -97,34 +98,6 @@ enum Command {
     Close(Reply),
 }
 
-/// Counters of an [`AuditLog`], for metrics and health checks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AuditStats {
-    /// Events written and synced (callers' events; the writer's own `audit.*` events are not
-    /// counted here).
-    pub written: u64,
-    /// `record_nowait` events that were never queued (queue full or writer closed).
-    pub dropped: u64,
-    /// `record_nowait` events that were queued but could not be written (no caller to tell).
-    pub failed: u64,
-    /// Signed checkpoints written.
-    pub checkpoints: u64,
-    /// `seq` of the last event known to be on disk.
-    pub head_seq: u64,
-    /// Events delivered to the syslog server (written to its connection).
-    pub forwarded: u64,
-    /// Events that did not fit the forwarder's in-memory queue (SIEM slow or down). They are
-    /// not lost: the forwarder reads them back from the local log when it catches up.
-    pub forward_overflow: u64,
-    /// Failed connection attempts and sends to the syslog server.
-    pub forward_errors: u64,
-    /// Events on disk not yet delivered to the syslog server (`head_seq` minus the last
-    /// forwarded seq); grows while the SIEM is unreachable.
-    pub forward_lag: u64,
-    /// Whether the forwarder is connected to the syslog server right now.
-    pub forward_connected: bool,
-}
-
 #[derive(Debug)]
 struct Shared {
     dir: PathBuf,
@@ -135,7 +108,7 @@ struct Shared {
     failed: AtomicU64,
     checkpoints: AtomicU64,
     head_seq: AtomicU64,
-    forwarder: OnceLock<Arc<crate::syslog::ForwardStats>>,
+    forwarder: OnceLock<Arc<ForwardStats>>,
 }
 
 impl Shared {
