@@ -6,7 +6,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// Counters of an [`crate::AuditLog`], for metrics and health checks.
+/// Counters of an audit sink ([`crate::AuditLog`], [`crate::MemorySink`]), for metrics and
+/// health checks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AuditStats {
     /// Events written and synced (callers' events; the writer's own `audit.*` events are not

@@ -32,6 +32,7 @@ use crate::error::AuditError;
 use crate::event::{AuditMeta, Event, EventType};
 use crate::hexfmt::hex;
 use crate::key::AuditKey;
+use crate::sink::{AuditSink, SinkFuture};
 use crate::stats::{AuditStats, ForwardStats};
 use crate::store::{encode_event, write_atomic, Head, Store, HEAD_FILE};
 use crate::syslog::{Forwarder, SyslogOptions};
@@ -280,6 +281,34 @@ impl AuditLog {
     /// The directory this log writes to.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+}
+
+/// The production [`AuditSink`]: every method delegates to the inherent method of the same
+/// name, so the durability and fail-closed promises are exactly those documented there.
+impl AuditSink for AuditLog {
+    fn record(&self, event: Event) -> SinkFuture<'_> {
+        Box::pin(AuditLog::record(self, event))
+    }
+
+    fn record_nowait(&self, event: Event) {
+        AuditLog::record_nowait(self, event);
+    }
+
+    fn flush(&self) -> SinkFuture<'_> {
+        Box::pin(AuditLog::flush(self))
+    }
+
+    fn close(&self) -> SinkFuture<'_> {
+        Box::pin(AuditLog::close(self))
+    }
+
+    fn health(&self) -> Result<(), AuditError> {
+        AuditLog::health(self)
+    }
+
+    fn stats(&self) -> AuditStats {
+        AuditLog::stats(self)
     }
 }
 
@@ -748,5 +777,63 @@ fn write_head(dir: &Path, witness: &Witness) {
     line.push('\n');
     if let Err(e) = write_atomic(dir, &dir.join(HEAD_FILE), line.as_bytes()) {
         tracing::error!(dir = %dir.display(), error = %e, "cannot update audit.head");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(user: &str) -> Event {
+        Event {
+            user: Some(user.into()),
+            ..Event::new(EventType::SessionStart)
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_log_works_as_a_dyn_audit_sink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(tmp.path()).await.unwrap();
+        let sink: Arc<dyn AuditSink> = Arc::new(log.clone());
+
+        sink.record(start("ann")).await.unwrap();
+        // Durable when `record` returns: on disk before anything else happens.
+        let users = |dir: &Path| -> Vec<String> {
+            crate::reader::read_all(dir)
+                .unwrap()
+                .into_iter()
+                .filter_map(|e| e.user)
+                .collect()
+        };
+        assert_eq!(users(tmp.path()), ["ann"]);
+
+        sink.record_nowait(start("bob"));
+        sink.flush().await.unwrap();
+        assert_eq!(users(tmp.path()), ["ann", "bob"]);
+        sink.health().unwrap();
+        let stats = sink.stats();
+        assert_eq!(stats.written, 2);
+        assert_eq!(
+            stats,
+            log.stats(),
+            "the trait reports the log's own counters"
+        );
+        // seq 1 is the writer's audit.started.
+        assert_eq!(stats.head_seq, 3);
+
+        let err = sink
+            .record(Event::new(EventType::AuditCheckpoint))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuditError::Reserved { .. }), "{err:?}");
+
+        sink.close().await.unwrap();
+        let err = sink.record(start("cat")).await.unwrap_err();
+        assert!(matches!(err, AuditError::Closed { .. }), "{err:?}");
+        assert_eq!(users(tmp.path()), ["ann", "bob"]);
+        let report =
+            crate::verify::verify(tmp.path(), &crate::verify::VerifyOptions::default()).unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
     }
 }
