@@ -45,6 +45,7 @@ fn event(i: u64) -> Event {
             rule: Some("radiologists-pacs".into()),
             policy_version: Some("sha256:0f1e2d3c4b5a".into()),
             reason: "group radiologists".into(),
+            ..DecisionRef::default()
         }),
         gateway: Some("gw-bench".into()),
         ..Event::new(EventType::SessionStart)

@@ -197,6 +197,20 @@ pub struct DecisionRef {
     pub policy_version: Option<String>,
     /// Human-readable reason from the policy trace.
     pub reason: String,
+    /// Every allow rule that matched, in policy file order, including the deciding one; a deny
+    /// may still have won. With `matched_denies`, shows an auditor what else applied, not only
+    /// the rule that decided. Added after v1 was first written: absent in older lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matched_allows: Vec<String>,
+    /// Every deny rule that matched, in policy file order. Added after v1 was first written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matched_denies: Vec<String>,
+    /// Until when the decision holds on time alone (RFC 3339, UTC, whole seconds,
+    /// `2026-12-04T18:00:00Z`): the next instant at which a time window, a validity date or the
+    /// sign-in's age could change it, when the gateway re-evaluates a live session. Absent: no
+    /// passage of time changes it. Added after v1 was first written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<String>,
 }
 
 /// The event types this version writes. The on-disk value is [`EventType::as_str`].
@@ -476,6 +490,9 @@ mod tests {
                 rule: Some("radiologists-pacs".into()),
                 policy_version: Some("sha256:abcd".into()),
                 reason: "rule radiologists-pacs matched".into(),
+                matched_allows: vec!["radiologists-pacs".into(), "on-call-pacs".into()],
+                matched_denies: vec!["unmanaged-devices".into()],
+                valid_until: Some("2026-12-04T18:00:00Z".into()),
             }),
             bytes_up: Some(1234),
             bytes_down: Some(u64::MAX),
@@ -548,6 +565,15 @@ mod tests {
         );
         assert_eq!(value["endpoint"]["port"], 11112);
         assert_eq!(value["decision"]["policy_version"], "sha256:abcd");
+        assert_eq!(
+            value["decision"]["matched_allows"],
+            serde_json::json!(["radiologists-pacs", "on-call-pacs"])
+        );
+        assert_eq!(
+            value["decision"]["matched_denies"],
+            serde_json::json!(["unmanaged-devices"])
+        );
+        assert_eq!(value["decision"]["valid_until"], "2026-12-04T18:00:00Z");
         assert_eq!(value["connector"]["id"], "conn-7");
         assert_eq!(value["device"]["user_verified"], true);
         // Serialization order: seq right after v; prev then hash last (the chain relies on it).
@@ -560,6 +586,43 @@ mod tests {
         assert!(json.ends_with(&tail), "{json}");
         let back: Event = serde_json::from_str(&json).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn decision_fields_added_later_are_optional_and_omitted_when_empty() {
+        // A decision as written before matched_allows / matched_denies / valid_until existed.
+        let old = r#"{"effect":"allow","rule":"rads","policy_version":"sha256:0f1e","reason":"group radiologists"}"#;
+        let d: DecisionRef = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            d,
+            DecisionRef {
+                effect: "allow".into(),
+                rule: Some("rads".into()),
+                policy_version: Some("sha256:0f1e".into()),
+                reason: "group radiologists".into(),
+                ..DecisionRef::default()
+            }
+        );
+        assert!(d.matched_allows.is_empty() && d.matched_denies.is_empty());
+        assert_eq!(d.valid_until, None);
+        // Serialized again it is byte for byte what it was.
+        assert_eq!(serde_json::to_string(&d).unwrap(), old);
+
+        let new = DecisionRef {
+            effect: "deny".into(),
+            rule: Some("unmanaged-devices".into()),
+            reason: "device is not managed".into(),
+            matched_allows: vec!["rads".into()],
+            matched_denies: vec!["unmanaged-devices".into()],
+            valid_until: Some("2026-12-04T18:00:00Z".into()),
+            ..DecisionRef::default()
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        assert_eq!(
+            json,
+            r#"{"effect":"deny","rule":"unmanaged-devices","reason":"device is not managed","matched_allows":["rads"],"matched_denies":["unmanaged-devices"],"valid_until":"2026-12-04T18:00:00Z"}"#
+        );
+        assert_eq!(serde_json::from_str::<DecisionRef>(&json).unwrap(), new);
     }
 
     #[test]

@@ -20,18 +20,29 @@
 //!
 //! ## Module map and flow
 //!
-//! * `event`: the schema ([`Event`], [`EventType`]). Readers ignore unknown fields and keep
-//!   `type` as a string, so old readers read new logs.
+//! Lower modules first; each module uses only modules above it in this list, so there is no
+//! cycle between any two of them.
+//!
+//! * `error`: [`AuditError`], one enum for the crate.
+//! * `event`: the schema ([`Event`], [`EventType`], [`DecisionRef`], ...). Readers ignore
+//!   unknown fields and keep `type` as a string, so old readers read new logs.
+//! * `hexfmt`: hex encoding of hashes, keys and signatures.
+//! * `stats`: [`AuditStats`], the counters a sink reports (the writer and the syslog forwarder
+//!   each fill their part).
 //! * `chain`: canonical bytes, `hash = SHA-256(prev || canonical)`, the checkpoint message.
 //! * `store`: segments, the lock, finding the chain head, cutting a torn tail, the one append
 //!   path ([`append_sync`] and the writer both go through it).
-//! * `writer`: [`AuditLog`], a handle feeding a dedicated thread that does **group commit**
-//!   (one `write_all` + `fdatasync` per batch), rotation, and signed checkpoints every N events
-//!   or T seconds and at [`AuditLog::close`].
 //! * `key`: [`AuditKey`] (private, in the gateway's state dir) and [`AuditPublicKey`].
 //! * `witness`: a checkpoint as one line for an outside witness ([`Witness`]).
+//! * `sink`: the [`AuditSink`] trait, the seam through which the gateway writes events (held
+//!   as `Arc<dyn AuditSink>`), and [`MemorySink`], an in-memory sink for tests that can be
+//!   switched to fail.
 //! * `syslog`: RFC 5424 over TCP/TLS; the live forwarder behind a bounded queue that resumes
 //!   from the local log.
+//! * `writer`: [`AuditLog`], the production [`AuditSink`]: a handle feeding a dedicated thread
+//!   that does **group commit** (one `write_all` + `fdatasync` per batch), rotation, and signed
+//!   checkpoints every N events or T seconds and at [`AuditLog::close`]; it offers committed
+//!   lines to the syslog forwarder.
 //! * `reader`, [`verify`], [`search`], [`sessions`]: streaming readers for `postern-audit`.
 //!
 //! ## The durability promise
@@ -62,6 +73,8 @@ mod key;
 mod reader;
 pub mod search;
 pub mod sessions;
+mod sink;
+mod stats;
 mod store;
 pub mod syslog;
 pub mod verify;
@@ -76,10 +89,12 @@ pub use event::{
 };
 pub use key::{audit_key_path, AuditKey, AuditPublicKey, AUDIT_KEY_FILE};
 pub use reader::{events, parse_line, read_all, Entry, Events, RawLine, RawLines};
+pub use sink::{AuditSink, MemorySink, SinkFuture};
+pub use stats::AuditStats;
 pub use store::{
     append_sync, first_segment_path, parse_segment_name, segment_file_name, segment_paths,
     FIRST_SEGMENT, HEAD_FILE, LOCK_FILE,
 };
 pub use syslog::{SyslogOptions, SyslogTls};
 pub use witness::{Witness, WITNESS_FORMAT};
-pub use writer::{AuditLog, AuditOptions, AuditStats};
+pub use writer::{AuditLog, AuditOptions};

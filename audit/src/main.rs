@@ -568,6 +568,7 @@ fn synthetic(tag: &str, i: u64, users: u64, pad: usize) -> Event {
             rule: Some("radiologists-pacs".into()),
             policy_version: Some("sha256:0f1e2d3c".into()),
             reason: "group radiologists".into(),
+            ..DecisionRef::default()
         }),
         ..Event::new(if i.is_multiple_of(2) {
             EventType::SessionStart

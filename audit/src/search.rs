@@ -885,6 +885,7 @@ mod tests {
             rule: Some("rads".into()),
             policy_version: None,
             reason: "group radiologists".into(),
+            ..DecisionRef::default()
         });
         let row = table_row(&start);
         assert!(

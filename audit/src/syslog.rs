@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::chain::ChainView;
 use crate::error::AuditError;
+use crate::stats::ForwardStats;
 use crate::store::{segments, write_atomic};
-use crate::writer::AuditStats;
 
 /// Structured-data id of the `[postern@32473 ...]` element. 32473 is the private enterprise
 /// number reserved for examples (RFC 5612); Postern has none of its own.
@@ -313,26 +313,6 @@ fn sd_escape(s: &str) -> String {
         out.push(c);
     }
     out
-}
-
-/// Counters shared between the forwarder thread and [`crate::AuditLog::stats`].
-#[derive(Debug, Default)]
-pub(crate) struct ForwardStats {
-    forwarded: AtomicU64,
-    overflow: AtomicU64,
-    errors: AtomicU64,
-    last_seq: AtomicU64,
-    connected: AtomicBool,
-}
-
-impl ForwardStats {
-    pub(crate) fn fill(&self, stats: &mut AuditStats, head_seq: u64) {
-        stats.forwarded = self.forwarded.load(Ordering::Relaxed);
-        stats.forward_overflow = self.overflow.load(Ordering::Relaxed);
-        stats.forward_errors = self.errors.load(Ordering::Relaxed);
-        stats.forward_connected = self.connected.load(Ordering::Relaxed);
-        stats.forward_lag = head_seq.saturating_sub(self.last_seq.load(Ordering::Relaxed));
-    }
 }
 
 /// The writer's side of the live forwarder.

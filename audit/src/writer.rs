@@ -32,6 +32,8 @@ use crate::error::AuditError;
 use crate::event::{AuditMeta, Event, EventType};
 use crate::hexfmt::hex;
 use crate::key::AuditKey;
+use crate::sink::{AuditSink, SinkFuture};
+use crate::stats::{AuditStats, ForwardStats};
 use crate::store::{encode_event, write_atomic, Head, Store, HEAD_FILE};
 use crate::syslog::{Forwarder, SyslogOptions};
 use crate::witness::Witness;
@@ -97,34 +99,6 @@ enum Command {
     Close(Reply),
 }
 
-/// Counters of an [`AuditLog`], for metrics and health checks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AuditStats {
-    /// Events written and synced (callers' events; the writer's own `audit.*` events are not
-    /// counted here).
-    pub written: u64,
-    /// `record_nowait` events that were never queued (queue full or writer closed).
-    pub dropped: u64,
-    /// `record_nowait` events that were queued but could not be written (no caller to tell).
-    pub failed: u64,
-    /// Signed checkpoints written.
-    pub checkpoints: u64,
-    /// `seq` of the last event known to be on disk.
-    pub head_seq: u64,
-    /// Events delivered to the syslog server (written to its connection).
-    pub forwarded: u64,
-    /// Events that did not fit the forwarder's in-memory queue (SIEM slow or down). They are
-    /// not lost: the forwarder reads them back from the local log when it catches up.
-    pub forward_overflow: u64,
-    /// Failed connection attempts and sends to the syslog server.
-    pub forward_errors: u64,
-    /// Events on disk not yet delivered to the syslog server (`head_seq` minus the last
-    /// forwarded seq); grows while the SIEM is unreachable.
-    pub forward_lag: u64,
-    /// Whether the forwarder is connected to the syslog server right now.
-    pub forward_connected: bool,
-}
-
 #[derive(Debug)]
 struct Shared {
     dir: PathBuf,
@@ -135,7 +109,7 @@ struct Shared {
     failed: AtomicU64,
     checkpoints: AtomicU64,
     head_seq: AtomicU64,
-    forwarder: OnceLock<Arc<crate::syslog::ForwardStats>>,
+    forwarder: OnceLock<Arc<ForwardStats>>,
 }
 
 impl Shared {
@@ -307,6 +281,34 @@ impl AuditLog {
     /// The directory this log writes to.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+}
+
+/// The production [`AuditSink`]: every method delegates to the inherent method of the same
+/// name, so the durability and fail-closed promises are exactly those documented there.
+impl AuditSink for AuditLog {
+    fn record(&self, event: Event) -> SinkFuture<'_> {
+        Box::pin(AuditLog::record(self, event))
+    }
+
+    fn record_nowait(&self, event: Event) {
+        AuditLog::record_nowait(self, event);
+    }
+
+    fn flush(&self) -> SinkFuture<'_> {
+        Box::pin(AuditLog::flush(self))
+    }
+
+    fn close(&self) -> SinkFuture<'_> {
+        Box::pin(AuditLog::close(self))
+    }
+
+    fn health(&self) -> Result<(), AuditError> {
+        AuditLog::health(self)
+    }
+
+    fn stats(&self) -> AuditStats {
+        AuditLog::stats(self)
     }
 }
 
@@ -775,5 +777,63 @@ fn write_head(dir: &Path, witness: &Witness) {
     line.push('\n');
     if let Err(e) = write_atomic(dir, &dir.join(HEAD_FILE), line.as_bytes()) {
         tracing::error!(dir = %dir.display(), error = %e, "cannot update audit.head");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(user: &str) -> Event {
+        Event {
+            user: Some(user.into()),
+            ..Event::new(EventType::SessionStart)
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_log_works_as_a_dyn_audit_sink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(tmp.path()).await.unwrap();
+        let sink: Arc<dyn AuditSink> = Arc::new(log.clone());
+
+        sink.record(start("ann")).await.unwrap();
+        // Durable when `record` returns: on disk before anything else happens.
+        let users = |dir: &Path| -> Vec<String> {
+            crate::reader::read_all(dir)
+                .unwrap()
+                .into_iter()
+                .filter_map(|e| e.user)
+                .collect()
+        };
+        assert_eq!(users(tmp.path()), ["ann"]);
+
+        sink.record_nowait(start("bob"));
+        sink.flush().await.unwrap();
+        assert_eq!(users(tmp.path()), ["ann", "bob"]);
+        sink.health().unwrap();
+        let stats = sink.stats();
+        assert_eq!(stats.written, 2);
+        assert_eq!(
+            stats,
+            log.stats(),
+            "the trait reports the log's own counters"
+        );
+        // seq 1 is the writer's audit.started.
+        assert_eq!(stats.head_seq, 3);
+
+        let err = sink
+            .record(Event::new(EventType::AuditCheckpoint))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuditError::Reserved { .. }), "{err:?}");
+
+        sink.close().await.unwrap();
+        let err = sink.record(start("cat")).await.unwrap_err();
+        assert!(matches!(err, AuditError::Closed { .. }), "{err:?}");
+        assert_eq!(users(tmp.path()), ["ann", "bob"]);
+        let report =
+            crate::verify::verify(tmp.path(), &crate::verify::VerifyOptions::default()).unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
     }
 }

@@ -12,8 +12,9 @@ use std::time::Duration;
 use common::*;
 use postern_audit::verify::{verify, KeySource, VerifyOptions, VerifyReport};
 use postern_audit::{
-    append_sync, line_hash, read_all, segment_paths, AuditError, AuditKey, AuditLog, AuditOptions,
-    AuditPublicKey, Event, EventType, Witness, AUDIT_KEY_FILE, HEAD_FILE,
+    append_sync, canonical_bytes, first_segment_path, line_hash, read_all, segment_paths,
+    AuditError, AuditKey, AuditLog, AuditOptions, AuditPublicKey, DecisionRef, Event, EventType,
+    Witness, AUDIT_KEY_FILE, GENESIS, HEAD_FILE,
 };
 
 fn check(dir: &Path) -> VerifyReport {
@@ -566,6 +567,149 @@ async fn writers_in_several_processes_continue_one_chain() {
             assert!(ids.contains(&format!("cli{p}-{i}")));
         }
     }
+}
+
+/// A decision carrying the fields added after v1 was first written.
+fn full_decision() -> DecisionRef {
+    DecisionRef {
+        effect: "allow".into(),
+        rule: Some("rads-day".into()),
+        policy_version: Some("sha256:0f1e".into()),
+        reason: "group radiologists, weekday 08-18".into(),
+        matched_allows: vec!["rads-day".into(), "on-call".into()],
+        matched_denies: vec![],
+        valid_until: Some("2026-12-04T18:00:00Z".into()),
+    }
+}
+
+#[tokio::test]
+async fn a_decision_with_matched_rules_and_valid_until_round_trips_and_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let keys = tmp.path().join("state");
+    let log = AuditLog::open_with(&dir, signed_options(&keys, 100))
+        .await
+        .unwrap();
+    let mut start = session_event(EventType::SessionStart, "ann", "s-new");
+    start.decision = Some(full_decision());
+    log.record(start).await.unwrap();
+    let mut denied = session_event(EventType::SessionDenied, "bob", "s-deny");
+    denied.decision = Some(DecisionRef {
+        effect: "deny".into(),
+        rule: Some("unmanaged".into()),
+        reason: "device is not managed".into(),
+        matched_allows: vec!["rads-day".into()],
+        matched_denies: vec!["unmanaged".into()],
+        ..DecisionRef::default()
+    });
+    log.record(denied).await.unwrap();
+    log.close().await.unwrap();
+
+    let options = VerifyOptions {
+        pubkey: Some(pubkey(&keys)),
+        require_closed: true,
+        ..VerifyOptions::default()
+    };
+    let report = verify(&dir, &options).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(
+        report.events, 4,
+        "started, two sessions, closing checkpoint"
+    );
+
+    let events = read_all(&dir).unwrap();
+    let decisions: Vec<&DecisionRef> = events.iter().filter_map(|e| e.decision.as_ref()).collect();
+    assert_eq!(decisions.len(), 2);
+    assert_eq!(decisions[0], &full_decision());
+    assert_eq!(decisions[1].matched_denies, ["unmanaged"]);
+    assert_eq!(decisions[1].valid_until, None);
+    let seg = first_segment(&dir);
+    let text = fs::read_to_string(&seg).unwrap();
+    assert!(
+        text.contains(
+            r#""matched_allows":["rads-day","on-call"],"valid_until":"2026-12-04T18:00:00Z"}"#
+        ),
+        "empty matched_denies is omitted: {text}"
+    );
+
+    // The new fields are covered by the chain like every other: moving the deadline is caught.
+    fs::write(
+        &seg,
+        text.replace("2026-12-04T18:00:00Z", "2026-12-04T23:00:00Z"),
+    )
+    .unwrap();
+    let report = verify(&dir, &options).unwrap();
+    assert!(!report.is_ok());
+    let first = report.first_problem().unwrap();
+    assert_eq!(first.seq, Some(2));
+    assert!(first.what.contains("was edited"), "{}", first.what);
+}
+
+/// A `session.start` as written before `DecisionRef` had `matched_allows`, `matched_denies` and
+/// `valid_until`. Its hash was computed outside Rust (SHA-256 of 32 zero bytes followed by the
+/// line without its hash member), so this test does not take the writer's word for it.
+const OLD_LINE: &str = concat!(
+    r#"{"v":1,"seq":1,"ts":"2025-03-01T22:15:02.123456Z","type":"session.start","#,
+    r#""session_id":"s-old","user":"sub-ann","endpoint":{"name":"truro-pacs-dicom","#,
+    r#""site":"truro","host":"10.1.2.3","port":104,"protocol":"dicom"},"#,
+    r#""decision":{"effect":"allow","rule":"rads","policy_version":"sha256:0f1e","#,
+    r#""reason":"group radiologists"},"gateway":"gw-1","#,
+    r#""prev":"0000000000000000000000000000000000000000000000000000000000000000","#,
+    r#""hash":"9da5b346d817b7606a2bda735c87e3d65f2cec557c100d44dfad2fbfe1c9661e"}"#
+);
+
+#[test]
+fn an_old_line_without_the_new_decision_fields_still_verifies_and_the_chain_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(first_segment_path(&dir), format!("{OLD_LINE}\n")).unwrap();
+
+    let report = check(&dir);
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.events, 1);
+
+    let old: Event = serde_json::from_str(OLD_LINE).unwrap();
+    let decision = old.decision.clone().unwrap();
+    assert_eq!(decision.rule.as_deref(), Some("rads"));
+    assert!(decision.matched_allows.is_empty() && decision.matched_denies.is_empty());
+    assert_eq!(decision.valid_until, None);
+    // This version serializes the old event to exactly its canonical bytes: the schema change
+    // does not alter how events without the new fields are written (or hashed).
+    let canonical = canonical_bytes(OLD_LINE.as_bytes()).unwrap();
+    let reserialized = serde_json::to_vec(&Event {
+        hash: None,
+        ..old.clone()
+    })
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(reserialized).unwrap(),
+        String::from_utf8(canonical).unwrap()
+    );
+    let claimed = old.hash.clone().unwrap();
+    let recomputed = line_hash(&GENESIS, OLD_LINE.as_bytes()).unwrap();
+    assert_eq!(
+        recomputed
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        claimed
+    );
+
+    // A new writer continues the old chain with an event carrying the new fields.
+    let mut next = session_event(EventType::SessionStart, "ann", "s-new");
+    next.decision = Some(full_decision());
+    append_sync(&dir, &next).unwrap();
+    let report = check(&dir);
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.events, 2);
+    let events = read_all(&dir).unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0], old);
+    assert_eq!(events[1].seq, Some(2));
+    assert_eq!(events[1].prev, old.hash);
+    assert_eq!(events[1].decision, Some(full_decision()));
 }
 
 #[tokio::test]

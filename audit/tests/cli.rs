@@ -43,6 +43,7 @@ fn write_sample(dir: &Path) {
                 rule: Some("rads".into()),
                 policy_version: Some("v7".into()),
                 reason: "group radiologists".into(),
+                ..DecisionRef::default()
             }),
             ..Event::new(EventType::SessionStart)
         },
@@ -55,6 +56,7 @@ fn write_sample(dir: &Path) {
                 rule: None,
                 policy_version: Some("v7".into()),
                 reason: "no rule matched".into(),
+                ..DecisionRef::default()
             }),
             ..Event::new(EventType::SessionDenied)
         },
@@ -193,6 +195,7 @@ fn write_night(dir: &Path) {
                     rule: Some("rads".into()),
                     policy_version: None,
                     reason: "group radiologists".into(),
+                    ..DecisionRef::default()
                 }),
                 ..Event::new(EventType::SessionStart)
             },
@@ -224,6 +227,7 @@ fn write_night(dir: &Path) {
                     rule: None,
                     policy_version: None,
                     reason: "no rule matched".into(),
+                    ..DecisionRef::default()
                 }),
                 ..Event::new(EventType::SessionDenied)
             },

@@ -69,6 +69,7 @@ fn full_event() -> Event {
             rule: Some("radiologists-pacs".into()),
             policy_version: Some("sha256:0f1e2d".into()),
             reason: "group radiologists, weekday 08-20".into(),
+            ..DecisionRef::default()
         }),
         bytes_up: Some(1_048_576),
         bytes_down: Some(987_654_321_000),

@@ -274,6 +274,11 @@ pub(crate) fn decision_ref(d: &Decision) -> DecisionRef {
         rule: d.rule.clone(),
         policy_version: Some(d.policy_version.clone()),
         reason: d.reason.clone(),
+        matched_allows: d.matched_allows.clone(),
+        matched_denies: d.matched_denies.clone(),
+        valid_until: d
+            .valid_until
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
     }
 }
 
@@ -307,6 +312,7 @@ fn audit_denied(
             rule: None,
             policy_version: Some(policy.version().to_owned()),
             reason: detail.clone(),
+            ..Default::default()
         },
     });
     ev.detail = Some(detail);

@@ -48,6 +48,7 @@ pub fn session_event(kind: EventType, user: &str, session: &str) -> Event {
             rule: Some("radiologists".into()),
             policy_version: Some("v1".into()),
             reason: "group radiologists".into(),
+            ..DecisionRef::default()
         }),
         ..Event::new(kind)
     }
