@@ -137,7 +137,8 @@ pub(crate) struct Gateway {
     pub policy: RwLock<Arc<Policy>>,
     pub keys: tokens::TokenKeys,
     pub store: state::SharedStore,
-    pub audit: AuditLog,
+    /// The audit seam: the audit crate's log in production, `MemorySink` in tests.
+    pub audit: Arc<dyn postern_audit::AuditSink>,
     pub connector_ca: Arc<pki::Ca>,
     /// The CA that issued the gateway's TLS certificate (sent to connectors at enrolment).
     pub server_ca_pem: String,
@@ -300,7 +301,7 @@ pub(crate) async fn init(
         policy: RwLock::new(Arc::new(policy)),
         keys,
         store,
-        audit,
+        audit: Arc::new(audit),
         connector_ca: Arc::new(connector_ca),
         server_ca_pem: server_ca.cert_pem.clone(),
         client_tls: TlsAcceptor::from(Arc::new(client_tls)),
