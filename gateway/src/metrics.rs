@@ -140,6 +140,12 @@ impl Metrics {
         Ok(m)
     }
 
+    /// Counts a rate-limited request of kind `what`.
+    pub fn note_ratelimited(&self, what: &str) {
+        self.ratelimited.with_label_values(&[what]).inc();
+        tracing::debug!(what, "rate limited");
+    }
+
     pub fn set_policy_version(&self, version: &str) {
         self.policy_version.reset();
         self.policy_version.with_label_values(&[version]).set(1);

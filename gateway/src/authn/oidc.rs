@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::OidcConfig;
-use crate::httpc::{HttpClient, HttpError};
+use crate::http::client::{HttpClient, HttpError};
 
 /// Claims beyond the standard ones, kept by name so `groups_claim` etc. are configurable.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -14,7 +14,6 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::clock::unix_now;
 use postern_proto::fsutil::{private_dir, write_atomic};
 
 pub const ISSUER: &str = "postern-gateway";
@@ -185,7 +184,9 @@ impl TokenKeys {
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
         // The gateway verifies only tokens it issued itself, on the same clock: no leeway.
+        // Expiry is checked against the gateway's clock in `verify`, not the library's.
         validation.leeway = 0;
+        validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         Ok(TokenKeys {
             active,
@@ -201,8 +202,8 @@ impl TokenKeys {
         user: &str,
         groups: &[String],
         ttl: Duration,
+        now: u64,
     ) -> Result<(String, Claims), TokenError> {
-        let now = unix_now();
         self.issue(Claims {
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
@@ -232,8 +233,9 @@ impl TokenKeys {
         Ok((token, claims))
     }
 
-    /// Verifies signature, issuer, audience and expiry.
-    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    /// Verifies signature, issuer, audience and expiry (`exp` must be after `now`, seconds
+    /// since the epoch).
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         if token.len() > 8192 {
             return Err(TokenError::Malformed("longer than 8192 bytes".into()));
         }
@@ -253,13 +255,17 @@ impl TokenKeys {
             .get(&kid)
             .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
         use jsonwebtoken::errors::ErrorKind;
-        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
                 ErrorKind::InvalidSignature => TokenError::BadSignature,
                 _ => TokenError::Malformed(e.to_string()),
-            })
+            })?;
+        if claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
     }
 }
 
@@ -267,24 +273,28 @@ impl TokenKeys {
 mod tests {
     use super::*;
 
+    fn now() -> u64 {
+        crate::clock::unix_now()
+    }
+
     #[test]
     fn rotation_signs_with_the_new_key_and_still_verifies_old_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let old = TokenKeys::load_or_create(dir.path()).unwrap();
-        let (old_tok, _) = old.mint("alice", &[], Duration::from_secs(60)).unwrap();
+        let (old_tok, _) = old.mint("alice", &[], Duration::from_secs(60), now()).unwrap();
         let kid = TokenKeys::add_active_key(dir.path()).unwrap();
         let new = TokenKeys::load_or_create(dir.path()).unwrap();
-        let (new_tok, _) = new.mint("bob", &[], Duration::from_secs(60)).unwrap();
+        let (new_tok, _) = new.mint("bob", &[], Duration::from_secs(60), now()).unwrap();
         let header = jsonwebtoken::decode_header(&new_tok).unwrap();
         assert_eq!(header.kid.as_deref(), Some(kid.as_str()));
         assert_ne!(
             jsonwebtoken::decode_header(&old_tok).unwrap().kid,
             header.kid
         );
-        assert_eq!(new.verify(&old_tok).unwrap().sub, "alice");
-        assert_eq!(new.verify(&new_tok).unwrap().sub, "bob");
+        assert_eq!(new.verify(&old_tok, now()).unwrap().sub, "alice");
+        assert_eq!(new.verify(&new_tok, now()).unwrap().sub, "bob");
         // The old key set does not know the new kid.
-        assert!(old.verify(&new_tok).is_err());
+        assert!(old.verify(&new_tok, now()).is_err());
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(dir.path().join("jwt").join(format!("{kid}.key")))
                 .unwrap()
@@ -298,20 +308,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys = TokenKeys::load_or_create(dir.path()).unwrap();
         let (tok, claims) = keys
-            .mint("alice", &["radiologists".into()], Duration::from_secs(60))
+            .mint("alice", &["radiologists".into()], Duration::from_secs(60), now())
             .unwrap();
-        assert_eq!(keys.verify(&tok).unwrap(), claims);
+        assert_eq!(keys.verify(&tok, now()).unwrap(), claims);
 
         // Reloading keeps the same key.
         let again = TokenKeys::load_or_create(dir.path()).unwrap();
-        assert_eq!(again.verify(&tok).unwrap().sub, "alice");
+        assert_eq!(again.verify(&tok, now()).unwrap().sub, "alice");
 
         // Tampered payload.
         let mut parts: Vec<String> = tok.split('.').map(String::from).collect();
         parts[1] = parts[1].replace('a', "b");
         let tampered = parts.join(".");
         assert!(matches!(
-            keys.verify(&tampered),
+            keys.verify(&tampered, now()),
             Err(TokenError::BadSignature | TokenError::Malformed(_))
         ));
 
@@ -319,12 +329,12 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let foreign = TokenKeys::load_or_create(other.path()).unwrap();
         let (ftok, _) = foreign
-            .mint("mallory", &[], Duration::from_secs(60))
+            .mint("mallory", &[], Duration::from_secs(60), now())
             .unwrap();
-        assert!(matches!(keys.verify(&ftok), Err(TokenError::UnknownKey(_))));
+        assert!(matches!(keys.verify(&ftok, now()), Err(TokenError::UnknownKey(_))));
 
         assert!(matches!(
-            keys.verify("garbage"),
+            keys.verify("garbage", now()),
             Err(TokenError::Malformed(_))
         ));
     }
@@ -335,7 +345,7 @@ mod tests {
         let keys = TokenKeys::load_or_create(dir.path()).unwrap();
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(keys.active.clone());
-        let now = unix_now();
+        let now = now();
         let claims = Claims {
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
@@ -353,14 +363,17 @@ mod tests {
             idp: None,
         };
         let tok = jsonwebtoken::encode(&header, &claims, &keys.encoding).unwrap();
-        assert!(matches!(keys.verify(&tok), Err(TokenError::Expired)));
+        assert!(matches!(keys.verify(&tok, now), Err(TokenError::Expired)));
+        // Expiry is judged by the clock passed in, to the second, without leeway.
+        assert!(keys.verify(&tok, now - 3601).is_ok());
+        assert!(matches!(keys.verify(&tok, now - 3600), Err(TokenError::Expired)));
     }
 
     #[test]
     fn device_claims_round_trip_and_default_when_absent() {
         let dir = tempfile::tempdir().unwrap();
         let keys = TokenKeys::load_or_create(dir.path()).unwrap();
-        let (_, base) = keys.mint("ann", &[], Duration::from_secs(60)).unwrap();
+        let (_, base) = keys.mint("ann", &[], Duration::from_secs(60), now()).unwrap();
         let posture: std::collections::BTreeMap<String, String> =
             [("disk_encrypted".to_owned(), "true".to_owned())].into();
         let (tok, claims) = keys
@@ -371,14 +384,14 @@ mod tests {
                 ..base.clone()
             })
             .unwrap();
-        let back = keys.verify(&tok).unwrap();
+        let back = keys.verify(&tok, now()).unwrap();
         assert_eq!(back, claims);
         assert_eq!(back.device.as_deref(), Some("dev-0123456789ab"));
         assert!(back.uv);
         assert_eq!(back.posture, Some(posture));
         // A token minted without device trust has no device, uv false, no posture.
-        let (tok, _) = keys.mint("bob", &[], Duration::from_secs(60)).unwrap();
-        let c = keys.verify(&tok).unwrap();
+        let (tok, _) = keys.mint("bob", &[], Duration::from_secs(60), now()).unwrap();
+        let c = keys.verify(&tok, now()).unwrap();
         assert_eq!((c.device, c.uv, c.posture), (None, false, None));
         // The payload without the new claims (an older gateway's token) still parses.
         let old =

@@ -43,7 +43,7 @@ pub async fn check(config: &Config) -> Vec<Finding> {
     audit_dir(&config.audit_dir, &mut out);
     oidc(config, &mut out).await;
     if config.oidc.is_some() && config.devices.required {
-        if let Err(e) = crate::devices::Devices::new(config) {
+        if let Err(e) = crate::authn::devices::Ceremonies::new(config) {
             out.push(Finding::error(e));
         }
     }
@@ -180,7 +180,7 @@ async fn oidc(config: &Config, out: &mut Vec<Finding>) {
         },
         None => Vec::new(),
     };
-    let http = match crate::httpc::HttpClient::new(roots, o.insecure_http_issuer) {
+    let http = match crate::http::client::HttpClient::new(roots, o.insecure_http_issuer) {
         Ok(h) => h,
         Err(e) => {
             out.push(Finding::error(format!("oidc: {e}")));

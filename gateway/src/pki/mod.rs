@@ -8,6 +8,8 @@
 //!
 //! Keys are ECDSA P-256, stored PKCS#8 PEM with mode 0600.
 
+pub mod server_cert;
+
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -23,20 +22,32 @@ use postern_audit::{ConnectorRef, EventType};
 use postern_proto::wire::{self, RenewRequest, RenewResponse};
 use tracing::{info, warn};
 
-use crate::client_api::{error, json, Resp};
-use crate::clock::unix_now;
-use crate::state::ConnectorRec;
-use crate::Gateway;
+use crate::audit::Audit;
+use crate::clock::{from_unix, unix_secs, SharedClock};
+use crate::http::{error, json, read_body, Resp};
+use crate::pki::Ca;
+use crate::state::{ConnectorRec, Issued, RenewIssuer, SharedStore};
+
+/// What certificate renewal needs.
+pub struct Renewals {
+    pub store: SharedStore,
+    pub ca: Arc<Ca>,
+    pub audit: Arc<Audit>,
+    pub clock: SharedClock,
+    /// `[limits] connector_cert_validity`.
+    pub validity: Duration,
+}
 
 /// Serves one renewal connection (HTTP/1.1, at most 30 s).
-pub async fn serve<S>(gw: Arc<Gateway>, tls: S, peer: SocketAddr, rec: ConnectorRec, serial: String)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |req: Request<Incoming>| {
-        let (gw, rec, serial) = (gw.clone(), rec.clone(), serial.clone());
-        async move { Ok::<_, Infallible>(handle(gw, req, peer, rec, serial).await) }
-    });
+impl Renewals {
+    pub async fn serve<S>(self: Arc<Self>, tls: S, peer: SocketAddr, rec: ConnectorRec, serial: String)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = service_fn(move |req: Request<Incoming>| {
+            let (svc, rec, serial) = (self.clone(), rec.clone(), serial.clone());
+            async move { Ok::<_, Infallible>(handle(&svc, req, peer, rec, serial).await) }
+        });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(5))
@@ -44,9 +55,10 @@ where
         .serve_connection(TokioIo::new(tls), service);
     let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
 }
+}
 
 async fn handle(
-    gw: Arc<Gateway>,
+    svc: &Renewals,
     req: Request<Incoming>,
     peer: SocketAddr,
     rec: ConnectorRec,
@@ -59,11 +71,8 @@ async fn handle(
             "a renewal connection serves only POST /v1/renew",
         );
     }
-    let body = match Limited::new(req.into_body(), wire::MAX_JSON_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
+    let body = match read_body(req.into_body(), wire::MAX_JSON_BODY).await {
+        Ok(b) => b,
         Err(e) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -82,23 +91,23 @@ async fn handle(
             )
         }
     };
-    let validity = gw.config.connector_cert_validity;
-    let ca = gw.connector_ca.clone();
+    let validity = svc.validity;
+    let ca = svc.ca.clone();
     let csr_pem = request.csr_pem;
-    let issue: crate::state::RenewIssuer = Box::new(move |c: &ConnectorRec| {
+    let issue: RenewIssuer = Box::new(move |c: &ConnectorRec| {
         let (cert_pem, serial, not_after) = ca
             .sign_connector(&csr_pem, &c.id, &c.site, validity)
             .map_err(|e| e.to_string())?;
-        Ok(crate::state::Issued {
+        Ok(Issued {
             cert_pem,
             serial,
-            not_after: crate::clock::unix_secs(not_after),
+            not_after: unix_secs(not_after),
         })
     });
     // The store re-checks the record atomically, so a revocation that races the renewal wins.
-    let result = gw
+    let result = svc
         .store
-        .renew_connector(rec.id.clone(), serial.clone(), unix_now(), issue)
+        .renew_connector(rec.id.clone(), serial.clone(), svc.clock.unix(), issue)
         .await;
     let site = rec.site.clone();
     let cref = ConnectorRef {
@@ -109,16 +118,16 @@ async fn handle(
         Ok((_, issued)) => {
             let (cert_pem, new_serial) = (issued.cert_pem, issued.serial);
             let not_after =
-                humantime::format_rfc3339_seconds(crate::clock::from_unix(issued.not_after))
+                humantime::format_rfc3339_seconds(from_unix(issued.not_after))
                     .to_string();
-            let mut ev = gw.event(EventType::ConnectorRenewed);
+            let mut ev = svc.audit.event(EventType::ConnectorRenewed);
             ev.connector = Some(cref);
             ev.site = Some(site.clone());
             ev.source = Some(peer.to_string());
             ev.detail = Some(format!(
                 "certificate serial {serial} renewed as {new_serial}, valid until {not_after}"
             ));
-            if let Err(e) = gw.audit.record(ev).await {
+            if let Err(e) = svc.audit.record(ev).await {
                 warn!(error = %e, "could not audit connector.renewed; renewal not answered");
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -139,12 +148,12 @@ async fn handle(
         }
         Err(e) => {
             warn!(connector_id = %rec.id, %peer, reason = %e, "connector renewal refused");
-            let mut ev = gw.event(EventType::ConnectorRefused);
+            let mut ev = svc.audit.event(EventType::ConnectorRefused);
             ev.connector = Some(cref);
             ev.site = Some(site);
             ev.source = Some(peer.to_string());
             ev.detail = Some(format!("certificate renewal refused: {e}"));
-            gw.audit.record_nowait(ev);
+            svc.audit.record_nowait(ev);
             use crate::state::{Refusal, StoreError};
             let (status, code) = match &e {
                 StoreError::Refused(

@@ -14,10 +14,10 @@ use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use serde_cbor_2::Value as Cbor;
 use serde_json::{json, Value};
 
-use crate::devices::{handle_body, Step};
-use crate::oidc::{pkce_challenge, CliRequest, Identity};
+use super::routes::{handle_body, Step};
+use crate::app::App;
+use crate::authn::oidc::{pkce_challenge, CliRequest, Identity};
 use crate::state::DeviceStatus;
-use crate::Gateway;
 
 const ORIGIN: &str = "https://localhost:8443";
 const POLICY: &str = r#"
@@ -155,7 +155,7 @@ impl SoftAuthenticator {
 }
 
 struct Harness {
-    gw: Arc<Gateway>,
+    gw: Arc<App>,
     _dir: tempfile::TempDir,
     peer: SocketAddr,
     calls: std::sync::atomic::AtomicU32,
@@ -183,8 +183,9 @@ async fn harness(approval: crate::config::Approval) -> Harness {
     });
     config.devices.approval = approval;
     let listeners = crate::Listeners::bind(&config).await.unwrap();
-    let gw = crate::init(config, &listeners).await.unwrap();
-    assert!(gw.devices.enabled());
+    let addr = listeners.connectors.local_addr().unwrap();
+    let gw = App::open(config, addr).await.unwrap();
+    assert!(gw.devices.ceremonies.enabled());
     Harness {
         gw,
         _dir: dir,
@@ -221,6 +222,7 @@ impl Harness {
     fn ceremony(&self, user: &str, disk: &str) -> String {
         self.gw
             .devices
+            .ceremonies
             .open(
                 identity(user),
                 Some(CliRequest {
@@ -246,7 +248,7 @@ impl Harness {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let peer = SocketAddr::from(([127, 0, (n / 250) as u8, (n % 250) as u8 + 1], 5555));
         let r = handle_body(
-            self.gw.clone(),
+            self.gw.devices.clone(),
             cookie.map(str::to_owned),
             Ok(body),
             peer,
@@ -297,7 +299,7 @@ impl Harness {
     }
 
     async fn reload(&self) {
-        self.gw.reload_state().await.unwrap();
+        self.gw.authn.reload(&*self.gw.store).await.unwrap();
     }
 
     async fn device(&self, user: &str) -> crate::state::DeviceRec {
@@ -391,15 +393,15 @@ async fn register_approve_assert_and_the_token_carries_the_device() {
         .split('&')
         .next()
         .unwrap();
-    let oidc = h.gw.oidc.clone().unwrap();
+    let oidc = h.gw.authn.oidc.clone().unwrap();
     let token = oidc.redeem_cli_code(code, VERIFIER).unwrap();
-    let claims = h.gw.keys.verify(&token).unwrap();
+    let claims = h.gw.authn.keys.verify(&token, h.gw.clock.unix()).unwrap();
     assert_eq!(claims.device.as_deref(), Some(dev.id.as_str()));
     assert!(claims.uv);
     assert_eq!(claims.posture.as_ref().unwrap()["disk_encrypted"], "true");
-    assert!(crate::client_api::check_live(&h.gw, &claims).is_ok());
+    assert!(h.gw.authn.check_live(&claims).is_ok());
     // The policy sees an approved, user-verified device with the signed posture.
-    let facts = crate::client_api::device_facts(&h.gw, &claims).unwrap();
+    let facts = h.gw.authn.subject(claims.clone(), h.peer).device.unwrap();
     let groups = claims.groups.clone();
     let req =
         postern_policy::Request::new(&claims.sub, &groups, "pacs", std::time::SystemTime::now())
@@ -420,8 +422,8 @@ async fn register_approve_assert_and_the_token_carries_the_device() {
         .unwrap();
     h.reload().await;
     assert!(matches!(
-        crate::client_api::check_live(&h.gw, &claims),
-        Err(crate::tokens::TokenError::DeviceNotActive(..))
+        h.gw.authn.check_live(&claims),
+        Err(crate::authn::tokens::TokenError::DeviceNotActive(..))
     ));
     let c = h.ceremony("ann@truro.nhs.uk", DISK);
     let fin = h.assertion(&c, &mut laptop, DISK).await;
@@ -597,7 +599,7 @@ async fn each_bad_assertion_is_refused_with_its_own_audited_reason() {
         (400, Some("unknown_challenge"))
     );
     let r = handle_body(
-        h.gw.clone(),
+        h.gw.devices.clone(),
         Some(c.clone()),
         Err("70000 bytes or more".into()),
         h.peer,

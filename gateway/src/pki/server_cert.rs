@@ -25,7 +25,6 @@ use rustls::sign::CertifiedKey;
 use tracing::{info, warn};
 
 use crate::config::CertFiles;
-use crate::Gateway;
 
 pub struct ServerCert {
     own: Arc<CertifiedKey>,
@@ -144,25 +143,31 @@ impl ResolvesServerCert for ServerCert {
 }
 
 /// Reloads the certificate files, logging and auditing the outcome.
-pub async fn reload(gw: &Arc<Gateway>, trigger: &str) {
-    let cert = gw.server_cert.clone();
+pub async fn reload(
+    cert: &Arc<ServerCert>,
+    metrics: &crate::metrics::Metrics,
+    audit: &crate::audit::Audit,
+    trigger: &str,
+) {
+    let server_cert = cert.clone();
+    let cert = cert.clone();
     let result = tokio::task::spawn_blocking(move || cert.reload())
         .await
         .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
     match result {
         Ok(None) => {}
         Ok(Some(what)) => {
-            gw.metrics.server_cert_expiry.set(gw.server_cert.expiry());
+            metrics.server_cert_expiry.set(server_cert.expiry());
             info!(%trigger, certificate = %what, "client-facing certificate reloaded");
-            let mut ev = gw.event(EventType::GatewayCertReloaded);
+            let mut ev = audit.event(EventType::GatewayCertReloaded);
             ev.detail = Some(format!("{trigger}: now presenting {what}"));
-            gw.audit.record_nowait(ev);
+            audit.record_nowait(ev);
         }
         Err(why) => {
             warn!(%trigger, error = %why, "client-facing certificate NOT reloaded; the running one stays");
-            let mut ev = gw.event(EventType::GatewayCertRejected);
+            let mut ev = audit.event(EventType::GatewayCertRejected);
             ev.detail = Some(format!("{trigger}: kept the running certificate; {why}"));
-            gw.audit.record_nowait(ev);
+            audit.record_nowait(ev);
         }
     }
 }

@@ -12,8 +12,9 @@ use postern_proto::ids::{hex, random_bytes, random_id, sha256_hex};
 use crate::clock::unix_now;
 use crate::pki::Ca;
 use crate::state::{self, DeviceRec, DeviceStatus, EnrollTokenRec, Refusal, StoreError};
-use crate::tokens::TokenKeys;
-use crate::{Config, GatewayError};
+use crate::authn::tokens::TokenKeys;
+use crate::config::Config;
+use crate::error::GatewayError;
 
 /// Appends an admin command's event, saying which local account ran it.
 fn audit(config: &Config, mut ev: Event) -> Result<(), GatewayError> {
@@ -144,7 +145,7 @@ pub async fn connector_revoke(config: &Config, id: &str) -> Result<String, Gatew
 
 /// `session rotate-key`: a new active token-signing key (see [`TokenKeys::add_active_key`]).
 pub fn session_rotate_key(config: &Config) -> Result<String, GatewayError> {
-    let kid = crate::tokens::TokenKeys::add_active_key(&config.state_dir).map_err(|e| {
+    let kid = crate::authn::tokens::TokenKeys::add_active_key(&config.state_dir).map_err(|e| {
         GatewayError::Io {
             what: "rotating the session-token signing key".into(),
             source: std::io::Error::other(e.to_string()),
@@ -164,7 +165,7 @@ pub fn session_mint(
     user: &str,
     groups: &[String],
     ttl: Duration,
-) -> Result<(String, crate::tokens::Claims), GatewayError> {
+) -> Result<(String, crate::authn::tokens::Claims), GatewayError> {
     if ttl > config.session_token_max_ttl {
         return Err(GatewayError::Io {
             what: format!("--ttl {}", humantime::format_duration(ttl)),
@@ -185,7 +186,7 @@ pub fn session_mint(
         source,
     })?;
     let keys = TokenKeys::load_or_create(&config.state_dir)?;
-    let (token, claims) = keys.mint(user, groups, ttl)?;
+    let (token, claims) = keys.mint(user, groups, ttl, unix_now())?;
     let mut ev = Event::new(EventType::TokenMinted);
     ev.user = Some(user.to_owned());
     ev.groups = Some(groups.to_vec());
@@ -246,7 +247,7 @@ pub fn check_notes(config: &Config) -> Vec<String> {
     }
     if config.oidc.is_some()
         && config.devices.required
-        && crate::devices::Devices::new(config).is_ok()
+        && crate::authn::devices::Ceremonies::new(config).is_ok()
     {
         match config.webauthn_origin_and_rp_id() {
             Ok((origin, rp_id)) => notes.push(format!(

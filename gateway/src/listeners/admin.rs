@@ -14,7 +14,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::Gateway;
+use super::next_conn;
+use crate::app::App;
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -26,22 +27,22 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
     r
 }
 
-fn route(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let stats = gw.audit.stats();
-            gw.metrics
+            let stats = app.audit.stats();
+            app.metrics
                 .sync_audit(stats.written, stats.failed + stats.dropped);
             text(
                 StatusCode::OK,
-                gw.metrics.render(),
+                app.metrics.render(),
                 "text/plain; version=0.0.4; charset=utf-8",
             )
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         (&Method::GET, "/readyz") => {
-            let audit_ok = gw.audit.health().is_ok();
-            let idp_ok = gw.oidc.as_ref().is_none_or(|o| o.ready());
+            let audit_ok = app.audit.health().is_ok();
+            let idp_ok = app.authn.oidc.as_ref().is_none_or(|o| o.ready());
             if audit_ok && idp_ok {
                 text(StatusCode::OK, "ready\n".into(), "text/plain")
             } else {
@@ -61,19 +62,19 @@ fn route(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
+pub async fn serve(app: Arc<App>, listener: TcpListener) {
     loop {
-        let Some((tcp, peer)) = crate::next_conn(&listener, &gw.shutdown, "admin").await else {
+        let Some((tcp, peer)) = next_conn(&listener, &app.life.shutdown, "admin").await else {
             return;
         };
-        let gw = gw.clone();
+        let app = app.clone();
         tokio::spawn(async move {
-            let svc_gw = gw.clone();
+            let svc_app = app.clone();
             let service = service_fn(move |req: Request<Incoming>| {
-                let gw = svc_gw.clone();
+                let app = svc_app.clone();
                 async move {
-                    if let Err(wait) = gw.limits.admin.check(&peer.ip()) {
-                        gw.note_ratelimited("admin");
+                    if let Err(wait) = app.limits.admin.check(&peer.ip()) {
+                        app.metrics.note_ratelimited("admin");
                         let mut r = text(
                             StatusCode::TOO_MANY_REQUESTS,
                             format!("too many requests from {}; retry in {wait} s\n", peer.ip()),
@@ -83,7 +84,7 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
                             .insert(header::RETRY_AFTER, header::HeaderValue::from(wait));
                         return Ok::<_, Infallible>(r);
                     }
-                    Ok::<_, Infallible>(route(&gw, &req))
+                    Ok::<_, Infallible>(route(&app, &req))
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()

@@ -96,7 +96,7 @@ pub(crate) fn open_sessions(audit_dir: &Path) -> Result<Vec<Event>, AuditError> 
 }
 
 /// The `session.end` to write for a session the previous process left open.
-pub(crate) fn lost_end(start: &Event, node_id: &str) -> Event {
+pub(crate) fn lost_end(start: &Event, node_id: &str, now: SystemTime) -> Event {
     let mut end = Event::new(EventType::SessionEnd);
     end.session_id = start.session_id.clone();
     end.user = start.user.clone();
@@ -115,7 +115,7 @@ pub(crate) fn lost_end(start: &Event, node_id: &str) -> Event {
     end.close_reason = Some("gateway_lost".to_owned());
     let started = humantime::parse_rfc3339(&start.ts).ok();
     end.duration_ms = started
-        .and_then(|s| SystemTime::now().duration_since(s).ok())
+        .and_then(|s| now.duration_since(s).ok())
         .map(|d| d.as_millis() as u64);
     end.detail = Some(format!(
         "the gateway process that relayed this session stopped without ending it (killed, crashed \
@@ -127,6 +127,44 @@ pub(crate) fn lost_end(start: &Event, node_id: &str) -> Event {
             .unwrap_or_default()
     ));
     end
+}
+
+/// Writes `session.end` (reason `gateway_lost`) for the sessions a previous process of this
+/// gateway started and never ended because it was killed or crashed. Failing to read the log
+/// back is only a warning; failing to write the ends stops the start.
+pub async fn end_lost_sessions(
+    audit_dir: &Path,
+    audit: &crate::audit::Audit,
+    node_id: &str,
+    now: SystemTime,
+) -> Result<(), AuditError> {
+    let dir = audit_dir.to_owned();
+    let open = match tokio::task::spawn_blocking(move || open_sessions(&dir)).await {
+        Ok(Ok(open)) => open,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not read the audit log back for sessions left open");
+            return Ok(());
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the audit log back failed");
+            return Ok(());
+        }
+    };
+    if open.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(
+        sessions = open.len(),
+        "the previous gateway process stopped without ending these sessions: recording their end (reason gateway_lost)"
+    );
+    // In batches well under the writer's queue, each committed with one flush.
+    for chunk in open.chunks(4096) {
+        for start in chunk {
+            audit.record_nowait(lost_end(start, node_id, now));
+        }
+        audit.flush().await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -162,7 +200,7 @@ mod tests {
             .map(|e| e.session_id.unwrap())
             .collect();
         assert_eq!(open, ["b", "c"]);
-        let end = lost_end(&ev(EventType::SessionStart, Some("b")), "gw-1");
+        let end = lost_end(&ev(EventType::SessionStart, Some("b")), "gw-1", SystemTime::now());
         assert_eq!(end.kind, "session.end");
         assert_eq!(end.close_reason.as_deref(), Some("gateway_lost"));
         assert_eq!(end.bytes_up, None);

@@ -13,8 +13,10 @@ use http::Request;
 use http_body_util::Empty;
 use tracing::{debug, warn};
 
-use crate::connectors::Link;
-use crate::Gateway;
+use tokio_util::sync::CancellationToken;
+
+use super::registry::Link;
+use crate::metrics::Metrics;
 
 /// Time between probes on one link.
 pub const INTERVAL: Duration = Duration::from_secs(10);
@@ -22,9 +24,8 @@ pub const INTERVAL: Duration = Duration::from_secs(10);
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Probes `link` until it closes or the gateway shuts down.
-pub async fn probe(gw: Arc<Gateway>, link: Arc<Link>) {
-    let hist = gw
-        .metrics
+pub async fn probe(link: Arc<Link>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let hist = metrics
         .connector_rtt
         .with_label_values(&[&link.site, &link.connector_id]);
     let mut tick = tokio::time::interval(INTERVAL);
@@ -33,7 +34,7 @@ pub async fn probe(gw: Arc<Gateway>, link: Arc<Link>) {
         tokio::select! {
             _ = tick.tick() => {},
             _ = link.cancel.cancelled() => return,
-            _ = gw.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
         if link.sender.is_closed() {
             return;

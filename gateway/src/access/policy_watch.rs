@@ -1,12 +1,12 @@
-//! Live policy reload: on SIGHUP and when the policy file changes (polled, debounced). SIGHUP
-//! also reloads the client-facing certificate files, if configured (see `server_cert`).
+//! Live policy reload: on SIGHUP (the gateway's signal task calls [`reload`]) and when the
+//! policy file changes (polled, debounced).
 //!
 //! A new policy is parsed and validated off the async threads. If it is invalid the running
 //! policy stays, and `policy.rejected` records the errors. If it is valid it is swapped in
 //! atomically, `policy.reloaded` records the old and new versions, and every live session is
 //! re-evaluated against it at once (continuous authorization; see `sessions`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +14,9 @@ use postern_audit::EventType;
 use postern_policy::Policy;
 use tracing::{info, warn};
 
-use crate::Gateway;
+use tokio_util::sync::CancellationToken;
+
+use super::Access;
 
 /// How often the policy file's metadata is looked at.
 const POLL: Duration = Duration::from_millis(250);
@@ -47,25 +49,25 @@ fn fingerprint(path: &Path) -> Vec<(String, Option<SystemTime>, u64)> {
 }
 
 /// Loads the policy again; returns true if a new version was swapped in.
-pub async fn reload(gw: &Arc<Gateway>, trigger: &str) -> bool {
-    let path = gw.config.policy.clone();
+pub async fn reload(access: &Access, path: &Path, trigger: &str) -> bool {
+    let path = path.to_owned();
     let loaded = tokio::task::spawn_blocking(move || Policy::from_file(&path)).await;
     let new = match loaded {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
             let errors = e.to_string();
             warn!(%trigger, errors = %errors, "policy rejected; keeping the running policy");
-            gw.metrics
+            access.metrics
                 .policy_reloads
                 .with_label_values(&["rejected"])
                 .inc();
-            let mut ev = gw.event(EventType::PolicyRejected);
+            let mut ev = access.audit.event(EventType::PolicyRejected);
             ev.detail = Some(format!(
                 "{trigger}: kept {}; errors:\n{}",
-                gw.policy().version(),
+                access.policy().version(),
                 errors.chars().take(8192).collect::<String>()
             ));
-            gw.audit.record_nowait(ev);
+            access.audit.record_nowait(ev);
             return false;
         }
         Err(e) => {
@@ -73,18 +75,17 @@ pub async fn reload(gw: &Arc<Gateway>, trigger: &str) -> bool {
             return false;
         }
     };
-    let old = gw.policy();
+    let old = access.policy();
     if old.version() == new.version() {
         return false;
     }
     let new = Arc::new(new);
-    match gw.policy.write() {
-        Ok(mut p) => *p = new.clone(),
-        Err(poisoned) => *poisoned.into_inner() = new.clone(),
-    }
-    gw.metrics.policy_reloads.with_label_values(&["ok"]).inc();
-    gw.metrics.set_policy_version(new.version());
-    let recheck = gw.sessions.reevaluate(gw, &new, "policy reloaded");
+    access.set_policy(new.clone());
+    access.metrics.policy_reloads.with_label_values(&["ok"]).inc();
+    access.metrics.set_policy_version(new.version());
+    let recheck = access
+        .sessions
+        .reevaluate(&new, &access.audit, "policy reloaded");
     info!(
         %trigger,
         old = old.version(),
@@ -93,7 +94,7 @@ pub async fn reload(gw: &Arc<Gateway>, trigger: &str) -> bool {
         terminated = recheck.terminated,
         "policy reloaded"
     );
-    let mut ev = gw.event(EventType::PolicyReloaded);
+    let mut ev = access.audit.event(EventType::PolicyReloaded);
     ev.detail = Some(format!(
         "{trigger}: {} -> {}; {} live sessions re-evaluated, {} terminated, {} shortened",
         old.version(),
@@ -102,20 +103,19 @@ pub async fn reload(gw: &Arc<Gateway>, trigger: &str) -> bool {
         recheck.terminated,
         recheck.shortened
     ));
-    gw.audit.record_nowait(ev);
+    access.audit.record_nowait(ev);
     true
 }
 
-/// Reloads when the policy file (or directory) changes. A change must be seen twice in a row
-/// (debounce) so a half-written file is not loaded; an invalid one is rejected anyway.
-pub async fn watch_file(gw: Arc<Gateway>) {
-    let path = gw.config.policy.clone();
+/// Reloads when the policy file (or directory) `path` changes. A change must be seen twice in
+/// a row (debounce) so a half-written file is not loaded; an invalid one is rejected anyway.
+pub async fn watch_file(access: Arc<Access>, path: PathBuf, shutdown: CancellationToken) {
     let mut loaded = fingerprint(&path);
     let mut pending: Option<Vec<_>> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {},
-            _ = gw.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
         let now = fingerprint(&path);
         if now == loaded {
@@ -123,28 +123,11 @@ pub async fn watch_file(gw: Arc<Gateway>) {
             continue;
         }
         if pending.as_ref() == Some(&now) {
-            reload(&gw, "file changed").await;
+            reload(&access, &path, "file changed").await;
             loaded = now;
             pending = None;
         } else {
             pending = Some(now);
         }
-    }
-}
-
-/// Reloads on SIGHUP.
-pub async fn on_sighup(gw: Arc<Gateway>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        warn!("cannot install the SIGHUP handler; reload by editing the policy file");
-        return;
-    };
-    loop {
-        tokio::select! {
-            r = hup.recv() => if r.is_none() { return },
-            _ = gw.shutdown.cancelled() => return,
-        }
-        reload(&gw, "SIGHUP").await;
-        crate::server_cert::reload(&gw, "SIGHUP").await;
     }
 }

@@ -1,0 +1,347 @@
+//! The tunnel broker: one `CONNECT endpoint:0` from a clinician becomes one supervised session.
+//!
+//! [`Broker::connect`] is the whole pipeline, one call per stage:
+//!
+//! 1. **target** — the endpoint name from `ENDPOINT:0` (the address comes from the policy,
+//!    never from the client);
+//! 2. **subject** — the bearer token verified into a [`Subject`];
+//! 3. **rate limit** — per source address and per user;
+//! 4. **authorize** — the policy's [`Permit`] or [`Denied`](super::Denied);
+//! 5. **audit start** — a route to the site is chosen and `session.start` (naming the
+//!    connector) is written durably *before* anything is sent to the hospital; if the audit
+//!    log cannot be written the session is refused (fail closed);
+//! 6. **upstream open** — `CONNECT host:port` on the connector link;
+//! 7. **endpoint handler** — the client gets 200 and the endpoint protocol's handler serves
+//!    both streams under the session's supervision until `session.end`.
+//!
+//! Every refusal answers with a code and a sentence (also in the `postern-reason` header) and
+//! is audited as `session.denied`; every failure after stage 5 ends the session with a reason.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use postern_audit::EndpointRef;
+use postern_proto::relay::Counters;
+use postern_proto::wire;
+use tracing::{info, Instrument};
+
+use super::events::{self, decision_ref, early_deny, endpoint_ref};
+use super::sessions::{Session, Tunnel};
+use super::{authorize, Access, Permit};
+use crate::authn::{token_refusal, Authn, Subject};
+use crate::connectors::{OpenRequest, Route, Upstream, UpstreamError};
+use crate::http::{error, printable, too_many, Resp};
+use crate::limits::Limits;
+use crate::stream::BoxIo;
+
+/// What brokering needs.
+pub struct Broker {
+    pub authn: Arc<Authn>,
+    pub access: Arc<Access>,
+    pub upstream: Arc<dyn Upstream>,
+    pub limits: Arc<Limits>,
+    /// `[limits] connector_dial_timeout`: how long a connector may take to reach an endpoint.
+    pub dial_timeout: Duration,
+}
+
+/// Why the broker refused before a session started.
+enum Refused {
+    /// The CONNECT target is not `ENDPOINT:0` (shown bounded and printable).
+    BadTarget(String),
+    Token(crate::authn::tokens::TokenError),
+    RateLimited(u64),
+    Policy(super::Denied),
+}
+
+impl Broker {
+    /// Brokers one `CONNECT`: the pipeline described in the module documentation.
+    pub async fn connect(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+        let started = self.access.clock.instant();
+        // 1. Target.
+        let name = match target(&req) {
+            Ok(name) => name,
+            Err(shown) => return self.refuse(peer, None, &shown, Refused::BadTarget(shown.clone())),
+        };
+        // 2. Subject.
+        let subject = match self.authn.authenticate(&req, peer) {
+            Ok(s) => s,
+            Err(e) => return self.refuse(peer, None, &name, Refused::Token(e)),
+        };
+        // 3. Rate limit.
+        if let Err(secs) = self.rate_limit(&subject) {
+            return self.refuse(peer, Some(&subject), &name, Refused::RateLimited(secs));
+        }
+        // 4. Authorize.
+        let given = justification(&req);
+        let policy = self.access.policy();
+        let permit = match authorize(
+            &subject,
+            &name,
+            given.as_deref(),
+            &policy,
+            &*self.access.clock,
+        ) {
+            Ok(p) => p,
+            Err(denied) => {
+                return self.refuse(peer, Some(&subject), &name, Refused::Policy(denied))
+            }
+        };
+        // 5. Route and audit start.
+        let route = self.upstream.route(&permit.endpoint.site);
+        let session = match self
+            .start(subject, &permit, given, route.as_deref(), started)
+            .await
+        {
+            Ok(s) => s,
+            Err(resp) => return resp,
+        };
+        // 6. Upstream open.
+        let Some(route) = route else {
+            let msg = format!(
+                "no connector for site '{}' is connected to the gateway",
+                permit.endpoint.site
+            );
+            return self.fail(&session, "no_connector", StatusCode::SERVICE_UNAVAILABLE, msg).await;
+        };
+        let target = host_port(&permit.endpoint.host, permit.endpoint.port);
+        let opened = route
+            .open(OpenRequest {
+                target: &target,
+                session_id: &session.id,
+                endpoint: &permit.endpoint.name,
+                timeout: self.dial_timeout,
+            })
+            .await;
+        let upstream = match opened {
+            Ok(s) => s,
+            Err(e) => return self.upstream_failed(&session, e).await,
+        };
+        // 7. Endpoint handler, once the client's stream is ours.
+        self.access
+            .metrics
+            .session_setup
+            .observe((self.access.clock.instant() - started).as_secs_f64());
+        info!(session_id = %session.id, user = %session.subject.user(), endpoint = %session.endpoint.name, connector_id = %route.connector().id, "session started");
+        let id = session.id.clone();
+        self.spawn_handler(req, session, permit, route, upstream);
+        let mut ok = Response::new(Full::new(Bytes::new()));
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            ok.headers_mut().insert(wire::HDR_SESSION, v);
+        }
+        ok
+    }
+
+    fn rate_limit(&self, subject: &Subject) -> Result<(), u64> {
+        self.limits
+            .tunnel_ip
+            .check(&subject.source.ip())
+            .and_then(|_| self.limits.tunnel_user.check(&subject.claims.sub))
+    }
+
+    /// Stage 5: the session record, then `session.start`, durably.
+    async fn start(
+        &self,
+        subject: Subject,
+        permit: &Permit,
+        given: Option<String>,
+        route: Option<&dyn Route>,
+        started: tokio::time::Instant,
+    ) -> Result<Arc<Session>, Resp> {
+        let Ok(id) = postern_proto::ids::random_id("sess") else {
+            return Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "random number generator failed",
+            ));
+        };
+        let session = Arc::new(Session {
+            id,
+            subject,
+            endpoint: endpoint_ref(&permit.endpoint),
+            decision: decision_ref(&permit.decision),
+            connector: route.map(|r| r.connector()),
+            justification: permit.justification.clone(),
+            justification_given: given,
+            report_only: events::report_only(&permit.decision),
+            egress_class: Some(permit.endpoint.egress.to_string()),
+            started,
+        });
+        let metrics = &self.access.metrics;
+        metrics.sessions_total.with_label_values(&["allow"]).inc();
+        let timer = metrics.audit_write.start_timer();
+        let audit = &self.access.audit;
+        let durable = audit.record(events::start(audit, &session)).await;
+        timer.observe_duration();
+        if let Err(e) = durable {
+            tracing::error!(error = %e, "audit log unavailable: refusing session");
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the gateway cannot write its audit log, so it is refusing new sessions; contact the service desk",
+            ));
+        }
+        Ok(session)
+    }
+
+    /// Stage 7: waits for the client's stream, then serves both under supervision.
+    fn spawn_handler(
+        &self,
+        req: Request<Incoming>,
+        session: Arc<Session>,
+        permit: Permit,
+        route: Arc<dyn Route>,
+        upstream: BoxIo,
+    ) {
+        let access = self.access.clone();
+        let handler = access.handlers.for_protocol(&session.endpoint.protocol);
+        let span = session.span();
+        let tunnel = Tunnel {
+            session,
+            deadline: permit.deadline,
+            idle_limit: permit.decision.limits.idle_timeout,
+            recheck_at: permit.recheck_at,
+            upstream_lost: route.lost(),
+        };
+        tokio::spawn(
+            async move {
+                match hyper::upgrade::on(req).await {
+                    Ok(client) => {
+                        let client: BoxIo = Box::new(TokioIo::new(client));
+                        access.supervise(tunnel, handler, client, upstream).await
+                    }
+                    Err(e) => {
+                        let msg = format!("client stream upgrade failed: {e}");
+                        access
+                            .end(&tunnel.session, "error", Some(msg), &Counters::default())
+                            .await
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Ends a started session that never relayed, and answers the client.
+    async fn fail(&self, session: &Session, reason: &str, status: StatusCode, msg: String) -> Resp {
+        self.access
+            .end(session, reason, Some(msg.clone()), &Counters::default())
+            .await;
+        error(status, reason, &msg)
+    }
+
+    async fn upstream_failed(&self, session: &Session, e: UpstreamError) -> Resp {
+        let (status, code) = match &e {
+            UpstreamError::BadTarget(_) => (StatusCode::BAD_GATEWAY, "bad_endpoint"),
+            UpstreamError::Lost { .. } => (StatusCode::BAD_GATEWAY, "connector_error"),
+            UpstreamError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "connector_timeout"),
+            UpstreamError::Refused { .. } => (StatusCode::BAD_GATEWAY, e.close_reason()),
+        };
+        self.access
+            .end(
+                session,
+                e.close_reason(),
+                Some(e.to_string()),
+                &Counters::default(),
+            )
+            .await;
+        error(status, code, &e.to_string())
+    }
+
+    /// Answers a refusal before any session started and audits it as `session.denied`.
+    fn refuse(
+        &self,
+        peer: SocketAddr,
+        subject: Option<&Subject>,
+        endpoint: &str,
+        why: Refused,
+    ) -> Resp {
+        let (resp, decision, detail) = match why {
+            Refused::BadTarget(shown) => (
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_target",
+                    "CONNECT target must be ENDPOINT:0",
+                ),
+                None,
+                format!("malformed CONNECT target '{shown}' (expected ENDPOINT:0)"),
+            ),
+            Refused::Token(e) => (token_refusal(&e), None, e.to_string()),
+            Refused::RateLimited(secs) => {
+                self.access.metrics.note_ratelimited("tunnel");
+                let msg = format!("too many new connections; try again in {secs}s");
+                let detail = format!("rate limited: {msg}");
+                (too_many(&msg, secs), None, detail)
+            }
+            Refused::Policy(denied) => (
+                error(StatusCode::FORBIDDEN, "policy_denied", &denied.reason),
+                Some(decision_ref(&denied.decision)),
+                denied.reason,
+            ),
+        };
+        self.audit_denied(peer, subject, endpoint, decision, detail);
+        resp
+    }
+
+    /// Audits a refused access attempt (token, rate limit or policy) as `session.denied`.
+    pub(super) fn audit_denied(
+        &self,
+        peer: SocketAddr,
+        subject: Option<&Subject>,
+        endpoint: &str,
+        decision: Option<postern_audit::DecisionRef>,
+        detail: String,
+    ) {
+        let metrics = &self.access.metrics;
+        metrics.sessions_total.with_label_values(&["deny"]).inc();
+        let policy = self.access.policy();
+        let endpoint = match policy.endpoint(endpoint) {
+            Some(e) => endpoint_ref(e),
+            None => EndpointRef {
+                name: endpoint.to_owned(),
+                ..Default::default()
+            },
+        };
+        let decision = decision.unwrap_or_else(|| early_deny(policy.version(), &detail));
+        let audit = &self.access.audit;
+        audit.record_nowait(events::denied(
+            audit, peer, subject, endpoint, decision, detail,
+        ));
+    }
+}
+
+/// The endpoint name of a `CONNECT ENDPOINT:0`, or the target as shown in a refusal.
+fn target(req: &Request<Incoming>) -> Result<String, String> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
+    wire::endpoint_from_authority(&authority)
+        .map(str::to_owned)
+        .ok_or_else(|| printable(&authority, 512))
+}
+
+/// The break-glass reason sent by `postern connect --reason`, if any and well-formed.
+pub(super) fn justification<B>(req: &Request<B>) -> Option<String> {
+    req.headers()
+        .get(wire::HDR_JUSTIFICATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|j| !j.is_empty() && j.len() <= wire::MAX_JUSTIFICATION)
+        .map(str::to_owned)
+}
+
+/// `host:port`, with an IPv6 address in brackets.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}

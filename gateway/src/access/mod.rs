@@ -1,0 +1,165 @@
+//! Access: may this subject reach this endpoint now, and for how long — and keeping it true
+//! while the session lives.
+//!
+//! * [`authorize`]: `(&Subject, endpoint, &Policy, clock) -> Permit | Denied`.
+//! * `broker`: the tunnel pipeline, from `CONNECT` to `session.end`.
+//! * `endpoints`: `GET /v1/endpoints[/NAME]` (listing and preflight).
+//! * `sessions`: the live-session registry and each session's supervision (deadline, idle,
+//!   time-bound re-checks, kill switch).
+//! * `handler`: [`EndpointHandler`](handler::EndpointHandler), chosen by the endpoint's
+//!   protocol; the TCP relay is the default.
+//! * `events`: one audit-event builder per session event type.
+//! * `policy_watch`: policy reload (file change, SIGHUP) and re-evaluation.
+//! * `revocations`: store changes (token, user, device, connector revocations) ended on live
+//!   sessions.
+//! * `recovery`: `session.end` for sessions a killed previous process left open.
+
+pub mod broker;
+pub mod endpoints;
+pub mod events;
+pub mod handler;
+pub mod policy_watch;
+pub mod recovery;
+pub mod revocations;
+pub mod sessions;
+
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use postern_policy::{Decision, Endpoint, Policy};
+use tokio::time::{Duration, Instant};
+
+use crate::audit::Audit;
+use crate::authn::Subject;
+use crate::clock::{Clock, SharedClock};
+use crate::metrics::Metrics;
+
+/// The policy in force, the live sessions and the endpoint handlers.
+pub struct Access {
+    policy: RwLock<Arc<Policy>>,
+    pub sessions: Arc<sessions::Sessions>,
+    pub handlers: handler::Handlers,
+    pub audit: Arc<Audit>,
+    pub metrics: Arc<Metrics>,
+    pub clock: SharedClock,
+}
+
+impl Access {
+    pub fn new(
+        policy: Policy,
+        clock: SharedClock,
+        audit: Arc<Audit>,
+        metrics: Arc<Metrics>,
+    ) -> Access {
+        Access {
+            policy: RwLock::new(Arc::new(policy)),
+            sessions: Arc::new(sessions::Sessions::new(clock.clone())),
+            handlers: handler::Handlers::default(),
+            audit,
+            metrics,
+            clock,
+        }
+    }
+
+    /// The running policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Swaps in a new policy.
+    pub fn set_policy(&self, new: Arc<Policy>) {
+        match self.policy.write() {
+            Ok(mut p) => *p = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+}
+
+/// A deadline and the close reason to use when it passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    pub at: Instant,
+    pub reason: &'static str,
+}
+
+/// The deadline for a session started at `started` under `decision`: the rule's maximum
+/// duration, capped by the token's expiry (`token_exp`, seconds since the epoch).
+pub fn deadline_for(
+    decision: &Decision,
+    started: Instant,
+    token_exp: u64,
+    clock: &dyn Clock,
+) -> Deadline {
+    let max = decision
+        .limits
+        .max_session
+        .unwrap_or(postern_policy::DEFAULT_MAX_SESSION);
+    let token_left = Duration::from_secs(token_exp.saturating_sub(clock.unix()));
+    let by_rule = started + max;
+    let by_token = clock.instant() + token_left;
+    if by_token < by_rule {
+        Deadline {
+            at: by_token,
+            reason: "token_expired",
+        }
+    } else {
+        Deadline {
+            at: by_rule,
+            reason: "max_duration",
+        }
+    }
+}
+
+/// Access granted: to what, under which decision, until when.
+#[derive(Debug, Clone)]
+pub struct Permit {
+    pub endpoint: Endpoint,
+    pub decision: Decision,
+    /// When the session must end (rule maximum or token expiry) and why.
+    pub deadline: Deadline,
+    /// When time alone could change the decision (a window closing): re-check then.
+    pub recheck_at: Option<SystemTime>,
+    /// The break-glass reason given, kept only if the rule asked for one.
+    pub justification: Option<String>,
+}
+
+/// Access refused, with the sentence a person reads.
+#[derive(Debug, Clone)]
+pub struct Denied {
+    pub reason: String,
+    /// The policy's decision (its rule, version, matched rules), when the policy decided.
+    pub decision: Decision,
+}
+
+/// Asks `policy` whether `subject` may reach `endpoint` now.
+pub fn authorize(
+    subject: &Subject,
+    endpoint: &str,
+    justification: Option<&str>,
+    policy: &Policy,
+    clock: &dyn Clock,
+) -> Result<Permit, Denied> {
+    let decision = policy.evaluate(&subject.request(endpoint, clock.now(), justification));
+    let target = match (decision.is_allowed(), policy.endpoint(endpoint)) {
+        (true, Some(e)) => e.clone(),
+        _ => {
+            return Err(Denied {
+                reason: decision.reason.clone(),
+                decision,
+            })
+        }
+    };
+    let deadline = deadline_for(&decision, clock.instant(), subject.claims.exp, clock);
+    Ok(Permit {
+        endpoint: target,
+        recheck_at: decision.valid_until,
+        justification: justification
+            .filter(|_| decision.limits.require_justification)
+            .map(str::to_owned),
+        deadline,
+        decision,
+    })
+}

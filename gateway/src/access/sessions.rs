@@ -1,0 +1,464 @@
+//! Live sessions and their continuous authorization.
+//!
+//! Each live session keeps the [`Session`] it was authorized as (subject, endpoint, decision,
+//! connector), a kill switch (with a reason) and an adjustable deadline, so the gateway can
+//! *continuously* authorize it: on a policy reload every live session is re-evaluated against
+//! the new policy; one no longer allowed is ended at once (`session.terminated` naming the rule
+//! that now denies, then `session.end`), and a shorter `max_session` moves its deadline.
+//! Revocations (token, user, device, connector) and shutdown use the same kill switch. Every
+//! end is audited with the bytes moved.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use postern_audit::{ConnectorRef, DecisionRef, EndpointRef};
+use postern_policy::Policy;
+use postern_proto::relay::{Counters, Ended};
+use tokio::sync::watch;
+use tokio::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, Instrument};
+
+use super::events;
+use super::handler::{BoxIo, EndpointHandler, HandlerCtx};
+use super::{deadline_for, Access, Deadline};
+use crate::authn::{DeviceTable, SessionControl, Subject};
+use crate::clock::SharedClock;
+use crate::state::DeviceStatus;
+
+/// One brokered session: who, to what, under which decision, through which connector.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: String,
+    pub subject: Subject,
+    pub endpoint: EndpointRef,
+    pub decision: DecisionRef,
+    pub connector: Option<ConnectorRef>,
+    /// Break-glass reason, audited (and flagged for review) when the rule asks for one.
+    pub justification: Option<String>,
+    /// The reason as the client gave it: the policy sees it again on re-evaluation.
+    pub justification_given: Option<String>,
+    /// Report-only conditions that would have denied ("would deny" findings).
+    pub report_only: Vec<String>,
+    /// `display` (pixels only) or `data` (images reach the laptop).
+    pub egress_class: Option<String>,
+    pub started: Instant,
+}
+
+impl Session {
+    /// The policy request this session was (and is again) authorized on, as of `at`.
+    pub fn request(&self, at: SystemTime) -> postern_policy::Request<'_> {
+        self.subject
+            .request(&self.endpoint.name, at, self.justification_given.as_deref())
+    }
+
+    /// The tracing span of this session's task.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "session",
+            session_id = %self.id,
+            user = %self.subject.user(),
+            endpoint = %self.endpoint.name,
+            site = %self.endpoint.site,
+            connector_id = %self.connector.as_ref().map(|c| c.id.as_str()).unwrap_or("-"),
+        )
+    }
+}
+
+/// A kill switch with the reason it was thrown.
+#[derive(Debug, Default)]
+pub struct Kill {
+    token: CancellationToken,
+    reason: Mutex<Option<String>>,
+}
+
+impl Kill {
+    pub fn kill(&self, reason: &str) {
+        if let Ok(mut r) = self.reason.lock() {
+            r.get_or_insert_with(|| reason.to_owned());
+        }
+        self.token.cancel();
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_else(|| "terminated".into())
+    }
+}
+
+struct Live {
+    kill: Arc<Kill>,
+    session: Arc<Session>,
+    deadline: watch::Sender<Deadline>,
+}
+
+/// The live sessions of this gateway.
+pub struct Sessions {
+    live: Mutex<HashMap<String, Live>>,
+    empty: tokio::sync::Notify,
+    clock: SharedClock,
+}
+
+/// Outcome of re-evaluating live sessions.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recheck {
+    pub checked: usize,
+    pub terminated: usize,
+    pub shortened: usize,
+}
+
+impl Sessions {
+    pub fn new(clock: SharedClock) -> Sessions {
+        Sessions {
+            live: Mutex::new(HashMap::new()),
+            empty: tokio::sync::Notify::new(),
+            clock,
+        }
+    }
+
+    /// Registers a live session; returns its kill switch and its deadline's receiver.
+    pub fn insert(
+        &self,
+        session: Arc<Session>,
+        deadline: Deadline,
+    ) -> (Arc<Kill>, watch::Receiver<Deadline>) {
+        let kill = Arc::new(Kill::default());
+        let (tx, rx) = watch::channel(deadline);
+        if let Ok(mut m) = self.live.lock() {
+            m.insert(
+                session.id.clone(),
+                Live {
+                    kill: kill.clone(),
+                    session,
+                    deadline: tx,
+                },
+            );
+        }
+        (kill, rx)
+    }
+
+    fn remove(&self, id: &str) {
+        if let Ok(mut m) = self.live.lock() {
+            m.remove(id);
+            if m.is_empty() {
+                self.empty.notify_waiters();
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Ends every live session whose entry matches `select`; returns how many.
+    fn kill_where(&self, reason: &str, select: impl Fn(&Live) -> bool) -> usize {
+        let Ok(m) = self.live.lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        for l in m.values().filter(|l| select(l)) {
+            l.kill.kill(reason);
+            n += 1;
+        }
+        n
+    }
+
+    pub fn kill_all(&self, reason: &str) {
+        self.kill_where(reason, |_| true);
+    }
+
+    /// Ends every session opened with token `jti`.
+    pub fn kill_token(&self, jti: &str, reason: &str) -> usize {
+        self.kill_where(reason, |l| l.session.subject.claims.jti == jti)
+    }
+
+    /// Ends every session relayed by `connector_id`.
+    pub fn kill_connector(&self, connector_id: &str, reason: &str) -> usize {
+        self.kill_where(reason, |l| {
+            l.session.connector.as_ref().map(|c| c.id.as_str()) == Some(connector_id)
+        })
+    }
+
+    /// Ends every live session whose device is no longer active or whose user was revoked,
+    /// each with a `session.terminated` event saying why. Returns how many.
+    pub fn enforce_devices(&self, devices: &DeviceTable, audit: &crate::audit::Audit) -> usize {
+        let Ok(m) = self.live.lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        for live in m.values() {
+            let s = &live.session;
+            let claims = &s.subject.claims;
+            let user_revoked = devices.user_revoked(&claims.sub, claims.iat);
+            let device_state = claims.device.as_ref().and_then(|id| {
+                match devices.view(id).map(|v| v.status) {
+                    Some(DeviceStatus::Active) => None,
+                    Some(st) => Some((id.clone(), st.as_str())),
+                    None => Some((id.clone(), "unregistered")),
+                }
+            });
+            let (reason, detail) = match (user_revoked, device_state) {
+                (true, _) => (
+                    "user_revoked",
+                    format!("user revoked: access for {} was revoked", claims.sub),
+                ),
+                (false, Some((id, status))) => (
+                    "device_revoked",
+                    format!("device revoked: device {id} is now {status}"),
+                ),
+                (false, None) => continue,
+            };
+            if live.kill.is_killed() {
+                continue;
+            }
+            info!(session_id = %s.id, user = %claims.sub, reason, "terminating session: device or user revoked");
+            audit.record_nowait(events::terminated(audit, s, None, Some(reason), detail));
+            live.kill.kill(reason);
+            n += 1;
+        }
+        n
+    }
+
+    /// Asks `policy` again about every live session (continuous authorization). Sessions no
+    /// longer allowed — or whose endpoint now points elsewhere — are terminated with a
+    /// `session.terminated` event carrying the new decision; a shorter limit moves deadlines.
+    pub fn reevaluate(&self, policy: &Policy, audit: &crate::audit::Audit, why: &str) -> Recheck {
+        let mut out = Recheck::default();
+        let Ok(m) = self.live.lock() else {
+            return out;
+        };
+        let now = self.clock.now();
+        for live in m.values() {
+            out.checked += 1;
+            let s = &live.session;
+            let decision = policy.evaluate(&s.request(now));
+            let moved = policy.endpoint(&s.endpoint.name).is_some_and(|e| {
+                e.site != s.endpoint.site || e.host != s.endpoint.host || e.port != s.endpoint.port
+            });
+            if !decision.is_allowed() || moved {
+                let reason = if moved {
+                    format!(
+                        "endpoint '{}' now points to another address",
+                        s.endpoint.name
+                    )
+                } else {
+                    decision.reason.clone()
+                };
+                info!(session_id = %s.id, user = %s.subject.user(), source = %s.subject.source, endpoint = %s.endpoint.name, %reason, "terminating session: access withdrawn");
+                audit.record_nowait(events::terminated(
+                    audit,
+                    s,
+                    Some(&decision),
+                    None,
+                    format!("{why}: {reason}"),
+                ));
+                live.kill.kill("access_withdrawn");
+                out.terminated += 1;
+                continue;
+            }
+            let new = deadline_for(
+                &decision,
+                s.started,
+                s.subject.claims.exp,
+                &*self.clock,
+            );
+            let current = *live.deadline.borrow();
+            if new.at < current.at {
+                let _ = live.deadline.send(new);
+                out.shortened += 1;
+            }
+        }
+        out
+    }
+
+    /// Waits until no session is live, or `limit` passes.
+    pub async fn wait_empty(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let notified = self.empty.notified();
+            if self.len() == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl SessionControl for Sessions {
+    fn end_token(&self, jti: &str, reason: &str) -> usize {
+        self.kill_token(jti, reason)
+    }
+}
+
+/// A session that is about to relay: the session, its limits and the upstream's end signal.
+pub struct Tunnel {
+    pub session: Arc<Session>,
+    pub deadline: Deadline,
+    pub idle_limit: Option<Duration>,
+    /// When time alone could change the decision: re-check then.
+    pub recheck_at: Option<SystemTime>,
+    /// Cancelled when the upstream connection (the connector link) is gone: an endpoint-side
+    /// failure is then `connector_lost` rather than `endpoint_error`.
+    pub upstream_lost: CancellationToken,
+}
+
+impl Access {
+    /// Serves a tunnel with `handler` until it ends, then writes `session.end`.
+    ///
+    /// Besides the handler it watches: the deadline (rule's maximum, token expiry; moved by
+    /// policy reloads), the kill switch, the idle limit, and `recheck_at` — the instant the
+    /// policy said the decision could change by time alone; then the session is evaluated
+    /// again and ended if no longer allowed.
+    pub async fn supervise(
+        &self,
+        tunnel: Tunnel,
+        handler: Arc<dyn EndpointHandler>,
+        client: BoxIo,
+        upstream: BoxIo,
+    ) {
+        let span = tunnel.session.span();
+        self.supervise_inner(tunnel, handler, client, upstream)
+            .instrument(span)
+            .await
+    }
+
+    async fn supervise_inner(
+        &self,
+        tunnel: Tunnel,
+        handler: Arc<dyn EndpointHandler>,
+        client: BoxIo,
+        upstream: BoxIo,
+    ) {
+        let Tunnel {
+            session,
+            deadline,
+            idle_limit,
+            mut recheck_at,
+            upstream_lost,
+        } = tunnel;
+        let (kill, mut deadline_rx) = self.sessions.insert(session.clone(), deadline);
+        let active = self
+            .metrics
+            .sessions_active
+            .with_label_values(&[&session.endpoint.site, &session.endpoint.name]);
+        active.inc();
+        let ctx = HandlerCtx {
+            session_id: session.id.clone(),
+            endpoint: session.endpoint.name.clone(),
+            protocol: session.endpoint.protocol.clone(),
+            counters: Arc::new(Counters::default()),
+        };
+        let counters = ctx.counters.clone();
+        let served = handler.serve(&ctx, client, upstream);
+        tokio::pin!(served);
+        let idle_tick =
+            idle_limit.map(|l| (l / 4).clamp(Duration::from_millis(250), Duration::from_secs(30)));
+        let mut last_moved = (0u64, self.clock.instant());
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let reason = loop {
+            let current = *deadline_rx.borrow_and_update();
+            let until_recheck = recheck_at
+                .map(|t| t.duration_since(self.clock.now()).unwrap_or(Duration::ZERO))
+                .unwrap_or(far);
+            tokio::select! {
+                ended = &mut served => break match ended {
+                    Ended::AClosed => "client_closed".to_owned(),
+                    Ended::AError => "client_error".to_owned(),
+                    Ended::BClosed | Ended::BError if upstream_gone(&upstream_lost, ended).await => {
+                        "connector_lost".to_owned()
+                    }
+                    Ended::BClosed => "endpoint_closed".to_owned(),
+                    Ended::BError => "endpoint_error".to_owned(),
+                },
+                _ = tokio::time::sleep_until(current.at) => break current.reason.to_owned(),
+                changed = deadline_rx.changed() => {
+                    if changed.is_err() {
+                        // The registry entry is gone: only kill() does that; wait for it.
+                        kill.token.cancelled().await;
+                        break kill.reason();
+                    }
+                }
+                _ = kill.token.cancelled() => break kill.reason(),
+                _ = tokio::time::sleep(until_recheck), if recheck_at.is_some() => {
+                    let decision = self.policy().evaluate(&session.request(self.clock.now()));
+                    if !decision.is_allowed() {
+                        info!(reason = %decision.reason, "terminating session: time-bound access ended");
+                        self.audit.record_nowait(events::terminated(
+                            &self.audit,
+                            &session,
+                            Some(&decision),
+                            None,
+                            format!("time-bound access ended: {}", decision.reason),
+                        ));
+                        break "access_withdrawn".to_owned();
+                    }
+                    recheck_at = decision.valid_until;
+                }
+                _ = tokio::time::sleep(idle_tick.unwrap_or(far)), if idle_tick.is_some() => {
+                    let moved = counters.a_to_b() + counters.b_to_a();
+                    if moved != last_moved.0 {
+                        last_moved = (moved, self.clock.instant());
+                    } else if idle_limit.is_some_and(|l| self.clock.instant() - last_moved.1 >= l) {
+                        break "idle_timeout".to_owned();
+                    }
+                }
+            }
+        };
+        active.dec();
+        self.metrics
+            .tunnel_bytes
+            .with_label_values(&["up"])
+            .inc_by(counters.a_to_b());
+        self.metrics
+            .tunnel_bytes
+            .with_label_values(&["down"])
+            .inc_by(counters.b_to_a());
+        self.end(&session, &reason, None, &counters).await;
+        // Only now: shutdown waits for the registry to empty before it closes the audit log,
+        // so every session.end is on disk first.
+        self.sessions.remove(&session.id);
+    }
+
+    /// Writes `session.end` for a session that started (also for ones that never relayed a
+    /// byte).
+    pub async fn end(&self, s: &Session, reason: &str, detail: Option<String>, counters: &Counters) {
+        let duration_ms = (self.clock.instant() - s.started).as_millis() as u64;
+        info!(
+            session_id = %s.id,
+            user = %s.subject.user(),
+            endpoint = %s.endpoint.name,
+            reason,
+            bytes_up = counters.a_to_b(),
+            bytes_down = counters.b_to_a(),
+            "session ended"
+        );
+        let ev = events::end(&self.audit, s, reason, detail, counters, duration_ms);
+        if let Err(e) = self.audit.record(ev).await {
+            tracing::error!(session_id = %s.id, error = %e, "could not write session.end");
+        }
+    }
+}
+
+/// Whether the endpoint side ended because the upstream connection went away. A stream error
+/// and the end of its connection are seen by different tasks in either order, so after an
+/// error this waits briefly (both are woken by the same connection event, so 200 ms is ample)
+/// for the connection's end signal; a clean close only checks it.
+async fn upstream_gone(lost: &CancellationToken, ended: Ended) -> bool {
+    if ended == Ended::BError {
+        tokio::time::timeout(Duration::from_millis(200), lost.cancelled())
+            .await
+            .is_ok()
+    } else {
+        lost.is_cancelled()
+    }
+}

@@ -1,0 +1,296 @@
+//! The application, assembled from narrow services. [`App::build`] loads keys, CAs, the policy
+//! and the device table and wires each service to exactly what it uses; it fails before
+//! anything is accepted if one is bad. [`App::open`] does that with the configured store, the
+//! system clock and the durable audit log; tests pass their own clock, store and audit sink.
+//!
+//! | service | what it is |
+//! | --- | --- |
+//! | `clock` | the [`Clock`](crate::clock::Clock): all time comes from here |
+//! | `store` | the [`StateStore`](crate::state::StateStore) |
+//! | `audit` | [`Audit`]: an `AuditSink` plus this node's id |
+//! | `authn` | [`Authn`]: token verification, revocations, the device table |
+//! | `access` | [`Access`]: the policy, live sessions, endpoint handlers |
+//! | `broker` | [`Broker`]: the tunnel pipeline and endpoint listing |
+//! | `signin`, `devices` | [`SignIn`], [`DeviceTrust`]: the sign-in routes |
+//! | `registry` | [`Registry`]: live connector links, the [`Upstream`](crate::connectors::Upstream) |
+//! | `links`, `enrolment` | [`Links`], [`Enrolment`]: connector connections and enrolment |
+//! | `tls`, `life` | the listeners' TLS; shutdown signals, connection tasks and limit |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postern_audit::{AuditLog, AuditSink};
+use postern_policy::Policy;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::access::broker::Broker;
+use crate::access::Access;
+use crate::audit::Audit;
+use crate::authn::devices::{Ceremonies, DeviceTrust};
+use crate::authn::oidc::Oidc;
+use crate::authn::tokens::TokenKeys;
+use crate::authn::{Authn, Issuer, SignIn};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::connectors::{Enrolment, Links, Registry, Renewals};
+use crate::error::GatewayError;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::pki::{server_cert::ServerCert, Ca};
+use crate::state::SharedStore;
+
+/// The listeners' TLS.
+pub struct Tls {
+    pub client: TlsAcceptor,
+    /// What the client listener presents (swapped on SIGHUP when it comes from files).
+    pub server_cert: Arc<ServerCert>,
+    pub connector: TlsAcceptor,
+}
+
+/// Shutdown and connection bookkeeping shared by the listeners.
+pub struct Lifecycle {
+    /// Cancelled last: background tasks and connector links stop.
+    pub shutdown: CancellationToken,
+    /// Cancelled first at shutdown: listeners stop accepting, HTTP connections get GOAWAY.
+    pub draining: CancellationToken,
+    /// Per-connection tasks of every listener, awaited at shutdown.
+    pub conns: tokio_util::task::TaskTracker,
+    pub conn_limit: Arc<Semaphore>,
+}
+
+/// The application.
+pub struct App {
+    pub config: Config,
+    pub clock: SharedClock,
+    pub store: SharedStore,
+    pub audit: Arc<Audit>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Arc<Limits>,
+    pub authn: Arc<Authn>,
+    pub access: Arc<Access>,
+    pub registry: Arc<Registry>,
+    pub broker: Arc<Broker>,
+    pub signin: Arc<SignIn>,
+    pub devices: Arc<DeviceTrust>,
+    pub enrolment: Arc<Enrolment>,
+    pub links: Arc<Links>,
+    pub tls: Tls,
+    pub life: Lifecycle,
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> GatewayError {
+    GatewayError::other(what, e)
+}
+
+/// The certificates and acceptors of both listeners.
+fn tls(config: &Config, server_ca: &Ca, connector_ca: &Ca) -> Result<Tls, GatewayError> {
+    let (chain, key) =
+        server_ca.issue_server(&config.server_names, Duration::from_secs(365 * 86400))?;
+    use postern_proto::wire::{ALPN_CONNECTOR, ALPN_H2, ALPN_HTTP1, ALPN_RENEW};
+    let own = postern_proto::certs::certified_key(chain.clone(), key.clone_key())
+        .map_err(|e| io_err("the self-issued server certificate", e))?;
+    let server_cert = Arc::new(
+        ServerCert::new(Arc::new(own), config.server_cert_files.clone()).map_err(|e| {
+            io_err(
+                "the client-facing certificate ([tls] cert_file, key_file)",
+                e,
+            )
+        })?,
+    );
+    let client = postern_proto::tls::server_config_with_resolver(
+        server_cert.clone(),
+        &[ALPN_H2, ALPN_HTTP1],
+    )?;
+    let connector = postern_proto::tls::server_config(
+        chain,
+        key,
+        &[ALPN_CONNECTOR, ALPN_RENEW],
+        Some(connector_ca.cert_der.clone()),
+    )?;
+    Ok(Tls {
+        client: TlsAcceptor::from(Arc::new(client)),
+        server_cert,
+        connector: TlsAcceptor::from(Arc::new(connector)),
+    })
+}
+
+impl App {
+    /// The running policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.access.policy()
+    }
+
+    /// Builds the application with the given clock, store and audit sink. `connector_addr` is
+    /// the connector listener's address, advertised to enrolling connectors unless the
+    /// configuration names others.
+    pub async fn build(
+        config: Config,
+        connector_addr: SocketAddr,
+        clock: SharedClock,
+        store: SharedStore,
+        sink: Arc<dyn AuditSink>,
+    ) -> Result<Arc<App>, GatewayError> {
+        let policy = Policy::from_file(&config.policy)?;
+        let keys = TokenKeys::load_or_create(&config.state_dir)?;
+        let server_ca = Ca::load_or_create(&config.state_dir, "server-ca", "Postern gateway CA")?;
+        let connector_ca = Arc::new(Ca::load_or_create(
+            &config.state_dir,
+            "connector-ca",
+            "Postern connector CA",
+        )?);
+        let tls = tls(&config, &server_ca, &connector_ca)?;
+        let oidc = match &config.oidc {
+            Some(o) => Some(Arc::new(
+                Oidc::new(o.clone(), &config.state_dir)
+                    .map_err(|e| io_err("sign-in (oidc)", e))?,
+            )),
+            None => None,
+        };
+        let ceremonies = Arc::new(
+            Ceremonies::new(&config).map_err(|e| io_err("device trust ([devices])", e))?,
+        );
+        if config.oidc.is_some() && !config.devices.required {
+            warn!("device trust is off ([devices] required = false): sign-in issues tokens that are not bound to a device");
+        }
+        if let Some(o) = config.oidc.as_ref().filter(|o| o.insecure_http_issuer) {
+            warn!(issuer = %o.issuer, "sign-in uses a plain-http identity provider on loopback: for tests and the demo only (postern-gateway check reports this)");
+        }
+        let audit = Arc::new(Audit::new(sink, config.node_id.clone()));
+        let metrics = Arc::new(Metrics::new().map_err(|e| io_err("setting up metrics", e))?);
+        let limits = Arc::new(Limits::new(&config.rate_limits));
+        let authn = Arc::new(Authn::new(keys, oidc, clock.clone()));
+        authn.reload(&*store).await?;
+        let access = Arc::new(Access::new(
+            policy,
+            clock.clone(),
+            audit.clone(),
+            metrics.clone(),
+        ));
+        let registry = Arc::new(Registry::default());
+        let life = Lifecycle {
+            shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            conns: tokio_util::task::TaskTracker::new(),
+            conn_limit: Arc::new(Semaphore::new(config.max_connections)),
+        };
+        let issuer = Arc::new(Issuer {
+            authn: authn.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            max_ttl: config.session_token_max_ttl,
+        });
+        let signin = Arc::new(SignIn {
+            authn: authn.clone(),
+            issuer: issuer.clone(),
+            ceremonies: ceremonies.clone(),
+            store: store.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            limits: limits.clone(),
+            clock: clock.clone(),
+            sessions: access.sessions.clone(),
+        });
+        let devices = Arc::new(DeviceTrust {
+            authn: authn.clone(),
+            issuer,
+            ceremonies,
+            store: store.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            limits: limits.clone(),
+            approval: config.devices.approval,
+        });
+        let broker = Arc::new(Broker {
+            authn: authn.clone(),
+            access: access.clone(),
+            upstream: registry.clone(),
+            limits: limits.clone(),
+            dial_timeout: config.connector_dial_timeout,
+        });
+        let enrolment = Arc::new(Enrolment {
+            store: store.clone(),
+            ca: connector_ca.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            limits: limits.clone(),
+            clock: clock.clone(),
+            validity: config.connector_cert_validity,
+            server_ca_pem: server_ca.cert_pem.clone(),
+            connector_addrs: if config.advertise_connector_addrs.is_empty() {
+                vec![connector_addr.to_string()]
+            } else {
+                config.advertise_connector_addrs.clone()
+            },
+        });
+        let links = Arc::new(Links {
+            registry: registry.clone(),
+            store: store.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            renewals: Arc::new(Renewals {
+                store: store.clone(),
+                ca: connector_ca,
+                audit: audit.clone(),
+                clock: clock.clone(),
+                validity: config.connector_cert_validity,
+            }),
+            handshake_timeout: config.handshake_timeout,
+            shutdown: life.shutdown.clone(),
+        });
+        Ok(Arc::new(App {
+            config,
+            clock,
+            store,
+            audit,
+            metrics,
+            limits,
+            authn,
+            access,
+            registry,
+            broker,
+            signin,
+            devices,
+            enrolment,
+            links,
+            tls,
+            life,
+        }))
+    }
+
+    /// Builds the application with the configured store, the system clock and the audit log
+    /// in `audit_dir` (checkpoints signed with the gateway's audit key).
+    pub async fn open(config: Config, connector_addr: SocketAddr) -> Result<Arc<App>, GatewayError> {
+        postern_proto::fsutil::private_dir(&config.state_dir).map_err(|source| {
+            GatewayError::Io {
+                what: format!("creating state directory {}", config.state_dir.display()),
+                source,
+            }
+        })?;
+        let store = crate::state::open(&config.state_dir)?;
+        // Tamper evidence: a hash chain over every event, checkpoints signed with the gateway's
+        // Ed25519 audit key (state dir, 0600; `postern-audit verify --pubkey` checks them).
+        let audit_key = postern_audit::AuditKey::load_or_create(&config.state_dir)?;
+        let log = AuditLog::open_with(
+            &config.audit_dir,
+            postern_audit::AuditOptions {
+                signing_key: Some(audit_key),
+                node_id: Some(config.node_id.clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        App::build(
+            config,
+            connector_addr,
+            crate::clock::system(),
+            store,
+            Arc::new(log),
+        )
+        .await
+    }
+}

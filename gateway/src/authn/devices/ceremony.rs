@@ -1,0 +1,514 @@
+//! The WebAuthn side of sign-in: the relying party and the ceremonies in flight (in memory, 10 minutes, bound to the
+//! browser by the `postern_device` cookie), with the posture binding of their challenges.
+//!
+//! The challenge is not webauthn-rs's random one: the gateway draws its own nonce `N` and puts
+//! `SHA-256(N || SHA-256(canonical posture))` into both the options sent to the browser and
+//! the serialised ceremony state, so the authenticator signs the posture report. `finish`
+//! recomputes it from `N` and the *posted* report; a report altered after signing fails with
+//! `posture_mismatch`. Each begin replaces the pending challenge, each finish consumes it
+//! (a replayed assertion finds nothing: `unknown_challenge`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use http::StatusCode;
+use serde::Deserialize;
+use postern_proto::posture::{bound_challenge, PostureReport};
+use webauthn_rs::prelude::{
+    Passkey, PasskeyAuthentication, PasskeyRegistration, Url, Uuid, Webauthn, WebauthnBuilder,
+    WebauthnError,
+};
+
+use crate::authn::oidc::{CliRequest, Identity};
+use crate::config::Config;
+use crate::state::DeviceRec;
+
+
+/// Cookie binding a ceremony to the browser that finished the IdP sign-in.
+pub const COOKIE: &str = "postern_device";
+pub(super) const CEREMONY_TTL: Duration = Duration::from_secs(600);
+const MAX_CEREMONIES: usize = 10_000;
+/// Largest request body of the device endpoints.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Largest clientDataJSON accepted (decoded bytes).
+pub const MAX_CLIENT_DATA: usize = 4096;
+
+/// What a sign-in completed on a device carries into the token.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub device: String,
+    pub name: String,
+    pub user_verified: bool,
+    pub posture: Option<PostureReport>,
+}
+
+pub(super) enum Pending {
+    Register {
+        state: PasskeyRegistration,
+        nonce: Vec<u8>,
+        name: String,
+    },
+    Assert {
+        state: PasskeyAuthentication,
+        nonce: Vec<u8>,
+    },
+}
+
+pub(super) struct Ceremony {
+    pub(super) identity: Identity,
+    pub(super) cli: Option<CliRequest>,
+    pub(super) posture: Option<PostureReport>,
+    pub(super) pending: Option<Pending>,
+    pub(super) expires: Instant,
+}
+
+/// The WebAuthn relying party and the ceremonies in flight.
+pub struct Ceremonies {
+    webauthn: Option<Webauthn>,
+    ceremonies: Mutex<HashMap<String, Ceremony>>,
+}
+
+/// A failed ceremony step: what the browser gets and what the audit log records.
+#[derive(Debug)]
+pub struct DevError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub public: String,
+    pub detail: String,
+    pub device: Option<String>,
+}
+
+impl DevError {
+    pub(super) fn new(
+        status: StatusCode,
+        code: &'static str,
+        public: &str,
+        detail: impl Into<String>,
+    ) -> Self {
+        DevError {
+            status,
+            code,
+            public: public.to_owned(),
+            detail: detail.into(),
+            device: None,
+        }
+    }
+    pub(super) fn bad(code: &'static str, public: &str, detail: impl Into<String>) -> Self {
+        DevError::new(StatusCode::BAD_REQUEST, code, public, detail)
+    }
+    pub(super) fn with_device(mut self, id: &str) -> Self {
+        self.device = Some(id.to_owned());
+        self
+    }
+}
+
+pub(super) const START_AGAIN: &str = "This sign-in step is no longer valid. Please start the sign-in again.";
+
+pub(super) fn internal(detail: impl Into<String>) -> DevError {
+    DevError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "Something went wrong on our side. Please try again.",
+        detail,
+    )
+}
+
+/// The stable per-user WebAuthn user handle.
+pub(super) fn user_uuid(user: &str) -> Uuid {
+    let d = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("postern-user:{user}").as_bytes(),
+    );
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d.as_ref()[..16]);
+    Uuid::from_bytes(b)
+}
+
+pub(super) fn b64(data: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(data)
+}
+
+impl Ceremonies {
+    /// Builds the WebAuthn relying party when sign-in and device trust are both on.
+    pub fn new(config: &Config) -> Result<Ceremonies, String> {
+        let webauthn = if config.oidc.is_some() && config.devices.required {
+            let (origin, rp_id) = config.webauthn_origin_and_rp_id()?;
+            if rp_id.parse::<std::net::IpAddr>().is_ok() {
+                return Err(format!(
+                    "WebAuthn needs a host name as relying party id, not the address '{rp_id}': use a name (e.g. https://localhost:PORT/auth/callback) in oidc.redirect_url, set devices.rp_id and devices.origin, or turn device trust off with [devices] required = false"
+                ));
+            }
+            let url = Url::parse(&origin).map_err(|e| format!("devices.origin {origin}: {e}"))?;
+            let w = WebauthnBuilder::new(&rp_id, &url)
+                .map_err(|e| format!("devices: rp_id '{rp_id}' does not fit origin {origin}: {e}"))?
+                .rp_name(&config.devices.rp_name)
+                .timeout(Duration::from_secs(120))
+                .build()
+                .map_err(|e| format!("devices: {e}"))?;
+            Some(w)
+        } else {
+            None
+        };
+        Ok(Ceremonies {
+            webauthn,
+            ceremonies: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.webauthn.is_some()
+    }
+
+    pub(super) fn webauthn(&self) -> Result<&Webauthn, DevError> {
+        self.webauthn.as_ref().ok_or_else(|| {
+            DevError::new(
+                StatusCode::NOT_FOUND,
+                "devices_not_configured",
+                "Device sign-in is not configured on this gateway.",
+                "[devices] required = false or no [oidc]",
+            )
+        })
+    }
+
+    /// Keeps a signed-in identity waiting for its device ceremony; returns the ceremony id.
+    pub fn open(&self, identity: Identity, cli: Option<CliRequest>) -> Result<String, DevError> {
+        let id = postern_proto::ids::random_bytes(32)
+            .map(|b| b64(&b))
+            .map_err(|_| internal("random number generator failed"))?;
+        let mut m = self
+            .ceremonies
+            .lock()
+            .map_err(|_| internal("lock poisoned"))?;
+        let now = Instant::now();
+        m.retain(|_, c| c.expires > now);
+        if m.len() >= MAX_CEREMONIES {
+            return Err(DevError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "Too many sign-ins are in progress. Please try again in a minute.",
+                "ceremony table full",
+            ));
+        }
+        let posture = cli.as_ref().and_then(|c| c.posture.clone());
+        m.insert(
+            id.clone(),
+            Ceremony {
+                identity,
+                cli,
+                posture,
+                pending: None,
+                expires: now + CEREMONY_TTL,
+            },
+        );
+        Ok(id)
+    }
+
+    pub(super) fn with_ceremony<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Ceremony) -> Result<T, DevError>,
+    ) -> Result<T, DevError> {
+        let mut m = self
+            .ceremonies
+            .lock()
+            .map_err(|_| internal("lock poisoned"))?;
+        let c = m
+            .get_mut(id)
+            .filter(|c| c.expires > Instant::now())
+            .ok_or_else(|| {
+                DevError::bad(
+                    "unknown_challenge",
+                    START_AGAIN,
+                    "unknown, expired or finished ceremony",
+                )
+            })?;
+        f(c)
+    }
+
+    /// Takes a finished ceremony out of the table.
+    pub(super) fn take(&self, id: &str) -> Result<Ceremony, DevError> {
+        let mut m = self
+            .ceremonies
+            .lock()
+            .map_err(|_| internal("lock poisoned"))?;
+        m.remove(id)
+            .ok_or_else(|| DevError::bad("unknown_challenge", START_AGAIN, "ceremony vanished"))
+    }
+
+    pub(super) fn remove(&self, id: &str) {
+        if let Ok(mut m) = self.ceremonies.lock() {
+            m.remove(id);
+        }
+    }
+
+    pub(super) fn user_of(&self, id: &str) -> Option<String> {
+        self.ceremonies
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).map(|c| c.identity.user.clone()))
+    }
+}
+
+/// Puts `challenge` into a serialised webauthn-rs ceremony state (`{"ast"|"rs": {"challenge"}}`).
+pub(super) fn set_state_challenge<T: serde::Serialize + serde::de::DeserializeOwned>(
+    state: &T,
+    outer: &str,
+    challenge: &[u8],
+) -> Result<T, DevError> {
+    let mut v = serde_json::to_value(state).map_err(|e| internal(e.to_string()))?;
+    let slot = v
+        .get_mut(outer)
+        .and_then(|s| s.get_mut("challenge"))
+        .ok_or_else(|| internal("ceremony state has no challenge"))?;
+    *slot = serde_json::Value::String(b64(challenge));
+    serde_json::from_value(v).map_err(|e| internal(e.to_string()))
+}
+
+pub(super) fn passkey_of(d: &DeviceRec) -> Option<Passkey> {
+    serde_json::from_value(d.passkey.clone()).ok()
+}
+
+/// Extracts the AAGUID (16 bytes after rpIdHash, flags and counter) from an attestation object.
+pub(super) fn aaguid(attestation_object: &[u8]) -> Option<String> {
+    use serde_cbor_2::Value;
+    let v: Value = serde_cbor_2::from_slice(attestation_object).ok()?;
+    let Value::Map(m) = v else { return None };
+    let auth = m.iter().find_map(|(k, v)| match (k, v) {
+        (Value::Text(k), Value::Bytes(b)) if k == "authData" => Some(b),
+        _ => None,
+    })?;
+    let flags = *auth.get(32)?;
+    if flags & 0x40 == 0 {
+        return None;
+    }
+    let g = auth.get(37..53)?;
+    Some(Uuid::from_slice(g).ok()?.hyphenated().to_string())
+}
+
+/// Decodes the challenge the client signed (from clientDataJSON).
+pub(super) fn signed_challenge(client_data: &[u8]) -> Result<Vec<u8>, DevError> {
+    #[derive(Deserialize)]
+    struct Cd {
+        challenge: String,
+    }
+    let cd: Cd = serde_json::from_slice(client_data).map_err(|e| {
+        DevError::bad(
+            "bad_request",
+            "The browser sent a malformed answer.",
+            format!("clientDataJSON: {e}"),
+        )
+    })?;
+    URL_SAFE_NO_PAD
+        .decode(cd.challenge.trim_end_matches('='))
+        .map_err(|e| {
+            DevError::bad(
+                "bad_request",
+                "The browser sent a malformed answer.",
+                format!("clientDataJSON challenge: {e}"),
+            )
+        })
+}
+
+pub(super) fn map_webauthn(e: WebauthnError) -> DevError {
+    use WebauthnError as W;
+    let detail = format!("webauthn: {e}");
+    match e {
+        W::MismatchedChallenge => DevError::bad(
+            "challenge_mismatch",
+            START_AGAIN,
+            detail,
+        ),
+        W::InvalidRPIDHash => DevError::new(
+            StatusCode::FORBIDDEN,
+            "rp_id_mismatch",
+            "This device answered for another site.",
+            detail,
+        ),
+        W::InvalidRPOrigin => DevError::new(
+            StatusCode::FORBIDDEN,
+            "origin_mismatch",
+            "This sign-in page was not opened from the gateway's address.",
+            detail,
+        ),
+        W::UserNotVerified | W::UserNotPresent => DevError::new(
+            StatusCode::FORBIDDEN,
+            "user_not_verified",
+            "Your device did not verify you (PIN, fingerprint or face). Please try again.",
+            detail,
+        ),
+        W::CredentialNotFound => DevError::new(
+            StatusCode::FORBIDDEN,
+            "unknown_credential",
+            "This device is not registered to you. Register it first.",
+            detail,
+        ),
+        W::CredentialPossibleCompromise => DevError::new(
+            StatusCode::FORBIDDEN,
+            "possible_clone",
+            "This device's key may have been copied. It has been suspended; contact the security team.",
+            detail,
+        ),
+        W::AuthenticationFailure => DevError::new(
+            StatusCode::FORBIDDEN,
+            "bad_signature",
+            "Your device's answer could not be verified.",
+            detail,
+        ),
+        W::ParseJSONFailure(_)
+        | W::ParseBase64Failure(_)
+        | W::ParseCBORFailure(_)
+        | W::ParseNOMFailure
+        | W::ParseInsufficientBytesAvailable
+        | W::InvalidClientDataType => DevError::bad(
+            "bad_request",
+            "The browser sent a malformed answer.",
+            detail,
+        ),
+        _ => DevError::new(
+            StatusCode::FORBIDDEN,
+            "webauthn_error",
+            "Your device's answer was not accepted.",
+            detail,
+        ),
+    }
+}
+
+/// Checks sizes, the signed challenge and the posture binding of a posted credential.
+pub(super) fn check_binding(
+    credential: &serde_json::Value,
+    nonce: &[u8],
+    expected: &[u8; 32],
+    posted_posture: Option<&serde_json::Value>,
+) -> Result<Option<PostureReport>, DevError> {
+    let cdj = credential
+        .get("response")
+        .and_then(|r| r.get("clientDataJSON"))
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| {
+            DevError::bad(
+                "bad_request",
+                "The browser sent a malformed answer.",
+                "credential.response.clientDataJSON missing",
+            )
+        })?;
+    if cdj.len() > MAX_CLIENT_DATA * 4 / 3 + 4 {
+        return Err(DevError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "oversized",
+            "The browser sent too much data.",
+            format!("clientDataJSON over {MAX_CLIENT_DATA} bytes"),
+        ));
+    }
+    let client_data = URL_SAFE_NO_PAD
+        .decode(cdj.trim_end_matches('='))
+        .map_err(|e| {
+            DevError::bad(
+                "bad_request",
+                "The browser sent a malformed answer.",
+                format!("clientDataJSON is not base64url: {e}"),
+            )
+        })?;
+    let signed = signed_challenge(&client_data)?;
+    if !postern_proto::ids::ct_eq(&signed, expected) {
+        return Err(DevError::bad(
+            "challenge_mismatch",
+            START_AGAIN,
+            "the signed challenge is not the one issued for this ceremony",
+        ));
+    }
+    let posture = match posted_posture {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => {
+            let bytes = serde_json::to_vec(v).map_err(|e| internal(e.to_string()))?;
+            Some(PostureReport::parse(&bytes).map_err(|e| {
+                DevError::bad(
+                    "bad_request",
+                    "The posture report is malformed.",
+                    e.to_string(),
+                )
+            })?)
+        }
+    };
+    let recomputed = bound_challenge(nonce, posture.as_ref());
+    if !postern_proto::ids::ct_eq(&recomputed, expected) {
+        return Err(DevError::new(
+            StatusCode::FORBIDDEN,
+            "posture_mismatch",
+            "The device's posture report was changed after it was signed.",
+            "posted posture report does not hash to the signed challenge",
+        ));
+    }
+    Ok(posture)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_handles_are_stable_and_distinct() {
+        assert_eq!(user_uuid("a@x"), user_uuid("a@x"));
+        assert_ne!(user_uuid("a@x"), user_uuid("b@x"));
+    }
+
+    #[test]
+    fn binding_checks_size_challenge_and_posture() {
+        let nonce = [1u8; 32];
+        let report = PostureReport::parse(br#"{"os":"linux","os_name":"Debian","os_version":"12","facts":{"disk_encrypted":"true"},"collected_at":5}"#).unwrap();
+        let expected = bound_challenge(&nonce, Some(&report));
+        let cred = |challenge: &[u8]| {
+            let cd = format!(
+                r#"{{"type":"webauthn.get","challenge":"{}","origin":"https://localhost:1"}}"#,
+                b64(challenge)
+            );
+            serde_json::json!({"response": {"clientDataJSON": b64(cd.as_bytes())}})
+        };
+        let posted = serde_json::to_value(&report).unwrap();
+        // The right challenge and the same report.
+        let got = check_binding(&cred(&expected), &nonce, &expected, Some(&posted)).unwrap();
+        assert_eq!(got, Some(report.clone()));
+        // Report altered after signing.
+        let mut altered = posted.clone();
+        altered["facts"]["disk_encrypted"] = "false".into();
+        let e = check_binding(&cred(&expected), &nonce, &expected, Some(&altered)).unwrap_err();
+        assert_eq!(e.code, "posture_mismatch");
+        // Report dropped.
+        let e = check_binding(&cred(&expected), &nonce, &expected, None).unwrap_err();
+        assert_eq!(e.code, "posture_mismatch");
+        // Another challenge signed.
+        let e = check_binding(&cred(&[9u8; 32]), &nonce, &expected, Some(&posted)).unwrap_err();
+        assert_eq!(e.code, "challenge_mismatch");
+        // Oversized client data.
+        let big = serde_json::json!({"response": {"clientDataJSON": "A".repeat(10_000)}});
+        let e = check_binding(&big, &nonce, &expected, Some(&posted)).unwrap_err();
+        assert_eq!(e.code, "oversized");
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        // Malformed client data.
+        let bad = serde_json::json!({"response": {"clientDataJSON": b64(b"{not json")}});
+        assert_eq!(
+            check_binding(&bad, &nonce, &expected, Some(&posted))
+                .unwrap_err()
+                .code,
+            "bad_request"
+        );
+        let missing = serde_json::json!({"response": {}});
+        assert_eq!(
+            check_binding(&missing, &nonce, &expected, Some(&posted))
+                .unwrap_err()
+                .code,
+            "bad_request"
+        );
+        // Malformed posture.
+        let e = check_binding(
+            &cred(&expected),
+            &nonce,
+            &expected,
+            Some(&serde_json::json!({"os": 1})),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "bad_request");
+    }
+}

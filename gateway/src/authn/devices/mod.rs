@@ -1,0 +1,17 @@
+//! Device trust: WebAuthn ceremonies at the end of sign-in (webauthn-rs 0.6, passkeys with
+//! user verification required), the registered-device table, and posture binding.
+//!
+//! * `ceremony`: [`Ceremonies`] — the WebAuthn relying party and the ceremonies in flight.
+//! * `routes`: [`DeviceTrust`] — the `/auth/device/*` routes.
+//! * `page`: the device page.
+
+mod page;
+mod routes;
+mod ceremony;
+
+#[cfg(test)]
+mod flow_tests;
+
+pub use page::page;
+pub use routes::{handle, DeviceTrust, Step};
+pub use ceremony::{Binding, Ceremonies, COOKIE};

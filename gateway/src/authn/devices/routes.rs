@@ -1,0 +1,650 @@
+//! The device routes: `POST /auth/device/{register,assert}/{begin,finish}`.
+//!
+//! The device page asks for a challenge (`…/begin`), runs `navigator.credentials.get()` (or
+//! `create()` to register a new laptop) and posts the result (`…/finish`) together with the
+//! posture report. A successful assertion completes the sign-in ([`Issuer::complete`]).
+//! Every failure answers JSON `{error, message, ref}` and writes `device.assertion_failed`
+//! with the same reference and code.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use postern_proto::posture::bound_challenge;
+use http::{header, HeaderValue, Request, StatusCode};
+use hyper::body::Incoming;
+use postern_audit::{DeviceRef, EventType};
+use serde::Deserialize;
+use tracing::{info, warn};
+use webauthn_rs::prelude::{
+    Credential, Passkey, PublicKeyCredential, RegisterPublicKeyCredential,
+};
+
+use super::ceremony::{
+    aaguid, b64, check_binding, internal, map_webauthn, passkey_of, set_state_challenge,
+    user_uuid, Binding, DevError, Pending, COOKIE, MAX_BODY, START_AGAIN,
+};
+use crate::audit::Audit;
+use crate::authn::issue::Issuer;
+use crate::authn::verify::Authn;
+use crate::clock::unix_now;
+use crate::config::Approval;
+use crate::http::{self as web, Resp};
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::state::{DeviceChange, DeviceRec, DeviceStatus, Refusal, SharedStore, StoreError};
+
+/// What the device routes need.
+pub struct DeviceTrust {
+    pub authn: Arc<Authn>,
+    pub issuer: Arc<Issuer>,
+    /// The relying party and the ceremonies in flight (shared with sign-in, which opens them).
+    pub ceremonies: Arc<super::ceremony::Ceremonies>,
+    pub store: SharedStore,
+    pub audit: Arc<Audit>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Arc<Limits>,
+    /// `[devices] approval`: whether a new device is active at once or waits.
+    pub approval: Approval,
+}
+
+/// What the browser posts to a `finish` endpoint (and, without credential, to `begin`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    ceremony: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    credential: Option<serde_json::Value>,
+    #[serde(default)]
+    posture: Option<serde_json::Value>,
+}
+
+
+fn json_resp(status: StatusCode, v: &serde_json::Value) -> Resp {
+    let mut r = web::json(status, v);
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Audits `device.assertion_failed` and answers the JSON error with the same reference.
+fn fail(svc: &DeviceTrust, kind: &str, peer: SocketAddr, user: Option<String>, e: DevError) -> Resp {
+    svc.metrics
+        .device_ceremonies
+        .with_label_values(&[kind, e.code])
+        .inc();
+    let id = postern_proto::ids::random_id("err")
+        .map(|s| s[..16].to_owned())
+        .unwrap_or_else(|_| "err-unknown".into());
+    warn!(error_id = %id, code = e.code, detail = %e.detail, user = ?user, %peer, kind, "device ceremony failed");
+    let mut ev = svc.audit.event(EventType::DeviceAssertionFailed);
+    ev.user = user;
+    ev.source = Some(peer.to_string());
+    ev.device = e.device.as_ref().map(|d| DeviceRef {
+        id: d.clone(),
+        name: svc.authn.devices.view(d).map(|v| v.name),
+        user_verified: None,
+    });
+    ev.detail = Some(format!("{id}: {}: {kind}: {}", e.code, e.detail));
+    svc.audit.record_nowait(ev);
+    json_resp(
+        e.status,
+        &serde_json::json!({"error": e.code, "message": e.public, "ref": id}),
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    RegisterBegin,
+    RegisterFinish,
+    AssertBegin,
+    AssertFinish,
+}
+
+/// `POST /auth/device/{register,assert}/{begin,finish}`.
+pub async fn handle(
+    svc: Arc<DeviceTrust>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    step: Step,
+) -> Resp {
+    let jar = web::cookie(&req, COOKIE);
+    // Read the (bounded) body first, so even a refusal is a clean answer.
+    let body = read_bounded(req.into_body()).await;
+    handle_body(svc, jar, body, peer, step).await
+}
+
+/// Reads at most [`MAX_BODY`] bytes. A larger body is read on (and thrown away) up to 1 MiB, so
+/// the client still gets the JSON refusal instead of a reset stream; beyond that, it is cut.
+async fn read_bounded(mut body: Incoming) -> Result<Bytes, String> {
+    use http_body_util::BodyExt as _;
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => f,
+            Ok(Some(Err(e))) => return Err(format!("reading the body: {e}")),
+            Ok(None) => break,
+            Err(_) => return Err("body not received within 10 s".into()),
+        };
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if total > 1024 * 1024 {
+                break;
+            }
+        }
+    }
+    if total > MAX_BODY {
+        return Err(format!("{total} bytes or more"));
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// [`handle`] after the request is read: `jar` is the `postern_device` cookie, `body` the
+/// bounded body (Err when it was too large).
+pub(crate) async fn handle_body(
+    svc: Arc<DeviceTrust>,
+    jar: Option<String>,
+    body: Result<Bytes, String>,
+    peer: SocketAddr,
+    step: Step,
+) -> Resp {
+    let kind = match step {
+        Step::RegisterBegin | Step::RegisterFinish => "register",
+        Step::AssertBegin | Step::AssertFinish => "assert",
+    };
+    if let Err(secs) = svc.limits.signin.check(&peer.ip()) {
+        svc.metrics.note_ratelimited("signin");
+        return web::too_many("too many sign-in requests; wait a little", secs);
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.starts_with(|c: char| c.is_ascii_digit()) => {
+            return fail(
+                &svc,
+                kind,
+                peer,
+                None,
+                DevError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "oversized",
+                    "The browser sent too much data.",
+                    format!("request body over {MAX_BODY} bytes ({e})"),
+                ),
+            )
+        }
+        Err(e) => {
+            return fail(
+                &svc,
+                kind,
+                peer,
+                None,
+                DevError::bad(
+                    "bad_request",
+                    "The browser's request did not arrive complete.",
+                    e,
+                ),
+            )
+        }
+    };
+    let parsed: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return fail(
+                &svc,
+                kind,
+                peer,
+                None,
+                DevError::bad(
+                    "bad_request",
+                    "The browser sent a malformed request.",
+                    format!("request body is not the expected JSON: {e}"),
+                ),
+            )
+        }
+    };
+    let user = svc.ceremonies.user_of(&parsed.ceremony);
+    // The ceremony must be the one this browser's cookie names.
+    let bound = jar
+        .as_deref()
+        .is_some_and(|c| postern_proto::ids::ct_eq(c.as_bytes(), parsed.ceremony.as_bytes()));
+    if !bound {
+        return fail(
+            &svc,
+            kind,
+            peer,
+            user,
+            DevError::bad(
+                "unknown_challenge",
+                START_AGAIN,
+                "ceremony id does not match this browser's postern_device cookie",
+            ),
+        );
+    }
+    let result = match step {
+        Step::RegisterBegin => register_begin(&svc, &parsed).await,
+        Step::AssertBegin => assert_begin(&svc, &parsed).await,
+        Step::RegisterFinish => register_finish(&svc, &parsed, peer).await,
+        Step::AssertFinish => assert_finish(&svc, &parsed, peer).await,
+    };
+    match result {
+        Ok(v) => {
+            if matches!(step, Step::RegisterFinish | Step::AssertFinish) {
+                svc.metrics
+                    .device_ceremonies
+                    .with_label_values(&[kind, "ok"])
+                    .inc();
+            }
+            json_resp(StatusCode::OK, &v)
+        }
+        Err(e) if e.code == "no_devices" => json_resp(
+            e.status,
+            &serde_json::json!({"error": e.code, "message": e.public}),
+        ),
+        Err(e) => fail(&svc, kind, peer, user, e),
+    }
+}
+
+async fn user_devices(svc: &DeviceTrust, user: &str) -> Result<Vec<DeviceRec>, DevError> {
+    let all = svc.store.devices().await?;
+    Ok(all.into_iter().filter(|d| d.user == user).collect())
+}
+
+async fn register_begin(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value, DevError> {
+    let w = svc.ceremonies.webauthn()?;
+    let name = b.name.as_deref().map(str::trim).unwrap_or("");
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(DevError::bad(
+            "bad_name",
+            "Give this device a name of 1–64 characters, such as \"home laptop\".",
+            "device name missing, too long or with control characters",
+        ));
+    }
+    let user = svc
+        .ceremonies
+        .user_of(&b.ceremony)
+        .ok_or_else(|| DevError::bad("unknown_challenge", START_AGAIN, "unknown ceremony"))?;
+    let existing: Vec<_> = user_devices(svc, &user)
+        .await?
+        .iter()
+        .filter_map(passkey_of)
+        .map(|p| p.cred_id().clone())
+        .collect();
+    let (mut options, state) = w
+        .start_passkey_registration(
+            user_uuid(&user),
+            &user,
+            &format!("{user} ({name})"),
+            (!existing.is_empty()).then_some(existing),
+        )
+        .map_err(|e| internal(format!("start registration: {e}")))?;
+    let name = name.to_owned();
+    svc.ceremonies.with_ceremony(&b.ceremony, |c| {
+        let nonce = postern_proto::ids::random_bytes(32).map_err(|_| internal("rng failed"))?;
+        let challenge = bound_challenge(&nonce, c.posture.as_ref());
+        options.public_key.challenge = challenge.to_vec();
+        let state = set_state_challenge(&state, "rs", &challenge)?;
+        c.pending = Some(Pending::Register { state, nonce, name });
+        serde_json::to_value(&options).map_err(|e| internal(e.to_string()))
+    })
+}
+
+async fn assert_begin(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value, DevError> {
+    let w = svc.ceremonies.webauthn()?;
+    let user = svc
+        .ceremonies
+        .user_of(&b.ceremony)
+        .ok_or_else(|| DevError::bad("unknown_challenge", START_AGAIN, "unknown ceremony"))?;
+    // Every registered credential of the user is offered, whatever its status, so a pending or
+    // revoked laptop gets its own clear answer instead of "no passkey found".
+    let keys: Vec<Passkey> = user_devices(svc, &user)
+        .await?
+        .iter()
+        .filter_map(passkey_of)
+        .collect();
+    // webauthn-rs 0.6 accepts an empty list; an assertion against nothing must not start.
+    if keys.is_empty() {
+        return Err(DevError::new(
+            StatusCode::CONFLICT,
+            "no_devices",
+            "No device is registered for you yet. Name this device and register it.",
+            "user has no registered devices",
+        ));
+    }
+    let (mut options, state) = w
+        .start_passkey_authentication(&keys)
+        .map_err(|e| internal(format!("start authentication: {e}")))?;
+    svc.ceremonies.with_ceremony(&b.ceremony, |c| {
+        let nonce = postern_proto::ids::random_bytes(32).map_err(|_| internal("rng failed"))?;
+        let challenge = bound_challenge(&nonce, c.posture.as_ref());
+        options.public_key.challenge = challenge.to_vec();
+        let state = set_state_challenge(&state, "ast", &challenge)?;
+        c.pending = Some(Pending::Assert { state, nonce });
+        serde_json::to_value(&options).map_err(|e| internal(e.to_string()))
+    })
+}
+
+
+fn take_pending(svc: &DeviceTrust, ceremony: &str) -> Result<Pending, DevError> {
+    svc.ceremonies.with_ceremony(ceremony, |c| {
+        c.pending.take().ok_or_else(|| {
+            DevError::bad(
+                "unknown_challenge",
+                START_AGAIN,
+                "no challenge outstanding for this ceremony (already used or never issued)",
+            )
+        })
+    })
+}
+
+fn audit_device(svc: &DeviceTrust, kind: EventType, rec: &DeviceRec, detail: String) {
+    let mut ev = svc.audit.event(kind);
+    ev.user = Some(rec.user.clone());
+    ev.device = Some(DeviceRef {
+        id: rec.id.clone(),
+        name: Some(rec.name.clone()),
+        user_verified: Some(rec.user_verified),
+    });
+    ev.detail = Some(detail);
+    svc.audit.record_nowait(ev);
+}
+
+/// Reloads the device table after a change, so the next token check sees it.
+async fn reload(svc: &DeviceTrust) {
+    if let Err(e) = svc.authn.reload(&*svc.store).await {
+        warn!(error = %e, "cannot re-read the device table");
+    }
+}
+
+impl From<StoreError> for DevError {
+    fn from(e: StoreError) -> DevError {
+        internal(e.to_string())
+    }
+}
+
+async fn register_finish(
+    svc: &DeviceTrust,
+    b: &Body,
+    peer: SocketAddr,
+) -> Result<serde_json::Value, DevError> {
+    let w = svc.ceremonies.webauthn()?;
+    let credential = b.credential.as_ref().ok_or_else(|| {
+        DevError::bad(
+            "bad_request",
+            "The browser sent a malformed answer.",
+            "no credential",
+        )
+    })?;
+    let Pending::Register { state, nonce, name } = take_pending(svc, &b.ceremony)? else {
+        return Err(DevError::bad(
+            "unknown_challenge",
+            START_AGAIN,
+            "the outstanding challenge is for an assertion, not a registration",
+        ));
+    };
+    let expected: [u8; 32] = serde_json::to_value(&state)
+        .ok()
+        .and_then(|v| v["rs"]["challenge"].as_str().map(str::to_owned))
+        .and_then(|c| URL_SAFE_NO_PAD.decode(c).ok())
+        .and_then(|c| c.try_into().ok())
+        .ok_or_else(|| internal("registration state has no 32-byte challenge"))?;
+    let posture = check_binding(credential, &nonce, &expected, b.posture.as_ref())?;
+    let reg: RegisterPublicKeyCredential =
+        serde_json::from_value(credential.clone()).map_err(|e| {
+            DevError::bad(
+                "bad_request",
+                "The browser sent a malformed answer.",
+                format!("registration credential: {e}"),
+            )
+        })?;
+    let passkey = w
+        .finish_passkey_registration(&reg, &state)
+        .map_err(map_webauthn)?;
+    let cred: Credential = passkey.clone().into();
+    let (user, cli_present) = svc.ceremonies.with_ceremony(&b.ceremony, |c| {
+        Ok((c.identity.user.clone(), c.cli.is_some()))
+    })?;
+    let _ = cli_present;
+    let approval = svc.approval;
+    let now = unix_now();
+    let id = postern_proto::ids::random_bytes(6)
+        .map(|b| format!("dev-{}", postern_proto::ids::hex(&b)))
+        .map_err(|_| internal("rng failed"))?;
+    let rec = DeviceRec {
+        id,
+        user: user.clone(),
+        name,
+        status: match approval {
+            Approval::Auto => DeviceStatus::Active,
+            Approval::Manual => DeviceStatus::Pending,
+        },
+        credential_id: b64(&cred.cred_id),
+        aaguid: aaguid(&reg.response.attestation_object)
+            .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into()),
+        sign_count: cred.counter,
+        user_verified: cred.user_verified,
+        backup_eligible: cred.backup_eligible,
+        backup_state: cred.backup_state,
+        transports: cred
+            .transports
+            .iter()
+            .flatten()
+            .map(|t| format!("{t:?}").to_lowercase())
+            .collect(),
+        created: now,
+        last_seen: Some(now),
+        approved: (approval == Approval::Auto).then_some(now),
+        approved_by: (approval == Approval::Auto).then(|| "auto (devices.approval)".to_owned()),
+        revoked: None,
+        revoked_reason: None,
+        posture,
+        passkey: serde_json::to_value(&passkey).map_err(|e| internal(e.to_string()))?,
+    };
+    match svc.store.add_device(rec.clone()).await {
+        Ok(()) => reload(svc).await,
+        Err(StoreError::Refused(Refusal::CredentialExists { device, user })) => {
+            return Err(DevError::new(
+                StatusCode::CONFLICT,
+                "credential_exists",
+                "This device is already registered.",
+                format!("credential already registered as {device} (user {user})"),
+            )
+            .with_device(&device));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    info!(device = %rec.id, user = %rec.user, status = rec.status.as_str(), %peer, "device registered");
+    audit_device(
+        svc,
+        EventType::DeviceRegistered,
+        &rec,
+        format!(
+            "status {}; aaguid {}; user verified {}; backup eligible {}; from {peer}",
+            rec.status.as_str(),
+            rec.aaguid,
+            rec.user_verified,
+            rec.backup_eligible
+        ),
+    );
+    if rec.status == DeviceStatus::Active {
+        audit_device(
+            svc,
+            EventType::DeviceApproved,
+            &rec,
+            "approved automatically (devices.approval = \"auto\")".into(),
+        );
+        Ok(serde_json::json!({"status": "active", "device": rec.id, "next": "assert"}))
+    } else {
+        svc.ceremonies.remove(&b.ceremony);
+        Ok(serde_json::json!({
+            "status": "pending",
+            "device": rec.id,
+            "message": format!("\"{}\" is registered and waiting for approval by the security team. Sign in again once it is approved.", rec.name),
+        }))
+    }
+}
+
+async fn assert_finish(
+    svc: &DeviceTrust,
+    b: &Body,
+    peer: SocketAddr,
+) -> Result<serde_json::Value, DevError> {
+    let w = svc.ceremonies.webauthn()?;
+    let credential = b.credential.as_ref().ok_or_else(|| {
+        DevError::bad(
+            "bad_request",
+            "The browser sent a malformed answer.",
+            "no credential",
+        )
+    })?;
+    let Pending::Assert { state, nonce } = take_pending(svc, &b.ceremony)? else {
+        return Err(DevError::bad(
+            "unknown_challenge",
+            START_AGAIN,
+            "the outstanding challenge is for a registration, not an assertion",
+        ));
+    };
+    let expected: [u8; 32] = serde_json::to_value(&state)
+        .ok()
+        .and_then(|v| v["ast"]["challenge"].as_str().map(str::to_owned))
+        .and_then(|c| URL_SAFE_NO_PAD.decode(c).ok())
+        .and_then(|c| c.try_into().ok())
+        .ok_or_else(|| internal("authentication state has no 32-byte challenge"))?;
+    let posture = check_binding(credential, &nonce, &expected, b.posture.as_ref())?;
+    let pkc: PublicKeyCredential = serde_json::from_value(credential.clone()).map_err(|e| {
+        DevError::bad(
+            "bad_request",
+            "The browser sent a malformed answer.",
+            format!("assertion credential: {e}"),
+        )
+    })?;
+    let (user, _) = svc
+        .ceremonies
+        .with_ceremony(&b.ceremony, |c| Ok((c.identity.user.clone(), ())))?;
+    let cred_id = b64(&pkc.raw_id);
+    let devices = user_devices(svc, &user).await?;
+    let Some(dev) = devices.iter().find(|d| d.credential_id == cred_id).cloned() else {
+        return Err(DevError::new(
+            StatusCode::FORBIDDEN,
+            "unknown_credential",
+            "This device is not registered to you. Register it first.",
+            format!("credential {cred_id} is not registered to {user}"),
+        ));
+    };
+    let result = match w.finish_passkey_authentication(&pkc, &state) {
+        Ok(r) => r,
+        Err(e) => {
+            let err = map_webauthn(e).with_device(&dev.id);
+            if err.code == "possible_clone" {
+                let id = dev.id.clone();
+                let suspect: DeviceChange = Box::new(|d| {
+                    if d.status != DeviceStatus::Revoked {
+                        d.status = DeviceStatus::Suspect;
+                    }
+                    Ok(())
+                });
+                if svc.store.update_device(id, suspect).await.is_ok() {
+                    reload(svc).await;
+                }
+            }
+            return Err(err);
+        }
+    };
+    // The signature is good: remember the counter and posture whatever the status says.
+    let id = dev.id.clone();
+    let posture_saved = posture.clone();
+    let user_verified = result.user_verified();
+    let counter = result.counter();
+    let seen: DeviceChange = Box::new(move |d| {
+        if let Some(mut pk) = passkey_of(d) {
+            pk.update_credential(&result);
+            d.passkey = serde_json::to_value(&pk).map_err(|e| Refusal::Rejected(e.to_string()))?;
+        }
+        d.sign_count = d.sign_count.max(result.counter());
+        d.backup_state = result.backup_state();
+        d.last_seen = Some(unix_now());
+        if posture_saved.is_some() {
+            d.posture = posture_saved;
+        }
+        Ok(())
+    });
+    let (_, rec) = svc.store.update_device(id, seen).await?;
+    reload(svc).await;
+    match rec.status {
+        DeviceStatus::Active => {}
+        DeviceStatus::Pending => {
+            svc.ceremonies.remove(&b.ceremony);
+            return Err(DevError::new(
+                StatusCode::FORBIDDEN,
+                "device_pending",
+                &format!("\"{}\" is registered and waiting for approval by the security team. Sign in again once it is approved.", rec.name),
+                "device is pending approval",
+            )
+            .with_device(&rec.id));
+        }
+        DeviceStatus::Revoked => {
+            return Err(DevError::new(
+                StatusCode::FORBIDDEN,
+                "device_revoked",
+                "This device was revoked and can no longer be used to sign in. Contact the security team.",
+                format!("device revoked: {}", rec.revoked_reason.as_deref().unwrap_or("-")),
+            )
+            .with_device(&rec.id));
+        }
+        DeviceStatus::Suspect => {
+            return Err(DevError::new(
+                StatusCode::FORBIDDEN,
+                "possible_clone",
+                "This device is suspended because its key may have been copied. Contact the security team.",
+                "device is suspect (sign count went backwards earlier)",
+            )
+            .with_device(&rec.id));
+        }
+    }
+    audit_device(
+        svc,
+        EventType::DeviceVerified,
+        &DeviceRec {
+            user_verified,
+            ..rec.clone()
+        },
+        format!("sign count {counter}; from {peer}"),
+    );
+    let mut ev = svc.audit.event(EventType::PostureReported);
+    ev.user = Some(rec.user.clone());
+    ev.device = Some(DeviceRef {
+        id: rec.id.clone(),
+        name: Some(rec.name.clone()),
+        user_verified: Some(user_verified),
+    });
+    ev.source = Some(peer.to_string());
+    ev.detail = Some(match &posture {
+        Some(p) => String::from_utf8_lossy(&p.canonical()).into_owned(),
+        None => "no posture report (browser sign-in without postern login)".into(),
+    });
+    svc.audit.record_nowait(ev);
+    let c = svc.ceremonies.take(&b.ceremony)?;
+    let (identity, cli) = (c.identity, c.cli);
+    let binding = Binding {
+        device: rec.id.clone(),
+        name: rec.name.clone(),
+        user_verified,
+        posture,
+    };
+    let redirect = svc.issuer.complete(&identity, cli, Some(&binding), peer, "-")
+        .map_err(|e| DevError::new(e.status, e.code, &e.public, e.detail))?;
+    Ok(serde_json::json!({
+        "status": "ok",
+        "device": rec.id,
+        "redirect": redirect,
+        "message": format!("Signed in as {} on \"{}\".", identity.user, rec.name),
+    }))
+}

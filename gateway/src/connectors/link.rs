@@ -1,0 +1,216 @@
+//! Serving one connector connection after its TLS handshake: the certificate's identity is
+//! checked against the store (chains to the connector CA — the handshake did that — *and* its
+//! serial is the one on record for its id, current or previous, *and* it is not revoked); a
+//! renewal connection goes to `renew`, a link is registered and the gateway becomes the
+//! HTTP/2 client on it: each tunnel is one `CONNECT` stream (no handshake per session).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use postern_audit::{ConnectorRef, EventType};
+use postern_proto::wire::{ALPN_RENEW, CONN_WINDOW, STREAM_WINDOW};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use super::registry::{Link, Registry};
+use super::renew::Renewals;
+use super::rtt;
+use crate::audit::Audit;
+use crate::metrics::Metrics;
+use crate::state::SharedStore;
+
+/// What serving connector connections needs.
+pub struct Links {
+    pub registry: Arc<Registry>,
+    pub store: SharedStore,
+    pub audit: Arc<Audit>,
+    pub metrics: Arc<Metrics>,
+    pub renewals: Arc<Renewals>,
+    /// Bounds the HTTP/2 handshake on a new link.
+    pub handshake_timeout: Duration,
+    /// Cancelled at shutdown: links close.
+    pub shutdown: CancellationToken,
+}
+
+/// (connector id, certificate serial hex) from the peer's leaf certificate.
+fn identity(der: &[u8]) -> Option<(String, String)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    let serial = postern_proto::ids::hex(cert.raw_serial());
+    Some((cn, serial))
+}
+
+impl Links {
+    /// Audits a refused connector connection (`connector.refused`).
+    pub fn refuse(&self, peer: SocketAddr, id: Option<&str>, why: &str) {
+        warn!(%peer, connector_id = id.unwrap_or("?"), reason = why, "connector refused");
+        let mut ev = self.audit.event(EventType::ConnectorRefused);
+        ev.source = Some(peer.to_string());
+        ev.connector = id.map(|id| ConnectorRef {
+            id: id.chars().take(128).collect(),
+            site: String::new(),
+        });
+        ev.detail = Some(why.to_owned());
+        self.audit.record_nowait(ev);
+    }
+
+    /// Serves one connector connection whose TLS handshake has completed.
+    pub async fn serve(self: Arc<Self>, tls: TlsStream<TcpStream>, peer: SocketAddr) {
+        let (_, conn) = tls.get_ref();
+        let Some((id, serial)) = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| identity(c.as_ref()))
+        else {
+            self.refuse(peer, None, "client certificate has no readable identity");
+            return;
+        };
+        let rec = match self.store.connector(id.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot read the state store; refusing connector");
+                return;
+            }
+        };
+        let renewing = conn.alpn_protocol() == Some(ALPN_RENEW);
+        let refuse_id = |why: &str| {
+            let why = if renewing {
+                format!("{why} (certificate renewal refused)")
+            } else {
+                why.to_owned()
+            };
+            self.refuse(peer, Some(&id), &why);
+        };
+        let Some(rec) = rec else {
+            refuse_id("unknown connector id");
+            return;
+        };
+        if rec.revoked.is_some() {
+            refuse_id("connector certificate is revoked");
+            return;
+        }
+        if !rec.accepts_serial(&serial) {
+            refuse_id("certificate serial does not match the enrolled certificate");
+            return;
+        }
+        if renewing {
+            self.renewals.clone().serve(tls, peer, rec, serial).await;
+            return;
+        }
+        let span = tracing::info_span!("link", connector_id = %id, site = %rec.site, %peer);
+        self.link(tls, peer, id, rec.site, serial)
+            .instrument(span)
+            .await
+    }
+
+    /// Runs one link until it closes, is revoked or the gateway shuts down.
+    async fn link(
+        self: Arc<Self>,
+        tls: TlsStream<TcpStream>,
+        peer: SocketAddr,
+        id: String,
+        site: String,
+        serial: String,
+    ) {
+        let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONN_WINDOW)
+            .max_frame_size(64 * 1024)
+            .keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(tls));
+        let (sender, connection) =
+            match tokio::time::timeout(self.handshake_timeout, handshake).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "HTTP/2 handshake with connector failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+        let link = Arc::new(Link {
+            seq: self.registry.next_seq(),
+            connector_id: id,
+            site: site.clone(),
+            serial,
+            peer,
+            sender,
+            cancel: CancellationToken::new(),
+            lost: CancellationToken::new(),
+        });
+        self.registry.add(link.clone());
+        let connected = self.metrics.connectors_connected.with_label_values(&[&site]);
+        connected.inc();
+        info!("connector connected");
+        let mut ev = self.audit.event(EventType::ConnectorConnected);
+        ev.connector = Some(link.connector_ref());
+        ev.source = Some(peer.to_string());
+        ev.site = Some(site.clone());
+        self.audit.record_nowait(ev);
+        let probe = tokio::spawn(rtt::probe(
+            link.clone(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        ));
+        let why = tokio::select! {
+            r = connection => match r {
+                Ok(()) => "connection closed".to_owned(),
+                Err(e) => format!("connection lost: {e}"),
+            },
+            _ = link.cancel.cancelled() => "certificate revoked".to_owned(),
+            _ = self.shutdown.cancelled() => "gateway shutting down".to_owned(),
+        };
+        probe.abort();
+        self.registry.remove(&link);
+        link.lost.cancel();
+        connected.dec();
+        info!(reason = %why, "connector disconnected");
+        let mut ev = self.audit.event(EventType::ConnectorDisconnected);
+        ev.connector = Some(link.connector_ref());
+        ev.source = Some(peer.to_string());
+        ev.site = Some(site);
+        ev.detail = Some(why);
+        self.audit.record_nowait(ev);
+    }
+}
+
+/// Tells every connected connector that this gateway is draining (`POST /v1/draining` on
+/// each link), so that it dials again now — reaching another replica — instead of when the
+/// link closes at the end of the grace period. The links themselves stay up for the sessions
+/// they carry. Best effort: a connector that does not answer within a second is left alone.
+pub fn announce_drain(registry: &Registry) {
+    for link in registry.all() {
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(postern_proto::wire::PATH_DRAINING)
+            .body(Empty::<Bytes>::new());
+        let Ok(req) = req else { continue };
+        let mut sender = link.sender.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(1), sender.send_request(req)).await {
+                Ok(Ok(_)) => {
+                    debug!(connector_id = %link.connector_id, peer = %link.peer, "told connector we are draining")
+                }
+                Ok(Err(e)) => {
+                    debug!(connector_id = %link.connector_id, error = %e, "drain notice failed")
+                }
+                Err(_) => debug!(connector_id = %link.connector_id, "drain notice timed out"),
+            }
+        });
+    }
+}
+

@@ -1,0 +1,152 @@
+//! The clinician-facing listener: TLS 1.3, HTTP/2 (and HTTP/1.1 for JSON calls). It accepts,
+//! completes the handshake under a timeout and routes each request to its service:
+//!
+//! * `CONNECT endpoint:0` — the tunnel broker (`access::broker`).
+//! * `GET /v1/endpoints[/NAME]` — listing and preflight (`access::endpoints`).
+//! * `POST /v1/enroll` — connector enrolment (`connectors::enroll`).
+//! * `/auth/*`, `GET /v1/whoami` — sign-in (`authn::signin`) and device ceremonies
+//!   (`authn::devices`).
+//! * `GET /healthz`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use postern_proto::wire::{self, CONN_WINDOW, STREAM_WINDOW};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn, Instrument};
+
+use super::next_conn;
+use crate::access::endpoints;
+use crate::app::App;
+use crate::authn::devices::{self, Step};
+use crate::authn::signin;
+use crate::connectors::enroll;
+use crate::http::{error, Resp};
+
+pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
+    loop {
+        let Some((tcp, peer)) = next_conn(&listener, &app.life.draining, "client").await else {
+            return;
+        };
+        let Ok(permit) = app.life.conn_limit.clone().try_acquire_owned() else {
+            warn!(%peer, "connection limit reached; refusing client connection");
+            continue;
+        };
+        let task_app = app.clone();
+        let span = tracing::debug_span!("client", %peer);
+        app.life.conns.spawn(
+            async move {
+                serve_connection(task_app, tcp, peer).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn serve_connection(app: Arc<App>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let tls =
+        match tokio::time::timeout(app.config.handshake_timeout, app.tls.client.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "client TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "client TLS handshake timed out");
+                return;
+            }
+        };
+    let svc_app = app.clone();
+    // Signalled by the first request: a connection that completes TLS and then never finishes
+    // a request (an idle socket, or HTTP/2 headers trickled in a byte at a time) is closed
+    // after `handshake_timeout`, like a slow handshake, instead of holding a connection slot.
+    let first_request = Arc::new(tokio::sync::Notify::new());
+    let seen = first_request.clone();
+    let service = service_fn(move |req| {
+        seen.notify_one();
+        let app = svc_app.clone();
+        async move { Ok::<_, Infallible>(route(app, req, peer).await) }
+    });
+    let limit = app.config.handshake_timeout;
+    let no_request = async move {
+        if tokio::time::timeout(limit, first_request.notified())
+            .await
+            .is_ok()
+        {
+            std::future::pending::<()>().await;
+        }
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(64 * 1024)
+        .max_concurrent_streams(4096)
+        .max_header_list_size(32 * 1024)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "client connection ended with an error") },
+        // Nothing was served on it, so dropping the connection loses nothing.
+        _ = no_request => debug!(%peer, ?limit, "no complete request after the TLS handshake; closing"),
+        _ = app.life.draining.cancelled() => {
+            // GOAWAY: streams in flight (and upgraded tunnels) go on; no new requests.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {},
+                _ = app.life.shutdown.cancelled() => {},
+            }
+        }
+    }
+}
+
+async fn route(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    if req.method() == Method::CONNECT {
+        return app.broker.clone().connect(req, peer).await;
+    }
+    let path = req.uri().path().to_owned();
+    let step = match path.as_str() {
+        "/auth/device/register/begin" => Some(Step::RegisterBegin),
+        "/auth/device/register/finish" => Some(Step::RegisterFinish),
+        "/auth/device/assert/begin" => Some(Step::AssertBegin),
+        "/auth/device/assert/finish" => Some(Step::AssertFinish),
+        _ => None,
+    };
+    if let (&Method::POST, Some(step)) = (req.method(), step) {
+        return devices::handle(app.devices.clone(), req, peer, step).await;
+    }
+    match (req.method(), path.as_str()) {
+        (&Method::GET, wire::PATH_HEALTH) => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
+        (&Method::POST, wire::PATH_ENROLL) => enroll::enroll(app.enrolment.clone(), req, peer).await,
+        (&Method::GET, wire::PATH_ENDPOINTS) => endpoints::list(&app.broker, &req, peer),
+        (&Method::GET, "/auth/login") => signin::login(app.signin.clone(), req, peer).await,
+        (&Method::GET, "/auth/callback") => signin::callback(app.signin.clone(), req, peer).await,
+        (&Method::POST, "/auth/token") => signin::token(app.signin.clone(), req, peer).await,
+        (&Method::POST, "/auth/logout") => signin::logout(app.signin.clone(), req, peer).await,
+        (&Method::GET, "/v1/whoami") => signin::whoami(&app.signin, &req, peer),
+        (&Method::GET, p) if p.starts_with("/v1/endpoints/") => {
+            let name = &p["/v1/endpoints/".len()..];
+            endpoints::check(&app.broker, &req, peer, name)
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such resource"),
+    }
+}
