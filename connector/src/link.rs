@@ -21,8 +21,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use postern_proto::relay::{relay, Counters};
+use hyper_util::rt::TokioIo;
+use postern_net::addr::HostPort;
+use postern_net::relay::{relay, Counters};
 use postern_proto::wire;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -86,16 +87,14 @@ pub fn load_identity_alpn(
             message: e.to_string(),
         })
     };
-    let tls_err = |e: postern_proto::tls::TlsError| LinkError::Identity {
+    let tls_err = |e: postern_net::tls::TlsError| LinkError::Identity {
         what: state_dir.display().to_string(),
         message: e.to_string(),
     };
-    let ca = postern_proto::tls::certs_from_pem(&read(CA_FILE)?, CA_FILE).map_err(tls_err)?;
-    let chain =
-        postern_proto::tls::certs_from_pem(&read(CERT_FILE)?, CERT_FILE).map_err(tls_err)?;
-    let key = postern_proto::tls::key_from_pem(&read(KEY_FILE)?, KEY_FILE).map_err(tls_err)?;
-    let config =
-        postern_proto::tls::client_config(ca, Some((chain, key)), alpn).map_err(tls_err)?;
+    let ca = postern_net::tls::certs_from_pem(&read(CA_FILE)?, CA_FILE).map_err(tls_err)?;
+    let chain = postern_net::tls::certs_from_pem(&read(CERT_FILE)?, CERT_FILE).map_err(tls_err)?;
+    let key = postern_net::tls::key_from_pem(&read(KEY_FILE)?, KEY_FILE).map_err(tls_err)?;
+    let config = postern_net::tls::client_config(ca, Some((chain, key)), alpn).map_err(tls_err)?;
     Ok((enrollment, Arc::new(config)))
 }
 
@@ -250,15 +249,8 @@ async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
 }
 
 async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String> {
-    let (host, port) = gateway
-        .rsplit_once(':')
-        .and_then(|(h, p)| {
-            Some((
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse::<u16>().ok()?,
-            ))
-        })
-        .ok_or_else(|| format!("'{gateway}' is not host:port"))?;
+    let addr = HostPort::parse(gateway).map_err(|e| e.to_string())?;
+    let (host, port) = (addr.host.as_str(), addr.port);
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
         .await
         .map_err(|_| "TCP connect timed out".to_owned())?
@@ -281,13 +273,7 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
         let draining = svc_draining.clone();
         async move { Ok::<_, Infallible>(handle(shared, &draining, req).await) }
     });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(15))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .initial_stream_window_size(wire::STREAM_WINDOW)
-        .initial_connection_window_size(wire::CONN_WINDOW)
-        .max_frame_size(64 * 1024)
+    let conn = postern_net::h2::server(postern_net::h2::LINK)
         .max_concurrent_streams(16_384)
         .serve_connection(TokioIo::new(tls), service);
     let mut conn = Box::pin(conn);

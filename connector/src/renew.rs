@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
+use postern_net::addr::HostPort;
 use postern_proto::wire::{self, ErrorBody, RenewRequest, RenewResponse};
 use rustls_pki_types::ServerName;
 use tracing::{info, warn};
@@ -34,7 +35,7 @@ pub const PENDING_FILE: &str = "renewal.pem";
 fn cert_times(state_dir: &Path) -> Result<(SystemTime, SystemTime), String> {
     let pem = std::fs::read_to_string(state_dir.join(CERT_FILE))
         .map_err(|e| format!("reading {}: {e}", state_dir.join(CERT_FILE).display()))?;
-    let chain = postern_proto::tls::certs_from_pem(&pem, CERT_FILE).map_err(|e| e.to_string())?;
+    let chain = postern_net::tls::certs_from_pem(&pem, CERT_FILE).map_err(|e| e.to_string())?;
     let info = postern_proto::certs::cert_info(&chain[0])?;
     Ok((info.not_before, info.not_after))
 }
@@ -156,15 +157,8 @@ async fn request(
     gateway: &str,
     csr_pem: &str,
 ) -> Result<RenewResponse, String> {
-    let (host, port) = gateway
-        .rsplit_once(':')
-        .and_then(|(h, p)| {
-            Some((
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse::<u16>().ok()?,
-            ))
-        })
-        .ok_or_else(|| format!("'{gateway}' is not host:port"))?;
+    let addr = HostPort::parse(gateway).map_err(|e| e.to_string())?;
+    let (host, port) = (addr.host.as_str(), addr.port);
     let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("server name: {e}"))?;
     let work = async {
         let tcp = tokio::net::TcpStream::connect((host, port))
@@ -214,10 +208,10 @@ async fn request(
 
 /// Writes the renewed key and certificate (see the module comment for the order).
 fn install(state_dir: &Path, key_pem: &str, r: &RenewResponse) -> Result<(), String> {
-    let chain = postern_proto::tls::certs_from_pem(&r.cert_pem, "renewed certificate")
+    let chain = postern_net::tls::certs_from_pem(&r.cert_pem, "renewed certificate")
         .map_err(|e| e.to_string())?;
-    let key = postern_proto::tls::key_from_pem(key_pem, "new key").map_err(|e| e.to_string())?;
-    postern_proto::certs::certified_key(chain, key)
+    let key = postern_net::tls::key_from_pem(key_pem, "new key").map_err(|e| e.to_string())?;
+    postern_net::certs::certified_key(chain, key)
         .map_err(|e| format!("the renewed certificate: {e}"))?;
     let pending = state_dir.join(PENDING_FILE);
     write_file(

@@ -170,7 +170,7 @@ pub async fn run(
         &postern_proto::ids::random_bytes(24)
             .map_err(|_| anyhow::anyhow!("random number generator failed"))?,
     );
-    postern_proto::fsutil::write_atomic(&dir.join("oidc-secret"), secret.as_bytes(), 0o600)?;
+    postern_net::fsutil::write_atomic(&dir.join("oidc-secret"), secret.as_bytes(), 0o600)?;
     let callback = format!("https://127.0.0.1:{port}/auth/callback");
     let mut text = std::fs::read_to_string(&gateway_toml)?;
     text.push_str(&format!(
@@ -261,7 +261,7 @@ pub async fn run(
         &["locums".into()],
         Duration::from_secs(8 * 3600),
     )?;
-    postern_proto::fsutil::write_atomic(&lee, t.as_bytes(), 0o600)?;
+    postern_net::fsutil::write_atomic(&lee, t.as_bytes(), 0o600)?;
 
     let bin = client_bin
         .parent()

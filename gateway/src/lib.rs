@@ -89,7 +89,7 @@ pub enum GatewayError {
     #[error(transparent)]
     Tokens(#[from] tokens::TokenError),
     #[error(transparent)]
-    Tls(#[from] postern_proto::tls::TlsError),
+    Tls(#[from] postern_net::tls::TlsError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -209,7 +209,7 @@ pub(crate) async fn init(
     config: Config,
     listeners: &Listeners,
 ) -> Result<Arc<Gateway>, GatewayError> {
-    postern_proto::fsutil::private_dir(&config.state_dir).map_err(|source| GatewayError::Io {
+    postern_net::fsutil::private_dir(&config.state_dir).map_err(|source| GatewayError::Io {
         what: format!("creating state directory {}", config.state_dir.display()),
         source,
     })?;
@@ -222,7 +222,7 @@ pub(crate) async fn init(
     let (chain, key) =
         server_ca.issue_server(&config.server_names, Duration::from_secs(365 * 86400))?;
     use postern_proto::wire::{ALPN_CONNECTOR, ALPN_H2, ALPN_HTTP1, ALPN_RENEW};
-    let own = postern_proto::certs::certified_key(chain.clone(), key.clone_key()).map_err(|e| {
+    let own = postern_net::certs::certified_key(chain.clone(), key.clone_key()).map_err(|e| {
         GatewayError::Io {
             what: "the self-issued server certificate".into(),
             source: std::io::Error::other(e),
@@ -236,11 +236,9 @@ pub(crate) async fn init(
             },
         )?,
     );
-    let client_tls = postern_proto::tls::server_config_with_resolver(
-        server_cert.clone(),
-        &[ALPN_H2, ALPN_HTTP1],
-    )?;
-    let connector_tls = postern_proto::tls::server_config(
+    let client_tls =
+        postern_net::tls::server_config_with_resolver(server_cert.clone(), &[ALPN_H2, ALPN_HTTP1])?;
+    let connector_tls = postern_net::tls::server_config(
         chain,
         key,
         &[ALPN_CONNECTOR, ALPN_RENEW],

@@ -269,7 +269,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             let errors = findings
                 .iter()
-                .filter(|f| f.severity == postern_proto::certs::Severity::Error)
+                .filter(|f| f.severity == postern_net::certs::Severity::Error)
                 .count();
             if errors > 0 {
                 anyhow::bail!("{errors} problem(s) in {}", c.config.display());

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use postern_proto::fsutil::{private_dir, write_atomic};
+use postern_net::fsutil::{private_dir, write_atomic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
