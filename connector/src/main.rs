@@ -39,7 +39,7 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/postern/connector.toml")]
         config: PathBuf,
         /// Stop (as on SIGTERM) when standard input closes: for a parent process, such as
-        /// `postern-gateway demo`, whose connector must not outlive it even if it is killed.
+        /// `postern-demo`, whose connector must not outlive it even if it is killed.
         #[arg(long, hide = true)]
         exit_with_stdin: bool,
     },

@@ -22,7 +22,6 @@
 //!   posture bound into the challenge, the registered-device table.
 //! * [`admin`]: the admin commands (`token create`, `connector list|revoke`, `session mint`).
 //! * [`check`]: `postern-gateway check` (configuration, files, certificates, ports, IdP).
-//! * [`demo`]: the local demo deployment.
 //!
 //! Flow of a tunnel: the client's `CONNECT endpoint:0` arrives on the client listener (HTTP/2
 //! over TLS 1.3); the broker verifies the session token, evaluates the policy, writes
@@ -38,7 +37,6 @@ pub mod check;
 mod client_api;
 pub mod config;
 mod connectors;
-pub mod demo;
 pub(crate) mod devices;
 #[cfg(test)]
 mod devices_flow_tests;
