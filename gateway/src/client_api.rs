@@ -19,12 +19,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use postern_audit::{DecisionRef, EndpointRef, EventType};
+use postern_net::relay::Counters;
 use postern_policy::{Decision, Effect, Endpoint};
 use postern_proto::ids::{random_id, sha256_hex};
-use postern_proto::relay::Counters;
 use postern_proto::wire::{
-    self, EndpointInfo, EndpointList, EnrollRequest, EnrollResponse, ErrorBody, CONN_WINDOW,
-    STREAM_WINDOW,
+    self, EndpointInfo, EndpointList, EnrollRequest, EnrollResponse, ErrorBody,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
@@ -93,16 +92,9 @@ async fn serve_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
         .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONN_WINDOW)
-        .max_frame_size(64 * 1024)
+    postern_net::h2::auto_server(&mut builder, postern_net::h2::CLIENT)
         .max_concurrent_streams(4096)
-        .max_header_list_size(32 * 1024)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .max_header_list_size(32 * 1024);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -502,11 +494,7 @@ async fn broker(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> R
         return error(StatusCode::SERVICE_UNAVAILABLE, "no_connector", &msg);
     };
 
-    let target = if endpoint.host.contains(':') && !endpoint.host.starts_with('[') {
-        format!("[{}]:{}", endpoint.host, endpoint.port)
-    } else {
-        format!("{}:{}", endpoint.host, endpoint.port)
-    };
+    let target = postern_net::addr::format_host_port(&endpoint.host, endpoint.port);
     let connect = Request::builder()
         .method(Method::CONNECT)
         .uri(target.as_str())

@@ -23,7 +23,6 @@
 //!   posture bound into the challenge, the registered-device table.
 //! * [`admin`]: the admin commands (`token create`, `connector list|revoke`, `session mint`).
 //! * [`check`]: `postern-gateway check` (configuration, files, certificates, ports, IdP).
-//! * [`demo`]: the local demo deployment.
 //!
 //! Flow of a tunnel: the client's `CONNECT endpoint:0` arrives on the client listener (HTTP/2
 //! over TLS 1.3); the broker verifies the session token, evaluates the policy, writes
@@ -40,7 +39,6 @@ mod client_api;
 pub mod clock;
 pub mod config;
 mod connectors;
-pub mod demo;
 pub(crate) mod devices;
 #[cfg(test)]
 mod devices_flow_tests;
@@ -91,7 +89,7 @@ pub enum GatewayError {
     #[error(transparent)]
     Tokens(#[from] tokens::TokenError),
     #[error(transparent)]
-    Tls(#[from] postern_proto::tls::TlsError),
+    Tls(#[from] postern_net::tls::TlsError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -216,7 +214,7 @@ pub(crate) async fn init(
     config: Config,
     listeners: &Listeners,
 ) -> Result<Arc<Gateway>, GatewayError> {
-    postern_proto::fsutil::private_dir(&config.state_dir).map_err(|source| GatewayError::Io {
+    postern_net::fsutil::private_dir(&config.state_dir).map_err(|source| GatewayError::Io {
         what: format!("creating state directory {}", config.state_dir.display()),
         source,
     })?;
@@ -229,7 +227,7 @@ pub(crate) async fn init(
     let (chain, key) =
         server_ca.issue_server(&config.server_names, Duration::from_secs(365 * 86400))?;
     use postern_proto::wire::{ALPN_CONNECTOR, ALPN_H2, ALPN_HTTP1, ALPN_RENEW};
-    let own = postern_proto::certs::certified_key(chain.clone(), key.clone_key()).map_err(|e| {
+    let own = postern_net::certs::certified_key(chain.clone(), key.clone_key()).map_err(|e| {
         GatewayError::Io {
             what: "the self-issued server certificate".into(),
             source: std::io::Error::other(e),
@@ -243,11 +241,9 @@ pub(crate) async fn init(
             },
         )?,
     );
-    let client_tls = postern_proto::tls::server_config_with_resolver(
-        server_cert.clone(),
-        &[ALPN_H2, ALPN_HTTP1],
-    )?;
-    let connector_tls = postern_proto::tls::server_config(
+    let client_tls =
+        postern_net::tls::server_config_with_resolver(server_cert.clone(), &[ALPN_H2, ALPN_HTTP1])?;
+    let connector_tls = postern_net::tls::server_config(
         chain,
         key,
         &[ALPN_CONNECTOR, ALPN_RENEW],

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use postern_audit::{ConnectorRef, DecisionRef, EndpointRef, Event, EventType};
+use postern_net::relay::{relay, Counters, Ended};
 use postern_policy::{Decision, Policy};
-use postern_proto::relay::{relay, Counters, Ended};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

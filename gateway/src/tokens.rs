@@ -15,7 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::unix_now;
-use postern_proto::fsutil::{private_dir, write_atomic};
+use postern_net::fsutil::{private_dir, write_atomic};
 
 pub const ISSUER: &str = "postern-gateway";
 pub const AUDIENCE: &str = "postern";
