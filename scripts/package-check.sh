@@ -60,6 +60,16 @@ has "$cli" -rwxr-xr-x 0/0 usr/bin/postern
 has "$cli" -rw-r--r-- 0/0 usr/share/man/man1/postern-connect.1.gz
 has "$cli" -rw-r--r-- 0/0 usr/share/bash-completion/completions/postern
 ok "package contents (binaries, units, configs, man pages, completions)"
+for d in "$gw" "$conn" "$cli"; do
+  ! contents "$d" | grep postern-demo >/dev/null || fail "$(basename "$d") ships the demo"
+done
+# The production gateway must not link the development identity provider, which names itself in
+# an x-postern-devidp response header on every reply.
+x=$(mktemp -d)
+dpkg-deb -x "$gw" "$x"
+! grep -q x-postern-devidp "$x/usr/bin/postern-gateway" || fail "postern-gateway links the development identity provider"
+rm -rf "$x"
+ok "no demo and no development identity provider in the packages"
 
 conffiles() { dpkg-deb --ctrl-tarfile "$1" | tar -xOf - ./conffiles; }
 [ "$(conffiles "$gw")" = "$(printf '/etc/postern/gateway.toml\n/etc/postern/policy.toml')" ] ||

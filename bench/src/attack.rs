@@ -21,8 +21,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 fn tls_config(ca_file: &Path, alpn: &[&[u8]]) -> anyhow::Result<Arc<ClientConfig>> {
     let pem = std::fs::read_to_string(ca_file)
         .with_context(|| format!("reading {}", ca_file.display()))?;
-    let roots = postern_proto::tls::certs_from_pem(&pem, &ca_file.display().to_string())?;
-    Ok(Arc::new(postern_proto::tls::client_config(
+    let roots = postern_net::tls::certs_from_pem(&pem, &ca_file.display().to_string())?;
+    Ok(Arc::new(postern_net::tls::client_config(
         roots, None, alpn,
     )?))
 }

@@ -18,7 +18,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http2::SendRequest;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use postern_proto::wire::{self, EndpointInfo, EndpointList, ErrorBody};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -57,27 +57,9 @@ pub struct GatewayConn {
 
 /// Splits `https://host[:port][/]`.
 pub fn parse_url(url: &str) -> Result<(String, u16), ClientError> {
-    let bad = || ClientError::Url(url.to_owned());
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(bad)?
-        .trim_end_matches('/');
-    if rest.is_empty() || rest.contains('/') {
-        return Err(bad());
-    }
-    if let Some(v6) = rest.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or_else(bad)?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| bad())?,
-            None if after.is_empty() => 443,
-            None => return Err(bad()),
-        };
-        return Ok((h.to_owned(), port));
-    }
-    match rest.rsplit_once(':') {
-        Some((h, p)) => Ok((h.to_owned(), p.parse().map_err(|_| bad())?)),
-        None => Ok((rest.to_owned(), 443)),
-    }
+    postern_net::addr::parse_https_url(url)
+        .map(|a| (a.host, a.port))
+        .map_err(|_| ClientError::Url(url.to_owned()))
 }
 
 impl GatewayConn {
@@ -106,12 +88,11 @@ impl GatewayConn {
                         ca_file.display()
                     ))
                 })?;
-                let roots =
-                    postern_proto::tls::certs_from_pem(&pem, &ca_file.display().to_string())
-                        .map_err(|e| ClientError::Setup(e.to_string()))?;
-                postern_proto::tls::client_config(roots, None, &[wire::ALPN_H2])
+                let roots = postern_net::tls::certs_from_pem(&pem, &ca_file.display().to_string())
+                    .map_err(|e| ClientError::Setup(e.to_string()))?;
+                postern_net::tls::client_config(roots, None, &[wire::ALPN_H2])
             }
-            None => postern_proto::tls::public_client_config(&[wire::ALPN_H2]),
+            None => postern_net::tls::public_client_config(&[wire::ALPN_H2]),
         }
         .map_err(|e| ClientError::Setup(e.to_string()))?;
         Ok(GatewayConn {
@@ -141,11 +122,7 @@ impl GatewayConn {
     }
 
     fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        postern_net::addr::format_host_port(&self.host, self.port)
     }
 
     /// The shared HTTP/2 connection, dialled on first use and again after it drops.
@@ -175,13 +152,7 @@ impl GatewayConn {
             .connect(name, tcp)
             .await
             .map_err(|e| connect_err(format!("TLS: {e}")))?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(wire::STREAM_WINDOW)
-            .initial_connection_window_size(wire::CONN_WINDOW)
-            .max_frame_size(64 * 1024)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(20))
+        let (sender, conn) = postern_net::h2::client(postern_net::h2::CLIENT)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| connect_err(format!("HTTP/2: {e}")))?;
@@ -364,8 +335,8 @@ pub async fn connect(
         tokio::spawn(async move {
             match gw.open(&endpoint).await {
                 Ok(up) => {
-                    let counters = Arc::new(postern_proto::relay::Counters::default());
-                    postern_proto::relay::relay(tcp, TokioIo::new(up), counters).await;
+                    let counters = Arc::new(postern_net::relay::Counters::default());
+                    postern_net::relay::relay(tcp, TokioIo::new(up), counters).await;
                 }
                 Err(e) => eprintln!("postern: connection from {peer} to {endpoint} refused: {e}"),
             }

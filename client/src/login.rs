@@ -50,9 +50,9 @@ pub fn token_path(dir: &Path) -> PathBuf {
 fn write_private(path: &Path, data: &[u8]) -> Result<(), ClientError> {
     let err = |e: std::io::Error| ClientError::Setup(format!("writing {}: {e}", path.display()));
     if let Some(dir) = path.parent() {
-        postern_proto::fsutil::private_dir(dir).map_err(err)?;
+        postern_net::fsutil::private_dir(dir).map_err(err)?;
     }
-    postern_proto::fsutil::write_atomic(path, data, 0o600).map_err(err)
+    postern_net::fsutil::write_atomic(path, data, 0o600).map_err(err)
 }
 
 pub fn load_saved(dir: &Path) -> Option<Saved> {

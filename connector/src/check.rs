@@ -9,9 +9,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use postern_proto::certs::{
-    check_bind, check_cert_file, check_key_file, check_private_dir, Finding,
-};
+use postern_net::addr::HostPort;
+use postern_net::certs::{check_bind, check_cert_file, check_key_file, check_private_dir, Finding};
 
 use crate::config::Config;
 use crate::enroll::{load_enrollment, CA_FILE, CERT_FILE, KEY_FILE};
@@ -87,15 +86,8 @@ pub async fn check(config: &Config) -> Vec<Finding> {
 
 /// Resolves `host:port` and opens (then closes) a TCP connection to one of its addresses.
 async fn reach(gateway: &str) -> Result<(), String> {
-    let (host, port) = gateway
-        .rsplit_once(':')
-        .and_then(|(h, p)| {
-            Some((
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse::<u16>().ok()?,
-            ))
-        })
-        .ok_or_else(|| "not host:port".to_owned())?;
+    let addr = HostPort::parse(gateway).map_err(|e| e.to_string())?;
+    let (host, port) = (addr.host.as_str(), addr.port);
     let addrs: Vec<_> = tokio::time::timeout(REACH_TIMEOUT, tokio::net::lookup_host((host, port)))
         .await
         .map_err(|_| format!("resolving {host} timed out"))?
@@ -115,7 +107,7 @@ async fn reach(gateway: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use postern_proto::certs::Severity;
+    use postern_net::certs::Severity;
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
 
@@ -135,10 +127,10 @@ mod tests {
     /// An enrolled state directory whose gateway is `gateway`; returns the configuration.
     fn enrolled(dir: &Path, gateway: &str) -> Config {
         let state = dir.join("state");
-        postern_proto::fsutil::private_dir(&state).unwrap();
+        postern_net::fsutil::private_dir(&state).unwrap();
         let (pem, key) = cert(60);
         let (ca, _) = cert(3650);
-        postern_proto::fsutil::write_atomic(&state.join(KEY_FILE), key.as_bytes(), 0o600).unwrap();
+        postern_net::fsutil::write_atomic(&state.join(KEY_FILE), key.as_bytes(), 0o600).unwrap();
         std::fs::write(state.join(CERT_FILE), pem).unwrap();
         std::fs::write(state.join(CA_FILE), ca).unwrap();
         std::fs::write(

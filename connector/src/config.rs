@@ -131,12 +131,9 @@ impl Config {
             }
         }
         for g in &raw.gateways {
-            if g.rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
+            if let Err(e) = postern_net::addr::HostPort::parse(g) {
                 errors.push(format!(
-                    "{file}: gateways: expected host:port, found \"{g}\""
+                    "{file}: gateways: expected host:port, found \"{g}\" ({e})"
                 ));
             }
         }

@@ -64,25 +64,9 @@ pub enum EnrollError {
 
 /// Splits `https://host:port[/]` into (host, port).
 pub fn parse_url(url: &str) -> Result<(String, u16), EnrollError> {
-    let bad = || EnrollError::Url(url.to_owned());
-    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
-    let rest = rest.trim_end_matches('/');
-    if rest.contains('/') || rest.is_empty() {
-        return Err(bad());
-    }
-    if let Some(v6) = rest.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or_else(bad)?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| bad())?,
-            None if after.is_empty() => 443,
-            None => return Err(bad()),
-        };
-        return Ok((host.to_owned(), port));
-    }
-    match rest.rsplit_once(':') {
-        Some((h, p)) => Ok((h.to_owned(), p.parse().map_err(|_| bad())?)),
-        None => Ok((rest.to_owned(), 443)),
-    }
+    postern_net::addr::parse_https_url(url)
+        .map(|a| (a.host, a.port))
+        .map_err(|_| EnrollError::Url(url.to_owned()))
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EnrollError {
@@ -91,7 +75,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EnrollError {
 }
 
 pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), EnrollError> {
-    postern_proto::fsutil::write_atomic(path, data, mode)
+    postern_net::fsutil::write_atomic(path, data, mode)
         .map_err(io(format!("writing {}", path.display())))
 }
 
@@ -112,7 +96,7 @@ pub async fn enroll(
             ));
         }
     }
-    postern_proto::fsutil::private_dir(state_dir)
+    postern_net::fsutil::private_dir(state_dir)
         .map_err(io(format!("creating {}", state_dir.display())))?;
 
     let key = rcgen::KeyPair::generate().map_err(|e| EnrollError::Other(e.to_string()))?;
@@ -127,9 +111,9 @@ pub async fn enroll(
         .map_err(|e| EnrollError::Other(format!("making the certificate request: {e}")))?;
 
     let r = request_certificate(gateway_url, &host, port, &token, csr_pem).await?;
-    let ca = postern_proto::tls::certs_from_pem(&r.gateway_ca_pem, "gateway CA")
+    let ca = postern_net::tls::certs_from_pem(&r.gateway_ca_pem, "gateway CA")
         .map_err(|e| EnrollError::Other(e.to_string()))?;
-    if ca.first().map(postern_proto::tls::cert_pin).as_deref() != Some(token.pin.as_str()) {
+    if ca.first().map(postern_net::tls::cert_pin).as_deref() != Some(token.pin.as_str()) {
         return Err(EnrollError::Other(
             "the gateway sent a CA certificate that does not match the token's pin".into(),
         ));
@@ -166,7 +150,7 @@ async fn request_certificate(
 ) -> Result<EnrollResponse, EnrollError> {
     // The marker ALPN asks a gateway with a public certificate from files for the certificate
     // of its own CA, which is what the pin names.
-    let tls_config = postern_proto::tls::pinned_client_config(
+    let tls_config = postern_net::tls::pinned_client_config(
         &token.pin,
         &[wire::ALPN_HTTP1, wire::ALPN_ENROLL_MARKER],
     )

@@ -57,16 +57,14 @@ pub fn load_identity_alpn(
             message: e.to_string(),
         })
     };
-    let tls_err = |e: postern_proto::tls::TlsError| IdentityError::Invalid {
+    let tls_err = |e: postern_net::tls::TlsError| IdentityError::Invalid {
         what: state_dir.display().to_string(),
         message: e.to_string(),
     };
-    let ca = postern_proto::tls::certs_from_pem(&read(CA_FILE)?, CA_FILE).map_err(tls_err)?;
-    let chain =
-        postern_proto::tls::certs_from_pem(&read(CERT_FILE)?, CERT_FILE).map_err(tls_err)?;
-    let key = postern_proto::tls::key_from_pem(&read(KEY_FILE)?, KEY_FILE).map_err(tls_err)?;
-    let config =
-        postern_proto::tls::client_config(ca, Some((chain, key)), alpn).map_err(tls_err)?;
+    let ca = postern_net::tls::certs_from_pem(&read(CA_FILE)?, CA_FILE).map_err(tls_err)?;
+    let chain = postern_net::tls::certs_from_pem(&read(CERT_FILE)?, CERT_FILE).map_err(tls_err)?;
+    let key = postern_net::tls::key_from_pem(&read(KEY_FILE)?, KEY_FILE).map_err(tls_err)?;
+    let config = postern_net::tls::client_config(ca, Some((chain, key)), alpn).map_err(tls_err)?;
     Ok((enrollment, Arc::new(config)))
 }
 
@@ -105,10 +103,10 @@ impl ClientTls {
 /// Writes a renewed key and certificate (see the module comment for the order) and records
 /// the new expiry and issue time in the enrolment.
 pub fn install_renewed(state_dir: &Path, key_pem: &str, r: &RenewResponse) -> Result<(), String> {
-    let chain = postern_proto::tls::certs_from_pem(&r.cert_pem, "renewed certificate")
+    let chain = postern_net::tls::certs_from_pem(&r.cert_pem, "renewed certificate")
         .map_err(|e| e.to_string())?;
-    let key = postern_proto::tls::key_from_pem(key_pem, "new key").map_err(|e| e.to_string())?;
-    postern_proto::certs::certified_key(chain, key)
+    let key = postern_net::tls::key_from_pem(key_pem, "new key").map_err(|e| e.to_string())?;
+    postern_net::certs::certified_key(chain, key)
         .map_err(|e| format!("the renewed certificate: {e}"))?;
     let pending = state_dir.join(PENDING_FILE);
     write_file(

@@ -19,8 +19,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use postern_proto::relay::{relay, Counters};
+use hyper_util::rt::TokioIo;
+use postern_net::addr::HostPort;
+use postern_net::relay::{relay, Counters};
 use postern_proto::wire;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -110,15 +111,8 @@ pub(crate) async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
 }
 
 async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String> {
-    let (host, port) = gateway
-        .rsplit_once(':')
-        .and_then(|(h, p)| {
-            Some((
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse::<u16>().ok()?,
-            ))
-        })
-        .ok_or_else(|| format!("'{gateway}' is not host:port"))?;
+    let addr = HostPort::parse(gateway).map_err(|e| e.to_string())?;
+    let (host, port) = (addr.host.as_str(), addr.port);
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
         .await
         .map_err(|_| "TCP connect timed out".to_owned())?
@@ -141,13 +135,7 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
         let draining = svc_draining.clone();
         async move { Ok::<_, Infallible>(handle(shared, &draining, req).await) }
     });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(15))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .initial_stream_window_size(wire::STREAM_WINDOW)
-        .initial_connection_window_size(wire::CONN_WINDOW)
-        .max_frame_size(64 * 1024)
+    let conn = postern_net::h2::server(postern_net::h2::LINK)
         .max_concurrent_streams(16_384)
         .serve_connection(TokioIo::new(tls), service);
     let mut conn = Box::pin(conn);

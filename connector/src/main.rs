@@ -39,7 +39,7 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/postern/connector.toml")]
         config: PathBuf,
         /// Stop (as on SIGTERM) when standard input closes: for a parent process, such as
-        /// `postern-gateway demo`, whose connector must not outlive it even if it is killed.
+        /// `postern-demo`, whose connector must not outlive it even if it is killed.
         #[arg(long, hide = true)]
         exit_with_stdin: bool,
     },
@@ -164,7 +164,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             let errors = findings
                 .iter()
-                .filter(|f| f.severity == postern_proto::certs::Severity::Error)
+                .filter(|f| f.severity == postern_net::certs::Severity::Error)
                 .count();
             if errors > 0 {
                 anyhow::bail!("{errors} problem(s) in {}", path.display());

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
+use postern_net::addr::HostPort;
 use postern_proto::wire::{self, ErrorBody, RenewRequest, RenewResponse};
 use rustls_pki_types::ServerName;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +48,7 @@ pub(crate) struct Renewal {
 fn cert_times(state_dir: &Path) -> Result<(SystemTime, SystemTime), String> {
     let pem = std::fs::read_to_string(state_dir.join(CERT_FILE))
         .map_err(|e| format!("reading {}: {e}", state_dir.join(CERT_FILE).display()))?;
-    let chain = postern_proto::tls::certs_from_pem(&pem, CERT_FILE).map_err(|e| e.to_string())?;
+    let chain = postern_net::tls::certs_from_pem(&pem, CERT_FILE).map_err(|e| e.to_string())?;
     let info = postern_proto::certs::cert_info(&chain[0])?;
     Ok((info.not_before, info.not_after))
 }
@@ -176,15 +177,8 @@ async fn request(
     gateway: &str,
     csr_pem: &str,
 ) -> Result<RenewResponse, String> {
-    let (host, port) = gateway
-        .rsplit_once(':')
-        .and_then(|(h, p)| {
-            Some((
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse::<u16>().ok()?,
-            ))
-        })
-        .ok_or_else(|| format!("'{gateway}' is not host:port"))?;
+    let addr = HostPort::parse(gateway).map_err(|e| e.to_string())?;
+    let (host, port) = (addr.host.as_str(), addr.port);
     let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("server name: {e}"))?;
     let work = async {
         let tcp = tokio::net::TcpStream::connect((host, port))

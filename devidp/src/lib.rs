@@ -1,6 +1,6 @@
 //! A **development-only** OpenID Connect provider for the Postern demo.
 //!
-//! `postern-gateway demo` needs a sign-in that works offline, on one laptop, with no account at
+//! `postern-demo` needs a sign-in that works offline, on one laptop, with no account at
 //! a real identity provider. This crate is that provider: a small but standards-following OpenID
 //! Connect server for the authorization code flow with PKCE, so the gateway talks to it exactly
 //! as it talks to Entra ID, Okta or Keycloak.

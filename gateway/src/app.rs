@@ -91,7 +91,7 @@ fn tls(config: &Config, server_ca: &Ca, connector_ca: &Ca) -> Result<Tls, Gatewa
     let (chain, key) =
         server_ca.issue_server(&config.server_names, Duration::from_secs(365 * 86400))?;
     use postern_proto::wire::{ALPN_CONNECTOR, ALPN_H2, ALPN_HTTP1, ALPN_RENEW};
-    let own = postern_proto::certs::certified_key(chain.clone(), key.clone_key())
+    let own = postern_net::certs::certified_key(chain.clone(), key.clone_key())
         .map_err(|e| io_err("the self-issued server certificate", e))?;
     let server_cert = Arc::new(
         ServerCert::new(Arc::new(own), config.server_cert_files.clone()).map_err(|e| {
@@ -101,11 +101,11 @@ fn tls(config: &Config, server_ca: &Ca, connector_ca: &Ca) -> Result<Tls, Gatewa
             )
         })?,
     );
-    let client = postern_proto::tls::server_config_with_resolver(
+    let client = postern_net::tls::server_config_with_resolver(
         server_cert.clone(),
         &[ALPN_H2, ALPN_HTTP1],
     )?;
-    let connector = postern_proto::tls::server_config(
+    let connector = postern_net::tls::server_config(
         chain,
         key,
         &[ALPN_CONNECTOR, ALPN_RENEW],
@@ -265,7 +265,7 @@ impl App {
     /// Builds the application with the configured store, the system clock and the audit log
     /// in `audit_dir` (checkpoints signed with the gateway's audit key).
     pub async fn open(config: Config, connector_addr: SocketAddr) -> Result<Arc<App>, GatewayError> {
-        postern_proto::fsutil::private_dir(&config.state_dir).map_err(|source| {
+        postern_net::fsutil::private_dir(&config.state_dir).map_err(|source| {
             GatewayError::Io {
                 what: format!("creating state directory {}", config.state_dir.display()),
                 source,

@@ -16,7 +16,7 @@ pub enum GatewayError {
     #[error(transparent)]
     Tokens(#[from] crate::authn::tokens::TokenError),
     #[error(transparent)]
-    Tls(#[from] postern_proto::tls::TlsError),
+    Tls(#[from] postern_net::tls::TlsError),
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -32,7 +32,6 @@ pub mod authn;
 pub mod clock;
 pub mod config;
 mod connectors;
-pub mod demo;
 pub mod error;
 mod http;
 mod limits;

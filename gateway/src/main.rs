@@ -1,4 +1,5 @@
-//! `postern-gateway`: run the gateway, the local demo, and admin commands.
+//! `postern-gateway`: run the gateway, and admin commands. (The local demo is its own program,
+//! `postern-demo`, so this binary never links the development identity provider.)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,14 +39,13 @@ enum Cmd {
     /// Check the configuration and what it points at (policy, keys, certificates, ports, audit
     /// directory, identity provider); print every problem; exit 1 on any error.
     Check(ConfigArg),
-    /// Start a complete local deployment on loopback (gateway, connector, sample endpoints).
+    /// Moved out: the demo is its own program, `postern-demo`. Kept hidden so that an old
+    /// `postern-gateway demo [--dir D] [--port P]` says where it went instead of a clap error.
+    #[command(hide = true, disable_help_flag = true)]
     Demo {
-        /// Directory for the demo's state, logs and tokens (recreated on each start).
-        #[arg(long, default_value = "postern-demo")]
-        dir: PathBuf,
-        /// Port of the gateway's client listener (the connector listener uses the next one).
-        #[arg(long, default_value_t = 8443)]
-        port: u16,
+        /// Whatever the old invocation passed; ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
     /// Connector enrolment tokens.
     Token {
@@ -227,12 +227,19 @@ async fn shutdown_signal() -> Stop {
     }
 }
 
+/// What `postern-gateway demo` prints (exit status 2).
+const DEMO_MOVED: &str = "the demo is now its own program: run postern-demo (cargo build --release && target/release/postern-demo)";
+
 fn main() -> ExitCode {
     if let Some(code) = postern_cliassets::run_if_requested(<Cli as clap::CommandFactory>::command)
     {
         return code;
     }
     let cli = Cli::parse();
+    if let Cmd::Demo { .. } = cli.cmd {
+        eprintln!("{DEMO_MOVED}");
+        return ExitCode::from(2);
+    }
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -269,7 +276,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             let errors = findings
                 .iter()
-                .filter(|f| f.severity == postern_proto::certs::Severity::Error)
+                .filter(|f| f.severity == postern_net::certs::Severity::Error)
                 .count();
             if errors > 0 {
                 anyhow::bail!("{errors} problem(s) in {}", c.config.display());
@@ -277,12 +284,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("ok: {}", c.config.display());
             Ok(())
         }
-        Cmd::Demo { dir, port } => {
-            init_tracing();
-            runtime()?.block_on(postern_gateway::demo::run(dir, port, async {
-                shutdown_signal().await;
-            }))
-        }
+        Cmd::Demo { .. } => anyhow::bail!("{DEMO_MOVED}"),
         Cmd::Token {
             cmd: TokenCmd::Create { config, site, ttl },
         } => {

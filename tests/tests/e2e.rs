@@ -768,10 +768,24 @@ fn demo_comes_up_and_its_printed_next_steps_work() {
             break p;
         }
     };
+    // The old spelling says where the demo went instead of failing with a clap error.
+    let moved = Command::new(bin("postern-gateway"))
+        .args(["demo", "--dir"])
+        .arg(work.path().join("x"))
+        .args(["--port", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&moved.stderr);
+    assert_eq!(moved.status.code(), Some(2), "{err}");
+    assert_eq!(
+        err.trim(),
+        "the demo is now its own program: run postern-demo (cargo build --release && target/release/postern-demo)"
+    );
+    assert!(!work.path().join("x").exists());
     let demo = postern_e2e::Proc::spawn(
         "demo",
-        Command::new(bin("postern-gateway"))
-            .args(["demo", "--dir"])
+        Command::new(bin("postern-demo"))
+            .arg("--dir")
             .arg(work.path().join("demo"))
             .args(["--port", &port.to_string()])
             .env("POSTERN_LOG", "warn"),

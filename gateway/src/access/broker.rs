@@ -27,7 +27,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use postern_audit::EndpointRef;
-use postern_proto::relay::Counters;
+use postern_net::relay::Counters;
 use postern_proto::wire;
 use tracing::{info, Instrument};
 
@@ -109,7 +109,7 @@ impl Broker {
             );
             return self.fail(&session, "no_connector", StatusCode::SERVICE_UNAVAILABLE, msg).await;
         };
-        let target = host_port(&permit.endpoint.host, permit.endpoint.port);
+        let target = postern_net::addr::format_host_port(&permit.endpoint.host, permit.endpoint.port);
         let opened = route
             .open(OpenRequest {
                 target: &target,
@@ -335,13 +335,4 @@ pub(super) fn justification<B>(req: &Request<B>) -> Option<String> {
         .map(str::trim)
         .filter(|j| !j.is_empty() && j.len() <= wire::MAX_JUSTIFICATION)
         .map(str::to_owned)
-}
-
-/// `host:port`, with an IPv6 address in brackets.
-fn host_port(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
 }

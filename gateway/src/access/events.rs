@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use postern_audit::{DecisionRef, EndpointRef, Event, EventType};
 use postern_policy::{Decision, Effect, Endpoint};
-use postern_proto::relay::Counters;
+use postern_net::relay::Counters;
 
 use super::sessions::Session;
 use crate::audit::Audit;

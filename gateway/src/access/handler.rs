@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use postern_proto::relay::{relay, Counters, Ended};
+use postern_net::relay::{relay, Counters, Ended};
 
 pub use crate::stream::BoxIo;
 

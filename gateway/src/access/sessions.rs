@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use postern_audit::{ConnectorRef, DecisionRef, EndpointRef};
 use postern_policy::Policy;
-use postern_proto::relay::{Counters, Ended};
+use postern_net::relay::{Counters, Ended};
 use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;

@@ -229,7 +229,7 @@ impl Oidc {
             Some(p) => {
                 let pem = std::fs::read_to_string(p)
                     .map_err(|e| format!("reading oidc.ca_file {}: {e}", p.display()))?;
-                postern_proto::tls::certs_from_pem(&pem, &p.display().to_string())
+                postern_net::tls::certs_from_pem(&pem, &p.display().to_string())
                     .map_err(|e| e.to_string())?
             }
             None => Vec::new(),
@@ -240,7 +240,7 @@ impl Oidc {
         if !key_path.exists() {
             let key = postern_proto::ids::random_bytes(32)
                 .map_err(|_| "random number generator failed".to_owned())?;
-            postern_proto::fsutil::write_atomic(&key_path, &key, 0o600)
+            postern_net::fsutil::write_atomic(&key_path, &key, 0o600)
                 .map_err(|e| format!("writing {}: {e}", key_path.display()))?;
         }
         let key =

@@ -14,7 +14,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use postern_proto::fsutil::{private_dir, write_atomic};
+use postern_net::fsutil::{private_dir, write_atomic};
 
 pub const ISSUER: &str = "postern-gateway";
 pub const AUDIENCE: &str = "postern";

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use postern_audit::{ConnectorRef, EventType};
-use postern_proto::wire::{ALPN_RENEW, CONN_WINDOW, STREAM_WINDOW};
+use postern_proto::wire::ALPN_RENEW;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -124,14 +124,7 @@ impl Links {
         site: String,
         serial: String,
     ) {
-        let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONN_WINDOW)
-            .max_frame_size(64 * 1024)
-            .keep_alive_interval(Duration::from_secs(15))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
+        let handshake = postern_net::h2::client(postern_net::h2::LINK)
             .handshake::<_, Empty<Bytes>>(TokioIo::new(tls));
         let (sender, connection) =
             match tokio::time::timeout(self.handshake_timeout, handshake).await {

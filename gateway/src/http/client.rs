@@ -40,7 +40,7 @@ impl HttpClient {
                 .add(r)
                 .map_err(|e| HttpError(format!("IdP CA certificate: {e}")))?;
         }
-        let mut tls = ClientConfig::builder_with_provider(postern_proto::tls::provider())
+        let mut tls = ClientConfig::builder_with_provider(postern_net::tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| HttpError(e.to_string()))?
             .with_root_certificates(roots)

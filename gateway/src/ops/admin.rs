@@ -83,7 +83,7 @@ pub async fn token_create(
     audit(config, ev)?;
     let token = EnrollToken {
         secret,
-        pin: postern_proto::tls::cert_pin(&server_ca.cert_der),
+        pin: postern_net::tls::cert_pin(&server_ca.cert_der),
     };
     Ok(CreatedToken {
         token: token.render(),
@@ -181,7 +181,7 @@ pub fn session_mint(
             source: std::io::Error::other("must not be empty"),
         });
     }
-    postern_proto::fsutil::private_dir(&config.state_dir).map_err(|source| GatewayError::Io {
+    postern_net::fsutil::private_dir(&config.state_dir).map_err(|source| GatewayError::Io {
         what: format!("creating {}", config.state_dir.display()),
         source,
     })?;
@@ -233,7 +233,7 @@ pub fn ca_pem(config: &Config, which: WhichCa) -> Result<String, GatewayError> {
         ),
         source,
     })?;
-    postern_proto::tls::certs_from_pem(&pem, &path.display().to_string())?;
+    postern_net::tls::certs_from_pem(&pem, &path.display().to_string())?;
     Ok(pem)
 }
 

@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use postern_proto::certs::{
+use postern_net::certs::{
     check_bind, check_cert_file, check_key_file, check_private_dir, key_mode_problem, Finding,
 };
 
@@ -169,7 +169,7 @@ async fn oidc(config: &Config, out: &mut Vec<Finding>) {
         Some(p) => match std::fs::read_to_string(p)
             .map_err(|e| e.to_string())
             .and_then(|pem| {
-                postern_proto::tls::certs_from_pem(&pem, &p.display().to_string())
+                postern_net::tls::certs_from_pem(&pem, &p.display().to_string())
                     .map_err(|e| e.to_string())
             }) {
             Ok(r) => r,
@@ -228,7 +228,7 @@ async fn oidc(config: &Config, out: &mut Vec<Finding>) {
 mod tests {
     use super::*;
     use crate::config::{CertFiles, OidcConfig, SecretSource};
-    use postern_proto::certs::Severity;
+    use postern_net::certs::Severity;
     use std::os::unix::fs::PermissionsExt;
 
     const POLICY: &str = "[[endpoints]]\nname = \"echo\"\nsite = \"truro\"\nhost = \"127.0.0.1\"\nport = 7\nprotocol = \"tcp\"\n\n[[rules]]\nid = \"r\"\neffect = \"allow\"\ngroups = [\"g\"]\nendpoints = [\"echo\"]\nmax_session = \"1h\"\n";
@@ -241,7 +241,7 @@ mod tests {
     fn good(dir: &Path) -> Config {
         std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
         let state = dir.join("state");
-        postern_proto::fsutil::private_dir(&state).unwrap();
+        postern_net::fsutil::private_dir(&state).unwrap();
         crate::pki::Ca::load_or_create(&state, "server-ca", "t").unwrap();
         crate::pki::Ca::load_or_create(&state, "connector-ca", "t").unwrap();
         Config::local(&state, &dir.join("policy.toml"))

@@ -19,7 +19,7 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use postern_proto::fsutil::write_atomic;
+use postern_net::fsutil::write_atomic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {

@@ -42,7 +42,7 @@ impl std::fmt::Debug for ServerCert {
 
 /// Loads and vets a certificate/key pair from files; returns it and a description for logs.
 pub fn load(files: &CertFiles) -> Result<(Arc<CertifiedKey>, String), String> {
-    let ck = postern_proto::certs::load_pair(&files.cert, &files.key)?;
+    let ck = postern_net::certs::load_pair(&files.cert, &files.key)?;
     let leaf = ck
         .end_entity_cert()
         .map_err(|e| format!("{}: {e}", files.cert.display()))?;

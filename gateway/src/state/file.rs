@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use postern_proto::fsutil::{private_dir, write_atomic};
+use postern_net::fsutil::{private_dir, write_atomic};
 
 use super::{
     Change, ConnectorRec, DeviceChange, DeviceRec, DeviceStatus, EnrollIssuer, EnrollTokenRec,

@@ -16,7 +16,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::ids::{ct_eq, sha256_hex};
+use postern_proto::ids::{ct_eq, sha256_hex};
 
 /// Errors while building TLS configuration.
 #[derive(Debug, thiserror::Error)]

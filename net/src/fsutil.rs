@@ -1,4 +1,4 @@
-//! File helpers shared by the gateway, connector and client for keys, tokens and state:
+//! File helpers shared by the gateway, connector, client and demo for keys, tokens and state:
 //! private directories (0700) and atomic replacement of files with a given mode (0600 for
 //! secrets), fsynced before the rename.
 
