@@ -36,7 +36,7 @@ use crate::authn::tokens::TokenKeys;
 use crate::authn::{Authn, Issuer, SignIn};
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::connectors::{Enrolment, Links, Registry, Renewals};
+use crate::connectors::{Enrolment, Links, Registry, Renewals, Upstream};
 use crate::error::GatewayError;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -60,6 +60,16 @@ pub struct Lifecycle {
     /// Per-connection tasks of every listener, awaited at shutdown.
     pub conns: tokio_util::task::TaskTracker,
     pub conn_limit: Arc<Semaphore>,
+}
+
+/// The seams an application is built on: [`App::open`] passes the configured ones, tests
+/// pass a test clock, an in-memory store and audit sink, and their own upstream.
+pub struct Seams {
+    pub clock: SharedClock,
+    pub store: SharedStore,
+    pub audit: Arc<dyn AuditSink>,
+    /// How endpoints are reached; `None`: through connector links (the registry).
+    pub upstream: Option<Arc<dyn Upstream>>,
 }
 
 /// The application.
@@ -101,10 +111,8 @@ fn tls(config: &Config, server_ca: &Ca, connector_ca: &Ca) -> Result<Tls, Gatewa
             )
         })?,
     );
-    let client = postern_net::tls::server_config_with_resolver(
-        server_cert.clone(),
-        &[ALPN_H2, ALPN_HTTP1],
-    )?;
+    let client =
+        postern_net::tls::server_config_with_resolver(server_cert.clone(), &[ALPN_H2, ALPN_HTTP1])?;
     let connector = postern_net::tls::server_config(
         chain,
         key,
@@ -124,16 +132,20 @@ impl App {
         self.access.policy()
     }
 
-    /// Builds the application with the given clock, store and audit sink. `connector_addr` is
+    /// Builds the application on the given seams. `connector_addr` is
     /// the connector listener's address, advertised to enrolling connectors unless the
     /// configuration names others.
     pub async fn build(
         config: Config,
         connector_addr: SocketAddr,
-        clock: SharedClock,
-        store: SharedStore,
-        sink: Arc<dyn AuditSink>,
+        seams: Seams,
     ) -> Result<Arc<App>, GatewayError> {
+        let Seams {
+            clock,
+            store,
+            audit: sink,
+            upstream,
+        } = seams;
         let policy = Policy::from_file(&config.policy)?;
         let keys = TokenKeys::load_or_create(&config.state_dir)?;
         let server_ca = Ca::load_or_create(&config.state_dir, "server-ca", "Postern gateway CA")?;
@@ -145,14 +157,12 @@ impl App {
         let tls = tls(&config, &server_ca, &connector_ca)?;
         let oidc = match &config.oidc {
             Some(o) => Some(Arc::new(
-                Oidc::new(o.clone(), &config.state_dir)
-                    .map_err(|e| io_err("sign-in (oidc)", e))?,
+                Oidc::new(o.clone(), &config.state_dir).map_err(|e| io_err("sign-in (oidc)", e))?,
             )),
             None => None,
         };
-        let ceremonies = Arc::new(
-            Ceremonies::new(&config).map_err(|e| io_err("device trust ([devices])", e))?,
-        );
+        let ceremonies =
+            Arc::new(Ceremonies::new(&config).map_err(|e| io_err("device trust ([devices])", e))?);
         if config.oidc.is_some() && !config.devices.required {
             warn!("device trust is off ([devices] required = false): sign-in issues tokens that are not bound to a device");
         }
@@ -208,7 +218,7 @@ impl App {
         let broker = Arc::new(Broker {
             authn: authn.clone(),
             access: access.clone(),
-            upstream: registry.clone(),
+            upstream: upstream.unwrap_or_else(|| registry.clone()),
             limits: limits.clone(),
             dial_timeout: config.connector_dial_timeout,
         });
@@ -264,12 +274,13 @@ impl App {
 
     /// Builds the application with the configured store, the system clock and the audit log
     /// in `audit_dir` (checkpoints signed with the gateway's audit key).
-    pub async fn open(config: Config, connector_addr: SocketAddr) -> Result<Arc<App>, GatewayError> {
-        postern_net::fsutil::private_dir(&config.state_dir).map_err(|source| {
-            GatewayError::Io {
-                what: format!("creating state directory {}", config.state_dir.display()),
-                source,
-            }
+    pub async fn open(
+        config: Config,
+        connector_addr: SocketAddr,
+    ) -> Result<Arc<App>, GatewayError> {
+        postern_net::fsutil::private_dir(&config.state_dir).map_err(|source| GatewayError::Io {
+            what: format!("creating state directory {}", config.state_dir.display()),
+            source,
         })?;
         let store = crate::state::open(&config.state_dir)?;
         // Tamper evidence: a hash chain over every event, checkpoints signed with the gateway's
@@ -284,13 +295,12 @@ impl App {
             },
         )
         .await?;
-        App::build(
-            config,
-            connector_addr,
-            crate::clock::system(),
+        let seams = Seams {
+            clock: crate::clock::system(),
             store,
-            Arc::new(log),
-        )
-        .await
+            audit: Arc::new(log),
+            upstream: None,
+        };
+        App::build(config, connector_addr, seams).await
     }
 }

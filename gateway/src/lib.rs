@@ -25,13 +25,13 @@
 //! access is withdrawn; then `session.end` records bytes and the reason.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-mod access;
+pub mod access;
 pub mod app;
 pub mod audit;
 pub mod authn;
 pub mod clock;
 pub mod config;
-mod connectors;
+pub mod connectors;
 pub mod error;
 mod http;
 mod limits;
@@ -40,17 +40,17 @@ pub mod metrics;
 pub mod ops;
 pub mod pki;
 pub mod state;
-mod stream;
+pub mod stream;
 
-/// Admin commands, under their historical path.
-pub use ops::admin;
-/// `postern-gateway check`, under its historical path.
-pub use ops::check;
 /// Session tokens, under their historical path.
 pub use authn::tokens;
 pub use config::Config;
 pub use error::GatewayError;
 pub use listeners::Listeners;
+/// Admin commands, under their historical path.
+pub use ops::admin;
+/// `postern-gateway check`, under its historical path.
+pub use ops::check;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -123,7 +123,10 @@ pub async fn serve(
         registry: app.registry.clone(),
     };
     let tasks = [
-        tokio::spawn(listeners::client::accept_loop(app.clone(), listeners.clients)),
+        tokio::spawn(listeners::client::accept_loop(
+            app.clone(),
+            listeners.clients,
+        )),
         tokio::spawn(listeners::connector::accept_loop(
             app.clone(),
             listeners.connectors,

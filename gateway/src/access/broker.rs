@@ -32,6 +32,7 @@ use postern_proto::wire;
 use tracing::{info, Instrument};
 
 use super::events::{self, decision_ref, early_deny, endpoint_ref};
+use super::handler::EndpointHandler;
 use super::sessions::{Session, Tunnel};
 use super::{authorize, Access, Permit};
 use crate::authn::{token_refusal, Authn, Subject};
@@ -50,6 +51,13 @@ pub struct Broker {
     pub dial_timeout: Duration,
 }
 
+/// A session whose upstream stream is open, ready for its handler.
+pub struct Opened {
+    pub tunnel: Tunnel,
+    pub upstream: BoxIo,
+    pub handler: Arc<dyn EndpointHandler>,
+}
+
 /// Why the broker refused before a session started.
 enum Refused {
     /// The CONNECT target is not `ENDPOINT:0` (shown bounded and printable).
@@ -66,50 +74,91 @@ impl Broker {
         // 1. Target.
         let name = match target(&req) {
             Ok(name) => name,
-            Err(shown) => return self.refuse(peer, None, &shown, Refused::BadTarget(shown.clone())),
+            Err(shown) => {
+                return self.refuse(peer, None, &shown, Refused::BadTarget(shown.clone()))
+            }
         };
         // 2. Subject.
         let subject = match self.authn.authenticate(&req, peer) {
             Ok(s) => s,
             Err(e) => return self.refuse(peer, None, &name, Refused::Token(e)),
         };
-        // 3. Rate limit.
-        if let Err(secs) = self.rate_limit(&subject) {
-            return self.refuse(peer, Some(&subject), &name, Refused::RateLimited(secs));
-        }
-        // 4. Authorize.
+        // 3 to 6: rate limit, authorize, audit start, upstream open.
         let given = justification(&req);
-        let policy = self.access.policy();
-        let permit = match authorize(
-            &subject,
-            &name,
-            given.as_deref(),
-            &policy,
-            &*self.access.clock,
-        ) {
-            Ok(p) => p,
-            Err(denied) => {
-                return self.refuse(peer, Some(&subject), &name, Refused::Policy(denied))
-            }
-        };
-        // 5. Route and audit start.
-        let route = self.upstream.route(&permit.endpoint.site);
-        let session = match self
-            .start(subject, &permit, given, route.as_deref(), started)
-            .await
-        {
-            Ok(s) => s,
+        let opened = match self.open(subject, &name, given, started).await {
+            Ok(o) => o,
             Err(resp) => return resp,
         };
+        // 7. Endpoint handler, once the client's stream is ours.
+        let id = opened.tunnel.session.id.clone();
+        self.spawn_handler(req, opened);
+        let mut ok = Response::new(Full::new(Bytes::new()));
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            ok.headers_mut().insert(wire::HDR_SESSION, v);
+        }
+        ok
+    }
+
+    /// Stages 3 to 6 for an authenticated subject: rate limit, authorize, audit start,
+    /// upstream open. On refusal or failure it has already audited what happened
+    /// (`session.denied`, or `session.end` for a session that started) and returns the answer.
+    pub async fn open(
+        &self,
+        subject: Subject,
+        name: &str,
+        given: Option<String>,
+        started: tokio::time::Instant,
+    ) -> Result<Opened, Resp> {
+        let peer = subject.source;
+        // 3. Rate limit.
+        if let Err(secs) = self.rate_limit(&subject) {
+            return Err(self.refuse(peer, Some(&subject), name, Refused::RateLimited(secs)));
+        }
+        // 4. Authorize.
+        let policy = self.access.policy();
+        let clock = &*self.access.clock;
+        let permit = match authorize(&subject, name, given.as_deref(), &policy, clock) {
+            Ok(p) => p,
+            Err(denied) => {
+                return Err(self.refuse(peer, Some(&subject), name, Refused::Policy(denied)))
+            }
+        };
+        // 5. Route, audit start, register.
+        let route = self.upstream.route(&permit.endpoint.site);
+        let session = self
+            .start(subject, &permit, given, route.as_deref(), started)
+            .await?;
+        let (kill, deadline) = self.access.register(session.clone(), permit.deadline);
+        // A revocation between authentication and registration would miss this session: look
+        // again now that it is registered (a later one finds it in the registry).
+        if let Err(e) = self.authn.check_live(&session.subject.claims) {
+            self.access
+                .end(
+                    &session,
+                    e.code(),
+                    Some(e.to_string()),
+                    &Counters::default(),
+                )
+                .await;
+            return Err(token_refusal(&e));
+        }
         // 6. Upstream open.
         let Some(route) = route else {
             let msg = format!(
                 "no connector for site '{}' is connected to the gateway",
                 permit.endpoint.site
             );
-            return self.fail(&session, "no_connector", StatusCode::SERVICE_UNAVAILABLE, msg).await;
+            return Err(self
+                .fail(
+                    &session,
+                    "no_connector",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    msg,
+                )
+                .await);
         };
-        let target = postern_net::addr::format_host_port(&permit.endpoint.host, permit.endpoint.port);
+        let target =
+            postern_net::addr::format_host_port(&permit.endpoint.host, permit.endpoint.port);
         let opened = route
             .open(OpenRequest {
                 target: &target,
@@ -120,21 +169,28 @@ impl Broker {
             .await;
         let upstream = match opened {
             Ok(s) => s,
-            Err(e) => return self.upstream_failed(&session, e).await,
+            Err(e) => return Err(self.upstream_failed(&session, e).await),
         };
-        // 7. Endpoint handler, once the client's stream is ours.
         self.access
             .metrics
             .session_setup
             .observe((self.access.clock.instant() - started).as_secs_f64());
         info!(session_id = %session.id, user = %session.subject.user(), endpoint = %session.endpoint.name, connector_id = %route.connector().id, "session started");
-        let id = session.id.clone();
-        self.spawn_handler(req, session, permit, route, upstream);
-        let mut ok = Response::new(Full::new(Bytes::new()));
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            ok.headers_mut().insert(wire::HDR_SESSION, v);
-        }
-        ok
+        Ok(Opened {
+            handler: self
+                .access
+                .handlers
+                .for_protocol(&session.endpoint.protocol),
+            tunnel: Tunnel {
+                session,
+                kill,
+                deadline,
+                idle_limit: permit.decision.limits.idle_timeout,
+                recheck_at: permit.recheck_at,
+                upstream_lost: route.lost(),
+            },
+            upstream,
+        })
     }
 
     fn rate_limit(&self, subject: &Subject) -> Result<(), u64> {
@@ -190,35 +246,23 @@ impl Broker {
     }
 
     /// Stage 7: waits for the client's stream, then serves both under supervision.
-    fn spawn_handler(
-        &self,
-        req: Request<Incoming>,
-        session: Arc<Session>,
-        permit: Permit,
-        route: Arc<dyn Route>,
-        upstream: BoxIo,
-    ) {
+    fn spawn_handler(&self, req: Request<Incoming>, opened: Opened) {
         let access = self.access.clone();
-        let handler = access.handlers.for_protocol(&session.endpoint.protocol);
-        let span = session.span();
-        let tunnel = Tunnel {
-            session,
-            deadline: permit.deadline,
-            idle_limit: permit.decision.limits.idle_timeout,
-            recheck_at: permit.recheck_at,
-            upstream_lost: route.lost(),
-        };
+        let span = opened.tunnel.session.span();
         tokio::spawn(
             async move {
                 match hyper::upgrade::on(req).await {
                     Ok(client) => {
                         let client: BoxIo = Box::new(TokioIo::new(client));
-                        access.supervise(tunnel, handler, client, upstream).await
+                        access
+                            .supervise(opened.tunnel, opened.handler, client, opened.upstream)
+                            .await
                     }
                     Err(e) => {
                         let msg = format!("client stream upgrade failed: {e}");
+                        let counters = Counters::default();
                         access
-                            .end(&tunnel.session, "error", Some(msg), &Counters::default())
+                            .end(&opened.tunnel.session, "error", Some(msg), &counters)
                             .await
                     }
                 }

@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 
 use postern_audit::{DecisionRef, EndpointRef, Event, EventType};
-use postern_policy::{Decision, Effect, Endpoint};
 use postern_net::relay::Counters;
+use postern_policy::{Decision, Effect, Endpoint};
 
 use super::sessions::Session;
 use crate::audit::Audit;

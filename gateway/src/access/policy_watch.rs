@@ -57,7 +57,8 @@ pub async fn reload(access: &Access, path: &Path, trigger: &str) -> bool {
         Ok(Err(e)) => {
             let errors = e.to_string();
             warn!(%trigger, errors = %errors, "policy rejected; keeping the running policy");
-            access.metrics
+            access
+                .metrics
                 .policy_reloads
                 .with_label_values(&["rejected"])
                 .inc();
@@ -81,7 +82,11 @@ pub async fn reload(access: &Access, path: &Path, trigger: &str) -> bool {
     }
     let new = Arc::new(new);
     access.set_policy(new.clone());
-    access.metrics.policy_reloads.with_label_values(&["ok"]).inc();
+    access
+        .metrics
+        .policy_reloads
+        .with_label_values(&["ok"])
+        .inc();
     access.metrics.set_policy_version(new.version());
     let recheck = access
         .sessions

@@ -200,7 +200,11 @@ mod tests {
             .map(|e| e.session_id.unwrap())
             .collect();
         assert_eq!(open, ["b", "c"]);
-        let end = lost_end(&ev(EventType::SessionStart, Some("b")), "gw-1", SystemTime::now());
+        let end = lost_end(
+            &ev(EventType::SessionStart, Some("b")),
+            "gw-1",
+            SystemTime::now(),
+        );
         assert_eq!(end.kind, "session.end");
         assert_eq!(end.close_reason.as_deref(), Some("gateway_lost"));
         assert_eq!(end.bytes_up, None);

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use postern_audit::{ConnectorRef, DecisionRef, EndpointRef};
-use postern_policy::Policy;
 use postern_net::relay::{Counters, Ended};
+use postern_policy::Policy;
 use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -125,7 +125,7 @@ impl Sessions {
     }
 
     /// Registers a live session; returns its kill switch and its deadline's receiver.
-    pub fn insert(
+    pub(super) fn insert(
         &self,
         session: Arc<Session>,
         deadline: Deadline,
@@ -198,13 +198,15 @@ impl Sessions {
             let s = &live.session;
             let claims = &s.subject.claims;
             let user_revoked = devices.user_revoked(&claims.sub, claims.iat);
-            let device_state = claims.device.as_ref().and_then(|id| {
-                match devices.view(id).map(|v| v.status) {
-                    Some(DeviceStatus::Active) => None,
-                    Some(st) => Some((id.clone(), st.as_str())),
-                    None => Some((id.clone(), "unregistered")),
-                }
-            });
+            let device_state =
+                claims
+                    .device
+                    .as_ref()
+                    .and_then(|id| match devices.view(id).map(|v| v.status) {
+                        Some(DeviceStatus::Active) => None,
+                        Some(st) => Some((id.clone(), st.as_str())),
+                        None => Some((id.clone(), "unregistered")),
+                    });
             let (reason, detail) = match (user_revoked, device_state) {
                 (true, _) => (
                     "user_revoked",
@@ -264,12 +266,7 @@ impl Sessions {
                 out.terminated += 1;
                 continue;
             }
-            let new = deadline_for(
-                &decision,
-                s.started,
-                s.subject.claims.exp,
-                &*self.clock,
-            );
+            let new = deadline_for(&decision, s.started, s.subject.claims.exp, &*self.clock);
             let current = *live.deadline.borrow();
             if new.at < current.at {
                 let _ = live.deadline.send(new);
@@ -300,10 +297,12 @@ impl SessionControl for Sessions {
     }
 }
 
-/// A session that is about to relay: the session, its limits and the upstream's end signal.
+/// A registered session that is about to relay: the session, its kill switch and deadline,
+/// its limits and the upstream's end signal.
 pub struct Tunnel {
     pub session: Arc<Session>,
-    pub deadline: Deadline,
+    pub kill: Arc<Kill>,
+    pub deadline: watch::Receiver<Deadline>,
     pub idle_limit: Option<Duration>,
     /// When time alone could change the decision: re-check then.
     pub recheck_at: Option<SystemTime>,
@@ -341,12 +340,12 @@ impl Access {
     ) {
         let Tunnel {
             session,
-            deadline,
+            kill,
+            deadline: mut deadline_rx,
             idle_limit,
             mut recheck_at,
             upstream_lost,
         } = tunnel;
-        let (kill, mut deadline_rx) = self.sessions.insert(session.clone(), deadline);
         let active = self
             .metrics
             .sessions_active
@@ -424,14 +423,28 @@ impl Access {
             .with_label_values(&["down"])
             .inc_by(counters.b_to_a());
         self.end(&session, &reason, None, &counters).await;
-        // Only now: shutdown waits for the registry to empty before it closes the audit log,
-        // so every session.end is on disk first.
-        self.sessions.remove(&session.id);
+    }
+
+    /// Registers a session that has started (its `session.start` is written): from now on
+    /// revocations, policy reloads and shutdown reach it.
+    pub fn register(
+        &self,
+        session: Arc<Session>,
+        deadline: Deadline,
+    ) -> (Arc<Kill>, watch::Receiver<Deadline>) {
+        self.sessions.insert(session, deadline)
     }
 
     /// Writes `session.end` for a session that started (also for ones that never relayed a
-    /// byte).
-    pub async fn end(&self, s: &Session, reason: &str, detail: Option<String>, counters: &Counters) {
+    /// byte) and only then takes it out of the registry: shutdown waits for the registry to
+    /// empty before it closes the audit log, so every `session.end` is on disk first.
+    pub async fn end(
+        &self,
+        s: &Session,
+        reason: &str,
+        detail: Option<String>,
+        counters: &Counters,
+    ) {
         let duration_ms = (self.clock.instant() - s.started).as_millis() as u64;
         info!(
             session_id = %s.id,
@@ -446,6 +459,7 @@ impl Access {
         if let Err(e) = self.audit.record(ev).await {
             tracing::error!(session_id = %s.id, error = %e, "could not write session.end");
         }
+        self.sessions.remove(&s.id);
     }
 }
 

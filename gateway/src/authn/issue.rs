@@ -53,7 +53,10 @@ impl Issuer {
         let oidc = oidc(&self.authn)?;
         let (token, claims) = self.mint(oidc, identity, device)?;
         info!(user = %identity.user, groups = ?identity.groups, mfa = identity.mfa, device = ?claims.device, %peer, "signed in");
-        self.metrics.auth_logins.with_label_values(&["success"]).inc();
+        self.metrics
+            .auth_logins
+            .with_label_values(&["success"])
+            .inc();
         let mut ev = self.audit.event(EventType::AuthLogin);
         ev.user = Some(identity.user.clone());
         ev.groups = Some(identity.groups.clone());

@@ -21,8 +21,8 @@ mod subject;
 pub mod tokens;
 mod verify;
 
+pub use device_table::{DeviceTable, DeviceView};
 pub use issue::Issuer;
 pub use signin::{SessionControl, SignIn};
 pub use subject::Subject;
-pub use device_table::{DeviceTable, DeviceView};
 pub use verify::{token_refusal, Authn};

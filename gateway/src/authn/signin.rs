@@ -33,8 +33,8 @@ use super::verify::{token_refusal, Authn};
 use crate::audit::Audit;
 use crate::clock::SharedClock;
 use crate::http::{
-    cookie, error, json, pages, param, query, read_body, redirect, retry_after, too_many, user_agent,
-    Resp,
+    cookie, error, json, pages, param, query, read_body, redirect, retry_after, too_many,
+    user_agent, Resp,
 };
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -71,7 +71,10 @@ fn set_cookie(r: &mut Resp, value: &str, max_age: u64) {
 
 /// Audits `auth.failed` and renders the error page with the same id.
 fn fail_page(svc: &SignIn, peer: SocketAddr, ua: &str, e: &AuthError) -> Resp {
-    svc.metrics.auth_logins.with_label_values(&["failure"]).inc();
+    svc.metrics
+        .auth_logins
+        .with_label_values(&["failure"])
+        .inc();
     let id = postern_proto::ids::random_id("err")
         .map(|s| s[..16].to_owned())
         .unwrap_or_else(|_| "err-unknown".into());

@@ -281,10 +281,14 @@ mod tests {
     fn rotation_signs_with_the_new_key_and_still_verifies_old_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let old = TokenKeys::load_or_create(dir.path()).unwrap();
-        let (old_tok, _) = old.mint("alice", &[], Duration::from_secs(60), now()).unwrap();
+        let (old_tok, _) = old
+            .mint("alice", &[], Duration::from_secs(60), now())
+            .unwrap();
         let kid = TokenKeys::add_active_key(dir.path()).unwrap();
         let new = TokenKeys::load_or_create(dir.path()).unwrap();
-        let (new_tok, _) = new.mint("bob", &[], Duration::from_secs(60), now()).unwrap();
+        let (new_tok, _) = new
+            .mint("bob", &[], Duration::from_secs(60), now())
+            .unwrap();
         let header = jsonwebtoken::decode_header(&new_tok).unwrap();
         assert_eq!(header.kid.as_deref(), Some(kid.as_str()));
         assert_ne!(
@@ -308,7 +312,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys = TokenKeys::load_or_create(dir.path()).unwrap();
         let (tok, claims) = keys
-            .mint("alice", &["radiologists".into()], Duration::from_secs(60), now())
+            .mint(
+                "alice",
+                &["radiologists".into()],
+                Duration::from_secs(60),
+                now(),
+            )
             .unwrap();
         assert_eq!(keys.verify(&tok, now()).unwrap(), claims);
 
@@ -331,7 +340,10 @@ mod tests {
         let (ftok, _) = foreign
             .mint("mallory", &[], Duration::from_secs(60), now())
             .unwrap();
-        assert!(matches!(keys.verify(&ftok, now()), Err(TokenError::UnknownKey(_))));
+        assert!(matches!(
+            keys.verify(&ftok, now()),
+            Err(TokenError::UnknownKey(_))
+        ));
 
         assert!(matches!(
             keys.verify("garbage", now()),
@@ -366,14 +378,19 @@ mod tests {
         assert!(matches!(keys.verify(&tok, now), Err(TokenError::Expired)));
         // Expiry is judged by the clock passed in, to the second, without leeway.
         assert!(keys.verify(&tok, now - 3601).is_ok());
-        assert!(matches!(keys.verify(&tok, now - 3600), Err(TokenError::Expired)));
+        assert!(matches!(
+            keys.verify(&tok, now - 3600),
+            Err(TokenError::Expired)
+        ));
     }
 
     #[test]
     fn device_claims_round_trip_and_default_when_absent() {
         let dir = tempfile::tempdir().unwrap();
         let keys = TokenKeys::load_or_create(dir.path()).unwrap();
-        let (_, base) = keys.mint("ann", &[], Duration::from_secs(60), now()).unwrap();
+        let (_, base) = keys
+            .mint("ann", &[], Duration::from_secs(60), now())
+            .unwrap();
         let posture: std::collections::BTreeMap<String, String> =
             [("disk_encrypted".to_owned(), "true".to_owned())].into();
         let (tok, claims) = keys
@@ -390,7 +407,9 @@ mod tests {
         assert!(back.uv);
         assert_eq!(back.posture, Some(posture));
         // A token minted without device trust has no device, uv false, no posture.
-        let (tok, _) = keys.mint("bob", &[], Duration::from_secs(60), now()).unwrap();
+        let (tok, _) = keys
+            .mint("bob", &[], Duration::from_secs(60), now())
+            .unwrap();
         let c = keys.verify(&tok, now()).unwrap();
         assert_eq!((c.device, c.uv, c.posture), (None, false, None));
         // The payload without the new claims (an older gateway's token) still parses.

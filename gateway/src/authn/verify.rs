@@ -24,11 +24,7 @@ pub struct Authn {
 }
 
 impl Authn {
-    pub fn new(
-        keys: TokenKeys,
-        oidc: Option<Arc<Oidc>>,
-        clock: SharedClock,
-    ) -> Authn {
+    pub fn new(keys: TokenKeys, oidc: Option<Arc<Oidc>>, clock: SharedClock) -> Authn {
         Authn {
             keys,
             devices: DeviceTable::default(),

@@ -146,7 +146,10 @@ impl Links {
             lost: CancellationToken::new(),
         });
         self.registry.add(link.clone());
-        let connected = self.metrics.connectors_connected.with_label_values(&[&site]);
+        let connected = self
+            .metrics
+            .connectors_connected
+            .with_label_values(&[&site]);
         connected.inc();
         info!("connector connected");
         let mut ev = self.audit.event(EventType::ConnectorConnected);
@@ -206,4 +209,3 @@ pub fn announce_drain(registry: &Registry) {
         });
     }
 }
-

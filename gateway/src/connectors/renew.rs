@@ -40,21 +40,26 @@ pub struct Renewals {
 
 /// Serves one renewal connection (HTTP/1.1, at most 30 s).
 impl Renewals {
-    pub async fn serve<S>(self: Arc<Self>, tls: S, peer: SocketAddr, rec: ConnectorRec, serial: String)
-    where
+    pub async fn serve<S>(
+        self: Arc<Self>,
+        tls: S,
+        peer: SocketAddr,
+        rec: ConnectorRec,
+        serial: String,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let service = service_fn(move |req: Request<Incoming>| {
             let (svc, rec, serial) = (self.clone(), rec.clone(), serial.clone());
             async move { Ok::<_, Infallible>(handle(&svc, req, peer, rec, serial).await) }
         });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(5))
-        .keep_alive(false)
-        .serve_connection(TokioIo::new(tls), service);
-    let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-}
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(5))
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(tls), service);
+        let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+    }
 }
 
 async fn handle(
@@ -118,8 +123,7 @@ async fn handle(
         Ok((_, issued)) => {
             let (cert_pem, new_serial) = (issued.cert_pem, issued.serial);
             let not_after =
-                humantime::format_rfc3339_seconds(from_unix(issued.not_after))
-                    .to_string();
+                humantime::format_rfc3339_seconds(from_unix(issued.not_after)).to_string();
             let mut ev = svc.audit.event(EventType::ConnectorRenewed);
             ev.connector = Some(cref);
             ev.site = Some(site.clone());

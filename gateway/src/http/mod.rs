@@ -177,9 +177,6 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(bearer(&basic), Err(BearerError::NotBearer));
-        assert_eq!(
-            bearer(&Request::new(())),
-            Err(BearerError::Missing)
-        );
+        assert_eq!(bearer(&Request::new(())), Err(BearerError::Missing));
     }
 }

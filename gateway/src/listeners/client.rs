@@ -54,18 +54,19 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
 
 async fn serve_connection(app: Arc<App>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let tls =
-        match tokio::time::timeout(app.config.handshake_timeout, app.tls.client.accept(tcp)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "client TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                debug!(%peer, "client TLS handshake timed out");
-                return;
-            }
-        };
+    let tls = match tokio::time::timeout(app.config.handshake_timeout, app.tls.client.accept(tcp))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "client TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "client TLS handshake timed out");
+            return;
+        }
+    };
     let svc_app = app.clone();
     // Signalled by the first request: a connection that completes TLS and then never finishes
     // a request (an idle socket, or HTTP/2 headers trickled in a byte at a time) is closed
@@ -129,7 +130,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp 
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, wire::PATH_HEALTH) => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
-        (&Method::POST, wire::PATH_ENROLL) => enroll::enroll(app.enrolment.clone(), req, peer).await,
+        (&Method::POST, wire::PATH_ENROLL) => {
+            enroll::enroll(app.enrolment.clone(), req, peer).await
+        }
         (&Method::GET, wire::PATH_ENDPOINTS) => endpoints::list(&app.broker, &req, peer),
         (&Method::GET, "/auth/login") => signin::login(app.signin.clone(), req, peer).await,
         (&Method::GET, "/auth/callback") => signin::callback(app.signin.clone(), req, peer).await,

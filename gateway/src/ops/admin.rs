@@ -9,12 +9,12 @@ use postern_audit::{ConnectorRef, Event, EventType};
 use postern_proto::enroll::EnrollToken;
 use postern_proto::ids::{hex, random_bytes, random_id, sha256_hex};
 
-use crate::clock::unix_now;
-use crate::pki::Ca;
-use crate::state::{self, DeviceRec, DeviceStatus, EnrollTokenRec, Refusal, StoreError};
 use crate::authn::tokens::TokenKeys;
+use crate::clock::unix_now;
 use crate::config::Config;
 use crate::error::GatewayError;
+use crate::pki::Ca;
+use crate::state::{self, DeviceRec, DeviceStatus, EnrollTokenRec, Refusal, StoreError};
 
 /// Appends an admin command's event, saying which local account ran it.
 fn audit(config: &Config, mut ev: Event) -> Result<(), GatewayError> {

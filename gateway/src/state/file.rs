@@ -12,37 +12,15 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use postern_net::fsutil::{private_dir, write_atomic};
 
-use super::{
-    Change, ConnectorRec, DeviceChange, DeviceRec, DeviceStatus, EnrollIssuer, EnrollTokenRec,
-    Issued, Refusal, RenewIssuer, Revocations, RevokedToken, RevokedUser, StateStore, StoreError,
-    StoreFuture,
-};
+use super::rules::{Backend, Tables};
+use super::{Change, StoreError, StoreFuture};
 
 /// How often another process's changes are looked for.
 const POLL: Duration = Duration::from_millis(500);
-/// Enrolment tokens expired longer ago than this are forgotten.
-const TOKEN_RETENTION: u64 = 7 * 86400;
-
-/// The whole document.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct State {
-    #[serde(default)]
-    enroll_tokens: Vec<EnrollTokenRec>,
-    #[serde(default)]
-    connectors: Vec<ConnectorRec>,
-    #[serde(default)]
-    revoked_tokens: Vec<RevokedToken>,
-    #[serde(default)]
-    devices: Vec<DeviceRec>,
-    #[serde(default)]
-    revoked_users: Vec<RevokedUser>,
-}
 
 /// The file and its lock.
 #[derive(Debug, Clone)]
@@ -62,13 +40,13 @@ impl Files {
         }
     }
 
-    fn read_unlocked(&self) -> Result<State, StoreError> {
+    fn read_unlocked(&self) -> Result<Tables, StoreError> {
         match std::fs::read(self.path()) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
                 path: self.path(),
                 message: e.to_string(),
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Tables::default()),
             Err(e) => Err(self.io(e)),
         }
     }
@@ -86,7 +64,7 @@ impl Files {
     }
 
     /// A consistent snapshot.
-    fn read(&self) -> Result<State, StoreError> {
+    fn read(&self) -> Result<Tables, StoreError> {
         let _lock = self.lock()?;
         self.read_unlocked()
     }
@@ -94,7 +72,7 @@ impl Files {
     /// Read-modify-write under the lock. `f` returning `Err` leaves the file unchanged.
     fn update<T>(
         &self,
-        f: impl FnOnce(&mut State) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Tables) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let _lock = self.lock()?;
         let mut state = self.read_unlocked()?;
@@ -138,26 +116,6 @@ impl FileStore {
         })
     }
 
-    /// Runs `f` on the blocking pool, then announces `change(&result)` if it succeeded.
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Files) -> Result<T, StoreError> + Send + 'static,
-        change: impl FnOnce(&T) -> Vec<Change> + Send + 'static,
-    ) -> StoreFuture<'_, T> {
-        let files = self.files.clone();
-        let tx = self.tx.clone();
-        Box::pin(async move {
-            let out = tokio::task::spawn_blocking(move || f(&files))
-                .await
-                .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))??;
-            for c in change(&out) {
-                // No listener is not an error.
-                let _ = tx.send(c);
-            }
-            Ok(out)
-        })
-    }
-
     /// Announces changes made by other processes while anyone listens.
     fn start_poller(&self) {
         let Ok(mut started) = self.poller.lock() else {
@@ -185,258 +143,51 @@ impl FileStore {
     }
 }
 
-fn find_device<'a>(s: &'a mut State, id: &str) -> Result<&'a mut DeviceRec, StoreError> {
-    s.devices
-        .iter_mut()
-        .find(|d| d.id == id)
-        .ok_or_else(|| Refusal::UnknownDevice(id.to_owned()).into())
-}
-
-impl StateStore for FileStore {
-    fn create_enroll_token(&self, token: EnrollTokenRec, now: u64) -> StoreFuture<'_, ()> {
-        self.run(
-            move |f| {
-                f.update(|s| {
-                    s.enroll_tokens
-                        .retain(|t| t.expires + TOKEN_RETENTION > now);
-                    s.enroll_tokens.push(token);
-                    Ok(())
-                })
-            },
-            |_| Vec::new(),
-        )
-    }
-
-    fn enroll_connector(
+impl Backend for FileStore {
+    fn read<T: Send + 'static>(
         &self,
-        secret_sha256: String,
-        hostname: Option<String>,
-        now: u64,
-        issue: EnrollIssuer,
-    ) -> StoreFuture<'_, (ConnectorRec, Issued, String)> {
-        self.run(
-            move |f| {
-                f.update(|s| {
-                    let tok = s
-                        .enroll_tokens
-                        .iter_mut()
-                        .find(|t| {
-                            postern_proto::ids::ct_eq(
-                                t.secret_sha256.as_bytes(),
-                                secret_sha256.as_bytes(),
-                            )
-                        })
-                        .ok_or(Refusal::UnknownToken)?;
-                    if let Some(by) = &tok.used_by {
-                        return Err(Refusal::TokenUsed(by.clone()).into());
-                    }
-                    if tok.expires <= now {
-                        return Err(Refusal::TokenExpired.into());
-                    }
-                    let (id, issued) = issue(&tok.site).map_err(Refusal::Rejected)?;
-                    tok.used = Some(now);
-                    tok.used_by = Some(id.clone());
-                    let token_id = tok.id.clone();
-                    let rec = ConnectorRec {
-                        id,
-                        site: tok.site.clone(),
-                        serial: issued.serial.clone(),
-                        hostname,
-                        enrolled: now,
-                        not_after: issued.not_after,
-                        revoked: None,
-                        previous_serial: None,
-                        renewed: None,
-                    };
-                    s.connectors.push(rec.clone());
-                    Ok((rec, issued, token_id))
-                })
-            },
-            |(rec, _, _)| vec![Change::ConnectorEnrolled(rec.id.clone())],
-        )
+        f: impl FnOnce(&Tables) -> T + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        let files = self.files.clone();
+        blocking(move || files.read().map(|t| f(&t)))
     }
 
-    fn renew_connector(
+    fn write<T: Send + 'static>(
         &self,
-        id: String,
-        serial: String,
-        now: u64,
-        issue: RenewIssuer,
-    ) -> StoreFuture<'_, (ConnectorRec, Issued)> {
-        self.run(
-            move |f| {
-                f.update(|s| {
-                    let c = s
-                        .connectors
-                        .iter_mut()
-                        .find(|c| c.id == id)
-                        .ok_or_else(|| Refusal::UnknownConnector(id.clone()))?;
-                    if c.revoked.is_some() {
-                        return Err(Refusal::ConnectorRevoked(id.clone()).into());
-                    }
-                    if !c.accepts_serial(&serial) {
-                        return Err(Refusal::Superseded.into());
-                    }
-                    let issued = issue(c).map_err(Refusal::Rejected)?;
-                    let old = std::mem::replace(&mut c.serial, issued.serial.clone());
-                    // The presented certificate is the one live links use; keep it acceptable.
-                    c.previous_serial = Some(if old == serial { old } else { serial });
-                    c.not_after = issued.not_after;
-                    c.renewed = Some(now);
-                    Ok((c.clone(), issued))
-                })
-            },
-            |(rec, _)| vec![Change::ConnectorRenewed(rec.id.clone())],
-        )
+        f: impl FnOnce(&mut Tables) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        let files = self.files.clone();
+        blocking(move || files.update(f))
     }
 
-    fn revoke_connector(&self, id: String, now: u64) -> StoreFuture<'_, ConnectorRec> {
-        self.run(
-            move |f| {
-                f.update(|s| {
-                    let c = s
-                        .connectors
-                        .iter_mut()
-                        .find(|c| c.id == id)
-                        .ok_or_else(|| Refusal::UnknownConnector(id.clone()))?;
-                    c.revoked.get_or_insert(now);
-                    Ok(c.clone())
-                })
-            },
-            |c| vec![Change::ConnectorRevoked(c.id.clone())],
-        )
+    fn sender(&self) -> &broadcast::Sender<Change> {
+        &self.tx
     }
 
-    fn connector(&self, id: String) -> StoreFuture<'_, Option<ConnectorRec>> {
-        self.run(
-            move |f| Ok(f.read()?.connectors.into_iter().find(|c| c.id == id)),
-            |_| Vec::new(),
-        )
-    }
-
-    fn connectors(&self) -> StoreFuture<'_, Vec<ConnectorRec>> {
-        self.run(|f| Ok(f.read()?.connectors), |_| Vec::new())
-    }
-
-    fn revoke_token(&self, token: RevokedToken, now: u64) -> StoreFuture<'_, ()> {
-        let jti = token.jti.clone();
-        self.run(
-            move |f| {
-                f.update(|s| {
-                    s.revoked_tokens.retain(|t| t.exp > now);
-                    if !s.revoked_tokens.iter().any(|t| t.jti == token.jti) {
-                        s.revoked_tokens.push(token);
-                    }
-                    Ok(())
-                })
-            },
-            move |_| vec![Change::TokenRevoked(jti)],
-        )
-    }
-
-    fn revoke_user(&self, user: String, now: u64) -> StoreFuture<'_, Vec<DeviceRec>> {
-        let who = user.clone();
-        self.run(
-            move |f| {
-                f.update(|s| {
-                    let mut revoked = Vec::new();
-                    for d in s.devices.iter_mut().filter(|d| d.user == user) {
-                        if d.status != DeviceStatus::Revoked {
-                            d.status = DeviceStatus::Revoked;
-                            d.revoked = Some(now);
-                            d.revoked_reason = Some("user revoked".into());
-                            revoked.push(d.clone());
-                        }
-                    }
-                    s.revoked_users.retain(|u| u.user != user);
-                    s.revoked_users.push(RevokedUser { user, before: now });
-                    Ok(revoked)
-                })
-            },
-            move |devices| {
-                let mut v = vec![Change::UserRevoked(who)];
-                v.extend(devices.iter().map(|d| Change::DeviceChanged(d.id.clone())));
-                v
-            },
-        )
-    }
-
-    fn revocations(&self) -> StoreFuture<'_, Revocations> {
-        self.run(
-            |f| {
-                let s = f.read()?;
-                Ok(Revocations {
-                    tokens: s.revoked_tokens,
-                    users: s.revoked_users,
-                })
-            },
-            |_| Vec::new(),
-        )
-    }
-
-    fn add_device(&self, device: DeviceRec) -> StoreFuture<'_, ()> {
-        let id = device.id.clone();
-        self.run(
-            move |f| {
-                f.update(|s| {
-                    if let Some(d) = s
-                        .devices
-                        .iter()
-                        .find(|d| d.credential_id == device.credential_id)
-                    {
-                        return Err(Refusal::CredentialExists {
-                            device: d.id.clone(),
-                            user: d.user.clone(),
-                        }
-                        .into());
-                    }
-                    s.devices.push(device);
-                    Ok(())
-                })
-            },
-            move |_| vec![Change::DeviceChanged(id)],
-        )
-    }
-
-    fn update_device(
-        &self,
-        id: String,
-        change: DeviceChange,
-    ) -> StoreFuture<'_, (DeviceRec, DeviceRec)> {
-        self.run(
-            move |f| {
-                f.update(|s| {
-                    let d = find_device(s, &id)?;
-                    let before = d.clone();
-                    let mut after = d.clone();
-                    change(&mut after)?;
-                    *d = after.clone();
-                    Ok((before, after))
-                })
-            },
-            |(_, after)| vec![Change::DeviceChanged(after.id.clone())],
-        )
-    }
-
-    fn devices(&self) -> StoreFuture<'_, Vec<DeviceRec>> {
-        self.run(|f| Ok(f.read()?.devices), |_| Vec::new())
-    }
-
-    fn changes(&self) -> broadcast::Receiver<Change> {
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
         let rx = self.tx.subscribe();
         self.start_poller();
         rx
     }
 }
 
-/// The store file's path in a state directory (for `check` and the operator guide).
-pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join("state.json")
+/// Runs file I/O on the blocking pool.
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> StoreFuture<'static, T> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{
+        ConnectorRec, EnrollIssuer, EnrollTokenRec, Issued, Refusal, RevokedToken, StateStore,
+    };
 
     fn connector(id: &str) -> ConnectorRec {
         ConnectorRec {

@@ -8,10 +8,14 @@
 //! [`changes`](StateStore::changes) stream says what changed, whether this process or another
 //! (an admin command, another replica) changed it, so revocations reach live sessions.
 //!
-//! Implementations: [`file::FileStore`] (`STATE_DIR/state.json`, the embedded default).
-//! [`open`] is the one place that chooses; nothing outside this module knows it is a file.
+//! Implementations: [`file::FileStore`] (`STATE_DIR/state.json`, the embedded default) and
+//! [`memory::MemoryStore`] (tests). Both keep the whole state as tables and run the same
+//! domain rules (`rules`) under their own lock. [`open`] is the one place that chooses;
+//! nothing outside this module knows it is a file.
 
 pub mod file;
+pub mod memory;
+mod rules;
 
 use std::future::Future;
 use std::path::Path;

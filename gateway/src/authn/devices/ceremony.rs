@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::StatusCode;
-use serde::Deserialize;
 use postern_proto::posture::{bound_challenge, PostureReport};
+use serde::Deserialize;
 use webauthn_rs::prelude::{
     Passkey, PasskeyAuthentication, PasskeyRegistration, Url, Uuid, Webauthn, WebauthnBuilder,
     WebauthnError,
@@ -25,7 +25,6 @@ use webauthn_rs::prelude::{
 use crate::authn::oidc::{CliRequest, Identity};
 use crate::config::Config;
 use crate::state::DeviceRec;
-
 
 /// Cookie binding a ceremony to the browser that finished the IdP sign-in.
 pub const COOKIE: &str = "postern_device";
@@ -105,7 +104,8 @@ impl DevError {
     }
 }
 
-pub(super) const START_AGAIN: &str = "This sign-in step is no longer valid. Please start the sign-in again.";
+pub(super) const START_AGAIN: &str =
+    "This sign-in step is no longer valid. Please start the sign-in again.";
 
 pub(super) fn internal(detail: impl Into<String>) -> DevError {
     DevError::new(

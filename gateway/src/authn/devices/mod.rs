@@ -5,13 +5,13 @@
 //! * `routes`: [`DeviceTrust`] — the `/auth/device/*` routes.
 //! * `page`: the device page.
 
+mod ceremony;
 mod page;
 mod routes;
-mod ceremony;
 
 #[cfg(test)]
 mod flow_tests;
 
+pub use ceremony::{Binding, Ceremonies, COOKIE};
 pub use page::page;
 pub use routes::{handle, DeviceTrust, Step};
-pub use ceremony::{Binding, Ceremonies, COOKIE};

@@ -13,19 +13,17 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
-use postern_proto::posture::bound_challenge;
 use http::{header, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use postern_audit::{DeviceRef, EventType};
+use postern_proto::posture::bound_challenge;
 use serde::Deserialize;
 use tracing::{info, warn};
-use webauthn_rs::prelude::{
-    Credential, Passkey, PublicKeyCredential, RegisterPublicKeyCredential,
-};
+use webauthn_rs::prelude::{Credential, Passkey, PublicKeyCredential, RegisterPublicKeyCredential};
 
 use super::ceremony::{
-    aaguid, b64, check_binding, internal, map_webauthn, passkey_of, set_state_challenge,
-    user_uuid, Binding, DevError, Pending, COOKIE, MAX_BODY, START_AGAIN,
+    aaguid, b64, check_binding, internal, map_webauthn, passkey_of, set_state_challenge, user_uuid,
+    Binding, DevError, Pending, COOKIE, MAX_BODY, START_AGAIN,
 };
 use crate::audit::Audit;
 use crate::authn::issue::Issuer;
@@ -64,7 +62,6 @@ struct Body {
     posture: Option<serde_json::Value>,
 }
 
-
 fn json_resp(status: StatusCode, v: &serde_json::Value) -> Resp {
     let mut r = web::json(status, v);
     r.headers_mut()
@@ -73,7 +70,13 @@ fn json_resp(status: StatusCode, v: &serde_json::Value) -> Resp {
 }
 
 /// Audits `device.assertion_failed` and answers the JSON error with the same reference.
-fn fail(svc: &DeviceTrust, kind: &str, peer: SocketAddr, user: Option<String>, e: DevError) -> Resp {
+fn fail(
+    svc: &DeviceTrust,
+    kind: &str,
+    peer: SocketAddr,
+    user: Option<String>,
+    e: DevError,
+) -> Resp {
     svc.metrics
         .device_ceremonies
         .with_label_values(&[kind, e.code])
@@ -331,7 +334,6 @@ async fn assert_begin(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value, 
         serde_json::to_value(&options).map_err(|e| internal(e.to_string()))
     })
 }
-
 
 fn take_pending(svc: &DeviceTrust, ceremony: &str) -> Result<Pending, DevError> {
     svc.ceremonies.with_ceremony(ceremony, |c| {
@@ -639,7 +641,9 @@ async fn assert_finish(
         user_verified,
         posture,
     };
-    let redirect = svc.issuer.complete(&identity, cli, Some(&binding), peer, "-")
+    let redirect = svc
+        .issuer
+        .complete(&identity, cli, Some(&binding), peer, "-")
         .map_err(|e| DevError::new(e.status, e.code, &e.public, e.detail))?;
     Ok(serde_json::json!({
         "status": "ok",

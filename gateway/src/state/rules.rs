@@ -1,0 +1,343 @@
+//! The domain rules of the store, on the whole state held as [`Tables`]: every
+//! implementation that keeps the tables itself (the file, memory) runs these under its own
+//! lock, so the rules — a token burns once, a failed signature leaves it usable, a revoked
+//! connector cannot renew, a credential registers once — are written once.
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::{
+    Change, ConnectorRec, DeviceChange, DeviceRec, DeviceStatus, EnrollIssuer, EnrollTokenRec,
+    Issued, Refusal, RenewIssuer, Revocations, RevokedToken, RevokedUser, StateStore, StoreError,
+    StoreFuture,
+};
+
+/// Enrolment tokens expired longer ago than this are forgotten.
+const TOKEN_RETENTION: u64 = 7 * 86400;
+
+/// The whole state (also the file store's document, so its field names are the format).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tables {
+    #[serde(default)]
+    pub(super) enroll_tokens: Vec<EnrollTokenRec>,
+    #[serde(default)]
+    pub(super) connectors: Vec<ConnectorRec>,
+    #[serde(default)]
+    pub(super) revoked_tokens: Vec<RevokedToken>,
+    #[serde(default)]
+    pub(super) devices: Vec<DeviceRec>,
+    #[serde(default)]
+    pub(super) revoked_users: Vec<RevokedUser>,
+}
+
+impl Tables {
+    pub fn create_enroll_token(&mut self, token: EnrollTokenRec, now: u64) {
+        self.enroll_tokens
+            .retain(|t| t.expires + TOKEN_RETENTION > now);
+        self.enroll_tokens.push(token);
+    }
+
+    pub fn enroll_connector(
+        &mut self,
+        secret_sha256: &str,
+        hostname: Option<String>,
+        now: u64,
+        issue: EnrollIssuer,
+    ) -> Result<(ConnectorRec, Issued, String), StoreError> {
+        let tok = self
+            .enroll_tokens
+            .iter_mut()
+            .find(|t| {
+                postern_proto::ids::ct_eq(t.secret_sha256.as_bytes(), secret_sha256.as_bytes())
+            })
+            .ok_or(Refusal::UnknownToken)?;
+        if let Some(by) = &tok.used_by {
+            return Err(Refusal::TokenUsed(by.clone()).into());
+        }
+        if tok.expires <= now {
+            return Err(Refusal::TokenExpired.into());
+        }
+        let (id, issued) = issue(&tok.site).map_err(Refusal::Rejected)?;
+        tok.used = Some(now);
+        tok.used_by = Some(id.clone());
+        let token_id = tok.id.clone();
+        let rec = ConnectorRec {
+            id,
+            site: tok.site.clone(),
+            serial: issued.serial.clone(),
+            hostname,
+            enrolled: now,
+            not_after: issued.not_after,
+            revoked: None,
+            previous_serial: None,
+            renewed: None,
+        };
+        self.connectors.push(rec.clone());
+        Ok((rec, issued, token_id))
+    }
+
+    fn connector_mut(&mut self, id: &str) -> Result<&mut ConnectorRec, StoreError> {
+        self.connectors
+            .iter_mut()
+            .find(|c| c.id == id)
+            .ok_or_else(|| Refusal::UnknownConnector(id.to_owned()).into())
+    }
+
+    pub fn renew_connector(
+        &mut self,
+        id: &str,
+        serial: String,
+        now: u64,
+        issue: RenewIssuer,
+    ) -> Result<(ConnectorRec, Issued), StoreError> {
+        let c = self.connector_mut(id)?;
+        if c.revoked.is_some() {
+            return Err(Refusal::ConnectorRevoked(id.to_owned()).into());
+        }
+        if !c.accepts_serial(&serial) {
+            return Err(Refusal::Superseded.into());
+        }
+        let issued = issue(c).map_err(Refusal::Rejected)?;
+        let old = std::mem::replace(&mut c.serial, issued.serial.clone());
+        // The presented certificate is the one live links use; keep it acceptable.
+        c.previous_serial = Some(if old == serial { old } else { serial });
+        c.not_after = issued.not_after;
+        c.renewed = Some(now);
+        Ok((c.clone(), issued))
+    }
+
+    pub fn revoke_connector(&mut self, id: &str, now: u64) -> Result<ConnectorRec, StoreError> {
+        let c = self.connector_mut(id)?;
+        c.revoked.get_or_insert(now);
+        Ok(c.clone())
+    }
+
+    pub fn connector(&self, id: &str) -> Option<ConnectorRec> {
+        self.connectors.iter().find(|c| c.id == id).cloned()
+    }
+
+    pub fn connectors(&self) -> Vec<ConnectorRec> {
+        self.connectors.clone()
+    }
+
+    pub fn revoke_token(&mut self, token: RevokedToken, now: u64) {
+        self.revoked_tokens.retain(|t| t.exp > now);
+        if !self.revoked_tokens.iter().any(|t| t.jti == token.jti) {
+            self.revoked_tokens.push(token);
+        }
+    }
+
+    pub fn revoke_user(&mut self, user: &str, now: u64) -> Vec<DeviceRec> {
+        let mut revoked = Vec::new();
+        for d in self.devices.iter_mut().filter(|d| d.user == user) {
+            if d.status != DeviceStatus::Revoked {
+                d.status = DeviceStatus::Revoked;
+                d.revoked = Some(now);
+                d.revoked_reason = Some("user revoked".into());
+                revoked.push(d.clone());
+            }
+        }
+        self.revoked_users.retain(|u| u.user != user);
+        self.revoked_users.push(RevokedUser {
+            user: user.to_owned(),
+            before: now,
+        });
+        revoked
+    }
+
+    pub fn revocations(&self) -> Revocations {
+        Revocations {
+            tokens: self.revoked_tokens.clone(),
+            users: self.revoked_users.clone(),
+        }
+    }
+
+    pub fn add_device(&mut self, device: DeviceRec) -> Result<(), StoreError> {
+        if let Some(d) = self
+            .devices
+            .iter()
+            .find(|d| d.credential_id == device.credential_id)
+        {
+            return Err(Refusal::CredentialExists {
+                device: d.id.clone(),
+                user: d.user.clone(),
+            }
+            .into());
+        }
+        self.devices.push(device);
+        Ok(())
+    }
+
+    pub fn update_device(
+        &mut self,
+        id: &str,
+        change: DeviceChange,
+    ) -> Result<(DeviceRec, DeviceRec), StoreError> {
+        let d = self
+            .devices
+            .iter_mut()
+            .find(|d| d.id == id)
+            .ok_or_else(|| Refusal::UnknownDevice(id.to_owned()))?;
+        let before = d.clone();
+        let mut after = d.clone();
+        change(&mut after)?;
+        *d = after.clone();
+        Ok((before, after))
+    }
+
+    pub fn devices(&self) -> Vec<DeviceRec> {
+        self.devices.clone()
+    }
+}
+
+/// A store that keeps [`Tables`] itself and runs the rules under its own lock. Every such
+/// backend is a [`StateStore`] through the implementation below, which also announces what
+/// each operation changed.
+pub trait Backend: Send + Sync + 'static {
+    /// Runs `f` on a consistent snapshot.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Tables) -> T + Send + 'static,
+    ) -> StoreFuture<'_, T>;
+    /// Runs `f` as one atomic change: on `Err` nothing changes.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Tables) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T>;
+    /// Where changes are announced.
+    fn sender(&self) -> &broadcast::Sender<Change>;
+    /// A new listener (a backend may start watching for other processes' changes here).
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.sender().subscribe()
+    }
+}
+
+/// Runs a write, then announces what it changed.
+fn write_and_announce<B: Backend, T: Send + 'static>(
+    b: &B,
+    f: impl FnOnce(&mut Tables) -> Result<T, StoreError> + Send + 'static,
+    changes: impl FnOnce(&T) -> Vec<Change> + Send + 'static,
+) -> StoreFuture<'_, T> {
+    let tx = b.sender().clone();
+    let write = b.write(f);
+    Box::pin(async move {
+        let out = write.await?;
+        for c in changes(&out) {
+            // No listener is not an error.
+            let _ = tx.send(c);
+        }
+        Ok(out)
+    })
+}
+
+impl<B: Backend> StateStore for B {
+    fn create_enroll_token(&self, token: EnrollTokenRec, now: u64) -> StoreFuture<'_, ()> {
+        self.write(move |t| {
+            t.create_enroll_token(token, now);
+            Ok(())
+        })
+    }
+
+    fn enroll_connector(
+        &self,
+        secret_sha256: String,
+        hostname: Option<String>,
+        now: u64,
+        issue: EnrollIssuer,
+    ) -> StoreFuture<'_, (ConnectorRec, Issued, String)> {
+        write_and_announce(
+            self,
+            move |t| t.enroll_connector(&secret_sha256, hostname, now, issue),
+            |(rec, _, _)| vec![Change::ConnectorEnrolled(rec.id.clone())],
+        )
+    }
+
+    fn renew_connector(
+        &self,
+        id: String,
+        serial: String,
+        now: u64,
+        issue: RenewIssuer,
+    ) -> StoreFuture<'_, (ConnectorRec, Issued)> {
+        write_and_announce(
+            self,
+            move |t| t.renew_connector(&id, serial, now, issue),
+            |(rec, _)| vec![Change::ConnectorRenewed(rec.id.clone())],
+        )
+    }
+
+    fn revoke_connector(&self, id: String, now: u64) -> StoreFuture<'_, ConnectorRec> {
+        write_and_announce(
+            self,
+            move |t| t.revoke_connector(&id, now),
+            |c| vec![Change::ConnectorRevoked(c.id.clone())],
+        )
+    }
+
+    fn connector(&self, id: String) -> StoreFuture<'_, Option<ConnectorRec>> {
+        self.read(move |t| t.connector(&id))
+    }
+
+    fn connectors(&self) -> StoreFuture<'_, Vec<ConnectorRec>> {
+        self.read(|t| t.connectors())
+    }
+
+    fn revoke_token(&self, token: RevokedToken, now: u64) -> StoreFuture<'_, ()> {
+        let jti = token.jti.clone();
+        write_and_announce(
+            self,
+            move |t| {
+                t.revoke_token(token, now);
+                Ok(())
+            },
+            move |_| vec![Change::TokenRevoked(jti)],
+        )
+    }
+
+    fn revoke_user(&self, user: String, now: u64) -> StoreFuture<'_, Vec<DeviceRec>> {
+        let who = user.clone();
+        write_and_announce(
+            self,
+            move |t| Ok(t.revoke_user(&user, now)),
+            move |devices| {
+                let mut v = vec![Change::UserRevoked(who)];
+                v.extend(devices.iter().map(|d| Change::DeviceChanged(d.id.clone())));
+                v
+            },
+        )
+    }
+
+    fn revocations(&self) -> StoreFuture<'_, Revocations> {
+        self.read(|t| t.revocations())
+    }
+
+    fn add_device(&self, device: DeviceRec) -> StoreFuture<'_, ()> {
+        let id = device.id.clone();
+        write_and_announce(
+            self,
+            move |t| t.add_device(device),
+            move |_| vec![Change::DeviceChanged(id)],
+        )
+    }
+
+    fn update_device(
+        &self,
+        id: String,
+        change: DeviceChange,
+    ) -> StoreFuture<'_, (DeviceRec, DeviceRec)> {
+        write_and_announce(
+            self,
+            move |t| t.update_device(&id, change),
+            |(_, after)| vec![Change::DeviceChanged(after.id.clone())],
+        )
+    }
+
+    fn devices(&self) -> StoreFuture<'_, Vec<DeviceRec>> {
+        self.read(|t| t.devices())
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Change> {
+        self.subscribe()
+    }
+}
