@@ -12,13 +12,13 @@
 //! | `access` | [`Access`]: the policy, live sessions, endpoint handlers |
 //! | `broker` | [`Broker`]: the tunnel pipeline and endpoint listing |
 //! | `signin`, `devices` | [`SignIn`], [`DeviceTrust`]: the sign-in routes |
-//! | `registry` | [`Registry`]: live connector links, the [`Upstream`](crate::connectors::Upstream) |
+//! | `registry` | [`Registry`]: live connector links, the [`Upstream`] |
 //! | `links`, `enrolment` | [`Links`], [`Enrolment`]: connector connections and enrolment |
 //! | `tls`, `life` | the listeners' TLS; shutdown signals, connection tasks and limit |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use postern_audit::{AuditLog, AuditSink};
 use postern_policy::Policy;
@@ -97,14 +97,19 @@ fn io_err(what: &str, e: impl std::fmt::Display) -> GatewayError {
 }
 
 /// The certificates and acceptors of both listeners.
-fn tls(config: &Config, server_ca: &Ca, connector_ca: &Ca) -> Result<Tls, GatewayError> {
-    let (chain, key) =
-        server_ca.issue_server(&config.server_names, Duration::from_secs(365 * 86400))?;
+fn tls(
+    config: &Config,
+    server_ca: &Ca,
+    connector_ca: &Ca,
+    now: SystemTime,
+) -> Result<Tls, GatewayError> {
+    let year = Duration::from_secs(365 * 86400);
+    let (chain, key) = server_ca.issue_server(&config.server_names, year, now)?;
     use postern_proto::wire::{ALPN_CONNECTOR, ALPN_H2, ALPN_HTTP1, ALPN_RENEW};
     let own = postern_net::certs::certified_key(chain.clone(), key.clone_key())
         .map_err(|e| io_err("the self-issued server certificate", e))?;
     let server_cert = Arc::new(
-        ServerCert::new(Arc::new(own), config.server_cert_files.clone()).map_err(|e| {
+        ServerCert::new(Arc::new(own), config.server_cert_files.clone(), now).map_err(|e| {
             io_err(
                 "the client-facing certificate ([tls] cert_file, key_file)",
                 e,
@@ -135,6 +140,8 @@ impl App {
     /// Builds the application on the given seams. `connector_addr` is
     /// the connector listener's address, advertised to enrolling connectors unless the
     /// configuration names others.
+    // Over 100 lines on purpose: this is the one place that wires every service to exactly
+    // what it uses; each block builds one service, in dependency order.
     pub async fn build(
         config: Config,
         connector_addr: SocketAddr,
@@ -148,21 +155,27 @@ impl App {
         } = seams;
         let policy = Policy::from_file(&config.policy)?;
         let keys = TokenKeys::load_or_create(&config.state_dir)?;
-        let server_ca = Ca::load_or_create(&config.state_dir, "server-ca", "Postern gateway CA")?;
+        let now = clock.now();
+        let server_ca =
+            Ca::load_or_create(&config.state_dir, "server-ca", "Postern gateway CA", now)?;
         let connector_ca = Arc::new(Ca::load_or_create(
             &config.state_dir,
             "connector-ca",
             "Postern connector CA",
+            now,
         )?);
-        let tls = tls(&config, &server_ca, &connector_ca)?;
+        let tls = tls(&config, &server_ca, &connector_ca, now)?;
         let oidc = match &config.oidc {
             Some(o) => Some(Arc::new(
-                Oidc::new(o.clone(), &config.state_dir).map_err(|e| io_err("sign-in (oidc)", e))?,
+                Oidc::new(o.clone(), &config.state_dir, clock.clone())
+                    .map_err(|e| io_err("sign-in (oidc)", e))?,
             )),
             None => None,
         };
-        let ceremonies =
-            Arc::new(Ceremonies::new(&config).map_err(|e| io_err("device trust ([devices])", e))?);
+        let ceremonies = Arc::new(
+            Ceremonies::new(&config, clock.clone())
+                .map_err(|e| io_err("device trust ([devices])", e))?,
+        );
         if config.oidc.is_some() && !config.devices.required {
             warn!("device trust is off ([devices] required = false): sign-in issues tokens that are not bound to a device");
         }
@@ -251,6 +264,7 @@ impl App {
             }),
             handshake_timeout: config.handshake_timeout,
             shutdown: life.shutdown.clone(),
+            clock: clock.clone(),
         });
         Ok(Arc::new(App {
             config,

@@ -335,6 +335,8 @@ impl Config {
     }
 
     /// Parses configuration text; `path` is used for messages and relative paths.
+    // Over 100 lines on purpose: it resolves every section in one pass so that all errors are
+    // collected and reported together, each with its key.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),

@@ -5,7 +5,7 @@
 //! * `listeners`: accept, TLS handshake under a timeout, route — `client`, `connector`,
 //!   `admin`;
 //! * [`ops`]: admin commands and `check`;
-//! * [`app`]: [`App`](app::App), the application assembled from narrow services;
+//! * [`app`]: [`app::App`], the application assembled from narrow services;
 //! * `access`: `authorize(&Subject, endpoint, &Policy, clock) -> Permit | Denied`, the broker
 //!   pipeline, live sessions with continuous authorization, endpoint handlers, policy reload,
 //!   revocation enforcement, crash recovery;
@@ -169,7 +169,7 @@ async fn drain(app: &App, stop: Stop) {
     if stop == Stop::Drain {
         connectors::announce_drain(&app.registry);
     }
-    if stop == Stop::Drain && sessions.len() > 0 {
+    if stop == Stop::Drain && !sessions.is_empty() {
         info!(
             sessions = sessions.len(),
             grace = ?app.config.shutdown_grace,
@@ -210,7 +210,15 @@ async fn on_sighup(app: Arc<App>) {
             _ = app.life.shutdown.cancelled() => return,
         }
         access::policy_watch::reload(&app.access, &app.config.policy, "SIGHUP").await;
-        pki::server_cert::reload(&app.tls.server_cert, &app.metrics, &app.audit, "SIGHUP").await;
+        let now = app.clock.now();
+        pki::server_cert::reload(
+            &app.tls.server_cert,
+            &app.metrics,
+            &app.audit,
+            now,
+            "SIGHUP",
+        )
+        .await;
     }
 }
 

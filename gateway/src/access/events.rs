@@ -8,7 +8,7 @@ use postern_audit::{DecisionRef, EndpointRef, Event, EventType};
 use postern_net::relay::Counters;
 use postern_policy::{Decision, Effect, Endpoint};
 
-use super::sessions::Session;
+use super::session::Session;
 use crate::audit::Audit;
 use crate::authn::Subject;
 

@@ -4,6 +4,7 @@
 //! * [`authorize`]: `(&Subject, endpoint, &Policy, clock) -> Permit | Denied`.
 //! * `broker`: the tunnel pipeline, from `CONNECT` to `session.end`.
 //! * `endpoints`: `GET /v1/endpoints[/NAME]` (listing and preflight).
+//! * `session`: [`Session`](session::Session), one brokered session and its policy request.
 //! * `sessions`: the live-session registry and each session's supervision (deadline, idle,
 //!   time-bound re-checks, kill switch).
 //! * `handler`: [`EndpointHandler`](handler::EndpointHandler), chosen by the endpoint's
@@ -21,6 +22,7 @@ pub mod handler;
 pub mod policy_watch;
 pub mod recovery;
 pub mod revocations;
+pub mod session;
 pub mod sessions;
 
 use std::sync::{Arc, RwLock};
@@ -130,8 +132,8 @@ pub struct Permit {
 #[derive(Debug, Clone)]
 pub struct Denied {
     pub reason: String,
-    /// The policy's decision (its rule, version, matched rules), when the policy decided.
-    pub decision: Decision,
+    /// The policy's decision (its rule, version, matched rules).
+    pub decision: Box<Decision>,
 }
 
 /// Asks `policy` whether `subject` may reach `endpoint` now.
@@ -148,7 +150,7 @@ pub fn authorize(
         _ => {
             return Err(Denied {
                 reason: decision.reason.clone(),
-                decision,
+                decision: Box::new(decision),
             })
         }
     };

@@ -12,59 +12,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use postern_audit::{ConnectorRef, DecisionRef, EndpointRef};
 use postern_net::relay::{Counters, Ended};
 use postern_policy::Policy;
 use tokio::sync::watch;
-use tokio::time::{Duration, Instant};
+use tokio::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
 use super::events;
 use super::handler::{BoxIo, EndpointHandler, HandlerCtx};
+pub use super::session::Session;
 use super::{deadline_for, Access, Deadline};
-use crate::authn::{DeviceTable, SessionControl, Subject};
+use crate::authn::{DeviceTable, SessionControl};
 use crate::clock::SharedClock;
 use crate::state::DeviceStatus;
-
-/// One brokered session: who, to what, under which decision, through which connector.
-#[derive(Debug, Clone)]
-pub struct Session {
-    pub id: String,
-    pub subject: Subject,
-    pub endpoint: EndpointRef,
-    pub decision: DecisionRef,
-    pub connector: Option<ConnectorRef>,
-    /// Break-glass reason, audited (and flagged for review) when the rule asks for one.
-    pub justification: Option<String>,
-    /// The reason as the client gave it: the policy sees it again on re-evaluation.
-    pub justification_given: Option<String>,
-    /// Report-only conditions that would have denied ("would deny" findings).
-    pub report_only: Vec<String>,
-    /// `display` (pixels only) or `data` (images reach the laptop).
-    pub egress_class: Option<String>,
-    pub started: Instant,
-}
-
-impl Session {
-    /// The policy request this session was (and is again) authorized on, as of `at`.
-    pub fn request(&self, at: SystemTime) -> postern_policy::Request<'_> {
-        self.subject
-            .request(&self.endpoint.name, at, self.justification_given.as_deref())
-    }
-
-    /// The tracing span of this session's task.
-    pub fn span(&self) -> tracing::Span {
-        tracing::info_span!(
-            "session",
-            session_id = %self.id,
-            user = %self.subject.user(),
-            endpoint = %self.endpoint.name,
-            site = %self.endpoint.site,
-            connector_id = %self.connector.as_ref().map(|c| c.id.as_str()).unwrap_or("-"),
-        )
-    }
-}
 
 /// A kill switch with the reason it was thrown.
 #[derive(Debug, Default)]
@@ -156,6 +117,10 @@ impl Sessions {
 
     pub fn len(&self) -> usize {
         self.live.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Ends every live session whose entry matches `select`; returns how many.
@@ -278,10 +243,10 @@ impl Sessions {
 
     /// Waits until no session is live, or `limit` passes.
     pub async fn wait_empty(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
+        let deadline = self.clock.instant() + limit;
         loop {
             let notified = self.empty.notified();
-            if self.len() == 0 {
+            if self.is_empty() {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {

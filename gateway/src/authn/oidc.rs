@@ -16,7 +16,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -36,6 +38,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce as AeadNonce, UnboundKey, AES_256_GCM};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::clock::SharedClock;
 use crate::config::OidcConfig;
 use crate::http::client::{HttpClient, HttpError};
 
@@ -176,13 +179,7 @@ pub struct Oidc {
     client: RwLock<Option<Arc<OidcClient>>>,
     cookie_key: LessSafeKey,
     pending: Mutex<HashMap<String, PendingCli>>,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    clock: SharedClock,
 }
 
 fn random_b64(n: usize) -> Result<String, AuthError> {
@@ -223,7 +220,11 @@ pub fn valid_cli_redirect(url: &str) -> bool {
 
 impl Oidc {
     /// Prepares the relying party; discovery happens in [`Oidc::discover`].
-    pub fn new(config: OidcConfig, state_dir: &std::path::Path) -> Result<Oidc, String> {
+    pub fn new(
+        config: OidcConfig,
+        state_dir: &std::path::Path,
+        clock: SharedClock,
+    ) -> Result<Oidc, String> {
         let secret = ClientSecret::new(config.read_secret()?.0);
         let roots = match &config.ca_file {
             Some(p) => {
@@ -254,6 +255,7 @@ impl Oidc {
             client: RwLock::new(None),
             cookie_key: LessSafeKey::new(unbound),
             pending: Mutex::new(HashMap::new()),
+            clock,
         })
     }
 
@@ -364,7 +366,7 @@ impl Oidc {
             )
             .ok()?;
         let flow: FlowState = serde_json::from_slice(plain).ok()?;
-        (flow.exp > now_unix()).then_some(flow)
+        (flow.exp > self.clock.unix()).then_some(flow)
     }
 
     /// Starts a sign-in: returns (IdP authorization URL, sealed cookie value).
@@ -405,7 +407,7 @@ impl Oidc {
             nonce: nonce.secret().clone(),
             pkce_verifier: verifier.secret().clone(),
             cli,
-            exp: now_unix() + FLOW_TTL,
+            exp: self.clock.unix() + FLOW_TTL,
         })?;
         Ok((url.to_string(), cookie))
     }
@@ -590,7 +592,7 @@ impl Oidc {
             .pending
             .lock()
             .map_err(|_| unavailable("lock poisoned"))?;
-        let now = Instant::now();
+        let now = self.clock.instant();
         m.retain(|_, p| p.expires > now);
         if m.len() >= MAX_PENDING_CLI {
             return Err(AuthError::new(
@@ -616,7 +618,7 @@ impl Oidc {
         let mut m = self.pending.lock().ok()?;
         let key = postern_proto::ids::sha256_hex(code.as_bytes());
         let p = m.remove(&key)?;
-        let ok = p.expires > Instant::now()
+        let ok = p.expires > self.clock.instant()
             && postern_proto::ids::ct_eq(
                 pkce_challenge(verifier).as_bytes(),
                 p.challenge.as_bytes(),

@@ -70,12 +70,13 @@ pub async fn enroll(svc: Arc<Enrolment>, req: Request<Incoming>, peer: SocketAdd
     let secret_hash = sha256_hex(request.token.as_bytes());
     let validity = svc.validity;
     let ca = svc.ca.clone();
+    let now = svc.clock.now();
     let csr_pem = request.csr_pem;
     let issue: EnrollIssuer = Box::new(move |site: &str| {
         let suffix = random_id("x").map_err(|_| "random number generator failed".to_owned())?;
         let id = format!("{site}-{}", &suffix[2..10]);
         let (cert_pem, serial, not_after) = ca
-            .sign_connector(&csr_pem, &id, site, validity)
+            .sign_connector(&csr_pem, &id, site, validity, now)
             .map_err(|e| e.to_string())?;
         Ok((
             id,

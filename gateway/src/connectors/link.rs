@@ -22,6 +22,7 @@ use super::registry::{Link, Registry};
 use super::renew::Renewals;
 use super::rtt;
 use crate::audit::Audit;
+use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::state::SharedStore;
 
@@ -36,6 +37,7 @@ pub struct Links {
     pub handshake_timeout: Duration,
     /// Cancelled at shutdown: links close.
     pub shutdown: CancellationToken,
+    pub clock: SharedClock,
 }
 
 /// (connector id, certificate serial hex) from the peer's leaf certificate.
@@ -160,6 +162,7 @@ impl Links {
         let probe = tokio::spawn(rtt::probe(
             link.clone(),
             self.metrics.clone(),
+            self.clock.clone(),
             self.shutdown.clone(),
         ));
         let why = tokio::select! {

@@ -6,7 +6,7 @@
 //! `postern_connector_rtt_seconds{site,connector}`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 use tokio_util::sync::CancellationToken;
 
 use super::registry::Link;
+use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 
 /// Time between probes on one link.
@@ -24,7 +25,12 @@ pub const INTERVAL: Duration = Duration::from_secs(10);
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Probes `link` until it closes or the gateway shuts down.
-pub async fn probe(link: Arc<Link>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn probe(
+    link: Arc<Link>,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) {
     let hist = metrics
         .connector_rtt
         .with_label_values(&[&link.site, &link.connector_id]);
@@ -46,7 +52,7 @@ pub async fn probe(link: Arc<Link>, metrics: Arc<Metrics>, shutdown: Cancellatio
             return;
         };
         let mut sender = link.sender.clone();
-        let start = Instant::now();
+        let start = clock.instant();
         let answer = tokio::time::timeout(TIMEOUT, async {
             sender.ready().await?;
             sender.send_request(req).await
@@ -54,7 +60,7 @@ pub async fn probe(link: Arc<Link>, metrics: Arc<Metrics>, shutdown: Cancellatio
         .await;
         match answer {
             Ok(Ok(resp)) => {
-                let rtt = start.elapsed();
+                let rtt = clock.instant() - start;
                 hist.observe(rtt.as_secs_f64());
                 debug!(connector_id = %link.connector_id, site = %link.site, rtt_us = rtt.as_micros() as u64, status = resp.status().as_u16(), "link round trip");
             }

@@ -10,7 +10,7 @@ use postern_proto::enroll::EnrollToken;
 use postern_proto::ids::{hex, random_bytes, random_id, sha256_hex};
 
 use crate::authn::tokens::TokenKeys;
-use crate::clock::unix_now;
+use crate::clock::{unix_now, Clock, SystemClock};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::pki::Ca;
@@ -60,7 +60,12 @@ pub async fn token_create(
         });
     }
     let store = state::open(&config.state_dir)?;
-    let server_ca = Ca::load_or_create(&config.state_dir, "server-ca", "Postern gateway CA")?;
+    let server_ca = Ca::load_or_create(
+        &config.state_dir,
+        "server-ca",
+        "Postern gateway CA",
+        SystemClock.now(),
+    )?;
     let secret = hex(&random_bytes(32).map_err(|_| rng_err())?);
     let id = random_id("et").map_err(|_| rng_err())?[..15].to_owned();
     let now = unix_now();
@@ -201,7 +206,12 @@ pub fn session_mint(
 
 /// Writes the gateway CA certificate (what clients and connectors trust) to `out`.
 pub fn export_ca(config: &Config, out: &Path) -> Result<(), GatewayError> {
-    let ca = Ca::load_or_create(&config.state_dir, "server-ca", "Postern gateway CA")?;
+    let ca = Ca::load_or_create(
+        &config.state_dir,
+        "server-ca",
+        "Postern gateway CA",
+        SystemClock.now(),
+    )?;
     std::fs::write(out, ca.cert_pem.as_bytes()).map_err(|source| GatewayError::Io {
         what: format!("writing {}", out.display()),
         source,
@@ -247,7 +257,7 @@ pub fn check_notes(config: &Config) -> Vec<String> {
     }
     if config.oidc.is_some()
         && config.devices.required
-        && crate::authn::devices::Ceremonies::new(config).is_ok()
+        && crate::authn::devices::Ceremonies::new(config, crate::clock::system()).is_ok()
     {
         match config.webauthn_origin_and_rp_id() {
             Ok((origin, rp_id)) => notes.push(format!(

@@ -13,12 +13,13 @@
 //! removed at once) and every listener is closed again.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use postern_net::certs::{
     check_bind, check_cert_file, check_key_file, check_private_dir, key_mode_problem, Finding,
 };
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 
 /// How long the identity provider's discovery document may take.
@@ -43,7 +44,7 @@ pub async fn check(config: &Config) -> Vec<Finding> {
     audit_dir(&config.audit_dir, &mut out);
     oidc(config, &mut out).await;
     if config.oidc.is_some() && config.devices.required {
-        if let Err(e) = crate::authn::devices::Ceremonies::new(config) {
+        if let Err(e) = crate::authn::devices::Ceremonies::new(config, crate::clock::system()) {
             out.push(Finding::error(e));
         }
     }
@@ -60,7 +61,7 @@ fn state_dir(config: &Config, out: &mut Vec<Finding>) {
         return;
     }
     check_private_dir(dir, "state_dir", out);
-    let now = SystemTime::now();
+    let now = SystemClock.now();
     for (name, what) in [("server-ca", "server CA"), ("connector-ca", "connector CA")] {
         let cert = dir.join(format!("{name}.pem"));
         let key = dir.join(format!("{name}.key"));
@@ -94,7 +95,7 @@ fn server_cert(config: &Config, out: &mut Vec<Finding>) {
     let Some(files) = &config.server_cert_files else {
         return;
     };
-    let chain = check_cert_file(&files.cert, "tls.cert_file", SystemTime::now(), out);
+    let chain = check_cert_file(&files.cert, "tls.cert_file", SystemClock.now(), out);
     check_key_file(&files.key, "tls.key_file", chain.as_deref(), out);
     let Some(info) = chain
         .as_ref()
@@ -242,8 +243,8 @@ mod tests {
         std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
         let state = dir.join("state");
         postern_net::fsutil::private_dir(&state).unwrap();
-        crate::pki::Ca::load_or_create(&state, "server-ca", "t").unwrap();
-        crate::pki::Ca::load_or_create(&state, "connector-ca", "t").unwrap();
+        crate::pki::Ca::load_or_create(&state, "server-ca", "t", SystemClock.now()).unwrap();
+        crate::pki::Ca::load_or_create(&state, "connector-ca", "t", SystemClock.now()).unwrap();
         Config::local(&state, &dir.join("policy.toml"))
     }
 

@@ -53,7 +53,12 @@ pub struct Ca {
 
 impl Ca {
     /// Loads `DIR/NAME.pem` + `DIR/NAME.key`, creating both on first start.
-    pub fn load_or_create(dir: &Path, name: &str, common_name: &str) -> Result<Ca, PkiError> {
+    pub fn load_or_create(
+        dir: &Path,
+        name: &str,
+        common_name: &str,
+        now: SystemTime,
+    ) -> Result<Ca, PkiError> {
         let cert_path = dir.join(format!("{name}.pem"));
         let key_path = dir.join(format!("{name}.key"));
         if !cert_path.exists() {
@@ -73,8 +78,8 @@ impl Ca {
                 KeyUsagePurpose::DigitalSignature,
             ];
             params.serial_number = Some(random_serial()?);
-            params.not_before = offset(SystemTime::now(), -3600);
-            params.not_after = offset(SystemTime::now(), 10 * 365 * 86400);
+            params.not_before = offset(now, -3600);
+            params.not_after = offset(now, 10 * 365 * 86400);
             let cert = params
                 .self_signed(&key)
                 .map_err(cert_err(format!("creating {name}")))?;
@@ -108,6 +113,7 @@ impl Ca {
         &self,
         names: &[String],
         validity: Duration,
+        now: SystemTime,
     ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
         let key = KeyPair::generate().map_err(cert_err("generating server key"))?;
         let mut params = CertificateParams::new(names.to_vec()).map_err(cert_err(
@@ -120,8 +126,8 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial()?);
-        params.not_before = offset(SystemTime::now(), -3600);
-        params.not_after = offset(SystemTime::now() + validity, 0);
+        params.not_before = offset(now, -3600);
+        params.not_after = offset(now + validity, 0);
         params.use_authority_key_identifier_extension = true;
         let cert = params
             .signed_by(&key, &self.issuer)
@@ -138,6 +144,7 @@ impl Ca {
         connector_id: &str,
         site: &str,
         validity: Duration,
+        now: SystemTime,
     ) -> Result<(String, String, SystemTime), PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(cert_err("the certificate signing request is invalid"))?;
@@ -154,8 +161,8 @@ impl Ca {
         let serial = random_serial()?;
         let serial_hex = postern_proto::ids::hex(&serial.to_bytes());
         params.serial_number = Some(serial);
-        let not_after = SystemTime::now() + validity;
-        params.not_before = offset(SystemTime::now(), -300);
+        let not_after = now + validity;
+        params.not_before = offset(now, -300);
         params.not_after = offset(not_after, 0);
         params.use_authority_key_identifier_extension = true;
         let cert = params
@@ -184,8 +191,10 @@ mod tests {
     #[test]
     fn ca_persists_and_signs_csr() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::load_or_create(dir.path(), "connector-ca", "test CA").unwrap();
-        let again = Ca::load_or_create(dir.path(), "connector-ca", "test CA").unwrap();
+        let ca =
+            Ca::load_or_create(dir.path(), "connector-ca", "test CA", SystemTime::now()).unwrap();
+        let again =
+            Ca::load_or_create(dir.path(), "connector-ca", "test CA", SystemTime::now()).unwrap();
         assert_eq!(ca.cert_pem, again.cert_pem);
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(dir.path().join("connector-ca.key"))
@@ -201,12 +210,24 @@ mod tests {
             .pem()
             .unwrap();
         let (pem, serial, _) = ca
-            .sign_connector(&csr, "conn-1", "truro", Duration::from_secs(3600))
+            .sign_connector(
+                &csr,
+                "conn-1",
+                "truro",
+                Duration::from_secs(3600),
+                SystemTime::now(),
+            )
             .unwrap();
         assert!(pem.contains("BEGIN CERTIFICATE"));
         assert_eq!(serial.len(), 32);
         assert!(ca
-            .sign_connector("garbage", "conn-1", "truro", Duration::from_secs(1))
+            .sign_connector(
+                "garbage",
+                "conn-1",
+                "truro",
+                Duration::from_secs(1),
+                SystemTime::now()
+            )
             .is_err());
     }
 }

@@ -41,13 +41,13 @@ impl std::fmt::Debug for ServerCert {
 }
 
 /// Loads and vets a certificate/key pair from files; returns it and a description for logs.
-pub fn load(files: &CertFiles) -> Result<(Arc<CertifiedKey>, String), String> {
+pub fn load(files: &CertFiles, now: SystemTime) -> Result<(Arc<CertifiedKey>, String), String> {
     let ck = postern_net::certs::load_pair(&files.cert, &files.key)?;
     let leaf = ck
         .end_entity_cert()
         .map_err(|e| format!("{}: {e}", files.cert.display()))?;
     let info = cert_info(leaf).map_err(|e| format!("{}: {e}", files.cert.display()))?;
-    match validity(&info, SystemTime::now(), std::time::Duration::ZERO) {
+    match validity(&info, now, std::time::Duration::ZERO) {
         Validity::Expired => {
             return Err(format!(
                 "{}: the certificate expired on {}",
@@ -86,10 +86,14 @@ fn expiry_secs(ck: &CertifiedKey) -> i64 {
 impl ServerCert {
     /// `own`: the self-issued certificate; `files`: the configured pair, loaded now (an error
     /// stops the gateway from starting).
-    pub fn new(own: Arc<CertifiedKey>, files: Option<CertFiles>) -> Result<ServerCert, String> {
+    pub fn new(
+        own: Arc<CertifiedKey>,
+        files: Option<CertFiles>,
+        now: SystemTime,
+    ) -> Result<ServerCert, String> {
         let current = match &files {
             Some(f) => {
-                let (ck, what) = load(f)?;
+                let (ck, what) = load(f, now)?;
                 info!(certificate = %what, "client-facing certificate from files");
                 ck
             }
@@ -116,11 +120,11 @@ impl ServerCert {
 
     /// Reloads the files (if configured): Ok(Some(description)) when swapped, Ok(None) when the
     /// certificate is self-issued, Err(why) when the new pair was refused (old one kept).
-    fn reload(&self) -> Result<Option<String>, String> {
+    fn reload(&self, now: SystemTime) -> Result<Option<String>, String> {
         let Some(files) = &self.files else {
             return Ok(None);
         };
-        let (ck, what) = load(files)?;
+        let (ck, what) = load(files, now)?;
         match self.current.write() {
             Ok(mut c) => *c = ck,
             Err(poisoned) => *poisoned.into_inner() = ck,
@@ -147,11 +151,12 @@ pub async fn reload(
     cert: &Arc<ServerCert>,
     metrics: &crate::metrics::Metrics,
     audit: &crate::audit::Audit,
+    now: SystemTime,
     trigger: &str,
 ) {
     let server_cert = cert.clone();
     let cert = cert.clone();
-    let result = tokio::task::spawn_blocking(move || cert.reload())
+    let result = tokio::task::spawn_blocking(move || cert.reload(now))
         .await
         .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
     match result {

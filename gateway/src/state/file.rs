@@ -2,10 +2,10 @@
 //! exclusive lock on `STATE_DIR/state.lock`, so the running gateway and short-lived admin
 //! commands (`token create`, `connector revoke`) can both change it safely.
 //!
-//! Each [`StateStore`] operation is one locked read-modify-write, run on the blocking pool.
+//! Each [`StateStore`](super::StateStore) operation is one locked read-modify-write, run on the blocking pool.
 //! Changes made through this handle are announced at once; changes made by another process
 //! are found by a poller (every 0.5 s, by the file's modification time and length) that runs
-//! while anyone listens to [`StateStore::changes`], and announced as [`Change::External`].
+//! while anyone listens to [`StateStore::changes`](super::StateStore::changes), and announced as [`Change::External`].
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -92,7 +92,7 @@ impl Files {
     }
 }
 
-/// The file-backed [`StateStore`].
+/// The file-backed [`StateStore`](super::StateStore).
 pub struct FileStore {
     files: Files,
     tx: broadcast::Sender<Change>,

@@ -10,7 +10,9 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -23,6 +25,7 @@ use webauthn_rs::prelude::{
 };
 
 use crate::authn::oidc::{CliRequest, Identity};
+use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::state::DeviceRec;
 
@@ -68,6 +71,7 @@ pub(super) struct Ceremony {
 pub struct Ceremonies {
     webauthn: Option<Webauthn>,
     ceremonies: Mutex<HashMap<String, Ceremony>>,
+    clock: SharedClock,
 }
 
 /// A failed ceremony step: what the browser gets and what the audit log records.
@@ -133,7 +137,7 @@ pub(super) fn b64(data: &[u8]) -> String {
 
 impl Ceremonies {
     /// Builds the WebAuthn relying party when sign-in and device trust are both on.
-    pub fn new(config: &Config) -> Result<Ceremonies, String> {
+    pub fn new(config: &Config, clock: SharedClock) -> Result<Ceremonies, String> {
         let webauthn = if config.oidc.is_some() && config.devices.required {
             let (origin, rp_id) = config.webauthn_origin_and_rp_id()?;
             if rp_id.parse::<std::net::IpAddr>().is_ok() {
@@ -155,6 +159,7 @@ impl Ceremonies {
         Ok(Ceremonies {
             webauthn,
             ceremonies: Mutex::new(HashMap::new()),
+            clock,
         })
     }
 
@@ -182,7 +187,7 @@ impl Ceremonies {
             .ceremonies
             .lock()
             .map_err(|_| internal("lock poisoned"))?;
-        let now = Instant::now();
+        let now = self.clock.instant();
         m.retain(|_, c| c.expires > now);
         if m.len() >= MAX_CEREMONIES {
             return Err(DevError::new(
@@ -217,7 +222,7 @@ impl Ceremonies {
             .map_err(|_| internal("lock poisoned"))?;
         let c = m
             .get_mut(id)
-            .filter(|c| c.expires > Instant::now())
+            .filter(|c| c.expires > self.clock.instant())
             .ok_or_else(|| {
                 DevError::bad(
                     "unknown_challenge",
