@@ -227,6 +227,7 @@ impl App {
             metrics: metrics.clone(),
             limits: limits.clone(),
             approval: config.devices.approval,
+            clock: clock.clone(),
         });
         let broker = Arc::new(Broker {
             authn: authn.clone(),

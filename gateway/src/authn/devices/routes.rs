@@ -28,7 +28,7 @@ use super::ceremony::{
 use crate::audit::Audit;
 use crate::authn::issue::Issuer;
 use crate::authn::verify::Authn;
-use crate::clock::unix_now;
+use crate::clock::SharedClock;
 use crate::config::Approval;
 use crate::http::{self as web, Resp};
 use crate::limits::Limits;
@@ -47,6 +47,7 @@ pub struct DeviceTrust {
     pub limits: Arc<Limits>,
     /// `[devices] approval`: whether a new device is active at once or waits.
     pub approval: Approval,
+    pub clock: SharedClock,
 }
 
 /// What the browser posts to a `finish` endpoint (and, without credential, to `begin`).
@@ -420,7 +421,7 @@ async fn register_finish(
     })?;
     let _ = cli_present;
     let approval = svc.approval;
-    let now = unix_now();
+    let now = svc.clock.unix();
     let id = postern_proto::ids::random_bytes(6)
         .map(|b| format!("dev-{}", postern_proto::ids::hex(&b)))
         .map_err(|_| internal("rng failed"))?;
@@ -572,6 +573,7 @@ async fn assert_finish(
     let posture_saved = posture.clone();
     let user_verified = result.user_verified();
     let counter = result.counter();
+    let seen_at = svc.clock.unix();
     let seen: DeviceChange = Box::new(move |d| {
         if let Some(mut pk) = passkey_of(d) {
             pk.update_credential(&result);
@@ -579,7 +581,7 @@ async fn assert_finish(
         }
         d.sign_count = d.sign_count.max(result.counter());
         d.backup_state = result.backup_state();
-        d.last_seen = Some(unix_now());
+        d.last_seen = Some(seen_at);
         if posture_saved.is_some() {
             d.posture = posture_saved;
         }
