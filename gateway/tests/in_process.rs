@@ -99,6 +99,13 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(Arc::new(Echo {
+        lost: CancellationToken::new(),
+    }))
+    .await
+}
+
+async fn fixture_with(upstream: Arc<dyn Upstream>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY).unwrap();
@@ -112,9 +119,7 @@ async fn fixture() -> Fixture {
         clock: clock.clone(),
         store: store.clone(),
         audit: audit.clone(),
-        upstream: Some(Arc::new(Echo {
-            lost: CancellationToken::new(),
-        })),
+        upstream: Some(upstream),
     };
     let app = App::build(config, "127.0.0.1:1".parse().unwrap(), seams)
         .await
@@ -169,6 +174,22 @@ impl Fixture {
                 .await
         });
         (client, task, id)
+    }
+
+    /// Stages 3–6 for `subject`, which must be refused; the answer.
+    async fn refused(
+        &self,
+        subject: postern_gateway::authn::Subject,
+    ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+        match self
+            .app
+            .broker
+            .open(subject, "pacs", None, self.clock.instant())
+            .await
+        {
+            Ok(_) => panic!("a tunnel opened that must not"),
+            Err(r) => r,
+        }
     }
 
     fn events(&self, kind: EventType, session: &str) -> Vec<Event> {
@@ -422,15 +443,7 @@ async fn a_denial_is_audited_with_its_reason_and_nothing_is_opened() {
     let f = fixture().await;
     let claims = f.claims("eve@x", &["visitors"], Duration::from_secs(3600), None);
     let subject = f.app.authn.subject(claims, peer());
-    let resp = match f
-        .app
-        .broker
-        .open(subject, "pacs", None, f.clock.instant())
-        .await
-    {
-        Ok(_) => panic!("a visitor was let in"),
-        Err(r) => r,
-    };
+    let resp = f.refused(subject).await;
     assert_eq!(resp.status().as_u16(), 403);
     let denied = f.audit.of_type(EventType::SessionDenied);
     assert_eq!(denied.len(), 1);
@@ -446,15 +459,7 @@ async fn a_failing_audit_log_refuses_new_sessions() {
     f.audit.set_failing(true);
     let claims = f.claims("ann@x", &["radiologists"], Duration::from_secs(3600), None);
     let subject = f.app.authn.subject(claims, peer());
-    let resp = match f
-        .app
-        .broker
-        .open(subject, "pacs", None, f.clock.instant())
-        .await
-    {
-        Ok(_) => panic!("a session started without its audit record"),
-        Err(r) => r,
-    };
+    let resp = f.refused(subject).await;
     assert_eq!(resp.status().as_u16(), 503);
     assert_eq!(
         resp.headers()
@@ -591,15 +596,7 @@ async fn a_token_revoked_while_its_session_starts_never_relays() {
     let subject = f.app.authn.subject(claims.clone(), peer());
     // Authentication already happened (the subject exists); now the user signs out.
     f.app.authn.revoke_jti(&claims.jti);
-    let resp = match f
-        .app
-        .broker
-        .open(subject, "pacs", None, f.clock.instant())
-        .await
-    {
-        Ok(_) => panic!("a revoked token opened a tunnel"),
-        Err(r) => r,
-    };
+    let resp = f.refused(subject).await;
     assert_eq!(resp.status().as_u16(), 401);
     let starts = f.audit.of_type(EventType::SessionStart);
     assert_eq!(starts.len(), 1);
@@ -659,4 +656,58 @@ async fn reevaluating_ten_thousand_live_sessions() {
     assert!(kills[1].is_killed() && !kills[0].is_killed());
     assert_eq!(kills[1].reason(), "access_withdrawn");
     assert_eq!(f.audit.of_type(EventType::SessionTerminated).len(), 5_000);
+}
+
+/// A connector that never answers.
+struct Stall;
+
+impl Route for Stall {
+    fn connector(&self) -> postern_audit::ConnectorRef {
+        postern_audit::ConnectorRef {
+            id: "truro-stalled".into(),
+            site: "truro".into(),
+        }
+    }
+    fn lost(&self) -> CancellationToken {
+        CancellationToken::new()
+    }
+    fn open<'a>(
+        &'a self,
+        _: OpenRequest<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<BoxIo, UpstreamError>> + Send + 'a>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+impl Upstream for Stall {
+    fn route(&self, _: &str) -> Option<Arc<dyn Route>> {
+        Some(Arc::new(Stall))
+    }
+}
+
+/// A client that gives up while the connector is still dialling (its request future is
+/// dropped) leaves no `session.start` without an end and no ghost in the registry.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_gives_up_during_setup_leaves_no_open_session() {
+    let f = fixture_with(Arc::new(Stall)).await;
+    let claims = f.claims("ann@x", &["radiologists"], Duration::from_secs(3600), None);
+    let subject = f.app.authn.subject(claims, peer());
+    let setup = f.app.broker.open(subject, "pacs", None, f.clock.instant());
+    assert!(tokio::time::timeout(Duration::from_secs(3), setup)
+        .await
+        .is_err());
+    // The end is written by a task the dropped setup spawned.
+    for _ in 0..100 {
+        if f.app.access.sessions.is_empty() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let starts = f.audit.of_type(EventType::SessionStart);
+    assert_eq!(starts.len(), 1);
+    let id = starts[0].session_id.clone().unwrap();
+    let end = f.end(&id);
+    assert_eq!(end.close_reason.as_deref(), Some("client_closed"));
+    assert!(end.detail.as_deref().unwrap().contains("went away"));
+    assert!(f.app.access.sessions.is_empty());
 }

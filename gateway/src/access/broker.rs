@@ -58,6 +58,48 @@ pub struct Opened {
     pub handler: Arc<dyn EndpointHandler>,
 }
 
+/// Ends a registered session whose setup was abandoned — the client went away (its request
+/// was dropped) while the connector was dialling — so that no `session.start` is left without
+/// its `session.end` and the registry does not keep a ghost.
+struct SetupGuard {
+    access: Arc<Access>,
+    session: Option<Arc<Session>>,
+}
+
+impl SetupGuard {
+    fn new(access: &Arc<Access>, session: &Arc<Session>) -> SetupGuard {
+        SetupGuard {
+            access: access.clone(),
+            session: Some(session.clone()),
+        }
+    }
+
+    /// The setup reached an outcome that ends the session itself (or hands it over).
+    fn disarm(mut self) {
+        self.session = None;
+    }
+}
+
+impl Drop for SetupGuard {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let access = self.access.clone();
+        let detail = "the client went away while the session was being set up".to_owned();
+        tokio::spawn(async move {
+            access
+                .end(
+                    &session,
+                    "client_closed",
+                    Some(detail),
+                    &Counters::default(),
+                )
+                .await
+        });
+    }
+}
+
 /// Why the broker refused before a session started.
 enum Refused {
     /// The CONNECT target is not `ENDPOINT:0` (shown bounded and printable).
@@ -129,9 +171,11 @@ impl Broker {
             .start(subject, &permit, given, route.as_deref(), started)
             .await?;
         let (kill, deadline) = self.access.register(session.clone(), permit.deadline);
+        let guard = SetupGuard::new(&self.access, &session);
         // A revocation between authentication and registration would miss this session: look
         // again now that it is registered (a later one finds it in the registry).
         if let Err(e) = self.authn.check_live(&session.subject.claims) {
+            guard.disarm();
             self.access
                 .end(
                     &session,
@@ -144,6 +188,7 @@ impl Broker {
         }
         // 6. Upstream open.
         let Some(route) = route else {
+            guard.disarm();
             let msg = format!(
                 "no connector for site '{}' is connected to the gateway",
                 permit.endpoint.site
@@ -167,6 +212,7 @@ impl Broker {
                 timeout: self.dial_timeout,
             })
             .await;
+        guard.disarm();
         let upstream = match opened {
             Ok(s) => s,
             Err(e) => return Err(self.upstream_failed(&session, e).await),

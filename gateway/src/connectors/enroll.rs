@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::audit::Audit;
 use crate::clock::{from_unix, unix_secs, SharedClock};
-use crate::http::{error, json, read_body, too_many, Resp};
+use crate::http::{error, json, parse_json, read_body, too_many, Resp};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pki::Ca;
@@ -47,25 +47,9 @@ pub async fn enroll(svc: Arc<Enrolment>, req: Request<Incoming>, peer: SocketAdd
         svc.metrics.note_ratelimited("enroll");
         return too_many("too many enrolment attempts from this address", secs);
     }
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "bad_request",
-                &format!("request body: {e}"),
-            )
-        }
-    };
-    let request: EnrollRequest = match serde_json::from_slice(&body) {
+    let request: EnrollRequest = match parse_json(body, "enrolment request") {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("enrolment request is not valid JSON: {e}"),
-            )
-        }
+        Err(resp) => return *resp,
     };
     let secret_hash = sha256_hex(request.token.as_bytes());
     let validity = svc.validity;

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::audit::Audit;
 use crate::clock::{from_unix, unix_secs, SharedClock};
-use crate::http::{error, json, read_body, Resp};
+use crate::http::{error, json, parse_json, read_body, Resp};
 use crate::pki::Ca;
 use crate::state::{ConnectorRec, Issued, RenewIssuer, SharedStore};
 
@@ -78,25 +78,10 @@ async fn handle(
             "a renewal connection serves only POST /v1/renew",
         );
     }
-    let body = match read_body(req.into_body(), wire::MAX_JSON_BODY).await {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "bad_request",
-                &format!("request body: {e}"),
-            )
-        }
-    };
-    let request: RenewRequest = match serde_json::from_slice(&body) {
+    let body = read_body(req.into_body(), wire::MAX_JSON_BODY).await;
+    let request: RenewRequest = match parse_json(body, "renewal request") {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("renewal request is not valid JSON: {e}"),
-            )
-        }
+        Err(resp) => return *resp,
     };
     let validity = svc.validity;
     let ca = svc.ca.clone();

@@ -152,6 +152,28 @@ where
         .map_err(|e| e.to_string())
 }
 
+/// Parses a JSON request body already read (`body`, or the error reading it): 413 when it was
+/// too large or broken, 400 (naming `what`) when it is not the expected JSON.
+pub fn parse_json<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, String>,
+    what: &str,
+) -> Result<T, Box<Resp>> {
+    let body = body.map_err(|e| {
+        Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_request",
+            &format!("request body: {e}"),
+        ))
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("{what} is not valid JSON: {e}"),
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
