@@ -167,13 +167,13 @@ impl App {
         let tls = tls(&config, &server_ca, &connector_ca, now)?;
         let oidc = match &config.oidc {
             Some(o) => Some(Arc::new(
-                Oidc::new(o.clone(), &config.state_dir, clock.clone())
+                Oidc::new(o.clone(), &config.state_dir, store.clone(), clock.clone())
                     .map_err(|e| io_err("sign-in (oidc)", e))?,
             )),
             None => None,
         };
         let ceremonies = Arc::new(
-            Ceremonies::new(&config, clock.clone())
+            Ceremonies::new(&config, store.clone(), clock.clone())
                 .map_err(|e| io_err("device trust ([devices])", e))?,
         );
         if config.oidc.is_some() && !config.devices.required {

@@ -42,7 +42,7 @@ impl Issuer {
     /// Finishes a sign-in: mints the session token (bound to `device` when device trust is on),
     /// audits `auth.login` and returns the CLI's loopback URL with its one-time code, or `None`
     /// for a browser-only sign-in.
-    pub fn complete(
+    pub async fn complete(
         &self,
         identity: &Identity,
         cli: Option<CliRequest>,
@@ -80,7 +80,7 @@ impl Issuer {
         self.audit.record_nowait(ev);
         match cli {
             Some(cli) => {
-                let code = oidc.issue_cli_code(&cli, token)?;
+                let code = oidc.issue_cli_code(&cli, token).await?;
                 let enc: String = form_urlencoded::Serializer::new(String::new())
                     .append_pair("code", &code)
                     .append_pair("state", &cli.state)

@@ -12,13 +12,13 @@
 //!
 //! The CLI (`postern login`) receives its session token through its own loopback redirect: the
 //! gateway hands the browser a one-time code (60 s) bound to the CLI's PKCE challenge, and only
-//! the process holding the verifier can redeem it (`POST /auth/token`).
+//! the process holding the verifier can redeem it (`POST /auth/token`). Codes are kept in the
+//! [`StateStore`](crate::state::StateStore) (by the code's SHA-256), so the CLI may redeem its
+//! code at any replica that shares the store.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -41,6 +41,7 @@ use tracing::{info, warn};
 use crate::clock::SharedClock;
 use crate::config::OidcConfig;
 use crate::http::client::{HttpClient, HttpError};
+use crate::state::{CliCodeRec, Refusal, SharedStore, StoreError};
 
 /// Claims beyond the standard ones, kept by name so `groups_claim` etc. are configurable.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,7 +124,7 @@ fn bad_request(code: &'static str, public: &str, detail: impl Into<String>) -> A
 }
 
 /// Who signed in, as the IdP asserted.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Identity {
     pub user: String,
     pub subject: String,
@@ -163,14 +164,8 @@ struct FlowState {
 /// Cookie name; path-scoped to /auth.
 pub const COOKIE: &str = "postern_signin";
 const FLOW_TTL: u64 = 600;
-const CLI_CODE_TTL: Duration = Duration::from_secs(60);
-const MAX_PENDING_CLI: usize = 10_000;
-
-struct PendingCli {
-    challenge: String,
-    token: String,
-    expires: Instant,
-}
+/// Lifetime of a one-time CLI code, seconds (at most 10 000 are outstanding: the store's cap).
+const CLI_CODE_TTL: u64 = 60;
 
 pub struct Oidc {
     pub config: OidcConfig,
@@ -178,7 +173,8 @@ pub struct Oidc {
     http: HttpClient,
     client: RwLock<Option<Arc<OidcClient>>>,
     cookie_key: LessSafeKey,
-    pending: Mutex<HashMap<String, PendingCli>>,
+    /// Where one-time CLI codes are kept.
+    store: SharedStore,
     clock: SharedClock,
 }
 
@@ -223,6 +219,7 @@ impl Oidc {
     pub fn new(
         config: OidcConfig,
         state_dir: &std::path::Path,
+        store: SharedStore,
         clock: SharedClock,
     ) -> Result<Oidc, String> {
         let secret = ClientSecret::new(config.read_secret()?.0);
@@ -254,7 +251,7 @@ impl Oidc {
             http,
             client: RwLock::new(None),
             cookie_key: LessSafeKey::new(unbound),
-            pending: Mutex::new(HashMap::new()),
+            store,
             clock,
         })
     }
@@ -586,43 +583,49 @@ impl Oidc {
     }
 
     /// A one-time code the CLI redeems with its verifier.
-    pub fn issue_cli_code(&self, cli: &CliRequest, token: String) -> Result<String, AuthError> {
+    pub async fn issue_cli_code(
+        &self,
+        cli: &CliRequest,
+        token: String,
+    ) -> Result<String, AuthError> {
         let code = random_b64(32)?;
-        let mut m = self
-            .pending
-            .lock()
-            .map_err(|_| unavailable("lock poisoned"))?;
-        let now = self.clock.instant();
-        m.retain(|_, p| p.expires > now);
-        if m.len() >= MAX_PENDING_CLI {
-            return Err(AuthError::new(
+        let now = self.clock.unix();
+        let rec = CliCodeRec {
+            challenge: cli.challenge.clone(),
+            token,
+            expires: now + CLI_CODE_TTL,
+        };
+        let key = postern_proto::ids::sha256_hex(code.as_bytes());
+        match self.store.put_cli_code(key, rec, now).await {
+            Ok(()) => Ok(code),
+            Err(StoreError::Refused(Refusal::SignInsFull(_))) => Err(AuthError::new(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 "busy",
                 "Too many sign-ins are in progress. Please try again in a minute.",
                 "pending CLI code table full",
-            ));
+            )),
+            Err(e) => Err(AuthError::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Something went wrong on our side.",
+                format!("keeping the CLI code: {e}"),
+            )),
         }
-        m.insert(
-            postern_proto::ids::sha256_hex(code.as_bytes()),
-            PendingCli {
-                challenge: cli.challenge.clone(),
-                token,
-                expires: now + CLI_CODE_TTL,
-            },
-        );
-        Ok(code)
     }
 
     /// Redeems a CLI code: the token, if the code is live and `verifier` matches its challenge.
-    pub fn redeem_cli_code(&self, code: &str, verifier: &str) -> Option<String> {
-        let mut m = self.pending.lock().ok()?;
+    /// The code is used up either way.
+    pub async fn redeem_cli_code(&self, code: &str, verifier: &str) -> Option<String> {
         let key = postern_proto::ids::sha256_hex(code.as_bytes());
-        let p = m.remove(&key)?;
-        let ok = p.expires > self.clock.instant()
-            && postern_proto::ids::ct_eq(
-                pkce_challenge(verifier).as_bytes(),
-                p.challenge.as_bytes(),
-            );
+        let p = match self.store.take_cli_code(key, self.clock.unix()).await {
+            Ok(p) => p?,
+            Err(e) => {
+                warn!(error = %e, "cannot read the CLI code from the state store");
+                return None;
+            }
+        };
+        let ok =
+            postern_proto::ids::ct_eq(pkce_challenge(verifier).as_bytes(), p.challenge.as_bytes());
         ok.then_some(p.token)
     }
 }

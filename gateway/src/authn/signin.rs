@@ -234,7 +234,7 @@ pub async fn callback(svc: Arc<SignIn>, req: Request<Incoming>, peer: SocketAddr
     if svc.ceremonies.enabled() {
         // Device trust: the sign-in continues with a WebAuthn ceremony on the device page.
         let posture = cli.as_ref().and_then(|c| c.posture.clone());
-        return match svc.ceremonies.open(identity.clone(), cli) {
+        return match svc.ceremonies.open(identity.clone(), cli).await {
             Ok(ceremony) => {
                 let mut r = page(&svc.authn.devices, &identity, &ceremony, posture.as_ref());
                 set_cookie(&mut r, "", 0);
@@ -253,7 +253,7 @@ pub async fn callback(svc: Arc<SignIn>, req: Request<Incoming>, peer: SocketAddr
             ),
         };
     }
-    let mut r = match svc.issuer.complete(&identity, cli, None, peer, &ua) {
+    let mut r = match svc.issuer.complete(&identity, cli, None, peer, &ua).await {
         Ok(Some(url)) => redirect(&url),
         Ok(None) => pages::success(
             "You are signed in",
@@ -320,7 +320,7 @@ pub async fn token(svc: Arc<SignIn>, req: Request<Incoming>, peer: SocketAddr) -
             "expected JSON {code, code_verifier}",
         );
     };
-    let Some(token) = oidc.redeem_cli_code(&tr.code, &tr.code_verifier) else {
+    let Some(token) = oidc.redeem_cli_code(&tr.code, &tr.code_verifier).await else {
         let mut ev = svc.audit.event(EventType::AuthFailed);
         ev.source = Some(peer.to_string());
         ev.detail =

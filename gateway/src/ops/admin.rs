@@ -257,7 +257,7 @@ pub fn check_notes(config: &Config) -> Vec<String> {
     }
     if config.oidc.is_some()
         && config.devices.required
-        && crate::authn::devices::Ceremonies::new(config, crate::clock::system()).is_ok()
+        && crate::authn::devices::relying_party(config).is_ok()
     {
         match config.webauthn_origin_and_rp_id() {
             Ok((origin, rp_id)) => notes.push(format!(

@@ -44,7 +44,7 @@ pub async fn check(config: &Config) -> Vec<Finding> {
     audit_dir(&config.audit_dir, &mut out);
     oidc(config, &mut out).await;
     if config.oidc.is_some() && config.devices.required {
-        if let Err(e) = crate::authn::devices::Ceremonies::new(config, crate::clock::system()) {
+        if let Err(e) = crate::authn::devices::relying_party(config) {
             out.push(Finding::error(e));
         }
     }

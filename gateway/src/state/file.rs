@@ -6,10 +6,15 @@
 //! Changes made through this handle are announced at once; changes made by another process
 //! are found by a poller (every 0.5 s, by the file's modification time and length) that runs
 //! while anyone listens to [`StateStore::changes`](super::StateStore::changes), and announced as [`Change::External`].
+//! The poller ignores this handle's own writes: each write notes the file's new fingerprint
+//! when the file was, until then, the version this handle knew (nobody else wrote in
+//! between), so frequent own writes (sign-in state at every sign-in step) cost no reload,
+//! while any other process's write is still seen.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
@@ -22,10 +27,15 @@ use super::{Change, StoreError, StoreFuture};
 /// How often another process's changes are looked for.
 const POLL: Duration = Duration::from_millis(500);
 
+/// What identifies a version of the file without reading it (modification time, length).
+type Fingerprint = Option<(SystemTime, u64)>;
+
 /// The file and its lock.
 #[derive(Debug, Clone)]
 struct Files {
     dir: PathBuf,
+    /// The version of the file this handle knows: written by itself or already announced.
+    known: Arc<Mutex<Fingerprint>>,
 }
 
 impl Files {
@@ -75,6 +85,7 @@ impl Files {
         f: impl FnOnce(&mut Tables) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let _lock = self.lock()?;
+        let before = self.fingerprint();
         let mut state = self.read_unlocked()?;
         let out = f(&mut state)?;
         let json = serde_json::to_vec_pretty(&state).map_err(|e| StoreError::Corrupt {
@@ -82,11 +93,32 @@ impl Files {
             message: e.to_string(),
         })?;
         write_atomic(&self.path(), &json, 0o600).map_err(|e| self.io(e))?;
+        let after = self.fingerprint();
+        if let Ok(mut known) = self.known.lock() {
+            // Only if nobody else wrote since this handle last knew the file: otherwise the
+            // poller must still see (and announce) that other write.
+            if *known == before {
+                *known = after;
+            }
+        }
         Ok(out)
     }
 
+    /// Whether the file changed since this handle last knew it; if so, it knows it now.
+    fn changed_by_others(&self) -> bool {
+        let Ok(mut known) = self.known.lock() else {
+            return true;
+        };
+        let now = self.fingerprint();
+        if now == *known {
+            return false;
+        }
+        *known = now;
+        true
+    }
+
     /// What identifies a version of the file without reading it.
-    fn fingerprint(&self) -> Option<(SystemTime, u64)> {
+    fn fingerprint(&self) -> Fingerprint {
         let m = std::fs::metadata(self.path()).ok()?;
         Some((m.modified().ok()?, m.len()))
     }
@@ -96,7 +128,7 @@ impl Files {
 pub struct FileStore {
     files: Files,
     tx: broadcast::Sender<Change>,
-    poller: std::sync::Mutex<bool>,
+    poller: Mutex<bool>,
 }
 
 impl FileStore {
@@ -107,12 +139,15 @@ impl FileStore {
             source,
         })?;
         let (tx, _) = broadcast::channel(1024);
+        let mut files = Files {
+            dir: dir.to_owned(),
+            known: Arc::default(),
+        };
+        files.known = Arc::new(Mutex::new(files.fingerprint()));
         Ok(FileStore {
-            files: Files {
-                dir: dir.to_owned(),
-            },
+            files,
             tx,
-            poller: std::sync::Mutex::new(false),
+            poller: Mutex::new(false),
         })
     }
 
@@ -128,14 +163,11 @@ impl FileStore {
         let files = self.files.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let mut last = files.fingerprint();
             let mut tick = tokio::time::interval(POLL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while tx.receiver_count() > 0 {
                 tick.tick().await;
-                let now = files.fingerprint();
-                if now != last {
-                    last = now;
+                if files.changed_by_others() {
                     let _ = tx.send(Change::External);
                 }
             }
@@ -186,7 +218,8 @@ fn blocking<T: Send + 'static>(
 mod tests {
     use super::*;
     use crate::state::{
-        ConnectorRec, EnrollIssuer, EnrollTokenRec, Issued, Refusal, RevokedToken, StateStore,
+        CeremonyRec, CliCodeRec, ConnectorRec, EnrollIssuer, EnrollTokenRec, Issued, Refusal,
+        RevokedToken, StateStore,
     };
 
     fn connector(id: &str) -> ConnectorRec {
@@ -341,5 +374,119 @@ mod tests {
         .await;
         assert!(seen.is_ok(), "no External change within 5 s");
         assert_eq!(store.revocations().await.unwrap().tokens.len(), 1);
+    }
+
+    fn cli_code(expires: u64) -> CliCodeRec {
+        CliCodeRec {
+            challenge: "ch".into(),
+            token: "tok".into(),
+            expires,
+        }
+    }
+
+    #[tokio::test]
+    async fn sign_in_state_is_shared_through_the_file_and_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = FileStore::open(dir.path()).unwrap();
+        let b = FileStore::open(dir.path()).unwrap();
+        a.put_cli_code("k".into(), cli_code(160), 100)
+            .await
+            .unwrap();
+        let rec = CeremonyRec {
+            identity: serde_json::json!({"user": "ann"}),
+            cli: None,
+            posture: None,
+            pending: None,
+            expires: 700,
+        };
+        a.put_ceremony("c".into(), rec.clone(), 100).await.unwrap();
+        // Another handle (another process, another replica) sees both and takes them once.
+        assert_eq!(b.ceremony("c".into()).await.unwrap(), Some(rec.clone()));
+        b.update_ceremony(
+            "c".into(),
+            101,
+            Box::new(|c| {
+                c.pending = Some(serde_json::json!({"kind": "assert"}));
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+        let taken = a.take_ceremony("c".into(), 102).await.unwrap().unwrap();
+        assert!(taken.pending.is_some());
+        assert_eq!(b.take_ceremony("c".into(), 102).await.unwrap(), None);
+        assert_eq!(
+            b.take_cli_code("k".into(), 159).await.unwrap(),
+            Some(cli_code(160))
+        );
+        assert_eq!(a.take_cli_code("k".into(), 159).await.unwrap(), None);
+        // Expiry is judged by the `now` passed in.
+        a.put_cli_code("late".into(), cli_code(160), 100)
+            .await
+            .unwrap();
+        assert_eq!(b.take_cli_code("late".into(), 160).await.unwrap(), None);
+        // Emptied tables leave the file as an older gateway can read it.
+        let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(
+            !text.contains("cli_codes") && !text.contains("ceremonies"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_old_state_file_without_sign_in_tables_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("state.json"),
+            r#"{"enroll_tokens": [], "connectors": [], "revoked_tokens": [], "devices": [], "revoked_users": []}"#,
+        )
+        .unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(store.take_cli_code("k".into(), 1).await.unwrap(), None);
+        store
+            .put_cli_code("k".into(), cli_code(9), 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.take_cli_code("k".into(), 2).await.unwrap(),
+            Some(cli_code(9))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_poller_ignores_this_handles_own_writes_but_not_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let mut rx = store.changes();
+        // Sign-in state written through this handle: no change announced, none polled.
+        for i in 0..3 {
+            store
+                .put_cli_code(format!("k{i}"), cli_code(160), 100)
+                .await
+                .unwrap();
+            tokio::time::sleep(POLL / 2).await;
+        }
+        store.take_cli_code("k0".into(), 101).await.unwrap();
+        tokio::time::sleep(POLL * 3).await;
+        assert!(
+            matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Empty)),
+            "own sign-in writes were announced"
+        );
+        // Another handle writes, then this one writes before the poller looks: the other
+        // write is still announced.
+        let other = FileStore::open(dir.path()).unwrap();
+        other
+            .put_cli_code("theirs".into(), cli_code(160), 100)
+            .await
+            .unwrap();
+        store
+            .put_cli_code("mine".into(), cli_code(160), 100)
+            .await
+            .unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert!(
+            matches!(seen, Ok(Ok(Change::External))),
+            "no External: {seen:?}"
+        );
     }
 }

@@ -59,3 +59,86 @@ impl Backend for MemoryStore {
         &self.tx
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{CeremonyRec, CliCodeRec, Refusal, RevokedToken, StateStore};
+
+    #[tokio::test]
+    async fn sign_in_state_is_single_use_expires_by_now_and_announces_nothing() {
+        let store = MemoryStore::default();
+        let mut rx = store.changes();
+        let code = CliCodeRec {
+            challenge: "ch".into(),
+            token: "tok".into(),
+            expires: 160,
+        };
+        store
+            .put_cli_code("k".into(), code.clone(), 100)
+            .await
+            .unwrap();
+        store
+            .put_cli_code("old".into(), code.clone(), 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.take_cli_code("k".into(), 159).await.unwrap(),
+            Some(code)
+        );
+        assert_eq!(store.take_cli_code("k".into(), 159).await.unwrap(), None);
+        assert_eq!(store.take_cli_code("old".into(), 160).await.unwrap(), None);
+        let rec = CeremonyRec {
+            identity: serde_json::json!({"user": "ann"}),
+            cli: None,
+            posture: None,
+            pending: None,
+            expires: 700,
+        };
+        store
+            .put_ceremony("c".into(), rec.clone(), 100)
+            .await
+            .unwrap();
+        let (before, after) = store
+            .update_ceremony(
+                "c".into(),
+                200,
+                Box::new(|c| {
+                    c.pending = Some(serde_json::json!(1));
+                    Ok(())
+                }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (before.pending, after.pending),
+            (None, Some(serde_json::json!(1)))
+        );
+        let e = store
+            .update_ceremony("c".into(), 700, Box::new(|_| Ok(())))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Refused(Refusal::UnknownCeremony)));
+        assert!(store
+            .take_ceremony("c".into(), 300)
+            .await
+            .unwrap()
+            .is_some());
+        assert_eq!(store.take_ceremony("c".into(), 300).await.unwrap(), None);
+        // Nothing above was announced; a revocation is.
+        store
+            .revoke_token(
+                RevokedToken {
+                    jti: "j".into(),
+                    exp: 9,
+                    user: "u".into(),
+                    revoked: 1,
+                },
+                1,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rx.try_recv().unwrap(), Change::TokenRevoked("j".into()));
+        assert!(rx.try_recv().is_err());
+    }
+}

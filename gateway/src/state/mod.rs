@@ -2,8 +2,9 @@
 //!
 //! Everything the gateway keeps beyond a process's life — enrolment tokens (hashes only), the
 //! connector inventory and certificate serials, revoked session tokens and users, registered
-//! devices and their WebAuthn credentials — is reached through the domain operations of
-//! [`StateStore`], each atomic on its own (one statement or transaction in a database, one
+//! devices and their WebAuthn credentials — and the sign-in state a browser may carry to
+//! another replica between two steps — one-time CLI codes and WebAuthn ceremonies in flight —
+//! is reached through the domain operations of [`StateStore`], each atomic on its own (one statement or transaction in a database, one
 //! locked read-modify-write of the file today). Admin commands use the same trait. A
 //! [`changes`](StateStore::changes) stream says what changed, whether this process or another
 //! (an admin command, another replica) changed it, so revocations reach live sessions.
@@ -69,6 +70,13 @@ pub enum Refusal {
     DeviceRevoked(String),
     #[error("credential already registered as {device} (user {user})")]
     CredentialExists { device: String, user: String },
+    /// The table of sign-ins in flight (`cli codes`, `ceremonies`) is full, even after
+    /// dropping the expired entries.
+    #[error("too many sign-ins in progress: the {0} table is full")]
+    SignInsFull(&'static str),
+    /// No live sign-in ceremony by that id (unknown, expired or finished).
+    #[error("unknown, expired or finished sign-in ceremony")]
+    UnknownCeremony,
     /// The caller's own step (signing a CSR, building a record) failed.
     #[error("{0}")]
     Rejected(String),
@@ -90,6 +98,8 @@ pub type EnrollIssuer = Box<dyn FnOnce(&str) -> Result<(String, Issued), String>
 pub type RenewIssuer = Box<dyn FnOnce(&ConnectorRec) -> Result<Issued, String> + Send>;
 /// Changes one device; `Err` leaves it as it was.
 pub type DeviceChange = Box<dyn FnOnce(&mut DeviceRec) -> Result<(), Refusal> + Send>;
+/// Changes one ceremony in flight; `Err` leaves it as it was.
+pub type CeremonyChange = Box<dyn FnOnce(&mut CeremonyRec) -> Result<(), Refusal> + Send>;
 
 /// What changed in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +165,34 @@ pub trait StateStore: Send + Sync + 'static {
         change: DeviceChange,
     ) -> StoreFuture<'_, (DeviceRec, DeviceRec)>;
     fn devices(&self) -> StoreFuture<'_, Vec<DeviceRec>>;
+
+    // Sign-in state: short-lived, so a browser may reach another replica at each step. These
+    // operations announce no [`Change`] (nothing a live session depends on changes).
+
+    /// Keeps a one-time CLI code under the hash of the code (dropping expired ones first);
+    /// refused with [`Refusal::SignInsFull`] when the table is still full.
+    fn put_cli_code(&self, key_hash: String, rec: CliCodeRec, now: u64) -> StoreFuture<'_, ()>;
+    /// Takes the code out (single use: gone whatever the caller does next); `None` if unknown
+    /// or expired by `now`.
+    fn take_cli_code(&self, key_hash: String, now: u64) -> StoreFuture<'_, Option<CliCodeRec>>;
+    /// Keeps a new ceremony (dropping expired ones first); refused with
+    /// [`Refusal::SignInsFull`] when the table is still full.
+    fn put_ceremony(&self, id: String, rec: CeremonyRec, now: u64) -> StoreFuture<'_, ()>;
+    /// The ceremony as stored (also an expired one not dropped yet: see
+    /// [`CeremonyRec::live`]).
+    fn ceremony(&self, id: String) -> StoreFuture<'_, Option<CeremonyRec>>;
+    /// Applies `change` to the ceremony `id`, live at `now`; returns it before and after.
+    /// Refused with [`Refusal::UnknownCeremony`] if there is none.
+    fn update_ceremony(
+        &self,
+        id: String,
+        now: u64,
+        change: CeremonyChange,
+    ) -> StoreFuture<'_, (CeremonyRec, CeremonyRec)>;
+    /// Takes the ceremony out (gone whatever the caller does next); `None` if unknown or
+    /// expired by `now`.
+    fn take_ceremony(&self, id: String, now: u64) -> StoreFuture<'_, Option<CeremonyRec>>;
+
     /// Changes from now on. A receiver that falls behind gets `Lagged` and should reload.
     fn changes(&self) -> broadcast::Receiver<Change>;
 }
@@ -291,4 +329,51 @@ pub struct DeviceRec {
 pub struct RevokedUser {
     pub user: String,
     pub before: u64,
+}
+
+/// A one-time code `postern login` redeems for its session token (keyed by the code's
+/// SHA-256; the code itself is never stored).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CliCodeRec {
+    /// base64url(SHA-256(verifier)) of the CLI's PKCE pair.
+    pub challenge: String,
+    /// The session token the code stands for.
+    pub token: String,
+    /// Seconds since the epoch; the code is dead from then on.
+    pub expires: u64,
+}
+
+impl CliCodeRec {
+    /// Whether the code may still be redeemed at `now`.
+    pub fn live(&self, now: u64) -> bool {
+        self.expires > now
+    }
+}
+
+/// A WebAuthn ceremony in flight: who signed in at the IdP, waiting for the device step. The
+/// sign-in types are kept as JSON (as `authn` writes them), so the store does not depend on
+/// the sign-in code or webauthn-rs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CeremonyRec {
+    /// Who signed in, as the IdP asserted.
+    pub identity: serde_json::Value,
+    /// The CLI's side of the sign-in, if it came from `postern login`.
+    #[serde(default)]
+    pub cli: Option<serde_json::Value>,
+    /// The posture report the challenge binds.
+    #[serde(default)]
+    pub posture: Option<postern_proto::posture::PostureReport>,
+    /// The outstanding challenge (webauthn-rs registration or authentication state and the
+    /// gateway's nonce); `None` when none is outstanding.
+    #[serde(default)]
+    pub pending: Option<serde_json::Value>,
+    /// Seconds since the epoch; the ceremony is dead from then on.
+    pub expires: u64,
+}
+
+impl CeremonyRec {
+    /// Whether the ceremony may still go on at `now`.
+    pub fn live(&self, now: u64) -> bool {
+        self.expires > now
+    }
 }

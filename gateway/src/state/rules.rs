@@ -1,19 +1,26 @@
 //! The domain rules of the store, on the whole state held as [`Tables`]: every
 //! implementation that keeps the tables itself (the file, memory) runs these under its own
 //! lock, so the rules — a token burns once, a failed signature leaves it usable, a revoked
-//! connector cannot renew, a credential registers once — are written once.
+//! connector cannot renew, a credential registers once, a CLI code or a ceremony is taken
+//! once and only while it lives — are written once.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::{
-    Change, ConnectorRec, DeviceChange, DeviceRec, DeviceStatus, EnrollIssuer, EnrollTokenRec,
-    Issued, Refusal, RenewIssuer, Revocations, RevokedToken, RevokedUser, StateStore, StoreError,
-    StoreFuture,
+    CeremonyChange, CeremonyRec, Change, CliCodeRec, ConnectorRec, DeviceChange, DeviceRec,
+    DeviceStatus, EnrollIssuer, EnrollTokenRec, Issued, Refusal, RenewIssuer, Revocations,
+    RevokedToken, RevokedUser, StateStore, StoreError, StoreFuture,
 };
 
 /// Enrolment tokens expired longer ago than this are forgotten.
 const TOKEN_RETENTION: u64 = 7 * 86400;
+/// Most one-time CLI codes outstanding at once.
+pub(super) const MAX_CLI_CODES: usize = 10_000;
+/// Most WebAuthn ceremonies in flight at once.
+pub(super) const MAX_CEREMONIES: usize = 10_000;
 
 /// The whole state (also the file store's document, so its field names are the format).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -29,6 +36,13 @@ pub struct Tables {
     pub(super) devices: Vec<DeviceRec>,
     #[serde(default)]
     pub(super) revoked_users: Vec<RevokedUser>,
+    /// One-time CLI codes by the SHA-256 (hex) of the code. Left out of the file when empty,
+    /// so a store without sign-ins in flight stays readable by an older gateway.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) cli_codes: BTreeMap<String, CliCodeRec>,
+    /// WebAuthn ceremonies in flight by id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) ceremonies: BTreeMap<String, CeremonyRec>,
 }
 
 impl Tables {
@@ -189,6 +203,64 @@ impl Tables {
     pub fn devices(&self) -> Vec<DeviceRec> {
         self.devices.clone()
     }
+
+    pub fn put_cli_code(
+        &mut self,
+        key_hash: String,
+        rec: CliCodeRec,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.cli_codes.retain(|_, c| c.live(now));
+        if self.cli_codes.len() >= MAX_CLI_CODES {
+            return Err(Refusal::SignInsFull("cli codes").into());
+        }
+        self.cli_codes.insert(key_hash, rec);
+        Ok(())
+    }
+
+    pub fn take_cli_code(&mut self, key_hash: &str, now: u64) -> Option<CliCodeRec> {
+        self.cli_codes.remove(key_hash).filter(|c| c.live(now))
+    }
+
+    pub fn put_ceremony(
+        &mut self,
+        id: String,
+        rec: CeremonyRec,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.ceremonies.retain(|_, c| c.live(now));
+        if self.ceremonies.len() >= MAX_CEREMONIES {
+            return Err(Refusal::SignInsFull("ceremonies").into());
+        }
+        self.ceremonies.insert(id, rec);
+        Ok(())
+    }
+
+    pub fn ceremony(&self, id: &str) -> Option<CeremonyRec> {
+        self.ceremonies.get(id).cloned()
+    }
+
+    pub fn update_ceremony(
+        &mut self,
+        id: &str,
+        now: u64,
+        change: CeremonyChange,
+    ) -> Result<(CeremonyRec, CeremonyRec), StoreError> {
+        let c = self
+            .ceremonies
+            .get_mut(id)
+            .filter(|c| c.live(now))
+            .ok_or(Refusal::UnknownCeremony)?;
+        let before = c.clone();
+        let mut after = c.clone();
+        change(&mut after)?;
+        *c = after.clone();
+        Ok((before, after))
+    }
+
+    pub fn take_ceremony(&mut self, id: &str, now: u64) -> Option<CeremonyRec> {
+        self.ceremonies.remove(id).filter(|c| c.live(now))
+    }
 }
 
 /// A store that keeps [`Tables`] itself and runs the rules under its own lock. Every such
@@ -337,7 +409,179 @@ impl<B: Backend> StateStore for B {
         self.read(|t| t.devices())
     }
 
+    // Sign-in state is written without announcing a change: followers of `changes()` (the
+    // revocation follower reloads revocations and the device table on every change) have
+    // nothing to do for it. A file store's poller in *another* process still sees the file
+    // change and announces `External` there; that costs the other process one reload.
+
+    fn put_cli_code(&self, key_hash: String, rec: CliCodeRec, now: u64) -> StoreFuture<'_, ()> {
+        self.write(move |t| t.put_cli_code(key_hash, rec, now))
+    }
+
+    fn take_cli_code(&self, key_hash: String, now: u64) -> StoreFuture<'_, Option<CliCodeRec>> {
+        self.write(move |t| Ok(t.take_cli_code(&key_hash, now)))
+    }
+
+    fn put_ceremony(&self, id: String, rec: CeremonyRec, now: u64) -> StoreFuture<'_, ()> {
+        self.write(move |t| t.put_ceremony(id, rec, now))
+    }
+
+    fn ceremony(&self, id: String) -> StoreFuture<'_, Option<CeremonyRec>> {
+        self.read(move |t| t.ceremony(&id))
+    }
+
+    fn update_ceremony(
+        &self,
+        id: String,
+        now: u64,
+        change: CeremonyChange,
+    ) -> StoreFuture<'_, (CeremonyRec, CeremonyRec)> {
+        self.write(move |t| t.update_ceremony(&id, now, change))
+    }
+
+    fn take_ceremony(&self, id: String, now: u64) -> StoreFuture<'_, Option<CeremonyRec>> {
+        self.write(move |t| Ok(t.take_ceremony(&id, now)))
+    }
+
     fn changes(&self) -> broadcast::Receiver<Change> {
         self.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(expires: u64) -> CliCodeRec {
+        CliCodeRec {
+            challenge: "ch".into(),
+            token: "tok".into(),
+            expires,
+        }
+    }
+
+    fn ceremony(expires: u64) -> CeremonyRec {
+        CeremonyRec {
+            identity: serde_json::json!({"user": "ann"}),
+            cli: None,
+            posture: None,
+            pending: None,
+            expires,
+        }
+    }
+
+    #[test]
+    fn a_cli_code_is_taken_once_and_only_while_it_lives() {
+        let mut t = Tables::default();
+        t.put_cli_code("k1".into(), code(160), 100).unwrap();
+        t.put_cli_code("k2".into(), code(160), 100).unwrap();
+        assert_eq!(t.take_cli_code("k1", 159), Some(code(160)));
+        assert_eq!(t.take_cli_code("k1", 159), None, "single use");
+        // Expired by the `now` passed in: none, and gone.
+        assert_eq!(t.take_cli_code("k2", 160), None);
+        assert!(t.cli_codes.is_empty());
+        assert_eq!(t.take_cli_code("unknown", 0), None);
+    }
+
+    #[test]
+    fn a_full_table_refuses_after_dropping_the_expired() {
+        let mut t = Tables::default();
+        for i in 0..MAX_CLI_CODES {
+            t.put_cli_code(format!("k{i}"), code(if i == 0 { 50 } else { 200 }), 10)
+                .unwrap();
+        }
+        let e = t.put_cli_code("more".into(), code(200), 10).unwrap_err();
+        assert!(matches!(
+            e,
+            StoreError::Refused(Refusal::SignInsFull("cli codes"))
+        ));
+        // At 50 the first one has expired: room for one more, and no more.
+        t.put_cli_code("more".into(), code(200), 50).unwrap();
+        assert!(t.put_cli_code("again".into(), code(200), 50).is_err());
+
+        for i in 0..MAX_CEREMONIES {
+            t.put_ceremony(format!("c{i}"), ceremony(if i == 0 { 50 } else { 700 }), 10)
+                .unwrap();
+        }
+        let e = t
+            .put_ceremony("more".into(), ceremony(700), 10)
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            StoreError::Refused(Refusal::SignInsFull("ceremonies"))
+        ));
+        t.put_ceremony("more".into(), ceremony(700), 50).unwrap();
+        assert_eq!(t.ceremonies.len(), MAX_CEREMONIES);
+    }
+
+    #[test]
+    fn a_ceremony_changes_while_it_lives_and_is_taken_once() {
+        let mut t = Tables::default();
+        t.put_ceremony("c1".into(), ceremony(700), 100).unwrap();
+        let (before, after) = t
+            .update_ceremony(
+                "c1",
+                699,
+                Box::new(|c| {
+                    c.pending = Some(serde_json::json!({"kind": "assert"}));
+                    Ok(())
+                }),
+            )
+            .unwrap();
+        assert_eq!(before.pending, None);
+        assert!(after.pending.is_some());
+        // A refused change leaves it as it was.
+        let e = t
+            .update_ceremony(
+                "c1",
+                699,
+                Box::new(|c| {
+                    c.pending = None;
+                    Err(Refusal::Rejected("no".into()))
+                }),
+            )
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Refused(Refusal::Rejected(_))));
+        assert!(t.ceremony("c1").unwrap().pending.is_some());
+        // Expired by the `now` passed in: no change, no take.
+        let e = t
+            .update_ceremony("c1", 700, Box::new(|_| Ok(())))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Refused(Refusal::UnknownCeremony)));
+        assert_eq!(t.take_ceremony("c1", 700), None);
+        assert_eq!(
+            t.ceremony("c1"),
+            None,
+            "an expired ceremony is dropped when taken"
+        );
+
+        t.put_ceremony("c2".into(), ceremony(700), 100).unwrap();
+        assert_eq!(t.take_ceremony("c2", 100), Some(ceremony(700)));
+        assert_eq!(t.take_ceremony("c2", 100), None, "single use");
+        let e = t
+            .update_ceremony("c2", 100, Box::new(|_| Ok(())))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Refused(Refusal::UnknownCeremony)));
+    }
+
+    #[test]
+    fn a_state_file_without_sign_in_tables_still_loads_and_empty_ones_are_left_out() {
+        // A state.json as written before sign-in state moved into the store.
+        let old = r#"{"enroll_tokens": [], "connectors": [], "revoked_tokens": [],
+                      "devices": [], "revoked_users": [{"user": "u", "before": 5}]}"#;
+        let t: Tables = serde_json::from_str(old).unwrap();
+        assert!(t.cli_codes.is_empty() && t.ceremonies.is_empty());
+        assert_eq!(t.revoked_users.len(), 1);
+        let out = serde_json::to_value(&t).unwrap();
+        assert!(out.get("cli_codes").is_none() && out.get("ceremonies").is_none());
+        // Unknown fields are still refused.
+        assert!(serde_json::from_str::<Tables>(r#"{"surprise": 1}"#).is_err());
+        // And the new tables round-trip.
+        let mut t = t;
+        t.put_cli_code("k".into(), code(9), 1).unwrap();
+        t.put_ceremony("c".into(), ceremony(9), 1).unwrap();
+        let back: Tables = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(back.cli_codes.get("k"), Some(&code(9)));
+        assert_eq!(back.ceremonies.get("c"), Some(&ceremony(9)));
     }
 }

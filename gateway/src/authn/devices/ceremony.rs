@@ -1,5 +1,7 @@
-//! The WebAuthn side of sign-in: the relying party and the ceremonies in flight (in memory, 10 minutes, bound to the
-//! browser by the `postern_device` cookie), with the posture binding of their challenges.
+//! The WebAuthn side of sign-in: the relying party and the ceremonies in flight (10 minutes,
+//! bound to the browser by the `postern_device` cookie), with the posture binding of their
+//! challenges. Ceremonies are kept in the [`StateStore`](crate::state::StateStore) (the
+//! webauthn-rs state serialised), so each step may reach any replica that shares the store.
 //!
 //! The challenge is not webauthn-rs's random one: the gateway draws its own nonce `N` and puts
 //! `SHA-256(N || SHA-256(canonical posture))` into both the options sent to the browser and
@@ -8,17 +10,13 @@
 //! `posture_mismatch`. Each begin replaces the pending challenge, each finish consumes it
 //! (a replayed assertion finds nothing: `unknown_challenge`).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::StatusCode;
 use postern_proto::posture::{bound_challenge, PostureReport};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use webauthn_rs::prelude::{
     Passkey, PasskeyAuthentication, PasskeyRegistration, Url, Uuid, Webauthn, WebauthnBuilder,
     WebauthnError,
@@ -27,12 +25,12 @@ use webauthn_rs::prelude::{
 use crate::authn::oidc::{CliRequest, Identity};
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::state::DeviceRec;
+use crate::state::{CeremonyRec, DeviceRec, Refusal, SharedStore, StoreError};
 
 /// Cookie binding a ceremony to the browser that finished the IdP sign-in.
 pub const COOKIE: &str = "postern_device";
+/// Lifetime of a ceremony (at most 10 000 are in flight: the store's cap).
 pub(super) const CEREMONY_TTL: Duration = Duration::from_secs(600);
-const MAX_CEREMONIES: usize = 10_000;
 /// Largest request body of the device endpoints.
 pub const MAX_BODY: usize = 64 * 1024;
 /// Largest clientDataJSON accepted (decoded bytes).
@@ -47,6 +45,9 @@ pub struct Binding {
     pub posture: Option<PostureReport>,
 }
 
+/// The outstanding challenge of a ceremony (stored as [`CeremonyRec::pending`]).
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub(super) enum Pending {
     Register {
         state: PasskeyRegistration,
@@ -59,19 +60,63 @@ pub(super) enum Pending {
     },
 }
 
+/// A ceremony in flight, as the routes use it (without its outstanding challenge).
 pub(super) struct Ceremony {
     pub(super) identity: Identity,
     pub(super) cli: Option<CliRequest>,
     pub(super) posture: Option<PostureReport>,
-    pub(super) pending: Option<Pending>,
-    pub(super) expires: Instant,
 }
 
-/// The WebAuthn relying party and the ceremonies in flight.
+impl Ceremony {
+    fn from_rec(rec: CeremonyRec) -> Result<Ceremony, DevError> {
+        let identity = serde_json::from_value(rec.identity)
+            .map_err(|e| internal(format!("stored ceremony identity: {e}")))?;
+        let cli = rec
+            .cli
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| internal(format!("stored ceremony cli request: {e}")))?;
+        Ok(Ceremony {
+            identity,
+            cli,
+            posture: rec.posture,
+        })
+    }
+}
+
+/// The WebAuthn relying party and the ceremonies in flight (in the store).
 pub struct Ceremonies {
     webauthn: Option<Webauthn>,
-    ceremonies: Mutex<HashMap<String, Ceremony>>,
+    store: SharedStore,
     clock: SharedClock,
+}
+
+/// The answer for a ceremony the store does not have (unknown, expired or finished).
+fn unknown(detail: &str) -> DevError {
+    DevError::bad("unknown_challenge", START_AGAIN, detail)
+}
+
+/// The WebAuthn relying party the configuration describes: `None` unless sign-in and device
+/// trust are both on; `Err` says what is wrong with the configuration. `check` uses this
+/// alone.
+pub fn relying_party(config: &Config) -> Result<Option<Webauthn>, String> {
+    if config.oidc.is_none() || !config.devices.required {
+        return Ok(None);
+    }
+    let (origin, rp_id) = config.webauthn_origin_and_rp_id()?;
+    if rp_id.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!(
+            "WebAuthn needs a host name as relying party id, not the address '{rp_id}': use a name (e.g. https://localhost:PORT/auth/callback) in oidc.redirect_url, set devices.rp_id and devices.origin, or turn device trust off with [devices] required = false"
+        ));
+    }
+    let url = Url::parse(&origin).map_err(|e| format!("devices.origin {origin}: {e}"))?;
+    let w = WebauthnBuilder::new(&rp_id, &url)
+        .map_err(|e| format!("devices: rp_id '{rp_id}' does not fit origin {origin}: {e}"))?
+        .rp_name(&config.devices.rp_name)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| format!("devices: {e}"))?;
+    Ok(Some(w))
 }
 
 /// A failed ceremony step: what the browser gets and what the audit log records.
@@ -136,29 +181,16 @@ pub(super) fn b64(data: &[u8]) -> String {
 }
 
 impl Ceremonies {
-    /// Builds the WebAuthn relying party when sign-in and device trust are both on.
-    pub fn new(config: &Config, clock: SharedClock) -> Result<Ceremonies, String> {
-        let webauthn = if config.oidc.is_some() && config.devices.required {
-            let (origin, rp_id) = config.webauthn_origin_and_rp_id()?;
-            if rp_id.parse::<std::net::IpAddr>().is_ok() {
-                return Err(format!(
-                    "WebAuthn needs a host name as relying party id, not the address '{rp_id}': use a name (e.g. https://localhost:PORT/auth/callback) in oidc.redirect_url, set devices.rp_id and devices.origin, or turn device trust off with [devices] required = false"
-                ));
-            }
-            let url = Url::parse(&origin).map_err(|e| format!("devices.origin {origin}: {e}"))?;
-            let w = WebauthnBuilder::new(&rp_id, &url)
-                .map_err(|e| format!("devices: rp_id '{rp_id}' does not fit origin {origin}: {e}"))?
-                .rp_name(&config.devices.rp_name)
-                .timeout(Duration::from_secs(120))
-                .build()
-                .map_err(|e| format!("devices: {e}"))?;
-            Some(w)
-        } else {
-            None
-        };
+    /// Builds the WebAuthn relying party when sign-in and device trust are both on; the
+    /// ceremonies are kept in `store`.
+    pub fn new(
+        config: &Config,
+        store: SharedStore,
+        clock: SharedClock,
+    ) -> Result<Ceremonies, String> {
         Ok(Ceremonies {
-            webauthn,
-            ceremonies: Mutex::new(HashMap::new()),
+            webauthn: relying_party(config)?,
+            store,
             clock,
         })
     }
@@ -179,81 +211,126 @@ impl Ceremonies {
     }
 
     /// Keeps a signed-in identity waiting for its device ceremony; returns the ceremony id.
-    pub fn open(&self, identity: Identity, cli: Option<CliRequest>) -> Result<String, DevError> {
+    pub async fn open(
+        &self,
+        identity: Identity,
+        cli: Option<CliRequest>,
+    ) -> Result<String, DevError> {
         let id = postern_proto::ids::random_bytes(32)
             .map(|b| b64(&b))
             .map_err(|_| internal("random number generator failed"))?;
-        let mut m = self
-            .ceremonies
-            .lock()
-            .map_err(|_| internal("lock poisoned"))?;
-        let now = self.clock.instant();
-        m.retain(|_, c| c.expires > now);
-        if m.len() >= MAX_CEREMONIES {
-            return Err(DevError::new(
+        let now = self.clock.unix();
+        let posture = cli.as_ref().and_then(|c| c.posture.clone());
+        let rec = CeremonyRec {
+            identity: serde_json::to_value(&identity).map_err(|e| internal(e.to_string()))?,
+            cli: cli
+                .as_ref()
+                .map(serde_json::to_value)
+                .transpose()
+                .map_err(|e| internal(e.to_string()))?,
+            posture,
+            pending: None,
+            expires: now + CEREMONY_TTL.as_secs(),
+        };
+        match self.store.put_ceremony(id.clone(), rec, now).await {
+            Ok(()) => Ok(id),
+            Err(StoreError::Refused(Refusal::SignInsFull(_))) => Err(DevError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "busy",
                 "Too many sign-ins are in progress. Please try again in a minute.",
                 "ceremony table full",
-            ));
+            )),
+            Err(e) => Err(e.into()),
         }
-        let posture = cli.as_ref().and_then(|c| c.posture.clone());
-        m.insert(
-            id.clone(),
-            Ceremony {
-                identity,
-                cli,
-                posture,
-                pending: None,
-                expires: now + CEREMONY_TTL,
-            },
-        );
-        Ok(id)
     }
 
-    pub(super) fn with_ceremony<T>(
-        &self,
-        id: &str,
-        f: impl FnOnce(&mut Ceremony) -> Result<T, DevError>,
-    ) -> Result<T, DevError> {
-        let mut m = self
-            .ceremonies
-            .lock()
-            .map_err(|_| internal("lock poisoned"))?;
-        let c = m
-            .get_mut(id)
-            .filter(|c| c.expires > self.clock.instant())
-            .ok_or_else(|| {
-                DevError::bad(
-                    "unknown_challenge",
-                    START_AGAIN,
-                    "unknown, expired or finished ceremony",
-                )
+    /// The live ceremony `id`.
+    pub(super) async fn live(&self, id: &str) -> Result<Ceremony, DevError> {
+        let rec = self
+            .store
+            .ceremony(id.to_owned())
+            .await?
+            .filter(|c| c.live(self.clock.unix()))
+            .ok_or_else(|| unknown("unknown, expired or finished ceremony"))?;
+        Ceremony::from_rec(rec)
+    }
+
+    /// Makes `pending` the ceremony's outstanding challenge (replacing any earlier one).
+    pub(super) async fn set_pending(&self, id: &str, pending: Pending) -> Result<(), DevError> {
+        let pending = serde_json::to_value(&pending).map_err(|e| internal(e.to_string()))?;
+        self.store
+            .update_ceremony(
+                id.to_owned(),
+                self.clock.unix(),
+                Box::new(move |c| {
+                    c.pending = Some(pending);
+                    Ok(())
+                }),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::Refused(Refusal::UnknownCeremony) => {
+                    unknown("unknown, expired or finished ceremony")
+                }
+                e => e.into(),
             })?;
-        f(c)
+        Ok(())
     }
 
-    /// Takes a finished ceremony out of the table.
-    pub(super) fn take(&self, id: &str) -> Result<Ceremony, DevError> {
-        let mut m = self
-            .ceremonies
-            .lock()
-            .map_err(|_| internal("lock poisoned"))?;
-        m.remove(id)
-            .ok_or_else(|| DevError::bad("unknown_challenge", START_AGAIN, "ceremony vanished"))
+    /// Takes the outstanding challenge out of the live ceremony `id` (each is used once).
+    pub(super) async fn take_pending(&self, id: &str) -> Result<Pending, DevError> {
+        let (before, _) = self
+            .store
+            .update_ceremony(
+                id.to_owned(),
+                self.clock.unix(),
+                Box::new(|c| {
+                    c.pending = None;
+                    Ok(())
+                }),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::Refused(Refusal::UnknownCeremony) => {
+                    unknown("unknown, expired or finished ceremony")
+                }
+                e => e.into(),
+            })?;
+        let pending = before.pending.ok_or_else(|| {
+            unknown("no challenge outstanding for this ceremony (already used or never issued)")
+        })?;
+        serde_json::from_value(pending)
+            .map_err(|e| internal(format!("stored ceremony challenge: {e}")))
     }
 
-    pub(super) fn remove(&self, id: &str) {
-        if let Ok(mut m) = self.ceremonies.lock() {
-            m.remove(id);
+    /// Takes a finished ceremony out of the store.
+    pub(super) async fn take(&self, id: &str) -> Result<Ceremony, DevError> {
+        let rec = self
+            .store
+            .take_ceremony(id.to_owned(), self.clock.unix())
+            .await?
+            .ok_or_else(|| unknown("ceremony vanished"))?;
+        Ceremony::from_rec(rec)
+    }
+
+    pub(super) async fn remove(&self, id: &str) {
+        if let Err(e) = self
+            .store
+            .take_ceremony(id.to_owned(), self.clock.unix())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot remove a finished ceremony from the state store");
         }
     }
 
-    pub(super) fn user_of(&self, id: &str) -> Option<String> {
-        self.ceremonies
-            .lock()
-            .ok()
-            .and_then(|m| m.get(id).map(|c| c.identity.user.clone()))
+    /// The user of ceremony `id`, for the audit record of a failed step (also of an expired
+    /// ceremony the store still holds).
+    pub(super) async fn user_of(&self, id: &str) -> Option<String> {
+        let rec = self.store.ceremony(id.to_owned()).await.ok()??;
+        rec.identity
+            .get("user")
+            .and_then(|u| u.as_str())
+            .map(str::to_owned)
     }
 }
 

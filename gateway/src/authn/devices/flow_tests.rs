@@ -219,7 +219,7 @@ fn posture(disk: &str) -> postern_proto::posture::PostureReport {
 
 impl Harness {
     /// A signed-in user waiting for the device ceremony (a CLI sign-in with a posture report).
-    fn ceremony(&self, user: &str, disk: &str) -> String {
+    async fn ceremony(&self, user: &str, disk: &str) -> String {
         self.gw
             .devices
             .ceremonies
@@ -232,6 +232,7 @@ impl Harness {
                     posture: Some(posture(disk)),
                 }),
             )
+            .await
             .unwrap()
     }
 
@@ -341,7 +342,7 @@ async fn register_approve_assert_and_the_token_carries_the_device() {
     const DISK: &str = "true";
 
     // No device yet: assertion does not start (webauthn-rs would accept an empty list).
-    let c = h.ceremony("ann@truro.nhs.uk", DISK);
+    let c = h.ceremony("ann@truro.nhs.uk", DISK).await;
     let (st, body) = h.call(&c, Step::AssertBegin, json!({"ceremony": c})).await;
     assert_eq!((st, body["error"].as_str()), (409, Some("no_devices")));
 
@@ -361,7 +362,7 @@ async fn register_approve_assert_and_the_token_carries_the_device() {
 
     // Signing in again on the pending laptop: refused as pending.
     h.reload().await;
-    let c = h.ceremony("ann@truro.nhs.uk", DISK);
+    let c = h.ceremony("ann@truro.nhs.uk", DISK).await;
     let fin = h.assertion(&c, &mut laptop, DISK).await;
     let (st, body) = h.call(&c, Step::AssertFinish, fin).await;
     assert_eq!(
@@ -375,7 +376,7 @@ async fn register_approve_assert_and_the_token_carries_the_device() {
         .await
         .unwrap();
     h.reload().await;
-    let c = h.ceremony("ann@truro.nhs.uk", DISK);
+    let c = h.ceremony("ann@truro.nhs.uk", DISK).await;
     let fin = h.assertion(&c, &mut laptop, DISK).await;
     let (st, body) = h.call(&c, Step::AssertFinish, fin.clone()).await;
     assert_eq!(st, 200, "{body}");
@@ -394,7 +395,7 @@ async fn register_approve_assert_and_the_token_carries_the_device() {
         .next()
         .unwrap();
     let oidc = h.gw.authn.oidc.clone().unwrap();
-    let token = oidc.redeem_cli_code(code, VERIFIER).unwrap();
+    let token = oidc.redeem_cli_code(code, VERIFIER).await.unwrap();
     let claims = h.gw.authn.keys.verify(&token, h.gw.clock.unix()).unwrap();
     assert_eq!(claims.device.as_deref(), Some(dev.id.as_str()));
     assert!(claims.uv);
@@ -425,7 +426,7 @@ async fn register_approve_assert_and_the_token_carries_the_device() {
         h.gw.authn.check_live(&claims),
         Err(crate::authn::tokens::TokenError::DeviceNotActive(..))
     ));
-    let c = h.ceremony("ann@truro.nhs.uk", DISK);
+    let c = h.ceremony("ann@truro.nhs.uk", DISK).await;
     let fin = h.assertion(&c, &mut laptop, DISK).await;
     let (st, body) = h.call(&c, Step::AssertFinish, fin).await;
     assert_eq!((st, body["error"].as_str()), (403, Some("device_revoked")));
@@ -462,7 +463,7 @@ async fn each_bad_assertion_is_refused_with_its_own_audited_reason() {
     let user = "bob@truro.nhs.uk";
 
     // Auto approval: active at once, then the assertion completes the sign-in.
-    let c = h.ceremony(user, DISK);
+    let c = h.ceremony(user, DISK).await;
     let (st, body) = h.register(&c, &mut laptop, "home laptop", DISK).await;
     assert_eq!(
         (st, body["status"].as_str()),
@@ -475,7 +476,7 @@ async fn each_bad_assertion_is_refused_with_its_own_audited_reason() {
     h.reload().await;
 
     // Posture report altered after signing.
-    let c = h.ceremony(user, DISK);
+    let c = h.ceremony(user, DISK).await;
     let mut fin = h.assertion(&c, &mut laptop, DISK).await;
     fin["posture"]["facts"]["disk_encrypted"] = "true".into();
     let (st, body) = h.call(&c, Step::AssertFinish, fin).await;
@@ -486,7 +487,7 @@ async fn each_bad_assertion_is_refused_with_its_own_audited_reason() {
     );
 
     // An assertion for another RP id (a look-alike site).
-    let c = h.ceremony(user, DISK);
+    let c = h.ceremony(user, DISK).await;
     laptop.rp_id = "evil.example".into();
     let fin = h.assertion(&c, &mut laptop, DISK).await;
     laptop.rp_id = "localhost".into();
@@ -498,7 +499,7 @@ async fn each_bad_assertion_is_refused_with_its_own_audited_reason() {
     );
 
     // Another origin in the client data.
-    let c = h.ceremony(user, DISK);
+    let c = h.ceremony(user, DISK).await;
     laptop.origin = "https://evil.example".into();
     let fin = h.assertion(&c, &mut laptop, DISK).await;
     laptop.origin = ORIGIN.into();
@@ -511,7 +512,7 @@ async fn each_bad_assertion_is_refused_with_its_own_audited_reason() {
 
     // Another authenticator, not registered to this user.
     let mut stranger = SoftAuthenticator::new();
-    let c = h.ceremony(user, DISK);
+    let c = h.ceremony(user, DISK).await;
     let fin = h.assertion(&c, &mut stranger, DISK).await;
     let (st, body) = h.call(&c, Step::AssertFinish, fin).await;
     assert_eq!(
@@ -521,7 +522,7 @@ async fn each_bad_assertion_is_refused_with_its_own_audited_reason() {
     );
 
     // A challenge other than the one issued.
-    let c = h.ceremony(user, DISK);
+    let c = h.ceremony(user, DISK).await;
     let (_, opts) = h.call(&c, Step::AssertBegin, json!({"ceremony": c})).await;
     let mut forged = opts.clone();
     forged["publicKey"]["challenge"] = b64(&[3u8; 32]).into();
@@ -541,7 +542,7 @@ async fn each_bad_assertion_is_refused_with_its_own_audited_reason() {
     );
 
     // User verification missing.
-    let c = h.ceremony(user, DISK);
+    let c = h.ceremony(user, DISK).await;
     let (_, opts) = h.call(&c, Step::AssertBegin, json!({"ceremony": c})).await;
     let cred = laptop.get(&opts, false);
     let (st, body) = h
@@ -558,7 +559,7 @@ async fn each_bad_assertion_is_refused_with_its_own_audited_reason() {
     );
 
     // Bad input: malformed JSON, unknown fields, oversized client data, a foreign cookie.
-    let c = h.ceremony(user, DISK);
+    let c = h.ceremony(user, DISK).await;
     let (st, body) = h
         .raw(
             Some(&c),
@@ -609,7 +610,7 @@ async fn each_bad_assertion_is_refused_with_its_own_audited_reason() {
     assert_eq!(r.status().as_u16(), 413);
 
     // The sign count goes backwards (a cloned key): refused and the device suspended.
-    let c = h.ceremony(user, DISK);
+    let c = h.ceremony(user, DISK).await;
     laptop.counter = 0;
     let fin = h.assertion(&c, &mut laptop, DISK).await;
     let (st, body) = h.call(&c, Step::AssertFinish, fin).await;
@@ -639,4 +640,88 @@ async fn each_bad_assertion_is_refused_with_its_own_audited_reason() {
         );
     }
     h.gw.audit.close().await.unwrap();
+}
+
+/// Sign-in state lives in the store, not in a process: a second replica built on the same
+/// state directory (nothing in memory shared) carries on a ceremony the first one opened, and
+/// the first redeems the CLI code the second issued.
+#[tokio::test(flavor = "current_thread")]
+async fn a_second_replica_on_the_same_store_finishes_a_ceremony_the_first_opened() {
+    let h = harness(crate::config::Approval::Auto).await;
+    let mut laptop = SoftAuthenticator::new();
+    const DISK: &str = "true";
+    let user = "cat@truro.nhs.uk";
+
+    // Replica one: the IdP callback opens the ceremony; the page asks for a registration.
+    let c = h.ceremony(user, DISK).await;
+    let (st, opts) = h
+        .call(
+            &c,
+            Step::RegisterBegin,
+            json!({"ceremony": c, "name": "home laptop"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{opts}");
+    let cred = laptop.create(&opts);
+
+    // Replica two: a fresh application on the same state directory, its own audit log.
+    let mut config = h.gw.config.clone();
+    config.audit_dir = h._dir.path().join("audit-replica-2");
+    let second = Harness {
+        gw: App::open(config, "127.0.0.1:1".parse().unwrap())
+            .await
+            .unwrap(),
+        _dir: tempfile::tempdir().unwrap(),
+        peer: h.peer,
+        calls: Default::default(),
+    };
+    let p = serde_json::to_value(posture(DISK)).unwrap();
+    let (st, body) = second
+        .call(
+            &c,
+            Step::RegisterFinish,
+            json!({"ceremony": c, "credential": cred, "posture": p}),
+        )
+        .await;
+    assert_eq!(
+        (st, body["status"].as_str()),
+        (200, Some("active")),
+        "{body}"
+    );
+
+    // The assertion starts on replica two and finishes on replica one.
+    let fin = second.assertion(&c, &mut laptop, DISK).await;
+    let (st, body) = h.call(&c, Step::AssertFinish, fin.clone()).await;
+    assert_eq!(st, 200, "{body}");
+    let redirect = body["redirect"].as_str().unwrap();
+    let code = redirect
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    // The ceremony is finished everywhere: a replay on replica two finds nothing.
+    let (st, body) = second.call(&c, Step::AssertFinish, fin).await;
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (400, Some("unknown_challenge"))
+    );
+    // The CLI redeems its code at replica two, once.
+    let oidc = second.gw.authn.oidc.clone().unwrap();
+    let token = oidc.redeem_cli_code(code, VERIFIER).await.unwrap();
+    assert_eq!(oidc.redeem_cli_code(code, VERIFIER).await, None);
+    let claims = second
+        .gw
+        .authn
+        .keys
+        .verify(&token, second.gw.clock.unix())
+        .unwrap();
+    assert_eq!(claims.sub, user);
+    assert_eq!(
+        claims.device.as_deref(),
+        Some(h.device(user).await.id.as_str())
+    );
+    h.gw.audit.close().await.unwrap();
+    second.gw.audit.close().await.unwrap();
 }

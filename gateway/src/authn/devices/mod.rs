@@ -1,7 +1,8 @@
 //! Device trust: WebAuthn ceremonies at the end of sign-in (webauthn-rs 0.6, passkeys with
 //! user verification required), the registered-device table, and posture binding.
 //!
-//! * `ceremony`: [`Ceremonies`] — the WebAuthn relying party and the ceremonies in flight.
+//! * `ceremony`: [`Ceremonies`] — the WebAuthn relying party ([`relying_party`]) and the
+//!   ceremonies in flight, kept in the state store.
 //! * `routes`: [`DeviceTrust`] — the `/auth/device/*` routes.
 //! * `page`: the device page.
 
@@ -12,6 +13,6 @@ mod routes;
 #[cfg(test)]
 mod flow_tests;
 
-pub use ceremony::{Binding, Ceremonies, COOKIE};
+pub use ceremony::{relying_party, Binding, Ceremonies, COOKIE};
 pub use page::page;
 pub use routes::{handle, DeviceTrust, Step};

@@ -216,7 +216,7 @@ pub(crate) async fn handle_body(
             )
         }
     };
-    let user = svc.ceremonies.user_of(&parsed.ceremony);
+    let user = svc.ceremonies.user_of(&parsed.ceremony).await;
     // The ceremony must be the one this browser's cookie names.
     let bound = jar
         .as_deref()
@@ -276,6 +276,7 @@ async fn register_begin(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value
     let user = svc
         .ceremonies
         .user_of(&b.ceremony)
+        .await
         .ok_or_else(|| DevError::bad("unknown_challenge", START_AGAIN, "unknown ceremony"))?;
     let existing: Vec<_> = user_devices(svc, &user)
         .await?
@@ -292,14 +293,16 @@ async fn register_begin(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value
         )
         .map_err(|e| internal(format!("start registration: {e}")))?;
     let name = name.to_owned();
-    svc.ceremonies.with_ceremony(&b.ceremony, |c| {
-        let nonce = postern_proto::ids::random_bytes(32).map_err(|_| internal("rng failed"))?;
-        let challenge = bound_challenge(&nonce, c.posture.as_ref());
-        options.public_key.challenge = challenge.to_vec();
-        let state = set_state_challenge(&state, "rs", &challenge)?;
-        c.pending = Some(Pending::Register { state, nonce, name });
-        serde_json::to_value(&options).map_err(|e| internal(e.to_string()))
-    })
+    let c = svc.ceremonies.live(&b.ceremony).await?;
+    let nonce = postern_proto::ids::random_bytes(32).map_err(|_| internal("rng failed"))?;
+    let challenge = bound_challenge(&nonce, c.posture.as_ref());
+    options.public_key.challenge = challenge.to_vec();
+    let state = set_state_challenge(&state, "rs", &challenge)?;
+    let options = serde_json::to_value(&options).map_err(|e| internal(e.to_string()))?;
+    svc.ceremonies
+        .set_pending(&b.ceremony, Pending::Register { state, nonce, name })
+        .await?;
+    Ok(options)
 }
 
 async fn assert_begin(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value, DevError> {
@@ -307,6 +310,7 @@ async fn assert_begin(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value, 
     let user = svc
         .ceremonies
         .user_of(&b.ceremony)
+        .await
         .ok_or_else(|| DevError::bad("unknown_challenge", START_AGAIN, "unknown ceremony"))?;
     // Every registered credential of the user is offered, whatever its status, so a pending or
     // revoked laptop gets its own clear answer instead of "no passkey found".
@@ -327,26 +331,16 @@ async fn assert_begin(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value, 
     let (mut options, state) = w
         .start_passkey_authentication(&keys)
         .map_err(|e| internal(format!("start authentication: {e}")))?;
-    svc.ceremonies.with_ceremony(&b.ceremony, |c| {
-        let nonce = postern_proto::ids::random_bytes(32).map_err(|_| internal("rng failed"))?;
-        let challenge = bound_challenge(&nonce, c.posture.as_ref());
-        options.public_key.challenge = challenge.to_vec();
-        let state = set_state_challenge(&state, "ast", &challenge)?;
-        c.pending = Some(Pending::Assert { state, nonce });
-        serde_json::to_value(&options).map_err(|e| internal(e.to_string()))
-    })
-}
-
-fn take_pending(svc: &DeviceTrust, ceremony: &str) -> Result<Pending, DevError> {
-    svc.ceremonies.with_ceremony(ceremony, |c| {
-        c.pending.take().ok_or_else(|| {
-            DevError::bad(
-                "unknown_challenge",
-                START_AGAIN,
-                "no challenge outstanding for this ceremony (already used or never issued)",
-            )
-        })
-    })
+    let c = svc.ceremonies.live(&b.ceremony).await?;
+    let nonce = postern_proto::ids::random_bytes(32).map_err(|_| internal("rng failed"))?;
+    let challenge = bound_challenge(&nonce, c.posture.as_ref());
+    options.public_key.challenge = challenge.to_vec();
+    let state = set_state_challenge(&state, "ast", &challenge)?;
+    let options = serde_json::to_value(&options).map_err(|e| internal(e.to_string()))?;
+    svc.ceremonies
+        .set_pending(&b.ceremony, Pending::Assert { state, nonce })
+        .await?;
+    Ok(options)
 }
 
 fn audit_device(svc: &DeviceTrust, kind: EventType, rec: &DeviceRec, detail: String) {
@@ -390,7 +384,8 @@ async fn register_finish(
             "no credential",
         )
     })?;
-    let Pending::Register { state, nonce, name } = take_pending(svc, &b.ceremony)? else {
+    let Pending::Register { state, nonce, name } = svc.ceremonies.take_pending(&b.ceremony).await?
+    else {
         return Err(DevError::bad(
             "unknown_challenge",
             START_AGAIN,
@@ -416,10 +411,7 @@ async fn register_finish(
         .finish_passkey_registration(&reg, &state)
         .map_err(map_webauthn)?;
     let cred: Credential = passkey.clone().into();
-    let (user, cli_present) = svc.ceremonies.with_ceremony(&b.ceremony, |c| {
-        Ok((c.identity.user.clone(), c.cli.is_some()))
-    })?;
-    let _ = cli_present;
+    let user = svc.ceremonies.live(&b.ceremony).await?.identity.user;
     let approval = svc.approval;
     let now = svc.clock.unix();
     let id = postern_proto::ids::random_bytes(6)
@@ -490,7 +482,7 @@ async fn register_finish(
         );
         Ok(serde_json::json!({"status": "active", "device": rec.id, "next": "assert"}))
     } else {
-        svc.ceremonies.remove(&b.ceremony);
+        svc.ceremonies.remove(&b.ceremony).await;
         Ok(serde_json::json!({
             "status": "pending",
             "device": rec.id,
@@ -515,7 +507,7 @@ async fn assert_finish(
             "no credential",
         )
     })?;
-    let Pending::Assert { state, nonce } = take_pending(svc, &b.ceremony)? else {
+    let Pending::Assert { state, nonce } = svc.ceremonies.take_pending(&b.ceremony).await? else {
         return Err(DevError::bad(
             "unknown_challenge",
             START_AGAIN,
@@ -536,9 +528,7 @@ async fn assert_finish(
             format!("assertion credential: {e}"),
         )
     })?;
-    let (user, _) = svc
-        .ceremonies
-        .with_ceremony(&b.ceremony, |c| Ok((c.identity.user.clone(), ())))?;
+    let user = svc.ceremonies.live(&b.ceremony).await?.identity.user;
     let cred_id = b64(&pkc.raw_id);
     let devices = user_devices(svc, &user).await?;
     let Some(dev) = devices.iter().find(|d| d.credential_id == cred_id).cloned() else {
@@ -592,7 +582,7 @@ async fn assert_finish(
     match rec.status {
         DeviceStatus::Active => {}
         DeviceStatus::Pending => {
-            svc.ceremonies.remove(&b.ceremony);
+            svc.ceremonies.remove(&b.ceremony).await;
             return Err(DevError::new(
                 StatusCode::FORBIDDEN,
                 "device_pending",
@@ -642,7 +632,7 @@ async fn assert_finish(
         None => "no posture report (browser sign-in without postern login)".into(),
     });
     svc.audit.record_nowait(ev);
-    let c = svc.ceremonies.take(&b.ceremony)?;
+    let c = svc.ceremonies.take(&b.ceremony).await?;
     let (identity, cli) = (c.identity, c.cli);
     let binding = Binding {
         device: rec.id.clone(),
@@ -653,6 +643,7 @@ async fn assert_finish(
     let redirect = svc
         .issuer
         .complete(&identity, cli, Some(&binding), peer, "-")
+        .await
         .map_err(|e| DevError::new(e.status, e.code, &e.public, e.detail))?;
     Ok(serde_json::json!({
         "status": "ok",
