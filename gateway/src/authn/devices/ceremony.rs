@@ -258,44 +258,39 @@ impl Ceremonies {
     /// Makes `pending` the ceremony's outstanding challenge (replacing any earlier one).
     pub(super) async fn set_pending(&self, id: &str, pending: Pending) -> Result<(), DevError> {
         let pending = serde_json::to_value(&pending).map_err(|e| internal(e.to_string()))?;
+        self.update(id, Box::new(move |c| c.pending = Some(pending)))
+            .await
+            .map(|_| ())
+    }
+
+    /// Changes the live ceremony `id`; returns it as it was before.
+    async fn update(
+        &self,
+        id: &str,
+        change: Box<dyn FnOnce(&mut CeremonyRec) + Send>,
+    ) -> Result<CeremonyRec, DevError> {
         self.store
             .update_ceremony(
                 id.to_owned(),
                 self.clock.unix(),
                 Box::new(move |c| {
-                    c.pending = Some(pending);
+                    change(c);
                     Ok(())
                 }),
             )
             .await
+            .map(|(before, _)| before)
             .map_err(|e| match e {
                 StoreError::Refused(Refusal::UnknownCeremony) => {
                     unknown("unknown, expired or finished ceremony")
                 }
                 e => e.into(),
-            })?;
-        Ok(())
+            })
     }
 
     /// Takes the outstanding challenge out of the live ceremony `id` (each is used once).
     pub(super) async fn take_pending(&self, id: &str) -> Result<Pending, DevError> {
-        let (before, _) = self
-            .store
-            .update_ceremony(
-                id.to_owned(),
-                self.clock.unix(),
-                Box::new(|c| {
-                    c.pending = None;
-                    Ok(())
-                }),
-            )
-            .await
-            .map_err(|e| match e {
-                StoreError::Refused(Refusal::UnknownCeremony) => {
-                    unknown("unknown, expired or finished ceremony")
-                }
-                e => e.into(),
-            })?;
+        let before = self.update(id, Box::new(|c| c.pending = None)).await?;
         let pending = before.pending.ok_or_else(|| {
             unknown("no challenge outstanding for this ceremony (already used or never issued)")
         })?;
