@@ -711,3 +711,145 @@ async fn a_client_that_gives_up_during_setup_leaves_no_open_session() {
     assert!(end.detail.as_deref().unwrap().contains("went away"));
     assert!(f.app.access.sessions.is_empty());
 }
+
+/// A connector that takes `delay` to reach the endpoint, then echoes.
+struct Slow {
+    delay: Duration,
+}
+
+impl Route for Slow {
+    fn connector(&self) -> postern_audit::ConnectorRef {
+        postern_audit::ConnectorRef {
+            id: "truro-slow".into(),
+            site: "truro".into(),
+        }
+    }
+    fn lost(&self) -> CancellationToken {
+        CancellationToken::new()
+    }
+    fn open<'a>(
+        &'a self,
+        req: OpenRequest<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<BoxIo, UpstreamError>> + Send + 'a>> {
+        let delay = self.delay;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            let echo = Echo {
+                lost: CancellationToken::new(),
+            };
+            echo.open(req).await
+        })
+    }
+}
+
+impl Upstream for Slow {
+    fn route(&self, _: &str) -> Option<Arc<dyn Route>> {
+        Some(Arc::new(Slow { delay: self.delay }))
+    }
+}
+
+/// [harden] finding 3: a sign-out while the connector is still dialling (2 s) reaches the
+/// session, which is registered before the dial, and the session never goes live.
+#[tokio::test(start_paused = true)]
+async fn a_sign_out_during_the_dial_ends_the_session_before_it_goes_live() {
+    let f = fixture_with(Arc::new(Slow {
+        delay: Duration::from_secs(2),
+    }))
+    .await;
+    let claims = f.claims("ann@x", &["radiologists"], Duration::from_secs(3600), None);
+    let jti = claims.jti.clone();
+    let subject = f.app.authn.subject(claims, peer());
+    let app = f.app.clone();
+    let started = f.clock.instant();
+    let setup = tokio::spawn(async move {
+        app.broker
+            .open(subject, "pacs", None, started)
+            .await
+            .map(|_| ())
+            .map_err(|r| r.status().as_u16())
+    });
+    tokio::time::advance(Duration::from_secs(1)).await;
+    tokio::task::yield_now().await;
+    // Sign-out (what /auth/logout does after recording the revocation).
+    f.app.authn.revoke_jti(&jti);
+    let ended = postern_gateway::authn::SessionControl::end_token(
+        &*f.app.access.sessions,
+        &jti,
+        "token_revoked",
+    );
+    assert_eq!(ended, 1, "the session being set up is found and ended");
+    assert_eq!(setup.await.unwrap(), Err(403));
+    let starts = f.audit.of_type(EventType::SessionStart);
+    let id = starts[0].session_id.clone().unwrap();
+    let end = f.end(&id);
+    assert_eq!(end.close_reason.as_deref(), Some("token_revoked"));
+    assert_eq!(end.bytes_up, Some(0));
+    assert!(f.app.access.sessions.is_empty());
+}
+
+/// [harden] finding 3: a policy reload during the dial withdraws the session being set up.
+#[tokio::test(start_paused = true)]
+async fn a_policy_reload_during_the_dial_withdraws_the_session() {
+    let f = fixture_with(Arc::new(Slow {
+        delay: Duration::from_secs(2),
+    }))
+    .await;
+    let claims = f.claims("lee@x", &["locums"], Duration::from_secs(3600), None);
+    let subject = f.app.authn.subject(claims, peer());
+    let app = f.app.clone();
+    let started = f.clock.instant();
+    let setup = tokio::spawn(async move {
+        app.broker
+            .open(subject, "pacs", None, started)
+            .await
+            .map(|_| ())
+            .map_err(|r| r.status().as_u16())
+    });
+    tokio::time::advance(Duration::from_secs(1)).await;
+    tokio::task::yield_now().await;
+    let policy = f.dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        POLICY.replace(r#"["radiologists", "locums"]"#, r#"["radiologists"]"#),
+    )
+    .unwrap();
+    assert!(postern_gateway::access::policy_watch::reload(&f.app.access, &policy, "test").await);
+    assert_eq!(setup.await.unwrap(), Err(403));
+    let starts = f.audit.of_type(EventType::SessionStart);
+    let id = starts[0].session_id.clone().unwrap();
+    assert_eq!(f.end(&id).close_reason.as_deref(), Some("access_withdrawn"));
+    assert_eq!(f.events(EventType::SessionTerminated, &id).len(), 1);
+}
+
+/// A token revoked by another process (another replica's sign-out, recorded in the shared
+/// store) ends this gateway's sessions of that token when the store's change arrives.
+#[tokio::test(start_paused = true)]
+async fn a_token_revoked_elsewhere_ends_its_sessions_here() {
+    let f = fixture().await;
+    let claims = f.claims("ann@x", &["radiologists"], Duration::from_secs(3600), None);
+    let jti = claims.jti.clone();
+    let (_client, task, id) = f.open(claims).await;
+    f.store
+        .revoke_token(
+            postern_gateway::state::RevokedToken {
+                jti,
+                exp: f.clock.unix() + 3600,
+                user: "ann@x".into(),
+                revoked: f.clock.unix(),
+            },
+            f.clock.unix(),
+        )
+        .await
+        .unwrap();
+    let revocations = postern_gateway::access::revocations::Revocations {
+        store: f.app.store.clone(),
+        authn: f.app.authn.clone(),
+        access: f.app.access.clone(),
+        registry: f.app.registry.clone(),
+    };
+    revocations.enforce().await;
+    task.await.unwrap();
+    assert_eq!(f.end(&id).close_reason.as_deref(), Some("token_revoked"));
+    let t = f.events(EventType::SessionTerminated, &id);
+    assert!(t[0].detail.as_deref().unwrap().starts_with("token revoked"));
+}

@@ -33,7 +33,7 @@ use tracing::{info, Instrument};
 
 use super::events::{self, decision_ref, early_deny, endpoint_ref};
 use super::handler::EndpointHandler;
-use super::sessions::{Session, Tunnel};
+use super::sessions::{Kill, Session, Tunnel};
 use super::{authorize, Access, Permit};
 use crate::authn::{token_refusal, Authn, Subject};
 use crate::connectors::{OpenRequest, Route, Upstream, UpstreamError};
@@ -98,6 +98,14 @@ impl Drop for SetupGuard {
                 .await
         });
     }
+}
+
+/// Why a registered session may not go live after all.
+enum Withdrawn {
+    /// Its kill switch was thrown (sign-out, revocation, reload, shutdown), with the reason.
+    Killed(String),
+    Token(crate::authn::tokens::TokenError),
+    Policy(Box<postern_policy::Decision>),
 }
 
 /// Why the broker refused before a session started.
@@ -174,17 +182,9 @@ impl Broker {
         let guard = SetupGuard::new(&self.access, &session);
         // A revocation between authentication and registration would miss this session: look
         // again now that it is registered (a later one finds it in the registry).
-        if let Err(e) = self.authn.check_live(&session.subject.claims) {
+        if let Err(w) = self.still_allowed(&session, &kill) {
             guard.disarm();
-            self.access
-                .end(
-                    &session,
-                    e.code(),
-                    Some(e.to_string()),
-                    &Counters::default(),
-                )
-                .await;
-            return Err(token_refusal(&e));
+            return Err(self.withdraw(&session, w).await);
         }
         // 6. Upstream open.
         let Some(route) = route else {
@@ -217,6 +217,12 @@ impl Broker {
             Ok(s) => s,
             Err(e) => return Err(self.upstream_failed(&session, e).await),
         };
+        // The dial took time: a sign-out, a revocation or a policy reload meanwhile reached
+        // the registered session's kill switch, and the token and the policy are asked again
+        // now that it goes live. Dropping `upstream` closes the stream to the endpoint.
+        if let Err(w) = self.still_allowed(&session, &kill) {
+            return Err(self.withdraw(&session, w).await);
+        }
         self.access
             .metrics
             .session_setup
@@ -237,6 +243,49 @@ impl Broker {
             },
             upstream,
         })
+    }
+
+    /// Whether a registered session may still go ahead: not killed, its token still live
+    /// (not revoked, user and device still active) and the policy still allowing it.
+    fn still_allowed(&self, session: &Session, kill: &Kill) -> Result<(), Withdrawn> {
+        if kill.is_killed() {
+            return Err(Withdrawn::Killed(kill.reason()));
+        }
+        self.authn
+            .check_live(&session.subject.claims)
+            .map_err(Withdrawn::Token)?;
+        let decision = self
+            .access
+            .policy()
+            .evaluate(&session.request(self.access.clock.now()));
+        if !decision.is_allowed() {
+            return Err(Withdrawn::Policy(Box::new(decision)));
+        }
+        Ok(())
+    }
+
+    /// Ends a session withdrawn before it went live and answers the client.
+    async fn withdraw(&self, session: &Session, w: Withdrawn) -> Resp {
+        let (reason, detail, resp) = match w {
+            Withdrawn::Killed(reason) => {
+                let msg =
+                    format!("access was withdrawn while the session was being set up ({reason})");
+                let resp = error(StatusCode::FORBIDDEN, "access_withdrawn", &msg);
+                (reason, msg, resp)
+            }
+            Withdrawn::Token(e) => (e.code().to_owned(), e.to_string(), token_refusal(&e)),
+            Withdrawn::Policy(d) => {
+                let audit = &self.access.audit;
+                let detail = format!("access withdrawn during setup: {}", d.reason);
+                audit.record_nowait(events::terminated(audit, session, Some(&d), None, detail));
+                let resp = error(StatusCode::FORBIDDEN, "policy_denied", &d.reason);
+                ("access_withdrawn".to_owned(), d.reason.clone(), resp)
+            }
+        };
+        self.access
+            .end(session, &reason, Some(detail), &Counters::default())
+            .await;
+        resp
     }
 
     fn rate_limit(&self, subject: &Subject) -> Result<(), u64> {

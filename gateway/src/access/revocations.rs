@@ -49,11 +49,11 @@ impl Revocations {
             return;
         }
         let sessions = &self.access.sessions;
-        let ended = sessions.enforce_devices(&self.authn.devices, &self.access.audit);
+        let ended = sessions.enforce_revocations(&self.authn, &self.access.audit);
         if ended > 0 {
             info!(
                 sessions = ended,
-                "live sessions ended: device or user revoked"
+                "live sessions ended: token, device or user revoked"
             );
         }
         let connectors = match self.store.connectors().await {

@@ -23,9 +23,9 @@ use super::events;
 use super::handler::{BoxIo, EndpointHandler, HandlerCtx};
 pub use super::session::Session;
 use super::{deadline_for, Access, Deadline};
-use crate::authn::{DeviceTable, SessionControl};
+use crate::authn::tokens::TokenError;
+use crate::authn::{Authn, SessionControl};
 use crate::clock::SharedClock;
-use crate::state::DeviceStatus;
 
 /// A kill switch with the reason it was thrown.
 #[derive(Debug, Default)]
@@ -152,9 +152,11 @@ impl Sessions {
         })
     }
 
-    /// Ends every live session whose device is no longer active or whose user was revoked,
-    /// each with a `session.terminated` event saying why. Returns how many.
-    pub fn enforce_devices(&self, devices: &DeviceTable, audit: &crate::audit::Audit) -> usize {
+    /// Ends every live session that its token would no longer open — the token revoked (by
+    /// a sign-out here or in another process), its user revoked, its device no longer active —
+    /// each with a `session.terminated` event saying why. The same checks as a token's
+    /// verification (`Authn::check_live`). Returns how many.
+    pub fn enforce_revocations(&self, authn: &Authn, audit: &crate::audit::Audit) -> usize {
         let Ok(m) = self.live.lock() else {
             return 0;
         };
@@ -162,31 +164,26 @@ impl Sessions {
         for live in m.values() {
             let s = &live.session;
             let claims = &s.subject.claims;
-            let user_revoked = devices.user_revoked(&claims.sub, claims.iat);
-            let device_state =
-                claims
-                    .device
-                    .as_ref()
-                    .and_then(|id| match devices.view(id).map(|v| v.status) {
-                        Some(DeviceStatus::Active) => None,
-                        Some(st) => Some((id.clone(), st.as_str())),
-                        None => Some((id.clone(), "unregistered")),
-                    });
-            let (reason, detail) = match (user_revoked, device_state) {
-                (true, _) => (
+            let (reason, detail) = match authn.check_live(claims) {
+                Ok(()) => continue,
+                Err(TokenError::Revoked) => (
+                    "token_revoked",
+                    format!("token revoked: session token {} was revoked", claims.jti),
+                ),
+                Err(TokenError::UserRevoked) => (
                     "user_revoked",
                     format!("user revoked: access for {} was revoked", claims.sub),
                 ),
-                (false, Some((id, status))) => (
+                Err(TokenError::DeviceNotActive(id, status)) => (
                     "device_revoked",
                     format!("device revoked: device {id} is now {status}"),
                 ),
-                (false, None) => continue,
+                Err(e) => (e.code(), e.to_string()),
             };
             if live.kill.is_killed() {
                 continue;
             }
-            info!(session_id = %s.id, user = %claims.sub, reason, "terminating session: device or user revoked");
+            info!(session_id = %s.id, user = %claims.sub, reason, "terminating session: revoked");
             audit.record_nowait(events::terminated(audit, s, None, Some(reason), detail));
             live.kill.kill(reason);
             n += 1;
