@@ -51,10 +51,23 @@ endpoints = ["pacs"]
 valid_until = 2030-01-07T10:30:00Z
 "#;
 
-/// Echoes every byte: stands in for a connector and an endpoint.
+/// Echoes every byte: stands in for a connector and an endpoint. It takes `dial` to reach
+/// the endpoint (a day: a connector that never answers within a test).
 struct Echo {
     lost: CancellationToken,
+    dial: Duration,
 }
+
+impl Echo {
+    fn new(dial: Duration) -> Echo {
+        Echo {
+            lost: CancellationToken::new(),
+            dial,
+        }
+    }
+}
+
+const STALL: Duration = Duration::from_secs(86_400);
 
 impl Route for Echo {
     fn connector(&self) -> postern_audit::ConnectorRef {
@@ -71,12 +84,18 @@ impl Route for Echo {
         req: OpenRequest<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<BoxIo, UpstreamError>> + Send + 'a>> {
         assert_eq!(req.target, "10.0.0.1:104");
-        let (ours, theirs) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(async move {
-            let (mut r, mut w) = tokio::io::split(theirs);
-            let _ = tokio::io::copy(&mut r, &mut w).await;
-        });
-        Box::pin(std::future::ready(Ok(Box::new(ours) as BoxIo)))
+        let dial = self.dial;
+        Box::pin(async move {
+            if !dial.is_zero() {
+                tokio::time::sleep(dial).await;
+            }
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(theirs);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+            Ok(Box::new(ours) as BoxIo)
+        })
     }
 }
 
@@ -85,6 +104,7 @@ impl Upstream for Echo {
         (site == "truro").then(|| {
             Arc::new(Echo {
                 lost: self.lost.clone(),
+                dial: self.dial,
             }) as Arc<dyn Route>
         })
     }
@@ -99,10 +119,7 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    fixture_with(Arc::new(Echo {
-        lost: CancellationToken::new(),
-    }))
-    .await
+    fixture_with(Arc::new(Echo::new(Duration::ZERO))).await
 }
 
 async fn fixture_with(upstream: Arc<dyn Upstream>) -> Fixture {
@@ -190,6 +207,27 @@ impl Fixture {
             Ok(_) => panic!("a tunnel opened that must not"),
             Err(r) => r,
         }
+    }
+
+    /// Starts stages 3–6 in a task and lets the first second of the dial pass; the task
+    /// answers Ok, or the refusal's status.
+    async fn setup_in_background(
+        &self,
+        claims: Claims,
+    ) -> tokio::task::JoinHandle<Result<(), u16>> {
+        let subject = self.app.authn.subject(claims, peer());
+        let app = self.app.clone();
+        let started = self.clock.instant();
+        let setup = tokio::spawn(async move {
+            app.broker
+                .open(subject, "pacs", None, started)
+                .await
+                .map(|_| ())
+                .map_err(|r| r.status().as_u16())
+        });
+        tokio::time::advance(Duration::from_secs(1)).await;
+        tokio::task::yield_now().await;
+        setup
     }
 
     fn events(&self, kind: EventType, session: &str) -> Vec<Event> {
@@ -487,9 +525,7 @@ async fn a_tunnel_through_serve_on_loopback() {
         clock: clock.clone(),
         store: Arc::new(MemoryStore::default()),
         audit: audit.clone(),
-        upstream: Some(Arc::new(Echo {
-            lost: CancellationToken::new(),
-        })),
+        upstream: Some(Arc::new(Echo::new(Duration::ZERO))),
     };
     let connector_addr = listeners.connectors.local_addr().unwrap();
     let app = App::build(config.clone(), connector_addr, seams)
@@ -658,38 +694,11 @@ async fn reevaluating_ten_thousand_live_sessions() {
     assert_eq!(f.audit.of_type(EventType::SessionTerminated).len(), 5_000);
 }
 
-/// A connector that never answers.
-struct Stall;
-
-impl Route for Stall {
-    fn connector(&self) -> postern_audit::ConnectorRef {
-        postern_audit::ConnectorRef {
-            id: "truro-stalled".into(),
-            site: "truro".into(),
-        }
-    }
-    fn lost(&self) -> CancellationToken {
-        CancellationToken::new()
-    }
-    fn open<'a>(
-        &'a self,
-        _: OpenRequest<'a>,
-    ) -> Pin<Box<dyn Future<Output = Result<BoxIo, UpstreamError>> + Send + 'a>> {
-        Box::pin(std::future::pending())
-    }
-}
-
-impl Upstream for Stall {
-    fn route(&self, _: &str) -> Option<Arc<dyn Route>> {
-        Some(Arc::new(Stall))
-    }
-}
-
 /// A client that gives up while the connector is still dialling (its request future is
 /// dropped) leaves no `session.start` without an end and no ghost in the registry.
 #[tokio::test(start_paused = true)]
 async fn a_client_that_gives_up_during_setup_leaves_no_open_session() {
-    let f = fixture_with(Arc::new(Stall)).await;
+    let f = fixture_with(Arc::new(Echo::new(STALL))).await;
     let claims = f.claims("ann@x", &["radiologists"], Duration::from_secs(3600), None);
     let subject = f.app.authn.subject(claims, peer());
     let setup = f.app.broker.open(subject, "pacs", None, f.clock.instant());
@@ -712,64 +721,14 @@ async fn a_client_that_gives_up_during_setup_leaves_no_open_session() {
     assert!(f.app.access.sessions.is_empty());
 }
 
-/// A connector that takes `delay` to reach the endpoint, then echoes.
-struct Slow {
-    delay: Duration,
-}
-
-impl Route for Slow {
-    fn connector(&self) -> postern_audit::ConnectorRef {
-        postern_audit::ConnectorRef {
-            id: "truro-slow".into(),
-            site: "truro".into(),
-        }
-    }
-    fn lost(&self) -> CancellationToken {
-        CancellationToken::new()
-    }
-    fn open<'a>(
-        &'a self,
-        req: OpenRequest<'a>,
-    ) -> Pin<Box<dyn Future<Output = Result<BoxIo, UpstreamError>> + Send + 'a>> {
-        let delay = self.delay;
-        Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            let echo = Echo {
-                lost: CancellationToken::new(),
-            };
-            echo.open(req).await
-        })
-    }
-}
-
-impl Upstream for Slow {
-    fn route(&self, _: &str) -> Option<Arc<dyn Route>> {
-        Some(Arc::new(Slow { delay: self.delay }))
-    }
-}
-
 /// [harden] finding 3: a sign-out while the connector is still dialling (2 s) reaches the
 /// session, which is registered before the dial, and the session never goes live.
 #[tokio::test(start_paused = true)]
 async fn a_sign_out_during_the_dial_ends_the_session_before_it_goes_live() {
-    let f = fixture_with(Arc::new(Slow {
-        delay: Duration::from_secs(2),
-    }))
-    .await;
+    let f = fixture_with(Arc::new(Echo::new(Duration::from_secs(2)))).await;
     let claims = f.claims("ann@x", &["radiologists"], Duration::from_secs(3600), None);
     let jti = claims.jti.clone();
-    let subject = f.app.authn.subject(claims, peer());
-    let app = f.app.clone();
-    let started = f.clock.instant();
-    let setup = tokio::spawn(async move {
-        app.broker
-            .open(subject, "pacs", None, started)
-            .await
-            .map(|_| ())
-            .map_err(|r| r.status().as_u16())
-    });
-    tokio::time::advance(Duration::from_secs(1)).await;
-    tokio::task::yield_now().await;
+    let setup = f.setup_in_background(claims).await;
     // Sign-out (what /auth/logout does after recording the revocation).
     f.app.authn.revoke_jti(&jti);
     let ended = postern_gateway::authn::SessionControl::end_token(
@@ -790,23 +749,9 @@ async fn a_sign_out_during_the_dial_ends_the_session_before_it_goes_live() {
 /// [harden] finding 3: a policy reload during the dial withdraws the session being set up.
 #[tokio::test(start_paused = true)]
 async fn a_policy_reload_during_the_dial_withdraws_the_session() {
-    let f = fixture_with(Arc::new(Slow {
-        delay: Duration::from_secs(2),
-    }))
-    .await;
+    let f = fixture_with(Arc::new(Echo::new(Duration::from_secs(2)))).await;
     let claims = f.claims("lee@x", &["locums"], Duration::from_secs(3600), None);
-    let subject = f.app.authn.subject(claims, peer());
-    let app = f.app.clone();
-    let started = f.clock.instant();
-    let setup = tokio::spawn(async move {
-        app.broker
-            .open(subject, "pacs", None, started)
-            .await
-            .map(|_| ())
-            .map_err(|r| r.status().as_u16())
-    });
-    tokio::time::advance(Duration::from_secs(1)).await;
-    tokio::task::yield_now().await;
+    let setup = f.setup_in_background(claims).await;
     let policy = f.dir.path().join("policy.toml");
     std::fs::write(
         &policy,
