@@ -181,7 +181,7 @@ pub async fn run(
     let callback = format!("https://127.0.0.1:{port}/auth/callback");
     let mut text = std::fs::read_to_string(&gateway_toml)?;
     text.push_str(&format!(
-        "\n# Sign-in against the demo's development identity provider (plain http on loopback:\n# `postern-gateway check` rightly rejects this outside the demo).\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"postern-demo\"\nclient_secret_file = \"oidc-secret\"\nredirect_url = \"{callback}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\ninsecure_http_issuer = true\n\n# The demo signs in without device trust (no WebAuthn ceremony); see docs/devices.md.\n[devices]\nrequired = false\n"
+        "\n# Sign-in against the demo's development identity provider (plain http on loopback:\n# `postern-gateway check` rightly rejects this outside the demo).\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"postern-demo\"\nclient_secret_file = \"oidc-secret\"\nredirect_url = \"{callback}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\n# The demo's policy names users by e-mail; the development IdP verifies every address.\nuser_claim = \"email\"\ninsecure_http_issuer = true\n\n# The demo signs in without device trust (no WebAuthn ceremony); see docs/devices.md.\n[devices]\nrequired = false\n"
     ));
     std::fs::write(&gateway_toml, text)?;
     let idp_config = postern_devidp::DevIdpConfig::demo("postern-demo", &secret, &callback);

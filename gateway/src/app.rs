@@ -193,6 +193,10 @@ impl App {
             audit.clone(),
             metrics.clone(),
         ));
+        if let Some(o) = &authn.oidc {
+            let access = access.clone();
+            o.follow_max_age(Box::new(move || access.policy().sign_in_max_age()));
+        }
         let registry = Arc::new(Registry::default());
         let life = Lifecycle {
             shutdown: CancellationToken::new(),

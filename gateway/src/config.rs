@@ -265,11 +265,14 @@ pub struct OidcConfig {
     pub redirect_url: String,
     /// Scopes in addition to `openid`.
     pub scopes: Vec<String>,
-    /// Claim naming the user in policies and audit (default `email`, falling back to `sub`).
+    /// Claim naming the user in policies and audit: `sub` (the default: stable, assigned by the
+    /// IdP), `oid+tid` (Entra: `<tid>/<oid>`), `email` (accepted only with `email_verified`
+    /// true), or another claim the IdP controls. No fallback: a token without it is refused.
     pub user_claim: String,
     pub groups_claim: String,
     pub name_claim: String,
-    /// `amr` values that mean "multi-factor authentication happened".
+    /// `amr` values that mean "multi-factor authentication happened" (default `["mfa"]`: a
+    /// single method such as `pin`, `sms` or `hwk` is one factor, not two).
     pub mfa_amr: Vec<String>,
     /// `acr` values that mean the same.
     pub mfa_acr: Vec<String>,
@@ -482,6 +485,11 @@ impl Config {
             if o.client_id.is_empty() {
                 errors.push(format!("{file}: oidc.client_id: must not be empty"));
             }
+            if o.user_claim.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                errors.push(format!(
+                    "{file}: oidc.user_claim: must not be empty (hint: leave it out for \"sub\", the IdP's stable subject)"
+                ));
+            }
             let session_ttl = match o.session_ttl {
                 None => Duration::from_secs(10 * 3600),
                 Some(t) => humantime::parse_duration(&t).unwrap_or_else(|e| {
@@ -497,14 +505,10 @@ impl Config {
                 client_secret: secret,
                 redirect_url: o.redirect_url,
                 scopes: o.scopes,
-                user_claim: o.user_claim.unwrap_or_else(|| "email".into()),
+                user_claim: o.user_claim.unwrap_or_else(|| "sub".into()),
                 groups_claim: o.groups_claim.unwrap_or_else(|| "groups".into()),
                 name_claim: o.name_claim.unwrap_or_else(|| "name".into()),
-                mfa_amr: o.mfa_amr.unwrap_or_else(|| {
-                    ["mfa", "otp", "hwk", "swk", "fpt", "face", "pin", "sms"]
-                        .map(String::from)
-                        .to_vec()
-                }),
+                mfa_amr: o.mfa_amr.unwrap_or_else(|| vec!["mfa".into()]),
                 mfa_acr: o.mfa_acr,
                 session_ttl,
                 ca_file: o.ca_file.map(abs),

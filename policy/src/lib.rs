@@ -82,6 +82,8 @@ mod text;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_identity;
+#[cfg(test)]
 mod tests_lang;
 #[cfg(test)]
 mod tests_model;
@@ -370,6 +372,22 @@ impl Policy {
     /// The IANA name of `[defaults] zone`, if the policy sets one.
     pub fn default_zone(&self) -> Option<String> {
         self.default_zone.clone()
+    }
+
+    /// The shortest `auth.max_age` any rule enforces (report-only conditions do not count), or
+    /// `None` if no rule depends on the sign-in's age. The gateway sends it to the identity
+    /// provider as the OIDC `max_age`, so a sign-in older than that is made afresh and the ID
+    /// token carries `auth_time`.
+    pub fn sign_in_max_age(&self) -> Option<Duration> {
+        self.rules
+            .iter()
+            .flat_map(|r| &r.conditions)
+            .filter(|c| !c.report)
+            .filter_map(|c| match c.check {
+                rule::Check::MaxAge(d) => Some(d),
+                _ => None,
+            })
+            .min()
     }
 
     /// The files the policy was read from (one for [`Policy::parse`]).

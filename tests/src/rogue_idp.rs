@@ -2,7 +2,9 @@
 //! checks. It skips the login page (authorize redirects straight back with a code) and, at the
 //! token endpoint, returns an ID token crafted per [`Mode`]: valid (to prove the harness is
 //! otherwise correct), wrong audience, wrong issuer, expired, `alg: none`, HS256 keyed with the
-//! provider's public key, wrong nonce, or signed by a key that is not in the JWKS.
+//! provider's public key, wrong nonce, or signed by a key that is not in the JWKS. Tests that
+//! probe claim handling set claims of their own ([`RogueIdp::set_claims`]) and read the last
+//! authorization request ([`RogueIdp::last_authorize_query`]).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -32,6 +34,10 @@ struct Inner {
     mode: Mode,
     /// nonce of the last authorization request
     nonce: String,
+    /// query string of the last authorization request
+    authorize_query: String,
+    /// claims put over the defaults (a `null` removes the claim)
+    overrides: serde_json::Map<String, Value>,
 }
 
 pub struct RogueIdp {
@@ -96,6 +102,8 @@ impl RogueIdp {
         let inner = Arc::new(Mutex::new(Inner {
             mode: Mode::Valid,
             nonce: String::new(),
+            authorize_query: String::new(),
+            overrides: serde_json::Map::new(),
         }));
         let (iss, shared, aud) = (issuer.clone(), inner.clone(), client_id.to_owned());
         let signing = key();
@@ -157,7 +165,11 @@ impl RogueIdp {
                         );
                     }
                     "/authorize" => {
-                        shared.lock().unwrap().nonce = param(query, "nonce");
+                        {
+                            let mut i = shared.lock().unwrap();
+                            i.nonce = param(query, "nonce");
+                            i.authorize_query = query.to_owned();
+                        }
                         let loc = format!(
                             "{}?code=rogue-code&state={}",
                             param(query, "redirect_uri"),
@@ -166,15 +178,23 @@ impl RogueIdp {
                         respond(&mut s, "303 See Other", &format!("location: {loc}\r\n"), "");
                     }
                     "/token" => {
-                        let (mode, nonce) = {
+                        let (mode, nonce, overrides) = {
                             let i = shared.lock().unwrap();
-                            (i.mode, i.nonce.clone())
+                            (i.mode, i.nonce.clone(), i.overrides.clone())
                         };
                         let t = now();
                         let mut claims = json!({
                             "iss": iss, "sub": "sub-mallory", "aud": aud, "exp": t + 300, "iat": t,
-                            "nonce": nonce, "email": "mallory@hospital.test", "groups": ["radiologists"],
+                            "nonce": nonce, "email": "mallory@hospital.test", "email_verified": true,
+                            "groups": ["radiologists"],
                         });
+                        for (k, v) in overrides {
+                            if v.is_null() {
+                                claims.as_object_mut().unwrap().remove(&k);
+                            } else {
+                                claims[k] = v;
+                            }
+                        }
                         let id_token = match mode {
                             Mode::Valid => es256(&signing, "k1", &claims),
                             Mode::WrongAudience => {
@@ -231,5 +251,21 @@ impl RogueIdp {
 
     pub fn set_mode(&self, mode: Mode) {
         self.inner.lock().unwrap().mode = mode;
+    }
+
+    /// Puts `claims` (a JSON object) over the default ID token claims from the next token on;
+    /// a `null` value removes that claim. Replaces earlier overrides.
+    pub fn set_claims(&self, claims: Value) {
+        self.inner.lock().unwrap().overrides = claims.as_object().cloned().unwrap_or_default();
+    }
+
+    /// The query string of the last authorization request the gateway sent here.
+    pub fn last_authorize_query(&self) -> String {
+        self.inner.lock().unwrap().authorize_query.clone()
+    }
+
+    /// One parameter of the last authorization request, percent-decoded ("" if absent).
+    pub fn last_authorize_param(&self, name: &str) -> String {
+        param(&self.last_authorize_query(), name)
     }
 }

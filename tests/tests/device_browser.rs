@@ -78,7 +78,7 @@ impl World {
         );
         std::fs::write(d.path("oidc-secret"), CLIENT_SECRET).unwrap();
         d.append_config(&format!(
-            "[oidc]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"oidc-secret\"\nredirect_url = \"{callback}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\ninsecure_http_issuer = true\nsession_ttl = \"8h\"\n{extra_config}",
+            "[oidc]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"oidc-secret\"\nredirect_url = \"{callback}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\nuser_claim = \"email\"\ninsecure_http_issuer = true\nsession_ttl = \"8h\"\n{extra_config}",
             idp.issuer
         ));
         d.start_gateway();

@@ -79,7 +79,7 @@ fn world() -> World {
 fn configure_oidc(d: &Deployment, issuer: &str) {
     std::fs::write(d.path("oidc-secret"), CLIENT_SECRET).unwrap();
     d.append_config(&format!(
-        "[oidc]\nissuer = \"{issuer}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"oidc-secret\"\nredirect_url = \"{}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\ninsecure_http_issuer = true\nsession_ttl = \"8h\"\n[devices]\nrequired = false\n",
+        "[oidc]\nissuer = \"{issuer}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"oidc-secret\"\nredirect_url = \"{}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\nuser_claim = \"email\"\ninsecure_http_issuer = true\nsession_ttl = \"8h\"\n[devices]\nrequired = false\n",
         d.callback_url()
     ));
 }

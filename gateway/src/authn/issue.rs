@@ -70,10 +70,14 @@ impl Issuer {
             user_verified: Some(d.user_verified),
         });
         ev.detail = Some(format!(
-            "idp {} subject {}; mfa {}; session token {} until {}",
+            "idp {} subject {}; mfa {}; auth_time {}; session token {} until {}",
             identity.issuer,
             identity.subject,
             identity.mfa,
+            identity.auth_time.map_or_else(
+                || "unknown".to_owned(),
+                |t| humantime::format_rfc3339_seconds(from_unix(t)).to_string()
+            ),
             claims.jti,
             humantime::format_rfc3339_seconds(from_unix(claims.exp))
         ));
@@ -115,7 +119,8 @@ impl Issuer {
                 iat: now,
                 exp: now + ttl.as_secs(),
                 jti: new_jti().map_err(|e| internal(e.to_string()))?,
-                auth_time: Some(id.auth_time.unwrap_or(now)),
+                // Unknown stays unknown: sign-in age conditions then fail closed.
+                auth_time: id.auth_time,
                 mfa: id.mfa,
                 device: device.map(|d| d.device.clone()),
                 uv: device.is_some_and(|d| d.user_verified),

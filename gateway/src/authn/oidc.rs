@@ -176,7 +176,14 @@ pub struct Oidc {
     /// Where one-time CLI codes are kept.
     store: SharedStore,
     clock: SharedClock,
+    /// The sign-in age the running policy needs (its shortest `auth.max_age`), sent as the
+    /// OIDC `max_age`; set once the policy is loaded ([`Oidc::follow_max_age`]).
+    max_age: std::sync::OnceLock<MaxAgeSource>,
 }
+
+/// Asks the running policy for the sign-in age it needs (read at every sign-in start, so a
+/// reloaded policy applies at once).
+pub type MaxAgeSource = Box<dyn Fn() -> Option<Duration> + Send + Sync>;
 
 fn random_b64(n: usize) -> Result<String, AuthError> {
     postern_proto::ids::random_bytes(n)
@@ -253,7 +260,14 @@ impl Oidc {
             cookie_key: LessSafeKey::new(unbound),
             store,
             clock,
+            max_age: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on each sign-in asks the IdP for a sign-in no older than `source` says (OIDC
+    /// `max_age`), when it says anything. Set once; later calls are ignored.
+    pub fn follow_max_age(&self, source: MaxAgeSource) {
+        let _ = self.max_age.set(source);
     }
 
     /// Fetches the discovery document and JWKS (again) and installs the client.
@@ -398,6 +412,11 @@ impl Oidc {
                 req = req.add_scope(Scope::new(s.clone()));
             }
         }
+        // A policy rule on sign-in age: ask the IdP to re-authenticate a sign-in older than
+        // that (and, per OIDC Core 3.1.2.1, to put `auth_time` in the ID token).
+        if let Some(age) = self.max_age.get().and_then(|f| f()) {
+            req = req.set_max_age(age);
+        }
         let (url, state, nonce) = req.url();
         let cookie = self.seal(&FlowState {
             state: state.secret().clone(),
@@ -536,50 +555,23 @@ impl Oidc {
             };
             AuthError::new(http::StatusCode::BAD_GATEWAY, code, "The sign-in service's answer could not be verified. Please contact the service desk.", format!("ID token rejected: {detail}"))
         })?;
-        let extra = &claims.additional_claims().other;
-        let str_claim = |name: &str| -> Option<String> {
-            match name {
-                "email" => claims.email().map(|e| e.as_str().to_owned()),
-                "name" => claims
-                    .name()
-                    .and_then(|n| n.get(None))
-                    .map(|n| n.as_str().to_owned()),
-                "sub" => Some(claims.subject().as_str().to_owned()),
-                "preferred_username" => claims.preferred_username().map(|u| u.as_str().to_owned()),
-                other => extra.get(other).and_then(|v| v.as_str()).map(str::to_owned),
-            }
+        let json = serde_json::to_value(claims).map_err(|e| {
+            AuthError::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Something went wrong on our side.",
+                format!("re-reading the verified ID token's claims: {e}"),
+            )
+        })?;
+        let serde_json::Value::Object(map) = json else {
+            return Err(AuthError::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Something went wrong on our side.",
+                "verified ID token claims are not a JSON object",
+            ));
         };
-        let subject = claims.subject().as_str().to_owned();
-        let user = str_claim(&self.config.user_claim).unwrap_or_else(|| subject.clone());
-        let groups = match extra.get(&self.config.groups_claim) {
-            Some(serde_json::Value::Array(v)) => v
-                .iter()
-                .filter_map(|g| g.as_str().map(str::to_owned))
-                .collect(),
-            Some(serde_json::Value::String(s)) => s
-                .split([',', ' '])
-                .filter(|g| !g.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            _ => Vec::new(),
-        };
-        let amr_mfa = claims.auth_method_refs().is_some_and(|v| {
-            v.iter()
-                .any(|m| self.config.mfa_amr.iter().any(|x| x == m.as_str()))
-        });
-        let acr_mfa = claims
-            .auth_context_ref()
-            .is_some_and(|a| self.config.mfa_acr.iter().any(|x| x == a.as_str()));
-        Ok(Identity {
-            user,
-            subject,
-            name: str_claim(&self.config.name_claim),
-            email: claims.email().map(|e| e.as_str().to_owned()),
-            groups,
-            mfa: amr_mfa || acr_mfa,
-            auth_time: claims.auth_time().map(|t| t.timestamp().max(0) as u64),
-            issuer: claims.issuer().as_str().to_owned(),
-        })
+        identity_from_claims(&self.config, &map)
     }
 
     /// A one-time code the CLI redeems with its verifier.
@@ -630,6 +622,136 @@ impl Oidc {
     }
 }
 
+/// Longest user name, group name and display name taken from an ID token, in bytes.
+const MAX_NAME: usize = 256;
+/// Most groups taken from an ID token. More is refused rather than cut, since a group left out
+/// could be one a deny rule names.
+const MAX_GROUPS: usize = 500;
+
+fn refused(code: &'static str, public: &str, detail: String) -> AuthError {
+    AuthError::new(http::StatusCode::FORBIDDEN, code, public, detail)
+}
+
+const NO_IDENTITY: &str = "The hospital's sign-in service did not say who you are in the way this gateway needs. Please contact the service desk.";
+
+/// A claim value fit to name someone: a non-empty string of at most [`MAX_NAME`] bytes
+/// without control characters.
+fn name_value(claim: &str, v: &serde_json::Value) -> Result<String, String> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| format!("claim `{claim}` is not a string"))?;
+    if s.is_empty() || s.len() > MAX_NAME || s.chars().any(char::is_control) {
+        return Err(format!(
+            "claim `{claim}` is empty, longer than {MAX_NAME} bytes or has control characters"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// Who signed in, from the claims of an ID token whose signature, issuer, audience, expiry and
+/// nonce were verified. The user is the one configured claim (`user_claim`), never another in
+/// its place: `sub` and `oid+tid` are assigned by the IdP; `email` counts only when the IdP says
+/// it verified it (`email_verified: true`), since many IdPs let a user or a guest account set
+/// any address. A string groups claim is one group; only an array is a list.
+pub(crate) fn identity_from_claims(
+    config: &OidcConfig,
+    c: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Identity, AuthError> {
+    let claim = config.user_claim.as_str();
+    let missing = |name: &str| {
+        refused(
+            "user_claim_missing",
+            NO_IDENTITY,
+            format!("ID token has no `{name}` claim (oidc.user_claim = \"{claim}\"); no other claim is used in its place"),
+        )
+    };
+    let invalid = |detail: String| refused("user_claim_invalid", NO_IDENTITY, detail);
+    let get = |name: &str| -> Result<String, AuthError> {
+        let v = c
+            .get(name)
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| missing(name))?;
+        name_value(name, v).map_err(invalid)
+    };
+    let subject = get("sub")?;
+    let user = match claim {
+        "sub" => subject.clone(),
+        "oid+tid" => format!("{}/{}", get("tid")?, get("oid")?),
+        "email" => {
+            let email = get("email")?;
+            if c.get("email_verified") != Some(&serde_json::Value::Bool(true)) {
+                return Err(refused(
+                    "email_unverified",
+                    "The hospital's sign-in service has not verified your e-mail address, so this gateway cannot use it to identify you. Please contact the service desk.",
+                    format!(
+                        "ID token's email is not verified (email_verified = {}); oidc.user_claim = \"email\" requires email_verified true",
+                        c.get("email_verified").map_or("absent".into(), |v| {
+                            v.to_string().chars().take(20).collect::<String>()
+                        })
+                    ),
+                ));
+            }
+            email
+        }
+        other => get(other)?,
+    };
+    let groups_invalid = |detail: String| refused("groups_claim_invalid", NO_IDENTITY, detail);
+    let gc = config.groups_claim.as_str();
+    let groups = match c.get(gc) {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::String(_)) => {
+            // One group whose name may contain spaces or commas ("Radiology Consultants").
+            vec![name_value(gc, &c[gc]).map_err(groups_invalid)?]
+        }
+        Some(serde_json::Value::Array(v)) => {
+            if v.len() > MAX_GROUPS {
+                return Err(groups_invalid(format!(
+                    "claim `{gc}` lists {} groups (at most {MAX_GROUPS})",
+                    v.len()
+                )));
+            }
+            v.iter()
+                .map(|g| name_value(gc, g))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| groups_invalid(format!("an entry of {e}")))?
+        }
+        Some(_) => {
+            return Err(groups_invalid(format!(
+                "claim `{gc}` is neither a string nor a list of strings"
+            )))
+        }
+    };
+    let amr_mfa = c.get("amr").and_then(|v| v.as_array()).is_some_and(|v| {
+        v.iter()
+            .filter_map(|m| m.as_str())
+            .any(|m| config.mfa_amr.iter().any(|x| x == m))
+    });
+    let acr_mfa = c
+        .get("acr")
+        .and_then(|v| v.as_str())
+        .is_some_and(|a| config.mfa_acr.iter().any(|x| x == a));
+    // Unknown stays unknown: a missing auth_time is not "now".
+    let auth_time = c.get("auth_time").and_then(|v| {
+        v.as_u64()
+            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+    });
+    let optional = |name: &str| c.get(name).and_then(|v| name_value(name, v).ok());
+    Ok(Identity {
+        user,
+        subject,
+        name: optional(&config.name_claim),
+        email: optional("email"),
+        groups,
+        mfa: amr_mfa || acr_mfa,
+        auth_time,
+        issuer: c
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .map(|s| s.chars().take(MAX_NAME).collect())
+            .unwrap_or_default(),
+    })
+}
+
 impl From<HttpError> for AuthError {
     fn from(e: HttpError) -> AuthError {
         unavailable(e.0)
@@ -649,6 +771,125 @@ mod tests {
         assert!(!valid_cli_redirect("http://127.0.0.1:0/x"));
         assert!(!valid_cli_redirect("http://evil.example/x"));
         assert!(!valid_cli_redirect("http://127.0.0.1:5555@evil.example/x"));
+    }
+
+    fn config(user_claim: &str) -> OidcConfig {
+        OidcConfig {
+            issuer: "https://idp.example".into(),
+            client_id: "postern".into(),
+            client_secret: crate::config::SecretSource::Inline(crate::config::Secret("x".into())),
+            redirect_url: "https://gw.example/auth/callback".into(),
+            scopes: vec![],
+            user_claim: user_claim.into(),
+            groups_claim: "groups".into(),
+            name_claim: "name".into(),
+            mfa_amr: vec!["mfa".into()],
+            mfa_acr: vec!["urn:hospital:loa:3".into()],
+            session_ttl: Duration::from_secs(3600),
+            ca_file: None,
+            insecure_http_issuer: false,
+        }
+    }
+
+    fn claims(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        let mut base = serde_json::json!({"iss": "https://idp.example", "sub": "00u1AbC",
+            "email": "ann@h.example", "email_verified": true});
+        for (k, v) in v.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        base.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_string_groups_claim_is_one_group_and_only_an_array_is_a_list() {
+        let c = config("sub");
+        let id = identity_from_claims(
+            &c,
+            &claims(serde_json::json!({"groups": "Radiology Consultants"})),
+        )
+        .unwrap();
+        assert_eq!(id.groups, ["Radiology Consultants"]);
+        let id = identity_from_claims(&c, &claims(serde_json::json!({"groups": "a,b"}))).unwrap();
+        assert_eq!(id.groups, ["a,b"]);
+        let id =
+            identity_from_claims(&c, &claims(serde_json::json!({"groups": ["a b", "c"]}))).unwrap();
+        assert_eq!(id.groups, ["a b", "c"]);
+        let id = identity_from_claims(&c, &claims(serde_json::json!({}))).unwrap();
+        assert!(id.groups.is_empty());
+        for bad in [
+            serde_json::json!({"groups": ["ok", 7]}),
+            serde_json::json!({"groups": {"a": 1}}),
+            serde_json::json!({"groups": ["x".repeat(MAX_NAME + 1)]}),
+            serde_json::json!({"groups": vec!["g"; MAX_GROUPS + 1]}),
+            serde_json::json!({"groups": "bad\nline"}),
+        ] {
+            let e = identity_from_claims(&c, &claims(bad.clone())).unwrap_err();
+            assert_eq!(e.code, "groups_claim_invalid", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_user_is_the_configured_claim_and_nothing_else() {
+        let id = identity_from_claims(&config("sub"), &claims(serde_json::json!({}))).unwrap();
+        assert_eq!(
+            (id.user.as_str(), id.subject.as_str()),
+            ("00u1AbC", "00u1AbC")
+        );
+        let id = identity_from_claims(&config("email"), &claims(serde_json::json!({}))).unwrap();
+        assert_eq!(id.user, "ann@h.example");
+        for (v, code) in [
+            (
+                serde_json::json!({"email_verified": false}),
+                "email_unverified",
+            ),
+            (
+                serde_json::json!({"email_verified": "true"}),
+                "email_unverified",
+            ),
+            (
+                serde_json::json!({"email_verified": null}),
+                "email_unverified",
+            ),
+            (serde_json::json!({"email": null}), "user_claim_missing"),
+            (serde_json::json!({"email": ""}), "user_claim_invalid"),
+            (serde_json::json!({"email": 5}), "user_claim_invalid"),
+        ] {
+            let e = identity_from_claims(&config("email"), &claims(v.clone())).unwrap_err();
+            assert_eq!(e.code, code, "{v}");
+            assert_eq!(e.status, http::StatusCode::FORBIDDEN);
+        }
+        let entra = claims(serde_json::json!({"oid": "o-1", "tid": "t-1"}));
+        let id = identity_from_claims(&config("oid+tid"), &entra).unwrap();
+        assert_eq!(id.user, "t-1/o-1");
+        let e = identity_from_claims(
+            &config("oid+tid"),
+            &claims(serde_json::json!({"oid": "o-1"})),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "user_claim_missing");
+        assert!(e.detail.contains("`tid`"), "{}", e.detail);
+        let e = identity_from_claims(&config("upn"), &claims(serde_json::json!({}))).unwrap_err();
+        assert_eq!(e.code, "user_claim_missing");
+    }
+
+    #[test]
+    fn mfa_needs_mfa_in_amr_or_a_listed_acr_and_auth_time_is_never_invented() {
+        let c = config("sub");
+        let mfa = |v| identity_from_claims(&c, &claims(v)).unwrap().mfa;
+        for single in ["pin", "sms", "swk", "hwk", "fpt", "face", "otp", "pwd"] {
+            assert!(!mfa(serde_json::json!({"amr": [single]})), "{single}");
+        }
+        assert!(mfa(serde_json::json!({"amr": ["pwd", "mfa"]})));
+        assert!(mfa(serde_json::json!({"acr": "urn:hospital:loa:3"})));
+        assert!(!mfa(serde_json::json!({"acr": "urn:hospital:loa:1"})));
+        assert!(!mfa(serde_json::json!({"amr": "mfa"})));
+        let at = |v| identity_from_claims(&c, &claims(v)).unwrap().auth_time;
+        assert_eq!(at(serde_json::json!({})), None);
+        assert_eq!(
+            at(serde_json::json!({"auth_time": 1_700_000_000})),
+            Some(1_700_000_000)
+        );
+        assert_eq!(at(serde_json::json!({"auth_time": -5})), None);
     }
 
     #[test]
