@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use postern_net::fsutil::{private_dir, write_atomic};
 
+/// How far a token's `iat` or `nbf` may lie in the future of this gateway's clock, seconds:
+/// replicas' clocks may differ by this much (NTP keeps them far closer).
+pub const MAX_CLOCK_SKEW: u64 = 60;
+
 pub const ISSUER: &str = "postern-gateway";
 pub const AUDIENCE: &str = "postern";
 
@@ -59,6 +63,10 @@ pub struct Claims {
 pub enum TokenError {
     #[error("session token has expired; sign in again")]
     Expired,
+    #[error(
+        "session token is not valid yet ({0}); check the clocks of the gateway and its replicas"
+    )]
+    NotYetValid(String),
     #[error("session token signature is not valid for this gateway")]
     BadSignature,
     #[error("session token was signed with an unknown key (kid {0})")]
@@ -82,6 +90,7 @@ impl TokenError {
     pub fn code(&self) -> &'static str {
         match self {
             TokenError::Expired => "token_expired",
+            TokenError::NotYetValid(_) => "token_not_yet_valid",
             TokenError::Revoked => "token_revoked",
             TokenError::DeviceNotActive(..) => "device_revoked",
             TokenError::UserRevoked => "user_revoked",
@@ -255,7 +264,15 @@ impl TokenKeys {
             .get(&kid)
             .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
         use jsonwebtoken::errors::ErrorKind;
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+        /// The claims plus `nbf`, which the gateway never sets but honours when present.
+        #[derive(Deserialize)]
+        struct Wire {
+            #[serde(flatten)]
+            claims: Claims,
+            #[serde(default)]
+            nbf: Option<u64>,
+        }
+        let Wire { claims, nbf } = jsonwebtoken::decode::<Wire>(token, key, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -264,6 +281,21 @@ impl TokenKeys {
             })?;
         if claims.exp <= now {
             return Err(TokenError::Expired);
+        }
+        // A token from the future (a clock set wrong, or minted ahead of time to be used later)
+        // is refused beyond a small skew between replicas.
+        let horizon = now.saturating_add(MAX_CLOCK_SKEW);
+        if claims.iat > horizon {
+            return Err(TokenError::NotYetValid(format!(
+                "issued {} s in the future",
+                claims.iat - now
+            )));
+        }
+        if let Some(nbf) = nbf.filter(|nbf| *nbf > horizon) {
+            return Err(TokenError::NotYetValid(format!(
+                "not before {} s from now",
+                nbf - now
+            )));
         }
         Ok(claims)
     }
@@ -382,6 +414,51 @@ mod tests {
             keys.verify(&tok, now - 3600),
             Err(TokenError::Expired)
         ));
+    }
+
+    /// A token signed by `keys` with `claims` as they are (no issuer/audience fix-up).
+    fn sign(keys: &TokenKeys, claims: &serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(keys.active.clone());
+        jsonwebtoken::encode(&header, claims, &keys.encoding).unwrap()
+    }
+
+    #[test]
+    fn tokens_from_the_future_are_refused_beyond_the_skew() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = TokenKeys::load_or_create(dir.path()).unwrap();
+        let now = now();
+        let (_, base) = keys
+            .mint("ann", &[], Duration::from_secs(7200), now)
+            .unwrap();
+        let claims = |patch: serde_json::Value| {
+            let mut v = serde_json::to_value(&base).unwrap();
+            for (k, x) in patch.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            v
+        };
+        // Issued an hour from now, or not valid before an hour from now: refused, and said so.
+        for patch in [
+            serde_json::json!({"iat": now + 3600}),
+            serde_json::json!({"nbf": now + 3600}),
+            serde_json::json!({"iat": now + MAX_CLOCK_SKEW + 1}),
+        ] {
+            let tok = sign(&keys, &claims(patch.clone()));
+            let e = keys.verify(&tok, now).unwrap_err();
+            assert!(matches!(e, TokenError::NotYetValid(_)), "{patch}: {e:?}");
+            assert_eq!(e.code(), "token_not_yet_valid");
+            assert!(e.to_string().contains("clock"), "{e}");
+        }
+        // Within the documented skew (another replica's clock slightly ahead): accepted.
+        for patch in [
+            serde_json::json!({"iat": now + MAX_CLOCK_SKEW}),
+            serde_json::json!({"nbf": now + 30}),
+            serde_json::json!({"nbf": now - 30}),
+        ] {
+            let tok = sign(&keys, &claims(patch.clone()));
+            assert!(keys.verify(&tok, now).is_ok(), "{patch}");
+        }
     }
 
     #[test]
