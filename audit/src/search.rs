@@ -20,7 +20,8 @@ use crate::store::segment_paths;
 pub struct Filter {
     /// Event type, exactly (`session.start`), or a family ending in `.*` (`session.*`).
     pub kind: Option<String>,
-    /// User: the subject (`user`) exactly, or the email (`user_email`) ignoring ASCII case.
+    /// User: the user (`user`) or the email (`user_email`), ignoring ASCII case (the gateway
+    /// compares user names that way everywhere).
     pub user: Option<String>,
     /// Session id, exactly.
     pub session: Option<String>,
@@ -60,7 +61,10 @@ impl Filter {
         let user_ok = match self.user.as_deref() {
             None => true,
             Some(want) => {
-                event.user.as_deref() == Some(want)
+                event
+                    .user
+                    .as_deref()
+                    .is_some_and(|u| u.eq_ignore_ascii_case(want))
                     || event
                         .user_email
                         .as_deref()
@@ -676,6 +680,11 @@ mod tests {
                 user: Some("sub-1".into()),
                 ..Filter::default()
             },
+            // User names compare ignoring ASCII case, as in the gateway.
+            Filter {
+                user: Some("SUB-1".into()),
+                ..Filter::default()
+            },
             Filter {
                 endpoint: Some("truro-pacs".into()),
                 ..Filter::default()
@@ -711,7 +720,7 @@ mod tests {
         }
         let no = [
             Filter {
-                user: Some("SUB-1".into()),
+                user: Some("sub-12".into()),
                 ..Filter::default()
             },
             Filter {

@@ -379,12 +379,17 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::User {
             cmd: UserCmd::Revoke { config, user },
         } => {
-            let ids = runtime()?.block_on(admin::user_revoke(&load(&config)?, &user))?;
+            let r = runtime()?.block_on(admin::user_revoke(&load(&config)?, &user))?;
+            if r.matched_nothing() {
+                // Recorded anyway (harmless), but most likely a misspelt name: exit 1.
+                anyhow::bail!(
+                    "user revoke {user} matched nothing: {}. Check the name (it must be the user as the IdP names them, see docs/signin.md; case does not matter); the revocation was recorded anyway",
+                    r.summary()
+                );
+            }
             println!(
-                "user {user} revoked: {} device(s) revoked{}{}; tokens issued until now are refused and live tunnels end within a second",
-                ids.len(),
-                if ids.is_empty() { "" } else { ": " },
-                ids.join(", ")
+                "user {user} revoked: {}; tokens issued until now are refused and live tunnels end within a second",
+                r.summary()
             );
             Ok(())
         }

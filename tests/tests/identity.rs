@@ -276,3 +276,84 @@ fn gateway_cmd(d: &Deployment, args: &[&str]) -> (bool, String, String) {
         .arg("--config")
         .arg(d.gateway_toml()))
 }
+
+/// A registered, active device of `user`, as the state file keeps it.
+fn device(id: &str, user: &str) -> Value {
+    json!({
+        "id": id, "user": user, "name": format!("{id} laptop"), "status": "active",
+        "credential_id": format!("cred-{id}"), "aaguid": "00000000-0000-0000-0000-000000000000",
+        "sign_count": 1, "user_verified": true, "backup_eligible": false, "backup_state": false,
+        "created": 1_760_000_000u64, "passkey": null
+    })
+}
+
+#[test]
+fn user_revoke_ignores_case_says_what_it_ended_and_warns_when_nothing_matched() {
+    let echo = Echo::start();
+    let mut d = Deployment::prepare(&policy(echo.addr, false));
+    // Two devices registered under the name as the IdP spelled it, one of somebody else.
+    let gw = d.path("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    std::fs::set_permissions(&gw, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let state = json!({"devices": [
+        device("dev-000000000001", "Ann.Jones@Hospital.test"),
+        device("dev-000000000002", "ann.jones@hospital.test"),
+        device("dev-000000000003", "bob@hospital.test"),
+    ]});
+    std::fs::write(gw.join("state.json"), state.to_string()).unwrap();
+    std::fs::set_permissions(
+        gw.join("state.json"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    d.start_gateway();
+    let d = d.with_connector(&[("127.0.0.1/32", echo.addr.port().to_string())]);
+    // Two unexpired tokens of Ann (as the IdP capitalised her), one of Bob.
+    let ann1 = d.mint("Ann.Jones@Hospital.test", "radiologists", "1h");
+    let ann2 = d.mint("Ann.Jones@Hospital.test", "radiologists", "1h");
+    let bob = d.mint("bob@hospital.test", "radiologists", "1h");
+    let (_client, addr) = d.connect("echo", &ann1).unwrap();
+    let mut live = postern_e2e::open_live(addr);
+    let start = d.wait_event("session.start", |e| e["user"] == "Ann.Jones@Hospital.test");
+
+    // The operator types the address in lower case.
+    let (ok, out, err) = gateway_cmd(&d, &["user", "revoke", "ann.jones@hospital.TEST"]);
+    assert!(ok, "{out}{err}");
+    for want in [
+        "2 device(s)",
+        "dev-000000000001",
+        "dev-000000000002",
+        "2 unexpired session token(s)",
+        "1 live session(s)",
+    ] {
+        assert!(out.contains(want), "'{want}' not in: {out}");
+    }
+    assert!(!out.contains("dev-000000000003"), "{out}");
+    // The running gateway ends Ann's live tunnel, and refuses her other token.
+    let end = d.wait_event("session.terminated", |e| {
+        e["session_id"] == start["session_id"]
+    });
+    assert_eq!(end["close_reason"], "user_revoked", "{end}");
+    let mut one = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut live, &mut one).unwrap_or(0), 0);
+    let err = d
+        .connect("echo", &ann2)
+        .err()
+        .expect("ann's token is revoked");
+    assert!(err.contains("revoked"), "{err}");
+    // Bob is untouched.
+    let (mut b, _) = d.connect("echo", &bob).expect("bob still connects");
+    b.kill();
+
+    // A name that matches nothing (a typo): recorded, but the command says so and fails.
+    let (ok, out, err) = gateway_cmd(&d, &["user", "revoke", "ann.jone@hospital.test"]);
+    assert!(!ok, "matched nothing yet succeeded: {out}");
+    assert!(
+        err.contains("matched nothing") && err.contains("0 device(s)"),
+        "{err}"
+    );
+    let admin = d.wait_event("admin.command", |e| {
+        s(&e["detail"]).contains("ann.jone@hospital.test")
+    });
+    assert!(s(&admin["detail"]).contains("matched nothing"), "{admin}");
+}

@@ -7,7 +7,7 @@ use std::sync::RwLock;
 
 use postern_policy::DeviceFacts;
 
-use crate::state::{DeviceRec, DeviceStatus, RevokedUser};
+use crate::state::{same_user, DeviceRec, DeviceStatus, RevokedUser};
 
 /// What the running gateway knows about a device, for token checks and policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,7 @@ pub struct DeviceView {
 #[derive(Default)]
 pub struct DeviceTable {
     table: RwLock<HashMap<String, DeviceView>>,
+    /// Revoked users, keyed ASCII-lowercased (user names compare ignoring case).
     revoked_users: RwLock<HashMap<String, u64>>,
 }
 
@@ -43,10 +44,13 @@ impl DeviceTable {
                 .collect();
         }
         if let Ok(mut r) = self.revoked_users.write() {
-            *r = revoked_users
-                .iter()
-                .map(|u| (u.user.clone(), u.before))
-                .collect();
+            let mut map: HashMap<String, u64> = HashMap::new();
+            for u in revoked_users {
+                // A store written before names were lowercased may hold several spellings.
+                let before = map.entry(u.user.to_ascii_lowercase()).or_insert(0);
+                *before = (*before).max(u.before);
+            }
+            *r = map;
         }
     }
 
@@ -56,7 +60,7 @@ impl DeviceTable {
             .read()
             .map(|t| {
                 t.values()
-                    .any(|d| d.user == user && d.status != DeviceStatus::Revoked)
+                    .any(|d| same_user(&d.user, user) && d.status != DeviceStatus::Revoked)
             })
             .unwrap_or(false)
     }
@@ -69,7 +73,10 @@ impl DeviceTable {
     pub fn user_revoked(&self, user: &str, iat: u64) -> bool {
         self.revoked_users
             .read()
-            .map(|r| r.get(user).is_some_and(|before| iat <= *before))
+            .map(|r| {
+                r.get(&user.to_ascii_lowercase())
+                    .is_some_and(|before| iat <= *before)
+            })
             .unwrap_or(true)
     }
 
@@ -87,5 +94,57 @@ impl DeviceTable {
             user_verified: uv,
             posture: posture.cloned().unwrap_or_default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(id: &str, user: &str) -> DeviceRec {
+        DeviceRec {
+            id: id.into(),
+            user: user.into(),
+            name: "laptop".into(),
+            status: DeviceStatus::Active,
+            credential_id: format!("cred-{id}"),
+            aaguid: "00000000-0000-0000-0000-000000000000".into(),
+            sign_count: 0,
+            user_verified: true,
+            backup_eligible: false,
+            backup_state: false,
+            transports: vec![],
+            created: 1,
+            last_seen: None,
+            approved: None,
+            approved_by: None,
+            revoked: None,
+            revoked_reason: None,
+            posture: None,
+            passkey: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn revoked_users_and_device_owners_match_ignoring_case() {
+        let t = DeviceTable::default();
+        let revoked = [
+            RevokedUser {
+                user: "ann.jones@h.example".into(),
+                before: 100,
+            },
+            // An older store may hold another spelling: the later revocation counts.
+            RevokedUser {
+                user: "Ann.Jones@H.example".into(),
+                before: 200,
+            },
+        ];
+        t.load(&[device("dev-1", "ANN.JONES@h.example")], &revoked);
+        assert!(t.user_revoked("Ann.Jones@H.Example", 150));
+        assert!(t.user_revoked("ann.jones@h.example", 200));
+        assert!(!t.user_revoked("ann.jones@h.example", 201));
+        assert!(!t.user_revoked("bob@h.example", 1));
+        assert!(t.has_devices("ann.jones@H.EXAMPLE"));
+        assert!(!t.has_devices("ann.jones@h.example.evil"));
     }
 }

@@ -72,7 +72,8 @@ impl Authn {
         if let Some(id) = &claims.device {
             match self.devices.view(id) {
                 Some(v)
-                    if v.status == crate::state::DeviceStatus::Active && v.user == claims.sub => {}
+                    if v.status == crate::state::DeviceStatus::Active
+                        && crate::state::same_user(&v.user, &claims.sub) => {}
                 Some(v) => return Err(TokenError::DeviceNotActive(id.clone(), v.status.as_str())),
                 None => return Err(TokenError::DeviceNotActive(id.clone(), "not registered")),
             }

@@ -319,7 +319,7 @@ pub async fn device_list(
     let all = state::open(&config.state_dir)?.devices().await?;
     let devices: Vec<_> = all
         .iter()
-        .filter(|d| user.is_none_or(|u| d.user == u))
+        .filter(|d| user.is_none_or(|u| state::same_user(&d.user, u)))
         .filter(|d| !pending_only || d.status == DeviceStatus::Pending)
         .collect();
     if json {
@@ -466,17 +466,154 @@ pub async fn device_revoke(
     Ok(rec)
 }
 
+/// What `user revoke` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRevocation {
+    /// Ids of the devices it revoked.
+    pub devices: Vec<String>,
+    /// Session tokens of the user (from `auth.login` and `token.minted` in the audit log) that
+    /// had not expired, been signed out or been refused by an earlier `user revoke`.
+    pub tokens: usize,
+    /// Sessions of the user the audit log shows open on a gateway that has not restarted since:
+    /// a running gateway ends them within a second.
+    pub live_sessions: usize,
+}
+
+impl UserRevocation {
+    /// Whether the name matched nothing: no device, no live token, no live session (often a
+    /// typo in the name).
+    pub fn matched_nothing(&self) -> bool {
+        self.devices.is_empty() && self.tokens == 0 && self.live_sessions == 0
+    }
+
+    /// "2 device(s) revoked (dev-…, dev-…), 1 unexpired session token(s) now refused, …".
+    pub fn summary(&self) -> String {
+        format!(
+            "{} device(s) revoked{}, {} unexpired session token(s) now refused, {} live session(s) ending",
+            self.devices.len(),
+            if self.devices.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.devices.join(", "))
+            },
+            self.tokens,
+            self.live_sessions
+        )
+    }
+}
+
+/// `needle` in `hay`, ignoring ASCII case.
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// The token id and expiry in an `auth.login` / `token.minted` detail ("… session token
+/// tok-… until|expires 2026-…Z").
+fn token_in_detail(detail: &str) -> Option<(&str, u64)> {
+    let mut words = detail
+        .split([' ', ';'])
+        .skip_while(|w| *w != "token")
+        .skip(1);
+    let jti = words.next().filter(|w| w.starts_with("tok-"))?;
+    let exp = words.find_map(|w| humantime::parse_rfc3339(w).ok())?;
+    let exp = exp.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    Some((jti, exp))
+}
+
+/// Counts, from the audit log, `user`'s session tokens that are still good at `now` (not
+/// expired, not signed out, issued after `earlier_revoke`) and its live sessions. The audit
+/// log is the only record of stateless tokens and of sessions a running gateway holds.
+fn live_tokens_and_sessions(
+    audit_dir: &Path,
+    user: &str,
+    signed_out: &std::collections::HashSet<String>,
+    earlier_revoke: Option<u64>,
+    now: u64,
+) -> Result<(usize, usize), GatewayError> {
+    use std::collections::{HashMap, HashSet};
+    if !audit_dir.exists() {
+        return Ok((0, 0));
+    }
+    let mut lines = postern_audit::RawLines::open(audit_dir)?;
+    let mut tokens: HashSet<String> = HashSet::new();
+    // session id → gateway node it runs on.
+    let mut open: HashMap<String, String> = HashMap::new();
+    let needle = serde_json::to_string(user).unwrap_or_default();
+    while let Some(line) = lines.next() {
+        let Ok(line) = line else { continue };
+        if !line.complete
+            || !(contains_ignore_case(line.bytes, needle.as_bytes())
+                || contains_ignore_case(line.bytes, b"\"gateway.started\""))
+        {
+            continue;
+        }
+        let Ok(entry) = postern_audit::parse_line(&line) else {
+            continue;
+        };
+        let ev = entry.event;
+        let node = ev.gateway.clone().unwrap_or_default();
+        let mine = ev
+            .user
+            .as_deref()
+            .is_some_and(|u| state::same_user(u, user));
+        match ev.event_type() {
+            Some(EventType::GatewayStarted) => open.retain(|_, n| *n != node),
+            Some(EventType::SessionStart) if mine => {
+                if let Some(id) = ev.session_id {
+                    open.insert(id, node);
+                }
+            }
+            Some(EventType::SessionEnd | EventType::SessionTerminated) => {
+                if let Some(id) = &ev.session_id {
+                    open.remove(id);
+                }
+            }
+            Some(EventType::AuthLogin | EventType::TokenMinted) if mine => {
+                let issued = postern_audit::search::event_time(&ev.ts)
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs());
+                if let Some((jti, exp)) = ev.detail.as_deref().and_then(token_in_detail) {
+                    if exp > now
+                        && !signed_out.contains(jti)
+                        && earlier_revoke.is_none_or(|before| issued > before)
+                    {
+                        tokens.insert(jti.to_owned());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((tokens.len(), open.len()))
+}
+
 /// `user revoke U`: every device of U revoked and U's current tokens refused; a running
-/// gateway ends U's live tunnels. Returns the devices revoked.
-pub async fn user_revoke(config: &Config, user: &str) -> Result<Vec<String>, GatewayError> {
-    if user.is_empty() {
+/// gateway ends U's live tunnels. U is compared ignoring ASCII case. Returns what it affected;
+/// the revocation is recorded (and audited) even when that is nothing.
+pub async fn user_revoke(config: &Config, user: &str) -> Result<UserRevocation, GatewayError> {
+    let user = user.trim();
+    if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
         return Err(admin_err(
             "user revoke".into(),
-            "the user must not be empty",
+            "the user must be 1 to 256 bytes without control characters",
         ));
     }
     let store = state::open(&config.state_dir)?;
-    let revoked = store.revoke_user(user.to_owned(), unix_now()).await?;
+    let now = unix_now();
+    let before = store.revocations().await?;
+    let signed_out = before.tokens.iter().map(|t| t.jti.clone()).collect();
+    let earlier = before
+        .users
+        .iter()
+        .filter(|u| state::same_user(&u.user, user))
+        .map(|u| u.before)
+        .max();
+    let (tokens, live_sessions) =
+        live_tokens_and_sessions(&config.audit_dir, user, &signed_out, earlier, now)?;
+    let revoked = store.revoke_user(user.to_owned(), now).await?;
     for d in &revoked {
         audit(
             config,
@@ -487,14 +624,24 @@ pub async fn user_revoke(config: &Config, user: &str) -> Result<Vec<String>, Gat
             ),
         )?;
     }
+    let result = UserRevocation {
+        devices: revoked.into_iter().map(|d| d.id).collect(),
+        tokens,
+        live_sessions,
+    };
     let mut ev = Event::new(EventType::AdminCommand);
     ev.user = Some(user.to_owned());
     ev.detail = Some(format!(
-        "user revoke {user}: {} device(s) revoked, tokens issued until now refused",
-        revoked.len()
+        "user revoke {user}: {}; tokens issued until now refused{}",
+        result.summary(),
+        if result.matched_nothing() {
+            " (matched nothing)"
+        } else {
+            ""
+        }
     ));
     audit(config, ev)?;
-    Ok(revoked.into_iter().map(|d| d.id).collect())
+    Ok(result)
 }
 
 #[cfg(test)]
@@ -585,8 +732,10 @@ mod tests {
             .to_string();
         assert!(e.contains("revoked"), "{e}");
 
-        let ids = user_revoke(&config, "ann@x").await.unwrap();
-        assert_eq!(ids, vec!["dev-2".to_owned()]);
+        // The name as typed in another case still matches.
+        let r = user_revoke(&config, "ANN@X").await.unwrap();
+        assert_eq!(r.devices, vec!["dev-2".to_owned()]);
+        assert!(!r.matched_nothing());
         let devices = store.devices().await.unwrap();
         assert!(devices
             .iter()
@@ -603,6 +752,20 @@ mod tests {
         }
         assert_eq!(text.matches("\"type\":\"device.approved\"").count(), 1);
         assert_eq!(text.matches("\"type\":\"device.revoked\"").count(), 2);
-        assert!(text.contains("user revoke ann@x"));
+        assert!(text.contains("user revoke ANN@X"));
+    }
+
+    #[test]
+    fn token_ids_and_expiry_come_from_login_and_mint_details() {
+        assert_eq!(
+            token_in_detail("idp https://idp subject s; mfa true; auth_time unknown; session token tok-ab12 until 2026-12-05T02:36:03Z"),
+            Some(("tok-ab12", 1_796_438_163))
+        );
+        assert_eq!(
+            token_in_detail("session token tok-cd34 expires 2026-12-05T02:36:03Z"),
+            Some(("tok-cd34", 1_796_438_163))
+        );
+        assert_eq!(token_in_detail("user revoke x: nothing"), None);
+        assert_eq!(token_in_detail("session token tok-1 until soon"), None);
     }
 }

@@ -324,7 +324,15 @@ pub struct DeviceRec {
     pub passkey: serde_json::Value,
 }
 
-/// A user whose access was revoked: tokens issued before `before` are refused.
+/// Whether two user names (the IdP's `user_claim` values) name the same user: compared
+/// ignoring ASCII case everywhere (policy, revocation, device ownership, audit search), since
+/// IdPs and operators do not agree on the case of e-mail addresses.
+pub fn same_user(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// A user whose access was revoked: tokens issued before `before` are refused. `user` is
+/// kept ASCII-lowercased.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RevokedUser {
     pub user: String,

@@ -144,7 +144,11 @@ impl Tables {
 
     pub fn revoke_user(&mut self, user: &str, now: u64) -> Vec<DeviceRec> {
         let mut revoked = Vec::new();
-        for d in self.devices.iter_mut().filter(|d| d.user == user) {
+        for d in self
+            .devices
+            .iter_mut()
+            .filter(|d| super::same_user(&d.user, user))
+        {
             if d.status != DeviceStatus::Revoked {
                 d.status = DeviceStatus::Revoked;
                 d.revoked = Some(now);
@@ -152,9 +156,10 @@ impl Tables {
                 revoked.push(d.clone());
             }
         }
-        self.revoked_users.retain(|u| u.user != user);
+        self.revoked_users
+            .retain(|u| !super::same_user(&u.user, user));
         self.revoked_users.push(RevokedUser {
-            user: user.to_owned(),
+            user: user.to_ascii_lowercase(),
             before: now,
         });
         revoked

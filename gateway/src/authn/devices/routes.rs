@@ -260,7 +260,10 @@ pub(crate) async fn handle_body(
 
 async fn user_devices(svc: &DeviceTrust, user: &str) -> Result<Vec<DeviceRec>, DevError> {
     let all = svc.store.devices().await?;
-    Ok(all.into_iter().filter(|d| d.user == user).collect())
+    Ok(all
+        .into_iter()
+        .filter(|d| crate::state::same_user(&d.user, user))
+        .collect())
 }
 
 async fn register_begin(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value, DevError> {
