@@ -154,7 +154,8 @@ impl App {
             upstream,
         } = seams;
         let policy = Policy::from_file(&config.policy)?;
-        let keys = TokenKeys::load_or_create(&config.state_dir)?;
+        let keys = TokenKeys::load_or_create(&config.state_dir)?
+            .for_origin(config.public_origin().as_deref());
         let now = clock.now();
         let server_ca =
             Ca::load_or_create(&config.state_dir, "server-ca", "Postern gateway CA", now)?;

@@ -198,6 +198,17 @@ impl Default for DevicesConfig {
 }
 
 impl Config {
+    /// The gateway's public origin (`https://host:port`) if the configuration says it
+    /// (`[devices] origin`, else `oidc.redirect_url`): session tokens are bound to it.
+    pub fn public_origin(&self) -> Option<String> {
+        if let Some(o) = &self.devices.origin {
+            return Some(o.trim_end_matches('/').to_owned());
+        }
+        let rest = self.oidc.as_ref()?.redirect_url.strip_prefix("https://")?;
+        let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
+        Some(format!("https://{authority}"))
+    }
+
     /// The WebAuthn origin and RP id: configured, else derived from `oidc.redirect_url`.
     pub fn webauthn_origin_and_rp_id(&self) -> Result<(String, String), String> {
         let derived = self.oidc.as_ref().and_then(|o| {

@@ -20,8 +20,9 @@ use postern_net::fsutil::{private_dir, write_atomic};
 /// replicas' clocks may differ by this much (NTP keeps them far closer).
 pub const MAX_CLOCK_SKEW: u64 = 60;
 
-pub const ISSUER: &str = "postern-gateway";
-pub const AUDIENCE: &str = "postern";
+/// This deployment's id, in `STATE_DIR/jwt/` beside the signing keys (so whoever shares or
+/// copies the keys shares or copies it too).
+pub const DEPLOYMENT_FILE: &str = "deployment-id";
 
 /// Claims of a session token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -69,6 +70,10 @@ pub enum TokenError {
     NotYetValid(String),
     #[error("session token signature is not valid for this gateway")]
     BadSignature,
+    #[error(
+        "session token was issued for another Postern deployment ({0}); sign in to this gateway"
+    )]
+    OtherDeployment(String),
     #[error("session token was signed with an unknown key (kid {0})")]
     UnknownKey(String),
     #[error("session token is malformed: {0}")]
@@ -91,6 +96,7 @@ impl TokenError {
         match self {
             TokenError::Expired => "token_expired",
             TokenError::NotYetValid(_) => "token_not_yet_valid",
+            TokenError::OtherDeployment(_) => "token_other_deployment",
             TokenError::Revoked => "token_revoked",
             TokenError::DeviceNotActive(..) => "device_revoked",
             TokenError::UserRevoked => "user_revoked",
@@ -102,7 +108,34 @@ impl TokenError {
     }
 }
 
-/// Signing and verification keys.
+/// Reads this deployment's id from `jwt_dir`, creating one (`dep-` + 16 hex digits) at the
+/// first start.
+fn deployment_id(jwt_dir: &Path) -> Result<String, String> {
+    let path = jwt_dir.join(DEPLOYMENT_FILE);
+    if !path.exists() {
+        let id = postern_proto::ids::random_bytes(8)
+            .map(|b| format!("dep-{}", postern_proto::ids::hex(&b)))
+            .map_err(|_| "random number generator failed".to_owned())?;
+        write_atomic(&path, id.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+    }
+    let id = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .trim()
+        .to_owned();
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(format!(
+            "{}: expected a deployment id (letters, digits, '-', '_'; at most 64)",
+            path.display()
+        ));
+    }
+    Ok(id)
+}
+
 /// A fresh token id.
 pub fn new_jti() -> Result<String, TokenError> {
     postern_proto::ids::random_id("tok")
@@ -110,6 +143,12 @@ pub fn new_jti() -> Result<String, TokenError> {
 }
 
 pub struct TokenKeys {
+    /// `iss` of this deployment's tokens: `postern-gateway/<deployment id>`.
+    issuer: String,
+    /// `aud` of this deployment's tokens: `postern/<deployment id>`, plus `/<public origin>`
+    /// when the gateway knows its URL ([`TokenKeys::for_origin`]).
+    audience: String,
+    deployment: String,
     active: String,
     encoding: EncodingKey,
     decoding: HashMap<String, DecodingKey>,
@@ -189,20 +228,42 @@ impl TokenKeys {
         if !decoding.contains_key(&active) {
             return Err(keys_err(format!("public key {active}.pub is missing")));
         }
+        let deployment = deployment_id(&dir).map_err(keys_err)?;
+        let issuer = format!("postern-gateway/{deployment}");
+        let audience = format!("postern/{deployment}");
         let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[ISSUER]);
-        validation.set_audience(&[AUDIENCE]);
+        validation.set_issuer(&[&issuer]);
+        validation.set_audience(&[&audience]);
         // The gateway verifies only tokens it issued itself, on the same clock: no leeway.
         // Expiry is checked against the gateway's clock in `verify`, not the library's.
         validation.leeway = 0;
         validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         Ok(TokenKeys {
+            issuer,
+            audience,
+            deployment,
             active,
             encoding,
             decoding,
             validation,
         })
+    }
+
+    /// Binds the tokens to the gateway's public origin (`https://host:port`, from
+    /// `[devices] origin` or `oidc.redirect_url`): a copy of this state directory serving
+    /// another URL (staging made from production) then refuses this one's tokens.
+    pub fn for_origin(mut self, origin: Option<&str>) -> TokenKeys {
+        if let Some(origin) = origin {
+            self.audience = format!("postern/{}/{origin}", self.deployment);
+            self.validation.set_audience(&[&self.audience]);
+        }
+        self
+    }
+
+    /// This deployment's token issuer (`iss`).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
     }
 
     /// Mints a token for `user` with `groups`, valid for `ttl`. Returns (token, claims).
@@ -214,8 +275,8 @@ impl TokenKeys {
         now: u64,
     ) -> Result<(String, Claims), TokenError> {
         self.issue(Claims {
-            iss: ISSUER.into(),
-            aud: AUDIENCE.into(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
             sub: user.into(),
             groups: groups.to_vec(),
             iat: now,
@@ -233,8 +294,8 @@ impl TokenKeys {
 
     /// Signs `claims` (issuer and audience are set here).
     pub fn issue(&self, mut claims: Claims) -> Result<(String, Claims), TokenError> {
-        claims.iss = ISSUER.into();
-        claims.aud = AUDIENCE.into();
+        claims.iss = self.issuer.clone();
+        claims.aud = self.audience.clone();
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.active.clone());
         let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
@@ -277,6 +338,8 @@ impl TokenKeys {
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
                 ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::InvalidIssuer => TokenError::OtherDeployment("issuer".into()),
+                ErrorKind::InvalidAudience => TokenError::OtherDeployment("audience".into()),
                 _ => TokenError::Malformed(e.to_string()),
             })?;
         if claims.exp <= now {
@@ -391,8 +454,8 @@ mod tests {
         header.kid = Some(keys.active.clone());
         let now = now();
         let claims = Claims {
-            iss: ISSUER.into(),
-            aud: AUDIENCE.into(),
+            iss: keys.issuer.clone(),
+            aud: keys.audience.clone(),
             sub: "bob".into(),
             groups: vec![],
             iat: now - 7200,
@@ -459,6 +522,86 @@ mod tests {
             let tok = sign(&keys, &claims(patch.clone()));
             assert!(keys.verify(&tok, now).is_ok(), "{patch}");
         }
+    }
+
+    /// Copies `from` (a state directory) into a new temporary directory.
+    fn copy_state(from: &Path) -> tempfile::TempDir {
+        let to = tempfile::tempdir().unwrap();
+        for entry in walk(from) {
+            let rel = entry.strip_prefix(from).unwrap();
+            let dest = to.path().join(rel);
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(&entry, &dest).unwrap();
+        }
+        to
+    }
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_copied_state_directory_serving_another_url_refuses_the_originals_tokens() {
+        let prod_dir = tempfile::tempdir().unwrap();
+        let prod = TokenKeys::load_or_create(prod_dir.path())
+            .unwrap()
+            .for_origin(Some("https://gw.hospital.example:8443"));
+        let (tok, claims) = prod
+            .mint("ann", &[], Duration::from_secs(600), now())
+            .unwrap();
+        // Deployment-specific, not the old constants.
+        assert_ne!(claims.iss, "postern-gateway");
+        assert_ne!(claims.aud, "postern");
+        assert!(
+            claims.aud.contains("https://gw.hospital.example:8443"),
+            "{}",
+            claims.aud
+        );
+        assert!(prod.verify(&tok, now()).is_ok());
+
+        // Staging made from a copy of production's state (same signing keys), at its own URL.
+        let staging_dir = copy_state(prod_dir.path());
+        let staging = TokenKeys::load_or_create(staging_dir.path())
+            .unwrap()
+            .for_origin(Some("https://gw-staging.hospital.example:8443"));
+        let e = staging.verify(&tok, now()).unwrap_err();
+        assert!(matches!(e, TokenError::OtherDeployment(_)), "{e:?}");
+        assert_eq!(e.code(), "token_other_deployment");
+        // A replica of production (same state, same URL) accepts it.
+        let replica = TokenKeys::load_or_create(staging_dir.path())
+            .unwrap()
+            .for_origin(Some("https://gw.hospital.example:8443"));
+        assert!(replica.verify(&tok, now()).is_ok());
+
+        // A copy given a new deployment id (its jwt/deployment-id deleted, as docs/operations.md
+        // says to do after copying a state directory) refuses even at the same URL; so does a
+        // token with the issuer and audience every deployment used to share.
+        std::fs::remove_file(staging_dir.path().join("jwt").join(DEPLOYMENT_FILE)).unwrap();
+        let renewed = TokenKeys::load_or_create(staging_dir.path())
+            .unwrap()
+            .for_origin(Some("https://gw.hospital.example:8443"));
+        assert!(matches!(
+            renewed.verify(&tok, now()),
+            Err(TokenError::OtherDeployment(_))
+        ));
+        let old_style = sign(
+            &prod,
+            &serde_json::json!({"iss": "postern-gateway", "aud": "postern", "sub": "x",
+                "iat": now(), "exp": now() + 60, "jti": "t"}),
+        );
+        assert!(matches!(
+            prod.verify(&old_style, now()),
+            Err(TokenError::OtherDeployment(_))
+        ));
     }
 
     #[test]

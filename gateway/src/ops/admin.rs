@@ -190,7 +190,8 @@ pub fn session_mint(
         what: format!("creating {}", config.state_dir.display()),
         source,
     })?;
-    let keys = TokenKeys::load_or_create(&config.state_dir)?;
+    let keys =
+        TokenKeys::load_or_create(&config.state_dir)?.for_origin(config.public_origin().as_deref());
     let (token, claims) = keys.mint(user, groups, ttl, unix_now())?;
     let mut ev = Event::new(EventType::TokenMinted);
     ev.user = Some(user.to_owned());
