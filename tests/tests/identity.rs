@@ -357,3 +357,26 @@ fn user_revoke_ignores_case_says_what_it_ended_and_warns_when_nothing_matched() 
     });
     assert!(s(&admin["detail"]).contains("matched nothing"), "{admin}");
 }
+
+#[test]
+fn admin_actions_name_the_real_account_not_environment_variables() {
+    use std::os::unix::fs::MetadataExt;
+    let echo = Echo::start();
+    let d = Deployment::gateway_only(&policy(echo.addr, false));
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    // Whoever runs the command can set these to anything.
+    let (ok, out, err) = run(Command::new(bin("postern-gateway"))
+        .args([
+            "session", "mint", "--user", "svc", "--groups", "g", "--ttl", "1h",
+        ])
+        .arg("--config")
+        .arg(d.gateway_toml())
+        .env("USER", "mallory")
+        .env("SUDO_USER", "mallory")
+        .env("LOGNAME", "mallory"));
+    assert!(ok, "{out}{err}");
+    let ev = d.wait_event("token.minted", |e| e["user"] == "svc");
+    let detail = s(&ev["detail"]);
+    assert!(!detail.contains("mallory"), "{detail}");
+    assert!(detail.contains(&format!("uid {uid}")), "{detail}");
+}

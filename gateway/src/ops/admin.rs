@@ -19,9 +19,7 @@ use crate::state::{self, DeviceRec, DeviceStatus, EnrollTokenRec, Refusal, Store
 /// Appends an admin command's event, saying which local account ran it.
 fn audit(config: &Config, mut ev: Event) -> Result<(), GatewayError> {
     ev.gateway = Some(config.node_id.clone());
-    let who = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into());
+    let who = local_user();
     ev.detail = Some(format!(
         "{} (by local user {who})",
         ev.detail.as_deref().unwrap_or("admin command")
@@ -371,10 +369,58 @@ fn device_event(kind: EventType, d: &DeviceRec, detail: String) -> Event {
     ev
 }
 
+/// The account running this command, for attribution: the process's real uid and the login
+/// name `/etc/passwd` gives it ("root (uid 0)"), never `$USER`/`$SUDO_USER`, which whoever
+/// runs the command sets at will. (Under sudo the real uid is root's: sudo's own log says who
+/// invoked it.) Read without `unsafe` from `/proc/self/status`. When the kernel knows the
+/// login session's user (`/proc/self/loginuid`, set at login and kept across `sudo`, which the
+/// process cannot change) and it differs, that account is named too:
+/// "postern-gateway (uid 998), login ann (uid 1000)".
 fn local_user() -> String {
-    std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into())
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let account = |uid: u32| match login_name(&passwd, uid) {
+        Some(name) => format!("{name} (uid {uid})"),
+        None => format!("uid {uid}"),
+    };
+    let Some(uid) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| real_uid(&s))
+    else {
+        return "unknown (no /proc/self/status)".into();
+    };
+    let login = std::fs::read_to_string("/proc/self/loginuid")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        // u32::MAX: no login session recorded (a service, a container).
+        .filter(|l| *l != u32::MAX && *l != uid);
+    match login {
+        Some(l) => format!("{}, login {}", account(uid), account(l)),
+        None => account(uid),
+    }
+}
+
+/// The real uid: the first number of the `Uid:` line of `/proc/<pid>/status`.
+fn real_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// The name of the first `/etc/passwd` entry with `uid`, if it is a plain login name.
+fn login_name(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut f = line.split(':');
+        let name = f.next()?;
+        let entry_uid: u32 = f.nth(1)?.parse().ok()?;
+        let plain = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-$".contains(&b));
+        (entry_uid == uid && plain).then(|| name.to_owned())
+    })
 }
 
 /// `device approve ID`: a pending (or suspect) device becomes active.
@@ -754,6 +800,21 @@ mod tests {
         assert_eq!(text.matches("\"type\":\"device.approved\"").count(), 1);
         assert_eq!(text.matches("\"type\":\"device.revoked\"").count(), 2);
         assert!(text.contains("user revoke ANN@X"));
+    }
+
+    #[test]
+    fn the_local_account_is_the_real_uid_and_its_passwd_name() {
+        let status = "Name:\tpostern-gateway\nUid:\t1001\t0\t0\t0\nGid:\t1001\t1001\t1001\t1001\n";
+        assert_eq!(real_uid(status), Some(1001));
+        assert_eq!(real_uid("Name: x\n"), None);
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n# comment\nbad line\nann:x:1001:1001:Ann:/home/ann:/bin/sh\nevil name:x:1002:1002::/:/bin/sh\n";
+        assert_eq!(login_name(passwd, 1001).as_deref(), Some("ann"));
+        assert_eq!(login_name(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(login_name(passwd, 1002), None);
+        assert_eq!(login_name(passwd, 4242), None);
+        // This process: no environment variable decides it.
+        let who = local_user();
+        assert!(who.contains("uid "), "{who}");
     }
 
     #[test]
