@@ -289,11 +289,14 @@ pub enum EventType {
     AuditStarted,
     /// An audit writer found and cut torn bytes left by a crash (what it found is recorded).
     AuditRecovered,
+    /// An audit writer found the log shorter than the checkpoint `audit.head` named and was told
+    /// to go on (`--accept-truncated-audit`): events were lost; `detail` names both `seq`s.
+    AuditTruncationDetected,
 }
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 33] = [
+    pub const ALL: [EventType; 34] = [
         EventType::SessionStart,
         EventType::SessionDenied,
         EventType::SessionEnd,
@@ -327,6 +330,7 @@ impl EventType {
         EventType::AuditCheckpoint,
         EventType::AuditStarted,
         EventType::AuditRecovered,
+        EventType::AuditTruncationDetected,
     ];
 
     /// The string stored in the `type` field.
@@ -365,6 +369,7 @@ impl EventType {
             EventType::AuditCheckpoint => "audit.checkpoint",
             EventType::AuditStarted => "audit.started",
             EventType::AuditRecovered => "audit.recovered",
+            EventType::AuditTruncationDetected => "audit.truncation_detected",
         }
     }
 

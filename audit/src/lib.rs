@@ -68,6 +68,7 @@
 mod chain;
 mod error;
 mod event;
+mod head_check;
 mod hexfmt;
 mod key;
 mod reader;

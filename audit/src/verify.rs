@@ -351,6 +351,12 @@ impl<'o> Verifier<'o> {
             }
         } else if view.kind == EventType::AuditStarted.as_str() {
             self.adopt_key(view.audit.as_ref().and_then(|a| a.key.as_deref()));
+        } else if view.kind == EventType::AuditTruncationDetected.as_str() {
+            // An intact record of a loss is still a loss: the log is not complete.
+            let what = view.detail.as_deref().unwrap_or("no detail");
+            wrong.push(format!(
+                "audit.truncation_detected: a writer found the log cut short and was told to go on; events before this one were lost: {what}"
+            ));
         }
         if !wrong.is_empty() {
             self.problem(Some(seq), path, line_no, offset, wrong.join("; "));
@@ -420,7 +426,17 @@ impl<'o> Verifier<'o> {
     /// Checks that the log reaches `w` with the same hash.
     fn check_witness(&mut self, w: &Witness, what: &str) {
         if w.seq == 0 && w.reason == "none" {
-            return; // audit.head before the first checkpoint: nothing to hold the log to
+            // The placeholder written before the first checkpoint: nothing to hold the log to.
+            // Beside two or more signed checkpoints it cannot be genuine (the head is replaced
+            // after every checkpoint; a crash can leave it one checkpoint behind, no more).
+            let count = self.checkpoints.len();
+            if count >= 2 {
+                let last = self.checkpoints.keys().max().copied().unwrap_or(0);
+                self.log_problem(format!(
+                    "{what} is the unsigned placeholder, although the log has {count} signed checkpoints (the last at seq {last}): {what} was replaced, and events may have been removed from the end of the log (truncated)"
+                ));
+            }
+            return;
         }
         if let Some(key) = self.report.key {
             if !w.signature_valid(&key) {
