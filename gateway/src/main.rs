@@ -35,7 +35,16 @@ struct ConfigArg {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the gateway.
-    Run(ConfigArg),
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Start even though the audit log is shorter than the checkpoint its audit.head names
+        /// (events were removed from its end), recording audit.truncation_detected with both
+        /// sequence numbers. Without it such a log stops the gateway from starting. For one
+        /// start, after finding out what happened; `postern-audit verify` reports it from then on.
+        #[arg(long)]
+        accept_truncated_audit: bool,
+    },
     /// Check the configuration and what it points at (policy, keys, certificates, ports, audit
     /// directory, identity provider); print every problem; exit 1 on any error.
     Check(ConfigArg),
@@ -256,8 +265,12 @@ fn main() -> ExitCode {
 // library and print; splitting it would only scatter the CLI's shape.
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Run(c) => {
-            let config = load(&c)?;
+        Cmd::Run {
+            config: c,
+            accept_truncated_audit,
+        } => {
+            let mut config = load(&c)?;
+            config.accept_truncated_audit = accept_truncated_audit;
             init_tracing();
             runtime()?.block_on(async move {
                 // Validate the policy before binding anything.
