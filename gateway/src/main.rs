@@ -326,7 +326,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             cmd: ConnectorCmd::Revoke { config, id },
         } => {
             let site = runtime()?.block_on(admin::connector_revoke(&load(&config)?, &id))?;
-            println!("revoked connector {id} (site {site})");
+            println!(
+                "revoked connector {} (site {})",
+                admin::printable(&id),
+                admin::printable(&site)
+            );
             Ok(())
         }
         Cmd::Session {
@@ -376,7 +380,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             cmd: DeviceCmd::Approve { config, id },
         } => {
             let d = runtime()?.block_on(admin::device_approve(&load(&config)?, &id))?;
-            println!("device {} (user {}, \"{}\") approved", d.id, d.user, d.name);
+            println!(
+                "device {} (user {}, \"{}\") approved",
+                admin::printable(&d.id),
+                admin::printable(&d.user),
+                admin::printable(&d.name)
+            );
             Ok(())
         }
         Cmd::Device {
@@ -385,7 +394,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let d = runtime()?.block_on(admin::device_revoke(&load(&config)?, &id, &reason))?;
             println!(
                 "device {} (user {}, \"{}\") revoked; a running gateway ends its live tunnels within a second",
-                d.id, d.user, d.name
+                admin::printable(&d.id),
+                admin::printable(&d.user),
+                admin::printable(&d.name)
             );
             Ok(())
         }
