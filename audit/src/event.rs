@@ -237,6 +237,10 @@ pub enum EventType {
     ConnectorRevoked,
     /// A connector renewed its client certificate (same id and site, new serial).
     ConnectorRenewed,
+    /// A certificate renewal was refused as a security alert: `detail` starts with the reason
+    /// code (`superseded_certificate`: the certificate presented was already replaced by a
+    /// renewal, so a copy of an old key is in use).
+    ConnectorRenewalRefused,
     /// An enrolment attempt failed (bad, used or expired token, bad CSR).
     EnrollmentFailed,
     /// An enrolment token was issued.
@@ -296,7 +300,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 34] = [
+    pub const ALL: [EventType; 35] = [
         EventType::SessionStart,
         EventType::SessionDenied,
         EventType::SessionEnd,
@@ -306,6 +310,7 @@ impl EventType {
         EventType::ConnectorRefused,
         EventType::ConnectorRevoked,
         EventType::ConnectorRenewed,
+        EventType::ConnectorRenewalRefused,
         EventType::EnrollmentFailed,
         EventType::TokenCreated,
         EventType::TokenMinted,
@@ -345,6 +350,7 @@ impl EventType {
             EventType::ConnectorRefused => "connector.refused",
             EventType::ConnectorRevoked => "connector.revoked",
             EventType::ConnectorRenewed => "connector.renewed",
+            EventType::ConnectorRenewalRefused => "connector.renewal_refused",
             EventType::EnrollmentFailed => "connector.enroll_failed",
             EventType::TokenCreated => "token.created",
             EventType::TokenMinted => "token.minted",

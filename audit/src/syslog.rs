@@ -274,8 +274,13 @@ pub fn frame(message: &[u8], out: &mut Vec<u8>) {
 }
 
 fn severity(kind: &str) -> u8 {
+    const ALERT: u8 = 1;
     const WARNING: u8 = 4;
     const NOTICE: u8 = 5;
+    // Someone holds what they should not, or the log lost events: act now.
+    if kind == "connector.renewal_refused" || kind == "audit.truncation_detected" {
+        return ALERT;
+    }
     let warn = kind.ends_with(".denied")
         || kind.ends_with(".failed")
         || kind.ends_with(".refused")

@@ -109,13 +109,15 @@ impl Tables {
         if c.revoked.is_some() {
             return Err(Refusal::ConnectorRevoked(id.to_owned()).into());
         }
-        if !c.accepts_serial(&serial) {
+        // Only the current certificate renews. The previous one may still connect until it
+        // expires (links made with it stay up), but letting it renew would let a copy of an
+        // old key outlive the rotation and push the real connector's certificate out.
+        if c.serial != serial {
             return Err(Refusal::Superseded.into());
         }
         let issued = issue(c).map_err(Refusal::Rejected)?;
-        let old = std::mem::replace(&mut c.serial, issued.serial.clone());
         // The presented certificate is the one live links use; keep it acceptable.
-        c.previous_serial = Some(if old == serial { old } else { serial });
+        c.previous_serial = Some(std::mem::replace(&mut c.serial, issued.serial.clone()));
         c.not_after = issued.not_after;
         c.renewed = Some(now);
         Ok((c.clone(), issued))
