@@ -135,7 +135,8 @@ pub struct DeviceRef {
 /// depends on the type (see `docs/audit.md`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditMeta {
-    /// `audit.checkpoint`: why it was written: `count`, `interval`, `rotate` or `close`.
+    /// `audit.checkpoint`: why it was written: `count`, `interval`, `rotate`, `close` or
+    /// `truncation` (right after an accepted `audit.truncation_detected`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// `audit.checkpoint`, `audit.started`: the Ed25519 public key that signs checkpoints

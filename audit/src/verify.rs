@@ -13,7 +13,10 @@
 //!    with `--pubkey`, else the one the log names: trust on first use, reported as such).
 //!
 //! and at the end: the log reaches every checkpoint that `audit.head` and the given witnesses
-//! name, with the same hash (otherwise its tail was cut or rewritten).
+//! name, with the same hash (otherwise its tail was cut or rewritten), and `audit.head` is not
+//! the unsigned placeholder beside two or more signed checkpoints (it was replaced). An
+//! `audit.truncation_detected` event (a cut a writer was told to accept) is a problem too: the
+//! log is known to be incomplete.
 //!
 //! After a problem the verifier re-synchronises on the line's own claims and goes on, so one
 //! edit is one problem and the rest of the log is still checked.
