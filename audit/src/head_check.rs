@@ -49,7 +49,10 @@ pub(crate) enum HeadCheck {
 fn last_event(dir: &Path) -> Result<Option<(u64, ChainView)>, AuditError> {
     for (_, path) in segments(dir)?.iter().rev() {
         let file = File::open(path).map_err(|e| AuditError::read(path, e))?;
-        let len = file.metadata().map_err(|e| AuditError::read(path, e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| AuditError::read(path, e))?
+            .len();
         let mut end = intact_end(&file, len).map_err(|e| AuditError::read(path, e))?;
         while let Some((offset, line)) =
             last_line(&file, end).map_err(|e| AuditError::read(path, e))?

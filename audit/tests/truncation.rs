@@ -282,10 +282,9 @@ async fn a_lagging_head_catches_up_with_the_last_checkpoint() {
         .filter(|&i| lines[i].contains("\"audit.checkpoint\""))
         .collect();
     // audit.head one checkpoint behind (a crash before its update): fine, and updated.
-    let older = Witness::from_event(
-        &serde_json::from_str(lines[cps[cps.len() - 2]].trim_end()).unwrap(),
-    )
-    .unwrap();
+    let older =
+        Witness::from_event(&serde_json::from_str(lines[cps[cps.len() - 2]].trim_end()).unwrap())
+            .unwrap();
     fs::write(dir.join(HEAD_FILE), format!("{}\n", older.to_line())).unwrap();
     assert!(check(&dir).is_ok());
     let log = AuditLog::open_with(&dir, signed_options(&keys, 5))

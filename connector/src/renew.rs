@@ -214,7 +214,10 @@ async fn request(
         conn.abort();
         if !status.is_success() {
             let body = serde_json::from_slice::<ErrorBody>(&bytes).ok();
-            if body.as_ref().is_some_and(|b| b.error == "superseded_certificate") {
+            if body
+                .as_ref()
+                .is_some_and(|b| b.error == "superseded_certificate")
+            {
                 let msg = body.map(|b| b.message).unwrap_or_default();
                 return Err(format!(
                     "the gateway refused the renewal: {msg}. This certificate is superseded: the connector renewed it already (this state directory is an old copy, e.g. restored from a backup, or a renewal was lost in a crash), or someone else holds a copy of its key. It cannot renew again: enrol this connector again (postern-connector enroll --force) and tell the security team"

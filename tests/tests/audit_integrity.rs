@@ -132,7 +132,10 @@ fn a_cut_audit_log_stops_the_gateway_until_the_loss_is_accepted_and_recorded() {
     assert_eq!(ev["seq"].as_u64(), Some(log_seq + 1), "{ev}");
     let detail = ev["detail"].as_str().unwrap();
     assert!(detail.contains(&format!("seq {head_seq}")), "{detail}");
-    assert!(detail.contains(&format!("ends at seq {log_seq}")), "{detail}");
+    assert!(
+        detail.contains(&format!("ends at seq {log_seq}")),
+        "{detail}"
+    );
     assert!(detail.contains("--accept-truncated-audit"), "{detail}");
     // audit.head was moved to a checkpoint that signs the record of the loss.
     let h = head(&d);

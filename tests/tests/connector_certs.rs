@@ -87,7 +87,10 @@ fn a_superseded_connector_certificate_cannot_renew_and_the_current_one_keeps_wor
     let detail = s(&ev["detail"]);
     assert!(detail.starts_with("superseded_certificate:"), "{ev}");
     assert!(detail.contains(&first), "names the superseded serial: {ev}");
-    assert!(!detail.contains(&current), "does not reveal the current serial: {ev}");
+    assert!(
+        !detail.contains(&current),
+        "does not reveal the current serial: {ev}"
+    );
     assert!(ev["source"].as_str().is_some(), "{ev}");
     let log = wait_for(
         "the refusal in the copy's log",
@@ -158,7 +161,10 @@ fn an_enrolment_with_a_hostname_that_is_not_a_dns_name_is_refused_and_listings_s
     assert!(d.events("connector.enrolled").is_empty());
     let failed = d.events("connector.enroll_failed");
     assert_eq!(failed.len(), 4, "{failed:?}");
-    assert!(s(&failed[0]["detail"]).contains("bad hostname"), "{failed:?}");
+    assert!(
+        s(&failed[0]["detail"]).contains("bad hostname"),
+        "{failed:?}"
+    );
 
     // The token was not used up by the refusals: a good name enrols with it.
     let (status, body) = post_enroll(
@@ -181,5 +187,8 @@ fn an_enrolment_with_a_hostname_that_is_not_a_dns_name_is_refused_and_listings_s
         .filter(|c| *c != '\n' && c.is_control())
         .collect();
     assert!(unsafe_chars.is_empty(), "{unsafe_chars:?} in {out:?}");
-    assert!(out.contains("x\\u{1b}[2J\\u{1b}]0;owned\\u{7}\\u{9b}1m"), "{out}");
+    assert!(
+        out.contains("x\\u{1b}[2J\\u{1b}]0;owned\\u{7}\\u{9b}1m"),
+        "{out}"
+    );
 }

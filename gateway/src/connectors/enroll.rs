@@ -173,7 +173,9 @@ pub fn check_hostname(name: &str) -> Result<(), String> {
             ));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return bad(format!("has a label {label:?} that starts or ends with '-'"));
+            return bad(format!(
+                "has a label {label:?} that starts or ends with '-'"
+            ));
         }
     }
     Ok(())
@@ -191,7 +193,13 @@ mod tests {
             "conn.truro.nhs.uk.",
             "RAD_PC_01",
             &"a".repeat(63),
-            &["b".repeat(63), "c".repeat(63), "d".repeat(63), "e".repeat(61)].join("."),
+            &[
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(63),
+                "e".repeat(61),
+            ]
+            .join("."),
         ] {
             assert_eq!(check_hostname(good), Ok(()), "{good}");
         }
@@ -213,7 +221,15 @@ mod tests {
         assert!(check_hostname(&long_label)
             .unwrap_err()
             .contains("a label of 64 characters"));
-        let long = ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(63)].join(".");
-        assert!(check_hostname(&long).unwrap_err().contains("255 characters"));
+        let long = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(63),
+        ]
+        .join(".");
+        assert!(check_hostname(&long)
+            .unwrap_err()
+            .contains("255 characters"));
     }
 }

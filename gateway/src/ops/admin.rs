@@ -366,11 +366,7 @@ pub async fn device_list(
                 let f = p.policy_facts();
                 format!(
                     "{} {}; disk {}, firewall {}, lock {}",
-                    p.os_name,
-                    p.os_version,
-                    f["disk_encrypted"],
-                    f["firewall"],
-                    f["screen_lock"]
+                    p.os_name, p.os_version, f["disk_encrypted"], f["firewall"], f["screen_lock"]
                 )
             })
             .unwrap_or_else(|| "-".into());
@@ -640,7 +636,11 @@ mod tests {
     /// invisible formatting characters `printable` escapes.
     fn terminal_unsafe(text: &str) -> Vec<char> {
         text.chars()
-            .filter(|c| *c != '\n' && (c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{200b}'..='\u{200f}')))
+            .filter(|c| {
+                *c != '\n'
+                    && (c.is_control()
+                        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{200b}'..='\u{200f}'))
+            })
             .collect()
     }
 
@@ -650,7 +650,11 @@ mod tests {
         let config = Config::local(&dir.path().join("state"), &dir.path().join("p.toml"));
         let store = state::open(&config.state_dir).unwrap();
         // What an edited state file (or an older gateway that did not check) can hold.
-        let mut d = rec("dev-\u{1b}[2J1", "ann\u{1b}]0;owned\u{7}@x", DeviceStatus::Active);
+        let mut d = rec(
+            "dev-\u{1b}[2J1",
+            "ann\u{1b}]0;owned\u{7}@x",
+            DeviceStatus::Active,
+        );
         d.name = "laptop\u{202e}exe.pdf\u{9b}31m".into();
         store.add_device(d).await.unwrap();
         let t = token_create(&config, "truro", Duration::from_secs(600))
@@ -677,7 +681,11 @@ mod tests {
 
         let connectors = connector_list(&config).await.unwrap();
         assert!(connectors.contains("truro-abc"), "{connectors}");
-        assert_eq!(terminal_unsafe(&connectors), Vec::<char>::new(), "{connectors:?}");
+        assert_eq!(
+            terminal_unsafe(&connectors),
+            Vec::<char>::new(),
+            "{connectors:?}"
+        );
         assert!(
             connectors.contains("host\\u{1b}[2J\\u{1b}[1;1Hroot\\u{d}\\u{7f}"),
             "the name is still readable: {connectors}"
