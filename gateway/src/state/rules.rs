@@ -472,6 +472,61 @@ mod tests {
         }
     }
 
+    fn renewal(serial: &'static str) -> RenewIssuer {
+        Box::new(move |_: &ConnectorRec| {
+            Ok(Issued {
+                cert_pem: String::new(),
+                serial: serial.into(),
+                not_after: 1_000,
+            })
+        })
+    }
+
+    #[test]
+    fn only_the_current_certificate_renews() {
+        let mut t = Tables::default();
+        t.connectors.push(ConnectorRec {
+            id: "truro-1".into(),
+            site: "truro".into(),
+            serial: "s1".into(),
+            hostname: None,
+            enrolled: 0,
+            not_after: 100,
+            revoked: None,
+            previous_serial: None,
+            renewed: None,
+        });
+        let (rec, _) = t
+            .renew_connector("truro-1", "s1".into(), 10, renewal("s2"))
+            .unwrap();
+        assert_eq!(
+            (rec.serial.as_str(), rec.previous_serial.as_deref()),
+            ("s2", Some("s1"))
+        );
+        // The superseded certificate (still allowed to connect) may not renew: nothing changes.
+        let err = t
+            .renew_connector("truro-1", "s1".into(), 20, renewal("s3"))
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Refused(Refusal::Superseded)),
+            "{err:?}"
+        );
+        let rec = t.connector("truro-1").unwrap();
+        assert_eq!(
+            (rec.serial.as_str(), rec.previous_serial.as_deref()),
+            ("s2", Some("s1"))
+        );
+        assert!(rec.accepts_serial("s2"));
+        // The current one still renews.
+        let (rec, _) = t
+            .renew_connector("truro-1", "s2".into(), 30, renewal("s3"))
+            .unwrap();
+        assert_eq!(
+            (rec.serial.as_str(), rec.previous_serial.as_deref()),
+            ("s3", Some("s2"))
+        );
+    }
+
     #[test]
     fn a_cli_code_is_taken_once_and_only_while_it_lives() {
         let mut t = Tables::default();
