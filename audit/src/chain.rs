@@ -123,6 +123,8 @@ pub(crate) struct ChainView {
     #[serde(default)]
     pub gateway: Option<String>,
     #[serde(default)]
+    pub detail: Option<String>,
+    #[serde(default)]
     pub audit: Option<AuditMeta>,
     #[serde(default)]
     pub prev: Option<String>,

@@ -97,6 +97,19 @@ pub enum AuditError {
     /// SIEM forwarding options are unusable (bad address, bad CA).
     #[error("syslog forwarding to {target}: {reason}")]
     Forward { target: String, reason: String },
+    /// The log is shorter than (or no longer contains) the checkpoint its `audit.head` names:
+    /// events were removed from its end. The writer does not continue such a log unless told to
+    /// ([`crate::AuditOptions::accept_truncation`]), which records the loss.
+    #[error("audit log in {dir} was cut short: {what}; refusing to continue it (after finding out what happened, restore the log from a backup, or start with --accept-truncated-audit to record the loss as audit.truncation_detected and go on)")]
+    Truncated {
+        dir: PathBuf,
+        /// `seq` of the checkpoint `audit.head` names.
+        head_seq: u64,
+        /// `seq` of the last event in the log.
+        log_seq: u64,
+        /// What was found, in words (names both `seq`s).
+        what: String,
+    },
     /// The writer thread could not be started.
     #[error("cannot start audit writer for {dir}: {source}")]
     Spawn {

@@ -135,7 +135,8 @@ pub struct DeviceRef {
 /// depends on the type (see `docs/audit.md`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditMeta {
-    /// `audit.checkpoint`: why it was written: `count`, `interval`, `rotate` or `close`.
+    /// `audit.checkpoint`: why it was written: `count`, `interval`, `rotate`, `close` or
+    /// `truncation` (right after an accepted `audit.truncation_detected`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// `audit.checkpoint`, `audit.started`: the Ed25519 public key that signs checkpoints
@@ -237,6 +238,10 @@ pub enum EventType {
     ConnectorRevoked,
     /// A connector renewed its client certificate (same id and site, new serial).
     ConnectorRenewed,
+    /// A certificate renewal was refused as a security alert: `detail` starts with the reason
+    /// code (`superseded_certificate`: the certificate presented was already replaced by a
+    /// renewal, so a copy of an old key is in use).
+    ConnectorRenewalRefused,
     /// An enrolment attempt failed (bad, used or expired token, bad CSR).
     EnrollmentFailed,
     /// An enrolment token was issued.
@@ -289,11 +294,14 @@ pub enum EventType {
     AuditStarted,
     /// An audit writer found and cut torn bytes left by a crash (what it found is recorded).
     AuditRecovered,
+    /// An audit writer found the log shorter than the checkpoint `audit.head` named and was told
+    /// to go on (`--accept-truncated-audit`): events were lost; `detail` names both `seq`s.
+    AuditTruncationDetected,
 }
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 33] = [
+    pub const ALL: [EventType; 35] = [
         EventType::SessionStart,
         EventType::SessionDenied,
         EventType::SessionEnd,
@@ -303,6 +311,7 @@ impl EventType {
         EventType::ConnectorRefused,
         EventType::ConnectorRevoked,
         EventType::ConnectorRenewed,
+        EventType::ConnectorRenewalRefused,
         EventType::EnrollmentFailed,
         EventType::TokenCreated,
         EventType::TokenMinted,
@@ -327,6 +336,7 @@ impl EventType {
         EventType::AuditCheckpoint,
         EventType::AuditStarted,
         EventType::AuditRecovered,
+        EventType::AuditTruncationDetected,
     ];
 
     /// The string stored in the `type` field.
@@ -341,6 +351,7 @@ impl EventType {
             EventType::ConnectorRefused => "connector.refused",
             EventType::ConnectorRevoked => "connector.revoked",
             EventType::ConnectorRenewed => "connector.renewed",
+            EventType::ConnectorRenewalRefused => "connector.renewal_refused",
             EventType::EnrollmentFailed => "connector.enroll_failed",
             EventType::TokenCreated => "token.created",
             EventType::TokenMinted => "token.minted",
@@ -365,6 +376,7 @@ impl EventType {
             EventType::AuditCheckpoint => "audit.checkpoint",
             EventType::AuditStarted => "audit.started",
             EventType::AuditRecovered => "audit.recovered",
+            EventType::AuditTruncationDetected => "audit.truncation_detected",
         }
     }
 

@@ -34,6 +34,8 @@
 //!   path ([`append_sync`] and the writer both go through it).
 //! * `key`: [`AuditKey`] (private, in the gateway's state dir) and [`AuditPublicKey`].
 //! * `witness`: a checkpoint as one line for an outside witness ([`Witness`]).
+//! * `head_check`: at open, does the log still reach the checkpoint `audit.head` names? (A log
+//!   cut short is refused unless [`AuditOptions::accept_truncation`].)
 //! * `sink`: the [`AuditSink`] trait, the seam through which the gateway writes events (held
 //!   as `Arc<dyn AuditSink>`), and [`MemorySink`], an in-memory sink for tests that can be
 //!   switched to fail.
@@ -68,6 +70,7 @@
 mod chain;
 mod error;
 mod event;
+mod head_check;
 mod hexfmt;
 mod key;
 mod reader;

@@ -239,7 +239,8 @@ impl SyslogConnection {
 }
 
 /// One RFC 5424 message for a stored log line (without `\n`): facility 13 (log audit),
-/// severity warning for refusals and failures and notice otherwise, the event's `ts`, node id
+/// severity alert for security alerts (`connector.renewal_refused`,
+/// `audit.truncation_detected`), warning for refusals and failures and notice otherwise, the event's `ts`, node id
 /// as HOSTNAME, `type` as MSGID, `seq` and `hash` as structured data, the line itself as MSG.
 pub fn format_rfc5424(line: &[u8], app_name: &str, fallback_host: &str) -> Vec<u8> {
     let view = ChainView::parse(line).unwrap_or_default();
@@ -274,8 +275,13 @@ pub fn frame(message: &[u8], out: &mut Vec<u8>) {
 }
 
 fn severity(kind: &str) -> u8 {
+    const ALERT: u8 = 1;
     const WARNING: u8 = 4;
     const NOTICE: u8 = 5;
+    // Someone holds what they should not, or the log lost events: act now.
+    if kind == "connector.renewal_refused" || kind == "audit.truncation_detected" {
+        return ALERT;
+    }
     let warn = kind.ends_with(".denied")
         || kind.ends_with(".failed")
         || kind.ends_with(".refused")
@@ -742,5 +748,17 @@ mod tests {
         frame(b"hello", &mut framed);
         assert_eq!(framed, b"5 hello");
         assert_eq!(sd_escape(r#"a"b]c\d"#), r#"a\"b\]c\\d"#);
+    }
+
+    #[test]
+    fn security_alerts_go_out_with_severity_alert() {
+        // facility 13 * 8 + severity 1 = 105
+        for kind in ["connector.renewal_refused", "audit.truncation_detected"] {
+            let line = format!(r#"{{"v":1,"ts":"2025-03-01T08:15:02Z","type":"{kind}"}}"#);
+            let msg = String::from_utf8(format_rfc5424(line.as_bytes(), "postern", "h")).unwrap();
+            assert!(msg.starts_with("<105>1 "), "{kind}: {msg}");
+        }
+        assert_eq!(severity("connector.refused"), 4);
+        assert_eq!(severity("connector.renewed"), 5);
     }
 }

@@ -13,7 +13,10 @@
 //!    with `--pubkey`, else the one the log names: trust on first use, reported as such).
 //!
 //! and at the end: the log reaches every checkpoint that `audit.head` and the given witnesses
-//! name, with the same hash (otherwise its tail was cut or rewritten).
+//! name, with the same hash (otherwise its tail was cut or rewritten), and `audit.head` is not
+//! the unsigned placeholder beside two or more signed checkpoints (it was replaced). An
+//! `audit.truncation_detected` event (a cut a writer was told to accept) is a problem too: the
+//! log is known to be incomplete.
 //!
 //! After a problem the verifier re-synchronises on the line's own claims and goes on, so one
 //! edit is one problem and the rest of the log is still checked.
@@ -351,6 +354,12 @@ impl<'o> Verifier<'o> {
             }
         } else if view.kind == EventType::AuditStarted.as_str() {
             self.adopt_key(view.audit.as_ref().and_then(|a| a.key.as_deref()));
+        } else if view.kind == EventType::AuditTruncationDetected.as_str() {
+            // An intact record of a loss is still a loss: the log is not complete.
+            let what = view.detail.as_deref().unwrap_or("no detail");
+            wrong.push(format!(
+                "audit.truncation_detected: a writer found the log cut short and was told to go on; events before this one were lost: {what}"
+            ));
         }
         if !wrong.is_empty() {
             self.problem(Some(seq), path, line_no, offset, wrong.join("; "));
@@ -420,7 +429,17 @@ impl<'o> Verifier<'o> {
     /// Checks that the log reaches `w` with the same hash.
     fn check_witness(&mut self, w: &Witness, what: &str) {
         if w.seq == 0 && w.reason == "none" {
-            return; // audit.head before the first checkpoint: nothing to hold the log to
+            // The placeholder written before the first checkpoint: nothing to hold the log to.
+            // Beside two or more signed checkpoints it cannot be genuine (the head is replaced
+            // after every checkpoint; a crash can leave it one checkpoint behind, no more).
+            let count = self.checkpoints.len();
+            if count >= 2 {
+                let last = self.checkpoints.keys().max().copied().unwrap_or(0);
+                self.log_problem(format!(
+                    "{what} is the unsigned placeholder, although the log has {count} signed checkpoints (the last at seq {last}): {what} was replaced, and events may have been removed from the end of the log (truncated)"
+                ));
+            }
+            return;
         }
         if let Some(key) = self.report.key {
             if !w.signature_valid(&key) {

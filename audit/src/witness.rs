@@ -27,7 +27,7 @@ pub struct Witness {
     pub ts: String,
     /// `gateway` of the checkpoint event (empty if none).
     pub node: String,
-    /// Why it was written (`count`, `interval`, `rotate`, `close`).
+    /// Why it was written (`count`, `interval`, `rotate`, `close`, `truncation`).
     pub reason: String,
     /// Hash of the event before the checkpoint: commits to the whole log up to it.
     pub prev: String,

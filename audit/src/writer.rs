@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::chain::checkpoint_message;
 use crate::error::AuditError;
 use crate::event::{AuditMeta, Event, EventType};
+use crate::head_check::{check_head, HeadCheck};
 use crate::hexfmt::hex;
 use crate::key::AuditKey;
 use crate::sink::{AuditSink, SinkFuture};
@@ -68,6 +69,12 @@ pub struct AuditOptions {
     /// Also forward every event to a syslog server (RFC 5424 over TCP or TLS). Never slows or
     /// blocks the local write.
     pub syslog: Option<SyslogOptions>,
+    /// Continue a log found shorter than the checkpoint its `audit.head` names (events were
+    /// removed from its end) instead of refusing to open it: the writer first records
+    /// `audit.truncation_detected` naming both `seq`s, then a signed checkpoint, so the loss is
+    /// part of the signed history and `verify` reports it. Off by default; the gateway sets it
+    /// only for `run --accept-truncated-audit`.
+    pub accept_truncation: bool,
 }
 
 impl Default for AuditOptions {
@@ -80,6 +87,7 @@ impl Default for AuditOptions {
             segment_max_age: Duration::from_secs(24 * 3600),
             node_id: None,
             syslog: None,
+            accept_truncation: false,
         }
     }
 }
@@ -345,6 +353,8 @@ enum Trigger {
     Events,
     Timer,
     Close,
+    /// The opening commit after an accepted truncation: always ends with a checkpoint.
+    Truncation,
 }
 
 impl Writer {
@@ -375,13 +385,15 @@ impl Writer {
             pending_head: None,
         };
         let head_path = writer.shared.dir.join(HEAD_FILE);
-        match std::fs::read_to_string(&head_path) {
-            Ok(text) => {
-                if let Ok(w) = Witness::parse(&text) {
+        let head_text = std::fs::read_to_string(&head_path).ok();
+        let head = head_text.as_deref().and_then(|t| Witness::parse(t).ok());
+        match head_text {
+            Some(_) => {
+                if let Some(w) = &head {
                     writer.last_checkpoint_seq = w.seq;
                 }
             }
-            Err(_) => {
+            None => {
                 if let Some(key) = &writer.key_hex {
                     // Before any checkpoint can exist, so audit.head is never missing beside one.
                     let none = Witness::none(
@@ -397,6 +409,7 @@ impl Writer {
                 }
             }
         }
+        let truncation = writer.check_head(head.as_ref())?;
         // The opening commit: recovery (if any) and audit.started, durable before we return.
         let mut started = Event::new(EventType::AuditStarted);
         started.detail = Some(format!(
@@ -416,8 +429,15 @@ impl Writer {
         }
         let start_seq = {
             let mut batch = Batch::default();
+            let mut trigger = Trigger::Events;
+            if let Some((log_seq, event)) = truncation {
+                // The loss goes on record first, and is signed at once (a new audit.head).
+                batch.events.push((Box::new(event), None));
+                writer.last_checkpoint_seq = log_seq;
+                trigger = Trigger::Truncation;
+            }
             batch.events.push((Box::new(started), None));
-            let first = writer.commit_inner(&mut batch, Trigger::Events)?;
+            let first = writer.commit_inner(&mut batch, trigger)?;
             writer.after_commit();
             first.map_or(writer.store.head().seq, |seq| seq - 1)
         };
@@ -432,6 +452,49 @@ impl Writer {
             writer.forwarder = Some(forwarder);
         }
         Ok((writer, runtime))
+    }
+
+    /// At open: does the log still reach the checkpoint `audit.head` names? A lagging head is
+    /// brought up to date; a cut log is refused, or, with `accept_truncation`, yields the
+    /// `audit.truncation_detected` event to record first (and the `seq` the log ends at).
+    fn check_head(&mut self, head: Option<&Witness>) -> Result<Option<(u64, Event)>, AuditError> {
+        let key = self.options.signing_key.as_ref().map(AuditKey::public_key);
+        match check_head(&self.shared.dir, head, key.as_ref())? {
+            HeadCheck::Consistent => Ok(None),
+            HeadCheck::Lagging(w) => {
+                tracing::warn!(dir = %self.shared.dir.display(), seq = w.seq, "audit.head lagged behind the log's last checkpoint (a crash before it was updated); updating it");
+                write_head(&self.shared.dir, &w);
+                self.last_checkpoint_seq = w.seq;
+                Ok(None)
+            }
+            HeadCheck::Truncated {
+                head_seq,
+                log_seq,
+                what,
+            } => {
+                let refuse = |what: String| AuditError::Truncated {
+                    dir: self.shared.dir.clone(),
+                    head_seq,
+                    log_seq,
+                    what,
+                };
+                if !self.options.accept_truncation {
+                    return Err(refuse(what));
+                }
+                if self.options.signing_key.is_none() {
+                    return Err(refuse(format!(
+                        "{what}; accepting the loss needs the audit signing key, to sign a new audit.head"
+                    )));
+                }
+                tracing::error!(dir = %self.shared.dir.display(), head_seq, log_seq, %what, "audit log was cut short; continuing as told (--accept-truncated-audit) and recording audit.truncation_detected");
+                let mut event = Event::new(EventType::AuditTruncationDetected);
+                event.detail = Some(format!(
+                    "{what}; the writer (pid {}) was told to accept the loss (--accept-truncated-audit) and continues the chain from seq {log_seq}",
+                    std::process::id()
+                ));
+                Ok(Some((log_seq, event)))
+            }
+        }
     }
 
     fn run(mut self, runtime: &tokio::runtime::Runtime) {
@@ -634,6 +697,7 @@ impl Writer {
                 let since = head.seq.saturating_sub(*last_checkpoint_seq);
                 let reason = match trigger {
                     Trigger::Close => Some("close"),
+                    Trigger::Truncation => Some("truncation"),
                     _ if since == 0 => None,
                     _ if options.checkpoint_events > 0 && since >= options.checkpoint_events => {
                         Some("count")

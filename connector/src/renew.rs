@@ -213,9 +213,19 @@ async fn request(
             .to_bytes();
         conn.abort();
         if !status.is_success() {
-            let msg = serde_json::from_slice::<ErrorBody>(&bytes)
+            let body = serde_json::from_slice::<ErrorBody>(&bytes).ok();
+            if body
+                .as_ref()
+                .is_some_and(|b| b.error == "superseded_certificate")
+            {
+                let msg = body.map(|b| b.message).unwrap_or_default();
+                return Err(format!(
+                    "the gateway refused the renewal: {msg}. This certificate is superseded: the connector renewed it already (this state directory is an old copy, e.g. restored from a backup, or a renewal was lost in a crash), or someone else holds a copy of its key. It cannot renew again: enrol this connector again (postern-connector enroll --force) and tell the security team"
+                ));
+            }
+            let msg = body
                 .map(|b| b.message)
-                .unwrap_or_else(|_| format!("HTTP {status}"));
+                .unwrap_or_else(|| format!("HTTP {status}"));
             return Err(format!("the gateway refused the renewal: {msg}"));
         }
         serde_json::from_slice::<RenewResponse>(&bytes)

@@ -311,6 +311,9 @@ impl App {
             postern_audit::AuditOptions {
                 signing_key: Some(audit_key),
                 node_id: Some(config.node_id.clone()),
+                // A log cut short of its audit.head refuses to open (and the gateway to start)
+                // unless the operator said to accept the loss, which is then recorded.
+                accept_truncation: config.accept_truncated_audit,
                 ..Default::default()
             },
         )

@@ -160,6 +160,10 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Device trust (WebAuthn) at sign-in.
     pub devices: DevicesConfig,
+    /// Continue an audit log found cut short of its `audit.head`, recording
+    /// `audit.truncation_detected` (instead of refusing to start). Never read from the file:
+    /// only `postern-gateway run --accept-truncated-audit` sets it, for one start.
+    pub accept_truncated_audit: bool,
 }
 
 /// Whether a newly registered device may be used at once.
@@ -336,6 +340,7 @@ impl Config {
             listen_admin: None,
             rate_limits: RateLimits::default(),
             devices: DevicesConfig::default(),
+            accept_truncated_audit: false,
         }
     }
 
@@ -584,6 +589,7 @@ impl Config {
             listen_admin,
             rate_limits,
             devices,
+            accept_truncated_audit: false,
         })
     }
 }

@@ -35,7 +35,16 @@ struct ConfigArg {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the gateway.
-    Run(ConfigArg),
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Start even though the audit log is shorter than the checkpoint its audit.head names
+        /// (events were removed from its end), recording audit.truncation_detected with both
+        /// sequence numbers. Without it such a log stops the gateway from starting. For one
+        /// start, after finding out what happened; `postern-audit verify` reports it from then on.
+        #[arg(long)]
+        accept_truncated_audit: bool,
+    },
     /// Check the configuration and what it points at (policy, keys, certificates, ports, audit
     /// directory, identity provider); print every problem; exit 1 on any error.
     Check(ConfigArg),
@@ -256,8 +265,12 @@ fn main() -> ExitCode {
 // library and print; splitting it would only scatter the CLI's shape.
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Run(c) => {
-            let config = load(&c)?;
+        Cmd::Run {
+            config: c,
+            accept_truncated_audit,
+        } => {
+            let mut config = load(&c)?;
+            config.accept_truncated_audit = accept_truncated_audit;
             init_tracing();
             runtime()?.block_on(async move {
                 // Validate the policy before binding anything.
@@ -313,7 +326,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             cmd: ConnectorCmd::Revoke { config, id },
         } => {
             let site = runtime()?.block_on(admin::connector_revoke(&load(&config)?, &id))?;
-            println!("revoked connector {id} (site {site})");
+            println!(
+                "revoked connector {} (site {})",
+                admin::printable(&id),
+                admin::printable(&site)
+            );
             Ok(())
         }
         Cmd::Session {
@@ -363,7 +380,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             cmd: DeviceCmd::Approve { config, id },
         } => {
             let d = runtime()?.block_on(admin::device_approve(&load(&config)?, &id))?;
-            println!("device {} (user {}, \"{}\") approved", d.id, d.user, d.name);
+            println!(
+                "device {} (user {}, \"{}\") approved",
+                admin::printable(&d.id),
+                admin::printable(&d.user),
+                admin::printable(&d.name)
+            );
             Ok(())
         }
         Cmd::Device {
@@ -372,7 +394,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let d = runtime()?.block_on(admin::device_revoke(&load(&config)?, &id, &reason))?;
             println!(
                 "device {} (user {}, \"{}\") revoked; a running gateway ends its live tunnels within a second",
-                d.id, d.user, d.name
+                admin::printable(&d.id),
+                admin::printable(&d.user),
+                admin::printable(&d.name)
             );
             Ok(())
         }

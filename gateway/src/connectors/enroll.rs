@@ -51,6 +51,16 @@ pub async fn enroll(svc: Arc<Enrolment>, req: Request<Incoming>, peer: SocketAdd
         Ok(r) => r,
         Err(resp) => return *resp,
     };
+    // Checked before the token is looked at, so a bad host name does not burn it. The name is
+    // stored and printed by `connector list`; only a DNS name gets that far.
+    if let Some(Err(why)) = request.hostname.as_deref().map(check_hostname) {
+        warn!(%peer, reason = %why, "connector enrolment refused: bad hostname");
+        let mut ev = svc.audit.event(EventType::EnrollmentFailed);
+        ev.source = Some(peer.to_string());
+        ev.detail = Some(format!("bad hostname: {why}"));
+        svc.audit.record_nowait(ev);
+        return error(StatusCode::BAD_REQUEST, "bad_hostname", &why);
+    }
     let secret_hash = sha256_hex(request.token.as_bytes());
     let validity = svc.validity;
     let ca = svc.ca.clone();
@@ -119,5 +129,107 @@ pub async fn enroll(svc: Arc<Enrolment>, req: Request<Incoming>, peer: SocketAdd
             };
             error(status, code, &e.to_string())
         }
+    }
+}
+
+/// Longest DNS name (RFC 1035, without the trailing dot).
+const MAX_HOSTNAME: usize = 253;
+/// Longest DNS label.
+const MAX_LABEL: usize = 63;
+
+/// Whether `name` is a DNS host name: dot-separated labels of ASCII letters, digits and `-`
+/// (not first or last in a label; `_` is allowed too, as Windows machine names use it), each
+/// 1 to 63 characters, 253 in all; one trailing dot is allowed. The error quotes the name with
+/// every control character escaped, so it is safe to print.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    let quoted = format!("{:?}", name.chars().take(80).collect::<String>());
+    let bad = |why: String| Err(format!("the enrolment's hostname {quoted} {why}"));
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() {
+        return bad("is empty".into());
+    }
+    if trimmed.len() > MAX_HOSTNAME {
+        return bad(format!(
+            "is {} characters long; a DNS name has at most {MAX_HOSTNAME}",
+            trimmed.len()
+        ));
+    }
+    for label in trimmed.split('.') {
+        if label.is_empty() {
+            return bad("has an empty label (two dots in a row, or a leading dot)".into());
+        }
+        if label.len() > MAX_LABEL {
+            return bad(format!(
+                "has a label of {} characters; a DNS label has at most {MAX_LABEL}",
+                label.len()
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return bad(format!(
+                "contains {c:?}; a host name has only letters, digits, '-', '_' and dots"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad(format!(
+                "has a label {label:?} that starts or ends with '-'"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_dns_names() {
+        for good in [
+            "pacs-gw01",
+            "conn.truro.nhs.uk",
+            "conn.truro.nhs.uk.",
+            "RAD_PC_01",
+            &"a".repeat(63),
+            &[
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(63),
+                "e".repeat(61),
+            ]
+            .join("."),
+        ] {
+            assert_eq!(check_hostname(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("host\x1b[2J", "contains '\\u{1b}'"),
+            ("a b", "contains ' '"),
+            ("", "is empty"),
+            ("a..b", "empty label"),
+            (".a", "empty label"),
+            ("-a", "starts or ends with '-'"),
+            ("a\u{202e}b", "contains '\\u{202e}'"),
+            ("h\u{e9}te", "contains '\u{e9}'"),
+        ] {
+            let err = check_hostname(bad).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+            assert!(!err.chars().any(char::is_control), "{err:?}");
+        }
+        let long_label = "a".repeat(64);
+        assert!(check_hostname(&long_label)
+            .unwrap_err()
+            .contains("a label of 64 characters"));
+        let long = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(63),
+        ]
+        .join(".");
+        assert!(check_hostname(&long)
+            .unwrap_err()
+            .contains("255 characters"));
     }
 }

@@ -4,7 +4,9 @@
 //! `postern-renew/1`. The TLS handshake has already checked its client certificate exactly as
 //! for a link (chains to the connector CA and is unexpired), and `connectors` has checked that
 //! its serial is on record (current or previous) and the connector is not revoked. Here it sends
-//! one `POST /v1/renew` with a CSR; the gateway signs it for the *same* connector id and site,
+//! one `POST /v1/renew` with a CSR; only the *current* certificate may renew (a superseded one
+//! is refused and audited as `connector.renewal_refused`, an alert: a copy of an old key is in
+//! use); the gateway signs it for the *same* connector id and site,
 //! records the new serial (the presented one becomes `previous_serial`, so live links stay up),
 //! audits `connector.renewed` and answers with the certificate. The store update re-checks the
 //! record under its lock, so a revocation that races the renewal wins.
@@ -138,6 +140,9 @@ async fn handle(
                 },
             )
         }
+        Err(crate::state::StoreError::Refused(crate::state::Refusal::Superseded)) => {
+            superseded(svc, peer, &rec, cref, &serial).await
+        }
         Err(e) => {
             warn!(connector_id = %rec.id, %peer, reason = %e, "connector renewal refused");
             let mut ev = svc.audit.event(EventType::ConnectorRefused);
@@ -149,9 +154,7 @@ async fn handle(
             use crate::state::{Refusal, StoreError};
             let (status, code) = match &e {
                 StoreError::Refused(
-                    Refusal::ConnectorRevoked(_)
-                    | Refusal::UnknownConnector(_)
-                    | Refusal::Superseded,
+                    Refusal::ConnectorRevoked(_) | Refusal::UnknownConnector(_),
                 ) => (StatusCode::FORBIDDEN, "renewal_refused"),
                 StoreError::Refused(_) => (StatusCode::BAD_REQUEST, "bad_csr"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -159,4 +162,35 @@ async fn handle(
             error(status, code, &e.to_string())
         }
     }
+}
+
+/// A renewal with a certificate that an earlier renewal replaced: whoever presents it holds a
+/// copy of an old key (or restored an old backup). Refused (403 `superseded_certificate`) and
+/// audited durably as `connector.renewal_refused`, an alert; the current certificate is not
+/// touched. The answer does not name the current serial.
+async fn superseded(
+    svc: &Renewals,
+    peer: SocketAddr,
+    rec: &ConnectorRec,
+    cref: ConnectorRef,
+    serial: &str,
+) -> Resp {
+    tracing::error!(connector_id = %rec.id, site = %rec.site, %peer, %serial, "renewal with a superseded connector certificate refused: a copy of an old key is in use");
+    let mut ev = svc.audit.event(EventType::ConnectorRenewalRefused);
+    ev.connector = Some(cref);
+    ev.site = Some(rec.site.clone());
+    ev.source = Some(peer.to_string());
+    ev.detail = Some(format!(
+        "superseded_certificate: certificate serial {serial} was already replaced by a renewal; a renewal with it was refused (a copy of the connector's old key or state is in use, e.g. a stolen key or a restored backup)"
+    ));
+    if let Err(e) = svc.audit.record(ev).await {
+        warn!(error = %e, "could not audit connector.renewal_refused");
+    }
+    error(
+        StatusCode::FORBIDDEN,
+        "superseded_certificate",
+        &format!(
+            "certificate serial {serial} was replaced by a renewal; only the connector's current certificate can renew"
+        ),
+    )
 }

@@ -16,6 +16,32 @@ use crate::error::GatewayError;
 use crate::pki::Ca;
 use crate::state::{self, DeviceRec, DeviceStatus, EnrollTokenRec, Refusal, StoreError};
 
+/// A stored string made safe to print on an administrator's terminal: control characters
+/// (C0, DEL, C1: escape sequences that could clear the screen, move the cursor or retitle the
+/// window) and invisible formatting characters (bidirectional overrides, zero-width
+/// characters, which can make text read differently from what it is) are shown as `\u{..}`
+/// escapes. Stored values come from enrolments, device registrations and sign-ins, and the
+/// state file can be edited, so every listing passes what it prints from the store through
+/// this.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    }
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Appends an admin command's event, saying which local account ran it.
 fn audit(config: &Config, mut ev: Event) -> Result<(), GatewayError> {
     ev.gateway = Some(config.node_id.clone());
@@ -113,11 +139,11 @@ pub async fn connector_list(config: &Config) -> Result<String, GatewayError> {
         };
         out.push_str(&format!(
             "{:<24} {:<12} {:<10} {:<22} {}\n",
-            c.id,
-            c.site,
+            printable(&c.id),
+            printable(&c.site),
             status,
             humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(c.not_after)),
-            c.hostname.as_deref().unwrap_or("-")
+            printable(c.hostname.as_deref().unwrap_or("-"))
         ));
     }
     Ok(out)
@@ -345,13 +371,13 @@ pub async fn device_list(
             .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
             "{:<17} {:<28} {:<20} {:<8} {:<3} {:<21} {}\n",
-            d.id,
-            d.user,
-            d.name.chars().take(20).collect::<String>(),
+            printable(&d.id),
+            printable(&d.user),
+            printable(&d.name.chars().take(20).collect::<String>()),
             d.status.as_str(),
             if d.user_verified { "yes" } else { "no" },
             when(d.last_seen.or(Some(d.created))),
-            posture
+            printable(&posture)
         ));
     }
     Ok(out)
@@ -829,5 +855,74 @@ mod tests {
         );
         assert_eq!(token_in_detail("user revoke x: nothing"), None);
         assert_eq!(token_in_detail("session token tok-1 until soon"), None);
+    }
+
+    /// What a terminal would act on: any control character other than the line ends, and the
+    /// invisible formatting characters `printable` escapes.
+    fn terminal_unsafe(text: &str) -> Vec<char> {
+        text.chars()
+            .filter(|c| {
+                *c != '\n'
+                    && (c.is_control()
+                        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{200b}'..='\u{200f}'))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn listings_escape_control_characters_found_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::local(&dir.path().join("state"), &dir.path().join("p.toml"));
+        let store = state::open(&config.state_dir).unwrap();
+        // What an edited state file (or an older gateway that did not check) can hold.
+        let mut d = rec(
+            "dev-\u{1b}[2J1",
+            "ann\u{1b}]0;owned\u{7}@x",
+            DeviceStatus::Active,
+        );
+        d.name = "laptop\u{202e}exe.pdf\u{9b}31m".into();
+        store.add_device(d).await.unwrap();
+        let t = token_create(&config, "truro", Duration::from_secs(600))
+            .await
+            .unwrap();
+        store
+            .enroll_connector(
+                sha256_hex(EnrollToken::parse(&t.token).unwrap().secret.as_bytes()),
+                Some("host\u{1b}[2J\u{1b}[1;1Hroot\r\u{7f}".into()),
+                unix_now(),
+                Box::new(|site: &str| {
+                    Ok((
+                        format!("{site}-abc"),
+                        state::Issued {
+                            cert_pem: String::new(),
+                            serial: "01".into(),
+                            not_after: unix_now() + 3600,
+                        },
+                    ))
+                }),
+            )
+            .await
+            .unwrap();
+
+        let connectors = connector_list(&config).await.unwrap();
+        assert!(connectors.contains("truro-abc"), "{connectors}");
+        assert_eq!(
+            terminal_unsafe(&connectors),
+            Vec::<char>::new(),
+            "{connectors:?}"
+        );
+        assert!(
+            connectors.contains("host\\u{1b}[2J\\u{1b}[1;1Hroot\\u{d}\\u{7f}"),
+            "the name is still readable: {connectors}"
+        );
+        let devices = device_list(&config, None, false, false).await.unwrap();
+        assert_eq!(terminal_unsafe(&devices), Vec::<char>::new(), "{devices:?}");
+        assert!(devices.contains("ann\\u{1b}]0;owned\\u{7}@x"), "{devices}");
+        assert!(devices.contains("laptop\\u{202e}exe.pdf"), "{devices}");
+        // Plain text passes through untouched.
+        assert!(matches!(
+            printable("conn.truro.nhs.uk"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

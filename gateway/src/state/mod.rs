@@ -138,7 +138,8 @@ pub trait StateStore: Send + Sync + 'static {
         issue: EnrollIssuer,
     ) -> StoreFuture<'_, (ConnectorRec, Issued, String)>;
     /// Replaces the certificate of connector `id`, which presented `serial`; the presented
-    /// serial stays acceptable as `previous_serial`. Refused if revoked or superseded.
+    /// serial stays acceptable as `previous_serial`. Refused if revoked, or if `serial` is not
+    /// the current one ([`Refusal::Superseded`]: only the current certificate renews).
     fn renew_connector(
         &self,
         id: String,

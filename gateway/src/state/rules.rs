@@ -109,13 +109,15 @@ impl Tables {
         if c.revoked.is_some() {
             return Err(Refusal::ConnectorRevoked(id.to_owned()).into());
         }
-        if !c.accepts_serial(&serial) {
+        // Only the current certificate renews. The previous one may still connect until it
+        // expires (links made with it stay up), but letting it renew would let a copy of an
+        // old key outlive the rotation and push the real connector's certificate out.
+        if c.serial != serial {
             return Err(Refusal::Superseded.into());
         }
         let issued = issue(c).map_err(Refusal::Rejected)?;
-        let old = std::mem::replace(&mut c.serial, issued.serial.clone());
         // The presented certificate is the one live links use; keep it acceptable.
-        c.previous_serial = Some(if old == serial { old } else { serial });
+        c.previous_serial = Some(std::mem::replace(&mut c.serial, issued.serial.clone()));
         c.not_after = issued.not_after;
         c.renewed = Some(now);
         Ok((c.clone(), issued))
@@ -473,6 +475,61 @@ mod tests {
             pending: None,
             expires,
         }
+    }
+
+    fn renewal(serial: &'static str) -> RenewIssuer {
+        Box::new(move |_: &ConnectorRec| {
+            Ok(Issued {
+                cert_pem: String::new(),
+                serial: serial.into(),
+                not_after: 1_000,
+            })
+        })
+    }
+
+    #[test]
+    fn only_the_current_certificate_renews() {
+        let mut t = Tables::default();
+        t.connectors.push(ConnectorRec {
+            id: "truro-1".into(),
+            site: "truro".into(),
+            serial: "s1".into(),
+            hostname: None,
+            enrolled: 0,
+            not_after: 100,
+            revoked: None,
+            previous_serial: None,
+            renewed: None,
+        });
+        let (rec, _) = t
+            .renew_connector("truro-1", "s1".into(), 10, renewal("s2"))
+            .unwrap();
+        assert_eq!(
+            (rec.serial.as_str(), rec.previous_serial.as_deref()),
+            ("s2", Some("s1"))
+        );
+        // The superseded certificate (still allowed to connect) may not renew: nothing changes.
+        let err = t
+            .renew_connector("truro-1", "s1".into(), 20, renewal("s3"))
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Refused(Refusal::Superseded)),
+            "{err:?}"
+        );
+        let rec = t.connector("truro-1").unwrap();
+        assert_eq!(
+            (rec.serial.as_str(), rec.previous_serial.as_deref()),
+            ("s2", Some("s1"))
+        );
+        assert!(rec.accepts_serial("s2"));
+        // The current one still renews.
+        let (rec, _) = t
+            .renew_connector("truro-1", "s2".into(), 30, renewal("s3"))
+            .unwrap();
+        assert_eq!(
+            (rec.serial.as_str(), rec.previous_serial.as_deref()),
+            ("s3", Some("s2"))
+        );
     }
 
     #[test]
