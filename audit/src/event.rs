@@ -606,7 +606,11 @@ mod tests {
         assert!(d.reason.len() <= MAX_TEXT_BYTES);
         assert!(d.matched_denies.iter().all(|r| r.len() <= MAX_FIELD_BYTES));
         assert!(e.refused.as_ref().unwrap().reason.len() <= MAX_FIELD_BYTES);
-        assert_eq!(e.session_id.as_deref(), Some("short"), "short strings untouched");
+        assert_eq!(
+            e.session_id.as_deref(),
+            Some("short"),
+            "short strings untouched"
+        );
         // The whole line is now bounded, whatever the caller put in.
         let line = serde_json::to_string(&e).unwrap();
         assert!(line.len() < 64 * 1024, "{}", line.len());
@@ -718,6 +722,12 @@ mod tests {
             egress_class: Some("clinical".into()),
             report_only: Some(vec!["rule night-shift would deny: outside hours".into()]),
             justification: Some("stroke call, consultant unavailable".into()),
+            refused: Some(RefusedSummary {
+                reason: "token_malformed".into(),
+                count: 3,
+                first: "2025-03-01T08:15:00.000000Z".into(),
+                last: "2025-03-01T08:15:02.000000Z".into(),
+            }),
             audit: Some(AuditMeta {
                 reason: Some("close".into()),
                 ..AuditMeta::default()
@@ -754,6 +764,7 @@ mod tests {
                 "hash",
                 "justification",
                 "prev",
+                "refused",
                 "report_only",
                 "seq",
                 "session_id",
@@ -781,6 +792,8 @@ mod tests {
         assert_eq!(value["decision"]["valid_until"], "2026-12-04T18:00:00Z");
         assert_eq!(value["connector"]["id"], "conn-7");
         assert_eq!(value["device"]["user_verified"], true);
+        assert_eq!(value["refused"]["count"], 3);
+        assert_eq!(value["refused"]["reason"], "token_malformed");
         // Serialization order: seq right after v; prev then hash last (the chain relies on it).
         assert!(json.starts_with(r#"{"v":1,"seq":7,"ts":"#), "{json}");
         let tail = format!(

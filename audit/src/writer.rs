@@ -239,9 +239,7 @@ impl AuditLog {
         match self.tx.try_send(command) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => self.note_dropped("writer closed"),
-            Err(mpsc::error::TrySendError::Full(_)) if sheddable => {
-                self.note_dropped("queue full")
-            }
+            Err(mpsc::error::TrySendError::Full(_)) if sheddable => self.note_dropped("queue full"),
             Err(mpsc::error::TrySendError::Full(command)) => self.wait_for_room(command),
         }
     }
@@ -838,6 +836,51 @@ mod tests {
             user: Some(user.into()),
             ..Event::new(EventType::SessionStart)
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_sheds_refusals_but_never_security_events() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(tmp.path()).await.unwrap();
+        // Another holder of the log's lock: the writer blocks on its next batch, the queue fills.
+        let lock = std::fs::File::open(tmp.path().join(crate::store::LOCK_FILE)).unwrap();
+        lock.lock().unwrap();
+        let denied = |i: usize| Event {
+            user: Some(format!("denied-{i}")),
+            ..Event::new(EventType::SessionDenied)
+        };
+        let login = |i: usize| Event {
+            user: Some(format!("login-{i}")),
+            ..Event::new(EventType::AuthLogin)
+        };
+        let offered = QUEUE_CAPACITY + 100;
+        for i in 0..offered {
+            log.record_nowait(denied(i));
+        }
+        let shed = log.stats().dropped;
+        // At most the unreserved slots, plus one batch the writer took before it blocked.
+        let most_kept = QUEUE_CAPACITY - RESERVED_SLOTS + MAX_BATCH_EVENTS + 1;
+        assert!(shed as usize >= offered - most_kept, "only {shed} shed");
+        // The reserve takes security events; beyond it they wait for room, none is dropped.
+        let logins = RESERVED_SLOTS + 500;
+        for i in 0..logins {
+            log.record_nowait(login(i));
+        }
+        assert_eq!(log.stats().dropped, shed, "a security event was dropped");
+        lock.unlock().unwrap();
+        log.flush().await.unwrap();
+        let events = crate::reader::read_all(tmp.path()).unwrap();
+        let count = |prefix: &str| {
+            events
+                .iter()
+                .filter(|e| e.user.as_deref().is_some_and(|u| u.starts_with(prefix)))
+                .count()
+        };
+        assert_eq!(count("login-"), logins, "every security event is on disk");
+        assert_eq!(count("denied-") + shed as usize, offered);
+        let stats = log.stats();
+        assert_eq!((stats.dropped, stats.failed), (shed, 0));
+        log.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -431,7 +431,10 @@ impl Config {
             }
         }
         let dc = d.connections;
-        let max_client = match (raw.limits.max_connections, raw.limits.max_client_connections) {
+        let max_client = match (
+            raw.limits.max_connections,
+            raw.limits.max_client_connections,
+        ) {
             (Some(_), Some(_)) => {
                 errors.push(format!(
                     "{file}: limits.max_connections: the old name of max_client_connections; set only max_client_connections"

@@ -80,15 +80,19 @@ mod tests {
         let idle = streams.idle_for(limit);
         tokio::pin!(idle);
         // Open streams: never idle, however long.
-        assert!(tokio::time::timeout(Duration::from_secs(3600), idle.as_mut())
-            .await
-            .is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), idle.as_mut())
+                .await
+                .is_err()
+        );
         drop(a);
         drop(b);
         // A clone of `a` still holds its stream open.
-        assert!(tokio::time::timeout(Duration::from_secs(3600), idle.as_mut())
-            .await
-            .is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), idle.as_mut())
+                .await
+                .is_err()
+        );
         drop(a2);
         // A new stream within the limit restarts the clock.
         tokio::time::sleep(Duration::from_secs(50)).await;

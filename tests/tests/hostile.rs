@@ -16,9 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use postern_e2e::{
-    bench, echo_roundtrip, free_port, open_live, wait_for, Deployment, Echo, Proc,
-};
+use postern_e2e::{bench, echo_roundtrip, free_port, open_live, wait_for, Deployment, Echo, Proc};
 use serde_json::Value;
 
 /// The address the attacker connects from.
@@ -58,7 +56,9 @@ fn junk_token() -> String {
     format!(
         "{}.{}.{}",
         b64(&format!(r#"{{"alg":"EdDSA","typ":"JWT","kid":"{kid}"}}"#)),
-        b64(&format!(r#"{{"sub":"{MARKER}","groups":["radiologists"]}}"#)),
+        b64(&format!(
+            r#"{{"sub":"{MARKER}","groups":["radiologists"]}}"#
+        )),
         b64(MARKER)
     )
 }
@@ -146,7 +146,10 @@ fn junk_token_flood_is_aggregated_bounded_and_a_clinician_still_connects() {
         opens.push(t.elapsed());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!opens.is_empty(), "the flood ended before any tunnel was tried");
+    assert!(
+        !opens.is_empty(),
+        "the flood ended before any tunnel was tried"
+    );
     let slowest = opens.iter().max().unwrap();
     assert!(
         *slowest < Duration::from_secs(1),
@@ -155,14 +158,20 @@ fn junk_token_flood_is_aggregated_bounded_and_a_clinician_still_connects() {
     );
 
     let result = flood.wait_json("flood", Duration::from_secs(60));
-    assert_eq!(result["answered"], REQUESTS, "every request answered: {result}");
+    assert_eq!(
+        result["answered"], REQUESTS,
+        "every request answered: {result}"
+    );
     let status = |s: &str| result["statuses"][s].as_u64().unwrap_or(0);
     assert_eq!(
         status("401") + status("429"),
         REQUESTS as u64,
         "only 401 and 429: {result}"
     );
-    assert!(status("429") > 0, "no per-address limit before authentication: {result}");
+    assert!(
+        status("429") > 0,
+        "no per-address limit before authentication: {result}"
+    );
 
     // Nothing dropped: the audit writer kept up.
     let metrics = postern_e2e::dicom::http_get(admin, "/metrics").unwrap();
@@ -194,10 +203,7 @@ fn junk_token_flood_is_aggregated_bounded_and_a_clinician_still_connects() {
         .terminate(Duration::from_secs(20));
     assert_eq!(code, Some(0), "gateway did not stop cleanly");
     let refused = d.events("access.refused_unauthenticated");
-    let from_attacker: Vec<&Value> = refused
-        .iter()
-        .filter(|e| e["source"] == ATTACKER)
-        .collect();
+    let from_attacker: Vec<&Value> = refused.iter().filter(|e| e["source"] == ATTACKER).collect();
     let counted: u64 = from_attacker
         .iter()
         .map(|e| e["refused"]["count"].as_u64().unwrap())
@@ -298,15 +304,19 @@ fn an_idle_client_connection_gets_goaway_but_a_live_tunnel_stays() {
         assert_eq!(&b, b"y", "the live tunnel was cut");
     }
 
-    let closed: Vec<Value> = wait_for("both idle connections closed", Duration::from_secs(10), || {
-        let lines: Vec<Value> = hold
-            .log_text()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["kind"] == "h2_closed")
-            .collect();
-        (lines.len() == 2).then_some(lines)
-    });
+    let closed: Vec<Value> = wait_for(
+        "both idle connections closed",
+        Duration::from_secs(10),
+        || {
+            let lines: Vec<Value> = hold
+                .log_text()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v["kind"] == "h2_closed")
+                .collect();
+            (lines.len() == 2).then_some(lines)
+        },
+    );
     for c in &closed {
         assert_eq!(c["how"], "closed", "not a graceful GOAWAY: {c}");
         let after = c["after_ms"].as_u64().unwrap();

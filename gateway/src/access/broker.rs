@@ -366,7 +366,10 @@ impl Broker {
         let span = opened.tunnel.session.span();
         // The tunnel is an open stream of its client connection until it ends, so the
         // connection is not closed as idle under it.
-        let open_stream = req.extensions().get::<crate::stream::StreamGuard>().cloned();
+        let open_stream = req
+            .extensions()
+            .get::<crate::stream::StreamGuard>()
+            .cloned();
         tokio::spawn(
             async move {
                 let _open_stream = open_stream;

@@ -162,7 +162,14 @@ impl Refusals {
         }
     }
 
-    fn write(&self, source: Source, reason: Reason, count: u64, first: SystemTime, last: SystemTime) {
+    fn write(
+        &self,
+        source: Source,
+        reason: Reason,
+        count: u64,
+        first: SystemTime,
+        last: SystemTime,
+    ) {
         let ts = |t: SystemTime| humantime::format_rfc3339_micros(t).to_string();
         let mut ev = self.audit.event(EventType::AccessRefusedUnauthenticated);
         ev.source = Some(source.shown());
@@ -231,7 +238,10 @@ mod tests {
             all[3],
             ("192.0.2.1".into(), "token_invalid_signature".into(), 999)
         );
-        let last = mem.of_type(EventType::AccessRefusedUnauthenticated).pop().unwrap();
+        let last = mem
+            .of_type(EventType::AccessRefusedUnauthenticated)
+            .pop()
+            .unwrap();
         let s = last.refused.unwrap();
         assert_eq!(s.first, "2023-11-14T22:13:20.001000Z");
         assert_eq!(s.last, "2023-11-14T22:13:20.999000Z");
@@ -260,11 +270,7 @@ mod tests {
         let all = summaries(&mem);
         // One at once per tracked address, one at once for `other`, then `other`'s count.
         assert_eq!(all.len(), MAX_SOURCES + 2);
-        let other: u64 = all
-            .iter()
-            .filter(|s| s.0 == "other")
-            .map(|s| s.2)
-            .sum();
+        let other: u64 = all.iter().filter(|s| s.0 == "other").map(|s| s.2).sum();
         assert_eq!(other, 50);
         assert!(r.table().is_empty());
     }
