@@ -323,3 +323,164 @@ fn an_idle_client_connection_gets_goaway_but_a_live_tunnel_stays() {
         assert!((800..6000).contains(&after), "closed after {after} ms: {c}");
     }
 }
+
+/// Prints (and appends to `POSTERN_RELIABILITY_OUT`, as bench/reliability collects them) one
+/// figures line, in the format of tests/tests/reliability.rs.
+fn report(scenario: &str, mut fields: Value) {
+    fields["scenario"] = scenario.into();
+    fields["tier"] = "full".into();
+    fields["load_avg"] = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .into();
+    println!("RELIABILITY {fields}");
+    if let Ok(path) = std::env::var("POSTERN_RELIABILITY_OUT") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        writeln!(f, "{fields}").unwrap();
+    }
+}
+
+/// Bytes in the audit segments.
+fn audit_bytes(d: &Deployment) -> u64 {
+    std::fs::read_dir(d.path("gw/audit"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+/// Full size, for docs/reliability.md ("Hostile clients"): `bench/reliability hostile`, or
+/// `cargo test --release -p postern-e2e --test hostile -- --ignored --nocapture`.
+/// An unpaced junk-token flood (50,000 requests over 8 connections) with a clinician opening
+/// tunnels throughout; then 5 connector restarts while 250 clients try to hold the 200 client
+/// slots.
+#[test]
+#[ignore]
+fn full_hostile_clients() {
+    // Flood.
+    let echo = Echo::start();
+    let admin = free_port();
+    let mut d = Deployment::prepare(&policy(echo.addr));
+    d.append_config(&format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
+    d.start_gateway();
+    let d = d.with_connector(&allow(&echo));
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+    let (_client, local) = d.connect("echo", &token).unwrap();
+    assert_eq!(echo_roundtrip(local, b"before").unwrap(), b"before");
+    const REQUESTS: usize = 50_000;
+    let (before_lines, before_bytes) = (audit_lines(&d).len(), audit_bytes(&d));
+    let args: Vec<String> = [
+        "flood",
+        "--target",
+        &format!("127.0.0.1:{}", d.client_port),
+        "--ca-file",
+        &d.ca_file().display().to_string(),
+        "--source",
+        ATTACKER,
+        "--token",
+        &junk_token(),
+        "--requests",
+        &REQUESTS.to_string(),
+        "--connections",
+        "8",
+        "--parallel",
+        "16",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut flood = bench("flood", &args, d.path("flood.log"));
+    flood.wait_json("flood_started", Duration::from_secs(10));
+    let mut opens = Vec::new();
+    while flood.is_running() {
+        let t = Instant::now();
+        assert_eq!(echo_roundtrip(local, b"during").unwrap(), b"during");
+        opens.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let result = flood.wait_json("flood", Duration::from_secs(120));
+    let seconds = result["seconds"].as_f64().unwrap();
+    let metrics = postern_e2e::dicom::http_get(admin, "/metrics").unwrap();
+    let failures = sample(&metrics, "postern_audit_failures_total").unwrap();
+    let lines = audit_lines(&d);
+    let flood_lines: Vec<&String> = lines[before_lines..]
+        .iter()
+        .filter(|l| !is_clinician_session(l))
+        .collect();
+    let flood_bytes: usize = flood_lines.iter().map(|l| l.len() + 1).sum();
+    let total_bytes = audit_bytes(&d) - before_bytes;
+    opens.sort();
+    assert!(!opens.is_empty());
+    let p50 = opens[opens.len() / 2];
+    let max = *opens.last().unwrap();
+    report(
+        "hostile_flood",
+        serde_json::json!({
+            "requests": REQUESTS,
+            "requests_per_s": result["requests_per_s"],
+            "statuses": result["statuses"],
+            "seconds": seconds,
+            "audit_events_from_flood": flood_lines.len(),
+            "audit_bytes_from_flood": flood_bytes,
+            "audit_bytes_per_s_total": (total_bytes as f64 / seconds).round(),
+            "audit_failures": failures,
+            "clinician_tunnels": opens.len(),
+            "clinician_open_ms_p50": ms(p50),
+            "clinician_open_ms_max": ms(max),
+        }),
+    );
+    assert_eq!(failures, 0.0);
+    assert!(max < Duration::from_secs(1), "{max:?}");
+    drop(d);
+
+    // Idle connections at the client cap; the connector restarts.
+    let echo = Echo::start();
+    let mut d = Deployment::prepare_with(&policy(echo.addr), "max_client_connections = 200\n");
+    d.start_gateway();
+    let mut d = d.with_connector(&allow(&echo));
+    let id = d.connector_id.clone();
+    let (_hold, summary) = h2_hold(&d, "hold", 250, &["--refill"]);
+    assert_eq!(summary["opened"].as_u64(), Some(200), "{summary}");
+    let mut reconnects = Vec::new();
+    for _ in 0..5 {
+        d.connector.as_mut().unwrap().kill();
+        std::thread::sleep(Duration::from_millis(500));
+        let before = d.connected(&id);
+        let t = Instant::now();
+        d.connector = Some(d.spawn_connector("conn"));
+        wait_for(
+            "the connector to reconnect",
+            Duration::from_secs(30),
+            || (d.connected(&id) > before).then_some(()),
+        );
+        reconnects.push(t.elapsed());
+    }
+    reconnects.sort();
+    report(
+        "hostile_idle_hold",
+        serde_json::json!({
+            "client_cap": 200,
+            "clients_trying": 250,
+            "clients_held": summary["opened"],
+            "connector_restarts": reconnects.len(),
+            "reconnect_ms_min": ms(reconnects[0]),
+            "reconnect_ms_median": ms(reconnects[reconnects.len() / 2]),
+            "reconnect_ms_max": ms(*reconnects.last().unwrap()),
+        }),
+    );
+    assert!(*reconnects.last().unwrap() < Duration::from_secs(10));
+}
