@@ -130,7 +130,7 @@ impl Broker {
         // 1 and 2. Address limit, subject.
         let subject = match self.authenticate(&req, peer) {
             Ok(s) => s,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         };
         // 3. Target.
         let name = match target(&req) {
@@ -158,17 +158,22 @@ impl Broker {
 
     /// Stages 1 and 2, shared with the endpoint queries: the per-address limit, then the
     /// token. A refusal is answered (429 or 401) and audited in aggregate ([`Refusals`]).
-    pub fn authenticate<B>(&self, req: &Request<B>, peer: SocketAddr) -> Result<Subject, Resp> {
+    /// The answer is boxed: it is large and the happy path should not carry its size.
+    pub fn authenticate<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+    ) -> Result<Subject, Box<Resp>> {
         let now = self.access.clock.now();
         if let Err(secs) = self.limits.tunnel_ip.check(&peer.ip()) {
             self.access.metrics.note_ratelimited("tunnel");
             self.refusals.note(peer.ip(), Reason::RateLimited, now);
             let msg = format!("too many requests from this address; try again in {secs}s");
-            return Err(too_many(&msg, secs));
+            return Err(Box::new(too_many(&msg, secs)));
         }
         self.authn.authenticate(req, peer).map_err(|e| {
             self.refusals.note(peer.ip(), Reason::of(&e), now);
-            token_refusal(&e)
+            Box::new(token_refusal(&e))
         })
     }
 

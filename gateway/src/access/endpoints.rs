@@ -33,7 +33,7 @@ pub fn list<B>(broker: &Broker, req: &Request<B>, peer: SocketAddr) -> Resp {
         Ok(s) => s,
         Err(resp) => {
             debug!(%peer, "endpoint listing refused");
-            return resp;
+            return *resp;
         }
     };
     let policy = broker.access.policy();
@@ -62,7 +62,7 @@ pub fn check<B>(broker: &Broker, req: &Request<B>, peer: SocketAddr, name: &str)
     // Refusals before authentication are audited in aggregate (`access.refused_unauthenticated`).
     let subject = match broker.authenticate(req, peer) {
         Ok(s) => s,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let policy = broker.access.policy();
     let given = justification(req);
