@@ -303,6 +303,11 @@ fn an_idle_client_connection_gets_goaway_but_a_live_tunnel_stays() {
         live.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"y", "the live tunnel was cut");
     }
+    // Once the tunnel is gone the clinician's connection is idle and closed in turn; the
+    // client dials again for the next tunnel.
+    drop(live);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(echo_roundtrip(local, b"again").unwrap(), b"again");
 
     let closed: Vec<Value> = wait_for(
         "both idle connections closed",
