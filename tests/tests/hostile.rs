@@ -452,7 +452,7 @@ fn measure_flood(scenario: &str, extra: &str) {
 }
 
 #[test]
-#[ignore]
+#[ignore = "full scale: run by bench/reliability (release build)"]
 fn full_hostile_clients() {
     measure_flood("hostile_flood", "");
     // The same without the per-address limit (as from many addresses): every request is
