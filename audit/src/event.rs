@@ -104,6 +104,11 @@ pub struct Event {
     /// Hospital site, for connector and enrolment events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
+    /// `access.refused_unauthenticated`: how many requests from `source` were refused for
+    /// one reason, and when the first and the last of them came. Added after v1 was first
+    /// written: absent in older lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<RefusedSummary>,
     /// What the log itself records about its integrity (`audit.*` events only): a checkpoint's
     /// signature, the key that signs, what a recovery found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,6 +121,22 @@ pub struct Event {
     /// member of the line. Set by the writer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+}
+
+/// Refusals of unauthenticated requests, aggregated: one event per source address and reason
+/// per interval instead of one per request (see `access.refused_unauthenticated`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedSummary {
+    /// Stable reason code: `token_missing`, `token_malformed`, `token_invalid_signature`,
+    /// `token_expired`, `token_revoked`, `user_revoked`, `device_revoked`, `rate_limited`,
+    /// `bad_target`.
+    pub reason: String,
+    /// How many requests were refused for `reason` between `first` and `last`.
+    pub count: u64,
+    /// When the first of them came (RFC 3339, UTC, microseconds).
+    pub first: String,
+    /// When the last of them came.
+    pub last: String,
 }
 
 /// The device a session came from, as device trust identified it.
@@ -224,6 +245,10 @@ pub enum EventType {
     SessionStart,
     /// A session was refused (policy, token, no connector, ...).
     SessionDenied,
+    /// Requests without a valid session token (or over the per-address limit before
+    /// authentication) were refused: one event per source address and reason per interval,
+    /// with a count ([`Event::refused`]), never the token.
+    AccessRefusedUnauthenticated,
     /// A session closed; carries byte counts, duration and close reason.
     SessionEnd,
     /// A connector enrolled with a one-time token and got its certificate.
@@ -301,9 +326,10 @@ pub enum EventType {
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 35] = [
+    pub const ALL: [EventType; 36] = [
         EventType::SessionStart,
         EventType::SessionDenied,
+        EventType::AccessRefusedUnauthenticated,
         EventType::SessionEnd,
         EventType::ConnectorEnrolled,
         EventType::ConnectorConnected,
@@ -344,6 +370,7 @@ impl EventType {
         match self {
             EventType::SessionStart => "session.start",
             EventType::SessionDenied => "session.denied",
+            EventType::AccessRefusedUnauthenticated => "access.refused_unauthenticated",
             EventType::SessionEnd => "session.end",
             EventType::ConnectorEnrolled => "connector.enrolled",
             EventType::ConnectorConnected => "connector.connected",
@@ -385,6 +412,24 @@ impl EventType {
         EventType::ALL.into_iter().find(|t| t.as_str() == s)
     }
 
+    /// Whether an event of this type may be shed (dropped, and counted) when the writer's queue
+    /// is nearly full: only per-request refusals that an unauthenticated or already-refused
+    /// party can cause in bulk. Everything else (sign-in, sign-out, revocations, device and
+    /// connector changes, session starts and ends, the aggregated refusal counts) waits for
+    /// room instead. Types this version does not know are never shed.
+    pub fn sheddable(kind: &str) -> bool {
+        matches!(
+            EventType::from_type_str(kind),
+            Some(
+                EventType::SessionDenied
+                    | EventType::ConnectorRefused
+                    | EventType::EnrollmentFailed
+                    | EventType::AuthFailed
+                    | EventType::DeviceAssertionFailed
+            )
+        )
+    }
+
     /// Whether only the audit writer itself may write this type (`audit.*`): a caller that
     /// records one is refused, so nobody can forge a checkpoint through the normal API.
     pub fn is_reserved(s: &str) -> bool {
@@ -409,10 +454,104 @@ impl Event {
         }
     }
 
+    /// Cuts every caller-supplied string to a bound (and every list to a number of entries),
+    /// so no field of an event can make a line large: [`MAX_TEXT_BYTES`] for free text
+    /// (`detail`, reasons, `justification`, report-only findings), [`MAX_FIELD_BYTES`] for
+    /// names, ids and addresses, [`MAX_LIST_ITEMS`] entries per list. A cut string ends in
+    /// `…[+N bytes]`. The writer applies it to every event before it is chained; what the
+    /// writer itself fills (`seq`, `prev`, `hash`, `audit`) is left alone.
+    pub fn bound_lengths(&mut self) {
+        let short = |s: &mut String| bound(s, MAX_FIELD_BYTES);
+        let short_opt = |s: &mut Option<String>| {
+            if let Some(s) = s {
+                bound(s, MAX_FIELD_BYTES)
+            }
+        };
+        let text_opt = |s: &mut Option<String>| {
+            if let Some(s) = s {
+                bound(s, MAX_TEXT_BYTES)
+            }
+        };
+        let list = |l: &mut Vec<String>, max: usize| {
+            l.truncate(MAX_LIST_ITEMS);
+            l.iter_mut().for_each(|s| bound(s, max));
+        };
+        short(&mut self.ts);
+        short(&mut self.kind);
+        short_opt(&mut self.session_id);
+        short_opt(&mut self.user);
+        short_opt(&mut self.user_name);
+        short_opt(&mut self.user_email);
+        if let Some(g) = &mut self.groups {
+            list(g, MAX_FIELD_BYTES);
+        }
+        if let Some(d) = &mut self.device {
+            short(&mut d.id);
+            short_opt(&mut d.name);
+        }
+        short_opt(&mut self.source);
+        short_opt(&mut self.user_agent);
+        if let Some(e) = &mut self.endpoint {
+            short(&mut e.name);
+            short(&mut e.site);
+            short(&mut e.host);
+            short(&mut e.protocol);
+        }
+        short_opt(&mut self.egress_class);
+        if let Some(c) = &mut self.connector {
+            short(&mut c.id);
+            short(&mut c.site);
+        }
+        if let Some(d) = &mut self.decision {
+            short(&mut d.effect);
+            short_opt(&mut d.rule);
+            short_opt(&mut d.policy_version);
+            bound(&mut d.reason, MAX_TEXT_BYTES);
+            list(&mut d.matched_allows, MAX_FIELD_BYTES);
+            list(&mut d.matched_denies, MAX_FIELD_BYTES);
+            short_opt(&mut d.valid_until);
+        }
+        if let Some(r) = &mut self.report_only {
+            list(r, MAX_TEXT_BYTES);
+        }
+        text_opt(&mut self.justification);
+        short_opt(&mut self.close_reason);
+        short_opt(&mut self.gateway);
+        text_opt(&mut self.detail);
+        short_opt(&mut self.site);
+        if let Some(r) = &mut self.refused {
+            short(&mut r.reason);
+            short(&mut r.first);
+            short(&mut r.last);
+        }
+    }
+
     /// The type as an enum, or `None` if it is one this version does not know.
     pub fn event_type(&self) -> Option<EventType> {
         EventType::from_type_str(&self.kind)
     }
+}
+
+/// Bound of a free-text field (`detail`, a decision's reason, `justification`).
+pub const MAX_TEXT_BYTES: usize = 2048;
+/// Bound of a name, id, address or code.
+pub const MAX_FIELD_BYTES: usize = 512;
+/// Bound of a list's number of entries (groups, matched rules, report-only findings).
+pub const MAX_LIST_ITEMS: usize = 64;
+
+/// Cuts `s` to at most `max` bytes (at a character boundary), marking the cut.
+fn bound(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let total = s.len();
+    // Room for the marker, so the result stays within `max`.
+    let mut cut = max.saturating_sub(24);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    s.push_str(&format!("…[+{} bytes]", total - cut));
 }
 
 /// The current time as written in [`Event::ts`].
@@ -438,6 +577,76 @@ mod tests {
         }
         assert_eq!(seen.len(), EventType::ALL.len());
         assert_eq!(EventType::from_type_str("session.teleported"), None);
+    }
+
+    #[test]
+    fn bound_lengths_cuts_every_caller_string_at_a_char_boundary_and_marks_it() {
+        let huge = "é".repeat(10_000); // 2 bytes per char: cuts must respect boundaries
+        let mut e = Event::new(EventType::SessionDenied);
+        e.user = Some(huge.clone());
+        e.source = Some(huge.clone());
+        e.detail = Some(huge.clone());
+        e.groups = Some(vec![huge.clone(); 1000]);
+        e.endpoint = Some(EndpointRef {
+            name: huge.clone(),
+            ..EndpointRef::default()
+        });
+        e.decision = Some(DecisionRef {
+            reason: huge.clone(),
+            matched_denies: vec![huge.clone(); 3],
+            ..DecisionRef::default()
+        });
+        e.refused = Some(RefusedSummary {
+            reason: huge.clone(),
+            count: 1,
+            ..RefusedSummary::default()
+        });
+        e.session_id = Some("short".into());
+        e.bound_lengths();
+        let user = e.user.as_deref().unwrap();
+        assert!(user.len() <= MAX_FIELD_BYTES, "{}", user.len());
+        assert!(user.ends_with(" bytes]"), "{user}");
+        assert!(user.starts_with("éé"));
+        assert!(e.source.as_deref().unwrap().len() <= MAX_FIELD_BYTES);
+        let detail = e.detail.as_deref().unwrap();
+        assert!(detail.len() <= MAX_TEXT_BYTES && detail.len() > MAX_FIELD_BYTES);
+        let groups = e.groups.as_ref().unwrap();
+        assert_eq!(groups.len(), MAX_LIST_ITEMS);
+        assert!(groups.iter().all(|g| g.len() <= MAX_FIELD_BYTES));
+        assert!(e.endpoint.as_ref().unwrap().name.len() <= MAX_FIELD_BYTES);
+        let d = e.decision.as_ref().unwrap();
+        assert!(d.reason.len() <= MAX_TEXT_BYTES);
+        assert!(d.matched_denies.iter().all(|r| r.len() <= MAX_FIELD_BYTES));
+        assert!(e.refused.as_ref().unwrap().reason.len() <= MAX_FIELD_BYTES);
+        assert_eq!(
+            e.session_id.as_deref(),
+            Some("short"),
+            "short strings untouched"
+        );
+        // The whole line is now bounded, whatever the caller put in.
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(line.len() < 64 * 1024, "{}", line.len());
+    }
+
+    #[test]
+    fn only_bulk_refusals_are_sheddable() {
+        for t in [
+            EventType::AuthLogin,
+            EventType::AuthLogout,
+            EventType::TokenRevoked,
+            EventType::DeviceRegistered,
+            EventType::DeviceRevoked,
+            EventType::ConnectorConnected,
+            EventType::ConnectorRevoked,
+            EventType::SessionStart,
+            EventType::SessionEnd,
+            EventType::SessionTerminated,
+            EventType::AccessRefusedUnauthenticated,
+        ] {
+            assert!(!EventType::sheddable(t.as_str()), "{t} must never be shed");
+        }
+        assert!(EventType::sheddable("session.denied"));
+        assert!(!EventType::sheddable("future.type"));
     }
 
     #[test]
@@ -525,6 +734,12 @@ mod tests {
             egress_class: Some("clinical".into()),
             report_only: Some(vec!["rule night-shift would deny: outside hours".into()]),
             justification: Some("stroke call, consultant unavailable".into()),
+            refused: Some(RefusedSummary {
+                reason: "token_malformed".into(),
+                count: 3,
+                first: "2025-03-01T08:15:00.000000Z".into(),
+                last: "2025-03-01T08:15:02.000000Z".into(),
+            }),
             audit: Some(AuditMeta {
                 reason: Some("close".into()),
                 ..AuditMeta::default()
@@ -561,6 +776,7 @@ mod tests {
                 "hash",
                 "justification",
                 "prev",
+                "refused",
                 "report_only",
                 "seq",
                 "session_id",
@@ -588,6 +804,8 @@ mod tests {
         assert_eq!(value["decision"]["valid_until"], "2026-12-04T18:00:00Z");
         assert_eq!(value["connector"]["id"], "conn-7");
         assert_eq!(value["device"]["user_verified"], true);
+        assert_eq!(value["refused"]["count"], 3);
+        assert_eq!(value["refused"]["reason"], "token_malformed");
         // Serialization order: seq right after v; prev then hash last (the chain relies on it).
         assert!(json.starts_with(r#"{"v":1,"seq":7,"ts":"#), "{json}");
         let tail = format!(

@@ -152,6 +152,7 @@ impl MemorySink {
         if EventType::is_reserved(&event.kind) {
             return Err(AuditError::Reserved { kind: event.kind });
         }
+        event.bound_lengths();
         event.seq = Some(state.events.len() as u64 + 1);
         state.events.push(event);
         Ok(())

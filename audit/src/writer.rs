@@ -39,8 +39,13 @@ use crate::store::{encode_event, write_atomic, Head, Store, HEAD_FILE};
 use crate::syslog::{Forwarder, SyslogOptions};
 use crate::witness::Witness;
 
-/// How many commands may wait for the writer before `record` waits and `record_nowait` drops.
+/// How many commands may wait for the writer before `record` waits.
 const QUEUE_CAPACITY: usize = 16 * 1024;
+/// Queue slots kept free for events that must not be lost: a sheddable event
+/// ([`EventType::sheddable`]) offered by `record_nowait` is dropped (and counted) once fewer
+/// than this many slots are free, so a burst of refusals can never take the room a sign-in, a
+/// revocation or a `session.start` needs.
+const RESERVED_SLOTS: usize = QUEUE_CAPACITY / 4;
 /// At most this many events go into one write (bounds latency of the first waiter).
 const MAX_BATCH_EVENTS: usize = 1024;
 
@@ -220,22 +225,62 @@ impl AuditLog {
     }
 
     /// Queues `event` without waiting: it is written in order with the events around it and
-    /// synced with its batch. Never blocks. If the queue is full or the writer is closed the
-    /// event is dropped and counted in [`AuditStats::dropped`]; if its batch fails (or it is a
-    /// reserved `audit.*` type), it is counted in [`AuditStats::failed`]. Both are logged with
-    /// `tracing` at error level.
+    /// synced with its batch. Never blocks the caller.
+    ///
+    /// A *sheddable* event ([`EventType::sheddable`]: per-request refusals) is dropped when
+    /// fewer than [`RESERVED_SLOTS`] queue slots are free, and counted in
+    /// [`AuditStats::dropped`]. Any other event is never shed: if the queue is full it waits
+    /// for room in a task of its own (back-pressure on the writer, not on the caller), so it
+    /// may land after events queued later. Only a closed writer drops one (counted likewise).
+    /// If its batch fails (or it is a reserved `audit.*` type), it is counted in
+    /// [`AuditStats::failed`]. Drops and failures are logged with `tracing` at error level.
     pub fn record_nowait(&self, event: Event) {
-        if let Err(e) = self.tx.try_send(Command::Append {
+        let sheddable = EventType::sheddable(&event.kind);
+        if sheddable && self.tx.capacity() < RESERVED_SLOTS {
+            self.note_dropped("queue nearly full: refusal shed");
+            return;
+        }
+        let command = Command::Append {
             event: Box::new(event),
             done: None,
-        }) {
-            let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            let why = match e {
-                mpsc::error::TrySendError::Full(_) => "queue full",
-                mpsc::error::TrySendError::Closed(_) => "writer closed",
-            };
-            tracing::error!(dir = %self.shared.dir.display(), why, dropped, "audit event dropped");
+        };
+        match self.tx.try_send(command) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => self.note_dropped("writer closed"),
+            Err(mpsc::error::TrySendError::Full(_)) if sheddable => self.note_dropped("queue full"),
+            Err(mpsc::error::TrySendError::Full(command)) => self.wait_for_room(command),
         }
+    }
+
+    /// Hands an event that must not be shed to a task that waits for queue room (or, outside
+    /// a tokio runtime, waits right here).
+    fn wait_for_room(&self, command: Command) {
+        tracing::warn!(dir = %self.shared.dir.display(), "audit queue full: a security event waits for room");
+        let tx = self.tx.clone();
+        let shared = Arc::clone(&self.shared);
+        let lost = move || {
+            let dropped = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::error!(dir = %shared.dir.display(), why = "writer closed", dropped, "audit event dropped");
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if tx.send(command).await.is_err() {
+                        lost();
+                    }
+                });
+            }
+            Err(_) => {
+                if tx.blocking_send(command).is_err() {
+                    lost();
+                }
+            }
+        }
+    }
+
+    fn note_dropped(&self, why: &'static str) {
+        let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::error!(dir = %self.shared.dir.display(), why, dropped, "audit event dropped");
     }
 
     /// Waits until every event queued before this call is on disk.
@@ -551,7 +596,9 @@ impl Writer {
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
-                Command::Append { event, done } => {
+                Command::Append { mut event, done } => {
+                    // No caller-supplied field can make a line unbounded.
+                    event.bound_lengths();
                     if let Some(e) = self.shared.failed_error() {
                         // Fail closed: nothing more goes to a log whose state is unknown.
                         self.reject(done, e);
@@ -853,6 +900,51 @@ mod tests {
             user: Some(user.into()),
             ..Event::new(EventType::SessionStart)
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_sheds_refusals_but_never_security_events() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(tmp.path()).await.unwrap();
+        // Another holder of the log's lock: the writer blocks on its next batch, the queue fills.
+        let lock = std::fs::File::open(tmp.path().join(crate::store::LOCK_FILE)).unwrap();
+        lock.lock().unwrap();
+        let denied = |i: usize| Event {
+            user: Some(format!("denied-{i}")),
+            ..Event::new(EventType::SessionDenied)
+        };
+        let login = |i: usize| Event {
+            user: Some(format!("login-{i}")),
+            ..Event::new(EventType::AuthLogin)
+        };
+        let offered = QUEUE_CAPACITY + 100;
+        for i in 0..offered {
+            log.record_nowait(denied(i));
+        }
+        let shed = log.stats().dropped;
+        // At most the unreserved slots, plus one batch the writer took before it blocked.
+        let most_kept = QUEUE_CAPACITY - RESERVED_SLOTS + MAX_BATCH_EVENTS + 1;
+        assert!(shed as usize >= offered - most_kept, "only {shed} shed");
+        // The reserve takes security events; beyond it they wait for room, none is dropped.
+        let logins = RESERVED_SLOTS + 500;
+        for i in 0..logins {
+            log.record_nowait(login(i));
+        }
+        assert_eq!(log.stats().dropped, shed, "a security event was dropped");
+        lock.unlock().unwrap();
+        log.flush().await.unwrap();
+        let events = crate::reader::read_all(tmp.path()).unwrap();
+        let count = |prefix: &str| {
+            events
+                .iter()
+                .filter(|e| e.user.as_deref().is_some_and(|u| u.starts_with(prefix)))
+                .count()
+        };
+        assert_eq!(count("login-"), logins, "every security event is on disk");
+        assert_eq!(count("denied-") + shed as usize, offered);
+        let stats = log.stats();
+        assert_eq!((stats.dropped, stats.failed), (shed, 0));
+        log.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -245,8 +245,11 @@ async fn append_sync_from_threads_and_writer_never_interleave() {
     const THREADS: usize = 4;
     const TASKS: usize = 4;
     const EACH: usize = 100;
-    // Large lines, so a write that is not atomic with respect to the others would show.
+    // Large lines, so a write that is not atomic with respect to the others would show. Every
+    // string field is bounded (`Event::bound_lengths`), so the padding is several report-only
+    // entries of `CHUNK` bytes each.
     const PAD: usize = 16 * 1024;
+    const CHUNK: usize = 1024;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
     let log = AuditLog::open(&dir).await.unwrap();
@@ -254,7 +257,8 @@ async fn append_sync_from_threads_and_writer_never_interleave() {
     let padded = |who: &str, i: usize| {
         let mut e = event(EventType::TokenCreated, &format!("{who}-{i}"));
         let c = char::from(b'a' + (i % 26) as u8);
-        e.detail = Some(std::iter::repeat_n(c, PAD).collect());
+        let chunk: String = std::iter::repeat_n(c, CHUNK).collect();
+        e.report_only = Some(vec![chunk; PAD / CHUNK]);
         e
     };
 
@@ -303,7 +307,7 @@ async fn append_sync_from_threads_and_writer_never_interleave() {
         let id = e.session_id.unwrap();
         let i: usize = id.rsplit_once('-').unwrap().1.parse().unwrap();
         let c = char::from(b'a' + (i % 26) as u8);
-        let detail = e.detail.unwrap();
+        let detail = e.report_only.unwrap().concat();
         assert_eq!(detail.len(), PAD, "{id}");
         assert!(
             detail.chars().all(|d| d == c),

@@ -6,6 +6,7 @@
 
 mod attack;
 mod cpu;
+mod hostile;
 mod net;
 mod report;
 
@@ -122,6 +123,51 @@ enum Cmd {
         seed: u64,
         #[arg(long)]
         ca_file: Option<PathBuf>,
+    },
+    /// Junk-token requests (`CONNECT ENDPOINT:0` and `GET /v1/endpoints/ENDPOINT`,
+    /// alternately) over HTTP/2; prints one JSON line with the answers by status.
+    Flood {
+        #[arg(long)]
+        target: SocketAddr,
+        /// The gateway's server CA.
+        #[arg(long)]
+        ca_file: PathBuf,
+        /// Source address to connect from (e.g. 127.0.0.2), instead of the kernel's choice.
+        #[arg(long)]
+        source: Option<std::net::IpAddr>,
+        #[arg(long, default_value = "echo")]
+        endpoint: String,
+        /// The bearer token every request carries.
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 10_000)]
+        requests: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Requests in flight per connection.
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+        /// At most this many requests per second (0: as fast as they are answered).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+    },
+    /// Opens COUNT HTTP/2 connections, one `GET PATH` on each, then holds them idle (answering
+    /// the server's PINGs) until SIGTERM; prints one JSON line when all were tried, then one
+    /// per connection the server closed.
+    H2Hold {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        ca_file: PathBuf,
+        #[arg(long)]
+        source: Option<std::net::IpAddr>,
+        #[arg(long, default_value_t = 8)]
+        count: usize,
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// Replace every connection the server closes or refuses (every 50 ms).
+        #[arg(long)]
+        refill: bool,
     },
     /// RSS and PSS (kB) of a process from /proc/PID/smaps_rollup, as one JSON line.
     Mem {
@@ -254,6 +300,38 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             seed,
             ca_file,
         } => attack::garbage(target, duration_s, parallel, seed, ca_file.as_deref()).await,
+        Cmd::Flood {
+            target,
+            ca_file,
+            source,
+            endpoint,
+            token,
+            requests,
+            connections,
+            parallel,
+            rate,
+        } => {
+            hostile::flood(
+                target,
+                &ca_file,
+                source,
+                &endpoint,
+                &token,
+                requests,
+                connections,
+                parallel,
+                rate,
+            )
+            .await
+        }
+        Cmd::H2Hold {
+            target,
+            ca_file,
+            source,
+            count,
+            path,
+            refill,
+        } => hostile::h2_hold(target, &ca_file, source, count, &path, refill).await,
         Cmd::FreePorts { n } => net::free_ports(n).await,
         Cmd::WaitPort { addr, timeout_ms } => net::wait_port(addr, timeout_ms).await,
         Cmd::Mem { .. } | Cmd::IperfSummary { .. } | Cmd::Report { .. } | Cmd::Cpu { .. } => Ok(()),

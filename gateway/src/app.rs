@@ -59,7 +59,13 @@ pub struct Lifecycle {
     pub draining: CancellationToken,
     /// Per-connection tasks of every listener, awaited at shutdown.
     pub conns: tokio_util::task::TaskTracker,
-    pub conn_limit: Arc<Semaphore>,
+    /// Open connections on the client listener (`max_client_connections`).
+    pub client_conns: Arc<Semaphore>,
+    /// Open connections on the connector listener (`max_connector_connections`): a pool of
+    /// its own, so clients at their cap never keep a connector out.
+    pub connector_conns: Arc<Semaphore>,
+    /// Client connections per source address (`max_connections_per_address`).
+    pub per_address: Arc<crate::limits::AddressCap>,
 }
 
 /// The seams an application is built on: [`App::open`] passes the configured ones, tests
@@ -203,7 +209,9 @@ impl App {
             shutdown: CancellationToken::new(),
             draining: CancellationToken::new(),
             conns: tokio_util::task::TaskTracker::new(),
-            conn_limit: Arc::new(Semaphore::new(config.max_connections)),
+            client_conns: Arc::new(Semaphore::new(config.connections.max_client)),
+            connector_conns: Arc::new(Semaphore::new(config.connections.max_connector)),
+            per_address: crate::limits::AddressCap::new(config.connections.per_address),
         };
         let issuer = Arc::new(Issuer {
             authn: authn.clone(),
@@ -239,6 +247,10 @@ impl App {
             access: access.clone(),
             upstream: upstream.unwrap_or_else(|| registry.clone()),
             limits: limits.clone(),
+            refusals: Arc::new(crate::access::refusals::Refusals::new(
+                audit.clone(),
+                metrics.clone(),
+            )),
             dial_timeout: config.connector_dial_timeout,
         });
         let enrolment = Arc::new(Enrolment {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::limits::{RateLimits, RateQuota};
+use crate::limits::{ConnectionLimits, RateLimits, RateQuota};
 
 /// Errors in a configuration file. Each message names the file, the key and what was expected.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +122,14 @@ struct RawTls {
 struct RawLimits {
     handshake_timeout: Option<String>,
     connector_dial_timeout: Option<String>,
+    /// The old name of `max_client_connections` (before the listeners had separate pools);
+    /// still accepted.
     max_connections: Option<usize>,
+    max_client_connections: Option<usize>,
+    max_connector_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    client_idle_timeout: Option<String>,
+    refusal_summary_interval: Option<String>,
     session_token_max_ttl: Option<String>,
     connector_cert_validity: Option<String>,
     shutdown_grace: Option<String>,
@@ -148,7 +155,10 @@ pub struct Config {
     pub advertise_connector_addrs: Vec<String>,
     pub handshake_timeout: Duration,
     pub connector_dial_timeout: Duration,
-    pub max_connections: usize,
+    /// Connection caps per listener and per address, and the client idle timeout.
+    pub connections: ConnectionLimits,
+    /// How often refusals of unauthenticated requests are written in aggregate.
+    pub refusal_summary_interval: Duration,
     pub session_token_max_ttl: Duration,
     pub connector_cert_validity: Duration,
     /// On SIGTERM, how long live sessions may go on before they are ended.
@@ -332,7 +342,8 @@ impl Config {
             advertise_connector_addrs: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             connector_dial_timeout: Duration::from_secs(10),
-            max_connections: 20_000,
+            connections: ConnectionLimits::default(),
+            refusal_summary_interval: Duration::from_secs(60),
             session_token_max_ttl: Duration::from_secs(24 * 3600),
             connector_cert_validity: Duration::from_secs(90 * 24 * 3600),
             shutdown_grace: Duration::from_secs(30),
@@ -420,11 +431,65 @@ impl Config {
             raw.limits.shutdown_grace,
             d.shutdown_grace,
         );
-        let max_connections = raw.limits.max_connections.unwrap_or(d.max_connections);
-        if max_connections == 0 {
-            errors.push(format!(
-                "{file}: limits.max_connections: must be at least 1"
-            ));
+        let refusal_summary_interval = dur(
+            "refusal_summary_interval",
+            raw.limits.refusal_summary_interval,
+            d.refusal_summary_interval,
+        );
+        let client_idle = dur(
+            "client_idle_timeout",
+            raw.limits.client_idle_timeout,
+            d.connections.client_idle,
+        );
+        for (key, v) in [
+            ("refusal_summary_interval", refusal_summary_interval),
+            ("client_idle_timeout", client_idle),
+        ] {
+            if v < Duration::from_secs(1) {
+                errors.push(format!("{file}: limits.{key}: must be at least 1s"));
+            }
+        }
+        let dc = d.connections;
+        let max_client = match (
+            raw.limits.max_connections,
+            raw.limits.max_client_connections,
+        ) {
+            (Some(_), Some(_)) => {
+                errors.push(format!(
+                    "{file}: limits.max_connections: the old name of max_client_connections; set only max_client_connections"
+                ));
+                dc.max_client
+            }
+            (Some(n), None) | (None, Some(n)) => n,
+            (None, None) => dc.max_client,
+        };
+        let connections = ConnectionLimits {
+            max_client,
+            max_connector: raw
+                .limits
+                .max_connector_connections
+                .unwrap_or(dc.max_connector),
+            per_address: raw
+                .limits
+                .max_connections_per_address
+                .unwrap_or(dc.per_address),
+            client_idle,
+        };
+        for (key, n) in [
+            (
+                if raw.limits.max_connections.is_some() {
+                    "max_connections"
+                } else {
+                    "max_client_connections"
+                },
+                connections.max_client,
+            ),
+            ("max_connector_connections", connections.max_connector),
+            ("max_connections_per_address", connections.per_address),
+        ] {
+            if n == 0 {
+                errors.push(format!("{file}: limits.{key}: must be at least 1"));
+            }
         }
         let rl = RateLimits::default();
         let mut quota = |key: &str, v: Option<RateQuota>, default: RateQuota| -> RateQuota {
@@ -581,7 +646,8 @@ impl Config {
             advertise_connector_addrs: raw.tls.advertise_connector_addrs.unwrap_or_default(),
             handshake_timeout,
             connector_dial_timeout,
-            max_connections,
+            connections,
+            refusal_summary_interval,
             session_token_max_ttl,
             connector_cert_validity,
             shutdown_grace,
@@ -633,6 +699,55 @@ mod tests {
         assert!(err.contains("gw.toml: listen.clients"), "{err}");
         assert!(err.contains("gw.toml: listen.connectors"), "{err}");
         assert!(err.contains("gw.toml: limits.handshake_timeout"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_defaults_new_keys_and_the_old_max_connections() {
+        let base = "state_dir = \"s\"\npolicy = \"p\"\n[listen]\nclients = \"127.0.0.1:1\"\nconnectors = \"127.0.0.1:2\"\n[limits]\n";
+        let parse = |extra: &str| Config::parse(&format!("{base}{extra}"), Path::new("gw.toml"));
+        let c = parse("").unwrap();
+        assert_eq!(c.connections, ConnectionLimits::default());
+        assert_eq!(c.refusal_summary_interval, Duration::from_secs(60));
+        let c = parse(
+            "max_client_connections = 100\nmax_connector_connections = 7\nmax_connections_per_address = 3\nclient_idle_timeout = \"90s\"\nrefusal_summary_interval = \"10s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.connections,
+            ConnectionLimits {
+                max_client: 100,
+                max_connector: 7,
+                per_address: 3,
+                client_idle: Duration::from_secs(90),
+            }
+        );
+        assert_eq!(c.refusal_summary_interval, Duration::from_secs(10));
+        // The old key sets the client cap; connectors keep their own pool.
+        let c = parse("max_connections = 8\n").unwrap();
+        assert_eq!(c.connections.max_client, 8);
+        assert_eq!(
+            c.connections.max_connector,
+            ConnectionLimits::default().max_connector
+        );
+        let err = parse("max_connections = 8\nmax_client_connections = 9\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gw.toml: limits.max_connections: the old name of max_client_connections"),
+            "{err}"
+        );
+        let err = parse(
+            "max_connections_per_address = 0\nmax_connector_connections = 0\nclient_idle_timeout = \"0s\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "limits.max_connections_per_address: must be at least 1",
+            "limits.max_connector_connections: must be at least 1",
+            "limits.client_idle_timeout: must be at least 1s",
+        ] {
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

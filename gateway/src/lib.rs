@@ -139,6 +139,7 @@ pub async fn serve(
         )),
         tokio::spawn(on_sighup(app.clone())),
         tokio::spawn(housekeeping(app.clone())),
+        tokio::spawn(summarize_refusals(app.clone())),
     ];
     let admin_task = listeners
         .admin
@@ -153,6 +154,8 @@ pub async fn serve(
     for t in tasks.into_iter().chain(discovery).chain(admin_task) {
         t.abort();
     }
+    // What the refusal aggregator still counts goes in before the log closes.
+    app.broker.refusals.flush();
     app.audit
         .record_nowait(app.audit.event(EventType::GatewayStopped));
     if let Err(e) = app.audit.close().await {
@@ -219,6 +222,17 @@ async fn on_sighup(app: Arc<App>) {
             "SIGHUP",
         )
         .await;
+    }
+}
+
+/// Every `refusal_summary_interval`: the refusals of unauthenticated requests counted since
+/// the last time, one event per source address and reason.
+async fn summarize_refusals(app: Arc<App>) {
+    let every = app.config.refusal_summary_interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        app.broker.refusals.flush();
     }
 }
 

@@ -11,13 +11,22 @@
 //! | admin listener requests (metrics, health) | source address | 20/s | 100 |
 //!
 //! Each is set in the `[rate_limits]` table of the gateway configuration (read at start).
+//! The per-address tunnel limit also covers `GET /v1/endpoints[/NAME]` and applies *before*
+//! the token is verified, so junk tokens cost an attacker the same budget as real ones.
 //!
 //! A DICOM viewer opens one association per query or retrieve, so the tunnel limits leave room
 //! for a busy reporting session while a runaway or hostile client is stopped.
+//!
+//! Connections are capped too ([`ConnectionLimits`], the `[limits]` table): each listener has
+//! its own pool, so clients can never take the slots connectors need, and one source address
+//! may hold at most `max_connections_per_address` client connections ([`AddressCap`]).
 
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -131,9 +140,110 @@ impl Limits {
     }
 }
 
+/// The connection caps of the `[limits]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// `max_client_connections` (formerly `max_connections`): open connections on the client
+    /// listener.
+    pub max_client: usize,
+    /// `max_connector_connections`: open connections on the connector listener, a pool of its
+    /// own so that clients cannot keep connectors out.
+    pub max_connector: usize,
+    /// `max_connections_per_address`: client connections one source address may hold.
+    pub per_address: usize,
+    /// `client_idle_timeout`: a client connection with no open stream (request or tunnel) for
+    /// this long is closed with GOAWAY.
+    pub client_idle: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_client: 20_000,
+            max_connector: 1_024,
+            per_address: 256,
+            client_idle: Duration::from_secs(300),
+        }
+    }
+}
+
+/// At most `max` connections per source address. Memory is bounded by the open connections:
+/// an address leaves the table when its last connection closes.
+pub struct AddressCap {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place under its address's cap; released when dropped.
+pub struct AddressPermit {
+    cap: Arc<AddressCap>,
+    ip: IpAddr,
+}
+
+impl AddressCap {
+    pub fn new(max: usize) -> Arc<AddressCap> {
+        Arc::new(AddressCap {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The table, even if a thread panicked while holding it (counters only).
+    fn open(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place for one more connection from `ip`, or None if it already has `max`.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressPermit> {
+        let mut open = self.open();
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressPermit {
+            cap: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open from `ip`.
+    pub fn count(&self, ip: &IpAddr) -> usize {
+        self.open().get(ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for AddressPermit {
+    fn drop(&mut self) {
+        let mut open = self.cap.open();
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_cap_counts_per_address_and_forgets_closed_ones() {
+        let cap = AddressCap::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = cap.acquire(a).unwrap();
+        let a2 = cap.acquire(a).unwrap();
+        assert!(cap.acquire(a).is_none(), "a third from the same address");
+        let b1 = cap.acquire(b).unwrap();
+        assert_eq!((cap.count(&a), cap.count(&b)), (2, 1));
+        drop(a1);
+        let a3 = cap.acquire(a).expect("a place was freed");
+        drop((a2, a3, b1));
+        assert!(cap.open().is_empty(), "closed addresses are forgotten");
+    }
 
     #[test]
     fn bursts_then_refuses_per_key() {

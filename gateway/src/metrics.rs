@@ -23,6 +23,13 @@ pub struct Metrics {
     pub audit_failures: IntCounter,
     pub audit_write: Histogram,
     pub ratelimited: IntCounterVec,
+    /// Unauthenticated requests refused (audited in aggregate), by reason code.
+    pub refused_unauthenticated: IntCounterVec,
+    /// Connections closed at accept: `listener` client or connector, `reason` `pool_full` or
+    /// `per_address`.
+    pub connections_refused: IntCounterVec,
+    /// Client connections sent GOAWAY after `client_idle_timeout` without an open stream.
+    pub client_idle_closed: IntCounter,
     pub build_info: IntGaugeVec,
     pub connections_open: IntGauge,
     pub device_ceremonies: IntCounterVec,
@@ -110,6 +117,24 @@ impl Metrics {
             ratelimited: reg!(IntCounterVec::new(
                 Opts::new("postern_ratelimited_total", "Requests refused by rate limits"),
                 &["what"]
+            )?),
+            refused_unauthenticated: reg!(IntCounterVec::new(
+                Opts::new(
+                    "postern_refused_unauthenticated_total",
+                    "Requests refused before authentication or for their token, by reason"
+                ),
+                &["reason"]
+            )?),
+            connections_refused: reg!(IntCounterVec::new(
+                Opts::new(
+                    "postern_connections_refused_total",
+                    "Connections closed at accept: listener pool full, or the source address at its cap"
+                ),
+                &["listener", "reason"]
+            )?),
+            client_idle_closed: reg!(IntCounter::new(
+                "postern_client_idle_closed_total",
+                "Client connections sent GOAWAY after client_idle_timeout with no open stream"
             )?),
             build_info: reg!(IntGaugeVec::new(
                 Opts::new("postern_build_info", "Build information (value 1)"),

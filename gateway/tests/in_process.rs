@@ -614,9 +614,16 @@ async fn a_tunnel_through_serve_on_loopback() {
     .expect("session.end within 10 s");
     assert_eq!(end.close_reason.as_deref(), Some("client_closed"));
     assert_eq!(end.bytes_up, Some(6));
-    let denied = audit.of_type(EventType::SessionDenied);
-    assert_eq!(denied.len(), 1);
-    assert!(denied[0].detail.as_deref().unwrap().contains("malformed"));
+    // A refusal before authentication is audited in aggregate, not as session.denied.
+    assert!(audit.of_type(EventType::SessionDenied).is_empty());
+    let refused = audit.of_type(EventType::AccessRefusedUnauthenticated);
+    assert_eq!(refused.len(), 1);
+    let summary = refused[0].refused.as_ref().unwrap();
+    assert_eq!(
+        (summary.reason.as_str(), summary.count),
+        ("token_malformed", 1)
+    );
+    assert!(!format!("{:?}", refused[0]).contains("not-a-token"));
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
     assert_eq!(audit.of_type(EventType::GatewayStopped).len(), 1);

@@ -2,10 +2,10 @@
 //!
 //! [`Broker::connect`] is the whole pipeline, one call per stage:
 //!
-//! 1. **target** — the endpoint name from `ENDPOINT:0` (the address comes from the policy,
-//!    never from the client);
+//! 1. **address limit** — per source address, before anything is verified;
 //! 2. **subject** — the bearer token verified into a [`Subject`];
-//! 3. **rate limit** — per source address and per user;
+//! 3. **target** — the endpoint name from `ENDPOINT:0` (the address comes from the policy,
+//!    never from the client); then the **rate limit** per user;
 //! 4. **authorize** — the policy's [`Permit`] or [`Denied`](super::Denied);
 //! 5. **audit start** — a route to the site is chosen and `session.start` (naming the
 //!    connector) is written durably *before* anything is sent to the hospital; if the audit
@@ -14,8 +14,12 @@
 //! 7. **endpoint handler** — the client gets 200 and the endpoint protocol's handler serves
 //!    both streams under the session's supervision until `session.end`.
 //!
-//! Every refusal answers with a code and a sentence (also in the `postern-reason` header) and
-//! is audited as `session.denied`; every failure after stage 5 ends the session with a reason.
+//! Every refusal answers with a code and a sentence (also in the `postern-reason` header).
+//! Refusals of unauthenticated requests (stages 1 and 2) are audited in aggregate by
+//! [`Refusals`] (`access.refused_unauthenticated`: per source address and reason, with a
+//! count, never the token), so a flood cannot write to the audit log at its own pace; every
+//! refusal of an authenticated subject is audited as `session.denied`; every failure after
+//! stage 5 ends the session with a reason.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +37,7 @@ use tracing::{info, Instrument};
 
 use super::events::{self, decision_ref, early_deny, endpoint_ref};
 use super::handler::EndpointHandler;
+use super::refusals::{Reason, Refusals};
 use super::sessions::{Kill, Session, Tunnel};
 use super::{authorize, Access, Permit};
 use crate::authn::{token_refusal, Authn, Subject};
@@ -47,6 +52,8 @@ pub struct Broker {
     pub access: Arc<Access>,
     pub upstream: Arc<dyn Upstream>,
     pub limits: Arc<Limits>,
+    /// Unauthenticated refusals, audited in aggregate.
+    pub refusals: Arc<Refusals>,
     /// `[limits] connector_dial_timeout`: how long a connector may take to reach an endpoint.
     pub dial_timeout: Duration,
 }
@@ -112,7 +119,6 @@ enum Withdrawn {
 enum Refused {
     /// The CONNECT target is not `ENDPOINT:0` (shown bounded and printable).
     BadTarget(String),
-    Token(crate::authn::tokens::TokenError),
     RateLimited(u64),
     Policy(super::Denied),
 }
@@ -121,17 +127,18 @@ impl Broker {
     /// Brokers one `CONNECT`: the pipeline described in the module documentation.
     pub async fn connect(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
         let started = self.access.clock.instant();
-        // 1. Target.
+        // 1 and 2. Address limit, subject.
+        let subject = match self.authenticate(&req, peer) {
+            Ok(s) => s,
+            Err(resp) => return *resp,
+        };
+        // 3. Target.
         let name = match target(&req) {
             Ok(name) => name,
             Err(shown) => {
-                return self.refuse(peer, None, &shown, Refused::BadTarget(shown.clone()))
+                let why = Refused::BadTarget(shown.clone());
+                return self.refuse(peer, Some(&subject), &shown, why);
             }
-        };
-        // 2. Subject.
-        let subject = match self.authn.authenticate(&req, peer) {
-            Ok(s) => s,
-            Err(e) => return self.refuse(peer, None, &name, Refused::Token(e)),
         };
         // 3 to 6: rate limit, authorize, audit start, upstream open.
         let given = justification(&req);
@@ -149,8 +156,29 @@ impl Broker {
         ok
     }
 
-    /// Stages 3 to 6 for an authenticated subject: rate limit, authorize, audit start,
-    /// upstream open. On refusal or failure it has already audited what happened
+    /// Stages 1 and 2, shared with the endpoint queries: the per-address limit, then the
+    /// token. A refusal is answered (429 or 401) and audited in aggregate ([`Refusals`]).
+    /// The answer is boxed: it is large and the happy path should not carry its size.
+    pub fn authenticate<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+    ) -> Result<Subject, Box<Resp>> {
+        let now = self.access.clock.now();
+        if let Err(secs) = self.limits.tunnel_ip.check(&peer.ip()) {
+            self.access.metrics.note_ratelimited("tunnel");
+            self.refusals.note(peer.ip(), Reason::RateLimited, now);
+            let msg = format!("too many requests from this address; try again in {secs}s");
+            return Err(Box::new(too_many(&msg, secs)));
+        }
+        self.authn.authenticate(req, peer).map_err(|e| {
+            self.refusals.note(peer.ip(), Reason::of(&e), now);
+            Box::new(token_refusal(&e))
+        })
+    }
+
+    /// Stages 3 to 6 for an authenticated subject: rate limit (per user; the per-address limit
+    /// applied before authentication), authorize, audit start, upstream open. On refusal or failure it has already audited what happened
     /// (`session.denied`, or `session.end` for a session that started) and returns the answer.
     pub async fn open(
         &self,
@@ -289,10 +317,7 @@ impl Broker {
     }
 
     fn rate_limit(&self, subject: &Subject) -> Result<(), u64> {
-        self.limits
-            .tunnel_ip
-            .check(&subject.source.ip())
-            .and_then(|_| self.limits.tunnel_user.check(&subject.claims.sub))
+        self.limits.tunnel_user.check(&subject.claims.sub)
     }
 
     /// Stage 5: the session record, then `session.start`, durably.
@@ -344,8 +369,15 @@ impl Broker {
     fn spawn_handler(&self, req: Request<Incoming>, opened: Opened) {
         let access = self.access.clone();
         let span = opened.tunnel.session.span();
+        // The tunnel is an open stream of its client connection until it ends, so the
+        // connection is not closed as idle under it.
+        let open_stream = req
+            .extensions()
+            .get::<crate::stream::StreamGuard>()
+            .cloned();
         tokio::spawn(
             async move {
+                let _open_stream = open_stream;
                 match hyper::upgrade::on(req).await {
                     Ok(client) => {
                         let client: BoxIo = Box::new(TokioIo::new(client));
@@ -392,7 +424,8 @@ impl Broker {
         error(status, code, &e.to_string())
     }
 
-    /// Answers a refusal before any session started and audits it as `session.denied`.
+    /// Answers a refusal of an authenticated subject before any session started and audits it
+    /// as `session.denied`.
     fn refuse(
         &self,
         peer: SocketAddr,
@@ -410,7 +443,6 @@ impl Broker {
                 None,
                 format!("malformed CONNECT target '{shown}' (expected ENDPOINT:0)"),
             ),
-            Refused::Token(e) => (token_refusal(&e), None, e.to_string()),
             Refused::RateLimited(secs) => {
                 self.access.metrics.note_ratelimited("tunnel");
                 let msg = format!("too many new connections; try again in {secs}s");
@@ -427,7 +459,8 @@ impl Broker {
         resp
     }
 
-    /// Audits a refused access attempt (token, rate limit or policy) as `session.denied`.
+    /// Audits a refused access attempt of an authenticated subject (target, rate limit or
+    /// policy) as `session.denied`.
     pub(super) fn audit_denied(
         &self,
         peer: SocketAddr,

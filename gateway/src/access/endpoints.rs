@@ -1,6 +1,7 @@
 //! `GET /v1/endpoints` (the endpoints this user may reach) and `GET /v1/endpoints/NAME` (the
 //! decision for one endpoint: `postern connect`'s preflight, so a denial is reported before
-//! it listens; audited like any other denial).
+//! it listens; audited like any other denial). Both are limited per source address before
+//! authentication, like `CONNECT`.
 
 use std::net::SocketAddr;
 
@@ -11,7 +12,6 @@ use tracing::debug;
 
 use super::broker::{justification, Broker};
 use super::events::decision_ref;
-use crate::authn::token_refusal;
 use crate::http::{error, json, printable, Resp};
 
 fn endpoint_info(e: &Endpoint, d: &Decision) -> EndpointInfo {
@@ -29,11 +29,11 @@ fn endpoint_info(e: &Endpoint, d: &Decision) -> EndpointInfo {
 
 /// `GET /v1/endpoints`: only the allowed ones are listed.
 pub fn list<B>(broker: &Broker, req: &Request<B>, peer: SocketAddr) -> Resp {
-    let subject = match broker.authn.authenticate(req, peer) {
+    let subject = match broker.authenticate(req, peer) {
         Ok(s) => s,
-        Err(e) => {
-            debug!(%peer, error = %e, "endpoint listing refused");
-            return token_refusal(&e);
+        Err(resp) => {
+            debug!(%peer, "endpoint listing refused");
+            return *resp;
         }
     };
     let policy = broker.access.policy();
@@ -59,12 +59,10 @@ pub fn list<B>(broker: &Broker, req: &Request<B>, peer: SocketAddr) -> Resp {
 /// `GET /v1/endpoints/NAME`.
 pub fn check<B>(broker: &Broker, req: &Request<B>, peer: SocketAddr, name: &str) -> Resp {
     let shown = printable(name, 512);
-    let subject = match broker.authn.authenticate(req, peer) {
+    // Refusals before authentication are audited in aggregate (`access.refused_unauthenticated`).
+    let subject = match broker.authenticate(req, peer) {
         Ok(s) => s,
-        Err(e) => {
-            broker.audit_denied(peer, None, &shown, None, e.to_string());
-            return token_refusal(&e);
-        }
+        Err(resp) => return *resp,
     };
     let policy = broker.access.policy();
     let given = justification(req);

@@ -10,6 +10,7 @@
 //! * `handler`: [`EndpointHandler`](handler::EndpointHandler), chosen by the endpoint's
 //!   protocol; the TCP relay is the default.
 //! * `events`: one audit-event builder per session event type.
+//! * `refusals`: refusals of unauthenticated requests, audited in aggregate.
 //! * `policy_watch`: policy reload (file change, SIGHUP) and re-evaluation.
 //! * `revocations`: store changes (token, user, device, connector revocations) ended on live
 //!   sessions.
@@ -21,6 +22,7 @@ pub mod events;
 pub mod handler;
 pub mod policy_watch;
 pub mod recovery;
+pub mod refusals;
 pub mod revocations;
 pub mod session;
 pub mod sessions;

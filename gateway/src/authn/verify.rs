@@ -129,11 +129,18 @@ impl Authn {
 }
 
 /// The answer to a request whose token was refused: 401 (500 if the keys themselves failed),
-/// with the error's code and sentence.
+/// with the error's code and sentence. The sentence never repeats what came from the token's
+/// header (a forged token's `kid`), only what the gateway itself knows.
 pub fn token_refusal(e: &TokenError) -> crate::http::Resp {
     let status = match e {
         TokenError::Keys { .. } => http::StatusCode::INTERNAL_SERVER_ERROR,
         _ => http::StatusCode::UNAUTHORIZED,
     };
-    crate::http::error(status, e.code(), &e.to_string())
+    let sentence = match e {
+        TokenError::UnknownKey(_) => {
+            "session token was signed with an unknown key (not by this gateway)".to_owned()
+        }
+        _ => e.to_string(),
+    };
+    crate::http::error(status, e.code(), &sentence)
 }

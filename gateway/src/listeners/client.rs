@@ -1,5 +1,8 @@
-//! The clinician-facing listener: TLS 1.3, HTTP/2 (and HTTP/1.1 for JSON calls). It accepts,
-//! completes the handshake under a timeout and routes each request to its service:
+//! The clinician-facing listener: TLS 1.3, HTTP/2 (and HTTP/1.1 for JSON calls). It accepts
+//! (within `max_connections_per_address` and `max_client_connections`, a pool separate from
+//! the connector listener's), completes the handshake under a timeout, closes a connection
+//! with GOAWAY once it has had no open stream for `client_idle_timeout`, and routes each
+//! request to its service:
 //!
 //! * `CONNECT endpoint:0` — the tunnel broker (`access::broker`).
 //! * `GET /v1/endpoints[/NAME]` — listing and preflight (`access::endpoints`).
@@ -30,14 +33,28 @@ use crate::authn::devices::{self, Step};
 use crate::authn::signin;
 use crate::connectors::enroll;
 use crate::http::{error, Resp};
+use crate::stream::OpenStreams;
 
 pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
     loop {
         let Some((tcp, peer)) = next_conn(&listener, &app.life.draining, "client").await else {
             return;
         };
-        let Ok(permit) = app.life.conn_limit.clone().try_acquire_owned() else {
-            warn!(%peer, "connection limit reached; refusing client connection");
+        // Per address first: one address at its cap must not use up the listener's pool.
+        let Some(address_permit) = app.life.per_address.acquire(peer.ip()) else {
+            app.metrics
+                .connections_refused
+                .with_label_values(&["client", "per_address"])
+                .inc();
+            debug!(%peer, "address at max_connections_per_address; refusing client connection");
+            continue;
+        };
+        let Ok(permit) = app.life.client_conns.clone().try_acquire_owned() else {
+            app.metrics
+                .connections_refused
+                .with_label_values(&["client", "pool_full"])
+                .inc();
+            warn!(%peer, "client connection limit (max_client_connections) reached; refusing client connection");
             continue;
         };
         let task_app = app.clone();
@@ -45,7 +62,7 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
         app.life.conns.spawn(
             async move {
                 serve_connection(task_app, tcp, peer).await;
-                drop(permit);
+                drop((permit, address_permit));
             }
             .instrument(span),
         );
@@ -68,16 +85,27 @@ async fn serve_connection(app: Arc<App>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     let svc_app = app.clone();
+    let streams = OpenStreams::new();
+    let svc_streams = streams.clone();
     // Signalled by the first request: a connection that completes TLS and then never finishes
     // a request (an idle socket, or HTTP/2 headers trickled in a byte at a time) is closed
     // after `handshake_timeout`, like a slow handshake, instead of holding a connection slot.
     let first_request = Arc::new(tokio::sync::Notify::new());
     let seen = first_request.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
         seen.notify_one();
         let app = svc_app.clone();
-        async move { Ok::<_, Infallible>(route(app, req, peer).await) }
+        // Open while the request is answered; a tunnel keeps a clone (see `StreamGuard`).
+        let open = svc_streams.open();
+        req.extensions_mut().insert(open.clone());
+        async move {
+            let resp = route(app, req, peer).await;
+            drop(open);
+            Ok::<_, Infallible>(resp)
+        }
     });
+    let idle_limit = app.config.connections.client_idle;
+    let idle = streams.idle_for(idle_limit);
     let limit = app.config.handshake_timeout;
     let no_request = async move {
         if tokio::time::timeout(limit, first_request.notified())
@@ -102,6 +130,17 @@ async fn serve_connection(app: Arc<App>, tcp: TcpStream, peer: SocketAddr) {
         r = conn.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "client connection ended with an error") },
         // Nothing was served on it, so dropping the connection loses nothing.
         _ = no_request => debug!(%peer, ?limit, "no complete request after the TLS handshake; closing"),
+        _ = idle => {
+            // GOAWAY: nothing is open on it, so nothing is cut; the client dials again when
+            // it next needs the gateway.
+            app.metrics.client_idle_closed.inc();
+            debug!(%peer, ?idle_limit, "no open stream for client_idle_timeout; closing");
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {},
+                _ = app.life.shutdown.cancelled() => {},
+            }
+        }
         _ = app.life.draining.cancelled() => {
             // GOAWAY: streams in flight (and upgraded tunnels) go on; no new requests.
             conn.as_mut().graceful_shutdown();

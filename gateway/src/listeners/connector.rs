@@ -20,8 +20,13 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
             debug!(%peer, "connector connection attempts over the limit; dropped");
             continue;
         }
-        let Ok(permit) = app.life.conn_limit.clone().try_acquire_owned() else {
-            warn!(%peer, "connection limit reached; refusing connector connection");
+        // The connector listener's own pool: client connections never use it.
+        let Ok(permit) = app.life.connector_conns.clone().try_acquire_owned() else {
+            app.metrics
+                .connections_refused
+                .with_label_values(&["connector", "pool_full"])
+                .inc();
+            warn!(%peer, "connector connection limit (max_connector_connections) reached; refusing connector connection");
             continue;
         };
         let task_app = app.clone();
