@@ -130,7 +130,10 @@ async fn revoked(state_dir: &std::path::Path, gateway: &str) -> Option<u64> {
             .then(|| crate::link::revoked_at(resp.headers()))
             .flatten()
     };
-    tokio::time::timeout(REACH_TIMEOUT, ask).await.ok().flatten()
+    tokio::time::timeout(REACH_TIMEOUT, ask)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Resolves `host:port` and opens (then closes) a TCP connection to one of its addresses.

@@ -727,8 +727,13 @@ struct Located {
 }
 
 /// The innermost key of `table` whose key or value contains `span`.
-fn locate(table: &toml_edit::Table, prefix: &str, span: &std::ops::Range<usize>) -> Option<Located> {
-    let within = |r: &std::ops::Range<usize>| r.start <= span.start && span.start < r.end.max(r.start + 1);
+fn locate(
+    table: &toml_edit::Table,
+    prefix: &str,
+    span: &std::ops::Range<usize>,
+) -> Option<Located> {
+    let within =
+        |r: &std::ops::Range<usize>| r.start <= span.start && span.start < r.end.max(r.start + 1);
     for (key, item) in table.iter() {
         let path = if prefix.is_empty() {
             key.to_owned()
@@ -886,7 +891,10 @@ mod tests {
             "{err}"
         );
         // Different ports, or different addresses on one port, are fine.
-        for (a, b) in [("127.0.0.1:8443", "127.0.0.1:8444"), ("127.0.0.1:8443", "127.0.0.2:8443")] {
+        for (a, b) in [
+            ("127.0.0.1:8443", "127.0.0.1:8444"),
+            ("127.0.0.1:8443", "127.0.0.2:8443"),
+        ] {
             Config::parse(
                 &format!("{base}[listen]\nclients = \"{a}\"\nconnectors = \"{b}\"\n"),
                 Path::new("gw.toml"),

@@ -69,7 +69,11 @@ fn a_revoked_connector_is_told_stops_with_its_exit_code_and_check_reports_it() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let log = d.connector.as_ref().unwrap().log_text();
-    assert_eq!(code, Some(3), "exit code of a revoked connector; log:\n{log}");
+    assert_eq!(
+        code,
+        Some(3),
+        "exit code of a revoked connector; log:\n{log}"
+    );
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(
         log.contains("this connector was revoked at 20") && log.contains("enrol again"),
@@ -79,13 +83,19 @@ fn a_revoked_connector_is_told_stops_with_its_exit_code_and_check_reports_it() {
     // The gateway audited the refusal once, not once per attempt: the connector (2 links,
     // redialling every 0.5 s at most) would have made dozens by now.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(revoked_refusals(&d, &id), 1, "{:#?}", d.events("connector.refused"));
+    assert_eq!(
+        revoked_refusals(&d, &id),
+        1,
+        "{:#?}",
+        d.events("connector.refused")
+    );
 
     // `postern-connector check` says so, and exits non-zero.
     let (ok, out, err) = connector_check(&d.path("conn.toml"));
     assert!(!ok, "{out}{err}");
     assert!(
-        err.contains("error: gateway 127.0.0.1:") && err.contains("this connector was revoked at 20"),
+        err.contains("error: gateway 127.0.0.1:")
+            && err.contains("this connector was revoked at 20"),
         "{err}"
     );
     assert!(err.contains("enrol again"), "{err}");
@@ -144,7 +154,11 @@ fn gateway_check_refuses_two_listeners_on_one_address() {
         &format!("connectors = \"127.0.0.1:{}\"", d.client_port),
     );
     assert_ne!(same, text);
-    std::fs::write(d.gateway_toml(), format!("{same}[admin]\nlisten = \"0.0.0.0:{}\"\n", d.client_port)).unwrap();
+    std::fs::write(
+        d.gateway_toml(),
+        format!("{same}[admin]\nlisten = \"0.0.0.0:{}\"\n", d.client_port),
+    )
+    .unwrap();
     let (ok, out, err) = gateway_check(&d.gateway_toml(), &[]);
     assert!(!ok, "{out}{err}");
     assert!(
@@ -177,7 +191,10 @@ fn gateway_check_reports_every_mistake_in_the_file_at_once() {
     // Three mistakes in three places: an unknown top-level key, a value of the wrong type and
     // an unknown key in a section.
     let bad = text
-        .replace("node_id = \"gw-test\"\n", "node_id = \"gw-test\"\nlisten_port = 8443\n")
+        .replace(
+            "node_id = \"gw-test\"\n",
+            "node_id = \"gw-test\"\nlisten_port = 8443\n",
+        )
         .replace("handshake_timeout = \"2s\"", "handshake_timeout = 2")
         + "[tls]\nserver_name = [\"gw.example\"]\n";
     std::fs::write(d.gateway_toml(), bad).unwrap();
@@ -186,7 +203,9 @@ fn gateway_check_reports_every_mistake_in_the_file_at_once() {
     let file = d.gateway_toml().display().to_string();
     for needle in [
         format!("{file}:2:1: listen_port: unknown field `listen_port`"),
-        format!("{file}:9:21: limits.handshake_timeout: invalid type: integer `2`, expected a string"),
+        format!(
+            "{file}:9:21: limits.handshake_timeout: invalid type: integer `2`, expected a string"
+        ),
         format!("{file}:13:1: tls.server_name: unknown field `server_name`"),
     ] {
         assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");

@@ -247,15 +247,19 @@ async fn tell_revoked(tls: TlsStream<TcpStream>, revoked_at: u64, limit: Duratio
 /// Answers a revoked connector's renewal connection (HTTP/1.1, the connector is the client):
 /// 403 with the refusal headers to whatever it asks.
 async fn answer_revoked(tls: TlsStream<TcpStream>, revoked_at: u64) {
-    let service = hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| async move {
-        let resp = http::Response::builder()
-            .status(http::StatusCode::FORBIDDEN)
-            .header(wire::HDR_REFUSAL, wire::REFUSAL_REVOKED)
-            .header(wire::HDR_REVOKED_AT, revoked_at)
-            .header(wire::HDR_REASON, "this connector was revoked; enrol it again")
-            .body(Empty::<Bytes>::new());
-        resp
-    });
+    let service = hyper::service::service_fn(
+        move |_req: http::Request<hyper::body::Incoming>| async move {
+            http::Response::builder()
+                .status(http::StatusCode::FORBIDDEN)
+                .header(wire::HDR_REFUSAL, wire::REFUSAL_REVOKED)
+                .header(wire::HDR_REVOKED_AT, revoked_at)
+                .header(
+                    wire::HDR_REASON,
+                    "this connector was revoked; enrol it again",
+                )
+                .body(Empty::<Bytes>::new())
+        },
+    );
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
         .serve_connection(TokioIo::new(tls), service);

@@ -56,8 +56,16 @@ pub async fn check_with(config: &Config, running: bool) -> (Vec<Finding>, Vec<St
         notes.push("--running: the listen addresses were not looked at".to_owned());
     } else {
         let listeners = [
-            (Some(config.listen_clients), "listen.clients", Listener::Clients),
-            (Some(config.listen_connectors), "listen.connectors", Listener::Connectors),
+            (
+                Some(config.listen_clients),
+                "listen.clients",
+                Listener::Clients,
+            ),
+            (
+                Some(config.listen_connectors),
+                "listen.connectors",
+                Listener::Connectors,
+            ),
             (config.listen_admin, "admin.listen", Listener::Admin),
         ];
         for (addr, what, which) in listeners {
