@@ -42,7 +42,18 @@ pub enum LinkError {
     },
     #[error("setting up metrics: {0}")]
     Metrics(String),
+    /// A gateway refused this connector for good: it was revoked. Redialling cannot help.
+    #[error("{}", crate::link::revoked_message(*at))]
+    Revoked {
+        /// When (Unix seconds; 0 if the gateway did not say).
+        at: u64,
+    },
 }
+
+/// Exit status of `postern-connector run` when a gateway says the connector is revoked
+/// (distinct from 1, any other failure), so that a supervisor does not restart it: the
+/// systemd unit lists it in `RestartPreventExitStatus`.
+pub const EXIT_REVOKED: u8 = 3;
 
 /// A running connector. Dropping it stops the connector (see the module comment).
 #[must_use = "dropping the handle stops the connector at once"]
@@ -88,6 +99,7 @@ pub async fn spawn(config: Config) -> Result<AgentHandle, LinkError> {
         kill: CancellationToken::new(),
         relays: TaskTracker::new(),
         connector_id: enrollment.connector_id.clone(),
+        revoked: Default::default(),
     });
     info!(connector_id = %enrollment.connector_id, site = %enrollment.site, gateways = ?gateways, "connector starting");
     let mut tasks = JoinSet::new();
@@ -135,6 +147,12 @@ impl AgentHandle {
         &self.shared.metrics
     }
 
+    /// Resolves (with the revocation time, Unix seconds) when a gateway says this connector
+    /// is revoked; its links have stopped dialling by then.
+    pub async fn revoked(&self) -> u64 {
+        self.shared.revoked.wait().await
+    }
+
     /// Stops dialling and closes the links gracefully, lets open tunnels finish for up to
     /// `shutdown_grace`, then stops everything (as dropping the handle does).
     pub async fn shutdown(self) {
@@ -168,9 +186,15 @@ impl Drop for AgentHandle {
 /// for up to `shutdown_grace` and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), LinkError> {
     let agent = spawn(config).await?;
-    shutdown.await;
+    let revoked = tokio::select! {
+        _ = shutdown => None,
+        at = agent.revoked() => Some(at),
+    };
     agent.shutdown().await;
-    Ok(())
+    match revoked {
+        Some(at) => Err(LinkError::Revoked { at }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! client key (0600, matching the certificate) and certificate (valid; expiring within 14 days
 //! = warning; it renews itself at two thirds of its life while the connector runs), the gateway
 //! CA, an interrupted renewal, the admin listen address (bindable now), the allowlist (empty =
-//! warning) and every gateway address (resolvable and accepting TCP within 3 s).
+//! warning) and every gateway address (resolvable and accepting TCP within 3 s, and not saying
+//! that this connector is revoked: a renewal connection asks without renewing anything).
 
 use std::time::{Duration, SystemTime};
 
@@ -76,12 +77,63 @@ pub async fn check(config: &Config) -> Vec<Finding> {
             "no gateway address: list `gateways` in the configuration or enrol again",
         ));
     }
+    // Asking whether the gateway accepts the certificate needs the enrolled identity, and must
+    // not finish an interrupted renewal (loading the identity would).
+    let can_ask = dir.join(CERT_FILE).is_file()
+        && dir.join(KEY_FILE).is_file()
+        && !dir.join(crate::identity::PENDING_FILE).exists();
     for g in &gateways {
         if let Err(e) = reach(g).await {
             out.push(Finding::error(format!("gateway {g}: {e}")));
+        } else if can_ask {
+            if let Some(at) = revoked(dir, g).await {
+                out.push(Finding::error(format!(
+                    "gateway {g}: {}",
+                    crate::link::revoked_message(at)
+                )));
+            }
         }
     }
     out
+}
+
+/// Whether gateway `gateway` says this connector is revoked (and when): one request on a
+/// renewal connection, which the gateway answers with 403 and the refusal headers for a
+/// revoked connector; any other answer — or none — is not a revocation (reachability is
+/// reported separately). Nothing is renewed: the request is not a renewal.
+async fn revoked(state_dir: &std::path::Path, gateway: &str) -> Option<u64> {
+    let (_, tls) =
+        crate::identity::load_identity_alpn(state_dir, &[postern_proto::wire::ALPN_RENEW]).ok()?;
+    let addr = HostPort::parse(gateway).ok()?;
+    let name = rustls_pki_types::ServerName::try_from(addr.host.clone()).ok()?;
+    let ask = async {
+        let tcp = tokio::net::TcpStream::connect((addr.host.as_str(), addr.port))
+            .await
+            .ok()?;
+        let tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .ok()?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .ok()?;
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(postern_proto::wire::PATH_REFUSED)
+            .header(http::header::HOST, gateway)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .ok()?;
+        let resp = sender.send_request(req).await.ok();
+        conn.abort();
+        let resp = resp?;
+        (resp.status() == http::StatusCode::FORBIDDEN)
+            .then(|| crate::link::revoked_at(resp.headers()))
+            .flatten()
+    };
+    tokio::time::timeout(REACH_TIMEOUT, ask)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Resolves `host:port` and opens (then closes) a TCP connection to one of its addresses.

@@ -28,4 +28,4 @@ pub mod link;
 pub mod metrics;
 pub mod renew;
 
-pub use agent::{run, spawn, AgentHandle, LinkError};
+pub use agent::{run, spawn, AgentHandle, LinkError, EXIT_REVOKED};

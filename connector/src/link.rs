@@ -27,7 +27,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::allowlist::Allowlist;
 use crate::identity::ClientTls;
@@ -60,6 +60,64 @@ pub(crate) struct Shared {
     /// Tunnels being relayed, so shutdown can wait for them.
     pub(crate) relays: TaskTracker,
     pub(crate) connector_id: String,
+    /// Set when a gateway says this connector is revoked: every link stops dialling.
+    pub(crate) revoked: Revoked,
+}
+
+/// A gateway's word that this connector is revoked (`POST /v1/refused` on a link): when it
+/// was revoked, and a token that fires once it is known.
+#[derive(Debug, Default)]
+pub struct Revoked {
+    at: std::sync::OnceLock<u64>,
+    told: CancellationToken,
+}
+
+impl Revoked {
+    /// Records the revocation (the first time counts) and wakes whoever waits for it.
+    pub fn set(&self, at: u64) {
+        let _ = self.at.set(at);
+        self.told.cancel();
+    }
+
+    /// When this connector was revoked (Unix seconds), once a gateway has said so.
+    pub fn at(&self) -> Option<u64> {
+        self.at.get().copied()
+    }
+
+    /// Resolves when a gateway says this connector is revoked.
+    pub async fn wait(&self) -> u64 {
+        self.told.cancelled().await;
+        self.at().unwrap_or(0)
+    }
+}
+
+/// The revocation time a gateway's refusal carries, if the headers say "revoked": from a
+/// `POST /v1/refused` on a link, or a 403 on a renewal connection.
+pub fn revoked_at(headers: &http::HeaderMap) -> Option<u64> {
+    let reason = headers.get(wire::HDR_REFUSAL)?.to_str().ok()?;
+    if reason != wire::REFUSAL_REVOKED {
+        return None;
+    }
+    Some(
+        headers
+            .get(wire::HDR_REVOKED_AT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+/// "this connector was revoked at 2026-12-04T16:50:00Z; enrol again": what the operator reads.
+pub fn revoked_message(at: u64) -> String {
+    let when = if at == 0 {
+        "an unknown time".to_owned()
+    } else {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(at))
+            .to_string()
+    };
+    format!(
+        "this connector was revoked at {when}; enrol again (`postern-connector enroll` with a new token from `postern-gateway token create`)"
+    )
 }
 
 /// Jitter in [0.5, 1.5) of `d`.
@@ -76,7 +134,7 @@ pub(crate) async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
     let mut fast_until: Option<Instant> = None;
     let mut first = true;
     loop {
-        if shared.stop.is_cancelled() {
+        if shared.stop.is_cancelled() || shared.revoked.at().is_some() {
             return;
         }
         if !std::mem::take(&mut first) {
@@ -84,7 +142,9 @@ pub(crate) async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
         }
         let started = Instant::now();
         match connect_once(&shared, &gateway).await {
+            Ok(()) if shared.revoked.at().is_some() => return,
             Ok(()) => info!(%gateway, link = n, "gateway connection closed"),
+            Err(_) if shared.revoked.at().is_some() => return,
             Err(e) => warn!(%gateway, link = n, error = %e, "gateway connection failed"),
         }
         let up_for = started.elapsed();
@@ -142,6 +202,7 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
     shared.metrics.links_up.inc();
     let r = tokio::select! {
         r = conn.as_mut() => r.map_err(|e| format!("HTTP/2: {e}")),
+        _ = shared.revoked.wait() => Ok(()),
         _ = shared.stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
@@ -207,6 +268,16 @@ async fn handle(
     if req.method() == Method::POST && req.uri().path() == wire::PATH_DRAINING {
         draining.notify_one();
         return Response::new(Empty::new());
+    }
+    if req.method() == Method::POST && req.uri().path() == wire::PATH_REFUSED {
+        return match revoked_at(req.headers()) {
+            Some(at) => {
+                error!(connector_id = %shared.connector_id, revoked_at = at, "{}", revoked_message(at));
+                shared.revoked.set(at);
+                Response::new(Empty::new())
+            }
+            None => refuse(StatusCode::BAD_REQUEST, "unknown refusal"),
+        };
     }
     let session = req
         .headers()

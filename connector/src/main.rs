@@ -107,7 +107,12 @@ fn main() -> ExitCode {
                 "postern-connector: {}",
                 postern_proto::report::render(e.as_ref())
             );
-            ExitCode::FAILURE
+            match e.downcast_ref::<postern_connector::LinkError>() {
+                Some(postern_connector::LinkError::Revoked { .. }) => {
+                    ExitCode::from(postern_connector::EXIT_REVOKED)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -283,6 +283,7 @@ impl App {
             handshake_timeout: config.handshake_timeout,
             shutdown: life.shutdown.clone(),
             clock: clock.clone(),
+            revoked_told: Default::default(),
         });
         Ok(Arc::new(App {
             config,

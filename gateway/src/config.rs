@@ -368,12 +368,13 @@ impl Config {
     // Over 100 lines on purpose: it resolves every section in one pass so that all errors are
     // collected and reported together, each with its key.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
         let file = path.display();
+        let Decoded {
+            raw,
+            errors: toml_errors,
+            patched,
+        } = decode(text, &file.to_string())?;
+        let base = path.parent().unwrap_or(Path::new("."));
         let mut errors = Vec::new();
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let mut addr = |key: &str, v: &str| -> SocketAddr {
@@ -627,8 +628,25 @@ impl Config {
             }
             devices.origin = Some(o);
         }
-        if !errors.is_empty() {
-            return Err(ConfigError::Invalid(errors));
+        listen_overlaps(
+            &file.to_string(),
+            [
+                ("listen.clients", Some(listen_clients)),
+                ("listen.connectors", Some(listen_connectors)),
+                ("admin.listen", listen_admin),
+            ],
+            &mut errors,
+        );
+        if !toml_errors.is_empty() || !errors.is_empty() {
+            // A value replaced to read on is not reported again by the checks above.
+            errors.retain(|e| {
+                !patched
+                    .iter()
+                    .any(|key| e.starts_with(&format!("{file}: {key}:")))
+            });
+            let mut all = toml_errors;
+            all.extend(errors);
+            return Err(ConfigError::Invalid(all));
         }
         let state_dir = abs(raw.state_dir);
         Ok(Config {
@@ -671,6 +689,212 @@ fn default_server_names() -> Vec<String> {
     vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
 }
 
+/// Two listeners cannot bind one address, nor a wildcard and an address of one port.
+fn listen_overlaps<const N: usize>(
+    file: &str,
+    listeners: [(&str, Option<SocketAddr>); N],
+    errors: &mut Vec<String>,
+) {
+    for (i, (key, addr)) in listeners.iter().enumerate() {
+        let Some(addr) = addr else { continue };
+        let earlier = listeners[..i].iter().find_map(|(other, a)| {
+            let a = (*a)?;
+            let same_family = a.is_ipv4() == addr.is_ipv4();
+            if a.port() != addr.port() || addr.port() == 0 {
+                None
+            } else if a.ip() == addr.ip() {
+                Some(format!("{file}: {key}: {addr} is also {other}"))
+            } else if same_family && (a.ip().is_unspecified() || addr.ip().is_unspecified()) {
+                Some(format!(
+                    "{file}: {key}: {addr} overlaps {other} ({a}): a wildcard address takes the port on every address"
+                ))
+            } else {
+                None
+            }
+        });
+        if let Some(e) = earlier {
+            errors.push(format!("{e}; give each listener its own port"));
+        }
+    }
+}
+
+/// What [`decode`] read: the raw configuration (with every bad key removed or replaced, so
+/// that the rest of the file could be read), the problems, and the keys that were replaced.
+struct Decoded {
+    raw: RawConfig,
+    errors: Vec<String>,
+    patched: Vec<String>,
+}
+
+/// Most problems [`decode`] reads past before it gives up.
+const MAX_TOML_ERRORS: usize = 50;
+
+/// Deserializes `text` into [`RawConfig`], collecting every unknown key and every value of the
+/// wrong type (serde stops at the first): each problem is reported with line, column and key,
+/// then the key is blanked out (an unknown key) or its value replaced by `""` (the one type
+/// every required key has), and the text is read again. Blanking keeps every line where it
+/// was, so positions stay true. A syntax error, a missing key or a problem that cannot be
+/// located ends the reading.
+fn decode(text: &str, file: &str) -> Result<Decoded, ConfigError> {
+    let mut text = text.to_owned();
+    let mut errors = Vec::new();
+    let mut patched: Vec<String> = Vec::new();
+    let position = |text: &str, at: usize| {
+        let before = text.get(..at).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    };
+    loop {
+        let e = match toml::from_str::<RawConfig>(&text) {
+            Ok(raw) => {
+                return Ok(Decoded {
+                    raw,
+                    errors,
+                    patched,
+                })
+            }
+            Err(e) => e,
+        };
+        let message = e.message().trim_end().replace('\n', " ");
+        let span = e.span().unwrap_or(0..0);
+        let (line, column) = position(&text, span.start);
+        let located = if message.starts_with("missing field") || errors.len() >= MAX_TOML_ERRORS {
+            None
+        } else {
+            toml_edit::ImDocument::parse(text.as_str())
+                .ok()
+                .and_then(|doc| locate(doc.as_table(), "", &span))
+        };
+        let Some(found) = located else {
+            let what = if toml_edit::ImDocument::parse(text.as_str()).is_err() {
+                format!("invalid TOML: {message}")
+            } else {
+                message
+            };
+            errors.push(format!("{file}:{line}:{column}: {what}"));
+            return Err(ConfigError::Invalid(errors));
+        };
+        let again = patched.contains(&found.path);
+        if !again {
+            errors.push(format!("{file}:{line}:{column}: {}: {message}", found.path));
+        }
+        if message.starts_with("unknown field") || again {
+            blank(&mut text, found.whole);
+        } else if let Some(value) = found.value {
+            let width = value.len();
+            text.replace_range(value, &format!("{:<width$}", "\"\""));
+            patched.push(found.path);
+        } else {
+            blank(&mut text, found.whole);
+        }
+    }
+}
+
+/// Spaces instead of `range`, newlines kept.
+fn blank(text: &mut String, range: std::ops::Range<usize>) {
+    let Some(part) = text.get(range.clone()) else {
+        return;
+    };
+    let spaces: String = part
+        .chars()
+        .map(|c| if c == '\n' { '\n' } else { ' ' })
+        .collect();
+    text.replace_range(range, &spaces);
+}
+
+/// A key of the document that a deserialization error points at.
+struct Located {
+    /// `limits.handshake_timeout`.
+    path: String,
+    /// The key and its value (a table: its header and every key in it).
+    whole: std::ops::Range<usize>,
+    /// The value, for a key with a value.
+    value: Option<std::ops::Range<usize>>,
+}
+
+/// The innermost key of `table` whose key or value contains `span`.
+fn locate(
+    table: &toml_edit::Table,
+    prefix: &str,
+    span: &std::ops::Range<usize>,
+) -> Option<Located> {
+    let within =
+        |r: &std::ops::Range<usize>| r.start <= span.start && span.start < r.end.max(r.start + 1);
+    for (key, item) in table.iter() {
+        let path = if prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let key_span = table.key(key).and_then(|k| k.span());
+        match item {
+            toml_edit::Item::Value(value) => {
+                let (Some(k), Some(v)) = (key_span, value.span()) else {
+                    continue;
+                };
+                let whole = k.start..v.end;
+                if !within(&whole) {
+                    continue;
+                }
+                if let toml_edit::Value::InlineTable(inline) = value {
+                    if let Some(inner) = locate_inline(inline, &path, span) {
+                        return Some(inner);
+                    }
+                }
+                return Some(Located {
+                    path,
+                    whole,
+                    value: Some(v),
+                });
+            }
+            toml_edit::Item::Table(inner) => {
+                if let Some(found) = locate(inner, &path, span) {
+                    return Some(found);
+                }
+                let header = inner.span();
+                let end = inner
+                    .iter()
+                    .filter_map(|(k, i)| {
+                        let key_end = inner.key(k).and_then(|k| k.span()).map(|s| s.end);
+                        let value_end = i.as_value().and_then(|v| v.span()).map(|s| s.end);
+                        value_end.or(key_end)
+                    })
+                    .max();
+                if let Some(h) = header.filter(|h| within(h)) {
+                    return Some(Located {
+                        path,
+                        whole: h.start..end.unwrap_or(h.end).max(h.end),
+                        value: None,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn locate_inline(
+    table: &toml_edit::InlineTable,
+    prefix: &str,
+    span: &std::ops::Range<usize>,
+) -> Option<Located> {
+    for (key, value) in table.iter() {
+        let (Some(k), Some(v)) = (table.key(key).and_then(|k| k.span()), value.span()) else {
+            continue;
+        };
+        if k.start <= span.start && span.start < v.end {
+            return Some(Located {
+                path: format!("{prefix}.{key}"),
+                whole: k.start..v.end,
+                value: Some(v),
+            });
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -699,6 +923,71 @@ mod tests {
         assert!(err.contains("gw.toml: listen.clients"), "{err}");
         assert!(err.contains("gw.toml: listen.connectors"), "{err}");
         assert!(err.contains("gw.toml: limits.handshake_timeout"), "{err}");
+    }
+
+    /// Issue #12: every unknown key and every value of the wrong type, with line and column,
+    /// not only the first; and the checks after them too.
+    #[test]
+    fn every_mistake_in_the_file_is_reported_at_once() {
+        let text = "state_dir = \"s\"\nlisten_port = 3\npolicy = \"p\"\n[listen]\nclients = \"nope\"\nconnectors = 8444\n[limits]\nhandshake_timeout = 5\nmax_conections = 10\nshutdown_grace = \"soon\"\n[tlss]\nserver_names = [\"gw\"]\n";
+        let err = Config::parse(text, Path::new("gw.toml")).unwrap_err();
+        let ConfigError::Invalid(all) = &err else {
+            panic!("{err}");
+        };
+        let expected = [
+            "gw.toml:2:1: listen_port: unknown field `listen_port`",
+            "gw.toml: listen.clients: expected an address like \"0.0.0.0:8443\", found \"nope\"",
+            "gw.toml:6:14: listen.connectors: invalid type: integer `8444`, expected a string",
+            "gw.toml:8:21: limits.handshake_timeout: invalid type: integer `5`, expected a string",
+            "gw.toml:9:1: limits.max_conections: unknown field `max_conections`",
+            "gw.toml: limits.shutdown_grace: expected a duration like \"10s\" or \"8h\", found \"soon\"",
+            "gw.toml:11:2: tlss: unknown field `tlss`",
+        ];
+        for e in expected {
+            assert!(
+                all.iter().any(|a| a.starts_with(e)),
+                "missing {e:?} in:\n{}",
+                all.join("\n")
+            );
+        }
+        assert_eq!(all.len(), expected.len(), "{}", all.join("\n"));
+        // A value that is not even TOML stops there: nothing after it can be read.
+        let err = Config::parse("state_dir = \n", Path::new("gw.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("gw.toml:1:13: invalid TOML"), "{err}");
+    }
+
+    /// Issue #12: two listeners on one address (or a wildcard and an address on one port)
+    /// cannot both bind.
+    #[test]
+    fn two_listeners_on_one_address_are_refused() {
+        let base = "state_dir = \"s\"\npolicy = \"p\"\n";
+        let err = Config::parse(
+            &format!("{base}[listen]\nclients = \"127.0.0.1:8443\"\nconnectors = \"127.0.0.1:8443\"\n[admin]\nlisten = \"0.0.0.0:8443\"\n"),
+            Path::new("gw.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("gw.toml: listen.connectors: 127.0.0.1:8443 is also listen.clients"),
+            "{err}"
+        );
+        assert!(
+            err.contains("gw.toml: admin.listen: 0.0.0.0:8443 overlaps listen.clients"),
+            "{err}"
+        );
+        // Different ports, or different addresses on one port, are fine.
+        for (a, b) in [
+            ("127.0.0.1:8443", "127.0.0.1:8444"),
+            ("127.0.0.1:8443", "127.0.0.2:8443"),
+        ] {
+            Config::parse(
+                &format!("{base}[listen]\nclients = \"{a}\"\nconnectors = \"{b}\"\n"),
+                Path::new("gw.toml"),
+            )
+            .unwrap();
+        }
     }
 
     #[test]

@@ -46,8 +46,15 @@ enum Cmd {
         accept_truncated_audit: bool,
     },
     /// Check the configuration and what it points at (policy, keys, certificates, ports, audit
-    /// directory, identity provider); print every problem; exit 1 on any error.
-    Check(ConfigArg),
+    /// directory, identity provider); print every problem; exit 1 on any error. Safe to run
+    /// against a running gateway (from monitoring): its own ports count as fine.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The gateway runs with this configuration: do not look at the listen addresses.
+        #[arg(long)]
+        running: bool,
+    },
     /// Moved out: the demo is its own program, `postern-demo`. Kept hidden so that an old
     /// `postern-gateway demo [--dir D] [--port P]` says where it went instead of a clap error.
     #[command(hide = true, disable_help_flag = true)]
@@ -204,7 +211,17 @@ enum SessionCmd {
 }
 
 fn load(c: &ConfigArg) -> anyhow::Result<Config> {
-    Ok(Config::load(&c.config)?)
+    match Config::load(&c.config) {
+        Ok(config) => Ok(config),
+        // Every problem on its own line, then how many, as `check` ends its report.
+        Err(postern_gateway::config::ConfigError::Invalid(all)) => anyhow::bail!(
+            "{}\n{} problem(s) in {}",
+            all.join("\n"),
+            all.len(),
+            c.config.display()
+        ),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn init_tracing() {
@@ -280,10 +297,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Cmd::Check(c) => {
+        Cmd::Check { config: c, running } => {
             let config = load(&c)?;
-            let findings = runtime()?.block_on(postern_gateway::check::check(&config));
-            for n in admin::check_notes(&config) {
+            let (findings, notes) =
+                runtime()?.block_on(postern_gateway::check::check_with(&config, running));
+            for n in admin::check_notes(&config).into_iter().chain(notes) {
                 eprintln!("note: {n}");
             }
             for f in &findings {

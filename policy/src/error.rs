@@ -107,6 +107,12 @@ pub enum ErrorKind {
     UnknownRule,
     /// A `report_only` entry names a condition that the rule does not have.
     UnknownCondition,
+    /// The policy defines no endpoints or no rules, so it denies every request, and does not
+    /// say so with `deny_all = true` (an empty or half-written file looks like this).
+    EmptyPolicy,
+    /// `report_only` on a deny rule: "as if the condition were not written" would widen the
+    /// deny to everyone the rule names instead of trialling it.
+    ReportOnlyOnDeny,
     /// Warning: an allow rule that a later unconditional deny always overrides.
     Shadowed,
     /// Warning: a rule whose endpoint selection matches no endpoint, or a group no rule uses.

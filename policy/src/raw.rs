@@ -182,9 +182,22 @@ pub(crate) struct RawDocument {
     pub(crate) undecoded_group_names: Vec<String>,
     /// The same for rules (tests that name them are not reported).
     pub(crate) undecoded_rule_ids: Vec<String>,
+    /// `[[endpoints]]` and `[[rules]]` tables written, decoded or not: a policy whose rules
+    /// all have errors is not also reported as having no rules.
+    pub(crate) endpoint_tables: usize,
+    pub(crate) rule_tables: usize,
+    /// Top-level `deny_all = …` of each file that writes it: (file, position, value).
+    pub(crate) deny_all: Vec<(usize, usize, bool)>,
 }
 
-const TOP_LEVEL_KEYS: [&str; 5] = ["defaults", "groups", "endpoints", "rules", "tests"];
+const TOP_LEVEL_KEYS: [&str; 6] = [
+    "deny_all",
+    "defaults",
+    "groups",
+    "endpoints",
+    "rules",
+    "tests",
+];
 
 /// Parses `text` (file number `file`) and adds every table it can decode to `raw`. Returns
 /// `false` when the text is not TOML or a count limit is exceeded; problems are recorded in
@@ -223,6 +236,18 @@ pub(crate) fn load(
                 Some(unknown_key_hint(key, &TOP_LEVEL_KEYS)),
             )
         });
+    }
+
+    if let Some((key_at, item)) = take(&mut root, "deny_all") {
+        match item.as_bool() {
+            Some(value) => raw.deny_all.push((file, key_at, value)),
+            None => diags.push(
+                ErrorKind::InvalidType,
+                key_at,
+                "`deny_all` must be a boolean",
+                Some("write `deny_all = true` at the top of the file, before any table".into()),
+            ),
+        }
     }
 
     if let Some((key_at, item)) = take(&mut root, "defaults") {
@@ -270,6 +295,8 @@ pub(crate) fn load(
         sections.next().unwrap_or_default(),
     );
 
+    raw.endpoint_tables += endpoints.len();
+    raw.rule_tables += rules.len();
     for (index, (at, table)) in groups.into_iter().enumerate() {
         let name = table.get("name").and_then(Value::as_str).map(str::to_owned);
         match decode::<RawGroup>(table, at, &[], diags) {

@@ -210,6 +210,9 @@ pub(crate) fn resolve(
     }
 
     if r.diags.is_empty() {
+        empty_policy(raw, &mut r);
+    }
+    if r.diags.is_empty() {
         shadowing(&rules, &mut r);
     }
 
@@ -945,8 +948,21 @@ impl Resolver<'_, '_> {
             });
         }
 
-        // Report-only conditions.
-        for entry in raw.report_only.iter().flatten() {
+        // Report-only conditions. A report-only condition makes a rule behave as if the
+        // condition were not written: on an allow rule that trials a stricter requirement, on a
+        // deny rule it would deny everyone the condition exempts. Refused (issue #12).
+        if let (true, Some(first)) = (is_deny, raw.report_only.iter().flatten().next()) {
+            self.diags.push(
+                ErrorKind::ReportOnlyOnDeny,
+                first.span().start,
+                format!(
+                    "deny {label} has `report_only`: a report-only condition is treated as not written, so the rule would deny everyone it names, whether the condition holds or not"
+                ),
+                Some("report_only is for trialling a stricter requirement on an allow rule; to trial a deny, write the condition on the allow rule it would restrict, with `report_only`".into()),
+            );
+            conditions_ok = false;
+        }
+        for entry in raw.report_only.iter().flatten().filter(|_| !is_deny) {
             let name = entry.get_ref().as_str();
             let mut found = false;
             for condition in &mut conditions {
@@ -1870,6 +1886,49 @@ fn canonical_net(net: IpNet) -> IpNet {
             _ => net,
         },
         IpNet::V4(_) => net,
+    }
+}
+
+/// Whole-policy check, run when nothing else is wrong (a file full of errors is not also
+/// "empty"). A policy that defines no endpoints or no rules denies every request: refused unless a
+/// file says `deny_all = true`, because an empty or half-written file (an editor's in-place
+/// rewrite, a failed copy) looks exactly like this, and loading it would cut every session.
+/// `deny_all = true` beside endpoints *and* rules is refused too, so that the opt-in cannot be
+/// left behind in a policy that allows access.
+fn empty_policy(raw: &RawDocument, r: &mut Resolver<'_, '_>) {
+    let (endpoints, rules) = (raw.endpoint_tables, raw.rule_tables);
+    let opted_in = raw.deny_all.iter().find(|(_, _, value)| *value);
+    match opted_in {
+        None if endpoints == 0 || rules == 0 => {
+            let what = match (endpoints, rules) {
+                (0, 0) => "no endpoints and no rules",
+                (0, _) => "no endpoints",
+                _ => "no rules",
+            };
+            r.diags.set_file(0);
+            r.diags.push(
+                ErrorKind::EmptyPolicy,
+                0,
+                format!("the policy has {what}, so it denies every request"),
+                Some(
+                    "if that is intended, write `deny_all = true` at the top of the policy; \
+                     otherwise the file may be empty or half-written"
+                        .into(),
+                ),
+            );
+        }
+        Some(&(file, at, _)) if endpoints > 0 && rules > 0 => {
+            r.diags.set_file(file);
+            r.diags.push(
+                ErrorKind::InvalidValue,
+                at,
+                format!(
+                    "`deny_all = true`, but the policy has {endpoints} endpoints and {rules} rules"
+                ),
+                Some("remove `deny_all` (it is only for a policy that allows nothing)".into()),
+            );
+        }
+        _ => {}
     }
 }
 

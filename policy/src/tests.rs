@@ -174,8 +174,8 @@ fn example_config_parses_and_decides_as_its_comments_say() {
 }
 
 #[test]
-fn empty_policy_is_valid_and_denies_everything() {
-    let policy = parse("# nothing yet\n");
+fn an_explicitly_empty_policy_is_valid_and_denies_everything() {
+    let policy = parse("# nothing yet\ndeny_all = true\n");
     assert!(policy.endpoints().is_empty());
     let decision = decide(&policy, "alice", &["radiologists"], "pacs");
     assert!(!decision.is_allowed());
@@ -1188,11 +1188,15 @@ fn decision_serializes_for_audit() {
 
 #[test]
 fn version_is_a_hash_of_the_text() {
-    // SHA-256 of the empty string starts e3b0c44298fc1c14.
-    assert_eq!(parse("").version(), "sha256:e3b0c44298fc1c14");
-    let a = parse(ENDPOINTS);
-    let b = parse(ENDPOINTS);
-    let c = parse(&format!("{ENDPOINTS}# a comment changes the version\n"));
+    // SHA-256 of "deny_all = true\n" starts 42861031af8050a1.
+    assert_eq!(
+        parse("deny_all = true\n").version(),
+        "sha256:42861031af8050a1"
+    );
+    let endpoints = format!("deny_all = true\n{ENDPOINTS}");
+    let a = parse(&endpoints);
+    let b = parse(&endpoints);
+    let c = parse(&format!("{endpoints}# a comment changes the version\n"));
     assert_eq!(a.version(), b.version());
     assert_ne!(a.version(), c.version());
     assert_eq!(decide(&c, "x", &[], "pacs").policy_version, c.version());
@@ -1366,6 +1370,10 @@ fn evaluation_agrees_with_a_simple_model() {
                 quoted(&rule.users),
                 rule.endpoints.as_deref().map_or("\"*\"".to_owned(), quoted),
             ));
+        }
+        if rules.is_empty() {
+            // A policy without rules must say so (issue #12).
+            text.insert_str(0, "deny_all = true\n");
         }
         let policy = parse(&text);
 

@@ -244,7 +244,7 @@ fn unused_groups_are_warnings() {
 
 #[test]
 fn endpoints_have_port_ranges_egress_and_labels() {
-    let p = policy("");
+    let p = parse(&format!("deny_all = true\n{SITES}"));
     let rdp = p.endpoint("penzance-rdp").unwrap();
     assert_eq!(
         (rdp.port, rdp.ports),
@@ -786,6 +786,122 @@ report_only = ["device", "windows"]
     assert_eq!(
         d.hint.as_deref(),
         Some("the rule's conditions are: auth.mfa")
+    );
+}
+
+#[test]
+fn report_only_on_a_deny_rule_is_an_error() {
+    // Issue #12: "as if the condition were not written" turns a deny whose only condition is
+    // report-only into a deny of everyone it names. The construction is refused instead.
+    let all = errors(&text(
+        r#"[[rules]]
+id = "trial-night-ban"
+effect = "deny"
+groups = ["locums"]
+endpoints = ["*"]
+windows = ["Mon-Fri 18:00-08:00"]
+report_only = ["windows"]
+"#,
+    ));
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let d = &all[0];
+    assert_eq!(d.kind, ErrorKind::ReportOnlyOnDeny);
+    assert_eq!(d.severity, Severity::Error);
+    assert!(
+        d.message
+            .contains("deny rule 'trial-night-ban' has `report_only`"),
+        "{d}"
+    );
+    assert!(
+        d.hint.as_deref().unwrap_or_default().contains("allow rule"),
+        "{d}"
+    );
+    // Also with enforced conditions beside the report-only one.
+    let all = errors(&text(
+        r#"[[rules]]
+id = "d"
+effect = "deny"
+groups = ["locums"]
+endpoints = ["*"]
+auth = { mfa = true }
+device = { approved = true }
+report_only = ["device"]
+"#,
+    ));
+    assert_eq!(
+        all.iter().map(|d| d.kind).collect::<Vec<_>>(),
+        [ErrorKind::ReportOnlyOnDeny]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Empty policies
+
+#[test]
+fn a_policy_without_endpoints_or_rules_is_refused() {
+    for (what, source) in [
+        ("empty file", String::new()),
+        ("whitespace", "\n  \n".to_owned()),
+        ("comments only", "# policy being rewritten\n".to_owned()),
+        ("no rules", SITES.to_owned()),
+        (
+            "no endpoints",
+            "[[rules]]\nid = \"r\"\neffect = \"allow\"\ngroups = [\"*\"]\nendpoints = [\"*\"]\n"
+                .to_owned(),
+        ),
+    ] {
+        let all = errors(&source);
+        let kinds: Vec<ErrorKind> = all.iter().map(|d| d.kind).collect();
+        assert!(kinds.contains(&ErrorKind::EmptyPolicy), "{what}: {all:#?}");
+        let d = all
+            .iter()
+            .find(|d| d.kind == ErrorKind::EmptyPolicy)
+            .unwrap();
+        assert!(d.message.contains("denies every request"), "{what}: {d}");
+        assert!(
+            d.hint
+                .as_deref()
+                .unwrap_or_default()
+                .contains("deny_all = true"),
+            "{what}: {d}"
+        );
+    }
+    // Rules that fail to resolve are their own errors, not an "empty policy".
+    let all = errors(&text("[[rules]]\nid = \"r\"\neffect = \"allow\"\ngroups = [\"consultants\"]\nendpoints = [\"nope\"]\n"));
+    assert!(
+        all.iter().all(|d| d.kind != ErrorKind::EmptyPolicy),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn deny_all_is_the_explicit_opt_in_to_an_empty_policy() {
+    let p = parse("deny_all = true\n");
+    assert_eq!(p.rule_count(), 0);
+    assert!(p.endpoints().is_empty());
+    let p = parse(&format!("deny_all = true\n{SITES}"));
+    let g = strings(&["Rad-Consultants"]);
+    let d = p.evaluate(&ask("a", &g, "truro-viewer"));
+    assert!(!d.is_allowed());
+    // `deny_all = false` is the default: no opt-in.
+    let all = errors("deny_all = false\n");
+    assert!(
+        all.iter().any(|d| d.kind == ErrorKind::EmptyPolicy),
+        "{all:#?}"
+    );
+    // A policy that has both endpoints and rules must not claim to deny everything.
+    let all = errors(&format!(
+        "deny_all = true\n{}",
+        text("[[rules]]\nid = \"c\"\neffect = \"allow\"\ngroups = [\"consultants\"]\nendpoints = [\"*\"]\n")
+    ));
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].kind, ErrorKind::InvalidValue);
+    assert!(all[0].message.contains("deny_all"), "{}", all[0]);
+    // Wrong type.
+    let all = errors("deny_all = \"yes\"\n");
+    assert!(
+        all.iter().any(|d| d.kind == ErrorKind::InvalidType),
+        "{all:#?}"
     );
 }
 

@@ -291,8 +291,10 @@ fn rule_strategy() -> impl Strategy<Value = MRule> {
                     .into_iter()
                     .enumerate()
                     .map(|(i, c)| {
+                        // `report_only` on a deny rule is an error (issue #12).
                         let report = report[i % report.len()]
                             && report[(i + 3) % report.len()]
+                            && !deny
                             && !matches!(c, Cond::Justification);
                         (c, report)
                     })
@@ -328,6 +330,10 @@ fn rfc3339(t: i64) -> String {
 /// Renders the rules (in the order given) as a policy.
 fn render(rules: &[MRule]) -> String {
     let mut text = String::from("[defaults]\nmax_session = \"8h\"\n\n");
+    if rules.is_empty() {
+        // A policy without rules must say so (issue #12).
+        text.insert_str(0, "deny_all = true\n");
+    }
     for (name, claim, values, users) in GROUPS {
         text.push_str(&format!(
             "[[groups]]\nname = \"{name}\"\nclaim = \"{claim}\"\nvalues = [{}]\nusers = [{}]\n\n",

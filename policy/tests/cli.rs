@@ -254,7 +254,7 @@ fn test_runs_the_inline_tests_and_fails_on_a_failure() {
     assert!(out.trim_end().ends_with("18 passed, 3 failed"), "{out}");
 
     // A policy without tests fails: nothing was tested.
-    std::fs::write(&path, "").unwrap();
+    std::fs::write(&path, "deny_all = true\n").unwrap();
     let output = run(&["test", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
@@ -380,4 +380,49 @@ fn fuzz_regressions_format_and_parse_quickly() {
         );
     }
     assert!(seen > 0, "no fixtures found in {}", dir.display());
+}
+
+/// Issue #12: an empty file (an in-place rewrite caught half-way) must not pass `check`, and a
+/// deny rule whose only condition is report-only must not pass with a hint about suspensions.
+#[test]
+fn check_refuses_an_empty_policy_and_report_only_deny_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, "").unwrap();
+    let output = run(&["check", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "stdout: {}", stdout(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("error: the policy has no endpoints and no rules"),
+        "{err}"
+    );
+    assert!(err.contains("deny_all = true"), "{err}");
+
+    std::fs::write(
+        &path,
+        "# nothing is reachable while the new PACS is commissioned\ndeny_all = true\n",
+    )
+    .unwrap();
+    let output = run(&["check", path.to_str().unwrap()]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    assert!(
+        stdout(&output).starts_with("ok: 0 endpoints, 0 rules"),
+        "{}",
+        stdout(&output)
+    );
+
+    let config = std::fs::read_to_string(example_config()).unwrap();
+    std::fs::write(
+        &path,
+        format!("{config}\n[[rules]]\nid = \"trial-suspension\"\neffect = \"deny\"\ngroups = [\"*\"]\nendpoints = [\"*\"]\nwindows = [\"Sat,Sun 00:00-24:00\"]\nreport_only = [\"windows\"]\n"),
+    )
+    .unwrap();
+    let output = run(&["check", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "stdout: {}", stdout(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("error: deny rule 'trial-suspension' has `report_only`"),
+        "{err}"
+    );
+    assert!(!err.contains("suspension, remember to lift it"), "{err}");
 }

@@ -56,6 +56,18 @@ pub const PATH_DRAINING: &str = "/v1/draining";
 pub const PATH_LINK_PING: &str = "/v1/link/ping";
 /// Certificate renewal, connector → gateway on a [`ALPN_RENEW`] connection (`POST`).
 pub const PATH_RENEW: &str = "/v1/renew";
+/// Gateway → connector, on a link (`POST`), instead of serving it: the gateway refuses this
+/// connector for good. A TLS alert cannot carry a reason, and on a link the gateway is the
+/// HTTP/2 client, so the refusal is a request: [`HDR_REFUSAL`] says why
+/// ([`REFUSAL_REVOKED`]) and [`HDR_REVOKED_AT`] when. On a [`ALPN_RENEW`] connection the same
+/// headers come on a 403 answer to any request. The connector stops and tells its operator.
+pub const PATH_REFUSED: &str = "/v1/refused";
+/// Machine-readable reason of a [`PATH_REFUSED`] refusal.
+pub const HDR_REFUSAL: &str = "postern-refusal";
+/// [`HDR_REFUSAL`] value: the connector was revoked (`postern-gateway connector revoke`).
+pub const REFUSAL_REVOKED: &str = "revoked";
+/// When the connector was revoked: Unix seconds.
+pub const HDR_REVOKED_AT: &str = "postern-revoked-at";
 
 /// HTTP/2 flow-control window per stream (tunnel). Fixed and large rather than adaptive:
 /// hyper's BDP estimator left the gateway's receive window near 64 KiB on a 50 ms path

@@ -21,11 +21,18 @@ pub mod dicom;
 pub mod oidc;
 pub mod rogue_idp;
 
-/// Directory holding the workspace binaries (target/debug or target/release).
+/// Directory holding the workspace binaries (target/debug or target/release), or
+/// `POSTERN_E2E_BIN_DIR` when set (binaries copied out of a target directory that other
+/// builds share, so that a test runs the binaries it was built with).
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/e2e-xxxx
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let dir = match std::env::var_os("POSTERN_E2E_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().unwrap();
+            // target/<profile>/deps/e2e-xxxx
+            exe.parent().unwrap().parent().unwrap().to_path_buf()
+        }
+    };
     for b in ["postern-gateway", "postern-connector", "postern"] {
         assert!(
             dir.join(b).exists(),

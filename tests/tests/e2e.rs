@@ -611,9 +611,11 @@ fn config_errors_name_file_and_key_and_bind_nothing() {
         "[[rules]]\nid = \"r\"\neffect = \"allow\"\ngroups = [\"g\"]\nendpoints = [\"nope\"]\n",
     )
     .unwrap();
+    // (Two listeners, two ports: one address for both is an error of its own.)
+    let other = postern_e2e::free_port();
     std::fs::write(
         &cfg,
-        format!("state_dir = \"s\"\npolicy = \"policy.toml\"\n[listen]\nclients = \"127.0.0.1:{port}\"\nconnectors = \"127.0.0.1:{port}\"\n"),
+        format!("state_dir = \"s\"\npolicy = \"policy.toml\"\n[listen]\nclients = \"127.0.0.1:{port}\"\nconnectors = \"127.0.0.1:{other}\"\n"),
     )
     .unwrap();
     let (ok, _, err) = run(Command::new(bin("postern-gateway"))

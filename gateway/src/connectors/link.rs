@@ -3,16 +3,23 @@
 //! serial is the one on record for its id, current or previous, *and* it is not revoked); a
 //! renewal connection goes to `renew`, a link is registered and the gateway becomes the
 //! HTTP/2 client on it: each tunnel is one `CONNECT` stream (no handshake per session).
+//!
+//! A revoked connector is told so instead of being dropped (it would redial forever): on a link
+//! the gateway sends `POST /v1/refused` with `postern-refusal: revoked` and
+//! `postern-revoked-at`; on a renewal connection it answers 403 with the same headers. Only the
+//! first refusal of each revoked connector is audited (and logged as a warning); its further
+//! attempts are logged at debug level.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use postern_audit::{ConnectorRef, EventType};
-use postern_proto::wire::ALPN_RENEW;
+use postern_proto::wire::{self, ALPN_RENEW};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +45,14 @@ pub struct Links {
     /// Cancelled at shutdown: links close.
     pub shutdown: CancellationToken,
     pub clock: SharedClock,
+    /// Revoked connectors already told (and audited) since start: their retries are not
+    /// audited again. At most [`REVOKED_TOLD_MAX`] ids (only certificates of the connector CA
+    /// get this far, so the set is as small as the list of revoked connectors).
+    pub revoked_told: Mutex<HashSet<String>>,
 }
+
+/// Bound on [`Links::revoked_told`]; past it, refusals are audited every time again.
+const REVOKED_TOLD_MAX: usize = 10_000;
 
 /// (connector id, certificate serial hex) from the peer's leaf certificate.
 fn identity(der: &[u8]) -> Option<(String, String)> {
@@ -99,8 +113,22 @@ impl Links {
             refuse_id("unknown connector id");
             return;
         };
-        if rec.revoked.is_some() {
-            refuse_id("connector certificate is revoked");
+        if let Some(at) = rec.revoked {
+            let first = self
+                .revoked_told
+                .lock()
+                .map(|mut told| told.len() >= REVOKED_TOLD_MAX || told.insert(id.clone()))
+                .unwrap_or(true);
+            if first {
+                refuse_id("connector certificate is revoked (told the connector; its further attempts are not audited)");
+            } else {
+                debug!(%peer, connector_id = %id, "revoked connector dialled again; told it again");
+            }
+            if renewing {
+                answer_revoked(tls, at).await;
+            } else {
+                tell_revoked(tls, at, self.handshake_timeout).await;
+            }
             return;
         }
         if !rec.accepts_serial(&serial) {
@@ -185,6 +213,57 @@ impl Links {
         ev.detail = Some(why);
         self.audit.record_nowait(ev);
     }
+}
+
+/// Tells a revoked connector on its link connection (where the gateway is the HTTP/2 client):
+/// one `POST /v1/refused` carrying the reason and the revocation time, then the connection
+/// closes. Best effort within `limit`: an old connector that does not know the path answers
+/// 405 and keeps redialling, as before.
+async fn tell_revoked(tls: TlsStream<TcpStream>, revoked_at: u64, limit: Duration) {
+    let work = async {
+        let (mut sender, connection) = postern_net::h2::client(postern_net::h2::LINK)
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::spawn(connection);
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(wire::PATH_REFUSED)
+            .header(wire::HDR_REFUSAL, wire::REFUSAL_REVOKED)
+            .header(wire::HDR_REVOKED_AT, revoked_at)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string());
+        conn.abort();
+        resp.map(|r| r.status())
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(Ok(status)) => debug!(%status, "told the connector it is revoked"),
+        Ok(Err(e)) => debug!(error = %e, "could not tell the connector it is revoked"),
+        Err(_) => debug!("telling the connector it is revoked timed out"),
+    }
+}
+
+/// Answers a revoked connector's renewal connection (HTTP/1.1, the connector is the client):
+/// 403 with the refusal headers to whatever it asks.
+async fn answer_revoked(tls: TlsStream<TcpStream>, revoked_at: u64) {
+    let service = hyper::service::service_fn(
+        move |_req: http::Request<hyper::body::Incoming>| async move {
+            http::Response::builder()
+                .status(http::StatusCode::FORBIDDEN)
+                .header(wire::HDR_REFUSAL, wire::REFUSAL_REVOKED)
+                .header(wire::HDR_REVOKED_AT, revoked_at)
+                .header(
+                    wire::HDR_REASON,
+                    "this connector was revoked; enrol it again",
+                )
+                .body(Empty::<Bytes>::new())
+        },
+    );
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(tls), service);
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
 }
 
 /// Tells every connected connector that this gateway is draining (`POST /v1/draining` on

@@ -4,15 +4,24 @@
 //! Looked at: the policy; the state directory (0700) and every key in it (0600, or 0640), the
 //! two CAs (valid, key matching); the client-facing certificate files when configured (readable,
 //! key 0600/0640 and matching, not expired, expiring within 14 days = warning, naming
-//! `tls.server_names`); the listen addresses (bindable now: a port in use may be the running
-//! gateway itself); the audit directory (writable); sign-in (secret readable and private,
+//! `tls.server_names`); the listen addresses (bindable now, or held by this very gateway
+//! running — see below — or not looked at with `--running`); the audit directory (writable);
+//! sign-in (secret readable and private,
 //! no plain-http IdP, discovery document reachable within 5 s); device trust (the WebAuthn
 //! relying party id and origin).
 //!
 //! It changes nothing: no file or directory is created (a probe file in the audit directory is
 //! removed at once) and every listener is closed again.
+//!
+//! Run from monitoring against a running gateway, its listen ports are taken — by the gateway.
+//! A port in use counts as this gateway's when what answers there is: on `listen.clients` and
+//! `listen.connectors`, a TLS server presenting a certificate issued by this state directory's
+//! server CA (or, on `listen.clients` with `tls.cert_file`, that very certificate); on
+//! `admin.listen`, a Postern metrics endpoint. The probe stops inside the TLS handshake, before
+//! anything is sent, so the gateway sees a failed handshake and nothing else.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use postern_net::certs::{
@@ -27,7 +36,14 @@ const IDP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every problem found (empty = fine).
 pub async fn check(config: &Config) -> Vec<Finding> {
+    check_with(config, false).await.0
+}
+
+/// [`check`], and notes for people (what was recognised as the running gateway). `running`:
+/// the gateway is known to run with this configuration; its listen addresses are not looked at.
+pub async fn check_with(config: &Config, running: bool) -> (Vec<Finding>, Vec<String>) {
     let mut out = Vec::new();
+    let mut notes = Vec::new();
     if let Err(e) = postern_policy::Policy::from_file(&config.policy) {
         out.push(Finding::error(format!(
             "policy {}:\n{e}",
@@ -36,10 +52,37 @@ pub async fn check(config: &Config) -> Vec<Finding> {
     }
     state_dir(config, &mut out);
     server_cert(config, &mut out);
-    check_bind(config.listen_clients, "listen.clients", &mut out);
-    check_bind(config.listen_connectors, "listen.connectors", &mut out);
-    if let Some(a) = config.listen_admin {
-        check_bind(a, "admin.listen", &mut out);
+    if running {
+        notes.push("--running: the listen addresses were not looked at".to_owned());
+    } else {
+        let listeners = [
+            (
+                Some(config.listen_clients),
+                "listen.clients",
+                Listener::Clients,
+            ),
+            (
+                Some(config.listen_connectors),
+                "listen.connectors",
+                Listener::Connectors,
+            ),
+            (config.listen_admin, "admin.listen", Listener::Admin),
+        ];
+        for (addr, what, which) in listeners {
+            let Some(addr) = addr else { continue };
+            let mut found = Vec::new();
+            check_bind(addr, what, &mut found);
+            if found.is_empty() {
+                continue;
+            }
+            if std::net::TcpListener::bind(addr).is_err() && held_by_us(config, addr, which).await {
+                notes.push(format!(
+                    "{what} {addr}: in use by this gateway (it answers there); not bound"
+                ));
+            } else {
+                out.extend(found);
+            }
+        }
     }
     audit_dir(&config.audit_dir, &mut out);
     oidc(config, &mut out).await;
@@ -48,7 +91,183 @@ pub async fn check(config: &Config) -> Vec<Finding> {
             out.push(Finding::error(e));
         }
     }
-    out
+    (out, notes)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Clients,
+    Connectors,
+    Admin,
+}
+
+/// Whether what listens on `addr` is this gateway (see the module comment).
+async fn held_by_us(config: &Config, addr: std::net::SocketAddr, which: Listener) -> bool {
+    let probe = async {
+        match which {
+            Listener::Admin => admin_is_postern(addr).await,
+            Listener::Clients | Listener::Connectors => {
+                let Some(chain) = presented_chain(addr).await else {
+                    return false;
+                };
+                match (&config.server_cert_files, which) {
+                    (Some(files), Listener::Clients) => std::fs::read_to_string(&files.cert)
+                        .ok()
+                        .and_then(|pem| {
+                            postern_net::tls::certs_from_pem(&pem, "tls.cert_file").ok()
+                        })
+                        .is_some_and(|ours| ours.first() == chain.first()),
+                    _ => issued_by_our_server_ca(config, &chain),
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), probe)
+        .await
+        .unwrap_or(false)
+}
+
+/// `GET /metrics` answers 200 with Postern's metrics.
+async fn admin_is_postern(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    if tcp
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = (&mut tcp).take(1 << 20).read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer.starts_with("HTTP/1.") && answer.contains(" 200 ") && answer.contains("postern_")
+}
+
+/// The certificate chain a TLS server on `addr` presents. The handshake is abandoned as soon
+/// as the chain arrives.
+async fn presented_chain(
+    addr: std::net::SocketAddr,
+) -> Option<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let verifier = Arc::new(Capture {
+        seen: seen.clone(),
+        provider: postern_net::tls::provider(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(postern_net::tls::provider())
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls_pki_types::ServerName::from(addr.ip());
+    let _ = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await;
+    let chain = seen.lock().ok()?.take();
+    chain
+}
+
+/// Whether `chain` verifies against `state_dir/server-ca.pem` for one of `tls.server_names`.
+fn issued_by_our_server_ca(
+    config: &Config,
+    chain: &[rustls_pki_types::CertificateDer<'static>],
+) -> bool {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return false;
+    };
+    let Ok(pem) = std::fs::read_to_string(config.state_dir.join("server-ca.pem")) else {
+        return false;
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in postern_net::tls::certs_from_pem(&pem, "server CA").unwrap_or_default() {
+        let _ = roots.add(ca);
+    }
+    let Ok(verifier) = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        postern_net::tls::provider(),
+    )
+    .build() else {
+        return false;
+    };
+    let now = rustls_pki_types::UnixTime::now();
+    config.server_names.iter().any(|name| {
+        rustls_pki_types::ServerName::try_from(name.as_str()).is_ok_and(|name| {
+            rustls::client::danger::ServerCertVerifier::verify_server_cert(
+                verifier.as_ref(),
+                leaf,
+                intermediates,
+                &name,
+                &[],
+                now,
+            )
+            .is_ok()
+        })
+    })
+}
+
+/// Keeps the presented chain and refuses it, ending the handshake there.
+#[derive(Debug)]
+struct Capture {
+    seen: Arc<std::sync::Mutex<Option<Vec<rustls_pki_types::CertificateDer<'static>>>>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Capture {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let chain = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.clone().into_owned())
+            .collect();
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(chain);
+        }
+        Err(rustls::Error::General("check: probe only".into()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 fn state_dir(config: &Config, out: &mut Vec<Finding>) {
