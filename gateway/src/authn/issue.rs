@@ -52,11 +52,6 @@ impl Issuer {
     ) -> Result<Option<String>, AuthError> {
         let oidc = oidc(&self.authn)?;
         let (token, claims) = self.mint(oidc, identity, device)?;
-        info!(user = %identity.user, groups = ?identity.groups, mfa = identity.mfa, device = ?claims.device, %peer, "signed in");
-        self.metrics
-            .auth_logins
-            .with_label_values(&["success"])
-            .inc();
         let mut ev = self.audit.event(EventType::AuthLogin);
         ev.user = Some(identity.user.clone());
         ev.groups = Some(identity.groups.clone());
@@ -81,7 +76,21 @@ impl Issuer {
             claims.jti,
             humantime::format_rfc3339_seconds(from_unix(claims.exp))
         ));
-        self.audit.record_nowait(ev);
+        // A sign-in is a security event: it is durable in the audit log before the token is
+        // handed out, or the sign-in fails (never a token nobody can account for).
+        if let Err(e) = self.audit.record(ev).await {
+            return Err(AuthError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "audit_unavailable",
+                public: "Sign-in is unavailable: the gateway cannot write its audit log. Try again later.".into(),
+                detail: format!("auth.login for session token {} could not be audited: {e}", claims.jti),
+            });
+        }
+        info!(user = %identity.user, groups = ?identity.groups, mfa = identity.mfa, device = ?claims.device, %peer, "signed in");
+        self.metrics
+            .auth_logins
+            .with_label_values(&["success"])
+            .inc();
         match cli {
             Some(cli) => {
                 let code = oidc.issue_cli_code(&cli, token).await?;
@@ -129,5 +138,92 @@ impl Issuer {
                 idp: Some(id.issuer.clone()),
             })
             .map_err(|e| internal(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use postern_audit::{AuditSink, EventType, MemorySink};
+
+    use super::*;
+    use crate::app::{App, Seams};
+
+    /// `auth.login` is a security event: when the audit log cannot take it, the sign-in fails
+    /// and no token is handed out (before: the event was queued without waiting, and lost).
+    #[tokio::test]
+    async fn a_sign_in_the_audit_log_cannot_record_hands_out_no_token() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("policy.toml"),
+            "[[endpoints]]\nname = \"pacs\"\nsite = \"s\"\nhost = \"127.0.0.1\"\nport = 4242\nprotocol = \"dicom\"\n\n[[rules]]\nid = \"r\"\neffect = \"allow\"\nusers = [\"ann\"]\nendpoints = [\"pacs\"]\n",
+        )
+        .unwrap();
+        let mut config =
+            crate::Config::local(&dir.path().join("state"), &dir.path().join("policy.toml"));
+        config.oidc = Some(crate::config::OidcConfig {
+            issuer: "https://idp.example".into(),
+            client_id: "postern".into(),
+            client_secret: crate::config::SecretSource::Inline(crate::config::Secret("s".into())),
+            redirect_url: "https://gw.example/auth/callback".into(),
+            scopes: vec![],
+            user_claim: "sub".into(),
+            groups_claim: "groups".into(),
+            name_claim: "name".into(),
+            mfa_amr: vec![],
+            mfa_acr: vec![],
+            session_ttl: Duration::from_secs(3600),
+            ca_file: None,
+            insecure_http_issuer: false,
+        });
+        let sink = MemorySink::shared();
+        let seams = Seams {
+            clock: crate::clock::system(),
+            store: Arc::new(crate::state::memory::MemoryStore::default()),
+            audit: sink.clone() as Arc<dyn AuditSink>,
+            upstream: None,
+        };
+        let app = App::build(config, "127.0.0.1:1".parse().unwrap(), seams)
+            .await
+            .unwrap();
+        let ann = Identity {
+            user: "ann".into(),
+            subject: "ann".into(),
+            name: None,
+            email: None,
+            groups: vec![],
+            mfa: true,
+            auth_time: None,
+            issuer: "https://idp.example".into(),
+        };
+        let peer: SocketAddr = "127.0.0.1:5555".parse().unwrap();
+        let cli = || CliRequest {
+            redirect: "http://127.0.0.1:4444/callback".into(),
+            challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+            state: "st".into(),
+            posture: None,
+        };
+        // Working log: a code for the CLI, and the sign-in is on record.
+        let url = app
+            .signin
+            .issuer
+            .complete(&ann, Some(cli()), None, peer, "test")
+            .await
+            .unwrap()
+            .expect("a CLI redirect");
+        assert!(url.contains("code="), "{url}");
+        assert_eq!(sink.of_type(EventType::AuthLogin).len(), 1);
+
+        sink.set_failing(true);
+        let err = app
+            .signin
+            .issuer
+            .complete(&ann, Some(cli()), None, peer, "test")
+            .await
+            .expect_err("no sign-in without its audit event");
+        assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.code, "audit_unavailable");
+        assert_eq!(sink.of_type(EventType::AuthLogin).len(), 1);
     }
 }

@@ -375,11 +375,16 @@ pub async fn logout(svc: Arc<SignIn>, req: Request<Incoming>, peer: SocketAddr) 
         "session token {}; {ended} live sessions ended",
         claims.jti
     ));
-    svc.audit.record_nowait(ev);
-    let mut ev = svc.audit.event(EventType::TokenRevoked);
-    ev.user = Some(claims.sub.clone());
-    ev.detail = Some(format!("session token {} (sign-out)", claims.jti));
-    svc.audit.record_nowait(ev);
+    let mut revoked = svc.audit.event(EventType::TokenRevoked);
+    revoked.user = Some(claims.sub.clone());
+    revoked.detail = Some(format!("session token {} (sign-out)", claims.jti));
+    // Security events wait until they are durable. The revocation itself stands either way
+    // (failing safe): a log that cannot be written is an outage the operator is alerted to.
+    for ev in [ev, revoked] {
+        if let Err(e) = svc.audit.record(ev).await {
+            tracing::error!(error = %e, jti = %claims.jti, "sign-out done but not audited");
+        }
+    }
     json(
         StatusCode::OK,
         &serde_json::json!({"revoked": claims.jti, "sessions_ended": ended}),
