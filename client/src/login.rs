@@ -6,6 +6,10 @@
 //! (`http://127.0.0.1:PORT/callback`) protected by its own PKCE pair: the browser only ever
 //! carries a one-time code, and only this process, holding the verifier, can redeem it at the
 //! gateway. Another local process that sees the redirect gets nothing usable.
+//!
+//! It also prints a confirmation code (`XXXX-XXXX`) and sends it with the sign-in; the device
+//! page shows it and waits for the person to confirm it, so a sign-in someone else started on
+//! the same machine (with their own loopback redirect) cannot run on the person's device unseen.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -143,13 +147,14 @@ async fn answer(s: &mut tokio::net::TcpStream, status: &str, message: &str) {
 }
 
 /// Signs in: prints (and, if asked, opens) the URL, waits for the browser to come back, redeems
-/// the code, stores the token. `show_url` is called with the URL to open.
+/// the code, stores the token. `show_url` is called with the URL to open and the confirmation
+/// code the browser will show (the person checks they match before the device ceremony).
 pub async fn login(
     gateway: &str,
     ca_file: Option<&Path>,
     open_browser: bool,
     wait: Duration,
-    show_url: impl FnOnce(&str),
+    show_url: impl FnOnce(&str, &str),
 ) -> Result<Session, ClientError> {
     login_with_posture(gateway, ca_file, open_browser, wait, None, show_url).await
 }
@@ -161,7 +166,7 @@ pub async fn login_with_posture(
     open_browser: bool,
     wait: Duration,
     posture: Option<&crate::posture::PostureReport>,
-    show_url: impl FnOnce(&str),
+    show_url: impl FnOnce(&str, &str),
 ) -> Result<Session, ClientError> {
     let verifier = random_b64(32)?;
     let challenge = URL_SAFE_NO_PAD.encode(ring::digest::digest(
@@ -169,6 +174,8 @@ pub async fn login_with_posture(
         verifier.as_bytes(),
     ));
     let state = random_b64(16)?;
+    let confirm = postern_proto::confirm::ConfirmCode::generate()
+        .map_err(|e| ClientError::Setup(e.to_string()))?;
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| ClientError::Setup(format!("cannot listen on loopback: {e}")))?;
@@ -178,18 +185,19 @@ pub async fn login_with_posture(
         .port();
     let redirect = format!("http://127.0.0.1:{port}/callback");
     let mut url = format!(
-        "{}/auth/login?cli_redirect={}&cli_challenge={}&cli_state={}",
+        "{}/auth/login?cli_redirect={}&cli_challenge={}&cli_state={}&cli_code={}",
         gateway.trim_end_matches('/'),
         pct(&redirect),
         pct(&challenge),
-        pct(&state)
+        pct(&state),
+        pct(confirm.as_str())
     );
     if let Some(p) = posture {
         url.push_str("&cli_posture=");
         url.push_str(&URL_SAFE_NO_PAD.encode(p.canonical()));
     }
     let conn = GatewayConn::anonymous(gateway, ca_file)?;
-    show_url(&url);
+    show_url(&url, confirm.as_str());
     if open_browser {
         let _ = std::process::Command::new("xdg-open")
             .arg(&url)

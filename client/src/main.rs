@@ -253,8 +253,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 !no_browser,
                 std::time::Duration::from_secs(timeout),
                 Some(&report),
-                |url| {
+                |url, code| {
                     println!("Open this URL in your browser to sign in:\n\n  {url}\n");
+                    println!("confirmation code: {code}\n");
+                    println!("The browser will show this code; confirm only if it is the same.\n");
                     let _ = std::io::stdout().flush();
                 },
             )
