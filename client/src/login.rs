@@ -127,11 +127,43 @@ async fn read_target(s: &mut tokio::net::TcpStream) -> Option<String> {
             break;
         }
     }
-    let head = std::str::from_utf8(&buf[..used]).ok()?;
+    request_target(&buf[..used])
+}
+
+/// The request target of an HTTP request head, if it is a `GET` (anything on this machine may
+/// connect to the loopback listener, so this is outside input).
+#[doc(hidden)]
+pub fn request_target(head: &[u8]) -> Option<String> {
+    let head = std::str::from_utf8(head).ok()?;
     let line = head.lines().next()?;
     let mut parts = line.split(' ');
     (parts.next()? == "GET").then_some(())?;
     parts.next().map(str::to_owned)
+}
+
+/// The percent-decoded query parameters of a `/callback?…` request target.
+#[doc(hidden)]
+pub fn callback_params(target: &str) -> Option<Vec<(String, String)>> {
+    let query = target.strip_prefix("/callback?")?;
+    Some(
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (unpct(k), unpct(v)))
+            .collect(),
+    )
+}
+
+/// Fuzz target `callback` (client/fuzz): a request head on the loopback listener through
+/// [`request_target`] and [`callback_params`]; and percent-encoding round trips.
+#[doc(hidden)]
+pub fn fuzz_callback(data: &[u8]) {
+    if let Some(params) = request_target(data).as_deref().and_then(callback_params) {
+        let _ = params.iter().find(|(k, _)| k == "state");
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        assert_eq!(unpct(&pct(s)), s, "percent-encoding does not round-trip");
+    }
 }
 
 async fn answer(s: &mut tokio::net::TcpStream, status: &str, message: &str) {
@@ -213,15 +245,10 @@ pub async fn login_with_posture(
             let Some(target) = read_target(&mut s).await else {
                 continue;
             };
-            let Some(query) = target.strip_prefix("/callback?") else {
+            let Some(params) = callback_params(&target) else {
                 answer(&mut s, "404 Not Found", "Nothing here").await;
                 continue;
             };
-            let params: Vec<(String, String)> = query
-                .split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (unpct(k), unpct(v)))
-                .collect();
             let get = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
             let got_state = get("state").unwrap_or_default();
             if !postern_proto::ids::ct_eq(got_state.as_bytes(), state.as_bytes()) {

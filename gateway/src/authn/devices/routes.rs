@@ -67,6 +67,40 @@ struct Body {
     confirm: Option<String>,
 }
 
+/// The parsing and checks a device request body goes through before any ceremony state is
+/// touched: the JSON body, the confirmation code, the client data (size, base64url, JSON,
+/// signed challenge), the posted posture report and its binding to `expected`, the
+/// attestation object's AAGUID, and the credential in webauthn-rs's shapes. For the fuzz
+/// target `webauthn_body` (gateway/fuzz); `Err` is the refusal's code.
+#[doc(hidden)]
+pub fn fuzz_body(
+    body: &[u8],
+    code: &postern_proto::confirm::ConfirmCode,
+    nonce: &[u8],
+    expected: &[u8; 32],
+) -> Result<(), &'static str> {
+    let parsed: Body = serde_json::from_slice(body).map_err(|_| "bad_request")?;
+    if let Some(c) = parsed.confirm.as_deref() {
+        let _ = code.matches(c);
+    }
+    let Some(credential) = parsed.credential.as_ref() else {
+        return Ok(());
+    };
+    if let Some(att) = credential
+        .get("response")
+        .and_then(|r| r.get("attestationObject"))
+        .and_then(|a| a.as_str())
+        .and_then(|a| URL_SAFE_NO_PAD.decode(a.trim_end_matches('=')).ok())
+    {
+        let _ = aaguid(&att);
+    }
+    let _ = serde_json::from_value::<PublicKeyCredential>(credential.clone());
+    let _ = serde_json::from_value::<RegisterPublicKeyCredential>(credential.clone());
+    check_binding(credential, nonce, expected, parsed.posture.as_ref())
+        .map(|_| ())
+        .map_err(|e| e.code)
+}
+
 /// A ceremony of a CLI sign-in starts only once the person confirmed the code their terminal
 /// printed (issue #12 finding 8): the begin request must carry the code kept with the
 /// ceremony. Browser-only sign-ins (no CLI) have nothing to confirm.
