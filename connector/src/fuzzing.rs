@@ -55,3 +55,36 @@ pub fn connector_config(data: &[u8]) {
     let _ = Config::parse(&text, Path::new("/etc/postern/connector.toml"));
     let _ = crate::allowlist::Ports::parse(&text);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed seeds and crash reproducers of both targets run clean under `cargo test`.
+    #[test]
+    fn seeds_and_regressions_replay() {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let targets: [(&str, fn(&[u8])); 2] = [
+            ("connect_target", connect_target),
+            ("connector_config", connector_config),
+        ];
+        for (name, f) in targets {
+            let mut n = 0;
+            for kind in ["seeds", "regressions"] {
+                let Ok(dir) = std::fs::read_dir(base.join(kind).join(name)) else {
+                    continue;
+                };
+                for e in dir {
+                    f(&std::fs::read(e.unwrap().path()).unwrap());
+                    n += 1;
+                }
+            }
+            assert!(n > 0, "no seeds for {name}");
+        }
+        // The example configuration parses, and the fixture allows what it lists.
+        let example =
+            std::fs::read_to_string(base.join("seeds/connector_config/example.toml")).unwrap();
+        Config::parse(&example, Path::new("/etc/postern/connector.toml")).unwrap();
+        assert!(config().allowlist.allows("10.20.1.2".parse().unwrap(), 104));
+    }
+}
