@@ -64,7 +64,8 @@ mod tests {
     #[test]
     fn seeds_and_regressions_replay() {
         let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-        let targets: [(&str, fn(&[u8])); 2] = [
+        type Target = (&'static str, fn(&[u8]));
+        let targets: [Target; 2] = [
             ("connect_target", connect_target),
             ("connector_config", connector_config),
         ];

@@ -256,7 +256,8 @@ mod tests {
     /// The committed seeds and crash reproducers of every target run clean under `cargo test`.
     #[test]
     fn seeds_and_regressions_replay() {
-        let targets: [(&str, fn(&[u8])); 6] = [
+        type Target = (&'static str, fn(&[u8]));
+        let targets: [Target; 6] = [
             ("session_token", session_token),
             ("connector_request", connector_request),
             ("webauthn_body", webauthn_body),
