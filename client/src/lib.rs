@@ -344,9 +344,52 @@ pub async fn connect(
     }
 }
 
+/// Whether `postern connect` may listen on `listen`: a loopback address always (answers
+/// `Ok(None)`); any other address only with `--allow-remote` (answers `Ok(Some(warning))`, to be
+/// printed), because then anyone who can reach this computer can use the clinician's tunnel
+/// under their sign-in. Without the flag, `Err` says why and how to override.
+pub fn check_listen(listen: SocketAddr, allow_remote: bool) -> Result<Option<String>, String> {
+    if listen.ip().is_loopback() {
+        return Ok(None);
+    }
+    let whom = if listen.ip().is_unspecified() {
+        "anyone who can reach this computer over any network"
+    } else {
+        "anyone who can reach that address"
+    };
+    if allow_remote {
+        Ok(Some(format!(
+            "WARNING: listening on {listen}, which is not a loopback address: {whom} can use this tunnel with your sign-in, and the gateway's audit log will name you"
+        )))
+    } else {
+        Err(format!(
+            "--listen {listen} is not a loopback address: {whom} could use this tunnel with your sign-in. Use 127.0.0.1:PORT, or add --allow-remote if you really mean to share it"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_listens_without_allow_remote() {
+        for ok in ["127.0.0.1:0", "127.8.9.1:104", "[::1]:11112"] {
+            assert_eq!(check_listen(ok.parse().unwrap(), false), Ok(None), "{ok}");
+        }
+        for bad in ["0.0.0.0:0", "[::]:0", "192.0.2.1:11112", "[2001:db8::1]:1"] {
+            let e = check_listen(bad.parse().unwrap(), false).unwrap_err();
+            assert!(
+                e.contains("not a loopback address") && e.contains("--allow-remote"),
+                "{bad}: {e}"
+            );
+            let w = check_listen(bad.parse().unwrap(), true).unwrap().unwrap();
+            assert!(
+                w.starts_with("WARNING") && w.contains("anyone who can reach"),
+                "{w}"
+            );
+        }
+    }
 
     #[test]
     fn urls_and_durations() {

@@ -6,6 +6,10 @@
 //! (`http://127.0.0.1:PORT/callback`) protected by its own PKCE pair: the browser only ever
 //! carries a one-time code, and only this process, holding the verifier, can redeem it at the
 //! gateway. Another local process that sees the redirect gets nothing usable.
+//!
+//! It also prints a confirmation code (`XXXX-XXXX`) and sends it with the sign-in; the device
+//! page shows it and waits for the person to confirm it, so a sign-in someone else started on
+//! the same machine (with their own loopback redirect) cannot run on the person's device unseen.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -123,11 +127,43 @@ async fn read_target(s: &mut tokio::net::TcpStream) -> Option<String> {
             break;
         }
     }
-    let head = std::str::from_utf8(&buf[..used]).ok()?;
+    request_target(&buf[..used])
+}
+
+/// The request target of an HTTP request head, if it is a `GET` (anything on this machine may
+/// connect to the loopback listener, so this is outside input).
+#[doc(hidden)]
+pub fn request_target(head: &[u8]) -> Option<String> {
+    let head = std::str::from_utf8(head).ok()?;
     let line = head.lines().next()?;
     let mut parts = line.split(' ');
     (parts.next()? == "GET").then_some(())?;
     parts.next().map(str::to_owned)
+}
+
+/// The percent-decoded query parameters of a `/callback?…` request target.
+#[doc(hidden)]
+pub fn callback_params(target: &str) -> Option<Vec<(String, String)>> {
+    let query = target.strip_prefix("/callback?")?;
+    Some(
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (unpct(k), unpct(v)))
+            .collect(),
+    )
+}
+
+/// Fuzz target `callback` (client/fuzz): a request head on the loopback listener through
+/// [`request_target`] and [`callback_params`]; and percent-encoding round trips.
+#[doc(hidden)]
+pub fn fuzz_callback(data: &[u8]) {
+    if let Some(params) = request_target(data).as_deref().and_then(callback_params) {
+        let _ = params.iter().find(|(k, _)| k == "state");
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        assert_eq!(unpct(&pct(s)), s, "percent-encoding does not round-trip");
+    }
 }
 
 async fn answer(s: &mut tokio::net::TcpStream, status: &str, message: &str) {
@@ -143,13 +179,14 @@ async fn answer(s: &mut tokio::net::TcpStream, status: &str, message: &str) {
 }
 
 /// Signs in: prints (and, if asked, opens) the URL, waits for the browser to come back, redeems
-/// the code, stores the token. `show_url` is called with the URL to open.
+/// the code, stores the token. `show_url` is called with the URL to open and the confirmation
+/// code the browser will show (the person checks they match before the device ceremony).
 pub async fn login(
     gateway: &str,
     ca_file: Option<&Path>,
     open_browser: bool,
     wait: Duration,
-    show_url: impl FnOnce(&str),
+    show_url: impl FnOnce(&str, &str),
 ) -> Result<Session, ClientError> {
     login_with_posture(gateway, ca_file, open_browser, wait, None, show_url).await
 }
@@ -161,7 +198,7 @@ pub async fn login_with_posture(
     open_browser: bool,
     wait: Duration,
     posture: Option<&crate::posture::PostureReport>,
-    show_url: impl FnOnce(&str),
+    show_url: impl FnOnce(&str, &str),
 ) -> Result<Session, ClientError> {
     let verifier = random_b64(32)?;
     let challenge = URL_SAFE_NO_PAD.encode(ring::digest::digest(
@@ -169,6 +206,8 @@ pub async fn login_with_posture(
         verifier.as_bytes(),
     ));
     let state = random_b64(16)?;
+    let confirm = postern_proto::confirm::ConfirmCode::generate()
+        .map_err(|e| ClientError::Setup(e.to_string()))?;
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| ClientError::Setup(format!("cannot listen on loopback: {e}")))?;
@@ -178,18 +217,19 @@ pub async fn login_with_posture(
         .port();
     let redirect = format!("http://127.0.0.1:{port}/callback");
     let mut url = format!(
-        "{}/auth/login?cli_redirect={}&cli_challenge={}&cli_state={}",
+        "{}/auth/login?cli_redirect={}&cli_challenge={}&cli_state={}&cli_code={}",
         gateway.trim_end_matches('/'),
         pct(&redirect),
         pct(&challenge),
-        pct(&state)
+        pct(&state),
+        pct(confirm.as_str())
     );
     if let Some(p) = posture {
         url.push_str("&cli_posture=");
         url.push_str(&URL_SAFE_NO_PAD.encode(p.canonical()));
     }
     let conn = GatewayConn::anonymous(gateway, ca_file)?;
-    show_url(&url);
+    show_url(&url, confirm.as_str());
     if open_browser {
         let _ = std::process::Command::new("xdg-open")
             .arg(&url)
@@ -205,15 +245,10 @@ pub async fn login_with_posture(
             let Some(target) = read_target(&mut s).await else {
                 continue;
             };
-            let Some(query) = target.strip_prefix("/callback?") else {
+            let Some(params) = callback_params(&target) else {
                 answer(&mut s, "404 Not Found", "Nothing here").await;
                 continue;
             };
-            let params: Vec<(String, String)> = query
-                .split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (unpct(k), unpct(v)))
-                .collect();
             let get = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
             let got_state = get("state").unwrap_or_default();
             if !postern_proto::ids::ct_eq(got_state.as_bytes(), state.as_bytes()) {
@@ -282,6 +317,29 @@ pub async fn logout(conn: &GatewayConn) -> Result<(), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn callback_requests_parse() {
+        let head = b"GET /callback?code=abc%2Fdef&state=x+1 HTTP/1.1\r\nHost: h\r\n\r\n";
+        let target = request_target(head).unwrap();
+        assert_eq!(
+            callback_params(&target).unwrap(),
+            vec![
+                ("code".to_owned(), "abc/def".to_owned()),
+                ("state".to_owned(), "x 1".to_owned())
+            ]
+        );
+        assert_eq!(request_target(b"POST /callback?code=x HTTP/1.1\r\n"), None);
+        assert_eq!(callback_params("/other?code=x"), None);
+        // The fuzz target's seeds run clean.
+        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/callback");
+        let mut n = 0;
+        for e in std::fs::read_dir(seeds).unwrap() {
+            fuzz_callback(&std::fs::read(e.unwrap().path()).unwrap());
+            n += 1;
+        }
+        assert!(n > 0);
+    }
 
     #[test]
     fn percent_round_trip() {

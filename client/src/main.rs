@@ -58,9 +58,13 @@ enum Cmd {
     Connect {
         /// Endpoint name, as listed by `postern endpoints`.
         endpoint: String,
-        /// Local address to listen on.
+        /// Local address to listen on (a loopback address unless --allow-remote).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Allow a non-loopback --listen address: anyone who can reach it can then use this
+        /// tunnel with your sign-in (a warning is printed).
+        #[arg(long)]
+        allow_remote: bool,
         /// Why you need access (break-glass rules require it); recorded in the audit log.
         #[arg(long)]
         reason: Option<String>,
@@ -206,9 +210,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Connect {
             endpoint,
             listen,
+            allow_remote,
             reason,
             gw,
         } => {
+            match postern_client::check_listen(listen, allow_remote) {
+                Ok(None) => {}
+                Ok(Some(warning)) => eprintln!("postern: {warning}"),
+                // A usage error: clap's exit code (2) and format, before the gateway is asked.
+                Err(e) => <Cli as clap::CommandFactory>::command()
+                    .error(clap::error::ErrorKind::ValueValidation, e)
+                    .exit(),
+            }
             let gw = gateway(&gw, reason.as_deref())?;
             let fut = connect(gw, &endpoint, listen, |addr, info| {
                 let max = info
@@ -253,8 +266,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 !no_browser,
                 std::time::Duration::from_secs(timeout),
                 Some(&report),
-                |url| {
+                |url, code| {
                     println!("Open this URL in your browser to sign in:\n\n  {url}\n");
+                    println!("confirmation code: {code}\n");
+                    println!("The browser will show this code; confirm only if it is the same.\n");
                     let _ = std::io::stdout().flush();
                 },
             )

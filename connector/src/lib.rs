@@ -23,6 +23,8 @@ pub mod allowlist;
 pub mod check;
 pub mod config;
 pub mod enroll;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod link;
 pub mod metrics;

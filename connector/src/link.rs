@@ -244,15 +244,34 @@ fn refuse(status: StatusCode, reason: &str) -> Response<Empty<Bytes>> {
 }
 
 /// Resolves `host` and keeps only the addresses the allowlist permits for `port`.
-async fn allowed_addrs(shared: &Shared, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+/// The `host:port` of a gateway's `CONNECT` request, if its target has both.
+pub fn connect_target<B>(req: &Request<B>) -> Option<(String, u16)> {
+    req.uri()
+        .authority()
+        .and_then(|a| Some((a.host().to_owned(), a.port_u16()?)))
+}
+
+/// The target address when `host` is an IP literal (bracketed for IPv6, as in an authority),
+/// the way the connector reads it before checking its allowlist; `None` for a name, which is
+/// resolved first.
+pub fn literal_target(host: &str, port: u16) -> Option<SocketAddr> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::time::timeout(shared.dial_timeout, tokio::net::lookup_host((host, port)))
-            .await
-            .map_err(|_| format!("resolving {host} timed out"))?
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?
-            .collect(),
+    host.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, port))
+}
+
+async fn allowed_addrs(shared: &Shared, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = match literal_target(host, port) {
+        Some(a) => vec![a],
+        None => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            tokio::time::timeout(shared.dial_timeout, tokio::net::lookup_host((host, port)))
+                .await
+                .map_err(|_| format!("resolving {host} timed out"))?
+                .map_err(|e| format!("cannot resolve {host}: {e}"))?
+                .collect()
+        }
     };
     Ok(addrs
         .into_iter()
@@ -294,11 +313,7 @@ async fn handle(
     if req.method() != Method::CONNECT {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "only CONNECT is served");
     }
-    let Some((host, port)) = req
-        .uri()
-        .authority()
-        .and_then(|a| Some((a.host().to_owned(), a.port_u16()?)))
-    else {
+    let Some((host, port)) = connect_target(&req) else {
         return refuse(StatusCode::BAD_REQUEST, "CONNECT target must be host:port");
     };
     let target = format!("{host}:{port}");

@@ -33,6 +33,8 @@ pub mod clock;
 pub mod config;
 pub mod connectors;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod limits;
 mod listeners;

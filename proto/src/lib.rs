@@ -9,6 +9,7 @@
 //! * [`enroll`]: the one-time enrolment token format (secret + pin of the gateway's CA).
 //! * [`posture`]: the device posture report, its canonical hash and the WebAuthn challenge
 //!   that binds it.
+//! * [`confirm`]: the sign-in confirmation code `postern login` prints and the device page shows.
 //! * [`ids`]: random identifiers and constant-time comparison.
 //! * [`report`]: one-line rendering of an error chain for people.
 //!
@@ -18,6 +19,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod certs;
+pub mod confirm;
 pub mod enroll;
 pub mod ids;
 pub mod posture;

@@ -214,10 +214,41 @@ fn wait_state(b: &Chromium, states: &[&str], limit: Duration) -> String {
     })
 }
 
+/// Opens `url` (a sign-in start) and plays the user at the IdP (see [`to_device_page`]); on the
+/// device page of a CLI sign-in, checks that it shows the confirmation code the sign-in URL
+/// carries and confirms it, as the person would after comparing it with their terminal.
+fn through_idp(w: &World, b: &Chromium, url: &str, user: &str, pass: &str) {
+    to_device_page(w, b, url, user, pass);
+    if page_state(b) == "confirm" {
+        let code = url
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("cli_code="))
+            .unwrap_or_else(|| panic!("a CLI sign-in URL without cli_code: {url}"));
+        assert_eq!(
+            b.element_text("#code").as_deref(),
+            Some(code),
+            "{}",
+            b.describe()
+        );
+        b.click("#confirm");
+    }
+}
+
+/// The confirmation code `postern login` printed (`confirmation code: XXXX-XXXX`).
+fn printed_code(p: &Proc) -> String {
+    wait_for("the confirmation code", Duration::from_secs(10), || {
+        p.log_text().lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("confirmation code: ")
+                .map(|c| c.trim().to_owned())
+        })
+    })
+}
+
 /// Opens `url` (a sign-in start) and plays the user at the IdP: fills its login form if it asks
 /// (a second sign-in rides on the IdP session), until the browser is back at the gateway's device
 /// page or at the CLI's loopback page.
-fn through_idp(w: &World, b: &Chromium, url: &str, user: &str, pass: &str) {
+fn to_device_page(w: &World, b: &Chromium, url: &str, user: &str, pass: &str) {
     b.goto(url);
     let mut filled = false;
     b.wait(
@@ -775,7 +806,8 @@ const b64u = buf => btoa(String.fromCharCode(...new Uint8Array(buf)))
 const fromB64u = s => Uint8Array.from(atob(s.replace(/-/g, '+').replace(/_/g, '/')), c => c.charCodeAt(0));
 const f = window.__posternRealFetch || window.fetch;
 const r = await f('/auth/device/assert/begin', { method: 'POST', credentials: 'same-origin',
-  headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ceremony: arguments[0] }) });
+  headers: { 'content-type': 'application/json' },
+  body: JSON.stringify({ ceremony: arguments[0], confirm: (window.postern && window.postern.code) || null }) });
 const begin = await r.json();
 if (r.status !== 200) throw new Error('begin answered ' + r.status + ' ' + JSON.stringify(begin));
 const pk = begin.publicKey;
@@ -1208,4 +1240,135 @@ fn another_device_of_the_same_user_is_unknown_and_refused() {
     login.kill();
     assert_eq!(w.d.count("auth.login"), 1, "only laptop A's first sign-in");
     eprintln!("[{:?}] done", t.elapsed());
+}
+
+/// Issue #12 finding 8: a sign-in someone else started (their loopback redirect, their
+/// challenge) must not run on this laptop unseen. The device page names the terminal that asked
+/// — the confirmation code `postern login` printed — and starts no WebAuthn ceremony until the
+/// person confirms it; begin requests without the code, or with another, are refused with their
+/// reason; sign-in links without a code, or with a malformed one, are refused before the IdP.
+#[test]
+fn sign_in_waits_for_confirmation_of_the_code_postern_login_printed() {
+    let w = World::with("", "[devices]\napproval = \"auto\"\n", &[]);
+    let b = w.browser();
+    b.goto(&format!("{}/healthz", w.url()));
+    let auth = b.add_authenticator(&AuthenticatorOptions::default());
+    let cfg = w.config_dir("alice");
+    let hidden = |css: &str| {
+        b.exec(
+            "const e=document.querySelector(arguments[0]);return !e||e.hidden||e.offsetParent===null",
+            vec![json!(css)],
+        )
+        .unwrap()
+            == json!(true)
+    };
+
+    // 1. First sign-in: nothing to register with until the code is confirmed.
+    let (mut login, url) = w.start_login(&cfg);
+    let code = printed_code(&login);
+    assert_eq!(code.len(), 9, "{code}");
+    assert!(url.contains(&format!("cli_code={code}")), "{url}");
+    to_device_page(&w, &b, &url, "alice", "alice-pw");
+    assert_eq!(page_state(&b), "confirm", "{}", b.describe());
+    assert_eq!(b.element_text("#code").as_deref(), Some(code.as_str()));
+    assert!(hidden("#register-form"), "{}", b.describe());
+    b.click("#confirm");
+    assert_eq!(register(&b, "home laptop"), "done", "{}", b.describe());
+    let (ok, out) = finish(&mut login, Duration::from_secs(20));
+    assert!(ok, "postern login failed: {out}\n{}", b.describe());
+    let signs = || b.credentials(&auth)[0]["signCount"].as_u64().unwrap();
+    let count = signs();
+    let verified = w.d.count("device.verified");
+
+    // 2. The laptop is registered, so the page used to assert at once. Now it shows the code
+    //    this terminal printed and waits.
+    let (mut login, url) = w.start_login(&cfg);
+    let code = printed_code(&login);
+    to_device_page(&w, &b, &url, "alice", "alice-pw");
+    assert_eq!(page_state(&b), "confirm", "{}", b.describe());
+    assert_eq!(b.element_text("#code").as_deref(), Some(code.as_str()));
+    assert_eq!(
+        b.element_text("#confirm").as_deref(),
+        Some(format!("Confirm sign-in for code {code}").as_str())
+    );
+    // Nothing may start without the click; there is no event to wait for, so watch a while.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(page_state(&b), "confirm", "{}", b.describe());
+    assert_eq!(
+        signs(),
+        count,
+        "the authenticator was used before the click"
+    );
+    assert_eq!(w.d.count("device.verified"), verified);
+    assert!(login.is_running(), "{}", login.log_text());
+
+    // The gateway holds the code with the ceremony: a begin request that does not carry it, or
+    // carries another, is refused with its reason (and audited).
+    let c = ceremony(&b);
+    let r = post(
+        &b,
+        "/auth/device/assert/begin",
+        &json!({ "ceremony": c }).to_string(),
+    );
+    assert_refused(&w, &r, "confirmation_required");
+    let forged = if code == "ABCD-EFGH" {
+        "HGFE-DCBA"
+    } else {
+        "ABCD-EFGH"
+    };
+    let r = post(
+        &b,
+        "/auth/device/assert/begin",
+        &json!({ "ceremony": c, "confirm": forged }).to_string(),
+    );
+    let ev = assert_refused(&w, &r, "code_mismatch");
+    assert_eq!(ev["user"], "alice@hospital.test", "{ev}");
+    let r = post(
+        &b,
+        "/auth/device/assert/begin",
+        &json!({ "ceremony": c, "confirm": "x".repeat(10_000) }).to_string(),
+    );
+    assert_refused(&w, &r, "code_mismatch");
+    let r = post(
+        &b,
+        "/auth/device/register/begin",
+        &json!({ "ceremony": c, "name": "evil laptop" }).to_string(),
+    );
+    assert_refused(&w, &r, "confirmation_required");
+    assert_eq!(signs(), count);
+    assert!(login.is_running());
+
+    // The person confirms: the assertion runs and this terminal is signed in.
+    b.click("#confirm");
+    b.wait_text("You are signed in", Duration::from_secs(20));
+    let (ok, out) = finish(&mut login, Duration::from_secs(20));
+    assert!(ok, "postern login failed: {out}\n{}", b.describe());
+    assert!(signs() > count, "the sign-in did not use the authenticator");
+    assert_eq!(w.devices().len(), 1, "no second device was registered");
+
+    // 3. Sign-in links without a code, or with a malformed one, are refused before the IdP.
+    let (mut login, url) = w.start_login(&cfg);
+    let code = printed_code(&login);
+    login.kill();
+    let without = url.replace(&format!("&cli_code={code}"), "");
+    assert_ne!(without, url);
+    b.goto(&without);
+    let text = b.wait_text("no confirmation code", Duration::from_secs(10));
+    assert!(text.contains("postern login"), "{text}");
+    assert!(b.url().starts_with(&w.url()), "{}", b.url());
+    let ev = w.d.wait_event("auth.failed", |e| {
+        e["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("missing_cli_code")
+    });
+    assert!(ev["detail"].as_str().unwrap().contains("cli_code"), "{ev}");
+    for bad in ["0O0O-1I1I", "ABCD-EFGHJ", "%3Cscript%3E"] {
+        b.goto(&url.replace(&code, bad));
+        b.wait_text("malformed confirmation code", Duration::from_secs(10));
+        assert!(b.url().starts_with(&w.url()), "{bad}: {}", b.url());
+    }
+    w.d.wait_event("auth.failed", |e| {
+        e["detail"].as_str().unwrap_or("").contains("bad_cli_code")
+    });
 }

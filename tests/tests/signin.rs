@@ -370,7 +370,7 @@ fn cli_code_cannot_be_redeemed_without_the_verifier() {
         listener.local_addr().unwrap().port()
     );
     let start = format!(
-        "{}/auth/login?cli_redirect={}&cli_challenge={}&cli_state=st",
+        "{}/auth/login?cli_redirect={}&cli_challenge={}&cli_state=st&cli_code=ABCD-2345",
         w.d.url(),
         postern_e2e::oidc::pct_encode(&redirect),
         challenge

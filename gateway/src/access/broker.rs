@@ -488,7 +488,7 @@ impl Broker {
 }
 
 /// The endpoint name of a `CONNECT ENDPOINT:0`, or the target as shown in a refusal.
-fn target(req: &Request<Incoming>) -> Result<String, String> {
+pub(crate) fn target<B>(req: &Request<B>) -> Result<String, String> {
     let authority = req
         .uri()
         .authority()
@@ -500,7 +500,7 @@ fn target(req: &Request<Incoming>) -> Result<String, String> {
 }
 
 /// The break-glass reason sent by `postern connect --reason`, if any and well-formed.
-pub(super) fn justification<B>(req: &Request<B>) -> Option<String> {
+pub(crate) fn justification<B>(req: &Request<B>) -> Option<String> {
     req.headers()
         .get(wire::HDR_JUSTIFICATION)
         .and_then(|v| v.to_str().ok())

@@ -145,6 +145,9 @@ pub struct CliRequest {
     pub challenge: String,
     /// The CLI's state, echoed back to it.
     pub state: String,
+    /// The confirmation code `postern login` printed (`cli_code`, validated `XXXX-XXXX`): the
+    /// device page shows it and starts no ceremony until the person confirms it.
+    pub code: postern_proto::confirm::ConfirmCode,
     /// The posture report `postern login` collected (`cli_posture`), to be signed by the
     /// device key in the WebAuthn ceremony.
     #[serde(default, skip_serializing_if = "Option::is_none")]

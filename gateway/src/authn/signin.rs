@@ -1,7 +1,8 @@
 //! Sign-in routes on the client listener.
 //!
 //! * `GET /auth/login` — starts a sign-in (from the browser, or `postern login` with its own
-//!   loopback redirect and PKCE challenge); redirects to the IdP with a sealed flow cookie.
+//!   loopback redirect, PKCE challenge and the confirmation code it printed); redirects to the
+//!   IdP with a sealed flow cookie.
 //! * `GET /auth/callback` — the IdP's redirect; verifies, mints the session token, then either
 //!   redirects to the CLI's loopback listener with a one-time code or shows a success page.
 //! * `POST /auth/token` — the CLI redeems its one-time code with its PKCE verifier.
@@ -23,6 +24,7 @@ use tracing::warn;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use postern_proto::confirm::ConfirmCode;
 use postern_proto::posture::PostureReport;
 
 use super::devices::{page, Ceremonies};
@@ -170,10 +172,42 @@ pub async fn login(svc: Arc<SignIn>, req: Request<Incoming>, peer: SocketAddr) -
                     }
                 },
             };
+            // The confirmation code `postern login` printed: required, so that the device
+            // page can name the terminal that asked (issue #12 finding 8).
+            let code = match param(&q, "cli_code").map(ConfirmCode::parse) {
+                Some(Ok(code)) => code,
+                Some(Err(e)) => {
+                    return fail_page(
+                        &svc,
+                        peer,
+                        &ua,
+                        &AuthError {
+                            status: StatusCode::BAD_REQUEST,
+                            code: "bad_cli_code",
+                            public: "This sign-in link carries a malformed confirmation code. Start again from the postern login command.".into(),
+                            detail: format!("cli_code: {e}"),
+                        },
+                    );
+                }
+                None => {
+                    return fail_page(
+                        &svc,
+                        peer,
+                        &ua,
+                        &AuthError {
+                            status: StatusCode::BAD_REQUEST,
+                            code: "missing_cli_code",
+                            public: "This sign-in link has no confirmation code, so it cannot show which terminal asked for it. Update postern and start again with postern login.".into(),
+                            detail: "cli_* parameters without cli_code".into(),
+                        },
+                    );
+                }
+            };
             Some(CliRequest {
                 redirect: r.to_owned(),
                 challenge: c.to_owned(),
                 state: s.to_owned(),
+                code,
                 posture,
             })
         }
@@ -234,9 +268,16 @@ pub async fn callback(svc: Arc<SignIn>, req: Request<Incoming>, peer: SocketAddr
     if svc.ceremonies.enabled() {
         // Device trust: the sign-in continues with a WebAuthn ceremony on the device page.
         let posture = cli.as_ref().and_then(|c| c.posture.clone());
+        let code = cli.as_ref().map(|c| c.code.clone());
         return match svc.ceremonies.open(identity.clone(), cli).await {
             Ok(ceremony) => {
-                let mut r = page(&svc.authn.devices, &identity, &ceremony, posture.as_ref());
+                let mut r = page(
+                    &svc.authn.devices,
+                    &identity,
+                    &ceremony,
+                    posture.as_ref(),
+                    code.as_ref(),
+                );
                 set_cookie(&mut r, "", 0);
                 r
             }

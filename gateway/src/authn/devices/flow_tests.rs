@@ -18,6 +18,7 @@ use super::routes::{handle_body, Step};
 use crate::app::App;
 use crate::authn::oidc::{pkce_challenge, CliRequest, Identity};
 use crate::state::DeviceStatus;
+use postern_proto::confirm::ConfirmCode;
 
 const ORIGIN: &str = "https://localhost:8443";
 const POLICY: &str = r#"
@@ -208,6 +209,8 @@ fn identity(user: &str) -> Identity {
 }
 
 const VERIFIER: &str = "dBjftJeZ4CVP-mJ92K1qUVBQ5yqT9e2m8MvWj8B6Hhk";
+/// The confirmation code `postern login` printed for the harness's CLI sign-ins.
+const CODE: &str = "ABCD-2345";
 
 fn posture(disk: &str) -> postern_proto::posture::PostureReport {
     postern_proto::posture::PostureReport::parse(
@@ -229,6 +232,7 @@ impl Harness {
                     redirect: "http://127.0.0.1:7777/callback".into(),
                     challenge: pkce_challenge(VERIFIER),
                     state: "st".into(),
+                    code: ConfirmCode::parse(CODE).unwrap(),
                     posture: Some(posture(disk)),
                 }),
             )
@@ -236,7 +240,14 @@ impl Harness {
             .unwrap()
     }
 
-    async fn call(&self, ceremony: &str, step: Step, body: Value) -> (u16, Value) {
+    /// Posts `body` for `step`; a begin body without `confirm` gets the sign-in's code, as
+    /// the page sends it once the person confirmed (pass `"confirm": null` to leave it out).
+    async fn call(&self, ceremony: &str, step: Step, mut body: Value) -> (u16, Value) {
+        if matches!(step, Step::AssertBegin | Step::RegisterBegin) {
+            if let Some(o) = body.as_object_mut() {
+                o.entry("confirm").or_insert(json!(CODE));
+            }
+        }
         self.raw(Some(ceremony), step, Bytes::from(body.to_string()))
             .await
     }
@@ -724,4 +735,78 @@ async fn a_second_replica_on_the_same_store_finishes_a_ceremony_the_first_opened
     );
     h.gw.audit.close().await.unwrap();
     second.gw.audit.close().await.unwrap();
+}
+
+/// Issue #12 finding 8: a CLI sign-in's ceremony starts only with the confirmation code kept
+/// with it; an absent or different code is refused with its own reason, before any challenge
+/// is issued, for registration and assertion alike.
+#[tokio::test(flavor = "current_thread")]
+async fn a_cli_ceremony_starts_only_with_its_confirmation_code() {
+    let h = harness(crate::config::Approval::Auto).await;
+    let mut laptop = SoftAuthenticator::new();
+    let c = h.ceremony("ann@truro.nhs.uk", "true").await;
+    for step in [Step::RegisterBegin, Step::AssertBegin] {
+        let body = |confirm: Value| json!({"ceremony": c, "name": "laptop", "confirm": confirm});
+        let body = |confirm: Value| {
+            let mut b = body(confirm);
+            if step == Step::AssertBegin {
+                b.as_object_mut().unwrap().remove("name");
+            }
+            b
+        };
+        let (st, r) = h.call(&c, step, body(Value::Null)).await;
+        assert_eq!(
+            (st, r["error"].as_str()),
+            (400, Some("confirmation_required")),
+            "{step:?} {r}"
+        );
+        for forged in [
+            "ABCD-2346",
+            "WXYZ-9876",
+            "",
+            "ABCD-2345-ABCD-2345",
+            "abcd-0000",
+        ] {
+            let (st, r) = h.call(&c, step, body(json!(forged))).await;
+            assert_eq!(
+                (st, r["error"].as_str()),
+                (400, Some("code_mismatch")),
+                "{step:?} {forged}: {r}"
+            );
+        }
+    }
+    let failures = h.failures().await;
+    assert!(
+        failures.iter().any(|d| d.contains("confirmation_required")),
+        "{failures:?}"
+    );
+    assert!(
+        failures.iter().any(|d| d.contains("code_mismatch")),
+        "{failures:?}"
+    );
+    // Nothing was issued: a finish now finds no challenge.
+    let p = serde_json::to_value(posture("true")).unwrap();
+    let (st, r) = h
+        .call(
+            &c,
+            Step::AssertFinish,
+            json!({"ceremony": c, "credential": {}, "posture": p}),
+        )
+        .await;
+    assert_eq!(
+        (st, r["error"].as_str()),
+        (400, Some("unknown_challenge")),
+        "{r}"
+    );
+    // The same code, as typed (lower case, no dash), starts the ceremony.
+    let (st, r) = h
+        .call(
+            &c,
+            Step::RegisterBegin,
+            json!({"ceremony": c, "name": "laptop", "confirm": "abcd2345"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let (st, r) = h.register(&c, &mut laptop, "laptop", "true").await;
+    assert_eq!((st, r["status"].as_str()), (200, Some("active")), "{r}");
 }

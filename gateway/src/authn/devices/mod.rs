@@ -15,4 +15,6 @@ mod flow_tests;
 
 pub use ceremony::{relying_party, Binding, Ceremonies, COOKIE};
 pub use page::page;
+#[doc(hidden)]
+pub use routes::fuzz_body;
 pub use routes::{handle, DeviceTrust, Step};

@@ -61,6 +61,69 @@ struct Body {
     credential: Option<serde_json::Value>,
     #[serde(default)]
     posture: Option<serde_json::Value>,
+    /// On `begin` of a sign-in `postern login` started: the confirmation code the person
+    /// confirmed on the page. Compared with the code kept with the ceremony, never trusted.
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
+/// The parsing and checks a device request body goes through before any ceremony state is
+/// touched: the JSON body, the confirmation code, the client data (size, base64url, JSON,
+/// signed challenge), the posted posture report and its binding to `expected`, the
+/// attestation object's AAGUID, and the credential in webauthn-rs's shapes. For the fuzz
+/// target `webauthn_body` (gateway/fuzz); `Err` is the refusal's code.
+#[doc(hidden)]
+pub fn fuzz_body(
+    body: &[u8],
+    code: &postern_proto::confirm::ConfirmCode,
+    nonce: &[u8],
+    expected: &[u8; 32],
+) -> Result<(), &'static str> {
+    let parsed: Body = serde_json::from_slice(body).map_err(|_| "bad_request")?;
+    if let Some(c) = parsed.confirm.as_deref() {
+        let _ = code.matches(c);
+    }
+    let Some(credential) = parsed.credential.as_ref() else {
+        return Ok(());
+    };
+    if let Some(att) = credential
+        .get("response")
+        .and_then(|r| r.get("attestationObject"))
+        .and_then(|a| a.as_str())
+        .and_then(|a| URL_SAFE_NO_PAD.decode(a.trim_end_matches('=')).ok())
+    {
+        let _ = aaguid(&att);
+    }
+    let _ = serde_json::from_value::<PublicKeyCredential>(credential.clone());
+    let _ = serde_json::from_value::<RegisterPublicKeyCredential>(credential.clone());
+    check_binding(credential, nonce, expected, parsed.posture.as_ref())
+        .map(|_| ())
+        .map_err(|e| e.code)
+}
+
+/// A ceremony of a CLI sign-in starts only once the person confirmed the code their terminal
+/// printed (issue #12 finding 8): the begin request must carry the code kept with the
+/// ceremony. Browser-only sign-ins (no CLI) have nothing to confirm.
+fn check_confirmed(c: &super::ceremony::Ceremony, b: &Body) -> Result<(), DevError> {
+    let Some(cli) = &c.cli else {
+        return Ok(());
+    };
+    match b.confirm.as_deref() {
+        None => Err(DevError::bad(
+            "confirmation_required",
+            "Confirm the code on this page (the one postern login printed in your terminal) before signing in.",
+            "begin without the sign-in confirmation code",
+        )),
+        Some(got) if !cli.code.matches(got) => Err(DevError::bad(
+            "code_mismatch",
+            "The confirmation code does not belong to this sign-in. Start again with postern login.",
+            format!(
+                "begin with a confirmation code that is not this sign-in's ({} bytes)",
+                got.len()
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 fn json_resp(status: StatusCode, v: &serde_json::Value) -> Resp {
@@ -268,6 +331,8 @@ async fn user_devices(svc: &DeviceTrust, user: &str) -> Result<Vec<DeviceRec>, D
 
 async fn register_begin(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value, DevError> {
     let w = svc.ceremonies.webauthn()?;
+    let c = svc.ceremonies.live(&b.ceremony).await?;
+    check_confirmed(&c, b)?;
     let name = b.name.as_deref().map(str::trim).unwrap_or("");
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err(DevError::bad(
@@ -296,7 +361,6 @@ async fn register_begin(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value
         )
         .map_err(|e| internal(format!("start registration: {e}")))?;
     let name = name.to_owned();
-    let c = svc.ceremonies.live(&b.ceremony).await?;
     let nonce = postern_proto::ids::random_bytes(32).map_err(|_| internal("rng failed"))?;
     let challenge = bound_challenge(&nonce, c.posture.as_ref());
     options.public_key.challenge = challenge.to_vec();
@@ -310,6 +374,8 @@ async fn register_begin(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value
 
 async fn assert_begin(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value, DevError> {
     let w = svc.ceremonies.webauthn()?;
+    let c = svc.ceremonies.live(&b.ceremony).await?;
+    check_confirmed(&c, b)?;
     let user = svc
         .ceremonies
         .user_of(&b.ceremony)
@@ -334,7 +400,6 @@ async fn assert_begin(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value, 
     let (mut options, state) = w
         .start_passkey_authentication(&keys)
         .map_err(|e| internal(format!("start authentication: {e}")))?;
-    let c = svc.ceremonies.live(&b.ceremony).await?;
     let nonce = postern_proto::ids::random_bytes(32).map_err(|_| internal("rng failed"))?;
     let challenge = bound_challenge(&nonce, c.posture.as_ref());
     options.public_key.challenge = challenge.to_vec();

@@ -1,0 +1,6 @@
+//! See `postern_gateway::fuzzing::connector_request` for the input format and what is checked.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| postern_gateway::fuzzing::connector_request(data));
