@@ -52,9 +52,14 @@ fn tokens() -> &'static Tokens {
     static T: OnceLock<Tokens> = OnceLock::new();
     T.get_or_init(|| {
         let dir = scratch().join("tokens");
+        // A fixed deployment id, so the seeds' `iss` and `aud` (`postern-gateway/fuzz`,
+        // `postern/fuzz`) are this deployment's.
+        let jwt = dir.join("jwt");
+        std::fs::create_dir_all(&jwt)
+            .and_then(|()| std::fs::write(jwt.join(crate::authn::tokens::DEPLOYMENT_FILE), "fuzz"))
+            .unwrap_or_else(|e| panic!("fuzz fixture: deployment id: {e}"));
         let keys = TokenKeys::load_or_create(&dir)
             .unwrap_or_else(|e| panic!("fuzz fixture: token keys: {e}"));
-        let jwt = dir.join("jwt");
         let kid = std::fs::read_to_string(jwt.join("active"))
             .unwrap_or_else(|e| panic!("fuzz fixture: active kid: {e}"))
             .trim()

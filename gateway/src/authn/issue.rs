@@ -202,6 +202,7 @@ mod tests {
             redirect: "http://127.0.0.1:4444/callback".into(),
             challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
             state: "st".into(),
+            code: postern_proto::confirm::ConfirmCode::generate().unwrap(),
             posture: None,
         };
         // Working log: a code for the CLI, and the sign-in is on record.
