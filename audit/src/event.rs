@@ -455,9 +455,9 @@ impl Event {
     }
 
     /// Cuts every caller-supplied string to a bound (and every list to a number of entries),
-    /// so no field of an event can make a line large: [`MAX_TEXT_BYTES`] for free text
-    /// (`detail`, reasons, `justification`, report-only findings), [`MAX_FIELD_BYTES`] for
-    /// names, ids and addresses, [`MAX_LIST_ITEMS`] entries per list. A cut string ends in
+    /// so no field of an event can make a line large: `MAX_TEXT_BYTES` for free text
+    /// (`detail`, reasons, `justification`, report-only findings), `MAX_FIELD_BYTES` for
+    /// names, ids and addresses, `MAX_LIST_ITEMS` entries per list. A cut string ends in
     /// `…[+N bytes]`. The writer applies it to every event before it is chained; what the
     /// writer itself fills (`seq`, `prev`, `hash`, `audit`) is left alone.
     pub fn bound_lengths(&mut self) {

@@ -228,7 +228,7 @@ impl AuditLog {
     /// synced with its batch. Never blocks the caller.
     ///
     /// A *sheddable* event ([`EventType::sheddable`]: per-request refusals) is dropped when
-    /// fewer than [`RESERVED_SLOTS`] queue slots are free, and counted in
+    /// fewer than `RESERVED_SLOTS` queue slots are free, and counted in
     /// [`AuditStats::dropped`]. Any other event is never shed: if the queue is full it waits
     /// for room in a task of its own (back-pressure on the writer, not on the caller), so it
     /// may land after events queued later. Only a closed writer drops one (counted likewise).

@@ -46,7 +46,7 @@ pub struct Links {
     pub shutdown: CancellationToken,
     pub clock: SharedClock,
     /// Revoked connectors already told (and audited) since start: their retries are not
-    /// audited again. At most [`REVOKED_TOLD_MAX`] ids (only certificates of the connector CA
+    /// audited again. At most `REVOKED_TOLD_MAX` ids (only certificates of the connector CA
     /// get this far, so the set is as small as the list of revoked connectors).
     pub revoked_told: Mutex<HashSet<String>>,
 }
