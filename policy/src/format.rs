@@ -264,8 +264,12 @@ fn format_array(array: &mut Array) {
     array.fmt();
     array.set_trailing_comma(false);
     array.set_trailing("");
-    let one_line = Value::Array(array.clone()).to_string();
-    if one_line.trim().chars().count() > LINE_WIDTH {
+    // The array's own width: its decor (a trailing comment the caller put there on an earlier
+    // pass) is not part of it, or formatting would not be idempotent.
+    let mut probe = array.clone();
+    probe.decor_mut().clear();
+    let one_line = Value::Array(probe).to_string();
+    if !array.is_empty() && one_line.trim().chars().count() > LINE_WIDTH {
         for value in array.iter_mut() {
             value.decor_mut().set_prefix("\n    ");
             value.decor_mut().set_suffix("");

@@ -350,6 +350,9 @@ fn diff_reports_changed_tests_and_samples() {
 /// Inputs the fuzzers flagged, kept as regression tests. `fuzz-format-slow-1.toml` (a mangled
 /// copy of the example policy, with NUL bytes) was reported as a timeout while the machine was
 /// overloaded; it formats in milliseconds, and must keep doing so, idempotently.
+/// `fuzz-format-commented-empty-array.toml` (found by `bench/fuzz policy/format`, 2026-12-04): a
+/// key whose value is an empty array followed by a long comment was broken over lines on the
+/// second pass, because the width check counted the comment the first pass had attached.
 #[test]
 fn fuzz_regressions_format_and_parse_quickly() {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"));
