@@ -676,3 +676,26 @@ impl Deployment {
         )
     }
 }
+
+/// The usual test policy: one TCP endpoint `echo` at `echo` on site `truro`, open to the group
+/// `radiologists` for up to an hour.
+pub fn echo_policy(echo: SocketAddr) -> String {
+    format!(
+        r#"
+[[endpoints]]
+name = "echo"
+site = "truro"
+host = "127.0.0.1"
+port = {}
+protocol = "tcp"
+
+[[rules]]
+id = "radiologists"
+effect = "allow"
+groups = ["radiologists"]
+endpoints = ["echo"]
+max_session = "1h"
+"#,
+        echo.port()
+    )
+}

@@ -6,28 +6,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use postern_e2e::{bin, echo_roundtrip, run, wait_for, Deployment, Echo, Proc};
-
-fn policy(echo: SocketAddr) -> String {
-    format!(
-        r#"
-[[endpoints]]
-name = "echo"
-site = "truro"
-host = "127.0.0.1"
-port = {}
-protocol = "tcp"
-
-[[rules]]
-id = "radiologists"
-effect = "allow"
-groups = ["radiologists"]
-endpoints = ["echo"]
-max_session = "1h"
-"#,
-        echo.port()
-    )
-}
+use postern_e2e::{bin, echo_policy, echo_roundtrip, run, wait_for, Deployment, Echo, Proc};
 
 fn connect_args(d: &Deployment, token: &std::path::Path, listen: &str) -> Command {
     let mut c = Command::new(bin("postern"));
@@ -47,7 +26,7 @@ fn connect_args(d: &Deployment, token: &std::path::Path, listen: &str) -> Comman
 fn connect_refuses_a_non_loopback_listen_address_unless_allowed() {
     let echo = Echo::start();
     let d = Deployment::start(
-        &policy(echo.addr),
+        &echo_policy(echo.addr),
         &[("127.0.0.1/32", echo.addr.port().to_string())],
     );
     let token = d.mint("alice@hospital.test", "radiologists", "1h");

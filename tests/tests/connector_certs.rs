@@ -4,34 +4,12 @@
 //! control characters, even from an edited state file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use postern_e2e::{bin, echo_roundtrip, run, wait_for, Deployment, Echo};
+use postern_e2e::{bin, echo_policy, echo_roundtrip, run, wait_for, Deployment, Echo};
 use serde_json::Value;
-
-fn policy(echo: SocketAddr) -> String {
-    format!(
-        r#"
-[[endpoints]]
-name = "echo"
-site = "truro"
-host = "127.0.0.1"
-port = {}
-protocol = "tcp"
-
-[[rules]]
-id = "radiologists"
-effect = "allow"
-groups = ["radiologists"]
-endpoints = ["echo"]
-max_session = "1h"
-"#,
-        echo.port()
-    )
-}
 
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("")
@@ -62,7 +40,10 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn a_superseded_connector_certificate_cannot_renew_and_the_current_one_keeps_working() {
     let echo = Echo::start();
-    let mut d = Deployment::prepare_with(&policy(echo.addr), "connector_cert_validity = \"30s\"\n");
+    let mut d = Deployment::prepare_with(
+        &echo_policy(echo.addr),
+        "connector_cert_validity = \"30s\"\n",
+    );
     d.start_gateway();
     let allow = vec![("127.0.0.1/32", echo.addr.port().to_string())];
     d.connector_id = d.enroll_connector("conn", "truro");
@@ -142,7 +123,7 @@ fn csr_pem() -> String {
 
 #[test]
 fn an_enrolment_with_a_hostname_that_is_not_a_dns_name_is_refused_and_listings_stay_printable() {
-    let d = Deployment::gateway_only(&policy("127.0.0.1:9".parse().unwrap()));
+    let d = Deployment::gateway_only(&echo_policy("127.0.0.1:9".parse().unwrap()));
     // What the connector sends: the secret part of `pte1.<secret>.<pin>` (proto::enroll).
     let token = d.enroll_token("truro", "10m");
     let secret = token.split('.').nth(1).unwrap().to_owned();

@@ -16,34 +16,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use postern_e2e::{bench, echo_roundtrip, free_port, open_live, wait_for, Deployment, Echo, Proc};
+use postern_e2e::{
+    bench, echo_policy, echo_roundtrip, free_port, open_live, wait_for, Deployment, Echo, Proc,
+};
 use serde_json::Value;
 
 /// The address the attacker connects from.
 const ATTACKER: &str = "127.0.0.2";
 /// Put into the junk token's `kid` and claims: it must never reach the audit log.
 const MARKER: &str = "HOSTILEKIDMARKER";
-
-fn policy(echo: SocketAddr) -> String {
-    format!(
-        r#"
-[[endpoints]]
-name = "echo"
-site = "truro"
-host = "127.0.0.1"
-port = {port}
-protocol = "tcp"
-
-[[rules]]
-id = "radiologists"
-effect = "allow"
-groups = ["radiologists"]
-endpoints = ["echo"]
-max_session = "1h"
-"#,
-        port = echo.port()
-    )
-}
 
 fn allow(echo: &Echo) -> Vec<(&'static str, String)> {
     vec![("127.0.0.1/32", echo.addr.port().to_string())]
@@ -104,7 +85,7 @@ fn h2_hold(d: &Deployment, name: &str, count: usize, extra: &[&str]) -> (Proc, V
 fn junk_token_flood_is_aggregated_bounded_and_a_clinician_still_connects() {
     let echo = Echo::start();
     let admin = free_port();
-    let mut d = Deployment::prepare(&policy(echo.addr));
+    let mut d = Deployment::prepare(&echo_policy(echo.addr));
     d.append_config(&format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
     d.start_gateway();
     let mut d = d.with_connector(&allow(&echo));
@@ -234,7 +215,7 @@ fn junk_token_flood_is_aggregated_bounded_and_a_clinician_still_connects() {
 fn client_connections_at_the_cap_never_lock_out_a_connector() {
     let echo = Echo::start();
     // The key from before the listeners had separate pools: it still sets the client cap.
-    let mut d = Deployment::prepare_with(&policy(echo.addr), "max_connections = 4\n");
+    let mut d = Deployment::prepare_with(&echo_policy(echo.addr), "max_connections = 4\n");
     d.start_gateway();
     let mut d = d.with_connector(&allow(&echo));
     let id = d.connector_id.clone();
@@ -266,7 +247,7 @@ fn client_connections_at_the_cap_never_lock_out_a_connector() {
 #[test]
 fn a_source_address_gets_at_most_its_connection_cap() {
     let mut d = Deployment::prepare_with(
-        &policy("127.0.0.1:9".parse().unwrap()),
+        &echo_policy("127.0.0.1:9".parse().unwrap()),
         "max_connections_per_address = 3\n",
     );
     d.start_gateway();
@@ -284,7 +265,7 @@ fn a_source_address_gets_at_most_its_connection_cap() {
 #[test]
 fn an_idle_client_connection_gets_goaway_but_a_live_tunnel_stays() {
     let echo = Echo::start();
-    let mut d = Deployment::prepare_with(&policy(echo.addr), "client_idle_timeout = \"1s\"\n");
+    let mut d = Deployment::prepare_with(&echo_policy(echo.addr), "client_idle_timeout = \"1s\"\n");
     d.start_gateway();
     let d = d.with_connector(&allow(&echo));
 
@@ -376,7 +357,7 @@ fn ms(d: Duration) -> f64 {
 fn measure_flood(scenario: &str, extra: &str) {
     let echo = Echo::start();
     let admin = free_port();
-    let mut d = Deployment::prepare(&policy(echo.addr));
+    let mut d = Deployment::prepare(&echo_policy(echo.addr));
     d.append_config(&format!("{extra}[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
     d.start_gateway();
     let d = d.with_connector(&allow(&echo));
@@ -464,7 +445,7 @@ fn full_hostile_clients() {
 
     // Idle connections at the client cap; the connector restarts.
     let echo = Echo::start();
-    let mut d = Deployment::prepare_with(&policy(echo.addr), "max_client_connections = 200\n");
+    let mut d = Deployment::prepare_with(&echo_policy(echo.addr), "max_client_connections = 200\n");
     d.start_gateway();
     let mut d = d.with_connector(&allow(&echo));
     let id = d.connector_id.clone();

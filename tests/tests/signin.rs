@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use postern_e2e::oidc::{Browser, OidcProvider, OidcUser};
-use postern_e2e::{bin, echo_roundtrip, run, wait_for, Deployment, Echo, Proc};
+use postern_e2e::{bin, echo_policy, echo_roundtrip, run, wait_for, Deployment, Echo, Proc};
 use serde_json::Value;
 
 const CLIENT_ID: &str = "postern-gateway";
@@ -16,27 +16,6 @@ const CLIENT_SECRET: &str = "s3cret-for-tests-only";
 
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("")
-}
-
-fn policy(echo: std::net::SocketAddr) -> String {
-    format!(
-        r#"
-[[endpoints]]
-name = "echo"
-site = "truro"
-host = "127.0.0.1"
-port = {}
-protocol = "tcp"
-
-[[rules]]
-id = "radiologists"
-effect = "allow"
-groups = ["radiologists"]
-endpoints = ["echo"]
-max_session = "1h"
-"#,
-        echo.port()
-    )
 }
 
 fn users() -> Vec<OidcUser> {
@@ -57,7 +36,7 @@ struct World {
 fn world() -> World {
     let work = tempfile::tempdir().unwrap();
     let echo = Echo::start();
-    let mut d = Deployment::prepare(&policy(echo.addr));
+    let mut d = Deployment::prepare(&echo_policy(echo.addr));
     let idp = OidcProvider::start(
         &work.path().join("idp"),
         CLIENT_ID,
@@ -287,7 +266,7 @@ fn tampered_state_and_replayed_code_are_refused_with_an_error_id() {
 fn idp_down_at_start_then_back_and_key_rotation() {
     let work = tempfile::tempdir().unwrap();
     let echo = Echo::start();
-    let mut d = Deployment::prepare(&policy(echo.addr));
+    let mut d = Deployment::prepare(&echo_policy(echo.addr));
     let port = postern_e2e::free_port();
     configure_oidc(&d, &format!("http://127.0.0.1:{port}"));
     d.start_gateway();
@@ -397,7 +376,7 @@ fn cli_code_cannot_be_redeemed_without_the_verifier() {
 fn forged_and_malformed_id_tokens_are_refused() {
     use postern_e2e::rogue_idp::{Mode, RogueIdp};
     let echo = Echo::start();
-    let mut d = Deployment::prepare(&policy(echo.addr));
+    let mut d = Deployment::prepare(&echo_policy(echo.addr));
     let idp = RogueIdp::start(CLIENT_ID);
     configure_oidc(&d, &idp.issuer);
     d.start_gateway();
@@ -445,7 +424,7 @@ fn forged_and_malformed_id_tokens_are_refused() {
 #[test]
 fn sign_in_floods_are_rate_limited_with_retry_after() {
     let echo = Echo::start();
-    let mut d = Deployment::prepare(&policy(echo.addr));
+    let mut d = Deployment::prepare(&echo_policy(echo.addr));
     let idp = postern_e2e::rogue_idp::RogueIdp::start(CLIENT_ID);
     configure_oidc(&d, &idp.issuer);
     d.start_gateway();
@@ -478,7 +457,7 @@ fn sign_in_floods_are_rate_limited_with_retry_after() {
 #[test]
 fn check_rejects_development_identity_provider_settings() {
     let echo = Echo::start();
-    let d = Deployment::prepare(&policy(echo.addr));
+    let d = Deployment::prepare(&echo_policy(echo.addr));
     configure_oidc(&d, "http://127.0.0.1:9");
     let (ok, _, err) = run(Command::new(bin("postern-gateway"))
         .args(["check", "--config"])
