@@ -81,52 +81,94 @@ fn h2_hold(d: &Deployment, name: &str, count: usize, extra: &[&str]) -> (Proc, V
     (p, summary)
 }
 
-#[test]
-fn junk_token_flood_is_aggregated_bounded_and_a_clinician_still_connects() {
-    let echo = Echo::start();
-    let admin = free_port();
-    let mut d = Deployment::prepare(&echo_policy(echo.addr));
-    d.append_config(&format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
-    d.start_gateway();
-    let mut d = d.with_connector(&allow(&echo));
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
-    let (client, local) = d.connect("echo", &token).unwrap();
-    assert_eq!(echo_roundtrip(local, b"before").unwrap(), b"before");
-    let before = audit_lines(&d).len();
+/// A deployment for the flood scenarios: gateway (with `extra` config and an admin listener),
+/// connector, and a clinician's `postern connect` to `echo` that has echoed once.
+struct FloodRig {
+    d: Deployment,
+    admin: SocketAddr,
+    local: SocketAddr,
+    client: Proc,
+    echo: Echo,
+}
 
-    const REQUESTS: usize = 10_000;
-    let args: Vec<String> = [
-        "flood",
-        "--target",
-        &format!("127.0.0.1:{}", d.client_port),
-        "--ca-file",
-        &d.ca_file().display().to_string(),
-        "--source",
-        ATTACKER,
-        "--endpoint",
-        "echo",
-        "--token",
-        &junk_token(),
-        "--requests",
-        &REQUESTS.to_string(),
-        "--rate",
-        "5000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut flood = bench("flood", &args, d.path("flood.log"));
-    flood.wait_json("flood_started", Duration::from_secs(10));
+impl FloodRig {
+    fn start(extra: &str) -> FloodRig {
+        let echo = Echo::start();
+        let admin = free_port();
+        let mut d = Deployment::prepare(&echo_policy(echo.addr));
+        d.append_config(&format!("{extra}[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
+        d.start_gateway();
+        let d = d.with_connector(&allow(&echo));
+        let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
+        let (client, local) = d.connect("echo", &token).unwrap();
+        assert_eq!(echo_roundtrip(local, b"before").unwrap(), b"before");
+        FloodRig {
+            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+            d,
+            local,
+            client,
+            echo,
+        }
+    }
 
-    // New tunnels while the flood runs: each must open (and echo) within a second.
+    /// Starts `postern-bench flood` from [`ATTACKER`] with a junk token, plus `args`.
+    fn flood(&self, args: &[&str]) -> Proc {
+        let mut all: Vec<String> = [
+            "flood",
+            "--target",
+            &format!("127.0.0.1:{}", self.d.client_port),
+            "--ca-file",
+            &self.d.ca_file().display().to_string(),
+            "--source",
+            ATTACKER,
+            "--token",
+            &junk_token(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        all.extend(args.iter().map(|s| s.to_string()));
+        let mut flood = bench("flood", &all, self.d.path("flood.log"));
+        flood.wait_json("flood_started", Duration::from_secs(10));
+        flood
+    }
+}
+
+/// Opens (and echoes through) a new tunnel every `pause` while `flood` runs; how long each took.
+fn open_tunnels_while(flood: &mut Proc, local: SocketAddr, pause: Duration) -> Vec<Duration> {
     let mut opens = Vec::new();
     while flood.is_running() {
         let t = Instant::now();
         assert_eq!(echo_roundtrip(local, b"during").unwrap(), b"during");
         opens.push(t.elapsed());
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(pause);
     }
+    opens
+}
+
+#[test]
+fn junk_token_flood_is_aggregated_bounded_and_a_clinician_still_connects() {
+    let rig = FloodRig::start("");
+    let (admin, local) = (rig.admin, rig.local);
+    let before = audit_lines(&rig.d).len();
+
+    const REQUESTS: usize = 10_000;
+    let mut flood = rig.flood(&[
+        "--endpoint",
+        "echo",
+        "--requests",
+        &REQUESTS.to_string(),
+        "--rate",
+        "5000",
+    ]);
+    let FloodRig {
+        mut d,
+        client,
+        echo: _echo,
+        ..
+    } = rig;
+
+    let opens = open_tunnels_while(&mut flood, local, Duration::from_millis(50));
     assert!(
         !opens.is_empty(),
         "the flood ended before any tunnel was tried"
@@ -355,58 +397,30 @@ fn ms(d: Duration) -> f64 {
 /// The flood half of [`full_hostile_clients`]: an unpaced junk-token flood (50,000 requests
 /// over 8 connections from one address) with a clinician opening tunnels throughout.
 fn measure_flood(scenario: &str, extra: &str) {
-    let echo = Echo::start();
-    let admin = free_port();
-    let mut d = Deployment::prepare(&echo_policy(echo.addr));
-    d.append_config(&format!("{extra}[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
-    d.start_gateway();
-    let d = d.with_connector(&allow(&echo));
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
-    let (_client, local) = d.connect("echo", &token).unwrap();
-    assert_eq!(echo_roundtrip(local, b"before").unwrap(), b"before");
+    let rig = FloodRig::start(extra);
+    let (d, admin, local) = (&rig.d, rig.admin, rig.local);
     const REQUESTS: usize = 50_000;
-    let (before_lines, before_bytes) = (audit_lines(&d).len(), audit_bytes(&d));
-    let args: Vec<String> = [
-        "flood",
-        "--target",
-        &format!("127.0.0.1:{}", d.client_port),
-        "--ca-file",
-        &d.ca_file().display().to_string(),
-        "--source",
-        ATTACKER,
-        "--token",
-        &junk_token(),
+    let (before_lines, before_bytes) = (audit_lines(d).len(), audit_bytes(d));
+    let mut flood = rig.flood(&[
         "--requests",
         &REQUESTS.to_string(),
         "--connections",
         "8",
         "--parallel",
         "16",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut flood = bench("flood", &args, d.path("flood.log"));
-    flood.wait_json("flood_started", Duration::from_secs(10));
-    let mut opens = Vec::new();
-    while flood.is_running() {
-        let t = Instant::now();
-        assert_eq!(echo_roundtrip(local, b"during").unwrap(), b"during");
-        opens.push(t.elapsed());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    ]);
+    let mut opens = open_tunnels_while(&mut flood, local, Duration::from_millis(20));
     let result = flood.wait_json("flood", Duration::from_secs(120));
     let seconds = result["seconds"].as_f64().unwrap();
     let metrics = postern_e2e::dicom::http_get(admin, "/metrics").unwrap();
     let failures = sample(&metrics, "postern_audit_failures_total").unwrap();
-    let lines = audit_lines(&d);
+    let lines = audit_lines(d);
     let flood_lines: Vec<&String> = lines[before_lines..]
         .iter()
         .filter(|l| !is_clinician_session(l))
         .collect();
     let flood_bytes: usize = flood_lines.iter().map(|l| l.len() + 1).sum();
-    let total_bytes = audit_bytes(&d) - before_bytes;
+    let total_bytes = audit_bytes(d) - before_bytes;
     opens.sort();
     assert!(!opens.is_empty());
     let p50 = opens[opens.len() / 2];
@@ -429,7 +443,7 @@ fn measure_flood(scenario: &str, extra: &str) {
     );
     assert_eq!(failures, 0.0);
     assert!(max < Duration::from_secs(1), "{max:?}");
-    drop(d);
+    drop(rig);
 }
 
 #[test]
