@@ -251,10 +251,16 @@ fn has_comment(decor: &toml_edit::Decor) -> bool {
     has(decor.prefix()) || has(decor.suffix())
 }
 
+/// Whether `array`, or any array nested in it, holds a comment.
+fn array_has_comment(array: &Array) -> bool {
+    array.trailing().as_str().is_some_and(|s| s.contains('#'))
+        || array.iter().any(|v| {
+            has_comment(v.decor()) || matches!(v, Value::Array(inner) if array_has_comment(inner))
+        })
+}
+
 fn format_array(array: &mut Array) {
-    let commented = array.iter().any(|v| has_comment(v.decor()))
-        || array.trailing().as_str().is_some_and(|s| s.contains('#'));
-    if commented {
+    if array_has_comment(array) {
         // Comments inside arrays are the author's layout; leave it alone.
         return;
     }

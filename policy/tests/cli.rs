@@ -353,6 +353,9 @@ fn diff_reports_changed_tests_and_samples() {
 /// `fuzz-format-commented-empty-array.toml` (found by `bench/fuzz policy/format`, 2026-12-04): a
 /// key whose value is an empty array followed by a long comment was broken over lines on the
 /// second pass, because the width check counted the comment the first pass had attached.
+/// `fuzz-format-comment-in-nested-array.toml` (same run): an array holding a commented array was
+/// broken over lines, and the next pass joined it again; an array with a comment anywhere inside
+/// is now left as written.
 #[test]
 fn fuzz_regressions_format_and_parse_quickly() {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"));
