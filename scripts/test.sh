@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need (idempotently) and runs the whole test suite.
 # Real peers: Orthanc (PACS), dcmtk (DICOM tools), iperf3, curl, rsyslog (SIEM export),
-# Chromium with chromedriver (device trust in a real browser) — from Debian's packages —
+# Chromium with chromedriver (device trust in a real browser), PostgreSQL (the replicas' store)
+# — from Debian's packages —
 # and an OpenID provider (tests/oidc-provider: panva's oidc-provider from npm, run by node).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,9 @@ command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 dpkg -s chromium >/dev/null 2>&1 || need+=(chromium)
 dpkg -s chromium-driver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
+# PostgreSQL server binaries for the replica tests (each test run starts its own throwaway
+# cluster on a free loopback port; the system cluster is not used).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 # Packaging and unit checks: systemd-analyze (systemd), debootstrap (a Debian root to install
 # the .debs into), lintian, and dpkg-deb.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)

@@ -281,6 +281,17 @@ pub enum EventType {
     GatewayCertReloaded,
     /// A new client-facing certificate was refused; the running one stays.
     GatewayCertRejected,
+    /// The state store changed form: an old `state.json` was imported into the database
+    /// (`detail`: what, and where the old file was kept).
+    StoreMigrated,
+    /// The state store's database stopped answering: live sessions go on, new ones follow
+    /// the last known state for `[store] max_staleness`.
+    StoreUnavailable,
+    /// The database has not answered for longer than `max_staleness`: new sessions are
+    /// refused (`store_unavailable`) until it answers.
+    StoreStale,
+    /// The database answers again (`detail`: after how long).
+    StoreAvailable,
     /// A user signed in at the identity provider and the gateway accepted the result.
     AuthLogin,
     /// A sign-in failed (IdP error, bad state, unknown user, MFA missing, ...).
@@ -326,7 +337,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 36] = [
+    pub const ALL: [EventType; 40] = [
         EventType::SessionStart,
         EventType::SessionDenied,
         EventType::AccessRefusedUnauthenticated,
@@ -345,6 +356,10 @@ impl EventType {
         EventType::GatewayStopped,
         EventType::GatewayCertReloaded,
         EventType::GatewayCertRejected,
+        EventType::StoreMigrated,
+        EventType::StoreUnavailable,
+        EventType::StoreStale,
+        EventType::StoreAvailable,
         EventType::AuthLogin,
         EventType::AuthFailed,
         EventType::AuthLogout,
@@ -386,6 +401,10 @@ impl EventType {
             EventType::GatewayStopped => "gateway.stopped",
             EventType::GatewayCertReloaded => "gateway.cert_reloaded",
             EventType::GatewayCertRejected => "gateway.cert_rejected",
+            EventType::StoreMigrated => "store.migrated",
+            EventType::StoreUnavailable => "store.unavailable",
+            EventType::StoreStale => "store.stale",
+            EventType::StoreAvailable => "store.available",
             EventType::AuthLogin => "auth.login",
             EventType::AuthFailed => "auth.failed",
             EventType::AuthLogout => "auth.logout",

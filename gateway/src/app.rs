@@ -252,6 +252,12 @@ impl App {
                 metrics.clone(),
             )),
             dial_timeout: config.connector_dial_timeout,
+            store_watch: Arc::new(crate::access::store_watch::StoreWatch::new(
+                store.clone(),
+                config.store.max_staleness,
+                audit.clone(),
+                metrics.clone(),
+            )),
         });
         let enrolment = Arc::new(Enrolment {
             store: store.clone(),
@@ -315,7 +321,7 @@ impl App {
             what: format!("creating state directory {}", config.state_dir.display()),
             source,
         })?;
-        let store = crate::state::open(&config.state_dir)?;
+        let opened = crate::state::open(&config.store, &config.state_dir).await?;
         // Tamper evidence: a hash chain over every event, checkpoints signed with the gateway's
         // Ed25519 audit key (state dir, 0600; `postern-audit verify --pubkey` checks them).
         let audit_key = postern_audit::AuditKey::load_or_create(&config.state_dir)?;
@@ -331,9 +337,14 @@ impl App {
             },
         )
         .await?;
+        if let Some(m) = &opened.migrated {
+            let mut ev = crate::ops::admin::migration_event(m);
+            ev.gateway = Some(config.node_id.clone());
+            log.record(ev).await?;
+        }
         let seams = Seams {
             clock: crate::clock::system(),
-            store,
+            store: opened.store,
             audit: Arc::new(log),
             upstream: None,
         };

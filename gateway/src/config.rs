@@ -44,6 +44,20 @@ struct RawConfig {
     rate_limits: RawRateLimits,
     #[serde(default)]
     devices: RawDevices,
+    #[serde(default)]
+    store: RawStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    /// `postgres://user@host:port/db?sslmode=verify-full`; absent: SQLite in the state dir.
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    ca_file: Option<PathBuf>,
+    max_connections: Option<u32>,
+    max_staleness: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +188,8 @@ pub struct Config {
     /// `audit.truncation_detected` (instead of refusing to start). Never read from the file:
     /// only `postern-gateway run --accept-truncated-audit` sets it, for one start.
     pub accept_truncated_audit: bool,
+    /// Where the state lives (`[store]`).
+    pub store: crate::state::StoreConfig,
 }
 
 /// Whether a newly registered device may be used at once.
@@ -313,17 +329,21 @@ pub struct OidcConfig {
 impl OidcConfig {
     /// Reads the client secret from its source.
     pub fn read_secret(&self) -> Result<Secret, String> {
-        match &self.client_secret {
-            SecretSource::File(p) => std::fs::read_to_string(p)
-                .map(|s| Secret(s.trim().to_owned()))
-                .map_err(|e| format!("reading oidc.client_secret_file {}: {e}", p.display())),
-            SecretSource::Env(v) => std::env::var(v)
-                .map(|s| Secret(s.trim().to_owned()))
-                .map_err(|_| {
-                    format!("oidc.client_secret_env: environment variable {v} is not set")
-                }),
-            SecretSource::Inline(s) => Ok(s.clone()),
-        }
+        read_secret(&self.client_secret, "oidc.client_secret")
+    }
+}
+
+/// Reads a secret from its source; `key` (`oidc.client_secret`) names it in messages, which
+/// never contain the secret.
+pub fn read_secret(source: &SecretSource, key: &str) -> Result<Secret, String> {
+    match source {
+        SecretSource::File(p) => std::fs::read_to_string(p)
+            .map(|s| Secret(s.trim().to_owned()))
+            .map_err(|e| format!("reading {key}_file {}: {e}", p.display())),
+        SecretSource::Env(v) => std::env::var(v)
+            .map(|s| Secret(s.trim().to_owned()))
+            .map_err(|_| format!("{key}_env: environment variable {v} is not set")),
+        SecretSource::Inline(s) => Ok(s.clone()),
     }
 }
 
@@ -352,6 +372,7 @@ impl Config {
             rate_limits: RateLimits::default(),
             devices: DevicesConfig::default(),
             accept_truncated_audit: false,
+            store: crate::state::StoreConfig::default(),
         }
     }
 
@@ -628,6 +649,7 @@ impl Config {
             }
             devices.origin = Some(o);
         }
+        let store = store_config(&file.to_string(), raw.store, &abs, &mut errors);
         listen_overlaps(
             &file.to_string(),
             [
@@ -674,7 +696,113 @@ impl Config {
             rate_limits,
             devices,
             accept_truncated_audit: false,
+            store,
         })
+    }
+}
+
+/// Resolves `[store]`: absent or without `url`, SQLite in the state directory; with `url`,
+/// PostgreSQL, whose password comes from a file or the environment and never from the URL,
+/// and whose connection uses TLS with certificate checks unless the database is on loopback
+/// or a Unix socket.
+fn store_config(
+    file: &str,
+    raw: RawStore,
+    abs: &dyn Fn(PathBuf) -> PathBuf,
+    errors: &mut Vec<String>,
+) -> crate::state::StoreConfig {
+    let mut out = crate::state::StoreConfig::default();
+    if let Some(s) = raw.max_staleness {
+        match humantime::parse_duration(&s) {
+            Ok(d) => out.max_staleness = d,
+            Err(e) => errors.push(format!(
+                "{file}: store.max_staleness: expected a duration like \"60s\", found \"{s}\" ({e})"
+            )),
+        }
+    }
+    let Some(url) = raw.url else {
+        for (key, set) in [
+            ("password_file", raw.password_file.is_some()),
+            ("password_env", raw.password_env.is_some()),
+            ("ca_file", raw.ca_file.is_some()),
+            ("max_connections", raw.max_connections.is_some()),
+        ] {
+            if set {
+                errors.push(format!(
+                    "{file}: store.{key}: only with store.url (a PostgreSQL database); without it the state is in SQLite in state_dir"
+                ));
+            }
+        }
+        return out;
+    };
+    let password = match (raw.password_file, raw.password_env) {
+        (Some(f), None) => Some(SecretSource::File(abs(f))),
+        (None, Some(e)) => Some(SecretSource::Env(e)),
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            errors.push(format!(
+                "{file}: store: set at most one of password_file or password_env"
+            ));
+            None
+        }
+    };
+    match postgres_url_problem(&url) {
+        Some(p) => errors.push(format!("{file}: store.url: {p}")),
+        None => {
+            if raw.max_connections == Some(0) {
+                errors.push(format!("{file}: store.max_connections: must be at least 1"));
+            }
+            out.postgres = Some(crate::state::PostgresConfig {
+                url,
+                password,
+                ca_file: raw.ca_file.map(abs),
+                max_connections: raw.max_connections.unwrap_or(10),
+            });
+        }
+    }
+    out
+}
+
+/// What is wrong with a PostgreSQL URL, if anything. Never repeats a password it contains.
+fn postgres_url_problem(text: &str) -> Option<String> {
+    let url = match url::Url::parse(text) {
+        Ok(u) => u,
+        Err(e) => return Some(format!("expected postgres://user@host:port/database ({e})")),
+    };
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Some(format!(
+            "expected a postgres:// URL, found scheme \"{}\" (leave store.url out for SQLite in state_dir)",
+            url.scheme()
+        ));
+    }
+    if url.password().is_some() {
+        return Some(
+            "contains a password: put it in store.password_file or store.password_env, never in this file".into(),
+        );
+    }
+    let socket = url.query_pairs().any(|(k, _)| k == "host");
+    // postgres:// is not a scheme the URL standard knows, so its host is kept as written.
+    let host = url.host_str().unwrap_or("");
+    let local = socket
+        || host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let mode = url
+        .query_pairs()
+        .find(|(k, _)| k == "sslmode")
+        .map(|(_, v)| v.into_owned());
+    match mode.as_deref() {
+        Some("verify-full" | "verify-ca") => None,
+        Some("disable" | "allow" | "prefer" | "require") | None if local => None,
+        Some(m) => Some(format!(
+            "sslmode={m} does not check the database's certificate; use sslmode=verify-full (with store.ca_file for a private CA)"
+        )),
+        None => Some(
+            "a database off this host needs TLS: add ?sslmode=verify-full (with store.ca_file for a private CA)".into(),
+        ),
     }
 }
 
@@ -898,6 +1026,77 @@ fn locate_inline(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_store(store: &str) -> Result<Config, String> {
+        Config::parse(
+            &format!("state_dir = \"s\"\npolicy = \"p\"\n[listen]\nclients = \"127.0.0.1:8443\"\nconnectors = \"127.0.0.1:8444\"\n[store]\n{store}"),
+            Path::new("/etc/postern/gw.toml"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_a_postgres_url_is_given() {
+        let c = with_store("max_staleness = \"30s\"\n").unwrap();
+        assert_eq!(c.store.postgres, None);
+        assert_eq!(c.store.max_staleness, Duration::from_secs(30));
+        let c = with_store(
+            "url = \"postgres://postern@db.trust.nhs.uk:5432/postern?sslmode=verify-full\"\npassword_file = \"db-password\"\nca_file = \"db-ca.pem\"\n",
+        )
+        .unwrap();
+        let pg = c.store.postgres.unwrap();
+        assert_eq!(
+            pg.password,
+            Some(SecretSource::File(PathBuf::from(
+                "/etc/postern/db-password"
+            )))
+        );
+        assert_eq!(pg.ca_file, Some(PathBuf::from("/etc/postern/db-ca.pem")));
+        assert_eq!(pg.max_connections, 10);
+        // On this host (loopback or a Unix socket) TLS is the operator's choice.
+        for url in [
+            "postgres://postern@127.0.0.1:5432/postern",
+            "postgres://postern@[::1]/postern",
+            "postgres://postern@localhost/postern?sslmode=disable",
+            "postgresql:///postern?host=/run/postgresql&user=postern",
+        ] {
+            let c = with_store(&format!("url = \"{url}\"\npassword_env = \"PGPW\"\n"));
+            assert!(c.is_ok(), "{url}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn a_store_url_with_a_password_or_without_checked_tls_is_refused() {
+        let e =
+            with_store("url = \"postgres://postern:hunter2@db.example/p?sslmode=verify-full\"\n")
+                .unwrap_err();
+        assert!(e.contains("store.url: contains a password"), "{e}");
+        assert!(!e.contains("hunter2"), "the password was repeated: {e}");
+        let e = with_store("url = \"postgres://postern@db.example/p\"\n").unwrap_err();
+        assert!(e.contains("needs TLS: add ?sslmode=verify-full"), "{e}");
+        let e =
+            with_store("url = \"postgres://postern@10.0.0.5/p?sslmode=require\"\n").unwrap_err();
+        assert!(e.contains("sslmode=require does not check"), "{e}");
+        let e = with_store("url = \"mysql://db.example/p\"\n").unwrap_err();
+        assert!(e.contains("expected a postgres:// URL"), "{e}");
+        let e = with_store(
+            "url = \"postgres://p@127.0.0.1/p\"\npassword_file = \"f\"\npassword_env = \"E\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("at most one of password_file or password_env"),
+            "{e}"
+        );
+        let e = with_store("password_file = \"f\"\nmax_staleness = \"soon\"\n").unwrap_err();
+        assert!(
+            e.contains("store.password_file: only with store.url"),
+            "{e}"
+        );
+        assert!(
+            e.contains("store.max_staleness: expected a duration"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn parses_example_and_resolves_paths() {

@@ -142,6 +142,12 @@ pub async fn serve(
         tokio::spawn(on_sighup(app.clone())),
         tokio::spawn(housekeeping(app.clone())),
         tokio::spawn(summarize_refusals(app.clone())),
+        tokio::spawn(
+            app.broker
+                .store_watch
+                .clone()
+                .run(app.life.shutdown.clone()),
+        ),
     ];
     let admin_task = listeners
         .admin

@@ -88,6 +88,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UserCmd,
     },
+    /// The state store as a whole: backup, and moving between SQLite and PostgreSQL.
+    State {
+        #[command(subcommand)]
+        cmd: StateCmd,
+    },
     /// The gateway's certificate authorities.
     Ca {
         #[command(subcommand)]
@@ -178,6 +183,26 @@ enum DeviceCmd {
         /// Why (audited).
         #[arg(long, default_value = "revoked by the security team")]
         reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCmd {
+    /// Print every record of the store (enrolment tokens as hashes, connectors, revocations,
+    /// devices; not the sign-ins in flight) as JSON, in the format of the old state.json.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Write to this file (mode 0600) instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Load an export (or an old state.json) into the configured store, which must be empty:
+    /// e.g. from a single gateway's SQLite into the PostgreSQL database of a replica set.
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+        file: PathBuf,
     },
 }
 
@@ -433,6 +458,27 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 "user {user} revoked: {}; tokens issued until now are refused and live tunnels end within a second",
                 r.summary()
             );
+            Ok(())
+        }
+        Cmd::State {
+            cmd: StateCmd::Export { config, out },
+        } => {
+            let json = runtime()?.block_on(admin::state_export(&load(&config)?))?;
+            match out {
+                Some(path) => {
+                    postern_net::fsutil::write_atomic(&path, json.as_bytes(), 0o600)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => println!("{json}"),
+            }
+            Ok(())
+        }
+        Cmd::State {
+            cmd: StateCmd::Import { config, file },
+        } => {
+            let summary = runtime()?.block_on(admin::state_import(&load(&config)?, &file))?;
+            println!("imported {summary}");
             Ok(())
         }
         Cmd::Ca {

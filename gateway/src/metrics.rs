@@ -34,6 +34,10 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub device_ceremonies: IntCounterVec,
     pub server_cert_expiry: IntGauge,
+    /// 1 while the state store's database answers.
+    pub store_up: IntGauge,
+    /// Seconds since the state store last answered (0 while it answers).
+    pub store_staleness: prometheus::Gauge,
     audit_seen: AtomicU64,
     audit_failed_seen: AtomicU64,
 }
@@ -155,10 +159,19 @@ impl Metrics {
                 "postern_tls_cert_expiry_timestamp_seconds",
                 "Expiry of the client-facing TLS certificate (Unix time)"
             )?),
+            store_up: reg!(IntGauge::new(
+                "postern_store_up",
+                "1 while the state store's database answers, else 0"
+            )?),
+            store_staleness: reg!(prometheus::Gauge::new(
+                "postern_store_staleness_seconds",
+                "Seconds since the state store's database last answered (0 while it answers)"
+            )?),
             audit_seen: AtomicU64::new(0),
             audit_failed_seen: AtomicU64::new(0),
             registry,
         };
+        m.store_up.set(1);
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);

@@ -77,7 +77,7 @@ sudo -u postern-gateway postern-gateway export-ca --config /etc/postern/gateway.
 cp /tmp/gateway-ca.pem /root/gateway-ca.pem
 TOKEN=$(sudo -u postern-gateway postern-gateway token create --config /etc/postern/gateway.toml --site truro --ttl 1h)
 # admin commands ran as the service user: the files they wrote are the service's
-check '[ "$(mode /var/lib/postern-gateway/state.json)" = "600 postern-gateway:postern-gateway" ]'
+check '[ "$(mode /var/lib/postern-gateway/state.db)" = "600 postern-gateway:postern-gateway" ]'
 check '[ -z "$(find /var/lib/postern-gateway ! -user postern-gateway)" ]'
 
 step "5. install and enrol the connector (hospital IT)"

@@ -19,6 +19,7 @@ use serde_json::Value;
 pub mod browser;
 pub mod dicom;
 pub mod oidc;
+pub mod pg;
 pub mod rogue_idp;
 
 /// Directory holding the workspace binaries (target/debug or target/release), or
@@ -282,6 +283,18 @@ impl Drop for Echo {
 }
 
 /// Sends `msg` to `addr` and reads the same number of bytes back.
+/// (status, body) of an HTTP/1.0 GET.
+pub fn http(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
 pub fn echo_roundtrip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -599,6 +612,38 @@ impl Deployment {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The gateway's store as `postern-gateway state export` prints it.
+    pub fn state(&self) -> Value {
+        let (ok, out, err) = run(Command::new(bin("postern-gateway"))
+            .args(["state", "export", "--config"])
+            .arg(self.gateway_toml()));
+        assert!(ok, "state export: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("state export: {e}: {out}"))
+    }
+
+    /// The enrolled connector `id` as the store holds it.
+    pub fn state_connector(&self, id: &str) -> Value {
+        let state = self.state();
+        let all = state["connectors"].as_array().cloned().unwrap_or_default();
+        all.into_iter()
+            .find(|c| c["id"] == id)
+            .unwrap_or_else(|| panic!("no connector {id} in {state}"))
+    }
+
+    /// Replaces the (SQLite) store with `state`, through `state import` into a new file.
+    pub fn replace_state(&self, state: &Value) {
+        for f in ["state.db", "state.db-wal", "state.db-shm"] {
+            let _ = std::fs::remove_file(self.path("gw").join(f));
+        }
+        let file = self.path("state-import.json");
+        std::fs::write(&file, state.to_string()).unwrap();
+        let (ok, _, err) = run(Command::new(bin("postern-gateway"))
+            .args(["state", "import", "--config"])
+            .arg(self.gateway_toml())
+            .arg(&file));
+        assert!(ok, "state import: {err}");
     }
 
     /// Every audit event so far, from every segment in order (`audit.jsonl`, then

@@ -15,18 +15,6 @@ fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("")
 }
 
-fn state_connector(d: &Deployment, id: &str) -> Value {
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(d.path("gw/state.json")).unwrap()).unwrap();
-    state["connectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap()
-        .clone()
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -53,11 +41,11 @@ fn a_superseded_connector_certificate_cannot_renew_and_the_current_one_keeps_wor
     d.write_connector_toml("conn", &allow, None);
     d.write_connector_toml("stolen", &allow, None);
     d.start_connector("conn");
-    let first = s(&state_connector(&d, &id)["serial"]).to_owned();
+    let first = s(&d.state_connector(&id)["serial"]).to_owned();
 
     // The real connector renews at two thirds of 30 s.
     d.wait_event("connector.renewed", |e| e["connector"]["id"] == id.as_str());
-    let current = s(&state_connector(&d, &id)["serial"]).to_owned();
+    let current = s(&d.state_connector(&id)["serial"]).to_owned();
     assert_ne!(current, first);
 
     // The copy's renewal is due already: it tries at once and is refused, as an alert.
@@ -85,7 +73,7 @@ fn a_superseded_connector_certificate_cannot_renew_and_the_current_one_keeps_wor
     assert!(log.contains("enroll --force"), "{log}");
     stolen.kill();
     // Nothing was issued to the copy: the record still names the real connector's certificate.
-    let rec = state_connector(&d, &id);
+    let rec = d.state_connector(&id);
     assert_eq!(s(&rec["serial"]), current, "{rec}");
     assert_eq!(d.count("connector.renewed"), 1);
 
@@ -154,11 +142,10 @@ fn an_enrolment_with_a_hostname_that_is_not_a_dns_name_is_refused_and_listings_s
     );
     assert_eq!(status, 200, "{body}");
 
-    // Whatever the state file holds, `connector list` prints no control characters.
-    let path = d.path("gw/state.json");
-    let mut state: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // Whatever the store holds, `connector list` prints no control characters.
+    let mut state = d.state();
     state["connectors"][0]["hostname"] = Value::from("x\u{1b}[2J\u{1b}]0;owned\u{7}\u{9b}1m");
-    std::fs::write(&path, serde_json::to_string(&state).unwrap()).unwrap();
+    d.replace_state(&state);
     let (ok, out, err) = run(Command::new(bin("postern-gateway"))
         .args(["connector", "list", "--config"])
         .arg(d.gateway_toml()));

@@ -307,6 +307,10 @@ fn user_revoke_ignores_case_says_what_it_ended_and_warns_when_nothing_matched() 
     )
     .unwrap();
     d.start_gateway();
+    // The old state file was imported into the store at the first start, and audited.
+    let migrated = d.wait_event("store.migrated", |_| true);
+    assert!(s(&migrated["detail"]).contains("3 devices"), "{migrated}");
+    assert!(d.path("gw/state.json.migrated").exists());
     let d = d.with_connector(&[("127.0.0.1/32", echo.addr.port().to_string())]);
     // Two unexpired tokens of Ann (as the IdP capitalised her), one of Bob.
     let ann1 = d.mint("Ann.Jones@Hospital.test", "radiologists", "1h");

@@ -4,10 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use postern_e2e::{echo_roundtrip, free_port, tunnel_refused, wait_for, Deployment, Echo};
+use postern_e2e::{echo_roundtrip, free_port, http, tunnel_refused, wait_for, Deployment, Echo};
 use serde_json::Value;
 
 fn policy(echo: SocketAddr, outside_port: u16) -> String {
@@ -40,18 +40,6 @@ max_session = "1h"
 
 fn allow_echo(echo: &Echo) -> Vec<(&'static str, String)> {
     vec![("127.0.0.1/32", echo.addr.port().to_string())]
-}
-
-/// (status, body) of an HTTP/1.0 GET.
-fn http(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
 }
 
 /// The value of the sample line starting with `name` (labels included) in a text exposition.
@@ -201,9 +189,7 @@ fn link_round_trip_and_connector_metrics_and_readiness() {
 }
 
 fn state_connector(d: &Deployment) -> Value {
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(d.path("gw/state.json")).unwrap()).unwrap();
-    state["connectors"][0].clone()
+    d.state()["connectors"][0].clone()
 }
 
 #[test]

@@ -54,6 +54,8 @@ pub struct Broker {
     pub limits: Arc<Limits>,
     /// Unauthenticated refusals, audited in aggregate.
     pub refusals: Arc<Refusals>,
+    /// The staleness rule of the state store.
+    pub store_watch: Arc<super::store_watch::StoreWatch>,
     /// `[limits] connector_dial_timeout`: how long a connector may take to reach an endpoint.
     pub dial_timeout: Duration,
 }
@@ -121,6 +123,8 @@ enum Refused {
     BadTarget(String),
     RateLimited(u64),
     Policy(super::Denied),
+    /// The state store has not answered for longer than `max_staleness`.
+    StoreStale(String),
 }
 
 impl Broker {
@@ -191,6 +195,10 @@ impl Broker {
         // 3. Rate limit.
         if let Err(secs) = self.rate_limit(&subject) {
             return Err(self.refuse(peer, Some(&subject), name, Refused::RateLimited(secs)));
+        }
+        // The last known state is too old to decide on (revocations since are unknown).
+        if let Some(why) = self.store_watch.refusal() {
+            return Err(self.refuse(peer, Some(&subject), name, Refused::StoreStale(why)));
         }
         // 4. Authorize.
         let policy = self.access.policy();
@@ -453,6 +461,11 @@ impl Broker {
                 error(StatusCode::FORBIDDEN, "policy_denied", &denied.reason),
                 Some(decision_ref(&denied.decision)),
                 denied.reason,
+            ),
+            Refused::StoreStale(why) => (
+                error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &why),
+                None,
+                format!("store_unavailable: {why}"),
             ),
         };
         self.audit_denied(peer, subject, endpoint, decision, detail);

@@ -26,6 +26,7 @@ pub mod refusals;
 pub mod revocations;
 pub mod session;
 pub mod sessions;
+pub mod store_watch;
 
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;

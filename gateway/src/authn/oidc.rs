@@ -599,6 +599,12 @@ impl Oidc {
                 "Too many sign-ins are in progress. Please try again in a minute.",
                 "pending CLI code table full",
             )),
+            Err(e @ StoreError::Unavailable(_)) => Err(AuthError::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "The gateway cannot reach its database just now. Please try again in a minute.",
+                format!("keeping the CLI code: {e}"),
+            )),
             Err(e) => Err(AuthError::new(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

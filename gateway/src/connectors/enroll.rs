@@ -125,6 +125,9 @@ pub async fn enroll(svc: Arc<Enrolment>, req: Request<Incoming>, peer: SocketAdd
                     Refusal::UnknownToken | Refusal::TokenUsed(_) | Refusal::TokenExpired,
                 ) => (StatusCode::FORBIDDEN, "enrollment_refused"),
                 StoreError::Refused(_) => (StatusCode::BAD_REQUEST, "bad_csr"),
+                StoreError::Unavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                }
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             };
             error(status, code, &e.to_string())

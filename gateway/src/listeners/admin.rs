@@ -43,16 +43,22 @@ fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         (&Method::GET, "/readyz") => {
             let audit_ok = app.audit.health().is_ok();
             let idp_ok = app.authn.oidc.as_ref().is_none_or(|o| o.ready());
-            if audit_ok && idp_ok {
+            let store_ok = !app.broker.store_watch.is_stale();
+            if audit_ok && idp_ok && store_ok {
                 text(StatusCode::OK, "ready\n".into(), "text/plain")
             } else {
                 let why = format!(
-                    "not ready:{}{}\n",
+                    "not ready:{}{}{}\n",
                     if audit_ok { "" } else { " audit log failing;" },
                     if idp_ok {
                         ""
                     } else {
                         " identity provider not discovered;"
+                    },
+                    if store_ok {
+                        ""
+                    } else {
+                        " state store unavailable beyond max_staleness;"
                     }
                 );
                 text(StatusCode::SERVICE_UNAVAILABLE, why, "text/plain")

@@ -54,6 +54,56 @@ fn audit(config: &Config, mut ev: Event) -> Result<(), GatewayError> {
     Ok(())
 }
 
+/// Opens the configured store for an admin command (auditing an import of an old
+/// `state.json`, if this command is the first to open the store after an upgrade).
+pub async fn open_store(config: &Config) -> Result<state::SharedStore, GatewayError> {
+    Ok(open_audited(config).await?.store)
+}
+
+async fn open_audited(config: &Config) -> Result<state::Opened, GatewayError> {
+    let opened = state::open(&config.store, &config.state_dir).await?;
+    if let Some(m) = &opened.migrated {
+        audit(config, migration_event(m))?;
+    }
+    Ok(opened)
+}
+
+/// Every record of the store as JSON (the format of the old `state.json`).
+pub async fn state_export(config: &Config) -> Result<String, GatewayError> {
+    let opened = open_audited(config).await?;
+    let snapshot = opened.sql.export().await?;
+    serde_json::to_string_pretty(&snapshot)
+        .map_err(|e| admin_err("encoding the export".into(), &e.to_string()))
+}
+
+/// Loads an export into the (empty) configured store; returns what it held.
+pub async fn state_import(config: &Config, file: &Path) -> Result<String, GatewayError> {
+    let opened = open_audited(config).await?;
+    let bytes = std::fs::read(file).map_err(|source| GatewayError::Io {
+        what: format!("reading {}", file.display()),
+        source,
+    })?;
+    let summary = opened.sql.import_export(&bytes).await?;
+    let mut ev = Event::new(EventType::StoreMigrated);
+    ev.detail = Some(format!(
+        "{} imported into the store ({summary})",
+        file.display()
+    ));
+    audit(config, ev)?;
+    Ok(summary)
+}
+
+/// The `store.migrated` event of an import.
+pub fn migration_event(m: &state::JsonMigration) -> Event {
+    let mut ev = Event::new(EventType::StoreMigrated);
+    ev.detail = Some(format!(
+        "state.json imported into the database ({}); the old file is kept as {}",
+        m.summary,
+        m.backup.display()
+    ));
+    ev
+}
+
 fn rng_err() -> GatewayError {
     GatewayError::Io {
         what: "generating random bytes".into(),
@@ -83,7 +133,7 @@ pub async fn token_create(
             ),
         });
     }
-    let store = state::open(&config.state_dir)?;
+    let store = open_store(config).await?;
     let server_ca = Ca::load_or_create(
         &config.state_dir,
         "server-ca",
@@ -124,7 +174,7 @@ pub async fn token_create(
 
 /// `connector list`: a table of enrolled connectors.
 pub async fn connector_list(config: &Config) -> Result<String, GatewayError> {
-    let connectors = state::open(&config.state_dir)?.connectors().await?;
+    let connectors = open_store(config).await?.connectors().await?;
     let mut out = format!(
         "{:<24} {:<12} {:<10} {:<22} {}\n",
         "ID", "SITE", "STATUS", "CERT EXPIRES", "HOST"
@@ -151,7 +201,7 @@ pub async fn connector_list(config: &Config) -> Result<String, GatewayError> {
 
 /// `connector revoke ID`: refuses its next connection; a running gateway drops live ones.
 pub async fn connector_revoke(config: &Config, id: &str) -> Result<String, GatewayError> {
-    let store = state::open(&config.state_dir)?;
+    let store = open_store(config).await?;
     let site = match store.revoke_connector(id.to_owned(), unix_now()).await {
         Ok(c) => c.site,
         Err(StoreError::Refused(Refusal::UnknownConnector(_))) => {
@@ -341,7 +391,7 @@ pub async fn device_list(
     pending_only: bool,
     json: bool,
 ) -> Result<String, GatewayError> {
-    let all = state::open(&config.state_dir)?.devices().await?;
+    let all = open_store(config).await?.devices().await?;
     let devices: Vec<_> = all
         .iter()
         .filter(|d| user.is_none_or(|u| state::same_user(&d.user, u)))
@@ -451,7 +501,7 @@ fn login_name(passwd: &str, uid: u32) -> Option<String> {
 
 /// `device approve ID`: a pending (or suspect) device becomes active.
 pub async fn device_approve(config: &Config, id: &str) -> Result<DeviceRec, GatewayError> {
-    let store = state::open(&config.state_dir)?;
+    let store = open_store(config).await?;
     let by = local_user();
     let change = store
         .update_device(
@@ -503,7 +553,7 @@ pub async fn device_revoke(
     id: &str,
     reason: &str,
 ) -> Result<DeviceRec, GatewayError> {
-    let store = state::open(&config.state_dir)?;
+    let store = open_store(config).await?;
     let why = reason.to_owned();
     let change = store
         .update_device(
@@ -674,7 +724,7 @@ pub async fn user_revoke(config: &Config, user: &str) -> Result<UserRevocation, 
             "the user must be 1 to 256 bytes without control characters",
         ));
     }
-    let store = state::open(&config.state_dir)?;
+    let store = open_store(config).await?;
     let now = unix_now();
     let before = store.revocations().await?;
     let signed_out = before.tokens.iter().map(|t| t.jti.clone()).collect();
@@ -749,7 +799,7 @@ mod tests {
     async fn device_list_approve_revoke_and_user_revoke() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::local(&dir.path().join("state"), &dir.path().join("p.toml"));
-        let store = state::open(&config.state_dir).unwrap();
+        let store = open_store(&config).await.unwrap();
         for (id, user, status) in [
             ("dev-1", "ann@x", DeviceStatus::Pending),
             ("dev-2", "ann@x", DeviceStatus::Active),
@@ -873,7 +923,7 @@ mod tests {
     async fn listings_escape_control_characters_found_in_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::local(&dir.path().join("state"), &dir.path().join("p.toml"));
-        let store = state::open(&config.state_dir).unwrap();
+        let store = open_store(&config).await.unwrap();
         // What an edited state file (or an older gateway that did not check) can hold.
         let mut d = rec(
             "dev-\u{1b}[2J1",

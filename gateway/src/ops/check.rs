@@ -295,6 +295,10 @@ fn state_dir(config: &Config, out: &mut Vec<Finding>) {
     let mut private = vec![
         dir.join("audit-key.pk8"),
         dir.join("signin-cookie.key"),
+        dir.join("state.db"),
+        dir.join("state.db-wal"),
+        dir.join("state.db-shm"),
+        // Left by an older version until the first start imports it.
         dir.join("state.json"),
     ];
     if let Ok(rd) = std::fs::read_dir(dir.join("jwt")) {
@@ -508,8 +512,8 @@ mod tests {
         // The server CA's key replaced by another one.
         let (_, other) = cert(&["x"], 10);
         std::fs::write(c.state_dir.join("server-ca.key"), other).unwrap();
-        std::fs::write(c.state_dir.join("state.json"), "{}").unwrap();
-        chmod(&c.state_dir.join("state.json"), 0o666);
+        std::fs::write(c.state_dir.join("state.db"), "").unwrap();
+        chmod(&c.state_dir.join("state.db"), 0o666);
         let f = check(&c).await;
         assert!(has(&f, Severity::Error, "policy "), "{f:?}");
         assert!(has(&f, Severity::Error, "chmod 700"), "{f:?}");
@@ -522,7 +526,7 @@ mod tests {
                 && has(&f, Severity::Error, "does not belong to the certificate"),
             "{f:?}"
         );
-        assert!(has(&f, Severity::Error, "state.json: mode 0666"), "{f:?}");
+        assert!(has(&f, Severity::Error, "state.db: mode 0666"), "{f:?}");
         assert_eq!(errors(&f).len(), 5, "{f:?}");
     }
 

@@ -9,17 +9,23 @@
 //! [`changes`](StateStore::changes) stream says what changed, whether this process or another
 //! (an admin command, another replica) changed it, so revocations reach live sessions.
 //!
-//! Implementations: [`file::FileStore`] (`STATE_DIR/state.json`, the embedded default) and
-//! [`memory::MemoryStore`] (tests). Both keep the whole state as tables and run the same
-//! domain rules (`rules`) under their own lock. [`open`] is the one place that chooses;
-//! nothing outside this module knows it is a file.
+//! Implementations: [`sql::SqlStore`] — SQLite (`STATE_DIR/state.db`, the embedded default)
+//! or PostgreSQL (`[store] url`, for replicas) — and [`memory::MemoryStore`] (tests), which
+//! keeps the whole state as tables and runs the domain rules (`rules`) under a lock. [`open`]
+//! is the one place that chooses; nothing outside this module knows which it is. A
+//! `state.json` left by an older version is imported into SQLite on first open
+//! (`json_import`).
 
-pub mod file;
+#[doc(hidden)]
+pub mod conformance;
+pub mod feed;
+mod json_import;
 pub mod memory;
 mod rules;
+pub mod sql;
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -45,6 +51,10 @@ pub enum StoreError {
     },
     #[error("state store: {0}")]
     Backend(String),
+    /// The database does not answer (connection refused or lost, pool timed out, TLS
+    /// failure): nothing was changed, and trying again later may work.
+    #[error("the state store's database does not answer: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Refused(#[from] Refusal),
 }
@@ -196,14 +206,148 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Changes from now on. A receiver that falls behind gets `Lagged` and should reload.
     fn changes(&self) -> broadcast::Receiver<Change>;
+
+    /// Whether the store answers, and since when it has not (for the staleness rule,
+    /// `/readyz` and the metrics). Known only while someone follows [`changes`](Self::changes).
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Up
+    }
+}
+
+/// What a store knows about its own link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreHealth {
+    Up,
+    /// No answer for this long.
+    Down(std::time::Duration),
 }
 
 /// A shared store.
 pub type SharedStore = Arc<dyn StateStore>;
 
-/// Opens the configured store (today: the file in the state directory).
-pub fn open(state_dir: &Path) -> Result<SharedStore, StoreError> {
-    Ok(Arc::new(file::FileStore::open(state_dir)?))
+/// Every record of the store, in the format of the old `state.json` (`state export`).
+pub type Snapshot = rules::Tables;
+
+/// The store as opened.
+pub struct Opened {
+    pub store: SharedStore,
+    /// The SQL store behind `store`, for its health.
+    pub sql: Arc<sql::SqlStore>,
+    /// An old `state.json` was imported by this open: the caller audits it.
+    pub migrated: Option<JsonMigration>,
+}
+
+/// The import of an old `state.json` into the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonMigration {
+    /// Where the old file was moved (kept as a backup, mode 0600).
+    pub backup: PathBuf,
+    /// What was imported ("2 connectors, 3 devices, …").
+    pub summary: String,
+}
+
+/// Opens the configured store: PostgreSQL if `[store] url` says so, else SQLite in the
+/// state directory (importing an old `state.json` first).
+pub async fn open(config: &StoreConfig, state_dir: &Path) -> Result<Opened, StoreError> {
+    let io = |source| StoreError::Io {
+        path: state_dir.to_owned(),
+        source,
+    };
+    postern_net::fsutil::private_dir(state_dir).map_err(io)?;
+    let (url, pool) = match &config.postgres {
+        Some(pg) => (pg.url().map_err(StoreError::Backend)?, pg.max_connections),
+        // One connection: SQLite has one writer anyway, and the change feed's
+        // `data_version` then sees only other processes' commits.
+        None => (sqlite_url(state_dir).map_err(io)?, 1),
+    };
+    let store = Arc::new(sql::SqlStore::connect(&url, pool).await?);
+    let migrated = match &config.postgres {
+        None => json_import::run(&store, state_dir).await?,
+        Some(_) => None,
+    };
+    Ok(Opened {
+        store: store.clone(),
+        sql: store,
+        migrated,
+    })
+}
+
+/// `sqlite://STATE_DIR/state.db`, the file made 0600 before SQLite opens it (its `-wal` and
+/// `-shm` files take the same mode).
+fn sqlite_url(state_dir: &Path) -> std::io::Result<sql::DbUrl> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state_dir.join("state.db");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)?;
+    let text = path.to_str().ok_or_else(|| {
+        std::io::Error::other(format!(
+            "state directory {} is not UTF-8",
+            state_dir.display()
+        ))
+    })?;
+    let escaped: String = text
+        .chars()
+        .map(|c| match c {
+            '%' | '?' | '#' | ' ' => format!("%{:02X}", c as u32),
+            c => c.to_string(),
+        })
+        .collect();
+    Ok(sql::DbUrl(format!("sqlite://{escaped}?mode=rwc")))
+}
+
+/// Where the state lives (`[store]` in gateway.toml).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// `None`: SQLite in the state directory.
+    pub postgres: Option<PostgresConfig>,
+    /// How long new sign-ins and sessions may go on from the last known state while the
+    /// database does not answer (then they are refused).
+    pub max_staleness: std::time::Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            postgres: None,
+            max_staleness: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// A PostgreSQL store shared by replicas.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/db?sslmode=…`, without a password.
+    pub url: String,
+    /// Where the password comes from (never the configuration file).
+    pub password: Option<crate::config::SecretSource>,
+    /// CA certificate(s) (PEM) the database's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// Connections per replica.
+    pub max_connections: u32,
+}
+
+impl PostgresConfig {
+    /// The URL with the password and the CA in it (kept in memory only, never printed).
+    fn url(&self) -> Result<sql::DbUrl, String> {
+        let mut url = url::Url::parse(&self.url).map_err(|e| format!("store.url: {e}"))?;
+        if let Some(p) = &self.password {
+            let secret = crate::config::read_secret(p, "store.password")?;
+            url.set_password(Some(&secret.0))
+                .map_err(|_| "store.url: cannot carry a password".to_owned())?;
+        }
+        if let Some(ca) = &self.ca_file {
+            let ca = ca
+                .to_str()
+                .ok_or_else(|| format!("store.ca_file {} is not UTF-8", ca.display()))?;
+            url.query_pairs_mut().append_pair("sslrootcert", ca);
+        }
+        Ok(sql::DbUrl(url.into()))
+    }
 }
 
 /// One enrolment token.

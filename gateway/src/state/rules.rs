@@ -16,7 +16,7 @@ use super::{
 };
 
 /// Enrolment tokens expired longer ago than this are forgotten.
-const TOKEN_RETENTION: u64 = 7 * 86400;
+pub(super) const TOKEN_RETENTION: u64 = 7 * 86400;
 /// Most one-time CLI codes outstanding at once.
 pub(super) const MAX_CLI_CODES: usize = 10_000;
 /// Most WebAuthn ceremonies in flight at once.

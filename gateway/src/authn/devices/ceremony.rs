@@ -156,6 +156,16 @@ impl DevError {
 pub(super) const START_AGAIN: &str =
     "This sign-in step is no longer valid. Please start the sign-in again.";
 
+/// The store's database does not answer: the clinician may simply try again.
+pub(super) fn unavailable(detail: impl Into<String>) -> DevError {
+    DevError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "The gateway cannot reach its database just now. Please try again in a minute.",
+        detail,
+    )
+}
+
 pub(super) fn internal(detail: impl Into<String>) -> DevError {
     DevError::new(
         StatusCode::INTERNAL_SERVER_ERROR,

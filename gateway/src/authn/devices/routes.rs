@@ -22,8 +22,8 @@ use tracing::{info, warn};
 use webauthn_rs::prelude::{Credential, Passkey, PublicKeyCredential, RegisterPublicKeyCredential};
 
 use super::ceremony::{
-    aaguid, b64, check_binding, internal, map_webauthn, passkey_of, set_state_challenge, user_uuid,
-    Binding, DevError, Pending, COOKIE, MAX_BODY, START_AGAIN,
+    aaguid, b64, check_binding, internal, map_webauthn, passkey_of, set_state_challenge,
+    unavailable, user_uuid, Binding, DevError, Pending, COOKIE, MAX_BODY, START_AGAIN,
 };
 use crate::audit::Audit;
 use crate::authn::issue::Issuer;
@@ -432,7 +432,10 @@ async fn reload(svc: &DeviceTrust) {
 
 impl From<StoreError> for DevError {
     fn from(e: StoreError) -> DevError {
-        internal(e.to_string())
+        match e {
+            StoreError::Unavailable(_) => unavailable(e.to_string()),
+            e => internal(e.to_string()),
+        }
     }
 }
 
