@@ -32,7 +32,6 @@ use crate::access::Access;
 use crate::audit::Audit;
 use crate::authn::devices::{Ceremonies, DeviceTrust};
 use crate::authn::oidc::Oidc;
-use crate::authn::tokens::TokenKeys;
 use crate::authn::{Authn, Issuer, SignIn};
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -160,8 +159,7 @@ impl App {
             upstream,
         } = seams;
         let policy = Policy::from_file(&config.policy)?;
-        let keys = TokenKeys::load_or_create(&config.state_dir)?
-            .for_origin(config.public_origin().as_deref());
+        let keys = crate::replica::token_keys(&config, &store, clock.unix()).await?;
         let now = clock.now();
         let server_ca =
             Ca::load_or_create(&config.state_dir, "server-ca", "Postern gateway CA", now)?;

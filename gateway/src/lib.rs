@@ -12,7 +12,9 @@
 //! * `connectors`: the `Upstream` seam and its implementation (live connector links),
 //!   enrolment, renewal, the RTT probe;
 //! * [`authn`]: `Subject`, session tokens, OIDC sign-in, device trust;
-//! * [`state`]: the `StateStore` seam and its file implementation;
+//! * [`replica`]: this gateway among the replicas sharing the store (registration,
+//!   heartbeat, published token keys);
+//! * [`state`]: the `StateStore` seam, SQLite and PostgreSQL;
 //! * [`pki`]: the server and connector CAs; the client-facing certificate;
 //! * `http`, `stream`, [`audit`], [`metrics`], `limits`, [`config`], [`clock`], [`error`]:
 //!   helpers and leaf services.
@@ -41,6 +43,7 @@ mod listeners;
 pub mod metrics;
 pub mod ops;
 pub mod pki;
+pub mod replica;
 pub mod state;
 pub mod stream;
 
@@ -104,6 +107,30 @@ pub async fn serve(
         "gateway started"
     );
     app.metrics.set_policy_version(policy.version());
+    let client_addr = listeners
+        .clients
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let connector_addrs = if app.config.advertise_connector_addrs.is_empty() {
+        listeners
+            .connectors
+            .local_addr()
+            .map(|a| vec![a.to_string()])
+            .unwrap_or_default()
+    } else {
+        app.config.advertise_connector_addrs.clone()
+    };
+    let replica = Arc::new(
+        replica::Replica::join(
+            app.store.clone(),
+            &app.config,
+            client_addr,
+            connector_addrs,
+            app.clock.unix(),
+        )
+        .await?,
+    );
     access::recovery::end_lost_sessions(
         &app.config.audit_dir,
         &app.audit,
@@ -148,6 +175,11 @@ pub async fn serve(
                 .clone()
                 .run(app.life.shutdown.clone()),
         ),
+        tokio::spawn(
+            replica
+                .clone()
+                .run(app.clock.clone(), app.life.shutdown.clone()),
+        ),
     ];
     let admin_task = listeners
         .admin
@@ -162,6 +194,7 @@ pub async fn serve(
     for t in tasks.into_iter().chain(discovery).chain(admin_task) {
         t.abort();
     }
+    replica.leave().await;
     // What the refusal aggregator still counts goes in before the log closes.
     app.broker.refusals.flush();
     app.audit

@@ -88,6 +88,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UserCmd,
     },
+    /// The gateway replicas sharing the state store: id, live or gone, addresses, version.
+    Replicas {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// The state store as a whole: backup, and moving between SQLite and PostgreSQL.
     State {
         #[command(subcommand)]
@@ -458,6 +463,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 "user {user} revoked: {}; tokens issued until now are refused and live tunnels end within a second",
                 r.summary()
             );
+            Ok(())
+        }
+        Cmd::Replicas { config } => {
+            print!("{}", runtime()?.block_on(admin::replicas(&load(&config)?))?);
             Ok(())
         }
         Cmd::State {

@@ -106,7 +106,7 @@ impl Postgres {
     /// Starts the server again after [`pause`](Self::pause).
     pub fn resume(&mut self) {
         let mut opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.dir.path().display()
         );

@@ -50,7 +50,7 @@ async fn two_replicas_on_postgres_behave_as_the_store_must() {
             "SELECT string_agg(version::text, ',') FROM _sqlx_migrations",
         )
         .unwrap();
-    assert_eq!(versions, "1");
+    assert_eq!(versions, "1,2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,8 +326,116 @@ fn a_database_outage_follows_the_staleness_rule_and_recovers_by_itself() {
     assert_eq!(postern_e2e::http(admin, "/readyz").unwrap().0, 200);
     assert!(
         echo_once(&mut live),
-        "the live tunnel did not survive the outage"
+        "the live tunnel did not survive the outage: {:?}",
+        d.events("session.end")
     );
     let metrics = postern_e2e::http(admin, "/metrics").unwrap().1;
     assert!(metrics.contains("postern_store_up 1"), "{metrics}");
+}
+
+/// Two gateway replicas on one database: each registers and sees the other; a token minted on
+/// one is accepted by the other (published keys, shared deployment id); a second process with
+/// a live replica's node_id is refused; a clean stop leaves the list.
+#[test]
+fn replicas_register_share_tokens_and_refuse_a_duplicate_id() {
+    let pg = cluster();
+    let db = pg.create_database("two_replicas");
+    let echo = Echo::start();
+    let store = format!(
+        "[store]\nurl = \"{}\"\npassword_file = \"{}\"\n",
+        pg.url(&db),
+        pg.password_file().display()
+    );
+    let mut a = Deployment::prepare(&echo_policy(echo.addr));
+    a.append_config(&store);
+    a.start_gateway();
+    // Replica B: its own state directory with the CAs provisioned from A (as the operator
+    // guide says), its own ports and node_id, the same database.
+    let b_dir = tempfile::tempdir().unwrap();
+    let b_state = b_dir.path().join("gw");
+    std::fs::create_dir(&b_state).unwrap();
+    std::fs::set_permissions(
+        &b_state,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    for f in [
+        "server-ca.pem",
+        "server-ca.key",
+        "connector-ca.pem",
+        "connector-ca.key",
+    ] {
+        std::fs::copy(a.path("gw").join(f), b_state.join(f)).unwrap();
+    }
+    let b_port = postern_e2e::free_port();
+    let b_toml = |node: &str, port: u16| {
+        let p = b_dir.path().join(format!("{node}-{port}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "node_id = \"{node}\"\nstate_dir = \"{}\"\npolicy = \"{}\"\n[listen]\nclients = \"127.0.0.1:{port}\"\nconnectors = \"127.0.0.1:{}\"\n{store}",
+                b_state.display(),
+                a.path("policy.toml").display(),
+                postern_e2e::free_port()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let b_config = b_toml("gw-b", b_port);
+    let mut b = postern_e2e::Proc::spawn(
+        "gateway-b",
+        Command::new(bin("postern-gateway"))
+            .args(["run", "--config"])
+            .arg(&b_config),
+        b_dir.path().join("gateway-b.log"),
+    );
+    let replicas = |config: &std::path::Path| {
+        let (ok, out, err) = run(Command::new(bin("postern-gateway"))
+            .args(["replicas", "--config"])
+            .arg(config));
+        assert!(ok, "replicas: {err}");
+        out
+    };
+    postern_e2e::wait_for("both replicas listed live", Duration::from_secs(20), || {
+        let out = replicas(&a.gateway_toml());
+        let live = out.lines().filter(|l| l.contains(" live ")).count();
+        (live == 2 && out.contains("gw-test") && out.contains("gw-b")).then_some(out)
+    });
+
+    // A token minted with A's keys is accepted by B.
+    let token = a.mint("ann@hospital.test", "radiologists", "1h");
+    let token = std::fs::read_to_string(token).unwrap();
+    let (ok, out, err) = run(Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
+        .arg(a.path("gw/server-ca.pem"))
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", token.trim()))
+        .arg(format!("https://127.0.0.1:{b_port}/v1/endpoints")));
+    assert!(ok, "curl: {err}");
+    assert!(out.ends_with("200"), "B refused A's token: {out}");
+    assert!(out.contains("\"echo\""), "{out}");
+    assert!(b.is_running(), "{}", b.log_text());
+
+    // A second process claiming B's node_id is refused at start, saying why.
+    let dup = b_toml("gw-b", postern_e2e::free_port());
+    let (ok, _, err) = run(Command::new(bin("postern-gateway"))
+        .args(["run", "--config"])
+        .arg(&dup));
+    assert!(!ok, "a duplicate replica id started");
+    assert!(
+        err.contains("another gateway process runs as replica gw-b"),
+        "{err}"
+    );
+
+    // B stops cleanly and leaves the list at once.
+    assert_eq!(
+        b.terminate(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        b.log_text()
+    );
+    let out = replicas(&a.gateway_toml());
+    assert!(!out.contains("gw-b"), "{out}");
+    assert!(out.contains("gw-test"), "{out}");
 }

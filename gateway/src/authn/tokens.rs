@@ -150,8 +150,12 @@ pub struct TokenKeys {
     audience: String,
     deployment: String,
     active: String,
+    /// The active key's public half (SPKI PEM), published for the other replicas.
+    active_public: String,
     encoding: EncodingKey,
     decoding: HashMap<String, DecodingKey>,
+    /// Keys other replicas published in the store (kid → key), replaced on every change.
+    published: std::sync::RwLock<HashMap<String, DecodingKey>>,
     validation: Validation,
 }
 
@@ -211,6 +215,7 @@ impl TokenKeys {
         let encoding =
             EncodingKey::from_ed_pem(&priv_pem).map_err(|e| keys_err(format!("{active}: {e}")))?;
         let mut decoding = HashMap::new();
+        let mut active_public = String::new();
         let entries = std::fs::read_dir(&dir).map_err(|e| keys_err(e.to_string()))?;
         for entry in entries {
             let path = entry.map_err(|e| keys_err(e.to_string()))?.path();
@@ -223,6 +228,9 @@ impl TokenKeys {
             let pem = std::fs::read(&path).map_err(|e| keys_err(e.to_string()))?;
             let key =
                 DecodingKey::from_ed_pem(&pem).map_err(|e| keys_err(format!("{kid}: {e}")))?;
+            if kid == active {
+                active_public = String::from_utf8_lossy(&pem).into_owned();
+            }
             decoding.insert(kid.to_owned(), key);
         }
         if !decoding.contains_key(&active) {
@@ -244,10 +252,56 @@ impl TokenKeys {
             audience,
             deployment,
             active,
+            active_public,
             encoding,
             decoding,
+            published: Default::default(),
             validation,
         })
+    }
+
+    /// Makes `id` this state directory's deployment id (replicas share the one in the store),
+    /// so `session mint` here issues tokens every replica accepts.
+    pub fn adopt_deployment(state_dir: &Path, id: &str) -> Result<(), TokenError> {
+        let dir = state_dir.join("jwt");
+        write_atomic(&dir.join(DEPLOYMENT_FILE), id.as_bytes(), 0o600).map_err(|e| {
+            TokenError::Keys {
+                path: dir.display().to_string(),
+                message: e.to_string(),
+            }
+        })
+    }
+
+    /// This deployment's id (`iss` is `postern-gateway/<id>`).
+    pub fn deployment(&self) -> &str {
+        &self.deployment
+    }
+
+    /// The signing key's id and public half (SPKI PEM), to publish.
+    pub fn active_public(&self) -> (&str, &str) {
+        (&self.active, &self.active_public)
+    }
+
+    /// Verifies with `keys` (the other replicas' published keys) from now on, besides the
+    /// local ones; a key that does not parse is skipped and named in the answer.
+    pub fn set_published(&self, keys: &[crate::state::PublishedKey]) -> Vec<String> {
+        let mut bad = Vec::new();
+        let map: HashMap<String, DecodingKey> = keys
+            .iter()
+            .filter_map(
+                |k| match DecodingKey::from_ed_pem(k.public_pem.as_bytes()) {
+                    Ok(d) => Some((k.kid.clone(), d)),
+                    Err(_) => {
+                        bad.push(k.kid.clone());
+                        None
+                    }
+                },
+            )
+            .collect();
+        if let Ok(mut p) = self.published.write() {
+            *p = map;
+        }
+        bad
     }
 
     /// Binds the tokens to the gateway's public origin (`https://host:port`, from
@@ -320,10 +374,19 @@ impl TokenKeys {
         let kid = header
             .kid
             .ok_or_else(|| TokenError::Malformed("no kid in header".into()))?;
-        let key = self
-            .decoding
-            .get(&kid)
-            .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+        let published;
+        let key = match self.decoding.get(&kid) {
+            Some(k) => k,
+            None => {
+                published = self
+                    .published
+                    .read()
+                    .ok()
+                    .and_then(|p| p.get(&kid).cloned())
+                    .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+                &published
+            }
+        };
         use jsonwebtoken::errors::ErrorKind;
         /// The claims plus `nbf`, which the gateway never sets but honours when present.
         #[derive(Deserialize)]

@@ -107,10 +107,16 @@ impl Authn {
     }
 
     /// Replaces the revocation set and the device table from the store.
+    /// Also takes the session-token keys the replicas published.
     pub async fn reload(&self, store: &dyn StateStore) -> Result<(), StoreError> {
         let revocations = store.revocations().await?;
         let devices = store.devices().await?;
+        let published = store.published_keys(self.clock.unix()).await?;
         self.load(&revocations, &devices);
+        let bad = self.keys.set_published(&published);
+        if !bad.is_empty() {
+            tracing::warn!(kids = ?bad, "published session-token keys that do not parse were skipped");
+        }
         Ok(())
     }
 

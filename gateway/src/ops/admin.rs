@@ -68,6 +68,40 @@ async fn open_audited(config: &Config) -> Result<state::Opened, GatewayError> {
     Ok(opened)
 }
 
+/// `replicas`: the gateway replicas sharing the store, live ones first.
+pub async fn replicas(config: &Config) -> Result<String, GatewayError> {
+    let store = open_store(config).await?;
+    let now = unix_now();
+    let mut all = store.replicas().await?;
+    let live_for = crate::replica::LIVE_FOR.as_secs();
+    all.sort_by_key(|r| (r.heartbeat + live_for <= now, r.id.clone()));
+    let mut out = format!(
+        "{:<20} {:<14} {:<22} {:<30} {:<8} {}\n",
+        "REPLICA", "STATUS", "CLIENTS", "CONNECTORS", "VERSION", "STARTED"
+    );
+    for r in &all {
+        let age = now.saturating_sub(r.heartbeat);
+        let status = if age < live_for {
+            "live".to_owned()
+        } else {
+            format!("gone ({age}s)")
+        };
+        out.push_str(&format!(
+            "{:<20} {:<14} {:<22} {:<30} {:<8} {}\n",
+            printable(&r.id),
+            status,
+            printable(&r.client_addr),
+            printable(&r.connector_addrs.join(",")),
+            printable(&r.version),
+            when(Some(r.started)),
+        ));
+    }
+    if all.is_empty() {
+        out.push_str("(no replica has registered: none has started with this store)\n");
+    }
+    Ok(out)
+}
+
 /// Every record of the store as JSON (the format of the old `state.json`).
 pub async fn state_export(config: &Config) -> Result<String, GatewayError> {
     let opened = open_audited(config).await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{
     CeremonyRec, Change, CliCodeRec, DeviceRec, DeviceStatus, EnrollIssuer, EnrollTokenRec, Issued,
-    Refusal, RevokedToken, SharedStore, StoreError,
+    PublishedKey, Refusal, ReplicaRec, RevokedToken, SharedStore, StoreError,
 };
 
 /// Runs every check; `a` and `b` are two handles on one empty store.
@@ -19,6 +19,7 @@ pub async fn run_all(a: SharedStore, b: SharedStore) {
     devices(&a, &b).await;
     sign_count_updates_never_lose_one(&a, &b).await;
     sign_in_state(&a, &b).await;
+    replicas_and_their_keys(&a, &b).await;
     changes_reach_the_other_handle(&a, &b).await;
 }
 
@@ -386,6 +387,93 @@ pub async fn sign_in_state(a: &SharedStore, b: &SharedStore) {
     assert!(taken.pending.is_some());
     assert_eq!(b.take_ceremony("c".into(), 102).await.unwrap(), None);
     assert_eq!(a.ceremony("c".into()).await.unwrap(), None);
+}
+
+/// Replicas register once per id while alive; published keys retire and expire; the first
+/// shared value stays.
+pub async fn replicas_and_their_keys(a: &SharedStore, b: &SharedStore) {
+    let rec = |id: &str, instance: &str| ReplicaRec {
+        id: id.into(),
+        instance: instance.into(),
+        client_addr: "127.0.0.1:8443".into(),
+        connector_addrs: vec!["gw-a.example:8444".into()],
+        version: "0.1.0".into(),
+        started: 100,
+        heartbeat: 100,
+    };
+    a.heartbeat(rec("gw-a", "i1"), 100, 10).await.unwrap();
+    b.heartbeat(rec("gw-b", "i2"), 100, 10).await.unwrap();
+    a.heartbeat(rec("gw-a", "i1"), 105, 10).await.unwrap();
+    // A second process claiming a live replica's id is refused; once it is silent, allowed.
+    let taken = b.heartbeat(rec("gw-a", "i3"), 109, 10).await;
+    assert_eq!(refusal(taken), Refusal::ReplicaIdTaken("gw-a".into()));
+    let all = b.replicas().await.unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    let gw_a = all.iter().find(|r| r.id == "gw-a").unwrap();
+    assert_eq!((gw_a.instance.as_str(), gw_a.heartbeat), ("i1", 105));
+    assert_eq!(gw_a.connector_addrs, ["gw-a.example:8444"]);
+    b.heartbeat(rec("gw-a", "i3"), 116, 10).await.unwrap();
+    // Leaving takes only the holder's own record.
+    a.leave("gw-a".into(), "i1".into()).await.unwrap();
+    assert_eq!(a.replicas().await.unwrap().len(), 2);
+    a.leave("gw-a".into(), "i3".into()).await.unwrap();
+    let ids: Vec<String> = b
+        .replicas()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["gw-b"]);
+
+    let key = |kid: &str, replica: &str, created| PublishedKey {
+        kid: kid.into(),
+        public_pem: format!("pem of {kid}"),
+        replica: replica.into(),
+        created,
+        expires: None,
+    };
+    a.publish_key(key("ka1", "gw-a", 100), 100, 50)
+        .await
+        .unwrap();
+    b.publish_key(key("kb1", "gw-b", 100), 100, 50)
+        .await
+        .unwrap();
+    // Publishing again changes nothing.
+    a.publish_key(key("ka1", "gw-a", 101), 101, 50)
+        .await
+        .unwrap();
+    // gw-a moves to a new key: the old one verifies for 50 s more, then is gone.
+    a.publish_key(key("ka2", "gw-a", 120), 120, 50)
+        .await
+        .unwrap();
+    let kids = |keys: Vec<PublishedKey>| {
+        let mut k: Vec<(String, Option<u64>)> =
+            keys.into_iter().map(|k| (k.kid, k.expires)).collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        kids(b.published_keys(121).await.unwrap()),
+        [
+            ("ka1".to_owned(), Some(170)),
+            ("ka2".to_owned(), None),
+            ("kb1".to_owned(), None)
+        ]
+    );
+    assert_eq!(
+        kids(b.published_keys(170).await.unwrap()),
+        [("ka2".to_owned(), None), ("kb1".to_owned(), None)]
+    );
+    let first = a
+        .shared_value("deployment_id".into(), "dep-a".into())
+        .await
+        .unwrap();
+    let second = b
+        .shared_value("deployment_id".into(), "dep-b".into())
+        .await
+        .unwrap();
+    assert_eq!((first.as_str(), second.as_str()), ("dep-a", "dep-a"));
 }
 
 /// A revocation through one handle reaches the other's change stream within 2 s.

@@ -134,6 +134,8 @@ impl Feed {
             Change::TokenRevoked(s) => ("token_revoked", s.as_str()),
             Change::UserRevoked(s) => ("user_revoked", s.as_str()),
             Change::DeviceChanged(s) => ("device_changed", s.as_str()),
+            Change::ReplicasChanged => ("replicas_changed", ""),
+            Change::KeysChanged => ("keys_changed", ""),
             Change::External => ("external", ""),
         };
         if subject.len() > MAX_SUBJECT || subject.contains('\t') {
@@ -161,6 +163,8 @@ impl Feed {
             "token_revoked" => Change::TokenRevoked(s),
             "user_revoked" => Change::UserRevoked(s),
             "device_changed" => Change::DeviceChanged(s),
+            "replicas_changed" => Change::ReplicasChanged,
+            "keys_changed" => Change::KeysChanged,
             // A notification sent by hand (`NOTIFY postern_state`) or by a newer version.
             _ => Change::External,
         })

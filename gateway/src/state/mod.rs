@@ -80,6 +80,9 @@ pub enum Refusal {
     DeviceRevoked(String),
     #[error("credential already registered as {device} (user {user})")]
     CredentialExists { device: String, user: String },
+    /// Another live process runs as replica `0` (same `node_id`).
+    #[error("another gateway process runs as replica {0} (same node_id, heartbeat within the last seconds); give each replica its own node_id")]
+    ReplicaIdTaken(String),
     /// The table of sign-ins in flight (`cli codes`, `ceremonies`) is full, even after
     /// dropping the expired entries.
     #[error("too many sign-ins in progress: the {0} table is full")]
@@ -120,6 +123,10 @@ pub enum Change {
     TokenRevoked(String),
     UserRevoked(String),
     DeviceChanged(String),
+    /// A replica joined or left.
+    ReplicasChanged,
+    /// A replica published or retired a session-token key.
+    KeysChanged,
     /// Changed by someone else (another process or replica), detail unknown: reload it all.
     External,
 }
@@ -203,6 +210,25 @@ pub trait StateStore: Send + Sync + 'static {
     /// Takes the ceremony out (gone whatever the caller does next); `None` if unknown or
     /// expired by `now`.
     fn take_ceremony(&self, id: String, now: u64) -> StoreFuture<'_, Option<CeremonyRec>>;
+
+    // Replicas sharing the store.
+
+    /// Records that replica `rec.id` (process `rec.instance`) is alive at `now`; refused with
+    /// [`Refusal::ReplicaIdTaken`] if another process holds that id with a heartbeat newer than
+    /// `now - live_for`. Announces [`Change::ReplicasChanged`] when the replica (re)joins.
+    fn heartbeat(&self, rec: ReplicaRec, now: u64, live_for: u64) -> StoreFuture<'_, ()>;
+    /// Removes replica `id` if `instance` still holds it (a clean stop).
+    fn leave(&self, id: String, instance: String) -> StoreFuture<'_, ()>;
+    /// Every registered replica, live or not (judge by `heartbeat`).
+    fn replicas(&self) -> StoreFuture<'_, Vec<ReplicaRec>>;
+    /// Publishes a session-token verifying key of a replica (idempotent); the replica's other
+    /// keys without an expiry get `now + retire_after`; expired keys are forgotten.
+    fn publish_key(&self, key: PublishedKey, now: u64, retire_after: u64) -> StoreFuture<'_, ()>;
+    /// The published keys not expired by `now`.
+    fn published_keys(&self, now: u64) -> StoreFuture<'_, Vec<PublishedKey>>;
+    /// The shared value `name` (the deployment id): the stored one, or `value` stored now if
+    /// there is none yet.
+    fn shared_value(&self, name: String, value: String) -> StoreFuture<'_, String>;
 
     /// Changes from now on. A receiver that falls behind gets `Lagged` and should reload.
     fn changes(&self) -> broadcast::Receiver<Change>;
@@ -482,6 +508,34 @@ pub fn same_user(a: &str, b: &str) -> bool {
 pub struct RevokedUser {
     pub user: String,
     pub before: u64,
+}
+
+/// A gateway replica registered in the store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicaRec {
+    /// The replica's `node_id`.
+    pub id: String,
+    /// Random per process.
+    pub instance: String,
+    /// Where clients reach it (its client listener).
+    pub client_addr: String,
+    /// Where connectors dial it (`host:port`).
+    pub connector_addrs: Vec<String>,
+    pub version: String,
+    pub started: u64,
+    pub heartbeat: u64,
+}
+
+/// A session-token verifying key published by a replica.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublishedKey {
+    pub kid: String,
+    /// SPKI PEM (Ed25519).
+    pub public_pem: String,
+    pub replica: String,
+    pub created: u64,
+    /// Verifies until then (set when the replica moved to a newer key).
+    pub expires: Option<u64>,
 }
 
 /// A one-time code `postern login` redeems for its session token (keyed by the code's

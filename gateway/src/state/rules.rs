@@ -11,8 +11,8 @@ use tokio::sync::broadcast;
 
 use super::{
     CeremonyChange, CeremonyRec, Change, CliCodeRec, ConnectorRec, DeviceChange, DeviceRec,
-    DeviceStatus, EnrollIssuer, EnrollTokenRec, Issued, Refusal, RenewIssuer, Revocations,
-    RevokedToken, RevokedUser, StateStore, StoreError, StoreFuture,
+    DeviceStatus, EnrollIssuer, EnrollTokenRec, Issued, PublishedKey, Refusal, RenewIssuer,
+    ReplicaRec, Revocations, RevokedToken, RevokedUser, StateStore, StoreError, StoreFuture,
 };
 
 /// Enrolment tokens expired longer ago than this are forgotten.
@@ -43,6 +43,13 @@ pub struct Tables {
     /// WebAuthn ceremonies in flight by id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) ceremonies: BTreeMap<String, CeremonyRec>,
+    /// Replicas, their token keys and shared values: the running set, never exported.
+    #[serde(skip)]
+    pub(super) replicas: Vec<ReplicaRec>,
+    #[serde(skip)]
+    pub(super) token_keys: Vec<PublishedKey>,
+    #[serde(skip)]
+    pub(super) shared: BTreeMap<String, String>,
 }
 
 impl Tables {
@@ -268,6 +275,54 @@ impl Tables {
     pub fn take_ceremony(&mut self, id: &str, now: u64) -> Option<CeremonyRec> {
         self.ceremonies.remove(id).filter(|c| c.live(now))
     }
+
+    /// Returns whether the replica (re)joined.
+    pub fn heartbeat(
+        &mut self,
+        rec: ReplicaRec,
+        now: u64,
+        live_for: u64,
+    ) -> Result<bool, StoreError> {
+        match self.replicas.iter_mut().find(|r| r.id == rec.id) {
+            Some(r) if r.instance == rec.instance => {
+                r.heartbeat = now;
+                Ok(false)
+            }
+            Some(r) if r.heartbeat + live_for > now => Err(Refusal::ReplicaIdTaken(rec.id).into()),
+            Some(r) => {
+                *r = rec;
+                Ok(true)
+            }
+            None => {
+                self.replicas.push(rec);
+                Ok(true)
+            }
+        }
+    }
+
+    pub fn leave(&mut self, id: &str, instance: &str) -> bool {
+        let before = self.replicas.len();
+        self.replicas
+            .retain(|r| !(r.id == id && r.instance == instance));
+        self.replicas.len() != before
+    }
+
+    pub fn publish_key(&mut self, key: PublishedKey, now: u64, retire_after: u64) {
+        self.token_keys
+            .retain(|k| k.expires.is_none_or(|e| e > now));
+        for k in &mut self.token_keys {
+            if k.replica == key.replica && k.kid != key.kid && k.expires.is_none() {
+                k.expires = Some(now + retire_after);
+            }
+        }
+        if !self.token_keys.iter().any(|k| k.kid == key.kid) {
+            self.token_keys.push(key);
+        }
+    }
+
+    pub fn shared_value(&mut self, name: String, value: String) -> String {
+        self.shared.entry(name).or_insert(value).clone()
+    }
 }
 
 /// A store that keeps [`Tables`] itself and runs the rules under its own lock. Every such
@@ -448,6 +503,57 @@ impl<B: Backend> StateStore for B {
 
     fn take_ceremony(&self, id: String, now: u64) -> StoreFuture<'_, Option<CeremonyRec>> {
         self.write(move |t| Ok(t.take_ceremony(&id, now)))
+    }
+
+    fn heartbeat(&self, rec: ReplicaRec, now: u64, live_for: u64) -> StoreFuture<'_, ()> {
+        let tx = self.sender().clone();
+        let write = self.write(move |t| t.heartbeat(rec, now, live_for));
+        Box::pin(async move {
+            if write.await? {
+                let _ = tx.send(Change::ReplicasChanged);
+            }
+            Ok(())
+        })
+    }
+
+    fn leave(&self, id: String, instance: String) -> StoreFuture<'_, ()> {
+        let tx = self.sender().clone();
+        let write = self.write(move |t| Ok(t.leave(&id, &instance)));
+        Box::pin(async move {
+            if write.await? {
+                let _ = tx.send(Change::ReplicasChanged);
+            }
+            Ok(())
+        })
+    }
+
+    fn replicas(&self) -> StoreFuture<'_, Vec<ReplicaRec>> {
+        self.read(|t| t.replicas.clone())
+    }
+
+    fn publish_key(&self, key: PublishedKey, now: u64, retire_after: u64) -> StoreFuture<'_, ()> {
+        write_and_announce(
+            self,
+            move |t| {
+                t.publish_key(key, now, retire_after);
+                Ok(())
+            },
+            |_| vec![Change::KeysChanged],
+        )
+    }
+
+    fn published_keys(&self, now: u64) -> StoreFuture<'_, Vec<PublishedKey>> {
+        self.read(move |t| {
+            t.token_keys
+                .iter()
+                .filter(|k| k.expires.is_none_or(|e| e > now))
+                .cloned()
+                .collect()
+        })
+    }
+
+    fn shared_value(&self, name: String, value: String) -> StoreFuture<'_, String> {
+        self.write(move |t| Ok(t.shared_value(name, value)))
     }
 
     fn changes(&self) -> broadcast::Receiver<Change> {

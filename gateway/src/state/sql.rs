@@ -28,13 +28,19 @@ use super::feed::{Feed, NOTIFY_CHANNEL};
 use super::rules::{MAX_CEREMONIES, MAX_CLI_CODES, TOKEN_RETENTION};
 use super::{
     CeremonyChange, CeremonyRec, Change, CliCodeRec, ConnectorRec, DeviceChange, DeviceRec,
-    EnrollIssuer, EnrollTokenRec, Issued, Refusal, RenewIssuer, Revocations, RevokedToken,
-    RevokedUser, StateStore, StoreError, StoreFuture,
+    EnrollIssuer, EnrollTokenRec, Issued, PublishedKey, Refusal, RenewIssuer, ReplicaRec,
+    Revocations, RevokedToken, RevokedUser, StateStore, StoreError, StoreFuture,
 };
 
 /// The schema migrations this build knows, oldest first (version, description, SQL).
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "state", include_str!("../../migrations/0001_state.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "state", include_str!("../../migrations/0001_state.sql")),
+    (
+        2,
+        "replicas",
+        include_str!("../../migrations/0002_replicas.sql"),
+    ),
+];
 
 /// Which SQL database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -973,6 +979,172 @@ impl StateStore for SqlStore {
         Box::pin(self.take_doc("ceremonies", id, now))
     }
 
+    fn heartbeat(&self, rec: ReplicaRec, now: u64, live_for: u64) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let held =
+                sqlx::query(self.locking("SELECT instance, heartbeat FROM replicas WHERE id = $1"))
+                    .bind(rec.id.clone())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            let joined = match held {
+                Some(r) => {
+                    let instance: String = r.try_get("instance").map_err(db_err)?;
+                    let beat: i64 = r.try_get("heartbeat").map_err(db_err)?;
+                    if instance != rec.instance && u(beat).saturating_add(live_for) > now {
+                        return Err(Refusal::ReplicaIdTaken(rec.id).into());
+                    }
+                    instance != rec.instance
+                }
+                None => true,
+            };
+            let addrs = to_doc(&rec.connector_addrs)?;
+            sqlx::query(
+                "INSERT INTO replicas (id, instance, client_addr, connector_addrs, version, started, heartbeat) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (id) DO UPDATE SET instance = excluded.instance, client_addr = excluded.client_addr, \
+                 connector_addrs = excluded.connector_addrs, version = excluded.version, \
+                 started = excluded.started, heartbeat = excluded.heartbeat",
+            )
+            .bind(rec.id.clone())
+            .bind(rec.instance.clone())
+            .bind(rec.client_addr.clone())
+            .bind(addrs)
+            .bind(rec.version.clone())
+            .bind(t(rec.started))
+            .bind(t(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let changes = if joined {
+                vec![Change::ReplicasChanged]
+            } else {
+                Vec::new()
+            };
+            self.commit(tx, changes).await
+        })
+    }
+
+    fn leave(&self, id: String, instance: String) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let gone = sqlx::query("DELETE FROM replicas WHERE id = $1 AND instance = $2")
+                .bind(id)
+                .bind(instance)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            let changes = if gone.rows_affected() > 0 {
+                vec![Change::ReplicasChanged]
+            } else {
+                Vec::new()
+            };
+            self.commit(tx, changes).await
+        })
+    }
+
+    fn replicas(&self) -> StoreFuture<'_, Vec<ReplicaRec>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT * FROM replicas ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+            rows.iter()
+                .map(|r| {
+                    let addrs: String = r.try_get("connector_addrs").map_err(db_err)?;
+                    let get = || -> Result<ReplicaRec, sqlx::Error> {
+                        Ok(ReplicaRec {
+                            id: r.try_get("id")?,
+                            instance: r.try_get("instance")?,
+                            client_addr: r.try_get("client_addr")?,
+                            connector_addrs: Vec::new(),
+                            version: r.try_get("version")?,
+                            started: u(r.try_get("started")?),
+                            heartbeat: u(r.try_get("heartbeat")?),
+                        })
+                    };
+                    let mut rec = get().map_err(db_err)?;
+                    rec.connector_addrs =
+                        serde_json::from_str(&addrs).map_err(|e| corrupt("replica", e))?;
+                    Ok(rec)
+                })
+                .collect()
+        })
+    }
+
+    fn publish_key(&self, key: PublishedKey, now: u64, retire_after: u64) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            sqlx::query("DELETE FROM token_keys WHERE expires IS NOT NULL AND expires <= $1")
+                .bind(t(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            sqlx::query(
+                "UPDATE token_keys SET expires = $1 WHERE replica = $2 AND kid <> $3 AND expires IS NULL",
+            )
+            .bind(t(now.saturating_add(retire_after)))
+            .bind(key.replica.clone())
+            .bind(key.kid.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            sqlx::query(
+                "INSERT INTO token_keys (kid, public_pem, replica, created, expires) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kid) DO NOTHING",
+            )
+            .bind(key.kid.clone())
+            .bind(key.public_pem.clone())
+            .bind(key.replica.clone())
+            .bind(t(key.created))
+            .bind(key.expires.map(t))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            self.commit(tx, vec![Change::KeysChanged]).await
+        })
+    }
+
+    fn published_keys(&self, now: u64) -> StoreFuture<'_, Vec<PublishedKey>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT * FROM token_keys WHERE expires IS NULL OR expires > $1 ORDER BY created, kid",
+            )
+            .bind(t(now))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(PublishedKey {
+                        kid: r.try_get("kid")?,
+                        public_pem: r.try_get("public_pem")?,
+                        replica: r.try_get("replica")?,
+                        created: u(r.try_get("created")?),
+                        expires: opt_u(r.try_get("expires")?),
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(db_err)
+        })
+    }
+
+    fn shared_value(&self, name: String, value: String) -> StoreFuture<'_, String> {
+        Box::pin(async move {
+            let key = format!("shared {name}");
+            sqlx::query("INSERT INTO store_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+                .bind(key.clone())
+                .bind(value)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+            self.meta(&key)
+                .await?
+                .ok_or_else(|| StoreError::Backend(format!("shared value {name} vanished")))
+        })
+    }
+
     fn changes(&self) -> broadcast::Receiver<Change> {
         self.feed.subscribe()
     }
@@ -1137,7 +1309,7 @@ mod tests {
             .unwrap();
         let text = e.to_string();
         assert!(
-            text.contains("schema is version 99, newer than this gateway knows (1)"),
+            text.contains("schema is version 99, newer than this gateway knows (2)"),
             "{text}"
         );
     }
