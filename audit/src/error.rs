@@ -67,6 +67,24 @@ pub enum AuditError {
     /// The directory holds no audit log.
     #[error("no audit log in {dir} (expected {expected})")]
     NoLog { dir: PathBuf, expected: PathBuf },
+    /// A log directory holds segments but not one complete event (when several logs are read,
+    /// a replica's log always starts with the writer's `audit.started`).
+    #[error("the audit log in {dir} holds no event (an empty audit.jsonl): not a gateway's log, or the wrong directory")]
+    EmptyLog { dir: PathBuf },
+    /// Two of the directories given are the same log, which would count every event twice.
+    #[error("{first} and {second} are the same audit log ({why}); give each replica's log once")]
+    SameLog {
+        first: PathBuf,
+        second: PathBuf,
+        /// How they are the same, in words.
+        why: String,
+    },
+    /// More logs than are read together ([`crate::logset::MAX_LOGS`]).
+    #[error("{count} audit logs given; at most {max} are read together")]
+    TooManyLogs { count: usize, max: usize },
+    /// A witness line cannot be matched to exactly one of several logs.
+    #[error("witness: {reason}")]
+    Witness { reason: String },
     /// The writer was closed (or has stopped); nothing more can be recorded through it.
     #[error("audit log writer for {dir} is closed")]
     Closed { dir: PathBuf },

@@ -45,7 +45,12 @@
 //!   that does **group commit** (one `write_all` + `fdatasync` per batch), rotation, and signed
 //!   checkpoints every N events or T seconds and at [`AuditLog::close`]; it offers committed
 //!   lines to the syslog forwarder.
-//! * `reader`, [`verify`], [`search`], [`sessions`]: streaming readers for `postern-audit`.
+//! * `reader`: streaming readers of one log: every line ([`RawLines`], [`events`]), or only the
+//!   lines holding a search term, read in large chunks.
+//! * [`logset`]: several logs read together, one per gateway replica ([`logset::LogSet`]):
+//!   refuses the same log given twice, names each log (its *replica label*), and merges their
+//!   events by time (a k-way merge, one event held per log).
+//! * [`verify`], [`search`], [`sessions`]: what `postern-audit` does, over one log or several.
 //!
 //! ## The durability promise
 //!
@@ -73,6 +78,7 @@ mod event;
 mod head_check;
 mod hexfmt;
 mod key;
+pub mod logset;
 mod reader;
 pub mod search;
 pub mod sessions;

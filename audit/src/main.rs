@@ -9,9 +9,12 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use postern_audit::search::{parse_time, Filter, Format, ReportError, Summary};
-use postern_audit::syslog::{format_rfc5424, frame, SyslogTarget};
-use postern_audit::verify::{verify, KeySource, VerifyOptions};
+use postern_audit::logset::LogSet;
+use postern_audit::search::{parse_time, Filter, Format, Matches, ReportError, Summary};
+use postern_audit::syslog::{format_rfc5424_replica, frame, SyslogTarget};
+use postern_audit::verify::{
+    verify, verify_logs, KeySource, LogsVerifyOptions, VerifyOptions, VerifyReport,
+};
 use postern_audit::{
     AuditError, AuditKey, AuditLog, AuditOptions, AuditPublicKey, DecisionRef, DeviceRef,
     EndpointRef, Event, EventType, SyslogOptions, Witness,
@@ -31,17 +34,20 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Prove the log was not edited, reordered or cut: check every chain link and every
-    /// checkpoint signature. Exit 0 if intact, 1 if not, 2 if the log cannot be read.
+    /// checkpoint signature. With several logs (one per gateway replica), each is verified as its
+    /// own chain. Exit 0 if every log is intact, 1 if one is not, 2 if one cannot be read.
     Verify(VerifyArgs),
-    /// Print the events that match every given filter, oldest first.
+    /// Print the events that match every given filter, oldest first (several logs: merged by
+    /// time, with the replica each came from).
     Search(SearchArgs),
     /// One row per session: user, device, endpoint, start, end, duration, bytes, close reason,
-    /// justification.
+    /// justification (several logs: one row per session wherever its start and end are).
     Sessions(SearchArgs),
     /// Export matching events as JSON lines, CSV or RFC 5424 syslog (to stdout, or sent to a
-    /// syslog server with --to).
+    /// syslog server with --to); several logs are merged by time.
     Export(ExportArgs),
-    /// Print the latest signed checkpoint as one line, for an outside witness to keep.
+    /// Print the latest signed checkpoint as one line, for an outside witness to keep (one line
+    /// per log).
     Checkpoint(CheckpointArgs),
     /// Print the public audit key (PEM, or hex with --hex) from a key file or state directory.
     Pubkey(PubkeyArgs),
@@ -52,16 +58,20 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct VerifyArgs {
-    /// Audit log directory (the one holding audit.jsonl).
-    dir: PathBuf,
+    /// Audit log directory (the one holding audit.jsonl); several, one per gateway replica,
+    /// are each verified on their own.
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<PathBuf>,
     /// The audit public key (PEM or hex) to check checkpoint signatures against. Without it,
-    /// the key named in the log is used (trust on first use).
+    /// the key named in the log is used (trust on first use). With several logs: once for
+    /// all of them, or once per log in the order of the directories.
     #[arg(long, value_name = "FILE")]
-    pubkey: Option<PathBuf>,
+    pubkey: Vec<PathBuf>,
     /// A file of checkpoint lines (from `postern-audit checkpoint`) the log must still contain.
+    /// With several logs, each line is checked against the log of its node (else of its key).
     #[arg(long, value_name = "FILE")]
     witness: Vec<PathBuf>,
-    /// Require the log to end with a closing checkpoint (archived logs).
+    /// Require the log (every log) to end with a closing checkpoint (archived logs).
     #[arg(long)]
     closed: bool,
 }
@@ -121,8 +131,10 @@ impl FilterArgs {
 
 #[derive(Debug, Args)]
 struct SearchArgs {
-    /// Audit log directory (the one holding audit.jsonl).
-    dir: PathBuf,
+    /// Audit log directory (the one holding audit.jsonl); several, one per gateway replica,
+    /// are read as one, merged by time.
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<PathBuf>,
     #[command(flatten)]
     filter: FilterArgs,
     /// Print JSON lines instead of a table (search: the stored lines, unchanged).
@@ -142,8 +154,9 @@ enum ExportFormat {
 
 #[derive(Debug, Args)]
 struct ExportArgs {
-    /// Audit log directory.
-    dir: PathBuf,
+    /// Audit log directory; several, one per gateway replica, are merged by time.
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<PathBuf>,
     #[arg(long, value_enum)]
     format: ExportFormat,
     #[command(flatten)]
@@ -165,8 +178,9 @@ struct ExportArgs {
 
 #[derive(Debug, Args)]
 struct CheckpointArgs {
-    /// Audit log directory.
-    dir: PathBuf,
+    /// Audit log directory; several print one line each.
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -245,11 +259,131 @@ fn main() -> ExitCode {
 }
 
 fn verify_cmd(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let mut options = VerifyOptions::default();
-    if let Some(path) = &args.pubkey {
-        options.pubkey = Some(AuditPublicKey::read_file(path)?);
+    let pubkeys = args
+        .pubkey
+        .iter()
+        .map(|path| AuditPublicKey::read_file(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let witnesses = read_witnesses(&args.witness)?;
+    if let [dir] = &args.dirs[..] {
+        if pubkeys.len() > 1 {
+            bail!(
+                "--pubkey given {} times for one log: give it once",
+                pubkeys.len()
+            );
+        }
+        let options = VerifyOptions {
+            pubkey: pubkeys.first().copied(),
+            witnesses,
+            require_closed: args.closed,
+            ..VerifyOptions::default()
+        };
+        let report = match verify(dir, &options) {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!("postern-audit: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        let mut out = io::stdout().lock();
+        print_verify_report(&mut out, dir, None, &report, !options.witnesses.is_empty())?;
+        return Ok(if report.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
-    for path in &args.witness {
+    let logs = LogSet::open(&args.dirs)?;
+    let verdicts = verify_logs(
+        &logs,
+        &LogsVerifyOptions {
+            pubkeys,
+            witnesses,
+            require_closed: args.closed,
+            ..LogsVerifyOptions::default()
+        },
+    )?;
+    let mut out = io::stdout().lock();
+    let width = logs.label_width();
+    let mut summary = Vec::new();
+    let (mut failed, mut unreadable) = (Vec::new(), Vec::new());
+    for v in &verdicts {
+        let replica = match &v.node {
+            Some(node) if *node != v.label => format!("{} (node {node})", v.label),
+            _ => v.label.clone(),
+        };
+        let name = format!("{} ({})", v.label, v.dir.display());
+        let line = match &v.result {
+            Ok(report) => {
+                print_verify_report(&mut out, &v.dir, Some(&replica), report, v.witnesses > 0)?;
+                if report.is_ok() {
+                    format!(
+                        "OK          {}  ({} events, {} signed checkpoint(s))",
+                        v.dir.display(),
+                        report.events,
+                        report.checkpoints
+                    )
+                } else {
+                    failed.push(name);
+                    format!(
+                        "FAILED      {}  ({} problem(s); first: {})",
+                        v.dir.display(),
+                        report.problem_count,
+                        report
+                            .first_problem()
+                            .map(|p| p.to_string())
+                            .unwrap_or_default()
+                    )
+                }
+            }
+            Err(e) => {
+                eprintln!("postern-audit: {}: {e}", v.dir.display());
+                writeln!(out, "log:          {}", v.dir.display())?;
+                writeln!(out, "replica:      {replica}")?;
+                writeln!(out, "CANNOT VERIFY: {e}")?;
+                unreadable.push(name);
+                format!("UNREADABLE  {}  ({e})", v.dir.display())
+            }
+        };
+        writeln!(out)?;
+        summary.push(format!("  {:<width$}  {line}", v.label));
+    }
+    writeln!(
+        out,
+        "verdict: {} logs, each verified as its own chain:",
+        verdicts.len()
+    )?;
+    for line in &summary {
+        writeln!(out, "{line}")?;
+    }
+    if failed.is_empty() && unreadable.is_empty() {
+        writeln!(
+            out,
+            "OK: all {} logs intact: every link and every checkpoint signature of each verified.",
+            verdicts.len()
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut what = Vec::new();
+    if !failed.is_empty() {
+        what.push(format!("not intact: {}", failed.join(", ")));
+    }
+    if !unreadable.is_empty() {
+        what.push(format!("could not be read: {}", unreadable.join(", ")));
+    }
+    if failed.is_empty() {
+        writeln!(out, "CANNOT VERIFY: {}.", what.join("; "))?;
+        return Ok(ExitCode::from(2));
+    }
+    writeln!(out, "FAILED: {}.", what.join("; "))?;
+    // Tampering found wins over a log that could not be read: it is the finding that must
+    // not be lost in a script that only looks at the exit code.
+    Ok(ExitCode::FAILURE)
+}
+
+fn read_witnesses(paths: &[PathBuf]) -> anyhow::Result<Vec<Witness>> {
+    let mut witnesses = Vec::new();
+    for path in paths {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading witness file {}", path.display()))?;
         for (n, line) in text
@@ -264,19 +398,24 @@ fn verify_cmd(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     n + 1
                 )
             })?;
-            options.witnesses.push(w);
+            witnesses.push(w);
         }
     }
-    options.require_closed = args.closed;
-    let report = match verify(&args.dir, &options) {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("postern-audit: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    let mut out = io::stdout().lock();
-    writeln!(out, "log:          {}", args.dir.display())?;
+    Ok(witnesses)
+}
+
+/// The verify report of one log; `replica` (with several logs) adds a line naming it.
+fn print_verify_report(
+    out: &mut dyn Write,
+    dir: &Path,
+    replica: Option<&str>,
+    report: &VerifyReport,
+    witnesses: bool,
+) -> io::Result<()> {
+    writeln!(out, "log:          {}", dir.display())?;
+    if let Some(replica) = replica {
+        writeln!(out, "replica:      {replica}")?;
+    }
     writeln!(
         out,
         "segments:     {}\nevents:       {} chained (seq 1..{}){}",
@@ -327,7 +466,7 @@ fn verify_cmd(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             "absent"
         }
     )?;
-    if !options.witnesses.is_empty() {
+    if witnesses {
         writeln!(out, "witnesses:    {} checked", report.witnesses_checked)?;
     }
     if let Some((path, offset, bytes)) = &report.torn_tail {
@@ -342,7 +481,7 @@ fn verify_cmd(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             out,
             "OK: every link and every checkpoint signature verified."
         )?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     writeln!(out, "FAILED: {} problem(s).", report.problem_count)?;
     if let Some(first) = report.first_problem() {
@@ -358,7 +497,7 @@ fn verify_cmd(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             report.problem_count - report.problems.len() as u64
         )?;
     }
-    Ok(ExitCode::FAILURE)
+    Ok(())
 }
 
 fn report(args: SearchArgs, sessions: bool) -> anyhow::Result<ExitCode> {
@@ -370,18 +509,19 @@ fn report(args: SearchArgs, sessions: bool) -> anyhow::Result<ExitCode> {
         Format::Table
     };
     let filter = args.filter.filter()?;
-    run_report(&args.dir, |out, bad| {
+    let logs = LogSet::open(&args.dirs)?;
+    run_report(&logs, |out, bad| {
         if sessions {
-            postern_audit::sessions::sessions(&args.dir, &filter, format, out, bad)
+            postern_audit::sessions::sessions_logs(&logs, &filter, format, out, bad)
         } else {
-            postern_audit::search::search(&args.dir, &filter, format, out, bad)
+            postern_audit::search::search_logs(&logs, &filter, format, out, bad)
         }
     })
 }
 
 /// Runs a streaming report to stdout, printing bad lines to stderr as they come.
 fn run_report(
-    dir: &Path,
+    logs: &LogSet,
     f: impl FnOnce(&mut dyn Write, &mut dyn FnMut(&AuditError)) -> Result<Summary, ReportError>,
 ) -> anyhow::Result<ExitCode> {
     let stdout = io::stdout();
@@ -394,21 +534,60 @@ fn run_report(
         Err(ReportError::Output(e)) => return Err(e.into()),
         Err(ReportError::Audit(e)) => {
             let _ = out.flush();
-            return Err(anyhow::Error::new(e).context(format!("reading {}", dir.display())));
+            return Err(match logs.logs() {
+                // Several logs: the error names the log (its directory or a file in it).
+                [log] => anyhow::Error::new(e).context(format!("reading {}", log.dir.display())),
+                _ => anyhow::Error::new(e),
+            });
         }
     };
     out.flush()?;
-    if summary.torn_tail {
-        eprintln!("postern-audit: note: the log ends in an incomplete line (a write in progress, or a crash); skipped");
+    Ok(finish_report(logs, &summary))
+}
+
+/// Notes on stderr about what a report met; the exit code.
+fn finish_report(logs: &LogSet, summary: &Summary) -> ExitCode {
+    if !logs.is_merged() {
+        if summary.torn_tail {
+            eprintln!("postern-audit: note: the log ends in an incomplete line (a write in progress, or a crash); skipped");
+        }
+        if summary.bad_lines > 0 {
+            eprintln!(
+                "postern-audit: {} line(s) of the log are not valid events",
+                summary.bad_lines
+            );
+            return ExitCode::FAILURE;
+        }
+        return ExitCode::SUCCESS;
+    }
+    for log in &summary.logs {
+        if log.torn_tail {
+            eprintln!(
+                "postern-audit: note: the log in {} ({}) ends in an incomplete line (a write in progress, or a crash); skipped",
+                log.dir.display(),
+                log.label
+            );
+        }
+        if log.bad_lines > 0 {
+            eprintln!(
+                "postern-audit: {} line(s) of the log in {} ({}) are not valid events",
+                log.bad_lines,
+                log.dir.display(),
+                log.label
+            );
+        }
+    }
+    if summary.folded > 0 {
+        eprintln!(
+            "postern-audit: note: {} session event(s) repeated a start or an end already joined (an end written by two replicas, e.g. gateway_lost); each session is one row, with its earliest end",
+            summary.folded
+        );
     }
     if summary.bad_lines > 0 {
-        eprintln!(
-            "postern-audit: {} line(s) of the log are not valid events",
-            summary.bad_lines
-        );
-        return Ok(ExitCode::FAILURE);
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -418,9 +597,10 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         ExportFormat::Csv => Format::Csv,
         ExportFormat::Syslog => Format::Syslog,
     };
+    let logs = LogSet::open(&args.dirs)?;
     let Some(to) = args.to else {
-        return run_report(&args.dir, |out, bad| {
-            postern_audit::search::search(&args.dir, &filter, format, out, bad)
+        return run_report(&logs, |out, bad| {
+            postern_audit::search::search_logs(&logs, &filter, format, out, bad)
         });
     };
     if !matches!(args.format, ExportFormat::Syslog) {
@@ -437,31 +617,18 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         SyslogOptions::tcp(to.clone())
     };
     let target = SyslogTarget::new(options)?;
+    let mut matches = Matches::open(&logs, &filter)?;
     let mut conn = target
         .connect()
         .with_context(|| format!("connecting to {}", target.options().target()))?;
     let mut buf = Vec::with_capacity(1 << 20);
     let mut sent = 0u64;
-    let mut bad_lines = 0u64;
-    let mut lines = postern_audit::RawLines::open(&args.dir)?;
-    while let Some(line) = lines.next() {
-        let line = line?;
-        if !line.complete {
-            continue;
-        }
-        let entry = match postern_audit::parse_line(&line) {
-            Ok(entry) => entry,
-            Err(e) => {
-                eprintln!("postern-audit: {e}");
-                bad_lines += 1;
-                continue;
-            }
-        };
-        if !filter.matches(&entry.event) {
-            continue;
-        }
+    let mut bad = |e: &AuditError| eprintln!("postern-audit: {e}");
+    let replicas = logs.is_merged();
+    while let Some((log, entry)) = matches.next(&mut bad)? {
+        let replica = replicas.then(|| logs.logs()[log].label.as_str());
         frame(
-            &format_rfc5424(entry.raw.as_bytes(), "postern", "-"),
+            &format_rfc5424_replica(entry.raw.as_bytes(), "postern", "-", replica),
             &mut buf,
         );
         sent += 1;
@@ -476,11 +643,7 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         "postern-audit: sent {sent} event(s) to {}",
         target.options().target()
     );
-    Ok(if bad_lines > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(finish_report(&logs, &matches.summary()))
 }
 
 fn host_of(address: &str) -> String {
@@ -494,22 +657,40 @@ fn host_of(address: &str) -> String {
 }
 
 fn checkpoint(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
-    let mut last = None;
-    for entry in postern_audit::events(&args.dir)? {
-        let Ok(entry) = entry else { continue };
-        if let Some(w) = Witness::from_event(&entry.event) {
-            last = Some(w);
+    let logs = LogSet::open(&args.dirs)?;
+    let mut missing = Vec::new();
+    for log in logs.logs() {
+        if let Some(e) = &log.problem {
+            eprintln!("postern-audit: {e}");
+            missing.push(log.dir.display().to_string());
+            continue;
+        }
+        let mut last = None;
+        for entry in postern_audit::events(&log.dir)? {
+            let Ok(entry) = entry else { continue };
+            if let Some(w) = Witness::from_event(&entry.event) {
+                last = Some(w);
+            }
+        }
+        match last {
+            Some(w) => println!("{}", w.to_line()),
+            None if !logs.is_merged() => bail!(
+                "no signed checkpoint in {} (is the gateway running with an audit key?)",
+                log.dir.display()
+            ),
+            None => {
+                eprintln!(
+                    "postern-audit: no signed checkpoint in {} (is the gateway running with an audit key?)",
+                    log.dir.display()
+                );
+                missing.push(log.dir.display().to_string());
+            }
         }
     }
-    match last {
-        Some(w) => {
-            println!("{}", w.to_line());
-            Ok(ExitCode::SUCCESS)
-        }
-        None => bail!(
-            "no signed checkpoint in {} (is the gateway running with an audit key?)",
-            args.dir.display()
-        ),
+    if missing.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -3,11 +3,12 @@
 //! [`RawLines`] yields borrowed lines with their segment, line number and byte offset, copying
 //! nothing per line beyond one buffer: `verify`, `search`, `sessions` and `export` stream
 //! through it, so a log of any size is read in constant memory. [`events`] parses each line
-//! into an [`Entry`].
+//! into an [`Entry`]. `SegmentScan` yields only the lines that contain a given byte string
+//! (ASCII case ignored), reading in large chunks: what makes a selective search fast.
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::AuditError;
@@ -215,4 +216,246 @@ pub fn events(dir: &Path) -> Result<Events, AuditError> {
 /// an [`AuditError::Parse`] naming the file and line.
 pub fn read_all(dir: &Path) -> Result<Vec<Event>, AuditError> {
     events(dir)?.map(|entry| entry.map(|e| e.event)).collect()
+}
+
+/// Size of the chunks [`SegmentScan`] reads.
+const SCAN_CHUNK: usize = 4 * 1024 * 1024;
+
+/// Streams the lines of a log's segments that contain a needle, ignoring ASCII case, in order.
+///
+/// Each segment is read in large chunks; a chunk is lowercased once and searched with a SIMD
+/// substring finder, so lines without the needle cost almost nothing and are never handed out.
+/// Pull-based (one line at a time), so several logs can be scanned side by side and merged.
+#[derive(Debug)]
+pub(crate) struct SegmentScan {
+    pending: VecDeque<PathBuf>,
+    needle: Vec<u8>,
+    chunk: usize,
+    current: Option<ChunkScan>,
+    /// Lines of the segments finished so far.
+    lines_done: u64,
+}
+
+impl SegmentScan {
+    /// Scans `paths` (oldest first) for `needle`, which must be lowercase.
+    pub(crate) fn new(paths: Vec<PathBuf>, needle: Vec<u8>) -> SegmentScan {
+        SegmentScan::with_chunk(paths, needle, SCAN_CHUNK)
+    }
+
+    fn with_chunk(paths: Vec<PathBuf>, needle: Vec<u8>, chunk: usize) -> SegmentScan {
+        SegmentScan {
+            pending: paths.into(),
+            needle,
+            chunk: chunk.max(1),
+            current: None,
+            lines_done: 0,
+        }
+    }
+
+    /// Lines read so far, whether or not they held the needle (complete once the scan ended).
+    pub(crate) fn lines_read(&self) -> u64 {
+        self.lines_done + self.current.as_ref().map_or(0, |c| c.lines)
+    }
+
+    /// The next line holding the needle, or `None` after the last segment. An I/O error ends
+    /// the stream.
+    pub(crate) fn next(&mut self) -> Option<Result<RawLine<'_>, AuditError>> {
+        loop {
+            if self.current.is_none() {
+                let path = self.pending.pop_front()?;
+                let file = match File::open(&path) {
+                    Ok(file) => file,
+                    Err(e) => {
+                        self.pending.clear();
+                        return Some(Err(AuditError::read(&path, e)));
+                    }
+                };
+                let last = self.pending.is_empty();
+                self.current = Some(ChunkScan::new(path, file, &self.needle, last, self.chunk));
+            }
+            let current = self.current.as_mut()?;
+            match current.advance() {
+                Ok(Some(hit)) => return Some(Ok(self.current.as_ref()?.line(hit))),
+                Ok(None) => {
+                    self.lines_done += current.lines;
+                    self.current = None;
+                }
+                Err(e) => {
+                    self.current = None;
+                    self.pending.clear();
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// Where a found line is in [`ChunkScan`]'s buffer.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    start: usize,
+    stop: usize,
+    line: u64,
+}
+
+/// The chunked scan of one segment: finds the lines containing the needle.
+#[derive(Debug)]
+struct ChunkScan {
+    path: PathBuf,
+    file: File,
+    finder: memchr::memmem::Finder<'static>,
+    last_segment: bool,
+    chunk: usize,
+    /// Bytes read and not yet consumed; `buf[..end]` is being searched.
+    buf: Vec<u8>,
+    /// `buf[..end]` lowercased.
+    lower: Vec<u8>,
+    /// File offset of `buf[0]`.
+    base: u64,
+    /// `buf[..end]` is what is searched: complete lines (or everything, at the end of file).
+    end: usize,
+    /// Where the search goes on in `lower[..end]`.
+    from: usize,
+    /// Newlines in `buf[..counted]` are counted in `lines`.
+    counted: usize,
+    /// Complete lines before `buf[counted]`; at the end, the number of lines of the segment.
+    lines: u64,
+    /// Whether `buf[..end]` holds a chunk being searched.
+    loaded: bool,
+    eof: bool,
+    done: bool,
+}
+
+impl ChunkScan {
+    fn new(path: PathBuf, file: File, needle: &[u8], last_segment: bool, chunk: usize) -> Self {
+        ChunkScan {
+            path,
+            file,
+            finder: memchr::memmem::Finder::new(needle).into_owned(),
+            last_segment,
+            chunk,
+            buf: Vec::with_capacity(chunk.saturating_mul(2)),
+            lower: Vec::with_capacity(chunk.saturating_mul(2)),
+            base: 0,
+            end: 0,
+            from: 0,
+            counted: 0,
+            lines: 0,
+            loaded: false,
+            eof: false,
+            done: false,
+        }
+    }
+
+    /// Finds the next line holding the needle; `None` at the end of the segment.
+    fn advance(&mut self) -> Result<Option<Hit>, AuditError> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            if self.loaded {
+                if self.from < self.end {
+                    if let Some(found) = self.finder.find(&self.lower[self.from..self.end]) {
+                        let at = self.from + found;
+                        let start = memchr::memrchr(b'\n', &self.buf[..at]).map_or(0, |i| i + 1);
+                        let stop = memchr::memchr(b'\n', &self.buf[at..self.end])
+                            .map_or(self.end, |i| at + i);
+                        self.lines += memchr::memchr_iter(b'\n', &self.buf[self.counted..start])
+                            .count() as u64;
+                        self.counted = start;
+                        self.from = stop + 1;
+                        return Ok(Some(Hit {
+                            start,
+                            stop,
+                            line: self.lines + 1,
+                        }));
+                    }
+                    self.from = self.end;
+                }
+                // This chunk is searched: count its remaining lines and move on.
+                self.lines +=
+                    memchr::memchr_iter(b'\n', &self.buf[self.counted..self.end]).count() as u64;
+                if self.eof {
+                    if self.end > 0 && self.buf[self.end - 1] != b'\n' {
+                        self.lines += 1; // the incomplete last line
+                    }
+                    self.done = true;
+                    return Ok(None);
+                }
+                self.buf.drain(..self.end);
+                self.base += self.end as u64;
+                self.loaded = false;
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Reads until `buf` holds at least one complete line (or the end of the file).
+    fn fill(&mut self) -> Result<(), AuditError> {
+        loop {
+            let filled = self.buf.len();
+            self.buf.resize(filled + self.chunk, 0);
+            let n = loop {
+                match self.file.read(&mut self.buf[filled..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.buf.truncate(filled);
+                        return Err(AuditError::read(&self.path, e));
+                    }
+                }
+            };
+            self.buf.truncate(filled + n);
+            let eof = n == 0;
+            let end = if eof {
+                self.buf.len()
+            } else {
+                match memchr::memrchr(b'\n', &self.buf) {
+                    Some(i) => i + 1,
+                    None => continue, // one very long line: read more
+                }
+            };
+            self.lower.clear();
+            self.lower.extend_from_slice(&self.buf[..end]);
+            self.lower.make_ascii_lowercase();
+            self.end = end;
+            self.from = 0;
+            self.counted = 0;
+            self.eof = eof;
+            self.loaded = true;
+            return Ok(());
+        }
+    }
+
+    fn line(&self, hit: Hit) -> RawLine<'_> {
+        RawLine {
+            path: &self.path,
+            line: hit.line,
+            offset: self.base + hit.start as u64,
+            bytes: &self.buf[hit.start..hit.stop],
+            complete: hit.stop < self.end,
+            last_segment: self.last_segment,
+        }
+    }
+}
+
+/// Calls `f` for every line of the segment at `path` that contains `needle` (lowercase),
+/// reading `chunk` bytes at a time; returns the number of lines in the segment. The push form
+/// of [`SegmentScan`], for the tests that hold it to a line-by-line scan.
+#[cfg(test)]
+pub(crate) fn scan_chunked(
+    path: &Path,
+    needle: &[u8],
+    last_segment: bool,
+    chunk: usize,
+    mut f: impl FnMut(RawLine<'_>),
+) -> Result<u64, AuditError> {
+    let mut scan = SegmentScan::with_chunk(vec![path.to_owned()], needle.to_vec(), chunk);
+    while let Some(line) = scan.next() {
+        let mut line = line?;
+        // The scan takes its one segment for the last; say what the caller asked.
+        line.last_segment = last_segment;
+        f(line);
+    }
+    Ok(scan.lines_read())
 }

@@ -12,8 +12,8 @@ use std::time::SystemTime;
 
 use crate::error::AuditError;
 use crate::event::Event;
-use crate::reader::{parse_line, RawLine, RawLines};
-use crate::store::segment_paths;
+use crate::logset::{parse_ts, LogCounts, LogSet, Merged, Want};
+use crate::reader::Entry;
 
 /// Which events to show. Every given criterion must match; an empty filter matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -160,7 +160,7 @@ fn eq_opt(want: &Option<String>, have: &Option<String>) -> bool {
 
 /// The time of an event's `ts`, if it is a valid RFC 3339 time.
 pub fn event_time(ts: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(ts).ok()
+    parse_ts(ts)
 }
 
 /// Parses a `--since`/`--until` value: an RFC 3339 time (`2025-03-01T18:00:00Z`, with an
@@ -207,7 +207,7 @@ pub fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, String> {
 }
 
 /// Whether `hay` contains `needle`, ignoring ASCII case (the per-line form of what
-/// [`scan_lines_containing`] does per chunk; the tests hold one to the other).
+/// the chunked scan of the reader does per chunk; the tests hold one to the other).
 #[cfg(test)]
 pub(crate) fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
     let Some((&first, rest)) = needle.split_first() else {
@@ -241,12 +241,38 @@ const W_OUTCOME: usize = 36;
 
 /// The header line of the table.
 pub fn table_header() -> String {
-    row("TIME", "TYPE", "USER", "ENDPOINT", "OUTCOME", "SESSION")
+    row(
+        "TIME", None, "TYPE", "USER", "ENDPOINT", "OUTCOME", "SESSION",
+    )
+}
+
+/// The header line of the table over several logs: a `REPLICA` column `width` wide after the
+/// time.
+pub fn table_header_replica(width: usize) -> String {
+    row(
+        "TIME",
+        Some(("REPLICA", width)),
+        "TYPE",
+        "USER",
+        "ENDPOINT",
+        "OUTCOME",
+        "SESSION",
+    )
 }
 
 /// One table line for `event`: time, type, user, endpoint (or connector / site), outcome
 /// (decision, close reason or detail) and session id. Missing values print as `-`.
 pub fn table_row(event: &Event) -> String {
+    table_row_in(event, None)
+}
+
+/// [`table_row`] with the replica label of the event's log after the time, in a column `width`
+/// wide (see [`table_header_replica`]).
+pub fn table_row_replica(event: &Event, replica: &str, width: usize) -> String {
+    table_row_in(event, Some((&one_line(replica), width)))
+}
+
+fn table_row_in(event: &Event, replica: Option<(&str, usize)>) -> String {
     let endpoint = if let Some(ep) = &event.endpoint {
         format!("{}@{}", ep.name, ep.site)
     } else if let Some(c) = &event.connector {
@@ -275,6 +301,7 @@ pub fn table_row(event: &Event) -> String {
         .unwrap_or("-");
     row(
         &one_line(&event.ts),
+        replica,
         &one_line(&event.kind),
         &one_line(user),
         &one_line(&endpoint),
@@ -283,8 +310,20 @@ pub fn table_row(event: &Event) -> String {
     )
 }
 
-fn row(ts: &str, kind: &str, user: &str, endpoint: &str, outcome: &str, session: &str) -> String {
-    format!("{ts:<W_TS$} {kind:<W_TYPE$} {user:<W_USER$} {endpoint:<W_ENDPOINT$} {outcome:<W_OUTCOME$} {session}")
+fn row(
+    ts: &str,
+    replica: Option<(&str, usize)>,
+    kind: &str,
+    user: &str,
+    endpoint: &str,
+    outcome: &str,
+    session: &str,
+) -> String {
+    let replica = match replica {
+        Some((label, width)) => format!("{label:<width$} "),
+        None => String::new(),
+    };
+    format!("{ts:<W_TS$} {replica}{kind:<W_TYPE$} {user:<W_USER$} {endpoint:<W_ENDPOINT$} {outcome:<W_OUTCOME$} {session}")
 }
 
 /// Free text may hold newlines or control characters; a table row must stay one line and must
@@ -438,13 +477,28 @@ pub enum ReportError {
 pub struct Summary {
     /// Lines read.
     pub scanned: u64,
-    /// Events printed.
+    /// Events (`sessions`: rows) printed.
     pub matched: u64,
     /// Lines that are not valid events (reported through the callback).
     pub bad_lines: u64,
-    /// Whether the log ends in an incomplete line (a crash or a write in progress); it is
+    /// Whether a log ends in an incomplete line (a crash or a write in progress); it is
     /// skipped without counting as bad.
     pub torn_tail: bool,
+    /// The same, log by log (one entry per log read), to say which log.
+    pub logs: Vec<LogCounts>,
+    /// `sessions` over several logs: session events that came after their session already had
+    /// a row with a start and an end, or an end (a second end written by another replica, or a
+    /// start found again). Each session still has one row, with its earliest end.
+    pub folded: u64,
+}
+
+impl Summary {
+    pub(crate) fn fill(&mut self, logs: Vec<LogCounts>) {
+        self.scanned = logs.iter().map(|l| l.scanned).sum();
+        self.bad_lines = logs.iter().map(|l| l.bad_lines).sum();
+        self.torn_tail = logs.iter().any(|l| l.torn_tail);
+        self.logs = logs;
+    }
 }
 
 /// Streams the log in `dir`, printing every event that passes `filter` to `out` in `format`.
@@ -456,162 +510,120 @@ pub fn search(
     out: &mut dyn Write,
     bad: &mut dyn FnMut(&AuditError),
 ) -> Result<Summary, ReportError> {
-    let needle = filter.prefilter();
-    let paths = segment_paths(dir)?;
-    if paths.is_empty() {
-        return Err(AuditError::NoLog {
-            dir: dir.to_owned(),
-            expected: crate::store::first_segment_path(dir),
-        }
-        .into());
+    search_logs(&LogSet::single(dir), filter, format, out, bad)
+}
+
+/// Streams every log of `logs`, printing every event that passes `filter` to `out` in `format`,
+/// merged by event time (see [`crate::logset`]: each log keeps its own order; ties go to the log
+/// given first). With several logs each row says which log it came from, by its replica label:
+/// a `REPLICA` column after the time in the table, a first `replica` column in CSV, a first
+/// `"replica"` member in JSON (take it out again to get the stored line, hash and all), and a
+/// `replica` parameter in the syslog structured data. With one log the output is exactly the
+/// single-log output. Bad lines are passed to `bad` and skipped, so the auditor still sees the
+/// rest.
+pub fn search_logs(
+    logs: &LogSet,
+    filter: &Filter,
+    format: Format,
+    out: &mut dyn Write,
+    bad: &mut dyn FnMut(&AuditError),
+) -> Result<Summary, ReportError> {
+    let mut matches = Matches::open(logs, filter)?;
+    let replicas = logs.is_merged();
+    let width = logs.label_width().max("REPLICA".len());
+    match (format, replicas) {
+        (Format::Table, false) => writeln!(out, "{}", table_header())?,
+        (Format::Table, true) => writeln!(out, "{}", table_header_replica(width))?,
+        (Format::Csv, false) => writeln!(out, "{}", csv_header())?,
+        (Format::Csv, true) => writeln!(out, "replica,{}", csv_header())?,
+        (Format::Json | Format::Syslog, _) => {}
     }
-    let mut summary = Summary::default();
-    match format {
-        Format::Table => writeln!(out, "{}", table_header())?,
-        Format::Csv => writeln!(out, "{}", csv_header())?,
-        Format::Json | Format::Syslog => {}
-    }
-    let mut handle = |line: &RawLine<'_>, summary: &mut Summary| -> Result<(), ReportError> {
-        if !line.complete && line.last_segment {
-            summary.torn_tail = true;
-            return Ok(());
-        }
-        let entry = match parse_line(line) {
-            Ok(entry) => entry,
-            Err(e) => {
-                summary.bad_lines += 1;
-                bad(&e);
-                return Ok(());
+    while let Some((log, entry)) = matches.next(bad)? {
+        let label = &logs.logs()[log].label;
+        match (format, replicas) {
+            (Format::Table, false) => writeln!(out, "{}", table_row(&entry.event))?,
+            (Format::Table, true) => {
+                writeln!(out, "{}", table_row_replica(&entry.event, label, width))?
             }
-        };
-        if !filter.matches(&entry.event) {
-            return Ok(());
-        }
-        summary.matched += 1;
-        match format {
-            Format::Table => writeln!(out, "{}", table_row(&entry.event))?,
-            Format::Json => writeln!(out, "{}", entry.raw)?,
-            Format::Csv => writeln!(out, "{}", csv_row(&entry.event))?,
-            Format::Syslog => {
-                out.write_all(&crate::syslog::format_rfc5424(
+            (Format::Json, false) => writeln!(out, "{}", entry.raw)?,
+            (Format::Json, true) => writeln!(out, "{}", json_with_replica(&entry.raw, label))?,
+            (Format::Csv, false) => writeln!(out, "{}", csv_row(&entry.event))?,
+            (Format::Csv, true) => writeln!(out, "{},{}", csv_cell(label), csv_row(&entry.event))?,
+            (Format::Syslog, _) => {
+                out.write_all(&crate::syslog::format_rfc5424_replica(
                     entry.raw.as_bytes(),
                     "postern",
                     "-",
+                    replicas.then_some(label.as_str()),
                 ))?;
                 out.write_all(b"\n")?;
             }
         }
-        Ok(())
-    };
-    match needle {
-        Some(needle) => {
-            let needle = needle.to_ascii_lowercase();
-            let count = paths.len();
-            for (i, path) in paths.iter().enumerate() {
-                let lines = scan_lines_containing(path, &needle, i + 1 == count, |line| {
-                    handle(&line, &mut summary)
-                })?;
-                summary.scanned += lines;
-            }
-        }
-        None => {
-            let mut lines = RawLines::from_paths(paths);
-            while let Some(line) = lines.next() {
-                let line = line?;
-                summary.scanned += 1;
-                handle(&line, &mut summary)?;
-            }
-        }
     }
-    Ok(summary)
+    Ok(matches.summary())
 }
 
-/// Size of the chunks [`scan_lines_containing`] reads.
-const SCAN_CHUNK: usize = 4 * 1024 * 1024;
-
-/// Calls `f` for every line of the segment at `path` that contains `needle` (lowercase; ASCII
-/// case is ignored). Reads the file in large chunks, lowercases each chunk once and searches it
-/// with a SIMD substring finder, so lines without the needle cost almost nothing. Returns the
-/// number of lines in the segment.
-fn scan_lines_containing(
-    path: &Path,
-    needle: &[u8],
-    last_segment: bool,
-    f: impl FnMut(RawLine<'_>) -> Result<(), ReportError>,
-) -> Result<u64, ReportError> {
-    scan_chunked(path, needle, last_segment, SCAN_CHUNK, f)
+/// The events of a [`LogSet`] that pass a [`Filter`], merged by event time, one at a time:
+/// what `search` prints and `export` sends. Memory does not grow with the logs: one event is
+/// held per log.
+pub struct Matches<'a> {
+    logs: &'a LogSet,
+    merged: Merged<'a, Entry>,
+    matched: u64,
 }
 
-fn scan_chunked(
-    path: &Path,
-    needle: &[u8],
-    last_segment: bool,
-    chunk: usize,
-    mut f: impl FnMut(RawLine<'_>) -> Result<(), ReportError>,
-) -> Result<u64, ReportError> {
-    use std::io::Read;
-    let finder = memchr::memmem::Finder::new(needle);
-    let mut file = std::fs::File::open(path).map_err(|e| AuditError::read(path, e))?;
-    let mut buf: Vec<u8> = Vec::with_capacity(chunk * 2);
-    let mut lower: Vec<u8> = Vec::with_capacity(chunk * 2);
-    let mut base = 0u64; // file offset of buf[0]
-    let mut lines_before_buf = 0u64; // complete lines before buf[0]
-    loop {
-        let filled = buf.len();
-        buf.resize(filled + chunk, 0);
-        let n = loop {
-            match file.read(&mut buf[filled..]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(AuditError::read(path, e).into()),
-            }
-        };
-        buf.truncate(filled + n);
-        let eof = n == 0;
-        let end = if eof {
-            buf.len()
-        } else {
-            match memchr::memrchr(b'\n', &buf) {
-                Some(i) => i + 1,
-                None => continue, // one very long line: read more
-            }
-        };
-        lower.clear();
-        lower.extend_from_slice(&buf[..end]);
-        lower.make_ascii_lowercase();
-        let mut counted = 0usize;
-        let mut lines = lines_before_buf;
-        let mut from = 0usize;
-        while from < end {
-            let Some(hit) = finder.find(&lower[from..end]) else {
-                break;
-            };
-            let at = from + hit;
-            let start = memchr::memrchr(b'\n', &buf[..at]).map_or(0, |i| i + 1);
-            let stop = memchr::memchr(b'\n', &buf[at..end]).map_or(end, |i| at + i);
-            lines += memchr::memchr_iter(b'\n', &buf[counted..start]).count() as u64;
-            counted = start;
-            let complete = stop < end;
-            f(RawLine {
-                path,
-                line: lines + 1,
-                offset: base + start as u64,
-                bytes: &buf[start..stop],
-                complete,
-                last_segment,
-            })?;
-            from = stop + 1;
+impl<'a> Matches<'a> {
+    /// Opens every log of `logs`. Fails if one has no log or cannot be read.
+    pub fn open(logs: &'a LogSet, filter: &'a Filter) -> Result<Matches<'a>, AuditError> {
+        let merged = Merged::open(
+            logs,
+            Want {
+                needle: filter.prefilter().map(|n| n.to_ascii_lowercase()),
+                line: Box::new(|_| true),
+                event: Box::new(|event| filter.matches(event)),
+            },
+        )?;
+        Ok(Matches {
+            logs,
+            merged,
+            matched: 0,
+        })
+    }
+
+    /// The next matching event, lent until the next call, and the index of its log in the set.
+    /// Lines that are not valid events are counted and passed to `bad`; an I/O error ends the
+    /// stream.
+    pub fn next(
+        &mut self,
+        bad: &mut dyn FnMut(&AuditError),
+    ) -> Result<Option<(usize, &Entry)>, AuditError> {
+        let next = self.merged.next(bad)?;
+        if next.is_some() {
+            self.matched += 1;
         }
-        lines += memchr::memchr_iter(b'\n', &buf[counted..end]).count() as u64;
-        lines_before_buf = lines;
-        if eof {
-            if end > 0 && buf[end - 1] != b'\n' {
-                lines_before_buf += 1; // the incomplete last line
-            }
-            return Ok(lines_before_buf);
-        }
-        buf.drain(..end);
-        base += end as u64;
+        Ok(next.map(|h| (h.log, &h.payload)))
+    }
+
+    /// What was read so far: lines, matches, bad lines, torn tails, log by log.
+    pub fn summary(&self) -> Summary {
+        let mut summary = Summary {
+            matched: self.matched,
+            ..Summary::default()
+        };
+        summary.fill(self.merged.counts(self.logs));
+        summary
+    }
+}
+
+/// A stored line with `"replica":LABEL` as its first member. Take that member out again and
+/// the line is the stored one, so its hash still checks.
+pub fn json_with_replica(raw: &str, label: &str) -> String {
+    let quoted = serde_json::to_string(label).unwrap_or_else(|_| "\"\"".to_owned());
+    let trimmed = raw.trim_start();
+    match trimmed.strip_prefix('{') {
+        Some(rest) if rest.trim_start().starts_with('}') => format!("{{\"replica\":{quoted}{rest}"),
+        Some(rest) => format!("{{\"replica\":{quoted},{rest}"),
+        None => raw.to_owned(),
     }
 }
 
@@ -836,21 +848,39 @@ mod tests {
             offset += chunk.len() as u64;
         }
         assert_eq!(want.len(), 200 / 7 + 2);
-        for chunk in [1, 7, 64, 1000, SCAN_CHUNK] {
+        for chunk in [1, 7, 64, 1000, 4 * 1024 * 1024] {
             let mut got = Vec::new();
-            let lines = scan_chunked(&path, needle, true, chunk, |l| {
+            let lines = crate::reader::scan_chunked(&path, needle, true, chunk, |l| {
                 got.push((
                     l.line,
                     l.offset,
                     String::from_utf8(l.bytes.to_vec()).unwrap(),
                     l.complete,
                 ));
-                Ok(())
             })
             .unwrap();
             assert_eq!(got, want, "chunk {chunk}");
             assert_eq!(lines, 201, "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn json_rows_of_several_logs_carry_the_replica_first() {
+        let raw = r#"{"v":1,"seq":3,"ts":"t","type":"x","hash":"h"}"#;
+        let with = json_with_replica(raw, "gw-\"a\"");
+        assert_eq!(
+            with,
+            r#"{"replica":"gw-\"a\"","v":1,"seq":3,"ts":"t","type":"x","hash":"h"}"#
+        );
+        // Taking the member out gives back the stored line.
+        let member = format!(
+            r#""replica":{},"#,
+            serde_json::to_string("gw-\"a\"").unwrap()
+        );
+        assert_eq!(with.replacen(&member, "", 1), raw);
+        let e: Event = serde_json::from_str(&with).unwrap();
+        assert_eq!(e.seq, Some(3));
+        assert_eq!(json_with_replica("{}", "a"), r#"{"replica":"a"}"#);
     }
 
     #[test]

@@ -243,6 +243,18 @@ impl SyslogConnection {
 /// `audit.truncation_detected`), warning for refusals and failures and notice otherwise, the event's `ts`, node id
 /// as HOSTNAME, `type` as MSGID, `seq` and `hash` as structured data, the line itself as MSG.
 pub fn format_rfc5424(line: &[u8], app_name: &str, fallback_host: &str) -> Vec<u8> {
+    format_rfc5424_replica(line, app_name, fallback_host, None)
+}
+
+/// [`format_rfc5424`], plus a `replica` parameter in the structured data after `seq` and `hash`
+/// when given: which log the line came from, when several replicas' logs are exported as one
+/// stream (`seq` counts in each log on its own).
+pub fn format_rfc5424_replica(
+    line: &[u8],
+    app_name: &str,
+    fallback_host: &str,
+    replica: Option<&str>,
+) -> Vec<u8> {
     let view = ChainView::parse(line).unwrap_or_default();
     let severity = severity(&view.kind);
     let pri = u16::from(FACILITY) * 8 + u16::from(severity);
@@ -260,6 +272,13 @@ pub fn format_rfc5424(line: &[u8], app_name: &str, fallback_host: &str) -> Vec<u
     }
     if let Some(hash) = &view.hash {
         sd.push_str(&format!(" hash=\"{}\"", sd_escape(hash)));
+    }
+    if let Some(replica) = replica {
+        let replica: String = replica
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        sd.push_str(&format!(" replica=\"{}\"", sd_escape(&replica)));
     }
     sd.push(']');
     let mut out = format!("<{pri}>1 {ts} {host} {app} - {msgid} {sd} ").into_bytes();

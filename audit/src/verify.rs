@@ -20,6 +20,11 @@
 //!
 //! After a problem the verifier re-synchronises on the line's own claims and goes on, so one
 //! edit is one problem and the rest of the log is still checked.
+//!
+//! Several logs (one per gateway replica, [`verify_logs`]) are each verified on their own, as
+//! the separate chains they are: their own links, checkpoints, key, `audit.head` and witnesses.
+//! Nothing links one replica's chain to another's, so a whole log left out is not something
+//! verify can see; the auditor names the replicas' logs.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,6 +35,7 @@ use crate::error::AuditError;
 use crate::event::EventType;
 use crate::hexfmt::{decode_hex, hex};
 use crate::key::AuditPublicKey;
+use crate::logset::LogSet;
 use crate::reader::RawLines;
 use crate::store::{segment_paths, HEAD_FILE};
 use crate::witness::Witness;
@@ -166,6 +172,156 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<VerifyReport, Audit
         Err(e) => return Err(AuditError::read(&head_path, e)),
     };
     Ok(v.finish(head.as_deref()))
+}
+
+/// What to check in each of several logs ([`verify_logs`]).
+#[derive(Debug, Clone, Default)]
+pub struct LogsVerifyOptions {
+    /// Trusted audit keys: none (each log is checked against the key it names itself: trust on
+    /// first use), one (every log must be signed with it: replicas sharing a key), or one per
+    /// log, in the order of the logs.
+    pub pubkeys: Vec<AuditPublicKey>,
+    /// Checkpoints held by an outside witness, of any of the logs. Each is checked against the
+    /// log it belongs to: the one whose node id it names, or, when node ids do not tell (they
+    /// repeat, or the log names none), the one whose key it names.
+    pub witnesses: Vec<Witness>,
+    /// Require every log to end with a closing checkpoint.
+    pub require_closed: bool,
+    /// Keep at most this many problems per log (all are counted). 0 means 20.
+    pub max_problems: usize,
+}
+
+/// The outcome of verifying one log of a set.
+#[derive(Debug)]
+pub struct LogVerdict {
+    /// The log's directory, as given.
+    pub dir: PathBuf,
+    /// Its replica label (see [`LogSet::open`]).
+    pub label: String,
+    /// Its node id, if it names one.
+    pub node: Option<String>,
+    /// Witness lines that were matched to it (and checked as part of `result`).
+    pub witnesses: usize,
+    /// The report, or why the log could not be checked (no log, no event, unreadable).
+    pub result: Result<VerifyReport, AuditError>,
+}
+
+/// Verifies every log of `logs` on its own (see [`LogsVerifyOptions`]), in order. `Err` only
+/// when the options do not fit the logs (a number of keys that is neither one nor one per log;
+/// a witness line that matches none, or more than one, of the logs); a log that cannot be read
+/// is a verdict with an `Err` result, and the others are still verified.
+pub fn verify_logs(
+    logs: &LogSet,
+    options: &LogsVerifyOptions,
+) -> Result<Vec<LogVerdict>, AuditError> {
+    let n = logs.logs().len();
+    let key_of = |i: usize| -> Option<AuditPublicKey> {
+        match options.pubkeys.len() {
+            0 => None,
+            1 => options.pubkeys.first().copied(),
+            _ => options.pubkeys.get(i).copied(),
+        }
+    };
+    if options.pubkeys.len() > 1 && options.pubkeys.len() != n {
+        return Err(AuditError::Key {
+            path: None,
+            reason: format!(
+                "{} public keys given for {n} logs: give one for every log, or one per log in the order of the logs",
+                options.pubkeys.len()
+            ),
+        });
+    }
+    let mut witnesses: Vec<Vec<Witness>> = vec![Vec::new(); n];
+    for w in &options.witnesses {
+        let i = if n == 1 {
+            0
+        } else {
+            witness_log(logs, w, &key_of)?
+        };
+        witnesses[i].push(w.clone());
+    }
+    Ok(logs
+        .logs()
+        .iter()
+        .zip(witnesses)
+        .enumerate()
+        .map(|(i, (log, witnesses))| {
+            let count = witnesses.len();
+            let result = match &log.problem {
+                Some(problem) => Err(problem.clone()),
+                None => verify(
+                    &log.dir,
+                    &VerifyOptions {
+                        pubkey: key_of(i),
+                        witnesses,
+                        require_closed: options.require_closed,
+                        max_problems: options.max_problems,
+                    },
+                ),
+            };
+            LogVerdict {
+                dir: log.dir.clone(),
+                label: log.label.clone(),
+                node: log.node.clone(),
+                witnesses: count,
+                result,
+            }
+        })
+        .collect())
+}
+
+/// The one log of `logs` that witness `w` belongs to: by node id, else by key.
+fn witness_log(
+    logs: &LogSet,
+    w: &Witness,
+    key_of: &dyn Fn(usize) -> Option<AuditPublicKey>,
+) -> Result<usize, AuditError> {
+    let by_node: Vec<usize> = logs
+        .logs()
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !w.node.is_empty() && l.node.as_deref() == Some(w.node.as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    if let [i] = by_node[..] {
+        return Ok(i);
+    }
+    let pool: Vec<usize> = if by_node.is_empty() {
+        (0..logs.logs().len()).collect()
+    } else {
+        by_node
+    };
+    let wanted = AuditPublicKey::from_hex(&w.key);
+    let by_key: Vec<usize> = pool
+        .into_iter()
+        .filter(|&i| {
+            let key = key_of(i).or_else(|| {
+                logs.logs()[i]
+                    .key
+                    .as_deref()
+                    .and_then(AuditPublicKey::from_hex)
+            });
+            wanted.is_some() && key == wanted
+        })
+        .collect();
+    match by_key[..] {
+        [i] => Ok(i),
+        [] => Err(AuditError::Witness {
+            reason: format!(
+                "the checkpoint of node {:?} at seq {} (key {}) belongs to none of the logs given (no log names that node, or its key)",
+                w.node, w.seq, w.key
+            ),
+        }),
+        _ => Err(AuditError::Witness {
+            reason: format!(
+                "the checkpoint of node {:?} at seq {} (key {}) could belong to {} of the logs given (same node id and key): verify them one at a time",
+                w.node,
+                w.seq,
+                w.key,
+                by_key.len()
+            ),
+        }),
+    }
 }
 
 /// Verifies segments held in memory (oldest first), with the contents of `audit.head` if any.
