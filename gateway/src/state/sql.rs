@@ -284,17 +284,7 @@ impl SqlStore {
             insert_connector(&mut tx, c).await?;
         }
         for r in &tables.revoked_tokens {
-            sqlx::query(
-                "INSERT INTO revoked_tokens (jti, exp, user_name, revoked) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (jti) DO NOTHING",
-            )
-            .bind(r.jti.clone())
-            .bind(t(r.exp))
-            .bind(r.user.clone())
-            .bind(t(r.revoked))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            insert_revoked_token(&mut tx, r).await?;
         }
         for r in &tables.revoked_users {
             upsert_revoked_user(&mut tx, &r.user, r.before).await?;
@@ -475,6 +465,25 @@ async fn insert_connector(
     .bind(c.revoked.map(t))
     .bind(c.previous_serial.clone())
     .bind(c.renewed.map(t))
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Records a revoked token (once: a second revocation of it changes nothing).
+async fn insert_revoked_token(
+    tx: &mut Transaction<'static, Any>,
+    r: &RevokedToken,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO revoked_tokens (jti, exp, user_name, revoked) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (jti) DO NOTHING",
+    )
+    .bind(r.jti.clone())
+    .bind(t(r.exp))
+    .bind(r.user.clone())
+    .bind(t(r.revoked))
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;
@@ -765,17 +774,7 @@ impl StateStore for SqlStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            sqlx::query(
-                "INSERT INTO revoked_tokens (jti, exp, user_name, revoked) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (jti) DO NOTHING",
-            )
-            .bind(token.jti.clone())
-            .bind(t(token.exp))
-            .bind(token.user.clone())
-            .bind(t(token.revoked))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            insert_revoked_token(&mut tx, &token).await?;
             self.commit(tx, vec![Change::TokenRevoked(token.jti)]).await
         })
     }
