@@ -1,7 +1,8 @@
 //! This gateway as one replica among those sharing the state store.
 //!
 //! * **Registration**: at start the replica records itself in the store (id = `node_id`,
-//!   a random instance id, client and connector addresses, version) and then beats every
+//!   the instance id of its state directory, client and connector addresses, version) and
+//!   then beats every
 //!   [`HEARTBEAT`]; a replica whose last beat is older than [`LIVE_FOR`] counts as gone. A
 //!   second process starting with the `node_id` of a live replica is refused. A clean stop
 //!   removes the record. `postern-gateway replicas` lists them.
@@ -63,6 +64,34 @@ pub async fn token_keys(
     Ok(keys)
 }
 
+/// The id of this replica's state directory (`STATE_DIR/replica-instance`, made once): a
+/// restart on the same directory (systemd after a crash) is the same replica and takes its
+/// record over at once; another directory claiming the same `node_id` while it lives is not.
+fn instance_id(state_dir: &std::path::Path) -> Result<String, GatewayError> {
+    let path = state_dir.join("replica-instance");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(GatewayError::Io {
+                what: format!("reading {}", path.display()),
+                source,
+            })
+        }
+    }
+    let id = postern_proto::ids::random_id("inst").map_err(|_| {
+        GatewayError::other("registering the replica", "random number generator failed")
+    })?;
+    postern_net::fsutil::write_atomic(&path, id.as_bytes(), 0o600).map_err(|source| {
+        GatewayError::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        }
+    })?;
+    Ok(id)
+}
+
 /// This replica's record in the store.
 pub struct Replica {
     store: SharedStore,
@@ -78,9 +107,7 @@ impl Replica {
         connector_addrs: Vec<String>,
         now: u64,
     ) -> Result<Replica, GatewayError> {
-        let instance = postern_proto::ids::random_id("inst").map_err(|_| {
-            GatewayError::other("registering the replica", "random number generator failed")
-        })?;
+        let instance = instance_id(&config.state_dir)?;
         let rec = ReplicaRec {
             id: config.node_id.clone(),
             instance,

@@ -368,13 +368,13 @@ fn replicas_register_share_tokens_and_refuse_a_duplicate_id() {
         std::fs::copy(a.path("gw").join(f), b_state.join(f)).unwrap();
     }
     let b_port = postern_e2e::free_port();
-    let b_toml = |node: &str, port: u16| {
+    let b_toml = |node: &str, port: u16, state: &std::path::Path| {
         let p = b_dir.path().join(format!("{node}-{port}.toml"));
         std::fs::write(
             &p,
             format!(
                 "node_id = \"{node}\"\nstate_dir = \"{}\"\npolicy = \"{}\"\n[listen]\nclients = \"127.0.0.1:{port}\"\nconnectors = \"127.0.0.1:{}\"\n{store}",
-                b_state.display(),
+                state.display(),
                 a.path("policy.toml").display(),
                 postern_e2e::free_port()
             ),
@@ -382,7 +382,7 @@ fn replicas_register_share_tokens_and_refuse_a_duplicate_id() {
         .unwrap();
         p
     };
-    let b_config = b_toml("gw-b", b_port);
+    let b_config = b_toml("gw-b", b_port, &b_state);
     let mut b = postern_e2e::Proc::spawn(
         "gateway-b",
         Command::new(bin("postern-gateway"))
@@ -417,8 +417,13 @@ fn replicas_register_share_tokens_and_refuse_a_duplicate_id() {
     assert!(out.contains("\"echo\""), "{out}");
     assert!(b.is_running(), "{}", b.log_text());
 
-    // A second process claiming B's node_id is refused at start, saying why.
-    let dup = b_toml("gw-b", postern_e2e::free_port());
+    // Another gateway (its own state directory) claiming B's node_id is refused at start,
+    // saying why.
+    let dup = b_toml(
+        "gw-b",
+        postern_e2e::free_port(),
+        &b_dir.path().join("other"),
+    );
     let (ok, _, err) = run(Command::new(bin("postern-gateway"))
         .args(["run", "--config"])
         .arg(&dup));
