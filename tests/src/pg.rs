@@ -1,8 +1,9 @@
-//! A throwaway PostgreSQL cluster for one test binary: Debian's PostgreSQL server binaries
+//! A throwaway PostgreSQL cluster for one test: Debian's PostgreSQL server binaries
 //! (`/usr/lib/postgresql/N/bin`), `initdb` into a temporary directory (as the `postgres`
 //! account when the tests run as root, since PostgreSQL refuses to run as root), started with
 //! `pg_ctl` on a free loopback port, password authentication (SCRAM) for the `postern` role.
-//! Nothing touches the system's own cluster. Stopped (immediately) when dropped.
+//! Nothing touches the system's own cluster. Stopped (immediately) and removed when dropped:
+//! keep it in a local, not a static (statics are never dropped).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

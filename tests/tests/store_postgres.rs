@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use postern_e2e::pg::Postgres;
@@ -13,10 +12,10 @@ use postern_e2e::{bin, echo_policy, run, Deployment, Echo};
 use postern_gateway::config::SecretSource;
 use postern_gateway::state::{self, PostgresConfig, StoreConfig};
 
-/// One cluster for the tests of this file; each test has its own database.
-fn cluster() -> &'static Postgres {
-    static PG: OnceLock<Postgres> = OnceLock::new();
-    PG.get_or_init(|| Postgres::start(&[]))
+/// A cluster of the test's own, stopped and removed when the test ends (a shared static one
+/// would never be dropped: its server would outlive the test run).
+fn cluster() -> Postgres {
+    Postgres::start(&[])
 }
 
 fn store_config(pg: &Postgres, db: &str) -> StoreConfig {
@@ -33,7 +32,7 @@ fn store_config(pg: &Postgres, db: &str) -> StoreConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_postgres_behave_as_the_store_must() {
-    let pg = cluster();
+    let pg = &cluster();
     let db = pg.create_database("conformance");
     let config = store_config(pg, &db);
     let dir_a = tempfile::tempdir().unwrap();
@@ -55,7 +54,7 @@ async fn two_replicas_on_postgres_behave_as_the_store_must() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_or_a_newer_schema_is_refused_clearly() {
-    let pg = cluster();
+    let pg = &cluster();
     let db = pg.create_database("refusals");
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("wrong");
@@ -170,7 +169,7 @@ async fn the_database_connection_uses_tls_and_checks_the_certificate() {
 /// another replica): the live tunnel ends within a second.
 #[test]
 fn a_revocation_written_to_the_database_ends_a_live_tunnel_within_a_second() {
-    let pg = cluster();
+    let pg = &cluster();
     let db = pg.create_database("gateway_live");
     let echo = Echo::start();
     let mut d = Deployment::prepare(&echo_policy(echo.addr));
@@ -338,7 +337,7 @@ fn a_database_outage_follows_the_staleness_rule_and_recovers_by_itself() {
 /// a live replica's node_id is refused; a clean stop leaves the list.
 #[test]
 fn replicas_register_share_tokens_and_refuse_a_duplicate_id() {
-    let pg = cluster();
+    let pg = &cluster();
     let db = pg.create_database("two_replicas");
     let echo = Echo::start();
     let store = format!(
