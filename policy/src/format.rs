@@ -4,8 +4,12 @@
 //! quoting and arrays are normalised. Sections are not reordered: authors arrange them.
 
 use std::cmp::Ordering;
+use std::ops::Range;
 
-use toml_edit::{Array, DocumentMut, InlineTable, Item, RawString, Table, Value};
+use toml_edit::visit::Visit;
+use toml_edit::{
+    Array, DocumentMut, Formatted, ImDocument, InlineTable, Item, RawString, Table, Value,
+};
 
 use crate::error::{Diagnostics, ErrorKind, SourceMap};
 use crate::text::one_line;
@@ -110,10 +114,23 @@ pub fn format_policy(text: &str, origin: &str) -> Result<String, PolicyError> {
     let trailing = comments(doc.trailing().as_str().unwrap_or_default(), true, false);
     doc.set_trailing(trailing);
 
-    let mut out = String::with_capacity(text.len());
-    for line in doc.to_string().lines() {
-        out.push_str(line.trim_end());
+    let rendered = doc.to_string();
+    let mut out = String::with_capacity(rendered.len());
+    // Line-end whitespace goes, except inside a multi-line string, where it is part of the
+    // value: removing it there changed the string, and an array measured with it on one pass
+    // and without it on the next was laid out differently (not idempotent).
+    let strings = multiline_strings(&rendered);
+    let mut strings = strings.iter().peekable();
+    let mut start = 0;
+    for line in rendered.split_inclusive('\n') {
+        let body = line.strip_suffix('\n').unwrap_or(line);
+        let kept = body.trim_end();
+        let end = start + kept.len();
+        while strings.next_if(|s| s.end <= end).is_some() {}
+        let in_string = strings.peek().is_some_and(|s| s.start < end);
+        out.push_str(if in_string { body } else { kept });
         out.push('\n');
+        start += line.len();
     }
     while out.ends_with("\n\n") {
         out.pop();
@@ -122,6 +139,38 @@ pub fn format_policy(text: &str, origin: &str) -> Result<String, PolicyError> {
         out.remove(0);
     }
     Ok(out)
+}
+
+/// The byte ranges, in document order, of the strings of `text` that span lines.
+fn multiline_strings(text: &str) -> Vec<Range<usize>> {
+    struct Strings<'t> {
+        text: &'t str,
+        found: Vec<Range<usize>>,
+    }
+    impl<'doc> Visit<'doc> for Strings<'_> {
+        fn visit_string(&mut self, node: &'doc Formatted<String>) {
+            if let Some(span) = node.span() {
+                if self
+                    .text
+                    .get(span.clone())
+                    .is_some_and(|s| s.contains('\n'))
+                {
+                    self.found.push(span);
+                }
+            }
+        }
+    }
+    let mut strings = Strings {
+        text,
+        found: Vec::new(),
+    };
+    // `text` is what toml_edit just wrote from a parsed document; should it not parse, no
+    // string is known and every line is trimmed.
+    if let Ok(doc) = ImDocument::parse(text) {
+        strings.visit_table(doc.as_table());
+    }
+    strings.found.sort_by_key(|s| s.start);
+    strings.found
 }
 
 /// A `[header]` table and its sub-tables (`[rules.device]`).
@@ -378,6 +427,41 @@ mod tests {
             "[[rules]]\nid = \"r\"\ndevice = { registered = true, approved = true }\n\n[rules.auth]\nmfa = true\nmax_age = \"12h\"\n"
         );
         assert_eq!(fmt(&out), out);
+    }
+
+    /// Found by `bench/fuzz policy/format` (minimised): the first pass measured this array with
+    /// the spaces at the end of the string's first line (110 characters: broken over lines),
+    /// then removed them with the rest of the line-end whitespace, and the second pass measured
+    /// 100 characters and joined the array again.
+    #[test]
+    fn line_end_whitespace_in_a_multiline_string_is_kept_and_idempotent() {
+        let input = format!("a = ['''\n{}{}\n''']\n", "x".repeat(90), " ".repeat(10));
+        let out = fmt(&input);
+        assert_eq!(fmt(&out), out, "idempotent");
+        let value: toml::Table = toml::from_str(&out).unwrap();
+        assert_eq!(
+            value["a"][0].as_str(),
+            Some(format!("{}{}\n", "x".repeat(90), " ".repeat(10)).as_str()),
+            "{out}"
+        );
+    }
+
+    /// Formatting changes no string, wherever it is: formatted, in an array left as written
+    /// (commented), in a sub-table the formatter does not reorder, or in an inline table.
+    #[test]
+    fn multiline_strings_keep_their_whitespace_everywhere() {
+        let input = "a = \"\"\"x  \ny\t\n  \nz\"\"\"   \n\
+            b = [ '''p \nq''', # kept as written\n]\n\
+            c = { d = \"\"\"e \nf\"\"\" }\n\
+            [s.t.u]\nv = '''w \n\t\nx'''  \n";
+        let out = fmt(input);
+        assert_eq!(fmt(&out), out, "idempotent");
+        let before: toml::Table = toml::from_str(input).unwrap();
+        let after: toml::Table = toml::from_str(&out).unwrap();
+        assert_eq!(before, after, "{out}");
+        // Outside strings, line ends are still trimmed.
+        assert!(out.contains("z\"\"\"\n"), "{out}");
+        assert!(out.contains("x'''\n"), "{out}");
     }
 
     #[test]
