@@ -17,7 +17,7 @@ ok() { echo "ok: $*"; pass=$((pass + 1)); }
 
 ./scripts/package.sh
 ver=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)-1
-debs=target/debian
+debs="${DEB_OUT:-${CARGO_TARGET_DIR:-target}/debian}"
 gw=$debs/postern-gateway_${ver}_amd64.deb
 conn=$debs/postern-connector_${ver}_amd64.deb
 cli=$debs/postern_${ver}_amd64.deb
