@@ -19,25 +19,7 @@ const CLIENT_SECRET: &str = "s3cret-for-browser-tests";
 
 /// Endpoints `echo` (plain allow for radiologists) plus whatever `extra` adds.
 fn policy(echo: std::net::SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-[[endpoints]]
-name = "echo"
-site = "truro"
-host = "127.0.0.1"
-port = {}
-protocol = "tcp"
-
-[[rules]]
-id = "radiologists"
-effect = "allow"
-groups = ["radiologists"]
-endpoints = ["echo"]
-max_session = "1h"
-{extra}
-"#,
-        echo.port()
-    )
+    postern_e2e::echo_policy(echo) + extra
 }
 
 fn users() -> Vec<OidcUser> {

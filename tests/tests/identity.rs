@@ -22,24 +22,7 @@ fn s(v: &Value) -> &str {
 /// `echo` for radiologists; `echo-recent` also needs a sign-in at most 12 h old (only when
 /// `recent` is set, so other tests run without any sign-in age rule).
 fn policy(echo: std::net::SocketAddr, recent: bool) -> String {
-    let mut p = format!(
-        r#"
-[[endpoints]]
-name = "echo"
-site = "truro"
-host = "127.0.0.1"
-port = {port}
-protocol = "tcp"
-
-[[rules]]
-id = "radiologists"
-effect = "allow"
-groups = ["radiologists"]
-endpoints = ["echo"]
-max_session = "1h"
-"#,
-        port = echo.port()
-    );
+    let mut p = postern_e2e::echo_policy(echo);
     if recent {
         p.push_str(&format!(
             r#"
