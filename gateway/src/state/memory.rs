@@ -1,4 +1,4 @@
-//! An in-memory store: the same rules as the file store (`rules`), held in a mutex, every
+//! An in-memory store: the domain rules on the whole state (`rules`), held in a mutex, every
 //! change announced on `changes()`. For tests of code that uses the store.
 
 use std::sync::Mutex;

@@ -1,8 +1,9 @@
-//! The domain rules of the store, on the whole state held as [`Tables`]: every
-//! implementation that keeps the tables itself (the file, memory) runs these under its own
-//! lock, so the rules — a token burns once, a failed signature leaves it usable, a revoked
-//! connector cannot renew, a credential registers once, a CLI code or a ceremony is taken
-//! once and only while it lives — are written once.
+//! The domain rules of the store, on the whole state held as [`Tables`], for the in-memory
+//! store (tests) — a token burns once, a failed signature leaves it usable, a revoked connector
+//! cannot renew, a credential registers once, a CLI code or a ceremony is taken once and only
+//! while it lives. The SQL store states the same rules as statements; `conformance` runs one
+//! contract on both, so the two cannot drift apart unnoticed. [`Tables`] is also the JSON
+//! format of the old `state.json` and of `state export`.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +23,8 @@ pub(super) const MAX_CLI_CODES: usize = 10_000;
 /// Most WebAuthn ceremonies in flight at once.
 pub(super) const MAX_CEREMONIES: usize = 10_000;
 
-/// The whole state (also the file store's document, so its field names are the format).
+/// The whole state (also the format of the old `state.json` and of `state export`, so its
+/// field names are fixed).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tables {
@@ -473,8 +475,7 @@ impl<B: Backend> StateStore for B {
 
     // Sign-in state is written without announcing a change: followers of `changes()` (the
     // revocation follower reloads revocations and the device table on every change) have
-    // nothing to do for it. A file store's poller in *another* process still sees the file
-    // change and announces `External` there; that costs the other process one reload.
+    // nothing to do for it.
 
     fn put_cli_code(&self, key_hash: String, rec: CliCodeRec, now: u64) -> StoreFuture<'_, ()> {
         self.write(move |t| t.put_cli_code(key_hash, rec, now))

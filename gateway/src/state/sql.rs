@@ -711,7 +711,8 @@ impl StateStore for SqlStore {
             if c.revoked.is_some() {
                 return Err(Refusal::ConnectorRevoked(id).into());
             }
-            // Only the current certificate renews (see the file store's rules).
+            // Only the current certificate renews: a copy of an old key must not outlive the
+            // rotation (the same rule as `rules::Tables::renew_connector`).
             if c.serial != serial {
                 return Err(Refusal::Superseded.into());
             }
