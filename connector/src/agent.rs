@@ -100,6 +100,7 @@ pub async fn spawn(config: Config) -> Result<AgentHandle, LinkError> {
         relays: TaskTracker::new(),
         connector_id: enrollment.connector_id.clone(),
         revoked: Default::default(),
+        learned: Default::default(),
     });
     info!(connector_id = %enrollment.connector_id, site = %enrollment.site, gateways = ?gateways, "connector starting");
     let mut tasks = JoinSet::new();
@@ -125,15 +126,75 @@ pub async fn spawn(config: Config) -> Result<AgentHandle, LinkError> {
     tasks.spawn(keep_renewed(renewal, shared.stop.clone()));
     for gw in &gateways {
         for n in 0..config.connections_per_gateway {
-            tasks.spawn(link_loop(shared.clone(), gw.clone(), n));
+            tasks.spawn(link_loop(
+                shared.clone(),
+                gw.clone(),
+                n,
+                CancellationToken::new(),
+            ));
         }
     }
+    tasks.spawn(follow_replicas(
+        shared.clone(),
+        gateways.clone(),
+        config.connections_per_gateway,
+    ));
     Ok(AgentHandle {
         shared,
         tasks,
         shutdown_grace: config.shutdown_grace,
         admin_addr,
     })
+}
+
+/// Keeps `per_gateway` links to every replica address the gateways tell ([`crate::link::Learned`])
+/// that is not one of the `configured` gateways (those have links of their own): a replica
+/// that joins gets links at once, one that left the set has its links closed once their
+/// tunnels end.
+async fn follow_replicas(shared: Arc<Shared>, configured: Vec<String>, per_gateway: usize) {
+    let mut learned = shared.learned.subscribe();
+    let mut dialled: std::collections::HashMap<String, CancellationToken> = Default::default();
+    let mut links = JoinSet::new();
+    loop {
+        let want: Vec<String> = learned
+            .borrow_and_update()
+            .iter()
+            .filter(|a| !configured.contains(a))
+            .cloned()
+            .collect();
+        dialled.retain(|addr, leave| {
+            let keep = want.contains(addr);
+            if !keep {
+                info!(gateway = %addr, "replica left the set: no more links to it");
+                leave.cancel();
+            }
+            keep
+        });
+        for addr in want {
+            if dialled.contains_key(&addr) {
+                continue;
+            }
+            info!(gateway = %addr, "replica joined the set: linking to it");
+            let leave = CancellationToken::new();
+            for n in 0..per_gateway {
+                links.spawn(link_loop(shared.clone(), addr.clone(), n, leave.clone()));
+            }
+            dialled.insert(addr, leave);
+        }
+        shared
+            .metrics
+            .gateways
+            .set(i64::try_from(configured.len() + dialled.len()).unwrap_or(i64::MAX));
+        tokio::select! {
+            r = learned.changed() => if r.is_err() { break },
+            _ = shared.stop.cancelled() => break,
+            // Reap finished loops so the set does not grow with them.
+            Some(_) = links.join_next(), if !links.is_empty() => {}
+        }
+    }
+    // The loops close their links as the configured ones do (gracefully on `stop`); dropping
+    // this task (the handle went) aborts them.
+    while links.join_next().await.is_some() {}
 }
 
 impl AgentHandle {

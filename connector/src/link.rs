@@ -62,6 +62,86 @@ pub(crate) struct Shared {
     pub(crate) connector_id: String,
     /// Set when a gateway says this connector is revoked: every link stops dialling.
     pub(crate) revoked: Revoked,
+    /// The replica addresses the gateways told this connector about.
+    pub(crate) learned: Learned,
+}
+
+/// The gateway replicas' connector addresses as the links were told them
+/// ([`wire::PATH_REPLICAS`]): what each live link said last. Their union is the set the agent
+/// keeps links to (besides the configured gateways); what a link said goes with the link, so a
+/// replica that died stops being dialled once the survivors no longer list it.
+#[derive(Debug)]
+pub struct Learned {
+    next_link: std::sync::atomic::AtomicU64,
+    by_link: std::sync::Mutex<std::collections::HashMap<u64, Vec<String>>>,
+    union: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
+}
+
+impl Default for Learned {
+    fn default() -> Learned {
+        Learned {
+            next_link: Default::default(),
+            by_link: Default::default(),
+            union: tokio::sync::watch::channel(Default::default()).0,
+        }
+    }
+}
+
+impl Learned {
+    fn link_id(&self) -> u64 {
+        self.next_link
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Link `link` says the replicas are at `addrs`.
+    fn told(&self, link: u64, addrs: Vec<String>) {
+        self.update(|m| {
+            m.insert(link, addrs);
+        });
+    }
+
+    /// Link `link` is gone, and what it said with it.
+    fn forget(&self, link: u64) {
+        self.update(|m| {
+            m.remove(&link);
+        });
+    }
+
+    fn update(&self, f: impl FnOnce(&mut std::collections::HashMap<u64, Vec<String>>)) {
+        let Ok(mut m) = self.by_link.lock() else {
+            return;
+        };
+        f(&mut m);
+        let union: std::collections::BTreeSet<String> = m.values().flatten().cloned().collect();
+        drop(m);
+        self.union.send_if_modified(|cur| {
+            let changed = *cur != union;
+            *cur = union;
+            changed
+        });
+    }
+
+    /// The union of what the live links said, from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<std::collections::BTreeSet<String>> {
+        self.union.subscribe()
+    }
+}
+
+/// The addresses of a [`wire::PATH_REPLICAS`] request's header: at most
+/// [`wire::MAX_REPLICA_ADDRS`] `host:port` entries; one that does not parse refuses the lot.
+pub fn replica_addrs(header: &str) -> Result<Vec<String>, String> {
+    let mut addrs = Vec::new();
+    for a in header.split_whitespace().take(wire::MAX_REPLICA_ADDRS) {
+        if a.len() > 255 {
+            return Err("a replica address is longer than 255 bytes".to_owned());
+        }
+        HostPort::parse(a).map_err(|e| {
+            let shown: String = a.chars().take(64).collect();
+            format!("replica address {shown:?}: {e}")
+        })?;
+        addrs.push(a.to_owned());
+    }
+    Ok(addrs)
 }
 
 /// A gateway's word that this connector is revoked (`POST /v1/refused` on a link): when it
@@ -129,19 +209,26 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// Keeps link `n` to `gateway` up until `shared.stop` fires: dial, serve, back off, dial again.
-pub(crate) async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
+/// `leave` fires when `gateway` is a replica that left the set: no more dials, and the link
+/// closes gracefully once the tunnels it carries have ended.
+pub(crate) async fn link_loop(
+    shared: Arc<Shared>,
+    gateway: String,
+    n: usize,
+    leave: CancellationToken,
+) {
     let mut backoff = BACKOFF_START;
     let mut fast_until: Option<Instant> = None;
     let mut first = true;
     loop {
-        if shared.stop.is_cancelled() || shared.revoked.at().is_some() {
+        if shared.stop.is_cancelled() || leave.is_cancelled() || shared.revoked.at().is_some() {
             return;
         }
         if !std::mem::take(&mut first) {
             shared.metrics.reconnects.inc();
         }
         let started = Instant::now();
-        match connect_once(&shared, &gateway).await {
+        match connect_once(&shared, &gateway, &leave).await {
             Ok(()) if shared.revoked.at().is_some() => return,
             Ok(()) => info!(%gateway, link = n, "gateway connection closed"),
             Err(_) if shared.revoked.at().is_some() => return,
@@ -166,11 +253,16 @@ pub(crate) async fn link_loop(shared: Arc<Shared>, gateway: String, n: usize) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {},
             _ = shared.stop.cancelled() => return,
+            _ = leave.cancelled() => return,
         }
     }
 }
 
-async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String> {
+async fn connect_once(
+    shared: &Arc<Shared>,
+    gateway: &str,
+    leave: &CancellationToken,
+) -> Result<(), String> {
     let addr = HostPort::parse(gateway).map_err(|e| e.to_string())?;
     let (host, port) = (addr.host.as_str(), addr.port);
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
@@ -190,10 +282,11 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
     let svc_shared = shared.clone();
     let draining = Arc::new(tokio::sync::Notify::new());
     let svc_draining = draining.clone();
+    let link_id = shared.learned.link_id();
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
         let draining = svc_draining.clone();
-        async move { Ok::<_, Infallible>(handle(shared, &draining, req).await) }
+        async move { Ok::<_, Infallible>(handle(shared, &draining, link_id, req).await) }
     });
     let conn = postern_net::h2::server(postern_net::h2::LINK)
         .max_concurrent_streams(16_384)
@@ -206,6 +299,20 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
         _ = shared.stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            Ok(())
+        }
+        _ = leave.cancelled() => {
+            // The replica left the set (it drains, or died): no new tunnels over this link;
+            // the ones it carries finish first, in a task of their own.
+            info!(%gateway, "replica left the set: closing its link once its tunnels end");
+            conn.as_mut().graceful_shutdown();
+            let kill = shared.kill.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = conn => {},
+                    _ = kill.cancelled() => {},
+                }
+            });
             Ok(())
         }
         _ = draining.notified() => {
@@ -231,6 +338,7 @@ async fn connect_once(shared: &Arc<Shared>, gateway: &str) -> Result<(), String>
         }
     };
     shared.metrics.links_up.dec();
+    shared.learned.forget(link_id);
     r
 }
 
@@ -282,11 +390,30 @@ async fn allowed_addrs(shared: &Shared, host: &str, port: u16) -> Result<Vec<Soc
 async fn handle(
     shared: Arc<Shared>,
     draining: &tokio::sync::Notify,
+    link_id: u64,
     req: Request<Incoming>,
 ) -> Response<Empty<Bytes>> {
     if req.method() == Method::POST && req.uri().path() == wire::PATH_DRAINING {
         draining.notify_one();
         return Response::new(Empty::new());
+    }
+    if req.method() == Method::POST && req.uri().path() == wire::PATH_REPLICAS {
+        let header = req
+            .headers()
+            .get(wire::HDR_REPLICAS)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        return match replica_addrs(header) {
+            Ok(addrs) => {
+                debug!(replicas = ?addrs, "the gateway told the replica set");
+                shared.learned.told(link_id, addrs);
+                Response::new(Empty::new())
+            }
+            Err(e) => {
+                warn!(error = %e, "ignored a replica set the gateway sent");
+                refuse(StatusCode::BAD_REQUEST, &e)
+            }
+        };
     }
     if req.method() == Method::POST && req.uri().path() == wire::PATH_REFUSED {
         return match revoked_at(req.headers()) {
@@ -405,4 +532,47 @@ fn spawn_tunnel(
         }
         metrics.streams_active.dec();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_addresses_are_parsed_bounded_and_refused_whole_when_one_is_bad() {
+        assert_eq!(
+            replica_addrs("gw-a.example:7443  10.0.0.2:7443 [fd00::3]:7443").unwrap(),
+            ["gw-a.example:7443", "10.0.0.2:7443", "[fd00::3]:7443"]
+        );
+        assert!(replica_addrs("").unwrap().is_empty());
+        let many: Vec<String> = (0..100).map(|i| format!("10.0.0.{i}:7443")).collect();
+        assert_eq!(
+            replica_addrs(&many.join(" ")).unwrap().len(),
+            wire::MAX_REPLICA_ADDRS
+        );
+        let e = replica_addrs("10.0.0.1:7443 no-port").unwrap_err();
+        assert!(e.contains("\"no-port\""), "{e}");
+        let e = replica_addrs(&format!("{}:1", "a".repeat(300))).unwrap_err();
+        assert!(e.contains("longer than 255"), "{e}");
+    }
+
+    #[test]
+    fn the_learned_set_is_the_union_of_what_live_links_said() {
+        let learned = Learned::default();
+        let rx = learned.subscribe();
+        let (a, b) = (learned.link_id(), learned.link_id());
+        assert_ne!(a, b);
+        learned.told(a, vec!["gw-a:1".into(), "gw-b:1".into()]);
+        learned.told(b, vec!["gw-b:1".into(), "gw-c:1".into()]);
+        let now: Vec<_> = rx.borrow().iter().cloned().collect();
+        assert_eq!(now, ["gw-a:1", "gw-b:1", "gw-c:1"]);
+        // Link a says again, without gw-a (it left): gw-a stays only while b's word has it.
+        learned.told(a, vec!["gw-b:1".into(), "gw-c:1".into()]);
+        let now: Vec<_> = rx.borrow().iter().cloned().collect();
+        assert_eq!(now, ["gw-b:1", "gw-c:1"]);
+        // A link that goes takes its word with it.
+        learned.forget(b);
+        learned.forget(a);
+        assert!(rx.borrow().is_empty());
+    }
 }

@@ -9,6 +9,8 @@ pub struct Metrics {
     registry: Registry,
     /// Gateway links currently up (TLS + HTTP/2 established).
     pub links_up: IntGauge,
+    /// Gateway addresses links are kept to: the configured ones and the replicas they told.
+    pub gateways: IntGauge,
     /// Tunnels being relayed now.
     pub streams_active: IntGauge,
     /// Dials to targets by result: `ok`, `unreachable`, `resolve_failed`.
@@ -40,6 +42,10 @@ impl Metrics {
             links_up: reg!(IntGauge::new(
                 "postern_connector_links_up",
                 "Gateway links currently up"
+            )?),
+            gateways: reg!(IntGauge::new(
+                "postern_connector_gateways",
+                "Gateway addresses links are kept to (configured, and replicas the gateways told)"
             )?),
             streams_active: reg!(IntGauge::new(
                 "postern_connector_streams_active",

@@ -177,6 +177,8 @@ impl App {
             )),
             None => None,
         };
+        // The CAs and the cookie key exist by now: with replicas, they must be everyone's.
+        crate::replica::same_shared_files(&config, &store).await?;
         let ceremonies = Arc::new(
             Ceremonies::new(&config, store.clone(), clock.clone())
                 .map_err(|e| io_err("device trust ([devices])", e))?,
@@ -288,6 +290,7 @@ impl App {
             shutdown: life.shutdown.clone(),
             clock: clock.clone(),
             revoked_told: Default::default(),
+            replica_set: Arc::new(tokio::sync::watch::channel(Vec::new()).0),
         });
         Ok(Arc::new(App {
             config,

@@ -175,11 +175,12 @@ pub async fn serve(
                 .clone()
                 .run(app.life.shutdown.clone()),
         ),
-        tokio::spawn(
-            replica
-                .clone()
-                .run(app.clock.clone(), app.life.shutdown.clone()),
-        ),
+        tokio::spawn(replica::follow_set(
+            app.store.clone(),
+            app.clock.clone(),
+            app.links.replica_set.clone(),
+            app.life.shutdown.clone(),
+        )),
     ];
     let admin_task = listeners
         .admin
@@ -189,12 +190,21 @@ pub async fn serve(
         .oidc
         .clone()
         .map(|o| tokio::spawn(o.keep_discovering(app.life.shutdown.clone())));
+    let heartbeat = tokio::spawn(
+        replica
+            .clone()
+            .run(app.clock.clone(), app.life.shutdown.clone()),
+    );
     let stop = shutdown.await;
+    // Out of the replica set first: the other replicas tell the connectors at once, which
+    // stop dialling this one (their links here stay for the sessions that drain).
+    heartbeat.abort();
+    let _ = heartbeat.await;
+    replica.leave().await;
     drain(&app, stop).await;
     for t in tasks.into_iter().chain(discovery).chain(admin_task) {
         t.abort();
     }
-    replica.leave().await;
     // What the refusal aggregator still counts goes in before the log closes.
     app.broker.refusals.flush();
     app.audit

@@ -22,7 +22,7 @@ use tracing::warn;
 use crate::authn::tokens::TokenKeys;
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::state::{PublishedKey, ReplicaRec, SharedStore};
+use crate::state::{Change, PublishedKey, ReplicaRec, SharedStore};
 
 /// How often a replica says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -62,6 +62,69 @@ pub async fn token_keys(
         )
         .await?;
     Ok(keys)
+}
+
+/// The files every replica must hold the same copy of: the two CAs and, with sign-in, the
+/// sign-in cookie key (a browser may reach another replica at each step).
+pub const SHARED_FILES: [(&str, &str); 3] = [
+    ("server-ca.pem", "server CA"),
+    ("connector-ca.pem", "connector CA"),
+    ("signin-cookie.key", "sign-in cookie key"),
+];
+
+/// What identifies this replica's copy of each of [`SHARED_FILES`] that exists: (file, what,
+/// fingerprint). A certificate's fingerprint is the SHA-256 of its base64 body; the cookie
+/// key's is a SHA-256 over a label and the key (it says nothing about the key).
+pub fn shared_fingerprints(
+    state_dir: &std::path::Path,
+) -> Vec<(&'static str, &'static str, String)> {
+    SHARED_FILES
+        .iter()
+        .filter_map(|(file, what)| {
+            let bytes = std::fs::read(state_dir.join(file)).ok()?;
+            let print = if file.ends_with(".pem") {
+                let body: String = String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
+                    .collect();
+                postern_proto::ids::sha256_hex(body.as_bytes())
+            } else {
+                let mut labelled = b"postern shared-file fingerprint\0".to_vec();
+                labelled.extend_from_slice(&bytes);
+                postern_proto::ids::sha256_hex(&labelled)
+            };
+            Some((*file, *what, print))
+        })
+        .collect()
+}
+
+/// With PostgreSQL: each of [`SHARED_FILES`] this replica holds must be the copy the other
+/// replicas hold (the first replica to start records the fingerprints); a replica started with
+/// a CA of its own would sign connector certificates the others refuse, so it does not start.
+pub async fn same_shared_files(config: &Config, store: &SharedStore) -> Result<(), GatewayError> {
+    if config.store.postgres.is_none() {
+        return Ok(());
+    }
+    for (file, what, print) in shared_fingerprints(&config.state_dir) {
+        let shared = store
+            .shared_value(format!("fingerprint {file}"), print.clone())
+            .await?;
+        if shared != print {
+            return Err(GatewayError::other(
+                "joining the replicas",
+                format!(
+                    "this replica's {what} ({}, fingerprint {}) is not the one the other replicas use (fingerprint {}): \
+                     copy {file} (and its key) from an existing replica's state directory before the first start \
+                     (docs/operator-guide.md, \"Three replicas on PostgreSQL\")",
+                    config.state_dir.join(file).display(),
+                    &print[..16],
+                    &shared[..shared.len().min(16)],
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The id of this replica's state directory (`STATE_DIR/replica-instance`, made once): a
@@ -155,5 +218,116 @@ impl Replica {
         {
             warn!(error = %e, "replica record not removed at stop");
         }
+    }
+}
+
+/// The connector addresses of the live replicas (this one included), as connectors should
+/// dial them: sorted, without duplicates, without unspecified addresses (a listener on
+/// `0.0.0.0` is reached by `[tls] advertise_connector_addrs`, not by its own address), at most
+/// [`wire::MAX_REPLICA_ADDRS`](postern_proto::wire::MAX_REPLICA_ADDRS).
+pub fn connector_addrs(replicas: &[ReplicaRec], now: u64) -> Vec<String> {
+    let mut addrs: Vec<String> = replicas
+        .iter()
+        .filter(|r| r.heartbeat.saturating_add(LIVE_FOR.as_secs()) >= now)
+        .flat_map(|r| r.connector_addrs.iter())
+        .filter(|a| {
+            a.parse::<std::net::SocketAddr>()
+                .map_or(true, |s| !s.ip().is_unspecified())
+        })
+        .filter(|a| !a.is_empty() && a.len() <= 255 && !a.contains(char::is_whitespace))
+        .cloned()
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs.truncate(postern_proto::wire::MAX_REPLICA_ADDRS);
+    addrs
+}
+
+/// Keeps `set` equal to [`connector_addrs`] of the store's replicas: read again when a replica
+/// joins or leaves (the change feed) and every [`HEARTBEAT`] (a replica that died is gone once
+/// its last beat is [`LIVE_FOR`] old). While the store cannot be read the last set stays.
+pub async fn follow_set(
+    store: SharedStore,
+    clock: crate::clock::SharedClock,
+    set: Arc<tokio::sync::watch::Sender<Vec<String>>>,
+    shutdown: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut changes = Some(store.changes());
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        match store.replicas().await {
+            Ok(replicas) => {
+                let addrs = connector_addrs(&replicas, clock.unix());
+                set.send_if_modified(|cur| {
+                    if *cur == addrs {
+                        return false;
+                    }
+                    tracing::info!(replicas = ?addrs, "replica set changed");
+                    *cur = addrs;
+                    true
+                });
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the replica set; keeping the last one")
+            }
+        }
+        loop {
+            let change = async {
+                match changes.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => break,
+                c = change => match c {
+                    Ok(Change::ReplicasChanged | Change::External) | Err(RecvError::Lagged(_)) => break,
+                    Ok(_) => {}
+                    // No feed any more: the ticks alone keep the set.
+                    Err(RecvError::Closed) => changes = None,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, heartbeat: u64, addrs: &[&str]) -> ReplicaRec {
+        ReplicaRec {
+            id: id.into(),
+            instance: format!("inst-{id}"),
+            client_addr: String::new(),
+            connector_addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            version: "0".into(),
+            started: 0,
+            heartbeat,
+        }
+    }
+
+    #[test]
+    fn the_advertised_set_has_live_dialable_addresses_once_each() {
+        let now = 1_000;
+        let set = connector_addrs(
+            &[
+                rec("b", now, &["10.0.0.2:7443", "gw.example:7443"]),
+                rec("a", now - LIVE_FOR.as_secs(), &["10.0.0.1:7443"]),
+                // Silent for longer than LIVE_FOR: gone.
+                rec("dead", now - LIVE_FOR.as_secs() - 1, &["10.0.0.9:7443"]),
+                // A listener on every address is not an address to dial.
+                rec(
+                    "c",
+                    now,
+                    &["0.0.0.0:7443", "[::]:7443", "gw.example:7443", "a b:1"],
+                ),
+            ],
+            now,
+        );
+        assert_eq!(set, ["10.0.0.1:7443", "10.0.0.2:7443", "gw.example:7443"]);
     }
 }

@@ -51,6 +51,17 @@ pub const PATH_HEALTH: &str = "/healthz";
 /// address again at once, which behind a load balancer reaches another replica, and keeps the
 /// old link for the tunnels it still carries.
 pub const PATH_DRAINING: &str = "/v1/draining";
+/// Gateway → connector, on a link (`POST`): the connector addresses of every live replica
+/// sharing this gateway's state store, in [`HDR_REPLICAS`]. Sent when the link comes up and
+/// whenever a replica joins or leaves. The connector keeps links to each address besides the
+/// ones it was configured with, so a clinician on any replica reaches its site; an address no
+/// longer listed by any of its links is dropped. An old connector answers 405 and is not told
+/// again on that link.
+pub const PATH_REPLICAS: &str = "/v1/replicas";
+/// The addresses of a [`PATH_REPLICAS`] request: `host:port` entries separated by spaces.
+pub const HDR_REPLICAS: &str = "postern-replicas";
+/// Most addresses a [`PATH_REPLICAS`] request carries; a connector ignores the rest.
+pub const MAX_REPLICA_ADDRS: usize = 64;
 /// Link round-trip probe, gateway → connector on a connector link (`GET`): the connector answers
 /// 204 at once; it is not a tunnel and dials nothing.
 pub const PATH_LINK_PING: &str = "/v1/link/ping";

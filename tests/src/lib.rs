@@ -18,6 +18,7 @@ use serde_json::Value;
 
 pub mod browser;
 pub mod dicom;
+pub mod ha;
 pub mod oidc;
 pub mod pg;
 pub mod rogue_idp;
@@ -220,18 +221,23 @@ pub fn bench_echo(log: PathBuf) -> (Proc, SocketAddr) {
         &["echo".into(), "--listen".into(), "127.0.0.1:0".into()],
         log,
     );
-    let addr = wait_for(
-        "postern-bench echo to listen",
+    let addr = listening_on(&mut p, "postern-bench echo");
+    (p, addr)
+}
+
+/// The address a `postern-bench` process printed (`listening on ADDR`); waits up to 10 s.
+pub fn listening_on(p: &mut Proc, what: &str) -> SocketAddr {
+    wait_for(
+        &format!("{what} to listen"),
         Duration::from_secs(10),
         || {
-            assert!(p.is_running(), "echo exited: {}", p.log_text());
+            assert!(p.is_running(), "{what} exited: {}", p.log_text());
             p.log_text()
                 .lines()
                 .find_map(|l| l.strip_prefix("listening on "))
                 .and_then(|a| a.trim().parse().ok())
         },
-    );
-    (p, addr)
+    )
 }
 
 impl Drop for Proc {
@@ -574,44 +580,7 @@ impl Deployment {
         ca: &Path,
     ) -> Result<(Proc, SocketAddr), String> {
         let log = self.path(&format!("client-{endpoint}-{}.log", free_port()));
-        let mut p = Proc::spawn(
-            "client",
-            Command::new(bin("postern"))
-                .args([
-                    "connect",
-                    endpoint,
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--gateway",
-                    url,
-                ])
-                .arg("--ca-file")
-                .arg(ca)
-                .arg("--token-file")
-                .arg(token),
-            log,
-        );
-        let start = Instant::now();
-        loop {
-            let text = p.log_text();
-            if let Some(line) = text.lines().find(|l| l.starts_with("ready: listening on ")) {
-                let addr = line["ready: listening on ".len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                return Ok((p, addr));
-            }
-            if !p.is_running() {
-                return Err(p.log_text());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "client never became ready: {text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        postern_connect(url, endpoint, token, ca, log)
     }
 
     /// The gateway's store as `postern-gateway state export` prints it.
@@ -646,36 +615,9 @@ impl Deployment {
         assert!(ok, "state import: {err}");
     }
 
-    /// Every audit event so far, from every segment in order (`audit.jsonl`, then
-    /// `audit.000002.jsonl`, ...). A torn last line (a gateway killed mid-write) is skipped.
+    /// Every audit event so far (see [`audit_events`]).
     pub fn audit(&self) -> Vec<Value> {
-        let dir = self.path("gw/audit");
-        let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                        n.starts_with("audit.") && n.ends_with(".jsonl")
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        // "audit.jsonl" sorts after "audit.000002.jsonl": put the first segment first.
-        segments.sort_by_key(|p| (p.file_name().is_some_and(|n| n != "audit.jsonl"), p.clone()));
-        let mut out = Vec::new();
-        for seg in segments {
-            let text = std::fs::read_to_string(&seg).unwrap_or_default();
-            let complete = text.ends_with('\n');
-            let lines: Vec<&str> = text.lines().collect();
-            for (i, l) in lines.iter().enumerate() {
-                match serde_json::from_str(l) {
-                    Ok(v) => out.push(v),
-                    Err(_) if i + 1 == lines.len() && !complete => {}
-                    Err(e) => panic!("bad audit line {l}: {e}"),
-                }
-            }
-        }
-        out
+        audit_events(&self.path("gw/audit"))
     }
 
     /// `postern-audit verify` on the audit directory, checking checkpoint signatures against
@@ -719,6 +661,86 @@ impl Deployment {
             Duration::from_secs(20),
             || self.events(kind).into_iter().find(|e| pred(e)),
         )
+    }
+}
+
+/// Every audit event so far in the audit directory `dir`, from every segment in order (`audit.jsonl`, then
+/// `audit.000002.jsonl`, ...). A torn last line (a gateway killed mid-write) is skipped.
+pub fn audit_events(dir: &Path) -> Vec<Value> {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    n.starts_with("audit.") && n.ends_with(".jsonl")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // "audit.jsonl" sorts after "audit.000002.jsonl": put the first segment first.
+    segments.sort_by_key(|p| (p.file_name().is_some_and(|n| n != "audit.jsonl"), p.clone()));
+    let mut out = Vec::new();
+    for seg in segments {
+        let text = std::fs::read_to_string(&seg).unwrap_or_default();
+        let complete = text.ends_with('\n');
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            match serde_json::from_str(l) {
+                Ok(v) => out.push(v),
+                Err(_) if i + 1 == lines.len() && !complete => {}
+                Err(e) => panic!("bad audit line {l}: {e}"),
+            }
+        }
+    }
+    out
+}
+
+/// `postern connect ENDPOINT --listen 127.0.0.1:0 --gateway URL` trusting `ca`: Ok(process,
+/// local address) once it printed its ready line, or Err(everything it printed) if it exited.
+pub fn postern_connect(
+    url: &str,
+    endpoint: &str,
+    token: &Path,
+    ca: &Path,
+    log: PathBuf,
+) -> Result<(Proc, SocketAddr), String> {
+    let mut p = Proc::spawn(
+        "client",
+        Command::new(bin("postern"))
+            .args([
+                "connect",
+                endpoint,
+                "--listen",
+                "127.0.0.1:0",
+                "--gateway",
+                url,
+            ])
+            .arg("--ca-file")
+            .arg(ca)
+            .arg("--token-file")
+            .arg(token),
+        log,
+    );
+    let start = Instant::now();
+    loop {
+        let text = p.log_text();
+        if let Some(line) = text.lines().find(|l| l.starts_with("ready: listening on ")) {
+            let addr = line["ready: listening on ".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            return Ok((p, addr));
+        }
+        if !p.is_running() {
+            return Err(p.log_text());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "client never became ready: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -418,11 +418,38 @@ fn replicas_register_share_tokens_and_refuse_a_duplicate_id() {
 
     // Another gateway (its own state directory) claiming B's node_id is refused at start,
     // saying why.
-    let dup = b_toml(
-        "gw-b",
-        postern_e2e::free_port(),
-        &b_dir.path().join("other"),
+    // First without the shared files: it makes CAs of its own and is refused for them,
+    // naming the file; `check` (which does not start anything) says the same.
+    let other = b_dir.path().join("other");
+    let own_cas = b_toml("gw-d", postern_e2e::free_port(), &other);
+    let (ok, _, err) = run(Command::new(bin("postern-gateway"))
+        .args(["run", "--config"])
+        .arg(&own_cas));
+    assert!(!ok, "a replica with its own CAs started");
+    assert!(
+        err.contains("this replica's server CA")
+            && err.contains("is not the one the other replicas use"),
+        "{err}"
     );
+    let (ok, out, err) = run(Command::new(bin("postern-gateway"))
+        .args(["check", "--config"])
+        .arg(&own_cas));
+    assert!(!ok, "check passed a replica with its own CAs: {out}");
+    assert!(
+        format!("{out}{err}").contains("connector CA")
+            && format!("{out}{err}").contains("not the copy the other replicas use"),
+        "{out}{err}"
+    );
+    let (_, out, err) = run(Command::new(bin("postern-gateway"))
+        .args(["check", "--config"])
+        .arg(&b_config));
+    assert!(
+        err.contains("connector CA: the same as the other replicas'"),
+        "{out}{err}"
+    );
+    // Provisioned, it gets as far as the replica id.
+    postern_e2e::ha::provision(&a.path("gw"), &other);
+    let dup = b_toml("gw-b", postern_e2e::free_port(), &other);
     let (ok, _, err) = run(Command::new(bin("postern-gateway"))
         .args(["run", "--config"])
         .arg(&dup));

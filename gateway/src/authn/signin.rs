@@ -227,8 +227,10 @@ pub async fn login(svc: Arc<SignIn>, req: Request<Incoming>, peer: SocketAddr) -
             );
         }
     };
+    let from_cli = cli.is_some();
     match oidc.start(cli).await {
         Ok((url, sealed)) => {
+            tracing::debug!(%peer, from_cli, "sign-in started: sent to the identity provider");
             let mut r = redirect(&url);
             set_cookie(&mut r, &sealed, 600);
             r
@@ -271,6 +273,7 @@ pub async fn callback(svc: Arc<SignIn>, req: Request<Incoming>, peer: SocketAddr
         let code = cli.as_ref().map(|c| c.code.clone());
         return match svc.ceremonies.open(identity.clone(), cli).await {
             Ok(ceremony) => {
+                tracing::debug!(%peer, "identity provider callback accepted: device ceremony opened");
                 let mut r = page(
                     &svc.authn.devices,
                     &identity,

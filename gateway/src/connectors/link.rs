@@ -49,6 +49,9 @@ pub struct Links {
     /// audited again. At most `REVOKED_TOLD_MAX` ids (only certificates of the connector CA
     /// get this far, so the set is as small as the list of revoked connectors).
     pub revoked_told: Mutex<HashSet<String>>,
+    /// The connector addresses of the live replicas (`replica::follow_set` keeps it), told to
+    /// every link when it comes up and again on each change.
+    pub replica_set: Arc<tokio::sync::watch::Sender<Vec<String>>>,
 }
 
 /// Bound on [`Links::revoked_told`]; past it, refusals are audited every time again.
@@ -193,6 +196,11 @@ impl Links {
             self.clock.clone(),
             self.shutdown.clone(),
         ));
+        let advertise = tokio::spawn(advertise_replicas(
+            link.clone(),
+            self.replica_set.subscribe(),
+            self.handshake_timeout,
+        ));
         let why = tokio::select! {
             r = connection => match r {
                 Ok(()) => "connection closed".to_owned(),
@@ -202,6 +210,7 @@ impl Links {
             _ = self.shutdown.cancelled() => "gateway shutting down".to_owned(),
         };
         probe.abort();
+        advertise.abort();
         self.registry.remove(&link);
         link.lost.cancel();
         connected.dec();
@@ -264,6 +273,43 @@ async fn answer_revoked(tls: TlsStream<TcpStream>, revoked_at: u64) {
         .keep_alive(false)
         .serve_connection(TokioIo::new(tls), service);
     let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+}
+
+/// Tells the connector on `link` the replica set ([`wire::PATH_REPLICAS`]) now and after each
+/// change, until the link goes. A connector that does not know the path (an older release
+/// answers 405) is not told again; a request that fails or times out is retried on the next
+/// change.
+async fn advertise_replicas(
+    link: Arc<Link>,
+    mut set: tokio::sync::watch::Receiver<Vec<String>>,
+    limit: Duration,
+) {
+    loop {
+        let addrs = set.borrow_and_update().join(" ");
+        if !addrs.is_empty() {
+            let req = http::Request::builder()
+                .method(http::Method::POST)
+                .uri(wire::PATH_REPLICAS)
+                .header(wire::HDR_REPLICAS, &addrs)
+                .body(Empty::<Bytes>::new());
+            let Ok(req) = req else { return };
+            let mut sender = link.sender.clone();
+            match tokio::time::timeout(limit, sender.send_request(req)).await {
+                Ok(Ok(r)) if r.status().is_success() => {
+                    debug!(replicas = %addrs, "told the connector the replica set")
+                }
+                Ok(Ok(r)) => {
+                    debug!(status = %r.status(), "the connector does not take the replica set");
+                    return;
+                }
+                Ok(Err(e)) => debug!(error = %e, "telling the replica set failed"),
+                Err(_) => debug!("telling the replica set timed out"),
+            }
+        }
+        if set.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Tells every connected connector that this gateway is draining (`POST /v1/draining` on

@@ -85,6 +85,7 @@ pub async fn check_with(config: &Config, running: bool) -> (Vec<Finding>, Vec<St
         }
     }
     audit_dir(&config.audit_dir, &mut out);
+    store(config, &mut out, &mut notes).await;
     oidc(config, &mut out).await;
     if config.oidc.is_some() && config.devices.required {
         if let Err(e) = crate::authn::devices::relying_party(config) {
@@ -310,6 +311,55 @@ fn state_dir(config: &Config, out: &mut Vec<Finding>) {
     for p in private.iter().filter(|p| p.exists()) {
         if let Some(problem) = key_mode_problem(p) {
             out.push(Finding::error(problem));
+        }
+    }
+}
+
+/// With PostgreSQL: the database answers (with the password and TLS as configured), its
+/// schema is one this build knows, and the CAs and cookie key here are the copies the other
+/// replicas recorded. Reads only; migrating is left to `run`.
+async fn store(config: &Config, out: &mut Vec<Finding>, notes: &mut Vec<String>) {
+    let Some(pg) = &config.store.postgres else {
+        return;
+    };
+    let url = match pg.url() {
+        Ok(u) => u,
+        Err(e) => {
+            out.push(Finding::error(format!("[store]: {e}")));
+            return;
+        }
+    };
+    let probe = match crate::state::sql::SqlStore::probe(&url).await {
+        Ok(p) => p,
+        Err(e) => {
+            out.push(Finding::error(format!("[store] {}: {e}", pg.url)));
+            return;
+        }
+    };
+    match probe.schema {
+        None => notes.push(format!(
+            "[store] {}: an empty database; the first replica to start creates the schema",
+            pg.url
+        )),
+        Some(v) if v < probe.known => notes.push(format!(
+            "[store] {}: schema version {v}; this gateway migrates it to {} when it starts",
+            pg.url, probe.known
+        )),
+        Some(_) => notes.push(format!("[store] {}: reachable, schema current", pg.url)),
+    }
+    for (file, what, print) in crate::replica::shared_fingerprints(&config.state_dir) {
+        let key = format!("fingerprint {file}");
+        match probe.shared.iter().find(|(n, _)| *n == key) {
+            Some((_, shared)) if *shared != print => out.push(Finding::error(format!(
+                "{what} {}: not the copy the other replicas use (fingerprint {} here, {} recorded by the first replica): copy {file} and its key from an existing replica's state directory",
+                config.state_dir.join(file).display(),
+                &print[..16],
+                &shared[..shared.len().min(16)]
+            ))),
+            Some(_) => notes.push(format!("{what}: the same as the other replicas'")),
+            None => notes.push(format!(
+                "{what}: no replica has recorded one yet; the first to start records its own"
+            )),
         }
     }
 }

@@ -286,6 +286,14 @@ pub async fn open(config: &StoreConfig, state_dir: &Path) -> Result<Opened, Stor
         // `data_version` then sees only other processes' commits.
         None => (sqlite_url(state_dir).map_err(io)?, 1),
     };
+    // SQLite: one opener at a time per state directory (an exclusive `flock` on the directory
+    // itself), so two processes starting on a new file (the gateway and an admin command, or
+    // the demo's two handles) do not both migrate it or both import a `state.json`; SQLite
+    // would refuse the second at once. PostgreSQL's migrator takes an advisory lock instead.
+    let _opening = match &config.postgres {
+        None => Some(lock_dir(state_dir).await.map_err(io)?),
+        Some(_) => None,
+    };
     let store = Arc::new(sql::SqlStore::connect(&url, pool).await?);
     let migrated = match &config.postgres {
         None => json_import::run(&store, state_dir).await?,
@@ -298,17 +306,41 @@ pub async fn open(config: &StoreConfig, state_dir: &Path) -> Result<Opened, Stor
     })
 }
 
+/// An exclusive `flock` on the directory `dir`, held until the file is dropped.
+async fn lock_dir(dir: &Path) -> std::io::Result<std::fs::File> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&dir)?;
+        f.lock()?;
+        Ok(f)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 /// `sqlite://STATE_DIR/state.db`, the file made 0600 before SQLite opens it (its `-wal` and
 /// `-shm` files take the same mode).
 fn sqlite_url(state_dir: &Path) -> std::io::Result<sql::DbUrl> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let path = state_dir.join("state.db");
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
+    // Never open (and close) an existing database file here: closing any descriptor of it
+    // drops the POSIX locks SQLite holds on it in this process (another store handle of the
+    // same process, as in the demo). A new file is made 0600 before SQLite sees it.
+    match std::fs::OpenOptions::new()
+        .create_new(true)
         .write(true)
         .mode(0o600)
-        .open(&path)?;
+        .open(&path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+        Err(e) => return Err(e),
+    }
     let text = path.to_str().ok_or_else(|| {
         std::io::Error::other(format!(
             "state directory {} is not UTF-8",
@@ -359,7 +391,7 @@ pub struct PostgresConfig {
 
 impl PostgresConfig {
     /// The URL with the password and the CA in it (kept in memory only, never printed).
-    fn url(&self) -> Result<sql::DbUrl, String> {
+    pub(crate) fn url(&self) -> Result<sql::DbUrl, String> {
         let mut url = url::Url::parse(&self.url).map_err(|e| format!("store.url: {e}"))?;
         if let Some(p) = &self.password {
             let secret = crate::config::read_secret(p, "store.password")?;

@@ -139,27 +139,43 @@ mod futures_core_compat {
     pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 }
 
+/// A pool of up to `max_connections` to `url`, connected.
+async fn pool(url: &DbUrl, max_connections: u32) -> Result<AnyPool, StoreError> {
+    sqlx::any::install_default_drivers();
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(&url.0)
+        .await
+        .map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot connect to the database: {}",
+                bounded(&e.to_string())
+            ))
+        })
+}
+
+/// What [`SqlStore::probe`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The newest migration applied; `None`: a new, empty database.
+    pub schema: Option<i64>,
+    /// The newest migration this build knows.
+    pub known: i64,
+    /// The shared values the replicas recorded (name, value).
+    pub shared: Vec<(String, String)>,
+}
+
 impl SqlStore {
     /// Connects, checks the schema version and migrates. `url` is `sqlite://…` or
     /// `postgres://…` (with the password already in it).
     pub async fn connect(url: &DbUrl, max_connections: u32) -> Result<SqlStore, StoreError> {
-        sqlx::any::install_default_drivers();
         let dialect = if url.0.starts_with("sqlite:") {
             Dialect::Sqlite
         } else {
             Dialect::Postgres
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(&url.0)
-            .await
-            .map_err(|e| {
-                StoreError::Backend(format!(
-                    "cannot connect to the database: {}",
-                    bounded(&e.to_string())
-                ))
-            })?;
+        let pool = pool(url, max_connections).await?;
         if dialect == Dialect::Sqlite {
             // WAL is a property of the file, kept once set.
             sqlx::query("PRAGMA journal_mode = WAL")
@@ -180,6 +196,44 @@ impl SqlStore {
             pool,
             dialect,
             feed,
+        })
+    }
+
+    /// Connects without changing anything (no migration) and reads what `check` reports:
+    /// the schema version and the shared values the replicas recorded. Refuses a schema newer
+    /// than this build knows, as [`connect`](Self::connect) does.
+    pub async fn probe(url: &DbUrl) -> Result<Probe, StoreError> {
+        let pool = pool(url, 1).await?;
+        check_schema(&pool).await?;
+        let schema: Option<i64> =
+            match sqlx::query("SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success")
+                .fetch_one(&pool)
+                .await
+            {
+                Ok(row) => row.try_get("v").map_err(db_err)?,
+                Err(_) => None,
+            };
+        let shared = match sqlx::query(
+            "SELECT name, value FROM store_meta WHERE name LIKE 'shared %' ORDER BY name",
+        )
+        .fetch_all(&pool)
+        .await
+        {
+            Ok(rows) => rows
+                .iter()
+                .map(|r| {
+                    let name: String = r.try_get("name").map_err(db_err)?;
+                    let value: String = r.try_get("value").map_err(db_err)?;
+                    Ok((name["shared ".len()..].to_owned(), value))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?,
+            Err(_) => Vec::new(),
+        };
+        pool.close().await;
+        Ok(Probe {
+            schema,
+            known: MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0),
+            shared,
         })
     }
 
