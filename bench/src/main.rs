@@ -6,6 +6,7 @@
 
 mod attack;
 mod cpu;
+mod ha;
 mod hostile;
 mod net;
 mod report;
@@ -57,6 +58,10 @@ enum Cmd {
         /// `name=pid`: report the CPU time this process used per measured session.
         #[arg(long = "cpu")]
         cpu: Vec<String>,
+        /// Also print every measured session's latency (`latencies_us`), so that a report
+        /// can pool percentiles over several runs.
+        #[arg(long)]
+        latencies: bool,
     },
     /// Opens COUNT connections, echoes one byte on each so that every tunnel is really up,
     /// prints one JSON line, then holds them until SIGTERM/SIGINT (or stdin EOF with
@@ -200,6 +205,33 @@ enum Cmd {
         #[arg(long)]
         cpu_after: Option<String>,
     },
+    /// One revocation-propagation trial of `bench/ha`: opens a tunnel through TARGET (a
+    /// `postern connect` port) and echoes a byte, then runs the revocation COMMAND and measures
+    /// when the held connection ends, from the command's start and from its exit; one JSON line.
+    RevokeTrial {
+        #[arg(long)]
+        target: SocketAddr,
+        /// Give up waiting for the end of the tunnel after this long.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// The audit log of the replica holding the tunnel: report the `close_reason` of
+        /// --user's `session.terminated` event.
+        #[arg(long, requires = "user")]
+        audit_log: Option<PathBuf>,
+        #[arg(long)]
+        user: Option<String>,
+        /// The revocation command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Builds the Markdown results of `bench/ha` from its JSON lines.
+    HaReport {
+        raw: PathBuf,
+        #[arg(long = "meta")]
+        meta: Vec<String>,
+    },
     /// Builds the Markdown results table from the JSON lines the other commands printed.
     Report {
         /// JSON lines file.
@@ -225,6 +257,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Report { raw, meta } => report::report(&raw, &meta),
+        Cmd::HaReport { raw, meta } => ha::report(&raw, &meta),
         cmd => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -247,6 +280,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             pause_ms,
             labels,
             cpu,
+            latencies,
         } => {
             let pause = std::time::Duration::from_millis(pause_ms);
             net::sessions(
@@ -259,8 +293,21 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 pause,
                 &labels,
                 &cpu,
+                latencies,
             )
             .await
+        }
+        Cmd::RevokeTrial {
+            target,
+            timeout_ms,
+            labels,
+            audit_log,
+            user,
+            command,
+        } => {
+            let timeout = std::time::Duration::from_millis(timeout_ms);
+            let audit = audit_log.as_deref().zip(user.as_deref());
+            ha::revoke_trial(target, timeout, &labels, &command, audit).await
         }
         Cmd::Hold {
             target,
@@ -334,7 +381,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         } => hostile::h2_hold(target, &ca_file, source, count, &path, refill).await,
         Cmd::FreePorts { n } => net::free_ports(n).await,
         Cmd::WaitPort { addr, timeout_ms } => net::wait_port(addr, timeout_ms).await,
-        Cmd::Mem { .. } | Cmd::IperfSummary { .. } | Cmd::Report { .. } | Cmd::Cpu { .. } => Ok(()),
+        Cmd::Mem { .. }
+        | Cmd::IperfSummary { .. }
+        | Cmd::Report { .. }
+        | Cmd::HaReport { .. }
+        | Cmd::Cpu { .. } => Ok(()),
     }
 }
 

@@ -165,6 +165,7 @@ pub async fn sessions(
     pause: Duration,
     labels: &[String],
     cpu: &[String],
+    latencies: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(!targets.is_empty(), "give at least one --target");
     let targets = Arc::new(targets.to_vec());
@@ -254,6 +255,9 @@ pub async fn sessions(
     }
     if let Some(e) = all.first_error {
         out.insert("first_error".into(), e.into());
+    }
+    if latencies {
+        out.insert("latencies_us".into(), lat.into());
     }
     print_line(&serde_json::Value::Object(out).to_string());
     Ok(())
