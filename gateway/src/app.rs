@@ -170,17 +170,28 @@ impl App {
             now,
         )?);
         let tls = tls(&config, &server_ca, &connector_ca, now)?;
+        // Sign-in goes on from this replica's own state while the database is away, for up to
+        // max_staleness (state::fallback).
+        let signin_store: SharedStore = Arc::new(crate::state::fallback::SignInStore::new(
+            store.clone(),
+            config.store.max_staleness,
+        ));
         let oidc = match &config.oidc {
             Some(o) => Some(Arc::new(
-                Oidc::new(o.clone(), &config.state_dir, store.clone(), clock.clone())
-                    .map_err(|e| io_err("sign-in (oidc)", e))?,
+                Oidc::new(
+                    o.clone(),
+                    &config.state_dir,
+                    signin_store.clone(),
+                    clock.clone(),
+                )
+                .map_err(|e| io_err("sign-in (oidc)", e))?,
             )),
             None => None,
         };
         // The CAs and the cookie key exist by now: with replicas, they must be everyone's.
         crate::replica::same_shared_files(&config, &store).await?;
         let ceremonies = Arc::new(
-            Ceremonies::new(&config, store.clone(), clock.clone())
+            Ceremonies::new(&config, signin_store.clone(), clock.clone())
                 .map_err(|e| io_err("device trust ([devices])", e))?,
         );
         if config.oidc.is_some() && !config.devices.required {
@@ -224,7 +235,7 @@ impl App {
             authn: authn.clone(),
             issuer: issuer.clone(),
             ceremonies: ceremonies.clone(),
-            store: store.clone(),
+            store: signin_store.clone(),
             audit: audit.clone(),
             metrics: metrics.clone(),
             limits: limits.clone(),
@@ -235,7 +246,7 @@ impl App {
             authn: authn.clone(),
             issuer,
             ceremonies,
-            store: store.clone(),
+            store: signin_store,
             audit: audit.clone(),
             metrics: metrics.clone(),
             limits: limits.clone(),

@@ -451,8 +451,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::User {
             cmd: UserCmd::Revoke { config, user },
         } => {
-            let r = runtime()?.block_on(admin::user_revoke(&load(&config)?, &user))?;
-            if r.matched_nothing() {
+            let config = load(&config)?;
+            let r = runtime()?.block_on(admin::user_revoke(&config, &user))?;
+            if r.matched_nothing() && config.store.postgres.is_some() {
+                // Replicas: the user's tokens and tunnels may be in other replicas' audit logs,
+                // which this command does not read; only a device would have shown here.
+                eprintln!(
+                    "warning: user revoke {user}: no device of this user, and no token or live session in this replica's audit log (other replicas' are not read here). Check the name (the user as the IdP names them, see docs/signin.md; case does not matter)"
+                );
+            } else if r.matched_nothing() {
                 // Recorded anyway (harmless), but most likely a misspelt name: exit 1.
                 anyhow::bail!(
                     "user revoke {user} matched nothing: {}. Check the name (it must be the user as the IdP names them, see docs/signin.md; case does not matter); the revocation was recorded anyway",

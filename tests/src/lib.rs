@@ -583,6 +583,49 @@ impl Deployment {
         postern_connect(url, endpoint, token, ca, log)
     }
 
+    /// `postern login --no-browser` against an IdP that asks nothing (the rogue IdP), the
+    /// sign-in URL followed by a scripted browser: Ok(token file) or Err(what the CLI and the
+    /// browser saw).
+    pub fn cli_login(&self, cfg: &Path) -> Result<PathBuf, String> {
+        let mut p = Proc::spawn(
+            "login",
+            Command::new(bin("postern"))
+                .args(["login", &self.url(), "--no-browser", "--timeout", "30"])
+                .arg("--ca-file")
+                .arg(self.ca_file())
+                .env("POSTERN_CONFIG_DIR", cfg),
+            self.path(&format!("login-{}.log", free_port())),
+        );
+        let url = wait_for("the sign-in URL", Duration::from_secs(10), || {
+            p.log_text()
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("https://"))
+                .map(str::to_owned)
+        });
+        let browser = oidc::Browser::new(&self.ca_file()).get(&url);
+        if browser.status >= 400 {
+            // The gateway refused the sign-in: the CLI would wait for its timeout.
+            p.kill();
+            return Err(format!(
+                "{}\nbrowser: {} {}: {}",
+                p.log_text(),
+                browser.status,
+                browser.final_url,
+                browser.body
+            ));
+        }
+        let ok = wait_for("postern login to finish", Duration::from_secs(30), || {
+            (!p.is_running()).then(|| p.child.wait().map(|s| s.success()).unwrap_or(false))
+        });
+        if ok {
+            Ok(cfg.join("token"))
+        } else {
+            p.kill();
+            Err(format!("{}\nbrowser: {browser:?}", p.log_text()))
+        }
+    }
+
     /// The gateway's store as `postern-gateway state export` prints it.
     pub fn state(&self) -> Value {
         let (ok, out, err) = run(Command::new(bin("postern-gateway"))

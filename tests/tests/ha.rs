@@ -508,6 +508,14 @@ fn one_enrolment_token_at_two_replicas_at_once_enrols_exactly_one() {
             "round {round}: the refusal does not say why: {lost}"
         );
     }
+    // A user revocation on a replica that sees nothing of the user (their tokens and tunnels
+    // may be in the other replicas' logs) is recorded and warns, without failing.
+    let (ok, out, err) = c.replicas[1].admin(&["user", "revoke", "nobody@hospital.test"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("other replicas' are not read here"),
+        "{out}{err}"
+    );
     let (ok, out, err) = c.replicas[0].admin(&["connector", "list"]);
     assert!(ok, "{err}");
     assert_eq!(

@@ -4,13 +4,12 @@
 //! and `postern-gateway user revoke` run against a state directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use postern_e2e::oidc::{jwt_decode, Browser};
 use postern_e2e::rogue_idp::RogueIdp;
-use postern_e2e::{bin, free_port, run, wait_for, Deployment, Echo, Proc};
+use postern_e2e::{bin, run, wait_for, Deployment, Echo};
 use serde_json::{json, Value};
 
 const CLIENT_ID: &str = "postern-gateway";
@@ -74,36 +73,6 @@ fn next_failure(d: &Deployment, before: usize) -> Value {
         let v = d.events("auth.failed");
         (v.len() > before).then(|| v[before].clone())
     })
-}
-
-/// `postern login --no-browser` with the rogue IdP (no login form): Ok(token file) or
-/// Err(what the CLI and the browser saw).
-fn cli_login(d: &Deployment, cfg: &Path) -> Result<PathBuf, String> {
-    let mut p = Proc::spawn(
-        "login",
-        Command::new(bin("postern"))
-            .args(["login", &d.url(), "--no-browser", "--timeout", "30"])
-            .arg("--ca-file")
-            .arg(d.ca_file())
-            .env("POSTERN_CONFIG_DIR", cfg),
-        d.path(&format!("login-{}.log", free_port())),
-    );
-    let url = wait_for("the sign-in URL", Duration::from_secs(10), || {
-        p.log_text()
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with("https://"))
-            .map(str::to_owned)
-    });
-    let browser = Browser::new(&d.ca_file()).get(&url);
-    let ok = wait_for("postern login to finish", Duration::from_secs(30), || {
-        (!p.is_running()).then(|| p.child.wait().map(|s| s.success()).unwrap_or(false))
-    });
-    if ok {
-        Ok(cfg.join("token"))
-    } else {
-        Err(format!("{}\nbrowser: {browser:?}", p.log_text()))
-    }
 }
 
 #[test]
@@ -211,7 +180,7 @@ fn one_factor_is_not_mfa_and_an_unknown_sign_in_time_fails_a_max_age_rule() {
     // A hardware key alone is one factor; and the IdP does not say when the user signed in.
     idp.set_claims(json!({"amr": ["hwk"]}));
     let cfg = d.path("one-factor");
-    let token = cli_login(&d, &cfg).expect("sign-in");
+    let token = d.cli_login(&cfg).expect("sign-in");
     // A rule needs the sign-in age, so the gateway asked the IdP for it: 12 h.
     assert_eq!(idp.last_authorize_param("max_age"), "43200");
     let (_, claims) = jwt_decode(&std::fs::read_to_string(&token).unwrap());
@@ -242,7 +211,7 @@ fn one_factor_is_not_mfa_and_an_unknown_sign_in_time_fails_a_max_age_rule() {
         .as_secs();
     idp.set_claims(json!({"amr": ["pwd", "mfa"], "auth_time": now - 60}));
     let cfg = d.path("two-factor");
-    let token = cli_login(&d, &cfg).expect("sign-in");
+    let token = d.cli_login(&cfg).expect("sign-in");
     let (_, claims) = jwt_decode(&std::fs::read_to_string(&token).unwrap());
     assert_eq!(claims["mfa"], true, "{claims}");
     assert_eq!(claims["auth_time"], now - 60, "{claims}");

@@ -168,7 +168,8 @@ pub async fn renewal_and_revocation(a: &SharedStore, b: &SharedStore) {
     assert_eq!(refusal(after), Refusal::ConnectorRevoked("truro-1".into()));
 }
 
-fn device(id: &str, user: &str, credential: &str) -> DeviceRec {
+/// An active device of `user` with WebAuthn credential `credential`, sign count 0.
+pub fn device(id: &str, user: &str, credential: &str) -> DeviceRec {
     DeviceRec {
         id: id.into(),
         user: user.into(),

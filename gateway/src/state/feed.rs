@@ -29,6 +29,11 @@ use super::Change;
 pub const NOTIFY_CHANNEL: &str = "postern_state";
 /// How often SQLite is asked whether another process committed.
 const SQLITE_POLL: Duration = Duration::from_millis(250);
+/// A PostgreSQL feed quiet for this long probes the database (`SELECT 1`): how old the last
+/// proof of life can be when an outage starts, which the staleness rule counts.
+const PROBE_AFTER: Duration = Duration::from_secs(2);
+/// A probe unanswered for this long marks the database down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest subject sent in a notification (PostgreSQL allows 8000 bytes); longer ones are sent
 /// as "reload everything".
 const MAX_SUBJECT: usize = 1024;
@@ -208,7 +213,7 @@ async fn listen_postgres(feed: Weak<Feed>) {
             f.announce(Change::External);
         }
         loop {
-            let next = tokio::time::timeout(Duration::from_secs(5), listener.try_recv()).await;
+            let next = tokio::time::timeout(PROBE_AFTER, listener.try_recv()).await;
             let Some(f) = feed.upgrade() else { return };
             match next {
                 Ok(Ok(Some(n))) => {
@@ -217,10 +222,10 @@ async fn listen_postgres(feed: Weak<Feed>) {
                         f.announce(c);
                     }
                 }
-                // Quiet for 5 s: prove the link still answers.
+                // Quiet for PROBE_AFTER: prove the link still answers.
                 Err(_) => {
                     let alive = tokio::time::timeout(
-                        Duration::from_secs(3),
+                        PROBE_TIMEOUT,
                         sqlx::query("SELECT 1").execute(&f.pool),
                     )
                     .await;

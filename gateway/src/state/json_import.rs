@@ -73,16 +73,24 @@ fn free_name(dir: &Path) -> PathBuf {
 
 pub(super) fn summary(t: &Tables) -> String {
     let parts = [
-        (t.connectors.len(), "connector"),
-        (t.devices.len(), "device"),
-        (t.enroll_tokens.len(), "enrolment token"),
-        (t.revoked_tokens.len(), "revoked session token"),
-        (t.revoked_users.len(), "revoked user"),
-        (t.cli_codes.len() + t.ceremonies.len(), "sign-in in flight"),
+        (t.connectors.len(), "connector", "connectors"),
+        (t.devices.len(), "device", "devices"),
+        (t.enroll_tokens.len(), "enrolment token", "enrolment tokens"),
+        (
+            t.revoked_tokens.len(),
+            "revoked session token",
+            "revoked session tokens",
+        ),
+        (t.revoked_users.len(), "revoked user", "revoked users"),
+        (
+            t.cli_codes.len() + t.ceremonies.len(),
+            "sign-in in flight",
+            "sign-ins in flight",
+        ),
     ];
     parts
         .iter()
-        .map(|(n, what)| format!("{n} {what}{}", if *n == 1 { "" } else { "s" }))
+        .map(|(n, one, many)| format!("{n} {}", if *n == 1 { one } else { many }))
         .collect::<Vec<_>>()
         .join(", ")
 }

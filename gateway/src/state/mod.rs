@@ -18,6 +18,7 @@
 
 #[doc(hidden)]
 pub mod conformance;
+pub mod fallback;
 pub mod feed;
 mod json_import;
 pub mod memory;

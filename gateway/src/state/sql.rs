@@ -237,6 +237,13 @@ impl SqlStore {
         })
     }
 
+    /// Closes the connections: every later operation fails with `Unavailable` (a database
+    /// gone, for tests of what depends on it).
+    #[doc(hidden)]
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
