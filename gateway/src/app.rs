@@ -270,6 +270,7 @@ impl App {
                 metrics.clone(),
             )),
         });
+        let replica_set = Arc::new(tokio::sync::watch::channel(Vec::new()).0);
         let enrolment = Arc::new(Enrolment {
             store: store.clone(),
             ca: connector_ca.clone(),
@@ -284,6 +285,7 @@ impl App {
             } else {
                 config.advertise_connector_addrs.clone()
             },
+            replica_set: replica_set.clone(),
         });
         let links = Arc::new(Links {
             registry: registry.clone(),
@@ -301,7 +303,7 @@ impl App {
             shutdown: life.shutdown.clone(),
             clock: clock.clone(),
             revoked_told: Default::default(),
-            replica_set: Arc::new(tokio::sync::watch::channel(Vec::new()).0),
+            replica_set,
         });
         Ok(Arc::new(App {
             config,

@@ -71,6 +71,23 @@ fn world(extra: &str, store: &str) -> World {
     });
     let t = c.enroll("conn-truro", "truro", 0);
     let p = c.enroll("conn-penzance", "penzance", 0);
+    // Enrolled through A, a connector is told every replica's address (A's first).
+    let told: Value = serde_json::from_str(
+        &std::fs::read_to_string(c.path("conn-truro/enrollment.json")).unwrap(),
+    )
+    .unwrap();
+    let told: Vec<&str> = told["connector_addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let mut want: Vec<String> = c.replicas.iter().map(|r| r.connector_addr()).collect();
+    assert_eq!(told[0], want[0], "{told:?}");
+    want.sort();
+    let mut told_sorted: Vec<String> = told.iter().map(|a| a.to_string()).collect();
+    told_sorted.sort();
+    assert_eq!(told_sorted, want);
     c.start_connector(
         "conn-truro",
         &[("127.0.0.1/32", truro.addr.port().to_string())],

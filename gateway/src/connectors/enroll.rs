@@ -33,8 +33,25 @@ pub struct Enrolment {
     pub validity: Duration,
     /// The CA that issued the gateway's TLS certificate (the connector pins it).
     pub server_ca_pem: String,
-    /// Where connectors should dial.
+    /// Where connectors should dial this gateway.
     pub connector_addrs: Vec<String>,
+    /// The live replicas' connector addresses (`replica::follow_set`): told at enrolment
+    /// too, after this gateway's own, so a connector without `gateways` configured starts
+    /// from every replica, not only the one it enrolled through.
+    pub replica_set: Arc<tokio::sync::watch::Sender<Vec<String>>>,
+}
+
+impl Enrolment {
+    /// This gateway's addresses, then the other live replicas'.
+    fn dial_addrs(&self) -> Vec<String> {
+        let mut addrs = self.connector_addrs.clone();
+        for a in self.replica_set.borrow().iter() {
+            if !addrs.contains(a) {
+                addrs.push(a.clone());
+            }
+        }
+        addrs
+    }
 }
 
 /// `POST /v1/enroll`.
@@ -109,7 +126,7 @@ pub async fn enroll(svc: Arc<Enrolment>, req: Request<Incoming>, peer: SocketAdd
                     site,
                     cert_pem,
                     gateway_ca_pem: svc.server_ca_pem.clone(),
-                    connector_addrs: svc.connector_addrs.clone(),
+                    connector_addrs: svc.dial_addrs(),
                     not_after: humantime::format_rfc3339_seconds(not_after).to_string(),
                 },
             )
