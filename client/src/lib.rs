@@ -45,14 +45,129 @@ pub enum ClientError {
     Protocol(String),
 }
 
+/// How tunnels reach the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC, falling back to HTTP/2 over TLS (TCP) when it cannot connect within
+    /// [`QUIC_FALLBACK_AFTER`]; QUIC is tried again [`QUIC_RETRY_AFTER`] later.
+    Auto,
+    /// HTTP/2 over TLS only.
+    Tcp,
+    /// QUIC only.
+    Quic,
+}
+
+/// How long a QUIC handshake may take before tunnels use TCP instead.
+pub const QUIC_FALLBACK_AFTER: Duration = Duration::from_secs(3);
+/// A QUIC connection that hears nothing from the gateway for this long after a tunnel
+/// request is given up (a restarted gateway, a dead path) and the request made again.
+pub const QUIC_SILENT: Duration = Duration::from_millis(1500);
+/// After QUIC failed, how long tunnels use TCP before QUIC is tried again.
+pub const QUIC_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// A byte stream both ways.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// One tunnel to an endpoint, over whichever transport carried it.
+pub type Tunnel = Box<dyn Stream>;
+
+/// The QUIC side of a [`GatewayConn`].
+#[derive(Default)]
+struct QuicState {
+    endpoint: Option<quinn::Endpoint>,
+    conn: Option<quinn::Connection>,
+    /// When QUIC last failed to connect (tunnels then use TCP until it is up again).
+    failed_at: Option<std::time::Instant>,
+    /// A background task is trying QUIC again.
+    retrying: bool,
+}
+
+/// Where a QUIC connection goes.
+struct QuicTarget {
+    host: String,
+    port: u16,
+    tls: Arc<ClientConfig>,
+}
+
+/// The client's UDP endpoint, made on first use.
+fn quic_endpoint(q: &mut QuicState, t: &QuicTarget) -> Result<quinn::Endpoint, String> {
+    if q.endpoint.is_none() {
+        q.endpoint = Some(postern_net::quic::client_endpoint(t.tls.clone())?);
+    }
+    q.endpoint
+        .clone()
+        .ok_or_else(|| "no QUIC endpoint".to_owned())
+}
+
+/// A new QUIC connection, within [`QUIC_FALLBACK_AFTER`].
+async fn quic_dial(
+    endpoint: &quinn::Endpoint,
+    t: &QuicTarget,
+) -> Result<quinn::Connection, String> {
+    let attempt = async {
+        let addr = tokio::net::lookup_host((t.host.as_str(), t.port))
+            .await
+            .map_err(|e| format!("resolving {}: {e}", t.host))?
+            .next()
+            .ok_or_else(|| format!("{} has no address", t.host))?;
+        let connecting = endpoint.connect(addr, &t.host).map_err(|e| e.to_string())?;
+        connecting.await.map_err(|e| e.to_string())
+    };
+    let c = tokio::time::timeout(QUIC_FALLBACK_AFTER, attempt)
+        .await
+        .map_err(|_| format!("no answer within {QUIC_FALLBACK_AFTER:?} (UDP blocked?)"))??;
+    tracing::debug!(host = %t.host, port = t.port, "QUIC connection up");
+    Ok(c)
+}
+
+/// Connects and keeps the connection in `q`.
+async fn quic_connect(q: &mut QuicState, t: &QuicTarget) -> Result<quinn::Connection, String> {
+    let endpoint = quic_endpoint(q, t)?;
+    let c = quic_dial(&endpoint, t).await?;
+    q.conn = Some(c.clone());
+    q.failed_at = None;
+    Ok(c)
+}
+
+/// Tries QUIC every [`QUIC_RETRY_AFTER`] until it connects (or the client is gone), without
+/// holding up the tunnels meanwhile (they use TCP).
+async fn retry_quic(state: std::sync::Weak<Mutex<QuicState>>, target: QuicTarget) {
+    loop {
+        tokio::time::sleep(QUIC_RETRY_AFTER).await;
+        let Some(shared) = state.upgrade() else {
+            return;
+        };
+        let endpoint = match quic_endpoint(&mut *shared.lock().await, &target) {
+            Ok(e) => e,
+            Err(_) => continue,
+        };
+        drop(shared);
+        if let Ok(c) = quic_dial(&endpoint, &target).await {
+            let Some(shared) = state.upgrade() else {
+                return;
+            };
+            let mut q = shared.lock().await;
+            tracing::info!(host = %target.host, "QUIC is back; new tunnels use it");
+            q.conn = Some(c);
+            q.failed_at = None;
+            q.retrying = false;
+            return;
+        }
+    }
+}
+
 /// Where the gateway is and how to trust and authenticate to it.
 pub struct GatewayConn {
     host: String,
     port: u16,
     tls: Arc<ClientConfig>,
+    quic_tls: Arc<ClientConfig>,
+    transport: Transport,
     token: String,
     justification: Option<String>,
     sender: Mutex<Option<SendRequest<Full<Bytes>>>>,
+    quic: Arc<Mutex<QuicState>>,
 }
 
 /// Splits `https://host[:port][/]`.
@@ -80,7 +195,7 @@ impl GatewayConn {
 
     fn build(url: &str, ca_file: Option<&Path>, token: String) -> Result<GatewayConn, ClientError> {
         let (host, port) = parse_url(url)?;
-        let tls = match ca_file {
+        let roots = match ca_file {
             Some(ca_file) => {
                 let pem = std::fs::read_to_string(ca_file).map_err(|e| {
                     ClientError::Setup(format!(
@@ -90,19 +205,46 @@ impl GatewayConn {
                 })?;
                 let roots = postern_net::tls::certs_from_pem(&pem, &ca_file.display().to_string())
                     .map_err(|e| ClientError::Setup(e.to_string()))?;
-                postern_net::tls::client_config(roots, None, &[wire::ALPN_H2])
+                Some(roots)
             }
-            None => postern_net::tls::public_client_config(&[wire::ALPN_H2]),
-        }
-        .map_err(|e| ClientError::Setup(e.to_string()))?;
+            None => None,
+        };
+        let config = |alpn: &[u8]| {
+            match &roots {
+                Some(roots) => postern_net::tls::client_config(roots.clone(), None, &[alpn]),
+                None => postern_net::tls::public_client_config(&[alpn]),
+            }
+            .map_err(|e| ClientError::Setup(e.to_string()))
+        };
         Ok(GatewayConn {
             host,
             port,
-            tls: Arc::new(tls),
+            tls: Arc::new(config(wire::ALPN_H2)?),
+            quic_tls: Arc::new(config(wire::ALPN_QUIC)?),
+            transport: Transport::Auto,
             token,
             justification: None,
             sender: Mutex::new(None),
+            quic: Arc::new(Mutex::new(QuicState::default())),
         })
+    }
+
+    /// Closes the QUIC connection, if any, telling the gateway (so it ends the tunnels now
+    /// rather than after the idle timeout); waits up to a second for that to be sent.
+    pub async fn close(&self) {
+        let q = self.quic.lock().await;
+        if let Some(c) = &q.conn {
+            c.close(0u32.into(), b"client closing");
+        }
+        if let Some(e) = &q.endpoint {
+            let _ = tokio::time::timeout(Duration::from_secs(1), e.wait_idle()).await;
+        }
+    }
+
+    /// Which transport tunnels use (default [`Transport::Auto`]).
+    pub fn with_transport(mut self, transport: Transport) -> GatewayConn {
+        self.transport = transport;
+        self
     }
 
     /// A reason for break-glass access, sent with every request and audited by the gateway.
@@ -251,8 +393,150 @@ impl GatewayConn {
             .await
     }
 
-    /// Opens one tunnel stream to `endpoint`.
-    pub async fn open(&self, endpoint: &str) -> Result<Upgraded, ClientError> {
+    /// Opens one tunnel stream to `endpoint`: over QUIC when it is up (or comes up within
+    /// [`QUIC_FALLBACK_AFTER`]), else over HTTP/2 (see [`Transport`]).
+    pub async fn open(&self, endpoint: &str) -> Result<Tunnel, ClientError> {
+        if self.transport != Transport::Tcp {
+            match self.open_quic(endpoint).await {
+                Ok(Some(t)) => return Ok(t),
+                Ok(None) if self.transport == Transport::Quic => {
+                    return Err(ClientError::Connect {
+                        addr: self.authority(),
+                        message: "QUIC (UDP) does not get through".into(),
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Box::new(TokioIo::new(self.open_h2(endpoint).await?)))
+    }
+
+    /// The QUIC connection: the live one, or a new one if one comes up within
+    /// [`QUIC_FALLBACK_AFTER`]. Once QUIC has failed (with `auto`), tunnels do not wait for it
+    /// again: a background task tries it every [`QUIC_RETRY_AFTER`] and they use it once it is
+    /// up.
+    async fn quic_conn(&self) -> Option<quinn::Connection> {
+        let mut q = self.quic.lock().await;
+        if let Some(c) = &q.conn {
+            if c.close_reason().is_none() {
+                return Some(c.clone());
+            }
+            q.conn = None;
+        }
+        if self.transport == Transport::Auto && q.failed_at.is_some() {
+            if !q.retrying {
+                q.retrying = true;
+                tokio::spawn(retry_quic(Arc::downgrade(&self.quic), self.quic_target()));
+            }
+            return None;
+        }
+        let target = self.quic_target();
+        let result = quic_connect(&mut q, &target).await;
+        match result {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::info!(gateway = %self.authority(), error = %e, "QUIC unavailable; tunnels use TCP");
+                q.failed_at = Some(std::time::Instant::now());
+                None
+            }
+        }
+    }
+
+    fn quic_target(&self) -> QuicTarget {
+        QuicTarget {
+            host: self.host.clone(),
+            port: self.port,
+            tls: self.quic_tls.clone(),
+        }
+    }
+
+    /// A tunnel over QUIC: `Ok(None)` if QUIC is not available (the caller uses TCP), `Err` if
+    /// the gateway answered and refused.
+    async fn open_quic(&self, endpoint: &str) -> Result<Option<Tunnel>, ClientError> {
+        // A connection found dead when the stream opens is replaced once.
+        for _ in 0..2 {
+            let Some(conn) = self.quic_conn().await else {
+                return Ok(None);
+            };
+            let (mut send, mut recv) = match conn.open_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "QUIC connection lost; reconnecting");
+                    self.quic.lock().await.conn = None;
+                    continue;
+                }
+            };
+            let req = wire::TunnelRequest {
+                endpoint: endpoint.to_owned(),
+                token: self.token.clone(),
+                justification: self.justification.clone(),
+            };
+            let heard_before = conn.stats().udp_rx.datagrams;
+            let answer = async {
+                postern_net::quic::write_frame(&mut send, &req).await?;
+                postern_net::quic::read_frame::<_, wire::TunnelResponse>(&mut recv).await
+            };
+            // A gateway that restarted or a path that died says nothing (QUIC has no RST):
+            // the request is acknowledged within a round trip by a live gateway, so a
+            // connection that hears nothing for `QUIC_SILENT` after it is given up.
+            let silent = async {
+                let start = tokio::time::Instant::now();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if conn.stats().udp_rx.datagrams > heard_before {
+                        std::future::pending::<()>().await;
+                    }
+                    if start.elapsed() >= QUIC_SILENT {
+                        return;
+                    }
+                }
+            };
+            let answer = async {
+                tokio::select! {
+                    r = answer => Some(r),
+                    _ = silent => None,
+                }
+            };
+            let resp = match tokio::time::timeout(Duration::from_secs(60), answer).await {
+                Ok(None) => {
+                    tracing::info!(gateway = %self.authority(), after = ?QUIC_SILENT, "the gateway does not answer over QUIC; reconnecting");
+                    conn.close(0u32.into(), b"no answer");
+                    self.quic.lock().await.conn = None;
+                    continue;
+                }
+                Ok(Some(Ok(r))) => r,
+                // The connection was gone (a restarted gateway resets it): once more on a
+                // new one.
+                Ok(Some(Err(e))) if conn.close_reason().is_some() => {
+                    tracing::debug!(error = %e, "QUIC connection lost; reconnecting");
+                    self.quic.lock().await.conn = None;
+                    continue;
+                }
+                Ok(Some(Err(e))) => return Err(ClientError::Protocol(format!("QUIC tunnel: {e}"))),
+                Err(_) => {
+                    return Err(ClientError::Unavailable(
+                        "the gateway did not answer the tunnel request within 60 s".into(),
+                    ))
+                }
+            };
+            if resp.status != 200 {
+                let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let message = resp.message.unwrap_or_else(|| "no reason given".into());
+                return Err(refusal(
+                    status,
+                    resp.error.as_deref().unwrap_or(""),
+                    message,
+                    endpoint,
+                ));
+            }
+            return Ok(Some(Box::new(postern_net::quic::tunnel_stream(send, recv))));
+        }
+        Ok(None)
+    }
+
+    /// Opens one tunnel stream to `endpoint` over HTTP/2 (`CONNECT`).
+    async fn open_h2(&self, endpoint: &str) -> Result<Upgraded, ClientError> {
         let req = self.request(Method::CONNECT, &wire::connect_authority(endpoint))?;
         let resp = self
             .sender()
@@ -336,7 +620,7 @@ pub async fn connect(
             match gw.open(&endpoint).await {
                 Ok(up) => {
                     let counters = Arc::new(postern_net::relay::Counters::default());
-                    postern_net::relay::relay(tcp, TokioIo::new(up), counters).await;
+                    postern_net::relay::relay(tcp, up, counters).await;
                 }
                 Err(e) => eprintln!("postern: connection from {peer} to {endpoint} refused: {e}"),
             }

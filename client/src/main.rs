@@ -68,6 +68,10 @@ enum Cmd {
         /// Why you need access (break-glass rules require it); recorded in the audit log.
         #[arg(long)]
         reason: Option<String>,
+        /// How tunnels reach the gateway: `auto` (QUIC, or TCP when UDP does not get through
+        /// within 3 s), `tcp` or `quic`.
+        #[arg(long, env = "POSTERN_TRANSPORT", default_value = "auto", value_parser = ["auto", "tcp", "quic"])]
+        transport: String,
         #[command(flatten)]
         gw: GatewayArgs,
     },
@@ -109,7 +113,11 @@ enum Cmd {
     },
 }
 
-fn gateway(args: &GatewayArgs, reason: Option<&str>) -> anyhow::Result<Arc<GatewayConn>> {
+fn gateway(
+    args: &GatewayArgs,
+    reason: Option<&str>,
+    transport: postern_client::Transport,
+) -> anyhow::Result<Arc<GatewayConn>> {
     let (url, ca) = args.target()?;
     let token = match (&args.token_file, std::env::var("POSTERN_TOKEN")) {
         (Some(f), _) => std::fs::read_to_string(f)
@@ -125,7 +133,7 @@ fn gateway(args: &GatewayArgs, reason: Option<&str>) -> anyhow::Result<Arc<Gatew
             })?
         }
     };
-    let mut conn = GatewayConn::new(&url, ca.as_deref(), &token)?;
+    let mut conn = GatewayConn::new(&url, ca.as_deref(), &token)?.with_transport(transport);
     if let Some(r) = reason {
         conn = conn.with_justification(r)?;
     }
@@ -212,6 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             allow_remote,
             reason,
+            transport,
             gw,
         } => {
             match postern_client::check_listen(listen, allow_remote) {
@@ -222,8 +231,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .error(clap::error::ErrorKind::ValueValidation, e)
                     .exit(),
             }
-            let gw = gateway(&gw, reason.as_deref())?;
-            let fut = connect(gw, &endpoint, listen, |addr, info| {
+            let transport = match transport.as_str() {
+                "tcp" => postern_client::Transport::Tcp,
+                "quic" => postern_client::Transport::Quic,
+                _ => postern_client::Transport::Auto,
+            };
+            let gw = gateway(&gw, reason.as_deref(), transport)?;
+            let fut = connect(gw.clone(), &endpoint, listen, |addr, info| {
                 let max = info
                     .max_session_secs
                     .map(|s| format!(", max session {}", short_duration(s)))
@@ -234,10 +248,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 let _ = std::io::stdout().flush();
             });
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 r = fut => r?,
                 _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
             }
+            // Tell the gateway, so that it ends the tunnels now.
+            gw.close().await;
             Ok(())
         }
         Cmd::Login {
@@ -278,19 +297,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Status { gw } => {
-            let conn = gateway(&gw, None)?;
+            let conn = gateway(&gw, None, postern_client::Transport::Tcp)?;
             let s: login::Session = conn.whoami().await?;
             print_session(&s);
             Ok(())
         }
         Cmd::Logout { gw } => {
-            let conn = gateway(&gw, None)?;
+            let conn = gateway(&gw, None, postern_client::Transport::Tcp)?;
             login::logout(&conn).await?;
             println!("signed out");
             Ok(())
         }
         Cmd::Endpoints { gw, json } => {
-            let list = gateway(&gw, None)?.endpoints().await?;
+            let list = gateway(&gw, None, postern_client::Transport::Tcp)?
+                .endpoints()
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list.endpoints)?);
                 return Ok(());

@@ -151,6 +151,11 @@ pub async fn run(
         clients: bind(port).await?,
         connectors: bind(connector_port).await?,
         admin: None,
+        // Clients reach the demo over QUIC too, on the same port.
+        quic: Some(
+            std::net::UdpSocket::bind(("127.0.0.1", port))
+                .with_context(|| format!("cannot listen on UDP 127.0.0.1:{port}"))?,
+        ),
     };
     let idp_port = port.checked_add(2).context("--port too high")?;
     let idp_listener = bind(idp_port).await?;

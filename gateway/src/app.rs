@@ -48,6 +48,8 @@ pub struct Tls {
     /// What the client listener presents (swapped on SIGHUP when it comes from files).
     pub server_cert: Arc<ServerCert>,
     pub connector: TlsAcceptor,
+    /// The QUIC listener's TLS (the client listener's certificate, ALPN `postern-quic/1`).
+    pub quic: Arc<rustls::ServerConfig>,
 }
 
 /// Shutdown and connection bookkeeping shared by the listeners.
@@ -123,6 +125,10 @@ fn tls(
     );
     let client =
         postern_net::tls::server_config_with_resolver(server_cert.clone(), &[ALPN_H2, ALPN_HTTP1])?;
+    let quic = postern_net::tls::server_config_with_resolver(
+        server_cert.clone(),
+        &[postern_proto::wire::ALPN_QUIC],
+    )?;
     let connector = postern_net::tls::server_config(
         chain,
         key,
@@ -133,6 +139,7 @@ fn tls(
         client: TlsAcceptor::from(Arc::new(client)),
         server_cert,
         connector: TlsAcceptor::from(Arc::new(connector)),
+        quic: Arc::new(quic),
     })
 }
 

@@ -116,6 +116,8 @@ struct RawOidc {
 struct RawListen {
     clients: String,
     connectors: String,
+    /// QUIC (UDP) for clients on the `clients` port.
+    quic: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +163,8 @@ pub struct Config {
     pub policy: PathBuf,
     pub audit_dir: PathBuf,
     pub listen_clients: SocketAddr,
+    /// Also listen for clients over QUIC (UDP, the same port); default on.
+    pub listen_quic: bool,
     pub listen_connectors: SocketAddr,
     pub server_names: Vec<String>,
     /// Client-facing certificate and key files (reloaded on SIGHUP); None = self-issued.
@@ -356,6 +360,7 @@ impl Config {
             policy: policy.to_owned(),
             audit_dir: state_dir.join("audit"),
             listen_clients: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen_quic: true,
             listen_connectors: SocketAddr::from(([127, 0, 0, 1], 0)),
             server_names: default_server_names(),
             server_cert_files: None,
@@ -680,6 +685,7 @@ impl Config {
             state_dir,
             policy: abs(raw.policy),
             listen_clients,
+            listen_quic: raw.listen.quic.unwrap_or(true),
             listen_connectors,
             server_names,
             server_cert_files,

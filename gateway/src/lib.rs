@@ -185,6 +185,17 @@ pub async fn serve(
     let admin_task = listeners
         .admin
         .map(|l| tokio::spawn(listeners::admin::serve(app.clone(), l)));
+    let quic_task = match listeners.quic {
+        Some(socket) => {
+            let endpoint =
+                listeners::quic::endpoint(socket, app.tls.quic.clone(), &app.config.state_dir)?;
+            Some(tokio::spawn(listeners::quic::accept_loop(
+                app.clone(),
+                endpoint,
+            )))
+        }
+        None => None,
+    };
     let discovery = app
         .authn
         .oidc
@@ -202,7 +213,12 @@ pub async fn serve(
     let _ = heartbeat.await;
     replica.leave().await;
     drain(&app, stop).await;
-    for t in tasks.into_iter().chain(discovery).chain(admin_task) {
+    for t in tasks
+        .into_iter()
+        .chain(discovery)
+        .chain(admin_task)
+        .chain(quic_task)
+    {
         t.abort();
     }
     // What the refusal aggregator still counts goes in before the log closes.

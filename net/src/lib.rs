@@ -7,6 +7,8 @@
 //!   authenticates a gateway on first contact from an enrolment token.
 //! * [`h2`]: the one HTTP/2 configuration (windows, frame size, keep-alive per kind of
 //!   connection), applied to hyper's client and server builders.
+//! * [`quic`]: the clinician ↔ gateway QUIC transport: endpoint configurations (quinn over
+//!   rustls with ring) and the framing of a tunnel stream.
 //! * [`addr`]: the one `host:port` parser and formatter (IPv6 in brackets).
 //! * [`relay`]: the byte relay between two streams (counting, half-close aware, adaptive buffers).
 //! * [`fsutil`]: private directories and atomic, mode-setting file writes (keys, tokens).
@@ -21,5 +23,6 @@ pub mod addr;
 pub mod certs;
 pub mod fsutil;
 pub mod h2;
+pub mod quic;
 pub mod relay;
 pub mod tls;

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 /// ALPN for the clinician-facing listener (HTTP/2 for tunnels).
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN of the clinician's QUIC connection (UDP, the client listener's port). Each
+/// bidirectional stream is one tunnel: a [`TunnelRequest`] frame, a [`TunnelResponse`] frame,
+/// then, on 200, the tunnel's bytes both ways (see `postern_net::quic`).
+pub const ALPN_QUIC: &[u8] = b"postern-quic/1";
 /// ALPN for HTTP/1.1 (enrolment and JSON calls from simple clients).
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// ALPN for connector links. The version suffix is bumped on incompatible changes, so an old
@@ -224,6 +228,35 @@ pub struct ErrorBody {
     pub error: String,
     /// Sentence for a person.
     pub message: String,
+}
+
+/// First frame of a tunnel stream on the QUIC transport: what a `CONNECT ENDPOINT:0` with its
+/// headers says on HTTP/2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelRequest {
+    /// The policy endpoint's name.
+    pub endpoint: String,
+    /// The session token (never logged).
+    pub token: String,
+    /// Break-glass reason ([`HDR_JUSTIFICATION`]).
+    #[serde(default)]
+    pub justification: Option<String>,
+}
+
+/// The gateway's answer to a [`TunnelRequest`]: `status` as the HTTP status the `CONNECT`
+/// would have had; on 200 the stream carries the tunnel from the next byte on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelResponse {
+    pub status: u16,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// The refusal ([`ErrorBody`]'s code and sentence), when not 200.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 #[cfg(test)]

@@ -372,7 +372,8 @@ impl Cluster {
         path
     }
 
-    /// `postern connect ENDPOINT` through `url` (a replica's or the balancer's).
+    /// `postern connect ENDPOINT` through `url`: a replica's own (QUIC, as a client would
+    /// use) or the balancer's (TCP: the test balancer, like HAProxy, passes TCP only).
     pub fn connect(
         &self,
         url: &str,
@@ -380,7 +381,8 @@ impl Cluster {
         token: &Path,
     ) -> Result<(Proc, SocketAddr), String> {
         let log = self.path(&format!("client-{endpoint}-{}.log", free_port()));
-        crate::postern_connect(url, endpoint, token, &self.ca_file(), log)
+        let transport = if url == self.url() { "tcp" } else { "auto" };
+        crate::postern_connect_over(url, endpoint, token, &self.ca_file(), log, transport)
     }
 
     /// Every replica's audit directory (for `postern-audit … DIR DIR DIR`).

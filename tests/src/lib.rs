@@ -747,6 +747,18 @@ pub fn postern_connect(
     ca: &Path,
     log: PathBuf,
 ) -> Result<(Proc, SocketAddr), String> {
+    postern_connect_over(url, endpoint, token, ca, log, "auto")
+}
+
+/// As [`postern_connect`], with `--transport` (`auto`, `tcp`, `quic`).
+pub fn postern_connect_over(
+    url: &str,
+    endpoint: &str,
+    token: &Path,
+    ca: &Path,
+    log: PathBuf,
+    transport: &str,
+) -> Result<(Proc, SocketAddr), String> {
     let mut p = Proc::spawn(
         "client",
         Command::new(bin("postern"))
@@ -755,6 +767,8 @@ pub fn postern_connect(
                 endpoint,
                 "--listen",
                 "127.0.0.1:0",
+                "--transport",
+                transport,
                 "--gateway",
                 url,
             ])

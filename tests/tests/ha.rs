@@ -291,6 +291,8 @@ fn connectors_link_to_every_replica_and_a_browser_sign_in_crosses_three() {
         "connect",
         Command::new(bin("postern"))
             .args(["connect", "echo", "--listen", "127.0.0.1:0"])
+            // The test's switch passes TCP only.
+            .args(["--transport", "tcp"])
             .env("POSTERN_CONFIG_DIR", &cfg),
         work.path().join("connect.log"),
     );

@@ -130,23 +130,7 @@ enum Refused {
 impl Broker {
     /// Brokers one `CONNECT`: the pipeline described in the module documentation.
     pub async fn connect(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-        let started = self.access.clock.instant();
-        // 1 and 2. Address limit, subject.
-        let subject = match self.authenticate(&req, peer) {
-            Ok(s) => s,
-            Err(resp) => return *resp,
-        };
-        // 3. Target.
-        let name = match target(&req) {
-            Ok(name) => name,
-            Err(shown) => {
-                let why = Refused::BadTarget(shown.clone());
-                return self.refuse(peer, Some(&subject), &shown, why);
-            }
-        };
-        // 3 to 6: rate limit, authorize, audit start, upstream open.
-        let given = justification(&req);
-        let opened = match self.open(subject, &name, given, started).await {
+        let opened = match self.open_request(&req, peer).await {
             Ok(o) => o,
             Err(resp) => return resp,
         };
@@ -158,6 +142,46 @@ impl Broker {
             ok.headers_mut().insert(wire::HDR_SESSION, v);
         }
         ok
+    }
+
+    /// Stages 1 to 6 for a tunnel request of either transport (the HTTP/2 `CONNECT`, or the
+    /// QUIC transport's request frame put in the same form): address limit, subject, target,
+    /// then [`open`](Self::open). On refusal it has audited what happened and returns the
+    /// answer.
+    pub async fn open_request<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+    ) -> Result<Opened, Resp> {
+        let started = self.access.clock.instant();
+        // 1 and 2. Address limit, subject.
+        let subject = self.authenticate(req, peer).map_err(|r| *r)?;
+        // 3. Target.
+        let name = match target(req) {
+            Ok(name) => name,
+            Err(shown) => {
+                let why = Refused::BadTarget(shown.clone());
+                return Err(self.refuse(peer, Some(&subject), &shown, why));
+            }
+        };
+        // 3 to 6: rate limit, authorize, audit start, upstream open.
+        let given = justification(req);
+        self.open(subject, &name, given, started).await
+    }
+
+    /// 7. for a client stream already in hand (the QUIC transport): the endpoint handler
+    /// serves it under the session's supervision until `session.end`.
+    pub fn spawn_supervised(&self, opened: Opened, client: BoxIo) {
+        let access = self.access.clone();
+        let span = opened.tunnel.session.span();
+        tokio::spawn(
+            async move {
+                access
+                    .supervise(opened.tunnel, opened.handler, client, opened.upstream)
+                    .await
+            }
+            .instrument(span),
+        );
     }
 
     /// Stages 1 and 2, shared with the endpoint queries: the per-address limit, then the

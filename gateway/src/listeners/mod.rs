@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod client;
 pub mod connector;
+pub mod quic;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub struct Listeners {
     pub connectors: TcpListener,
     /// Metrics and health, if configured.
     pub admin: Option<TcpListener>,
+    /// QUIC for clients: UDP on the client listener's port (`[listen] quic`, on by default).
+    pub quic: Option<std::net::UdpSocket>,
 }
 
 impl Listeners {
@@ -44,8 +47,22 @@ impl Listeners {
             Some(a) => Some(bind(a, "admin").await?),
             None => None,
         };
+        let clients = bind(config.listen_clients, "client").await?;
+        let quic = if config.listen_quic {
+            // The same port as the TCP listener (which may have been given port 0).
+            let addr = clients.local_addr().unwrap_or(config.listen_clients);
+            Some(
+                std::net::UdpSocket::bind(addr).map_err(|source| GatewayError::Io {
+                    what: format!("binding the QUIC (UDP) client listener on {addr}"),
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
         Ok(Listeners {
-            clients: bind(config.listen_clients, "client").await?,
+            quic,
+            clients,
             connectors: bind(config.listen_connectors, "connector").await?,
             admin,
         })

@@ -1,0 +1,172 @@
+//! QUIC between the clinician's client and the gateway (quinn, rustls with the ring provider).
+//!
+//! One QUIC connection per client process; one bidirectional stream per tunnel. A stream
+//! starts with two frames — the client's [`TunnelRequest`], the gateway's [`TunnelResponse`] —
+//! each a 4-byte big-endian length and that many bytes of JSON (at most [`MAX_FRAME`]); after
+//! a 200 the stream is the tunnel's bytes both ways. Streams are independent: a lost packet
+//! delays only the stream it belonged to, so an interactive tunnel does not wait behind a bulk
+//! one as it does on one TCP connection. The connection survives a change of the client's
+//! address (QUIC connection migration) without a new handshake.
+//!
+//! [`TunnelRequest`]: postern_proto::wire::TunnelRequest
+//! [`TunnelResponse`]: postern_proto::wire::TunnelResponse
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest frame either side accepts, in bytes.
+pub const MAX_FRAME: usize = 16 * 1024;
+/// Keep-alive: a quiet connection sends a PING this often, so NAT bindings stay and a dead
+/// path is noticed.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// A connection that hears nothing for this long is closed: how long the gateway keeps the
+/// tunnels of a client that vanished without closing (killed, or its network gone).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent tunnel streams one client connection may have open.
+pub const MAX_STREAMS: u32 = 1024;
+/// Flow-control windows: per stream and per connection, as on the HTTP/2 transport
+/// (`wire::STREAM_WINDOW`, `wire::CONN_WINDOW`).
+const STREAM_WINDOW: u32 = postern_proto::wire::STREAM_WINDOW;
+const CONN_WINDOW: u32 = postern_proto::wire::CONN_WINDOW;
+
+/// What went wrong reading or writing a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {0} bytes is larger than {MAX_FRAME}")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Writes `value` as one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    value: &impl serde::Serialize,
+) -> Result<(), FrameError> {
+    let body = serde_json::to_vec(value).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame (at most [`MAX_FRAME`] bytes of JSON).
+pub async fn read_frame<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
+    r: &mut R,
+) -> Result<T, FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    serde_json::from_slice(&body).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE))
+        .max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok())
+        .max_concurrent_bidi_streams(MAX_STREAMS.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONN_WINDOW.into())
+        .send_window(u64::from(CONN_WINDOW));
+    Arc::new(t)
+}
+
+/// The gateway's QUIC server configuration from its TLS configuration (TLS 1.3, ALPN
+/// [`ALPN_QUIC`](postern_proto::wire::ALPN_QUIC), no 0-RTT).
+pub fn server_config(tls: Arc<rustls::ServerConfig>) -> Result<quinn::ServerConfig, String> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| format!("QUIC server TLS configuration: {e}"))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport());
+    // A client that moves to another address (a Wi-Fi change) keeps its connection.
+    config.migration(true);
+    Ok(config)
+}
+
+/// A client endpoint on an ephemeral UDP port of the wildcard address (so that a new local
+/// address after a network change is used at once), dialling with `tls`.
+pub fn client_endpoint(tls: Arc<rustls::ClientConfig>) -> Result<quinn::Endpoint, String> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| format!("QUIC client TLS configuration: {e}"))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport());
+    let bind = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+    let mut endpoint = quinn::Endpoint::client(bind)
+        .or_else(|_| quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0))))
+        .map_err(|e| format!("opening a UDP socket: {e}"))?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// One tunnel stream as a byte stream (reads from `recv`, writes to `send`).
+pub type TunnelStream = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
+
+/// Joins the two halves of a bidirectional stream.
+pub fn tunnel_stream(send: quinn::SendStream, recv: quinn::RecvStream) -> TunnelStream {
+    tokio::io::join(recv, send)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_proto::wire::{TunnelRequest, TunnelResponse};
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_or_malformed_ones_are_refused() {
+        let req = TunnelRequest {
+            endpoint: "truro-pacs".into(),
+            token: "t".into(),
+            justification: None,
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &req).await.unwrap();
+        let back: TunnelRequest = read_frame(&mut buf.as_slice()).await.unwrap();
+        assert_eq!(back, req);
+
+        let mut big = Vec::new();
+        big.extend_from_slice(&((MAX_FRAME + 1) as u32).to_be_bytes());
+        let e = read_frame::<_, TunnelResponse>(&mut big.as_slice())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, FrameError::TooLarge(n) if n == MAX_FRAME + 1),
+            "{e}"
+        );
+
+        let mut bad = Vec::new();
+        bad.extend_from_slice(&3u32.to_be_bytes());
+        bad.extend_from_slice(b"{x}");
+        let e = read_frame::<_, TunnelResponse>(&mut bad.as_slice())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, FrameError::Malformed(_)), "{e}");
+
+        // Cut short: an I/O error, not a hang or a panic.
+        let e = read_frame::<_, TunnelResponse>(&mut &buf[..buf.len() - 1])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, FrameError::Io(_)), "{e}");
+        let unknown = br#"{"endpoint":"e","token":"t","extra":1}"#;
+        let mut framed = (unknown.len() as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(unknown);
+        let e = read_frame::<_, TunnelRequest>(&mut framed.as_slice())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, FrameError::Malformed(_)), "{e}");
+    }
+}
