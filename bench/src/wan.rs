@@ -565,6 +565,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use clap::Parser;
 
