@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (idempotently) and runs the whole test suite.
-# Real peers: Orthanc (PACS), dcmtk (DICOM tools), iperf3, curl, rsyslog (SIEM export),
+# Real peers: Orthanc (PACS), dcmtk (DICOM tools), iperf3, curl, iproute2 (the link emulator's
+# namespaces), rsyslog (SIEM export),
 # Chromium with chromedriver (device trust in a real browser), PostgreSQL (the replicas' store)
 # — from Debian's packages —
 # and an OpenID provider (tests/oidc-provider: panva's oidc-provider from npm, run by node).
@@ -12,6 +13,8 @@ command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# `ip netns` / `ip link` / `ip addr` for the link emulator (postern-bench wan, tests/tests/wan.rs).
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
 dpkg -s rsyslog-openssl >/dev/null 2>&1 || need+=(rsyslog-openssl)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)

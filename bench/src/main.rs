@@ -2,7 +2,8 @@
 //!
 //! It does what a shell script cannot do well: a TCP echo server, session-setup latency and
 //! rate, holding thousands of idle tunnelled connections, a delaying TCP relay (the kernel here
-//! has no `tc netem`), process memory from `/proc`, and the final report.
+//! has no `tc netem`), a link emulator between two network namespaces (`wan`), process memory
+//! from `/proc`, and the final report.
 
 mod attack;
 mod cpu;
@@ -10,6 +11,7 @@ mod ha;
 mod hostile;
 mod net;
 mod report;
+mod wan;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -232,6 +234,12 @@ enum Cmd {
         #[arg(long = "meta")]
         meta: Vec<String>,
     },
+    /// Link emulator (run as root): two fresh network namespaces, "home" and "cloud", joined
+    /// through TUN devices by this process, which forwards packets with a rate limit, delay,
+    /// jitter, loss and a bounded queue per direction. Prints a JSON ready line, then answers
+    /// control lines on stdin (addr, down, up, block-udp, allow-udp, stats, quit) with JSON
+    /// lines; deletes the namespaces on quit, end of stdin, SIGTERM or SIGINT.
+    Wan(wan::Opts),
     /// Builds the Markdown results table from the JSON lines the other commands printed.
     Report {
         /// JSON lines file.
@@ -380,6 +388,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             refill,
         } => hostile::h2_hold(target, &ca_file, source, count, &path, refill).await,
         Cmd::FreePorts { n } => net::free_ports(n).await,
+        Cmd::Wan(opts) => wan::run(opts).await,
         Cmd::WaitPort { addr, timeout_ms } => net::wait_port(addr, timeout_ms).await,
         Cmd::Mem { .. }
         | Cmd::IperfSummary { .. }

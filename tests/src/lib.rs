@@ -22,6 +22,7 @@ pub mod ha;
 pub mod oidc;
 pub mod pg;
 pub mod rogue_idp;
+pub mod wan;
 
 /// Directory holding the workspace binaries (target/debug or target/release), or
 /// `POSTERN_E2E_BIN_DIR` when set (binaries copied out of a target directory that other
