@@ -53,7 +53,10 @@ enum Dir {
     WriteErr,
 }
 
-async fn pump<R, W>(mut r: R, mut w: W, counter: &AtomicU64) -> Dir
+/// Which side's end of input was seen first: 0 none yet, 1 side `a`, 2 side `b`.
+type FirstEof = std::sync::atomic::AtomicU8;
+
+async fn pump<R, W>(mut r: R, mut w: W, counter: &AtomicU64, first: &FirstEof, me: u8) -> Dir
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -62,6 +65,9 @@ where
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) => {
+                // Noted before passing the close on: the other side's answer to it (its own
+                // close) may otherwise finish first and be taken for who closed.
+                let _ = first.compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed);
                 let _ = w.shutdown().await;
                 return Dir::Eof;
             }
@@ -89,19 +95,26 @@ where
 {
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
-    let up = pump(ar, bw, &counters.a_to_b);
-    let down = pump(br, aw, &counters.b_to_a);
+    let first = FirstEof::new(0);
+    let up = pump(ar, bw, &counters.a_to_b, &first, 1);
+    let down = pump(br, aw, &counters.b_to_a, &first, 2);
     tokio::pin!(up, down);
     // The first direction to finish decides the reason; on an error the other direction is
     // abandoned, on a clean close it is allowed to finish (half-close).
     tokio::select! {
         d = &mut up => match d {
-            Dir::Eof => { let _ = down.await; Ended::AClosed }
+            Dir::Eof => {
+                let _ = down.await;
+                if first.load(Ordering::Relaxed) == 2 { Ended::BClosed } else { Ended::AClosed }
+            }
             Dir::ReadErr => Ended::AError,
             Dir::WriteErr => Ended::BError,
         },
         d = &mut down => match d {
-            Dir::Eof => { let _ = up.await; Ended::BClosed }
+            Dir::Eof => {
+                let _ = up.await;
+                if first.load(Ordering::Relaxed) == 1 { Ended::AClosed } else { Ended::BClosed }
+            }
             Dir::ReadErr => Ended::BError,
             Dir::WriteErr => Ended::AError,
         },

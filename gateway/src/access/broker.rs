@@ -169,8 +169,8 @@ impl Broker {
         self.open(subject, &name, given, started).await
     }
 
-    /// 7. for a client stream already in hand (the QUIC transport): the endpoint handler
-    /// serves it under the session's supervision until `session.end`.
+    /// Stage 7 for a client stream already in hand (the QUIC transport): the endpoint
+    /// handler serves it under the session's supervision until `session.end`.
     pub fn spawn_supervised(&self, opened: Opened, client: BoxIo) {
         let access = self.access.clone();
         let span = opened.tunnel.session.span();
