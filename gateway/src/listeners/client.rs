@@ -40,21 +40,7 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
         let Some((tcp, peer)) = next_conn(&listener, &app.life.draining, "client").await else {
             return;
         };
-        // Per address first: one address at its cap must not use up the listener's pool.
-        let Some(address_permit) = app.life.per_address.acquire(peer.ip()) else {
-            app.metrics
-                .connections_refused
-                .with_label_values(&["client", "per_address"])
-                .inc();
-            debug!(%peer, "address at max_connections_per_address; refusing client connection");
-            continue;
-        };
-        let Ok(permit) = app.life.client_conns.clone().try_acquire_owned() else {
-            app.metrics
-                .connections_refused
-                .with_label_values(&["client", "pool_full"])
-                .inc();
-            warn!(%peer, "client connection limit (max_client_connections) reached; refusing client connection");
+        let Some((permit, address_permit)) = admit(&app, peer, "client") else {
             continue;
         };
         let task_app = app.clone();
@@ -67,6 +53,37 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
             .instrument(span),
         );
     }
+}
+
+/// A client connection's places in the caps (`max_connections_per_address`, then
+/// `max_client_connections`), or `None` (counted and logged) if one is full. Shared by the TCP
+/// and QUIC (`kind` "QUIC") listeners, which draw on the same caps.
+pub(crate) fn admit(
+    app: &App,
+    peer: SocketAddr,
+    kind: &str,
+) -> Option<(
+    tokio::sync::OwnedSemaphorePermit,
+    crate::limits::AddressPermit,
+)> {
+    // Per address first: one address at its cap must not use up the listener's pool.
+    let Some(address_permit) = app.life.per_address.acquire(peer.ip()) else {
+        app.metrics
+            .connections_refused
+            .with_label_values(&["client", "per_address"])
+            .inc();
+        debug!(%peer, "address at max_connections_per_address; refusing {kind} connection");
+        return None;
+    };
+    let Ok(permit) = app.life.client_conns.clone().try_acquire_owned() else {
+        app.metrics
+            .connections_refused
+            .with_label_values(&["client", "pool_full"])
+            .inc();
+        warn!(%peer, "client connection limit (max_client_connections) reached; refusing {kind} connection");
+        return None;
+    };
+    Some((permit, address_permit))
 }
 
 async fn serve_connection(app: Arc<App>, tcp: TcpStream, peer: SocketAddr) {

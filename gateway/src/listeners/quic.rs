@@ -15,7 +15,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use postern_net::quic::{read_frame, tunnel_stream, write_frame};
 use postern_proto::wire::{self, ErrorBody, TunnelRequest, TunnelResponse};
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, Instrument};
 
 use crate::app::App;
 use crate::error::GatewayError;
@@ -32,21 +32,7 @@ pub async fn accept_loop(app: Arc<App>, endpoint: quinn::Endpoint) {
             _ = app.life.draining.cancelled() => break,
         };
         let peer = incoming.remote_address();
-        let Some(address_permit) = app.life.per_address.acquire(peer.ip()) else {
-            app.metrics
-                .connections_refused
-                .with_label_values(&["client", "per_address"])
-                .inc();
-            debug!(%peer, "address at max_connections_per_address; refusing QUIC connection");
-            incoming.refuse();
-            continue;
-        };
-        let Ok(permit) = app.life.client_conns.clone().try_acquire_owned() else {
-            app.metrics
-                .connections_refused
-                .with_label_values(&["client", "pool_full"])
-                .inc();
-            warn!(%peer, "client connection limit (max_client_connections) reached; refusing QUIC connection");
+        let Some((permit, address_permit)) = super::client::admit(&app, peer, "QUIC") else {
             incoming.refuse();
             continue;
         };
