@@ -19,6 +19,7 @@ use serde_json::Value;
 pub mod browser;
 pub mod dicom;
 pub mod ha;
+pub mod linkbed;
 pub mod oidc;
 pub mod pg;
 pub mod rogue_idp;
