@@ -9,6 +9,8 @@
 //!   connection), applied to hyper's client and server builders.
 //! * [`quic`]: the clinician ↔ gateway QUIC transport: endpoint configurations (quinn over
 //!   rustls with ring) and the framing of a tunnel stream.
+//! * [`resume`]: resumable tunnels — the engine at each end that keeps a tunnel's bytes for
+//!   replay and carries it over to a new transport stream after the old one broke.
 //! * [`addr`]: the one `host:port` parser and formatter (IPv6 in brackets).
 //! * [`relay`]: the byte relay between two streams (counting, half-close aware, adaptive buffers).
 //! * [`fsutil`]: private directories and atomic, mode-setting file writes (keys, tokens).
@@ -25,4 +27,5 @@ pub mod fsutil;
 pub mod h2;
 pub mod quic;
 pub mod relay;
+pub mod resume;
 pub mod tls;
