@@ -86,7 +86,8 @@ pub struct Event {
     /// Bytes relayed endpoint -> client (`session.end`, `session.terminated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_down: Option<u64>,
-    /// How long the session lasted (`session.end`, `session.terminated`).
+    /// How long the session lasted (`session.end`, `session.terminated`); for
+    /// `session.resumed`, how long it was suspended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
     /// Why a session ended: `client_closed`, `endpoint_closed`, `max_duration`, `idle_timeout`,
@@ -251,6 +252,13 @@ pub enum EventType {
     AccessRefusedUnauthenticated,
     /// A session closed; carries byte counts, duration and close reason.
     SessionEnd,
+    /// A resumable session lost its client's link (Wi-Fi change, sleep, a network that
+    /// dropped it): the endpoint side stays open for the rule's `resume_grace` while the
+    /// client reconnects; continuous authorization still applies.
+    SessionSuspended,
+    /// A suspended session's client came back: `duration_ms` is how long it was suspended,
+    /// `source` the client's address now.
+    SessionResumed,
     /// A connector enrolled with a one-time token and got its certificate.
     ConnectorEnrolled,
     /// A connector connection came up.
@@ -337,11 +345,13 @@ pub enum EventType {
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 40] = [
+    pub const ALL: [EventType; 42] = [
         EventType::SessionStart,
         EventType::SessionDenied,
         EventType::AccessRefusedUnauthenticated,
         EventType::SessionEnd,
+        EventType::SessionSuspended,
+        EventType::SessionResumed,
         EventType::ConnectorEnrolled,
         EventType::ConnectorConnected,
         EventType::ConnectorDisconnected,
@@ -387,6 +397,8 @@ impl EventType {
             EventType::SessionDenied => "session.denied",
             EventType::AccessRefusedUnauthenticated => "access.refused_unauthenticated",
             EventType::SessionEnd => "session.end",
+            EventType::SessionSuspended => "session.suspended",
+            EventType::SessionResumed => "session.resumed",
             EventType::ConnectorEnrolled => "connector.enrolled",
             EventType::ConnectorConnected => "connector.connected",
             EventType::ConnectorDisconnected => "connector.disconnected",

@@ -7,6 +7,8 @@
 
 pub mod login;
 pub mod posture;
+mod resume;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -43,6 +45,8 @@ pub enum ClientError {
     Unavailable(String),
     #[error("unexpected answer from the gateway: {0}")]
     Protocol(String),
+    #[error("{0}")]
+    Gone(String),
 }
 
 /// How tunnels reach the gateway.
@@ -64,6 +68,39 @@ pub const QUIC_FALLBACK_AFTER: Duration = Duration::from_secs(3);
 pub const QUIC_SILENT: Duration = Duration::from_millis(1500);
 /// After QUIC failed, how long tunnels use TCP before QUIC is tried again.
 pub const QUIC_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// A connection to the gateway that hears nothing for this long (while it pings every half
+/// second) is taken for dead: it is closed and its resumable tunnels carry on over a new one.
+pub const STALL: Duration = Duration::from_secs(2);
+/// While resuming: how long one attempt to connect to the gateway may take before the next
+/// starts (a fresh handshake resends at once, where a long attempt would back off).
+pub const RESUME_ATTEMPT: Duration = Duration::from_secs(1);
+/// How long a first connection may take over TCP.
+const TCP_CONNECT: Duration = Duration::from_secs(10);
+
+/// A resumable tunnel's credentials, from the answer that opened it.
+#[derive(Clone)]
+pub struct ResumeInfo {
+    pub endpoint: String,
+    pub session_id: String,
+    /// Never logged.
+    secret: String,
+}
+
+/// A tunnel just opened, resumable if the gateway offered it.
+pub struct Opened {
+    pub stream: Tunnel,
+    pub resume: Option<ResumeInfo>,
+}
+
+/// Why a resume attempt failed.
+#[derive(Debug)]
+pub enum ResumeError {
+    /// The gateway answered: the tunnel cannot be resumed (it ended, the token is no longer
+    /// accepted, ...). The sentence says why.
+    Fatal(String),
+    /// The gateway could not be reached (yet): try again.
+    Retry(String),
+}
 
 /// A byte stream both ways.
 pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -100,10 +137,11 @@ fn quic_endpoint(q: &mut QuicState, t: &QuicTarget) -> Result<quinn::Endpoint, S
         .ok_or_else(|| "no QUIC endpoint".to_owned())
 }
 
-/// A new QUIC connection, within [`QUIC_FALLBACK_AFTER`].
+/// A new QUIC connection, within `within`; watched for stalls.
 async fn quic_dial(
     endpoint: &quinn::Endpoint,
     t: &QuicTarget,
+    within: Duration,
 ) -> Result<quinn::Connection, String> {
     let attempt = async {
         let addr = tokio::net::lookup_host((t.host.as_str(), t.port))
@@ -114,17 +152,22 @@ async fn quic_dial(
         let connecting = endpoint.connect(addr, &t.host).map_err(|e| e.to_string())?;
         connecting.await.map_err(|e| e.to_string())
     };
-    let c = tokio::time::timeout(QUIC_FALLBACK_AFTER, attempt)
+    let c = tokio::time::timeout(within, attempt)
         .await
-        .map_err(|_| format!("no answer within {QUIC_FALLBACK_AFTER:?} (UDP blocked?)"))??;
+        .map_err(|_| format!("no answer within {within:?} (UDP blocked?)"))??;
     tracing::debug!(host = %t.host, port = t.port, "QUIC connection up");
+    watch::quic(c.clone());
     Ok(c)
 }
 
 /// Connects and keeps the connection in `q`.
-async fn quic_connect(q: &mut QuicState, t: &QuicTarget) -> Result<quinn::Connection, String> {
+async fn quic_connect(
+    q: &mut QuicState,
+    t: &QuicTarget,
+    within: Duration,
+) -> Result<quinn::Connection, String> {
     let endpoint = quic_endpoint(q, t)?;
-    let c = quic_dial(&endpoint, t).await?;
+    let c = quic_dial(&endpoint, t, within).await?;
     q.conn = Some(c.clone());
     q.failed_at = None;
     Ok(c)
@@ -143,7 +186,7 @@ async fn retry_quic(state: std::sync::Weak<Mutex<QuicState>>, target: QuicTarget
             Err(_) => continue,
         };
         drop(shared);
-        if let Ok(c) = quic_dial(&endpoint, &target).await {
+        if let Ok(c) = quic_dial(&endpoint, &target, QUIC_FALLBACK_AFTER).await {
             let Some(shared) = state.upgrade() else {
                 return;
             };
@@ -166,8 +209,10 @@ pub struct GatewayConn {
     transport: Transport,
     token: String,
     justification: Option<String>,
-    sender: Mutex<Option<SendRequest<Full<Bytes>>>>,
+    sender: Mutex<Option<watch::H2Conn>>,
     quic: Arc<Mutex<QuicState>>,
+    /// Resumable tunnels' shared state: the reconnecting notice, closing.
+    pub(crate) tunnels: resume::Tunnels,
 }
 
 /// Splits `https://host[:port][/]`.
@@ -226,12 +271,15 @@ impl GatewayConn {
             justification: None,
             sender: Mutex::new(None),
             quic: Arc::new(Mutex::new(QuicState::default())),
+            tunnels: resume::Tunnels::default(),
         })
     }
 
-    /// Closes the QUIC connection, if any, telling the gateway (so it ends the tunnels now
-    /// rather than after the idle timeout); waits up to a second for that to be sent.
+    /// Ends every resumable tunnel, telling the gateway (so it ends their sessions now rather
+    /// than keep them for a client that will not come back), then closes the QUIC connection,
+    /// if any; waits up to a second for each.
     pub async fn close(&self) {
+        self.tunnels.close_all().await;
         let q = self.quic.lock().await;
         if let Some(c) = &q.conn {
             c.close(0u32.into(), b"client closing");
@@ -269,41 +317,46 @@ impl GatewayConn {
 
     /// The shared HTTP/2 connection, dialled on first use and again after it drops.
     async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        self.sender_within(TCP_CONNECT).await
+    }
+
+    /// [`sender`](Self::sender), dialling within `within` (TCP, TLS and HTTP/2 handshakes).
+    async fn sender_within(
+        &self,
+        within: Duration,
+    ) -> Result<SendRequest<Full<Bytes>>, ClientError> {
         let mut guard = self.sender.lock().await;
-        if let Some(s) = guard.as_ref() {
-            if !s.is_closed() {
-                return Ok(s.clone());
-            }
+        if let Some(c) = guard.as_ref().filter(|c| c.is_live()) {
+            return Ok(c.sender.clone());
         }
         let addr = self.authority();
         let connect_err = |message: String| ClientError::Connect {
             addr: addr.clone(),
             message,
         };
-        let tcp = tokio::time::timeout(
-            Duration::from_secs(10),
-            TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| connect_err("timed out".into()))?
-        .map_err(|e| connect_err(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let name =
-            ServerName::try_from(self.host.clone()).map_err(|e| connect_err(e.to_string()))?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
+        let dial = async {
+            let tcp = TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            let (tcp, heard) = watch::Counted::new(tcp);
+            let name =
+                ServerName::try_from(self.host.clone()).map_err(|e| connect_err(e.to_string()))?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| connect_err(format!("TLS: {e}")))?;
+            let (sender, conn) = postern_net::h2::client(postern_net::h2::CLI)
+                .handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| connect_err(format!("HTTP/2: {e}")))?;
+            Ok::<_, ClientError>(watch::H2Conn::spawn(sender, conn, heard))
+        };
+        let c = tokio::time::timeout(within, dial)
             .await
-            .map_err(|e| connect_err(format!("TLS: {e}")))?;
-        let (sender, conn) = postern_net::h2::client(postern_net::h2::CLIENT)
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| connect_err(format!("HTTP/2: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "gateway connection ended");
-            }
-        });
-        *guard = Some(sender.clone());
+            .map_err(|_| connect_err(format!("no answer within {within:?}")))??;
+        let sender = c.sender.clone();
+        *guard = Some(c);
         Ok(sender)
     }
 
@@ -396,27 +449,148 @@ impl GatewayConn {
     /// Opens one tunnel stream to `endpoint`: over QUIC when it is up (or comes up within
     /// [`QUIC_FALLBACK_AFTER`]), else over HTTP/2 (see [`Transport`]).
     pub async fn open(&self, endpoint: &str) -> Result<Tunnel, ClientError> {
+        Ok(self.open_tunnel(endpoint, false).await?.stream)
+    }
+
+    /// Opens one tunnel stream to `endpoint`, asking for a resumable one if `resumable`.
+    pub async fn open_tunnel(
+        &self,
+        endpoint: &str,
+        resumable: bool,
+    ) -> Result<Opened, ClientError> {
+        let req = self.tunnel_request(endpoint, resumable, None);
         if self.transport != Transport::Tcp {
-            match self.open_quic(endpoint).await {
-                Ok(Some(t)) => return Ok(t),
-                Ok(None) if self.transport == Transport::Quic => {
+            match self.quic_request(&req, QUIC_FALLBACK_AFTER).await? {
+                Some((resp, stream)) => {
+                    answer_ok(&resp, endpoint)?;
+                    let resume =
+                        resp.resume_secret
+                            .filter(|_| resumable)
+                            .map(|secret| ResumeInfo {
+                                endpoint: endpoint.to_owned(),
+                                session_id: resp.session_id.clone().unwrap_or_default(),
+                                secret,
+                            });
+                    return Ok(Opened { stream, resume });
+                }
+                None if self.transport == Transport::Quic => {
                     return Err(ClientError::Connect {
                         addr: self.authority(),
                         message: "QUIC (UDP) does not get through".into(),
                     })
                 }
-                Ok(None) => {}
-                Err(e) => return Err(e),
+                None => {}
             }
         }
-        Ok(Box::new(TokioIo::new(self.open_h2(endpoint).await?)))
+        let sender = self.sender().await?;
+        let (headers, stream) = self.h2_tunnel(sender, &req).await?;
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let resume = header(wire::HDR_RESUME_SECRET)
+            .filter(|_| resumable)
+            .map(|secret| ResumeInfo {
+                endpoint: endpoint.to_owned(),
+                session_id: header(wire::HDR_SESSION).unwrap_or_default(),
+                secret,
+            });
+        Ok(Opened {
+            stream: Box::new(TokioIo::new(stream)),
+            resume,
+        })
     }
 
-    /// The QUIC connection: the live one, or a new one if one comes up within
-    /// [`QUIC_FALLBACK_AFTER`]. Once QUIC has failed (with `auto`), tunnels do not wait for it
-    /// again: a background task tries it every [`QUIC_RETRY_AFTER`] and they use it once it is
-    /// up.
-    async fn quic_conn(&self) -> Option<quinn::Connection> {
+    /// Carries a suspended tunnel on over a new stream: its offset from the gateway, and the
+    /// stream. Tries QUIC (unless it is off or known not to get through) and then TCP, each
+    /// within [`RESUME_ATTEMPT`]; when QUIC failed and TCP got through, QUIC is tried once
+    /// more (the network is evidently up, so a second failure means UDP is blocked: tunnels
+    /// then use TCP, and QUIC is tried again later).
+    pub async fn resume(
+        &self,
+        info: &ResumeInfo,
+        received: u64,
+    ) -> Result<(Tunnel, u64), ResumeError> {
+        let r = wire::Resume {
+            session_id: info.session_id.clone(),
+            secret: info.secret.clone(),
+            received,
+        };
+        let req = self.tunnel_request(&info.endpoint, false, Some(r));
+        let mut quic_failed = false;
+        if self.transport != Transport::Tcp {
+            match self.quic_resume(&req, &info.endpoint).await? {
+                Some(x) => return Ok(x),
+                None if self.transport == Transport::Quic => {
+                    return Err(ResumeError::Retry("QUIC (UDP) does not get through".into()))
+                }
+                None => quic_failed = true,
+            }
+        }
+        let sender = self
+            .sender_within(RESUME_ATTEMPT)
+            .await
+            .map_err(|e| ResumeError::Retry(e.to_string()))?;
+        if quic_failed && self.quic.lock().await.failed_at.is_none() {
+            if let Some(x) = self.quic_resume(&req, &info.endpoint).await? {
+                return Ok(x);
+            }
+            tracing::info!(gateway = %self.authority(), "QUIC does not get through but TCP does; tunnels use TCP");
+            self.quic.lock().await.failed_at = Some(std::time::Instant::now());
+        }
+        let (headers, stream) = self.h2_tunnel(sender, &req).await.map_err(resume_error)?;
+        let received = headers
+            .get(wire::HDR_RESUME_RECEIVED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                ResumeError::Fatal("the gateway's answer has no resume offset".into())
+            })?;
+        Ok((Box::new(TokioIo::new(stream)), received))
+    }
+
+    /// A resume request over QUIC: `None` if no QUIC connection came up within
+    /// [`RESUME_ATTEMPT`].
+    async fn quic_resume(
+        &self,
+        req: &wire::TunnelRequest,
+        endpoint: &str,
+    ) -> Result<Option<(Tunnel, u64)>, ResumeError> {
+        let Some((resp, stream)) = self
+            .quic_request(req, RESUME_ATTEMPT)
+            .await
+            .map_err(resume_error)?
+        else {
+            return Ok(None);
+        };
+        answer_ok(&resp, endpoint).map_err(resume_error)?;
+        let received = resp.received.ok_or_else(|| {
+            ResumeError::Fatal("the gateway's answer has no resume offset".into())
+        })?;
+        Ok(Some((stream, received)))
+    }
+
+    fn tunnel_request(
+        &self,
+        endpoint: &str,
+        resumable: bool,
+        resume: Option<wire::Resume>,
+    ) -> wire::TunnelRequest {
+        wire::TunnelRequest {
+            endpoint: endpoint.to_owned(),
+            token: self.token.clone(),
+            justification: self.justification.clone(),
+            resumable,
+            resume,
+        }
+    }
+
+    /// The QUIC connection: the live one, or a new one if one comes up within `within`. Once
+    /// QUIC has failed (with `auto`), tunnels do not wait for it again: a background task
+    /// tries it every [`QUIC_RETRY_AFTER`] and they use it once it is up.
+    async fn quic_conn(&self, within: Duration) -> Option<quinn::Connection> {
         let mut q = self.quic.lock().await;
         if let Some(c) = &q.conn {
             if c.close_reason().is_none() {
@@ -432,12 +606,17 @@ impl GatewayConn {
             return None;
         }
         let target = self.quic_target();
-        let result = quic_connect(&mut q, &target).await;
+        let result = quic_connect(&mut q, &target, within).await;
         match result {
             Ok(c) => Some(c),
-            Err(e) => {
+            Err(e) if within >= QUIC_FALLBACK_AFTER => {
                 tracing::info!(gateway = %self.authority(), error = %e, "QUIC unavailable; tunnels use TCP");
                 q.failed_at = Some(std::time::Instant::now());
+                None
+            }
+            Err(e) => {
+                // A resume decides itself: the whole network may be down.
+                tracing::debug!(gateway = %self.authority(), error = %e, "QUIC attempt failed");
                 None
             }
         }
@@ -451,12 +630,16 @@ impl GatewayConn {
         }
     }
 
-    /// A tunnel over QUIC: `Ok(None)` if QUIC is not available (the caller uses TCP), `Err` if
-    /// the gateway answered and refused.
-    async fn open_quic(&self, endpoint: &str) -> Result<Option<Tunnel>, ClientError> {
+    /// Sends `req` on a new stream of the QUIC connection and reads the answer: `Ok(None)` if
+    /// QUIC is not available (the caller uses TCP).
+    async fn quic_request(
+        &self,
+        req: &wire::TunnelRequest,
+        within: Duration,
+    ) -> Result<Option<(wire::TunnelResponse, Tunnel)>, ClientError> {
         // A connection found dead when the stream opens is replaced once.
         for _ in 0..2 {
-            let Some(conn) = self.quic_conn().await else {
+            let Some(conn) = self.quic_conn(within).await else {
                 return Ok(None);
             };
             let (mut send, mut recv) = match conn.open_bi().await {
@@ -467,14 +650,9 @@ impl GatewayConn {
                     continue;
                 }
             };
-            let req = wire::TunnelRequest {
-                endpoint: endpoint.to_owned(),
-                token: self.token.clone(),
-                justification: self.justification.clone(),
-            };
             let heard_before = conn.stats().udp_rx.datagrams;
             let answer = async {
-                postern_net::quic::write_frame(&mut send, &req).await?;
+                postern_net::quic::write_frame(&mut send, req).await?;
                 postern_net::quic::read_frame::<_, wire::TunnelResponse>(&mut recv).await
             };
             // A gateway that restarted or a path that died says nothing (QUIC has no RST):
@@ -520,27 +698,30 @@ impl GatewayConn {
                     ))
                 }
             };
-            if resp.status != 200 {
-                let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                let message = resp.message.unwrap_or_else(|| "no reason given".into());
-                return Err(refusal(
-                    status,
-                    resp.error.as_deref().unwrap_or(""),
-                    message,
-                    endpoint,
-                ));
-            }
-            return Ok(Some(Box::new(postern_net::quic::tunnel_stream(send, recv))));
+            let stream: Tunnel = Box::new(postern_net::quic::tunnel_stream(send, recv));
+            return Ok(Some((resp, stream)));
         }
         Ok(None)
     }
 
-    /// Opens one tunnel stream to `endpoint` over HTTP/2 (`CONNECT`).
-    async fn open_h2(&self, endpoint: &str) -> Result<Upgraded, ClientError> {
-        let req = self.request(Method::CONNECT, &wire::connect_authority(endpoint))?;
-        let resp = self
-            .sender()
-            .await?
+    /// A tunnel request over HTTP/2 (`CONNECT`): the answer's headers and the stream.
+    async fn h2_tunnel(
+        &self,
+        sender: SendRequest<Full<Bytes>>,
+        r: &wire::TunnelRequest,
+    ) -> Result<(http::HeaderMap, Upgraded), ClientError> {
+        let mut req = self.request(Method::CONNECT, &wire::connect_authority(&r.endpoint))?;
+        let headers = req.headers_mut();
+        if r.resumable {
+            headers.insert(wire::HDR_RESUMABLE, http::HeaderValue::from_static("1"));
+        }
+        if let Some(resume) = &r.resume {
+            let v = http::HeaderValue::from_str(&resume.to_header())
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            headers.insert(wire::HDR_RESUME, v);
+        }
+        let mut sender = sender;
+        let resp = sender
             .send_request(req)
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -557,11 +738,43 @@ impl GatewayConn {
             } else {
                 ""
             };
-            return Err(refusal(status, code, reason, endpoint));
+            return Err(refusal(status, code, reason, &r.endpoint));
         }
-        hyper::upgrade::on(resp)
+        let headers = resp.headers().clone();
+        let stream = hyper::upgrade::on(resp)
             .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok((headers, stream))
+    }
+}
+
+/// A QUIC answer that is not 200, as the refusal it is.
+fn answer_ok(resp: &wire::TunnelResponse, endpoint: &str) -> Result<(), ClientError> {
+    if resp.status == 200 {
+        return Ok(());
+    }
+    let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let message = resp
+        .message
+        .clone()
+        .unwrap_or_else(|| "no reason given".into());
+    Err(refusal(
+        status,
+        resp.error.as_deref().unwrap_or(""),
+        message,
+        endpoint,
+    ))
+}
+
+/// Whether a failed resume is worth trying again: not when the gateway answered that the
+/// tunnel is gone or the client may not have it.
+fn resume_error(e: ClientError) -> ResumeError {
+    match e {
+        ClientError::Expired | ClientError::Unauthorized(_) | ClientError::Denied { .. } => {
+            ResumeError::Fatal(e.to_string())
+        }
+        ClientError::Gone(m) => ResumeError::Fatal(m),
+        other => ResumeError::Retry(other.to_string()),
     }
 }
 
@@ -573,6 +786,7 @@ fn refusal(status: StatusCode, code: &str, message: String, endpoint: &str) -> C
             endpoint: endpoint.to_owned(),
             reason: message,
         },
+        StatusCode::GONE | StatusCode::NOT_FOUND => ClientError::Gone(message),
         _ => ClientError::Unavailable(message),
     }
 }
@@ -617,10 +831,17 @@ pub async fn connect(
         let gw = gw.clone();
         let endpoint = endpoint.to_owned();
         tokio::spawn(async move {
-            match gw.open(&endpoint).await {
-                Ok(up) => {
+            match gw.open_tunnel(&endpoint, true).await {
+                Ok(Opened {
+                    stream,
+                    resume: Some(info),
+                }) => resume::carry(gw, tcp, stream, info).await,
+                Ok(Opened {
+                    stream,
+                    resume: None,
+                }) => {
                     let counters = Arc::new(postern_net::relay::Counters::default());
-                    postern_net::relay::relay(tcp, up, counters).await;
+                    postern_net::relay::relay(tcp, stream, counters).await;
                 }
                 Err(e) => eprintln!("postern: connection from {peer} to {endpoint} refused: {e}"),
             }

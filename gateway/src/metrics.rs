@@ -12,6 +12,11 @@ pub struct Metrics {
     registry: Registry,
     pub sessions_active: IntGaugeVec,
     pub sessions_total: IntCounterVec,
+    /// Resumable sessions waiting for their client to come back.
+    pub sessions_suspended: IntGauge,
+    /// Attempts to resume a suspended tunnel, by `result` (`resumed`, `ended`, `unknown`,
+    /// `refused`).
+    pub session_resumes: IntCounterVec,
     pub session_setup: Histogram,
     pub tunnel_bytes: IntCounterVec,
     pub connectors_connected: IntGaugeVec,
@@ -67,6 +72,17 @@ impl Metrics {
             sessions_total: reg!(IntCounterVec::new(
                 Opts::new("postern_sessions_total", "Tunnel requests by decision"),
                 &["decision"]
+            )?),
+            sessions_suspended: reg!(IntGauge::new(
+                "postern_sessions_suspended",
+                "Resumable sessions whose client link is lost, waiting up to resume_grace"
+            )?),
+            session_resumes: reg!(IntCounterVec::new(
+                Opts::new(
+                    "postern_session_resumes_total",
+                    "Requests to resume a suspended tunnel, by result"
+                ),
+                &["result"]
             )?),
             session_setup: reg!(Histogram::with_opts(
                 HistogramOpts::new(

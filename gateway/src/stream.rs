@@ -58,6 +58,53 @@ pub struct StreamGuard {
 #[derive(Debug)]
 struct GuardInner(std::sync::Arc<OpenStreams>);
 
+/// A stream that keeps its client connection's [`StreamGuard`] for as long as it lives (a
+/// resumed tunnel's new stream, which outlives the request that brought it).
+pub struct Guarded<T> {
+    io: T,
+    _guard: Option<StreamGuard>,
+}
+
+impl<T> Guarded<T> {
+    pub fn new(io: T, guard: Option<StreamGuard>) -> Guarded<T> {
+        Guarded { io, _guard: guard }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 impl Drop for GuardInner {
     fn drop(&mut self) {
         self.0.count.send_modify(|n| *n = n.saturating_sub(1));

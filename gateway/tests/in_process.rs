@@ -178,6 +178,7 @@ impl Fixture {
             tunnel,
             upstream,
             handler,
+            ..
         } = match self.app.broker.open(subject, "pacs", None, started).await {
             Ok(o) => o,
             Err(resp) => panic!("refused: {}", resp.status()),
@@ -187,7 +188,7 @@ impl Fixture {
         let access = self.app.access.clone();
         let task = tokio::spawn(async move {
             access
-                .supervise(tunnel, handler, Box::new(ours), upstream)
+                .supervise(tunnel, handler, Box::new(ours), upstream, None)
                 .await
         });
         (client, task, id)

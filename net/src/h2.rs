@@ -31,13 +31,23 @@ pub struct KeepAlive {
     pub while_idle: bool,
 }
 
-/// Clinician ↔ gateway, on both ends (the `postern` CLI, the gateway's client listener):
-/// a ping every 30 s, 20 s for the answer. The CLI does not ping an idle connection; it dials
-/// again when it next needs one.
+/// Clinician ↔ gateway, the gateway's client listener: a ping every 5 s, 5 s for the answer,
+/// so a client whose link died is noticed within 10 s and its resumable tunnels are suspended
+/// (audited) rather than seeming live. (The CLI pings more often: [`CLI`].)
 pub const CLIENT: KeepAlive = KeepAlive {
-    interval: Duration::from_secs(30),
-    timeout: Duration::from_secs(20),
+    interval: Duration::from_secs(5),
+    timeout: Duration::from_secs(5),
     while_idle: false,
+};
+
+/// The `postern` CLI's side of clinician ↔ gateway: a ping every half second when nothing else
+/// arrives, also with no tunnel open, so that the CLI hears from a live gateway several times
+/// within its two-second stall limit and takes a silent connection for dead (then resumes its
+/// tunnels on a new one). hyper's own timeout is a backstop.
+pub const CLI: KeepAlive = KeepAlive {
+    interval: Duration::from_millis(500),
+    timeout: Duration::from_secs(5),
+    while_idle: true,
 };
 
 /// Gateway ↔ connector links, on both ends: a ping every 15 s, 20 s for the answer, also while

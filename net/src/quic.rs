@@ -21,6 +21,14 @@ pub const MAX_FRAME: usize = 16 * 1024;
 /// Keep-alive: a quiet connection sends a PING this often, so NAT bindings stay and a dead
 /// path is noticed.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// The client's keep-alive: often enough that a client hears from a live gateway (its
+/// acknowledgements) several times within its stall limit, so a dead path is noticed in
+/// about two seconds rather than at the idle timeout.
+pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// The client's first round-trip estimate before it has measured one. quinn's default
+/// (333 ms) makes a handshake whose first packet is lost wait a second to resend it; a new
+/// connection after a Wi-Fi change or sleep should not.
+pub const CLIENT_INITIAL_RTT: Duration = Duration::from_millis(100);
 /// A connection that hears nothing for this long is closed: how long the gateway keeps the
 /// tunnels of a client that vanished without closing (killed, or its network gone).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,6 +83,10 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
+    Arc::new(base_transport())
+}
+
+fn base_transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE))
         .max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok())
@@ -83,7 +95,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
         .stream_receive_window(STREAM_WINDOW.into())
         .receive_window(CONN_WINDOW.into())
         .send_window(u64::from(CONN_WINDOW));
-    Arc::new(t)
+    t
 }
 
 /// The gateway's QUIC server configuration from its TLS configuration (TLS 1.3, ALPN
@@ -104,7 +116,10 @@ pub fn client_endpoint(tls: Arc<rustls::ClientConfig>) -> Result<quinn::Endpoint
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| format!("QUIC client TLS configuration: {e}"))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
+    let mut t = base_transport();
+    t.keep_alive_interval(Some(CLIENT_KEEP_ALIVE))
+        .initial_rtt(CLIENT_INITIAL_RTT);
+    config.transport_config(Arc::new(t));
     let bind = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
     let mut endpoint = quinn::Endpoint::client(bind)
         .or_else(|_| quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0))))
@@ -132,6 +147,8 @@ mod tests {
             endpoint: "truro-pacs".into(),
             token: "t".into(),
             justification: None,
+            resumable: false,
+            resume: None,
         };
         let mut buf = Vec::new();
         write_frame(&mut buf, &req).await.unwrap();

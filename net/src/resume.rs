@@ -91,6 +91,8 @@ pub enum Control {
         epoch: u64,
         link: Link,
         peer_received: u64,
+        /// Passed back in [`Event::Attached`] (the owner's note, e.g. where the link comes from).
+        tag: String,
         done: oneshot::Sender<Result<(), String>>,
     },
     /// End the tunnel: the peer is told `reason` if a link is up.
@@ -107,10 +109,11 @@ pub struct Detached {
 /// What an engine reports while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The link broke (or was detached); the tunnel is suspended.
-    LinkLost,
-    /// A new link was attached; the tunnel carries on.
-    Attached,
+    /// The link broke, or (`detached`) the owner took it away to attach a new one before the
+    /// break was seen here; the tunnel is suspended.
+    LinkLost { detached: bool },
+    /// A new link was attached; the tunnel carries on. `tag` is the attach's.
+    Attached { tag: String },
 }
 
 /// How a tunnel ended.
@@ -213,7 +216,7 @@ where
                     None => std::future::pending().await,
                 }
             }, if can_read_link => match r {
-                Ok(0) | Err(_) => e.lose_link(),
+                Ok(0) | Err(_) => e.lose_link(false),
                 Ok(n) => {
                     if n >= e.link_chunk {
                         e.link_chunk = MAX_DATA + 5;
@@ -227,7 +230,7 @@ where
                     None => std::future::pending().await,
                 }
             }, if can_write_link => match r {
-                Ok(Some(0)) | Err(_) => e.lose_link(),
+                Ok(Some(0)) | Err(_) => e.lose_link(false),
                 Ok(Some(n)) => {
                     e.out.advance(n);
                     e.unflushed = true;
@@ -280,10 +283,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-type Halves = (
-    tokio::io::ReadHalf<Link>,
-    tokio::io::WriteHalf<Link>,
-);
+type Halves = (tokio::io::ReadHalf<Link>, tokio::io::WriteHalf<Link>);
 
 fn split(link: Link) -> Halves {
     tokio::io::split(link)
@@ -529,9 +529,9 @@ impl Engine {
     }
 
     /// The link broke: suspend until a new one is attached.
-    fn lose_link(&mut self) {
+    fn lose_link(&mut self, detached: bool) {
         if self.link.take().is_some() {
-            let _ = self.events.send(Event::LinkLost);
+            let _ = self.events.send(Event::LinkLost { detached });
         }
         self.inbuf = BytesMut::new();
         self.deliver = Bytes::new();
@@ -545,7 +545,7 @@ impl Engine {
     async fn control(&mut self, c: Control) -> Option<Finished> {
         match c {
             Control::Detach(answer) => {
-                self.lose_link();
+                self.lose_link(true);
                 let _ = answer.send(Detached {
                     epoch: self.epoch,
                     received: self.received,
@@ -556,6 +556,7 @@ impl Engine {
                 epoch,
                 link,
                 peer_received,
+                tag,
                 done,
             } => {
                 if epoch != self.epoch {
@@ -571,7 +572,7 @@ impl Engine {
                     let _ = done.send(Err(msg.clone()));
                     return Some(Finished::Protocol(msg));
                 }
-                self.lose_link();
+                self.lose_link(true);
                 if let Err(f) = self.acknowledge(peer_received) {
                     let _ = done.send(Err("bad offset".into()));
                     return Some(f);
@@ -581,7 +582,7 @@ impl Engine {
                 self.ack_sent = self.received;
                 self.epoch += 1;
                 self.link = Some(split(link));
-                let _ = self.events.send(Event::Attached);
+                let _ = self.events.send(Event::Attached { tag });
                 let _ = done.send(Ok(()));
                 None
             }

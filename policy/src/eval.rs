@@ -155,9 +155,21 @@ pub struct Limits {
     /// idle limit.
     #[serde(serialize_with = "serialize_optional_duration")]
     pub idle_timeout: Option<Duration>,
+    /// How long the gateway keeps a suspended tunnel (its client's link lost) for the client
+    /// to resume it; zero: tunnels are not resumable. Serialized in humantime form (`"2m"`,
+    /// `"0s"`).
+    #[serde(serialize_with = "serialize_duration")]
+    pub resume_grace: Duration,
     /// Break-glass: the access was granted on the strength of the user's justification, which
     /// the gateway must audit and flag for review.
     pub require_justification: bool,
+}
+
+fn serialize_duration<S: serde::Serializer>(
+    value: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&humantime::format_duration(*value).to_string())
 }
 
 fn serialize_optional_duration<S: serde::Serializer>(
@@ -254,6 +266,12 @@ impl fmt::Display for Decision {
         writeln!(f, "max session:     {}", duration(self.limits.max_session))?;
         if self.is_allowed() {
             writeln!(f, "idle timeout:    {}", duration(self.limits.idle_timeout))?;
+            let grace = self.limits.resume_grace;
+            if grace.is_zero() {
+                writeln!(f, "resume grace:    none (tunnels end when the link drops)")?;
+            } else {
+                writeln!(f, "resume grace:    {}", duration(Some(grace)))?;
+            }
             writeln!(
                 f,
                 "justification:   {}",
@@ -808,6 +826,7 @@ impl Policy {
                 Limits {
                     max_session: rule.limits.max_session,
                     idle_timeout: rule.limits.idle_timeout,
+                    resume_grace: rule.limits.resume_grace,
                     require_justification: rule.limits.require_justification,
                 },
             ),

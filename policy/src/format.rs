@@ -18,7 +18,7 @@ use crate::PolicyError;
 /// Arrays longer than this on one line are written one element per line.
 const LINE_WIDTH: usize = 100;
 
-const DEFAULTS_KEYS: &[&str] = &["max_session", "idle_timeout", "zone"];
+const DEFAULTS_KEYS: &[&str] = &["max_session", "idle_timeout", "resume_grace", "zone"];
 const GROUP_KEYS: &[&str] = &["name", "description", "claim", "values", "users"];
 const ENDPOINT_KEYS: &[&str] = &[
     "name",
@@ -50,6 +50,7 @@ const RULE_KEYS: &[&str] = &[
     "report_only",
     "max_session",
     "idle_timeout",
+    "resume_grace",
     "require_justification",
 ];
 const TEST_KEYS: &[&str] = &[

@@ -133,6 +133,10 @@ pub const MAX_STRING_BYTES: usize = 1024;
 /// Session limit for allow rules that set none, unless `[defaults] max_session` says otherwise.
 pub const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(8 * 60 * 60);
 
+/// How long a suspended tunnel of an allow rule that sets no `resume_grace` (and no
+/// `[defaults] resume_grace`) may wait for its client to come back.
+pub const DEFAULT_RESUME_GRACE: Duration = Duration::from_secs(2 * 60);
+
 /// A loaded, valid policy, ready to answer requests. Cheap to share behind an `Arc`.
 #[derive(Debug, Clone)]
 pub struct Policy {

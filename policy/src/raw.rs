@@ -28,6 +28,7 @@ use crate::{MAX_ENDPOINTS, MAX_GROUPS, MAX_RULES, MAX_TESTS};
 pub(crate) struct RawDefaults {
     pub(crate) max_session: Option<Spanned<String>>,
     pub(crate) idle_timeout: Option<Spanned<String>>,
+    pub(crate) resume_grace: Option<Spanned<String>>,
     pub(crate) zone: Option<Spanned<String>>,
 }
 
@@ -113,6 +114,7 @@ pub(crate) struct RawRule {
     pub(crate) report_only: Option<Vec<Spanned<String>>>,
     pub(crate) max_session: Option<Spanned<String>>,
     pub(crate) idle_timeout: Option<Spanned<String>>,
+    pub(crate) resume_grace: Option<Spanned<String>>,
     pub(crate) require_justification: Option<Spanned<bool>>,
 }
 
@@ -627,9 +629,9 @@ mod tests {
         );
         assert_eq!(
             struct_fields::<RawDefaults>(),
-            ["max_session", "idle_timeout", "zone"]
+            ["max_session", "idle_timeout", "resume_grace", "zone"]
         );
-        assert_eq!(struct_fields::<RawRule>().len(), 19);
+        assert_eq!(struct_fields::<RawRule>().len(), 20);
         assert_eq!(struct_fields::<RawDevice>().len(), 4);
     }
 }

@@ -23,7 +23,9 @@ use crate::rule::{
 };
 use crate::schedule::{Schedule, Window, Zone};
 use crate::text::{bounded_list, suggest, Quoted};
-use crate::{DEFAULT_MAX_SESSION, MAX_INDEX_ENTRIES, MAX_PATTERNS, MAX_STRING_BYTES};
+use crate::{
+    DEFAULT_MAX_SESSION, DEFAULT_RESUME_GRACE, MAX_INDEX_ENTRIES, MAX_PATTERNS, MAX_STRING_BYTES,
+};
 
 /// How many names a "defined endpoints: …" hint lists.
 const HINT_LIST_MAX: usize = 10;
@@ -44,6 +46,7 @@ const NAME_HINT: &str =
 pub(crate) struct Defaults {
     pub(crate) max_session: Duration,
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) resume_grace: Duration,
     pub(crate) zone: Option<Arc<Zone>>,
 }
 
@@ -329,6 +332,7 @@ impl Resolver<'_, '_> {
         let mut defaults = Defaults {
             max_session: DEFAULT_MAX_SESSION,
             idle_timeout: None,
+            resume_grace: DEFAULT_RESUME_GRACE,
             zone: None,
         };
         let Some(first) = all.first() else {
@@ -353,6 +357,11 @@ impl Resolver<'_, '_> {
         }
         if let Some(value) = &raw.idle_timeout {
             defaults.idle_timeout = self.duration(value, "`idle_timeout` in [defaults]");
+        }
+        if let Some(value) = &raw.resume_grace {
+            if let Some(d) = self.duration_or_zero(value, "`resume_grace` in [defaults]") {
+                defaults.resume_grace = d;
+            }
         }
         if let Some(value) = &raw.zone {
             defaults.zone = self.zone(value, "[defaults]");
@@ -936,6 +945,16 @@ impl Resolver<'_, '_> {
                 .map(Some),
             None => Some(None),
         };
+        let resume_grace = match &raw.resume_grace {
+            Some(value) if is_deny => {
+                self.limit_on_deny(value.span().start, "resume_grace", &label);
+                None
+            }
+            Some(value) => self
+                .duration_or_zero(value, &format!("`resume_grace` of {label}"))
+                .map(Some),
+            None => Some(None),
+        };
         let justification = raw.require_justification.as_ref().map(|v| *v.get_ref());
         if let (true, Some(value)) = (is_deny, &raw.require_justification) {
             self.limit_on_deny(value.span().start, "require_justification", &label);
@@ -1004,7 +1023,8 @@ impl Resolver<'_, '_> {
 
         // Every check has run; build the rule only if all of them passed.
         let (id, effect, selection) = (id?, effect?, selection?);
-        let (max_session, idle_timeout) = (max_session?, idle_timeout?);
+        let (max_session, idle_timeout, resume_grace) =
+            (max_session?, idle_timeout?, resume_grace?);
         if no_subjects || !subjects_ok || !conditions_ok {
             return None;
         }
@@ -1017,6 +1037,7 @@ impl Resolver<'_, '_> {
             Effect::Allow => RuleLimits {
                 max_session: Some(max_session.unwrap_or(cx.defaults.max_session)),
                 idle_timeout: idle_timeout.or(cx.defaults.idle_timeout),
+                resume_grace: resume_grace.unwrap_or(cx.defaults.resume_grace),
                 require_justification: justification == Some(true),
             },
             Effect::Deny => RuleLimits::default(),

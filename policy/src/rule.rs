@@ -178,6 +178,7 @@ pub(crate) struct Condition {
 pub(crate) struct RuleLimits {
     pub(crate) max_session: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) resume_grace: Duration,
     pub(crate) require_justification: bool,
 }
 

@@ -981,6 +981,7 @@ fn allow_uses_the_first_matching_allow_rule_and_its_limits() {
             limits: Limits {
                 max_session: Some(Duration::from_secs(4 * 3600)),
                 idle_timeout: None,
+                resume_grace: crate::DEFAULT_RESUME_GRACE,
                 require_justification: false,
             },
             matched_allows: vec!["radiologists".into(), "everyone-web".into()],
@@ -1169,6 +1170,7 @@ fn decision_serializes_for_audit() {
             "limits": {
                 "max_session": "4h",
                 "idle_timeout": null,
+                "resume_grace": "2m",
                 "require_justification": false
             },
             "matched_allows": ["radiologists"],

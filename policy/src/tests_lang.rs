@@ -688,7 +688,7 @@ fn offset_and_local_datetimes_in_validity() {
 #[test]
 fn limits_and_defaults() {
     let p = parse(
-        "[defaults]\nmax_session = \"6h\"\nidle_timeout = \"20m\"\n\n[[endpoints]]\nname = \"e\"\nsite = \"s\"\nhost = \"h\"\nport = 1\nprotocol = \"tcp\"\n\n[[rules]]\nid = \"plain\"\neffect = \"allow\"\nusers = [\"a\"]\nendpoints = [\"e\"]\n\n[[rules]]\nid = \"own\"\neffect = \"allow\"\nusers = [\"b\"]\nendpoints = [\"e\"]\nmax_session = \"1h\"\nidle_timeout = \"5m\"\nrequire_justification = true\n",
+        "[defaults]\nmax_session = \"6h\"\nidle_timeout = \"20m\"\nresume_grace = \"5m\"\n\n[[endpoints]]\nname = \"e\"\nsite = \"s\"\nhost = \"h\"\nport = 1\nprotocol = \"tcp\"\n\n[[rules]]\nid = \"plain\"\neffect = \"allow\"\nusers = [\"a\"]\nendpoints = [\"e\"]\n\n[[rules]]\nid = \"own\"\neffect = \"allow\"\nusers = [\"b\"]\nendpoints = [\"e\"]\nmax_session = \"1h\"\nidle_timeout = \"5m\"\nresume_grace = \"0s\"\nrequire_justification = true\n",
     );
     let d = p.evaluate(&Request::new("a", &[], "e", at(TUESDAY_NOON)));
     assert_eq!(
@@ -696,6 +696,7 @@ fn limits_and_defaults() {
         Limits {
             max_session: Some(Duration::from_secs(6 * 3600)),
             idle_timeout: Some(Duration::from_secs(20 * 60)),
+            resume_grace: Duration::from_secs(5 * 60),
             require_justification: false,
         }
     );
@@ -711,23 +712,24 @@ fn limits_and_defaults() {
         Limits {
             max_session: Some(Duration::from_secs(3600)),
             idle_timeout: Some(Duration::from_secs(300)),
+            resume_grace: Duration::ZERO,
             require_justification: true,
         }
     );
     let json = serde_json::to_value(&d.limits).unwrap();
     assert_eq!(
         json,
-        serde_json::json!({"max_session": "1h", "idle_timeout": "5m", "require_justification": true})
+        serde_json::json!({"max_session": "1h", "idle_timeout": "5m", "resume_grace": "0s", "require_justification": true})
     );
 
     let all = errors(&text(
-        "[[rules]]\nid = \"d\"\neffect = \"deny\"\ngroups = [\"locums\"]\nendpoints = [\"*\"]\nidle_timeout = \"5m\"\nrequire_justification = true\n",
+        "[[rules]]\nid = \"d\"\neffect = \"deny\"\ngroups = [\"locums\"]\nendpoints = [\"*\"]\nidle_timeout = \"5m\"\nresume_grace = \"1m\"\nrequire_justification = true\n",
     ));
     assert!(
         all.iter().all(|d| d.kind == ErrorKind::LimitOnDeny),
         "{all:#?}"
     );
-    assert_eq!(all.len(), 2);
+    assert_eq!(all.len(), 3);
 }
 
 #[test]

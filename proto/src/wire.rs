@@ -41,6 +41,18 @@ pub const HDR_SESSION: &str = "postern-session-id";
 pub const HDR_ENDPOINT: &str = "postern-endpoint";
 /// Header carrying the clinician's reason for break-glass access, client → gateway (audited).
 pub const HDR_JUSTIFICATION: &str = "postern-justification";
+/// Request header (`1`): the client can resume this tunnel after its transport breaks; the
+/// tunnel's bytes are then framed by `postern_net::resume` in both directions.
+pub const HDR_RESUMABLE: &str = "postern-resumable";
+/// Response header on 200 to a resumable request: the tunnel's resume secret (never logged).
+/// Its absence means the gateway does not offer resumption for this tunnel (the rule's
+/// `resume_grace` is 0, or an older gateway) and the stream carries plain bytes.
+pub const HDR_RESUME_SECRET: &str = "postern-resume-secret";
+/// Request header: carry on a suspended tunnel, `SESSION-ID SECRET RECEIVED` (see [`Resume`]).
+pub const HDR_RESUME: &str = "postern-resume";
+/// Response header on 200 to a [`HDR_RESUME`] request: how many of the client's bytes the
+/// gateway has delivered.
+pub const HDR_RESUME_RECEIVED: &str = "postern-resume-received";
 /// Longest justification accepted, in bytes.
 pub const MAX_JUSTIFICATION: usize = 512;
 
@@ -242,6 +254,48 @@ pub struct TunnelRequest {
     /// Break-glass reason ([`HDR_JUSTIFICATION`]).
     #[serde(default)]
     pub justification: Option<String>,
+    /// The client can resume this tunnel ([`HDR_RESUMABLE`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumable: bool,
+    /// Carry on a suspended tunnel instead of opening one ([`HDR_RESUME`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resume>,
+}
+
+/// A request to carry on a suspended tunnel over a new stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resume {
+    /// The session the tunnel belongs to.
+    pub session_id: String,
+    /// The tunnel's resume secret, from the answer that opened it (never logged).
+    pub secret: String,
+    /// How many of the gateway's bytes the client has delivered (its resume engine's offset).
+    pub received: u64,
+}
+
+impl Resume {
+    /// The [`HDR_RESUME`] value: `SESSION-ID SECRET RECEIVED`.
+    pub fn to_header(&self) -> String {
+        format!("{} {} {}", self.session_id, self.secret, self.received)
+    }
+
+    /// Parses an [`HDR_RESUME`] value (bounded: ids and secrets are short).
+    pub fn from_header(v: &str) -> Option<Resume> {
+        if v.len() > 256 {
+            return None;
+        }
+        let mut parts = v.split(' ');
+        let (id, secret, received) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || id.is_empty() || secret.is_empty() {
+            return None;
+        }
+        Some(Resume {
+            session_id: id.to_owned(),
+            secret: secret.to_owned(),
+            received: received.parse().ok()?,
+        })
+    }
 }
 
 /// The gateway's answer to a [`TunnelRequest`]: `status` as the HTTP status the `CONNECT`
@@ -257,6 +311,13 @@ pub struct TunnelResponse {
     pub error: Option<String>,
     #[serde(default)]
     pub message: Option<String>,
+    /// On 200 to a resumable request: the tunnel's resume secret ([`HDR_RESUME_SECRET`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_secret: Option<String>,
+    /// On 200 to a [`Resume`]: how many of the client's bytes the gateway has delivered
+    /// ([`HDR_RESUME_RECEIVED`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<u64>,
 }
 
 #[cfg(test)]

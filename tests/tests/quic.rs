@@ -103,6 +103,8 @@ fn raw_request(d: &Deployment, endpoint: &str, token: &str) -> (u16, TunnelRespo
         endpoint: endpoint.to_owned(),
         token: token.trim().to_owned(),
         justification: None,
+        resumable: false,
+        resume: None,
     };
     let body = serde_json::to_vec(&req).unwrap();
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();

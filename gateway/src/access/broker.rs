@@ -38,6 +38,7 @@ use tracing::{info, Instrument};
 use super::events::{self, decision_ref, early_deny, endpoint_ref};
 use super::handler::EndpointHandler;
 use super::refusals::{Reason, Refusals};
+use super::resume::Resumables;
 use super::sessions::{Kill, Session, Tunnel};
 use super::{authorize, Access, Permit};
 use crate::authn::{token_refusal, Authn, Subject};
@@ -65,6 +66,25 @@ pub struct Opened {
     pub tunnel: Tunnel,
     pub upstream: BoxIo,
     pub handler: Arc<dyn EndpointHandler>,
+    /// Set when the client asked for a resumable tunnel and the rule's `resume_grace` allows
+    /// one: the secret to give the client and the grace.
+    pub resume: Option<(String, Duration)>,
+}
+
+/// A resume request that found its suspended tunnel, detached and ready for the new stream.
+pub struct Resuming {
+    control: tokio::sync::mpsc::Sender<postern_net::resume::Control>,
+    detached: postern_net::resume::Detached,
+    from: SocketAddr,
+    /// How many of the client's bytes the gateway has delivered (for the answer).
+    pub received: u64,
+}
+
+impl Resuming {
+    /// Carries the tunnel on over `link`, from the offsets both sides have.
+    pub async fn attach(self, link: BoxIo, peer_received: u64) -> Result<(), String> {
+        super::resume::attach(&self.control, self.detached, link, peer_received, self.from).await
+    }
 }
 
 /// Ends a registered session whose setup was abandoned — the client went away (its request
@@ -130,18 +150,125 @@ enum Refused {
 impl Broker {
     /// Brokers one `CONNECT`: the pipeline described in the module documentation.
     pub async fn connect(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+        if let Some(v) = req.headers().get(wire::HDR_RESUME) {
+            let parsed = v.to_str().ok().and_then(wire::Resume::from_header);
+            let Some(r) = parsed else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "malformed postern-resume header",
+                );
+            };
+            return self.resume_h2(req, peer, r).await;
+        }
         let opened = match self.open_request(&req, peer).await {
             Ok(o) => o,
             Err(resp) => return resp,
         };
         // 7. Endpoint handler, once the client's stream is ours.
         let id = opened.tunnel.session.id.clone();
+        let secret = opened.resume.as_ref().map(|(s, _)| s.clone());
         self.spawn_handler(req, opened);
         let mut ok = Response::new(Full::new(Bytes::new()));
         if let Ok(v) = HeaderValue::from_str(&id) {
             ok.headers_mut().insert(wire::HDR_SESSION, v);
         }
+        if let Some(v) = secret.and_then(|s| HeaderValue::from_str(&s).ok()) {
+            ok.headers_mut().insert(wire::HDR_RESUME_SECRET, v);
+        }
         ok
+    }
+
+    /// A resume request on HTTP/2: the answer carries the gateway's offset; the upgraded
+    /// stream becomes the tunnel's new link.
+    async fn resume_h2(&self, req: Request<Incoming>, peer: SocketAddr, r: wire::Resume) -> Resp {
+        let resuming = match self.resume(&req, peer, &r).await {
+            Ok(x) => x,
+            Err(resp) => return resp,
+        };
+        let mut ok = Response::new(Full::new(Bytes::new()));
+        if let Ok(v) = HeaderValue::from_str(&r.session_id) {
+            ok.headers_mut().insert(wire::HDR_SESSION, v);
+        }
+        ok.headers_mut().insert(
+            wire::HDR_RESUME_RECEIVED,
+            HeaderValue::from(resuming.received),
+        );
+        let open_stream = req
+            .extensions()
+            .get::<crate::stream::StreamGuard>()
+            .cloned();
+        tokio::spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(stream) => {
+                    // The guard lives with the link: the stream is open while it carries it.
+                    let link: BoxIo = Box::new(crate::stream::Guarded::new(
+                        TokioIo::new(stream),
+                        open_stream,
+                    ));
+                    if let Err(e) = resuming.attach(link, r.received).await {
+                        tracing::debug!(error = %e, "resumed stream not attached");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "resume stream upgrade failed"),
+            }
+        });
+        ok
+    }
+
+    /// Finds the suspended tunnel a resume request names and detaches it for the new stream:
+    /// the per-address limit, then (for a session that ended, proven by its secret) why it
+    /// ended, then the token, then the session's user, device and secret. Every refusal
+    /// answers with a code and a sentence.
+    pub async fn resume<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+        r: &wire::Resume,
+    ) -> Result<Resuming, Resp> {
+        let metrics = &self.access.metrics;
+        let count = |result: &str| metrics.session_resumes.with_label_values(&[result]).inc();
+        let resumables = &self.access.resumables;
+        if let Some(reason) = resumables.ended_reason(r) {
+            count("ended");
+            return Err(ended(&reason));
+        }
+        let subject = self.authenticate(req, peer).map_err(|r| *r)?;
+        let control = match resumables.find(r, &subject) {
+            super::resume::Found::Live(c) => c,
+            super::resume::Found::Ended(reason) => {
+                count("ended");
+                return Err(ended(&reason));
+            }
+            super::resume::Found::Unknown => {
+                count("unknown");
+                return Err(error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_session",
+                    "this gateway has no suspended tunnel of that session: it ended long ago, or it lives on another gateway replica",
+                ));
+            }
+            super::resume::Found::Refused(why) => {
+                count("refused");
+                let detail = format!(
+                    "resume of session {} refused: {why}",
+                    printable(&r.session_id, 64)
+                );
+                self.audit_denied(peer, Some(&subject), "", None, detail);
+                return Err(error(StatusCode::FORBIDDEN, "resume_refused", why));
+            }
+        };
+        let Some(detached) = super::resume::detach(&control).await else {
+            count("ended");
+            return Err(ended("it ended while resuming"));
+        };
+        count("resumed");
+        Ok(Resuming {
+            control,
+            detached,
+            from: peer,
+            received: detached.received,
+        })
     }
 
     /// Stages 1 to 6 for a tunnel request of either transport (the HTTP/2 `CONNECT`, or the
@@ -166,7 +293,12 @@ impl Broker {
         };
         // 3 to 6: rate limit, authorize, audit start, upstream open.
         let given = justification(req);
-        self.open(subject, &name, given, started).await
+        let mut opened = self.open(subject, &name, given, started).await?;
+        let grace = opened.tunnel.resume_grace;
+        if resumable(req) && !grace.is_zero() {
+            opened.resume = Resumables::secret().map(|s| (s, grace));
+        }
+        Ok(opened)
     }
 
     /// Stage 7 for a client stream already in hand (the QUIC transport): the endpoint
@@ -176,8 +308,15 @@ impl Broker {
         let span = opened.tunnel.session.span();
         tokio::spawn(
             async move {
+                let (client, engine) = with_engine(&access, &opened, client);
                 access
-                    .supervise(opened.tunnel, opened.handler, client, opened.upstream)
+                    .supervise(
+                        opened.tunnel,
+                        opened.handler,
+                        client,
+                        opened.upstream,
+                        engine,
+                    )
                     .await
             }
             .instrument(span),
@@ -298,10 +437,12 @@ impl Broker {
                 kill,
                 deadline,
                 idle_limit: permit.decision.limits.idle_timeout,
+                resume_grace: permit.decision.limits.resume_grace,
                 recheck_at: permit.recheck_at,
                 upstream_lost: route.lost(),
             },
             upstream,
+            resume: None,
         })
     }
 
@@ -413,8 +554,15 @@ impl Broker {
                 match hyper::upgrade::on(req).await {
                     Ok(client) => {
                         let client: BoxIo = Box::new(TokioIo::new(client));
+                        let (client, engine) = with_engine(&access, &opened, client);
                         access
-                            .supervise(opened.tunnel, opened.handler, client, opened.upstream)
+                            .supervise(
+                                opened.tunnel,
+                                opened.handler,
+                                client,
+                                opened.upstream,
+                                engine,
+                            )
                             .await
                     }
                     Err(e) => {
@@ -522,6 +670,45 @@ impl Broker {
             audit, peer, subject, endpoint, decision, detail,
         ));
     }
+}
+
+/// For a resumable tunnel, starts its engine over the client's stream: the handler then
+/// serves the engine's pipe.
+fn with_engine(
+    access: &Arc<Access>,
+    opened: &Opened,
+    client: BoxIo,
+) -> (BoxIo, Option<super::resume::Engine>) {
+    let Some((secret, grace)) = opened.resume.clone() else {
+        return (client, None);
+    };
+    let session = &opened.tunnel.session;
+    let (engine, pipe) = super::resume::Engine::start(
+        &access.resumables,
+        &session.id,
+        &session.subject,
+        secret,
+        grace,
+        client,
+        postern_net::resume::Config::default().buffer,
+    );
+    (pipe, Some(engine))
+}
+
+/// The answer to a resume of a session that has ended, saying why.
+fn ended(reason: &str) -> Resp {
+    error(
+        StatusCode::GONE,
+        "session_ended",
+        &format!("the session has ended: {reason}"),
+    )
+}
+
+/// Whether the client asked for a resumable tunnel.
+fn resumable<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(wire::HDR_RESUMABLE)
+        .is_some_and(|v| v.as_bytes() == b"1")
 }
 
 /// The endpoint name of a `CONNECT ENDPOINT:0`, or the target as shown in a refusal.

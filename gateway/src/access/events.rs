@@ -94,6 +94,23 @@ pub fn end(
     ev
 }
 
+/// `session.suspended`: a resumable session lost its client's link.
+pub fn suspended(audit: &Audit, s: &Session, detail: String) -> Event {
+    let mut ev = session_event(audit, s, EventType::SessionSuspended);
+    ev.detail = Some(detail);
+    ev
+}
+
+/// `session.resumed`: the client came back from `source` after `outage_ms` suspended.
+pub fn resumed(audit: &Audit, s: &Session, source: Option<&str>, outage_ms: u64) -> Event {
+    let mut ev = session_event(audit, s, EventType::SessionResumed);
+    if let Some(src) = source {
+        ev.source = Some(crate::http::printable(src, 64));
+    }
+    ev.duration_ms = Some(outage_ms);
+    ev
+}
+
 /// `session.terminated`: access withdrawn from a live session; `decision` is the new one when
 /// the policy withdrew it, `reason` the close reason when a revocation did.
 pub fn terminated(

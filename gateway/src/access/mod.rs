@@ -15,6 +15,8 @@
 //! * `revocations`: store changes (token, user, device, connector revocations) ended on live
 //!   sessions.
 //! * `recovery`: `session.end` for sessions a killed previous process left open.
+//! * `resume`: resumable tunnels — the registry of live and recently ended ones, and the
+//!   engine each runs between the client's stream and the endpoint handler.
 
 pub mod broker;
 pub mod endpoints;
@@ -23,6 +25,7 @@ pub mod handler;
 pub mod policy_watch;
 pub mod recovery;
 pub mod refusals;
+pub mod resume;
 pub mod revocations;
 pub mod session;
 pub mod sessions;
@@ -43,6 +46,8 @@ use crate::metrics::Metrics;
 pub struct Access {
     policy: RwLock<Arc<Policy>>,
     pub sessions: Arc<sessions::Sessions>,
+    /// Resumable tunnels, live and recently ended.
+    pub resumables: Arc<resume::Resumables>,
     pub handlers: handler::Handlers,
     pub audit: Arc<Audit>,
     pub metrics: Arc<Metrics>,
@@ -59,6 +64,7 @@ impl Access {
         Access {
             policy: RwLock::new(Arc::new(policy)),
             sessions: Arc::new(sessions::Sessions::new(clock.clone())),
+            resumables: Arc::default(),
             handlers: handler::Handlers::default(),
             audit,
             metrics,

@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use postern_net::relay::{Counters, Ended};
+use postern_net::resume::{Event, Finished, Moved};
 use postern_policy::Policy;
-use tokio::sync::watch;
-use tokio::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
@@ -266,6 +267,8 @@ pub struct Tunnel {
     pub kill: Arc<Kill>,
     pub deadline: watch::Receiver<Deadline>,
     pub idle_limit: Option<Duration>,
+    /// The rule's `resume_grace` (zero: not resumable).
+    pub resume_grace: Duration,
     /// When time alone could change the decision: re-check then.
     pub recheck_at: Option<SystemTime>,
     /// Cancelled when the upstream connection (the connector link) is gone: an endpoint-side
@@ -280,15 +283,20 @@ impl Access {
     /// policy reloads), the kill switch, the idle limit, and `recheck_at` — the instant the
     /// policy said the decision could change by time alone; then the session is evaluated
     /// again and ended if no longer allowed.
+    ///
+    /// A resumable tunnel comes with its `engine` (then `client` is the engine's pipe): a
+    /// lost link suspends the session (`session.suspended`) until the client resumes it
+    /// (`session.resumed`) or the rule's `resume_grace` runs out (`resume_expired`).
     pub async fn supervise(
         &self,
         tunnel: Tunnel,
         handler: Arc<dyn EndpointHandler>,
         client: BoxIo,
         upstream: BoxIo,
+        engine: Option<super::resume::Engine>,
     ) {
         let span = tunnel.session.span();
-        self.supervise_inner(tunnel, handler, client, upstream)
+        self.supervise_inner(tunnel, handler, client, upstream, engine)
             .instrument(span)
             .await
     }
@@ -299,12 +307,14 @@ impl Access {
         handler: Arc<dyn EndpointHandler>,
         client: BoxIo,
         upstream: BoxIo,
+        mut engine: Option<super::resume::Engine>,
     ) {
         let Tunnel {
             session,
             kill,
             deadline: mut deadline_rx,
             idle_limit,
+            resume_grace: _,
             mut recheck_at,
             upstream_lost,
         } = tunnel;
@@ -320,36 +330,64 @@ impl Access {
             counters: Arc::new(Counters::default()),
         };
         let counters = ctx.counters.clone();
-        let served = handler.serve(&ctx, client, upstream);
+        let finished = engine.as_mut().and_then(|e| e.finished.take());
+        let served = serve(handler.serve(&ctx, client, upstream), finished);
         tokio::pin!(served);
+        // Since when the client's link is lost, while it is.
+        let mut suspended: Option<Instant> = None;
+        let mut engine_events = engine.is_some();
         let idle_tick =
             idle_limit.map(|l| (l / 4).clamp(Duration::from_millis(250), Duration::from_secs(30)));
         let mut last_moved = (0u64, self.clock.instant());
         let far = Duration::from_secs(365 * 24 * 3600);
-        let reason = loop {
+        let grace = engine.as_ref().map(|e| e.grace).unwrap_or_default();
+        let (reason, detail) = loop {
             let current = *deadline_rx.borrow_and_update();
             let until_recheck = recheck_at
                 .map(|t| t.duration_since(self.clock.now()).unwrap_or(Duration::ZERO))
                 .unwrap_or(far);
+            let give_up = suspended.map(|at| at + grace);
             tokio::select! {
-                ended = &mut served => break match ended {
-                    Ended::AClosed => "client_closed".to_owned(),
-                    Ended::AError => "client_error".to_owned(),
-                    Ended::BClosed | Ended::BError if upstream_gone(&upstream_lost, ended).await => {
-                        "connector_lost".to_owned()
-                    }
-                    Ended::BClosed => "endpoint_closed".to_owned(),
-                    Ended::BError => "endpoint_error".to_owned(),
+                outcome = &mut served => break match outcome {
+                    Served::Handler(ended) => (ended_reason(ended, &upstream_lost).await, None),
+                    Served::Engine(f) => engine_reason(f),
                 },
-                _ = tokio::time::sleep_until(current.at) => break current.reason.to_owned(),
+                ev = next_event(&mut engine), if engine_events => match ev {
+                    Some(Event::LinkLost { detached }) => {
+                        if suspended.is_none() {
+                            suspended = Some(self.clock.instant());
+                            self.metrics.sessions_suspended.inc();
+                            let detail = if detached {
+                                "the client came back on a new connection before its old one was seen to fail"
+                            } else {
+                                "the client's link was lost"
+                            };
+                            info!(grace = ?grace, "session suspended: {detail}");
+                            self.audit.record_nowait(events::suspended(&self.audit, &session, format!("{detail}; the endpoint stays open for {}", humantime::format_duration(grace))));
+                        }
+                    }
+                    Some(Event::Attached { tag }) => {
+                        if let Some(at) = suspended.take() {
+                            self.metrics.sessions_suspended.dec();
+                            let outage = (self.clock.instant() - at).as_millis() as u64;
+                            info!(outage_ms = outage, from = %tag, "session resumed");
+                            self.audit.record_nowait(events::resumed(&self.audit, &session, Some(&tag), outage));
+                        }
+                    }
+                    None => engine_events = false,
+                },
+                _ = sleep_until_opt(give_up), if give_up.is_some() => {
+                    break ("resume_expired".to_owned(), Some(format!("the connection was not back within the rule's resume grace ({})", humantime::format_duration(grace))));
+                }
+                _ = tokio::time::sleep_until(current.at) => break (current.reason.to_owned(), None),
                 changed = deadline_rx.changed() => {
                     if changed.is_err() {
                         // The registry entry is gone: only kill() does that; wait for it.
                         kill.token.cancelled().await;
-                        break kill.reason();
+                        break (kill.reason(), None);
                     }
                 }
-                _ = kill.token.cancelled() => break kill.reason(),
+                _ = kill.token.cancelled() => break (kill.reason(), None),
                 _ = tokio::time::sleep(until_recheck), if recheck_at.is_some() => {
                     let decision = self.policy().evaluate(&session.request(self.clock.now()));
                     if !decision.is_allowed() {
@@ -361,7 +399,7 @@ impl Access {
                             None,
                             format!("time-bound access ended: {}", decision.reason),
                         ));
-                        break "access_withdrawn".to_owned();
+                        break ("access_withdrawn".to_owned(), Some(decision.reason.clone()));
                     }
                     recheck_at = decision.valid_until;
                 }
@@ -370,12 +408,18 @@ impl Access {
                     if moved != last_moved.0 {
                         last_moved = (moved, self.clock.instant());
                     } else if idle_limit.is_some_and(|l| self.clock.instant() - last_moved.1 >= l) {
-                        break "idle_timeout".to_owned();
+                        break ("idle_timeout".to_owned(), None);
                     }
                 }
             }
         };
         active.dec();
+        if suspended.is_some() {
+            self.metrics.sessions_suspended.dec();
+        }
+        if let Some(e) = &engine {
+            e.end(super::resume::sentence(&reason, detail.as_deref()));
+        }
         self.metrics
             .tunnel_bytes
             .with_label_values(&["up"])
@@ -384,7 +428,7 @@ impl Access {
             .tunnel_bytes
             .with_label_values(&["down"])
             .inc_by(counters.b_to_a());
-        self.end(&session, &reason, None, &counters).await;
+        self.end(&session, &reason, detail, &counters).await;
     }
 
     /// Registers a session that has started (its `session.start` is written): from now on
@@ -422,6 +466,80 @@ impl Access {
             tracing::error!(session_id = %s.id, error = %e, "could not write session.end");
         }
         self.sessions.remove(&s.id);
+    }
+}
+
+/// How serving a tunnel ended: the handler's relay (a plain tunnel, or a resumable one whose
+/// engine then delivered everything), or the resume engine first (the client ended the
+/// tunnel, or broke its protocol).
+enum Served {
+    Handler(Ended),
+    Engine(Option<Finished>),
+}
+
+/// Serves a tunnel: the handler, and for a resumable tunnel its engine's outcome.
+async fn serve(
+    handler: impl std::future::Future<Output = Ended>,
+    finished: Option<oneshot::Receiver<(Finished, Moved)>>,
+) -> Served {
+    let Some(mut finished) = finished else {
+        return Served::Handler(handler.await);
+    };
+    tokio::pin!(handler);
+    tokio::select! {
+        ended = &mut handler => {
+            // Both ends of the pipe are closed: the engine delivers what it holds, then ends.
+            match finished.await {
+                Ok((Finished::Clean, _)) | Err(_) => Served::Handler(ended),
+                Ok((f, _)) => Served::Engine(Some(f)),
+            }
+        }
+        f = &mut finished => match f {
+            Ok((Finished::Clean, _)) => Served::Handler(handler.await),
+            Ok((f, _)) => Served::Engine(Some(f)),
+            Err(_) => Served::Engine(None),
+        },
+    }
+}
+
+/// The close reason of a relay that ended.
+async fn ended_reason(ended: Ended, upstream_lost: &CancellationToken) -> String {
+    match ended {
+        Ended::AClosed => "client_closed".to_owned(),
+        Ended::AError => "client_error".to_owned(),
+        Ended::BClosed | Ended::BError if upstream_gone(upstream_lost, ended).await => {
+            "connector_lost".to_owned()
+        }
+        Ended::BClosed => "endpoint_closed".to_owned(),
+        Ended::BError => "endpoint_error".to_owned(),
+    }
+}
+
+/// The close reason (and detail) when a resumable tunnel's engine ended the session.
+fn engine_reason(f: Option<Finished>) -> (String, Option<String>) {
+    let bounded = |s: &str| crate::http::printable(s, 200);
+    match f {
+        Some(Finished::PeerClosed(why)) => ("client_closed".to_owned(), Some(bounded(&why))),
+        Some(Finished::Protocol(why)) => ("client_error".to_owned(), Some(bounded(&why))),
+        Some(Finished::LocalError(why)) => ("error".to_owned(), Some(bounded(&why))),
+        Some(Finished::Clean) | Some(Finished::Closed) | Some(Finished::Abandoned) | None => (
+            "error".to_owned(),
+            Some("the resume engine stopped".to_owned()),
+        ),
+    }
+}
+
+async fn next_event(engine: &mut Option<super::resume::Engine>) -> Option<Event> {
+    match engine {
+        Some(e) => e.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -120,13 +120,37 @@ async fn serve_stream(
             return;
         }
     };
+    if let Some(r) = &req.resume {
+        match app.broker.resume(&request, peer, r).await {
+            Ok(resuming) => {
+                let answer = TunnelResponse {
+                    status: 200,
+                    session_id: Some(r.session_id.clone()),
+                    received: Some(resuming.received),
+                    ..refusal(StatusCode::OK, "", "")
+                };
+                if write_frame(&mut send, &answer).await.is_ok() {
+                    let link = Box::new(tunnel_stream(send, recv));
+                    if let Err(e) = resuming.attach(link, r.received).await {
+                        debug!(%peer, error = %e, "resumed QUIC stream not attached");
+                    }
+                }
+            }
+            Err(resp) => {
+                let answer = from_resp(resp).await;
+                let _ = write_frame(&mut send, &answer).await;
+                let _ = send.finish();
+            }
+        }
+        return;
+    }
     match app.broker.open_request(&request, peer).await {
         Ok(opened) => {
             let answer = TunnelResponse {
                 status: 200,
                 session_id: Some(opened.tunnel.session.id.clone()),
-                error: None,
-                message: None,
+                resume_secret: opened.resume.as_ref().map(|(s, _)| s.clone()),
+                ..refusal(StatusCode::OK, "", "")
             };
             if let Err(e) = write_frame(&mut send, &answer).await {
                 // The client went away: the session ends as on a dropped HTTP/2 stream.
@@ -152,17 +176,24 @@ fn as_connect(req: &TunnelRequest) -> Result<Request<()>, String> {
     if let Some(j) = &req.justification {
         b = b.header(wire::HDR_JUSTIFICATION, j);
     }
+    if req.resumable {
+        b = b.header(wire::HDR_RESUMABLE, "1");
+    }
     b.body(()).map_err(|_| {
         "the endpoint name, token or justification is not a valid header value".to_owned()
     })
 }
 
+/// An answer: with `code` and `message` for a refusal (both empty on 200).
 fn refusal(status: StatusCode, code: &str, message: &str) -> TunnelResponse {
+    let some = |s: String| (!s.is_empty()).then_some(s);
     TunnelResponse {
         status: status.as_u16(),
         session_id: None,
-        error: Some(code.to_owned()),
-        message: Some(crate::http::printable(message, 512)),
+        error: some(code.to_owned()),
+        message: some(crate::http::printable(message, 512)),
+        resume_secret: None,
+        received: None,
     }
 }
 

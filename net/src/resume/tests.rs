@@ -27,7 +27,10 @@ fn end(link: Option<Link>, buffer: usize) -> End {
 /// Two engines joined by an in-memory link.
 fn pair(buffer: usize) -> (End, End) {
     let (a, b) = duplex(256 * 1024);
-    (end(Some(Box::new(a)), buffer), end(Some(Box::new(b)), buffer))
+    (
+        end(Some(Box::new(a)), buffer),
+        end(Some(Box::new(b)), buffer),
+    )
 }
 
 async fn detach(e: &End) -> Detached {
@@ -43,6 +46,7 @@ async fn attach(e: &End, d: Detached, link: Link, peer_received: u64) -> Result<
             epoch: d.epoch,
             link,
             peer_received,
+            tag: String::new(),
             done: tx,
         })
         .await
@@ -117,7 +121,11 @@ async fn no_byte_is_lost_or_repeated_when_the_link_breaks_again_and_again() {
     let (up, down) = (pattern(3, 8_000_000), pattern(4, 6_000_000));
     let piece = 4 * 1024;
     let ta = tokio::spawn(app_exchange_paced(a.app.take().unwrap(), up.clone(), piece));
-    let tb = tokio::spawn(app_exchange_paced(b.app.take().unwrap(), down.clone(), piece));
+    let tb = tokio::spawn(app_exchange_paced(
+        b.app.take().unwrap(),
+        down.clone(),
+        piece,
+    ));
     let mut breaks = 0u64;
     while !(ta.is_finished() && tb.is_finished()) {
         // Let the engines move some bytes (a varying amount) before the next break.
@@ -148,9 +156,12 @@ async fn no_byte_is_lost_or_repeated_when_the_link_breaks_again_and_again() {
     let (fb, _) = b.task.await.unwrap();
     assert_eq!((fa, fb), (Finished::Clean, Finished::Clean));
     let lost = std::iter::from_fn(|| a.events.try_recv().ok())
-        .filter(|e| *e == Event::LinkLost)
+        .filter(|e| matches!(e, Event::LinkLost { .. }))
         .count();
-    assert!(lost as u64 >= breaks - 1, "{lost} LinkLost events for {breaks} breaks");
+    assert!(
+        lost as u64 >= breaks - 1,
+        "{lost} LinkLost events for {breaks} breaks"
+    );
 }
 
 #[tokio::test]
@@ -159,17 +170,17 @@ async fn a_suspended_end_buffers_at_most_its_replay_buffer() {
     let (mut a, b) = pair(buffer);
     let d = detach(&a).await;
     assert_eq!(d.received, 0);
-    assert_eq!(a.events.recv().await, Some(Event::LinkLost));
+    assert_eq!(
+        a.events.recv().await,
+        Some(Event::LinkLost { detached: true })
+    );
     drop(b);
     // The application writes far more than the buffer: the engine stops reading, so the
     // writes block instead of memory growing.
     let mut app = a.app.take().unwrap();
     let big = pattern(5, 8 * buffer);
     let wrote = tokio::time::timeout(Duration::from_millis(300), app.write_all(&big)).await;
-    assert!(
-        wrote.is_err(),
-        "a suspended tunnel took 8 times its buffer"
-    );
+    assert!(wrote.is_err(), "a suspended tunnel took 8 times its buffer");
     a.control
         .send(Control::Close("test over".into()))
         .await
@@ -188,7 +199,9 @@ async fn a_suspended_end_buffers_at_most_its_replay_buffer() {
 async fn a_close_reaches_the_other_end_with_its_reason() {
     let (mut a, b) = pair(MIN_BUFFER);
     a.control
-        .send(Control::Close("device revoked: device d-1 is now revoked".into()))
+        .send(Control::Close(
+            "device revoked: device d-1 is now revoked".into(),
+        ))
         .await
         .unwrap();
     assert_eq!(a.task.await.unwrap().0, Finished::Closed);

@@ -1,0 +1,229 @@
+//! Resumable tunnels on the client: each local connection's bytes go through a
+//! [`postern_net::resume`] engine, so when the link to the gateway breaks (a Wi-Fi change the
+//! QUIC connection could not follow, sleep, a fallback to TCP) the application's connection
+//! to `127.0.0.1` just pauses: the tunnel is resumed over a new connection and no byte is lost
+//! or repeated.
+//!
+//! The clinician sees one line when the link is lost and one when it is back, however many
+//! tunnels were open; and, if a tunnel cannot be resumed (its session ended meanwhile: a
+//! revocation, the rule's resume grace ran out), why.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postern_net::resume::{self, Control, Detached, Event, Finished};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::{GatewayConn, ResumeError, ResumeInfo, Tunnel};
+
+/// What the resumable tunnels of one client share.
+pub(crate) struct Tunnels {
+    /// Live tunnels.
+    live: AtomicUsize,
+    /// Suspended tunnels, and since when the first of them is.
+    suspended: Mutex<(usize, Option<Instant>)>,
+    /// Set when the client is closing: every tunnel tells the gateway and ends.
+    closing: watch::Sender<bool>,
+    ended: tokio::sync::Notify,
+}
+
+impl Default for Tunnels {
+    fn default() -> Tunnels {
+        Tunnels {
+            live: AtomicUsize::new(0),
+            suspended: Mutex::new((0, None)),
+            closing: watch::channel(false).0,
+            ended: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl Tunnels {
+    fn lost(&self) {
+        if let Ok(mut s) = self.suspended.lock() {
+            s.0 += 1;
+            if s.0 == 1 {
+                s.1 = Some(Instant::now());
+                eprintln!(
+                    "postern: the connection to the gateway was lost; reconnecting… (your applications stay connected)"
+                );
+            }
+        }
+    }
+
+    fn back(&self, resumed: bool) {
+        if let Ok(mut s) = self.suspended.lock() {
+            s.0 = s.0.saturating_sub(1);
+            if s.0 == 0 {
+                if let (true, Some(since)) = (resumed, s.1.take()) {
+                    eprintln!(
+                        "postern: reconnected after {:.1} s; your connections carried on",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Ends every tunnel (the gateway is told), waiting up to a second.
+    pub(crate) async fn close_all(&self) {
+        let _ = self.closing.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                let ended = self.ended.notified();
+                if self.live.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                ended.await;
+            }
+        })
+        .await;
+    }
+}
+
+/// Counts a live tunnel until dropped.
+struct Live<'a>(&'a Tunnels);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
+        self.0.ended.notify_waiters();
+    }
+}
+
+/// Carries the application's connection `local` over the resumable tunnel `link` until it
+/// ends, resuming it whenever the link breaks.
+pub(crate) async fn carry(gw: Arc<GatewayConn>, local: TcpStream, link: Tunnel, info: ResumeInfo) {
+    let tunnels = &gw.tunnels;
+    tunnels.live.fetch_add(1, Ordering::AcqRel);
+    let _live = Live(tunnels);
+    let (control, control_rx) = mpsc::channel(4);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let engine = tokio::spawn(resume::run(
+        local,
+        Some(Box::new(link)),
+        resume::Config::default(),
+        control_rx,
+        events_tx,
+    ));
+    tokio::pin!(engine);
+    let mut closing = tunnels.closing.subscribe();
+    loop {
+        tokio::select! {
+            out = &mut engine => {
+                if let Ok((f, _)) = out {
+                    report(&info, &f);
+                }
+                return;
+            }
+            ev = events.recv() => match ev {
+                Some(Event::LinkLost { .. }) => {
+                    tunnels.lost();
+                    let mut closed = tunnels.closing.subscribe();
+                    let outcome = tokio::select! {
+                        r = reattach(&gw, &info, &control) => r,
+                        _ = closed_signal(&mut closed) => Err(None),
+                    };
+                    match outcome {
+                        Ok(()) => tunnels.back(true),
+                        Err(why) => {
+                            tunnels.back(false);
+                            if let Some(why) = &why {
+                                eprintln!("postern: a connection to {} was ended: {why}", info.endpoint);
+                            }
+                            let reason = why.unwrap_or_else(|| "the clinician's client was closed".into());
+                            let _ = control.send(Control::Close(reason)).await;
+                        }
+                    }
+                }
+                Some(Event::Attached { .. }) => {}
+                None => {}
+            },
+            _ = closed_signal(&mut closing) => {
+                let _ = control.send(Control::Close("the clinician's client was closed".into())).await;
+                let _ = (&mut engine).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves once the client is closing.
+async fn closed_signal(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|c| *c).await.map(|_| ());
+}
+
+/// Resumes the tunnel over a new stream, trying until it is back or cannot be (the sentence
+/// says why).
+async fn reattach(
+    gw: &GatewayConn,
+    info: &ResumeInfo,
+    control: &mpsc::Sender<Control>,
+) -> Result<(), Option<String>> {
+    let mut attempts = 0u32;
+    loop {
+        let d = detach(control).await.ok_or(None)?;
+        match gw.resume(info, d.received).await {
+            Ok((link, peer_received)) => match attach(control, d, link, peer_received).await {
+                Ok(()) => {
+                    tracing::info!(session_id = %info.session_id, attempts, "tunnel resumed");
+                    return Ok(());
+                }
+                Err(e) => tracing::debug!(error = %e, "resumed stream not attached; again"),
+            },
+            Err(ResumeError::Fatal(why)) => return Err(Some(why)),
+            Err(ResumeError::Retry(why)) => {
+                attempts += 1;
+                tracing::debug!(attempts, error = %why, "resume attempt failed; again");
+                // Attempts are bounded by their own timeouts; a refusal comes fast, so pause.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn detach(control: &mpsc::Sender<Control>) -> Option<Detached> {
+    let (tx, rx) = oneshot::channel();
+    control.send(Control::Detach(tx)).await.ok()?;
+    rx.await.ok()
+}
+
+async fn attach(
+    control: &mpsc::Sender<Control>,
+    d: Detached,
+    link: Tunnel,
+    peer_received: u64,
+) -> Result<(), String> {
+    let (tx, rx) = oneshot::channel();
+    control
+        .send(Control::Attach {
+            epoch: d.epoch,
+            link: Box::new(link),
+            peer_received,
+            tag: String::new(),
+            done: tx,
+        })
+        .await
+        .map_err(|_| "the tunnel has ended".to_owned())?;
+    rx.await.map_err(|_| "the tunnel has ended".to_owned())?
+}
+
+/// Tells the clinician why a tunnel ended, when it was not their application closing it.
+fn report(info: &ResumeInfo, f: &Finished) {
+    match f {
+        Finished::PeerClosed(why) => {
+            eprintln!(
+                "postern: the gateway ended a connection to {}: {why}",
+                info.endpoint
+            )
+        }
+        Finished::Protocol(why) => eprintln!(
+            "postern: a connection to {} failed: protocol error: {why}",
+            info.endpoint
+        ),
+        Finished::Clean | Finished::LocalError(_) | Finished::Closed | Finished::Abandoned => {}
+    }
+}
