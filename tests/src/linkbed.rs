@@ -2,11 +2,11 @@
 //! enrolled connector and the endpoints in the emulator's "cloud" namespace, clients in "home".
 //!
 //! [`Cloud::new`] makes the bed's directory; endpoints start first (their addresses go into the
-//! policy), e.g. [`Cloud::start_echo`]; then [`Cloud::start`] stands up the gateway (client
-//! listener on the cloud address, TCP and UDP) with the caller's policy and a connector on
-//! loopback inside the cloud namespace;
-//! [`Cloud::mint`] makes a session token and [`Cloud::client`] runs `postern connect` in the
-//! home namespace and returns its local address.
+//! policy), e.g. [`Cloud::start_echo`] or [`Cloud::start_orthanc`]; then [`Cloud::start`]
+//! stands up the gateway (client listener on the cloud address, TCP and UDP) with the caller's
+//! policy and a connector on loopback inside the cloud namespace; [`Cloud::mint`] makes a
+//! session token and [`Cloud::client`] runs `postern connect` in the home namespace and returns
+//! its local address.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::dicom::Orthanc;
 use crate::wan::Wan;
 use crate::{bin, free_port, run, wait_for, Proc};
 
@@ -134,6 +135,13 @@ impl Cloud {
         });
         self.procs.push(echo);
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Starts an Orthanc PACS in the cloud namespace (on its loopback, in `DIR/orthanc`) and
+    /// waits until its REST API answers there. The test keeps it (to load it and count its
+    /// instances); its DICOM port goes into the policy and the connector's `ports`.
+    pub fn start_orthanc(&mut self, wan: &Wan) -> Orthanc {
+        Orthanc::start_in(&self.path("orthanc"), Some(&wan.cloud_ns))
     }
 
     pub fn path(&self, s: &str) -> PathBuf {
