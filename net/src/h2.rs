@@ -182,7 +182,11 @@ mod tests {
         assert_eq!(MAX_FRAME_SIZE, 65_536);
         assert_eq!(
             (CLIENT.interval, CLIENT.timeout, CLIENT.while_idle),
-            (Duration::from_secs(30), Duration::from_secs(20), false)
+            (Duration::from_secs(5), Duration::from_secs(5), false)
+        );
+        assert_eq!(
+            (CLI.interval, CLI.timeout, CLI.while_idle),
+            (Duration::from_millis(500), Duration::from_secs(5), true)
         );
         assert_eq!(
             (LINK.interval, LINK.timeout, LINK.while_idle),

@@ -189,7 +189,9 @@ fn connectors_link_to_every_replica_and_a_browser_sign_in_crosses_three() {
         for endpoint in ["echo", "echo-penzance"] {
             let (mut p, a) = c.connect(&r.url(), endpoint, &token).unwrap();
             one_session(a).unwrap_or_else(|e| panic!("{endpoint} through {}: {e}", r.name));
-            p.kill();
+            // Stopped as a clinician stops it (Ctrl-C, SIGTERM): its tunnels end at once. A
+            // killed client looks like a lost link, and its resumable tunnels would wait for it.
+            p.terminate(Duration::from_secs(5));
         }
         r.wait_event("session.end", |e| e["endpoint"]["name"] == "echo-penzance");
     }

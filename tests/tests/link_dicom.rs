@@ -20,18 +20,14 @@ use postern_e2e::{wait_for, Proc};
 use serde_json::Value;
 
 /// Take the link down for [`OUTAGE_LENGTH`] once during the transfer (at 40 %), as the issue
-/// demands. RESUME: off until resumable tunnels (issue #14, item 3) land. Today a QUIC
-/// connection rides out an outage only if it is shorter than the QUIC idle timeout (10 s,
-/// net/src/quic.rs): with 8 s the transfer goes on about 3 s after the link returns; with 10 s
-/// the connection times out just before the link returns, the gateway ends the session
-/// (`client_error`) and getscu's association is aborted. `POSTERN_LINK_OUTAGE=SECONDS` turns
-/// it on (for that long) without editing this file.
-const OUTAGE: bool = false;
+/// demands: the client sees its connection stall after 2 s and closes it, the tunnel is
+/// suspended, and it is resumed over a new connection when the link returns (resumable
+/// tunnels). `POSTERN_LINK_OUTAGE=SECONDS` stages another length.
+const OUTAGE: bool = true;
 const OUTAGE_LENGTH: Duration = Duration::from_secs(10);
 
 /// Assert the `session.suspended` / `session.resumed` events (see [`check_suspensions`]).
-/// RESUME: turn on when the gateway writes them.
-const RESUME_EVENTS: bool = false;
+const RESUME_EVENTS: bool = true;
 
 /// The study: 20 images of 2560×2048 16-bit pixels, 10 MiB each, 210 MB in all.
 const INSTANCES: u32 = 20;
@@ -376,12 +372,9 @@ fn a_200_mb_dicom_c_get_survives_address_changes_on_the_home_link() {
 
 /// The session's suspensions and resumptions (issue #14, item 3: resumable tunnels).
 ///
-/// RESUME: this is the place for the asserts on `session.suspended` / `session.resumed` once
-/// the gateway writes them; they are written below but only enforced with [`RESUME_EVENTS`].
 /// An address change is carried by QUIC migration and need not suspend anything; the 10 s
-/// outage must (one suspension, one resumption, the outage length on them), and nothing may
-/// end with `resume_expired`. Check the field names against the gateway's events when
-/// turning this on.
+/// outage must (a suspension and its resumption, with the outage length as the gateway saw
+/// it), and nothing may end with `resume_expired`.
 fn check_suspensions(events: &[Value], session_id: &Value, outage: Option<Duration>) {
     let mine = |t: &str| -> Vec<&Value> {
         of_type(events, t)
@@ -411,14 +404,14 @@ fn check_suspensions(events: &[Value], session_id: &Value, outage: Option<Durati
     }
     for r in &resumed {
         assert!(
-            r["outage_ms"].is_u64(),
+            r["duration_ms"].is_u64(),
             "session.resumed without its outage length: {r}"
         );
     }
     assert!(
         !of_type(events, "session.end")
             .iter()
-            .any(|e| e["reason"] == "resume_expired"),
+            .any(|e| e["close_reason"] == "resume_expired"),
         "{events:?}"
     );
 }

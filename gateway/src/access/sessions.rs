@@ -331,7 +331,13 @@ impl Access {
         };
         let counters = ctx.counters.clone();
         let finished = engine.as_mut().and_then(|e| e.finished.take());
-        let served = serve(handler.serve(&ctx, client, upstream), finished);
+        // Set when the handler's relay ended (a resumable tunnel may still be delivering).
+        let handler_ended = std::sync::OnceLock::new();
+        let served = serve(
+            handler.serve(&ctx, client, upstream),
+            finished,
+            &handler_ended,
+        );
         tokio::pin!(served);
         // Since when the client's link is lost, while it is.
         let mut suspended: Option<Instant> = None;
@@ -346,7 +352,13 @@ impl Access {
             let until_recheck = recheck_at
                 .map(|t| t.duration_since(self.clock.now()).unwrap_or(Duration::ZERO))
                 .unwrap_or(far);
-            let give_up = suspended.map(|at| at + grace);
+            // Once both ends have closed, only the last bytes and acknowledgements are left:
+            // a client that went away then is waited for briefly, not for the whole grace.
+            let wait = match handler_ended.get() {
+                Some(_) => grace.min(LINGER),
+                None => grace,
+            };
+            let give_up = suspended.map(|at| at + wait);
             tokio::select! {
                 outcome = &mut served => break match outcome {
                     Served::Handler(ended) => (ended_reason(ended, &upstream_lost).await, None),
@@ -377,6 +389,10 @@ impl Access {
                     None => engine_events = false,
                 },
                 _ = sleep_until_opt(give_up), if give_up.is_some() => {
+                    if let Some(ended) = handler_ended.get() {
+                        let detail = "both ends had closed; the client did not come back for the last bytes and acknowledgements";
+                        break (ended_reason(*ended, &upstream_lost).await, Some(detail.to_owned()));
+                    }
                     break ("resume_expired".to_owned(), Some(format!("the connection was not back within the rule's resume grace ({})", humantime::format_duration(grace))));
                 }
                 _ = tokio::time::sleep_until(current.at) => break (current.reason.to_owned(), None),
@@ -477,10 +493,15 @@ enum Served {
     Engine(Option<Finished>),
 }
 
-/// Serves a tunnel: the handler, and for a resumable tunnel its engine's outcome.
+/// How long a suspended resumable tunnel whose ends have both closed waits for its client.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// Serves a tunnel: the handler, and for a resumable tunnel its engine's outcome. Notes in
+/// `handler_ended` when the handler's relay ended.
 async fn serve(
     handler: impl std::future::Future<Output = Ended>,
     finished: Option<oneshot::Receiver<(Finished, Moved)>>,
+    handler_ended: &std::sync::OnceLock<Ended>,
 ) -> Served {
     let Some(mut finished) = finished else {
         return Served::Handler(handler.await);
@@ -488,6 +509,11 @@ async fn serve(
     tokio::pin!(handler);
     tokio::select! {
         ended = &mut handler => {
+            let _ = handler_ended.set(ended);
+            if matches!(ended, Ended::AError | Ended::BError) {
+                // The endpoint side failed: the session ends now (the client is told why).
+                return Served::Handler(ended);
+            }
             // Both ends of the pipe are closed: the engine delivers what it holds, then ends.
             match finished.await {
                 Ok((Finished::Clean, _)) | Err(_) => Served::Handler(ended),
