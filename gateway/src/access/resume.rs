@@ -1,6 +1,6 @@
 //! Resumable tunnels on the gateway (issue #14).
 //!
-//! A client that asks for it ([`wire::HDR_RESUMABLE`], or `resumable` in a QUIC request) gets
+//! A client that asks for it ([`HDR_RESUMABLE`](postern_proto::wire::HDR_RESUMABLE), or `resumable` in a QUIC request) gets
 //! a resume secret with its 200 when the rule's `resume_grace` is above zero; the tunnel's
 //! bytes are then framed by a [`postern_net::resume`] engine at each end. The gateway's engine
 //! sits between the client's transport stream and the endpoint handler (which sees plain bytes
