@@ -1,6 +1,6 @@
 //! Resumable tunnels: a tunnel's bytes survive the loss of the transport that carried them.
 //!
-//! Both ends of a resumable tunnel run an [`Engine`] between their local stream (the
+//! Both ends of a resumable tunnel run an engine ([`run`]) between their local stream (the
 //! clinician's application socket; on the gateway, the endpoint handler's side) and a *link*:
 //! the current transport stream (a QUIC stream or an HTTP/2 `CONNECT` stream). On the link the
 //! engines speak in frames, so that each knows how much of the other's stream it has:
