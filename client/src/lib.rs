@@ -157,6 +157,7 @@ async fn quic_dial(
         .map_err(|_| format!("no answer within {within:?} (UDP blocked?)"))??;
     tracing::debug!(host = %t.host, port = t.port, "QUIC connection up");
     watch::quic(c.clone());
+    postern_net::quic::window::tune(c.clone());
     Ok(c)
 }
 

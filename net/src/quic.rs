@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub mod window;
+
 /// Largest frame either side accepts, in bytes.
 pub const MAX_FRAME: usize = 16 * 1024;
 /// Keep-alive: a quiet connection sends a PING this often, so NAT bindings stay and a dead
@@ -35,10 +37,14 @@ pub const CLIENT_INITIAL_RTT: Duration = Duration::from_millis(100);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent tunnel streams one client connection may have open.
 pub const MAX_STREAMS: u32 = 1024;
-/// Flow-control windows: per stream and per connection, as on the HTTP/2 transport
-/// (`wire::STREAM_WINDOW`, `wire::CONN_WINDOW`).
-const STREAM_WINDOW: u32 = postern_proto::wire::STREAM_WINDOW;
-const CONN_WINDOW: u32 = postern_proto::wire::CONN_WINDOW;
+/// Flow control: a stream may use the whole connection window, which [`window::tune`] sizes
+/// from the measured bandwidth-delay product (starting at [`window::MIN_WINDOW`], at most
+/// [`window::MAX_WINDOW`]); so one tunnel can fill a long path, and what a peer can make this
+/// side buffer is bounded per connection by the window, not by the number of streams.
+const STREAM_WINDOW: u64 = window::MAX_WINDOW;
+const CONN_WINDOW: u64 = window::MIN_WINDOW;
+/// Unacknowledged bytes this side may have in flight on a connection.
+const SEND_WINDOW: u64 = window::MAX_WINDOW;
 
 /// What went wrong reading or writing a frame.
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +99,9 @@ fn base_transport() -> quinn::TransportConfig {
         .max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok())
         .max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window(STREAM_WINDOW.into())
-        .receive_window(CONN_WINDOW.into())
-        .send_window(u64::from(CONN_WINDOW))
+        .stream_receive_window(quinn::VarInt::from_u64(STREAM_WINDOW).unwrap_or(quinn::VarInt::MAX))
+        .receive_window(quinn::VarInt::from_u64(CONN_WINDOW).unwrap_or(quinn::VarInt::MAX))
+        .send_window(SEND_WINDOW)
         // BBR rather than quinn's default (Cubic): a home link's random loss is not
         // congestion, and Cubic halves its window on each loss (issue #14: 11 Mbit/s on the
         // emulated 100 Mbit/s link with 0.1 % loss, where the kernel's TCP, BBR here, got 95).

@@ -182,3 +182,95 @@ fn hostile_quic_requests_get_clear_refusals_and_the_gateway_keeps_serving() {
     let gw = d.gateway.as_mut().unwrap();
     assert!(gw.is_running(), "{}", gw.log_text());
 }
+
+/// A source that writes as fast as it can into every connection it accepts, counting what
+/// each connection took.
+fn source() -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicU64>>>>,
+) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicU64>>>> = Arc::default();
+    let shared = counts.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            shared.lock().unwrap().push(n.clone());
+            std::thread::spawn(move || {
+                let chunk = vec![0x5au8; 64 * 1024];
+                while conn.write_all(&chunk).is_ok() {
+                    n.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+/// Applications that stop reading during a download cost the gateway a bounded amount of
+/// memory, whatever the size of the download: the resume engine stops reading at its replay
+/// buffer, the link's flow control stops the connector, and the endpoint is held back by TCP
+/// (docs/architecture.md, "Memory bounds").
+#[test]
+fn a_reader_that_stops_costs_the_gateway_a_bounded_amount_of_memory() {
+    let (addr, counts) = source();
+    let mut d = Deployment::prepare(&postern_e2e::echo_policy(addr));
+    d.start_gateway();
+    let d = d.with_connector(&[("127.0.0.1/32", addr.port().to_string())]);
+    let token = d.mint("ann@hospital.test", "radiologists", "1h");
+    let (mut p, local) = connect(&d, "echo", &token, "quic").unwrap();
+    let rss_before = d.gateway.as_ref().unwrap().rss_kb();
+    // Four tunnels whose applications never read.
+    let held: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(local).unwrap())
+        .collect();
+    postern_e2e::wait_for("four sources", Duration::from_secs(10), || {
+        (counts.lock().unwrap().len() == 4).then_some(())
+    });
+    // Wait until every source is held back (no progress for a second).
+    let total = || -> u64 {
+        counts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    };
+    let mut last = total();
+    let start = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = total();
+        if now == last {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the sources were never held back: {now} bytes taken"
+        );
+        last = now;
+    }
+    let rss_after = d.gateway.as_ref().unwrap().rss_kb();
+    let grew_mib = rss_after.saturating_sub(rss_before) as f64 / 1024.0;
+    let per_tunnel_mib = last as f64 / 4.0 / (1024.0 * 1024.0);
+    eprintln!(
+        "4 stalled readers: the sources got {per_tunnel_mib:.1} MiB into each tunnel; the gateway grew {grew_mib:.1} MiB"
+    );
+    // Per tunnel the gateway holds at most its replay buffer (4 MiB), the pipe to the handler
+    // and the relay's buffers, and the link stream's receive window (16 MiB); the rest waits
+    // in the connector, the client and the kernels' socket buffers.
+    assert!(
+        grew_mib <= 4.0 * 24.0 + 16.0,
+        "the gateway grew {grew_mib:.1} MiB for 4 stalled tunnels"
+    );
+    // The whole path holds back: nothing like an unbounded download was taken.
+    assert!(
+        per_tunnel_mib <= 64.0,
+        "{per_tunnel_mib:.1} MiB taken per stalled tunnel"
+    );
+    drop(held);
+    p.kill();
+}

@@ -64,6 +64,7 @@ async fn serve_connection(app: Arc<App>, incoming: quinn::Incoming) {
             return;
         }
     };
+    postern_net::quic::window::tune(conn.clone());
     loop {
         let (send, recv) = tokio::select! {
             s = conn.accept_bi() => match s {
