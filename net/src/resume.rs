@@ -165,14 +165,15 @@ where
         if let Some(f) = e.finished.take() {
             break f;
         }
-        if e.complete() {
-            e.shutdown_link().await;
-            break Finished::Clean;
-        }
+        // Parsed first: the peer's last ACK may be read together with the end of its link.
         if let Err(f) = e.parse() {
             e.closing = Some(protocol_reason(&f));
             e.send_close().await;
             break f;
+        }
+        if e.complete() {
+            e.shutdown_link().await;
+            break Finished::Clean;
         }
         if let Some(off) = e.peer_fin {
             if e.received == off && !e.local_shut {
@@ -619,9 +620,21 @@ impl Engine {
         Finished::LocalError(why)
     }
 
+    /// Ends the link after a clean finish: our side closed, then (within a second) the peer's
+    /// close awaited, so that dropping the link cannot reset a stream whose last frames (our
+    /// final acknowledgement) the peer has not read yet.
     async fn shutdown_link(&mut self) {
-        if let Some((_, w)) = self.link.as_mut() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
+        if let Some((r, w)) = self.link.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = w.shutdown().await;
+                let mut sink = [0u8; 256];
+                while let Ok(n) = r.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
         }
     }
 }

@@ -241,10 +241,22 @@ fn with_udp_blocked_a_sleeping_laptop_s_tunnel_resumes_over_tcp() {
 /// client says why and closes the application's connection.
 #[test]
 fn a_revocation_during_a_suspension_ends_the_session_at_once_with_a_readable_reason() {
+    revocation_scenario(false);
+}
+
+#[test]
+fn with_udp_blocked_a_revocation_during_a_suspension_ends_the_session_at_once() {
+    revocation_scenario(true);
+}
+
+fn revocation_scenario(udp_blocked: bool) {
     if let Some(why) = postern_e2e::wan::unavailable() {
         panic!("the link emulator cannot run here: {why}");
     }
     let mut wan = Wan::start("home");
+    if udp_blocked {
+        wan.block_udp();
+    }
     let mut c = Cloud::new(&wan);
     let echo = c.start_echo(&wan);
     c.start(&wan, &resume_policy(echo), "", &echo.port().to_string());

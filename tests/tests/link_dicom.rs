@@ -113,6 +113,17 @@ fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
 
 #[test]
 fn a_200_mb_dicom_c_get_survives_address_changes_on_the_home_link() {
+    c_get_scenario(false);
+}
+
+/// The same on a network that drops all UDP: the client falls back to TCP, and resumable
+/// tunnels carry the transfer over each broken TCP connection (an address change ends one).
+#[test]
+fn with_udp_blocked_the_200_mb_c_get_survives_over_tcp() {
+    c_get_scenario(true);
+}
+
+fn c_get_scenario(udp_blocked: bool) {
     if let Some(why) = postern_e2e::wan::unavailable() {
         panic!("the link emulator cannot run here: {why}");
     }
@@ -139,6 +150,9 @@ fn a_200_mb_dicom_c_get_survives_address_changes_on_the_home_link() {
 
     let loss = std::env::var("POSTERN_LINK_LOSS").unwrap_or_else(|_| LOSS.into());
     let mut wan = Wan::start_with(&["--profile", "home", "--loss", &loss]);
+    if udp_blocked {
+        wan.block_udp();
+    }
     let mut c = Cloud::new(&wan);
     let getscu_log = work.path().join("getscu.log");
     let _logs = Logs(vec![
@@ -323,17 +337,18 @@ fn a_200_mb_dicom_c_get_survives_address_changes_on_the_home_link() {
         "the session carried {bytes_down} bytes down, the pixel data alone is {}: {end}",
         study.pixel_bytes
     );
-    check_suspensions(&events, &start["session_id"], outage);
-    // Over QUIC (the gateway logs the session inside the QUIC connection's span): the default
-    // transport did not fall back to TCP, which would not have survived the first move.
+    check_suspensions(&events, &start["session_id"], outage, udp_blocked);
+    // Over QUIC (the gateway logs the session inside the QUIC connection's span) unless UDP
+    // is blocked.
     let gateway_log = std::fs::read_to_string(c.path("gateway.log")).unwrap();
     let started = gateway_log
         .lines()
         .find(|l| l.contains("session started"))
         .unwrap_or_default();
-    assert!(
+    assert_eq!(
         started.contains("quic"),
-        "the session did not go over QUIC: {started}"
+        !udp_blocked,
+        "the session went over the wrong transport: {started}"
     );
 
     // No re-login, no second client: the one `postern connect` is still up.
@@ -372,7 +387,12 @@ fn a_200_mb_dicom_c_get_survives_address_changes_on_the_home_link() {
 /// An address change is carried by QUIC migration and need not suspend anything; the 10 s
 /// outage must (a suspension and its resumption, with the outage length as the gateway saw
 /// it), and nothing may end with `resume_expired`.
-fn check_suspensions(events: &[Value], session_id: &Value, outage: Option<Duration>) {
+fn check_suspensions(
+    events: &[Value],
+    session_id: &Value,
+    outage: Option<Duration>,
+    over_tcp: bool,
+) {
     let mine = |t: &str| -> Vec<&Value> {
         of_type(events, t)
             .into_iter()
@@ -397,6 +417,13 @@ fn check_suspensions(events: &[Value], session_id: &Value, outage: Option<Durati
         assert!(
             !suspended.is_empty(),
             "the {length:?} outage suspended nothing: {events:?}"
+        );
+    }
+    if over_tcp {
+        // A TCP connection does not survive an address change: each move suspends too.
+        assert!(
+            suspended.len() >= 2,
+            "over TCP the moves suspended nothing: {events:?}"
         );
     }
     for r in &resumed {
