@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postern_net::resume::{self, Control, Detached, Event, Finished};
+use postern_net::resume::{self, Control, Event, Finished};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::{GatewayConn, ResumeError, ResumeInfo, Tunnel};
@@ -165,15 +165,18 @@ async fn reattach(
 ) -> Result<(), Option<String>> {
     let mut attempts = 0u32;
     loop {
-        let d = detach(control).await.ok_or(None)?;
+        let d = resume::detach(control).await.ok_or(None)?;
         match gw.resume(info, d.received).await {
-            Ok((link, peer_received)) => match attach(control, d, link, peer_received).await {
-                Ok(()) => {
-                    tracing::info!(session_id = %info.session_id, attempts, "tunnel resumed");
-                    return Ok(());
+            Ok((link, peer_received)) => {
+                match resume::attach(control, d, Box::new(link), peer_received, String::new()).await
+                {
+                    Ok(()) => {
+                        tracing::info!(session_id = %info.session_id, attempts, "tunnel resumed");
+                        return Ok(());
+                    }
+                    Err(e) => tracing::debug!(error = %e, "resumed stream not attached; again"),
                 }
-                Err(e) => tracing::debug!(error = %e, "resumed stream not attached; again"),
-            },
+            }
             Err(ResumeError::Fatal(why)) => return Err(Some(why)),
             Err(ResumeError::Retry(why)) => {
                 attempts += 1;
@@ -183,32 +186,6 @@ async fn reattach(
             }
         }
     }
-}
-
-async fn detach(control: &mpsc::Sender<Control>) -> Option<Detached> {
-    let (tx, rx) = oneshot::channel();
-    control.send(Control::Detach(tx)).await.ok()?;
-    rx.await.ok()
-}
-
-async fn attach(
-    control: &mpsc::Sender<Control>,
-    d: Detached,
-    link: Tunnel,
-    peer_received: u64,
-) -> Result<(), String> {
-    let (tx, rx) = oneshot::channel();
-    control
-        .send(Control::Attach {
-            epoch: d.epoch,
-            link: Box::new(link),
-            peer_received,
-            tag: String::new(),
-            done: tx,
-        })
-        .await
-        .map_err(|_| "the tunnel has ended".to_owned())?;
-    rx.await.map_err(|_| "the tunnel has ended".to_owned())?
 }
 
 /// Tells the clinician why a tunnel ended, when it was not their application closing it.

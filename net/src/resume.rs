@@ -269,6 +269,38 @@ where
     (finished, e.moved)
 }
 
+/// Asks the engine behind `control` to let go of its link: its epoch and how much of the
+/// peer's stream it delivered. `None` once the engine has ended.
+pub async fn detach(control: &mpsc::Sender<Control>) -> Option<Detached> {
+    let (tx, rx) = oneshot::channel();
+    control.send(Control::Detach(tx)).await.ok()?;
+    rx.await.ok()
+}
+
+/// Gives the detached engine behind `control` its new `link`; `peer_received` is how much of
+/// this side's stream the peer has, `tag` comes back in [`Event::Attached`].
+pub async fn attach(
+    control: &mpsc::Sender<Control>,
+    detached: Detached,
+    link: Link,
+    peer_received: u64,
+    tag: String,
+) -> Result<(), String> {
+    let (tx, rx) = oneshot::channel();
+    let ended = || "the tunnel has ended".to_owned();
+    control
+        .send(Control::Attach {
+            epoch: detached.epoch,
+            link,
+            peer_received,
+            tag,
+            done: tx,
+        })
+        .await
+        .map_err(|_| ended())?;
+    rx.await.map_err(|_| ended())?
+}
+
 /// What the peer is told when it broke the protocol.
 fn protocol_reason(f: &Finished) -> String {
     match f {

@@ -131,7 +131,17 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
 /// default resume grace answers within 2 s of the link returning, in the same session, with
 /// the suspension audited; the one whose rule allows 10 s ends `resume_expired` and its client
 /// says why. Over QUIC, or (`udp_blocked`) over the TCP fallback.
-fn sleep_scenario(udp_blocked: bool) {
+/// The emulated home link (UDP dropped if `udp_blocked`), the cloud with [`resume_policy`],
+/// a token for ann, and `postern connect echo` at home with one live connection through it.
+struct Bed {
+    wan: Wan,
+    c: Cloud,
+    token: std::path::PathBuf,
+    client: postern_e2e::Proc,
+    live: TcpStream,
+}
+
+fn bed(udp_blocked: bool) -> Bed {
     if let Some(why) = postern_e2e::wan::unavailable() {
         panic!("the link emulator cannot run here: {why}");
     }
@@ -143,12 +153,29 @@ fn sleep_scenario(udp_blocked: bool) {
     let echo = c.start_echo(&wan);
     c.start(&wan, &resume_policy(echo), "", &echo.port().to_string());
     let token = c.mint("ann@hospital.test", "radiologists");
-    let (mut client, local) = c.client(&wan, "client", "echo", &token, &[]);
-    let (mut brief_client, brief_local) = c.client(&wan, "brief", "echo-brief", &token, &[]);
+    let (client, local) = c.client(&wan, "client", "echo", &token, &[]);
     let mut live = wan.in_home(|| TcpStream::connect(local)).unwrap();
     live.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    echoes(&mut live, b"before the sleep").unwrap();
+    echoes(&mut live, b"before").unwrap();
+    Bed {
+        wan,
+        c,
+        token,
+        client,
+        live,
+    }
+}
+
+fn sleep_scenario(udp_blocked: bool) {
+    let Bed {
+        mut wan,
+        mut c,
+        token,
+        mut client,
+        mut live,
+    } = bed(udp_blocked);
+    let (mut brief_client, brief_local) = c.client(&wan, "brief", "echo-brief", &token, &[]);
     let mut brief = wan.in_home(|| TcpStream::connect(brief_local)).unwrap();
     brief
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -250,22 +277,13 @@ fn with_udp_blocked_a_revocation_during_a_suspension_ends_the_session_at_once() 
 }
 
 fn revocation_scenario(udp_blocked: bool) {
-    if let Some(why) = postern_e2e::wan::unavailable() {
-        panic!("the link emulator cannot run here: {why}");
-    }
-    let mut wan = Wan::start("home");
-    if udp_blocked {
-        wan.block_udp();
-    }
-    let mut c = Cloud::new(&wan);
-    let echo = c.start_echo(&wan);
-    c.start(&wan, &resume_policy(echo), "", &echo.port().to_string());
-    let token = c.mint("ann@hospital.test", "radiologists");
-    let (mut client, local) = c.client(&wan, "client", "echo", &token, &[]);
-    let mut live = wan.in_home(|| TcpStream::connect(local)).unwrap();
-    live.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    echoes(&mut live, b"before").unwrap();
+    let Bed {
+        mut wan,
+        c,
+        mut client,
+        mut live,
+        ..
+    } = bed(udp_blocked);
     let id = session_of(&c.audit(), "echo");
 
     wan.down();

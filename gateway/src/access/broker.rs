@@ -306,21 +306,7 @@ impl Broker {
     pub fn spawn_supervised(&self, opened: Opened, client: BoxIo) {
         let access = self.access.clone();
         let span = opened.tunnel.session.span();
-        tokio::spawn(
-            async move {
-                let (client, engine) = with_engine(&access, &opened, client);
-                access
-                    .supervise(
-                        opened.tunnel,
-                        opened.handler,
-                        client,
-                        opened.upstream,
-                        engine,
-                    )
-                    .await
-            }
-            .instrument(span),
-        );
+        tokio::spawn(async move { serve_opened(&access, opened, client).await }.instrument(span));
     }
 
     /// Stages 1 and 2, shared with the endpoint queries: the per-address limit, then the
@@ -554,16 +540,7 @@ impl Broker {
                 match hyper::upgrade::on(req).await {
                     Ok(client) => {
                         let client: BoxIo = Box::new(TokioIo::new(client));
-                        let (client, engine) = with_engine(&access, &opened, client);
-                        access
-                            .supervise(
-                                opened.tunnel,
-                                opened.handler,
-                                client,
-                                opened.upstream,
-                                engine,
-                            )
-                            .await
+                        serve_opened(&access, opened, client).await
                     }
                     Err(e) => {
                         let msg = format!("client stream upgrade failed: {e}");
@@ -670,6 +647,21 @@ impl Broker {
             audit, peer, subject, endpoint, decision, detail,
         ));
     }
+}
+
+/// Stage 7 once the client's stream is in hand: the endpoint handler serves it (through a
+/// resume engine for a resumable tunnel) under the session's supervision.
+async fn serve_opened(access: &Arc<Access>, opened: Opened, client: BoxIo) {
+    let (client, engine) = with_engine(access, &opened, client);
+    access
+        .supervise(
+            opened.tunnel,
+            opened.handler,
+            client,
+            opened.upstream,
+            engine,
+        )
+        .await
 }
 
 /// For a resumable tunnel, starts its engine over the client's stream: the handler then

@@ -239,12 +239,10 @@ impl Engine {
 
 /// Detaches a live engine for a resume: its epoch and how much it received.
 pub async fn detach(control: &mpsc::Sender<Control>) -> Option<Detached> {
-    let (tx, rx) = oneshot::channel();
-    control.send(Control::Detach(tx)).await.ok()?;
-    rx.await.ok()
+    resume::detach(control).await
 }
 
-/// Attaches the client's new stream to a detached engine.
+/// Attaches the client's new stream (from `from`) to a detached engine.
 pub async fn attach(
     control: &mpsc::Sender<Control>,
     detached: Detached,
@@ -252,18 +250,14 @@ pub async fn attach(
     peer_received: u64,
     from: std::net::SocketAddr,
 ) -> Result<(), String> {
-    let (tx, rx) = oneshot::channel();
-    control
-        .send(Control::Attach {
-            epoch: detached.epoch,
-            link: Box::new(link),
-            peer_received,
-            tag: from.to_string(),
-            done: tx,
-        })
-        .await
-        .map_err(|_| "the session has ended".to_owned())?;
-    rx.await.map_err(|_| "the session has ended".to_owned())?
+    resume::attach(
+        control,
+        detached,
+        Box::new(link),
+        peer_received,
+        from.to_string(),
+    )
+    .await
 }
 
 /// A close reason as the clinician reads it when the session ended while suspended.
