@@ -125,9 +125,10 @@ pub enum Cmd {
         /// `key=value` lines shown under "Setup".
         #[arg(long = "meta")]
         meta: Vec<String>,
-        /// The JSON lines of `bench/run --quick` (the loopback figures).
+        /// `LABEL=FILE`: the JSON lines of a `bench/run --quick` (the loopback figures); one
+        /// column per run.
         #[arg(long)]
-        loopback: Option<PathBuf>,
+        loopback: Vec<String>,
     },
 }
 
@@ -223,7 +224,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             raw,
             meta,
             loopback,
-        } => report(&raw, &meta, loopback.as_deref()),
+        } => report(&raw, &meta, &loopback),
     }
 }
 
@@ -1164,7 +1165,7 @@ fn recovery_met(trials: &[&Value], limit_ms: f64) -> Option<bool> {
     }))
 }
 
-fn report(raw: &Path, meta: &[String], loopback: Option<&Path>) -> anyhow::Result<()> {
+fn report(raw: &Path, meta: &[String], loopback: &[String]) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(raw).with_context(|| format!("reading {}", raw.display()))?;
     let raw = Raw(text
@@ -1375,8 +1376,8 @@ fn report(raw: &Path, meta: &[String], loopback: Option<&Path>) -> anyhow::Resul
         }
     }
 
-    if let Some(lb) = loopback {
-        md.push_str(&loopback_section(lb));
+    if !loopback.is_empty() {
+        md.push_str(&loopback_section(loopback));
     }
 
     md.push_str("### Targets\n\n| target | measured | verdict |\n|---|---|---|\n");
@@ -1387,16 +1388,29 @@ fn report(raw: &Path, meta: &[String], loopback: Option<&Path>) -> anyhow::Resul
     Ok(())
 }
 
-/// The headline figures of `bench/run --quick` from its JSON lines.
-fn loopback_section(path: &Path) -> String {
-    let mut md = String::from("### (d) Loopback: `bench/run --quick`\n\n");
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = writeln!(md, "Not available ({}: {e}).\n", path.display());
-            return md;
-        }
-    };
+/// The headline figures of one `bench/run --quick`.
+struct Loopback {
+    /// Median Gbit/s: (postern, rathole) for up and down.
+    up: (Option<f64>, Option<f64>),
+    down: (Option<f64>, Option<f64>),
+    /// One at a time: postern p50, p99 µs; rathole p50.
+    one: (Option<f64>, Option<f64>, Option<f64>),
+    /// 16 concurrent sessions/s: postern, rathole.
+    burst: (Option<f64>, Option<f64>),
+    /// KB per idle session (RSS): gateway, connector; and how many were held.
+    mem: (Option<f64>, Option<f64>, u64),
+}
+
+fn ratio_of(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn read_loopback(path: &Path) -> anyhow::Result<Loopback> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let raw = Raw(text
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -1409,79 +1423,138 @@ fn loopback_section(path: &Path) -> String {
             .collect();
         median(&mut v)
     };
-    md.push_str("| figure | postern | rathole-tls | postern / rathole-tls | target |\n|---|---|---|---|---|\n");
-    for (dir, what) in [
-        ("up", "one stream upload, Gbit/s"),
-        ("down", "one stream download, Gbit/s"),
-    ] {
-        let (p, r) = (gbps("postern", dir), gbps("rathole", dir));
-        let ratio = match (p, r) {
-            (Some(p), Some(r)) if r > 0.0 => Some(p / r),
-            _ => None,
-        };
-        let _ = writeln!(
-            md,
-            "| {what} | {} | {} | {}× | ≥ 1× |",
-            num(p, 2),
-            num(r, 2),
-            num(ratio, 2)
-        );
-    }
-    let sess = |c: u64, path: &str| {
-        raw.0.iter().find(|r| {
-            r.get("kind").and_then(Value::as_str) == Some("sessions")
-                && r.get("path").and_then(Value::as_str) == Some(path)
-                && r.get("concurrency").and_then(Value::as_u64) == Some(c)
-        })
+    let sess = |c: u64, path: &str, field: &str| {
+        raw.0
+            .iter()
+            .find(|r| {
+                r.get("kind").and_then(Value::as_str) == Some("sessions")
+                    && r.get("path").and_then(Value::as_str) == Some(path)
+                    && r.get("concurrency").and_then(Value::as_u64) == Some(c)
+            })
+            .and_then(|r| f(r, field))
     };
-    if let (Some(p), r) = (sess(1, "postern"), sess(1, "rathole")) {
-        let _ = writeln!(
-            md,
-            "| session setup one at a time, p50 / p99 µs | {} / {} | {} | | p50 ≤ 350 µs |",
-            num(f(p, "/p50_us"), 0),
-            num(f(p, "/p99_us"), 0),
-            r.map_or("–".into(), |r| format!(
-                "{} / {}",
-                num(f(r, "/p50_us"), 0),
-                num(f(r, "/p99_us"), 0)
-            )),
-        );
-    }
-    if let Some(p) = sess(16, "postern") {
-        let r = sess(16, "rathole").and_then(|r| f(r, "/sessions_per_s"));
-        let pp = f(p, "/sessions_per_s");
-        let ratio = match (pp, r) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
-        let _ = writeln!(
-            md,
-            "| 16 concurrent, sessions/s | {} | {} | {}× | ≥ 10× |",
-            num(pp, 0),
-            num(r, 0),
-            num(ratio, 1)
-        );
-    }
     let held = raw
         .select(&[("kind", "hold")])
         .first()
         .and_then(|h| h.get("held").and_then(Value::as_u64))
         .unwrap_or(0);
-    for (proc, limit) in [("gateway", 24.0), ("connector", 12.0)] {
+    let per_session = |proc: &str| {
         let rss = |state: &str| {
             raw.one(&[("kind", "mem"), ("proc", proc), ("state", state)])
                 .and_then(|m| f(m, "/rss_kb"))
         };
-        let per = match (rss("idle"), rss("held")) {
+        match (rss("idle"), rss("held")) {
             (Some(i), Some(h)) if held > 0 => Some((h - i) / held as f64),
             _ => None,
-        };
-        let _ = writeln!(
-            md,
-            "| {proc} memory per idle session, KB (RSS, {held} held) | {} | | | ≤ {limit} KB |",
-            num(per, 1)
-        );
+        }
+    };
+    Ok(Loopback {
+        up: (gbps("postern", "up"), gbps("rathole", "up")),
+        down: (gbps("postern", "down"), gbps("rathole", "down")),
+        one: (
+            sess(1, "postern", "/p50_us"),
+            sess(1, "postern", "/p99_us"),
+            sess(1, "rathole", "/p50_us"),
+        ),
+        burst: (
+            sess(16, "postern", "/sessions_per_s"),
+            sess(16, "rathole", "/sessions_per_s"),
+        ),
+        mem: (per_session("gateway"), per_session("connector"), held),
+    })
+}
+
+/// The headline figures of `bench/run --quick`, one column per run (`label=FILE`).
+fn loopback_section(runs: &[String]) -> String {
+    let mut md = String::from("### (d) Loopback: `bench/run --quick`\n\n");
+    let mut cols = Vec::new();
+    for r in runs {
+        let (label, path) = r.split_once('=').unwrap_or(("postern", r.as_str()));
+        match read_loopback(Path::new(path)) {
+            Ok(l) => cols.push((label.to_owned(), l)),
+            Err(e) => {
+                let _ = writeln!(md, "{label}: not available ({e:#}).\n");
+            }
+        }
     }
+    if cols.is_empty() {
+        return md;
+    }
+    md.push_str("| figure |");
+    for (label, _) in &cols {
+        let _ = write!(md, " {label} |");
+    }
+    md.push_str(" target |\n|---|");
+    for _ in &cols {
+        md.push_str("---|");
+    }
+    md.push_str("---|\n");
+    let row = |md: &mut String, what: &str, cell: &dyn Fn(&Loopback) -> String, target: &str| {
+        let _ = write!(md, "| {what} |");
+        for (_, l) in &cols {
+            let _ = write!(md, " {} |", cell(l));
+        }
+        let _ = writeln!(md, " {target} |");
+    };
+    let tput = |(p, r): (Option<f64>, Option<f64>)| {
+        format!(
+            "{} vs rathole-tls {} = **{}×**",
+            num(p, 2),
+            num(r, 2),
+            num(ratio_of(p, r), 2)
+        )
+    };
+    row(
+        &mut md,
+        "(a) one stream upload, Gbit/s",
+        &|l| tput(l.up),
+        "postern ≥ rathole-tls",
+    );
+    row(
+        &mut md,
+        "(a) one stream download, Gbit/s",
+        &|l| tput(l.down),
+        "postern ≥ rathole-tls",
+    );
+    row(
+        &mut md,
+        "(b) session setup one at a time, p50 / p99 µs",
+        &|l| {
+            format!(
+                "{} / {} (rathole-tls p50 {})",
+                num(l.one.0, 0),
+                num(l.one.1, 0),
+                num(l.one.2, 0)
+            )
+        },
+        "p50 ≤ 350 µs",
+    );
+    row(
+        &mut md,
+        "(b) 16 concurrent, sessions/s",
+        &|l| {
+            format!(
+                "{} vs rathole-tls {} = {}×",
+                num(l.burst.0, 0),
+                num(l.burst.1, 0),
+                num(ratio_of(l.burst.0, l.burst.1), 1)
+            )
+        },
+        "≥ 10 × rathole-tls",
+    );
+    row(
+        &mut md,
+        "(c) memory per idle session, KB (RSS): gateway / connector",
+        &|l| {
+            format!(
+                "{} / {} ({} held)",
+                num(l.mem.0, 1),
+                num(l.mem.1, 1),
+                l.mem.2
+            )
+        },
+        "≤ 24 / ≤ 12 KB",
+    );
     md.push('\n');
     md
 }
