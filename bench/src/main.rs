@@ -3,12 +3,13 @@
 //! It does what a shell script cannot do well: a TCP echo server, session-setup latency and
 //! rate, holding thousands of idle tunnelled connections, a delaying TCP relay (the kernel here
 //! has no `tc netem`), a link emulator between two network namespaces (`wan`), process memory
-//! from `/proc`, and the final report.
+//! from `/proc`, the measurements of `bench/link` on that emulator, and the final report.
 
 mod attack;
 mod cpu;
 mod ha;
 mod hostile;
+mod link;
 mod net;
 mod report;
 mod wan;
@@ -240,6 +241,14 @@ enum Cmd {
     /// control lines on stdin (addr, down, up, block-udp, allow-udp, stats, quit) with JSON
     /// lines; deletes the namespaces on quit, end of stdin, SIGTERM or SIGINT.
     Wan(wan::Opts),
+    /// The measurements of `bench/link` on the link emulator (issue #14): a server for every
+    /// path (`serve`), the interactive stream idle (`ping`) and beside a download (`loaded`),
+    /// recovery after an address change or an outage (`recover`), one emulator command
+    /// (`wan`), and the Markdown report (`report`).
+    Link {
+        #[command(subcommand)]
+        cmd: link::Cmd,
+    },
     /// Builds the Markdown results table from the JSON lines the other commands printed.
     Report {
         /// JSON lines file.
@@ -389,6 +398,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         } => hostile::h2_hold(target, &ca_file, source, count, &path, refill).await,
         Cmd::FreePorts { n } => net::free_ports(n).await,
         Cmd::Wan(opts) => wan::run(opts).await,
+        Cmd::Link { cmd } => link::run(cmd).await,
         Cmd::WaitPort { addr, timeout_ms } => net::wait_port(addr, timeout_ms).await,
         Cmd::Mem { .. }
         | Cmd::IperfSummary { .. }
