@@ -33,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::net::{percentile, print_line};
+use crate::report::{median, met, ratio, read_jsonl};
 
 /// The first byte of a connection to `serve`: echo the rest.
 const MODE_ECHO: u8 = b'E';
@@ -1058,27 +1059,6 @@ fn num(v: Option<f64>, prec: usize) -> String {
     v.map_or_else(|| "–".to_owned(), |x| format!("{x:.prec$}"))
 }
 
-fn median(v: &mut [f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
-fn verdict(ok: Option<bool>) -> &'static str {
-    match ok {
-        Some(true) => "**met**",
-        Some(false) => "**not met**",
-        None => "not measured",
-    }
-}
-
 /// The link's parameters from the emulator's ready line.
 fn describe_link(ready: &Value) -> String {
     let g = |p: &str| f(ready, p).unwrap_or(0.0);
@@ -1113,7 +1093,7 @@ fn recovery_cell(trials: &[&Value]) -> String {
     if trials.is_empty() {
         return "–".into();
     }
-    let mut ok: Vec<f64> = trials
+    let ok: Vec<f64> = trials
         .iter()
         .filter(|t| t.get("outcome").and_then(Value::as_str) == Some("ok"))
         .filter_map(|t| f(t, "/recovery_ms"))
@@ -1124,7 +1104,7 @@ fn recovery_cell(trials: &[&Value]) -> String {
             ok.iter().copied().fold(f64::INFINITY, f64::min),
             ok.iter().copied().fold(0.0, f64::max),
         );
-        let m = median(&mut ok).unwrap_or(0.0);
+        let m = median(&ok).unwrap_or(0.0);
         parts.push(if ok.len() > 1 {
             format!("{m:.0} ms ({lo:.0}–{hi:.0}, {} trials)", ok.len())
         } else {
@@ -1166,12 +1146,7 @@ fn recovery_met(trials: &[&Value], limit_ms: f64) -> Option<bool> {
 }
 
 fn report(raw: &Path, meta: &[String], loopback: &[String]) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(raw).with_context(|| format!("reading {}", raw.display()))?;
-    let raw = Raw(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .collect());
+    let raw = Raw(read_jsonl(raw)?);
     let mut md = String::new();
     if !meta.is_empty() {
         md.push_str("### Setup\n\n");
@@ -1382,7 +1357,7 @@ fn report(raw: &Path, meta: &[String], loopback: &[String]) -> anyhow::Result<()
 
     md.push_str("### Targets\n\n| target | measured | verdict |\n|---|---|---|\n");
     for (t, m, ok) in &targets {
-        let _ = writeln!(md, "| {t} | {m} | {} |", verdict(*ok));
+        let _ = writeln!(md, "| {t} | {m} | {} |", met(*ok));
     }
     print!("{md}");
     Ok(())
@@ -1401,27 +1376,15 @@ struct Loopback {
     mem: (Option<f64>, Option<f64>, u64),
 }
 
-fn ratio_of(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    }
-}
-
 fn read_loopback(path: &Path) -> anyhow::Result<Loopback> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let raw = Raw(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .collect());
+    let raw = Raw(read_jsonl(path)?);
     let gbps = |p: &str, dir: &str| {
-        let mut v: Vec<f64> = raw
+        let v: Vec<f64> = raw
             .select(&[("kind", "iperf"), ("path", p), ("dir", dir)])
             .into_iter()
             .filter_map(|r| f(r, "/gbps"))
             .collect();
-        median(&mut v)
+        median(&v)
     };
     let sess = |c: u64, path: &str, field: &str| {
         raw.0
@@ -1501,7 +1464,7 @@ fn loopback_section(runs: &[String]) -> String {
             "{} vs rathole-tls {} = **{}×**",
             num(p, 2),
             num(r, 2),
-            num(ratio_of(p, r), 2)
+            num(ratio(p, r), 2)
         )
     };
     row(
@@ -1537,7 +1500,7 @@ fn loopback_section(runs: &[String]) -> String {
                 "{} vs rathole-tls {} = {}×",
                 num(l.burst.0, 0),
                 num(l.burst.1, 0),
-                num(ratio_of(l.burst.0, l.burst.1), 1)
+                num(ratio(l.burst.0, l.burst.1), 1)
             )
         },
         "≥ 10 × rathole-tls",

@@ -126,7 +126,8 @@ impl Raw {
     }
 }
 
-fn median(v: &[f64]) -> Option<f64> {
+/// The median of `v` (the mean of the middle two for an even count).
+pub(crate) fn median(v: &[f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -153,7 +154,7 @@ fn cell(v: &[f64], prec: usize) -> String {
     format!("{m:.prec$} ({lo:.prec$}–{hi:.prec$})")
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
@@ -165,7 +166,7 @@ fn fmt_opt(v: Option<f64>, prec: usize, suffix: &str) -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
-fn met(ok: Option<bool>) -> &'static str {
+pub(crate) fn met(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "**met**",
         Some(false) => "**not met**",
@@ -187,13 +188,18 @@ fn s(v: &str) -> Value {
     Value::String(v.to_owned())
 }
 
-pub fn report(raw: &Path, meta: &[String]) -> anyhow::Result<()> {
+/// The JSON lines of `path` (lines that are not JSON are skipped).
+pub(crate) fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Value>> {
     let text =
-        std::fs::read_to_string(raw).with_context(|| format!("reading {}", raw.display()))?;
-    let raw = Raw(text
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .collect());
+        .collect())
+}
+
+pub fn report(raw: &Path, meta: &[String]) -> anyhow::Result<()> {
+    let raw = Raw(read_jsonl(raw)?);
     let mut md = String::new();
     let mut targets: Vec<(String, String, Option<bool>)> = Vec::new();
 

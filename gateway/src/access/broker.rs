@@ -83,7 +83,15 @@ pub struct Resuming {
 impl Resuming {
     /// Carries the tunnel on over `link`, from the offsets both sides have.
     pub async fn attach(self, link: BoxIo, peer_received: u64) -> Result<(), String> {
-        super::resume::attach(&self.control, self.detached, link, peer_received, self.from).await
+        let tag = self.from.to_string();
+        postern_net::resume::attach(
+            &self.control,
+            self.detached,
+            Box::new(link),
+            peer_received,
+            tag,
+        )
+        .await
     }
 }
 
@@ -258,7 +266,7 @@ impl Broker {
                 return Err(error(StatusCode::FORBIDDEN, "resume_refused", why));
             }
         };
-        let Some(detached) = super::resume::detach(&control).await else {
+        let Some(detached) = postern_net::resume::detach(&control).await else {
             count("ended");
             return Err(ended("it ended while resuming"));
         };

@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postern_net::resume::{self, Control, Detached, Event, Finished, Link, Moved};
+use postern_net::resume::{self, Control, Event, Finished, Link, Moved};
 use postern_proto::wire::Resume;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -235,29 +235,6 @@ impl Engine {
         let _ = self.control.try_send(Control::Close(reason.clone()));
         self.registry.end(&self.session_id, reason);
     }
-}
-
-/// Detaches a live engine for a resume: its epoch and how much it received.
-pub async fn detach(control: &mpsc::Sender<Control>) -> Option<Detached> {
-    resume::detach(control).await
-}
-
-/// Attaches the client's new stream (from `from`) to a detached engine.
-pub async fn attach(
-    control: &mpsc::Sender<Control>,
-    detached: Detached,
-    link: BoxIo,
-    peer_received: u64,
-    from: std::net::SocketAddr,
-) -> Result<(), String> {
-    resume::attach(
-        control,
-        detached,
-        Box::new(link),
-        peer_received,
-        from.to_string(),
-    )
-    .await
 }
 
 /// A close reason as the clinician reads it when the session ended while suspended.
