@@ -447,13 +447,9 @@ impl GatewayConn {
             .await
     }
 
-    /// Opens one tunnel stream to `endpoint`: over QUIC when it is up (or comes up within
-    /// [`QUIC_FALLBACK_AFTER`]), else over HTTP/2 (see [`Transport`]).
-    pub async fn open(&self, endpoint: &str) -> Result<Tunnel, ClientError> {
-        Ok(self.open_tunnel(endpoint, false).await?.stream)
-    }
-
-    /// Opens one tunnel stream to `endpoint`, asking for a resumable one if `resumable`.
+    /// Opens one tunnel stream to `endpoint`, asking for a resumable one if `resumable`: over
+    /// QUIC when it is up (or comes up within [`QUIC_FALLBACK_AFTER`]), else over HTTP/2 (see
+    /// [`Transport`]).
     pub async fn open_tunnel(
         &self,
         endpoint: &str,

@@ -166,15 +166,6 @@ impl Resumables {
         let ok = postern_proto::ids::ct_eq(t.secret.as_bytes(), r.secret.as_bytes());
         (ok && t.at.elapsed() < ENDED_KEPT).then(|| t.reason.clone())
     }
-
-    /// Live resumable sessions.
-    pub fn len(&self) -> usize {
-        self.live.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A resumable tunnel's engine as the session supervisor holds it.
