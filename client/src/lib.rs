@@ -340,6 +340,14 @@ impl GatewayConn {
                 .await
                 .map_err(|e| connect_err(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
+            // A second handle on the socket, for the stall watcher to shut it down.
+            let (tcp, kill) = tcp
+                .into_std()
+                .and_then(|s| {
+                    let kill = s.try_clone()?;
+                    Ok((TcpStream::from_std(s)?, kill))
+                })
+                .map_err(|e| connect_err(e.to_string()))?;
             let (tcp, heard) = watch::Counted::new(tcp);
             let name =
                 ServerName::try_from(self.host.clone()).map_err(|e| connect_err(e.to_string()))?;
@@ -351,7 +359,7 @@ impl GatewayConn {
                 .handshake(TokioIo::new(tls))
                 .await
                 .map_err(|e| connect_err(format!("HTTP/2: {e}")))?;
-            Ok::<_, ClientError>(watch::H2Conn::spawn(sender, conn, heard))
+            Ok::<_, ClientError>(watch::H2Conn::spawn(sender, conn, heard, kill))
         };
         let c = tokio::time::timeout(within, dial)
             .await

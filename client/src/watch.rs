@@ -4,7 +4,9 @@
 //! QUIC would notice at its idle timeout and TCP after minutes of retransmissions. Both
 //! transports ping every half second here (QUIC keep-alive, HTTP/2 PING), so a live gateway is
 //! heard several times a second; a connection that hears nothing for [`STALL`] is closed, and
-//! its resumable tunnels carry on over a new one.
+//! its resumable tunnels carry on over a new one. A TCP connection whose local address has
+//! gone (the laptop joined another network) is closed at the next look, without waiting for
+//! the stall limit; QUIC moves to the new address by itself (connection migration).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +49,16 @@ pub(crate) fn quic(conn: quinn::Connection) {
             }
         }
     });
+}
+
+/// Whether `ip` is no longer an address of this computer (a Wi-Fi change took it away): a
+/// TCP connection from it is dead even if the stall limit has not passed, since nothing sent
+/// from it can be answered.
+fn address_gone(ip: std::net::IpAddr) -> bool {
+    matches!(
+        std::net::UdpSocket::bind((ip, 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable
+    )
 }
 
 /// A stream that counts the bytes read from it.
@@ -112,12 +124,21 @@ pub(crate) struct H2Conn {
 type TlsIo = TokioIo<tokio_rustls::client::TlsStream<Counted<tokio::net::TcpStream>>>;
 
 impl H2Conn {
-    /// Runs `conn` and watches `heard` (bytes read from its socket).
+    /// Runs `conn` and watches `heard` (bytes read from its socket); `socket` is a second
+    /// handle on that socket.
+    ///
+    /// A stalled connection's socket is shut down, not only its task aborted: hyper runs the
+    /// HTTP/2 connection in a task of its own that keeps serving open (upgraded) tunnel
+    /// streams after the client side is gone, so those would otherwise wait for the
+    /// keep-alive timeout to fail and resume. Shutting the socket down ends its reads and
+    /// writes at once, and with them every stream on the connection.
     pub(crate) fn spawn(
         sender: SendRequest<Full<Bytes>>,
         conn: Connection<TlsIo, Full<Bytes>, TokioExecutor>,
         heard: Arc<AtomicU64>,
+        socket: std::net::TcpStream,
     ) -> H2Conn {
+        let local = socket.local_addr().ok().map(|a| a.ip());
         let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "gateway connection ended");
@@ -131,13 +152,21 @@ impl H2Conn {
             while !watched.is_finished() {
                 tokio::time::sleep(TICK).await;
                 let now = heard.load(Ordering::Relaxed);
-                if now != seen {
+                let moved = local.is_some_and(address_gone);
+                if now != seen && !moved {
                     seen = now;
                     at = Instant::now();
-                } else if at.elapsed() >= STALL {
-                    tracing::info!(
-                        "nothing heard from the gateway over TCP for {STALL:?}; closing the connection"
-                    );
+                } else if moved || at.elapsed() >= STALL {
+                    if moved {
+                        tracing::info!(
+                            "this computer's address changed; closing the TCP connection to the gateway"
+                        );
+                    } else {
+                        tracing::info!(
+                            "nothing heard from the gateway over TCP for {STALL:?}; closing the connection"
+                        );
+                    }
+                    let _ = socket.shutdown(std::net::Shutdown::Both);
                     watched.abort();
                     return;
                 }
@@ -152,5 +181,17 @@ impl H2Conn {
     /// Whether the connection can carry new requests.
     pub(crate) fn is_live(&self) -> bool {
         !self.sender.is_closed() && !self.task.is_finished()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_this_computer_no_longer_has_is_gone() {
+        assert!(!address_gone([127, 0, 0, 1].into()));
+        // TEST-NET-1 (RFC 5737): never configured here.
+        assert!(address_gone([192, 0, 2, 77].into()));
     }
 }

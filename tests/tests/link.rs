@@ -23,16 +23,32 @@ fn echoes(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
 /// migration: no new handshake, no new session).
 #[test]
 fn a_quic_tunnel_survives_a_change_of_the_home_address() {
+    address_change(false);
+}
+
+/// Over TCP (UDP blocked) the connection dies with the old address; the client sees that its
+/// address has gone, without waiting for the stall limit, and resumes the tunnel on a new
+/// connection: one session, suspended and resumed, answering well within the 2 s stall limit.
+#[test]
+fn with_udp_blocked_a_tunnel_resumes_at_once_after_a_change_of_the_home_address() {
+    address_change(true);
+}
+
+fn address_change(udp_blocked: bool) {
     if let Some(why) = postern_e2e::wan::unavailable() {
         panic!("the link emulator cannot run here: {why}");
     }
     let mut wan = Wan::start("home");
+    if udp_blocked {
+        wan.block_udp();
+    }
     let mut c = Cloud::new(&wan);
     let echo = c.start_echo(&wan);
     let policy = postern_e2e::echo_policy(echo);
     c.start(&wan, &policy, "", &echo.port().to_string());
     let token = c.mint("ann@hospital.test", "radiologists");
-    let (mut client, local) = c.client(&wan, "client", "echo", &token, &["--transport", "quic"]);
+    let transport = if udp_blocked { "tcp" } else { "quic" };
+    let (mut client, local) = c.client(&wan, "client", "echo", &token, &["--transport", transport]);
     let mut live = wan.in_home(|| TcpStream::connect(local)).unwrap();
     live.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -44,15 +60,31 @@ fn a_quic_tunnel_survives_a_change_of_the_home_address() {
     let t = Instant::now();
     echoes(&mut live, b"after the move").expect("the tunnel did not survive the address change");
     let took = t.elapsed();
-    eprintln!("address {old} -> {new}: the tunnel answered {took:?} later");
+    eprintln!("{transport}: address {old} -> {new}: the tunnel answered {took:?} later");
     // One session, still live: the tunnel was carried over, not reopened.
     let events = c.audit();
-    let starts = events
-        .iter()
-        .filter(|e| e["type"] == "session.start")
-        .count();
-    let ends = events.iter().filter(|e| e["type"] == "session.end").count();
-    assert_eq!((starts, ends), (1, 0), "{events:?}");
+    let count = |kind: &str| events.iter().filter(|e| e["type"] == kind).count();
+    assert_eq!(
+        (count("session.start"), count("session.end")),
+        (1, 0),
+        "{events:?}"
+    );
+    if udp_blocked {
+        // A new TCP connection: the tunnel was suspended and resumed, once.
+        assert_eq!(
+            (count("session.suspended"), count("session.resumed")),
+            (1, 1),
+            "{events:?}"
+        );
+        assert!(
+            took < Duration::from_millis(1800),
+            "the tunnel answered {took:?} after the move: the client waited for the stall \
+             limit instead of seeing that its address had gone"
+        );
+    } else {
+        // Migration: the same connection, nothing to resume.
+        assert_eq!(count("session.suspended"), 0, "{events:?}");
+    }
     client.kill();
 }
 

@@ -9,6 +9,10 @@
 //! by half every [`SHRINK_EVERY`] (credit already granted is not taken back). What the peer
 //! may make this side buffer for a reader that does not keep up is therefore at most the
 //! window: a few BDPs, never more than [`MAX_WINDOW`] per connection.
+//!
+//! The same tick sizes the connection's send window — what this side buffers for the peer —
+//! from the congestion window ([`send_window`]), so that a bulk stream cannot take all the
+//! room a small stream beside it needs.
 
 use std::time::Duration;
 
@@ -73,20 +77,45 @@ impl Tuner {
     }
 }
 
-/// Keeps `conn`'s receive window sized to its path until it closes.
+/// The least send window.
+pub const MIN_SEND_WINDOW: u64 = 1024 * 1024;
+
+/// The send window (what this side buffers for a connection: bytes in flight and bytes written
+/// but not yet sent, over all its streams) for a congestion window of `cwnd`: twice it, within
+/// [`MIN_SEND_WINDOW`] and [`MAX_WINDOW`].
+///
+/// This, not the peer's flow-control credit, is what limits a bulk stream's writer, and it
+/// frees space with every acknowledgement (each millisecond or so under load), where the
+/// peer's credit comes in steps of an eighth of its window. A small write on another stream —
+/// an RDP screen update beside a study download — therefore waits a millisecond for room in
+/// the buffer rather than tens of milliseconds for credit, and then goes out in the next
+/// packet (quinn sends the streams of a connection in turn). The peer's receive window
+/// ([`HEADROOM`] × BDP, at least [`MIN_WINDOW`]) stays larger than this (2 × 1.25 × BDP, at
+/// least [`MIN_SEND_WINDOW`]), so credit does not become the limit.
+pub fn send_window(cwnd: u64) -> u64 {
+    cwnd.saturating_mul(2).clamp(MIN_SEND_WINDOW, MAX_WINDOW)
+}
+
+/// Keeps `conn`'s receive and send windows sized to its path until it closes.
 pub fn tune(conn: quinn::Connection) {
     tokio::spawn(async move {
         let mut tuner = Tuner::new(Instant::now());
+        let mut sending = 0;
         loop {
             tokio::select! {
                 _ = conn.closed() => return,
                 _ = tokio::time::sleep(TICK) => {}
             }
-            let received = conn.stats().udp_rx.bytes;
-            if let Some(w) = tuner.update(received, conn.rtt(), Instant::now()) {
+            let stats = conn.stats();
+            if let Some(w) = tuner.update(stats.udp_rx.bytes, conn.rtt(), Instant::now()) {
                 if let Ok(w) = quinn::VarInt::from_u64(w) {
                     conn.set_receive_window(w);
                 }
+            }
+            let send = send_window(stats.path.cwnd);
+            if send != sending {
+                sending = send;
+                conn.set_send_window(send);
             }
         }
     });
@@ -119,6 +148,15 @@ mod tests {
             "window {} for a BDP of {bdp}",
             t.window()
         );
+    }
+
+    #[test]
+    fn the_send_window_is_twice_the_congestion_window_within_bounds() {
+        assert_eq!(send_window(0), MIN_SEND_WINDOW);
+        assert_eq!(send_window(3 * MIB), 6 * MIB);
+        assert_eq!(send_window(u64::MAX), MAX_WINDOW);
+        // Below the peer's smallest receive window, so its credit is not the limit.
+        assert!(send_window(MIN_WINDOW / 4) <= MIN_WINDOW);
     }
 
     #[test]
