@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postern_net::resume::{self, Control, Event, Finished};
+use postern_net::resume::{self, Event, Finished, Handle};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::{GatewayConn, ResumeError, ResumeInfo, Tunnel};
@@ -100,14 +100,12 @@ pub(crate) async fn carry(gw: Arc<GatewayConn>, local: TcpStream, link: Tunnel, 
     let tunnels = &gw.tunnels;
     tunnels.live.fetch_add(1, Ordering::AcqRel);
     let _live = Live(tunnels);
-    let (control, control_rx) = mpsc::channel(4);
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (control, mut events, inbox) = resume::channel();
     let engine = tokio::spawn(resume::run(
         local,
         Some(Box::new(link)),
         resume::Config::default(),
-        control_rx,
-        events_tx,
+        inbox,
     ));
     tokio::pin!(engine);
     let mut closing = tunnels.closing.subscribe();
@@ -135,7 +133,7 @@ pub(crate) async fn carry(gw: Arc<GatewayConn>, local: TcpStream, link: Tunnel, 
                                 eprintln!("postern: a connection to {} was ended: {why}", info.endpoint);
                             }
                             let reason = why.unwrap_or_else(|| "the clinician's client was closed".into());
-                            let _ = control.send(Control::Close(reason)).await;
+                            control.close(reason);
                         }
                     }
                 }
@@ -143,7 +141,7 @@ pub(crate) async fn carry(gw: Arc<GatewayConn>, local: TcpStream, link: Tunnel, 
                 None => {}
             },
             _ = closed_signal(&mut closing) => {
-                let _ = control.send(Control::Close("the clinician's client was closed".into())).await;
+                control.close("the clinician's client was closed".into());
                 let _ = (&mut engine).await;
                 return;
             }
@@ -161,14 +159,16 @@ async fn closed_signal(rx: &mut watch::Receiver<bool>) {
 async fn reattach(
     gw: &GatewayConn,
     info: &ResumeInfo,
-    control: &mpsc::Sender<Control>,
+    control: &Handle,
 ) -> Result<(), Option<String>> {
     let mut attempts = 0u32;
     loop {
-        let d = resume::detach(control).await.ok_or(None)?;
+        let d = control.detach().await.ok_or(None)?;
         match gw.resume(info, d.received).await {
             Ok((link, peer_received)) => {
-                match resume::attach(control, d, Box::new(link), peer_received, String::new()).await
+                match control
+                    .attach(d, Box::new(link), peer_received, String::new())
+                    .await
                 {
                     Ok(()) => {
                         tracing::info!(session_id = %info.session_id, attempts, "tunnel resumed");

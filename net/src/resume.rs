@@ -19,23 +19,38 @@
 //!
 //! When a link breaks, the engine reports [`Event::LinkLost`] and goes on reading its local
 //! stream into the replay buffer until it is full; the application sees a pause, never a
-//! reset. Whoever reconnects ([`Control::Detach`], then [`Control::Attach`] with the new link
+//! reset. Whoever reconnects ([`Handle::detach`], then [`Handle::attach`] with the new link
 //! and the offset the peer has received) tells each side the other's received offset out of
 //! band (in the tunnel request and answer), and both resend from there: no byte is lost or
 //! duplicated. The tunnel ends cleanly once both FINs are acknowledged, or with a CLOSE from
 //! either side (its local stream failed; the gateway ended the session), or when its owner
-//! sends [`Control::Close`].
+//! calls [`Handle::close`].
 //!
-//! The engine is one task with no lock: every `await` in its loop is cancel-safe (reads into
-//! owned buffers, `write` rather than `write_all`), so a control message or a broken link
-//! never leaves a half-counted chunk.
+//! The owner and the engine talk through [`channel`]: a [`Handle`] (cloneable) tells the
+//! engine what to do, [`Events`] hears what happened, the [`Inbox`] goes to [`run`].
+//!
+//! The engine is one task with no lock: every `await` in its loop is cancel-safe (a read
+//! either returns bytes or none, `write` rather than `write_all`), so a control message or a
+//! broken link never leaves a half-counted chunk.
+//!
+//! An idle tunnel holds no buffer: a read that may wait goes into a scratch buffer of the
+//! thread's (polled, not awaited, so nothing of it is held while the read waits) and only what
+//! arrived is copied out; a link read during a transfer goes straight into the input buffer;
+//! every buffer gives its memory back once the tunnel goes quiet. What an idle engine costs is its task, its
+//! link and local stream, and one small shared mailbox with its owner (see "Flow control and
+//! memory bounds" in docs/architecture.md).
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 /// A transport stream that carries a resumable tunnel's frames.
@@ -60,8 +75,11 @@ pub const MIN_BUFFER: usize = 256 * 1024;
 const ACK_EVERY: u64 = 64 * 1024;
 /// How long a small acknowledgement may wait for more data to cover.
 const ACK_DELAY: Duration = Duration::from_millis(5);
-/// Local reads: a small buffer first (an idle tunnel), the largest frame once a read fills it.
-const READ_MIN: usize = 4 * 1024;
+/// The per-thread read buffer: a whole DATA frame with its header, and some frames after it.
+const SCRATCH: usize = MAX_DATA + 1024;
+/// A link read at least this large means a transfer: the next one goes straight into the
+/// engine's input buffer rather than through the scratch buffer.
+const FLOWING: usize = 16 * 1024;
 
 /// An engine's settings.
 #[derive(Debug, Clone, Copy)]
@@ -78,8 +96,8 @@ impl Default for Config {
     }
 }
 
-/// What an engine's owner tells it.
-pub enum Control {
+/// What an engine's owner tells it (through a [`Handle`]).
+enum Control {
     /// Stop using the current link (if any); answers the link epoch and how many of the peer's
     /// bytes were delivered locally (the offset to tell the peer). A later [`Control::Attach`]
     /// must carry that epoch.
@@ -97,9 +115,12 @@ pub enum Control {
     },
     /// End the tunnel: the peer is told `reason` if a link is up.
     Close(String),
+    /// Answers how many bytes of storage the engine holds (tests).
+    #[cfg(test)]
+    Held(oneshot::Sender<usize>),
 }
 
-/// The answer to [`Control::Detach`].
+/// The answer to [`Handle::detach`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Detached {
     pub epoch: u64,
@@ -125,11 +146,11 @@ pub enum Finished {
     LocalError(String),
     /// The peer ended the tunnel, with its reason.
     PeerClosed(String),
-    /// The owner ended it ([`Control::Close`]).
+    /// The owner ended it ([`Handle::close`]).
     Closed,
     /// The peer broke the protocol; the tunnel cannot go on.
     Protocol(String),
-    /// The owner is gone (every [`Control`] sender dropped) while no link was up.
+    /// The owner is gone (every [`Handle`] dropped) while no link was up.
     Abandoned,
 }
 
@@ -143,23 +164,17 @@ pub struct Moved {
 }
 
 /// Runs one end of a resumable tunnel until it ends. `link` is the first link, if one is up
-/// (the peer has received nothing yet); `events` hears of suspensions and resumptions.
-pub async fn run<L>(
-    local: L,
-    link: Option<Link>,
-    config: Config,
-    mut control: mpsc::Receiver<Control>,
-    events: mpsc::UnboundedSender<Event>,
-) -> (Finished, Moved)
+/// (the peer has received nothing yet); `inbox` is the engine's end of its [`channel`], whose
+/// [`Events`] hear of suspensions and resumptions.
+pub async fn run<L>(local: L, link: Option<Link>, config: Config, inbox: Inbox) -> (Finished, Moved)
 where
     L: AsyncRead + AsyncWrite + Send + Unpin,
 {
-    let mut e = Engine::new(config, events);
+    let mut e = Engine::new(config, inbox.0.clone());
     if let Some(l) = link {
         e.link = Some(split(l));
     }
     let (mut lr, mut lw) = tokio::io::split(local);
-    let mut read_buf = vec![0u8; READ_MIN];
     let mut owner_gone = false;
     let finished = loop {
         if let Some(f) = e.finished.take() {
@@ -195,34 +210,22 @@ where
         let can_write_link = e.link.is_some() && (!e.out.is_empty() || e.unflushed);
         let can_read_link = e.link.is_some() && e.deliver.is_empty();
         let can_deliver = !e.deliver.is_empty();
-        if can_read_link {
-            let want = e.link_chunk;
-            if e.inbuf.capacity() - e.inbuf.len() < want {
-                e.inbuf.reserve(want);
-            }
-        }
-        let (link_r, link_w) = match e.link.as_mut() {
+        let (mut link_r, link_w) = match e.link.as_mut() {
             Some((r, w)) => (Some(r), Some(w)),
             None => (None, None),
         };
-        let (inbuf, out) = (&mut e.inbuf, &e.out);
+        let (inbuf, out, flowing) = (&mut e.inbuf, &e.out, &mut e.link_flowing);
         tokio::select! {
-            c = control.recv(), if !owner_gone => match c {
+            c = inbox.recv(), if !owner_gone => match c {
                 Some(c) => if let Some(f) = e.control(c).await { break f },
                 None => owner_gone = true,
             },
-            r = async {
-                match link_r {
-                    Some(r) => r.read_buf(inbuf).await,
-                    None => std::future::pending().await,
-                }
-            }, if can_read_link => match r {
+            r = std::future::poll_fn(|cx| match link_r.as_mut() {
+                Some(r) => poll_link_read(r, cx, inbuf, flowing),
+                None => Poll::Pending,
+            }), if can_read_link => match r {
                 Ok(0) | Err(_) => e.lose_link(false),
-                Ok(n) => {
-                    if n >= e.link_chunk {
-                        e.link_chunk = MAX_DATA + 5;
-                    }
-                }
+                Ok(_) => {}
             },
             r = async {
                 match link_w {
@@ -234,6 +237,11 @@ where
                 Ok(Some(0)) | Err(_) => e.lose_link(false),
                 Ok(Some(n)) => {
                     e.out.advance(n);
+                    if e.out.is_empty() && e.sent == e.read_total {
+                        // Nothing more to frame: the tunnel is going quiet, give the storage
+                        // back (during a transfer it is reused frame after frame).
+                        e.out = BytesMut::new();
+                    }
                     e.unflushed = true;
                 }
                 Ok(None) => e.unflushed = false,
@@ -245,19 +253,20 @@ where
                 }
                 Ok(n) => {
                     e.deliver.advance(n);
+                    if e.deliver.is_empty() {
+                        // Let go of the link read it came from.
+                        e.deliver = Bytes::new();
+                    }
                     e.received += n as u64;
                     e.moved.delivered += n as u64;
                     e.ack_due(e.received - e.ack_sent >= ACK_EVERY);
                 }
             },
-            r = lr.read(&mut read_buf), if can_read_local => match r {
-                Ok(0) => e.local_eof = true,
-                Ok(n) => {
-                    e.push_local(Bytes::copy_from_slice(&read_buf[..n]));
-                    if n == read_buf.len() && read_buf.len() < MAX_DATA {
-                        read_buf.resize(MAX_DATA, 0);
-                    }
-                }
+            r = std::future::poll_fn(|cx| {
+                poll_read_scratch(&mut lr, cx, MAX_DATA, Bytes::copy_from_slice)
+            }), if can_read_local => match r {
+                Ok(chunk) if chunk.is_empty() => e.local_eof = true,
+                Ok(chunk) => e.push_local(chunk),
                 Err(err) => break e.local_failed(format!("the local connection failed: {err}")).await,
             },
             _ = sleep_until_opt(ack_at), if ack_at.is_some() => {
@@ -269,36 +278,216 @@ where
     (finished, e.moved)
 }
 
-/// Asks the engine behind `control` to let go of its link: its epoch and how much of the
-/// peer's stream it delivered. `None` once the engine has ended.
-pub async fn detach(control: &mpsc::Sender<Control>) -> Option<Detached> {
-    let (tx, rx) = oneshot::channel();
-    control.send(Control::Detach(tx)).await.ok()?;
-    rx.await.ok()
+/// Creates the owner's and the engine's ends of an engine's mailbox: the [`Handle`] and
+/// [`Events`] for the owner, the [`Inbox`] for [`run`].
+///
+/// One small allocation whatever happens: control messages and events are rare (a few per
+/// outage), so they wait in a shared queue under a lock rather than in channels, whose
+/// up-front blocks would cost an idle tunnel several kilobytes.
+pub fn channel() -> (Handle, Events, Inbox) {
+    let shared = Arc::new(Shared {
+        mail: Mutex::new(Mail {
+            handles: 1,
+            ..Mail::default()
+        }),
+        to_engine: Notify::new(),
+        to_owner: Notify::new(),
+    });
+    (
+        Handle(shared.clone()),
+        Events(shared.clone()),
+        Inbox(shared),
+    )
 }
 
-/// Gives the detached engine behind `control` its new `link`; `peer_received` is how much of
-/// this side's stream the peer has, `tag` comes back in [`Event::Attached`].
-pub async fn attach(
-    control: &mpsc::Sender<Control>,
-    detached: Detached,
-    link: Link,
-    peer_received: u64,
-    tag: String,
-) -> Result<(), String> {
-    let (tx, rx) = oneshot::channel();
-    let ended = || "the tunnel has ended".to_owned();
-    control
-        .send(Control::Attach {
-            epoch: detached.epoch,
-            link,
-            peer_received,
-            tag,
-            done: tx,
-        })
-        .await
-        .map_err(|_| ended())?;
-    rx.await.map_err(|_| ended())?
+/// What an engine and its owner share.
+struct Shared {
+    mail: Mutex<Mail>,
+    /// Wakes the engine: a control message, or its last [`Handle`] dropped.
+    to_engine: Notify,
+    /// Wakes the reader of [`Events`]: an event, or the engine ended.
+    to_owner: Notify,
+}
+
+#[derive(Default)]
+struct Mail {
+    controls: VecDeque<Control>,
+    events: VecDeque<Event>,
+    /// Live [`Handle`]s: at none, nobody can attach a link any more.
+    handles: usize,
+    /// The [`Inbox`] is dropped: the engine has ended.
+    engine_gone: bool,
+    /// The [`Events`] are dropped: nobody reads them.
+    events_gone: bool,
+}
+
+impl Shared {
+    /// The mail. Nothing panics while holding it, so a poisoned lock's contents are whole.
+    fn mail(&self) -> MutexGuard<'_, Mail> {
+        self.mail.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `c` for the engine; gives it back if the engine has ended.
+    fn send(&self, c: Control) -> Result<(), Control> {
+        let mut m = self.mail();
+        if m.engine_gone {
+            return Err(c);
+        }
+        m.controls.push_back(c);
+        drop(m);
+        self.to_engine.notify_one();
+        Ok(())
+    }
+
+    fn event(&self, ev: Event) {
+        let mut m = self.mail();
+        if m.events_gone {
+            return;
+        }
+        m.events.push_back(ev);
+        drop(m);
+        self.to_owner.notify_one();
+    }
+}
+
+/// Tells an engine what to do; clones tell the same engine. Once every handle is dropped the
+/// engine ends when its link is down ([`Finished::Abandoned`]).
+pub struct Handle(Arc<Shared>);
+
+impl Clone for Handle {
+    fn clone(&self) -> Handle {
+        self.0.mail().handles += 1;
+        Handle(self.0.clone())
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let mut m = self.0.mail();
+        m.handles -= 1;
+        let last = m.handles == 0;
+        drop(m);
+        if last {
+            self.0.to_engine.notify_one();
+        }
+    }
+}
+
+impl Handle {
+    /// Asks the engine to let go of its link: its epoch and how much of the peer's stream it
+    /// delivered. `None` once the engine has ended.
+    pub async fn detach(&self) -> Option<Detached> {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(Control::Detach(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    /// Gives the detached engine its new `link`; `peer_received` is how much of this side's
+    /// stream the peer has, `tag` comes back in [`Event::Attached`].
+    pub async fn attach(
+        &self,
+        detached: Detached,
+        link: Link,
+        peer_received: u64,
+        tag: String,
+    ) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        let ended = || "the tunnel has ended".to_owned();
+        self.0
+            .send(Control::Attach {
+                epoch: detached.epoch,
+                link,
+                peer_received,
+                tag,
+                done: tx,
+            })
+            .map_err(|_| ended())?;
+        rx.await.map_err(|_| ended())?
+    }
+
+    /// Ends the tunnel: the peer is told `reason` if a link is up. Nothing happens if the
+    /// engine has ended.
+    pub fn close(&self, reason: String) {
+        let _ = self.0.send(Control::Close(reason));
+    }
+
+    /// How many bytes of storage the engine holds in its buffers.
+    #[cfg(test)]
+    async fn held(&self) -> Option<usize> {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(Control::Held(tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
+/// What an engine reports, for one reader.
+pub struct Events(Arc<Shared>);
+
+impl Events {
+    /// The next event; `None` once the engine has ended and every event was read.
+    pub async fn recv(&mut self) -> Option<Event> {
+        loop {
+            {
+                let mut m = self.0.mail();
+                if let Some(ev) = m.events.pop_front() {
+                    return Some(ev);
+                }
+                if m.engine_gone {
+                    return None;
+                }
+            }
+            // A notification sent since the check is kept as a permit: none is missed.
+            self.0.to_owner.notified().await;
+        }
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.0.mail().events.pop_front()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let mut m = self.0.mail();
+        m.events_gone = true;
+        m.events = VecDeque::new();
+    }
+}
+
+/// The engine's end of its [`channel`], for [`run`].
+pub struct Inbox(Arc<Shared>);
+
+impl Inbox {
+    /// The next control message; `None` once every [`Handle`] is dropped. Cancel-safe: a
+    /// message is taken only when it is returned.
+    async fn recv(&self) -> Option<Control> {
+        loop {
+            {
+                let mut m = self.0.mail();
+                if let Some(c) = m.controls.pop_front() {
+                    return Some(c);
+                }
+                if m.handles == 0 {
+                    return None;
+                }
+            }
+            self.0.to_engine.notified().await;
+        }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let mut m = self.0.mail();
+        m.engine_gone = true;
+        // Dropped outside the lock: their answer channels close, so their senders hear that
+        // the tunnel has ended.
+        let pending = std::mem::take(&mut m.controls);
+        drop(m);
+        drop(pending);
+        self.0.to_owner.notify_one();
+    }
 }
 
 /// What the peer is told when it broke the protocol.
@@ -307,6 +496,78 @@ fn protocol_reason(f: &Finished) -> String {
         Finished::Protocol(m) => format!("protocol error: {m}"),
         _ => "protocol error".into(),
     }
+}
+
+thread_local! {
+    /// The read buffer of every engine on this thread (see [`poll_read_scratch`]). Taken out
+    /// while a read uses it, so a read that finds it gone (none does: a stream's `poll_read`
+    /// does not poll an engine) allocates its own.
+    static SCRATCH_BUF: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
+}
+
+/// Polls one read of at most `max` bytes of `r` into the thread's scratch buffer and gives
+/// what arrived (empty at the end of the stream) to `take`. Polled rather than awaited, the
+/// buffer is held only during the call: a tunnel whose reads are waiting holds none, and what
+/// arrives is copied into storage of its own size.
+fn poll_read_scratch<R, T>(
+    r: &mut R,
+    cx: &mut Context<'_>,
+    max: usize,
+    take: impl FnOnce(&[u8]) -> T,
+) -> Poll<std::io::Result<T>>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut buf = SCRATCH_BUF
+        .take()
+        .unwrap_or_else(|| vec![0u8; SCRATCH].into_boxed_slice());
+    let end = max.min(buf.len());
+    let mut rb = ReadBuf::new(&mut buf[..end]);
+    let polled = match Pin::new(r).poll_read(cx, &mut rb) {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(take(rb.filled()))),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    };
+    SCRATCH_BUF.set(Some(buf));
+    polled
+}
+
+/// Polls one read of the link into `inbuf`: in place while the link is `flowing` (its last
+/// read was large), through the thread's scratch buffer otherwise (a quiet link's ACKs and
+/// small writes). A read that has to wait lets go of an empty `inbuf`: a quiet link holds
+/// nothing.
+fn poll_link_read<R>(
+    r: &mut R,
+    cx: &mut Context<'_>,
+    inbuf: &mut BytesMut,
+    flowing: &mut bool,
+) -> Poll<std::io::Result<usize>>
+where
+    R: AsyncRead + Unpin,
+{
+    let polled = if *flowing {
+        if inbuf.capacity() - inbuf.len() < MAX_DATA + 5 {
+            inbuf.reserve(MAX_DATA + 5);
+        }
+        // `read_buf` is cancel-safe: a poll that returns `Pending` has read nothing.
+        std::pin::pin!(r.read_buf(inbuf)).poll(cx)
+    } else {
+        poll_read_scratch(r, cx, SCRATCH, |got| {
+            inbuf.extend_from_slice(got);
+            got.len()
+        })
+    };
+    match &polled {
+        Poll::Ready(Ok(n)) => *flowing = *n >= FLOWING,
+        Poll::Ready(Err(_)) => {}
+        Poll::Pending => {
+            *flowing = false;
+            if inbuf.is_empty() {
+                *inbuf = BytesMut::new();
+            }
+        }
+    }
+    polled
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -324,20 +585,20 @@ fn split(link: Link) -> Halves {
 
 struct Engine {
     config: Config,
-    events: mpsc::UnboundedSender<Event>,
+    /// Where events go (shared with the owner, see [`channel`]).
+    mail: Arc<Shared>,
     link: Option<Halves>,
     epoch: u64,
     /// Bytes read from the link, not yet parsed.
     inbuf: BytesMut,
+    /// The link's last read was large (see [`poll_link_read`]).
+    link_flowing: bool,
     /// A DATA payload being written to the local stream.
     deliver: Bytes,
     /// Framed bytes waiting to be written to the link.
     out: BytesMut,
     /// Written to the link since its last flush.
     unflushed: bool,
-    /// How much room a link read asks for: small while the tunnel is quiet, a whole DATA
-    /// frame once a read fills it.
-    link_chunk: usize,
     /// Local bytes kept for replay, from offset `acked`.
     replay: VecDeque<Bytes>,
     /// The peer has acknowledged this many of our bytes (the FIN counts as one).
@@ -362,19 +623,19 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(config: Config, events: mpsc::UnboundedSender<Event>) -> Engine {
+    fn new(config: Config, mail: Arc<Shared>) -> Engine {
         Engine {
             config: Config {
                 buffer: config.buffer.max(MIN_BUFFER),
             },
-            events,
+            mail,
             link: None,
             epoch: 0,
             inbuf: BytesMut::new(),
+            link_flowing: false,
             deliver: Bytes::new(),
             out: BytesMut::new(),
             unflushed: false,
-            link_chunk: READ_MIN,
             replay: VecDeque::new(),
             acked: 0,
             read_total: 0,
@@ -432,7 +693,15 @@ impl Engine {
             put_close(&mut self.out, reason);
             return;
         }
-        if self.ack_now && self.received > self.ack_sent {
+        let ack = self.ack_now && self.received > self.ack_sent;
+        let unsent = (self.read_total - self.sent) as usize;
+        let fin = self.local_eof && unsent == 0 && !self.fin_sent;
+        if !(ack || unsent > 0 || fin) {
+            return;
+        }
+        // About what is due (`out` is empty; storage kept from the last frame is reused).
+        self.out.reserve(9 + unsent.min(MAX_DATA) + 5 + 9);
+        if ack {
             self.out.put_u8(T_ACK);
             self.out.put_u64(self.received);
             self.ack_sent = self.received;
@@ -487,6 +756,10 @@ impl Engine {
             if front.is_empty() {
                 self.replay.pop_front();
             }
+        }
+        if self.replay.is_empty() {
+            // An idle tunnel keeps no slots for the chunks of its last burst.
+            self.replay = VecDeque::new();
         }
         if offset == self.read_total + 1 {
             self.acked = offset;
@@ -564,9 +837,10 @@ impl Engine {
     /// The link broke: suspend until a new one is attached.
     fn lose_link(&mut self, detached: bool) {
         if self.link.take().is_some() {
-            let _ = self.events.send(Event::LinkLost { detached });
+            self.mail.event(Event::LinkLost { detached });
         }
         self.inbuf = BytesMut::new();
+        self.link_flowing = false;
         self.deliver = Bytes::new();
         self.out = BytesMut::new();
         self.unflushed = false;
@@ -615,7 +889,7 @@ impl Engine {
                 self.ack_sent = self.received;
                 self.epoch += 1;
                 self.link = Some(split(link));
-                let _ = self.events.send(Event::Attached { tag });
+                self.mail.event(Event::Attached { tag });
                 let _ = done.send(Ok(()));
                 None
             }
@@ -625,6 +899,15 @@ impl Engine {
                     self.send_close().await;
                 }
                 Some(Finished::Closed)
+            }
+            #[cfg(test)]
+            Control::Held(answer) => {
+                let replay = self.replay.capacity() * std::mem::size_of::<Bytes>()
+                    + self.replay.iter().map(Bytes::len).sum::<usize>();
+                let held =
+                    self.inbuf.capacity() + self.deliver.len() + self.out.capacity() + replay;
+                let _ = answer.send(held);
+                None
             }
         }
     }

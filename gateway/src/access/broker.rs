@@ -73,7 +73,7 @@ pub struct Opened {
 
 /// A resume request that found its suspended tunnel, detached and ready for the new stream.
 pub struct Resuming {
-    control: tokio::sync::mpsc::Sender<postern_net::resume::Control>,
+    control: postern_net::resume::Handle,
     detached: postern_net::resume::Detached,
     from: SocketAddr,
     /// How many of the client's bytes the gateway has delivered (for the answer).
@@ -84,14 +84,9 @@ impl Resuming {
     /// Carries the tunnel on over `link`, from the offsets both sides have.
     pub async fn attach(self, link: BoxIo, peer_received: u64) -> Result<(), String> {
         let tag = self.from.to_string();
-        postern_net::resume::attach(
-            &self.control,
-            self.detached,
-            Box::new(link),
-            peer_received,
-            tag,
-        )
-        .await
+        self.control
+            .attach(self.detached, Box::new(link), peer_received, tag)
+            .await
     }
 }
 
@@ -266,7 +261,7 @@ impl Broker {
                 return Err(error(StatusCode::FORBIDDEN, "resume_refused", why));
             }
         };
-        let Some(detached) = postern_net::resume::detach(&control).await else {
+        let Some(detached) = control.detach().await else {
             count("ended");
             return Err(ended("it ended while resuming"));
         };

@@ -5,7 +5,9 @@
 //! bytes are then framed by a [`postern_net::resume`] engine at each end. The gateway's engine
 //! sits between the client's transport stream and the endpoint handler (which sees plain bytes
 //! through an in-memory pipe), so the handler, the connector stream and the endpoint's TCP
-//! connection stay open while the client's link is down.
+//! connection stay open while the client's link is down. An idle engine holds no buffer (see
+//! [`postern_net::resume`]): on a tunnel that has not carried much, it costs its task, the
+//! pipe's two halves and its mailbox, about 2 KB.
 //!
 //! While a tunnel is *suspended* its session is still supervised: deadline, idle limit, policy
 //! reloads and revocations end it as they would a connected one; if the client is not back
@@ -18,9 +20,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postern_net::resume::{self, Control, Event, Finished, Link, Moved};
+use postern_net::resume::{self, Events, Finished, Handle, Link, Moved};
 use postern_proto::wire::Resume;
-use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::authn::Subject;
@@ -30,14 +32,16 @@ use crate::stream::BoxIo;
 pub const ENDED_KEPT: Duration = Duration::from_secs(10 * 60);
 /// Most ended sessions remembered (oldest forgotten first).
 const ENDED_MAX: usize = 10_000;
-/// The in-memory pipe between the engine and the endpoint handler, per direction.
+/// The in-memory pipe between the engine and the endpoint handler, per direction: at most
+/// this much waits in it. Its buffers start empty and keep what they grew to (tokio's
+/// `duplex`).
 const PIPE: usize = 64 * 1024;
 
 struct Slot {
     secret: String,
     user: String,
     device: Option<String>,
-    control: mpsc::Sender<Control>,
+    control: Handle,
 }
 
 struct Tomb {
@@ -62,7 +66,7 @@ pub struct Resumables {
 /// What a resume request found.
 pub enum Found {
     /// A live tunnel of the same user and device: its engine's control.
-    Live(mpsc::Sender<Control>),
+    Live(Handle),
     /// The session ended; why, in a sentence.
     Ended(String),
     /// No such session here (never resumable, forgotten, or on another replica).
@@ -79,13 +83,7 @@ impl Resumables {
             .map(|b| postern_proto::ids::hex(&b))
     }
 
-    fn register(
-        &self,
-        session_id: &str,
-        secret: String,
-        subject: &Subject,
-        control: mpsc::Sender<Control>,
-    ) {
+    fn register(&self, session_id: &str, secret: String, subject: &Subject, control: Handle) {
         if let Ok(mut m) = self.live.lock() {
             m.insert(
                 session_id.to_owned(),
@@ -170,10 +168,10 @@ impl Resumables {
 
 /// A resumable tunnel's engine as the session supervisor holds it.
 pub struct Engine {
-    pub control: mpsc::Sender<Control>,
-    pub events: mpsc::UnboundedReceiver<Event>,
-    /// The engine's outcome, once it ends (taken by the supervisor).
-    pub finished: Option<oneshot::Receiver<(Finished, Moved)>>,
+    pub control: Handle,
+    pub events: Events,
+    /// The engine's task, whose output is how it ended (taken by the supervisor).
+    pub finished: Option<JoinHandle<(Finished, Moved)>>,
     /// The rule's `resume_grace`.
     pub grace: Duration,
     registry: Arc<Resumables>,
@@ -193,21 +191,14 @@ impl Engine {
         buffer: usize,
     ) -> (Engine, BoxIo) {
         let (local, engine_side) = tokio::io::duplex(PIPE);
-        let (control, control_rx) = mpsc::channel(4);
-        let (events_tx, events) = mpsc::unbounded_channel();
-        let (done_tx, finished) = oneshot::channel();
+        let (control, events, inbox) = resume::channel();
         let link: Link = Box::new(link);
-        tokio::spawn(async move {
-            let out = resume::run(
-                engine_side,
-                Some(link),
-                resume::Config { buffer },
-                control_rx,
-                events_tx,
-            )
-            .await;
-            let _ = done_tx.send(out);
-        });
+        let finished = tokio::spawn(resume::run(
+            engine_side,
+            Some(link),
+            resume::Config { buffer },
+            inbox,
+        ));
         registry.register(session_id, secret, subject, control.clone());
         let engine = Engine {
             control,
@@ -223,7 +214,7 @@ impl Engine {
     /// The session is over: the client is told `reason` (if its link is up) and a later
     /// resume request hears it.
     pub fn end(&self, reason: String) {
-        let _ = self.control.try_send(Control::Close(reason.clone()));
+        self.control.close(reason.clone());
         self.registry.end(&self.session_id, reason);
     }
 }

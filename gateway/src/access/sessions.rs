@@ -15,7 +15,8 @@ use std::time::SystemTime;
 use postern_net::relay::{Counters, Ended};
 use postern_net::resume::{Event, Finished, Moved};
 use postern_policy::Policy;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
@@ -500,7 +501,7 @@ const LINGER: Duration = Duration::from_secs(5);
 /// `handler_ended` when the handler's relay ended.
 async fn serve(
     handler: impl std::future::Future<Output = Ended>,
-    finished: Option<oneshot::Receiver<(Finished, Moved)>>,
+    finished: Option<JoinHandle<(Finished, Moved)>>,
     handler_ended: &std::sync::OnceLock<Ended>,
 ) -> Served {
     let Some(mut finished) = finished else {

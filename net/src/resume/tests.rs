@@ -6,16 +6,15 @@ use tokio::task::JoinHandle;
 /// application's side of its local stream.
 struct End {
     task: JoinHandle<(Finished, Moved)>,
-    control: mpsc::Sender<Control>,
-    events: mpsc::UnboundedReceiver<Event>,
+    control: Handle,
+    events: Events,
     app: Option<DuplexStream>,
 }
 
 fn end(link: Option<Link>, buffer: usize) -> End {
     let (app, local) = duplex(64 * 1024);
-    let (control, crx) = mpsc::channel(4);
-    let (etx, events) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(local, link, Config { buffer }, crx, etx));
+    let (control, events, inbox) = channel();
+    let task = tokio::spawn(run(local, link, Config { buffer }, inbox));
     End {
         task,
         control,
@@ -34,24 +33,13 @@ fn pair(buffer: usize) -> (End, End) {
 }
 
 async fn detach(e: &End) -> Detached {
-    let (tx, rx) = oneshot::channel();
-    e.control.send(Control::Detach(tx)).await.unwrap();
-    rx.await.unwrap()
+    e.control.detach().await.unwrap()
 }
 
 async fn attach(e: &End, d: Detached, link: Link, peer_received: u64) -> Result<(), String> {
-    let (tx, rx) = oneshot::channel();
     e.control
-        .send(Control::Attach {
-            epoch: d.epoch,
-            link,
-            peer_received,
-            tag: String::new(),
-            done: tx,
-        })
+        .attach(d, link, peer_received, String::new())
         .await
-        .unwrap();
-    rx.await.unwrap()
 }
 
 /// Breaks the link between `a` and `b` (whatever was in flight is lost) and joins them with a
@@ -155,13 +143,81 @@ async fn no_byte_is_lost_or_repeated_when_the_link_breaks_again_and_again() {
     let (fa, _) = a.task.await.unwrap();
     let (fb, _) = b.task.await.unwrap();
     assert_eq!((fa, fb), (Finished::Clean, Finished::Clean));
-    let lost = std::iter::from_fn(|| a.events.try_recv().ok())
+    let lost = std::iter::from_fn(|| a.events.try_recv())
         .filter(|e| matches!(e, Event::LinkLost { .. }))
         .count();
     assert!(
         lost as u64 >= breaks - 1,
         "{lost} LinkLost events for {breaks} breaks"
     );
+}
+
+#[tokio::test]
+async fn an_idle_tunnel_holds_no_buffer_after_traffic() {
+    let (mut a, mut b) = pair(1024 * 1024);
+    assert_eq!(a.control.held().await, Some(0), "before any traffic");
+    let (app_a, app_b) = (a.app.take().unwrap(), b.app.take().unwrap());
+    let (mut ra, mut wa) = tokio::io::split(app_a);
+    let (mut rb, mut wb) = tokio::io::split(app_b);
+    // Bulk both ways (every buffer grows to its largest), then one byte each way; the
+    // applications keep their connections open.
+    for len in [2_000_000, 1] {
+        let (up, down) = (pattern(7, len), pattern(8, len));
+        let (mut got_b, mut got_a) = (vec![0u8; len], vec![0u8; len]);
+        let (w1, w2, r1, r2) = tokio::join!(
+            wa.write_all(&up),
+            wb.write_all(&down),
+            ra.read_exact(&mut got_a),
+            rb.read_exact(&mut got_b),
+        );
+        w1.unwrap();
+        w2.unwrap();
+        r1.unwrap();
+        r2.unwrap();
+        assert!(got_b == up && got_a == down, "{len} bytes differ");
+    }
+    // The last acknowledgements go out after ACK_DELAY.
+    tokio::time::sleep(ACK_DELAY * 10).await;
+    assert_eq!(
+        a.control.held().await,
+        Some(0),
+        "a holds storage while idle"
+    );
+    assert_eq!(
+        b.control.held().await,
+        Some(0),
+        "b holds storage while idle"
+    );
+    drop((ra, wa, rb, wb));
+    let (fa, _) = a.task.await.unwrap();
+    let (fb, _) = b.task.await.unwrap();
+    assert_eq!((fa, fb), (Finished::Clean, Finished::Clean));
+}
+
+#[tokio::test]
+async fn an_engine_whose_handles_are_all_gone_ends_once_its_link_is_down() {
+    let (a, mut b) = pair(MIN_BUFFER);
+    let extra = a.control.clone();
+    let d = detach(&a).await;
+    assert_eq!(d.received, 0);
+    drop(a.control);
+    // A clone still holds it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!a.task.is_finished());
+    drop(extra);
+    let (f, _) = tokio::time::timeout(Duration::from_secs(5), a.task)
+        .await
+        .expect("the engine did not end")
+        .unwrap();
+    assert_eq!(f, Finished::Abandoned);
+    // Its events end too.
+    let mut events = a.events;
+    assert_eq!(
+        events.recv().await,
+        Some(Event::LinkLost { detached: true })
+    );
+    assert_eq!(events.recv().await, None);
+    drop(b.app.take());
 }
 
 #[tokio::test]
@@ -181,10 +237,7 @@ async fn a_suspended_end_buffers_at_most_its_replay_buffer() {
     let big = pattern(5, 8 * buffer);
     let wrote = tokio::time::timeout(Duration::from_millis(300), app.write_all(&big)).await;
     assert!(wrote.is_err(), "a suspended tunnel took 8 times its buffer");
-    a.control
-        .send(Control::Close("test over".into()))
-        .await
-        .unwrap();
+    a.control.close("test over".into());
     let (f, moved) = a.task.await.unwrap();
     assert_eq!(f, Finished::Closed);
     assert!(
@@ -199,11 +252,7 @@ async fn a_suspended_end_buffers_at_most_its_replay_buffer() {
 async fn a_close_reaches_the_other_end_with_its_reason() {
     let (mut a, b) = pair(MIN_BUFFER);
     a.control
-        .send(Control::Close(
-            "device revoked: device d-1 is now revoked".into(),
-        ))
-        .await
-        .unwrap();
+        .close("device revoked: device d-1 is now revoked".into());
     assert_eq!(a.task.await.unwrap().0, Finished::Closed);
     assert_eq!(
         b.task.await.unwrap().0,
