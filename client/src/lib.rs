@@ -339,7 +339,7 @@ impl GatewayConn {
             let tcp = TcpStream::connect((self.host.as_str(), self.port))
                 .await
                 .map_err(|e| connect_err(e.to_string()))?;
-            let _ = tcp.set_nodelay(true);
+            postern_net::h2::tune_socket(&tcp);
             // A second handle on the socket, for the stall watcher to shut it down.
             let (tcp, kill) = tcp
                 .into_std()

@@ -269,7 +269,7 @@ async fn connect_once(
         .await
         .map_err(|_| "TCP connect timed out".to_owned())?
         .map_err(|e| format!("TCP connect: {e}"))?;
-    let _ = tcp.set_nodelay(true);
+    postern_net::h2::tune_socket(&tcp);
     let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("server name: {e}"))?;
     let tls = tokio::time::timeout(
         Duration::from_secs(10),

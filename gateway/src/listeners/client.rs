@@ -87,7 +87,7 @@ pub(crate) fn admit(
 }
 
 async fn serve_connection(app: Arc<App>, tcp: TcpStream, peer: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
+    postern_net::h2::tune_socket(&tcp);
     let tls = match tokio::time::timeout(app.config.handshake_timeout, app.tls.client.accept(tcp))
         .await
     {

@@ -42,7 +42,7 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
 }
 
 async fn handshake(app: Arc<App>, tcp: TcpStream, peer: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
+    postern_net::h2::tune_socket(&tcp);
     let accept = app.tls.connector.accept(tcp);
     let tls = match tokio::time::timeout(app.config.handshake_timeout, accept).await {
         Ok(Ok(s)) => s,
