@@ -147,9 +147,12 @@ pub fn tunnel_stream(send: quinn::SendStream, recv: quinn::RecvStream) -> Tunnel
     tokio::io::join(recv, FairSend::new(send))
 }
 
-/// A stream that wrote more than this within [`BULK_WINDOW`] counts as bulk.
+/// A stream that wrote more than this within the last one or two [`BULK_WINDOW`]s counts as
+/// bulk.
 pub const BULK_BYTES: u64 = 256 * 1024;
 pub const BULK_WINDOW: Duration = Duration::from_millis(250);
+/// How long a bulk writer that had to wait for room holds back once room is there.
+pub const BULK_DEFER: Duration = Duration::from_millis(5);
 
 /// A tunnel's send half that lets small writers go first when the connection's send buffer
 /// frees up.
@@ -157,18 +160,22 @@ pub const BULK_WINDOW: Duration = Duration::from_millis(250);
 /// All streams of a connection share one send buffer ([`window::send_window`]). A bulk
 /// writer (a study download) keeps it full, so a small write beside it (an RDP screen update)
 /// finds it full too and waits; when an acknowledgement frees room, quinn wakes every waiting
-/// writer, and the bulk one — which tokio tends to run first, as the last woken — takes all
-/// the room again. Measured on the emulated `poor` link, that added a median 50 ms to an
-/// interactive round trip beside a download. So a stream that has written more than
-/// [`BULK_BYTES`] in the last [`BULK_WINDOW`] and was made to wait yields once before it
-/// writes again: the small writers woken with it write first, then it takes what is left.
-/// What goes on the wire is then interleaved packet by packet (quinn sends the connection's
-/// streams in turn).
+/// writer and the bulk one may take all the room again, so the small write waits for the next
+/// acknowledgement, and the next. Measured on the emulated `poor` link, that added a median
+/// 50–60 ms to an interactive round trip beside a download (and nothing when the buffer was
+/// made too large to fill). So a stream that has written more than [`BULK_BYTES`] in the last
+/// [`BULK_WINDOW`] and had to wait holds back for [`BULK_DEFER`] before it writes again: the
+/// small writers woken with it write first, then it takes what has freed up meanwhile (a
+/// millisecond of acknowledgements; the buffer holds far more than that unsent, so the path
+/// does not go idle). What goes on the wire is then interleaved packet by packet (quinn sends
+/// the connection's streams in turn).
 pub struct FairSend {
     inner: quinn::SendStream,
     waited: bool,
     recent: u64,
+    before: u64,
     since: std::time::Instant,
+    defer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl FairSend {
@@ -177,17 +184,27 @@ impl FairSend {
             inner,
             waited: false,
             recent: 0,
+            before: 0,
             since: std::time::Instant::now(),
+            defer: None,
         }
     }
 
+    /// Whether the stream wrote [`BULK_BYTES`] within the current and the previous
+    /// [`BULK_WINDOW`] (two buckets, so that a steady writer stays bulk across the turn).
     fn is_bulk(&mut self) -> bool {
         let now = std::time::Instant::now();
-        if now.saturating_duration_since(self.since) >= BULK_WINDOW {
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed >= BULK_WINDOW {
+            self.before = if elapsed < 2 * BULK_WINDOW {
+                self.recent
+            } else {
+                0
+            };
             self.since = now;
             self.recent = 0;
         }
-        self.recent >= BULK_BYTES
+        self.before + self.recent >= BULK_BYTES
     }
 }
 
@@ -197,12 +214,17 @@ impl AsyncWrite for FairSend {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::future::Future;
         use std::task::Poll;
         let this = &mut *self;
         if std::mem::take(&mut this.waited) && this.is_bulk() {
-            // Yield: to the back of the run queue, behind the writers woken with this one.
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+            this.defer = Some(Box::pin(tokio::time::sleep(BULK_DEFER)));
+        }
+        if let Some(d) = this.defer.as_mut() {
+            if d.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.defer = None;
         }
         match AsyncWrite::poll_write(std::pin::Pin::new(&mut this.inner), cx, buf) {
             Poll::Pending => {

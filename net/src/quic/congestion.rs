@@ -48,8 +48,10 @@ pub const MIN_RTT_FLOOR: Duration = Duration::from_millis(4);
 /// [`STARTUP_GROWTH`].
 const STARTUP_ROUNDS: u32 = 3;
 const STARTUP_GROWTH: f64 = 1.25;
-/// Slow start's window as a multiple of the BDP measured so far (BBR's 2/ln 2).
-const STARTUP_GAIN: f64 = 2.89;
+/// Slow start's window as a multiple of the BDP measured so far: the window doubles per round
+/// trip while the delivery rate does, and the queue it leaves when the pipe is full is at most
+/// one BDP (BBR's 2.89 can leave nearly two BDPs queued for the round trips that tell the pipe is full).
+const STARTUP_GAIN: f64 = 2.0;
 /// Delivery history kept for rate samples: entries, and age.
 const HISTORY_MAX: usize = 4096;
 const HISTORY_AGE: Duration = Duration::from_secs(4);
