@@ -152,7 +152,7 @@ pub fn tunnel_stream(send: quinn::SendStream, recv: quinn::RecvStream) -> Tunnel
 pub const BULK_BYTES: u64 = 256 * 1024;
 pub const BULK_WINDOW: Duration = Duration::from_millis(250);
 /// How long a bulk writer that had to wait for room holds back once room is there.
-pub const BULK_DEFER: Duration = Duration::from_millis(5);
+pub const BULK_DEFER: Duration = Duration::from_millis(1);
 
 /// A tunnel's send half that lets small writers go first when the connection's send buffer
 /// frees up.
