@@ -46,7 +46,7 @@ const STREAM_WINDOW: u64 = window::MAX_WINDOW;
 const CONN_WINDOW: u64 = window::MIN_WINDOW;
 /// Bytes this side buffers for a connection (in flight, or written and not yet sent) until
 /// [`window::tune`] sizes it from the congestion window ([`window::send_window`]).
-const SEND_WINDOW: u64 = window::MIN_WINDOW;
+const SEND_WINDOW: u64 = window::MIN_SEND_WINDOW;
 
 /// What went wrong reading or writing a frame.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +176,7 @@ pub struct FairSend {
     before: u64,
     since: std::time::Instant,
     defer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    deferring: bool,
 }
 
 impl FairSend {
@@ -187,6 +188,7 @@ impl FairSend {
             before: 0,
             since: std::time::Instant::now(),
             defer: None,
+            deferring: false,
         }
     }
 
@@ -218,13 +220,22 @@ impl AsyncWrite for FairSend {
         use std::task::Poll;
         let this = &mut *self;
         if std::mem::take(&mut this.waited) && this.is_bulk() {
-            this.defer = Some(Box::pin(tokio::time::sleep(BULK_DEFER)));
-        }
-        if let Some(d) = this.defer.as_mut() {
-            if d.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+            let until = tokio::time::Instant::now() + BULK_DEFER;
+            // One timer per stream, reset for each hold-back (this is every acknowledgement
+            // of a bulk transfer), allocated the first time.
+            match this.defer.as_mut() {
+                Some(d) => d.as_mut().reset(until),
+                None => this.defer = Some(Box::pin(tokio::time::sleep_until(until))),
             }
-            this.defer = None;
+            this.deferring = true;
+        }
+        if this.deferring {
+            if let Some(d) = this.defer.as_mut() {
+                if d.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            this.deferring = false;
         }
         match AsyncWrite::poll_write(std::pin::Pin::new(&mut this.inner), cx, buf) {
             Poll::Pending => {

@@ -36,9 +36,9 @@
 //! An idle tunnel holds no buffer: a read that may wait goes into a scratch buffer of the
 //! thread's (polled, not awaited, so nothing of it is held while the read waits) and only what
 //! arrived is copied out; a link read during a transfer goes straight into the input buffer;
-//! every buffer gives its memory back once the tunnel goes quiet. What an idle engine costs is its task, its
-//! link and local stream, and one small shared mailbox with its owner (see "Flow control and
-//! memory bounds" in docs/architecture.md).
+//! every buffer gives its memory back once the tunnel goes quiet. What an idle engine costs is
+//! its task, its link and local stream, and one small shared mailbox with its owner (see "Flow
+//! control and memory bounds" in docs/architecture.md).
 
 use std::cell::Cell;
 use std::collections::VecDeque;
