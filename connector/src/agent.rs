@@ -94,6 +94,8 @@ pub async fn spawn(config: Config) -> Result<AgentHandle, LinkError> {
         metrics: metrics.clone(),
         allowlist: config.allowlist.clone(),
         dial_timeout: config.dial_timeout,
+        transport: config.link_transport,
+        quic: Default::default(),
         reconnect_max: config.reconnect_max,
         stop: CancellationToken::new(),
         kill: CancellationToken::new(),

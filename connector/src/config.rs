@@ -33,6 +33,9 @@ struct Raw {
     reconnect_max: Option<String>,
     #[serde(default)]
     dial_timeout: Option<String>,
+    /// `auto` (QUIC, falling back to HTTP/2 over TCP), `quic` or `http2`.
+    #[serde(default)]
+    link_transport: Option<String>,
     #[serde(default)]
     shutdown_grace: Option<String>,
     #[serde(default)]
@@ -56,6 +59,30 @@ struct RawAllow {
     ports: String,
 }
 
+/// How a connector's links reach the gateway (`link_transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LinkTransport {
+    /// QUIC; where UDP does not get through (3 s without a handshake), HTTP/2 over TLS over
+    /// TCP, and QUIC again every few minutes.
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// HTTP/2 over TLS over TCP only.
+    Http2,
+}
+
+impl LinkTransport {
+    pub fn parse(s: &str) -> Option<LinkTransport> {
+        match s {
+            "auto" => Some(LinkTransport::Auto),
+            "quic" => Some(LinkTransport::Quic),
+            "http2" => Some(LinkTransport::Http2),
+            _ => None,
+        }
+    }
+}
+
 /// Resolved connector configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -64,6 +91,8 @@ pub struct Config {
     pub connections_per_gateway: usize,
     pub reconnect_max: Duration,
     pub dial_timeout: Duration,
+    /// How links reach the gateway.
+    pub link_transport: LinkTransport,
     pub shutdown_grace: Duration,
     pub allowlist: Allowlist,
     /// Admin listener for metrics and health; None = off.
@@ -137,6 +166,16 @@ impl Config {
                 ));
             }
         }
+        let link_transport = match raw.link_transport.as_deref() {
+            None => LinkTransport::default(),
+            Some(t) => LinkTransport::parse(t).unwrap_or_else(|| {
+                let shown: String = t.chars().take(32).collect();
+                errors.push(format!(
+                    "{file}: link_transport: expected \"auto\", \"quic\" or \"http2\", found \"{shown}\""
+                ));
+                LinkTransport::default()
+            }),
+        };
         let admin_listen = raw.admin.listen.as_deref().and_then(|a| {
             a.parse().map_err(|_| {
                 errors.push(format!(
@@ -160,6 +199,7 @@ impl Config {
             connections_per_gateway,
             reconnect_max,
             dial_timeout,
+            link_transport,
             shutdown_grace,
             allowlist: Allowlist { entries },
             admin_listen,
@@ -204,6 +244,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("c.toml: admin.listen"), "{e}");
+    }
+
+    #[test]
+    fn link_transport_defaults_to_auto_and_names_the_choices_when_wrong() {
+        let t = |v: &str| Config::parse(&format!("state_dir = \"s\"\n{v}"), Path::new("c.toml"));
+        assert_eq!(t("").unwrap().link_transport, LinkTransport::Auto);
+        assert_eq!(
+            t("link_transport = \"http2\"\n").unwrap().link_transport,
+            LinkTransport::Http2
+        );
+        assert_eq!(
+            t("link_transport = \"quic\"\n").unwrap().link_transport,
+            LinkTransport::Quic
+        );
+        let long = "x".repeat(200);
+        let e = t(&format!("link_transport = \"{long}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c.toml: link_transport: expected \"auto\", \"quic\" or \"http2\""),
+            "{e}"
+        );
+        assert!(!e.contains(&long), "the bad value is shown bounded: {e}");
     }
 
     #[test]

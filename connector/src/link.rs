@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use postern_net::addr::HostPort;
+use postern_net::quic::{read_frame, write_frame};
 use postern_net::relay::{relay, Counters};
 use postern_proto::wire;
 use rustls_pki_types::ServerName;
@@ -30,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::allowlist::Allowlist;
+use crate::config::LinkTransport;
 use crate::identity::ClientTls;
 use crate::metrics::Metrics;
 
@@ -52,6 +54,11 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) allowlist: Allowlist,
     pub(crate) dial_timeout: Duration,
+    /// How links reach the gateway.
+    pub(crate) transport: LinkTransport,
+    /// The UDP endpoint QUIC links dial from (one for all links), and when a QUIC dial last
+    /// failed in `auto` mode.
+    pub(crate) quic: QuicDialer,
     pub(crate) reconnect_max: Duration,
     /// Stop dialling; close links gracefully (open tunnels may finish).
     pub(crate) stop: CancellationToken,
@@ -258,6 +265,76 @@ pub(crate) async fn link_loop(
     }
 }
 
+/// What a QUIC link needs besides [`Shared`]'s TLS: the endpoint, made on first use, and in
+/// `auto` mode when QUIC last failed to connect.
+#[derive(Default)]
+pub(crate) struct QuicDialer {
+    endpoint: std::sync::OnceLock<quinn::Endpoint>,
+    failed_at: std::sync::Mutex<Option<Instant>>,
+}
+
+/// In `auto` mode, a QUIC link that gets no handshake this soon is given up for HTTP/2.
+const QUIC_HANDSHAKE: Duration = Duration::from_secs(3);
+/// In `auto` mode, after QUIC failed, links use HTTP/2 for this long; then they try QUIC again
+/// (a link on HTTP/2 tries it in the background and moves over when it connects).
+const QUIC_RETRY: Duration = Duration::from_secs(300);
+
+impl QuicDialer {
+    fn endpoint(&self) -> Result<quinn::Endpoint, String> {
+        if let Some(e) = self.endpoint.get() {
+            return Ok(e.clone());
+        }
+        let e = postern_net::quic::dial_endpoint()?;
+        Ok(self.endpoint.get_or_init(|| e).clone())
+    }
+
+    fn failed_recently(&self) -> bool {
+        self.failed_at
+            .lock()
+            .map(|t| t.is_some_and(|t| t.elapsed() < QUIC_RETRY))
+            .unwrap_or(false)
+    }
+
+    fn note(&self, failed: bool) {
+        if let Ok(mut t) = self.failed_at.lock() {
+            *t = failed.then(Instant::now);
+        }
+    }
+}
+
+/// A QUIC link to `host:port` with the current certificate, within `limit`.
+async fn dial_quic(
+    shared: &Shared,
+    host: &str,
+    port: u16,
+    limit: Duration,
+) -> Result<quinn::Connection, String> {
+    let silent = |after: Duration| format!("no QUIC handshake within {after:?} (is UDP blocked?)");
+    let work = async {
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host} has no address"))?;
+        let config = postern_net::quic::link_client_config(&shared.tls.current())?;
+        let name = host.trim_start_matches('[').trim_end_matches(']');
+        shared
+            .quic
+            .endpoint()?
+            .connect_with(config, addr, name)
+            .map_err(|e| format!("QUIC connect: {e}"))?
+            .await
+            .map_err(|e| match e {
+                // quinn's idle timeout, shorter than `limit`: nothing came back.
+                quinn::ConnectionError::TimedOut => silent(postern_net::quic::LINK_IDLE_TIMEOUT),
+                e => format!("QUIC handshake: {e}"),
+            })
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| silent(limit))?
+}
+
 async fn connect_once(
     shared: &Arc<Shared>,
     gateway: &str,
@@ -265,6 +342,30 @@ async fn connect_once(
 ) -> Result<(), String> {
     let addr = HostPort::parse(gateway).map_err(|e| e.to_string())?;
     let (host, port) = (addr.host.as_str(), addr.port);
+    let auto = shared.transport == LinkTransport::Auto;
+    let try_quic = match shared.transport {
+        LinkTransport::Quic => true,
+        LinkTransport::Http2 => false,
+        LinkTransport::Auto => !shared.quic.failed_recently(),
+    };
+    if try_quic {
+        let limit = if auto {
+            QUIC_HANDSHAKE
+        } else {
+            Duration::from_secs(10)
+        };
+        match dial_quic(shared, host, port, limit).await {
+            Ok(conn) => {
+                shared.quic.note(false);
+                return serve_quic(shared, gateway, leave, conn).await;
+            }
+            Err(e) if auto => {
+                warn!(%gateway, error = %e, "QUIC link failed; using HTTP/2 over TCP (QUIC is tried again in {} minutes)", QUIC_RETRY.as_secs() / 60);
+                shared.quic.note(true);
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
         .await
         .map_err(|_| "TCP connect timed out".to_owned())?
@@ -278,7 +379,7 @@ async fn connect_once(
     .await
     .map_err(|_| "TLS handshake timed out".to_owned())?
     .map_err(|e| format!("TLS handshake: {e}"))?;
-    info!(%gateway, connector_id = %shared.connector_id, "connected to gateway");
+    info!(%gateway, connector_id = %shared.connector_id, transport = "http2", "connected to gateway");
     let svc_shared = shared.clone();
     let draining = Arc::new(tokio::sync::Notify::new());
     let svc_draining = draining.clone();
@@ -292,14 +393,28 @@ async fn connect_once(
         .max_concurrent_streams(16_384)
         .serve_connection(TokioIo::new(tls), service);
     let mut conn = Box::pin(conn);
+    // In `auto` mode, QUIC is tried again in the background; once it connects, this link
+    // closes gracefully (its tunnels finish) and the QUIC one takes its place.
+    let quic_again = async {
+        if !auto {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(jitter(QUIC_RETRY)).await;
+            match dial_quic(shared, host, port, QUIC_HANDSHAKE).await {
+                Ok(c) => return c,
+                Err(e) => debug!(%gateway, error = %e, "QUIC still fails; staying on HTTP/2"),
+            }
+        }
+    };
     shared.metrics.links_up.inc();
     let r = tokio::select! {
-        r = conn.as_mut() => r.map_err(|e| format!("HTTP/2: {e}")),
-        _ = shared.revoked.wait() => Ok(()),
+        r = conn.as_mut() => Err(r.map_err(|e| format!("HTTP/2: {e}"))),
+        _ = shared.revoked.wait() => Err(Ok(())),
         _ = shared.stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-            Ok(())
+            Err(Ok(()))
         }
         _ = leave.cancelled() => {
             // The replica left the set (it drains, or died): no new tunnels over this link;
@@ -313,24 +428,123 @@ async fn connect_once(
                     _ = kill.cancelled() => {},
                 }
             });
-            Ok(())
+            Err(Ok(()))
         }
         _ = draining.notified() => {
             // Dial again now (the caller's loop does); this link carries on, in its own task,
             // for the tunnels it still has until the gateway closes it. It no longer counts
             // as a link that is up: no new tunnels will come over it.
             info!(%gateway, "gateway is draining: dialling again; the old link stays for its open tunnels");
+            keep_for_open_tunnels(shared, conn, false, |c| c.graceful_shutdown());
+            Err(Ok(()))
+        }
+        quic = quic_again => {
+            info!(%gateway, "QUIC gets through again: moving this link over; the HTTP/2 one closes once its tunnels end");
+            keep_for_open_tunnels(shared, conn, true, |c| c.graceful_shutdown());
+            shared.quic.note(false);
+            Ok(quic)
+        }
+    };
+    shared.metrics.links_up.dec();
+    shared.learned.forget(link_id);
+    match r {
+        Ok(quic) => serve_quic(shared, gateway, leave, quic).await,
+        Err(r) => r,
+    }
+}
+
+/// Lets an HTTP/2 link carry its open tunnels on in a task of its own (closing it gracefully
+/// at once when `close` says so) until they end, the connector stops or is killed.
+fn keep_for_open_tunnels<C, G>(
+    shared: &Shared,
+    mut conn: std::pin::Pin<Box<C>>,
+    close: bool,
+    graceful: G,
+) where
+    C: std::future::Future + Send + 'static,
+    C::Output: Send,
+    G: Fn(std::pin::Pin<&mut C>) + Send + 'static,
+{
+    if close {
+        graceful(conn.as_mut());
+    }
+    let (stop, kill) = (shared.stop.clone(), shared.kill.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = conn.as_mut() => {},
+            _ = kill.cancelled() => {},
+            _ = stop.cancelled() => {
+                graceful(conn.as_mut());
+                tokio::select! {
+                    _ = tokio::time::timeout(Duration::from_secs(5), conn) => {},
+                    _ = kill.cancelled() => {},
+                }
+            }
+        }
+    });
+}
+
+/// Serves one QUIC link: each stream the gateway opens is one request. Stopping, leaving and
+/// draining mirror the HTTP/2 link's: the connector says it is going away (the gateway stops
+/// sending tunnels), answers new `CONNECT`s with 503 and closes once its tunnels have ended.
+async fn serve_quic(
+    shared: &Arc<Shared>,
+    gateway: &str,
+    leave: &CancellationToken,
+    conn: quinn::Connection,
+) -> Result<(), String> {
+    info!(%gateway, connector_id = %shared.connector_id, transport = "quic", "connected to gateway");
+    postern_net::quic::window::tune(conn.clone());
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let link_id = shared.learned.link_id();
+    let graceful = CancellationToken::new();
+    let mut driver = Box::pin(drive_quic(
+        shared.clone(),
+        conn.clone(),
+        draining.clone(),
+        link_id,
+        graceful.clone(),
+    ));
+    shared.metrics.links_up.inc();
+    let r = tokio::select! {
+        r = driver.as_mut() => r,
+        _ = shared.revoked.wait() => {
+            conn.close(0u32.into(), b"connector revoked");
+            Ok(())
+        }
+        _ = shared.stop.cancelled() => {
+            graceful.cancel();
+            if tokio::time::timeout(Duration::from_secs(5), driver).await.is_err() {
+                conn.close(0u32.into(), b"connector stopping");
+            }
+            Ok(())
+        }
+        _ = leave.cancelled() => {
+            info!(%gateway, "replica left the set: closing its link once its tunnels end");
+            graceful.cancel();
+            let kill = shared.kill.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = driver => {},
+                    _ = kill.cancelled() => conn.close(0u32.into(), b"connector stopping"),
+                }
+            });
+            Ok(())
+        }
+        _ = draining.notified() => {
+            info!(%gateway, "gateway is draining: dialling again; the old link stays for its open tunnels");
             let (stop, kill) = (shared.stop.clone(), shared.kill.clone());
             tokio::spawn(async move {
                 tokio::select! {
-                    _ = conn.as_mut() => {},
-                    _ = kill.cancelled() => {},
+                    _ = driver.as_mut() => {},
+                    _ = kill.cancelled() => conn.close(0u32.into(), b"connector stopping"),
                     _ = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
+                        graceful.cancel();
                         tokio::select! {
-                            _ = tokio::time::timeout(Duration::from_secs(5), conn) => {},
+                            _ = tokio::time::timeout(Duration::from_secs(5), driver) => {},
                             _ = kill.cancelled() => {},
                         }
+                        conn.close(0u32.into(), b"connector stopping");
                     }
                 }
             });
@@ -342,20 +556,149 @@ async fn connect_once(
     r
 }
 
-fn refuse(status: StatusCode, reason: &str) -> Response<Empty<Bytes>> {
-    let mut r = Response::new(Empty::new());
-    *r.status_mut() = status;
-    if let Ok(v) = http::HeaderValue::from_str(reason) {
-        r.headers_mut().insert(wire::HDR_REASON, v);
+/// Accepts the gateway's streams on a QUIC link until it ends. Once `graceful` fires, tells
+/// the gateway the connector is going away and closes the connection when the tunnels opened
+/// over it have ended.
+async fn drive_quic(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    draining: Arc<tokio::sync::Notify>,
+    link_id: u64,
+    graceful: CancellationToken,
+) -> Result<(), String> {
+    let tunnels = TaskTracker::new();
+    let mut told = false;
+    loop {
+        tokio::select! {
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => {
+                    tokio::spawn(quic_request(
+                        shared.clone(),
+                        draining.clone(),
+                        link_id,
+                        (send, recv),
+                        tunnels.clone(),
+                        graceful.clone(),
+                    ));
+                }
+                Err(quinn::ConnectionError::ApplicationClosed(_))
+                | Err(quinn::ConnectionError::LocallyClosed) => return Ok(()),
+                Err(e) => return Err(format!("QUIC: {e}")),
+            },
+            _ = graceful.cancelled(), if !told => {
+                told = true;
+                tunnels.close();
+                if let Ok(mut notice) = conn.open_uni().await {
+                    let _ = write_frame(&mut notice, &wire::LinkNotice { going_away: true }).await;
+                    let _ = notice.finish();
+                }
+            }
+            _ = tunnels.wait(), if told => {
+                conn.close(0u32.into(), b"connector stopping");
+                return Ok(());
+            }
+        }
     }
-    r
+}
+
+/// One request on a QUIC link: its [`wire::LinkRequest`] frame, the same handling as on an
+/// HTTP/2 link, the [`wire::LinkResponse`] frame, and for a tunnel the relay.
+async fn quic_request(
+    shared: Arc<Shared>,
+    draining: Arc<tokio::sync::Notify>,
+    link_id: u64,
+    (mut send, mut recv): (quinn::SendStream, quinn::RecvStream),
+    tunnels: TaskTracker,
+    graceful: CancellationToken,
+) {
+    let frame = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_frame::<_, wire::LinkRequest>(&mut recv),
+    )
+    .await;
+    let decision = match frame {
+        Ok(Ok(req)) => match request_parts(&req) {
+            Ok((method, uri, headers)) if method == Method::CONNECT && graceful.is_cancelled() => {
+                let _ = (uri, headers);
+                Decision::Answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("the connector is stopping".to_owned()),
+                )
+            }
+            Ok((method, uri, headers)) => {
+                decide(&shared, &draining, link_id, &method, &uri, &headers).await
+            }
+            Err(e) => Decision::Answer(StatusCode::BAD_REQUEST, Some(e)),
+        },
+        Ok(Err(e)) => Decision::Answer(
+            StatusCode::BAD_REQUEST,
+            Some(format!("bad request frame: {e}")),
+        ),
+        Err(_) => {
+            debug!("no request frame on a QUIC link stream within 10 s");
+            let _ = send.reset(0u32.into());
+            return;
+        }
+    };
+    match decision {
+        Decision::Answer(status, reason) => {
+            let answer = wire::LinkResponse {
+                status: status.as_u16(),
+                reason,
+            };
+            let _ = write_frame(&mut send, &answer).await;
+            let _ = send.finish();
+        }
+        Decision::Tunnel {
+            tcp,
+            session,
+            target,
+        } => {
+            let ok = wire::LinkResponse {
+                status: 200,
+                reason: None,
+            };
+            if let Err(e) = write_frame(&mut send, &ok).await {
+                debug!(session_id = %session, error = %e, "tunnel answer failed");
+                return;
+            }
+            let stream = postern_net::quic::tunnel_stream(send, recv);
+            let relay = run_tunnel(
+                (shared.metrics.clone(), shared.kill.clone()),
+                stream,
+                tcp,
+                session,
+                target,
+            );
+            shared.relays.spawn(tunnels.track_future(relay));
+        }
+    }
+}
+
+/// A [`wire::LinkRequest`] as the method, target and headers of the HTTP/2 request it stands
+/// for.
+fn request_parts(req: &wire::LinkRequest) -> Result<(Method, http::Uri, http::HeaderMap), String> {
+    let method = Method::from_bytes(req.method.as_bytes()).map_err(|_| "bad method".to_owned())?;
+    let uri: http::Uri = req.target.parse().map_err(|e| format!("bad target: {e}"))?;
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &req.headers {
+        let name =
+            http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| "bad header name".to_owned())?;
+        let value =
+            http::HeaderValue::from_str(v).map_err(|_| format!("bad value of header {name}"))?;
+        headers.insert(name, value);
+    }
+    Ok((method, uri, headers))
 }
 
 /// Resolves `host` and keeps only the addresses the allowlist permits for `port`.
 /// The `host:port` of a gateway's `CONNECT` request, if its target has both.
 pub fn connect_target<B>(req: &Request<B>) -> Option<(String, u16)> {
-    req.uri()
-        .authority()
+    uri_target(req.uri())
+}
+
+fn uri_target(uri: &http::Uri) -> Option<(String, u16)> {
+    uri.authority()
         .and_then(|a| Some((a.host().to_owned(), a.port_u16()?)))
 }
 
@@ -387,19 +730,70 @@ async fn allowed_addrs(shared: &Shared, host: &str, port: u16) -> Result<Vec<Soc
         .collect())
 }
 
+/// What the connector does with one request from the gateway, whichever the transport.
+enum Decision {
+    /// Answer with this status and reason ([`wire::HDR_REASON`]); no tunnel.
+    Answer(StatusCode, Option<String>),
+    /// Answer 200 and relay the stream to `tcp`.
+    Tunnel {
+        tcp: TcpStream,
+        session: String,
+        target: String,
+    },
+}
+
+/// Serves one request on an HTTP/2 link.
 async fn handle(
     shared: Arc<Shared>,
     draining: &tokio::sync::Notify,
     link_id: u64,
     req: Request<Incoming>,
 ) -> Response<Empty<Bytes>> {
-    if req.method() == Method::POST && req.uri().path() == wire::PATH_DRAINING {
-        draining.notify_one();
-        return Response::new(Empty::new());
+    match decide(
+        &shared,
+        draining,
+        link_id,
+        req.method(),
+        req.uri(),
+        req.headers(),
+    )
+    .await
+    {
+        Decision::Answer(status, reason) => {
+            let mut r = Response::new(Empty::new());
+            *r.status_mut() = status;
+            if let Some(v) = reason.and_then(|r| http::HeaderValue::from_str(&r).ok()) {
+                r.headers_mut().insert(wire::HDR_REASON, v);
+            }
+            r
+        }
+        Decision::Tunnel {
+            tcp,
+            session,
+            target,
+        } => {
+            spawn_tunnel(&shared, req, tcp, session, target);
+            Response::new(Empty::new())
+        }
     }
-    if req.method() == Method::POST && req.uri().path() == wire::PATH_REPLICAS {
-        let header = req
-            .headers()
+}
+
+/// Decides one request: the gateway's notices (draining, replicas, refused), its round-trip
+/// probe, or a `CONNECT`, whose target is checked against the allowlist and then dialled.
+async fn decide(
+    shared: &Shared,
+    draining: &tokio::sync::Notify,
+    link_id: u64,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+) -> Decision {
+    if method == Method::POST && uri.path() == wire::PATH_DRAINING {
+        draining.notify_one();
+        return Decision::Answer(StatusCode::OK, None);
+    }
+    if method == Method::POST && uri.path() == wire::PATH_REPLICAS {
+        let header = headers
             .get(wire::HDR_REPLICAS)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
@@ -407,44 +801,47 @@ async fn handle(
             Ok(addrs) => {
                 debug!(replicas = ?addrs, "the gateway told the replica set");
                 shared.learned.told(link_id, addrs);
-                Response::new(Empty::new())
+                Decision::Answer(StatusCode::OK, None)
             }
             Err(e) => {
                 warn!(error = %e, "ignored a replica set the gateway sent");
-                refuse(StatusCode::BAD_REQUEST, &e)
+                Decision::Answer(StatusCode::BAD_REQUEST, Some(e))
             }
         };
     }
-    if req.method() == Method::POST && req.uri().path() == wire::PATH_REFUSED {
-        return match revoked_at(req.headers()) {
+    if method == Method::POST && uri.path() == wire::PATH_REFUSED {
+        return match revoked_at(headers) {
             Some(at) => {
                 error!(connector_id = %shared.connector_id, revoked_at = at, "{}", revoked_message(at));
                 shared.revoked.set(at);
-                Response::new(Empty::new())
+                Decision::Answer(StatusCode::OK, None)
             }
-            None => refuse(StatusCode::BAD_REQUEST, "unknown refusal"),
+            None => Decision::Answer(StatusCode::BAD_REQUEST, Some("unknown refusal".to_owned())),
         };
     }
-    let session = req
-        .headers()
+    let session = headers
         .get(wire::HDR_SESSION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_owned();
-    if req.method() == Method::GET && req.uri().path() == wire::PATH_LINK_PING {
+    if method == Method::GET && uri.path() == wire::PATH_LINK_PING {
         // The gateway's round-trip probe: answered at once, dials nothing.
-        let mut r = Response::new(Empty::new());
-        *r.status_mut() = StatusCode::NO_CONTENT;
-        return r;
+        return Decision::Answer(StatusCode::NO_CONTENT, None);
     }
-    if req.method() != Method::CONNECT {
-        return refuse(StatusCode::METHOD_NOT_ALLOWED, "only CONNECT is served");
+    if method != Method::CONNECT {
+        return Decision::Answer(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Some("only CONNECT is served".to_owned()),
+        );
     }
-    let Some((host, port)) = connect_target(&req) else {
-        return refuse(StatusCode::BAD_REQUEST, "CONNECT target must be host:port");
+    let Some((host, port)) = uri_target(uri) else {
+        return Decision::Answer(
+            StatusCode::BAD_REQUEST,
+            Some("CONNECT target must be host:port".to_owned()),
+        );
     };
     let target = format!("{host}:{port}");
-    let addrs = match allowed_addrs(&shared, &host, port).await {
+    let addrs = match allowed_addrs(shared, &host, port).await {
         Ok(a) => a,
         Err(e) => {
             shared
@@ -453,15 +850,17 @@ async fn handle(
                 .with_label_values(&["resolve_failed"])
                 .inc();
             warn!(session_id = %session, %target, error = %e, "cannot resolve target");
-            return refuse(StatusCode::BAD_GATEWAY, &e);
+            return Decision::Answer(StatusCode::BAD_GATEWAY, Some(e));
         }
     };
     if addrs.is_empty() {
         shared.metrics.allowlist_refusals.inc();
         warn!(session_id = %session, %target, "refused: target is outside this connector's allowlist");
-        return refuse(
+        return Decision::Answer(
             StatusCode::FORBIDDEN,
-            &format!("target {target} is outside this connector's allowlist"),
+            Some(format!(
+                "target {target} is outside this connector's allowlist"
+            )),
         );
     }
     let mut last_err = String::new();
@@ -483,16 +882,19 @@ async fn handle(
             .with_label_values(&["unreachable"])
             .inc();
         warn!(session_id = %session, %target, error = %last_err, "cannot reach target");
-        return refuse(
+        return Decision::Answer(
             StatusCode::BAD_GATEWAY,
-            &format!("cannot reach {target}: {last_err}"),
+            Some(format!("cannot reach {target}: {last_err}")),
         );
     };
     let _ = tcp.set_nodelay(true);
     shared.metrics.dials.with_label_values(&["ok"]).inc();
     debug!(session_id = %session, %target, "tunnel open");
-    spawn_tunnel(&shared, req, tcp, session, target);
-    Response::new(Empty::new())
+    Decision::Tunnel {
+        tcp,
+        session,
+        target,
+    }
 }
 
 /// Relays the upgraded `CONNECT` stream to `tcp` in a task the agent tracks (shutdown waits
@@ -504,34 +906,45 @@ fn spawn_tunnel(
     session: String,
     target: String,
 ) {
-    let metrics = shared.metrics.clone();
-    let kill = shared.kill.clone();
-    metrics.streams_active.inc();
+    let shared_metrics = (shared.metrics.clone(), shared.kill.clone());
     shared.relays.spawn(async move {
-        let tunnel = async {
-            match hyper::upgrade::on(req).await {
-                Ok(up) => {
-                    let counters = Arc::new(Counters::default());
-                    let ended = relay(TokioIo::new(up), tcp, counters.clone()).await;
-                    metrics
-                        .tunnel_bytes
-                        .with_label_values(&["to_target"])
-                        .inc_by(counters.a_to_b());
-                    metrics
-                        .tunnel_bytes
-                        .with_label_values(&["from_target"])
-                        .inc_by(counters.b_to_a());
-                    debug!(session_id = %session, %target, ?ended, to_target = counters.a_to_b(), from_target = counters.b_to_a(), "tunnel closed");
-                }
-                Err(e) => debug!(session_id = %session, error = %e, "tunnel upgrade failed"),
-            }
-        };
-        tokio::select! {
-            _ = tunnel => {},
-            _ = kill.cancelled() => debug!(session_id = %session, %target, "tunnel closed: the connector stopped"),
+        match hyper::upgrade::on(req).await {
+            Ok(up) => run_tunnel(shared_metrics, TokioIo::new(up), tcp, session, target).await,
+            Err(e) => debug!(session_id = %session, error = %e, "tunnel upgrade failed"),
         }
-        metrics.streams_active.dec();
     });
+}
+
+/// Relays a tunnel `stream` of a link to `tcp` until either side ends or the connector is
+/// killed (`kill`), counting its bytes.
+async fn run_tunnel<S>(
+    (metrics, kill): (Arc<Metrics>, CancellationToken),
+    stream: S,
+    tcp: TcpStream,
+    session: String,
+    target: String,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    metrics.streams_active.inc();
+    let tunnel = async {
+        let counters = Arc::new(Counters::default());
+        let ended = relay(stream, tcp, counters.clone()).await;
+        metrics
+            .tunnel_bytes
+            .with_label_values(&["to_target"])
+            .inc_by(counters.a_to_b());
+        metrics
+            .tunnel_bytes
+            .with_label_values(&["from_target"])
+            .inc_by(counters.b_to_a());
+        debug!(session_id = %session, %target, ?ended, to_target = counters.a_to_b(), from_target = counters.b_to_a(), "tunnel closed");
+    };
+    tokio::select! {
+        _ = tunnel => {},
+        _ = kill.cancelled() => debug!(session_id = %session, %target, "tunnel closed: the connector stopped"),
+    }
+    metrics.streams_active.dec();
 }
 
 #[cfg(test)]

@@ -150,6 +150,11 @@ pub async fn run(
     let listeners = Listeners {
         clients: bind(port).await?,
         connectors: bind(connector_port).await?,
+        // The connector links over QUIC, on the connector port.
+        connector_quic: Some(
+            std::net::UdpSocket::bind(("127.0.0.1", connector_port))
+                .with_context(|| format!("cannot listen on UDP 127.0.0.1:{connector_port}"))?,
+        ),
         admin: None,
         // Clients reach the demo over QUIC too, on the same port.
         quic: Some(

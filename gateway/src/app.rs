@@ -50,6 +50,8 @@ pub struct Tls {
     pub connector: TlsAcceptor,
     /// The QUIC listener's TLS (the client listener's certificate, ALPN `postern-quic/1`).
     pub quic: Arc<rustls::ServerConfig>,
+    /// The connector listener's QUIC TLS (mutual, ALPN `postern-link/1`).
+    pub connector_quic: Arc<rustls::ServerConfig>,
 }
 
 /// Shutdown and connection bookkeeping shared by the listeners.
@@ -130,9 +132,15 @@ fn tls(
         &[postern_proto::wire::ALPN_QUIC],
     )?;
     let connector = postern_net::tls::server_config(
+        chain.clone(),
+        key.clone_key(),
+        &[ALPN_CONNECTOR, ALPN_RENEW],
+        Some(connector_ca.cert_der.clone()),
+    )?;
+    let connector_quic = postern_net::tls::server_config(
         chain,
         key,
-        &[ALPN_CONNECTOR, ALPN_RENEW],
+        &[postern_proto::wire::ALPN_LINK_QUIC],
         Some(connector_ca.cert_der.clone()),
     )?;
     Ok(Tls {
@@ -140,6 +148,7 @@ fn tls(
         server_cert,
         connector: TlsAcceptor::from(Arc::new(connector)),
         quic: Arc::new(quic),
+        connector_quic: Arc::new(connector_quic),
     })
 }
 

@@ -118,6 +118,8 @@ struct RawListen {
     connectors: String,
     /// QUIC (UDP) for clients on the `clients` port.
     quic: Option<bool>,
+    /// QUIC (UDP) for connector links on the `connectors` port.
+    connector_quic: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,6 +167,9 @@ pub struct Config {
     pub listen_clients: SocketAddr,
     /// Also listen for clients over QUIC (UDP, the same port); default on.
     pub listen_quic: bool,
+    /// QUIC links for connectors: UDP on the connector listener's port (`[listen]
+    /// connector_quic`, on by default).
+    pub listen_connector_quic: bool,
     pub listen_connectors: SocketAddr,
     pub server_names: Vec<String>,
     /// Client-facing certificate and key files (reloaded on SIGHUP); None = self-issued.
@@ -361,6 +366,7 @@ impl Config {
             audit_dir: state_dir.join("audit"),
             listen_clients: SocketAddr::from(([127, 0, 0, 1], 0)),
             listen_quic: true,
+            listen_connector_quic: true,
             listen_connectors: SocketAddr::from(([127, 0, 0, 1], 0)),
             server_names: default_server_names(),
             server_cert_files: None,
@@ -686,6 +692,7 @@ impl Config {
             policy: abs(raw.policy),
             listen_clients,
             listen_quic: raw.listen.quic.unwrap_or(true),
+            listen_connector_quic: raw.listen.connector_quic.unwrap_or(true),
             listen_connectors,
             server_names,
             server_cert_files,

@@ -196,6 +196,16 @@ pub async fn serve(
         }
         None => None,
     };
+    let link_quic_task = match listeners.connector_quic {
+        Some(socket) => {
+            let endpoint = listeners::link_quic::endpoint(&app, socket)?;
+            Some(tokio::spawn(listeners::link_quic::accept_loop(
+                app.clone(),
+                endpoint,
+            )))
+        }
+        None => None,
+    };
     let discovery = app
         .authn
         .oidc
@@ -218,6 +228,7 @@ pub async fn serve(
         .chain(discovery)
         .chain(admin_task)
         .chain(quic_task)
+        .chain(link_quic_task)
     {
         t.abort();
     }

@@ -38,6 +38,18 @@ pub const CLIENT_INITIAL_RTT: Duration = Duration::from_millis(100);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent tunnel streams one client connection may have open.
 pub const MAX_STREAMS: u32 = 1024;
+/// A connector link's keep-alive (both ends): a quiet link still carries a packet this often,
+/// so its NAT binding stays and a dead path is noticed before a clinician needs the link.
+pub const LINK_KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// A connector link that hears nothing for this long is closed (the connector redials; the
+/// gateway ends the tunnels it carried as `connector_lost`). Over TCP, a killed connector's
+/// kernel resets its connections at once; over UDP nothing tells the gateway, so this bounds
+/// how long the sessions of a crashed connector hang (five missed keep-alives; the HTTP/2
+/// link needs 15 s + 20 s to see a dead path).
+pub const LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Concurrent tunnel streams the gateway may open on one connector link (the HTTP/2 link's
+/// `max_concurrent_streams`).
+pub const LINK_MAX_STREAMS: u32 = 16_384;
 /// Flow control: a stream may use the whole connection window, which [`window::tune`] sizes
 /// from the measured bandwidth-delay product (starting at [`window::MIN_WINDOW`], at most
 /// [`window::MAX_WINDOW`]); so one tunnel can fill a long path, and what a peer can make this
@@ -121,6 +133,71 @@ pub fn server_config(tls: Arc<rustls::ServerConfig>) -> Result<quinn::ServerConf
     Ok(config)
 }
 
+/// A server endpoint's configuration from its persistent secret (`reset_secret`, 32 bytes kept
+/// across restarts): the stateless-reset key, and connection ids whose validity is checked with
+/// a key derived from it. quinn's default draws that key at random on each start, so a
+/// restarted gateway dropped the packets of its old connections as "invalid CID" instead of
+/// answering with a stateless reset, and a peer learnt of the restart only at its idle
+/// timeout; with both keys persistent, the first packet after a restart ends the old
+/// connection and the peer redials at once.
+pub fn server_endpoint_config(reset_secret: &[u8]) -> quinn::EndpointConfig {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
+    let tag = ring::hmac::sign(&key, b"postern quic connection id key");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
+}
+
+/// A connector link's transport: the client one's windows and congestion control, the link's
+/// keep-alive, `bidi` streams the peer may open (the connector accepts the gateway's
+/// requests; the gateway accepts none) and `uni` (the connector's notice).
+fn link_transport(bidi: u32, uni: u32) -> quinn::TransportConfig {
+    let mut t = base_transport();
+    t.keep_alive_interval(Some(LINK_KEEP_ALIVE))
+        .max_idle_timeout(quinn::IdleTimeout::try_from(LINK_IDLE_TIMEOUT).ok())
+        .max_concurrent_bidi_streams(bidi.into())
+        .max_concurrent_uni_streams(uni.into());
+    t
+}
+
+/// The gateway's QUIC server configuration for connector links, from the connector
+/// listener's mutual-TLS configuration (ALPN [`ALPN_LINK_QUIC`](postern_proto::wire::ALPN_LINK_QUIC)).
+pub fn link_server_config(tls: Arc<rustls::ServerConfig>) -> Result<quinn::ServerConfig, String> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| format!("QUIC link TLS configuration: {e}"))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(link_transport(0, 1)));
+    Ok(config)
+}
+
+/// A connector's QUIC client configuration for one link dial, from its mutual-TLS client
+/// configuration (whose ALPN is replaced by [`ALPN_LINK_QUIC`](postern_proto::wire::ALPN_LINK_QUIC)).
+pub fn link_client_config(tls: &rustls::ClientConfig) -> Result<quinn::ClientConfig, String> {
+    let mut tls = tls.clone();
+    tls.alpn_protocols = vec![postern_proto::wire::ALPN_LINK_QUIC.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
+        .map_err(|e| format!("QUIC link TLS configuration: {e}"))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut t = link_transport(LINK_MAX_STREAMS, 0);
+    t.initial_rtt(CLIENT_INITIAL_RTT);
+    config.transport_config(Arc::new(t));
+    Ok(config)
+}
+
+/// A UDP endpoint on an ephemeral port of the wildcard address (IPv6 if the host has it, else
+/// IPv4) with no default client configuration: each dial names its own.
+pub fn dial_endpoint() -> Result<quinn::Endpoint, String> {
+    let bind = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+    quinn::Endpoint::client(bind)
+        .or_else(|_| quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0))))
+        .map_err(|e| format!("opening a UDP socket: {e}"))
+}
+
 /// A client endpoint on an ephemeral UDP port of the wildcard address (so that a new local
 /// address after a network change is used at once), dialling with `tls`.
 pub fn client_endpoint(tls: Arc<rustls::ClientConfig>) -> Result<quinn::Endpoint, String> {
@@ -131,10 +208,7 @@ pub fn client_endpoint(tls: Arc<rustls::ClientConfig>) -> Result<quinn::Endpoint
     t.keep_alive_interval(Some(CLIENT_KEEP_ALIVE))
         .initial_rtt(CLIENT_INITIAL_RTT);
     config.transport_config(Arc::new(t));
-    let bind = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
-    let mut endpoint = quinn::Endpoint::client(bind)
-        .or_else(|_| quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0))))
-        .map_err(|e| format!("opening a UDP socket: {e}"))?;
+    let mut endpoint = dial_endpoint()?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }

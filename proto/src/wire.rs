@@ -7,6 +7,9 @@
 //! Gateway ↔ connector: the connector dials out over mutual TLS 1.3 with ALPN [`ALPN_CONNECTOR`];
 //! on that connection the roles reverse: the gateway is the HTTP/2 *client* and sends one
 //! `CONNECT host:port` per tunnelled TCP connection, the connector is the HTTP/2 server.
+//! A connector may dial QUIC instead ([`ALPN_LINK_QUIC`], UDP on the connector listener's
+//! port): the same requests, each on a bidirectional stream the gateway opens, as a
+//! [`LinkRequest`] frame answered by a [`LinkResponse`] frame.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +25,12 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// connector and a new gateway fail the handshake with a clear "no application protocol" error
 /// instead of misparsing each other.
 pub const ALPN_CONNECTOR: &[u8] = b"postern-connector/1";
+/// ALPN of a connector link over QUIC (UDP on the connector listener's port, the same client
+/// certificate). Each request the gateway makes of the connector is one bidirectional stream
+/// the gateway opens: a [`LinkRequest`] frame, a [`LinkResponse`] frame, then for a `CONNECT`
+/// answered 200 the tunnel's bytes both ways. The connector's one stream of its own is a
+/// unidirectional [`LinkNotice`].
+pub const ALPN_LINK_QUIC: &[u8] = b"postern-link/1";
 
 /// ALPN a connector offers (with [`ALPN_CONNECTOR`]'s client certificate) on a short extra
 /// connection to the connector listener to renew that certificate: HTTP/1.1, one
@@ -260,6 +269,40 @@ pub struct TunnelRequest {
     /// Carry on a suspended tunnel instead of opening one ([`HDR_RESUME`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<Resume>,
+}
+
+/// A gateway → connector request on a QUIC link ([`ALPN_LINK_QUIC`]): what the HTTP/2 link
+/// carries as a request's method, target and headers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {
+    /// `CONNECT`, `GET` or `POST`.
+    pub method: String,
+    /// `host:port` for `CONNECT`, else a path such as [`PATH_LINK_PING`].
+    pub target: String,
+    /// Header names (lower case) and values, as on the HTTP/2 link.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// The connector's answer to a [`LinkRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkResponse {
+    /// An HTTP status code: 200 opens a `CONNECT` tunnel.
+    pub status: u16,
+    /// Why not ([`HDR_REASON`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Connector → gateway on a QUIC link (the connector's only stream, unidirectional): what the
+/// HTTP/2 link says with GOAWAY.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkNotice {
+    /// The connector is stopping: no new tunnels over this link; the open ones may finish.
+    pub going_away: bool,
 }
 
 /// A request to carry on a suspended tunnel over a new stream.

@@ -20,6 +20,7 @@ use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
 use postern_audit::ConnectorRef;
+use postern_net::quic::{read_frame, tunnel_stream, write_frame};
 use postern_proto::wire;
 use tokio_util::sync::CancellationToken;
 
@@ -96,6 +97,125 @@ pub trait Upstream: Send + Sync + 'static {
     fn route(&self, site: &str) -> Option<Arc<dyn Route>>;
 }
 
+/// How the gateway sends requests to a connector over one link: as the HTTP/2 client of a
+/// TLS connection, or as bidirectional streams of a QUIC connection ([`wire::LinkRequest`]).
+#[derive(Clone)]
+pub enum Channel {
+    H2(SendRequest<Empty<Bytes>>),
+    Quic(quinn::Connection),
+}
+
+/// A connector's answer on a [`Channel`].
+pub struct Answer {
+    pub status: StatusCode,
+    /// [`wire::HDR_REASON`], at most 512 characters.
+    pub reason: Option<String>,
+    /// The tunnel, for a `CONNECT` answered 200.
+    pub io: Option<BoxIo>,
+}
+
+/// A QUIC link that has not heard from the connector this long after sending it a request
+/// (or 4 round trips, if longer) is dead.
+const SILENT_AFTER: Duration = Duration::from_secs(1);
+/// QUIC application close code of a link whose connector stopped answering.
+const CLOSE_SILENT: u32 = 2;
+
+/// Longest refusal reason kept from a connector.
+const MAX_REASON: usize = 512;
+
+impl Channel {
+    /// The transport's name, for logs and metrics.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Channel::H2(_) => "http2",
+            Channel::Quic(_) => "quic",
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Channel::H2(s) => s.is_closed(),
+            Channel::Quic(c) => c.close_reason().is_some(),
+        }
+    }
+
+    /// Sends `req` and waits for the answer (and, for a `CONNECT` answered 200, the tunnel).
+    pub async fn send(&self, req: Request<Empty<Bytes>>) -> Result<Answer, String> {
+        match self {
+            Channel::H2(sender) => {
+                let connect = req.method() == Method::CONNECT;
+                let mut sender = sender.clone();
+                sender.ready().await.map_err(|e| e.to_string())?;
+                let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let reason = resp
+                    .headers()
+                    .get(wire::HDR_REASON)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|r| r.chars().take(MAX_REASON).collect());
+                let io: Option<BoxIo> = if connect && status == StatusCode::OK {
+                    let up = hyper::upgrade::on(resp)
+                        .await
+                        .map_err(|e| format!("stream upgrade failed: {e}"))?;
+                    Some(Box::new(TokioIo::new(up)))
+                } else {
+                    None
+                };
+                Ok(Answer { status, reason, io })
+            }
+            Channel::Quic(conn) => {
+                let connect = req.method() == Method::CONNECT;
+                let frame = wire::LinkRequest {
+                    method: req.method().to_string(),
+                    target: req.uri().to_string(),
+                    headers: req
+                        .headers()
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))
+                        })
+                        .collect(),
+                };
+                let heard = conn.stats().udp_rx.datagrams;
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                write_frame(&mut send, &frame)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // A live connector acknowledges the request within a round trip, long before
+                // it answers (it dials first). One that was killed sends nothing, and its link
+                // would otherwise look live until the idle timeout: close it now, so that the
+                // caller tries another link.
+                let silence = (conn.rtt() * 4).max(SILENT_AFTER);
+                let answer = {
+                    let answer = read_frame::<_, wire::LinkResponse>(&mut recv);
+                    tokio::pin!(answer);
+                    tokio::select! {
+                        a = &mut answer => a,
+                        _ = tokio::time::sleep(silence) => {
+                            if conn.stats().udp_rx.datagrams == heard {
+                                conn.close(CLOSE_SILENT.into(), b"the connector stopped answering");
+                                return Err(format!("the connector sent nothing for {silence:?}; link closed"));
+                            }
+                            answer.await
+                        }
+                    }
+                }
+                .map_err(|e| format!("reading the connector's answer: {e}"))?;
+                let status = StatusCode::from_u16(answer.status)
+                    .map_err(|_| format!("the connector answered status {}", answer.status))?;
+                let reason = answer.reason.map(|r| r.chars().take(MAX_REASON).collect());
+                let io: Option<BoxIo> = if connect && status == StatusCode::OK {
+                    Some(Box::new(tunnel_stream(send, recv)))
+                } else {
+                    let _ = send.finish();
+                    None
+                };
+                Ok(Answer { status, reason, io })
+            }
+        }
+    }
+}
+
 /// One live connection from a connector.
 pub struct Link {
     pub seq: u64,
@@ -103,11 +223,13 @@ pub struct Link {
     pub site: String,
     pub serial: String,
     pub peer: SocketAddr,
-    pub sender: SendRequest<Empty<Bytes>>,
+    pub channel: Channel,
     /// Cancelled to drop the link (connector revoked).
     pub cancel: CancellationToken,
     /// Cancelled once the connection has ended, for whatever reason.
     pub lost: CancellationToken,
+    /// Cancelled when the connector says it is stopping: no new tunnels over this link.
+    pub going_away: CancellationToken,
 }
 
 impl Link {
@@ -119,7 +241,12 @@ impl Link {
     }
 
     fn is_live(&self) -> bool {
-        !self.sender.is_closed() && !self.cancel.is_cancelled()
+        !self.channel.is_closed() && !self.cancel.is_cancelled() && !self.going_away.is_cancelled()
+    }
+
+    /// The link is closed (its connection ended).
+    pub fn is_closed(&self) -> bool {
+        self.channel.is_closed()
     }
 
     async fn connect(&self, req: OpenRequest<'_>) -> Result<BoxIo, UpstreamError> {
@@ -131,13 +258,12 @@ impl Link {
             .header(wire::HDR_ENDPOINT, req.endpoint)
             .body(Empty::<Bytes>::new())
             .map_err(|e| UpstreamError::BadTarget(format!("{}: {e}", req.target)))?;
-        let mut sender = self.sender.clone();
-        let resp = match tokio::time::timeout(req.timeout, sender.send_request(connect)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
+        let answer = match tokio::time::timeout(req.timeout, self.channel.send(connect)).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(why)) => {
                 return Err(UpstreamError::Lost {
                     connector: connector(),
-                    why: e.to_string(),
+                    why,
                 })
             }
             Err(_) => {
@@ -148,45 +274,74 @@ impl Link {
                 })
             }
         };
-        if resp.status() != StatusCode::OK {
-            let why = resp
-                .headers()
-                .get(wire::HDR_REASON)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("no reason given")
-                .chars()
-                .take(512)
-                .collect();
-            return Err(UpstreamError::Refused {
+        match answer.io {
+            Some(io) => Ok(io),
+            None => Err(UpstreamError::Refused {
                 connector: connector(),
-                why,
-                by_allowlist: resp.status() == StatusCode::FORBIDDEN,
-            });
-        }
-        match hyper::upgrade::on(resp).await {
-            Ok(up) => Ok(Box::new(TokioIo::new(up))),
-            Err(e) => Err(UpstreamError::Lost {
-                connector: connector(),
-                why: format!("stream upgrade failed: {e}"),
+                why: answer
+                    .reason
+                    .unwrap_or_else(|| format!("{} (no reason given)", answer.status)),
+                by_allowlist: answer.status == StatusCode::FORBIDDEN,
             }),
         }
     }
 }
 
-impl Route for Link {
+/// A route to one connector: the link picked for the session first, then the connector's
+/// other live links, tried in turn while a link turns out to be gone ([`UpstreamError::Lost`]:
+/// a connector process killed without closing its QUIC links leaves links that look live until
+/// their idle timeout). All of them are the same connector, the one `session.start` names.
+pub struct ConnectorRoute {
+    links: Vec<Arc<Link>>,
+    /// The link that opened the stream (index into `links`).
+    used: AtomicUsize,
+}
+
+impl ConnectorRoute {
+    async fn open_any(&self, req: OpenRequest<'_>) -> Result<BoxIo, UpstreamError> {
+        let mut last = None;
+        for (i, link) in self.links.iter().enumerate() {
+            if i > 0 && !link.is_live() {
+                continue;
+            }
+            match link.connect(req).await {
+                Ok(io) => {
+                    self.used.store(i, Ordering::Relaxed);
+                    return Ok(io);
+                }
+                Err(e @ UpstreamError::Lost { .. }) => {
+                    tracing::debug!(connector_id = %link.connector_id, error = %e, "link gone; trying the connector's next link");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| UpstreamError::Lost {
+            connector: self.links[0].connector_id.clone(),
+            why: "no live link".to_owned(),
+        }))
+    }
+
+    fn link(&self) -> &Arc<Link> {
+        let i = self.used.load(Ordering::Relaxed);
+        &self.links[i.min(self.links.len() - 1)]
+    }
+}
+
+impl Route for ConnectorRoute {
     fn connector(&self) -> ConnectorRef {
-        self.connector_ref()
+        self.links[0].connector_ref()
     }
 
     fn lost(&self) -> CancellationToken {
-        self.lost.clone()
+        self.link().lost.clone()
     }
 
     fn open<'a>(
         &'a self,
         req: OpenRequest<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<BoxIo, UpstreamError>> + Send + 'a>> {
-        Box::pin(self.connect(req))
+        Box::pin(self.open_any(req))
     }
 }
 
@@ -243,6 +398,20 @@ impl Registry {
 
 impl Upstream for Registry {
     fn route(&self, site: &str) -> Option<Arc<dyn Route>> {
-        self.pick(site).map(|l| l as Arc<dyn Route>)
+        let first = self.pick(site)?;
+        let mut links = vec![first.clone()];
+        if let Ok(m) = self.by_site.lock() {
+            links.extend(
+                m.get(site)
+                    .into_iter()
+                    .flatten()
+                    .filter(|l| l.seq != first.seq && l.connector_id == first.connector_id)
+                    .cloned(),
+            );
+        }
+        Some(Arc::new(ConnectorRoute {
+            links,
+            used: AtomicUsize::new(0),
+        }))
     }
 }

@@ -1,8 +1,9 @@
 //! Round-trip time of connector links. hyper measures HTTP/2 PING round trips internally but
 //! does not expose them, so the gateway sends its own probe: every [`INTERVAL`] a `GET`
 //! [`PATH_LINK_PING`](postern_proto::wire::PATH_LINK_PING) on the link, which the connector
-//! answers with 204 at once (no dial, no tunnel, no audit). One HEADERS frame each way: the
-//! time to the response is one network round trip plus two event-loop turns. It goes into
+//! answers with 204 at once (no dial, no tunnel, no audit). One HEADERS frame (on a QUIC link,
+//! one stream's request frame) each way: the time to the response is one network round trip
+//! plus two event-loop turns, whichever the transport. It goes into
 //! `postern_connector_rtt_seconds{site,connector}`.
 
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub async fn probe(
             _ = link.cancel.cancelled() => return,
             _ = shutdown.cancelled() => return,
         }
-        if link.sender.is_closed() {
+        if link.is_closed() {
             return;
         }
         let Ok(req) = Request::get(postern_proto::wire::PATH_LINK_PING)
@@ -51,18 +52,13 @@ pub async fn probe(
         else {
             return;
         };
-        let mut sender = link.sender.clone();
         let start = clock.instant();
-        let answer = tokio::time::timeout(TIMEOUT, async {
-            sender.ready().await?;
-            sender.send_request(req).await
-        })
-        .await;
+        let answer = tokio::time::timeout(TIMEOUT, link.channel.send(req)).await;
         match answer {
             Ok(Ok(resp)) => {
                 let rtt = clock.instant() - start;
                 hist.observe(rtt.as_secs_f64());
-                debug!(connector_id = %link.connector_id, site = %link.site, rtt_us = rtt.as_micros() as u64, status = resp.status().as_u16(), "link round trip");
+                debug!(connector_id = %link.connector_id, site = %link.site, rtt_us = rtt.as_micros() as u64, status = resp.status.as_u16(), "link round trip");
             }
             Ok(Err(e)) => {
                 debug!(connector_id = %link.connector_id, error = %e, "link probe failed");

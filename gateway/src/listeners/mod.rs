@@ -5,11 +5,13 @@
 //! * `client`: clinicians (HTTP/2 and HTTP/1.1 over TLS 1.3): tunnels, endpoint listing,
 //!   sign-in, device ceremonies, connector enrolment.
 //! * `connector`: connectors (mutual TLS): links and certificate renewals.
+//! * `link_quic`: connector links over QUIC (UDP on the connector listener's port).
 //! * `admin`: metrics and health (plain HTTP, loopback or a management network).
 
 pub mod admin;
 pub mod client;
 pub mod connector;
+pub mod link_quic;
 pub mod quic;
 
 use std::net::SocketAddr;
@@ -30,6 +32,9 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
     /// QUIC for clients: UDP on the client listener's port (`[listen] quic`, on by default).
     pub quic: Option<std::net::UdpSocket>,
+    /// QUIC for connector links: UDP on the connector listener's port (`[listen]
+    /// connector_quic`, on by default).
+    pub connector_quic: Option<std::net::UdpSocket>,
 }
 
 impl Listeners {
@@ -47,23 +52,38 @@ impl Listeners {
             Some(a) => Some(bind(a, "admin").await?),
             None => None,
         };
-        let clients = bind(config.listen_clients, "client").await?;
-        let quic = if config.listen_quic {
-            // The same port as the TCP listener (which may have been given port 0).
-            let addr = clients.local_addr().unwrap_or(config.listen_clients);
-            Some(
-                std::net::UdpSocket::bind(addr).map_err(|source| GatewayError::Io {
-                    what: format!("binding the QUIC (UDP) client listener on {addr}"),
+        // UDP on the same port as a TCP listener (which may have been given port 0).
+        let udp = |on: bool, tcp: &TcpListener, configured: SocketAddr, what: &str| {
+            if !on {
+                return Ok(None);
+            }
+            let addr = tcp.local_addr().unwrap_or(configured);
+            std::net::UdpSocket::bind(addr)
+                .map(Some)
+                .map_err(|source| GatewayError::Io {
+                    what: format!("binding the QUIC (UDP) {what} listener on {addr}"),
                     source,
-                })?,
-            )
-        } else {
-            None
+                })
         };
+        let clients = bind(config.listen_clients, "client").await?;
+        let quic = udp(
+            config.listen_quic,
+            &clients,
+            config.listen_clients,
+            "client",
+        )?;
+        let connectors = bind(config.listen_connectors, "connector").await?;
+        let connector_quic = udp(
+            config.listen_connector_quic,
+            &connectors,
+            config.listen_connectors,
+            "connector",
+        )?;
         Ok(Listeners {
             quic,
             clients,
-            connectors: bind(config.listen_connectors, "connector").await?,
+            connectors,
+            connector_quic,
             admin,
         })
     }

@@ -250,9 +250,17 @@ pub fn endpoint(
 ) -> Result<quinn::Endpoint, GatewayError> {
     let config = postern_net::quic::server_config(tls)
         .map_err(|e| GatewayError::other("the QUIC listener", e))?;
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key(state_dir)?);
+    endpoint_with(socket, config, state_dir)
+}
+
+/// Binds a QUIC endpoint on `socket` serving `config`, with the gateway's stateless-reset key.
+pub fn endpoint_with(
+    socket: std::net::UdpSocket,
+    config: quinn::ServerConfig,
+    state_dir: &std::path::Path,
+) -> Result<quinn::Endpoint, GatewayError> {
     quinn::Endpoint::new(
-        quinn::EndpointConfig::new(Arc::new(key)),
+        postern_net::quic::server_endpoint_config(&reset_key(state_dir)?),
         Some(config),
         socket,
         Arc::new(quinn::TokioRuntime),
