@@ -28,10 +28,13 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// acknowledgements) several times within its stall limit, so a dead path is noticed in
 /// about two seconds rather than at the idle timeout.
 pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_millis(500);
-/// The client's first round-trip estimate before it has measured one. quinn's default
-/// (333 ms) makes a handshake whose first packet is lost wait a second to resend it; a new
-/// connection after a Wi-Fi change or sleep should not.
-pub const CLIENT_INITIAL_RTT: Duration = Duration::from_millis(100);
+/// Both ends' first round-trip estimate before they have measured one. quinn's default
+/// (333 ms) makes a handshake whose flight loses a packet wait about a second to resend it
+/// (the probe timeout is RTT + 4 × RTT/2): longer than the client's one-second attempt while
+/// resuming, so on a lossy link one lost packet of the gateway's certificate flight sent the
+/// client to TCP (a 2.4 s recovery on `poor`). At 100 ms the probe comes after 300 ms; on a
+/// path slower than that, a spurious resend of a few kilobytes is the cost.
+pub const INITIAL_RTT: Duration = Duration::from_millis(100);
 /// A connection that hears nothing for this long is closed: how long the gateway takes to see
 /// that a client vanished without closing (killed, or its network gone) and suspend its
 /// resumable tunnels (or end the others). The client pings every half second.
@@ -116,6 +119,7 @@ fn base_transport() -> quinn::TransportConfig {
         .stream_receive_window(quinn::VarInt::from_u64(STREAM_WINDOW).unwrap_or(quinn::VarInt::MAX))
         .receive_window(quinn::VarInt::from_u64(CONN_WINDOW).unwrap_or(quinn::VarInt::MAX))
         .send_window(SEND_WINDOW)
+        .initial_rtt(INITIAL_RTT)
         // See `congestion`: fills the path without filling its bottleneck's queue.
         .congestion_controller_factory(Arc::new(congestion::BdpConfig));
     t
@@ -183,9 +187,7 @@ pub fn link_client_config(tls: &rustls::ClientConfig) -> Result<quinn::ClientCon
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
         .map_err(|e| format!("QUIC link TLS configuration: {e}"))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut t = link_transport(LINK_MAX_STREAMS, 0);
-    t.initial_rtt(CLIENT_INITIAL_RTT);
-    config.transport_config(Arc::new(t));
+    config.transport_config(Arc::new(link_transport(LINK_MAX_STREAMS, 0)));
     Ok(config)
 }
 
@@ -205,8 +207,7 @@ pub fn client_endpoint(tls: Arc<rustls::ClientConfig>) -> Result<quinn::Endpoint
         .map_err(|e| format!("QUIC client TLS configuration: {e}"))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut t = base_transport();
-    t.keep_alive_interval(Some(CLIENT_KEEP_ALIVE))
-        .initial_rtt(CLIENT_INITIAL_RTT);
+    t.keep_alive_interval(Some(CLIENT_KEEP_ALIVE));
     config.transport_config(Arc::new(t));
     let mut endpoint = dial_endpoint()?;
     endpoint.set_default_client_config(config);
