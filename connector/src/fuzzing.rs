@@ -48,6 +48,27 @@ pub fn connect_target(data: &[u8]) {
     }
 }
 
+/// Target `link_request`: a request frame of a QUIC link ([`wire::LinkRequest`] JSON) as the
+/// connector reads it (`link::request_parts`), then its `CONNECT` target.
+///
+/// [`wire::LinkRequest`]: postern_proto::wire::LinkRequest
+pub fn link_request(data: &[u8]) {
+    let Ok(req) = serde_json::from_slice::<postern_proto::wire::LinkRequest>(data) else {
+        return;
+    };
+    let Ok((method, uri, headers)) = crate::link::request_parts(&req) else {
+        return;
+    };
+    assert!(headers.len() <= req.headers.len());
+    if method == Method::CONNECT {
+        if let Ok(r) = Request::builder().method(method).uri(uri).body(()) {
+            if let Some((host, port)) = crate::link::connect_target(&r) {
+                let _ = crate::link::literal_target(&host, port);
+            }
+        }
+    }
+}
+
 /// Target `connector_config`: `Config::parse` on arbitrary text (it reads no files) and the
 /// allowlist's port syntax.
 pub fn connector_config(data: &[u8]) {
@@ -65,9 +86,10 @@ mod tests {
     fn seeds_and_regressions_replay() {
         let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 2] = [
+        let targets: [Target; 3] = [
             ("connect_target", connect_target),
             ("connector_config", connector_config),
+            ("link_request", link_request),
         ];
         for (name, f) in targets {
             let mut n = 0;

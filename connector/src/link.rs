@@ -348,6 +348,7 @@ async fn connect_once(
         LinkTransport::Http2 => false,
         LinkTransport::Auto => !shared.quic.failed_recently(),
     };
+    let mut quic_failed = None;
     if try_quic {
         let limit = if auto {
             QUIC_HANDSHAKE
@@ -359,26 +360,37 @@ async fn connect_once(
                 shared.quic.note(false);
                 return serve_quic(shared, gateway, leave, conn).await;
             }
-            Err(e) if auto => {
-                warn!(%gateway, error = %e, "QUIC link failed; using HTTP/2 over TCP (QUIC is tried again in {} minutes)", QUIC_RETRY.as_secs() / 60);
-                shared.quic.note(true);
-            }
+            Err(e) if auto => quic_failed = Some(e),
             Err(e) => return Err(e),
         }
     }
-    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
+    let tls = async {
+        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| "TCP connect timed out".to_owned())?
+            .map_err(|e| format!("TCP connect: {e}"))?;
+        postern_net::h2::tune_socket(&tcp);
+        let name =
+            ServerName::try_from(host.to_owned()).map_err(|e| format!("server name: {e}"))?;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_rustls::TlsConnector::from(shared.tls.current()).connect(name, tcp),
+        )
         .await
-        .map_err(|_| "TCP connect timed out".to_owned())?
-        .map_err(|e| format!("TCP connect: {e}"))?;
-    postern_net::h2::tune_socket(&tcp);
-    let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("server name: {e}"))?;
-    let tls = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_rustls::TlsConnector::from(shared.tls.current()).connect(name, tcp),
-    )
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("TLS handshake: {e}"))
+    }
     .await
-    .map_err(|_| "TLS handshake timed out".to_owned())?
-    .map_err(|e| format!("TLS handshake: {e}"))?;
+    .map_err(|e| match &quic_failed {
+        Some(q) => format!("{e} (and QUIC: {q})"),
+        None => e,
+    })?;
+    // QUIC failed where TCP gets through: UDP is blocked on the way (or the gateway does not
+    // take QUIC links), not a gateway that is down. Only then are the next dials HTTP/2.
+    if let Some(e) = quic_failed {
+        warn!(%gateway, error = %e, "QUIC link failed; using HTTP/2 over TCP (QUIC is tried again in {} minutes)", QUIC_RETRY.as_secs() / 60);
+        shared.quic.note(true);
+    }
     info!(%gateway, connector_id = %shared.connector_id, transport = "http2", "connected to gateway");
     let svc_shared = shared.clone();
     let draining = Arc::new(tokio::sync::Notify::new());
@@ -494,7 +506,7 @@ async fn serve_quic(
     conn: quinn::Connection,
 ) -> Result<(), String> {
     info!(%gateway, connector_id = %shared.connector_id, transport = "quic", "connected to gateway");
-    postern_net::quic::window::tune(conn.clone());
+    postern_net::quic::window::tune_send(conn.clone());
     let draining = Arc::new(tokio::sync::Notify::new());
     let link_id = shared.learned.link_id();
     let graceful = CancellationToken::new();
@@ -618,8 +630,7 @@ async fn quic_request(
     .await;
     let decision = match frame {
         Ok(Ok(req)) => match request_parts(&req) {
-            Ok((method, uri, headers)) if method == Method::CONNECT && graceful.is_cancelled() => {
-                let _ = (uri, headers);
+            Ok((method, _, _)) if method == Method::CONNECT && graceful.is_cancelled() => {
                 Decision::Answer(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some("the connector is stopping".to_owned()),
@@ -677,7 +688,9 @@ async fn quic_request(
 
 /// A [`wire::LinkRequest`] as the method, target and headers of the HTTP/2 request it stands
 /// for.
-fn request_parts(req: &wire::LinkRequest) -> Result<(Method, http::Uri, http::HeaderMap), String> {
+pub fn request_parts(
+    req: &wire::LinkRequest,
+) -> Result<(Method, http::Uri, http::HeaderMap), String> {
     let method = Method::from_bytes(req.method.as_bytes()).map_err(|_| "bad method".to_owned())?;
     let uri: http::Uri = req.target.parse().map_err(|e| format!("bad target: {e}"))?;
     let mut headers = http::HeaderMap::new();
@@ -967,6 +980,45 @@ mod tests {
         assert!(e.contains("\"no-port\""), "{e}");
         let e = replica_addrs(&format!("{}:1", "a".repeat(300))).unwrap_err();
         assert!(e.contains("longer than 255"), "{e}");
+    }
+
+    #[test]
+    fn a_quic_link_request_becomes_the_http_request_it_stands_for_or_a_clear_error() {
+        let req = |m: &str, t: &str, h: &[(&str, &str)]| wire::LinkRequest {
+            method: m.to_owned(),
+            target: t.to_owned(),
+            headers: h
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let (m, uri, h) = request_parts(&req(
+            "CONNECT",
+            "10.0.0.5:104",
+            &[(wire::HDR_SESSION, "s-1")],
+        ))
+        .unwrap();
+        assert_eq!(m, Method::CONNECT);
+        assert_eq!(uri_target(&uri), Some(("10.0.0.5".to_owned(), 104)));
+        assert_eq!(h.get(wire::HDR_SESSION).unwrap(), "s-1");
+        let (m, uri, _) = request_parts(&req("GET", wire::PATH_LINK_PING, &[])).unwrap();
+        assert_eq!((m, uri.path()), (Method::GET, wire::PATH_LINK_PING));
+
+        assert_eq!(
+            request_parts(&req("CON NECT", "a:1", &[])).unwrap_err(),
+            "bad method"
+        );
+        assert!(request_parts(&req("CONNECT", "a b", &[]))
+            .unwrap_err()
+            .starts_with("bad target"));
+        assert_eq!(
+            request_parts(&req("GET", "/", &[("bad header", "x")])).unwrap_err(),
+            "bad header name"
+        );
+        assert_eq!(
+            request_parts(&req("GET", "/", &[("x-a", "a\u{0}b")])).unwrap_err(),
+            "bad value of header x-a"
+        );
     }
 
     #[test]

@@ -157,12 +157,29 @@ pub fn server_endpoint_config(reset_secret: &[u8]) -> quinn::EndpointConfig {
     config
 }
 
-/// A connector link's transport: the client one's windows and congestion control, the link's
-/// keep-alive, `bidi` streams the peer may open (the connector accepts the gateway's
-/// requests; the gateway accepts none) and `uni` (the connector's notice).
+/// A connector link's transport: the client connection's congestion control and send window,
+/// but the HTTP/2 link's fixed receive windows ([`wire::STREAM_WINDOW`] per stream,
+/// [`wire::CONN_WINDOW`] per connection, not tuned: see [`window::tune_send`]); the link's
+/// keep-alive; `bidi` streams the peer may open (the connector accepts the gateway's requests;
+/// the gateway accepts none) and `uni` (the connector's notice).
+///
+/// Why not the client's windows (any stream up to the whole, BDP-sized connection window): a
+/// link's receiver is often slower than its path — the gateway reads a download only as fast
+/// as the clinician's home link takes it — so one download's unread bytes filled the
+/// connection's window and every other tunnel of the link waited for credit behind it (an
+/// interactive round trip beside a download on `poor`: 159 ms p50 instead of 106). With the
+/// stream window a quarter of the connection's, one stalled stream leaves room for the rest.
+///
+/// [`wire::STREAM_WINDOW`]: postern_proto::wire::STREAM_WINDOW
+/// [`wire::CONN_WINDOW`]: postern_proto::wire::CONN_WINDOW
 fn link_transport(bidi: u32, uni: u32) -> quinn::TransportConfig {
+    use postern_proto::wire::{
+        CONN_WINDOW as LINK_CONN_WINDOW, STREAM_WINDOW as LINK_STREAM_WINDOW,
+    };
     let mut t = base_transport();
-    t.keep_alive_interval(Some(LINK_KEEP_ALIVE))
+    t.stream_receive_window(quinn::VarInt::from_u32(LINK_STREAM_WINDOW))
+        .receive_window(quinn::VarInt::from_u32(LINK_CONN_WINDOW))
+        .keep_alive_interval(Some(LINK_KEEP_ALIVE))
         .max_idle_timeout(quinn::IdleTimeout::try_from(LINK_IDLE_TIMEOUT).ok())
         .max_concurrent_bidi_streams(bidi.into())
         .max_concurrent_uni_streams(uni.into());

@@ -223,7 +223,7 @@ impl Links {
             }
             Verdict::Admitted { id, rec, serial } => {
                 let span = tracing::info_span!("link", connector_id = %id, site = %rec.site, %peer);
-                postern_net::quic::window::tune(conn.clone());
+                postern_net::quic::window::tune_send(conn.clone());
                 let going_away = CancellationToken::new();
                 let connection = Box::pin(quic_notices(conn.clone(), going_away.clone()));
                 let ident = Ident {

@@ -98,6 +98,16 @@ pub fn send_window(cwnd: u64) -> u64 {
 
 /// Keeps `conn`'s receive and send windows sized to its path until it closes.
 pub fn tune(conn: quinn::Connection) {
+    spawn_tuner(conn, true);
+}
+
+/// Keeps only `conn`'s send window sized to its path (a connector link, whose receive windows
+/// are fixed: see `quic::link_transport`).
+pub fn tune_send(conn: quinn::Connection) {
+    spawn_tuner(conn, false);
+}
+
+fn spawn_tuner(conn: quinn::Connection, receive: bool) {
     tokio::spawn(async move {
         let mut tuner = Tuner::new(Instant::now());
         let mut sending = 0;
@@ -108,7 +118,7 @@ pub fn tune(conn: quinn::Connection) {
             }
             let stats = conn.stats();
             if let Some(w) = tuner.update(stats.udp_rx.bytes, conn.rtt(), Instant::now()) {
-                if let Ok(w) = quinn::VarInt::from_u64(w) {
+                if let (true, Ok(w)) = (receive, quinn::VarInt::from_u64(w)) {
                     conn.set_receive_window(w);
                 }
             }
