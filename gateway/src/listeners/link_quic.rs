@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, Instrument};
 
 use crate::app::App;
 use crate::error::GatewayError;
@@ -20,29 +20,11 @@ pub fn endpoint(app: &App, socket: std::net::UdpSocket) -> Result<quinn::Endpoin
 
 /// Accepts connector QUIC links until the gateway drains; closes the endpoint at shutdown.
 pub async fn accept_loop(app: Arc<App>, endpoint: quinn::Endpoint) {
-    loop {
-        let incoming = tokio::select! {
-            i = endpoint.accept() => match i {
-                Some(i) => i,
-                None => return,
-            },
-            _ = app.life.draining.cancelled() => break,
-        };
+    super::quic::accept_until_drained(&app, endpoint, |incoming| {
         let peer = incoming.remote_address();
-        if app.limits.connector_dial.check(&peer.ip()).is_err() {
-            app.metrics.note_ratelimited("connector");
-            debug!(%peer, "connector connection attempts over the limit; dropped");
-            incoming.ignore();
-            continue;
-        }
-        let Ok(permit) = app.life.connector_conns.clone().try_acquire_owned() else {
-            app.metrics
-                .connections_refused
-                .with_label_values(&["connector", "pool_full"])
-                .inc();
-            warn!(%peer, "connector connection limit (max_connector_connections) reached; refusing connector QUIC link");
+        let Some(permit) = super::connector::admit(&app, peer, "QUIC") else {
             incoming.refuse();
-            continue;
+            return;
         };
         let task_app = app.clone();
         let span = tracing::debug_span!("connector", %peer, transport = "quic");
@@ -53,26 +35,15 @@ pub async fn accept_loop(app: Arc<App>, endpoint: quinn::Endpoint) {
             }
             .instrument(span),
         );
-    }
-    // Draining: no new links; the live ones go on until shutdown.
-    endpoint.set_server_config(None);
-    app.life.shutdown.cancelled().await;
-    endpoint.close(0u32.into(), b"gateway shutting down");
+    })
+    .await
 }
 
 async fn handshake(app: Arc<App>, incoming: quinn::Incoming) {
     let peer = incoming.remote_address();
     let conn = match tokio::time::timeout(app.config.handshake_timeout, incoming).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            // Certificates from another CA end here, as do scanners and garbage.
-            debug!(error = %e, "connector QUIC handshake failed");
-            if e.to_string().contains("certificate") {
-                app.links
-                    .refuse(peer, None, &format!("QUIC handshake failed: {e}"));
-            }
-            return;
-        }
+        Ok(Err(e)) => return super::connector::handshake_failed(&app, peer, "QUIC", &e),
         Err(_) => {
             debug!("connector QUIC handshake timed out");
             return;

@@ -23,18 +23,11 @@ use crate::http::Resp;
 
 /// Accepts QUIC connections until the gateway drains; closes the endpoint at shutdown.
 pub async fn accept_loop(app: Arc<App>, endpoint: quinn::Endpoint) {
-    loop {
-        let incoming = tokio::select! {
-            i = endpoint.accept() => match i {
-                Some(i) => i,
-                None => return,
-            },
-            _ = app.life.draining.cancelled() => break,
-        };
+    accept_until_drained(&app, endpoint, |incoming| {
         let peer = incoming.remote_address();
         let Some((permit, address_permit)) = super::client::admit(&app, peer, "QUIC") else {
             incoming.refuse();
-            continue;
+            return;
         };
         let task_app = app.clone();
         let span = tracing::debug_span!("quic", %peer);
@@ -45,8 +38,27 @@ pub async fn accept_loop(app: Arc<App>, endpoint: quinn::Endpoint) {
             }
             .instrument(span),
         );
+    })
+    .await
+}
+
+/// Hands each incoming QUIC connection on `endpoint` to `take` (which must not wait) until the
+/// gateway drains; then takes no new ones (the live ones go on) and closes the endpoint at
+/// shutdown.
+pub(crate) async fn accept_until_drained(
+    app: &App,
+    endpoint: quinn::Endpoint,
+    mut take: impl FnMut(quinn::Incoming),
+) {
+    loop {
+        tokio::select! {
+            i = endpoint.accept() => match i {
+                Some(i) => take(i),
+                None => return,
+            },
+            _ = app.life.draining.cancelled() => break,
+        }
     }
-    // Draining: no new connections; the live ones go on until shutdown.
     endpoint.set_server_config(None);
     app.life.shutdown.cancelled().await;
     endpoint.close(0u32.into(), b"gateway shutting down");
