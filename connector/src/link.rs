@@ -266,11 +266,12 @@ pub(crate) async fn link_loop(
 }
 
 /// What a QUIC link needs besides [`Shared`]'s TLS: the endpoint, made on first use, and in
-/// `auto` mode when QUIC last failed to connect.
+/// `auto` mode when QUIC last failed to connect to each gateway address (per address: a
+/// TCP-only balancer in front does not stop the replicas learnt behind it from using QUIC).
 #[derive(Default)]
 pub(crate) struct QuicDialer {
     endpoint: std::sync::OnceLock<quinn::Endpoint>,
-    failed_at: std::sync::Mutex<Option<Instant>>,
+    failed_at: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 /// In `auto` mode, a QUIC link that gets no handshake this soon is given up for HTTP/2.
@@ -288,16 +289,23 @@ impl QuicDialer {
         Ok(self.endpoint.get_or_init(|| e).clone())
     }
 
-    fn failed_recently(&self) -> bool {
+    fn failed_recently(&self, gateway: &str) -> bool {
         self.failed_at
             .lock()
-            .map(|t| t.is_some_and(|t| t.elapsed() < QUIC_RETRY))
+            .map(|m| m.get(gateway).is_some_and(|t| t.elapsed() < QUIC_RETRY))
             .unwrap_or(false)
     }
 
-    fn note(&self, failed: bool) {
-        if let Ok(mut t) = self.failed_at.lock() {
-            *t = failed.then(Instant::now);
+    fn note(&self, gateway: &str, failed: bool) {
+        if let Ok(mut m) = self.failed_at.lock() {
+            if failed {
+                // Addresses come from the configuration and the gateways' replica lists
+                // (bounded); forget what is old before adding.
+                m.retain(|_, t| t.elapsed() < QUIC_RETRY);
+                m.insert(gateway.to_owned(), Instant::now());
+            } else {
+                m.remove(gateway);
+            }
         }
     }
 }
@@ -346,7 +354,7 @@ async fn connect_once(
     let try_quic = match shared.transport {
         LinkTransport::Quic => true,
         LinkTransport::Http2 => false,
-        LinkTransport::Auto => !shared.quic.failed_recently(),
+        LinkTransport::Auto => !shared.quic.failed_recently(gateway),
     };
     let mut quic_failed = None;
     if try_quic {
@@ -357,7 +365,7 @@ async fn connect_once(
         };
         match dial_quic(shared, host, port, limit).await {
             Ok(conn) => {
-                shared.quic.note(false);
+                shared.quic.note(gateway, false);
                 return serve_quic(shared, gateway, leave, conn).await;
             }
             Err(e) if auto => quic_failed = Some(e),
@@ -389,7 +397,7 @@ async fn connect_once(
     // take QUIC links), not a gateway that is down. Only then are the next dials HTTP/2.
     if let Some(e) = quic_failed {
         warn!(%gateway, error = %e, "QUIC link failed; using HTTP/2 over TCP (QUIC is tried again in {} minutes)", QUIC_RETRY.as_secs() / 60);
-        shared.quic.note(true);
+        shared.quic.note(gateway, true);
     }
     info!(%gateway, connector_id = %shared.connector_id, transport = "http2", "connected to gateway");
     let svc_shared = shared.clone();
@@ -453,7 +461,7 @@ async fn connect_once(
         quic = quic_again => {
             info!(%gateway, "QUIC gets through again: moving this link over; the HTTP/2 one closes once its tunnels end");
             keep_for_open_tunnels(shared, conn, true, |c| c.graceful_shutdown());
-            shared.quic.note(false);
+            shared.quic.note(gateway, false);
             Ok(quic)
         }
     };
@@ -1019,6 +1027,18 @@ mod tests {
             request_parts(&req("GET", "/", &[("x-a", "a\u{0}b")])).unwrap_err(),
             "bad value of header x-a"
         );
+    }
+
+    #[test]
+    fn a_quic_failure_is_remembered_per_gateway_address_until_quic_works_there() {
+        let d = QuicDialer::default();
+        assert!(!d.failed_recently("lb.example:8444"));
+        d.note("lb.example:8444", true);
+        assert!(d.failed_recently("lb.example:8444"));
+        // The replicas learnt behind a TCP-only balancer still try QUIC.
+        assert!(!d.failed_recently("gw-a.example:8444"));
+        d.note("lb.example:8444", false);
+        assert!(!d.failed_recently("lb.example:8444"));
     }
 
     #[test]

@@ -198,7 +198,7 @@ async fn listen_postgres(feed: Weak<Feed>) {
                     f.set_health(false);
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff = (backoff * 2).min(LISTENER_BACKOFF_MAX);
                 continue;
             }
         };
@@ -249,10 +249,26 @@ async fn listen_postgres(feed: Weak<Feed>) {
     }
 }
 
+/// How long one attempt to open the feed's connection may take. sqlx retries inside an
+/// attempt with a backoff of up to a fifth of this; `PgListener::connect`'s default (30 s)
+/// let that backoff grow past two seconds, so after an outage the feed — and with it new
+/// sessions — came back up to 4.5 s after the database did. With 2 s, at most ~1.4 s (a
+/// 400 ms retry inside an attempt, or the 1 s between attempts).
+const LISTENER_CONNECT: Duration = Duration::from_secs(2);
+/// Longest pause between attempts to reopen the feed.
+const LISTENER_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 async fn connect_listener(url: &DbUrl) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        // As `PgListener::connect` has it: the one connection is kept, never recycled.
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(LISTENER_CONNECT)
+        .connect_lazy(&url.0)?;
     let mut l = tokio::time::timeout(
-        Duration::from_secs(5),
-        sqlx::postgres::PgListener::connect(&url.0),
+        LISTENER_CONNECT + Duration::from_millis(500),
+        sqlx::postgres::PgListener::connect_with(&pool),
     )
     .await
     .map_err(|_| sqlx::Error::PoolTimedOut)??;
