@@ -283,7 +283,7 @@ impl GatewayConn {
         self.tunnels.close_all().await;
         let q = self.quic.lock().await;
         if let Some(c) = &q.conn {
-            c.close(0u32.into(), b"client closing");
+            c.close(wire::QUIC_CLOSE_EXIT.into(), b"client closing");
         }
         if let Some(e) = &q.endpoint {
             let _ = tokio::time::timeout(Duration::from_secs(1), e.wait_idle()).await;

@@ -224,6 +224,7 @@ where
                 Some(r) => poll_link_read(r, cx, inbuf, flowing),
                 None => Poll::Pending,
             }), if can_read_link => match r {
+                Err(err) if peer_exited(&err) => break Finished::PeerClosed(EXITED.to_owned()),
                 Ok(0) | Err(_) => e.lose_link(false),
                 Ok(_) => {}
             },
@@ -234,6 +235,7 @@ where
                     None => std::future::pending().await,
                 }
             }, if can_write_link => match r {
+                Err(err) if peer_exited(&err) => break Finished::PeerClosed(EXITED.to_owned()),
                 Ok(Some(0)) | Err(_) => e.lose_link(false),
                 Ok(Some(n)) => {
                     e.out.advance(n);
@@ -962,6 +964,31 @@ fn put_close(out: &mut BytesMut, reason: &str) {
     out.put_u8(T_CLOSE);
     out.put_u16(end as u16);
     out.extend_from_slice(&reason.as_bytes()[..end]);
+}
+
+/// Why a tunnel ended when its peer's process closed the whole QUIC connection on the way out.
+const EXITED: &str = "the clinician's client was closed";
+
+/// Whether a link error is the peer closing its QUIC connection because its process is
+/// exiting ([`wire::QUIC_CLOSE_EXIT`](postern_proto::wire::QUIC_CLOSE_EXIT)): the tunnel is over,
+/// not suspended. The client says goodbye on each tunnel first, but closing the connection
+/// discards what quinn has not sent yet, so the goodbye can be lost; the close itself is not.
+fn peer_exited(err: &std::io::Error) -> bool {
+    let exit = quinn::VarInt::from_u32(postern_proto::wire::QUIC_CLOSE_EXIT);
+    let lost = err.get_ref().and_then(|i| {
+        i.downcast_ref::<quinn::ReadError>()
+            .and_then(|r| match r {
+                quinn::ReadError::ConnectionLost(c) => Some(c),
+                _ => None,
+            })
+            .or_else(|| {
+                i.downcast_ref::<quinn::WriteError>().and_then(|w| match w {
+                    quinn::WriteError::ConnectionLost(c) => Some(c),
+                    _ => None,
+                })
+            })
+    });
+    matches!(lost, Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == exit)
 }
 
 #[cfg(test)]

@@ -19,6 +19,9 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// bidirectional stream is one tunnel: a [`TunnelRequest`] frame, a [`TunnelResponse`] frame,
 /// then, on 200, the tunnel's bytes both ways (see `postern_net::quic`).
 pub const ALPN_QUIC: &[u8] = b"postern-quic/1";
+/// QUIC application error code with which `postern connect` closes its connection when it
+/// exits: its resumable tunnels are over, not suspended (any other close, or none, suspends).
+pub const QUIC_CLOSE_EXIT: u32 = 0x10;
 /// ALPN for HTTP/1.1 (enrolment and JSON calls from simple clients).
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// ALPN for connector links. The version suffix is bumped on incompatible changes, so an old

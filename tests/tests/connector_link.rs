@@ -163,7 +163,7 @@ fn over_quic_a_killed_connector_or_gateway_is_noticed_within_seconds() {
     live.read_exact(&mut b).unwrap();
 
     // The connector is killed and started again at once. A new session works at once: the
-    // request that finds one of the dead links silent closes it and goes on another link of
+    // request that finds one of the dead links silent marks it and goes on another link of
     // the same connector. The old session ends connector_lost within the idle timeout.
     let t0 = Instant::now();
     p.kill();

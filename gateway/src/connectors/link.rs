@@ -29,7 +29,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use super::registry::{Channel, Link, Registry};
+use super::registry::{Channel, Link, QuicLink, Registry};
 use super::renew::Renewals;
 use super::rtt;
 use crate::audit::Audit;
@@ -214,7 +214,7 @@ impl Links {
         {
             Verdict::Refused => conn.close(CLOSE_REFUSED.into(), b"refused"),
             Verdict::Revoked(at) => {
-                let channel = Channel::Quic(conn.clone());
+                let channel = Channel::Quic(QuicLink::new(conn.clone()));
                 let told = tell_revoked(&channel, at, self.handshake_timeout);
                 if let Ok(Err(e)) = tokio::time::timeout(self.handshake_timeout, told).await {
                     debug!(error = %e, "could not tell the connector it is revoked");
@@ -232,9 +232,14 @@ impl Links {
                     site: rec.site,
                     serial,
                 };
-                self.link_with(Channel::Quic(conn), connection, ident, going_away)
-                    .instrument(span)
-                    .await
+                self.link_with(
+                    Channel::Quic(QuicLink::new(conn)),
+                    connection,
+                    ident,
+                    going_away,
+                )
+                .instrument(span)
+                .await
             }
         }
     }
@@ -302,8 +307,8 @@ impl Links {
             _ = link.cancel.cancelled() => "certificate revoked".to_owned(),
             _ = self.shutdown.cancelled() => "gateway shutting down".to_owned(),
         };
-        if let Channel::Quic(c) = &link.channel {
-            c.close(0u32.into(), why.as_bytes());
+        if let Channel::Quic(q) = &link.channel {
+            q.conn.close(0u32.into(), why.as_bytes());
         }
         probe.abort();
         advertise.abort();
@@ -357,12 +362,8 @@ async fn quic_notices(
     loop {
         let mut stream = match conn.accept_uni().await {
             Ok(s) => s,
-            Err(quinn::ConnectionError::ApplicationClosed(_)) => return Ok(()),
-            // Revocation and shutdown are seen first; what is left is the request that found
-            // the connector silent (`registry::Channel::send`).
-            Err(quinn::ConnectionError::LocallyClosed) => {
-                return Err("the connector stopped answering".to_owned())
-            }
+            Err(quinn::ConnectionError::ApplicationClosed(_))
+            | Err(quinn::ConnectionError::LocallyClosed) => return Ok(()),
             Err(e) => return Err(e.to_string()),
         };
         let notice = tokio::time::timeout(

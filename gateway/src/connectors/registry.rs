@@ -102,7 +102,37 @@ pub trait Upstream: Send + Sync + 'static {
 #[derive(Clone)]
 pub enum Channel {
     H2(SendRequest<Empty<Bytes>>),
-    Quic(quinn::Connection),
+    Quic(QuicLink),
+}
+
+/// A QUIC link's connection, and whether it has gone silent: a request that heard nothing from
+/// the connector in time marks the link so that no session is routed over it until the
+/// connector is heard from again (or the idle timeout closes it). The link is not closed at
+/// once: a blip of the hospital's uplink must not end the tunnels it carries.
+#[derive(Clone)]
+pub struct QuicLink {
+    pub conn: quinn::Connection,
+    /// `udp_rx.datagrams` when the link was found silent; `u64::MAX`: not silent.
+    silent_at: Arc<AtomicU64>,
+}
+
+impl QuicLink {
+    pub fn new(conn: quinn::Connection) -> QuicLink {
+        QuicLink {
+            conn,
+            silent_at: Arc::new(AtomicU64::new(u64::MAX)),
+        }
+    }
+
+    fn heard(&self) -> u64 {
+        self.conn.stats().udp_rx.datagrams
+    }
+
+    /// Silent since a request found it so, and nothing heard since.
+    fn is_silent(&self) -> bool {
+        let at = self.silent_at.load(Ordering::Relaxed);
+        at != u64::MAX && self.heard() == at
+    }
 }
 
 /// A connector's answer on a [`Channel`].
@@ -117,8 +147,6 @@ pub struct Answer {
 /// A QUIC link that has not heard from the connector this long after sending it a request
 /// (or 4 round trips, if longer) is dead.
 const SILENT_AFTER: Duration = Duration::from_secs(1);
-/// QUIC application close code of a link whose connector stopped answering.
-const CLOSE_SILENT: u32 = 2;
 
 /// Longest refusal reason kept from a connector.
 const MAX_REASON: usize = 512;
@@ -135,8 +163,17 @@ impl Channel {
     fn is_closed(&self) -> bool {
         match self {
             Channel::H2(s) => s.is_closed(),
-            Channel::Quic(c) => c.close_reason().is_some(),
+            Channel::Quic(q) => q.conn.close_reason().is_some(),
         }
+    }
+
+    /// Open, and (QUIC) not found silent since it was last heard from.
+    fn is_usable(&self) -> bool {
+        !self.is_closed()
+            && match self {
+                Channel::H2(_) => true,
+                Channel::Quic(q) => !q.is_silent(),
+            }
     }
 
     /// Sends `req` and waits for the answer (and, for a `CONNECT` answered 200, the tunnel).
@@ -163,7 +200,8 @@ impl Channel {
                 };
                 Ok(Answer { status, reason, io })
             }
-            Channel::Quic(conn) => {
+            Channel::Quic(q) => {
+                let conn = &q.conn;
                 let connect = req.method() == Method::CONNECT;
                 let frame = wire::LinkRequest {
                     method: req.method().to_string(),
@@ -176,15 +214,15 @@ impl Channel {
                         })
                         .collect(),
                 };
-                let heard = conn.stats().udp_rx.datagrams;
+                let heard = q.heard();
                 let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
                 write_frame(&mut send, &frame)
                     .await
                     .map_err(|e| e.to_string())?;
                 // A live connector acknowledges the request within a round trip, long before
                 // it answers (it dials first). One that was killed sends nothing, and its link
-                // would otherwise look live until the idle timeout: close it now, so that the
-                // caller tries another link.
+                // would look live until the idle timeout: give up on this request (the caller
+                // tries another link) and route nothing over the link until it is heard from.
                 let silence = (conn.rtt() * 4).max(SILENT_AFTER);
                 let answer = {
                     let answer = read_frame::<_, wire::LinkResponse>(&mut recv);
@@ -192,9 +230,9 @@ impl Channel {
                     tokio::select! {
                         a = &mut answer => a,
                         _ = tokio::time::sleep(silence) => {
-                            if conn.stats().udp_rx.datagrams == heard {
-                                conn.close(CLOSE_SILENT.into(), b"the connector stopped answering");
-                                return Err(format!("the connector sent nothing for {silence:?}; link closed"));
+                            if q.heard() == heard {
+                                q.silent_at.store(heard, Ordering::Relaxed);
+                                return Err(format!("the connector sent nothing for {silence:?}"));
                             }
                             answer.await
                         }
@@ -241,7 +279,7 @@ impl Link {
     }
 
     fn is_live(&self) -> bool {
-        !self.channel.is_closed() && !self.cancel.is_cancelled() && !self.going_away.is_cancelled()
+        self.channel.is_usable() && !self.cancel.is_cancelled() && !self.going_away.is_cancelled()
     }
 
     /// The link is closed (its connection ended).

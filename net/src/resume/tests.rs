@@ -323,3 +323,24 @@ async fn an_attach_with_an_impossible_offset_or_a_stale_epoch_is_refused() {
     assert!(matches!(a.task.await.unwrap().0, Finished::Protocol(_)));
     drop(b);
 }
+
+#[test]
+fn only_the_clients_exit_close_ends_a_tunnel_instead_of_suspending_it() {
+    let closed = |code: u32| {
+        quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: quinn::VarInt::from_u32(code),
+            reason: Bytes::from_static(b"client closing"),
+        })
+    };
+    let read = |c| std::io::Error::other(quinn::ReadError::ConnectionLost(c));
+    let write = |c| std::io::Error::other(quinn::WriteError::ConnectionLost(c));
+    let exit = postern_proto::wire::QUIC_CLOSE_EXIT;
+    assert!(peer_exited(&read(closed(exit))));
+    assert!(peer_exited(&write(closed(exit))));
+    // Any other close, a timeout, or a plain I/O error is a lost link: suspend and wait.
+    assert!(!peer_exited(&read(closed(0))));
+    assert!(!peer_exited(&read(quinn::ConnectionError::TimedOut)));
+    assert!(!peer_exited(&std::io::Error::from(
+        std::io::ErrorKind::ConnectionReset
+    )));
+}
