@@ -259,6 +259,10 @@ pub enum EventType {
     /// A suspended session's client came back: `duration_ms` is how long it was suspended,
     /// `source` the client's address now.
     SessionResumed,
+    /// A live session moved onto a renewed sign-in (a new session token of the same user and
+    /// device): the policy was asked again and its deadline follows the new token; `detail`
+    /// names both token ids and the new end.
+    SessionRenewed,
     /// A connector enrolled with a one-time token and got its certificate.
     ConnectorEnrolled,
     /// A connector connection came up.
@@ -345,13 +349,14 @@ pub enum EventType {
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 42] = [
+    pub const ALL: [EventType; 43] = [
         EventType::SessionStart,
         EventType::SessionDenied,
         EventType::AccessRefusedUnauthenticated,
         EventType::SessionEnd,
         EventType::SessionSuspended,
         EventType::SessionResumed,
+        EventType::SessionRenewed,
         EventType::ConnectorEnrolled,
         EventType::ConnectorConnected,
         EventType::ConnectorDisconnected,
@@ -399,6 +404,7 @@ impl EventType {
             EventType::SessionEnd => "session.end",
             EventType::SessionSuspended => "session.suspended",
             EventType::SessionResumed => "session.resumed",
+            EventType::SessionRenewed => "session.renewed",
             EventType::ConnectorEnrolled => "connector.enrolled",
             EventType::ConnectorConnected => "connector.connected",
             EventType::ConnectorDisconnected => "connector.disconnected",

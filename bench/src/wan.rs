@@ -514,6 +514,11 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => eprintln!("wan: could not check for stale namespaces: {e:#}"),
     }
+    // The handlers are in place before "ready" is printed: a SIGTERM sent right after it
+    // (a test under load did) must delete the namespaces, not kill the process as by default.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let seed = opts.seed.unwrap_or_else(default_seed);
     let wan = tokio::task::spawn_blocking(move || Wan::start(link, seed))
         .await?
@@ -532,7 +537,6 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
             "link": link_json(&link),
         })
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let why = loop {
         tokio::select! {
@@ -551,7 +555,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
                 }
             },
             _ = term.recv() => break "SIGTERM",
-            _ = tokio::signal::ctrl_c() => break "SIGINT",
+            _ = int.recv() => break "SIGINT",
         }
     };
     eprintln!(

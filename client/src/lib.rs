@@ -5,10 +5,19 @@
 //! connection, so a PACS viewer that opens many associations costs one handshake.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod agent;
+pub mod autostart;
+pub mod control;
 pub mod login;
+pub mod meter;
+pub mod notify;
+pub mod ports;
 pub mod posture;
+pub mod profile;
 mod resume;
 mod watch;
+
+pub use meter::TunnelStats;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -39,14 +48,49 @@ pub enum ClientError {
     Expired,
     #[error("the gateway did not accept your session token: {0}")]
     Unauthorized(String),
-    #[error("access to {endpoint} denied: {reason}")]
+    #[error("{}", refusal_sentence(endpoint, reason))]
     Denied { endpoint: String, reason: String },
+    /// No endpoint of that name (a typing mistake, usually).
+    #[error("There is no endpoint called '{endpoint}'.")]
+    UnknownEndpoint { endpoint: String },
+    /// A break-glass rule would allow it with a reason (`--reason`).
+    #[error("Access to {endpoint} is break-glass only: run the command again with --reason \"why you need it\" if you need it now; your reason is recorded in the audit log and reviewed.")]
+    ReasonRequired {
+        endpoint: String,
+        /// The policy's sentence (for logs; the message above says the same for people).
+        reason: String,
+    },
     #[error("the gateway could not open the tunnel: {0}")]
     Unavailable(String),
     #[error("unexpected answer from the gateway: {0}")]
     Protocol(String),
     #[error("{0}")]
     Gone(String),
+    #[error("{}", untrusted(addr, detail, ca_file.as_deref()))]
+    Untrusted {
+        addr: String,
+        detail: String,
+        ca_file: Option<std::path::PathBuf>,
+    },
+    #[error("sign-in did not complete: {why}{}", reference.as_ref().map(|r| format!(" (reference {r}, for the service desk)")).unwrap_or_default())]
+    SignInFailed {
+        why: String,
+        code: String,
+        reference: Option<String>,
+    },
+}
+
+/// What to do about a gateway certificate this computer does not trust.
+fn untrusted(addr: &str, detail: &str, ca_file: Option<&Path>) -> String {
+    match ca_file {
+        None => format!(
+            "the gateway at {addr} presented a certificate this computer does not trust ({detail}). If your IT team gave you the gateway's CA certificate, sign in with: postern login https://{addr} --ca-file PATH-TO-THAT-FILE"
+        ),
+        Some(f) => format!(
+            "the gateway at {addr} presented a certificate that the CA in {} did not sign ({detail}): check that this is the CA file for this gateway, or ask your IT team for the right one",
+            f.display()
+        ),
+    }
 }
 
 /// How tunnels reach the gateway.
@@ -208,7 +252,8 @@ pub struct GatewayConn {
     tls: Arc<ClientConfig>,
     quic_tls: Arc<ClientConfig>,
     transport: Transport,
-    token: String,
+    /// The session token (never logged); replaced in place when the sign-in is renewed.
+    token: std::sync::RwLock<String>,
     justification: Option<String>,
     sender: Mutex<Option<watch::H2Conn>>,
     quic: Arc<Mutex<QuicState>>,
@@ -268,7 +313,7 @@ impl GatewayConn {
             tls: Arc::new(config(wire::ALPN_H2)?),
             quic_tls: Arc::new(config(wire::ALPN_QUIC)?),
             transport: Transport::Auto,
-            token,
+            token: std::sync::RwLock::new(token),
             justification: None,
             sender: Mutex::new(None),
             quic: Arc::new(Mutex::new(QuicState::default())),
@@ -290,26 +335,76 @@ impl GatewayConn {
         }
     }
 
+    /// Connects once (TCP, TLS, HTTP/2), so that a gateway whose certificate is not trusted is
+    /// reported before anything else, with what to do (`ca_file`: the CA file given, if any).
+    pub async fn probe(&self, ca_file: Option<&Path>) -> Result<(), ClientError> {
+        match self.sender().await {
+            Ok(_) => Ok(()),
+            Err(ClientError::Connect { addr, message })
+                if message.starts_with("TLS:") && message.contains("certificate") =>
+            {
+                Err(ClientError::Untrusted {
+                    addr,
+                    detail: message.trim_start_matches("TLS:").trim().to_owned(),
+                    ca_file: ca_file.map(Path::to_owned),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Which transport tunnels use (default [`Transport::Auto`]).
     pub fn with_transport(mut self, transport: Transport) -> GatewayConn {
         self.transport = transport;
         self
     }
 
-    /// A reason for break-glass access, sent with every request and audited by the gateway.
+    /// A reason for break-glass access, sent with every request and audited by the gateway:
+    /// any printable text ("CT head – ED résus"), 1 to [`wire::MAX_JUSTIFICATION`] characters.
     pub fn with_justification(mut self, reason: &str) -> Result<GatewayConn, ClientError> {
-        let reason = reason.trim();
-        if reason.is_empty()
-            || reason.len() > wire::MAX_JUSTIFICATION
-            || !reason.bytes().all(|b| (0x20..0x7f).contains(&b))
-        {
-            return Err(ClientError::Setup(format!(
-                "--reason must be 1 to {} printable ASCII characters",
-                wire::MAX_JUSTIFICATION
-            )));
-        }
+        let reason = wire::check_justification(reason)
+            .map_err(|e| ClientError::Setup(format!("--reason: {e}")))?;
         self.justification = Some(reason.to_owned());
         Ok(self)
+    }
+
+    /// The session token in use (never log it).
+    pub fn token(&self) -> String {
+        match self.token.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the session token: new tunnels and requests use `token` from now on.
+    pub fn set_token(&self, token: &str) {
+        let token = token.trim().to_owned();
+        match self.token.write() {
+            Ok(mut t) => *t = token,
+            Err(poisoned) => *poisoned.into_inner() = token,
+        }
+    }
+
+    /// Moves the live sessions of `previous` (a token this client used) onto the token in use
+    /// now (`POST /v1/sessions/renew`): the gateway asks the policy again for each and extends
+    /// its end to the new token's.
+    pub async fn renew_sessions(
+        &self,
+        previous: &str,
+    ) -> Result<wire::SessionRenewResponse, ClientError> {
+        let r = self
+            .post_json(
+                wire::PATH_SESSIONS_RENEW,
+                &wire::SessionRenewRequest {
+                    previous_token: previous.trim().to_owned(),
+                },
+            )
+            .await;
+        match r {
+            // The gateway's sentence as it is (not a refusal of an endpoint).
+            Err(ClientError::Denied { reason, .. }) => Err(ClientError::Setup(reason)),
+            other => other,
+        }
     }
 
     fn authority(&self) -> String {
@@ -371,14 +466,12 @@ impl GatewayConn {
 
     fn request(&self, method: Method, uri: &str) -> Result<Request<Full<Bytes>>, ClientError> {
         let mut builder = Request::builder().method(method).uri(uri);
-        if !self.token.is_empty() {
-            builder = builder.header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", self.token),
-            );
+        let token = self.token();
+        if !token.is_empty() {
+            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         if let Some(j) = &self.justification {
-            builder = builder.header(wire::HDR_JUSTIFICATION, j.as_str());
+            builder = builder.header(wire::HDR_JUSTIFICATION, wire::encode_justification(j));
         }
         builder
             .body(Full::new(Bytes::new()))
@@ -585,7 +678,7 @@ impl GatewayConn {
     ) -> wire::TunnelRequest {
         wire::TunnelRequest {
             endpoint: endpoint.to_owned(),
-            token: self.token.clone(),
+            token: self.token(),
             justification: self.justification.clone(),
             resumable,
             resume,
@@ -775,9 +868,11 @@ fn answer_ok(resp: &wire::TunnelResponse, endpoint: &str) -> Result<(), ClientEr
 /// tunnel is gone or the client may not have it.
 fn resume_error(e: ClientError) -> ResumeError {
     match e {
-        ClientError::Expired | ClientError::Unauthorized(_) | ClientError::Denied { .. } => {
-            ResumeError::Fatal(e.to_string())
-        }
+        ClientError::Expired
+        | ClientError::Unauthorized(_)
+        | ClientError::Denied { .. }
+        | ClientError::UnknownEndpoint { .. }
+        | ClientError::ReasonRequired { .. } => ResumeError::Fatal(e.to_string()),
         ClientError::Gone(m) => ResumeError::Fatal(m),
         other => ResumeError::Retry(other.to_string()),
     }
@@ -785,8 +880,17 @@ fn resume_error(e: ClientError) -> ResumeError {
 
 fn refusal(status: StatusCode, code: &str, message: String, endpoint: &str) -> ClientError {
     match status {
-        StatusCode::UNAUTHORIZED if code == "token_expired" => ClientError::Expired,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if code == "token_expired" => {
+            ClientError::Expired
+        }
         StatusCode::UNAUTHORIZED => ClientError::Unauthorized(message),
+        StatusCode::FORBIDDEN if code == "unknown_endpoint" => ClientError::UnknownEndpoint {
+            endpoint: endpoint.to_owned(),
+        },
+        StatusCode::FORBIDDEN if code == "justification_required" => ClientError::ReasonRequired {
+            endpoint: endpoint.to_owned(),
+            reason: message,
+        },
         StatusCode::FORBIDDEN => ClientError::Denied {
             endpoint: endpoint.to_owned(),
             reason: message,
@@ -794,6 +898,32 @@ fn refusal(status: StatusCode, code: &str, message: String, endpoint: &str) -> C
         StatusCode::GONE | StatusCode::NOT_FOUND => ClientError::Gone(message),
         _ => ClientError::Unavailable(message),
     }
+}
+
+/// One sentence for a refusal of `endpoint`: the gateway's reason, without repeating "denied"
+/// ("Denied: access to pacs for radiologists requires …" reads "Access to pacs for radiologists
+/// requires …."), and naming the endpoint when the reason does not.
+pub fn refusal_sentence(endpoint: &str, reason: &str) -> String {
+    let reason = reason.trim();
+    let reason = reason
+        .strip_prefix("Denied:")
+        .or_else(|| reason.strip_prefix("denied:"))
+        .unwrap_or(reason)
+        .trim();
+    let mut s = if reason.is_empty() {
+        format!("Access to {endpoint} is denied")
+    } else if reason.contains(endpoint) {
+        let mut c = reason.chars();
+        c.next()
+            .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+            .unwrap_or_default()
+    } else {
+        format!("Access to {endpoint} is denied: {reason}")
+    };
+    if !s.ends_with(['.', '!', '?']) {
+        s.push('.');
+    }
+    s
 }
 
 /// Human form of a duration in whole seconds: "4h", "90m", "45s".
@@ -816,13 +946,50 @@ pub async fn connect(
     ready: impl FnOnce(SocketAddr, &EndpointInfo),
 ) -> Result<(), ClientError> {
     let info = gw.check(endpoint).await?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| ClientError::Setup(format!("cannot listen on {listen}: {e}")))?;
+    let listener = bind(listen).await?;
     let local = listener
         .local_addr()
         .map_err(|e| ClientError::Setup(e.to_string()))?;
     ready(local, &info);
+    serve(
+        gw,
+        endpoint.to_owned(),
+        listener,
+        Arc::new(TunnelStats::default()),
+    )
+    .await;
+    Ok(())
+}
+
+/// Listens on `listen`; a port already taken is named with the process holding it, when this
+/// computer says.
+pub async fn bind(listen: SocketAddr) -> Result<TcpListener, ClientError> {
+    TcpListener::bind(listen).await.map_err(|e| {
+        let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+            match ports::holder(listen.port()) {
+                Some(who) => format!("port {} is already in use by {who}", listen.port()),
+                None => format!("port {} is already in use by another program", listen.port()),
+            }
+        } else if e.kind() == std::io::ErrorKind::PermissionDenied && listen.port() < 1024 {
+            format!(
+                "port {} is below 1024, which needs administrator rights here; ask IT for a port above 1024 (or set local_port in your profile)",
+                listen.port()
+            )
+        } else {
+            e.to_string()
+        };
+        ClientError::Setup(format!("cannot listen on {listen}: {why}"))
+    })
+}
+
+/// Turns each connection accepted on `listener` into one tunnel to `endpoint`, counting into
+/// `stats`, until the task is dropped.
+pub async fn serve(
+    gw: Arc<GatewayConn>,
+    endpoint: String,
+    listener: TcpListener,
+    stats: Arc<TunnelStats>,
+) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -834,24 +1001,116 @@ pub async fn connect(
         };
         let _ = tcp.set_nodelay(true);
         let gw = gw.clone();
-        let endpoint = endpoint.to_owned();
+        let endpoint = endpoint.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
+            let _live = meter::LiveGuard::new(stats.clone());
+            let local = meter::Metered::new(tcp, stats.clone());
             match gw.open_tunnel(&endpoint, true).await {
                 Ok(Opened {
                     stream,
                     resume: Some(info),
-                }) => resume::carry(gw, tcp, stream, info).await,
+                }) => {
+                    stats.clear_error();
+                    resume::carry(gw, local, stream, info).await
+                }
                 Ok(Opened {
                     stream,
                     resume: None,
                 }) => {
+                    stats.clear_error();
                     let counters = Arc::new(postern_net::relay::Counters::default());
-                    postern_net::relay::relay(tcp, stream, counters).await;
+                    postern_net::relay::relay(local, stream, counters).await;
                 }
-                Err(e) => eprintln!("postern: connection from {peer} to {endpoint} refused: {e}"),
+                Err(e) => {
+                    stats.set_error(e.to_string());
+                    gw.tunnels.notice(format!(
+                        "a connection from {peer} to {endpoint} was refused: {e}"
+                    ))
+                }
             }
         });
     }
+}
+
+/// The clinician's recent notices (reconnections, tunnels ended by the gateway, refusals).
+pub fn notices(gw: &GatewayConn) -> Vec<String> {
+    gw.tunnels.notices()
+}
+
+/// Seconds since the epoch now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The time now on this laptop's clock, in its time zone (`14:05:09`).
+pub fn local_time_now() -> String {
+    jiff::Zoned::now().strftime("%H:%M:%S").to_string()
+}
+
+/// A Unix time as the clinician reads it, in the laptop's time zone: `18:00` today, `Mon 18:00`
+/// within a week, else `2026-12-24 18:00`.
+pub fn local_time(unix: u64) -> String {
+    let Ok(ts) = jiff::Timestamp::from_second(i64::try_from(unix).unwrap_or(i64::MAX)) else {
+        return format!("{unix}");
+    };
+    let tz = jiff::tz::TimeZone::system();
+    let at = ts.to_zoned(tz.clone());
+    let now = jiff::Timestamp::now().to_zoned(tz);
+    if at.date() == now.date() {
+        at.strftime("%H:%M").to_string()
+    } else if (at.timestamp().as_second() - now.timestamp().as_second()).abs() < 6 * 86_400 {
+        at.strftime("%a %H:%M").to_string()
+    } else {
+        at.strftime("%Y-%m-%d %H:%M").to_string()
+    }
+}
+
+/// A `--listen` value: `PORT`, `localhost:PORT` or `ADDRESS:PORT` (`[::1]:PORT`). A bare port
+/// and `localhost` mean 127.0.0.1.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| format!("'{p}' is not a port number (0 to 65535)"))
+    };
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port(s)?)));
+    }
+    if let Some(p) = s.strip_prefix("localhost:") {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port(p)?)));
+    }
+    s.parse().map_err(|_| {
+        format!("'{s}' is not a port or an address: use PORT, localhost:PORT or 127.0.0.1:PORT")
+    })
+}
+
+/// The name in `names` closest to `typed` (a mistyped endpoint), if one is close.
+pub fn did_you_mean<'a>(typed: &str, names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    let typed_l = typed.to_ascii_lowercase();
+    names
+        .into_iter()
+        .map(|n| (distance(&typed_l, &n.to_ascii_lowercase()), n))
+        .filter(|(d, n)| *d <= (n.chars().count() / 3).max(2) || n.contains(typed_l.as_str()))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n)
 }
 
 /// Whether `postern connect` may listen on `listen`: a loopback address always (answers
@@ -899,6 +1158,71 @@ mod tests {
                 "{w}"
             );
         }
+    }
+
+    #[test]
+    fn a_refusal_is_one_sentence() {
+        assert_eq!(
+            refusal_sentence(
+                "pacs",
+                "Denied: access to pacs for radiologists requires a registered device"
+            ),
+            "Access to pacs for radiologists requires a registered device."
+        );
+        assert_eq!(
+            refusal_sentence(
+                "pacs",
+                "no rule allows user 'bob' (groups: none) to reach 'pacs'"
+            ),
+            "No rule allows user 'bob' (groups: none) to reach 'pacs'."
+        );
+        assert_eq!(
+            refusal_sentence("web", "outside reporting hours."),
+            "Access to web is denied: outside reporting hours."
+        );
+        let e = ClientError::ReasonRequired {
+            endpoint: "pacs".into(),
+            reason:
+                "Denied: access to pacs for everyone requires a justification (break-glass access)"
+                    .into(),
+        }
+        .to_string();
+        assert!(
+            e.contains("--reason") && !e.to_lowercase().contains("denied"),
+            "{e}"
+        );
+        assert_eq!(e.matches("pacs").count(), 1, "{e}");
+    }
+
+    #[test]
+    fn listen_takes_a_port_or_an_address() {
+        assert_eq!(
+            parse_listen("18099").unwrap(),
+            "127.0.0.1:18099".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("localhost:18099").unwrap(),
+            "127.0.0.1:18099".parse().unwrap()
+        );
+        assert_eq!(parse_listen("[::1]:5").unwrap(), "[::1]:5".parse().unwrap());
+        assert_eq!(
+            parse_listen("0.0.0.0:5").unwrap(),
+            "0.0.0.0:5".parse().unwrap()
+        );
+        assert!(parse_listen("70000").unwrap_err().contains("not a port"));
+        assert!(parse_listen("pacs").unwrap_err().contains("PORT"));
+    }
+
+    #[test]
+    fn a_mistyped_endpoint_finds_its_name() {
+        let names = ["truro-pacs-dicom", "truro-reporting-pc", "web-viewer"];
+        assert_eq!(
+            did_you_mean("truro-pacs-dicon", names),
+            Some("truro-pacs-dicom")
+        );
+        assert_eq!(did_you_mean("reporting", names), Some("truro-reporting-pc"));
+        assert_eq!(did_you_mean("Web-Viewer", names), Some("web-viewer"));
+        assert_eq!(did_you_mean("payroll", names), None);
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub fn token_path(dir: &Path) -> PathBuf {
     dir.join("token")
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), ClientError> {
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), ClientError> {
     let err = |e: std::io::Error| ClientError::Setup(format!("writing {}: {e}", path.display()));
     if let Some(dir) = path.parent() {
         postern_net::fsutil::private_dir(dir).map_err(err)?;
@@ -229,6 +229,8 @@ pub async fn login_with_posture(
         url.push_str(&URL_SAFE_NO_PAD.encode(p.canonical()));
     }
     let conn = GatewayConn::anonymous(gateway, ca_file)?;
+    // A gateway this computer does not trust fails here, before the browser opens.
+    conn.probe(ca_file).await?;
     show_url(&url, confirm.as_str());
     if open_browser {
         let _ = std::process::Command::new("xdg-open")
@@ -260,10 +262,25 @@ pub async fn login_with_posture(
                 .await;
                 continue;
             }
+            if let Some(code) = get("error") {
+                // The gateway sends the browser back with why the sign-in failed (cancelled at
+                // the identity provider, refused, …): say it now, not after the timeout.
+                let bounded = |s: String| -> String {
+                    s.chars().filter(|c| !c.is_control()).take(300).collect()
+                };
+                let why = bounded(get("error_description").unwrap_or_else(|| code.clone()));
+                let reference = get("error_ref").map(bounded);
+                answer(&mut s, "200 OK", "Sign-in did not complete").await;
+                return Err(ClientError::SignInFailed {
+                    why,
+                    code: bounded(code),
+                    reference,
+                });
+            }
             match get("code") {
                 Some(code) => {
                     answer(&mut s, "200 OK", "You are signed in").await;
-                    return code;
+                    return Ok(code);
                 }
                 None => {
                     answer(&mut s, "400 Bad Request", "Sign-in did not complete").await;
@@ -278,7 +295,7 @@ pub async fn login_with_posture(
             "no sign-in within {}s; run postern login again",
             wait.as_secs()
         ))
-    })?;
+    })??;
     let session: Session = conn
         .post_json(
             "/auth/token",

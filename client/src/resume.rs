@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postern_net::resume::{self, Event, Finished, Handle};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -28,7 +27,12 @@ pub(crate) struct Tunnels {
     /// Set when the client is closing: every tunnel tells the gateway and ends.
     closing: watch::Sender<bool>,
     ended: tokio::sync::Notify,
+    /// The latest lines told to the clinician, for `postern status`.
+    notices: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// Lines kept for `postern status`.
+const NOTICES_KEPT: usize = 20;
 
 impl Default for Tunnels {
     fn default() -> Tunnels {
@@ -37,18 +41,38 @@ impl Default for Tunnels {
             suspended: Mutex::new((0, None)),
             closing: watch::channel(false).0,
             ended: tokio::sync::Notify::new(),
+            notices: Mutex::default(),
         }
     }
 }
 
 impl Tunnels {
+    /// Tells the clinician `line` (on standard error, and kept for `postern status`).
+    pub(crate) fn notice(&self, line: String) {
+        eprintln!("postern: {line}");
+        if let Ok(mut n) = self.notices.lock() {
+            if n.len() == NOTICES_KEPT {
+                n.pop_front();
+            }
+            n.push_back(format!("{} {line}", crate::local_time_now()));
+        }
+    }
+
+    /// The latest notices, oldest first.
+    pub(crate) fn notices(&self) -> Vec<String> {
+        self.notices
+            .lock()
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn lost(&self) {
         if let Ok(mut s) = self.suspended.lock() {
             s.0 += 1;
             if s.0 == 1 {
                 s.1 = Some(Instant::now());
-                eprintln!(
-                    "postern: the connection to the gateway was lost; reconnecting… (your applications stay connected)"
+                self.notice(
+                    "the connection to the gateway was lost; reconnecting… (your applications stay connected)".to_owned()
                 );
             }
         }
@@ -59,10 +83,10 @@ impl Tunnels {
             s.0 = s.0.saturating_sub(1);
             if s.0 == 0 {
                 if let (true, Some(since)) = (resumed, s.1.take()) {
-                    eprintln!(
-                        "postern: reconnected after {:.1} s; your connections carried on",
+                    self.notice(format!(
+                        "reconnected after {:.1} s; your connections carried on",
                         since.elapsed().as_secs_f64()
-                    );
+                    ));
                 }
             }
         }
@@ -96,7 +120,10 @@ impl Drop for Live<'_> {
 
 /// Carries the application's connection `local` over the resumable tunnel `link` until it
 /// ends, resuming it whenever the link breaks.
-pub(crate) async fn carry(gw: Arc<GatewayConn>, local: TcpStream, link: Tunnel, info: ResumeInfo) {
+pub(crate) async fn carry<L>(gw: Arc<GatewayConn>, local: L, link: Tunnel, info: ResumeInfo)
+where
+    L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let tunnels = &gw.tunnels;
     tunnels.live.fetch_add(1, Ordering::AcqRel);
     let _live = Live(tunnels);
@@ -113,7 +140,7 @@ pub(crate) async fn carry(gw: Arc<GatewayConn>, local: TcpStream, link: Tunnel, 
         tokio::select! {
             out = &mut engine => {
                 if let Ok((f, _)) = out {
-                    report(&info, &f);
+                    report(tunnels, &info, &f);
                 }
                 return;
             }
@@ -130,7 +157,7 @@ pub(crate) async fn carry(gw: Arc<GatewayConn>, local: TcpStream, link: Tunnel, 
                         Err(why) => {
                             tunnels.back(false);
                             if let Some(why) = &why {
-                                eprintln!("postern: a connection to {} was ended: {why}", info.endpoint);
+                                tunnels.notice(format!("a connection to {} was ended: {why}", info.endpoint));
                             }
                             let reason = why.unwrap_or_else(|| "the clinician's client was closed".into());
                             control.close(reason);
@@ -189,18 +216,16 @@ async fn reattach(
 }
 
 /// Tells the clinician why a tunnel ended, when it was not their application closing it.
-fn report(info: &ResumeInfo, f: &Finished) {
+fn report(tunnels: &Tunnels, info: &ResumeInfo, f: &Finished) {
     match f {
-        Finished::PeerClosed(why) => {
-            eprintln!(
-                "postern: the gateway ended a connection to {}: {why}",
-                info.endpoint
-            )
-        }
-        Finished::Protocol(why) => eprintln!(
-            "postern: a connection to {} failed: protocol error: {why}",
+        Finished::PeerClosed(why) => tunnels.notice(format!(
+            "the gateway ended a connection to {}: {why}",
             info.endpoint
-        ),
+        )),
+        Finished::Protocol(why) => tunnels.notice(format!(
+            "a connection to {} failed: protocol error: {why}",
+            info.endpoint
+        )),
         Finished::Clean | Finished::LocalError(_) | Finished::Closed | Finished::Abandoned => {}
     }
 }

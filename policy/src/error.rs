@@ -73,6 +73,8 @@ pub enum ErrorKind {
     InvalidDuration,
     /// Two endpoints with the same name.
     DuplicateEndpoint,
+    /// Two endpoints with the same `local_port`: a laptop could open only one of them.
+    DuplicateLocalPort,
     /// Two rules with the same id.
     DuplicateRule,
     /// A rule names an endpoint that the policy does not define.

@@ -30,6 +30,7 @@ const ENDPOINT_KEYS: &[&str] = &[
     "protocol",
     "egress",
     "labels",
+    "local_port",
 ];
 const RULE_KEYS: &[&str] = &[
     "id",

@@ -30,6 +30,10 @@ pub struct Endpoint {
     pub labels: Vec<String>,
     /// Free text for people reading the policy or an access list.
     pub description: Option<String>,
+    /// The loopback port `postern up` opens for this endpoint on every clinician's laptop
+    /// (as Boundary's `default_client_port`): chosen once by IT so that viewer and RDP
+    /// configurations never change. Unique across the policy.
+    pub local_port: Option<u16>,
 }
 
 /// An inclusive range of TCP ports.

@@ -45,6 +45,7 @@ pub(crate) struct RawEndpoint {
     pub(crate) egress: Option<Spanned<String>>,
     pub(crate) labels: Option<Vec<Spanned<String>>>,
     pub(crate) description: Option<Spanned<String>>,
+    pub(crate) local_port: Option<Spanned<i64>>,
 }
 
 /// One `[[groups]]` table.
@@ -624,7 +625,8 @@ mod tests {
                 "protocol",
                 "egress",
                 "labels",
-                "description"
+                "description",
+                "local_port"
             ]
         );
         assert_eq!(

@@ -114,9 +114,10 @@ pub(crate) fn resolve(
     );
     let mut endpoints = Vec::new();
     let mut endpoint_names = HashMap::new();
+    let mut local_ports = HashMap::new();
     for located in &raw.endpoints {
         r.diags.set_file(located.file);
-        if let Some(endpoint) = r.endpoint(located, &mut endpoint_names) {
+        if let Some(endpoint) = r.endpoint(located, &mut endpoint_names, &mut local_ports) {
             endpoints.push(endpoint);
         }
     }
@@ -496,6 +497,7 @@ impl Resolver<'_, '_> {
         &mut self,
         located: &Located<RawEndpoint>,
         names: &mut HashMap<String, (usize, usize)>,
+        local_ports: &mut HashMap<String, (usize, usize)>,
     ) -> Option<Endpoint> {
         let raw = &located.value;
         let fallback_label = format!("endpoint #{}", located.ordinal);
@@ -570,6 +572,22 @@ impl Resolver<'_, '_> {
             .description
             .as_ref()
             .map(|d| self.text(d, "description", &label));
+        let local_port = match &raw.local_port {
+            Some(p) => {
+                let port = self.port(p, &label);
+                if let Some(port) = port {
+                    self.unique(
+                        local_ports,
+                        &port.to_string(),
+                        (located.file, p.span().start),
+                        ErrorKind::DuplicateLocalPort,
+                        "local_port",
+                    );
+                }
+                Some(port?)
+            }
+            None => None,
+        };
 
         let ports = ports?;
         Some(Endpoint {
@@ -585,6 +603,7 @@ impl Resolver<'_, '_> {
                 Some(d) => Some(d?.to_owned()),
                 None => None,
             },
+            local_port,
         })
     }
 

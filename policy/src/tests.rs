@@ -107,6 +107,7 @@ description = "Radiologists read images"
             egress: Egress::Data,
             labels: vec![],
             description: None,
+            local_port: None,
         })
     );
     assert_eq!(
@@ -243,7 +244,7 @@ colour = "blue"
     assert_eq!(all[2].message, "unknown key `colour`");
     assert_eq!(
         all[2].hint.as_deref(),
-        Some("allowed keys: name, site, host, port, ports, protocol, egress, labels, description")
+        Some("allowed keys: name, site, host, port, ports, protocol, egress, labels, description, local_port")
     );
 }
 
@@ -371,6 +372,28 @@ fn duplicate_endpoint_names_are_reported_at_the_second() {
     assert_eq!((d.line, d.column), (RULES_LINE + 1, 8));
     assert_eq!(d.message, "duplicate endpoint name 'pacs'");
     assert_eq!(d.hint.as_deref(), Some("first defined on line 2"));
+}
+
+#[test]
+fn local_ports_are_kept_and_must_be_unique() {
+    let policy = parse(&with_rules(
+        "[[endpoints]]\nname = \"rdp\"\nsite = \"truro\"\nhost = \"10.1.2.9\"\nport = 3389\nprotocol = \"rdp\"\nlocal_port = 13389\n\n[[rules]]\nid = \"r\"\neffect = \"allow\"\nusers = [\"alice\"]\nendpoints = [\"rdp\"]\n",
+    ));
+    assert_eq!(
+        policy.endpoint("rdp").and_then(|e| e.local_port),
+        Some(13389)
+    );
+    assert_eq!(policy.endpoint("pacs").and_then(|e| e.local_port), None);
+
+    let twice = "[[endpoints]]\nname = \"a\"\nsite = \"truro\"\nhost = \"10.1.2.9\"\nport = 3389\nprotocol = \"rdp\"\nlocal_port = 13389\n\n[[endpoints]]\nname = \"b\"\nsite = \"truro\"\nhost = \"10.1.2.8\"\nport = 3389\nprotocol = \"rdp\"\nlocal_port = 13389\n";
+    let d = only_error(&format!("{twice}\n[[rules]]\nid = \"r\"\neffect = \"allow\"\nusers = [\"alice\"]\nendpoints = [\"a\", \"b\"]\n"));
+    assert_eq!(d.kind, ErrorKind::DuplicateLocalPort);
+    assert_eq!(d.message, "duplicate local_port '13389'");
+    assert_eq!(d.hint.as_deref(), Some("first defined on line 7"));
+
+    let d = only_error("[[endpoints]]\nname = \"a\"\nsite = \"truro\"\nhost = \"h\"\nport = 1\nprotocol = \"tcp\"\nlocal_port = 70000\n\n[[rules]]\nid = \"r\"\neffect = \"allow\"\nusers = [\"alice\"]\nendpoints = [\"a\"]\n");
+    assert_eq!(d.kind, ErrorKind::InvalidValue);
+    assert!(d.message.contains("70000"), "{}", d.message);
 }
 
 #[test]

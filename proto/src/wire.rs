@@ -51,7 +51,8 @@ pub const HDR_REASON: &str = "postern-reason";
 pub const HDR_SESSION: &str = "postern-session-id";
 /// Header carrying the endpoint name, gateway → connector (for the connector's logs).
 pub const HDR_ENDPOINT: &str = "postern-endpoint";
-/// Header carrying the clinician's reason for break-glass access, client → gateway (audited).
+/// Header carrying the clinician's reason for break-glass access, client → gateway (audited):
+/// UTF-8, percent-encoded by [`encode_justification`] (a header value is visible ASCII).
 pub const HDR_JUSTIFICATION: &str = "postern-justification";
 /// Request header (`1`): the client can resume this tunnel after its transport breaks; the
 /// tunnel's bytes are then framed by `postern_net::resume` in both directions.
@@ -65,13 +66,76 @@ pub const HDR_RESUME: &str = "postern-resume";
 /// Response header on 200 to a [`HDR_RESUME`] request: how many of the client's bytes the
 /// gateway has delivered.
 pub const HDR_RESUME_RECEIVED: &str = "postern-resume-received";
-/// Longest justification accepted, in bytes.
+/// Longest justification accepted, in characters.
 pub const MAX_JUSTIFICATION: usize = 512;
+
+/// Checks a break-glass reason as a person typed it: trimmed, 1 to [`MAX_JUSTIFICATION`]
+/// characters of printable Unicode ("CT head – ED résus"; no control characters).
+pub fn check_justification(reason: &str) -> Result<&str, String> {
+    let r = reason.trim();
+    let n = r.chars().count();
+    if n == 0 || n > MAX_JUSTIFICATION {
+        return Err(format!(
+            "the reason must be 1 to {MAX_JUSTIFICATION} characters (it has {n})"
+        ));
+    }
+    if let Some(c) = r.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "the reason contains a control character (U+{:04X}); use printable text",
+            c as u32
+        ));
+    }
+    Ok(r)
+}
+
+/// The [`HDR_JUSTIFICATION`] value of a reason: bytes outside visible ASCII, and `%`,
+/// percent-encoded (so ASCII reasons without `%` travel as they are).
+pub fn encode_justification(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    for b in reason.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A reason from an [`HDR_JUSTIFICATION`] value (or a QUIC request's field, which is not
+/// encoded: pass `encoded = false`), checked with [`check_justification`]. A `%` not followed
+/// by two hex digits stays as it is (older clients sent ASCII unencoded).
+pub fn decode_justification(value: &str, encoded: bool) -> Option<String> {
+    let decoded = if encoded {
+        let b = value.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if b[i] == b'%' && i + 2 < b.len() {
+                if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        String::from_utf8(out).ok()?
+    } else {
+        value.to_owned()
+    };
+    check_justification(&decoded).ok().map(str::to_owned)
+}
 
 /// Enrolment path on the gateway's public listener.
 pub const PATH_ENROLL: &str = "/v1/enroll";
 /// Endpoint listing path.
 pub const PATH_ENDPOINTS: &str = "/v1/endpoints";
+/// `POST` with the renewed session token as bearer and a [`SessionRenewRequest`]: the live
+/// sessions of the previous token move onto the new one ([`SessionRenewResponse`]).
+pub const PATH_SESSIONS_RENEW: &str = "/v1/sessions/renew";
 /// Liveness path (no authentication, reveals nothing).
 pub const PATH_HEALTH: &str = "/healthz";
 /// Gateway → connector, on a link: `POST` here says the gateway is draining (it accepts no new
@@ -208,6 +272,59 @@ pub struct EndpointInfo {
     /// Maximum session length in seconds, when allowed.
     #[serde(default)]
     pub max_session_secs: Option<u64>,
+    /// The loopback port `postern up` opens it on (policy `local_port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_port: Option<u16>,
+    /// Whether a connector of its site is linked to this gateway now (None: not known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
+    /// Not allowed now, but allowed from this instant (seconds since the epoch) by a rule's
+    /// time window, within the week ahead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+    /// Allowed now until this instant (seconds since the epoch), when a time window or a
+    /// validity date ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+    /// Not allowed now, but a break-glass rule allows it with a reason (`--reason`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub needs_reason: bool,
+}
+
+/// `POST /v1/sessions/renew` body (the bearer is the new session token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRenewRequest {
+    /// The token the live sessions were opened with (never logged): proof that they are the
+    /// caller's. It must still be valid, of the same user and device as the new one.
+    pub previous_token: String,
+}
+
+/// `POST /v1/sessions/renew` answer: what happened to each live session of the previous token
+/// on this gateway.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SessionRenewResponse {
+    pub renewed: Vec<RenewedSession>,
+    /// Sessions the policy no longer allows under the new sign-in: ended.
+    pub ended: Vec<EndedSession>,
+}
+
+/// A session now running on the new token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RenewedSession {
+    pub session_id: String,
+    pub endpoint: String,
+    /// When it ends now (rule maximum or the new token's expiry), seconds since the epoch.
+    pub until: u64,
+}
+
+/// A session the renewal ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EndedSession {
+    pub session_id: String,
+    pub endpoint: String,
+    /// Why, in a sentence.
+    pub reason: String,
 }
 
 /// `GET /v1/endpoints` body.
@@ -369,6 +486,38 @@ pub struct TunnelResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn justifications_travel_as_typed() {
+        for r in ["CT head – ED résus", "100% sure", "plain", "頭部CT 救急"] {
+            let header = encode_justification(r);
+            assert!(
+                header.bytes().all(|b| (0x20..0x7f).contains(&b)),
+                "{header}"
+            );
+            assert_eq!(decode_justification(&header, true).as_deref(), Some(r));
+        }
+        assert_eq!(encode_justification("plain reason"), "plain reason");
+        // Older clients' ASCII, a stray %, and the QUIC field (not encoded).
+        assert_eq!(
+            decode_justification("50%zz", true).as_deref(),
+            Some("50%zz")
+        );
+        assert_eq!(
+            decode_justification("ends %4", true).as_deref(),
+            Some("ends %4")
+        );
+        assert_eq!(decode_justification("é", false).as_deref(), Some("é"));
+        // Bounded in characters, no control characters, not blank, valid UTF-8.
+        assert!(check_justification(&"é".repeat(512)).is_ok());
+        assert!(check_justification(&"é".repeat(513)).is_err());
+        assert!(check_justification("  ").is_err());
+        assert!(check_justification("a\u{7}b")
+            .unwrap_err()
+            .contains("U+0007"));
+        assert_eq!(decode_justification("%FF%FE", true), None);
+        assert_eq!(decode_justification("a%0Ab", true), None);
+    }
 
     #[test]
     fn authority_round_trip() {

@@ -1061,7 +1061,12 @@ posture = { disk_encrypted = "true" }
     let err = connect(&w, &cfg, "echo-strict")
         .err()
         .expect("echo-strict must be denied");
-    assert!(err.to_lowercase().contains("denied"), "{err}");
+    assert!(
+        err.contains(
+            "Access to echo-strict for radiologists requires device posture 'disk_encrypted'"
+        ) && !err.contains("Did you mean"),
+        "{err}"
+    );
     let denied =
         w.d.wait_event("session.denied", |e| e["endpoint"]["name"] == "echo-strict");
     assert!(

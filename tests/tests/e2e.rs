@@ -181,9 +181,13 @@ fn user_whose_groups_allow_nothing_is_denied_with_reason() {
     let token = d.mint("bob@truro.nhs.uk", "porters", "1h");
     let err = d.connect("echo", &token).err().expect("bob must be denied");
     assert!(
-        err.contains("access to echo denied: no rule allows user 'bob@truro.nhs.uk' (groups: porters) to reach 'echo'"),
+        err.contains(
+            "postern: No rule allows user 'bob@truro.nhs.uk' (groups: porters) to reach 'echo'."
+        ),
         "{err}"
     );
+    // One sentence: the refusal is not repeated ("denied: Denied: …").
+    assert_eq!(err.matches("enied").count(), 0, "{err}");
     let ev = d.wait_event("session.denied", |e| e["user"] == "bob@truro.nhs.uk");
     assert_eq!(ev["decision"]["effect"], "deny");
     assert!(
@@ -203,13 +207,19 @@ fn endpoint_not_in_policy_is_denied() {
         .err()
         .expect("must be denied");
     assert!(
-        err.contains("endpoint 'truro-ct-console' is not defined"),
+        err.contains("There is no endpoint called 'truro-ct-console'. postern endpoints lists"),
         "{err}"
     );
     let ev = d.wait_event("session.denied", |e| {
         e["endpoint"]["name"] == "truro-ct-console"
     });
     assert!(s(&ev["decision"]["reason"]).contains("not defined"), "{ev}");
+    // A typing mistake gets the name the user may reach.
+    let err = d.connect("ecoh", &token).err().expect("must be denied");
+    assert!(
+        err.contains("There is no endpoint called 'ecoh'. Did you mean 'echo'?"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -892,7 +902,7 @@ fn demo_comes_up_and_its_printed_next_steps_work() {
     assert!(all.contains("demo-web"), "{all}");
     assert!(all.contains("Hello from the demo web viewer"), "{all}");
     assert!(
-        all.contains("access to demo-web denied: no rule allows user 'lee@demo.nhs.uk'"),
+        all.contains("No rule allows user 'lee@demo.nhs.uk'"),
         "{all}"
     );
     assert!(all.contains("outside this connector's allowlist"), "{all}");
@@ -1343,7 +1353,12 @@ fn break_glass_needs_a_reason_which_is_audited() {
         .connect("echo-glass", &token)
         .err()
         .expect("no reason given: must be denied");
-    assert!(err.contains("denied"), "{err}");
+    assert!(
+        err.contains(
+            "Access to echo-glass is break-glass only: run the command again with --reason"
+        ),
+        "{err}"
+    );
     let denied = d.wait_event("session.denied", |e| e["endpoint"]["name"] == "echo-glass");
     assert_eq!(denied["decision"]["effect"], "deny");
     // With a reason: allowed, and the reason is in session.start.
@@ -1363,7 +1378,10 @@ fn break_glass_needs_a_reason_which_is_audited() {
             .arg(d.ca_file())
             .arg("--token-file")
             .arg(&token)
-            .args(["--reason", "stroke call, on-call registrar unreachable"]),
+            .args([
+                "--reason",
+                "CT head – ED résus, on-call registrar unreachable",
+            ]),
         log,
     );
     let addr: SocketAddr = wait_for("ready", Duration::from_secs(10), || {
@@ -1375,9 +1393,10 @@ fn break_glass_needs_a_reason_which_is_audited() {
     });
     assert_eq!(echo_roundtrip(addr, b"urgent").unwrap(), b"urgent");
     let start = d.wait_event("session.start", |e| e["endpoint"]["name"] == "echo-glass");
+    // Any printable text, as typed (the header carries it percent-encoded).
     assert_eq!(
         start["justification"],
-        "stroke call, on-call registrar unreachable"
+        "CT head – ED résus, on-call registrar unreachable"
     );
     assert_eq!(start["decision"]["rule"], "break-glass");
 }

@@ -723,7 +723,5 @@ pub(crate) fn justification<B>(req: &Request<B>) -> Option<String> {
     req.headers()
         .get(wire::HDR_JUSTIFICATION)
         .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|j| !j.is_empty() && j.len() <= wire::MAX_JUSTIFICATION)
-        .map(str::to_owned)
+        .and_then(|v| wire::decode_justification(v, true))
 }

@@ -111,6 +111,14 @@ pub fn resumed(audit: &Audit, s: &Session, source: Option<&str>, outage_ms: u64)
     ev
 }
 
+/// `session.renewed`: the session moved onto a renewed sign-in (`detail` names both tokens
+/// and the new end); its decision is the new one.
+pub fn renewed(audit: &Audit, s: &Session, detail: String) -> Event {
+    let mut ev = session_event(audit, s, EventType::SessionRenewed);
+    ev.detail = Some(detail);
+    ev
+}
+
 /// `session.terminated`: access withdrawn from a live session; `decision` is the new one when
 /// the policy withdrew it, `reason` the close reason when a revocation did.
 pub fn terminated(

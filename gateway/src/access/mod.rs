@@ -11,6 +11,7 @@
 //!   protocol; the TCP relay is the default.
 //! * `events`: one audit-event builder per session event type.
 //! * `refusals`: refusals of unauthenticated requests, audited in aggregate.
+//! * `renew`: `POST /v1/sessions/renew`, live sessions moved onto a renewed sign-in.
 //! * `policy_watch`: policy reload (file change, SIGHUP) and re-evaluation.
 //! * `revocations`: store changes (token, user, device, connector revocations) ended on live
 //!   sessions.
@@ -25,6 +26,7 @@ pub mod handler;
 pub mod policy_watch;
 pub mod recovery;
 pub mod refusals;
+pub mod renew;
 pub mod resume;
 pub mod revocations;
 pub mod session;

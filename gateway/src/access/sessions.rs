@@ -240,6 +240,92 @@ impl Sessions {
         out
     }
 
+    /// The live session `id` as it stands now (its sign-in may have been renewed since it
+    /// started).
+    pub fn current(&self, id: &str) -> Option<Arc<Session>> {
+        self.live.lock().ok()?.get(id).map(|l| l.session.clone())
+    }
+
+    /// Moves every live session opened with token `previous_jti` onto `subject` (a renewed
+    /// sign-in: the caller checked that it is the same user and device). Each is asked of
+    /// `policy` again: one still allowed takes the new subject and decision, and its deadline
+    /// follows the new token (it may move later, never past the rule's maximum since the
+    /// session started), audited `session.renewed`; one no longer allowed ends at once
+    /// (`session.terminated`, then `session.end` `access_withdrawn`).
+    pub fn renew(
+        &self,
+        previous_jti: &str,
+        subject: &crate::authn::Subject,
+        policy: &Policy,
+        audit: &crate::audit::Audit,
+    ) -> postern_proto::wire::SessionRenewResponse {
+        let mut out = postern_proto::wire::SessionRenewResponse::default();
+        let Ok(mut m) = self.live.lock() else {
+            return out;
+        };
+        let now = self.clock.now();
+        for live in m.values_mut() {
+            let old = &live.session;
+            if old.subject.claims.jti != previous_jti || live.kill.is_killed() {
+                continue;
+            }
+            // The tunnel's own connection is the session's source, not the renewal's.
+            let mut renewed = (**old).clone();
+            renewed.subject = crate::authn::Subject {
+                source: old.subject.source,
+                ..subject.clone()
+            };
+            let decision = policy.evaluate(&renewed.request(now));
+            if !decision.is_allowed() {
+                info!(session_id = %old.id, reason = %decision.reason, "terminating session: the renewed sign-in is not allowed");
+                audit.record_nowait(events::terminated(
+                    audit,
+                    &renewed,
+                    Some(&decision),
+                    None,
+                    format!("sign-in renewed: {}", decision.reason),
+                ));
+                live.kill.kill("access_withdrawn");
+                out.ended.push(postern_proto::wire::EndedSession {
+                    session_id: old.id.clone(),
+                    endpoint: old.endpoint.name.clone(),
+                    reason: decision.reason.clone(),
+                });
+                continue;
+            }
+            renewed.decision = events::decision_ref(&decision);
+            let deadline = deadline_for(
+                &decision,
+                renewed.started,
+                renewed.subject.claims.exp,
+                &*self.clock,
+            );
+            let until = self.clock.unix()
+                + deadline
+                    .at
+                    .saturating_duration_since(self.clock.instant())
+                    .as_secs();
+            let detail = format!(
+                "sign-in renewed: token {} replaced by {}; the session may last until {} ({})",
+                previous_jti,
+                renewed.subject.claims.jti,
+                humantime::format_rfc3339_seconds(crate::clock::from_unix(until)),
+                deadline.reason,
+            );
+            info!(session_id = %old.id, until, "session renewed");
+            let renewed = Arc::new(renewed);
+            audit.record_nowait(events::renewed(audit, &renewed, detail));
+            out.renewed.push(postern_proto::wire::RenewedSession {
+                session_id: renewed.id.clone(),
+                endpoint: renewed.endpoint.name.clone(),
+                until,
+            });
+            live.session = renewed;
+            let _ = live.deadline.send(deadline);
+        }
+        out
+    }
+
     /// Waits until no session is live, or `limit` passes.
     pub async fn wait_empty(&self, limit: Duration) {
         let deadline = self.clock.instant() + limit;
@@ -348,6 +434,12 @@ impl Access {
         let mut last_moved = (0u64, self.clock.instant());
         let far = Duration::from_secs(365 * 24 * 3600);
         let grace = engine.as_ref().map(|e| e.grace).unwrap_or_default();
+        // The session as it stands: a renewed sign-in replaces its subject and decision.
+        let live_session = || {
+            self.sessions
+                .current(&session.id)
+                .unwrap_or_else(|| session.clone())
+        };
         let (reason, detail) = loop {
             let current = *deadline_rx.borrow_and_update();
             let until_recheck = recheck_at
@@ -376,7 +468,7 @@ impl Access {
                                 "the client's link was lost"
                             };
                             info!(grace = ?grace, "session suspended: {detail}");
-                            self.audit.record_nowait(events::suspended(&self.audit, &session, format!("{detail}; the endpoint stays open for {}", humantime::format_duration(grace))));
+                            self.audit.record_nowait(events::suspended(&self.audit, &live_session(), format!("{detail}; the endpoint stays open for {}", humantime::format_duration(grace))));
                         }
                     }
                     Some(Event::Attached { tag }) => {
@@ -384,7 +476,7 @@ impl Access {
                             self.metrics.sessions_suspended.dec();
                             let outage = (self.clock.instant() - at).as_millis() as u64;
                             info!(outage_ms = outage, from = %tag, "session resumed");
-                            self.audit.record_nowait(events::resumed(&self.audit, &session, Some(&tag), outage));
+                            self.audit.record_nowait(events::resumed(&self.audit, &live_session(), Some(&tag), outage));
                         }
                     }
                     None => engine_events = false,
@@ -406,6 +498,7 @@ impl Access {
                 }
                 _ = kill.token.cancelled() => break (kill.reason(), None),
                 _ = tokio::time::sleep(until_recheck), if recheck_at.is_some() => {
+                    let session = live_session();
                     let decision = self.policy().evaluate(&session.request(self.clock.now()));
                     if !decision.is_allowed() {
                         info!(reason = %decision.reason, "terminating session: time-bound access ended");
@@ -445,7 +538,7 @@ impl Access {
             .tunnel_bytes
             .with_label_values(&["down"])
             .inc_by(counters.b_to_a());
-        self.end(&session, &reason, detail, &counters).await;
+        self.end(&live_session(), &reason, detail, &counters).await;
     }
 
     /// Registers a session that has started (its `session.start` is written): from now on

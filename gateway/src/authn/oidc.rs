@@ -364,6 +364,14 @@ impl Oidc {
         Ok(URL_SAFE_NO_PAD.encode(out))
     }
 
+    /// The `postern login` waiting on the sign-in in `cookie`, if `state` is that sign-in's
+    /// (the IdP echoes it even on an error): where to tell the CLI that its sign-in failed.
+    pub fn cli_of(&self, cookie: Option<&str>, state: Option<&str>) -> Option<CliRequest> {
+        let flow = self.open(cookie?)?;
+        postern_proto::ids::ct_eq(state?.as_bytes(), flow.state.as_bytes()).then_some(())?;
+        flow.cli
+    }
+
     fn open(&self, cookie: &str) -> Option<FlowState> {
         let mut raw = URL_SAFE_NO_PAD.decode(cookie.as_bytes()).ok()?;
         if raw.len() < 12 + 16 || raw.len() > 8192 {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
+use openidconnect::url::form_urlencoded;
 use postern_audit::EventType;
 use postern_proto::wire::SessionSummary;
 use serde::Deserialize;
@@ -73,6 +74,31 @@ fn set_cookie(r: &mut Resp, value: &str, max_age: u64) {
 
 /// Audits `auth.failed` and renders the error page with the same id.
 fn fail_page(svc: &SignIn, peer: SocketAddr, ua: &str, e: &AuthError) -> Resp {
+    let id = record_failure(svc, peer, ua, e);
+    let mut r = pages::error(e.status, &e.public, &id);
+    if e.status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+    }
+    r
+}
+
+/// A failed CLI sign-in: audited as [`fail_page`] does, then the browser goes back to the
+/// waiting `postern login` with the reason (`error`, `error_description`, `error_ref`, its
+/// `state`), so the terminal says at once why instead of waiting for its timeout.
+fn fail_to_cli(svc: &SignIn, peer: SocketAddr, ua: &str, e: &AuthError, cli: &CliRequest) -> Resp {
+    let id = record_failure(svc, peer, ua, e);
+    let enc: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("error", e.code)
+        .append_pair("error_description", &e.public)
+        .append_pair("error_ref", &id)
+        .append_pair("state", &cli.state)
+        .finish();
+    redirect(&format!("{}?{enc}", cli.redirect))
+}
+
+/// Counts, logs and audits (`auth.failed`) a failed sign-in; answers its error reference.
+fn record_failure(svc: &SignIn, peer: SocketAddr, ua: &str, e: &AuthError) -> String {
     svc.metrics
         .auth_logins
         .with_label_values(&["failure"])
@@ -86,12 +112,7 @@ fn fail_page(svc: &SignIn, peer: SocketAddr, ua: &str, e: &AuthError) -> Resp {
     ev.user_agent = Some(ua.to_owned());
     ev.detail = Some(format!("{id}: {}: {}", e.code, e.detail));
     svc.audit.record_nowait(ev);
-    let mut r = pages::error(e.status, &e.public, &id);
-    if e.status == StatusCode::SERVICE_UNAVAILABLE {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
-    }
-    r
+    id
 }
 
 fn too_many_signins(secs: u64) -> Resp {
@@ -262,7 +283,10 @@ pub async fn callback(svc: Arc<SignIn>, req: Request<Incoming>, peer: SocketAddr
     let (identity, cli) = match result {
         Ok(x) => x,
         Err(e) => {
-            let mut r = fail_page(&svc, peer, &ua, &e);
+            let mut r = match oidc.cli_of(jar.as_deref(), param(&q, "state")) {
+                Some(cli) => fail_to_cli(&svc, peer, &ua, &e, &cli),
+                None => fail_page(&svc, peer, &ua, &e),
+            };
             set_cookie(&mut r, "", 0);
             return r;
         }

@@ -190,6 +190,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp 
             enroll::enroll(app.enrolment.clone(), req, peer).await
         }
         (&Method::GET, wire::PATH_ENDPOINTS) => endpoints::list(&app.broker, &req, peer),
+        (&Method::POST, wire::PATH_SESSIONS_RENEW) => {
+            crate::access::renew::renew(&app.broker, req, peer).await
+        }
         (&Method::GET, "/auth/login") => signin::login(app.signin.clone(), req, peer).await,
         (&Method::GET, "/auth/callback") => signin::callback(app.signin.clone(), req, peer).await,
         (&Method::POST, "/auth/token") => signin::token(app.signin.clone(), req, peer).await,

@@ -187,7 +187,7 @@ fn as_connect(req: &TunnelRequest) -> Result<Request<()>, String> {
         .uri(wire::connect_authority(&req.endpoint))
         .header(http::header::AUTHORIZATION, format!("Bearer {}", req.token));
     if let Some(j) = &req.justification {
-        b = b.header(wire::HDR_JUSTIFICATION, j);
+        b = b.header(wire::HDR_JUSTIFICATION, wire::encode_justification(j));
     }
     if req.resumable {
         b = b.header(wire::HDR_RESUMABLE, "1");
