@@ -47,6 +47,11 @@ impl World {
     /// `extra_policy` is appended to the policy, `extra_config` to gateway.toml (after
     /// `[oidc]`); the connector may also reach `ports` on 127.0.0.1.
     fn with(extra_policy: &str, extra_config: &str, ports: &[u16]) -> World {
+        World::with_ttl(extra_policy, extra_config, ports, "8h")
+    }
+
+    /// As [`World::with`], with session tokens lasting `session_ttl`.
+    fn with_ttl(extra_policy: &str, extra_config: &str, ports: &[u16], session_ttl: &str) -> World {
         let work = tempfile::tempdir().unwrap();
         let echo = Echo::start();
         let mut d = Deployment::prepare(&policy(echo.addr, extra_policy));
@@ -60,7 +65,7 @@ impl World {
         );
         std::fs::write(d.path("oidc-secret"), CLIENT_SECRET).unwrap();
         d.append_config(&format!(
-            "[oidc]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"oidc-secret\"\nredirect_url = \"{callback}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\nuser_claim = \"email\"\ninsecure_http_issuer = true\nsession_ttl = \"8h\"\n{extra_config}",
+            "[oidc]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"oidc-secret\"\nredirect_url = \"{callback}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\nuser_claim = \"email\"\ninsecure_http_issuer = true\nsession_ttl = \"{session_ttl}\"\n{extra_config}",
             idp.issuer
         ));
         d.start_gateway();
@@ -1358,4 +1363,108 @@ fn sign_in_waits_for_confirmation_of_the_code_postern_login_printed() {
     w.d.wait_event("auth.failed", |e| {
         e["detail"].as_str().unwrap_or("").contains("bad_cli_code")
     });
+}
+
+/// `postern up` renews the sign-in through the real provider in a real browser before the
+/// token expires: the new token replaces the old one in the running agent, the gateway moves the
+/// live session onto it (`session.renewed`), and a connection carries data past the first
+/// token's expiry without a reset.
+#[test]
+fn postern_up_renews_the_sign_in_in_the_browser_without_dropping_a_tunnel() {
+    let w = World::with_ttl("", "[devices]\nrequired = false\n", &[], "45s");
+    let b = w.browser();
+    let cfg = w.config_dir("alice");
+    let (mut login, url) = w.start_login(&cfg);
+    through_idp(&w, &b, &url, "alice", "alice-pw");
+    b.wait_text("You are signed in", Duration::from_secs(20));
+    let (ok, out) = finish(&mut login, Duration::from_secs(20));
+    assert!(ok, "postern login failed: {out}");
+
+    let port = postern_e2e::free_port();
+    std::fs::write(
+        cfg.join("profile.toml"),
+        format!("renew_before = \"35s\"\n\n[[tunnel]]\nendpoint = \"echo\"\nlocal_port = {port}\n"),
+    )
+    .unwrap();
+    let up = |args: &[&str]| {
+        run(Command::new(bin("postern"))
+            .args(args)
+            .env("POSTERN_CONFIG_DIR", &cfg)
+            .env("POSTERN_NOTIFY", "0"))
+    };
+    let (ok, out, err) = up(&["up", "--no-browser"]);
+    assert!(
+        ok,
+        "postern up: {out}{err}\n{}",
+        std::fs::read_to_string(cfg.join("agent.log")).unwrap_or_default()
+    );
+    let status = || -> Value {
+        let (ok, out, err) = up(&["status", "--json"]);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let first_exp = status()["expires_at"].as_u64().unwrap();
+    let mut live = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut echo = |msg: &[u8]| {
+        use std::io::{Read, Write};
+        live.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        live.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    };
+    echo(b"before the renewal");
+    let start =
+        w.d.wait_event("session.start", |e| e["endpoint"]["name"] == "echo");
+    let session = start["session_id"].as_str().unwrap().to_owned();
+
+    // The agent asks for the renewal; the clinician signs in again in the browser.
+    let url = wait_for("the renewal URL", Duration::from_secs(30), || {
+        status()["renewal_url"].as_str().map(str::to_owned)
+    });
+    through_idp(&w, &b, &url, "alice", "alice-pw");
+    b.wait_text("You are signed in", Duration::from_secs(20));
+    let renewed =
+        w.d.wait_event("session.renewed", |e| e["session_id"] == session.as_str());
+    assert_eq!(renewed["user"], "alice@hospital.test", "{renewed}");
+    let s = wait_for("the new sign-in in status", Duration::from_secs(10), || {
+        let s = status();
+        (s["expires_at"].as_u64() > Some(first_exp)).then_some(s)
+    });
+    assert!(
+        s["signin"].as_str().unwrap().starts_with("signed in until"),
+        "{s:#}"
+    );
+    assert!(
+        s["notices"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .is_some_and(|n| n.contains("1 connection(s) carried on"))),
+        "{s:#}"
+    );
+    assert_eq!(w.d.count("auth.login"), 2, "two sign-ins");
+
+    // The same connection carries data past the first token's expiry.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() < first_exp + 3 {
+        echo(b"across the renewal");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    echo(b"after the first token expired");
+    assert!(
+        w.d.events("session.end")
+            .iter()
+            .all(|e| e["session_id"] != session.as_str()),
+        "the session outlived its first token"
+    );
+    let (ok, _, err) = up(&["down"]);
+    assert!(ok, "{err}");
+    let end =
+        w.d.wait_event("session.end", |e| e["session_id"] == session.as_str());
+    assert_eq!(end["close_reason"], "client_closed", "{end}");
 }
