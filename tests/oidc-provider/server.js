@@ -17,6 +17,8 @@
 //   POST /interaction/:uid/login  -> wrong password: the form again with "invalid credentials";
 //                                    right password: 303 back into the authorization endpoint,
 //                                    which redirects to redirect_uri with code and state.
+//   GET  /interaction/:uid/abort  -> the person cancels: back to redirect_uri with
+//                                    error=access_denied and the state (the standard way).
 // Consent is granted automatically (loadExistingGrant), so there is no second page.
 //
 // Prints `oidc-provider listening on http://127.0.0.1:PORT` on stdout once it accepts requests.
@@ -185,6 +187,7 @@ ${message ? `<p class="error">${html(message)}</p>` : ''}
 <label>Password <input type="password" name="password" autocomplete="current-password"></label>
 <button type="submit">Sign in</button>
 </form>
+<p><a id="cancel" href="/interaction/${html(uid)}/abort">Cancel</a></p>
 </body></html>
 `;
 }
@@ -244,13 +247,17 @@ async function interaction(req, res, uid, action) {
     };
     return provider.interactionFinished(req, res, result, { mergeWithLastSubmission: false });
   }
+  if (action === 'abort' && req.method === 'GET') {
+    const result = { error: 'access_denied', error_description: 'End-User aborted interaction' };
+    return provider.interactionFinished(req, res, result, { mergeWithLastSubmission: false });
+  }
   return send(res, 405, 'method not allowed\n', 'text/plain');
 }
 
 const handler = provider.callback();
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, issuer);
-  const m = /^\/interaction\/([^/]+)(?:\/(login))?\/?$/.exec(url.pathname);
+  const m = /^\/interaction\/([^/]+)(?:\/(login|abort))?\/?$/.exec(url.pathname);
   if (m) {
     interaction(req, res, decodeURIComponent(m[1]), m[2]).catch((e) => {
       process.stderr.write(`interaction error: ${e.stack ?? e}\n`);

@@ -1468,3 +1468,82 @@ fn postern_up_renews_the_sign_in_in_the_browser_without_dropping_a_tunnel() {
         w.d.wait_event("session.end", |e| e["session_id"] == session.as_str());
     assert_eq!(end["close_reason"], "client_closed", "{end}");
 }
+
+/// A sign-in cancelled at the identity provider reaches `postern login` at once with the
+/// reason (not after its timeout); a gateway whose certificate this computer does not trust
+/// fails before any URL is shown, with the `--ca-file` hint; with no arguments `postern login`
+/// uses the saved gateway and CA.
+#[test]
+fn a_cancelled_sign_in_reaches_the_cli_at_once_and_an_untrusted_gateway_fails_first() {
+    let w = World::new();
+    let b = w.browser();
+    let cfg = w.config_dir("alice");
+    let (mut login, url) = w.start_login(&cfg);
+    b.goto(&url);
+    b.wait_url(&w.idp.issuer, Duration::from_secs(15));
+    let t0 = Instant::now();
+    b.click("#cancel");
+    b.wait_text("Sign-in did not complete", Duration::from_secs(15));
+    let (ok, out) = finish(&mut login, Duration::from_secs(10));
+    assert!(!ok, "{out}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the CLI heard at once"
+    );
+    assert!(
+        out.contains(
+            "sign-in did not complete: The hospital's sign-in service did not let you in."
+        ) && out.contains("(reference err-"),
+        "{out}"
+    );
+    let failed = w.d.wait_event("auth.failed", |e| {
+        e["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("idp_denied"))
+    });
+    assert!(
+        failed["detail"].as_str().unwrap().contains("access_denied"),
+        "{failed}"
+    );
+
+    // No --ca-file for a gateway with a private CA: refused before the browser would open.
+    let bob = w.config_dir("bob");
+    let (ok, out, err) = run(Command::new(bin("postern"))
+        .args(["login", &w.url(), "--no-browser", "--timeout", "30"])
+        .env("POSTERN_CONFIG_DIR", &bob));
+    assert!(!ok);
+    assert!(!out.contains("https://"), "no sign-in URL is shown: {out}");
+    assert!(
+        err.contains("does not trust")
+            && err.contains(&format!("postern login {} --ca-file", w.url())),
+        "{err}"
+    );
+
+    // Saved gateway and CA: `postern login` alone.
+    let carol = w.config_dir("carol");
+    std::fs::create_dir_all(&carol).unwrap();
+    std::fs::write(
+        carol.join("config.json"),
+        json!({"gateway": w.url(), "ca_file": w.d.ca_file()}).to_string(),
+    )
+    .unwrap();
+    let mut p = Proc::spawn(
+        "login",
+        Command::new(bin("postern"))
+            .args(["login", "--no-browser", "--timeout", "20"])
+            .env("POSTERN_CONFIG_DIR", &carol),
+        w.work.path().join("login-carol.log"),
+    );
+    let url = wait_for("the sign-in URL", Duration::from_secs(10), || {
+        p.log_text()
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("https://"))
+            .map(str::to_owned)
+    });
+    assert!(
+        url.starts_with(&format!("{}/auth/login?", w.url())),
+        "{url}"
+    );
+    p.kill();
+}
