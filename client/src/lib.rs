@@ -7,6 +7,7 @@
 
 pub mod login;
 pub mod posture;
+pub mod rdp;
 mod resume;
 mod watch;
 
