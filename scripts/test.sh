@@ -32,6 +32,15 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v lintian >/dev/null 2>&1 || need+=(lintian)
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
+# RDP end to end (tests/tests/rdp.rs, docs/rdp.md): xrdp with xorgxrdp as the reporting PC,
+# FreeRDP's X11 client under Xvfb as the clinician's, xwd (x11-apps, with xlogo for the
+# session's desktop) for screenshots, xrandr (x11-xserver-utils) for two monitors on one Xvfb.
+[ -x /usr/sbin/xrdp ] || need+=(xrdp)
+dpkg -s xorgxrdp >/dev/null 2>&1 || need+=(xorgxrdp)
+command -v xfreerdp >/dev/null 2>&1 || need+=(freerdp2-x11)
+command -v Xvfb >/dev/null 2>&1 || need+=(xvfb)
+command -v xwd >/dev/null 2>&1 || need+=(x11-apps)
+command -v xrandr >/dev/null 2>&1 || need+=(x11-xserver-utils)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""

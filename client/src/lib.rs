@@ -14,6 +14,7 @@ pub mod notify;
 pub mod ports;
 pub mod posture;
 pub mod profile;
+pub mod rdp;
 mod resume;
 mod watch;
 

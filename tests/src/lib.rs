@@ -22,6 +22,7 @@ pub mod ha;
 pub mod linkbed;
 pub mod oidc;
 pub mod pg;
+pub mod rdp;
 pub mod rogue_idp;
 pub mod wan;
 
