@@ -104,6 +104,41 @@ enum Cmd {
     },
     /// Close the tunnels `postern up` opened and stop it.
     Down,
+    /// Open a remote desktop (your reporting PC) in this computer's RDP client: mstsc on
+    /// Windows, the Windows App on macOS, xfreerdp on Linux. Uses the tunnel `postern up`
+    /// keeps, else opens one for as long as the client runs.
+    Rdp {
+        /// Endpoint name, as listed by `postern endpoints`.
+        endpoint: String,
+        /// Which monitors the remote desktop uses: `all` or `primary`.
+        #[arg(long, default_value = "all")]
+        monitors: postern_client::rdp::Monitors,
+        /// A window instead of full screen.
+        #[arg(long)]
+        windowed: bool,
+        /// The user name to offer to the reporting PC (e.g. `TRUST\jsmith`); the client asks
+        /// for the password, Postern never handles one.
+        #[arg(long)]
+        user: Option<String>,
+        /// FreeRDP's check of the reporting PC's certificate: `tofu` (trust on first use) or
+        /// `ignore`.
+        #[arg(long, default_value = "tofu", value_parser = ["tofu", "ignore"])]
+        cert: String,
+        /// Print the .rdp file and the command instead of running them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Why you need access (break-glass rules require it); recorded in the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+        /// How tunnels reach the gateway: `auto`, `tcp` or `quic`.
+        #[arg(long, env = "POSTERN_TRANSPORT", default_value = "auto", value_parser = ["auto", "tcp", "quic"])]
+        transport: String,
+        #[command(flatten)]
+        gw: GatewayArgs,
+        /// Extra arguments for the RDP client, after `--` (e.g. `-- /scale:140`).
+        #[arg(last = true)]
+        client_args: Vec<String>,
+    },
     /// Sign in through your hospital's identity provider (opens the browser).
     Login {
         /// Gateway URL, e.g. `https://gw.example.org:8443` (default: the one you last signed
@@ -380,6 +415,146 @@ fn parse_transport(t: &str) -> postern_client::Transport {
     }
 }
 
+/// `postern rdp`: the tunnel (the agent's, or one of this process's own) and the RDP client.
+async fn rdp(
+    opts: postern_client::rdp::RdpOptions,
+    dry_run: bool,
+    reason: Option<String>,
+    transport: &str,
+    args: &GatewayArgs,
+    client_args: Vec<String>,
+) -> anyhow::Result<()> {
+    use postern_client::rdp;
+    let endpoint = opts.endpoint.clone();
+    // The agent's tunnel, unless a break-glass reason must go with this one.
+    let dir = login::config_dir()?;
+    let from_agent = if reason.is_none() && args.token_file.is_none() {
+        match control::send(
+            &dir,
+            control::Command::Open {
+                endpoint: endpoint.clone(),
+            },
+        )
+        .await?
+        {
+            Some(control::Answer::Opened { local }) => Some(local),
+            Some(control::Answer::Error { message }) => anyhow::bail!("{message}"),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let mut own = None;
+    let local = match from_agent {
+        Some(local) => local,
+        None => {
+            let gw = gateway(args, reason.as_deref(), parse_transport(transport))?;
+            let info = match gw.check(&endpoint).await {
+                Err(e @ postern_client::ClientError::UnknownEndpoint { .. }) => {
+                    anyhow::bail!("{e}{}", suggestion(&gw, &endpoint).await)
+                }
+                other => other?,
+            };
+            if info.protocol != "rdp" {
+                eprintln!(
+                    "postern: note: {endpoint} is a {} endpoint, not rdp; starting the RDP client anyway",
+                    info.protocol
+                );
+            }
+            let listener =
+                postern_client::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            let local = listener.local_addr()?;
+            let task = tokio::spawn(postern_client::serve(
+                gw.clone(),
+                endpoint.clone(),
+                listener,
+                Arc::new(postern_client::TunnelStats::default()),
+            ));
+            own = Some((gw, task));
+            local
+        }
+    };
+    let mut plan = rdp::plan(rdp::Os::current(), local, &opts, &rdp::default_file_dir())?;
+    plan.args.extend(client_args.into_iter().map(Into::into));
+    if dry_run {
+        print!("{plan}");
+        if let Some((gw, _)) = &own {
+            gw.close().await;
+        }
+        return Ok(());
+    }
+    eprintln!(
+        "postern: {endpoint} on {local}: starting {}",
+        plan.program.display()
+    );
+    let running = rdp::launch(&plan)?;
+    let pid = running.child.id();
+    let waited = tokio::task::spawn_blocking(move || running.wait());
+    tokio::pin!(waited);
+    let mut term = Terminate::new();
+    let outcome = tokio::select! {
+        r = &mut waited => Some(r),
+        _ = term.wait() => None,
+    };
+    match outcome {
+        Some(r) => {
+            let status = r??;
+            if !status.success() {
+                eprintln!("postern: the RDP client ended: {status}");
+            }
+        }
+        None => {
+            // Stopped: the client goes too (it would lose its tunnel anyway).
+            stop_process(pid);
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut waited).await;
+        }
+    }
+    if let Some((gw, task)) = own {
+        task.abort();
+        gw.close().await;
+    }
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+struct Terminate {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Terminate {
+    fn new() -> Terminate {
+        Terminate {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        if let Some(t) = &mut self.term {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = t.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Asks process `pid` to stop (SIGTERM on Unix, `taskkill` on Windows).
+fn stop_process(pid: u32) {
+    #[cfg(unix)]
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+    #[cfg(windows)]
+    let _ = std::process::Command::new("taskkill")
+        .args(["/PID", &pid.to_string()])
+        .status();
+}
+
 /// Bytes as people read them: `512 B`, `1.2 MB`, `3.4 GB`.
 fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
@@ -560,12 +735,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     other => other.map_err(anyhow::Error::from),
                 }
             };
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut term = Terminate::new();
             tokio::select! {
                 r = fut => r?,
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
+                _ = term.wait() => {},
             }
             // Tell the gateway, so that it ends the tunnels now.
             gw.close().await;
@@ -587,6 +760,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", postern_client::autostart::install()?);
             }
             up(foreground, &transport, no_browser, posture_file).await
+        }
+        Cmd::Rdp {
+            endpoint,
+            monitors,
+            windowed,
+            user,
+            cert,
+            dry_run,
+            reason,
+            transport,
+            gw,
+            client_args,
+        } => {
+            let mut opts = postern_client::rdp::RdpOptions::new(&endpoint);
+            opts.monitors = monitors;
+            opts.full_screen = !windowed;
+            opts.username = user;
+            if cert == "ignore" {
+                opts.cert = postern_client::rdp::CertCheck::Ignore;
+            }
+            opts.validate()?;
+            rdp(opts, dry_run, reason, &transport, &gw, client_args).await
         }
         Cmd::Down => {
             let dir = login::config_dir()?;

@@ -220,6 +220,30 @@ fn processes_of(uid: u32) -> Vec<u32> {
     out
 }
 
+/// Removes the display sockets and lock files the test user's killed sessions left behind
+/// (SIGKILL gives Xorg and chansrv no chance to): sesman takes a display among :10 to :20 only
+/// if neither its X socket nor xrdp's sockets for it exist, so eleven leftovers make every later
+/// session fail ("no display in range").
+fn remove_stale_displays(uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let mut stale: Vec<PathBuf> = (10..=20)
+        .flat_map(|n| {
+            [
+                PathBuf::from(format!("/tmp/.X11-unix/X{n}")),
+                PathBuf::from(format!("/tmp/.X{n}-lock")),
+            ]
+        })
+        .collect();
+    if let Ok(dir) = std::fs::read_dir("/run/xrdp/sockdir") {
+        stale.extend(dir.flatten().map(|e| e.path()));
+    }
+    for p in stale {
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.uid() == uid) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
 fn kill_pids(pids: &[u32]) {
     for p in pids {
         let _ = Command::new("kill")
@@ -256,6 +280,7 @@ impl RdpServer {
         let user = TestUser::ensure(USER);
         // Sessions of an earlier run that was killed before it could clean up.
         kill_pids(&processes_of(user.uid));
+        remove_stale_displays(user.uid);
 
         let dir = tempfile::tempdir().unwrap();
         // The test user runs the session script from here: traversable, not listable.
@@ -403,6 +428,7 @@ impl Drop for RdpServer {
         self.xrdp.kill();
         self.sesman.kill();
         kill_pids(&processes_of(self.user.uid));
+        remove_stale_displays(self.user.uid);
     }
 }
 

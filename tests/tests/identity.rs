@@ -197,7 +197,9 @@ fn one_factor_is_not_mfa_and_an_unknown_sign_in_time_fails_a_max_age_rule() {
         .err()
         .expect("echo-recent must be denied");
     assert!(
-        err.contains("Access to echo-recent for radiologists requires a sign-in within the last 12h"),
+        err.contains(
+            "Access to echo-recent for radiologists requires a sign-in within the last 12h"
+        ),
         "{err}"
     );
     let ev = d.wait_event("session.denied", |e| e["endpoint"]["name"] == "echo-recent");

@@ -5,10 +5,10 @@
 //!   local test user whose session shows two windows of known colours
 //!   ([`postern_e2e::rdp`]).
 //! * The tunnel: gateway, connector and policy (endpoint `reporting-pc`, `protocol = "rdp"`,
-//!   `egress = "display"`), and `postern connect reporting-pc` on the clinician's side.
-//! * The clinician's client: FreeRDP's `xfreerdp` (freerdp2-x11) under `Xvfb`, started with
-//!   exactly the arguments `postern rdp` would give it ([`postern_client::rdp::xfreerdp_args`]);
-//!   see [`launch_client`], the one place to change when the test goes through `postern rdp`.
+//!   `egress = "display"`, `local_port`).
+//! * The clinician's client: `postern rdp reporting-pc` launches FreeRDP's `xfreerdp`
+//!   (freerdp2-x11) under `Xvfb` — over a tunnel of its own in the first case, over the one
+//!   `postern up` keeps on the endpoint's fixed port in the second ([`launch_client`]).
 //!
 //! Each case takes a screenshot of the Xvfb display and requires the session's desktop there
 //! (compared with the blank display before, which fails the same check), sesman's log lines for
@@ -29,6 +29,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use postern_client::rdp::{xfreerdp_args, Monitors, RdpOptions};
+use postern_e2e::bin;
 use postern_e2e::rdp::{desktop_drawn, keep_screenshot, RdpServer, Screenshot, Xvfb, LEFT, RIGHT};
 use postern_e2e::{wait_for, Deployment, Proc};
 use serde_json::Value;
@@ -38,7 +39,7 @@ const ENDPOINT: &str = "reporting-pc";
 const W: u32 = 1280;
 const H: u32 = 800;
 
-fn policy(rdp_port: u16) -> String {
+fn policy(rdp_port: u16, local_port: u16) -> String {
     format!(
         r#"
 [[endpoints]]
@@ -48,6 +49,7 @@ host = "127.0.0.1"
 port = {rdp_port}
 protocol = "rdp"
 egress = "display"
+local_port = {local_port}
 
 [[rules]]
 id = "radiologists"
@@ -59,47 +61,126 @@ max_session = "1h"
     )
 }
 
-/// The reporting PC behind a connector, and the clinician's tunnel to it.
+/// The reporting PC behind a connector, and the clinician's sign-in.
 struct Rig {
     server: RdpServer,
     d: Deployment,
-    _tunnel: Proc,
-    /// `postern connect`'s local address.
+    /// The clinician's config directory (sign-in, `postern up`'s files).
+    cfg: std::path::PathBuf,
+    token: std::path::PathBuf,
+    /// The endpoint's fixed port (`local_port`).
     addr: SocketAddr,
 }
 
 fn rig() -> Rig {
     let server = RdpServer::start();
+    let local_port = postern_e2e::free_port();
     let d = Deployment::start(
-        &policy(server.port),
+        &policy(server.port, local_port),
         &[("127.0.0.1/32", server.port.to_string())],
     );
     let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
-    let (tunnel, addr) = d.connect(ENDPOINT, &token).expect("postern connect");
+    let cfg = d.path("clinician");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::copy(&token, cfg.join("token")).unwrap();
+    std::fs::write(
+        cfg.join("config.json"),
+        serde_json::json!({"gateway": d.url(), "ca_file": d.ca_file()}).to_string(),
+    )
+    .unwrap();
     Rig {
         server,
         d,
-        _tunnel: tunnel,
-        addr,
+        cfg,
+        token,
+        addr: SocketAddr::from(([127, 0, 0, 1], local_port)),
     }
 }
 
-/// Starts the clinician's RDP client on `x` against the tunnel at `addr`: `xfreerdp` with the
-/// arguments `postern rdp` builds ([`xfreerdp_args`]), under a fresh HOME (FreeRDP's
-/// certificate store, `/cert:tofu`). The test user's password is the test's own addition: it
-/// goes in on stdin (`/from-stdin:force`), never on the command line; `postern rdp` itself
-/// never handles a password (the client asks for it).
-///
-/// The one place to change when the test runs `postern rdp ENDPOINT` instead.
-fn launch_client(r: &Rig, x: &Xvfb, opts: &RdpOptions, name: &str, password: &str) -> Proc {
+impl Rig {
+    fn postern(&self, args: &[&str]) -> (bool, String, String) {
+        postern_e2e::run(
+            Command::new(bin("postern"))
+                .args(args)
+                .env("POSTERN_CONFIG_DIR", &self.cfg)
+                .env("POSTERN_NOTIFY", "0"),
+        )
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = self.postern(&["down"]);
+    }
+}
+
+/// How `postern rdp` reaches the endpoint.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// A tunnel of its own, with the token given on the command line.
+    Own,
+    /// The tunnel `postern up` keeps on the fixed port.
+    Agent,
+}
+
+/// `postern rdp ENDPOINT` with `opts` as its options, on `x`, under a fresh HOME (FreeRDP's
+/// certificate store, `/cert:tofu`). It launches `xfreerdp` with [`xfreerdp_args`]. The test
+/// user's password is the test's own addition: an extra client argument after `--`
+/// (`/from-stdin:force`) makes FreeRDP read it from the stdin `postern rdp` passes on, never
+/// from the command line; `postern rdp` itself never handles a password.
+fn launch_client(
+    r: &Rig,
+    x: &Xvfb,
+    opts: &RdpOptions,
+    via: Via,
+    name: &str,
+    password: &str,
+) -> Proc {
     let home = r.d.path(&format!("home-{name}"));
     std::fs::create_dir_all(&home).unwrap();
-    let mut args = xfreerdp_args(r.addr, opts);
-    args.push("/from-stdin:force".into());
+    let mut args: Vec<String> = vec![
+        "rdp".into(),
+        ENDPOINT.into(),
+        "--monitors".into(),
+        opts.monitors.to_string(),
+    ];
+    if let Some(u) = &opts.username {
+        args.extend(["--user".into(), u.clone()]);
+    }
+    if via == Via::Own {
+        args.extend([
+            "--gateway".into(),
+            r.d.url(),
+            "--ca-file".into(),
+            r.d.ca_file().display().to_string(),
+            "--token-file".into(),
+            r.token.display().to_string(),
+        ]);
+    }
+    // What it will run: the planned xfreerdp command, with no password in it.
+    let mut dry = args.clone();
+    dry.push("--dry-run".into());
+    let (ok, out, err) = postern_e2e::run(
+        Command::new(bin("postern"))
+            .args(&dry)
+            .env("POSTERN_CONFIG_DIR", &r.cfg),
+    );
+    assert!(ok, "postern rdp --dry-run: {out}{err}");
+    let addr = if via == Via::Agent {
+        r.addr.to_string()
+    } else {
+        "127.0.0.1:".into()
+    };
+    assert!(
+        out.contains("xfreerdp") && out.contains(&format!("/v:{addr}")) && !out.contains("/p:"),
+        "{out}"
+    );
+    args.extend(["--".into(), "/from-stdin:force".into()]);
     let log = r.d.path(&format!("xfreerdp-{name}.log"));
     let f = std::fs::File::create(&log).unwrap();
-    let mut child = Command::new("xfreerdp")
+    let mut child = Command::new(bin("postern"))
         .args(&args)
+        .env("POSTERN_CONFIG_DIR", &r.cfg)
         .env("DISPLAY", &x.display)
         .env("HOME", &home)
         .env_remove("XDG_CONFIG_HOME")
@@ -115,7 +196,7 @@ fn launch_client(r: &Rig, x: &Xvfb, opts: &RdpOptions, name: &str, password: &st
     Proc {
         child,
         log,
-        name: format!("xfreerdp ({name})"),
+        name: format!("postern rdp ({name})"),
     }
 }
 
@@ -162,7 +243,7 @@ fn disconnect(r: &Rig, client: &mut Proc, min_up: u64, min_down: u64) -> Value {
     assert!(started >= 1, "no session.start for the RDP connection");
     // (Killed by the signal: no exit code.)
     client.terminate(Duration::from_secs(10));
-    assert!(!client.is_running(), "xfreerdp did not exit on SIGTERM");
+    assert!(!client.is_running(), "postern rdp did not exit on SIGTERM");
     // Every session started so far ends (one per TCP connection); this client's is the last
     // started.
     let ends = wait_for(
@@ -223,7 +304,14 @@ fn reporting_pc_desktop_through_the_tunnel() {
 
     // A wrong password: refused by the reporting PC, which says so in its logs; the client
     // shows xrdp's "login failed" box, which is not the desktop.
-    let mut wrong = launch_client(&r, &x, &opts, "wrong-password", "not-the-password");
+    let mut wrong = launch_client(
+        &r,
+        &x,
+        &opts,
+        Via::Own,
+        "wrong-password",
+        "not-the-password",
+    );
     let refused = wait_for("the login to be refused", Duration::from_secs(30), || {
         assert!(wrong.is_running(), "xfreerdp exited: {}", wrong.log_text());
         r.server.login_failed_lines()
@@ -239,7 +327,7 @@ fn reporting_pc_desktop_through_the_tunnel() {
     eprintln!("wrong password: {refused:#?}\nscreenshot check: {e}");
     disconnect(&r, &mut wrong, 1_000, 4_000);
 
-    let mut client = launch_client(&r, &x, &opts, "primary", &r.server.user.password);
+    let mut client = launch_client(&r, &x, &opts, Via::Own, "primary", &r.server.user.password);
     let (shot, measures) = wait_drawn(&mut client, &x, &r, |s| desktop_drawn(s, &blank, LEFT));
     keep_screenshot(&shot, "primary");
     let right = shot.share_near(RIGHT);
@@ -280,7 +368,18 @@ fn reporting_pc_on_two_monitors() {
     opts.username = Some(r.server.user.name.clone());
     assert_eq!(opts.monitors, Monitors::All);
     assert!(xfreerdp_args(r.addr, &opts).contains(&"/multimon".to_owned()));
-    let mut client = launch_client(&r, &x, &opts, "multimon", &r.server.user.password);
+    // Through the tunnel `postern up` keeps on the endpoint's fixed port.
+    let (ok, out, err) = r.postern(&["up"]);
+    assert!(ok, "postern up: {out}{err}");
+    assert!(out.contains(&r.addr.to_string()), "{out}");
+    let mut client = launch_client(
+        &r,
+        &x,
+        &opts,
+        Via::Agent,
+        "multimon",
+        &r.server.user.password,
+    );
     let (shot, measures) = wait_drawn(&mut client, &x, &r, |s| {
         let (left, right) = halves(s);
         let l = desktop_drawn(&left, &blank_left, LEFT).map_err(|e| format!("monitor 1: {e}"))?;
