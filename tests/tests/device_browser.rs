@@ -1547,3 +1547,205 @@ fn a_cancelled_sign_in_reaches_the_cli_at_once_and_an_untrusted_gateway_fails_fi
     );
     p.kill();
 }
+
+/// A whole simulated shift, from a fresh sign-in: `postern login` in the browser, `postern up`,
+/// then the clinician's DICOM tools (dcmtk), web browser (Chromium on Orthanc's web interface)
+/// and RDP client (`postern rdp` → xfreerdp against xrdp) all on their fixed ports; the sign-in
+/// is renewed in the browser mid-shift and the remote desktop stays drawn and connected past
+/// the first token's expiry; `postern down` ends it all.
+#[test]
+fn a_whole_shift_dicom_web_and_rdp_on_fixed_ports_across_a_renewal() {
+    use postern_e2e::rdp::{desktop_drawn, RdpServer, Xvfb, LEFT};
+    let t = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let orthanc = Orthanc::start(&work.path().join("orthanc"));
+    let rdp = RdpServer::start();
+    let (dicom_port, web_port, rdp_port) = (
+        postern_e2e::free_port(),
+        postern_e2e::free_port(),
+        postern_e2e::free_port(),
+    );
+    let endpoints = format!(
+        r#"
+[[endpoints]]
+name = "pacs-dicom"
+site = "truro"
+host = "127.0.0.1"
+port = {}
+protocol = "dicom"
+local_port = {dicom_port}
+
+[[endpoints]]
+name = "pacs-web"
+site = "truro"
+host = "127.0.0.1"
+port = {}
+protocol = "tcp"
+egress = "display"
+local_port = {web_port}
+
+[[endpoints]]
+name = "reporting-pc"
+site = "truro"
+host = "127.0.0.1"
+port = {}
+protocol = "rdp"
+egress = "display"
+local_port = {rdp_port}
+
+[[rules]]
+id = "radiologists-shift"
+effect = "allow"
+groups = ["radiologists"]
+endpoints = ["pacs-dicom", "pacs-web", "reporting-pc"]
+max_session = "8h"
+"#,
+        orthanc.dicom_port, orthanc.http_port, rdp.port
+    );
+    let w = World::with_ttl(
+        &endpoints,
+        "[devices]\nrequired = false\n",
+        &[orthanc.dicom_port, orthanc.http_port, rdp.port],
+        "50s",
+    );
+    let b = w.browser();
+    let cfg = w.config_dir("alice");
+
+    // Morning: sign in once, then one command opens everything.
+    let (mut login, url) = w.start_login(&cfg);
+    through_idp(&w, &b, &url, "alice", "alice-pw");
+    b.wait_text("You are signed in", Duration::from_secs(20));
+    let (ok, out) = finish(&mut login, Duration::from_secs(20));
+    assert!(ok, "postern login failed: {out}");
+    std::fs::write(cfg.join("profile.toml"), "renew_before = \"40s\"\n").unwrap();
+    let postern = |args: &[&str]| {
+        run(Command::new(bin("postern"))
+            .args(args)
+            .env("POSTERN_CONFIG_DIR", &cfg)
+            .env("POSTERN_NOTIFY", "0"))
+    };
+    let (ok, out, err) = postern(&["up", "--no-browser"]);
+    assert!(ok, "postern up: {out}{err}");
+    for p in [dicom_port, web_port, rdp_port] {
+        assert!(out.contains(&format!("127.0.0.1:{p}")), "{out}");
+    }
+    let first_exp = {
+        let (_, s, _) = postern(&["status", "--json"]);
+        serde_json::from_str::<Value>(&s).unwrap()["expires_at"]
+            .as_u64()
+            .unwrap()
+    };
+    let local = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    eprintln!("[{:?}] signed in, postern up", t.elapsed());
+
+    // The DICOM viewer: C-ECHO and a C-STORE on the fixed port.
+    let (ok, out, err) = echoscu(local(dicom_port));
+    assert!(ok, "echoscu: {out}{err}");
+    let study_dir = work.path().join("study");
+    std::fs::create_dir_all(&study_dir).unwrap();
+    let (file, _uid) = make_study(&study_dir, "PAT-SHIFT-1");
+    let (ok, out, err) = storescu(local(dicom_port), &file);
+    assert!(ok, "storescu: {out}{err}");
+    assert_eq!(orthanc.instance_count(), 1);
+
+    // The browser: Orthanc's web interface on the fixed port.
+    b.goto(&format!("http://127.0.0.1:{web_port}/system"));
+    b.wait_text("postern-e2e", Duration::from_secs(15));
+
+    // The reporting PC, full screen, through postern up's tunnel.
+    let x = Xvfb::start(1, 1280, 800, work.path());
+    let blank = x.screenshot();
+    let home = work.path().join("rdp-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut rdp_client = {
+        use std::io::Write;
+        let log = work.path().join("postern-rdp.log");
+        let f = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(bin("postern"))
+            .args(["rdp", "reporting-pc", "--monitors", "primary", "--user"])
+            .arg(&rdp.user.name)
+            .args(["--", "/from-stdin:force"])
+            .env("POSTERN_CONFIG_DIR", &cfg)
+            .env("DISPLAY", &x.display)
+            .env("HOME", &home)
+            .env_remove("XDG_CONFIG_HOME")
+            .stdin(std::process::Stdio::piped())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{}", rdp.user.password).unwrap();
+        drop(stdin);
+        Proc {
+            child,
+            log,
+            name: "postern rdp".into(),
+        }
+    };
+    wait_for("the remote desktop", Duration::from_secs(60), || {
+        assert!(
+            rdp_client.is_running(),
+            "postern rdp exited: {}",
+            rdp_client.log_text()
+        );
+        desktop_drawn(&x.screenshot(), &blank, LEFT).ok()
+    });
+    let rdp_start =
+        w.d.wait_event("session.start", |e| e["endpoint"]["name"] == "reporting-pc");
+    let rdp_session = rdp_start["session_id"].as_str().unwrap().to_owned();
+    eprintln!("[{:?}] DICOM, web and RDP up", t.elapsed());
+
+    // Mid-shift: the renewal in the browser.
+    let url = wait_for("the renewal URL", Duration::from_secs(30), || {
+        let (_, s, _) = postern(&["status", "--json"]);
+        serde_json::from_str::<Value>(&s).ok()?["renewal_url"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    through_idp(&w, &b, &url, "alice", "alice-pw");
+    b.wait_text("You are signed in", Duration::from_secs(20));
+    w.d.wait_event("session.renewed", |e| {
+        e["session_id"] == rdp_session.as_str()
+    });
+    eprintln!("[{:?}] renewed", t.elapsed());
+
+    // Past the first token's expiry: the same remote desktop session, the tools again.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() < first_exp + 3 {
+        assert!(
+            rdp_client.is_running(),
+            "postern rdp exited: {}",
+            rdp_client.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        desktop_drawn(&x.screenshot(), &blank, LEFT).is_ok(),
+        "the remote desktop is still drawn"
+    );
+    assert!(
+        w.d.events("session.end")
+            .iter()
+            .all(|e| e["session_id"] != rdp_session.as_str()),
+        "the RDP session outlived the first token"
+    );
+    let (ok, out, err) = echoscu(local(dicom_port));
+    assert!(ok, "echoscu after the renewal: {out}{err}");
+    b.goto(&format!("http://127.0.0.1:{web_port}/system"));
+    b.wait_text("postern-e2e", Duration::from_secs(15));
+
+    // End of the shift.
+    rdp_client.terminate(Duration::from_secs(10));
+    let (ok, _, err) = postern(&["down"]);
+    assert!(ok, "{err}");
+    let end =
+        w.d.wait_event("session.end", |e| e["session_id"] == rdp_session.as_str());
+    assert!(end["bytes_down"].as_u64() > Some(20_000), "{end}");
+    eprintln!("[{:?}] shift over", t.elapsed());
+}
