@@ -6,6 +6,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod login;
+pub mod platform;
 pub mod posture;
 mod resume;
 mod watch;

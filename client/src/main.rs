@@ -248,8 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 let _ = std::io::stdout().flush();
             });
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut term = postern_client::platform::terminate_signal()?;
             tokio::select! {
                 r = fut => r?,
                 _ = tokio::signal::ctrl_c() => {},
