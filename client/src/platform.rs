@@ -12,8 +12,9 @@
 use std::path::PathBuf;
 
 /// The OS's polite "please stop" for a console program, beside Ctrl-C (which
-/// `tokio::signal::ctrl_c` handles everywhere): SIGTERM on Unix; on Windows Ctrl-Break, the
-/// console window being closed, and the user logging off or the system shutting down.
+/// `tokio::signal::ctrl_c` handles everywhere): SIGTERM on Unix; on Windows Ctrl-Break and the
+/// console window being closed (Windows then allows a few seconds to finish), and log-off and
+/// shutdown (which Windows sends to services only; interactive programs are simply ended).
 pub struct Terminate {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,

@@ -248,15 +248,19 @@ pub fn screensaver_locks(user: &RegValues, policy: Option<&RegValues>) -> Option
 }
 
 /// Whether the machine inactivity limit (`InactivityTimeoutSecs`, "Interactive logon: Machine
-/// inactivity limit") locks the session, from the `...\Policies\System` key (None: unread).
-pub fn inactivity_locks(system_policies: Option<&RegValues>) -> Option<bool> {
-    let v = system_policies?;
-    Some(
-        v.get("inactivitytimeoutsecs")
-            .and_then(RegValue::number)
-            .unwrap_or(0)
-            > 0,
-    )
+/// inactivity limit") locks the session, from the `...\Policies\System` key (None: unread; a
+/// missing key sets no limit).
+pub fn inactivity_locks(system_policies: &RegKey) -> Option<bool> {
+    match system_policies {
+        RegKey::Values(v) => Some(
+            v.get("inactivitytimeoutsecs")
+                .and_then(RegValue::number)
+                .unwrap_or(0)
+                > 0,
+        ),
+        RegKey::Missing => Some(false),
+        RegKey::Failed => None,
+    }
 }
 
 /// A power setting's (plugged in, on battery) values from `powercfg /q SCHEME SUB SETTING`.
@@ -390,7 +394,7 @@ async fn screen_lock() -> Fact {
         _ => None,
     };
     screen_lock_from(&[
-        inactivity_locks(system.values()),
+        inactivity_locks(&system),
         screensaver,
         power_locks(
             effective_power(sleep, &sleep_policy),
@@ -623,13 +627,15 @@ mod tests {
 
     #[test]
     fn inactivity_limit() {
-        let set = desk(&[("InactivityTimeoutSecs", "REG_DWORD", "0x384")]);
-        assert_eq!(inactivity_locks(Some(&set)), Some(true));
-        let zero = desk(&[("InactivityTimeoutSecs", "REG_DWORD", "0x0")]);
-        assert_eq!(inactivity_locks(Some(&zero)), Some(false));
-        let absent = desk(&[("EnableLUA", "REG_DWORD", "0x1")]);
-        assert_eq!(inactivity_locks(Some(&absent)), Some(false));
-        assert_eq!(inactivity_locks(None), None);
+        let key = |v| RegKey::Values(desk(&[v]));
+        let set = key(("InactivityTimeoutSecs", "REG_DWORD", "0x384"));
+        assert_eq!(inactivity_locks(&set), Some(true));
+        let zero = key(("InactivityTimeoutSecs", "REG_DWORD", "0x0"));
+        assert_eq!(inactivity_locks(&zero), Some(false));
+        let absent = key(("EnableLUA", "REG_DWORD", "0x1"));
+        assert_eq!(inactivity_locks(&absent), Some(false));
+        assert_eq!(inactivity_locks(&RegKey::Missing), Some(false));
+        assert_eq!(inactivity_locks(&RegKey::Failed), None);
     }
 
     /// `powercfg /q SCHEME_CURRENT SUB_SLEEP STANDBYIDLE` (English).
