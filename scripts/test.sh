@@ -41,6 +41,11 @@ command -v xfreerdp >/dev/null 2>&1 || need+=(freerdp2-x11)
 command -v Xvfb >/dev/null 2>&1 || need+=(xvfb)
 command -v xwd >/dev/null 2>&1 || need+=(x11-apps)
 command -v xrandr >/dev/null 2>&1 || need+=(x11-xserver-utils)
+# The Windows client (tests/tests/windows.rs): the mingw-w64 linker for x86_64-pc-windows-gnu,
+# and Wine (64-bit, headless) to run postern.exe against the Linux gateway.
+command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1 || need+=(gcc-mingw-w64-x86-64)
+command -v wine >/dev/null 2>&1 || need+=(wine)
+dpkg -s wine64 >/dev/null 2>&1 || need+=(wine64)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""
@@ -48,6 +53,12 @@ if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The Windows client's Rust target (rust-std for x86_64-pc-windows-gnu), once.
+if ! rustup target list --installed | grep -x x86_64-pc-windows-gnu >/dev/null; then
+  echo "installing: rust target x86_64-pc-windows-gnu (rustup target add)"
+  rustup target add x86_64-pc-windows-gnu
 fi
 
 # The OpenID provider's npm dependencies, pinned by its package-lock.json (needs Node >= 20.12).
@@ -69,6 +80,8 @@ timed() { # NAME COMMAND...: runs it and records how long it took
 
 # The end-to-end tests start the real binaries, so build them first.
 timed "build" cargo build --workspace --bins --locked
+# The Windows client, run under Wine by tests/tests/windows.rs.
+timed "windows build" cargo build -p postern-client --bin postern --target x86_64-pc-windows-gnu --locked
 timed "tests" cargo test --workspace --locked
 
 # API docs build without a warning.

@@ -89,7 +89,11 @@ struct Agent {
 /// Runs the agent until `postern down`, Ctrl-C or SIGTERM. `ready` gets the first status,
 /// once every tunnel is listening (or has failed) and `agent.json` is written.
 pub async fn run(opts: UpOptions, ready: impl FnOnce(&AgentStatus)) -> Result<(), ClientError> {
-    let mut terminate = Terminate::new();
+    // Handled from the start, so that one sent just after `postern up` returned still stops
+    // the agent cleanly.
+    let mut terminate = crate::platform::terminate_signal()
+        .map_err(|e| ClientError::Setup(format!("cannot handle signals: {e}")))?;
+    ignore_hangups();
     let token_path = login::token_path(&opts.config_dir);
     let token = std::fs::read_to_string(&token_path).map_err(|_| {
         ClientError::Setup(format!(
@@ -149,7 +153,8 @@ pub async fn run(opts: UpOptions, ready: impl FnOnce(&AgentStatus)) -> Result<()
     let mut down = agent.shutdown.subscribe();
     tokio::select! {
         _ = down.wait_for(|d| *d) => {}
-        _ = terminate.wait() => {}
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
     agent.stop().await;
     // Only this agent's file: a newer agent may have started meanwhile.
@@ -159,43 +164,16 @@ pub async fn run(opts: UpOptions, ready: impl FnOnce(&AgentStatus)) -> Result<()
     Ok(())
 }
 
-/// Ctrl-C and SIGTERM (Unix; a hang-up is ignored: the agent outlives its terminal),
-/// listened for from the start, so one sent just after `postern up` returned still stops the
-/// agent cleanly.
-struct Terminate {
+/// A hang-up (the terminal `postern up` was started from closing) is ignored: the agent
+/// outlives its terminal. Handled from the start, as are Ctrl-C and SIGTERM (see `run`).
+fn ignore_hangups() {
     #[cfg(unix)]
-    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
-}
-
-impl Terminate {
-    fn new() -> Terminate {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            Terminate {
-                signals: signal(SignalKind::terminate())
-                    .and_then(|t| Ok((t, signal(SignalKind::hangup())?)))
-                    .ok(),
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("hang-up ignored: postern up keeps running");
             }
-        }
-        #[cfg(not(unix))]
-        {
-            Terminate {}
-        }
-    }
-
-    async fn wait(&mut self) {
-        #[cfg(unix)]
-        if let Some((term, hup)) = &mut self.signals {
-            loop {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => return,
-                    _ = term.recv() => return,
-                    _ = hup.recv() => tracing::info!("hang-up ignored: postern up keeps running"),
-                }
-            }
-        }
-        let _ = tokio::signal::ctrl_c().await;
+        });
     }
 }
 

@@ -11,6 +11,7 @@ pub mod control;
 pub mod login;
 pub mod meter;
 pub mod notify;
+pub mod platform;
 pub mod ports;
 pub mod posture;
 pub mod profile;

@@ -1,6 +1,7 @@
 //! `postern login`, `status`, `logout`: signing in through the browser and keeping the session
 //! token in the user's config directory (`$POSTERN_CONFIG_DIR`, else
-//! `$XDG_CONFIG_HOME/postern`, else `~/.config/postern`), mode 0600.
+//! `$XDG_CONFIG_HOME/postern`, else `~/.config/postern`; `%APPDATA%\postern` on Windows: see
+//! [`crate::platform`]), mode 0600.
 //!
 //! Sign-in hands the token to this process through a one-shot loopback listener
 //! (`http://127.0.0.1:PORT/callback`) protected by its own PKCE pair: the browser only ever
@@ -39,12 +40,7 @@ pub fn config_dir() -> Result<PathBuf, ClientError> {
     if let Ok(d) = std::env::var("POSTERN_CONFIG_DIR") {
         return Ok(PathBuf::from(d));
     }
-    if let Ok(d) = std::env::var("XDG_CONFIG_HOME") {
-        return Ok(PathBuf::from(d).join("postern"));
-    }
-    std::env::var("HOME")
-        .map(|h| PathBuf::from(h).join(".config").join("postern"))
-        .map_err(|_| ClientError::Setup("cannot find your home directory (HOME is not set)".into()))
+    crate::platform::config_dir().map_err(ClientError::Setup)
 }
 
 pub fn token_path(dir: &Path) -> PathBuf {
@@ -233,11 +229,7 @@ pub async fn login_with_posture(
     conn.probe(ca_file).await?;
     show_url(&url, confirm.as_str());
     if open_browser {
-        let _ = std::process::Command::new("xdg-open")
-            .arg(&url)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
+        let _ = crate::platform::open_browser(&url);
     }
     let code = tokio::time::timeout(wait, async {
         loop {

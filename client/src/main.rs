@@ -491,10 +491,11 @@ async fn rdp(
     let pid = running.child.id();
     let waited = tokio::task::spawn_blocking(move || running.wait());
     tokio::pin!(waited);
-    let mut term = Terminate::new();
+    let mut term = postern_client::platform::terminate_signal()?;
     let outcome = tokio::select! {
         r = &mut waited => Some(r),
-        _ = term.wait() => None,
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
     };
     match outcome {
         Some(r) => {
@@ -514,33 +515,6 @@ async fn rdp(
         gw.close().await;
     }
     Ok(())
-}
-
-/// Ctrl-C, or SIGTERM on Unix.
-struct Terminate {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-}
-
-impl Terminate {
-    fn new() -> Terminate {
-        Terminate {
-            #[cfg(unix)]
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
-        }
-    }
-
-    async fn wait(&mut self) {
-        #[cfg(unix)]
-        if let Some(t) = &mut self.term {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = t.recv() => {}
-            }
-            return;
-        }
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Asks process `pid` to stop (SIGTERM on Unix, `taskkill` on Windows).
@@ -735,10 +709,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     other => other.map_err(anyhow::Error::from),
                 }
             };
-            let mut term = Terminate::new();
+            let mut term = postern_client::platform::terminate_signal()?;
             tokio::select! {
                 r = fut => r?,
-                _ = term.wait() => {},
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
             }
             // Tell the gateway, so that it ends the tunnels now.
             gw.close().await;

@@ -139,8 +139,17 @@ pub fn check_key_file(
     }
 }
 
-/// Reports a directory that holds keys but is open to others (mode & 0o077).
+/// Reports a directory that holds keys but is open to others (mode & 0o077). Unix only (the
+/// gateway and connector run there); nothing is reported elsewhere.
 pub fn check_private_dir(dir: &Path, what: &str, out: &mut Vec<Finding>) {
+    #[cfg(not(unix))]
+    let _ = (dir, what, out);
+    #[cfg(unix)]
+    check_private_dir_unix(dir, what, out);
+}
+
+#[cfg(unix)]
+fn check_private_dir_unix(dir: &Path, what: &str, out: &mut Vec<Finding>) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(m) = std::fs::metadata(dir) {
         let mode = m.permissions().mode() & 0o777;
@@ -210,7 +219,15 @@ pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>,
 pub const KEY_MODE_ALLOWED: u32 = 0o640;
 
 /// Why a private key or secret file's permissions are unsafe, if they are (None also when the
+/// file cannot be looked at: reading it reports that). Unix only: None elsewhere.
+#[cfg(not(unix))]
+pub fn key_mode_problem(_path: &Path) -> Option<String> {
+    None
+}
+
+/// Why a private key or secret file's permissions are unsafe, if they are (None also when the
 /// file cannot be looked at: reading it reports that).
+#[cfg(unix)]
 pub fn key_mode_problem(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
