@@ -56,6 +56,8 @@ struct Entry {
     detail: Option<String>,
     /// When a time window closes access (seconds since the epoch).
     until: Option<u64>,
+    /// When a time window opens access (the state says "opens later" until then).
+    from: Option<u64>,
     stats: Arc<TunnelStats>,
     task: Option<tokio::task::AbortHandle>,
 }
@@ -219,6 +221,7 @@ impl Agent {
                             "'{name}' is not among the endpoints you may reach.{hint}"
                         )),
                         until: None,
+                        from: None,
                         stats: Arc::default(),
                         task: None,
                     }
@@ -240,6 +243,7 @@ impl Agent {
             state: "listening".into(),
             detail: None,
             until: info.until,
+            from: info.from,
             stats: Arc::default(),
             task: None,
         };
@@ -301,6 +305,10 @@ impl Agent {
                         if expired && e.local.is_some() {
                             state = "signed out".into();
                             detail = Some("your sign-in expired: run postern login".into());
+                        } else if e.from.is_some_and(|f| f <= now) && e.local.is_some() {
+                            // The window has opened since.
+                            state = "listening".into();
+                            detail = e.stats.last_error();
                         } else if detail.is_none() {
                             detail = e.stats.last_error();
                         }

@@ -13,6 +13,8 @@
 //! the same machine (with their own loopback redirect) cannot run on the person's device unseen.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -224,14 +226,30 @@ pub async fn login_with_posture(
         url.push_str("&cli_posture=");
         url.push_str(&URL_SAFE_NO_PAD.encode(p.canonical()));
     }
-    let conn = GatewayConn::anonymous(gateway, ca_file)?;
+    let conn = Arc::new(GatewayConn::anonymous(gateway, ca_file)?);
     // A gateway this computer does not trust fails here, before the browser opens.
     conn.probe(ca_file).await?;
     show_url(&url, confirm.as_str());
     if open_browser {
         let _ = crate::platform::open_browser(&url);
     }
-    let code = tokio::time::timeout(wait, async {
+    // A new device waiting for approval by the security team: say so, and wait for it (the
+    // gateway keeps the sign-in up to 30 minutes; the page carries on by itself).
+    let deadline = Arc::new(AtomicU64::new(crate::unix_now() + wait.as_secs()));
+    let watcher = tokio::spawn(watch_approval(
+        conn.clone(),
+        verifier.clone(),
+        deadline.clone(),
+    ));
+    let expired = {
+        let deadline = deadline.clone();
+        async move {
+            while crate::unix_now() < deadline.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let callback = async {
         loop {
             let Ok((mut s, _)) = listener.accept().await else {
                 continue;
@@ -280,12 +298,20 @@ pub async fn login_with_posture(
                 }
             }
         }
-    })
-    .await
-    .map_err(|_| {
+    };
+    let outcome = tokio::select! {
+        r = callback => Some(r),
+        _ = expired => None,
+    };
+    watcher.abort();
+    let code = outcome.ok_or_else(|| {
         ClientError::Setup(format!(
             "no sign-in within {}s; run postern login again",
-            wait.as_secs()
+            wait.as_secs().max(
+                deadline
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(crate::unix_now())
+            )
         ))
     })??;
     let session: Session = conn
@@ -309,6 +335,44 @@ pub async fn login_with_posture(
         serde_json::to_vec_pretty(&saved).map_err(|e| ClientError::Protocol(e.to_string()))?;
     write_private(&dir.join("config.json"), &json)?;
     Ok(session)
+}
+
+/// Asks the gateway every 3 s whether this sign-in waits for the security team to approve a
+/// new device; the first time it does, tells the person and moves `deadline` to the end of the
+/// gateway's wait.
+async fn watch_approval(conn: Arc<GatewayConn>, verifier: String, deadline: Arc<AtomicU64>) {
+    let mut told = false;
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let answer: Result<serde_json::Value, ClientError> = conn
+            .post_json(
+                "/auth/cli/wait",
+                &serde_json::json!({ "code_verifier": verifier }),
+            )
+            .await;
+        let Ok(a) = answer else {
+            continue;
+        };
+        if a["status"] != "waiting_for_approval" {
+            continue;
+        }
+        let until = a["until"].as_u64().unwrap_or(0);
+        deadline.fetch_max(until + 5, Ordering::Relaxed);
+        if !told {
+            told = true;
+            let device: String = a["device"]
+                .as_str()
+                .unwrap_or("this device")
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect();
+            eprintln!(
+                "Your device \"{device}\" is waiting for approval by your security team. This carries on by itself once they approve it (until {}); keep this window and the browser page open.",
+                crate::local_time(until)
+            );
+        }
+    }
 }
 
 /// Revokes the stored token at the gateway and deletes it locally.

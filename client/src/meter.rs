@@ -1,5 +1,5 @@
 //! What one local listener's tunnels have done, for `postern status`: connections live and in
-//! all, bytes each way, the last refusal. The application's socket is wrapped in a [`Metered`]
+//! all, bytes each way, the last refusal. The application's socket is wrapped in a `Metered`
 //! stream, so the counts are what the application sent and received, whichever transport and
 //! however many resumptions carried them.
 

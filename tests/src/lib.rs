@@ -58,10 +58,13 @@ pub fn bin(name: &str) -> PathBuf {
 /// Ports come from 15000–32767, below Linux's ephemeral range (32768–60999): a port handed out
 /// here is not also picked by the kernel for some test's outgoing connection in the seconds
 /// before its server binds it. Pseudo-random order keeps parallel tests apart; the bind check
-/// skips ports in use.
+/// skips ports in use, and a port is handed out once per test process (two calls in a row
+/// could draw the same free port: a gateway once got its client and connector listeners on one
+/// port).
 pub fn free_port() -> u16 {
     use std::sync::atomic::AtomicU64;
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -74,7 +77,12 @@ pub fn free_port() -> u16 {
         x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
         x ^= x >> 29;
         let port = 15000 + (x % (32768 - 15000)) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }

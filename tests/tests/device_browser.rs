@@ -599,7 +599,19 @@ approved = true
         reg["detail"].as_str().unwrap_or("").contains("pending"),
         "{reg}"
     );
-    // A pending device gets no token: the CLI is still waiting.
+    // A pending device gets no token: the CLI is still waiting, and says for what.
+    wait_for(
+        "postern login to say why it waits",
+        Duration::from_secs(10),
+        || {
+            login
+                .log_text()
+                .contains(
+                    "Your device \"home laptop\" is waiting for approval by your security team",
+                )
+                .then_some(())
+        },
+    );
     assert!(
         login.is_running(),
         "postern login ended: {}",
@@ -625,15 +637,32 @@ approved = true
         b.describe()
     );
     assert!(login.is_running());
-    login.kill();
     assert_eq!(w.d.count("auth.login"), 0, "nobody may be signed in yet");
+    wait_for(
+        "postern login to say why it waits",
+        Duration::from_secs(10),
+        || {
+            login
+                .log_text()
+                .contains("waiting for approval by your security team")
+                .then_some(())
+        },
+    );
 
-    // 3. The admin approves it.
+    // 3. The admin approves it: the waiting page and `postern login` carry on by themselves.
     let (ok, out, err) = w.admin(&["device", "approve", &id]);
     assert!(ok, "device approve: {out}{err}");
     assert!(out.contains(&id) && out.contains("approved"), "{out}");
     w.d.wait_event("device.approved", |e| device_of(e) == id);
     assert_eq!(w.devices()[0]["status"], "active");
+    b.wait_text("You are signed in", Duration::from_secs(20));
+    let (ok, out) = finish(&mut login, Duration::from_secs(20));
+    assert!(
+        ok,
+        "postern login after the approval: {out}\n{}",
+        b.describe()
+    );
+    w.d.wait_event("auth.login", |e| e["user"] == "alice@hospital.test");
 
     // 4. The next sign-in asserts the device and hands the CLI a device-bound token.
     let count_before = b.credentials(&auth)[0]["signCount"].as_u64().unwrap();

@@ -179,6 +179,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp 
         "/auth/device/register/finish" => Some(Step::RegisterFinish),
         "/auth/device/assert/begin" => Some(Step::AssertBegin),
         "/auth/device/assert/finish" => Some(Step::AssertFinish),
+        "/auth/device/wait" => Some(Step::Wait),
         _ => None,
     };
     if let (&Method::POST, Some(step)) = (req.method(), step) {
@@ -196,6 +197,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp 
         (&Method::GET, "/auth/login") => signin::login(app.signin.clone(), req, peer).await,
         (&Method::GET, "/auth/callback") => signin::callback(app.signin.clone(), req, peer).await,
         (&Method::POST, "/auth/token") => signin::token(app.signin.clone(), req, peer).await,
+        (&Method::POST, "/auth/cli/wait") => {
+            devices::cli_wait(app.devices.clone(), req, peer).await
+        }
         (&Method::POST, "/auth/logout") => signin::logout(app.signin.clone(), req, peer).await,
         (&Method::GET, "/v1/whoami") => signin::whoami(&app.signin, &req, peer),
         (&Method::GET, p) if p.starts_with("/v1/endpoints/") => {

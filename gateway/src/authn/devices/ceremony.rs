@@ -31,6 +31,9 @@ use crate::state::{CeremonyRec, DeviceRec, Refusal, SharedStore, StoreError};
 pub const COOKIE: &str = "postern_device";
 /// Lifetime of a ceremony (at most 10 000 are in flight: the store's cap).
 pub(super) const CEREMONY_TTL: Duration = Duration::from_secs(600);
+/// How long a ceremony whose new device waits for approval is kept: the page carries on by
+/// itself if the security team approves within this time (from when it started waiting).
+pub(super) const APPROVAL_WAIT: Duration = Duration::from_secs(30 * 60);
 /// Largest request body of the device endpoints.
 pub const MAX_BODY: usize = 64 * 1024;
 /// Largest clientDataJSON accepted (decoded bytes).
@@ -58,6 +61,17 @@ pub(super) enum Pending {
         state: PasskeyAuthentication,
         nonce: Vec<u8>,
     },
+    /// No challenge: the ceremony waits for the approval of `device` (registered, pending).
+    Approval { device: String },
+}
+
+/// The store id of the marker that tells a waiting `postern login` its device waits for
+/// approval: derived from the CLI's PKCE challenge (public: it is in the sign-in URL), hashed
+/// again so the id is not the challenge itself. Only a caller holding the verifier can
+/// compute the challenge, so only the CLI that started the sign-in can ask.
+pub(super) fn cli_wait_id(challenge: &str) -> String {
+    let h = ring::digest::digest(&ring::digest::SHA256, challenge.as_bytes());
+    format!("wait-{}", postern_proto::ids::hex(h.as_ref()))
 }
 
 /// A ceremony in flight, as the routes use it (without its outstanding challenge).
@@ -318,14 +332,83 @@ impl Ceremonies {
         Ceremony::from_rec(rec)
     }
 
-    pub(super) async fn remove(&self, id: &str) {
-        if let Err(e) = self
-            .store
-            .take_ceremony(id.to_owned(), self.clock.unix())
-            .await
-        {
-            tracing::warn!(error = %e, "cannot remove a finished ceremony from the state store");
+    /// The ceremony now waits for the approval of `device`: it is kept [`APPROVAL_WAIT`] (so
+    /// the page carries on by itself once the device is approved), and a `postern login`
+    /// waiting on it is told (a marker under [`cli_wait_id`]). Answers until when.
+    pub(super) async fn await_approval(
+        &self,
+        id: &str,
+        device: &str,
+        device_name: &str,
+    ) -> Result<u64, DevError> {
+        let pending = serde_json::to_value(Pending::Approval {
+            device: device.to_owned(),
+        })
+        .map_err(|e| internal(e.to_string()))?;
+        let now = self.clock.unix();
+        let until = now + APPROVAL_WAIT.as_secs();
+        let before = self
+            .update(
+                id,
+                Box::new(move |c| {
+                    c.pending = Some(pending);
+                    c.expires = c.expires.max(until);
+                }),
+            )
+            .await?;
+        if let Some(cli) = Ceremony::from_rec(before)?.cli {
+            let marker = CeremonyRec {
+                identity: serde_json::json!({ "waiting_for": device_name }),
+                cli: None,
+                posture: None,
+                pending: None,
+                expires: until,
+            };
+            if let Err(e) = self
+                .store
+                .put_ceremony(cli_wait_id(&cli.challenge), marker, now)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot tell postern login that its device waits for approval");
+            }
         }
+        Ok(until)
+    }
+
+    /// The device the live ceremony `id` waits on, if it waits for an approval.
+    pub(super) async fn awaited_device(&self, id: &str) -> Result<Option<String>, DevError> {
+        let rec = self
+            .store
+            .ceremony(id.to_owned())
+            .await?
+            .filter(|c| c.live(self.clock.unix()))
+            .ok_or_else(|| unknown("unknown, expired or finished ceremony"))?;
+        Ok(rec
+            .pending
+            .and_then(|p| serde_json::from_value::<Pending>(p).ok())
+            .and_then(|p| match p {
+                Pending::Approval { device } => Some(device),
+                _ => None,
+            }))
+    }
+
+    /// The name of the device a `postern login` with PKCE challenge `challenge` waits on for
+    /// approval, and until when, if it does.
+    pub(super) async fn cli_waiting(&self, challenge: &str) -> Option<(String, u64)> {
+        let rec = self.store.ceremony(cli_wait_id(challenge)).await.ok()??;
+        if !rec.live(self.clock.unix()) {
+            return None;
+        }
+        let name = rec.identity.get("waiting_for")?.as_str()?.to_owned();
+        Some((name, rec.expires))
+    }
+
+    /// Drops the marker of a `postern login` that no longer waits.
+    pub(super) async fn cli_done(&self, cli: &CliRequest) {
+        let _ = self
+            .store
+            .take_ceremony(cli_wait_id(&cli.challenge), self.clock.unix())
+            .await;
     }
 
     /// The user of ceremony `id`, for the audit record of a failed step (also of an expired

@@ -381,12 +381,39 @@ async fn register_approve_assert_and_the_token_carries_the_device() {
         (403, Some("device_pending")),
         "{body}"
     );
+    // The ceremony waits for the approval: the page asks, and hears "pending".
+    let waiting = c.clone();
+    let (st, body) = h
+        .call(&waiting, Step::Wait, json!({"ceremony": waiting}))
+        .await;
+    assert_eq!(
+        (st, body["status"].as_str()),
+        (200, Some("pending")),
+        "{body}"
+    );
 
-    // Approved by the security team: the next sign-in gets a device-bound token.
+    // Approved by the security team: the waiting ceremony carries on, and the next sign-in
+    // gets a device-bound token.
     crate::admin::device_approve(&h.gw.config, &dev.id)
         .await
         .unwrap();
     h.reload().await;
+    let (st, body) = h
+        .call(&waiting, Step::Wait, json!({"ceremony": waiting}))
+        .await;
+    assert_eq!(
+        (st, body["status"].as_str()),
+        (200, Some("active")),
+        "{body}"
+    );
+    let fin = h.assertion(&waiting, &mut laptop, DISK).await;
+    let (st, body) = h.call(&waiting, Step::AssertFinish, fin).await;
+    assert_eq!((st, body["status"].as_str()), (200, Some("ok")), "{body}");
+    // A ceremony that waits for nothing is refused.
+    let (st, body) = h
+        .call(&waiting, Step::Wait, json!({"ceremony": waiting}))
+        .await;
+    assert_eq!(st, 400, "{body}");
     let c = h.ceremony("ann@truro.nhs.uk", DISK).await;
     let fin = h.assertion(&c, &mut laptop, DISK).await;
     let (st, body) = h.call(&c, Step::AssertFinish, fin.clone()).await;
@@ -419,7 +446,8 @@ async fn register_approve_assert_and_the_token_carries_the_device() {
         postern_policy::Request::new(&claims.sub, &groups, "pacs", std::time::SystemTime::now())
             .with_device(&facts);
     assert!(h.gw.policy().evaluate(&req).is_allowed());
-    assert_eq!(h.device("ann@truro.nhs.uk").await.sign_count, 2);
+    // Three assertions so far: the pending one, the waiting ceremony's, this one.
+    assert_eq!(h.device("ann@truro.nhs.uk").await.sign_count, 3);
 
     // Replay of the same finish body: the challenge was consumed.
     let (st, body) = h.call(&c, Step::AssertFinish, fin).await;

@@ -17,4 +17,4 @@ pub use ceremony::{relying_party, Binding, Ceremonies, COOKIE};
 pub use page::page;
 #[doc(hidden)]
 pub use routes::fuzz_body;
-pub use routes::{handle, DeviceTrust, Step};
+pub use routes::{cli_wait, handle, DeviceTrust, Step};

@@ -140,7 +140,7 @@ async function registrationBody(name){
 function failed(r){
   const j=(r&&r.json)||{};
   if(j.error==='no_devices'){setState('register','No device is registered for you yet. Name this laptop and register it.');$('device-name').focus();return;}
-  if(j.error==='device_pending'){setState('pending',(j.message||'This device is waiting for approval.')+' (waiting for approval)');return;}
+  if(j.error==='device_pending'){setState('pending',(j.message||'This device is waiting for approval.'));waitApproval();return;}
   if(j.error){showError(j.error,(j.message||'Sign-in failed.')+(j.ref?' Reference: '+j.ref:''));return;}
   const name=(r&&r.name)||'Error';
   showError('client_error',name+': '+String((r&&r.message)||r||'the browser could not use this device')+' — if this laptop is not registered yet, register it below.');
@@ -163,9 +163,22 @@ async function register(){
     const body=await registrationBody(name);
     const r=await post('/auth/device/register/finish',body);
     if(r.status===200&&r.json.status==='active'){setState('assert','Registered "'+name+'". Now confirm it is you…');await signIn();}
-    else if(r.status===200&&r.json.status==='pending'){setState('pending',r.json.message+' (waiting for approval)');}
+    else if(r.status===200&&r.json.status==='pending'){setState('pending',r.json.message);waitApproval();}
     else failed(r);
   }catch(e){failed(e);}
+}
+let waiting=false;
+async function waitApproval(){
+  if(waiting)return;waiting=true;
+  try{
+    for(;;){
+      await new Promise(function(ok){setTimeout(ok,3000);});
+      const r=await post('/auth/device/wait',{ceremony:ceremony});
+      if(r.status===200&&r.json.status==='pending')continue;
+      if(r.status===200&&r.json.status==='active'){setState('assert','Approved by your security team. Confirm it is you on this device…');await signIn();return;}
+      failed(r);return;
+    }
+  }finally{waiting=false;}
 }
 function proceed(){
   if(document.body.dataset.hasDevices==='true'){signIn();}

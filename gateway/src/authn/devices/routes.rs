@@ -171,6 +171,13 @@ pub enum Step {
     RegisterFinish,
     AssertBegin,
     AssertFinish,
+    /// `POST /auth/device/wait`: the page asks whether the device it waits on was approved.
+    Wait,
+}
+
+/// What the page and `postern login` say while a new device waits for approval.
+fn waiting_message(name: &str) -> String {
+    format!("\"{name}\" is registered and waiting for approval by your security team. This page carries on by itself once it is approved (keep it open for up to 30 minutes), or sign in again later.")
 }
 
 /// `POST /auth/device/{register,assert}/{begin,finish}`.
@@ -228,6 +235,7 @@ pub(crate) async fn handle_body(
     let kind = match step {
         Step::RegisterBegin | Step::RegisterFinish => "register",
         Step::AssertBegin | Step::AssertFinish => "assert",
+        Step::Wait => "wait",
     };
     if let Err(secs) = svc.limits.signin.check(&peer.ip()) {
         svc.metrics.note_ratelimited("signin");
@@ -302,6 +310,7 @@ pub(crate) async fn handle_body(
         Step::AssertBegin => assert_begin(&svc, &parsed).await,
         Step::RegisterFinish => register_finish(&svc, &parsed, peer).await,
         Step::AssertFinish => assert_finish(&svc, &parsed, peer).await,
+        Step::Wait => wait_approval(&svc, &parsed).await,
     };
     match result {
         Ok(v) => {
@@ -553,12 +562,93 @@ async fn register_finish(
         );
         Ok(serde_json::json!({"status": "active", "device": rec.id, "next": "assert"}))
     } else {
-        svc.ceremonies.remove(&b.ceremony).await;
+        svc.ceremonies
+            .await_approval(&b.ceremony, &rec.id, &rec.name)
+            .await?;
         Ok(serde_json::json!({
             "status": "pending",
             "device": rec.id,
-            "message": format!("\"{}\" is registered and waiting for approval by the security team. Sign in again once it is approved.", rec.name),
+            "message": waiting_message(&rec.name),
         }))
+    }
+}
+
+/// `POST /auth/device/wait {ceremony}`: whether the device the ceremony waits on is approved
+/// now (`{"status": "active", "next": "assert"}`: the page signs in with it at once) or still
+/// pending (`{"status": "pending"}`). Revoked meanwhile: refused with its code.
+async fn wait_approval(svc: &DeviceTrust, b: &Body) -> Result<serde_json::Value, DevError> {
+    let Some(device) = svc.ceremonies.awaited_device(&b.ceremony).await? else {
+        return Err(DevError::bad(
+            "unknown_challenge",
+            START_AGAIN,
+            "the ceremony is not waiting for an approval",
+        ));
+    };
+    let rec = svc
+        .store
+        .devices()
+        .await?
+        .into_iter()
+        .find(|d| d.id == device)
+        .ok_or_else(|| {
+            DevError::new(
+                StatusCode::FORBIDDEN,
+                "device_revoked",
+                "This device is no longer registered. Contact the security team.",
+                "the awaited device is gone",
+            )
+        })?;
+    match rec.status {
+        DeviceStatus::Active => Ok(serde_json::json!({"status": "active", "next": "assert"})),
+        DeviceStatus::Pending => Ok(serde_json::json!({"status": "pending"})),
+        DeviceStatus::Revoked | DeviceStatus::Suspect => Err(DevError::new(
+            StatusCode::FORBIDDEN,
+            "device_revoked",
+            "The security team did not approve this device. Contact them if you need it.",
+            format!("the awaited device is now {}", rec.status.as_str()),
+        )
+        .with_device(&rec.id)),
+    }
+}
+
+/// `POST /auth/cli/wait {code_verifier}`: asked every few seconds by a waiting `postern login`
+/// — whether its sign-in waits for the approval of a new device (`{"status":
+/// "waiting_for_approval", "device": NAME, "until": UNIX}`) or not (`{"status": "none"}`).
+/// Only the holder of the verifier can ask (the marker is found by its PKCE challenge).
+pub async fn cli_wait(svc: Arc<DeviceTrust>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    if let Err(secs) = svc.limits.signin.check(&peer.ip()) {
+        svc.metrics.note_ratelimited("signin");
+        return web::too_many("too many sign-in requests; wait a little", secs);
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Ask {
+        code_verifier: String,
+    }
+    let body = read_bounded(req.into_body()).await;
+    let ask: Ask = match body.ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+        Some(a) => a,
+        None => {
+            return json_resp(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": "bad_request", "message": "expected {\"code_verifier\": …}"}),
+            )
+        }
+    };
+    if ask.code_verifier.is_empty() || ask.code_verifier.len() > 128 {
+        return json_resp(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "bad_request", "message": "code_verifier must be 1 to 128 characters"}),
+        );
+    }
+    let challenge =
+        b64(ring::digest::digest(&ring::digest::SHA256, ask.code_verifier.as_bytes()).as_ref());
+    match svc.ceremonies.cli_waiting(&challenge).await {
+        Some((device, until)) => json_resp(
+            StatusCode::OK,
+            &serde_json::json!({"status": "waiting_for_approval", "device": device, "until": until}),
+        ),
+        None => json_resp(StatusCode::OK, &serde_json::json!({"status": "none"})),
     }
 }
 
@@ -653,11 +743,13 @@ async fn assert_finish(
     match rec.status {
         DeviceStatus::Active => {}
         DeviceStatus::Pending => {
-            svc.ceremonies.remove(&b.ceremony).await;
+            svc.ceremonies
+                .await_approval(&b.ceremony, &rec.id, &rec.name)
+                .await?;
             return Err(DevError::new(
                 StatusCode::FORBIDDEN,
                 "device_pending",
-                &format!("\"{}\" is registered and waiting for approval by the security team. Sign in again once it is approved.", rec.name),
+                &waiting_message(&rec.name),
                 "device is pending approval",
             )
             .with_device(&rec.id));
@@ -705,6 +797,9 @@ async fn assert_finish(
     svc.audit.record_nowait(ev);
     let c = svc.ceremonies.take(&b.ceremony).await?;
     let (identity, cli) = (c.identity, c.cli);
+    if let Some(cli) = &cli {
+        svc.ceremonies.cli_done(cli).await;
+    }
     let binding = Binding {
         device: rec.id.clone(),
         name: rec.name.clone(),
