@@ -166,7 +166,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Sign out: revoke the session token at the gateway and delete it here.
+    /// Sign out: revoke the session token at the gateway and delete it here (and stop
+    /// `postern up`).
     Logout {
         #[command(flatten)]
         gw: GatewayArgs,
@@ -836,6 +837,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let conn = gateway(&gw, None, postern_client::Transport::Tcp)?;
             login::logout(&conn).await?;
             println!("signed out");
+            // The tunnels of `postern up` were this sign-in's: they are closed too.
+            if let Ok(dir) = login::config_dir() {
+                if let Ok(Some(control::Answer::Ok { message })) =
+                    control::send(&dir, control::Command::Down).await
+                {
+                    println!("postern up: {message}; stopped");
+                }
+            }
             Ok(())
         }
         Cmd::Endpoints { gw, json } => {

@@ -358,6 +358,17 @@ fn a_profile_chooses_the_tunnels_and_a_taken_port_names_its_holder() {
     // Only the profile's endpoints.
     assert_eq!(c.status()["tunnels"].as_array().unwrap().len(), 3);
     drop(squatter);
+
+    // Signing out stops the tunnels too.
+    let (ok, out, err) = c.postern(&["logout"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("signed out") && out.contains("stopped"),
+        "{out}"
+    );
+    wait_for("the agent to stop", Duration::from_secs(10), || {
+        (c.agent_pid().is_none() && TcpListener::bind(local(mine)).is_ok()).then_some(())
+    });
 }
 
 #[test]

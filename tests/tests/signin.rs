@@ -333,7 +333,7 @@ fn a_group_removed_at_the_idp_takes_effect_at_next_sign_in() {
     let (ok, _, err) = postern(&cfg, &["connect", "echo", "--listen", "127.0.0.1:0"]);
     assert!(!ok);
     assert!(
-        err.contains("no rule allows user 'alice@hospital.test' (groups: porters)"),
+        err.contains("No rule allows user 'alice@hospital.test' (groups: porters)"),
         "{err}"
     );
 }
