@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -688,11 +688,5 @@ impl Agent {
 
 /// Sleeps until the Unix time `at` (at once if it has passed).
 async fn sleep_until_unix(at: u64) {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let target = Duration::from_secs(at);
-    if target > now {
-        tokio::time::sleep(target - now).await;
-    }
+    tokio::time::sleep(Duration::from_secs(at.saturating_sub(crate::unix_now()))).await;
 }

@@ -445,7 +445,8 @@ impl GatewayConn {
                     Ok((TcpStream::from_std(s)?, kill))
                 })
                 .map_err(|e| connect_err(e.to_string()))?;
-            let (tcp, heard) = watch::Counted::new(tcp);
+            let heard = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let tcp = meter::Metered::new(tcp, heard.clone());
             let name =
                 ServerName::try_from(self.host.clone()).map_err(|e| connect_err(e.to_string()))?;
             let tls = tokio_rustls::TlsConnector::from(self.tls.clone())

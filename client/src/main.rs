@@ -53,6 +53,32 @@ impl GatewayArgs {
     }
 }
 
+/// How a command that opens tunnels reaches the gateway.
+#[derive(Args)]
+struct TunnelArgs {
+    /// Why you need access (break-glass rules require it); recorded in the audit log. Any
+    /// text up to 512 characters.
+    #[arg(long)]
+    reason: Option<String>,
+    /// How tunnels reach the gateway: `auto` (QUIC, or TCP when UDP does not get through
+    /// within 3 s), `tcp` or `quic`.
+    #[arg(long, env = "POSTERN_TRANSPORT", default_value = "auto", value_parser = ["auto", "tcp", "quic"])]
+    transport: String,
+    #[command(flatten)]
+    gw: GatewayArgs,
+}
+
+impl TunnelArgs {
+    /// The gateway connection these flags describe.
+    fn connect(&self) -> anyhow::Result<Arc<GatewayConn>> {
+        gateway(
+            &self.gw,
+            self.reason.as_deref(),
+            parse_transport(&self.transport),
+        )
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Forward a local port to an endpoint: every connection to it becomes a tunnel.
@@ -67,16 +93,8 @@ enum Cmd {
         /// tunnel with your sign-in (a warning is printed).
         #[arg(long)]
         allow_remote: bool,
-        /// Why you need access (break-glass rules require it); recorded in the audit log. Any
-        /// text up to 512 characters.
-        #[arg(long)]
-        reason: Option<String>,
-        /// How tunnels reach the gateway: `auto` (QUIC, or TCP when UDP does not get through
-        /// within 3 s), `tcp` or `quic`.
-        #[arg(long, env = "POSTERN_TRANSPORT", default_value = "auto", value_parser = ["auto", "tcp", "quic"])]
-        transport: String,
         #[command(flatten)]
-        gw: GatewayArgs,
+        tunnel: TunnelArgs,
     },
     /// Open every tunnel you use, each on its fixed local port, in the background; renew your
     /// sign-in before it expires without dropping them.
@@ -127,14 +145,8 @@ enum Cmd {
         /// Print the .rdp file and the command instead of running them.
         #[arg(long)]
         dry_run: bool,
-        /// Why you need access (break-glass rules require it); recorded in the audit log.
-        #[arg(long)]
-        reason: Option<String>,
-        /// How tunnels reach the gateway: `auto`, `tcp` or `quic`.
-        #[arg(long, env = "POSTERN_TRANSPORT", default_value = "auto", value_parser = ["auto", "tcp", "quic"])]
-        transport: String,
         #[command(flatten)]
-        gw: GatewayArgs,
+        tunnel: TunnelArgs,
         /// Extra arguments for the RDP client, after `--` (e.g. `-- /scale:140`).
         #[arg(last = true)]
         client_args: Vec<String>,
@@ -420,16 +432,14 @@ fn parse_transport(t: &str) -> postern_client::Transport {
 async fn rdp(
     opts: postern_client::rdp::RdpOptions,
     dry_run: bool,
-    reason: Option<String>,
-    transport: &str,
-    args: &GatewayArgs,
+    tunnel: &TunnelArgs,
     client_args: Vec<String>,
 ) -> anyhow::Result<()> {
     use postern_client::rdp;
     let endpoint = opts.endpoint.clone();
     // The agent's tunnel, unless a break-glass reason must go with this one.
     let dir = login::config_dir()?;
-    let from_agent = if reason.is_none() && args.token_file.is_none() {
+    let from_agent = if tunnel.reason.is_none() && tunnel.gw.token_file.is_none() {
         match control::send(
             &dir,
             control::Command::Open {
@@ -449,7 +459,7 @@ async fn rdp(
     let local = match from_agent {
         Some(local) => local,
         None => {
-            let gw = gateway(args, reason.as_deref(), parse_transport(transport))?;
+            let gw = tunnel.connect()?;
             let info = match gw.check(&endpoint).await {
                 Err(e @ postern_client::ClientError::UnknownEndpoint { .. }) => {
                     anyhow::bail!("{e}{}", suggestion(&gw, &endpoint).await)
@@ -598,11 +608,6 @@ fn print_agent_status(s: &control::AgentStatus) {
     }
 }
 
-/// A time in this laptop's time zone.
-fn when(unix: u64) -> String {
-    local_time(unix)
-}
-
 fn print_session(s: &login::Session) {
     println!(
         "signed in as {}{}",
@@ -632,9 +637,9 @@ fn print_session(s: &login::Session) {
         }
     );
     if let Some(t) = s.auth_time {
-        println!("  since    {}", when(t));
+        println!("  since    {}", local_time(t));
     }
-    println!("  expires  {}", when(s.expires_at));
+    println!("  expires  {}", local_time(s.expires_at));
     if let Some(idp) = &s.idp {
         println!("  via      {idp}");
     }
@@ -677,9 +682,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             endpoint,
             listen,
             allow_remote,
-            reason,
-            transport,
-            gw,
+            tunnel,
         } => {
             match postern_client::check_listen(listen, allow_remote) {
                 Ok(None) => {}
@@ -689,7 +692,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .error(clap::error::ErrorKind::ValueValidation, e)
                     .exit(),
             }
-            let gw = gateway(&gw, reason.as_deref(), parse_transport(&transport))?;
+            let gw = tunnel.connect()?;
             let fut = async {
                 match connect(gw.clone(), &endpoint, listen, |addr, info| {
                     let max = info
@@ -744,9 +747,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             user,
             cert,
             dry_run,
-            reason,
-            transport,
-            gw,
+            tunnel,
             client_args,
         } => {
             let mut opts = postern_client::rdp::RdpOptions::new(&endpoint);
@@ -757,7 +758,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 opts.cert = postern_client::rdp::CertCheck::Ignore;
             }
             opts.validate()?;
-            rdp(opts, dry_run, reason, &transport, &gw, client_args).await
+            rdp(opts, dry_run, &tunnel, client_args).await
         }
         Cmd::Down => {
             let dir = login::config_dir()?;

@@ -60,19 +60,45 @@ impl Drop for LiveGuard {
     }
 }
 
-/// The application's side of a tunnel, counting bytes into [`TunnelStats`].
-pub(crate) struct Metered<S> {
-    inner: S,
-    stats: Arc<TunnelStats>,
+/// Where a [`Metered`] stream counts its bytes.
+pub(crate) trait Tally {
+    /// `n` bytes were read from the stream.
+    fn read(&self, n: usize);
+    /// `n` bytes were written to it.
+    fn written(&self, n: usize);
 }
 
-impl<S> Metered<S> {
-    pub(crate) fn new(inner: S, stats: Arc<TunnelStats>) -> Metered<S> {
-        Metered { inner, stats }
+/// The application's side of a tunnel: read is towards the endpoint, written is from it.
+impl Tally for TunnelStats {
+    fn read(&self, n: usize) {
+        self.up.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    fn written(&self, n: usize) {
+        self.down.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+/// Bytes read only (the stall watcher's "heard from the gateway").
+impl Tally for AtomicU64 {
+    fn read(&self, n: usize) {
+        self.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    fn written(&self, _: usize) {}
+}
+
+/// A stream that counts the bytes read from and written to it into `T`.
+pub(crate) struct Metered<S, T> {
+    inner: S,
+    tally: Arc<T>,
+}
+
+impl<S, T> Metered<S, T> {
+    pub(crate) fn new(inner: S, tally: Arc<T>) -> Metered<S, T> {
+        Metered { inner, tally }
+    }
+}
+
+impl<S: AsyncRead + Unpin, T: Tally> AsyncRead for Metered<S, T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -81,12 +107,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len().saturating_sub(before);
-        self.stats.up.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0 {
+            self.tally.read(n);
+        }
         r
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+impl<S: AsyncWrite + Unpin, T: Tally> AsyncWrite for Metered<S, T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -94,7 +122,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(n)) = &r {
-            self.stats.down.fetch_add(*n as u64, Ordering::Relaxed);
+            self.tally.written(*n);
         }
         r
     }

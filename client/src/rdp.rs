@@ -500,8 +500,8 @@ impl Drop for Running {
 /// reporting PC wants one before its desktop).
 pub fn launch(plan: &Launch) -> Result<Running, RdpError> {
     if let Some(file) = &plan.file {
-        write_private(&file.path, &rdp_file_bytes(&file.contents))
-            .map_err(|e| RdpError::Launch(format!("writing {}: {e}", file.path.display())))?;
+        crate::login::write_private(&file.path, &rdp_file_bytes(&file.contents))
+            .map_err(|e| RdpError::Launch(e.to_string()))?;
     }
     let remove = plan
         .file
@@ -531,36 +531,6 @@ pub fn launch(plan: &Launch) -> Result<Running, RdpError> {
         child,
         file: remove,
     })
-}
-
-/// Creates `path` (replacing it) readable by its owner only, its directory 0700 if new.
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut open = std::fs::OpenOptions::new();
-    open.write(true).create(true).truncate(true);
-    if let Some(dir) = path.parent() {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            builder.mode(0o700);
-        }
-        builder.create(dir)?;
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        open.mode(0o600);
-    }
-    let mut f = open.open(path)?;
-    #[cfg(unix)]
-    {
-        // An older file keeps its mode through `create`: set it.
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    f.write_all(data)
 }
 
 /// Where `.rdp` files go: `rdp/` in Postern's configuration directory, else the temporary

@@ -8,19 +8,17 @@
 //! gone (the laptop joined another network) is closed at the next look, without waiting for
 //! the stall limit; QUIC moves to the new address by itself (connection migration).
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::client::conn::http2::{Connection, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::meter::Metered;
 use crate::STALL;
 
 /// How often the watchers look.
@@ -61,59 +59,6 @@ fn address_gone(ip: std::net::IpAddr) -> bool {
     )
 }
 
-/// A stream that counts the bytes read from it.
-pub(crate) struct Counted<T> {
-    inner: T,
-    read: Arc<AtomicU64>,
-}
-
-impl<T> Counted<T> {
-    pub(crate) fn new(inner: T) -> (Counted<T>, Arc<AtomicU64>) {
-        let read = Arc::new(AtomicU64::new(0));
-        (
-            Counted {
-                inner,
-                read: read.clone(),
-            },
-            read,
-        )
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.read.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// The client's HTTP/2 connection: its request handle and its task, which the watcher aborts
 /// (closing every stream on it) when the connection stalls.
 pub(crate) struct H2Conn {
@@ -121,7 +66,7 @@ pub(crate) struct H2Conn {
     task: tokio::task::AbortHandle,
 }
 
-type TlsIo = TokioIo<tokio_rustls::client::TlsStream<Counted<tokio::net::TcpStream>>>;
+type TlsIo = TokioIo<tokio_rustls::client::TlsStream<Metered<tokio::net::TcpStream, AtomicU64>>>;
 
 impl H2Conn {
     /// Runs `conn` and watches `heard` (bytes read from its socket); `socket` is a second

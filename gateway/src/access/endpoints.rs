@@ -105,12 +105,16 @@ pub fn list<B>(broker: &Broker, req: &Request<B>, peer: SocketAddr) -> Resp {
     };
     let policy = broker.access.policy();
     let now = broker.access.clock.now();
+    // Asked once per site, not per endpoint.
+    let mut online = std::collections::HashMap::new();
     let endpoints = policy
         .endpoints()
         .iter()
         .filter_map(|e| {
-            let online = Some(broker.upstream.route(&e.site).is_some());
-            listed(&policy, &subject, e, now, online)
+            let up = *online
+                .entry(e.site.as_str())
+                .or_insert_with(|| broker.upstream.route(&e.site).is_some());
+            listed(&policy, &subject, e, now, Some(up))
         })
         .collect();
     json(
