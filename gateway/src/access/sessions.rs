@@ -454,6 +454,9 @@ impl Access {
             let give_up = suspended.map(|at| at + wait);
             tokio::select! {
                 outcome = &mut served => break match outcome {
+                    // A kill ends the relay too (a revoked connector's link is dropped right
+                    // after its sessions are killed): when both are ready, the kill is why.
+                    _ if kill.is_killed() => (kill.reason(), None),
                     Served::Handler(ended) => (ended_reason(ended, &upstream_lost).await, None),
                     Served::Engine(f) => engine_reason(f),
                 },
