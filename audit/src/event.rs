@@ -110,6 +110,15 @@ pub struct Event {
     /// written: absent in older lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<RefusedSummary>,
+    /// `web.request`: one request of a web application session through the gateway's proxy.
+    /// Added after v1 was first written: absent in older lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpRef>,
+    /// Clinical objects the event touched, as identifiers (a DICOMweb study, series or
+    /// instance UID in a `web.request` path), so that "who opened this study" has an answer.
+    /// Added after v1 was first written: absent in older lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Vec<ObjectRef>>,
     /// What the log itself records about its integrity (`audit.*` events only): a checkpoint's
     /// signature, the key that signs, what a recovery found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,6 +207,38 @@ pub struct EndpointRef {
     pub protocol: String,
 }
 
+/// One request through the web proxy (`web.request`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRef {
+    /// The request method (`GET`, `POST`, ...).
+    pub method: String,
+    /// The request path without its query string (which may carry patient identifiers or
+    /// tokens), percent-encoded as the browser sent it.
+    pub path: String,
+    /// The status answered to the browser (the upstream's, or the gateway's own: 403 for a
+    /// request the policy refused, 502/504 when the upstream failed).
+    pub status: u16,
+    /// Request body bytes sent to the upstream.
+    pub bytes_up: u64,
+    /// Response body bytes sent to the browser.
+    pub bytes_down: u64,
+    /// From the request's arrival to the end of its response body.
+    pub duration_ms: u64,
+    /// Set when requests of this endpoint are sampled (`request_audit = "1/N"`): this event
+    /// stands for about N requests. Absent: every request is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<u32>,
+}
+
+/// A clinical object an event touched.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    /// `study`, `series` or `instance` (DICOM); `patient` where a patient id is known.
+    pub kind: String,
+    /// The identifier: a DICOM UID for studies, series and instances.
+    pub id: String,
+}
+
 /// A connector, identified by the id in its certificate and its site.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectorRef {
@@ -246,6 +287,9 @@ pub enum EventType {
     SessionStart,
     /// A session was refused (policy, token, no connector, ...).
     SessionDenied,
+    /// One request of a web application session ([`Event::http`], [`Event::objects`]); the
+    /// session itself has one `session.start` and one `session.end`.
+    WebRequest,
     /// Requests without a valid session token (or over the per-address limit before
     /// authentication) were refused: one event per source address and reason per interval,
     /// with a count ([`Event::refused`]), never the token.
@@ -349,9 +393,10 @@ pub enum EventType {
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 43] = [
+    pub const ALL: [EventType; 44] = [
         EventType::SessionStart,
         EventType::SessionDenied,
+        EventType::WebRequest,
         EventType::AccessRefusedUnauthenticated,
         EventType::SessionEnd,
         EventType::SessionSuspended,
@@ -400,6 +445,7 @@ impl EventType {
         match self {
             EventType::SessionStart => "session.start",
             EventType::SessionDenied => "session.denied",
+            EventType::WebRequest => "web.request",
             EventType::AccessRefusedUnauthenticated => "access.refused_unauthenticated",
             EventType::SessionEnd => "session.end",
             EventType::SessionSuspended => "session.suspended",
@@ -556,6 +602,17 @@ impl Event {
         short_opt(&mut self.gateway);
         text_opt(&mut self.detail);
         short_opt(&mut self.site);
+        if let Some(h) = &mut self.http {
+            short(&mut h.method);
+            bound(&mut h.path, MAX_TEXT_BYTES);
+        }
+        if let Some(o) = &mut self.objects {
+            o.truncate(MAX_LIST_ITEMS);
+            for o in o.iter_mut() {
+                short(&mut o.kind);
+                short(&mut o.id);
+            }
+        }
         if let Some(r) = &mut self.refused {
             short(&mut r.reason);
             short(&mut r.first);

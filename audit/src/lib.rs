@@ -94,7 +94,7 @@ pub use chain::{canonical_bytes, checkpoint_message, line_hash, GENESIS};
 pub use error::AuditError;
 pub use event::{
     now_rfc3339_micros, AuditMeta, ConnectorRef, DecisionRef, DeviceRef, EndpointRef, Event,
-    EventType, RefusedSummary, SCHEMA_VERSION,
+    EventType, HttpRef, ObjectRef, RefusedSummary, SCHEMA_VERSION,
 };
 pub use key::{audit_key_path, AuditKey, AuditPublicKey, AUDIT_KEY_FILE};
 pub use reader::{events, parse_line, read_all, Entry, Events, RawLine, RawLines};
