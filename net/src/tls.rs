@@ -202,12 +202,7 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        handshake_signatures::tls12(&self.provider, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -216,18 +211,11 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        handshake_signatures::tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        handshake_signatures::schemes(&self.provider)
     }
 }
 
@@ -291,12 +279,7 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        handshake_signatures::tls12(&self.provider, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -305,17 +288,127 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        handshake_signatures::tls13(&self.provider, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        handshake_signatures::schemes(&self.provider)
+    }
+}
+
+/// The handshake-signature checks both custom verifiers keep (only which certificate is
+/// trusted differs): the provider's algorithms, as rustls's own verifier does.
+mod handshake_signatures {
+    use super::*;
+
+    pub fn tls12(
+        provider: &CryptoProvider,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider.signature_verification_algorithms,
+        )
+    }
+
+    pub fn tls13(
+        provider: &CryptoProvider,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(
             message,
             cert,
             dss,
-            &self.provider.signature_verification_algorithms,
+            &provider.signature_verification_algorithms,
         )
     }
 
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
+    pub fn schemes(provider: &CryptoProvider) -> Vec<SignatureScheme> {
+        provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod upstream_tests {
+    use super::*;
+
+    /// Runs a handshake in memory; Ok(the version agreed).
+    fn handshake(
+        client: ClientConfig,
+        server: ServerConfig,
+        name: &str,
+    ) -> Result<rustls::ProtocolVersion, rustls::Error> {
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name)?;
+        let mut s = rustls::ServerConnection::new(Arc::new(server))?;
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets()?;
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(c.protocol_version().unwrap());
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    /// A CA and a TLS 1.2-only server whose certificate it signed for `name`.
+    fn tls12_server(name: &str) -> (CertificateDer<'static>, ServerConfig) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        (ca_cert.der().clone(), server)
+    }
+
+    #[test]
+    fn hospital_upstreams_verify_against_their_ca_even_over_tls12() {
+        let (ca, server) = tls12_server("pacs-web.truro.nhs.uk");
+        let ok = upstream_client_config(Some(vec![ca.clone()]), true, &[b"http/1.1"]).unwrap();
+        assert_eq!(
+            handshake(ok, server.clone(), "pacs-web.truro.nhs.uk").unwrap(),
+            rustls::ProtocolVersion::TLSv1_2
+        );
+        // The wrong name, or a CA that did not sign it: refused.
+        let ok = upstream_client_config(Some(vec![ca]), true, &[]).unwrap();
+        assert!(handshake(ok, server.clone(), "other.truro.nhs.uk").is_err());
+        let (other_ca, _) = tls12_server("x");
+        let wrong = upstream_client_config(Some(vec![other_ca]), true, &[]).unwrap();
+        assert!(handshake(wrong, server.clone(), "pacs-web.truro.nhs.uk").is_err());
+        // tls_verify = false: whatever the certificate says.
+        let any = upstream_client_config(None, false, &[]).unwrap();
+        assert!(handshake(any, server, "other.truro.nhs.uk").is_ok());
     }
 }
