@@ -668,10 +668,7 @@ pub type Part = (Vec<(String, String)>, Vec<u8>);
 /// The parts of a `multipart/related` body (a DICOMweb WADO-RS answer): (part headers
 /// lowercased, part body). `content_type` is the response's Content-Type, which names the
 /// boundary.
-pub fn multipart_parts(
-    content_type: &str,
-    body: &[u8],
-) -> Result<Vec<Part>, String> {
+pub fn multipart_parts(content_type: &str, body: &[u8]) -> Result<Vec<Part>, String> {
     let boundary = content_type
         .split(';')
         .map(str::trim)

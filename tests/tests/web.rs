@@ -671,8 +671,9 @@ fn signing_out_in_one_tab_ends_the_application_in_another() {
     // Tab 1 signs out.
     b.switch_to(&tab1);
     b.goto(&format!("{app}/.postern/logout"));
-    let page = b.wait_text("Sign out", Duration::from_secs(10));
-    assert!(b.find("form").is_some(), "a form to post: {page}");
+    b.wait_find("form button", Duration::from_secs(10));
+    let page = b.text();
+    assert!(page.to_lowercase().contains("sign out"), "{}", b.describe());
     b.click_when_ready("form button", Duration::from_secs(10));
     b.wait_text("You are signed out", Duration::from_secs(15));
     let end = web
@@ -985,6 +986,36 @@ fn hostile_clients_cannot_forge_replay_or_carry_sessions_and_cannot_stall_the_pr
     assert_eq!(ok.json()["Name"], "postern-e2e", "{}", ok.describe());
     eprintln!("[{:?}] codes: forged and replayed refused", t.elapsed());
 
+    // No open redirect: a sign-in asked to return to another site ends on the app's host or
+    // is refused; the browser never goes to the other site.
+    let origin = web.app(ORTHANC_WEB);
+    let curl = oidc::Browser::new(&web.w.d.ca_file());
+    let res = curl.login_until(
+        &format!(
+            "{}/auth/web?app={ORTHANC_WEB}&return=https%3A%2F%2Fevil.example%2Fphish",
+            web.w.url()
+        ),
+        "alice",
+        "alice-pw",
+        &format!("{origin}/.postern/callback"),
+    );
+    assert!(!res.visited("https://evil.example"), "{res:#?}");
+    if res
+        .final_url
+        .starts_with(&format!("{origin}/.postern/callback?"))
+    {
+        let r = redeem(&https, ORTHANC_WEB, &res.final_url[origin.len()..], "");
+        if (300..400).contains(&r.status) {
+            let to = r.header("location").unwrap_or("");
+            assert!(
+                to.starts_with(&format!("{origin}/"))
+                    || to.starts_with('/') && !to.starts_with("//"),
+                "an open redirect: {}",
+                r.describe()
+            );
+        }
+    }
+
     // A code issued for the echo app is no good at Orthanc's host (nor is a state cookie of
     // another exchange).
     let echo_code = issue_code(&web, &https, ECHO_WEB, "alice", "alice-pw");
@@ -1275,6 +1306,22 @@ fn hostile_clients_cannot_forge_replay_or_carry_sessions_and_cannot_stall_the_pr
         eprintln!("slowloris client cut after {cut:?}");
         assert!(cut < Duration::from_secs(30), "cut after {cut:?}");
     }
+    // Nothing secret in the audit log: no code, no cookie, no query string.
+    let log: String = web.w.d.audit().iter().map(Value::to_string).collect();
+    let code_value = oidc::query_param(&code.callback, "code").unwrap();
+    assert!(
+        !log.contains(&code_value),
+        "a sign-in code in the audit log"
+    );
+    let cookie_value = cookie.split_once('=').unwrap().1;
+    assert!(
+        !log.contains(cookie_value),
+        "an app cookie in the audit log"
+    );
+    assert!(
+        !log.contains("/whoever?"),
+        "a query string in the audit log"
+    );
     let gateway = web.w.d.gateway.as_mut().unwrap();
     assert!(
         gateway.is_running(),
