@@ -834,6 +834,19 @@ mod tests {
                 first: "2025-03-01T08:15:00.000000Z".into(),
                 last: "2025-03-01T08:15:02.000000Z".into(),
             }),
+            http: Some(HttpRef {
+                method: "GET".into(),
+                path: "/dicom-web/studies/1.2.3".into(),
+                status: 200,
+                bytes_up: 0,
+                bytes_down: 1536,
+                duration_ms: 42,
+                sampled: Some(10),
+            }),
+            objects: Some(vec![ObjectRef {
+                kind: "study".into(),
+                id: "1.2.3".into(),
+            }]),
             audit: Some(AuditMeta {
                 reason: Some("close".into()),
                 ..AuditMeta::default()
@@ -868,7 +881,9 @@ mod tests {
                 "gateway",
                 "groups",
                 "hash",
+                "http",
                 "justification",
+                "objects",
                 "prev",
                 "refused",
                 "report_only",
@@ -900,6 +915,9 @@ mod tests {
         assert_eq!(value["device"]["user_verified"], true);
         assert_eq!(value["refused"]["count"], 3);
         assert_eq!(value["refused"]["reason"], "token_malformed");
+        assert_eq!(value["http"]["sampled"], 10);
+        assert_eq!(value["http"]["status"], 200);
+        assert_eq!(value["objects"][0]["kind"], "study");
         // Serialization order: seq right after v; prev then hash last (the chain relies on it).
         assert!(json.starts_with(r#"{"v":1,"seq":7,"ts":"#), "{json}");
         let tail = format!(

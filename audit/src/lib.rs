@@ -50,7 +50,8 @@
 //! * [`logset`]: several logs read together, one per gateway replica ([`logset::LogSet`]):
 //!   refuses the same log given twice, names each log (its *replica label*), and merges their
 //!   events by time (a k-way merge, one event held per log).
-//! * [`verify`], [`search`], [`sessions`]: what `postern-audit` does, over one log or several.
+//! * [`verify`], [`search`], [`sessions`], [`access`]: what `postern-audit` does, over one log
+//!   or several.
 //!
 //! ## The durability promise
 //!
@@ -72,6 +73,7 @@
 //! else appended since this process last wrote; if so it re-reads the chain head from the file.
 //! So a gateway and any number of admin commands interleave on one chain.
 
+pub mod access;
 mod chain;
 mod error;
 mod event;

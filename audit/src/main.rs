@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use postern_audit::access::{AccessQuery, ObjectKind, ObjectQuery};
 use postern_audit::logset::LogSet;
 use postern_audit::search::{parse_time, Filter, Format, Matches, ReportError, Summary};
 use postern_audit::syslog::{format_rfc5424_replica, frame, SyslogTarget};
@@ -41,8 +42,13 @@ enum Command {
     /// time, with the replica each came from).
     Search(SearchArgs),
     /// One row per session: user, device, endpoint, start, end, duration, bytes, close reason,
-    /// justification (several logs: one row per session wherever its start and end are).
+    /// web requests and objects opened, justification (several logs: one row per session
+    /// wherever its start and end are).
     Sessions(SearchArgs),
+    /// Who opened this study? One row per session that touched a study, series or instance:
+    /// first and last time, user, device, source address, endpoint, session, requests. Exit 0
+    /// also when nothing is found (it says so); 2 for a malformed UID.
+    Access(AccessArgs),
     /// Export matching events as JSON lines, CSV or RFC 5424 syslog (to stdout, or sent to a
     /// syslog server with --to); several logs are merged by time.
     Export(ExportArgs),
@@ -99,6 +105,10 @@ struct FilterArgs {
     /// Decision effect.
     #[arg(long, value_parser = ["allow", "deny"])]
     decision: Option<String>,
+    /// A clinical object the event touched, by its identifier (a study, series or instance
+    /// UID; any kind). sessions: the sessions with a request that touched it.
+    #[arg(long, value_name = "ID")]
+    object: Option<String>,
     /// From this time on: 2025-03-01T18:00:00Z, 2025-03-01T18:00:00+01:00, 2025-03-01, or 12h
     /// (ago).
     #[arg(long, value_name = "TIME")]
@@ -123,6 +133,7 @@ impl FilterArgs {
             site: self.site,
             device: self.device,
             decision: self.decision,
+            object: self.object,
             since: time(self.since, "--since")?,
             until: time(self.until, "--until")?,
         })
@@ -143,6 +154,48 @@ struct SearchArgs {
     /// Print CSV instead of a table.
     #[arg(long)]
     csv: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("objects")
+        .required(true)
+        .multiple(true)
+        .args(["study", "series", "instance"])
+))]
+struct AccessArgs {
+    /// Audit log directory (the one holding audit.jsonl); several, one per gateway replica,
+    /// are read as one.
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<PathBuf>,
+    /// Study Instance UID (may be repeated; a session is listed if it touched any object
+    /// given).
+    #[arg(long, value_name = "UID", value_parser = dicom_uid(ObjectKind::Study))]
+    study: Vec<String>,
+    /// Series Instance UID (may be repeated).
+    #[arg(long, value_name = "UID", value_parser = dicom_uid(ObjectKind::Series))]
+    series: Vec<String>,
+    /// SOP Instance UID (may be repeated).
+    #[arg(long, value_name = "UID", value_parser = dicom_uid(ObjectKind::Instance))]
+    instance: Vec<String>,
+    /// Only accesses from this time on (same forms as search --since).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only accesses before this time.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Print JSON lines instead of a table.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// Print CSV instead of a table.
+    #[arg(long)]
+    csv: bool,
+}
+
+/// A clap value parser that accepts a valid identifier of `kind` (a bad one is a usage error:
+/// exit 2, like every other bad argument).
+fn dicom_uid(kind: ObjectKind) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |id: &str| kind.check(id).map(|()| id.to_owned())
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -243,6 +296,7 @@ fn main() -> ExitCode {
         }),
         Command::Search(args) => report(args, false),
         Command::Sessions(args) => report(args, true),
+        Command::Access(args) => access(args),
         Command::Export(args) => export(args),
         Command::Checkpoint(args) => checkpoint(args),
         Command::Pubkey(args) => pubkey(args),
@@ -519,6 +573,58 @@ fn report(args: SearchArgs, sessions: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn access(args: AccessArgs) -> anyhow::Result<ExitCode> {
+    let format = if args.json {
+        Format::Json
+    } else if args.csv {
+        Format::Csv
+    } else {
+        Format::Table
+    };
+    let now = SystemTime::now();
+    let time = |v: Option<String>, flag: &str| -> anyhow::Result<Option<SystemTime>> {
+        v.map(|t| parse_time(&t, now).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
+            .transpose()
+    };
+    let mut objects = Vec::new();
+    for (kind, ids) in [
+        (ObjectKind::Study, &args.study),
+        (ObjectKind::Series, &args.series),
+        (ObjectKind::Instance, &args.instance),
+    ] {
+        for id in ids {
+            // Checked by clap already; kept so the query can never hold a bad one.
+            objects.push(ObjectQuery::new(kind, id).map_err(anyhow::Error::msg)?);
+        }
+    }
+    objects.dedup();
+    let query = AccessQuery {
+        objects,
+        since: time(args.since, "--since")?,
+        until: time(args.until, "--until")?,
+    };
+    let logs = LogSet::open(&args.dirs)?;
+    let mut report = None;
+    let code = run_report(&logs, |out, bad| {
+        let r = postern_audit::access::access(&logs, &query, format, out, bad)?;
+        let summary = r.summary.clone();
+        report = Some(r);
+        Ok(summary)
+    })?;
+    if let Some(report) = &report {
+        if let Some(note) = postern_audit::access::sampling_note(&query, report) {
+            eprintln!("postern-audit: note: {note}");
+        }
+        if report.rows.is_empty() && !matches!(format, Format::Table) {
+            eprintln!(
+                "postern-audit: {}",
+                postern_audit::access::nothing_found(&query, report)
+            );
+        }
+    }
+    Ok(code)
+}
+
 /// Runs a streaming report to stdout, printing bad lines to stderr as they come.
 fn run_report(
     logs: &LogSet,
@@ -547,6 +653,7 @@ fn run_report(
 
 /// Notes on stderr about what a report met; the exit code.
 fn finish_report(logs: &LogSet, summary: &Summary) -> ExitCode {
+    late_requests_note(summary);
     if !logs.is_merged() {
         if summary.torn_tail {
             eprintln!("postern-audit: note: the log ends in an incomplete line (a write in progress, or a crash); skipped");
@@ -587,6 +694,16 @@ fn finish_report(logs: &LogSet, summary: &Summary) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// A note about `web.request` events `sessions` could not count (after their session's row).
+fn late_requests_note(summary: &Summary) {
+    if summary.late_requests > 0 {
+        eprintln!(
+            "postern-audit: note: {} web request(s) came after their session had ended and are not counted in its row",
+            summary.late_requests
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use crate::error::AuditError;
-use crate::event::Event;
+use crate::event::{Event, HttpRef, ObjectRef};
 use crate::logset::{parse_ts, LogCounts, LogSet, Merged, Want};
 use crate::reader::Entry;
 
@@ -34,6 +34,9 @@ pub struct Filter {
     pub device: Option<String>,
     /// Decision effect: `allow` or `deny`.
     pub decision: Option<String>,
+    /// A clinical object the event touched (any kind: study, series, instance, ...), by its
+    /// identifier, exactly (see [`Event::objects`]).
+    pub object: Option<String>,
     /// Only events at or after this time.
     pub since: Option<SystemTime>,
     /// Only events before this time.
@@ -113,6 +116,10 @@ impl Filter {
                 &self.decision,
                 &event.decision.as_ref().map(|d| d.effect.clone()),
             )
+            && self
+                .object
+                .as_deref()
+                .is_none_or(|want| touches(event, want))
     }
 
     /// A byte string every matching line must contain (ignoring ASCII case), if the filter has
@@ -120,6 +127,9 @@ impl Filter {
     pub fn prefilter(&self) -> Option<Vec<u8>> {
         let quoted = |s: &str| serde_json::to_string(s).ok().map(String::into_bytes);
         if let Some(v) = self.session.as_deref() {
+            return quoted(v);
+        }
+        if let Some(v) = self.object.as_deref() {
             return quoted(v);
         }
         if let Some(v) = self.user.as_deref() {
@@ -149,6 +159,14 @@ impl Filter {
         }
         None
     }
+}
+
+/// Whether `event` touched the object with identifier `id` (of any kind).
+pub fn touches(event: &Event, id: &str) -> bool {
+    event
+        .objects
+        .as_ref()
+        .is_some_and(|objects| objects.iter().any(|o| o.id == id))
 }
 
 fn eq_opt(want: &Option<String>, have: &Option<String>) -> bool {
@@ -282,7 +300,9 @@ fn table_row_in(event: &Event, replica: Option<(&str, usize)>) -> String {
     } else {
         "-".to_owned()
     };
-    let outcome = if let Some(reason) = &event.close_reason {
+    let outcome = if let Some(http) = &event.http {
+        web_outcome(http, event.objects.as_deref().unwrap_or_default())
+    } else if let Some(reason) = &event.close_reason {
         reason.clone()
     } else if let Some(d) = &event.decision {
         match &d.rule {
@@ -310,6 +330,69 @@ fn table_row_in(event: &Event, replica: Option<(&str, usize)>) -> String {
     )
 }
 
+/// What a `web.request` line says in the table's outcome column: `GET /path -> 200, 1.5 MiB
+/// down, 120 ms; study 1.2.3` (bytes up only when some were sent; `sampled 1 in N` when the
+/// event stands for about N requests).
+pub fn web_outcome(http: &HttpRef, objects: &[ObjectRef]) -> String {
+    let mut text = format!(
+        "{} {} -> {}, {} down",
+        http.method,
+        http.path,
+        http.status,
+        human_bytes(Some(http.bytes_down))
+    );
+    if http.bytes_up > 0 {
+        text.push_str(&format!(", {} up", human_bytes(Some(http.bytes_up))));
+    }
+    text.push_str(&format!(", {}", human_ms(http.duration_ms)));
+    if let Some(n) = http.sampled {
+        text.push_str(&format!(", sampled 1 in {n}"));
+    }
+    if !objects.is_empty() {
+        let list: Vec<String> = objects
+            .iter()
+            .map(|o| format!("{} {}", o.kind, o.id))
+            .collect();
+        text.push_str(&format!("; {}", list.join(", ")));
+    }
+    text
+}
+
+/// `1536` → `1.5 KiB`.
+pub fn human_bytes(n: Option<u64>) -> String {
+    let Some(n) = n else {
+        return "-".to_owned();
+    };
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// A request's duration: `120 ms`, `2.5 s`, then minutes and hours as in a session's.
+fn human_ms(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms} ms"),
+        1000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        _ => {
+            let s = ms / 1000;
+            let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
+            if h > 0 {
+                format!("{h}h{m:02}m{s:02}s")
+            } else {
+                format!("{m}m{s:02}s")
+            }
+        }
+    }
+}
+
 fn row(
     ts: &str,
     replica: Option<(&str, usize)>,
@@ -335,7 +418,7 @@ pub(crate) fn one_line(s: &str) -> String {
 }
 
 /// Columns of `--csv` / `export --format csv`, in order.
-pub const CSV_COLUMNS: [&str; 33] = [
+pub const CSV_COLUMNS: [&str; 41] = [
     "seq",
     "ts",
     "type",
@@ -369,6 +452,14 @@ pub const CSV_COLUMNS: [&str; 33] = [
     "close_reason",
     "gateway",
     "detail",
+    "http_method",
+    "http_path",
+    "http_status",
+    "http_bytes_up",
+    "http_bytes_down",
+    "http_duration_ms",
+    "http_sampled",
+    "objects",
 ];
 
 /// The CSV header line (no newline).
@@ -386,7 +477,8 @@ pub fn csv_row(event: &Event) -> String {
     let dev = event.device.as_ref();
     let con = event.connector.as_ref();
     let dec = event.decision.as_ref();
-    let cells: [String; 33] = [
+    let http = event.http.as_ref();
+    let cells: [String; 41] = [
         num(event.seq),
         event.ts.clone(),
         event.kind.clone(),
@@ -431,6 +523,25 @@ pub fn csv_row(event: &Event) -> String {
         opt(&event.close_reason),
         opt(&event.gateway),
         opt(&event.detail),
+        http.map(|h| h.method.clone()).unwrap_or_default(),
+        http.map(|h| h.path.clone()).unwrap_or_default(),
+        http.map(|h| h.status.to_string()).unwrap_or_default(),
+        num(http.map(|h| h.bytes_up)),
+        num(http.map(|h| h.bytes_down)),
+        num(http.map(|h| h.duration_ms)),
+        http.and_then(|h| h.sampled)
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+        event
+            .objects
+            .as_ref()
+            .map(|o| {
+                o.iter()
+                    .map(|o| format!("{}:{}", o.kind, o.id))
+                    .collect::<Vec<_>>()
+                    .join(";")
+            })
+            .unwrap_or_default(),
     ];
     let cells: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
     cells.join(",")
@@ -490,6 +601,10 @@ pub struct Summary {
     /// a row with a start and an end, or an end (a second end written by another replica, or a
     /// start found again). Each session still has one row, with its earliest end.
     pub folded: u64,
+    /// `sessions`: `web.request` events that came after their session's row was finished (so
+    /// they are not counted in it): a request that ended after its session ended, or, with
+    /// several logs, a replica's clock ahead of the others'.
+    pub late_requests: u64,
 }
 
 impl Summary {

@@ -12,6 +12,16 @@
 //! (replicas' clocks apart by more than the session lasted) is joined to it. For that it also
 //! holds, with several logs only, the sessions with an end but no start yet (printed last, in
 //! order of their end) and a 16-byte digest of every finished session id.
+//!
+//! Web application sessions (an endpoint of protocol `http` or `https`) are rows like tunnel
+//! sessions: one `session.start`, one `session.end`, and between them `web.request` events
+//! with the same `session_id`. Their rows also count those requests (an estimate when they were
+//! sampled: each sampled event stands for about N requests) and the distinct objects they
+//! opened, by kind ([`MAX_OBJECTS_PER_KIND`] per kind at most). A request whose session has no
+//! start in the logs read makes a row of its own (no start, like an end without a start); a
+//! request that comes after its session's row was printed is not counted
+//! ([`Summary::late_requests`]). For that it also holds a 16-byte digest of every finished web
+//! session's id, with one log too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
@@ -23,10 +33,13 @@ use ring::digest;
 use serde::Serialize;
 
 use crate::error::AuditError;
-use crate::event::{Event, EventType};
+use crate::event::{Event, EventType, ObjectRef};
 use crate::logset::{LogSet, Merged, Want};
 use crate::reader::RawLine;
-use crate::search::{csv_cell, event_time, one_line, Filter, Format, ReportError, Summary};
+pub use crate::search::human_bytes;
+use crate::search::{
+    csv_cell, event_time, one_line, touches, Filter, Format, ReportError, Summary,
+};
 
 /// One session.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -58,6 +71,103 @@ pub struct SessionRow {
     pub justification: String,
     /// The policy rule that allowed it.
     pub rule: String,
+    /// The endpoint's protocol (`dicom`, `rdp`, `https`, ...); `http` or `https`: a web
+    /// application session.
+    pub protocol: String,
+    /// Web application sessions: how many requests it made, an estimate when requests were
+    /// sampled (each sampled `web.request` counts for N). Absent for tunnel sessions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// Web application sessions: how many `web.request` events the log holds for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_recorded: Option<u64>,
+    /// When some of its requests were sampled: the largest N of "1 in N recorded".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<u32>,
+    /// Whether requests were recorded at more than one rate (some sampled, some not, or
+    /// several N): `requests` is still the sum of what each event stands for.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sampled_mixed: bool,
+    /// Distinct objects the session opened, by kind (`{"study":3,"series":7}`); each count
+    /// stops at [`MAX_OBJECTS_PER_KIND`]. Absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<BTreeMap<String, u64>>,
+    /// Whether a count of `objects` reached [`MAX_OBJECTS_PER_KIND`] (there may be more).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub objects_capped: bool,
+}
+
+/// At most this many distinct objects of one kind are counted per session (kept as 16-byte
+/// digests while the session is held).
+pub const MAX_OBJECTS_PER_KIND: usize = 10_000;
+
+/// Whether an endpoint protocol is a web application's.
+pub fn is_web_protocol(protocol: &str) -> bool {
+    protocol.eq_ignore_ascii_case("https") || protocol.eq_ignore_ascii_case("http")
+}
+
+/// What the `web.request` events of one session add up to.
+#[derive(Debug, Default)]
+struct WebStats {
+    recorded: u64,
+    estimated: u64,
+    /// Smallest and largest N of the sampled events.
+    sampled: Option<(u32, u32)>,
+    /// Events recorded without sampling.
+    unsampled: u64,
+    /// Digests of the distinct object ids, by kind, and whether the kind reached the bound.
+    objects: BTreeMap<String, (HashSet<u128>, bool)>,
+}
+
+impl WebStats {
+    fn add(&mut self, event: &Event) {
+        self.recorded += 1;
+        match event
+            .http
+            .as_ref()
+            .and_then(|h| h.sampled)
+            .filter(|n| *n > 1)
+        {
+            Some(n) => {
+                self.estimated += u64::from(n);
+                self.sampled = Some(match self.sampled {
+                    Some((lo, hi)) => (lo.min(n), hi.max(n)),
+                    None => (n, n),
+                });
+            }
+            None => {
+                self.estimated += 1;
+                self.unsampled += 1;
+            }
+        }
+        for ObjectRef { kind, id } in event.objects.iter().flatten() {
+            let (ids, capped) = self.objects.entry(kind.clone()).or_default();
+            if ids.len() < MAX_OBJECTS_PER_KIND {
+                ids.insert(id_digest(id));
+            } else if !ids.contains(&id_digest(id)) {
+                *capped = true;
+            }
+        }
+    }
+
+    fn fill(&self, row: &mut SessionRow) {
+        row.requests = Some(self.estimated);
+        row.requests_recorded = Some(self.recorded);
+        row.sampled = self.sampled.map(|(_, hi)| hi);
+        row.sampled_mixed = match self.sampled {
+            Some((lo, hi)) => lo != hi || self.unsampled > 0,
+            None => false,
+        };
+        if !self.objects.is_empty() {
+            row.objects = Some(
+                self.objects
+                    .iter()
+                    .map(|(kind, (ids, _))| (kind.clone(), ids.len() as u64))
+                    .collect(),
+            );
+            row.objects_capped = self.objects.values().any(|(_, capped)| *capped);
+        }
+    }
 }
 
 /// A row as printed over several logs: with the replica labels of the logs holding its start
@@ -82,6 +192,55 @@ struct Pending {
     /// than it did over one log.
     start_log: Option<NonZeroU16>,
     end_log: Option<NonZeroU16>,
+    /// Web application sessions: their requests so far.
+    web: Option<Box<WebStats>>,
+    /// Whether a request of it touched the object the filter names (`--object`).
+    touched: bool,
+    /// Made from a `web.request`: no start seen (yet).
+    from_request: bool,
+}
+
+impl Pending {
+    fn new(row: SessionRow, first: Box<Event>, done: bool) -> Pending {
+        let web = is_web_protocol(&row.protocol).then(Box::default);
+        Pending {
+            row,
+            first,
+            done,
+            start_log: None,
+            end_log: None,
+            web,
+            touched: false,
+            from_request: false,
+        }
+    }
+
+    fn is_web(&self) -> bool {
+        self.web.is_some()
+    }
+
+    /// A request of this session.
+    fn request(&mut self, event: &Event, object: Option<&str>) {
+        self.web.get_or_insert_with(Box::default).add(event);
+        if object.is_some_and(|o| touches(event, o)) {
+            self.touched = true;
+        }
+    }
+
+    /// The start of a row made from a request (or from an end): what the start says wins.
+    fn start(&mut self, event: Box<Event>, log: Option<NonZeroU16>) {
+        let mut row = start_row(&event);
+        if self.done {
+            end_row_from(&mut row, &self.row);
+        }
+        self.row = row;
+        if self.web.is_none() && is_web_protocol(&self.row.protocol) {
+            self.web = Some(Box::default());
+        }
+        self.first = event;
+        self.start_log = log;
+        self.from_request = false;
+    }
 }
 
 /// Joins session events into rows, in the order the stream brings them.
@@ -93,9 +252,16 @@ struct Joiner {
     pending: BTreeMap<u64, Pending>,
     /// Several logs: sessions with an end but no start (yet), with their place in the order.
     orphans: HashMap<String, (u64, Pending)>,
-    /// Several logs: digests of the ids of sessions whose row is finished.
+    /// Rows with an end, not printed yet (waiting behind an older open one), by session id.
+    held: HashMap<String, u64>,
+    /// Digests of the ids of sessions whose row is finished: every session with several logs,
+    /// web sessions with one.
     finished: HashSet<u128>,
     folded: u64,
+    /// `web.request` events that came after their session's row was finished.
+    late: u64,
+    /// `--object`: rows say whether a request of theirs touched it.
+    object: Option<String>,
 }
 
 fn id_digest(id: &str) -> u128 {
@@ -106,15 +272,26 @@ fn id_digest(id: &str) -> u128 {
 }
 
 impl Joiner {
-    fn new(merge: bool) -> Joiner {
+    fn new(merge: bool, object: Option<String>) -> Joiner {
         Joiner {
             merge,
             order: 0,
             open: HashMap::new(),
             pending: BTreeMap::new(),
             orphans: HashMap::new(),
+            held: HashMap::new(),
             finished: HashSet::new(),
             folded: 0,
+            late: 0,
+            object,
+        }
+    }
+
+    /// A row got its end: hold it until it can be printed, and remember it is finished.
+    fn finished(&mut self, id: &str, order: u64, web: bool) {
+        self.held.insert(id.to_owned(), order);
+        if self.merge || web {
+            self.finished.insert(id_digest(id));
         }
     }
 
@@ -130,23 +307,23 @@ impl Joiner {
         };
         match event.event_type() {
             Some(EventType::SessionStart) => {
+                // A row made from its requests (the start came later, by time, from another
+                // replica; or after them in the log): it gets its start now.
+                let made = self.open.get(&id).or_else(|| self.held.get(&id)).copied();
+                if let Some(p) = made
+                    .and_then(|o| self.pending.get_mut(&o))
+                    .filter(|p| p.from_request)
+                {
+                    p.start(event, log);
+                    return;
+                }
                 if self.merge {
-                    if let Some((_, orphan)) = self.orphans.remove(&id) {
+                    if let Some((_, mut orphan)) = self.orphans.remove(&id) {
                         // Its end came first (by time, from another replica): join them now.
-                        let mut row = start_row(&event);
-                        end_row(&mut row, &orphan.first);
-                        self.finished.insert(id_digest(&id));
                         let order = self.next_order();
-                        self.pending.insert(
-                            order,
-                            Pending {
-                                row,
-                                first: event,
-                                done: true,
-                                start_log: log,
-                                end_log: orphan.end_log,
-                            },
-                        );
+                        orphan.start(event, log);
+                        self.finished(&id, order, orphan.is_web());
+                        self.pending.insert(order, orphan);
                         return;
                     }
                     if self.open.contains_key(&id) || self.finished.contains(&id_digest(&id)) {
@@ -156,26 +333,19 @@ impl Joiner {
                 }
                 let order = self.next_order();
                 self.open.insert(id, order);
-                self.pending.insert(
-                    order,
-                    Pending {
-                        row: start_row(&event),
-                        first: event,
-                        done: false,
-                        start_log: log,
-                        end_log: None,
-                    },
-                );
+                let mut p = Pending::new(start_row(&event), event, false);
+                p.start_log = log;
+                self.pending.insert(order, p);
             }
             Some(EventType::SessionEnd | EventType::SessionTerminated) => {
-                match self.open.remove(&id).and_then(|o| self.pending.get_mut(&o)) {
-                    Some(p) => {
+                let open = self.open.remove(&id);
+                match open.and_then(|o| self.pending.get_mut(&o).map(|p| (o, p))) {
+                    Some((order, p)) => {
                         end_row(&mut p.row, &event);
                         p.end_log = log;
                         p.done = true;
-                        if self.merge {
-                            self.finished.insert(id_digest(&id));
-                        }
+                        let web = p.is_web();
+                        self.finished(&id, order, web);
                     }
                     None => {
                         if self.merge
@@ -191,29 +361,58 @@ impl Joiner {
                         let mut row = start_row(&event);
                         row.start.clear();
                         end_row(&mut row, &event);
-                        let p = Pending {
-                            row,
-                            first: event,
-                            done: true,
-                            start_log: None,
-                            end_log: log,
-                        };
+                        let mut p = Pending::new(row, event, true);
+                        p.end_log = log;
                         if self.merge {
                             self.orphans.insert(id, (order, p));
                         } else {
+                            let web = p.is_web();
                             self.pending.insert(order, p);
+                            self.finished(&id, order, web);
                         }
                     }
                 }
             }
+            Some(EventType::WebRequest) => self.request(id, event),
             _ => {}
         }
+    }
+
+    /// A `web.request`: counted in its session's row.
+    fn request(&mut self, id: String, event: Box<Event>) {
+        let held = self.open.get(&id).or_else(|| self.held.get(&id)).copied();
+        if let Some(p) = held.and_then(|o| self.pending.get_mut(&o)) {
+            p.request(&event, self.object.as_deref());
+            return;
+        }
+        if let Some((_, p)) = self.orphans.get_mut(&id) {
+            p.request(&event, self.object.as_deref());
+            return;
+        }
+        if self.finished.contains(&id_digest(&id)) {
+            // After its row was printed (a request that ended after its session, or a
+            // replica's clock ahead of the others'): nothing to add it to.
+            self.late += 1;
+            return;
+        }
+        // Its start is not in the log(s) read (so far): a row of its own, open until an end.
+        let order = self.next_order();
+        let mut row = start_row(&event);
+        row.start.clear();
+        let mut p = Pending::new(row, event, false);
+        p.from_request = true;
+        let first = p.first.clone();
+        p.request(&first, self.object.as_deref());
+        self.open.insert(id, order);
+        self.pending.insert(order, p);
     }
 
     /// The next row that can be printed: finished, and no older one still open.
     fn ready(&mut self) -> Option<Pending> {
         if self.pending.first_key_value().is_some_and(|(_, p)| p.done) {
-            return self.pending.pop_first().map(|(_, p)| p);
+            let (_, p) = self.pending.pop_first()?;
+            self.held.remove(&p.row.session_id);
+            return Some(p);
         }
         None
     }
@@ -253,18 +452,31 @@ pub fn sessions_logs(
     out: &mut dyn Write,
     bad: &mut dyn FnMut(&AuditError),
 ) -> Result<Summary, ReportError> {
-    // Cheap test before parsing: only session events matter.
-    let needle: &[u8] = br#""type":"session."#;
-    let line_ok =
-        |line: &RawLine<'_>| !line.complete || memchr::memmem::find(line.bytes, needle).is_some();
+    // Cheap test before parsing: only session events and web requests matter.
+    let session: &[u8] = br#""type":"session."#;
+    let request: &[u8] = br#""type":"web.request""#;
+    let line_ok = |line: &RawLine<'_>| {
+        !line.complete
+            || memchr::memmem::find(line.bytes, session).is_some()
+            || memchr::memmem::find(line.bytes, request).is_some()
+    };
     let event_ok = |event: &Event| -> bool {
         event.session_id.is_some()
             && matches!(
                 event.event_type(),
                 Some(
-                    EventType::SessionStart | EventType::SessionEnd | EventType::SessionTerminated
+                    EventType::SessionStart
+                        | EventType::SessionEnd
+                        | EventType::SessionTerminated
+                        | EventType::WebRequest
                 )
             )
+    };
+    // `--object` is asked of the session's requests, every other criterion of its start.
+    let object = filter.object.clone();
+    let filter = &Filter {
+        object: None,
+        ..filter.clone()
     };
     let mut merged: Merged<'_, Box<Event>> = Merged::open(
         logs,
@@ -290,18 +502,20 @@ pub fn sessions_logs(
         Format::Json | Format::Syslog => {}
     }
     let mut summary = Summary::default();
-    let mut joiner = Joiner::new(merge);
+    let by_object = object.is_some();
+    let mut joiner = Joiner::new(merge, object);
     while let Some(head) = merged.next_owned(bad)? {
         // At most MAX_LOGS logs, so the index always fits.
         let log = u16::try_from(head.log + 1).ok().and_then(NonZeroU16::new);
         joiner.event(head.payload, log);
         while let Some(p) = joiner.ready() {
-            emit(&p, filter, &look, out, &mut summary)?;
+            emit(p, filter, by_object, &look, out, &mut summary)?;
         }
     }
     summary.folded = joiner.folded;
+    summary.late_requests = joiner.late;
     for p in joiner.finish() {
-        emit(&p, filter, &look, out, &mut summary)?;
+        emit(p, filter, by_object, &look, out, &mut summary)?;
     }
     summary.fill(merged.counts(logs));
     Ok(summary)
@@ -324,16 +538,20 @@ impl Look {
 }
 
 fn emit(
-    p: &Pending,
+    mut p: Pending,
     filter: &Filter,
+    by_object: bool,
     look: &Look,
     out: &mut dyn Write,
     summary: &mut Summary,
 ) -> Result<(), ReportError> {
-    if !filter.matches_except_type(&p.first) {
+    if !filter.matches_except_type(&p.first) || (by_object && !p.touched) {
         return Ok(());
     }
     summary.matched += 1;
+    if let Some(web) = &p.web {
+        web.fill(&mut p.row);
+    }
     let (start, end) = (look.label(p.start_log), look.label(p.end_log));
     match (look.format, look.replica_width) {
         (Format::Table, None) => writeln!(out, "{}", table_row(&p.row, None))?,
@@ -399,6 +617,35 @@ fn start_row(e: &Event) -> SessionRow {
             .as_ref()
             .and_then(|d| d.rule.clone())
             .unwrap_or_default(),
+        protocol: e
+            .endpoint
+            .as_ref()
+            .map(|x| x.protocol.clone())
+            .unwrap_or_default(),
+        ..SessionRow::default()
+    }
+}
+
+/// What `end_row` put in `from` (a row made from its end or its requests), put in `row` (the
+/// row made from the start found later).
+fn end_row_from(row: &mut SessionRow, from: &SessionRow) {
+    row.end = from.end.clone();
+    row.bytes_up = from.bytes_up;
+    row.bytes_down = from.bytes_down;
+    row.close_reason = from.close_reason.clone();
+    row.duration_ms = from.duration_ms.or_else(|| {
+        let start = event_time(&row.start)?;
+        let end = event_time(&row.end)?;
+        end.duration_since(start).ok().map(|d| d.as_millis() as u64)
+    });
+    for (to, from) in [
+        (&mut row.justification, &from.justification),
+        (&mut row.user, &from.user),
+        (&mut row.user_email, &from.user_email),
+    ] {
+        if to.is_empty() {
+            to.clone_from(from);
+        }
     }
 }
 
@@ -427,7 +674,7 @@ fn end_row(row: &mut SessionRow, e: &Event) {
     }
 }
 
-const CSV_HEADER: [&str; 16] = [
+const CSV_HEADER: [&str; 21] = [
     "session_id",
     "user",
     "user_name",
@@ -444,6 +691,11 @@ const CSV_HEADER: [&str; 16] = [
     "close_reason",
     "justification",
     "rule",
+    "protocol",
+    "requests",
+    "requests_recorded",
+    "sampled",
+    "objects",
 ];
 
 fn csv_row(r: &SessionRow) -> String {
@@ -465,6 +717,19 @@ fn csv_row(r: &SessionRow) -> String {
         r.close_reason.clone(),
         r.justification.clone(),
         r.rule.clone(),
+        r.protocol.clone(),
+        num(r.requests),
+        num(r.requests_recorded),
+        r.sampled.map(|n| n.to_string()).unwrap_or_default(),
+        {
+            let mut kinds: Vec<(&String, &u64)> = r.objects.iter().flatten().collect();
+            kinds.sort_by_key(|(kind, _)| kind_rank(kind));
+            kinds
+                .iter()
+                .map(|(kind, n)| format!("{kind}:{n}"))
+                .collect::<Vec<_>>()
+                .join(";")
+        },
     ];
     cells
         .iter()
@@ -500,24 +765,6 @@ pub fn human_duration(ms: Option<u64>) -> String {
     }
 }
 
-/// `1536` → `1.5 KiB`.
-pub fn human_bytes(n: Option<u64>) -> String {
-    let Some(n) = n else {
-        return "-".to_owned();
-    };
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
 const W_SESSION: usize = 37; // "sess-" and 32 hex digits, as the gateway makes them
 const W_USER: usize = 24;
 const W_DEVICE: usize = 16;
@@ -526,6 +773,7 @@ const W_TIME: usize = 20;
 const W_DURATION: usize = 9;
 const W_BYTES: usize = 10;
 const W_CLOSE: usize = 16;
+const W_WEB: usize = 36;
 
 fn table_header(replica_width: Option<usize>) -> String {
     line(
@@ -540,8 +788,65 @@ fn table_header(replica_width: Option<usize>) -> String {
         "UP",
         "DOWN",
         "CLOSE",
+        "WEB",
         "JUSTIFICATION",
     )
+}
+
+/// Object kinds in the order a summary names them: the DICOM hierarchy, then the rest.
+fn kind_rank(kind: &str) -> (u8, &str) {
+    match kind {
+        "patient" => (0, kind),
+        "study" => (1, kind),
+        "series" => (2, kind),
+        "instance" => (3, kind),
+        _ => (4, kind),
+    }
+}
+
+/// `3 studies, 1 series`: distinct objects by kind (`10000+ studies` at the bound).
+pub fn objects_summary(objects: &BTreeMap<String, u64>, capped: bool) -> String {
+    let mut kinds: Vec<(&String, &u64)> = objects.iter().collect();
+    kinds.sort_by_key(|(kind, _)| kind_rank(kind));
+    kinds
+        .iter()
+        .map(|(kind, n)| {
+            let more = if capped && **n >= MAX_OBJECTS_PER_KIND as u64 {
+                "+"
+            } else {
+                ""
+            };
+            let name = match (kind.as_str(), **n) {
+                (k, 1) => k.to_owned(),
+                ("study", _) => "studies".to_owned(),
+                ("series", _) => "series".to_owned(),
+                (k, _) => format!("{k}s"),
+            };
+            format!("{n}{more} {name}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What the table says of a web session's requests: `~120 requests (1 in 10 recorded), 3
+/// studies`; `-` for a tunnel session.
+pub fn web_summary(r: &SessionRow) -> String {
+    let Some(requests) = r.requests else {
+        return "-".to_owned();
+    };
+    let noun = if requests == 1 { "request" } else { "requests" };
+    let mut text = match r.sampled {
+        Some(n) if r.sampled_mixed => {
+            format!("~{requests} {noun} (partly sampled, up to 1 in {n} recorded)")
+        }
+        Some(n) => format!("~{requests} {noun} (1 in {n} recorded)"),
+        None => format!("{requests} {noun}"),
+    };
+    if let Some(objects) = r.objects.as_ref().filter(|o| !o.is_empty()) {
+        text.push_str(", ");
+        text.push_str(&objects_summary(objects, r.objects_capped));
+    }
+    text
 }
 
 /// `A`, or `A->B` when the start and the end are in different logs.
@@ -586,6 +891,7 @@ fn table_row(r: &SessionRow, replica: Option<(&str, usize)>) -> String {
         &human_bytes(r.bytes_up),
         &human_bytes(r.bytes_down),
         &dash(&r.close_reason),
+        &one_line(&web_summary(r)),
         &dash(&r.justification),
     )
 }
@@ -603,6 +909,7 @@ fn line(
     up: &str,
     down: &str,
     close: &str,
+    web: &str,
     justification: &str,
 ) -> String {
     let replica = match replica {
@@ -610,7 +917,7 @@ fn line(
         None => String::new(),
     };
     format!(
-        "{session:<W_SESSION$} {user:<W_USER$} {device:<W_DEVICE$} {endpoint:<W_ENDPOINT$} {start:<W_TIME$} {end:<W_TIME$} {duration:>W_DURATION$} {up:>W_BYTES$} {down:>W_BYTES$} {close:<W_CLOSE$} {replica}{justification}"
+        "{session:<W_SESSION$} {user:<W_USER$} {device:<W_DEVICE$} {endpoint:<W_ENDPOINT$} {start:<W_TIME$} {end:<W_TIME$} {duration:>W_DURATION$} {up:>W_BYTES$} {down:>W_BYTES$} {close:<W_CLOSE$} {web:<W_WEB$} {replica}{justification}"
     )
     .trim_end()
     .to_owned()

@@ -293,20 +293,20 @@ fn sessions_report_matches_a_known_log() {
     let out = run(&["sessions", dir]);
     assert!(out.status.success(), "{}", stderr(&out));
     let expected = "\
-SESSION                               USER                     DEVICE           ENDPOINT                   START                END                   DURATION         UP       DOWN CLOSE            JUSTIFICATION
-s1                                    ann.jones@nhs.example    RAD-LAPTOP-042   truro-pacs@truro           2025-03-01 22:15:02Z 2025-03-01 23:16:04Z  1h01m02s    1.5 KiB    5.0 GiB client_closed    -
-s2                                    bob@nhs.example          dev-77           truro-rdp@truro            2025-03-01 22:20:00Z 2025-03-02 02:20:00Z  4h00m00s       10 B       20 B policy_revoked   stroke call, consultant unavailable
-s4                                    ann.jones@nhs.example    -                bodmin-pacs@bodmin         2025-03-02 01:00:00Z -                            -          -          - open             -
-s0                                    sub-dave                 -                truro-pacs@truro           -                    2025-03-02 03:00:00Z       59s          -          - idle_timeout     -
+SESSION                               USER                     DEVICE           ENDPOINT                   START                END                   DURATION         UP       DOWN CLOSE            WEB                                  JUSTIFICATION
+s1                                    ann.jones@nhs.example    RAD-LAPTOP-042   truro-pacs@truro           2025-03-01 22:15:02Z 2025-03-01 23:16:04Z  1h01m02s    1.5 KiB    5.0 GiB client_closed    -                                    -
+s2                                    bob@nhs.example          dev-77           truro-rdp@truro            2025-03-01 22:20:00Z 2025-03-02 02:20:00Z  4h00m00s       10 B       20 B policy_revoked   -                                    stroke call, consultant unavailable
+s4                                    ann.jones@nhs.example    -                bodmin-pacs@bodmin         2025-03-02 01:00:00Z -                            -          -          - open             -                                    -
+s0                                    sub-dave                 -                truro-pacs@truro           -                    2025-03-02 03:00:00Z       59s          -          - idle_timeout     -                                    -
 ";
     assert_eq!(stdout(&out), expected);
 
     let out = run(&["sessions", dir, "--csv", "--endpoint", "truro-pacs"]);
     assert_eq!(
         stdout(&out),
-        "session_id,user,user_name,user_email,device,endpoint,site,source,start,end,duration_ms,bytes_up,bytes_down,close_reason,justification,rule
-s1,sub-ann,Dr Ann Jones,ann.jones@nhs.example,RAD-LAPTOP-042,truro-pacs,truro,,2025-03-01T22:15:02.123456Z,2025-03-01T23:16:04.123456Z,3662000,1536,5368709120,client_closed,,rads
-s0,sub-dave,,,,truro-pacs,truro,,,2025-03-02T03:00:00.000000Z,59000,,,idle_timeout,,
+        "session_id,user,user_name,user_email,device,endpoint,site,source,start,end,duration_ms,bytes_up,bytes_down,close_reason,justification,rule,protocol,requests,requests_recorded,sampled,objects
+s1,sub-ann,Dr Ann Jones,ann.jones@nhs.example,RAD-LAPTOP-042,truro-pacs,truro,,2025-03-01T22:15:02.123456Z,2025-03-01T23:16:04.123456Z,3662000,1536,5368709120,client_closed,,rads,dicom,,,,
+s0,sub-dave,,,,truro-pacs,truro,,,2025-03-02T03:00:00.000000Z,59000,,,idle_timeout,,,dicom,,,,
 "
     );
     let out = run(&["sessions", dir, "--json", "--user", "ANN.JONES@nhs.example"]);

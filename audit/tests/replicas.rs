@@ -365,7 +365,9 @@ async fn sessions_are_one_row_each_wherever_start_and_end_are() {
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert!(
-        lines[0].ends_with(",rule,start_replica,end_replica"),
+        lines[0].ends_with(
+            ",rule,protocol,requests,requests_recorded,sampled,objects,start_replica,end_replica"
+        ),
         "{text}"
     );
     assert_eq!(lines.len(), 2, "{text}");

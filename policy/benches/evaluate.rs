@@ -1,6 +1,7 @@
 //! Policy benchmarks: a realistic 1,000-rule policy for a 20-site trust.
 //!
-//! * `decision/*`: criterion timings of single decisions of several kinds;
+//! * `decision/*`: criterion timings of single decisions of several kinds (one of them a web
+//!   request checked against a rule's `methods` and `paths`);
 //! * a percentile run (printed before criterion's output): every decision of a realistic mix
 //!   timed on its own, reporting p50 / p90 / p99 / p99.9;
 //! * `compile/1000-rules`: parsing, validating and indexing the policy (what a reload costs).
@@ -79,6 +80,7 @@ fn policy_text() -> String {
         rule(&mut t, format!("effect = \"allow\"\ngroups = [\"site{s}-registrars\"]\nendpoints = [\"site{s}-pacs-dicom\"]\nwindows = [\"Mon-Fri 08:00-20:00\"]\ndevice = {{ approved = true }}\n"));
         rule(&mut t, format!("effect = \"allow\"\ngroups = [\"site{s}-admins\"]\nendpoints = [\"site{s}-pacs-*\", \"site{s}-modality-*\"]\nsource = {{ allow = [\"10.0.0.0/8\"] }}\ndevice = {{ approved = true }}\nmax_session = \"1h\"\n"));
         rule(&mut t, format!("effect = \"deny\"\ngroups = [\"site{s}-locums\"]\nendpoint_labels = [\"site{s}\"]\negress = \"data\"\n"));
+        rule(&mut t, format!("effect = \"allow\"\ngroups = [\"site{s}-registrars\"]\nendpoints = [\"site{s}-ris-web\"]\nmethods = [\"GET\", \"HEAD\"]\npaths = [\"/worklist/\", \"/static/\"]\n"));
         rule(&mut t, format!("effect = \"allow\"\ngroups = [\"emergency\"]\nendpoints = [\"site{s}-pacs-web\"]\nrequire_justification = true\nmax_session = \"1h\"\n"));
         for i in 0..32 {
             let start = 1 + (i % 12);
@@ -281,6 +283,19 @@ fn benches(c: &mut Criterion) {
         .unwrap();
     group.bench_function("default-deny", |b| {
         b.iter(|| decide(&policy, black_box(porter)))
+    });
+    // A web request as the gateway's proxy asks it, per HTTP request: a read-only rule with
+    // methods and paths.
+    let registrar = vec!["Site0-registrars".to_owned()];
+    let tuesday = SystemTime::UNIX_EPOCH + Duration::from_secs(1_741_089_600);
+    group.bench_function("web-request-read-only", |b| {
+        b.iter(|| {
+            let req = Request::new("reg@trust.example", &registrar, "site0-ris-web", tuesday)
+                .with_web_request(black_box("GET"), black_box("/worklist/today?modality=CT"));
+            let decision = policy.evaluate(&req);
+            assert!(decision.is_allowed());
+            decision
+        })
     });
     let mut i = 0;
     group.bench_function("mix", |b| {

@@ -28,6 +28,14 @@ pub struct TestCase {
     pub endpoint: String,
     /// The port asked for, if any.
     pub port: Option<u16>,
+    /// The web request's method (`method = "GET"`); with [`TestCase::path`], the test is one
+    /// web request ([`Request::with_web_request`]).
+    pub method: Option<String>,
+    /// The web request's path (`path = "/dicom-web/studies"`), given with the method.
+    pub path: Option<String>,
+    /// `web_session = true`: the test is a web application session as a whole
+    /// ([`Request::with_web_session`]). Without it and without a method and path, a tunnel.
+    pub web_session: bool,
     /// When.
     pub at: SystemTime,
     /// The client address, if the test gives one.
@@ -67,6 +75,11 @@ impl TestCase {
         }
         if let Some(justification) = &self.justification {
             req = req.with_justification(justification);
+        }
+        if let (Some(method), Some(path)) = (&self.method, &self.path) {
+            req = req.with_web_request(method, path);
+        } else if self.web_session {
+            req = req.with_web_session();
         }
         req
     }

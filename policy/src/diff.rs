@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use crate::cases::TestCase;
 use crate::eval::{Decision, DeviceFacts, Request};
 use crate::model::Effect;
-use crate::rule::Check;
+use crate::rule::{Check, MethodSet};
 use crate::Policy;
 
 /// Most sample requests compared; the grid's time step grows to stay under it.
@@ -168,7 +168,8 @@ impl Policy {
                 endpoints.push(&e.name);
             }
         }
-        let grid = subjects.len() * clients.len() * endpoints.len();
+        let targets = sample_targets(old, new, &endpoints);
+        let grid = subjects.len() * clients.len() * targets.len();
         let mut step = Duration::from_secs(30 * 60);
         let mut times = 7 * 48;
         while grid.saturating_mul(times) > MAX_SAMPLES && times > 1 {
@@ -178,10 +179,15 @@ impl Policy {
         let mut families: BTreeMap<(usize, usize, usize), Vec<RequestChange>> = BTreeMap::new();
         for (s, subject) in subjects.iter().enumerate() {
             for (c, client) in clients.iter().enumerate() {
-                for (e, endpoint) in endpoints.iter().enumerate() {
+                for (e, (endpoint, access)) in targets.iter().enumerate() {
                     for i in 0..times {
                         let at = week_start + step * u32::try_from(i).unwrap_or(0);
                         let mut req = Request::new(&subject.user, &subject.groups, endpoint, at);
+                        req = match access {
+                            WebSample::Plain | WebSample::Tunnel => req,
+                            WebSample::Session => req.with_web_session(),
+                            WebSample::Request(method, path) => req.with_web_request(method, path),
+                        };
                         for (claim, values) in &subject.claims {
                             req = req.with_claim(claim, values);
                         }
@@ -209,8 +215,10 @@ impl Policy {
                             Some(f) => f.occurrences += 1,
                             None => family.push(RequestChange {
                                 request: format!(
-                                    "{} → {endpoint}, {}",
-                                    subject.label, client.label
+                                    "{} → {endpoint}{}, {}",
+                                    subject.label,
+                                    access.label(),
+                                    client.label
                                 ),
                                 old: oa,
                                 new: ob,
@@ -232,6 +240,86 @@ impl Policy {
         }
         diff
     }
+}
+
+/// How a sample request uses its endpoint.
+enum WebSample {
+    /// A tunnel, in a comparison where no rule has `methods` or `paths` (labelled as before).
+    Plain,
+    Tunnel,
+    Session,
+    Request(&'static str, String),
+}
+
+impl WebSample {
+    fn label(&self) -> String {
+        match self {
+            WebSample::Plain => String::new(),
+            WebSample::Tunnel => " (tunnel)".into(),
+            WebSample::Session => " (web session)".into(),
+            WebSample::Request(method, path) => format!(" (web request {method} {path})"),
+        }
+    }
+}
+
+/// The (endpoint, access) pairs to sample. When either policy has a rule with `methods` or
+/// `paths`, each web endpoint is also sampled as a web session and as web requests: every
+/// method either policy names (and GET and POST), on every prefix either names (and "/").
+fn sample_targets<'e>(
+    old: &Policy,
+    new: &Policy,
+    endpoints: &[&'e str],
+) -> Vec<(&'e str, WebSample)> {
+    let mut methods = MethodSet::default();
+    methods.insert("GET");
+    methods.insert("POST");
+    let mut paths: Vec<String> = vec!["/".into()];
+    let mut web_rules = false;
+    for policy in [new, old] {
+        for rule in &policy.rules {
+            for c in &rule.conditions {
+                match &c.check {
+                    Check::Methods {
+                        methods: listed, ..
+                    } => {
+                        web_rules = true;
+                        for m in listed.iter() {
+                            methods.insert(m);
+                        }
+                    }
+                    Check::Paths { prefixes, .. } => {
+                        web_rules = true;
+                        for p in prefixes.iter() {
+                            if !paths.iter().any(|q| **q == **p) {
+                                paths.push(p.to_string());
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let is_web = |name: &str| {
+        [new, old]
+            .iter()
+            .any(|p| p.endpoint(name).is_some_and(|e| e.protocol.is_web()))
+    };
+    let mut targets = Vec::new();
+    for &endpoint in endpoints {
+        if !web_rules || !is_web(endpoint) {
+            targets.push((endpoint, WebSample::Plain));
+            continue;
+        }
+        targets.push((endpoint, WebSample::Tunnel));
+        targets.push((endpoint, WebSample::Session));
+        for method in methods.iter() {
+            for path in &paths {
+                targets.push((endpoint, WebSample::Request(method, path.clone())));
+            }
+        }
+    }
+    targets
 }
 
 fn sample_subjects(old: &Policy, new: &Policy) -> Vec<Subject> {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use smallvec::SmallVec;
 
 use crate::model::{user_key, Effect};
-use crate::rule::{Check, Group, Rule, Selection};
+use crate::rule::{path_under, Check, Group, Rule, Selection};
 use crate::schedule::{LocalTime, Zone};
 use crate::text::{bounded_list, FastMap, Quoted};
 use crate::Policy;
@@ -43,6 +43,51 @@ struct AuthFacts {
     auth_time: Option<SystemTime>,
 }
 
+/// How the endpoint is being used: what the evaluator may know about the traffic, which
+/// decides how rules with `methods` or `paths` apply. Read it with [`Request::access`]; set it
+/// with [`Request::with_web_session`] and [`Request::with_web_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessMode<'a> {
+    /// A tunnel (opaque bytes; the default): an allow rule with `methods`/`paths` does not
+    /// match (it cannot be enforced on bytes it cannot see); a deny rule with them does (a
+    /// tunnel could do the denied thing).
+    #[default]
+    Tunnel,
+    /// A web application session as a whole (when it starts, and when live sessions are
+    /// re-evaluated after a policy reload or at `valid_until`): an allow rule with
+    /// `methods`/`paths` matches (some of the session's requests would be allowed); a deny
+    /// rule with them does not (it refuses particular requests only, each decided on its own).
+    WebSession,
+    /// One web request: a rule with `methods`/`paths` matches only when the method is listed
+    /// (if `methods` is given) and the path is under one of the prefixes (if `paths` is given),
+    /// for allow and deny rules alike.
+    WebRequest {
+        /// The request's method, as sent (`GET`).
+        method: &'a str,
+        /// The request's path, without the query string.
+        path: &'a str,
+    },
+}
+
+/// The access mode as the evaluator keeps it: a web request's method and path are checked
+/// once, when the request is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode<'a> {
+    Tunnel,
+    WebSession,
+    WebRequest {
+        method: &'a str,
+        path: &'a str,
+        /// The method is an upper-case token (`GET`, `PROPFIND`): compared with `methods`.
+        /// Otherwise (`get`, empty) it is unknown: no allow rule with `methods` matches and
+        /// every deny rule with `methods` does.
+        method_known: bool,
+        /// The path is in normal form (see `rule::path_problem`): compared with `paths`.
+        /// Otherwise it is unknown, with the same fail-closed outcome.
+        path_known: bool,
+    },
+}
+
 /// Who wants to reach what, and when. Built by the gateway from the authenticated session.
 ///
 /// Construct it with [`Request::new`]; further facts come with builder methods, so callers keep
@@ -64,6 +109,7 @@ pub struct Request<'a> {
     device: Option<&'a DeviceFacts>,
     justification: Option<&'a str>,
     claims: Vec<(&'a str, &'a [String])>,
+    mode: Mode<'a>,
 }
 
 impl<'a> Request<'a> {
@@ -86,6 +132,52 @@ impl<'a> Request<'a> {
             device: None,
             justification: None,
             claims: Vec::new(),
+            mode: Mode::Tunnel,
+        }
+    }
+
+    /// Evaluates the request for a web application session as a whole (see
+    /// [`AccessMode::WebSession`]): when a browser session starts, and when live sessions are
+    /// re-evaluated.
+    pub fn with_web_session(mut self) -> Self {
+        self.mode = Mode::WebSession;
+        self
+    }
+
+    /// Evaluates the request for one web request (see [`AccessMode::WebRequest`]): `method` as
+    /// sent (methods are case-sensitive: `GET`), `path` as sent, without the query string
+    /// (anything from a `?` on is ignored). The path is compared as it is, byte for byte; a
+    /// path that is not in normal form (a `.` or `..` segment, `//`, a backslash, a
+    /// percent-encoded `/` or unreserved character) or a method that is not an upper-case
+    /// token cannot be compared, and is treated like an unknown fact: no allow rule with
+    /// `paths` (or `methods`) matches it, and every deny rule with them does.
+    pub fn with_web_request(mut self, method: &'a str, path: &'a str) -> Self {
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        self.mode = Mode::WebRequest {
+            method,
+            path,
+            method_known: !method.is_empty()
+                && method.len() <= 32
+                && method
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_'),
+            path_known: crate::rule::path_problem(path).is_none(),
+        };
+        self
+    }
+
+    /// Back to the default: a tunnel (see [`AccessMode::Tunnel`]).
+    pub fn with_tunnel(mut self) -> Self {
+        self.mode = Mode::Tunnel;
+        self
+    }
+
+    /// How the endpoint is being used (tunnel unless set).
+    pub fn access(&self) -> AccessMode<'a> {
+        match self.mode {
+            Mode::Tunnel => AccessMode::Tunnel,
+            Mode::WebSession => AccessMode::WebSession,
+            Mode::WebRequest { method, path, .. } => AccessMode::WebRequest { method, path },
         }
     }
 
@@ -629,6 +721,26 @@ pub(crate) fn check(check: &Check, cx: &mut Context<'_, '_>) -> (Outcome, Option
             Some(Some(value)) => (met(values.iter().any(|v| v == value)), None),
         },
         Check::Justification => (met(req.justification.is_some()), None),
+        Check::Methods { methods, deny } => match req.mode {
+            Mode::Tunnel => (Outcome::Unknown, None),
+            Mode::WebSession => (met(!*deny), None),
+            Mode::WebRequest {
+                method_known: false,
+                ..
+            } => (Outcome::Unknown, None),
+            Mode::WebRequest { method, .. } => (met(methods.contains(method)), None),
+        },
+        Check::Paths { prefixes, deny } => match req.mode {
+            Mode::Tunnel => (Outcome::Unknown, None),
+            Mode::WebSession => (met(!*deny), None),
+            Mode::WebRequest {
+                path_known: false, ..
+            } => (Outcome::Unknown, None),
+            Mode::WebRequest { path, .. } => (
+                met(prefixes.iter().any(|prefix| path_under(prefix, path))),
+                None,
+            ),
+        },
     }
 }
 
@@ -891,6 +1003,21 @@ impl Policy {
                 (self.rules.get(r as usize), self.endpoints.get(position))
             {
                 if let Some(condition) = rule.conditions.get(i) {
+                    if condition.check.is_web() {
+                        let what = match req.mode {
+                            Mode::WebRequest { method, path, .. } => {
+                                format!("{} {} on", Quoted(method), Quoted(path))
+                            }
+                            _ => "access to".to_owned(),
+                        };
+                        return format!(
+                            "Denied: {what} {} for {}: rule '{}' {}",
+                            endpoint.name,
+                            self.who(rule, keys, req),
+                            rule.id,
+                            web_text(&condition.check, outcome, req)
+                        );
+                    }
                     return format!(
                         "Denied: access to {} for {} {}",
                         endpoint.name,
@@ -997,8 +1124,16 @@ impl Policy {
                 });
             }
         }
+        let access = match req.mode {
+            Mode::Tunnel => "tunnel".to_owned(),
+            Mode::WebSession => "web session".to_owned(),
+            Mode::WebRequest { method, path, .. } => {
+                format!("web request {} {}", Quoted(method), Quoted(path))
+            }
+        };
         Explanation {
             decision,
+            access,
             rules,
             other_rules,
         }
@@ -1010,6 +1145,8 @@ impl Policy {
 pub struct Explanation {
     /// The decision, exactly as [`Policy::evaluate`] returns it.
     pub decision: Decision,
+    /// How the endpoint was used: `tunnel`, `web session`, or `web request GET /path`.
+    pub access: String,
     /// Every rule that names the endpoint and the user (or one of their groups, or everyone),
     /// in file order.
     pub rules: Vec<RuleTrace>,
@@ -1051,6 +1188,7 @@ pub struct ConditionTrace {
 
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "access:          {}", self.access)?;
         writeln!(f, "{}", self.decision)?;
         writeln!(f)?;
         if self.rules.is_empty() {
@@ -1216,6 +1354,58 @@ pub(crate) fn detail(check: &Check, outcome: Outcome, cx: &mut Context<'_, '_>) 
         }
         (Check::Justification, Outcome::Met) => "a justification was given".into(),
         (Check::Justification, _) => "no justification was given".into(),
+        (Check::Methods { .. } | Check::Paths { .. }, _) => web_text(check, outcome, req),
+    }
+}
+
+/// The prefixes of a `paths` condition, for messages.
+fn prefix_list(prefixes: &[Box<str>]) -> String {
+    let mut list: Vec<&str> = Vec::with_capacity(prefixes.len());
+    list.extend(prefixes.iter().map(|p| &**p));
+    bounded_list(list.into_iter(), 5)
+}
+
+/// What a `methods` or `paths` condition found, for traces and reasons: "allows GET, HEAD
+/// only, not POST", "applies to web requests only (methods/paths), not to a tunnel".
+fn web_text(check: &Check, outcome: Outcome, req: &Request<'_>) -> String {
+    let (deny, what) = match check {
+        Check::Methods { methods, deny } => (*deny, methods.to_string()),
+        Check::Paths { prefixes, deny } => (*deny, format!("paths {}", prefix_list(prefixes))),
+        _ => return String::new(),
+    };
+    let verb = if deny { "denies" } else { "allows" };
+    match req.mode {
+        Mode::Tunnel if deny => format!(
+            "{verb} {what} only, but a tunnel could send any request: the rule applies to the tunnel"
+        ),
+        Mode::Tunnel => {
+            "applies to web requests only (methods/paths), not to a tunnel".to_owned()
+        }
+        Mode::WebSession if deny => format!(
+            "{verb} {what} only: checked on each web request, not on the session"
+        ),
+        Mode::WebSession => format!(
+            "{verb} {what} only: the session may start, and each web request is checked"
+        ),
+        Mode::WebRequest { method, path, .. } => {
+            let (shown, kind) = match check {
+                Check::Methods { .. } => (method, "method"),
+                _ => (path, "path"),
+            };
+            match outcome {
+                Outcome::Met => format!("{verb} {what}, including {}", Quoted(shown)),
+                Outcome::NotMet => format!("{verb} {what} only, not {}", Quoted(shown)),
+                Outcome::Unknown if kind == "method" => format!(
+                    "{verb} {what} only, and '{}' is not an upper-case method name",
+                    Quoted(shown)
+                ),
+                Outcome::Unknown => format!(
+                    "{verb} {what} only, and the path '{}' {}, so it cannot be compared",
+                    Quoted(shown),
+                    crate::rule::path_problem(shown).unwrap_or("is not in normal form")
+                ),
+            }
+        }
     }
 }
 
@@ -1276,6 +1466,7 @@ fn requirement(check: &Check, outcome: Outcome, cx: &mut Context<'_, '_>) -> Str
             }
         ),
         Check::Justification => "requires a justification (break-glass access)".into(),
+        Check::Methods { .. } | Check::Paths { .. } => web_text(check, outcome, req),
     }
 }
 

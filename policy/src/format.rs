@@ -31,6 +31,9 @@ const ENDPOINT_KEYS: &[&str] = &[
     "egress",
     "labels",
     "local_port",
+    "tls_verify",
+    "upstream_host",
+    "request_audit",
 ];
 const RULE_KEYS: &[&str] = &[
     "id",
@@ -41,6 +44,8 @@ const RULE_KEYS: &[&str] = &[
     "endpoints",
     "endpoint_labels",
     "egress",
+    "methods",
+    "paths",
     "zone",
     "valid_from",
     "valid_until",
@@ -60,6 +65,9 @@ const TEST_KEYS: &[&str] = &[
     "groups",
     "claims",
     "endpoint",
+    "web_session",
+    "method",
+    "path",
     "at",
     "zone",
     "source",
@@ -464,6 +472,21 @@ mod tests {
         // Outside strings, line ends are still trimmed.
         assert!(out.contains("z\"\"\"\n"), "{out}");
         assert!(out.contains("x'''\n"), "{out}");
+    }
+
+    #[test]
+    fn web_keys_are_ordered_and_round_trip() {
+        let input = "[[endpoints]]\nrequest_audit='1/10'\nname=\"orthanc-web\"\nupstream_host = \"orthanc.local:8042\"\nprotocol=\"https\"\ntls_verify=false\n\n\
+            [[rules]]\npaths=['/dicom-web/','/app/']\nid=\"r\"\nmethods=[ 'GET','HEAD' ]\nendpoints=['orthanc-web']\nwindows=[\"daily 08:00-18:00\"]\n\n\
+            [[tests]]\nexpect='allow'\npath='/app/'\nmethod='GET'\nendpoint='orthanc-web'\nname='t'\n";
+        let out = fmt(input);
+        assert_eq!(
+            out,
+            "[[endpoints]]\nname = \"orthanc-web\"\nprotocol = \"https\"\ntls_verify = false\nupstream_host = \"orthanc.local:8042\"\nrequest_audit = \"1/10\"\n\n\
+             [[rules]]\nid = \"r\"\nendpoints = [\"orthanc-web\"]\nmethods = [\"GET\", \"HEAD\"]\npaths = [\"/dicom-web/\", \"/app/\"]\nwindows = [\"daily 08:00-18:00\"]\n\n\
+             [[tests]]\nname = \"t\"\nendpoint = \"orthanc-web\"\nmethod = \"GET\"\npath = \"/app/\"\nexpect = \"allow\"\n"
+        );
+        assert_eq!(fmt(&out), out, "idempotent");
     }
 
     #[test]

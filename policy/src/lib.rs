@@ -6,7 +6,8 @@
 //! `[[groups]]` mapped from identity-provider claims, `[[endpoints]]` (services behind a
 //! connector site, with ports, egress class and labels), `[[rules]]` (allow or deny, for groups
 //! and users, on endpoints selected by name, pattern, label or egress class, with conditions on
-//! validity dates, weekly windows, source networks, sign-in and device) and inline `[[tests]]`.
+//! validity dates, weekly windows, source networks, sign-in and device, and for web
+//! applications HTTP methods and path prefixes) and inline `[[tests]]`.
 //! Access is denied unless an allow rule matches, and any matching deny rule overrides every
 //! allow. `docs/policy.md` is the reference; `config/policy.toml` a commented example.
 //!
@@ -89,6 +90,8 @@ mod tests_lang;
 mod tests_model;
 #[cfg(test)]
 mod tests_time;
+#[cfg(test)]
+mod tests_web;
 
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -99,10 +102,14 @@ pub use cases::{TestCase, TestOutcome, TestReport};
 pub use diff::{PolicyDiff, RequestChange};
 pub use error::{Diagnostic, ErrorKind, PolicyError, Severity};
 pub use eval::{
-    ConditionTrace, Decision, DeviceFacts, Explanation, Limits, ReportOnly, Request, RuleTrace,
+    AccessMode, ConditionTrace, Decision, DeviceFacts, Explanation, Limits, ReportOnly, Request,
+    RuleTrace,
 };
 pub use format::format_policy;
-pub use model::{Effect, Egress, Endpoint, PortRange, Protocol, UnknownProtocol};
+pub use model::{
+    Effect, Egress, Endpoint, InvalidRequestAudit, PortRange, Protocol, RequestAudit,
+    UnknownProtocol,
+};
 
 use error::{Diagnostics, SourceFile, SourceMap};
 use eval::Index;

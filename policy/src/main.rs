@@ -24,6 +24,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the `Explain` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate a policy (a file, or a directory of *.toml files): print a summary and any
@@ -83,6 +85,21 @@ enum Command {
         /// Another IdP claim, repeatable: `roles=Locum`.
         #[arg(long = "claim", value_name = "NAME=VALUE")]
         claims: Vec<String>,
+        /// Decide one web request with this HTTP method (`GET`); needs --path. Without --method,
+        /// --path and --web-session, the request is a tunnel.
+        #[arg(long, requires = "web_path")]
+        method: Option<String>,
+        /// The web request's path (`/dicom-web/studies`, without the query); needs --method.
+        #[arg(
+            long = "path",
+            id = "web_path",
+            value_name = "PATH",
+            requires = "method"
+        )]
+        web_path: Option<String>,
+        /// Decide a web application session as a whole (as when it starts), not one request.
+        #[arg(long, conflicts_with_all = ["method", "web_path"])]
+        web_session: bool,
         /// Print the decision and trace as JSON.
         #[arg(long)]
         json: bool,
@@ -178,6 +195,9 @@ fn main() -> anyhow::Result<ExitCode> {
             justification,
             port,
             claims,
+            method,
+            web_path,
+            web_session,
             json,
         } => {
             let Some(policy) = load(&path) else {
@@ -213,6 +233,11 @@ fn main() -> anyhow::Result<ExitCode> {
             }
             if let Some(port) = port {
                 req = req.with_port(port);
+            }
+            if let (Some(method), Some(path)) = (&method, &web_path) {
+                req = req.with_web_request(method, path);
+            } else if web_session {
+                req = req.with_web_session();
             }
             let explanation = policy.explain(&req);
             if json {

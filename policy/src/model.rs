@@ -34,6 +34,97 @@ pub struct Endpoint {
     /// (as Boundary's `default_client_port`): chosen once by IT so that viewer and RDP
     /// configurations never change. Unique across the policy.
     pub local_port: Option<u16>,
+    /// Web endpoints with protocol `https`: whether the gateway verifies the upstream's TLS
+    /// certificate (against the configured hospital CA). `true` unless the policy says
+    /// `tls_verify = false`; always `true` for other protocols, where it means nothing.
+    pub tls_verify: bool,
+    /// Web endpoints: the `Host` header to send upstream (`host` or `host:port`), when it is
+    /// not the endpoint's `host[:port]`. `None` for the default, and for non-web endpoints.
+    pub upstream_host: Option<String>,
+    /// Web endpoints: which proxied requests get a per-request audit event (`web.request`).
+    /// [`RequestAudit::All`] unless the policy says otherwise; always `All` for non-web
+    /// endpoints, where it means nothing.
+    pub request_audit: RequestAudit,
+}
+
+/// Which requests of a web application session are audited one by one (`request_audit` of a
+/// web endpoint). Session start and end are audited whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RequestAudit {
+    /// Every request (`"all"`, the default).
+    #[default]
+    All,
+    /// None (`"off"`).
+    Off,
+    /// One request in N (`"1/N"`), 2 ≤ N ≤ [`RequestAudit::MAX_SAMPLE`], for busy applications.
+    Sample(u32),
+}
+
+impl RequestAudit {
+    /// The largest N of `"1/N"`.
+    pub const MAX_SAMPLE: u32 = 1_000_000;
+
+    /// Whether the request numbered `n` (0-based, counted per application session or per
+    /// endpoint, as the gateway likes) gets its own audit event: always for `All`, never for
+    /// `Off`, and every N-th (`n % N == 0`) for `Sample(N)`.
+    pub fn records(self, n: u64) -> bool {
+        match self {
+            RequestAudit::All => true,
+            RequestAudit::Off => false,
+            RequestAudit::Sample(every) => n.is_multiple_of(u64::from(every.max(1))),
+        }
+    }
+
+    /// Whether events are sampled (`Sample`), for the audit's `sampled` flag.
+    pub fn is_sampled(self) -> bool {
+        matches!(self, RequestAudit::Sample(_))
+    }
+}
+
+/// `all`, `off` or `1/N`, as written in policy files.
+impl fmt::Display for RequestAudit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestAudit::All => f.write_str("all"),
+            RequestAudit::Off => f.write_str("off"),
+            RequestAudit::Sample(every) => write!(f, "1/{every}"),
+        }
+    }
+}
+
+/// Returned by [`RequestAudit::from_str`] for text that is not `all`, `off` or `1/N`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not \"all\", \"off\" or \"1/N\" with N from 2 to 1000000")]
+pub struct InvalidRequestAudit(pub String);
+
+impl FromStr for RequestAudit {
+    type Err = InvalidRequestAudit;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || InvalidRequestAudit(s.to_owned());
+        match s {
+            "all" => Ok(RequestAudit::All),
+            "off" => Ok(RequestAudit::Off),
+            _ => {
+                let every = s.strip_prefix("1/").ok_or_else(invalid)?;
+                if every.is_empty() || !every.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(invalid());
+                }
+                match every.parse::<u32>() {
+                    Ok(n) if (2..=RequestAudit::MAX_SAMPLE).contains(&n) => {
+                        Ok(RequestAudit::Sample(n))
+                    }
+                    _ => Err(invalid()),
+                }
+            }
+        }
+    }
+}
+
+impl serde::Serialize for RequestAudit {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// An inclusive range of TCP ports.
@@ -97,6 +188,10 @@ pub enum Protocol {
     Dicom,
     /// Remote Desktop, usually port 3389.
     Rdp,
+    /// A web application over plain HTTP inside the hospital network (usually port 80 or an
+    /// application's own port, such as Orthanc's 8042). Served by the gateway as a web
+    /// application over HTTPS, like `Https`; reachable as a tunnel too.
+    Http,
     /// A web application over TLS, usually port 443.
     Https,
     /// Any other TCP service, forwarded as opaque bytes.
@@ -105,21 +200,30 @@ pub enum Protocol {
 
 impl Protocol {
     /// Every protocol, in the order the documentation lists them.
-    pub const ALL: [Protocol; 4] = [
+    pub const ALL: [Protocol; 5] = [
         Protocol::Dicom,
         Protocol::Rdp,
+        Protocol::Http,
         Protocol::Https,
         Protocol::Tcp,
     ];
 
-    /// The name used in policy files: `dicom`, `rdp`, `https` or `tcp`.
+    /// The name used in policy files: `dicom`, `rdp`, `http`, `https` or `tcp`.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Dicom => "dicom",
             Protocol::Rdp => "rdp",
+            Protocol::Http => "http",
             Protocol::Https => "https",
             Protocol::Tcp => "tcp",
         }
+    }
+
+    /// Whether endpoints of this protocol are web applications (`http` or `https`): the only
+    /// ones that take the web endpoint keys, and the only ones a rule's `methods` and `paths`
+    /// apply to.
+    pub fn is_web(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Https)
     }
 }
 
@@ -131,7 +235,7 @@ impl fmt::Display for Protocol {
 
 /// Returned by [`Protocol::from_str`] for a name that is not a protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown protocol '{0}' (expected dicom, rdp, https or tcp)")]
+#[error("unknown protocol '{0}' (expected dicom, rdp, http, https or tcp)")]
 pub struct UnknownProtocol(pub String);
 
 impl FromStr for Protocol {
@@ -200,5 +304,67 @@ mod tests {
         assert_eq!(serde_json::to_string(&Protocol::Rdp).unwrap(), "\"rdp\"");
         let p: Protocol = serde_json::from_str("\"https\"").unwrap();
         assert_eq!(p, Protocol::Https);
+        let p: Protocol = serde_json::from_str("\"http\"").unwrap();
+        assert_eq!(p, Protocol::Http);
+    }
+
+    #[test]
+    fn only_http_and_https_are_web() {
+        let web: Vec<Protocol> = Protocol::ALL.into_iter().filter(|p| p.is_web()).collect();
+        assert_eq!(web, [Protocol::Http, Protocol::Https]);
+        assert_eq!(
+            "ftp".parse::<Protocol>().unwrap_err().to_string(),
+            "unknown protocol 'ftp' (expected dicom, rdp, http, https or tcp)"
+        );
+    }
+
+    #[test]
+    fn request_audit_parses_and_prints() {
+        assert_eq!("all".parse(), Ok(RequestAudit::All));
+        assert_eq!("off".parse(), Ok(RequestAudit::Off));
+        assert_eq!("1/2".parse(), Ok(RequestAudit::Sample(2)));
+        assert_eq!("1/1000000".parse(), Ok(RequestAudit::Sample(1_000_000)));
+        for bad in [
+            "1/1",
+            "1/0",
+            "1/1000001",
+            "2/10",
+            "1/",
+            "1/+5",
+            "1/ 5",
+            "ALL",
+            "",
+            "1/99999999999",
+        ] {
+            assert_eq!(
+                bad.parse::<RequestAudit>(),
+                Err(InvalidRequestAudit(bad.into())),
+                "{bad}"
+            );
+        }
+        for audit in [
+            RequestAudit::All,
+            RequestAudit::Off,
+            RequestAudit::Sample(50),
+        ] {
+            assert_eq!(audit.to_string().parse(), Ok(audit));
+        }
+        assert_eq!(
+            serde_json::to_string(&RequestAudit::Sample(10)).unwrap(),
+            "\"1/10\""
+        );
+        assert_eq!(RequestAudit::default(), RequestAudit::All);
+    }
+
+    #[test]
+    fn request_audit_records_every_nth_request() {
+        let kept = |audit: RequestAudit| (0..100).filter(|&n| audit.records(n)).count();
+        assert_eq!(kept(RequestAudit::All), 100);
+        assert_eq!(kept(RequestAudit::Off), 0);
+        assert_eq!(kept(RequestAudit::Sample(10)), 10);
+        assert!(RequestAudit::Sample(10).records(0));
+        assert!(!RequestAudit::Sample(10).records(1));
+        assert!(RequestAudit::Sample(3).is_sampled());
+        assert!(!RequestAudit::All.is_sampled());
     }
 }

@@ -46,6 +46,9 @@ pub(crate) struct RawEndpoint {
     pub(crate) labels: Option<Vec<Spanned<String>>>,
     pub(crate) description: Option<Spanned<String>>,
     pub(crate) local_port: Option<Spanned<i64>>,
+    pub(crate) tls_verify: Option<Spanned<bool>>,
+    pub(crate) upstream_host: Option<Spanned<String>>,
+    pub(crate) request_audit: Option<Spanned<String>>,
 }
 
 /// One `[[groups]]` table.
@@ -105,6 +108,8 @@ pub(crate) struct RawRule {
     pub(crate) endpoints: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) endpoint_labels: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) egress: Option<Spanned<String>>,
+    pub(crate) methods: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) paths: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) zone: Option<Spanned<String>>,
     pub(crate) windows: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) valid_from: Option<Spanned<Datetime>>,
@@ -138,6 +143,9 @@ pub(crate) struct RawTest {
     pub(crate) groups: Option<Vec<Spanned<String>>>,
     pub(crate) claims: Option<BTreeMap<String, Vec<String>>>,
     pub(crate) endpoint: Option<Spanned<String>>,
+    pub(crate) method: Option<Spanned<String>>,
+    pub(crate) path: Option<Spanned<String>>,
+    pub(crate) web_session: Option<Spanned<bool>>,
     pub(crate) at: Option<Spanned<Datetime>>,
     pub(crate) zone: Option<Spanned<String>>,
     pub(crate) source: Option<Spanned<String>>,
@@ -626,14 +634,17 @@ mod tests {
                 "egress",
                 "labels",
                 "description",
-                "local_port"
+                "local_port",
+                "tls_verify",
+                "upstream_host",
+                "request_audit"
             ]
         );
         assert_eq!(
             struct_fields::<RawDefaults>(),
             ["max_session", "idle_timeout", "resume_grace", "zone"]
         );
-        assert_eq!(struct_fields::<RawRule>().len(), 20);
+        assert_eq!(struct_fields::<RawRule>().len(), 22);
         assert_eq!(struct_fields::<RawDevice>().len(), 4);
     }
 }

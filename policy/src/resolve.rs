@@ -14,18 +14,22 @@ use toml::Spanned;
 use crate::cases::TestCase;
 use crate::error::{Diagnostics, ErrorKind, SourceFile};
 use crate::eval::DeviceFacts;
-use crate::model::{Effect, Egress, Endpoint, PortRange, Protocol};
+use crate::model::{Effect, Egress, Endpoint, PortRange, Protocol, RequestAudit};
 use crate::raw::{
     Located, RawDefaults, RawDocument, RawEndpoint, RawGroup, RawRule, RawTest, StringOrList,
 };
 use crate::rule::{
-    glob_match, Check, Condition, Group, Rule, RuleLimits, Selection, Selector, Subjects,
+    glob_match, path_problem, Check, Condition, Group, MethodSet, Rule, RuleLimits, Selection,
+    Selector, Subjects, MAX_PATHS, MAX_PATH_BYTES, METHODS,
 };
 use crate::schedule::{Schedule, Window, Zone};
 use crate::text::{bounded_list, suggest, Quoted};
 use crate::{
     DEFAULT_MAX_SESSION, DEFAULT_RESUME_GRACE, MAX_INDEX_ENTRIES, MAX_PATTERNS, MAX_STRING_BYTES,
 };
+
+/// Longest `upstream_host`, in bytes (a DNS name, a colon and a port).
+const MAX_UPSTREAM_HOST_BYTES: usize = 253 + 6;
 
 /// How many names a "defined endpoints: …" hint lists.
 const HINT_LIST_MAX: usize = 10;
@@ -589,7 +593,10 @@ impl Resolver<'_, '_> {
             None => None,
         };
 
+        let web = self.web_keys(raw, protocol, &label);
+
         let ports = ports?;
+        let (tls_verify, upstream_host, request_audit) = web?;
         Some(Endpoint {
             name: name?.to_owned(),
             site: site?.to_owned(),
@@ -604,7 +611,127 @@ impl Resolver<'_, '_> {
                 None => None,
             },
             local_port,
+            tls_verify,
+            upstream_host,
+            request_audit,
         })
+    }
+
+    /// The web endpoint keys (`tls_verify`, `upstream_host`, `request_audit`): checked, and
+    /// refused on endpoints that are not web applications. Defaults when absent. `protocol` is
+    /// `None` when it was missing or invalid (already reported): then the keys are only checked
+    /// on their own.
+    fn web_keys(
+        &mut self,
+        raw: &RawEndpoint,
+        protocol: Option<Protocol>,
+        label: &str,
+    ) -> Option<(bool, Option<String>, RequestAudit)> {
+        let mut ok = true;
+        let applies = |r: &mut Self, key: &str, at: usize, https_only: bool| -> bool {
+            let Some(protocol) = protocol else {
+                return true;
+            };
+            let problem = if !protocol.is_web() {
+                Some((
+                    format!(
+                        "`{key}` of {label} is only for web endpoints (protocol \"http\" or \"https\"), and this endpoint's protocol is \"{protocol}\""
+                    ),
+                    format!("remove `{key}`, or give the endpoint protocol \"http\" or \"https\" if it is a web application"),
+                ))
+            } else if https_only && protocol == Protocol::Http {
+                Some((
+                    format!(
+                        "`{key}` of {label} is only for protocol \"https\": with \"http\" the connector does not use TLS to the upstream, so there is no certificate to verify"
+                    ),
+                    format!("remove `{key}`, or use protocol \"https\" if the upstream speaks TLS"),
+                ))
+            } else {
+                None
+            };
+            match problem {
+                Some((message, hint)) => {
+                    r.diags
+                        .push(ErrorKind::InvalidValue, at, message, Some(hint));
+                    false
+                }
+                None => true,
+            }
+        };
+        let tls_verify = match &raw.tls_verify {
+            Some(value) => {
+                ok &= applies(self, "tls_verify", value.span().start, true);
+                *value.get_ref()
+            }
+            None => true,
+        };
+        let upstream_host = match &raw.upstream_host {
+            Some(value) => {
+                ok &= applies(self, "upstream_host", value.span().start, false);
+                match self.upstream_host(value, label) {
+                    Some(host) => Some(host.to_owned()),
+                    None => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let request_audit = match &raw.request_audit {
+            Some(value) => {
+                ok &= applies(self, "request_audit", value.span().start, false);
+                match value.get_ref().parse::<RequestAudit>() {
+                    Ok(audit) => audit,
+                    Err(_) => {
+                        self.diags.push(
+                            ErrorKind::InvalidValue,
+                            value.span().start,
+                            format!(
+                                "request_audit '{}' of {label} is not \"all\", \"off\" or \"1/N\"",
+                                Quoted(value.get_ref())
+                            ),
+                            Some(format!(
+                                "write \"all\" (an audit event for every request, the default), \"off\" (none), or \"1/N\" for one request in N, with N from 2 to {}",
+                                RequestAudit::MAX_SAMPLE
+                            )),
+                        );
+                        ok = false;
+                        RequestAudit::All
+                    }
+                }
+            }
+            None => RequestAudit::All,
+        };
+        ok.then_some((tls_verify, upstream_host, request_audit))
+    }
+
+    /// `upstream_host`: a DNS name, an IPv4 address or a bracketed IPv6 address, with an
+    /// optional port; at most [`MAX_UPSTREAM_HOST_BYTES`].
+    fn upstream_host<'v>(&mut self, value: &'v Spanned<String>, label: &str) -> Option<&'v str> {
+        let text = self.text(value, "upstream_host", label)?;
+        let problem = if text.len() > MAX_UPSTREAM_HOST_BYTES {
+            Some(format!(
+                "is {} bytes long (the limit is {MAX_UPSTREAM_HOST_BYTES})",
+                text.len()
+            ))
+        } else if !is_valid_host_header(text) {
+            Some("is not a host name or address with an optional port".to_owned())
+        } else {
+            None
+        };
+        match problem {
+            None => Some(text),
+            Some(problem) => {
+                self.diags.push(
+                    ErrorKind::InvalidValue,
+                    value.span().start,
+                    format!("upstream_host '{}' of {label} {problem}", Quoted(text)),
+                    Some("write the Host header the application expects, such as \"orthanc.truro.nhs.uk\", \"pacs.local:8443\" or \"[fd00::5]:8042\" (no scheme, no path)".into()),
+                );
+                None
+            }
+        }
     }
 
     fn port_range(&mut self, value: &Spanned<String>, label: &str) -> Option<PortRange> {
@@ -974,6 +1101,16 @@ impl Resolver<'_, '_> {
                 .map(Some),
             None => Some(None),
         };
+        // Methods and paths (web requests), evaluated first: on a tunnel they decide whether
+        // the rule can apply at all.
+        let web_conditions = self.web_conditions(raw, is_deny, &label);
+        match web_conditions {
+            Some(web) => {
+                conditions.splice(0..0, web);
+            }
+            None => conditions_ok = false,
+        }
+
         let justification = raw.require_justification.as_ref().map(|v| *v.get_ref());
         if let (true, Some(value)) = (is_deny, &raw.require_justification) {
             self.limit_on_deny(value.span().start, "require_justification", &label);
@@ -1002,6 +1139,16 @@ impl Resolver<'_, '_> {
         }
         for entry in raw.report_only.iter().flatten().filter(|_| !is_deny) {
             let name = entry.get_ref().as_str();
+            if name == "methods" || name == "paths" {
+                self.diags.push(
+                    ErrorKind::UnknownCondition,
+                    entry.span().start,
+                    format!("`{name}` of {label} cannot be report-only: the rule would then allow every request, tunnels included"),
+                    Some(format!("to grant full access, remove `{name}`; to trial a restriction, compare the policies with `postern-policy diff`")),
+                );
+                conditions_ok = false;
+                continue;
+            }
             let mut found = false;
             for condition in &mut conditions {
                 let own = condition.check.name();
@@ -1009,7 +1156,10 @@ impl Resolver<'_, '_> {
                     || own
                         .strip_prefix(name)
                         .is_some_and(|rest| rest.starts_with('.'));
-                if matches && !matches!(condition.check, Check::Justification) {
+                if matches
+                    && !matches!(condition.check, Check::Justification)
+                    && !condition.check.is_web()
+                {
                     condition.report = true;
                     found = true;
                 }
@@ -1017,7 +1167,7 @@ impl Resolver<'_, '_> {
             if !found {
                 let names: Vec<String> = conditions
                     .iter()
-                    .filter(|c| !matches!(c.check, Check::Justification))
+                    .filter(|c| !matches!(c.check, Check::Justification) && !c.check.is_web())
                     .map(|c| c.check.name())
                     .collect();
                 let hint = if names.is_empty() {
@@ -1067,6 +1217,11 @@ impl Resolver<'_, '_> {
             (Effect::Deny, None) => format!("denied by rule '{id}'"),
         };
         let (selector, selection) = selection;
+        let selection = if conditions.iter().any(|c| c.check.is_web()) {
+            self.web_selection(raw, selection, &selector, cx, &label)?
+        } else {
+            selection
+        };
         if selection.is_empty() {
             self.diags.warn(
                 ErrorKind::MatchesNothing,
@@ -1088,6 +1243,199 @@ impl Resolver<'_, '_> {
             file: located.file,
             line: self.line_of(located.file, at),
         })
+    }
+
+    /// A rule's `methods` and `paths`, as conditions (none when neither is written), or `None`
+    /// after recording what is wrong with them.
+    fn web_conditions(&mut self, raw: &RawRule, deny: bool, label: &str) -> Option<Vec<Condition>> {
+        let mut ok = true;
+        let mut out = Vec::new();
+        if let Some(list) = &raw.methods {
+            if list.get_ref().is_empty() {
+                self.diags.push(
+                    ErrorKind::NeverMatches,
+                    list.span().start,
+                    format!("`methods` of {label} is empty, so no web request matches it"),
+                    Some("list methods such as [\"GET\", \"HEAD\"], or remove `methods`".into()),
+                );
+                ok = false;
+            }
+            let mut methods = MethodSet::default();
+            for entry in list.get_ref() {
+                let Some(method) = self.text(entry, "method", label) else {
+                    ok = false;
+                    continue;
+                };
+                if methods.insert(method) {
+                    continue;
+                }
+                let upper = method.to_ascii_uppercase();
+                let hint = if METHODS.contains(&upper.as_str()) {
+                    format!("methods are written in upper case: \"{upper}\"")
+                } else {
+                    format!("`methods` accepts {}", METHODS.join(", "))
+                };
+                self.diags.push(
+                    ErrorKind::InvalidValue,
+                    entry.span().start,
+                    format!(
+                        "unknown HTTP method '{}' in `methods` of {label}",
+                        Quoted(method)
+                    ),
+                    Some(hint),
+                );
+                ok = false;
+            }
+            if ok {
+                out.push(Condition {
+                    check: Check::Methods { methods, deny },
+                    report: false,
+                });
+            }
+        }
+        if let Some(list) = &raw.paths {
+            let entries = list.get_ref();
+            if entries.is_empty() {
+                self.diags.push(
+                    ErrorKind::NeverMatches,
+                    list.span().start,
+                    format!("`paths` of {label} is empty, so no web request matches it"),
+                    Some("list path prefixes such as [\"/dicom-web/\"], or remove `paths`".into()),
+                );
+                ok = false;
+            }
+            if entries.len() > MAX_PATHS {
+                self.diags.push(
+                    ErrorKind::LimitExceeded,
+                    list.span().start,
+                    format!(
+                        "`paths` of {label} lists {} prefixes (the limit is {MAX_PATHS})",
+                        entries.len()
+                    ),
+                    Some("use shorter prefixes that cover several paths, or split the rule".into()),
+                );
+                return None;
+            }
+            let mut prefixes: Vec<Box<str>> = Vec::new();
+            let mut paths_ok = true;
+            for entry in entries {
+                let Some(path) = self.text(entry, "path", label) else {
+                    paths_ok = false;
+                    continue;
+                };
+                let problem = if path.len() > MAX_PATH_BYTES {
+                    Some(format!(
+                        "is {} bytes long (the limit is {MAX_PATH_BYTES})",
+                        path.len()
+                    ))
+                } else {
+                    path_problem(path).map(str::to_owned)
+                };
+                if let Some(problem) = problem {
+                    self.diags.push(
+                        ErrorKind::InvalidValue,
+                        entry.span().start,
+                        format!("path prefix '{}' in `paths` of {label} {problem}", Quoted(path)),
+                        Some("write a path prefix as the application sees it, such as \"/dicom-web/\" or \"/app/explorer.html\": starting with '/', without query, '.' or '..' segments, '//' or needless percent-encoding".into()),
+                    );
+                    paths_ok = false;
+                    continue;
+                }
+                if !prefixes.iter().any(|p| **p == *path) {
+                    prefixes.push(path.into());
+                }
+            }
+            if paths_ok && ok {
+                out.push(Condition {
+                    check: Check::Paths {
+                        prefixes: prefixes.into(),
+                        deny,
+                    },
+                    report: false,
+                });
+            }
+            ok &= paths_ok;
+        }
+        ok.then_some(out)
+    }
+
+    /// A rule with `methods`/`paths` applies to the web endpoints it selects only: the others
+    /// are dropped from its selection (with a warning for those named one by one), and a
+    /// selection without any web endpoint is an error.
+    fn web_selection(
+        &mut self,
+        raw: &RawRule,
+        selection: Selection,
+        selector: &Selector,
+        cx: &RuleContext<'_, '_>,
+        label: &str,
+    ) -> Option<Selection> {
+        let endpoints = cx.catalogue.endpoints;
+        let selected: Vec<u32> = match &selection {
+            Selection::All => (0..endpoints.len()).map(index_u32).collect(),
+            Selection::Some(list) if list.is_empty() => return Some(selection),
+            Selection::Some(list) => list.clone(),
+        };
+        let is_web = |&i: &u32| {
+            endpoints
+                .get(i as usize)
+                .is_some_and(|e| e.protocol.is_web())
+        };
+        let (web, other): (Vec<u32>, Vec<u32>) = selected.into_iter().partition(is_web);
+        let keys = match (&raw.methods, &raw.paths) {
+            (Some(_), Some(_)) => "`methods` and `paths`",
+            (Some(_), None) => "`methods`",
+            _ => "`paths`",
+        };
+        let at = raw
+            .methods
+            .as_ref()
+            .or(raw.paths.as_ref())
+            .map_or(0, |l| l.span().start);
+        let describe = |list: &[u32]| {
+            let named: Vec<String> = list
+                .iter()
+                .filter_map(|&i| endpoints.get(i as usize))
+                .map(|e| format!("{} ({})", e.name, e.protocol))
+                .collect();
+            bounded_list(named.iter().map(String::as_str), HINT_LIST_MAX)
+        };
+        if web.is_empty() {
+            self.diags.push(
+                ErrorKind::NeverMatches,
+                at,
+                format!(
+                    "{label} has {keys}, which apply only to web endpoints (protocol \"http\" or \"https\"), but it selects none: {}",
+                    describe(&other)
+                ),
+                Some(format!("select the web endpoints the restriction is for, or remove {keys}")),
+            );
+            return None;
+        }
+        let named: Vec<u32> = other
+            .into_iter()
+            .filter(|&i| {
+                endpoints.get(i as usize).is_some_and(|e| {
+                    selector
+                        .endpoints
+                        .iter()
+                        .flatten()
+                        .any(|written| *written == e.name)
+                })
+            })
+            .collect();
+        if !named.is_empty() {
+            self.diags.warn(
+                ErrorKind::Suspicious,
+                at,
+                format!(
+                    "{label} has {keys}, which apply only to web endpoints, so it does not apply to {}",
+                    describe(&named)
+                ),
+                Some("move those endpoints to a rule without methods and paths, or remove them from this one".into()),
+            );
+        }
+        Some(Selection::Some(web))
     }
 
     fn limit_on_deny(&mut self, at: usize, key: &str, label: &str) {
@@ -1539,6 +1887,45 @@ impl Resolver<'_, '_> {
                 .map(|r| Some(r.to_owned())),
             None => Some(None),
         };
+        let method = raw
+            .method
+            .as_ref()
+            .map(|m| self.text(m, "method", &label).map(str::to_owned));
+        let path = raw
+            .path
+            .as_ref()
+            .map(|p| self.text(p, "path", &label).map(str::to_owned));
+        let web_session = raw.web_session.as_ref().is_some_and(|w| *w.get_ref());
+        let mut web_ok = true;
+        match (&raw.method, &raw.path) {
+            (Some(given), None) | (None, Some(given)) => {
+                let (has, lacks) = if raw.method.is_some() {
+                    ("method", "path")
+                } else {
+                    ("path", "method")
+                };
+                self.diags.push(
+                    ErrorKind::MissingField,
+                    given.span().start,
+                    format!("{label} gives `{has}` but no `{lacks}`: a web request needs both"),
+                    Some(
+                        "add a line such as `method = \"GET\"` or `path = \"/dicom-web/studies\"`"
+                            .into(),
+                    ),
+                );
+                web_ok = false;
+            }
+            (Some(given), Some(_)) if web_session => {
+                self.diags.push(
+                    ErrorKind::InvalidValue,
+                    given.span().start,
+                    format!("{label} gives both `web_session = true` and a web request (`method`, `path`)"),
+                    Some("a test is a tunnel (the default), a web session (`web_session = true`) or one web request (`method` and `path`)".into()),
+                );
+                web_ok = false;
+            }
+            _ => {}
+        }
         let device = raw.device.as_ref().map(|d| DeviceFacts {
             registered: d.registered.unwrap_or(false),
             approved: d.approved.unwrap_or(false),
@@ -1556,6 +1943,15 @@ impl Resolver<'_, '_> {
                 ago.and_then(|ago| at_time.checked_sub(ago)),
             )),
         };
+        let (Some(method), Some(path)) = (
+            method.map_or(Some(None), |m| m.map(Some)),
+            path.map_or(Some(None), |p| p.map(Some)),
+        ) else {
+            return None;
+        };
+        if !web_ok {
+            return None;
+        }
         Some(TestCase {
             name: name?.to_owned(),
             origin: self
@@ -1574,6 +1970,9 @@ impl Resolver<'_, '_> {
                 .collect(),
             endpoint: endpoint?.to_owned(),
             port: None,
+            method,
+            path,
+            web_session,
             at: at_time,
             source: source?,
             device,
@@ -2095,9 +2494,74 @@ fn is_valid_host(host: &str) -> bool {
         })
 }
 
+/// A `Host` header value: a DNS name or IPv4 address (as [`is_valid_host`]) or a bracketed
+/// IPv6 address, then optionally `:port` with a port from 1 to 65535.
+fn is_valid_host_header(text: &str) -> bool {
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(port) => (None, Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(text), None),
+        }
+    };
+    let host_ok = host.is_none_or(|h| h.parse::<std::net::Ipv6Addr>().is_err() && is_valid_host(h));
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|p| p != 0)
+    });
+    host_ok && port_ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_headers_are_hosts_with_optional_ports() {
+        for good in [
+            "orthanc.truro.nhs.uk",
+            "orthanc.truro.nhs.uk:8042",
+            "10.1.2.3",
+            "10.1.2.3:80",
+            "[fd00::5]",
+            "[fd00::5]:8443",
+            "localhost",
+        ] {
+            assert!(is_valid_host_header(good), "{good}");
+        }
+        for bad in [
+            "",
+            "fd00::5",
+            "[fd00::5",
+            "[nope]:80",
+            "[fd00::5]80",
+            "host:",
+            "host:0",
+            "host:65536",
+            "host:+80",
+            "https://host",
+            "host/path",
+            "host name",
+            ":80",
+            "a..b",
+        ] {
+            assert!(!is_valid_host_header(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn names_follow_the_charset() {

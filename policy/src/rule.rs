@@ -136,6 +136,17 @@ pub(crate) enum Check {
     },
     /// `require_justification = true`: the request must carry a justification. Always enforced.
     Justification,
+    /// `methods = [...]`: web requests with one of these methods. `deny` is the rule's effect,
+    /// which decides the outcome for a whole web session (see `eval::check`).
+    Methods {
+        methods: MethodSet,
+        deny: bool,
+    },
+    /// `paths = [...]`: web requests whose path starts with one of these prefixes.
+    Paths {
+        prefixes: Box<[Box<str>]>,
+        deny: bool,
+    },
 }
 
 impl Check {
@@ -152,7 +163,14 @@ impl Check {
             Check::UserVerified(_) => "device.user_verified".into(),
             Check::Posture { key, .. } => format!("device.posture.{key}"),
             Check::Justification => "require_justification".into(),
+            Check::Methods { .. } => "methods".into(),
+            Check::Paths { .. } => "paths".into(),
         }
+    }
+
+    /// Whether the check restricts web requests (`methods`, `paths`).
+    pub(crate) fn is_web(&self) -> bool {
+        matches!(self, Check::Methods { .. } | Check::Paths { .. })
     }
 
     /// Whether the outcome can change with time alone (for the same request).
@@ -210,6 +228,119 @@ impl Rule {
     }
 }
 
+/// The HTTP methods a rule's `methods` accepts, in the order they are listed in messages.
+pub(crate) const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+/// A set of [`METHODS`], one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct MethodSet(u8);
+
+impl MethodSet {
+    /// The bit of a method written exactly as in [`METHODS`].
+    fn bit(method: &str) -> Option<u8> {
+        METHODS.iter().position(|m| *m == method).map(|i| 1u8 << i)
+    }
+
+    /// Adds `method`; `false` if it is not one of [`METHODS`].
+    pub(crate) fn insert(&mut self, method: &str) -> bool {
+        match Self::bit(method) {
+            Some(bit) => {
+                self.0 |= bit;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `method` (exact, upper case) is in the set.
+    pub(crate) fn contains(self, method: &str) -> bool {
+        Self::bit(method).is_some_and(|bit| self.0 & bit != 0)
+    }
+
+    pub(crate) fn iter(self) -> impl Iterator<Item = &'static str> {
+        METHODS
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, m)| *m)
+    }
+}
+
+/// "GET, HEAD".
+impl fmt::Display for MethodSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, method) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(method)?;
+        }
+        Ok(())
+    }
+}
+
+/// Longest path prefix in a rule's `paths`, in bytes.
+pub(crate) const MAX_PATH_BYTES: usize = 256;
+/// Most prefixes in a rule's `paths`.
+pub(crate) const MAX_PATHS: usize = 64;
+
+/// Whether `path` is under `prefix`: a prefix that ends in '/' takes every path that starts
+/// with it; one that does not takes the path itself and the paths below it ("/dicom-web"
+/// takes "/dicom-web" and "/dicom-web/studies", not "/dicom-webx").
+pub(crate) fn path_under(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+    }
+}
+
+/// What is wrong with a path written in a policy or sent in a request, if anything: it must
+/// start with '/', hold no query or fragment, no '.' or '..' segment, no "//", no backslash, no
+/// whitespace or control character, and no percent-encoding of a character that needs none
+/// (letters, digits, "-", ".", "_", "~") or of '/' — two spellings of one path would let a
+/// request past a prefix that the application sees it is under.
+pub(crate) fn path_problem(path: &str) -> Option<&'static str> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Some("does not start with '/'");
+    }
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'?' => return Some("has a query ('?')"),
+            b'#' => return Some("has a fragment ('#')"),
+            b'\\' => return Some("has a backslash"),
+            b'/' if bytes.get(i + 1) == Some(&b'/') => return Some("has an empty segment ('//')"),
+            b'%' => {
+                let hex = |j: usize| bytes.get(j).and_then(|c| (*c as char).to_digit(16));
+                let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+                    return Some("has a '%' that is not followed by two hex digits");
+                };
+                let decoded = u8::try_from(hi * 16 + lo).unwrap_or(0);
+                if decoded == b'/' || decoded == b'\\' {
+                    return Some("has a percent-encoded '/' or '\\'");
+                }
+                if decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~') {
+                    return Some(
+                        "percent-encodes a character that needs no encoding (such as %2E for '.')",
+                    );
+                }
+                i += 2;
+            }
+            b if b <= b' ' || b == 0x7f => return Some("has a space or control character"),
+            _ => {}
+        }
+        i += 1;
+    }
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Some("has a '.' or '..' segment");
+    }
+    None
+}
+
 /// Glob match of an endpoint name against a pattern where `*` matches any run of characters.
 /// Linear in practice: the classic single-backtrack algorithm.
 pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
@@ -258,6 +389,86 @@ mod tests {
         assert!(!glob_match("a*a*a*b", "aaaaaaaaaaaaaaaaa"));
         assert!(glob_match("pacs", "pacs"));
         assert!(!glob_match("pacs", "pacs2"));
+    }
+
+    #[test]
+    fn path_prefixes_match_on_segment_boundaries() {
+        assert!(path_under("/dicom-web", "/dicom-web"));
+        assert!(path_under("/dicom-web", "/dicom-web/"));
+        assert!(path_under("/dicom-web", "/dicom-web/studies"));
+        assert!(!path_under("/dicom-web", "/dicom-webx"));
+        assert!(!path_under("/dicom-web", "/dicom-we"));
+        assert!(!path_under("/dicom-web", "/"));
+        assert!(path_under("/dicom-web/", "/dicom-web/studies"));
+        assert!(path_under("/dicom-web/", "/dicom-web/"));
+        assert!(!path_under("/dicom-web/", "/dicom-web"));
+        assert!(path_under("/app/explorer", "/app/explorer/x.js"));
+        assert!(!path_under("/app/explorer", "/app/explorer.html"));
+        assert!(path_under("/", "/anything/at/all"));
+        assert!(path_under("/", "/"));
+        assert!(!path_under("/a", "/A"));
+    }
+
+    #[test]
+    fn path_problems_are_named() {
+        for good in [
+            "/",
+            "/dicom-web/",
+            "/app/explorer.html",
+            "/a%20b",
+            "/%C3%A9",
+            "/a/b-c_d~e",
+            "/v1.2/x",
+        ] {
+            assert_eq!(path_problem(good), None, "{good}");
+        }
+        for (bad, problem) in [
+            ("", "does not start with '/'"),
+            ("dicom-web/", "does not start with '/'"),
+            ("*", "does not start with '/'"),
+            ("/a?b=1", "has a query ('?')"),
+            ("/a#top", "has a fragment ('#')"),
+            ("/a//b", "has an empty segment ('//')"),
+            ("//", "has an empty segment ('//')"),
+            ("/a/../b", "has a '.' or '..' segment"),
+            ("/a/./b", "has a '.' or '..' segment"),
+            ("/a/..", "has a '.' or '..' segment"),
+            ("/.", "has a '.' or '..' segment"),
+            ("/a%2Fb", "has a percent-encoded '/' or '\\'"),
+            ("/a%2fb", "has a percent-encoded '/' or '\\'"),
+            ("/a%5cb", "has a percent-encoded '/' or '\\'"),
+            (
+                "/%2e%2e/b",
+                "percent-encodes a character that needs no encoding (such as %2E for '.')",
+            ),
+            (
+                "/%61dmin",
+                "percent-encodes a character that needs no encoding (such as %2E for '.')",
+            ),
+            ("/a%2", "has a '%' that is not followed by two hex digits"),
+            ("/a%zz", "has a '%' that is not followed by two hex digits"),
+            ("/a\\b", "has a backslash"),
+            ("/a b", "has a space or control character"),
+            ("/a\tb", "has a space or control character"),
+        ] {
+            assert_eq!(path_problem(bad), Some(problem), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn method_sets_keep_the_documented_order() {
+        let mut set = MethodSet::default();
+        assert_eq!(set.to_string(), "");
+        assert!(set.insert("HEAD"));
+        assert!(set.insert("GET"));
+        assert!(set.insert("GET"));
+        assert!(!set.insert("get"));
+        assert!(!set.insert("TRACE"));
+        assert_eq!(set.to_string(), "GET, HEAD");
+        assert!(set.contains("GET"));
+        assert!(!set.contains("POST"));
+        assert!(!set.contains("get"));
+        assert!(!set.contains(""));
     }
 
     #[test]

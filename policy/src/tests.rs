@@ -108,6 +108,9 @@ description = "Radiologists read images"
             labels: vec![],
             description: None,
             local_port: None,
+            tls_verify: true,
+            upstream_host: None,
+            request_audit: RequestAudit::All,
         })
     );
     assert_eq!(
@@ -140,10 +143,16 @@ fn example_config_parses_and_decides_as_its_comments_say() {
             "truro-reporting-pc-01",
             "truro-reporting-pc-02",
             "penzance-pacs-dicom",
-            "penzance-pacs-web"
+            "penzance-pacs-web",
+            "orthanc-web"
         ]
     );
-    assert_eq!(policy.rule_count(), 10);
+    assert_eq!(policy.rule_count(), 11);
+    let orthanc = policy.endpoint("orthanc-web").unwrap();
+    assert_eq!(
+        (orthanc.protocol, orthanc.port, orthanc.request_audit),
+        (Protocol::Http, 8042, RequestAudit::All)
+    );
     let penzance = policy.endpoint("penzance-pacs-dicom").unwrap();
     assert_eq!(
         (penzance.port, penzance.ports.last, penzance.egress),
@@ -244,7 +253,7 @@ colour = "blue"
     assert_eq!(all[2].message, "unknown key `colour`");
     assert_eq!(
         all[2].hint.as_deref(),
-        Some("allowed keys: name, site, host, port, ports, protocol, egress, labels, description, local_port")
+        Some("allowed keys: name, site, host, port, ports, protocol, egress, labels, description, local_port, tls_verify, upstream_host, request_audit")
     );
 }
 

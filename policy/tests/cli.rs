@@ -33,7 +33,7 @@ fn check_accepts_the_example_config() {
     let output = run(&["check", config.to_str().unwrap()]);
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     let out = stdout(&output);
-    let prefix = "ok: 6 endpoints, 10 rules, 21 tests, version sha256:";
+    let prefix = "ok: 7 endpoints, 11 rules, 26 tests, version sha256:";
     assert!(out.starts_with(prefix), "{out}");
     assert_eq!(out.trim_end().len(), prefix.len() + 16);
     assert!(
@@ -230,10 +230,10 @@ fn test_runs_the_inline_tests_and_fails_on_a_failure() {
     assert!(out.starts_with("RESULT TEST"), "{out}");
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
-        21,
+        26,
         "{out}"
     );
-    assert!(out.trim_end().ends_with("21 passed, 0 failed"), "{out}");
+    assert!(out.trim_end().ends_with("26 passed, 0 failed"), "{out}");
 
     // Break the policy: the locum's window moves to the daytime.
     let dir = tempfile::tempdir().unwrap();
@@ -251,7 +251,7 @@ fn test_runs_the_inline_tests_and_fails_on_a_failure() {
         out.contains("FAIL   locum at noon on a Tuesday is denied the Truro viewer"),
         "{out}"
     );
-    assert!(out.trim_end().ends_with("18 passed, 3 failed"), "{out}");
+    assert!(out.trim_end().ends_with("23 passed, 3 failed"), "{out}");
 
     // A policy without tests fails: nothing was tested.
     std::fs::write(&path, "deny_all = true\n").unwrap();
@@ -332,7 +332,7 @@ fn diff_reports_changed_tests_and_samples() {
     assert_eq!(output.status.code(), Some(1), "changes found: exit 1");
     let out = stdout(&output);
     assert!(
-        out.starts_with("inline tests whose decision changes: 1 of 21\n"),
+        out.starts_with("inline tests whose decision changes: 1 of 26\n"),
         "{out}"
     );
     assert!(
@@ -443,4 +443,110 @@ fn check_refuses_an_empty_policy_and_report_only_deny_rules() {
         "{err}"
     );
     assert!(!err.contains("suspension, remember to lift it"), "{err}");
+}
+
+#[test]
+fn explain_decides_web_requests_and_sessions() {
+    let config = example_config();
+    let base = [
+        "explain",
+        config.to_str().unwrap(),
+        "--user",
+        "r.penrose@truro.nhs.uk",
+        "--groups",
+        "Radiographers",
+        "--endpoint",
+        "orthanc-web",
+        "--at",
+        "2025-03-04T12:00",
+        "--mfa",
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let output = run(&args);
+        assert!(output.status.success(), "stderr: {}", stderr(&output));
+        stdout(&output)
+    };
+
+    let post = with(&["--method", "POST", "--path", "/tools/find?x=1"]);
+    assert!(
+        post.starts_with("access:          web request POST /tools/find\neffect:          deny\n"),
+        "{post}"
+    );
+    assert!(
+        post.contains("reason:          Denied: POST /tools/find on orthanc-web for radiographers: rule 'radiographers-orthanc-read-only' allows GET, HEAD only, not POST\n"),
+        "{post}"
+    );
+    assert!(
+        post.contains("methods                  not met  allows GET, HEAD only, not POST"),
+        "{post}"
+    );
+
+    let get = with(&["--method", "GET", "--path", "/app/explorer.html"]);
+    assert!(get.contains("effect:          allow\n"), "{get}");
+    assert!(
+        get.contains("rule:            radiographers-orthanc-read-only\n"),
+        "{get}"
+    );
+
+    let session = with(&["--web-session"]);
+    assert!(
+        session.starts_with("access:          web session\n"),
+        "{session}"
+    );
+    assert!(session.contains("effect:          allow\n"), "{session}");
+
+    let tunnel = with(&[]);
+    assert!(tunnel.starts_with("access:          tunnel\n"), "{tunnel}");
+    assert!(
+        tunnel.contains("applies to web requests only (methods/paths), not to a tunnel"),
+        "{tunnel}"
+    );
+
+    let json = with(&["--method", "HEAD", "--path", "/", "--json"]);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(value["access"], "web request HEAD /");
+    assert_eq!(value["decision"]["effect"], "allow");
+}
+
+#[test]
+fn explain_needs_method_and_path_together() {
+    let config = example_config();
+    for (extra, missing) in [
+        (["--method", "GET"], "--path <PATH>"),
+        (["--path", "/app/"], "--method <METHOD>"),
+    ] {
+        let mut args = vec![
+            "explain",
+            config.to_str().unwrap(),
+            "--user",
+            "u",
+            "--endpoint",
+            "orthanc-web",
+        ];
+        args.extend_from_slice(&extra);
+        let output = run(&args);
+        assert_eq!(output.status.code(), Some(2));
+        assert!(stderr(&output).contains(missing), "{}", stderr(&output));
+    }
+    let output = run(&[
+        "explain",
+        config.to_str().unwrap(),
+        "--user",
+        "u",
+        "--endpoint",
+        "orthanc-web",
+        "--web-session",
+        "--method",
+        "GET",
+        "--path",
+        "/",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("cannot be used with"),
+        "{}",
+        stderr(&output)
+    );
 }
