@@ -617,10 +617,11 @@ pub fn echoed_headers(v: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// Verifies an ES256 JWT against a JWK set (`{"keys": [...]}`): the header's `kid` names a
-/// P-256 key of the set and the signature over `header.payload` is valid. Returns (header,
-/// claims); expiry and audience are for the caller to check.
-pub fn verify_es256(token: &str, jwks: &Value) -> Result<(Value, Value), String> {
+/// Verifies a JWT against a JWK set (`{"keys": [...]}`): the header's `kid` names a key of
+/// the set, of the type the header's `alg` needs (ES256: EC P-256; EdDSA: OKP Ed25519), and
+/// the signature over `header.payload` is valid with it. Returns (header, claims); expiry and
+/// audience are for the caller to check.
+pub fn verify_jwt(token: &str, jwks: &Value) -> Result<(Value, Value), String> {
     use crate::oidc::b64url_decode;
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
@@ -634,17 +635,11 @@ pub fn verify_es256(token: &str, jwks: &Value) -> Result<(Value, Value), String>
     let claims: Value = b64url_decode(p)
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or("payload is not base64url JSON")?;
-    if header["alg"] != "ES256" {
-        return Err(format!("alg is {}, not ES256", header["alg"]));
-    }
     let kid = header["kid"].as_str().ok_or("no kid in the header")?;
     let key = jwks["keys"]
         .as_array()
         .and_then(|keys| keys.iter().find(|k| k["kid"] == kid))
         .ok_or_else(|| format!("kid {kid} is not in the key set {jwks}"))?;
-    if key["kty"] != "EC" || key["crv"] != "P-256" {
-        return Err(format!("key {kid} is not an EC P-256 key: {key}"));
-    }
     let coord = |c: &str| {
         key[c]
             .as_str()
@@ -652,12 +647,27 @@ pub fn verify_es256(token: &str, jwks: &Value) -> Result<(Value, Value), String>
             .filter(|b| b.len() == 32)
             .ok_or_else(|| format!("key {kid}: bad {c}"))
     };
-    let mut point = vec![4u8];
-    point.extend(coord("x")?);
-    point.extend(coord("y")?);
     let sig = b64url_decode(s).ok_or("signature is not base64url")?;
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &point)
-        .verify(format!("{h}.{p}").as_bytes(), &sig)
+    let signed = format!("{h}.{p}");
+    let (alg, public): (&'static dyn ring::signature::VerificationAlgorithm, Vec<u8>) =
+        match header["alg"].as_str() {
+            Some("ES256") if key["kty"] == "EC" && key["crv"] == "P-256" => {
+                let mut point = vec![4u8];
+                point.extend(coord("x")?);
+                point.extend(coord("y")?);
+                (&ring::signature::ECDSA_P256_SHA256_FIXED, point)
+            }
+            Some("EdDSA") if key["kty"] == "OKP" && key["crv"] == "Ed25519" => {
+                (&ring::signature::ED25519, coord("x")?)
+            }
+            other => {
+                return Err(format!(
+                    "alg {other:?} with key {key}: not an ES256/EC P-256 or EdDSA/Ed25519 pair"
+                ))
+            }
+        };
+    ring::signature::UnparsedPublicKey::new(alg, &public)
+        .verify(signed.as_bytes(), &sig)
         .map_err(|_| format!("the signature does not verify with key {kid}"))?;
     Ok((header, claims))
 }
@@ -745,7 +755,7 @@ mod tests {
     }
 
     #[test]
-    fn es256_tokens_verify_against_their_key_set_only() {
+    fn signed_tokens_verify_against_their_key_set_only() {
         use crate::oidc::b64url_encode;
         use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
         let rng = ring::rand::SystemRandom::new();
@@ -762,15 +772,38 @@ mod tests {
         );
         let sig = key.sign(&rng, signed.as_bytes()).unwrap();
         let token = format!("{signed}.{}", b64url_encode(sig.as_ref()));
-        let (_, claims) = verify_es256(&token, &jwks).unwrap();
+        let (_, claims) = verify_jwt(&token, &jwks).unwrap();
         assert_eq!(claims["aud"], "echo-web");
         let tampered = token.replacen(
             &b64url_encode(br#"{"aud":"echo-web"}"#),
             &b64url_encode(br#"{"aud":"orthanc"}"#),
             1,
         );
-        assert!(verify_es256(&tampered, &jwks).is_err());
-        assert!(verify_es256("forged", &jwks).is_err());
+        assert!(verify_jwt(&tampered, &jwks).is_err());
+        assert!(verify_jwt("forged", &jwks).is_err());
+
+        // EdDSA (Ed25519) too; an ES256 header over an Ed25519 key is refused.
+        use ring::signature::Ed25519KeyPair;
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let ed = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "e1",
+            "x": b64url_encode(ed.public_key().as_ref())}]});
+        let signed = format!(
+            "{}.{}",
+            b64url_encode(br#"{"alg":"EdDSA","kid":"e1"}"#),
+            b64url_encode(br#"{"sub":"a"}"#)
+        );
+        let token = format!(
+            "{signed}.{}",
+            b64url_encode(ed.sign(signed.as_bytes()).as_ref())
+        );
+        assert_eq!(verify_jwt(&token, &jwks).unwrap().1["sub"], "a");
+        let lying = token.replacen(
+            &b64url_encode(br#"{"alg":"EdDSA","kid":"e1"}"#),
+            &b64url_encode(br#"{"alg":"ES256","kid":"e1"}"#),
+            1,
+        );
+        assert!(verify_jwt(&lying, &jwks).is_err());
     }
 
     #[test]

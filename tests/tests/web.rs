@@ -20,7 +20,7 @@ use postern_e2e::oidc::{self, OidcUser};
 use postern_e2e::wait_for;
 use postern_e2e::web::{
     app_browser, app_host, app_origin, artefacts_dir, echoed_headers, multipart_parts, page_fetch,
-    page_fetch_bytes, page_status, sign_in_to_app, verify_es256, web_config, HeaderEcho, Https,
+    page_fetch_bytes, page_status, sign_in_to_app, verify_jwt, web_config, HeaderEcho, Https,
     Response,
 };
 use postern_e2e::world::{device_of, World};
@@ -944,6 +944,8 @@ fn hostile_clients_cannot_forge_replay_or_carry_sessions_and_cannot_stall_the_pr
     let t = Instant::now();
     // Device trust off: the curl browser signs in (WebAuthn has its own tests above).
     let mut web = Web::start("[devices]\nrequired = false\n", true);
+    // Departures from the contract that do not stop the rest of the test: reported at the end.
+    let mut deviations: Vec<String> = Vec::new();
     let https = web.https();
     let orthanc = app_host(ORTHANC_WEB);
     let echo_host = app_host(ECHO_WEB);
@@ -1016,14 +1018,14 @@ fn hostile_clients_cannot_forge_replay_or_carry_sessions_and_cannot_stall_the_pr
         }
     }
 
-    // A code issued for the echo app is no good at Orthanc's host (nor is a state cookie of
-    // another exchange).
-    let echo_code = issue_code(&web, &https, ECHO_WEB, "alice", "alice-pw");
+    // A code issued for the echo app, with its own state cookie, is no good at Orthanc's host
+    // (the attempt may use it up: the echo app gets a code of its own below).
+    let stray = issue_code(&web, &https, ECHO_WEB, "alice", "alice-pw");
     assert_code_refused(
-        &redeem(&https, ORTHANC_WEB, &echo_code.callback, &code.state_cookie),
+        &redeem(&https, ORTHANC_WEB, &stray.callback, &stray.state_cookie),
         "a code for another app",
     );
-    // Its own host takes it.
+    let echo_code = issue_code(&web, &https, ECHO_WEB, "alice", "alice-pw");
     let r = redeem(
         &https,
         ECHO_WEB,
@@ -1156,9 +1158,15 @@ fn hostile_clients_cannot_forge_replay_or_carry_sessions_and_cannot_stall_the_pr
         jwks["keys"],
         "one key set on both hosts"
     );
-    let (header, claims) = verify_es256(&assertion[0], &jwks)
+    let (header, claims) = verify_jwt(&assertion[0], &jwks)
         .unwrap_or_else(|e| panic!("the assertion does not verify: {e}: {}", assertion[0]));
-    assert_eq!(header["alg"], "ES256");
+    if header["alg"] != "ES256" {
+        // Checked last, so that the rest of the test still runs.
+        deviations.push(format!(
+            "postern-jwt-assertion is signed with alg {} (the contract says ES256): {header}",
+            header["alg"]
+        ));
+    }
     let aud_ok = claims["aud"] == ECHO_WEB
         || claims["aud"]
             .as_array()
@@ -1199,7 +1207,7 @@ fn hostile_clients_cannot_forge_replay_or_carry_sessions_and_cannot_stall_the_pr
             .as_bytes(),
     );
     parts[1] = &forged_claims;
-    assert!(verify_es256(&parts.join("."), &jwks).is_err());
+    assert!(verify_jwt(&parts.join("."), &jwks).is_err());
     eprintln!(
         "[{:?}] identity headers: spoofed stripped, assertion verified",
         t.elapsed()
@@ -1329,4 +1337,8 @@ fn hostile_clients_cannot_forge_replay_or_carry_sessions_and_cannot_stall_the_pr
         gateway.log_text()
     );
     eprintln!("[{:?}] slowloris cut; done", t.elapsed());
+    assert!(
+        deviations.is_empty(),
+        "departures from the contract: {deviations:#?}"
+    );
 }
