@@ -99,6 +99,8 @@ pub struct App {
     pub links: Arc<Links>,
     pub tls: Tls,
     pub life: Lifecycle,
+    /// The web application proxy (`[web]`), if configured.
+    pub web: Option<Arc<crate::web::Web>>,
 }
 
 fn io_err(what: &str, e: impl std::fmt::Display) -> GatewayError {
@@ -113,18 +115,38 @@ fn tls(
     now: SystemTime,
 ) -> Result<Tls, GatewayError> {
     let year = Duration::from_secs(365 * 86400);
-    let (chain, key) = server_ca.issue_server(&config.server_names, year, now)?;
+    // Web applications are served at NAME.<apps_domain>: the self-issued certificate covers
+    // them with a wildcard name.
+    let mut names = config.server_names.clone();
+    if let Some(w) = &config.web {
+        names.push(format!("*.{}", w.apps_domain));
+    }
+    let (chain, key) = server_ca.issue_server(&names, year, now)?;
     use postern_proto::wire::{ALPN_CONNECTOR, ALPN_H2, ALPN_HTTP1, ALPN_RENEW};
     let own = postern_net::certs::certified_key(chain.clone(), key.clone_key())
         .map_err(|e| io_err("the self-issued server certificate", e))?;
-    let server_cert = Arc::new(
-        ServerCert::new(Arc::new(own), config.server_cert_files.clone(), now).map_err(|e| {
+    let mut server_cert = ServerCert::new(Arc::new(own), config.server_cert_files.clone(), now)
+        .map_err(|e| {
             io_err(
                 "the client-facing certificate ([tls] cert_file, key_file)",
                 e,
             )
-        })?,
-    );
+        })?;
+    if let Some((w, files)) = config
+        .web
+        .as_ref()
+        .and_then(|w| Some((w, w.cert_files.clone()?)))
+    {
+        server_cert = server_cert
+            .with_web(&w.apps_domain, files, now)
+            .map_err(|e| {
+                io_err(
+                    "the web applications' certificate ([web] cert_file, key_file)",
+                    e,
+                )
+            })?;
+    }
+    let server_cert = Arc::new(server_cert);
     let client =
         postern_net::tls::server_config_with_resolver(server_cert.clone(), &[ALPN_H2, ALPN_HTTP1])?;
     let quic = postern_net::tls::server_config_with_resolver(
@@ -149,6 +171,63 @@ fn tls(
         connector: TlsAcceptor::from(Arc::new(connector)),
         quic: Arc::new(quic),
         connector_quic: Arc::new(connector_quic),
+    })
+}
+
+/// The web application proxy for `[web]`.
+#[allow(clippy::too_many_arguments)]
+fn web_proxy(
+    config: &Config,
+    w: &crate::config::WebConfig,
+    authn: &Arc<Authn>,
+    broker: &Arc<Broker>,
+    access: &Arc<Access>,
+    signin: &Arc<SignIn>,
+    limits: &Arc<Limits>,
+    clock: &SharedClock,
+) -> Result<crate::web::Web, GatewayError> {
+    let Some(main_origin) = config.public_origin() else {
+        return Err(io_err(
+            "[web]",
+            "web applications need sign-in: set [oidc] (its redirect_url names the gateway's own address)",
+        ));
+    };
+    let port_suffix = main_origin
+        .rsplit_once(':')
+        .filter(|(scheme_host, port)| scheme_host.contains("//") && *port != "443")
+        .map(|(_, port)| format!(":{port}"))
+        .unwrap_or_default();
+    let roots = match &w.upstream_ca_file {
+        Some(f) => {
+            let pem = std::fs::read_to_string(f)
+                .map_err(|e| io_err(&format!("web.upstream_ca_file {}", f.display()), e))?;
+            Some(
+                postern_net::tls::certs_from_pem(&pem, &f.display().to_string())
+                    .map_err(|e| io_err("web.upstream_ca_file", e))?,
+            )
+        }
+        None => None,
+    };
+    let alpn: &[&[u8]] = &[b"h2", b"http/1.1"];
+    let tls_verify = postern_net::tls::upstream_client_config(roots, true, alpn)
+        .map_err(|e| io_err("web: upstream TLS", e))?;
+    let tls_noverify = postern_net::tls::upstream_client_config(None, false, alpn)
+        .map_err(|e| io_err("web: upstream TLS", e))?;
+    Ok(crate::web::Web {
+        config: w.clone(),
+        main_origin,
+        port_suffix,
+        authn: authn.clone(),
+        broker: broker.clone(),
+        access: access.clone(),
+        upstream: broker.upstream.clone(),
+        store: signin.store.clone(),
+        signin: signin.clone(),
+        limits: limits.clone(),
+        clock: clock.clone(),
+        sessions: Arc::new(crate::web::AppSessions::default()),
+        tls_verify: Arc::new(tls_verify),
+        tls_noverify: Arc::new(tls_noverify),
     })
 }
 
@@ -257,6 +336,7 @@ impl App {
             limits: limits.clone(),
             clock: clock.clone(),
             sessions: access.sessions.clone(),
+            browser_tickets: config.web.is_some(),
         });
         let devices = Arc::new(DeviceTrust {
             authn: authn.clone(),
@@ -321,7 +401,14 @@ impl App {
             revoked_told: Default::default(),
             replica_set,
         });
+        let web = match &config.web {
+            Some(w) => Some(Arc::new(web_proxy(
+                &config, w, &authn, &broker, &access, &signin, &limits, &clock,
+            )?)),
+            None => None,
+        };
         Ok(Arc::new(App {
+            web,
             config,
             clock,
             store,

@@ -46,6 +46,26 @@ struct RawConfig {
     devices: RawDevices,
     #[serde(default)]
     store: RawStore,
+    web: Option<RawWeb>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    /// Every web endpoint NAME is served at `https://NAME.<apps_domain>/`.
+    apps_domain: String,
+    /// A certificate for `*.<apps_domain>` (PEM chain and key); default: the gateway's own CA
+    /// issues one (or the `[tls]` files are used when they are set).
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that verify `https` upstreams; default: the system's roots.
+    upstream_ca_file: Option<PathBuf>,
+    /// Largest request body sent to an application, in MiB (default 1024).
+    max_request_body_mib: Option<u64>,
+    /// A request or response body that moves no byte for this long is cut (default 60s).
+    body_idle_timeout: Option<String>,
+    /// How long an upstream may take to answer a request's headers (default 120s).
+    upstream_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +89,8 @@ struct RawRateLimits {
     tunnel_per_address: Option<RateQuota>,
     tunnel_per_user: Option<RateQuota>,
     admin: Option<RateQuota>,
+    web_per_address: Option<RateQuota>,
+    web_per_user: Option<RateQuota>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,6 +221,22 @@ pub struct Config {
     pub accept_truncated_audit: bool,
     /// Where the state lives (`[store]`).
     pub store: crate::state::StoreConfig,
+    /// `[web]`: web applications served by the proxy (None: none are).
+    pub web: Option<WebConfig>,
+}
+
+/// `[web]`: the identity-aware proxy for web applications.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebConfig {
+    /// Lower-case DNS name; endpoint NAME is served at `NAME.<apps_domain>`.
+    pub apps_domain: String,
+    /// The wildcard certificate's files (None: `[tls]`'s files, or the gateway's own CA).
+    pub cert_files: Option<CertFiles>,
+    /// CA certificates that verify `https` upstreams (None: the system's roots).
+    pub upstream_ca_file: Option<PathBuf>,
+    pub max_request_body: u64,
+    pub body_idle_timeout: Duration,
+    pub upstream_timeout: Duration,
 }
 
 /// Whether a newly registered device may be used at once.
@@ -384,6 +422,7 @@ impl Config {
             devices: DevicesConfig::default(),
             accept_truncated_audit: false,
             store: crate::state::StoreConfig::default(),
+            web: None,
         }
     }
 
@@ -546,6 +585,8 @@ impl Config {
             ),
             tunnel_per_user: quota("tunnel_per_user", rr.tunnel_per_user, rl.tunnel_per_user),
             admin: quota("admin", rr.admin, rl.admin),
+            web_per_address: quota("web_per_address", rr.web_per_address, rl.web_per_address),
+            web_per_user: quota("web_per_user", rr.web_per_user, rl.web_per_user),
         };
         if raw.node_id.is_empty() {
             errors.push(format!("{file}: node_id: must not be empty"));
@@ -563,6 +604,9 @@ impl Config {
                 None
             }
         };
+        let web = raw
+            .web
+            .map(|w| web_config(&file.to_string(), w, &abs, &mut errors));
         let server_names = raw.tls.server_names.unwrap_or_else(default_server_names);
         if server_names.is_empty() {
             errors.push(format!(
@@ -710,7 +754,84 @@ impl Config {
             devices,
             accept_truncated_audit: false,
             store,
+            web,
         })
+    }
+}
+
+/// Resolves `[web]`.
+fn web_config(
+    file: &str,
+    raw: RawWeb,
+    abs: &dyn Fn(PathBuf) -> PathBuf,
+    errors: &mut Vec<String>,
+) -> WebConfig {
+    let domain = raw.apps_domain.trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if domain.len() > 200
+        || !domain.contains('.') && domain != "localhost"
+        || !domain.split('.').all(label_ok)
+    {
+        errors.push(format!(
+            "{file}: web.apps_domain: expected a DNS name such as \"apps.gw.example.org\" (each endpoint NAME is served at NAME.<apps_domain>), found \"{}\"",
+            crate::http::printable(&raw.apps_domain, 80)
+        ));
+    }
+    let cert_files = match (raw.cert_file, raw.key_file) {
+        (Some(cert), Some(key)) => Some(CertFiles {
+            cert: abs(cert),
+            key: abs(key),
+        }),
+        (None, None) => None,
+        _ => {
+            errors.push(format!(
+                "{file}: web: set both cert_file and key_file (or neither: the [tls] certificate, or one from the gateway's own CA)"
+            ));
+            None
+        }
+    };
+    let mut dur = |key: &str, v: Option<String>, default: Duration| match v {
+        None => default,
+        Some(s) => match humantime::parse_duration(&s) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                errors.push(format!(
+                    "{file}: web.{key}: expected a duration like \"60s\", found \"{}\"",
+                    crate::http::printable(&s, 40)
+                ));
+                default
+            }
+        },
+    };
+    let body_idle_timeout = dur(
+        "body_idle_timeout",
+        raw.body_idle_timeout,
+        Duration::from_secs(60),
+    );
+    let upstream_timeout = dur(
+        "upstream_timeout",
+        raw.upstream_timeout,
+        Duration::from_secs(120),
+    );
+    let mib = raw.max_request_body_mib.unwrap_or(1024);
+    if mib == 0 || mib > 1024 * 1024 {
+        errors.push(format!(
+            "{file}: web.max_request_body_mib: expected 1 to 1048576, found {mib}"
+        ));
+    }
+    WebConfig {
+        apps_domain: domain,
+        cert_files,
+        upstream_ca_file: raw.upstream_ca_file.map(abs),
+        max_request_body: mib.saturating_mul(1024 * 1024),
+        body_idle_timeout,
+        upstream_timeout,
     }
 }
 

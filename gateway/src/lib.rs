@@ -46,6 +46,7 @@ pub mod pki;
 pub mod replica;
 pub mod state;
 pub mod stream;
+pub mod web;
 
 /// Session tokens, under their historical path.
 pub use authn::tokens;

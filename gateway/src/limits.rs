@@ -9,6 +9,8 @@
 //! | tunnel opens | source address | 100/s | 400 |
 //! | tunnel opens | user | 50/s | 200 |
 //! | admin listener requests (metrics, health) | source address | 20/s | 100 |
+//! | web application requests | source address | 200/s | 1000 |
+//! | web application requests | user | 200/s | 1000 |
 //!
 //! Each is set in the `[rate_limits]` table of the gateway configuration (read at start).
 //! The per-address tunnel limit also covers `GET /v1/endpoints[/NAME]` and applies *before*
@@ -86,6 +88,9 @@ pub struct RateLimits {
     pub tunnel_per_address: RateQuota,
     pub tunnel_per_user: RateQuota,
     pub admin: RateQuota,
+    /// Requests to web applications (a viewer page loads tens of resources at once).
+    pub web_per_address: RateQuota,
+    pub web_per_user: RateQuota,
 }
 
 impl Default for RateLimits {
@@ -98,6 +103,8 @@ impl Default for RateLimits {
             tunnel_per_address: q(100, 400),
             tunnel_per_user: q(50, 200),
             admin: q(20, 100),
+            web_per_address: q(200, 1000),
+            web_per_user: q(200, 1000),
         }
     }
 }
@@ -110,6 +117,8 @@ pub struct Limits {
     pub tunnel_ip: Limiter<IpAddr>,
     pub tunnel_user: Limiter<String>,
     pub admin: Limiter<IpAddr>,
+    pub web_ip: Limiter<IpAddr>,
+    pub web_user: Limiter<String>,
 }
 
 impl Default for Limits {
@@ -127,6 +136,8 @@ impl Limits {
             tunnel_ip: Limiter::from(r.tunnel_per_address),
             tunnel_user: Limiter::from(r.tunnel_per_user),
             admin: Limiter::from(r.admin),
+            web_ip: Limiter::from(r.web_per_address),
+            web_user: Limiter::from(r.web_per_user),
         }
     }
 
@@ -137,6 +148,8 @@ impl Limits {
         self.connector_dial.shrink();
         self.tunnel_ip.shrink();
         self.tunnel_user.shrink();
+        self.web_ip.shrink();
+        self.web_user.shrink();
     }
 }
 

@@ -681,6 +681,7 @@ async fn reevaluating_ten_thousand_live_sessions() {
             report_only: Vec::new(),
             egress_class: None,
             started: f.clock.instant(),
+            web: false,
         });
         kills.push(f.app.access.register(session, permit.deadline).0);
     }

@@ -2,7 +2,7 @@
 //!
 //! * The ring provider is passed explicitly everywhere ([`provider`]); nothing relies on a
 //!   process-wide default, so a dependency enabling another provider cannot cause a panic.
-//! * TLS 1.3 only.
+//! * TLS 1.3 only, except [`upstream_client_config`] (web applications inside the hospital).
 //! * [`pinned_client_config`] authenticates a gateway on first contact from an enrolment token's
 //!   pin; afterwards connectors and clients trust the gateway CA with [`client_config`].
 
@@ -194,6 +194,95 @@ impl ServerCertVerifier for PinnedCa {
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Client config for a web application inside the hospital, reached by the gateway's web
+/// proxy through a connector: `roots` verify its certificate (the hospital's CA; `None`: the
+/// public web PKI), or with `verify` false nothing is checked (a policy's explicit
+/// `tls_verify = false`, for appliances with self-signed certificates). TLS 1.2 is allowed
+/// here as well as 1.3: hospital web servers often offer nothing newer, and this leg already
+/// runs inside the connector's mutually authenticated tunnel.
+pub fn upstream_client_config(
+    roots: Option<Vec<CertificateDer<'static>>>,
+    verify: bool,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let mut config = if verify {
+        let mut store = RootCertStore::empty();
+        match roots {
+            Some(roots) => {
+                for r in roots {
+                    store.add(r)?;
+                }
+            }
+            None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        builder.with_root_certificates(store).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unverified { provider }))
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// Accepts any server certificate (still checking the handshake signatures): only for an
+/// upstream the policy marks `tls_verify = false`.
+#[derive(Debug)]
+struct Unverified {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -772,16 +772,21 @@ proptest! {
         for r in &requests {
             let d = policy.evaluate(&build(r, r.at));
             let mut probes = vec![r.at + 1];
+            // The decision must hold at every instant strictly before `valid_until`; at
+            // `valid_until` itself it may change (so the probe one second on is skipped when
+            // that is already `valid_until`, e.g. a sign-in reaching `max_age` one second later).
+            let mut end = None;
             match d.valid_until {
                 Some(v) => {
                     let v = i64::try_from(v.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()).unwrap();
                     prop_assert!(v > r.at, "valid_until {} not after {}", v, r.at);
+                    end = Some(v);
                     probes.push(v - 1);
                     probes.extend(fractions.iter().map(|f| r.at + ((v - r.at) as f64 * f) as i64));
                 }
                 None => probes.extend([r.at + 3600, r.at + 3 * 86_400, r.at + 9 * 86_400, r.at + 40 * 86_400]),
             }
-            for t in probes.into_iter().filter(|&t| t >= r.at) {
+            for t in probes.into_iter().filter(|&t| t >= r.at && end.is_none_or(|v| t < v)) {
                 let later = policy.evaluate(&build(r, t));
                 prop_assert_eq!(key(&later), key(&d), "{}\n{:#?}\nat {} vs {}: {}\n---\n{}", text, r, t, r.at, later, d);
             }
@@ -822,4 +827,54 @@ fn generated_cases_cover_every_outcome() {
             && timed > 200,
         "{counts:?}"
     );
+}
+
+/// Regression (found by `decisions_hold_until_valid_until`): a sign-in 1 s short of `max_age`
+/// allows, with `valid_until` the instant it reaches `max_age` (one second after the request);
+/// the allow holds until then and not at it (`max_age` is exclusive: "less than `max_age`
+/// ago"). The property once probed `at + 1` even when that was `valid_until` itself.
+#[test]
+fn a_sign_in_one_second_short_of_max_age_holds_until_exactly_max_age() {
+    let rules = [MRule {
+        id: "r0".into(),
+        deny: false,
+        everyone: true,
+        groups: vec![],
+        users: vec![],
+        endpoints: Some(vec!["*"]),
+        labels: vec![],
+        egress_display: None,
+        conditions: vec![(Cond::Mfa(false), false), (Cond::MaxAge(93_600), false)],
+        max_session: None,
+        idle: None,
+    }];
+    let policy = Policy::parse(&render(&rules), "model.toml").unwrap();
+    let at = 1_743_296_400;
+    let signed_in = at - 93_599;
+    let r = MReq {
+        user: "lee@x",
+        groups: vec![],
+        roles: vec![],
+        endpoint: "truro-pacs",
+        at,
+        source: None,
+        auth: Some((false, Some(signed_in))),
+        device: None,
+        justification: false,
+    };
+    let d = policy.evaluate(&build(&r, at));
+    assert_eq!(d.effect, Effect::Allow, "{d}");
+    assert_eq!(d.rule.as_deref(), Some("r0"));
+    assert_eq!(d.valid_until, Some(system_time(signed_in + 93_600)));
+    assert_eq!(d.valid_until, Some(system_time(at + 1)));
+    // Every instant strictly before `valid_until`, to the nanosecond: the same decision.
+    let just_before = system_time(at) + Duration::from_nanos(999_999_999);
+    let req = Request::new(r.user, &r.groups, r.endpoint, just_before)
+        .with_claim("roles", &r.roles)
+        .with_auth(false, Some(system_time(signed_in)));
+    assert_eq!(key(&policy.evaluate(&req)), key(&d));
+    // At `valid_until` the sign-in is exactly `max_age` old: no longer allowed.
+    let later = policy.evaluate(&build(&r, at + 1));
+    assert_eq!(later.effect, Effect::Deny, "{later}");
+    assert_eq!(later.rule, None);
 }

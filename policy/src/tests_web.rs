@@ -2,7 +2,7 @@
 //! conditions in the three access modes (tunnel, web session, web request), their reasons and
 //! traces, and inline tests of web requests.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use crate::tests_lang::{at, errors, parse};
 use crate::*;
@@ -1119,38 +1119,6 @@ fn diff_reports_changed_methods() {
     assert!(same.is_empty());
 }
 
-// ---------------------------------------------------------------------------------------------
-// Cost
-
-/// The gateway evaluates every proxied request: a web request must cost about what a tunnel
-/// decision does (the method and path checks allocate nothing and scan a few bytes). Compared
-/// as the best of several rounds, so a busy machine does not make it flaky.
-#[test]
-fn web_request_evaluation_costs_about_as_much_as_a_tunnel() {
-    let p = web_policy(RULES);
-    let groups = vec!["Locums".to_owned(), "Radiographers".to_owned()];
-    let now = at(TUESDAY_NOON);
-    let round = |web: bool| {
-        let start = Instant::now();
-        for _ in 0..1_000 {
-            let req = Request::new("l@truro.nhs.uk", &groups, "orthanc-web", now);
-            let req = if web {
-                req.with_web_request("GET", "/dicom-web/studies/1.2.840.113619/series")
-            } else {
-                req
-            };
-            std::hint::black_box(p.evaluate(std::hint::black_box(&req)));
-        }
-        start.elapsed()
-    };
-    // Interleaved rounds, best of each: load from other processes hits both alike.
-    let (mut tunnel, mut web) = (Duration::MAX, Duration::MAX);
-    for _ in 0..15 {
-        tunnel = tunnel.min(round(false));
-        web = web.min(round(true));
-    }
-    assert!(
-        web <= tunnel * 4 + Duration::from_millis(10),
-        "web requests {web:?} vs tunnels {tunnel:?} for 1,000 decisions"
-    );
-}
+// The cost of a web request next to a tunnel decision is measured by the bench
+// (`decision/web-request-read-only` in benches/evaluate.rs), not asserted in a test: timings
+// flake on loaded machines.

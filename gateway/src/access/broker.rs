@@ -483,7 +483,7 @@ impl Broker {
     }
 
     /// Stage 5: the session record, then `session.start`, durably.
-    async fn start(
+    pub(crate) async fn start(
         &self,
         subject: Subject,
         permit: &Permit,
@@ -509,6 +509,7 @@ impl Broker {
             report_only: events::report_only(&permit.decision),
             egress_class: Some(permit.endpoint.egress.to_string()),
             started,
+            web: permit.web,
         });
         let metrics = &self.access.metrics;
         metrics.sessions_total.with_label_values(&["allow"]).inc();
@@ -626,7 +627,7 @@ impl Broker {
 
     /// Audits a refused access attempt of an authenticated subject (target, rate limit or
     /// policy) as `session.denied`.
-    pub(super) fn audit_denied(
+    pub(crate) fn audit_denied(
         &self,
         peer: SocketAddr,
         subject: Option<&Subject>,

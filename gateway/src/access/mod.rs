@@ -137,6 +137,8 @@ pub struct Permit {
     pub recheck_at: Option<SystemTime>,
     /// The break-glass reason given, kept only if the rule asked for one.
     pub justification: Option<String>,
+    /// Granted to a web application session (the policy asked in web-session mode).
+    pub web: bool,
 }
 
 /// Access refused, with the sentence a person reads.
@@ -155,7 +157,27 @@ pub fn authorize(
     policy: &Policy,
     clock: &dyn Clock,
 ) -> Result<Permit, Denied> {
-    let decision = policy.evaluate(&subject.request(endpoint, clock.now(), justification));
+    authorize_as(subject, endpoint, justification, false, policy, clock)
+}
+
+/// [`authorize`] for a tunnel (`web` false: opaque bytes) or for a web application session
+/// as a whole (`web` true: rules that restrict methods and paths count as allowing it; each
+/// request is then decided on its own).
+pub fn authorize_as(
+    subject: &Subject,
+    endpoint: &str,
+    justification: Option<&str>,
+    web: bool,
+    policy: &Policy,
+    clock: &dyn Clock,
+) -> Result<Permit, Denied> {
+    let request = subject.request(endpoint, clock.now(), justification);
+    let request = if web {
+        request.with_web_session()
+    } else {
+        request
+    };
+    let decision = policy.evaluate(&request);
     let target = match (decision.is_allowed(), policy.endpoint(endpoint)) {
         (true, Some(e)) => e.clone(),
         _ => {
@@ -174,5 +196,6 @@ pub fn authorize(
             .map(str::to_owned),
         deadline,
         decision,
+        web,
     })
 }

@@ -26,13 +26,22 @@ pub struct Session {
     /// `display` (pixels only) or `data` (images reach the laptop).
     pub egress_class: Option<String>,
     pub started: Instant,
+    /// A web application session (the proxy's): re-evaluated as a whole ("may this person use
+    /// the application at all"), while each request is decided on its method and path.
+    pub web: bool,
 }
 
 impl Session {
     /// The policy request this session was (and is again) authorized on, as of `at`.
     pub fn request(&self, at: SystemTime) -> postern_policy::Request<'_> {
-        self.subject
-            .request(&self.endpoint.name, at, self.justification_given.as_deref())
+        let r = self
+            .subject
+            .request(&self.endpoint.name, at, self.justification_given.as_deref());
+        if self.web {
+            r.with_web_session()
+        } else {
+            r
+        }
     }
 
     /// The tracing span of this session's task.

@@ -48,6 +48,11 @@ impl Kill {
         self.token.is_cancelled()
     }
 
+    /// Completes once the switch is thrown.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await
+    }
+
     pub fn reason(&self) -> String {
         self.reason
             .lock()
@@ -382,8 +387,25 @@ impl Access {
         upstream: BoxIo,
         engine: Option<super::resume::Engine>,
     ) {
+        let counters = Arc::new(Counters::default());
+        self.supervise_counted(tunnel, handler, client, upstream, engine, counters)
+            .await
+    }
+
+    /// [`Access::supervise`] with the byte counters given: a handler that is not a byte relay
+    /// (the web proxy, whose requests move the bytes) publishes into them, and the idle limit
+    /// and `session.end` read them.
+    pub async fn supervise_counted(
+        &self,
+        tunnel: Tunnel,
+        handler: Arc<dyn EndpointHandler>,
+        client: BoxIo,
+        upstream: BoxIo,
+        engine: Option<super::resume::Engine>,
+        counters: Arc<Counters>,
+    ) {
         let span = tunnel.session.span();
-        self.supervise_inner(tunnel, handler, client, upstream, engine)
+        self.supervise_inner(tunnel, handler, client, upstream, engine, counters)
             .instrument(span)
             .await
     }
@@ -395,6 +417,7 @@ impl Access {
         client: BoxIo,
         upstream: BoxIo,
         mut engine: Option<super::resume::Engine>,
+        counters: Arc<Counters>,
     ) {
         let Tunnel {
             session,
@@ -414,7 +437,7 @@ impl Access {
             session_id: session.id.clone(),
             endpoint: session.endpoint.name.clone(),
             protocol: session.endpoint.protocol.clone(),
-            counters: Arc::new(Counters::default()),
+            counters,
         };
         let counters = ctx.counters.clone();
         let finished = engine.as_mut().and_then(|e| e.finished.take());

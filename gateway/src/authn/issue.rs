@@ -100,7 +100,10 @@ impl Issuer {
                     .finish();
                 Ok(Some(format!("{}?{enc}", cli.redirect)))
             }
-            None => Ok(None),
+            None => match &identity.browser {
+                Some(binding) => oidc.issue_browser_ticket(binding, token).await.map(Some),
+                None => Ok(None),
+            },
         }
     }
 
@@ -196,6 +199,7 @@ mod tests {
             mfa: true,
             auth_time: None,
             issuer: "https://idp.example".into(),
+            browser: None,
         };
         let peer: SocketAddr = "127.0.0.1:5555".parse().unwrap();
         let cli = || CliRequest {

@@ -134,6 +134,11 @@ pub struct Identity {
     pub mfa: bool,
     pub auth_time: Option<u64>,
     pub issuer: String,
+    /// A browser sign-in's binding (SHA-256 of the nonce in its `__Host-postern-web` cookie),
+    /// set by the callback: the end of the sign-in hands that browser a one-time ticket for
+    /// the token (web applications, `crate::web::signin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser: Option<String>,
 }
 
 /// The CLI's side of a sign-in, carried through the flow.
@@ -624,6 +629,33 @@ impl Oidc {
 
     /// Redeems a CLI code: the token, if the code is live and `verifier` matches its challenge.
     /// The code is used up either way.
+    /// A one-time ticket for `token`, redeemable only by the browser whose pending web
+    /// sign-in has the nonce `binding` hashes (`GET /auth/web/resume`); the URL to send the
+    /// browser to.
+    pub async fn issue_browser_ticket(
+        &self,
+        binding: &str,
+        token: String,
+    ) -> Result<String, AuthError> {
+        let ticket = random_b64(32)?;
+        let now = self.clock.unix();
+        let rec = CliCodeRec {
+            challenge: format!("ticket:{binding}"),
+            token,
+            expires: now + CLI_CODE_TTL,
+        };
+        let key = postern_proto::ids::sha256_hex(format!("ticket:{ticket}").as_bytes());
+        self.store.put_cli_code(key, rec, now).await.map_err(|e| {
+            AuthError::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "The gateway cannot complete the sign-in just now. Please try again in a minute.",
+                format!("keeping the browser ticket: {e}"),
+            )
+        })?;
+        Ok(format!("/auth/web/resume?ticket={ticket}"))
+    }
+
     pub async fn redeem_cli_code(&self, code: &str, verifier: &str) -> Option<String> {
         let key = postern_proto::ids::sha256_hex(code.as_bytes());
         let p = match self.store.take_cli_code(key, self.clock.unix()).await {
@@ -766,6 +798,7 @@ pub(crate) fn identity_from_claims(
             .and_then(|v| v.as_str())
             .map(|s| s.chars().take(MAX_NAME).collect())
             .unwrap_or_default(),
+        browser: None,
     })
 }
 

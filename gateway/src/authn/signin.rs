@@ -62,6 +62,9 @@ pub struct SignIn {
     pub limits: Arc<Limits>,
     pub clock: SharedClock,
     pub sessions: Arc<dyn SessionControl>,
+    /// Web applications are served (`[web]`): a browser sign-in ends with a ticket that sets
+    /// the browser's sign-in cookie (`crate::web::signin`).
+    pub browser_tickets: bool,
 }
 
 fn set_cookie(r: &mut Resp, value: &str, max_age: u64) {
@@ -254,6 +257,9 @@ pub async fn login(svc: Arc<SignIn>, req: Request<Incoming>, peer: SocketAddr) -
             tracing::debug!(%peer, from_cli, "sign-in started: sent to the identity provider");
             let mut r = redirect(&url);
             set_cookie(&mut r, &sealed, 600);
+            if svc.browser_tickets && !from_cli {
+                crate::web::signin::note_browser_sign_in(&req, &mut r);
+            }
             r
         }
         Err(e) => fail_page(&svc, peer, &ua, &e),
@@ -280,7 +286,7 @@ pub async fn callback(svc: Arc<SignIn>, req: Request<Incoming>, peer: SocketAddr
             param(&q, "error"),
         )
         .await;
-    let (identity, cli) = match result {
+    let (mut identity, cli) = match result {
         Ok(x) => x,
         Err(e) => {
             let mut r = match oidc.cli_of(jar.as_deref(), param(&q, "state")) {
@@ -291,6 +297,9 @@ pub async fn callback(svc: Arc<SignIn>, req: Request<Incoming>, peer: SocketAddr
             return r;
         }
     };
+    if svc.browser_tickets && cli.is_none() {
+        identity.browser = crate::web::signin::browser_binding(&req);
+    }
     if svc.ceremonies.enabled() {
         // Device trust: the sign-in continues with a WebAuthn ceremony on the device page.
         let posture = cli.as_ref().and_then(|c| c.posture.clone());
@@ -420,41 +429,58 @@ pub async fn logout(svc: Arc<SignIn>, req: Request<Incoming>, peer: SocketAddr) 
         Ok(s) => s.claims,
         Err(e) => return token_refusal(&e),
     };
-    let rec = RevokedToken {
-        jti: claims.jti.clone(),
-        exp: claims.exp,
-        user: claims.sub.clone(),
-        revoked: svc.clock.unix(),
-    };
-    let saved = svc.store.revoke_token(rec, svc.clock.unix()).await;
-    if saved.is_err() {
-        return error(
+    match svc.sign_out(&claims, peer, "sign-out").await {
+        Some(ended) => json(
+            StatusCode::OK,
+            &serde_json::json!({"revoked": claims.jti, "sessions_ended": ended}),
+        ),
+        None => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "could not record the revocation; try again",
-        );
+        ),
     }
-    svc.authn.revoke_jti(&claims.jti);
-    let ended = svc.sessions.end_token(&claims.jti, "token_revoked");
-    let mut ev = svc.audit.event(EventType::AuthLogout);
-    ev.user = Some(claims.sub.clone());
-    ev.source = Some(peer.to_string());
-    ev.detail = Some(format!(
-        "session token {}; {ended} live sessions ended",
-        claims.jti
-    ));
-    let mut revoked = svc.audit.event(EventType::TokenRevoked);
-    revoked.user = Some(claims.sub.clone());
-    revoked.detail = Some(format!("session token {} (sign-out)", claims.jti));
-    // Security events wait until they are durable. The revocation itself stands either way
-    // (failing safe): a log that cannot be written is an outage the operator is alerted to.
-    for ev in [ev, revoked] {
-        if let Err(e) = svc.audit.record(ev).await {
-            tracing::error!(error = %e, jti = %claims.jti, "sign-out done but not audited");
+}
+
+impl SignIn {
+    /// Signs `claims`' sign-in out: revokes its token (durably, so every replica ends its
+    /// sessions), ends the live sessions on it here and audits `auth.logout` and
+    /// `token.revoked`. Returns how many live sessions ended, or None when the revocation
+    /// could not be recorded.
+    pub async fn sign_out(&self, claims: &Claims, peer: SocketAddr, how: &str) -> Option<usize> {
+        let rec = RevokedToken {
+            jti: claims.jti.clone(),
+            exp: claims.exp,
+            user: claims.sub.clone(),
+            revoked: self.clock.unix(),
+        };
+        if self
+            .store
+            .revoke_token(rec, self.clock.unix())
+            .await
+            .is_err()
+        {
+            return None;
         }
+        self.authn.revoke_jti(&claims.jti);
+        let ended = self.sessions.end_token(&claims.jti, "token_revoked");
+        let mut ev = self.audit.event(EventType::AuthLogout);
+        ev.user = Some(claims.sub.clone());
+        ev.source = Some(peer.to_string());
+        ev.detail = Some(format!(
+            "{how}: session token {}; {ended} live sessions ended",
+            claims.jti
+        ));
+        let mut revoked = self.audit.event(EventType::TokenRevoked);
+        revoked.user = Some(claims.sub.clone());
+        revoked.detail = Some(format!("session token {} ({how})", claims.jti));
+        // Security events wait until they are durable. The revocation itself stands either way
+        // (failing safe): a log that cannot be written is an outage the operator is alerted to.
+        for ev in [ev, revoked] {
+            if let Err(e) = self.audit.record(ev).await {
+                tracing::error!(error = %e, jti = %claims.jti, "sign-out done but not audited");
+            }
+        }
+        Some(ended)
     }
-    json(
-        StatusCode::OK,
-        &serde_json::json!({"revoked": claims.jti, "sessions_ended": ended}),
-    )
 }

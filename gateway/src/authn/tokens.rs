@@ -156,7 +156,26 @@ pub struct TokenKeys {
     decoding: HashMap<String, DecodingKey>,
     /// Keys other replicas published in the store (kid → key), replaced on every change.
     published: std::sync::RwLock<HashMap<String, DecodingKey>>,
+    /// The public halves as JWK `x` values (kid → base64url key): the local keys, then the
+    /// published ones, for the key set web applications verify assertions with.
+    jwk_x: HashMap<String, String>,
+    published_x: std::sync::RwLock<HashMap<String, String>>,
     validation: Validation,
+}
+
+/// The JWK `x` (base64url of the 32-byte key) of an Ed25519 public key in SPKI PEM.
+fn ed25519_x(pem: &str) -> Option<String> {
+    use base64::Engine as _;
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .ok()?;
+    // SPKI for Ed25519: a 12-byte prefix, then the key.
+    (der.len() == 44).then(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[12..]))
 }
 
 impl TokenKeys {
@@ -215,6 +234,7 @@ impl TokenKeys {
         let encoding =
             EncodingKey::from_ed_pem(&priv_pem).map_err(|e| keys_err(format!("{active}: {e}")))?;
         let mut decoding = HashMap::new();
+        let mut jwk_x = HashMap::new();
         let mut active_public = String::new();
         let entries = std::fs::read_dir(&dir).map_err(|e| keys_err(e.to_string()))?;
         for entry in entries {
@@ -230,6 +250,9 @@ impl TokenKeys {
                 DecodingKey::from_ed_pem(&pem).map_err(|e| keys_err(format!("{kid}: {e}")))?;
             if kid == active {
                 active_public = String::from_utf8_lossy(&pem).into_owned();
+            }
+            if let Some(x) = ed25519_x(&String::from_utf8_lossy(&pem)) {
+                jwk_x.insert(kid.to_owned(), x);
             }
             decoding.insert(kid.to_owned(), key);
         }
@@ -256,6 +279,8 @@ impl TokenKeys {
             encoding,
             decoding,
             published: Default::default(),
+            jwk_x,
+            published_x: Default::default(),
             validation,
         })
     }
@@ -300,6 +325,13 @@ impl TokenKeys {
             .collect();
         if let Ok(mut p) = self.published.write() {
             *p = map;
+        }
+        let xs = keys
+            .iter()
+            .filter_map(|k| Some((k.kid.clone(), ed25519_x(&k.public_pem)?)))
+            .collect();
+        if let Ok(mut p) = self.published_x.write() {
+            *p = xs;
         }
         bad
     }
@@ -357,12 +389,80 @@ impl TokenKeys {
         Ok((token, claims))
     }
 
-    /// Verifies signature, issuer, audience and expiry (`exp` must be after `now`, seconds
-    /// since the epoch).
-    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+    /// Signs other claims with the active key (`kid` set): the web proxy's application
+    /// cookies and upstream identity assertions. The caller sets `iss`, `aud` and `exp`; an
+    /// audience other than the session tokens' keeps them from ever passing for one.
+    pub fn sign_json<T: Serialize>(&self, claims: &T) -> Result<String, TokenError> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.active.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| TokenError::Malformed(e.to_string()))
+    }
+
+    /// Verifies a token [`TokenKeys::sign_json`] made: signature (any key of this deployment),
+    /// this deployment's issuer, `audience`, and `exp` after `now`.
+    pub fn verify_json<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        audience: &str,
+        now: u64,
+    ) -> Result<T, TokenError> {
         if token.len() > 8192 {
             return Err(TokenError::Malformed("longer than 8192 bytes".into()));
         }
+        let key = self.key_for(token)?;
+        let mut validation = self.validation.clone();
+        validation.set_audience(&[audience]);
+        #[derive(Deserialize)]
+        struct Exp<T> {
+            exp: u64,
+            #[serde(flatten)]
+            rest: T,
+        }
+        let d = jsonwebtoken::decode::<Exp<T>>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
+                    TokenError::OtherDeployment("audience".into())
+                }
+                _ => TokenError::Malformed(e.to_string()),
+            }
+        })?;
+        if d.claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok(d.claims.rest)
+    }
+
+    /// The public keys as a JSON Web Key Set (RFC 7517; Ed25519 keys as RFC 8037 `OKP`), for
+    /// applications that verify the proxy's identity assertions.
+    pub fn jwks(&self) -> serde_json::Value {
+        let mut keys: Vec<(String, String)> = self
+            .jwk_x
+            .iter()
+            .map(|(k, x)| (k.clone(), x.clone()))
+            .collect();
+        if let Ok(p) = self.published_x.read() {
+            for (k, x) in p.iter() {
+                if !self.jwk_x.contains_key(k) {
+                    keys.push((k.clone(), x.clone()));
+                }
+            }
+        }
+        keys.sort();
+        let keys: Vec<serde_json::Value> = keys
+            .into_iter()
+            .map(|(kid, x)| {
+                serde_json::json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": x})
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// The key that signed `token` (by its `kid`): a local one or one another replica
+    /// published. Only EdDSA is accepted.
+    fn key_for(&self, token: &str) -> Result<DecodingKey, TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
         if header.alg != Algorithm::EdDSA {
@@ -374,19 +474,23 @@ impl TokenKeys {
         let kid = header
             .kid
             .ok_or_else(|| TokenError::Malformed("no kid in header".into()))?;
-        let published;
-        let key = match self.decoding.get(&kid) {
-            Some(k) => k,
-            None => {
-                published = self
-                    .published
-                    .read()
-                    .ok()
-                    .and_then(|p| p.get(&kid).cloned())
-                    .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
-                &published
-            }
-        };
+        if let Some(k) = self.decoding.get(&kid) {
+            return Ok(k.clone());
+        }
+        self.published
+            .read()
+            .ok()
+            .and_then(|p| p.get(&kid).cloned())
+            .ok_or(TokenError::UnknownKey(kid))
+    }
+
+    /// Verifies signature, issuer, audience and expiry (`exp` must be after `now`, seconds
+    /// since the epoch).
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        if token.len() > 8192 {
+            return Err(TokenError::Malformed("longer than 8192 bytes".into()));
+        }
+        let key = &self.key_for(token)?;
         use jsonwebtoken::errors::ErrorKind;
         /// The claims plus `nbf`, which the gateway never sets but honours when present.
         #[derive(Deserialize)]

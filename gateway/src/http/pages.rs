@@ -44,7 +44,7 @@ pub fn harden<B>(r: &mut Response<B>) {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
-fn page(status: StatusCode, title: &str, body_html: &str) -> Response<Full<Bytes>> {
+pub(crate) fn page(status: StatusCode, title: &str, body_html: &str) -> Response<Full<Bytes>> {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{t} — Postern</title><style>{STYLE}</style></head><body><main><h1>{t}</h1>{body_html}</main><footer>Postern secure access</footer></body></html>",
         t = escape(title)

@@ -10,6 +10,9 @@
 //! * `/auth/*`, `GET /v1/whoami` — sign-in (`authn::signin`) and device ceremonies
 //!   (`authn::devices`).
 //! * `GET /healthz`.
+//! * With `[web]`: any request for `NAME.<apps_domain>` — the web application proxy
+//!   (`crate::web`); `GET /auth/web`, `/auth/web/resume` and `/.well-known/postern/jwks.json`
+//!   on the gateway's own host.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -34,6 +37,7 @@ use crate::authn::signin;
 use crate::connectors::enroll;
 use crate::http::{error, Resp};
 use crate::stream::OpenStreams;
+use crate::web::{self, whole, WebResp};
 
 pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
     loop {
@@ -169,7 +173,29 @@ async fn serve_connection(app: Arc<App>, tcp: TcpStream, peer: SocketAddr) {
     }
 }
 
-async fn route(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+async fn route(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> WebResp {
+    if let Some(web) = &app.web {
+        if req.method() != Method::CONNECT {
+            if let Some(name) = web.app_of(&req) {
+                return web.clone().handle(req, peer, name).await;
+            }
+            match (req.method(), req.uri().path()) {
+                (&Method::GET, "/auth/web") => return web::signin::start(web, req, peer).await,
+                (&Method::GET, "/auth/web/resume") => {
+                    return web::signin::resume(web, req, peer).await
+                }
+                (&Method::GET, "/.well-known/postern/jwks.json") => {
+                    return whole(crate::http::json(StatusCode::OK, &web.authn.keys.jwks()))
+                }
+                _ => {}
+            }
+        }
+    }
+    whole(route_gateway(app, req, peer).await)
+}
+
+/// The gateway's own routes (its main host).
+async fn route_gateway(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
     if req.method() == Method::CONNECT {
         return app.broker.clone().connect(req, peer).await;
     }

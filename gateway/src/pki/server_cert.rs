@@ -30,6 +30,15 @@ pub struct ServerCert {
     own: Arc<CertifiedKey>,
     files: Option<CertFiles>,
     current: RwLock<Arc<CertifiedKey>>,
+    /// `[web] cert_file`/`key_file`: presented to handshakes whose SNI ends with the suffix
+    /// (`.<apps_domain>`), reloaded with the others.
+    web: Option<WebCert>,
+}
+
+struct WebCert {
+    suffix: String,
+    files: CertFiles,
+    current: RwLock<Arc<CertifiedKey>>,
 }
 
 impl std::fmt::Debug for ServerCert {
@@ -103,7 +112,26 @@ impl ServerCert {
             own,
             files,
             current: RwLock::new(current),
+            web: None,
         })
+    }
+
+    /// Presents the pair in `files` to handshakes for `*.<apps_domain>` (loaded now; an error
+    /// stops the gateway from starting).
+    pub fn with_web(
+        mut self,
+        apps_domain: &str,
+        files: CertFiles,
+        now: SystemTime,
+    ) -> Result<ServerCert, String> {
+        let (ck, what) = load(&files, now)?;
+        info!(certificate = %what, "web applications' certificate from files");
+        self.web = Some(WebCert {
+            suffix: format!(".{apps_domain}"),
+            files,
+            current: RwLock::new(ck),
+        });
+        Ok(self)
     }
 
     pub fn current(&self) -> Arc<CertifiedKey> {
@@ -121,15 +149,31 @@ impl ServerCert {
     /// Reloads the files (if configured): Ok(Some(description)) when swapped, Ok(None) when the
     /// certificate is self-issued, Err(why) when the new pair was refused (old one kept).
     fn reload(&self, now: SystemTime) -> Result<Option<String>, String> {
-        let Some(files) = &self.files else {
-            return Ok(None);
+        let mut what = Vec::new();
+        // Both pairs are checked before either is swapped.
+        let main = match &self.files {
+            Some(files) => Some(load(files, now)?),
+            None => None,
         };
-        let (ck, what) = load(files, now)?;
-        match self.current.write() {
-            Ok(mut c) => *c = ck,
-            Err(poisoned) => *poisoned.into_inner() = ck,
+        let web = match &self.web {
+            Some(w) => Some(load(&w.files, now)?),
+            None => None,
+        };
+        if let Some((ck, w)) = main {
+            match self.current.write() {
+                Ok(mut c) => *c = ck,
+                Err(poisoned) => *poisoned.into_inner() = ck,
+            }
+            what.push(w);
         }
-        Ok(Some(what))
+        if let (Some((ck, w)), Some(web)) = (web, &self.web) {
+            match web.current.write() {
+                Ok(mut c) => *c = ck,
+                Err(poisoned) => *poisoned.into_inner() = ck,
+            }
+            what.push(format!("web applications: {w}"));
+        }
+        Ok((!what.is_empty()).then(|| what.join("; ")))
     }
 }
 
@@ -138,11 +182,18 @@ impl ResolvesServerCert for ServerCert {
         let enrolling = hello
             .alpn()
             .is_some_and(|mut a| a.any(|p| p == postern_proto::wire::ALPN_ENROLL_MARKER));
-        Some(if enrolling {
-            self.own.clone()
-        } else {
-            self.current()
-        })
+        if enrolling {
+            return Some(self.own.clone());
+        }
+        if let (Some(web), Some(name)) = (&self.web, hello.server_name()) {
+            if name.to_ascii_lowercase().ends_with(&web.suffix) {
+                return Some(match web.current.read() {
+                    Ok(c) => c.clone(),
+                    Err(poisoned) => poisoned.into_inner().clone(),
+                });
+            }
+        }
+        Some(self.current())
     }
 }
 

@@ -205,6 +205,7 @@ fn identity(user: &str) -> Identity {
         mfa: true,
         auth_time: None,
         issuer: "https://idp.example".into(),
+        browser: None,
     }
 }
 
