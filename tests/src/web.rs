@@ -108,9 +108,7 @@ pub fn sign_in_to_app(
             if u.starts_with(app_origin) && !u.contains("/.postern/") {
                 return Some(());
             }
-            if b.exec("return document.title", vec![]).ok()
-                == Some(Value::String("Access denied".into()))
-            {
+            if is_denial_page(b) {
                 panic!("{user} was denied: {}", b.describe());
             }
             if u.starts_with(&w.url()) {
@@ -134,6 +132,15 @@ pub fn sign_in_to_app(
         },
     );
     seen
+}
+
+/// Whether the current page is the proxy's denial: titled "Access denied" (the title may
+/// carry the product's name after it).
+pub fn is_denial_page(b: &Chromium) -> bool {
+    b.exec("return document.title", vec![])
+        .ok()
+        .and_then(|t| t.as_str().map(|t| t.starts_with("Access denied")))
+        .unwrap_or(false)
 }
 
 /// The status of the page the current tab loaded (Navigation Timing's `responseStatus`), if

@@ -19,9 +19,9 @@ use postern_e2e::dicom::{dicom_tag, make_study, storescu, Orthanc};
 use postern_e2e::oidc::{self, OidcUser};
 use postern_e2e::wait_for;
 use postern_e2e::web::{
-    app_browser, app_host, app_origin, artefacts_dir, echoed_headers, multipart_parts, page_fetch,
-    page_fetch_bytes, page_status, sign_in_to_app, verify_jwt, web_config, HeaderEcho, Https,
-    Response,
+    app_browser, app_host, app_origin, artefacts_dir, echoed_headers, is_denial_page,
+    multipart_parts, page_fetch, page_fetch_bytes, page_status, sign_in_to_app, verify_jwt,
+    web_config, HeaderEcho, Https, Response,
 };
 use postern_e2e::world::{device_of, World};
 use serde_json::{json, Value};
@@ -576,7 +576,7 @@ fn a_user_the_policy_does_not_allow_gets_the_access_denied_page_with_the_reason(
             }
             return None;
         }
-        if b.exec("return document.title", vec![]).ok() == Some(json!("Access denied")) {
+        if is_denial_page(&b) {
             return Some(());
         }
         if u.starts_with(&web.w.url()) {
@@ -613,6 +613,12 @@ fn a_user_the_policy_does_not_allow_gets_the_access_denied_page_with_the_reason(
         "{denied}"
     );
     assert_eq!(denied["decision"]["effect"], "deny", "{denied}");
+    assert_eq!(
+        b.element_text("h1").as_deref(),
+        Some("Access denied"),
+        "{}",
+        b.describe()
+    );
     let text = b.text();
     assert!(
         text.contains(&reason),
