@@ -326,6 +326,21 @@ fn now() -> u64 {
         .as_secs()
 }
 
+impl Drop for Web {
+    /// A failed test shows the end of the gateway's log (its files go with the temporary
+    /// directory).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(g) = &self.w.d.gateway {
+                let log = g.log_text();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+                eprintln!("--- gateway log (last 80 lines) ---\n{tail}\n---");
+            }
+        }
+    }
+}
+
 /// The harness on its own, without the gateway: Orthanc with the DICOMweb plugin lists the study
 /// stored with dcmtk, Orthanc Explorer works in the test's Chromium, a DICOMweb download from
 /// the browser is byte-identical to the stored file, and a screenshot is kept.
@@ -412,6 +427,7 @@ fn a_radiologist_signs_in_and_reads_a_study_in_orthanc_explorer() {
         app_host(ORTHANC_WEB),
         "a host-only cookie: {app_cookie}"
     );
+    let old_cookie = app_cookie["value"].as_str().unwrap().to_owned();
     assert!(
         !cookies.iter().any(|c| c["name"] == "__Host-postern-sso"),
         "the main host's sign-in cookie is not the app's: {cookies:#?}"
@@ -476,8 +492,9 @@ fn a_radiologist_signs_in_and_reads_a_study_in_orthanc_explorer() {
     });
     assert_eq!(dicomweb["http"]["method"], "GET", "{dicomweb}");
     assert_eq!(dicomweb["http"]["status"], 200, "{dicomweb}");
+    // Bytes as sent to the browser (Orthanc may compress them): some.
     assert!(
-        dicomweb["http"]["bytes_down"].as_u64() >= Some(web.study.bytes.len() as u64),
+        dicomweb["http"]["bytes_down"].as_u64() > Some(0),
         "{dicomweb}"
     );
     let objects = dicomweb["objects"].as_array().cloned().unwrap_or_default();
@@ -543,14 +560,18 @@ fn a_radiologist_signs_in_and_reads_a_study_in_orthanc_explorer() {
         "the app cookie survived sign-out: {:#?}",
         b.cookies()
     );
-    // Signed out: the app's REST API answers 401 JSON to the page's scripts.
-    let after = page_fetch(
-        &b,
+    // The cookie the browser held is dead: replayed by another client, it gets 401 JSON.
+    // (The sign-out page itself allows no script to fetch: its CSP is strict.)
+    let after = web.https().get(
+        &app_host(ORTHANC_WEB),
         "/system",
-        json!({"headers": {"Accept": "application/json"}}),
+        &[
+            ("Accept", "application/json"),
+            ("Cookie", &format!("{APP_COOKIE}={old_cookie}")),
+        ],
     );
-    assert_eq!(after["status"], 401, "{after}");
-    assert_eq!(after["json"]["error"], "signed_out", "{after}");
+    assert_eq!(after.status, 401, "{}", after.describe());
+    assert_eq!(after.json()["error"], "signed_out", "{}", after.describe());
     let (ok, out) = web.w.d.verify_audit();
     assert!(ok, "{out}");
     eprintln!("[{:?}] done", t.elapsed());
@@ -739,24 +760,45 @@ fn a_revoked_device_loses_the_application_at_its_next_request() {
     let device = device_of(&start);
     assert!(!device.is_empty(), "the session names the device: {start}");
 
+    // The revocation is made by the admin command (another process) in the shared store; the
+    // gateway hears of it as it does for tunnels (within about a second), and from then on
+    // the application's requests are refused.
+    let t0 = Instant::now();
     let (ok, out, err) = web.w.admin(&["device", "revoke", &device]);
     assert!(ok, "device revoke: {out}{err}");
-    web.w
-        .d
-        .wait_event("device.revoked", |e| device_of(e) == device);
-
-    let r = page_fetch(
-        &b,
-        "/system",
-        json!({"headers": {"Accept": "application/json"}}),
+    let r = wait_for(
+        "a request of the page to be refused",
+        Duration::from_secs(10),
+        || {
+            let r = page_fetch(
+                &b,
+                "/system",
+                json!({"headers": {"Accept": "application/json"}}),
+            );
+            (r["status"] != 200).then_some(r)
+        },
     );
+    let took = t0.elapsed();
+    eprintln!("device revoke → the app's requests refused after {took:?}");
     let status = r["status"].as_u64().unwrap_or(0);
     assert!(status == 401 || status == 403, "refused: {r}");
     assert!(
         r["json"]["error"].as_str().is_some_and(|e| !e.is_empty()),
         "a JSON error for the page's script: {r}"
     );
-    assert_ne!(r["json"]["Name"], "postern-e2e", "Orthanc answered: {r}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the application was usable {took:?} after its device was revoked"
+    );
+    web.w
+        .d
+        .wait_event("device.revoked", |e| device_of(e) == device);
+    let again = page_fetch(
+        &b,
+        "/system",
+        json!({"headers": {"Accept": "application/json"}}),
+    );
+    assert_ne!(again["status"], 200, "{again}");
     let end = web
         .w
         .d
@@ -808,7 +850,19 @@ fn a_read_only_rule_lets_pages_load_but_refuses_a_post_with_the_reason() {
     );
     assert_eq!(post["status"], 403, "{post}");
     assert_eq!(post["json"]["error"], "policy_denied", "{post}");
-    let reason = post["json"]["reason"].as_str().unwrap_or("");
+    // The contract's field is `reason`; a gateway that puts the sentence elsewhere is reported
+    // at the end, after the rest of the scenario.
+    let mut deviations = Vec::new();
+    let reason = match post["json"]["reason"].as_str() {
+        Some(r) => r.to_owned(),
+        None => {
+            deviations.push(format!(
+                "403 JSON without \"reason\" (the contract): {}",
+                post["json"]
+            ));
+            post["json"]["message"].as_str().unwrap_or("").to_owned()
+        }
+    };
     assert!(
         reason.contains("viewer-read-only") && reason.contains("POST"),
         "the reason names the rule and the method: {post}"
@@ -830,6 +884,10 @@ fn a_read_only_rule_lets_pages_load_but_refuses_a_post_with_the_reason() {
         e["http"]["method"] == "GET" && e["http"]["path"] == "/dicom-web/studies"
     });
     assert_eq!(got["http"]["status"], 200, "{got}");
+    assert!(
+        deviations.is_empty(),
+        "departures from the contract: {deviations:#?}"
+    );
 }
 
 /// A navigation's headers, as a browser sends them for a top-level page load.
@@ -1186,11 +1244,14 @@ fn hostile_clients_cannot_forge_replay_or_carry_sessions_and_cannot_stall_the_pr
             .is_some_and(|g| g.contains(&json!("radiologists"))),
         "{claims}"
     );
-    assert_eq!(
-        claims["iss"].as_str().map(|i| i.trim_end_matches('/')),
-        Some(web.w.url().as_str()),
-        "{claims}"
-    );
+    let iss = claims["iss"].as_str().unwrap_or("");
+    assert!(!iss.is_empty(), "{claims}");
+    if iss.trim_end_matches('/') != web.w.url() {
+        deviations.push(format!(
+            "postern-jwt-assertion iss is {iss:?}, not the gateway's public URL {} (the contract)",
+            web.w.url()
+        ));
+    }
     let (iat, exp) = (
         claims["iat"].as_u64().unwrap(),
         claims["exp"].as_u64().unwrap(),
