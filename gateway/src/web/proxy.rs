@@ -336,6 +336,7 @@ async fn forward(
             )
         }
     };
+    let version = req.version();
     let browser_req = req.map(|b| {
         Up::new(
             b,
@@ -375,6 +376,9 @@ async fn forward(
     };
     let status = resp.status().as_u16();
     let (mut parts, body) = resp.into_parts();
+    // The browser's connection has its own version (an HTTP/1.0 application must not make
+    // the proxy answer HTTP/1.0 and close the browser's connection).
+    parts.version = version;
     clean_response_headers(&mut parts.headers, web, s);
     let body = Down::new(
         body,
@@ -793,6 +797,7 @@ async fn websocket(
     let status = resp.status();
     if status != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
+        parts.version = Version::HTTP_11;
         clean_response_headers(&mut parts.headers, web, s);
         record::request(
             &web.access.audit,
