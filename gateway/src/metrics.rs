@@ -19,6 +19,8 @@ pub struct Metrics {
     pub session_resumes: IntCounterVec,
     pub session_setup: Histogram,
     pub tunnel_bytes: IntCounterVec,
+    /// Web application requests answered, by endpoint and status class (`2xx`, `4xx`, ...).
+    pub web_requests: IntCounterVec,
     pub connectors_connected: IntGaugeVec,
     pub connector_rtt: HistogramVec,
     pub auth_logins: IntCounterVec,
@@ -94,6 +96,13 @@ impl Metrics {
             tunnel_bytes: reg!(IntCounterVec::new(
                 Opts::new("postern_tunnel_bytes_total", "Bytes relayed by ended sessions"),
                 &["direction"]
+            )?),
+            web_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "postern_web_requests_total",
+                    "Web application requests answered by the proxy, by endpoint and status class"
+                ),
+                &["endpoint", "class"]
             )?),
             connectors_connected: reg!(IntGaugeVec::new(
                 Opts::new("postern_connectors_connected", "Live connector links"),

@@ -414,16 +414,17 @@ impl TokenKeys {
         let mut validation = self.validation.clone();
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        let d = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::InvalidSignature => TokenError::BadSignature,
-                ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
-                    TokenError::OtherDeployment("audience".into())
+        let d =
+            jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::InvalidSignature => TokenError::BadSignature,
+                    ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
+                        TokenError::OtherDeployment("audience".into())
+                    }
+                    _ => TokenError::Malformed(e.to_string()),
                 }
-                _ => TokenError::Malformed(e.to_string()),
-            }
-        })?;
+            })?;
         let exp = d.claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0);
         if exp <= now {
             return Err(TokenError::Expired);

@@ -214,6 +214,11 @@ async fn session_of(
         Ok(c) => c,
         Err(e) => {
             debug!(error = %e, %app, "application cookie refused");
+            // A session that reached its rule's maximum duration is signed in again from
+            // scratch, not carried on from the browser's earlier sign-in.
+            if matches!(e, crate::authn::tokens::TokenError::Expired) && is_navigation(req) {
+                return Err(super::signin::to_sign_in_with(web, req, app, true));
+            }
             return Err(unauthenticated(
                 web,
                 req,

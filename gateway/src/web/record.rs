@@ -37,8 +37,19 @@ fn sampling(s: &AppSession, always: bool) -> Option<Option<u32>> {
     }
 }
 
-/// Records `o` for session `s` (unless sampled out).
+/// Counts `o` and records it for session `s` (unless sampled out).
 pub fn request(audit: &Audit, s: &AppSession, o: Outcome) {
+    let class = match o.status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    s.metrics
+        .web_requests
+        .with_label_values(&[&s.endpoint.name, class])
+        .inc();
     let Some(sampled) = sampling(s, o.always || o.status >= 400) else {
         return;
     };

@@ -45,6 +45,7 @@ pub struct AppSession {
     pub token: String,
     /// Until when its cookie is valid (seconds since the epoch).
     pub exp: u64,
+    pub metrics: Arc<crate::metrics::Metrics>,
     decisions: Mutex<Decisions>,
 }
 
@@ -232,6 +233,7 @@ impl Web {
             requests: AtomicU64::new(0),
             token: token.to_owned(),
             exp,
+            metrics: self.access.metrics.clone(),
             decisions: Mutex::new(Decisions::default()),
         });
         self.sessions.insert(app.clone());
