@@ -303,6 +303,25 @@ fn download_instance(b: &Chromium, s: &Stored, base: &str) -> String {
     path
 }
 
+/// Signs out as a person does: the proxy's sign-out page on the app host, its form's button;
+/// checks the page says "You are signed out".
+fn sign_out(b: &Chromium, app: &str) {
+    b.goto(&format!("{app}/.postern/logout"));
+    b.wait_find("form button", Duration::from_secs(10));
+    let page = b.text();
+    assert!(page.to_lowercase().contains("sign out"), "{}", b.describe());
+    b.click_when_ready("form button", Duration::from_secs(10));
+    let after = b.wait_any_text(
+        &["You are signed out", "did not work", "Access denied"],
+        Duration::from_secs(15),
+    );
+    assert!(
+        after.contains("You are signed out"),
+        "the sign-out form was refused: {}",
+        b.describe()
+    );
+}
+
 /// Saves a PNG screenshot of `b` as `name` in the artefacts directory; returns its path.
 fn screenshot(b: &Chromium, name: &str) -> PathBuf {
     b.set_window_size(1280, 900);
@@ -534,9 +553,7 @@ fn a_radiologist_signs_in_and_reads_a_study_in_orthanc_explorer() {
     );
 
     // Sign-out: the proxy's own page, a form button.
-    b.goto(&format!("{app}/.postern/logout"));
-    b.click_when_ready("form button", Duration::from_secs(10));
-    b.wait_text("You are signed out", Duration::from_secs(15));
+    sign_out(&b, &app);
     let end = web
         .w
         .d
@@ -697,12 +714,7 @@ fn signing_out_in_one_tab_ends_the_application_in_another() {
 
     // Tab 1 signs out.
     b.switch_to(&tab1);
-    b.goto(&format!("{app}/.postern/logout"));
-    b.wait_find("form button", Duration::from_secs(10));
-    let page = b.text();
-    assert!(page.to_lowercase().contains("sign out"), "{}", b.describe());
-    b.click_when_ready("form button", Duration::from_secs(10));
-    b.wait_text("You are signed out", Duration::from_secs(15));
+    sign_out(&b, &app);
     let end = web
         .w
         .d
@@ -1279,6 +1291,33 @@ fn hostile_clients_cannot_forge_replay_or_carry_sessions_and_cannot_stall_the_pr
         "[{:?}] identity headers: spoofed stripped, assertion verified",
         t.elapsed()
     );
+
+    // Sign-out is a POST with the sign-out page's CSRF token from a page of this host: one
+    // from elsewhere, or without the token, changes nothing.
+    for (origin, body) in [
+        ("https://evil.example", "csrf=x"),
+        (web.app(ORTHANC_WEB).as_str(), ""),
+    ] {
+        let r = https.request(
+            &orthanc,
+            "POST",
+            "/.postern/logout",
+            &[
+                ("Origin", origin),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", &cookie),
+            ],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 403, "a forged sign-out: {}", r.describe());
+        assert!(r.cookie_value(APP_COOKIE).is_none(), "{}", r.describe());
+    }
+    let ok = https.get(
+        &orthanc,
+        "/system",
+        &[JSON_FETCH[0], JSON_FETCH[1], ("Cookie", &cookie)],
+    );
+    assert_eq!(ok.status, 200, "still signed in: {}", ok.describe());
 
     // An oversized header: 431 (or 400), and the gateway goes on serving.
     let huge = format!("{cookie}; big={}", "x".repeat(100 * 1024));
