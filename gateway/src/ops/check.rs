@@ -52,6 +52,7 @@ pub async fn check_with(config: &Config, running: bool) -> (Vec<Finding>, Vec<St
     }
     state_dir(config, &mut out);
     server_cert(config, &mut out);
+    web(config, &mut out);
     if running {
         notes.push("--running: the listen addresses were not looked at".to_owned());
     } else {
@@ -393,6 +394,56 @@ fn server_cert(config: &Config, out: &mut Vec<Finding>) {
     }
 }
 
+/// `[web]`: sign-in to hand applications to, a certificate that names `*.<apps_domain>`, a
+/// readable upstream CA.
+fn web(config: &Config, out: &mut Vec<Finding>) {
+    let Some(w) = &config.web else {
+        return;
+    };
+    if config.public_origin().is_none() {
+        out.push(Finding::error(
+            "web: web applications need sign-in: set [oidc] (its redirect_url names the gateway's own address)".to_owned(),
+        ));
+    }
+    let wildcard = format!("*.{}", w.apps_domain);
+    let chosen = match (&w.cert_files, &config.server_cert_files) {
+        (Some(f), _) => Some((f, "web.cert_file")),
+        (None, Some(f)) => Some((f, "tls.cert_file")),
+        // The self-issued certificate carries the wildcard.
+        (None, None) => None,
+    };
+    if let Some((files, key)) = chosen {
+        let chain = check_cert_file(&files.cert, key, SystemClock.now(), out);
+        if key == "web.cert_file" {
+            check_key_file(&files.key, "web.key_file", chain.as_deref(), out);
+        }
+        if let Some(info) = chain
+            .as_ref()
+            .and_then(|c| postern_proto::certs::cert_info(&c[0]).ok())
+        {
+            if !info.names.iter().any(|n| n.eq_ignore_ascii_case(&wildcard)) {
+                out.push(Finding::warning(format!(
+                    "{key} {}: the certificate does not name \"{wildcard}\"; browsers will refuse the web applications (give [web] cert_file/key_file for them)",
+                    files.cert.display()
+                )));
+            }
+        }
+    }
+    if let Some(f) = &w.upstream_ca_file {
+        match std::fs::read_to_string(f) {
+            Ok(pem) => {
+                if let Err(e) = postern_net::tls::certs_from_pem(&pem, &f.display().to_string()) {
+                    out.push(Finding::error(format!("web.upstream_ca_file: {e}")));
+                }
+            }
+            Err(e) => out.push(Finding::error(format!(
+                "web.upstream_ca_file {}: {e}",
+                f.display()
+            ))),
+        }
+    }
+}
+
 fn audit_dir(dir: &Path, out: &mut Vec<Finding>) {
     // The directory, or the nearest ancestor that exists (the gateway creates the rest).
     let mut probe_dir = dir;
@@ -619,6 +670,50 @@ mod tests {
         std::fs::remove_file(&files.cert).unwrap();
         let f = check(&c).await;
         assert!(has(&f, Severity::Error, "cannot read it"), "{f:?}");
+    }
+
+    #[tokio::test]
+    async fn web_applications_need_sign_in_a_wildcard_and_a_readable_upstream_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = good(dir.path());
+        let files = CertFiles {
+            cert: dir.path().join("apps.pem"),
+            key: dir.path().join("apps.key"),
+        };
+        c.web = Some(crate::config::WebConfig {
+            apps_domain: "apps.example.org".into(),
+            cert_files: Some(files.clone()),
+            upstream_ca_file: Some(dir.path().join("missing-ca.pem")),
+            max_request_body: 1 << 20,
+            body_idle_timeout: Duration::from_secs(60),
+            upstream_timeout: Duration::from_secs(60),
+        });
+        let (pem, key) = cert(&["viewer.apps.example.org"], 300);
+        std::fs::write(&files.cert, &pem).unwrap();
+        std::fs::write(&files.key, &key).unwrap();
+        chmod(&files.key, 0o600);
+        let f = check(&c).await;
+        assert!(
+            has(&f, Severity::Error, "web applications need sign-in"),
+            "{f:?}"
+        );
+        assert!(
+            has(
+                &f,
+                Severity::Warning,
+                "does not name \"*.apps.example.org\""
+            ),
+            "{f:?}"
+        );
+        assert!(has(&f, Severity::Error, "web.upstream_ca_file"), "{f:?}");
+        // A wildcard certificate and a readable CA: only the missing sign-in is left.
+        let (pem, key) = cert(&["*.apps.example.org"], 300);
+        std::fs::write(&files.cert, &pem).unwrap();
+        std::fs::write(&files.key, &key).unwrap();
+        std::fs::write(dir.path().join("missing-ca.pem"), &pem).unwrap();
+        let f = check(&c).await;
+        assert_eq!(errors(&f).len(), 1, "{f:?}");
+        assert!(!has(&f, Severity::Warning, "does not name"), "{f:?}");
     }
 
     #[tokio::test]
