@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need (idempotently) and runs the whole test suite.
-# Real peers: Orthanc (PACS), dcmtk (DICOM tools), iperf3, curl, iproute2 (the link emulator's
+# Real peers: Orthanc (PACS) with its DICOMweb plugin, dcmtk (DICOM tools), iperf3, curl, iproute2 (the link emulator's
 # namespaces), rsyslog (SIEM export),
 # Chromium with chromedriver (device trust in a real browser), PostgreSQL (the replicas' store)
 # — from Debian's packages —
@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+# DICOMweb (QIDO/WADO-RS) for the web-viewer tests (tests/tests/web.rs).
+dpkg -s orthanc-dicomweb >/dev/null 2>&1 || need+=(orthanc-dicomweb)
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v curl >/dev/null 2>&1 || need+=(curl)

@@ -101,6 +101,13 @@ impl Chromium {
     /// Starts chromedriver and a headless Chromium that trusts `trust_ca` (a PEM CA
     /// certificate, e.g. the gateway's `server-ca.pem`) for TLS server authentication.
     pub fn start(trust_ca: Option<&Path>) -> Chromium {
+        Chromium::start_mapping(trust_ca, &[])
+    }
+
+    /// As [`Chromium::start`], with the host patterns in `loopback_hosts` (e.g.
+    /// `*.apps.localhost`, the web applications' wildcard domain) resolved to 127.0.0.1 — every
+    /// other name but `localhost` still resolves to nothing.
+    pub fn start_mapping(trust_ca: Option<&Path>, loopback_hosts: &[&str]) -> Chromium {
         require_installed();
         let home = tempfile::tempdir().unwrap();
         if let Some(ca) = trust_ca {
@@ -150,8 +157,7 @@ impl Chromium {
             "--disable-component-update".to_owned(),
             "--disable-sync".to_owned(),
             "--disable-dev-shm-usage".to_owned(),
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"
-                .to_owned(),
+            format!("--host-resolver-rules={}", resolver_rules(loopback_hosts)),
             format!("--user-data-dir={}", profile.display()),
         ];
         let caps = json!({
@@ -295,6 +301,15 @@ impl Chromium {
     pub fn click(&self, css: &str) {
         let el = self.wait_find(css, Duration::from_secs(10));
         self.must("POST", &format!("/element/{el}/click"), None);
+    }
+
+    /// Clicks the element matching `css` once it is there and can be clicked (retries while it
+    /// is missing, hidden or covered, e.g. during a page transition), for up to `limit`.
+    pub fn click_when_ready(&self, css: &str, limit: Duration) {
+        self.wait(&format!("{css} to be clickable"), limit, || {
+            let el = self.find(css)?;
+            self.cmd("POST", &format!("/element/{el}/click"), None).ok()
+        });
     }
 
     /// The visible text of the element matching `css`.
@@ -466,6 +481,58 @@ impl Chromium {
         self.must("DELETE", "/cookie", None);
     }
 
+    /// The current tab's WebDriver window handle.
+    pub fn window(&self) -> String {
+        let v = self.must("GET", "/window", None);
+        v.as_str()
+            .unwrap_or_else(|| panic!("no window handle in {v}"))
+            .to_owned()
+    }
+
+    /// Opens a new tab (WebDriver "New Window", type `tab`) and returns its handle; the
+    /// current tab stays the one commands go to until [`Chromium::switch_to`].
+    pub fn new_tab(&self) -> String {
+        let v = self.must("POST", "/window/new", Some(json!({"type": "tab"})));
+        v["handle"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no handle in {v}"))
+            .to_owned()
+    }
+
+    /// Makes the tab `handle` the one commands go to.
+    pub fn switch_to(&self, handle: &str) {
+        self.must("POST", "/window", Some(json!({ "handle": handle })));
+    }
+
+    /// The cookies the browser would send to the current page (HttpOnly ones included), as
+    /// WebDriver lists them (`name`, `value`, `domain`, `path`, `secure`, `httpOnly`,
+    /// `sameSite`, ...).
+    pub fn cookies(&self) -> Vec<Value> {
+        self.must("GET", "/cookie", None)
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Resizes the browser window (WebDriver "Set Window Rect"), e.g. before a screenshot.
+    pub fn set_window_size(&self, width: u32, height: u32) {
+        self.must(
+            "POST",
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        );
+    }
+
+    /// A PNG screenshot of the current tab (WebDriver "Take Screenshot").
+    pub fn screenshot_png(&self) -> Vec<u8> {
+        use base64::Engine;
+        let v = self.must("GET", "/screenshot", None);
+        let b64 = v.as_str().unwrap_or_else(|| panic!("no screenshot in {v}"));
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_else(|e| panic!("screenshot is not base64: {e}"))
+    }
+
     /// The chromedriver log (verbose; useful when a session misbehaves).
     pub fn driver_log(&self) -> String {
         std::fs::read_to_string(self.home.path().join("chromedriver.log")).unwrap_or_default()
@@ -487,6 +554,17 @@ impl Drop for Chromium {
             .status();
         self.driver.kill();
     }
+}
+
+/// Chromium's `--host-resolver-rules`: `loopback_hosts` to 127.0.0.1 (the first matching MAP
+/// rule wins), every other name but `localhost` to nothing.
+fn resolver_rules(loopback_hosts: &[&str]) -> String {
+    let mut rules: Vec<String> = loopback_hosts
+        .iter()
+        .map(|h| format!("MAP {h} 127.0.0.1"))
+        .collect();
+    rules.push("MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1".to_owned());
+    rules.join(", ")
 }
 
 /// Signs `msg` (ECDSA P-256, SHA-256, DER signature as WebAuthn uses) with a virtual
@@ -645,6 +723,18 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn resolver_rules_put_mapped_hosts_first() {
+        assert_eq!(
+            super::resolver_rules(&[]),
+            "MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"
+        );
+        assert_eq!(
+            super::resolver_rules(&["*.apps.localhost"]),
+            "MAP *.apps.localhost 127.0.0.1, MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"
+        );
+    }
+
     #[test]
     fn dechunks() {
         assert_eq!(

@@ -31,10 +31,27 @@ impl Orthanc {
     /// Starts Orthanc in `dir` inside network namespace `netns` (None: the test's own), e.g.
     /// the link emulator's cloud side, and waits until `GET /system` answers there.
     pub fn start_in(dir: &Path, netns: Option<&str>) -> Orthanc {
+        Orthanc::launch(dir, netns, false)
+    }
+
+    /// Starts Orthanc in `dir` as a web PACS: Orthanc Explorer (its built-in web interface at
+    /// `/app/explorer.html`) and Debian's DICOMweb plugin (`orthanc-dicomweb`) at
+    /// `/dicom-web/` (QIDO-RS, WADO-RS, STOW-RS; WADO-URI at `/wado`). Waits until both the
+    /// REST API and `GET /dicom-web/studies` answer.
+    pub fn start_web(dir: &Path) -> Orthanc {
+        let o = Orthanc::launch(dir, None, true);
+        wait_for("Orthanc's DICOMweb plugin", Duration::from_secs(10), || {
+            o.rest("/dicom-web/studies")
+                .filter(|b| b.trim_start().starts_with('['))
+        });
+        o
+    }
+
+    fn launch(dir: &Path, netns: Option<&str>, dicomweb: bool) -> Orthanc {
         std::fs::create_dir_all(dir.join("db")).unwrap();
         let http_port = free_port();
         let dicom_port = free_port();
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "Name": "postern-e2e",
             "StorageDirectory": dir.join("db"),
             "IndexDirectory": dir.join("db"),
@@ -47,6 +64,11 @@ impl Orthanc {
             "DicomModalities": { "viewer": [VIEWER_AET, "127.0.0.1", 4242] },
             "Plugins": [],
         });
+        if dicomweb {
+            let plugin = dicomweb_plugin();
+            config["Plugins"] = serde_json::json!([plugin]);
+            config["DicomWeb"] = serde_json::json!({"Enable": true, "Root": "/dicom-web/"});
+        }
         let cfg = dir.join("orthanc.json");
         std::fs::write(&cfg, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let mut cmd = match netns {
@@ -90,6 +112,20 @@ impl Orthanc {
     }
 }
 
+/// Where Debian's `orthanc-dicomweb` package puts the DICOMweb plugin (tests fail with what to
+/// install if it is missing).
+pub const DICOMWEB_PLUGIN: &str = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so";
+
+/// The DICOMweb plugin's path; panics with the package to install if it is missing.
+pub fn dicomweb_plugin() -> PathBuf {
+    let p = PathBuf::from(DICOMWEB_PLUGIN);
+    assert!(
+        p.exists(),
+        "{DICOMWEB_PLUGIN} is missing: install orthanc-dicomweb (scripts/test.sh does)"
+    );
+    p
+}
+
 /// Minimal HTTP/1.0 GET; Some(body) on a 200.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
@@ -130,6 +166,17 @@ pub fn make_study(dir: &Path, patient_id: &str) -> (PathBuf, String) {
         .to_owned();
     assert!(uid.starts_with("1.2."), "unexpected study UID {uid}");
     (file, uid)
+}
+
+/// The value of `tag` (e.g. `0020,000e`) in `file`, as dcmdump prints it between brackets.
+pub fn dicom_tag(file: &Path, tag: &str) -> String {
+    let (ok, out, err) = run(Command::new("dcmdump").args(["+P", tag]).arg(file));
+    assert!(ok, "dcmdump {tag} {}: {err}", file.display());
+    out.split('[')
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {tag} in {}: {out}", file.display()))
 }
 
 fn dcmtk(tool: &str, addr: SocketAddr, args: &[&str], files: &[&str]) -> (bool, String, String) {

@@ -25,6 +25,8 @@ pub mod pg;
 pub mod rdp;
 pub mod rogue_idp;
 pub mod wan;
+pub mod web;
+pub mod world;
 
 /// Directory holding the workspace binaries (target/debug or target/release), or
 /// `POSTERN_E2E_BIN_DIR` when set (binaries copied out of a target directory that other

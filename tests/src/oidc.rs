@@ -361,6 +361,11 @@ impl Browser {
         }
     }
 
+    /// The curl cookie jar (Netscape format) this browser keeps its cookies in.
+    pub fn cookie_jar(&self) -> PathBuf {
+        self.jar_dir.path().join("cookies.txt")
+    }
+
     /// See [`browser_login`].
     pub fn login(&self, start_url: &str, username: &str, password: &str) -> BrowserResult {
         self.walk(start_url, Some((username, password)), None)
