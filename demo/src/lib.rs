@@ -151,7 +151,9 @@ async fn serve_web_connection(mut s: TcpStream) {
         };
         let Some(req) = RequestHead::parse(&String::from_utf8_lossy(&buf[..end])) else {
             let _ = s
-                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
                 .await;
             return;
         };
@@ -171,8 +173,15 @@ async fn serve_web_connection(mut s: TcpStream) {
         }
         let (status, body) = match (req.method.as_str(), req.path.as_str()) {
             ("GET" | "HEAD", "/") => ("200 OK", web_page(req.assertion.as_deref())),
-            ("GET" | "HEAD", _) => ("404 Not Found", "<!doctype html><title>Not found</title><p>Not found.</p>\n".to_owned()),
-            _ => ("405 Method Not Allowed", "<!doctype html><title>Not allowed</title><p>The demo viewer only reads.</p>\n".to_owned()),
+            ("GET" | "HEAD", _) => (
+                "404 Not Found",
+                "<!doctype html><title>Not found</title><p>Not found.</p>\n".to_owned(),
+            ),
+            _ => (
+                "405 Method Not Allowed",
+                "<!doctype html><title>Not allowed</title><p>The demo viewer only reads.</p>\n"
+                    .to_owned(),
+            ),
         };
         let resp = format!(
             "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: {}\r\nconnection: {}\r\n\r\n",
@@ -686,7 +695,8 @@ mod tests {
         const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in s.as_bytes().chunks(3) {
-            let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+            let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b))
+                << (8 * (3 - chunk.len()));
             for i in 0..=chunk.len() {
                 out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
             }
@@ -700,17 +710,35 @@ mod tests {
         let jwt = format!("{}.{}.sig", b64(r#"{"alg":"EdDSA"}"#), b64(claims));
         let page = web_page(Some(&jwt));
         assert!(page.contains("Hello from the demo web viewer"), "{page}");
-        assert!(page.contains("<td id=\"sub\">alice@demo.nhs.uk</td>"), "{page}");
-        assert!(page.contains("<td id=\"name\">Dr Alice &lt;Demo&gt;</td>"), "{page}");
-        assert!(page.contains("<td id=\"groups\">radiologists, on&quot;call</td>"), "{page}");
+        assert!(
+            page.contains("<td id=\"sub\">alice@demo.nhs.uk</td>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<td id=\"name\">Dr Alice &lt;Demo&gt;</td>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<td id=\"groups\">radiologists, on&quot;call</td>"),
+            "{page}"
+        );
         assert!(page.contains("/.postern/logout"), "{page}");
     }
 
     #[test]
     fn without_an_assertion_or_with_a_bad_one_the_page_says_so() {
         assert!(web_page(None).contains("came through a tunnel"));
-        for bad in ["", "a.b", "a.!!.c", &format!("a.{}.c", b64("[1]")), &format!("a.{}.c", b64("{\"a\":"))] {
-            assert!(web_page(Some(bad)).contains("not a JWT this page can read"), "{bad}");
+        for bad in [
+            "",
+            "a.b",
+            "a.!!.c",
+            &format!("a.{}.c", b64("[1]")),
+            &format!("a.{}.c", b64("{\"a\":")),
+        ] {
+            assert!(
+                web_page(Some(bad)).contains("not a JWT this page can read"),
+                "{bad}"
+            );
         }
         // Deep nesting is refused, not recursed into without end.
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(100), "]".repeat(100));
@@ -738,13 +766,20 @@ mod tests {
             }
         );
         assert!(RequestHead::parse("GET / HTTP/1.0\r\n\r\n").unwrap().close);
-        assert!(RequestHead::parse("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().close);
+        assert!(
+            RequestHead::parse("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .close
+        );
         assert!(RequestHead::parse("GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n").is_none());
         assert!(RequestHead::parse("garbage\r\n\r\n").is_none());
     }
 
     #[test]
     fn web_addresses() {
-        assert_eq!(app_url("demo-web", 8443), "https://demo-web.apps.localhost:8443/");
+        assert_eq!(
+            app_url("demo-web", 8443),
+            "https://demo-web.apps.localhost:8443/"
+        );
     }
 }

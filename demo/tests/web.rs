@@ -203,14 +203,19 @@ fn the_demo_serves_its_web_viewer_in_the_browser_through_the_proxy() {
         "{}",
         first.location
     );
-    let script = Browser::new(&demo.dir, "script", port).request(&app, "application/json", None, None);
+    let script =
+        Browser::new(&demo.dir, "script", port).request(&app, "application/json", None, None);
     assert_eq!(script.status, 401, "{}", script.body);
     assert!(script.body.contains("signed_out"), "{}", script.body);
 
     // Signing in ends on the viewer's page, which shows who the proxy said signed in.
     let (page, trace) = alice.open_and_sign_in(&app, "alice");
     assert_eq!(page.status, 200, "{trace:#?}\n{}", page.body);
-    assert!(page.body.contains("Hello from the demo web viewer"), "{}", page.body);
+    assert!(
+        page.body.contains("Hello from the demo web viewer"),
+        "{}",
+        page.body
+    );
     assert!(
         page.body.contains("<td id=\"sub\">alice@demo.nhs.uk</td>")
             && page.body.contains("<td id=\"name\">Dr Alice Demo</td>")
@@ -222,8 +227,17 @@ fn the_demo_serves_its_web_viewer_in_the_browser_through_the_proxy() {
         trace.iter().any(|u| u.contains("/.postern/callback?code=")),
         "{trace:#?}"
     );
-    let whoami = alice.request(&format!("{app}.postern/whoami"), "application/json", None, None);
-    assert!(whoami.body.contains("\"user\":\"alice@demo.nhs.uk\""), "{}", whoami.body);
+    let whoami = alice.request(
+        &format!("{app}.postern/whoami"),
+        "application/json",
+        None,
+        None,
+    );
+    assert!(
+        whoami.body.contains("\"user\":\"alice@demo.nhs.uk\""),
+        "{}",
+        whoami.body
+    );
 
     // lee is refused with the policy's reason.
     let lee = Browser::new(&demo.dir, "lee", port);
@@ -254,7 +268,12 @@ fn the_demo_serves_its_web_viewer_in_the_browser_through_the_proxy() {
             .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
             .any(|text| text.contains(&format!("\"{kind}\"")))
     };
-    for kind in ["session.start", "web.request", "session.denied", "session.end"] {
+    for kind in [
+        "session.start",
+        "web.request",
+        "session.denied",
+        "session.end",
+    ] {
         let mut tries = 0;
         while !audit_has(kind) {
             tries += 1;
