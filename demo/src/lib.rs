@@ -6,6 +6,12 @@
 //! token, mints a session token for lee (to show a denial without a second sign-in), and prints
 //! the commands to try next. Everything lives in one directory, recreated on each start.
 //!
+//! The web page is a web application (`protocol = "http"`): the gateway's identity-aware proxy
+//! serves it in the browser at `https://demo-web.apps.localhost:PORT/` (`[web] apps_domain =
+//! "apps.localhost"`; browsers resolve every `*.localhost` name to loopback themselves), after
+//! the same browser sign-in as `postern login`. The page shows who signed in, from the
+//! `postern-jwt-assertion` header the proxy adds to every request ([`web_page`]).
+//!
 //! This is its own crate and program so that the production `postern-gateway` binary never
 //! links the development identity provider (`postern-devidp`). It uses only the gateway's public
 //! library API: [`postern_gateway::run`], [`Listeners`], [`Config`], [`postern_gateway::Stop`]
@@ -20,13 +26,19 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use postern_gateway::{admin, Config, Listeners};
 
 const MARKER: &str = ".postern-demo";
 
-const WEB_PAGE: &str = "<!doctype html><title>Demo viewer</title><h1>Hello from the demo web viewer</h1><p>This page was served from behind the Postern connector.</p>\n";
+/// The demo's web applications are served at `https://NAME.<APPS_DOMAIN>:PORT/`.
+pub const APPS_DOMAIN: &str = "apps.localhost";
+
+/// The address of web endpoint `name` through the gateway's identity-aware proxy.
+pub fn app_url(name: &str, port: u16) -> String {
+    format!("https://{name}.{APPS_DOMAIN}:{port}/")
+}
 
 fn policy_text(web_port: u16, echo_port: u16) -> String {
     format!(
@@ -34,13 +46,16 @@ fn policy_text(web_port: u16, echo_port: u16) -> String {
 [defaults]
 max_session = "8h"
 
+# A web application: the connector speaks plain HTTP to it; browsers reach it over HTTPS at
+# https://demo-web.apps.localhost:PORT/ through the gateway's identity-aware proxy ([web] in
+# gateway.toml), and `postern connect demo-web` still opens it as a tunnel.
 [[endpoints]]
 name = "demo-web"
 site = "demo"
 host = "127.0.0.1"
 port = {web_port}
-protocol = "https"
-description = "Sample web viewer (plain HTTP in the demo)"
+protocol = "http"
+description = "Sample web viewer (in the browser at https://demo-web.apps.localhost:PORT/)"
 
 [[endpoints]]
 name = "demo-echo"
@@ -69,27 +84,342 @@ description = "Radiologists may use the demo viewer"
     )
 }
 
+/// The demo viewer: a tiny HTTP/1.1 server (keep-alive, as the proxy reuses its connections to
+/// an application) that answers `GET /` with [`web_page`].
 async fn serve_web(listener: TcpListener) {
-    while let Ok((mut s, _)) = listener.accept().await {
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut used = 0;
-            while used < buf.len() {
-                match s.read(&mut buf[used..]).await {
+    while let Ok((s, _)) = listener.accept().await {
+        tokio::spawn(serve_web_connection(s));
+    }
+}
+
+/// Largest request head the demo viewer reads.
+const MAX_HEAD: usize = 32 * 1024;
+
+/// What the demo viewer needs of a request head.
+#[derive(Debug, Default, PartialEq)]
+struct RequestHead {
+    method: String,
+    path: String,
+    /// The `postern-jwt-assertion` header, set by the gateway's identity-aware proxy.
+    assertion: Option<String>,
+    content_length: u64,
+    /// The client asked to close (or spoke HTTP/1.0), or sent a body this server cannot skip.
+    close: bool,
+}
+
+impl RequestHead {
+    fn parse(head: &str) -> Option<RequestHead> {
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next()?.split(' ');
+        let (method, target, version) = (first.next()?, first.next()?, first.next()?);
+        let mut r = RequestHead {
+            method: method.to_owned(),
+            path: target.split('?').next().unwrap_or("/").to_owned(),
+            close: version != "HTTP/1.1",
+            ..RequestHead::default()
+        };
+        for line in lines.filter(|l| !l.is_empty()) {
+            let (name, value) = line.split_once(':')?;
+            let value = value.trim();
+            match name.trim().to_ascii_lowercase().as_str() {
+                "postern-jwt-assertion" => r.assertion = Some(value.to_owned()),
+                "content-length" => r.content_length = value.parse().ok()?,
+                "transfer-encoding" => r.close = true,
+                "connection" if value.eq_ignore_ascii_case("close") => r.close = true,
+                _ => {}
+            }
+        }
+        Some(r)
+    }
+}
+
+async fn serve_web_connection(mut s: TcpStream) {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > MAX_HEAD {
+                return;
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let Some(req) = RequestHead::parse(&String::from_utf8_lossy(&buf[..end])) else {
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+            return;
+        };
+        buf.drain(..end);
+        // Skip a request body (the viewer reads none).
+        let mut left = req.content_length;
+        while left > 0 {
+            if buf.is_empty() {
+                match s.read(&mut chunk).await {
                     Ok(0) | Err(_) => return,
-                    Ok(n) => used += n,
-                }
-                if buf[..used].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
             }
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{WEB_PAGE}",
-                WEB_PAGE.len()
-            );
-            let _ = s.write_all(resp.as_bytes()).await;
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            buf.drain(..n);
+            left -= n as u64;
+        }
+        let (status, body) = match (req.method.as_str(), req.path.as_str()) {
+            ("GET" | "HEAD", "/") => ("200 OK", web_page(req.assertion.as_deref())),
+            ("GET" | "HEAD", _) => (
+                "404 Not Found",
+                "<!doctype html><title>Not found</title><p>Not found.</p>\n".to_owned(),
+            ),
+            _ => (
+                "405 Method Not Allowed",
+                "<!doctype html><title>Not allowed</title><p>The demo viewer only reads.</p>\n"
+                    .to_owned(),
+            ),
+        };
+        let resp = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: {}\r\nconnection: {}\r\n\r\n",
+            body.len(),
+            if req.close { "close" } else { "keep-alive" }
+        );
+        let mut out = resp.into_bytes();
+        if req.method != "HEAD" {
+            out.extend_from_slice(body.as_bytes());
+        }
+        if s.write_all(&out).await.is_err() || req.close {
             let _ = s.shutdown().await;
-        });
+            return;
+        }
+    }
+}
+
+/// The demo viewer's page: who is signed in, from the identity assertion the gateway's proxy
+/// sent with the request (`None`: the request came through a tunnel, which carries no identity).
+///
+/// The demo only *decodes* the assertion to show what arrives. A real application must
+/// **verify** it before trusting a word of it: its EdDSA (Ed25519) signature against the
+/// gateway's key set (`/.postern/jwks.json` on the application's own host), `aud` = the
+/// endpoint's name (`demo-web`), `iss` = the gateway's token issuer
+/// (`postern-gateway/<deployment id>`) and `exp` (60 s after `iat`).
+pub fn web_page(assertion: Option<&str>) -> String {
+    let who = match assertion {
+        None => "<p>No <code>postern-jwt-assertion</code> header came with this request: it came through a tunnel (<code>postern connect</code>), which carries bytes, not identities. Open the address the demo printed, <code>https://demo-web.apps.localhost:PORT/</code>, to reach this page through the gateway's identity-aware proxy.</p>".to_owned(),
+        Some(jwt) => match assertion_claims(jwt) {
+            Some(c) => {
+                let text = |k: &str| -> String {
+                    match c.iter().find(|(n, _)| n == k).map(|(_, v)| v) {
+                        Some(Json::Str(s)) => escape_html(s),
+                        Some(Json::Arr(items)) => items
+                            .iter()
+                            .map(|i| match i {
+                                Json::Str(s) => escape_html(s),
+                                _ => "?".to_owned(),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        _ => "<em>(not given)</em>".to_owned(),
+                    }
+                };
+                format!(
+                    "<h2>Who is signed in</h2><p>The gateway's identity-aware proxy told this page who you are in the <code>postern-jwt-assertion</code> header:</p><table><tr><th>sub</th><td id=\"sub\">{}</td></tr><tr><th>name</th><td id=\"name\">{}</td></tr><tr><th>groups</th><td id=\"groups\">{}</td></tr></table><p><small>The demo only decodes the header. A real application verifies its signature against the gateway's key set (<a href=\"/.postern/jwks.json\">/.postern/jwks.json</a>) and checks <code>aud</code>, <code>iss</code> and <code>exp</code>.</small></p><p><a href=\"/.postern/logout\">Sign out</a> (ends every application of this sign-in, in every tab)</p>",
+                    text("sub"),
+                    text("name"),
+                    text("groups")
+                )
+            }
+            None => "<p>A <code>postern-jwt-assertion</code> header came with this request, but it is not a JWT this page can read.</p>".to_owned(),
+        },
+    };
+    format!(
+        "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Demo viewer</title><style>body{{font-family:system-ui,sans-serif;max-width:40em;margin:2em auto;padding:0 1em}}th{{text-align:left;padding-right:1em}}</style><h1>Hello from the demo web viewer</h1><p>This page was served from behind the Postern connector.</p>{who}</html>\n"
+    )
+}
+
+fn escape_html(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '&' => "&amp;".to_owned(),
+            '"' => "&quot;".to_owned(),
+            '\'' => "&#39;".to_owned(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// The claims of a JWT, *unverified*: the middle part, base64url-decoded, as JSON. (The demo
+/// has no JSON or base64 library; a real application uses its JWT library, which verifies.)
+fn assertion_claims(jwt: &str) -> Option<Vec<(String, Json)>> {
+    let mut parts = jwt.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    let bytes = base64url_decode(payload)?;
+    Json::object(std::str::from_utf8(&bytes).ok()?)
+}
+
+fn base64url_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for b in s.bytes() {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// Just enough JSON for the assertion's claims: strings and arrays of strings are kept, other
+/// values are read and set aside.
+#[derive(Debug, PartialEq)]
+enum Json {
+    Str(String),
+    Arr(Vec<Json>),
+    Other,
+}
+
+impl Json {
+    /// A JSON object's members, or None when `text` is not one.
+    fn object(text: &str) -> Option<Vec<(String, Json)>> {
+        let mut p = JsonParser {
+            s: text,
+            b: text.as_bytes(),
+            i: 0,
+        };
+        let members = p.members(0)?;
+        p.ws();
+        (p.i == p.b.len()).then_some(members)
+    }
+}
+
+struct JsonParser<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl JsonParser<'_> {
+    fn ws(&mut self) {
+        while self.b.get(self.i).is_some_and(|c| c.is_ascii_whitespace()) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        self.ws();
+        (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
+    }
+
+    fn members(&mut self, depth: usize) -> Option<Vec<(String, Json)>> {
+        self.eat(b'{')?;
+        let mut out = Vec::new();
+        if self.eat(b'}').is_some() {
+            return Some(out);
+        }
+        loop {
+            self.ws();
+            let k = self.string()?;
+            self.eat(b':')?;
+            let v = self.value(depth + 1)?;
+            out.push((k, v));
+            if self.eat(b',').is_none() {
+                self.eat(b'}')?;
+                return Some(out);
+            }
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Option<Json> {
+        if depth > 16 {
+            return None;
+        }
+        self.ws();
+        match *self.b.get(self.i)? {
+            b'"' => self.string().map(Json::Str),
+            b'{' => self.members(depth).map(|_| Json::Other),
+            b'[' => {
+                self.i += 1;
+                let mut items = Vec::new();
+                if self.eat(b']').is_some() {
+                    return Some(Json::Arr(items));
+                }
+                loop {
+                    items.push(self.value(depth + 1)?);
+                    if self.eat(b',').is_none() {
+                        self.eat(b']')?;
+                        return Some(Json::Arr(items));
+                    }
+                }
+            }
+            _ => {
+                // A number, true, false or null.
+                let start = self.i;
+                while self
+                    .b
+                    .get(self.i)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || b"+-.".contains(c))
+                {
+                    self.i += 1;
+                }
+                (self.i > start).then_some(Json::Other)
+            }
+        }
+    }
+
+    fn string(&mut self) -> Option<String> {
+        if self.b.get(self.i) != Some(&b'"') {
+            return None;
+        }
+        self.i += 1;
+        let mut out = String::new();
+        loop {
+            let c = self.s.get(self.i..)?.chars().next()?;
+            self.i += c.len_utf8();
+            match c {
+                '"' => return Some(out),
+                '\\' => {
+                    let e = *self.b.get(self.i)?;
+                    self.i += 1;
+                    out.push(match e {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => {
+                            let hex = std::str::from_utf8(self.b.get(self.i..self.i + 4)?).ok()?;
+                            self.i += 4;
+                            // Surrogate pairs (characters outside the BMP) show as U+FFFD.
+                            char::from_u32(u32::from_str_radix(hex, 16).ok()?).unwrap_or('\u{fffd}')
+                        }
+                        _ => return None,
+                    });
+                }
+                c if (c as u32) < 0x20 => return None,
+                c => out.push(c),
+            }
+        }
     }
 }
 
@@ -191,7 +521,7 @@ pub async fn run(
     let callback = format!("https://127.0.0.1:{port}/auth/callback");
     let mut text = std::fs::read_to_string(&gateway_toml)?;
     text.push_str(&format!(
-        "\n# Sign-in against the demo's development identity provider (plain http on loopback:\n# `postern-gateway check` rightly rejects this outside the demo).\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"postern-demo\"\nclient_secret_file = \"oidc-secret\"\nredirect_url = \"{callback}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\n# The demo's policy names users by e-mail; the development IdP verifies every address.\nuser_claim = \"email\"\ninsecure_http_issuer = true\n\n# The demo signs in without device trust (no WebAuthn ceremony); see docs/devices.md.\n[devices]\nrequired = false\n"
+        "\n# Sign-in against the demo's development identity provider (plain http on loopback:\n# `postern-gateway check` rightly rejects this outside the demo).\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"postern-demo\"\nclient_secret_file = \"oidc-secret\"\nredirect_url = \"{callback}\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\"]\n# The demo's policy names users by e-mail; the development IdP verifies every address.\nuser_claim = \"email\"\ninsecure_http_issuer = true\n\n# The demo signs in without device trust (no WebAuthn ceremony); see docs/devices.md.\n[devices]\nrequired = false\n\n# Web applications in the browser: web endpoint NAME is served at https://NAME.{APPS_DOMAIN}:{port}/\n# by the client listener (browsers resolve *.localhost to loopback themselves; the gateway's own\n# CA issues the certificate for *.{APPS_DOMAIN}). See docs/operator-guide.md, \"Web applications\".\n[web]\napps_domain = \"{APPS_DOMAIN}\"\n"
     ));
     std::fs::write(&gateway_toml, text)?;
     let idp_config = postern_devidp::DevIdpConfig::demo("postern-demo", &secret, &callback);
@@ -294,6 +624,16 @@ Postern demo is running on loopback (Ctrl-C stops it). Everything is in {dir}
   endpoints   demo-web (sample web viewer), demo-echo (TCP echo), demo-ssh (not in the allowlist)
   users       alice / password alice (radiologists: allowed), lee / password lee (locums: no rule allows them)
 
+In your browser, nothing to install: open
+
+  {web_url}
+
+sign in as alice (password alice) and the demo viewer shows who you are, as the gateway's
+identity-aware proxy told it; as lee, the gateway's "Access denied" page says why (use a private
+window for a second user). Your browser does not know the demo's own certificate authority:
+accept its warning for demo-web.{apps} and for 127.0.0.1, or import
+{ca} as a trusted authority. Sign out at {web_url}.postern/logout.
+
 Try these in another terminal:
 
   export PATH={bin}:$PATH
@@ -329,6 +669,8 @@ Try these in another terminal:
         bin = bin.display(),
         ca = ca.display(),
         lee = lee.display(),
+        web_url = app_url("demo-web", port),
+        apps = APPS_DOMAIN,
     );
 
     tokio::select! {
@@ -341,4 +683,103 @@ Try these in another terminal:
     let _ = idp_stop_tx.send(());
     let _ = idp.await;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        // The inverse of base64url_decode, for the tests only.
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in s.as_bytes().chunks(3) {
+            let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b))
+                << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_page_shows_who_the_assertion_names() {
+        let claims = r#"{"iss":"postern-gateway/dep-1","aud":"demo-web","sub":"alice@demo.nhs.uk","name":"Dr Alice <Demo>","groups":["radiologists","on\"call"],"sid":"s1","iat":1,"exp":61,"x":{"y":[1,true,null]}}"#;
+        let jwt = format!("{}.{}.sig", b64(r#"{"alg":"EdDSA"}"#), b64(claims));
+        let page = web_page(Some(&jwt));
+        assert!(page.contains("Hello from the demo web viewer"), "{page}");
+        assert!(
+            page.contains("<td id=\"sub\">alice@demo.nhs.uk</td>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<td id=\"name\">Dr Alice &lt;Demo&gt;</td>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<td id=\"groups\">radiologists, on&quot;call</td>"),
+            "{page}"
+        );
+        assert!(page.contains("/.postern/logout"), "{page}");
+    }
+
+    #[test]
+    fn without_an_assertion_or_with_a_bad_one_the_page_says_so() {
+        assert!(web_page(None).contains("came through a tunnel"));
+        for bad in [
+            "",
+            "a.b",
+            "a.!!.c",
+            &format!("a.{}.c", b64("[1]")),
+            &format!("a.{}.c", b64("{\"a\":")),
+        ] {
+            assert!(
+                web_page(Some(bad)).contains("not a JWT this page can read"),
+                "{bad}"
+            );
+        }
+        // Deep nesting is refused, not recursed into without end.
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(Json::object(&deep), None);
+    }
+
+    #[test]
+    fn base64url_round_trips() {
+        for s in ["", "a", "ab", "abc", "abcd", "{\"sub\":\"é\"}"] {
+            assert_eq!(base64url_decode(&b64(s)).unwrap(), s.as_bytes());
+        }
+    }
+
+    #[test]
+    fn request_heads() {
+        let h = RequestHead::parse("GET /x?y=1 HTTP/1.1\r\nHost: a\r\nPostern-JWT-Assertion: t.u.v\r\nContent-Length: 3\r\n\r\n").unwrap();
+        assert_eq!(
+            h,
+            RequestHead {
+                method: "GET".into(),
+                path: "/x".into(),
+                assertion: Some("t.u.v".into()),
+                content_length: 3,
+                close: false,
+            }
+        );
+        assert!(RequestHead::parse("GET / HTTP/1.0\r\n\r\n").unwrap().close);
+        assert!(
+            RequestHead::parse("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .close
+        );
+        assert!(RequestHead::parse("GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n").is_none());
+        assert!(RequestHead::parse("garbage\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn web_addresses() {
+        assert_eq!(
+            app_url("demo-web", 8443),
+            "https://demo-web.apps.localhost:8443/"
+        );
+    }
 }
