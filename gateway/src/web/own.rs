@@ -128,15 +128,18 @@ fn logout_page<B>(web: &Web, req: &Request<B>, app: &str) -> WebResp {
     whole(pages::sign_out_form(app, &user, &csrf_of(&value)))
 }
 
-/// Whether a state-changing request comes from a page of this very host.
+/// Whether a state-changing request comes from a page of this very host: the browser's
+/// `Sec-Fetch-Site` says same-origin (with it, `Origin` may be `null`, which Chromium sends
+/// for a form post from a page whose referrer policy is `no-referrer`), and any `Origin` is
+/// this host's. The CSRF token is checked besides.
 fn same_origin<B>(web: &Web, req: &Request<B>, app: &str) -> bool {
     let h = req.headers();
-    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        if site != "same-origin" {
-            return false;
-        }
+    let site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if site.is_some_and(|s| s != "same-origin") {
+        return false;
     }
     match h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        Some("null") => site == Some("same-origin"),
         Some(o) => o == web.app_origin(app),
         None => true,
     }

@@ -38,7 +38,14 @@ pub fn too_many<B>(req: &Request<B>, secs: u64) -> Resp {
 /// Access refused by the policy: the reason a person can read.
 pub fn denied<B>(req: &Request<B>, app: &str, reason: &str) -> Resp {
     if wants_json(req) {
-        return error(StatusCode::FORBIDDEN, "policy_denied", reason);
+        let mut r = crate::http::json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({"error": "policy_denied", "reason": reason, "message": reason}),
+        );
+        if let Ok(v) = HeaderValue::from_str(&crate::http::printable(reason, 512)) {
+            r.headers_mut().insert(postern_proto::wire::HDR_REASON, v);
+        }
+        return r;
     }
     page(
         StatusCode::FORBIDDEN,

@@ -687,7 +687,7 @@ fn upstream_request(
     let claims = &s.session.subject.claims;
     let now = web.clock.unix();
     let assertion = Assertion {
-        iss: web.authn.keys.issuer(),
+        iss: &web.main_origin,
         aud: &ep.name,
         sub: &claims.sub,
         email: claims.sub.contains('@').then_some(claims.sub.as_str()),
