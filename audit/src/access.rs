@@ -23,7 +23,7 @@ use crate::error::AuditError;
 use crate::event::{Event, EventType, ObjectRef};
 use crate::logset::{LogSet, Merged, Want};
 use crate::reader::RawLine;
-use crate::search::{csv_cell, event_time, one_line, Format, ReportError, Summary};
+use crate::search::{csv_cell, event_time, one_line, utc_seconds, Format, ReportError, Summary};
 
 /// The kinds of object `access` can be asked about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -369,11 +369,11 @@ fn fill_identity(row: &mut AccessRow, e: &Event, authoritative: bool) {
     }
 }
 
-/// Columns of `access --csv`, in order.
+/// Columns of `access --csv`, in order (times `2025-03-01 08:15:02`, UTC).
 pub const CSV_COLUMNS: [&str; 14] = [
     "session_id",
-    "first",
-    "last",
+    "first_utc",
+    "last_utc",
     "user",
     "user_name",
     "user_email",
@@ -390,8 +390,8 @@ pub const CSV_COLUMNS: [&str; 14] = [
 fn csv_row(r: &AccessRow) -> String {
     let cells = [
         r.session_id.clone(),
-        r.first.clone(),
-        r.last.clone(),
+        utc_seconds(&r.first),
+        utc_seconds(&r.last),
         r.user.clone(),
         r.user_name.clone(),
         r.user_email.clone(),

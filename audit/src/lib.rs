@@ -52,6 +52,9 @@
 //!   events by time (a k-way merge, one event held per log).
 //! * [`verify`], [`search`], [`sessions`], [`access`]: what `postern-audit` does, over one log
 //!   or several.
+//! * [`visits`]: sessions grouped into visits (one clinician, one endpoint, one sign-in), what
+//!   `sessions` lists by default; [`report`]: per-user and break-glass summaries (text, CSV,
+//!   HTML) made of visits.
 //!
 //! ## The durability promise
 //!
@@ -82,6 +85,7 @@ mod hexfmt;
 mod key;
 pub mod logset;
 mod reader;
+pub mod report;
 pub mod search;
 pub mod sessions;
 mod sink;
@@ -89,6 +93,7 @@ mod stats;
 mod store;
 pub mod syslog;
 pub mod verify;
+pub mod visits;
 mod witness;
 mod writer;
 

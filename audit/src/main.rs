@@ -41,10 +41,15 @@ enum Command {
     /// Print the events that match every given filter, oldest first (several logs: merged by
     /// time, with the replica each came from).
     Search(SearchArgs),
-    /// One row per session: user, device, endpoint, start, end, duration, bytes, close reason,
-    /// web requests and objects opened, justification (several logs: one row per session
-    /// wherever its start and end are).
-    Sessions(SearchArgs),
+    /// One row per visit (a clinician's connections to one endpoint from one sign-in: same
+    /// user, device, address and justification, at most 5 minutes apart): connections, first
+    /// start, last end, bytes, close reason, web requests and objects opened, justification.
+    /// With --connections, one row per session (connection) instead. Several logs: one row per
+    /// session wherever its start and end are.
+    Sessions(SessionsArgs),
+    /// A summary to hand on: everything one person did (--user), or every break-glass access
+    /// (--break-glass), in a period; as text, CSV, or an HTML page to open and print.
+    Report(ReportArgs),
     /// Who opened this study? One row per session that touched a study, series or instance:
     /// first and last time, user, device, source address, endpoint, session, requests. Exit 0
     /// also when nothing is found (it says so); 2 for a malformed UID.
@@ -87,7 +92,7 @@ struct FilterArgs {
     /// Event type, e.g. session.start, or a family such as session.*
     #[arg(long = "type", value_name = "TYPE")]
     kind: Option<String>,
-    /// User: subject exactly, or email (any case).
+    /// User: IdP subject or email, whole, or a part of the display name (any case).
     #[arg(long)]
     user: Option<String>,
     /// Endpoint name, exactly; end it with * for a prefix (truro-pacs*).
@@ -154,6 +159,49 @@ struct SearchArgs {
     /// Print CSV instead of a table.
     #[arg(long)]
     csv: bool,
+}
+
+#[derive(Debug, Args)]
+struct SessionsArgs {
+    #[command(flatten)]
+    search: SearchArgs,
+    /// One row per connection (session) instead of one per visit.
+    #[arg(long)]
+    connections: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("what")
+        .required(true)
+        .multiple(true)
+        .args(["user", "break_glass"])
+))]
+struct ReportArgs {
+    /// Audit log directory (the one holding audit.jsonl); several, one per gateway replica,
+    /// are read as one.
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<PathBuf>,
+    /// Everything this person did: IdP subject or email, whole, or a part of the display name
+    /// (any case); several people matching get a part each.
+    #[arg(long)]
+    user: Option<String>,
+    /// Every break-glass access (a justification was given); with --user, theirs only.
+    #[arg(long)]
+    break_glass: bool,
+    /// From this time on (same forms as search --since).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Before this time.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Print CSV instead of text.
+    #[arg(long, conflicts_with = "html")]
+    csv: bool,
+    /// Write a self-contained HTML page to FILE (created 0600, replaced if it exists) instead
+    /// of printing text.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -294,8 +342,16 @@ fn main() -> ExitCode {
             eprintln!("postern-audit: {e:#}");
             Ok(ExitCode::from(2))
         }),
-        Command::Search(args) => report(args, false),
-        Command::Sessions(args) => report(args, true),
+        Command::Search(args) => report(args, Listing::Events),
+        Command::Sessions(args) => report(
+            args.search,
+            if args.connections {
+                Listing::Connections
+            } else {
+                Listing::Visits
+            },
+        ),
+        Command::Report(args) => summary_report(args),
         Command::Access(args) => access(args),
         Command::Export(args) => export(args),
         Command::Checkpoint(args) => checkpoint(args),
@@ -554,7 +610,15 @@ fn print_verify_report(
     Ok(())
 }
 
-fn report(args: SearchArgs, sessions: bool) -> anyhow::Result<ExitCode> {
+/// What `search` and `sessions` list.
+#[derive(Debug, Clone, Copy)]
+enum Listing {
+    Events,
+    Connections,
+    Visits,
+}
+
+fn report(args: SearchArgs, listing: Listing) -> anyhow::Result<ExitCode> {
     let format = if args.json {
         Format::Json
     } else if args.csv {
@@ -564,13 +628,68 @@ fn report(args: SearchArgs, sessions: bool) -> anyhow::Result<ExitCode> {
     };
     let filter = args.filter.filter()?;
     let logs = LogSet::open(&args.dirs)?;
-    run_report(&logs, |out, bad| {
-        if sessions {
+    run_report(&logs, |out, bad| match listing {
+        Listing::Events => postern_audit::search::search_logs(&logs, &filter, format, out, bad),
+        Listing::Connections => {
             postern_audit::sessions::sessions_logs(&logs, &filter, format, out, bad)
-        } else {
-            postern_audit::search::search_logs(&logs, &filter, format, out, bad)
         }
+        Listing::Visits => postern_audit::visits::visits_logs(&logs, &filter, format, out, bad),
     })
+}
+
+fn summary_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    use postern_audit::report;
+    let now = SystemTime::now();
+    let time = |v: Option<String>, flag: &str| -> anyhow::Result<Option<SystemTime>> {
+        v.map(|t| parse_time(&t, now).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
+            .transpose()
+    };
+    let query = report::ReportQuery {
+        user: args.user.clone(),
+        break_glass: args.break_glass,
+        since: time(args.since, "--since")?,
+        until: time(args.until, "--until")?,
+    };
+    let logs = LogSet::open(&args.dirs)?;
+    let source = args
+        .dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut built = None;
+    let code = run_report(&logs, |out, bad| {
+        let r = report::build(&logs, &query, bad)?;
+        let summary = r.summary.clone();
+        match &args.html {
+            Some(_) => {}
+            None if args.csv => report::write_csv(&r, out)?,
+            None => report::write_text(&r, now, &source, out)?,
+        }
+        built = Some(r);
+        Ok(summary)
+    })?;
+    if let (Some(path), Some(r)) = (&args.html, &built) {
+        let mut page = Vec::new();
+        report::write_html(r, now, &source, &mut page)?;
+        write_private(path, &page).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("postern-audit: wrote {}", path.display());
+    }
+    Ok(code)
+}
+
+/// Writes `bytes` to `path`, readable by its owner only (a report names people).
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 fn access(args: AccessArgs) -> anyhow::Result<ExitCode> {

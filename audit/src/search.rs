@@ -20,8 +20,8 @@ use crate::reader::Entry;
 pub struct Filter {
     /// Event type, exactly (`session.start`), or a family ending in `.*` (`session.*`).
     pub kind: Option<String>,
-    /// User: the user (`user`) or the email (`user_email`), ignoring ASCII case (the gateway
-    /// compares user names that way everywhere).
+    /// User: the IdP subject (`user`) or the email (`user_email`), whole and ignoring case,
+    /// or a part of the display name (`user_name`), ignoring case (see [`user_matches`]).
     pub user: Option<String>,
     /// Session id, exactly.
     pub session: Option<String>,
@@ -63,16 +63,12 @@ impl Filter {
     pub fn matches_except_type(&self, event: &Event) -> bool {
         let user_ok = match self.user.as_deref() {
             None => true,
-            Some(want) => {
-                event
-                    .user
-                    .as_deref()
-                    .is_some_and(|u| u.eq_ignore_ascii_case(want))
-                    || event
-                        .user_email
-                        .as_deref()
-                        .is_some_and(|e| e.eq_ignore_ascii_case(want))
-            }
+            Some(want) => user_matches(
+                want,
+                event.user.as_deref(),
+                event.user_name.as_deref(),
+                event.user_email.as_deref(),
+            ),
         };
         let site_ok = match self.site.as_deref() {
             None => true,
@@ -132,8 +128,13 @@ impl Filter {
         if let Some(v) = self.object.as_deref() {
             return quoted(v);
         }
-        if let Some(v) = self.user.as_deref() {
-            return quoted(v);
+        // A user matches by a part of the display name, so the needle is the value as JSON
+        // writes it without its quotes; and only an ASCII one (the scan ignores ASCII case
+        // only, the match any case).
+        if let Some(v) = self.user.as_deref().map(str::trim).filter(|v| v.is_ascii()) {
+            if let Some(q) = quoted(v).filter(|q| q.len() > 2) {
+                return Some(q[1..q.len() - 1].to_vec());
+            }
         }
         if let Some(v) = self.device.as_deref() {
             return quoted(v);
@@ -158,6 +159,41 @@ impl Filter {
             };
         }
         None
+    }
+}
+
+/// Whether a user given as `want` (`--user`) is the user of an event with subject `user`,
+/// display name `name` and email `email`: the subject or the email, whole, or any part of the
+/// display name (`jones` finds `Dr Ann Jones`); always ignoring case (Unicode lower case), and
+/// the spaces around `want`. An empty `want` matches nobody.
+pub fn user_matches(
+    want: &str,
+    user: Option<&str>,
+    name: Option<&str>,
+    email: Option<&str>,
+) -> bool {
+    let want = want.trim().to_lowercase();
+    if want.is_empty() {
+        return false;
+    }
+    user.is_some_and(|u| u.to_lowercase() == want)
+        || email.is_some_and(|e| e.trim().to_lowercase() == want)
+        || name.is_some_and(|n| n.to_lowercase().contains(&want))
+}
+
+/// An event time (`2025-03-01T08:15:02.123456Z`, RFC 3339) as a spreadsheet reads a date and
+/// time: `2025-03-01 08:15:02`, in UTC, whole seconds (the fraction is cut, not rounded). Empty
+/// stays empty; a value that is not a time is kept as it is.
+pub fn utc_seconds(ts: &str) -> String {
+    if ts.is_empty() {
+        return String::new();
+    }
+    match event_time(ts) {
+        Some(t) => {
+            let text = humantime::format_rfc3339_seconds(t).to_string();
+            text.trim_end_matches('Z').replacen('T', " ", 1)
+        }
+        None => ts.to_owned(),
     }
 }
 
@@ -420,7 +456,7 @@ pub(crate) fn one_line(s: &str) -> String {
 /// Columns of `--csv` / `export --format csv`, in order.
 pub const CSV_COLUMNS: [&str; 41] = [
     "seq",
-    "ts",
+    "ts_utc",
     "type",
     "session_id",
     "user",
@@ -467,7 +503,9 @@ pub fn csv_header() -> String {
     CSV_COLUMNS.join(",")
 }
 
-/// One CSV line (no newline) for `event`, in [`CSV_COLUMNS`] order. Lists are joined with `;`.
+/// One CSV line (no newline) for `event`, in [`CSV_COLUMNS`] order. Lists are joined with `;`;
+/// the time is `2025-03-01 08:15:02` in UTC ([`utc_seconds`]), which spreadsheets read as a
+/// date and time (`seq` keeps the order within a second).
 /// Cells are quoted as RFC 4180 says; a cell starting with `=`, `+`, `-`, `@`, tab or CR gets
 /// a leading `'` so a spreadsheet shows it instead of running it as a formula.
 pub fn csv_row(event: &Event) -> String {
@@ -480,7 +518,7 @@ pub fn csv_row(event: &Event) -> String {
     let http = event.http.as_ref();
     let cells: [String; 41] = [
         num(event.seq),
-        event.ts.clone(),
+        utc_seconds(&event.ts),
         event.kind.clone(),
         opt(&event.session_id),
         opt(&event.user),
@@ -923,10 +961,30 @@ mod tests {
             },
         ] {
             assert!(f.matches(&e), "{f:?}");
-            let needle = f.prefilter().unwrap();
+            // A non-ASCII user value has no needle (the scan ignores ASCII case only).
+            let Some(needle) = f.prefilter() else {
+                assert!(!f.user.as_deref().unwrap_or_default().is_ascii(), "{f:?}");
+                continue;
+            };
             assert!(
                 contains_ignore_ascii_case(line.as_bytes(), &needle),
                 "{f:?}"
+            );
+        }
+        // By a part of the display name, with quotes in it.
+        let mut e = ev(EventType::SessionStart, "sub-1", "s1");
+        e.user_name = Some("Dr \"Ann\" Jones".into());
+        let line = serde_json::to_string(&e).unwrap();
+        for want in ["\"ann\" jo", "JONES", "dr \""] {
+            let f = Filter {
+                user: Some(want.into()),
+                ..Filter::default()
+            };
+            assert!(f.matches(&e), "{want}");
+            let needle = f.prefilter().unwrap();
+            assert!(
+                contains_ignore_ascii_case(line.as_bytes(), &needle),
+                "{want}"
             );
         }
         assert!(!contains_ignore_ascii_case(b"abc", b"abcd"));
@@ -996,6 +1054,46 @@ mod tests {
         let e: Event = serde_json::from_str(&with).unwrap();
         assert_eq!(e.seq, Some(3));
         assert_eq!(json_with_replica("{}", "a"), r#"{"replica":"a"}"#);
+    }
+
+    #[test]
+    fn users_match_by_subject_email_or_a_part_of_the_name_in_any_case() {
+        let m = |want: &str| {
+            user_matches(
+                want,
+                Some("sub-Ann"),
+                Some("Dr Élodie Ann-Jones"),
+                Some("Ann.Jones@NHS.example"),
+            )
+        };
+        for yes in [
+            "sub-ann",
+            "SUB-ANN",
+            "ann.jones@nhs.example",
+            " Ann.Jones@nhs.EXAMPLE ",
+            "jones",
+            "élodie",
+            "ÉLODIE ANN",
+            "dr élodie ann-jones",
+        ] {
+            assert!(m(yes), "{yes}");
+        }
+        // The subject and the email only whole; nothing matches an empty value.
+        for no in ["sub", "ann.jones", "nhs.example", "", "  ", "smith"] {
+            assert!(!m(no), "{no}");
+        }
+        assert!(!user_matches("ann", None, None, None));
+    }
+
+    #[test]
+    fn utc_seconds_is_what_a_spreadsheet_reads() {
+        assert_eq!(
+            utc_seconds("2025-03-01T08:15:02.999999Z"),
+            "2025-03-01 08:15:02"
+        );
+        assert_eq!(utc_seconds("2025-03-01T08:15:02Z"), "2025-03-01 08:15:02");
+        assert_eq!(utc_seconds(""), "");
+        assert_eq!(utc_seconds("not a time"), "not a time");
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! ([`Summary::late_requests`]). For that it also holds a 16-byte digest of every finished web
 //! session's id, with one log too.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::num::NonZeroU16;
 use std::path::Path;
@@ -38,7 +38,7 @@ use crate::logset::{LogSet, Merged, Want};
 use crate::reader::RawLine;
 pub use crate::search::human_bytes;
 use crate::search::{
-    csv_cell, event_time, one_line, touches, Filter, Format, ReportError, Summary,
+    csv_cell, event_time, one_line, touches, utc_seconds, Filter, Format, ReportError, Summary,
 };
 
 /// One session.
@@ -100,6 +100,10 @@ pub struct SessionRow {
 /// At most this many distinct objects of one kind are counted per session (kept as 16-byte
 /// digests while the session is held).
 pub const MAX_OBJECTS_PER_KIND: usize = 10_000;
+
+/// With one log, an end of a session whose row was finished less than this many rows ago is
+/// recognised as a repeat (and not made a row of its own).
+const RECENT_FINISHED: usize = 65_536;
 
 /// Whether an endpoint protocol is a web application's.
 pub fn is_web_protocol(protocol: &str) -> bool {
@@ -198,6 +202,11 @@ struct Pending {
     touched: bool,
     /// Made from a `web.request`: no start seen (yet).
     from_request: bool,
+    /// A `session.terminated` was seen: the gateway ended it, and its `session.end` (bytes,
+    /// duration) follows; the row waits for it (to the end of the stream, if it never comes).
+    terminated: bool,
+    /// A `session.end` was seen.
+    ended: bool,
 }
 
 impl Pending {
@@ -212,6 +221,8 @@ impl Pending {
             web,
             touched: false,
             from_request: false,
+            terminated: false,
+            ended: false,
         }
     }
 
@@ -257,6 +268,11 @@ struct Joiner {
     /// Digests of the ids of sessions whose row is finished: every session with several logs,
     /// web sessions with one.
     finished: HashSet<u128>,
+    /// With one log: digests of the last [`RECENT_FINISHED`] finished sessions, so that an end
+    /// written again soon after (a `session.terminated` after its `session.end`) is not a
+    /// second row.
+    recent: VecDeque<u128>,
+    recent_set: HashSet<u128>,
     folded: u64,
     /// `web.request` events that came after their session's row was finished.
     late: u64,
@@ -281,6 +297,8 @@ impl Joiner {
             orphans: HashMap::new(),
             held: HashMap::new(),
             finished: HashSet::new(),
+            recent: VecDeque::new(),
+            recent_set: HashSet::new(),
             folded: 0,
             late: 0,
             object,
@@ -292,7 +310,23 @@ impl Joiner {
         self.held.insert(id.to_owned(), order);
         if self.merge || web {
             self.finished.insert(id_digest(id));
+        } else {
+            let d = id_digest(id);
+            if self.recent_set.insert(d) {
+                self.recent.push_back(d);
+            }
+            if self.recent.len() > RECENT_FINISHED {
+                if let Some(old) = self.recent.pop_front() {
+                    self.recent_set.remove(&old);
+                }
+            }
         }
+    }
+
+    /// Whether the session `id` already has a finished row.
+    fn is_finished(&self, id: &str) -> bool {
+        let d = id_digest(id);
+        self.finished.contains(&d) || self.recent_set.contains(&d)
     }
 
     fn next_order(&mut self) -> u64 {
@@ -322,7 +356,13 @@ impl Joiner {
                         // Its end came first (by time, from another replica): join them now.
                         let order = self.next_order();
                         orphan.start(event, log);
-                        self.finished(&id, order, orphan.is_web());
+                        if orphan.terminated && !orphan.ended {
+                            // Its session.end is still to come.
+                            orphan.done = false;
+                            self.open.insert(id, order);
+                        } else {
+                            self.finished(&id, order, orphan.is_web());
+                        }
                         self.pending.insert(order, orphan);
                         return;
                     }
@@ -337,44 +377,80 @@ impl Joiner {
                 p.start_log = log;
                 self.pending.insert(order, p);
             }
-            Some(EventType::SessionEnd | EventType::SessionTerminated) => {
-                let open = self.open.remove(&id);
-                match open.and_then(|o| self.pending.get_mut(&o).map(|p| (o, p))) {
-                    Some((order, p)) => {
-                        end_row(&mut p.row, &event);
-                        p.end_log = log;
-                        p.done = true;
-                        let web = p.is_web();
-                        self.finished(&id, order, web);
-                    }
-                    None => {
-                        if self.merge
-                            && (self.orphans.contains_key(&id)
-                                || self.finished.contains(&id_digest(&id)))
-                        {
-                            self.folded += 1;
-                            return;
-                        }
-                        // The start is not in the log(s) read so far (an earlier, archived
-                        // segment; or, with several logs, perhaps still to come).
-                        let order = self.next_order();
-                        let mut row = start_row(&event);
-                        row.start.clear();
-                        end_row(&mut row, &event);
-                        let mut p = Pending::new(row, event, true);
-                        p.end_log = log;
-                        if self.merge {
-                            self.orphans.insert(id, (order, p));
-                        } else {
-                            let web = p.is_web();
-                            self.pending.insert(order, p);
-                            self.finished(&id, order, web);
-                        }
-                    }
-                }
+            Some(kind @ (EventType::SessionEnd | EventType::SessionTerminated)) => {
+                self.end(id, event, log, kind == EventType::SessionTerminated)
             }
             Some(EventType::WebRequest) => self.request(id, event),
             _ => {}
+        }
+    }
+
+    /// A `session.end` or (`terminated`) a `session.terminated`. The gateway writes
+    /// `session.terminated` when it withdraws access and `session.end` (bytes, duration) when
+    /// the relay has stopped: one row, with the end's facts, which waits for the end.
+    fn end(&mut self, id: String, event: Box<Event>, log: Option<NonZeroU16>, terminated: bool) {
+        if let Some(&order) = self.open.get(&id) {
+            if let Some(p) = self.pending.get_mut(&order) {
+                if terminated && p.terminated {
+                    // Withdrawn twice (a policy reload and a revocation): the first stands.
+                    return;
+                }
+                let reason = p.row.close_reason.clone();
+                end_row(&mut p.row, &event);
+                if !terminated && p.terminated && event.close_reason.is_none() {
+                    p.row.close_reason = reason;
+                }
+                p.end_log = log;
+                if terminated {
+                    p.terminated = true;
+                    return;
+                }
+                p.ended = true;
+                p.done = true;
+                let web = p.is_web();
+                self.open.remove(&id);
+                self.finished(&id, order, web);
+                return;
+            }
+        }
+        if self.merge {
+            if let Some((_, p)) = self.orphans.get_mut(&id) {
+                if !terminated && p.terminated && !p.ended {
+                    // Its end after its termination, both before its start.
+                    end_row(&mut p.row, &event);
+                    p.end_log = log;
+                    p.ended = true;
+                } else {
+                    self.folded += 1;
+                }
+                return;
+            }
+        }
+        if self.is_finished(&id) {
+            self.folded += 1;
+            return;
+        }
+        // The start is not in the log(s) read so far (an earlier, archived segment; or, with
+        // several logs, perhaps still to come).
+        let order = self.next_order();
+        let mut row = start_row(&event);
+        row.start.clear();
+        end_row(&mut row, &event);
+        let mut p = Pending::new(row, event, true);
+        p.end_log = log;
+        p.terminated = terminated;
+        p.ended = !terminated;
+        if self.merge {
+            self.orphans.insert(id, (order, p));
+        } else if terminated {
+            // Its session.end is still to come.
+            p.done = false;
+            self.pending.insert(order, p);
+            self.open.insert(id, order);
+        } else {
+            let web = p.is_web();
+            self.pending.insert(order, p);
+            self.finished(&id, order, web);
         }
     }
 
@@ -452,6 +528,54 @@ pub fn sessions_logs(
     out: &mut dyn Write,
     bad: &mut dyn FnMut(&AuditError),
 ) -> Result<Summary, ReportError> {
+    let merge = logs.is_merged();
+    let replica_width = (logs.label_width() * 2 + 2).max("REPLICA".len());
+    let look = Look {
+        format,
+        replica_width: merge.then_some(replica_width),
+    };
+    let out = std::cell::RefCell::new(out);
+    each_session(
+        logs,
+        filter,
+        bad,
+        &mut || {
+            let out = &mut *out.borrow_mut();
+            match format {
+                Format::Table => writeln!(out, "{}", table_header(look.replica_width))?,
+                Format::Csv if merge => {
+                    writeln!(out, "{},start_replica,end_replica", CSV_HEADER.join(","))?
+                }
+                Format::Csv => writeln!(out, "{}", CSV_HEADER.join(","))?,
+                Format::Json | Format::Syslog => {}
+            }
+            Ok(())
+        },
+        &mut |c| print_row(&c, &look, &mut **out.borrow_mut()),
+    )
+}
+
+/// One session's row as [`each_session`] hands it out, with the replica labels of the logs
+/// holding its start and its end (empty when there is none).
+#[derive(Debug, Clone)]
+pub struct Connection<'a> {
+    pub row: SessionRow,
+    pub start_replica: &'a str,
+    pub end_replica: &'a str,
+}
+
+/// The sessions of `logs` (merged by time) that pass `filter` (applied to the session's start;
+/// the type criterion is ignored; `--object` to its requests), one [`Connection`] each, in
+/// order of start, handed to `f` as soon as they are finished. What `sessions` prints and
+/// visits are made of. `begin` is called once every log is open, before the first row (a
+/// header goes there: nothing is printed for logs that cannot be read).
+pub fn each_session<'l>(
+    logs: &'l LogSet,
+    filter: &Filter,
+    bad: &mut dyn FnMut(&AuditError),
+    begin: &mut dyn FnMut() -> Result<(), ReportError>,
+    f: &mut dyn FnMut(Connection<'l>) -> Result<(), ReportError>,
+) -> Result<Summary, ReportError> {
     // Cheap test before parsing: only session events and web requests matter.
     let session: &[u8] = br#""type":"session."#;
     let request: &[u8] = br#""type":"web.request""#;
@@ -486,36 +610,41 @@ pub fn sessions_logs(
             event: Box::new(event_ok),
         },
     )?;
+    begin()?;
     let merge = logs.is_merged();
-    let replica_width = (logs.label_width() * 2 + 2).max("REPLICA".len());
-    let look = Look {
-        format,
-        replica_width: merge.then_some(replica_width),
-        labels: logs.logs().iter().map(|l| l.label.clone()).collect(),
+    let label = |log: Option<NonZeroU16>| -> &'l str {
+        log.and_then(|i| logs.logs().get(usize::from(i.get()) - 1))
+            .map_or("", |l| l.label.as_str())
     };
-    match format {
-        Format::Table => writeln!(out, "{}", table_header(look.replica_width))?,
-        Format::Csv if merge => {
-            writeln!(out, "{},start_replica,end_replica", CSV_HEADER.join(","))?
-        }
-        Format::Csv => writeln!(out, "{}", CSV_HEADER.join(","))?,
-        Format::Json | Format::Syslog => {}
-    }
     let mut summary = Summary::default();
     let by_object = object.is_some();
     let mut joiner = Joiner::new(merge, object);
+    let mut hand = |mut p: Pending, summary: &mut Summary| -> Result<(), ReportError> {
+        if !filter.matches_except_type(&p.first) || (by_object && !p.touched) {
+            return Ok(());
+        }
+        summary.matched += 1;
+        if let Some(web) = &p.web {
+            web.fill(&mut p.row);
+        }
+        f(Connection {
+            start_replica: label(p.start_log),
+            end_replica: label(p.end_log),
+            row: p.row,
+        })
+    };
     while let Some(head) = merged.next_owned(bad)? {
         // At most MAX_LOGS logs, so the index always fits.
         let log = u16::try_from(head.log + 1).ok().and_then(NonZeroU16::new);
         joiner.event(head.payload, log);
         while let Some(p) = joiner.ready() {
-            emit(p, filter, by_object, &look, out, &mut summary)?;
+            hand(p, &mut summary)?;
         }
     }
     summary.folded = joiner.folded;
     summary.late_requests = joiner.late;
     for p in joiner.finish() {
-        emit(p, filter, by_object, &look, out, &mut summary)?;
+        hand(p, &mut summary)?;
     }
     summary.fill(merged.counts(logs));
     Ok(summary)
@@ -526,54 +655,31 @@ struct Look {
     format: Format,
     /// With several logs, the width of the table's replica column.
     replica_width: Option<usize>,
-    /// The logs' replica labels, by index.
-    labels: Vec<String>,
 }
 
-impl Look {
-    fn label(&self, log: Option<NonZeroU16>) -> &str {
-        log.and_then(|i| self.labels.get(usize::from(i.get()) - 1))
-            .map_or("", String::as_str)
-    }
-}
-
-fn emit(
-    mut p: Pending,
-    filter: &Filter,
-    by_object: bool,
-    look: &Look,
-    out: &mut dyn Write,
-    summary: &mut Summary,
-) -> Result<(), ReportError> {
-    if !filter.matches_except_type(&p.first) || (by_object && !p.touched) {
-        return Ok(());
-    }
-    summary.matched += 1;
-    if let Some(web) = &p.web {
-        web.fill(&mut p.row);
-    }
-    let (start, end) = (look.label(p.start_log), look.label(p.end_log));
+fn print_row(c: &Connection<'_>, look: &Look, out: &mut dyn Write) -> Result<(), ReportError> {
+    let (start, end) = (c.start_replica, c.end_replica);
     match (look.format, look.replica_width) {
-        (Format::Table, None) => writeln!(out, "{}", table_row(&p.row, None))?,
+        (Format::Table, None) => writeln!(out, "{}", table_row(&c.row, None))?,
         (Format::Table, Some(width)) => writeln!(
             out,
             "{}",
-            table_row(&p.row, Some((&replicas(start, end), width)))
+            table_row(&c.row, Some((&replicas(start, end), width)))
         )?,
-        (Format::Csv, None) => writeln!(out, "{}", csv_row(&p.row))?,
+        (Format::Csv, None) => writeln!(out, "{}", csv_row(&c.row))?,
         (Format::Csv, Some(_)) => writeln!(
             out,
             "{},{},{}",
-            csv_row(&p.row),
+            csv_row(&c.row),
             csv_cell(start),
             csv_cell(end)
         )?,
         (Format::Json | Format::Syslog, None) => {
-            writeln!(out, "{}", serde_json::to_string(&p.row).unwrap_or_default())?
+            writeln!(out, "{}", serde_json::to_string(&c.row).unwrap_or_default())?
         }
         (Format::Json | Format::Syslog, Some(_)) => {
             let row = ReplicaRow {
-                row: &p.row,
+                row: &c.row,
                 start_replica: start,
                 end_replica: end,
             };
@@ -683,8 +789,8 @@ const CSV_HEADER: [&str; 21] = [
     "endpoint",
     "site",
     "source",
-    "start",
-    "end",
+    "start_utc",
+    "end_utc",
     "duration_ms",
     "bytes_up",
     "bytes_down",
@@ -709,8 +815,8 @@ fn csv_row(r: &SessionRow) -> String {
         r.endpoint.clone(),
         r.site.clone(),
         r.source.clone(),
-        r.start.clone(),
-        r.end.clone(),
+        utc_seconds(&r.start),
+        utc_seconds(&r.end),
         num(r.duration_ms),
         num(r.bytes_up),
         num(r.bytes_down),
@@ -739,7 +845,7 @@ fn csv_row(r: &SessionRow) -> String {
 }
 
 /// `2025-03-01T08:15:02.123456Z` → `2025-03-01 08:15:02Z` (seconds are enough in a table).
-fn short_time(ts: &str) -> String {
+pub(crate) fn short_time(ts: &str) -> String {
     if ts.is_empty() {
         return "-".to_owned();
     }

@@ -290,7 +290,7 @@ fn sessions_report_matches_a_known_log() {
     let tmp = tempfile::tempdir().unwrap();
     write_night(tmp.path());
     let dir = tmp.path().to_str().unwrap();
-    let out = run(&["sessions", dir]);
+    let out = run(&["sessions", dir, "--connections"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let expected = "\
 SESSION                               USER                     DEVICE           ENDPOINT                   START                END                   DURATION         UP       DOWN CLOSE            WEB                                  JUSTIFICATION
@@ -301,15 +301,29 @@ s0                                    sub-dave                 -                
 ";
     assert_eq!(stdout(&out), expected);
 
-    let out = run(&["sessions", dir, "--csv", "--endpoint", "truro-pacs"]);
+    let out = run(&[
+        "sessions",
+        dir,
+        "--connections",
+        "--csv",
+        "--endpoint",
+        "truro-pacs",
+    ]);
     assert_eq!(
         stdout(&out),
-        "session_id,user,user_name,user_email,device,endpoint,site,source,start,end,duration_ms,bytes_up,bytes_down,close_reason,justification,rule,protocol,requests,requests_recorded,sampled,objects
-s1,sub-ann,Dr Ann Jones,ann.jones@nhs.example,RAD-LAPTOP-042,truro-pacs,truro,,2025-03-01T22:15:02.123456Z,2025-03-01T23:16:04.123456Z,3662000,1536,5368709120,client_closed,,rads,dicom,,,,
-s0,sub-dave,,,,truro-pacs,truro,,,2025-03-02T03:00:00.000000Z,59000,,,idle_timeout,,,dicom,,,,
+        "session_id,user,user_name,user_email,device,endpoint,site,source,start_utc,end_utc,duration_ms,bytes_up,bytes_down,close_reason,justification,rule,protocol,requests,requests_recorded,sampled,objects
+s1,sub-ann,Dr Ann Jones,ann.jones@nhs.example,RAD-LAPTOP-042,truro-pacs,truro,,2025-03-01 22:15:02,2025-03-01 23:16:04,3662000,1536,5368709120,client_closed,,rads,dicom,,,,
+s0,sub-dave,,,,truro-pacs,truro,,,2025-03-02 03:00:00,59000,,,idle_timeout,,,dicom,,,,
 "
     );
-    let out = run(&["sessions", dir, "--json", "--user", "ANN.JONES@nhs.example"]);
+    let out = run(&[
+        "sessions",
+        dir,
+        "--connections",
+        "--json",
+        "--user",
+        "ANN.JONES@nhs.example",
+    ]);
     let rows: Vec<serde_json::Value> = stdout(&out)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -403,12 +417,10 @@ fn export_json_csv_and_syslog() {
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1 + 8);
+    assert!(lines[0]
+        .starts_with("seq,ts_utc,type,session_id,user,user_name,user_email,groups,device_id"));
     assert!(
-        lines[0].starts_with("seq,ts,type,session_id,user,user_name,user_email,groups,device_id")
-    );
-    assert!(
-        lines[2]
-            .starts_with("2,2025-03-01T22:15:02.123456Z,session.start,s1,sub-ann,Dr Ann Jones,"),
+        lines[2].starts_with("2,2025-03-01 22:15:02,session.start,s1,sub-ann,Dr Ann Jones,"),
         "{}",
         lines[2]
     );

@@ -279,7 +279,7 @@ async fn export_csv_and_syslog_name_the_replica() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with("replica,seq,ts,type,"), "{text}");
+    assert!(lines[0].starts_with("replica,seq,ts_utc,type,"), "{text}");
     assert_eq!(lines.len(), 4, "{text}");
     assert!(lines[1].starts_with("gw-a,"), "{text}");
     assert!(
@@ -309,7 +309,7 @@ async fn export_csv_and_syslog_name_the_replica() {
 #[tokio::test]
 async fn sessions_are_one_row_each_wherever_start_and_end_are() {
     let r = Replicas::new().await;
-    let out = r.run(&["sessions", "LOGS", "--json"]);
+    let out = r.run(&["sessions", "LOGS", "--connections", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let rows = json_lines(&stdout(&out));
     let mut by_id: HashMap<String, Vec<&Value>> = HashMap::new();
@@ -356,12 +356,19 @@ async fn sessions_are_one_row_each_wherever_start_and_end_are() {
     );
 
     // The table says where each row came from; CSV ends with the two replica columns.
-    let out = r.run(&["sessions", "LOGS"]);
+    let out = r.run(&["sessions", "LOGS", "--connections"]);
     let text = stdout(&out);
     assert!(text.lines().next().unwrap().contains(" REPLICA "), "{text}");
     let s2 = text.lines().find(|l| l.starts_with("s2 ")).unwrap();
     assert!(s2.contains(" gw-a->gw-b "), "{s2}");
-    let out = r.run(&["sessions", "LOGS", "--csv", "--user", "bob"]);
+    let out = r.run(&[
+        "sessions",
+        "LOGS",
+        "--connections",
+        "--csv",
+        "--user",
+        "bob",
+    ]);
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert!(
@@ -647,14 +654,14 @@ async fn one_log_prints_as_it_always_did() {
 
     let single = stdout(&run(&["export", r.dir(1), "--format", "csv"]));
     let merged = stdout(&r.run(&["export", "LOGS", "--format", "csv"]));
-    assert!(single.starts_with("seq,ts,type,"), "{single}");
+    assert!(single.starts_with("seq,ts_utc,type,"), "{single}");
     let from_merged: Vec<&str> = merged
         .lines()
         .filter_map(|l| l.strip_prefix("gw-b,"))
         .collect();
     assert_eq!(from_merged, single.lines().skip(1).collect::<Vec<_>>());
 
-    let single = stdout(&run(&["sessions", r.dir(1), "--json"]));
+    let single = stdout(&run(&["sessions", r.dir(1), "--connections", "--json"]));
     let rows = json_lines(&single);
     assert_eq!(rows.len(), 2, "{single}");
     for row in &rows {

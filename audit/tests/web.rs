@@ -291,7 +291,7 @@ fn json_lines(text: &str) -> Vec<Value> {
 #[test]
 fn sessions_show_web_sessions_beside_tunnels_once_each() {
     let f = fixture();
-    let out = run(&["sessions", &f.dir, "--json"]);
+    let out = run(&["sessions", &f.dir, "--connections", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let rows = json_lines(&stdout(&out));
     let mut by_id: HashMap<&str, Vec<&Value>> = HashMap::new();
@@ -339,7 +339,7 @@ fn sessions_show_web_sessions_beside_tunnels_once_each() {
     assert!(row("w3").get("objects").is_none());
 
     // The table: one line per session, the WEB column says what it did.
-    let out = run(&["sessions", &f.dir]);
+    let out = run(&["sessions", &f.dir, "--connections"]);
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 5, "{text}");
@@ -370,12 +370,12 @@ fn sessions_show_web_sessions_beside_tunnels_once_each() {
     assert_eq!(&line("w1")[at..at + 10], "4 requests", "{text}");
 
     // CSV: the session columns as before, the web ones after them.
-    let out = run(&["sessions", &f.dir, "--csv"]);
+    let out = run(&["sessions", &f.dir, "--connections", "--csv"]);
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[0],
-        "session_id,user,user_name,user_email,device,endpoint,site,source,start,end,duration_ms,bytes_up,bytes_down,close_reason,justification,rule,protocol,requests,requests_recorded,sampled,objects"
+        "session_id,user,user_name,user_email,device,endpoint,site,source,start_utc,end_utc,duration_ms,bytes_up,bytes_down,close_reason,justification,rule,protocol,requests,requests_recorded,sampled,objects"
     );
     let w2 = lines.iter().find(|l| l.starts_with("w2,")).unwrap();
     assert!(
@@ -389,16 +389,37 @@ fn sessions_show_web_sessions_beside_tunnels_once_each() {
 #[test]
 fn sessions_by_object_lists_the_sessions_that_opened_it() {
     let f = fixture();
-    let out = run(&["sessions", &f.dir, "--json", "--object", STUDY]);
+    let out = run(&[
+        "sessions",
+        &f.dir,
+        "--connections",
+        "--json",
+        "--object",
+        STUDY,
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let ids: Vec<String> = json_lines(&stdout(&out))
         .iter()
         .map(|r| r["session_id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids, ["w1", "w2"]);
-    let out = run(&["sessions", &f.dir, "--json", "--object", STUDY2]);
+    let out = run(&[
+        "sessions",
+        &f.dir,
+        "--connections",
+        "--json",
+        "--object",
+        STUDY2,
+    ]);
     assert_eq!(json_lines(&stdout(&out)).len(), 1);
-    let out = run(&["sessions", &f.dir, "--json", "--object", NEVER]);
+    let out = run(&[
+        "sessions",
+        &f.dir,
+        "--connections",
+        "--json",
+        "--object",
+        NEVER,
+    ]);
     assert!(out.status.success());
     assert_eq!(stdout(&out), "");
 }
@@ -528,11 +549,11 @@ fn access_lists_every_session_that_opened_a_study() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[0],
-        "session_id,first,last,user,user_name,user_email,device,source,endpoint,site,requests,requests_recorded,sampled,objects"
+        "session_id,first_utc,last_utc,user,user_name,user_email,device,source,endpoint,site,requests,requests_recorded,sampled,objects"
     );
     assert_eq!(
         lines[1],
-        format!("w1,2025-03-03T09:01:00.000000Z,2025-03-03T09:02:11.000000Z,sub-ann,Dr Ann Jones,ann.jones@nhs.example,RAD-LAPTOP-042,203.0.113.7:51234,truro-viewer,truro,2,2,,study:{STUDY}")
+        format!("w1,2025-03-03 09:01:00,2025-03-03 09:02:11,sub-ann,Dr Ann Jones,ann.jones@nhs.example,RAD-LAPTOP-042,203.0.113.7:51234,truro-viewer,truro,2,2,,study:{STUDY}")
     );
     assert_eq!(lines.len(), 3);
 
@@ -683,7 +704,7 @@ fn a_web_session_across_replicas_is_one_row_with_every_request() {
         ],
     );
     let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
-    let out = run(&["sessions", a, b, "--json"]);
+    let out = run(&["sessions", a, b, "--connections", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let rows = json_lines(&stdout(&out));
     assert_eq!(rows.len(), 1, "{rows:#?}");
@@ -708,7 +729,7 @@ fn a_web_session_across_replicas_is_one_row_with_every_request() {
     assert_eq!(rows[0]["source"], ANN.source);
 
     // B alone: its requests make a row of their own (the start is not in it), once.
-    let out = run(&["sessions", b, "--json"]);
+    let out = run(&["sessions", b, "--connections", "--json"]);
     let rows = json_lines(&stdout(&out));
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert_eq!(rows[0]["start"], "");
