@@ -58,11 +58,12 @@ struct RawWeb {
     /// issues one (or the `[tls]` files are used when they are set).
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
-    /// CA certificates (PEM) that verify `https` upstreams; default: the system's roots.
+    /// CA certificates (PEM) that verify `https` upstreams; default: the public web PKI roots
+    /// built into the gateway (Mozilla's, as `webpki-roots` ships them).
     upstream_ca_file: Option<PathBuf>,
     /// Largest request body sent to an application, in MiB (default 1024).
     max_request_body_mib: Option<u64>,
-    /// A request or response body that moves no byte for this long is cut (default 60s).
+    /// A request body (an upload) that moves no byte for this long is cut (default 60s).
     body_idle_timeout: Option<String>,
     /// How long an upstream may take to answer a request's headers (default 120s).
     upstream_timeout: Option<String>,

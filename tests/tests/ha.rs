@@ -705,7 +705,7 @@ fn a_replica_killed_under_load_is_noticed_only_by_its_own_sessions() {
         assert!(ok, "{}: {out}", r.name);
     }
     let (ok, out, err) = run(Command::new(bin("postern-audit"))
-        .args(["sessions", "--json"])
+        .args(["sessions", "--connections", "--json"])
         .args(w.c.audit_dirs()));
     assert!(ok, "{err}");
     let rows: Vec<Value> = out
