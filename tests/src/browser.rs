@@ -698,7 +698,8 @@ fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<(u1
     Ok((status, v))
 }
 
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
+/// The body of a chunked HTTP/1.1 response (what `Transfer-Encoding: chunked` framed).
+pub(crate) fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(

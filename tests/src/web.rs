@@ -1,6 +1,6 @@
 //! Web applications through the gateway's identity-aware proxy (issue #16): the apps domain the
 //! tests use, a plain HTTPS/1.1 client for hostile requests (rustls, SNI of an app host, the
-//! gateway's CA), an upstream that echoes each request's headers back as JSON, ES256 identity
+//! gateway's CA), an upstream that echoes each request's headers back as JSON, EdDSA identity
 //! assertions checked against a published key set, DICOMweb multipart bodies, and the directory
 //! test artefacts (screenshots) are kept in.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::browser::Chromium;
+use crate::browser::{dechunk, Chromium};
 use crate::world::{page_state, World};
 
 /// The wildcard domain web applications are served under in the tests: endpoint NAME is
@@ -437,29 +437,6 @@ pub fn read_response(r: &mut impl Read) -> std::io::Result<Response> {
     })
 }
 
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&b[..i])
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim(),
-            16,
-        )
-        .unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        let start = i + 2;
-        let end = (start + size).min(b.len());
-        out.extend_from_slice(&b[start..end]);
-        b = &b[(end + 2).min(b.len())..];
-    }
-    out
-}
-
 /// One request as [`HeaderEcho`] received it.
 #[derive(Debug, Clone)]
 pub struct EchoedRequest {
@@ -625,8 +602,8 @@ pub fn echoed_headers(v: &Value) -> Vec<(String, String)> {
 }
 
 /// Verifies a JWT against a JWK set (`{"keys": [...]}`): the header's `kid` names a key of
-/// the set, of the type the header's `alg` needs (ES256: EC P-256; EdDSA: OKP Ed25519), and
-/// the signature over `header.payload` is valid with it. Returns (header, claims); expiry and
+/// the set, the header's `alg` is the gateway's (EdDSA, an OKP Ed25519 key), and the
+/// signature over `header.payload` is valid with it. Returns (header, claims); expiry and
 /// audience are for the caller to check.
 pub fn verify_jwt(token: &str, jwks: &Value) -> Result<(Value, Value), String> {
     use crate::oidc::b64url_decode;
@@ -647,32 +624,20 @@ pub fn verify_jwt(token: &str, jwks: &Value) -> Result<(Value, Value), String> {
         .as_array()
         .and_then(|keys| keys.iter().find(|k| k["kid"] == kid))
         .ok_or_else(|| format!("kid {kid} is not in the key set {jwks}"))?;
-    let coord = |c: &str| {
-        key[c]
-            .as_str()
-            .and_then(b64url_decode)
-            .filter(|b| b.len() == 32)
-            .ok_or_else(|| format!("key {kid}: bad {c}"))
-    };
+    if header["alg"] != "EdDSA" || key["kty"] != "OKP" || key["crv"] != "Ed25519" {
+        return Err(format!(
+            "alg {} with key {key}: not an EdDSA/Ed25519 pair",
+            header["alg"]
+        ));
+    }
+    let public = key["x"]
+        .as_str()
+        .and_then(b64url_decode)
+        .filter(|b| b.len() == 32)
+        .ok_or_else(|| format!("key {kid}: bad x"))?;
     let sig = b64url_decode(s).ok_or("signature is not base64url")?;
     let signed = format!("{h}.{p}");
-    let (alg, public): (&'static dyn ring::signature::VerificationAlgorithm, Vec<u8>) =
-        match header["alg"].as_str() {
-            Some("ES256") if key["kty"] == "EC" && key["crv"] == "P-256" => {
-                let mut point = vec![4u8];
-                point.extend(coord("x")?);
-                point.extend(coord("y")?);
-                (&ring::signature::ECDSA_P256_SHA256_FIXED, point)
-            }
-            Some("EdDSA") if key["kty"] == "OKP" && key["crv"] == "Ed25519" => {
-                (&ring::signature::ED25519, coord("x")?)
-            }
-            other => {
-                return Err(format!(
-                    "alg {other:?} with key {key}: not an ES256/EC P-256 or EdDSA/Ed25519 pair"
-                ))
-            }
-        };
+    let alg = &ring::signature::ED25519;
     ring::signature::UnparsedPublicKey::new(alg, &public)
         .verify(signed.as_bytes(), &sig)
         .map_err(|_| format!("the signature does not verify with key {kid}"))?;
@@ -764,33 +729,9 @@ mod tests {
     #[test]
     fn signed_tokens_verify_against_their_key_set_only() {
         use crate::oidc::b64url_encode;
-        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
         let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
-        let public = key.public_key().as_ref();
-        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1",
-            "x": b64url_encode(&public[1..33]), "y": b64url_encode(&public[33..])}]});
-        let signed = format!(
-            "{}.{}",
-            b64url_encode(br#"{"alg":"ES256","kid":"k1"}"#),
-            b64url_encode(br#"{"aud":"echo-web"}"#)
-        );
-        let sig = key.sign(&rng, signed.as_bytes()).unwrap();
-        let token = format!("{signed}.{}", b64url_encode(sig.as_ref()));
-        let (_, claims) = verify_jwt(&token, &jwks).unwrap();
-        assert_eq!(claims["aud"], "echo-web");
-        let tampered = token.replacen(
-            &b64url_encode(br#"{"aud":"echo-web"}"#),
-            &b64url_encode(br#"{"aud":"orthanc"}"#),
-            1,
-        );
-        assert!(verify_jwt(&tampered, &jwks).is_err());
-        assert!(verify_jwt("forged", &jwks).is_err());
-
-        // EdDSA (Ed25519) too; an ES256 header over an Ed25519 key is refused.
-        use ring::signature::Ed25519KeyPair;
+        // An EdDSA token verifies; tampered, forged, or claiming another alg, it does not.
+        use ring::signature::{Ed25519KeyPair, KeyPair};
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
         let ed = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "e1",
@@ -811,6 +752,13 @@ mod tests {
             1,
         );
         assert!(verify_jwt(&lying, &jwks).is_err());
+        let tampered = token.replacen(
+            &b64url_encode(br#"{"sub":"a"}"#),
+            &b64url_encode(br#"{"sub":"b"}"#),
+            1,
+        );
+        assert!(verify_jwt(&tampered, &jwks).is_err());
+        assert!(verify_jwt("forged", &jwks).is_err());
     }
 
     #[test]
