@@ -496,6 +496,8 @@ fn a_radiologist_signs_in_and_reads_a_study_in_orthanc_explorer() {
     let sid = start["session_id"].as_str().unwrap().to_owned();
     assert_eq!(start["endpoint"]["protocol"], "http", "{start}");
     assert_eq!(device_of(&start), device, "{start}");
+    // The person as the auditor knows them: the IdP's e-mail on every session event (#17).
+    assert_eq!(start["user_email"], "alice@hospital.test", "{start}");
     assert_eq!(
         who["session_id"],
         sid.as_str(),

@@ -59,6 +59,8 @@ fn session_event(audit: &Audit, s: &Session, kind: EventType) -> Event {
     let mut ev = audit.event(kind);
     ev.session_id = Some(s.id.clone());
     ev.user = Some(s.subject.user().to_owned());
+    ev.user_name = s.subject.claims.name.clone();
+    ev.user_email = s.subject.claims.email.clone();
     ev.groups = Some(s.subject.groups().to_vec());
     ev.source = Some(s.subject.source.to_string());
     ev.endpoint = Some(s.endpoint.clone());

@@ -138,6 +138,7 @@ impl Issuer {
                 uv: device.is_some_and(|d| d.user_verified),
                 posture: device.and_then(|d| d.posture.as_ref().map(|p| p.policy_facts())),
                 name: id.name.clone(),
+                email: id.email.clone(),
                 idp: Some(id.issuer.clone()),
             })
             .map_err(|e| internal(e.to_string()))

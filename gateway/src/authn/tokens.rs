@@ -55,6 +55,10 @@ pub struct Claims {
     /// Display name from the identity provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// E-mail address from the identity provider (audit events carry it, so an auditor finds
+    /// a person by the address they know).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     /// Issuer of the sign-in (the IdP), or `mint` for tokens from `session mint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idp: Option<String>,
@@ -374,6 +378,7 @@ impl TokenKeys {
             uv: false,
             posture: None,
             name: None,
+            email: None,
             idp: Some("mint".into()),
         })
     }
@@ -631,6 +636,7 @@ mod tests {
             uv: false,
             posture: None,
             name: None,
+            email: None,
             idp: None,
         };
         let tok = jsonwebtoken::encode(&header, &claims, &keys.encoding).unwrap();

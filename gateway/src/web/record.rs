@@ -58,6 +58,7 @@ pub fn request(audit: &Audit, s: &AppSession, o: Outcome) {
     ev.session_id = Some(session.id.clone());
     ev.user = Some(session.subject.claims.sub.clone());
     ev.user_name = session.subject.claims.name.clone();
+    ev.user_email = session.subject.claims.email.clone();
     ev.device = session.subject.device_ref.clone();
     ev.source = Some(session.subject.source.to_string());
     ev.endpoint = Some(session.endpoint.clone());
