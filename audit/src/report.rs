@@ -4,7 +4,8 @@
 //!
 //! Both are made of visits ([`crate::visits`]): the break-glass report lists every visit with a
 //! justification; the per-user report the person's sign-ins (`auth.login`), visits by endpoint,
-//! data moved, refused attempts (`session.denied`, `auth.failed`) with their reasons, the
+//! data moved, refused attempts (`session.denied`, `auth.failed`, and the gateway's aggregated
+//! refusals of a signed token it named the user of: expired, signed out) with their reasons, the
 //! devices used and the break-glass uses. A `--user` that matches several people (a part of a
 //! display name) gives one part per person (by IdP subject).
 //!
@@ -177,10 +178,14 @@ pub fn build(
     while let Some((_, entry)) = matches.next(&mut quiet)? {
         let e = &entry.event;
         let kind = e.event_type();
-        if !matches!(
-            kind,
-            Some(EventType::AuthLogin | EventType::AuthFailed | EventType::SessionDenied)
-        ) {
+        let named_refusal =
+            kind == Some(EventType::AccessRefusedUnauthenticated) && e.user.is_some();
+        if !named_refusal
+            && !matches!(
+                kind,
+                Some(EventType::AuthLogin | EventType::AuthFailed | EventType::SessionDenied)
+            )
+        {
             continue;
         }
         let (user, name, email) = (
@@ -202,6 +207,7 @@ pub fn build(
                     Some(ep) if ep.site.is_empty() => ep.name.clone(),
                     Some(ep) => format!("{}@{}", ep.name, ep.site),
                     None if kind == Some(EventType::AuthFailed) => "(sign-in)".to_owned(),
+                    None if named_refusal => "(any: token refused)".to_owned(),
                     None => "-".to_owned(),
                 };
                 let reason = e
@@ -219,7 +225,8 @@ pub fn build(
                         first: e.ts.clone(),
                         ..Refusals::default()
                     });
-                r.count += 1;
+                // An aggregated refusal stands for `count` requests.
+                r.count += e.refused.as_ref().map_or(1, |f| f.count.max(1));
                 if e.ts < r.first {
                     r.first.clone_from(&e.ts);
                 }

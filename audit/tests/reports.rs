@@ -300,6 +300,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_of(march())
+}
+
+fn fixture_of(events: Vec<Event>) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("audit");
     let keys = tmp.path().join("keys");
@@ -311,7 +315,7 @@ fn fixture() -> Fixture {
         let log = AuditLog::open_with(&dir, signed_options(&keys, 7))
             .await
             .unwrap();
-        for e in march() {
+        for e in events {
             log.record(e).await.unwrap();
         }
         log.close().await.unwrap();
@@ -775,4 +779,38 @@ fn the_auditor_guide_shows_real_report_output() {
         "docs/auditor-guide.md should show this output:\n{}",
         missing.join("\n")
     );
+}
+
+/// The gateway's aggregated refusals of a signed token (expired, signed out) name the user:
+/// the user's report counts them with the number the event stands for.
+#[test]
+fn refusals_of_a_signed_token_count_in_the_user_report() {
+    let mut refused = who_event(
+        EventType::AccessRefusedUnauthenticated,
+        "2025-03-09T07:00:00.000000Z",
+        &ANN,
+        0,
+    );
+    refused.device = None;
+    refused.detail = Some(
+        "requests with an expired session token were refused (the user is the one the token names: this gateway signed it)"
+            .into(),
+    );
+    refused.refused = Some(postern_audit::RefusedSummary {
+        reason: "token_expired".into(),
+        count: 7,
+        first: "2025-03-09T07:00:00.000000Z".into(),
+        last: "2025-03-09T07:04:00.000000Z".into(),
+    });
+    // Anonymous refusals (no user) are not anyone's.
+    let mut anonymous = refused.clone();
+    anonymous.user = None;
+    anonymous.user_name = None;
+    anonymous.user_email = None;
+    let f = fixture_of(vec![refused, anonymous]);
+    let mut args = vec!["--user", "sub-ann"];
+    args.extend(MARCH);
+    let text = report(&f, &args);
+    assert!(text.contains("Refused attempts: 7"), "{text}");
+    assert!(text.contains("expired session token"), "{text}");
 }

@@ -328,7 +328,9 @@ impl Broker {
             return Err(Box::new(too_many(&msg, secs)));
         }
         self.authn.authenticate(req, peer).map_err(|e| {
-            self.refusals.note(peer.ip(), Reason::of(&e), now);
+            let user = self.authn.refused_user(req, &e);
+            self.refusals
+                .note_user(peer.ip(), Reason::of(&e), user.as_deref(), now);
             Box::new(token_refusal(&e))
         })
     }

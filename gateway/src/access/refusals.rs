@@ -98,10 +98,13 @@ struct Pending {
     last: Option<SystemTime>,
 }
 
+/// Source, reason, and the user a signed-but-refused token names.
+type Key = (Source, Reason, Option<String>);
+
 pub struct Refusals {
     audit: Arc<Audit>,
     metrics: Arc<Metrics>,
-    table: Mutex<HashMap<(Source, Reason), Pending>>,
+    table: Mutex<HashMap<Key, Pending>>,
 }
 
 impl Refusals {
@@ -114,24 +117,34 @@ impl Refusals {
     }
 
     /// The table, even if a thread panicked while holding it (counters only).
-    fn table(&self) -> MutexGuard<'_, HashMap<(Source, Reason), Pending>> {
+    fn table(&self) -> MutexGuard<'_, HashMap<Key, Pending>> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Counts one refusal from `ip` for `reason` at `now`; writes it at once if it is the
     /// first of its address and reason since the last flush.
     pub fn note(&self, ip: IpAddr, reason: Reason, now: SystemTime) {
+        self.note_user(ip, reason, None, now)
+    }
+
+    /// [`Refusals::note`] for a token this gateway signed, refused for its age or a
+    /// revocation: `user` is the user it names.
+    pub fn note_user(&self, ip: IpAddr, reason: Reason, user: Option<&str>, now: SystemTime) {
         self.metrics
             .refused_unauthenticated
             .with_label_values(&[reason.code()])
             .inc();
         let first_of_key = {
             let mut table = self.table();
-            let mut source = Source::Addr(ip);
-            if !table.contains_key(&(source, reason)) && table.len() >= MAX_SOURCES {
-                source = Source::Other;
+            let mut key = (
+                Source::Addr(ip),
+                reason,
+                user.map(|u| crate::http::printable(u, 256)),
+            );
+            if !table.contains_key(&key) && table.len() >= MAX_SOURCES {
+                key = (Source::Other, reason, None);
             }
-            match table.get_mut(&(source, reason)) {
+            match table.get_mut(&key) {
                 Some(p) => {
                     p.count += 1;
                     p.first.get_or_insert(now);
@@ -139,41 +152,42 @@ impl Refusals {
                     None
                 }
                 None => {
-                    table.insert((source, reason), Pending::default());
-                    Some(source)
+                    table.insert(key.clone(), Pending::default());
+                    Some(key)
                 }
             }
         };
-        if let Some(source) = first_of_key {
-            self.write(source, reason, 1, now, now);
+        if let Some(key) = first_of_key {
+            self.write(&key, 1, now, now);
         }
     }
 
     /// Writes what was counted since the last flush and forgets every key (the next refusal
     /// of each is written at once again). Called every interval and at shutdown.
     pub fn flush(&self) {
-        let drained: Vec<((Source, Reason), Pending)> = self.table().drain().collect();
-        for ((source, reason), p) in drained {
+        let drained: Vec<(Key, Pending)> = self.table().drain().collect();
+        for (key, p) in drained {
             if let (Some(first), Some(last)) = (p.first, p.last) {
                 if p.count > 0 {
-                    self.write(source, reason, p.count, first, last);
+                    self.write(&key, p.count, first, last);
                 }
             }
         }
     }
 
-    fn write(
-        &self,
-        source: Source,
-        reason: Reason,
-        count: u64,
-        first: SystemTime,
-        last: SystemTime,
-    ) {
+    fn write(&self, key: &Key, count: u64, first: SystemTime, last: SystemTime) {
+        let (source, reason, user) = key;
         let ts = |t: SystemTime| humantime::format_rfc3339_micros(t).to_string();
         let mut ev = self.audit.event(EventType::AccessRefusedUnauthenticated);
         ev.source = Some(source.shown());
-        ev.detail = Some(reason.sentence().to_owned());
+        ev.detail = Some(match user {
+            Some(_) => format!(
+                "{} (the user is the one the token names: this gateway signed it)",
+                reason.sentence()
+            ),
+            None => reason.sentence().to_owned(),
+        });
+        ev.user = user.clone();
         ev.refused = Some(RefusedSummary {
             reason: reason.code().to_owned(),
             count,
@@ -254,6 +268,40 @@ mod tests {
         assert_eq!(summaries(&mem).len(), 4);
         r.note(a, bad_sig, t0);
         assert_eq!(summaries(&mem).len(), 5);
+    }
+
+    #[test]
+    fn a_signed_token_refused_for_its_age_names_its_user_counted_apart() {
+        let (r, mem) = refusals();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let expired = Reason::Token("token_expired");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for _ in 0..3 {
+            r.note_user(a, expired, Some("ann@nhs.example"), t0);
+        }
+        r.note_user(a, expired, Some("bob@nhs.example"), t0);
+        r.note(a, expired, t0);
+        r.flush();
+        let events = mem.of_type(EventType::AccessRefusedUnauthenticated);
+        let by = |user: Option<&str>| -> u64 {
+            events
+                .iter()
+                .filter(|e| e.user.as_deref() == user)
+                .map(|e| e.refused.as_ref().unwrap().count)
+                .sum()
+        };
+        assert_eq!(by(Some("ann@nhs.example")), 3);
+        assert_eq!(by(Some("bob@nhs.example")), 1);
+        assert_eq!(by(None), 1);
+        let ann = events
+            .iter()
+            .find(|e| e.user.as_deref() == Some("ann@nhs.example"))
+            .unwrap();
+        assert!(
+            ann.detail.as_deref().unwrap().contains("expired")
+                && ann.detail.as_deref().unwrap().contains("the token names"),
+            "{ann:?}"
+        );
     }
 
     #[test]

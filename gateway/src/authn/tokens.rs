@@ -489,6 +489,17 @@ impl TokenKeys {
     /// Verifies signature, issuer, audience and expiry (`exp` must be after `now`, seconds
     /// since the epoch).
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let claims = self.verify_signed(token, now)?;
+        if claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// The claims of a token this deployment signed (signature, issuer, audience, not from
+    /// the future), whether or not it has expired: only to name the user of a refused one in
+    /// the audit log, never to grant anything.
+    pub fn verify_signed(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         if token.len() > 8192 {
             return Err(TokenError::Malformed("longer than 8192 bytes".into()));
         }
@@ -511,9 +522,6 @@ impl TokenKeys {
                 ErrorKind::InvalidAudience => TokenError::OtherDeployment("audience".into()),
                 _ => TokenError::Malformed(e.to_string()),
             })?;
-        if claims.exp <= now {
-            return Err(TokenError::Expired);
-        }
         // A token from the future (a clock set wrong, or minted ahead of time to be used later)
         // is refused beyond a small skew between replicas.
         let horizon = now.saturating_add(MAX_CLOCK_SKEW);
@@ -569,6 +577,21 @@ mod tests {
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_but_its_signed_user_can_be_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = TokenKeys::load_or_create(dir.path()).unwrap();
+        let then = now() - 7200;
+        let (tok, _) = keys
+            .mint("ann", &[], Duration::from_secs(60), then)
+            .unwrap();
+        assert!(matches!(keys.verify(&tok, now()), Err(TokenError::Expired)));
+        assert_eq!(keys.verify_signed(&tok, now()).unwrap().sub, "ann");
+        // Not signed here: no name.
+        let other = TokenKeys::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        assert!(other.verify_signed(&tok, now()).is_err());
     }
 
     #[test]

@@ -53,6 +53,23 @@ impl Authn {
         Ok(self.subject(claims, source))
     }
 
+    /// The user a refused bearer token names, when the refusal is for its age or a revocation
+    /// only (this gateway signed it): for the audit log's record of who kept trying.
+    pub fn refused_user<B>(&self, req: &http::Request<B>, e: &TokenError) -> Option<String> {
+        match e {
+            TokenError::Expired
+            | TokenError::Revoked
+            | TokenError::UserRevoked
+            | TokenError::DeviceNotActive(..) => {}
+            _ => return None,
+        }
+        let token = bearer(req).ok()?;
+        self.keys
+            .verify_signed(token, self.clock.unix())
+            .ok()
+            .map(|c| c.sub)
+    }
+
     /// Verifies a token (signature, issuer, audience, expiry) and the revocations that apply
     /// to a valid one.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
