@@ -354,6 +354,12 @@ fn expired_tampered_foreign_and_unsigned_tokens_are_refused() {
         assert_eq!(e["source"], "127.0.0.1", "{e}");
         assert!(e["refused"]["count"].as_u64().unwrap() >= 1, "{e}");
         assert!(!s(&e["detail"]).contains("kid"), "{e}");
+        // Only a token this gateway signed, refused for its age, names its user (#17).
+        if e["refused"]["reason"] == "token_expired" {
+            assert_eq!(e["user"], "carol@truro.nhs.uk", "{e}");
+        } else {
+            assert!(e["user"].is_null(), "{e}");
+        }
     }
     assert_eq!(d.count("session.denied"), 0);
     assert_eq!(d.count("session.start"), 0);
