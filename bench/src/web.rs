@@ -142,7 +142,9 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             seed,
         } => {
             let (uid, files, bytes) = make_study(&dir, instances, rows, cols, seed)?;
-            print_line(&serde_json::json!({"study_uid": uid, "files": files, "bytes": bytes}).to_string());
+            print_line(
+                &serde_json::json!({"study_uid": uid, "files": files, "bytes": bytes}).to_string(),
+            );
             Ok(())
         }
         Cmd::Signin(o) => signin(o).await,
@@ -351,7 +353,9 @@ fn tls_config(ca_file: &Path, alpn: &[&[u8]]) -> anyhow::Result<Arc<ClientConfig
     let pem = std::fs::read_to_string(ca_file)
         .with_context(|| format!("reading {}", ca_file.display()))?;
     let roots = postern_net::tls::certs_from_pem(&pem, &ca_file.display().to_string())?;
-    Ok(Arc::new(postern_net::tls::client_config(roots, None, alpn)?))
+    Ok(Arc::new(postern_net::tls::client_config(
+        roots, None, alpn,
+    )?))
 }
 
 type Empty0 = Empty<Bytes>;
@@ -531,7 +535,12 @@ async fn one_signin(
                 &[("cookie", format!("__Host-postern-app={app}"))],
             )
             .await?;
-        anyhow::ensure!(r.status() == StatusCode::OK, "GET {p}: {} {}", r.status(), r.body());
+        anyhow::ensure!(
+            r.status() == StatusCode::OK,
+            "GET {p}: {} {}",
+            r.status(),
+            r.body()
+        );
     }
     Ok(app)
 }
@@ -613,7 +622,13 @@ async fn get(o: GetOpts) -> anyhow::Result<()> {
     let scheme = if cfg.is_some() { "https" } else { "http" };
     for _ in 0..o.warmup {
         let (r, _) = conn.get(scheme, &o.host, &o.path, &headers).await?;
-        anyhow::ensure!(r.status() == StatusCode::OK, "GET {}: {} {}", o.path, r.status(), r.body());
+        anyhow::ensure!(
+            r.status() == StatusCode::OK,
+            "GET {}: {} {}",
+            o.path,
+            r.status(),
+            r.body()
+        );
     }
     let mut lat = Vec::with_capacity(o.count);
     let mut bytes = 0u64;
@@ -621,7 +636,13 @@ async fn get(o: GetOpts) -> anyhow::Result<()> {
     for _ in 0..o.count {
         let t = Instant::now();
         let (r, n) = conn.get(scheme, &o.host, &o.path, &headers).await?;
-        anyhow::ensure!(r.status() == StatusCode::OK, "GET {}: {} {}", o.path, r.status(), r.body());
+        anyhow::ensure!(
+            r.status() == StatusCode::OK,
+            "GET {}: {} {}",
+            o.path,
+            r.status(),
+            r.body()
+        );
         lat.push(t.elapsed().as_micros() as u64);
         bytes += n;
     }
@@ -664,13 +685,15 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn report(raw: &Path, meta: &[String]) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(raw).with_context(|| format!("reading {}", raw.display()))?;
+    let text =
+        std::fs::read_to_string(raw).with_context(|| format!("reading {}", raw.display()))?;
     let lines: Vec<Map<String, Value>> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter_map(|v| v.as_object().cloned())
         .collect();
-    let s = |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let s =
+        |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     let f = |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_f64).unwrap_or(0.0);
     let mut out = String::new();
     use std::fmt::Write as _;
@@ -683,8 +706,18 @@ fn report(raw: &Path, meta: &[String]) -> anyhow::Result<()> {
 
     // Small requests: pooled latencies per path kind.
     let mut small: BTreeMap<String, (Vec<u64>, usize)> = BTreeMap::new();
-    let order = ["direct", "connect", "proxy-h1", "proxy-h2"];
-    for m in lines.iter().filter(|m| s(m, "kind") == "web-get" && s(m, "test") == "small") {
+    let order = [
+        "direct",
+        "connect",
+        "connect-tcp",
+        "proxy-h1",
+        "proxy-h2",
+        "proxy-h1-noaudit",
+    ];
+    for m in lines
+        .iter()
+        .filter(|m| s(m, "kind") == "web-get" && s(m, "test") == "small")
+    {
         let e = small.entry(s(m, "via")).or_default();
         if let Some(l) = m.get("latencies_us").and_then(Value::as_array) {
             e.0.extend(l.iter().filter_map(Value::as_u64));
@@ -702,23 +735,37 @@ fn report(raw: &Path, meta: &[String]) -> anyhow::Result<()> {
             out,
             "\n### Small requests: `GET` of 1 KiB, one keep-alive connection, one request at a time (ms)\n"
         );
-        let _ = writeln!(out, "| path | requests | p50 | p99 | added p50 vs `postern connect` | added p99 vs `postern connect` |");
+        let _ = writeln!(out, "| path | requests | p50 | p99 | added p50 / p99 vs `postern connect` (QUIC) | added p50 / p99 vs `postern connect` (TCP) |");
         let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
         for via in order {
-            let Some((l, _)) = small.get(via) else { continue };
-            let (p50, p99) = (p(via, 50.0).unwrap_or(0.0), p(via, 99.0).unwrap_or(0.0));
-            let (a50, a99) = match (via.starts_with("proxy"), p("connect", 50.0), p("connect", 99.0)) {
-                (true, Some(c50), Some(c99)) => (format!("{:+.3}", p50 - c50), format!("{:+.3}", p99 - c99)),
-                _ => ("".into(), "".into()),
+            let Some((l, _)) = small.get(via) else {
+                continue;
             };
-            let _ = writeln!(out, "| {via} | {} | {p50:.3} | {p99:.3} | {a50} | {a99} |", l.len());
+            let (p50, p99) = (p(via, 50.0).unwrap_or(0.0), p(via, 99.0).unwrap_or(0.0));
+            let added = |base: &str| match (via.starts_with("proxy"), p(base, 50.0), p(base, 99.0))
+            {
+                (true, Some(c50), Some(c99)) => format!("{:+.3} / {:+.3}", p50 - c50, p99 - c99),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "| {via} | {} | {p50:.3} | {p99:.3} | {} | {} |",
+                l.len(),
+                added("connect"),
+                added("connect-tcp")
+            );
         }
     }
 
     // Downloads: MB/s per round, median, ratio to connect.
     let mut dl: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
-    for m in lines.iter().filter(|m| s(m, "kind") == "web-get" && s(m, "test").starts_with("download")) {
-        dl.entry((s(m, "test"), s(m, "via"))).or_default().push(f(m, "mb_s"));
+    for m in lines
+        .iter()
+        .filter(|m| s(m, "kind") == "web-get" && s(m, "test").starts_with("download"))
+    {
+        dl.entry((s(m, "test"), s(m, "via")))
+            .or_default()
+            .push(f(m, "mb_s"));
     }
     let tests: Vec<String> = {
         let mut t: Vec<String> = dl.keys().map(|(t, _)| t.clone()).collect();
@@ -732,20 +779,28 @@ fn report(raw: &Path, meta: &[String]) -> anyhow::Result<()> {
             .map(|m| s(m, "what"))
             .unwrap_or_default();
         let _ = writeln!(out, "\n### Download: {what} (MB/s, median of rounds; each round one `GET` on a fresh keep-alive connection)\n");
-        let _ = writeln!(out, "| path | rounds | median MB/s | min | max | ratio to `postern connect` |");
-        let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
-        let conn = dl.get(&(t.clone(), "connect".into())).map(|v| median(&mut v.clone()));
+        let _ = writeln!(out, "| path | rounds | median MB/s | min | max | ratio to `postern connect` (QUIC) | ratio to `postern connect` (TCP) |");
+        let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let conn = dl
+            .get(&(t.clone(), "connect".into()))
+            .map(|v| median(&mut v.clone()));
+        let conn_tcp = dl
+            .get(&(t.clone(), "connect-tcp".into()))
+            .map(|v| median(&mut v.clone()));
         for via in order {
-            let Some(v) = dl.get(&(t.clone(), via.to_owned())) else { continue };
+            let Some(v) = dl.get(&(t.clone(), via.to_owned())) else {
+                continue;
+            };
             let mut v = v.clone();
             let med = median(&mut v);
-            let ratio = match (via.starts_with("proxy"), conn) {
+            let ratio = |base: Option<f64>| match (via.starts_with("proxy"), base) {
                 (true, Some(c)) if c > 0.0 => format!("{:.2}×", med / c),
-                _ => "".into(),
+                _ => String::new(),
             };
+            let (r1, r2) = (ratio(conn), ratio(conn_tcp));
             let _ = writeln!(
                 out,
-                "| {via} | {} | {med:.0} | {:.0} | {:.0} | {ratio} |",
+                "| {via} | {} | {med:.0} | {:.0} | {:.0} | {r1} | {r2} |",
                 v.len(),
                 v.first().copied().unwrap_or(0.0),
                 v.last().copied().unwrap_or(0.0)
@@ -754,7 +809,10 @@ fn report(raw: &Path, meta: &[String]) -> anyhow::Result<()> {
     }
 
     // Memory: mem lines labelled phase=…, sessions=N.
-    let mems: Vec<&Map<String, Value>> = lines.iter().filter(|m| s(m, "kind") == "mem" && m.contains_key("phase")).collect();
+    let mems: Vec<&Map<String, Value>> = lines
+        .iter()
+        .filter(|m| s(m, "kind") == "mem" && m.contains_key("phase"))
+        .collect();
     if !mems.is_empty() {
         let _ = writeln!(out, "\n### Memory: gateway RSS / PSS with idle application sessions (each row against the row before)\n");
         let _ = writeln!(out, "| state | sessions | RSS (MiB) | PSS (MiB) | per added session, RSS (KiB) | per added session, PSS (KiB) |");
@@ -783,9 +841,26 @@ fn report(raw: &Path, meta: &[String]) -> anyhow::Result<()> {
             prev = Some(m);
         }
     }
-    let signins: Vec<&Map<String, Value>> = lines.iter().filter(|m| s(m, "kind") == "web-signin").collect();
+    let signins: Vec<&Map<String, Value>> = lines
+        .iter()
+        .filter(|m| s(m, "kind") == "web-signin")
+        .collect();
     if !signins.is_empty() {
-        let _ = writeln!(out, "\nSign-ins: {}", signins.iter().map(|m| format!("{}: {} ok, {} failed in {:.1} s", s(m, "what"), f(m, "ok"), f(m, "failed"), f(m, "secs"))).collect::<Vec<_>>().join("; "));
+        let _ = writeln!(
+            out,
+            "\nSign-ins: {}",
+            signins
+                .iter()
+                .map(|m| format!(
+                    "{}: {} ok, {} failed in {:.1} s",
+                    s(m, "what"),
+                    f(m, "ok"),
+                    f(m, "failed"),
+                    f(m, "secs")
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
     }
     print!("{out}");
     Ok(())
