@@ -13,6 +13,7 @@ mod link;
 mod net;
 mod report;
 mod wan;
+mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -249,6 +250,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: link::Cmd,
     },
+    /// The measurements of `bench/web` (issue #16): the application (`serve`), a DICOM
+    /// study for Orthanc (`make-study`), the browser sign-in without a browser (`signin`),
+    /// keep-alive `GET`s with latency and throughput (`get`), and the report (`report`).
+    Web {
+        #[command(subcommand)]
+        cmd: web::Cmd,
+    },
     /// Builds the Markdown results table from the JSON lines the other commands printed.
     Report {
         /// JSON lines file.
@@ -399,6 +407,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::FreePorts { n } => net::free_ports(n).await,
         Cmd::Wan(opts) => wan::run(opts).await,
         Cmd::Link { cmd } => link::run(cmd).await,
+        Cmd::Web { cmd } => web::run(cmd).await,
         Cmd::WaitPort { addr, timeout_ms } => net::wait_port(addr, timeout_ms).await,
         Cmd::Mem { .. }
         | Cmd::IperfSummary { .. }
