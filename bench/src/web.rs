@@ -212,7 +212,7 @@ async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
                         .path()
                         .strip_prefix("/bytes/")
                         .and_then(|n| n.parse::<u64>().ok());
-                    let r = match n {
+                    match n {
                         Some(n) => Response::builder()
                             .header(header::CONTENT_TYPE, "application/octet-stream")
                             .header(header::CONTENT_LENGTH, n)
@@ -223,8 +223,7 @@ async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
                                 left: 0,
                                 chunk: Bytes::new(),
                             }),
-                    };
-                    r
+                    }
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()

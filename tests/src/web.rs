@@ -561,6 +561,9 @@ fn serve_echo(c: TcpStream, seen: &Mutex<Vec<EchoedRequest>>) -> std::io::Result
                 }
             }
         }
+        if header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+            return websocket_echo(r, w, header("sec-websocket-key").unwrap_or_default());
+        }
         let close = http10 || header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let req = EchoedRequest {
             method: method.clone(),
@@ -585,6 +588,83 @@ fn serve_echo(c: TcpStream, seen: &Mutex<Vec<EchoedRequest>>) -> std::io::Result
         w.flush()?;
         if close {
             return Ok(());
+        }
+    }
+}
+
+/// `Sec-WebSocket-Accept` for `key` (RFC 6455 §4.2.2).
+pub fn websocket_accept(key: &str) -> String {
+    use base64::Engine as _;
+    let d = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(d.as_ref())
+}
+
+/// One WebSocket frame: (opcode, payload), unmasked. Payloads up to 64 KiB.
+pub fn read_frame(r: &mut impl Read) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    r.read_exact(&mut h)?;
+    let masked = h[1] & 0x80 != 0;
+    let mut len = u64::from(h[1] & 0x7f);
+    if len == 126 {
+        let mut l = [0u8; 2];
+        r.read_exact(&mut l)?;
+        len = u64::from(u16::from_be_bytes(l));
+    } else if len == 127 {
+        return Err(std::io::Error::other("frame too large for the test"));
+    }
+    let mut mask = [0u8; 4];
+    if masked {
+        r.read_exact(&mut mask)?;
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload)?;
+    if masked {
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+    }
+    Ok((h[0] & 0x0f, payload))
+}
+
+/// One final frame of `opcode` carrying `payload` (< 126 bytes), masked as a client must.
+pub fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![
+        0x80 | opcode,
+        payload.len() as u8 | if masked { 0x80 } else { 0 },
+    ];
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    if masked {
+        f.extend_from_slice(&mask);
+    }
+    f.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| if masked { b ^ mask[i % 4] } else { *b }),
+    );
+    f
+}
+
+/// Answers a WebSocket upgrade, then echoes every text or binary message until a close.
+fn websocket_echo(mut r: impl Read, mut w: TcpStream, key: String) -> std::io::Result<()> {
+    write!(
+        w,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        websocket_accept(&key)
+    )?;
+    loop {
+        let (op, payload) = read_frame(&mut r)?;
+        match op {
+            0x8 => {
+                w.write_all(&frame(0x8, &[], false))?;
+                return Ok(());
+            }
+            0x1 | 0x2 => w.write_all(&frame(op, &payload, false))?,
+            _ => {}
         }
     }
 }

@@ -19,9 +19,9 @@ use postern_e2e::dicom::{dicom_tag, make_study, storescu, Orthanc};
 use postern_e2e::oidc::{self, OidcUser};
 use postern_e2e::wait_for;
 use postern_e2e::web::{
-    app_browser, app_host, app_origin, artefacts_dir, echoed_headers, is_denial_page,
-    multipart_parts, page_fetch, page_fetch_bytes, page_status, sign_in_to_app, verify_jwt,
-    web_config, HeaderEcho, Https, Response,
+    app_browser, app_host, app_origin, artefacts_dir, echoed_headers, frame, is_denial_page,
+    multipart_parts, page_fetch, page_fetch_bytes, page_status, read_frame, sign_in_to_app,
+    verify_jwt, web_config, websocket_accept, HeaderEcho, Https, Response,
 };
 use postern_e2e::world::{device_of, World};
 use serde_json::{json, Value};
@@ -1440,7 +1440,90 @@ fn hostile_clients_cannot_forge_replay_or_carry_sessions_and_cannot_stall_the_pr
         "the gateway died: {}",
         gateway.log_text()
     );
-    eprintln!("[{:?}] slowloris cut; done", t.elapsed());
+    eprintln!("[{:?}] slowloris cut", t.elapsed());
+
+    // A WebSocket through the proxy: echoed both ways, and closed at once by the sign-out of
+    // its session's sign-in.
+    let mut ws = https.connect(&echo_host).unwrap();
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    write!(
+        ws,
+        "GET /ws HTTP/1.1\r\nHost: {echo_host}:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nCookie: {echo_cookie}\r\n\r\n",
+        https.addr.port()
+    )
+    .unwrap();
+    ws.flush().unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        ws.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains(&format!(
+            "sec-websocket-accept: {}",
+            websocket_accept(key).to_ascii_lowercase()
+        )),
+        "{head}"
+    );
+    ws.write_all(&frame(0x1, b"hello through postern", true))
+        .unwrap();
+    ws.flush().unwrap();
+    let (op, echoed) = read_frame(&mut ws).unwrap();
+    assert_eq!(
+        (op, echoed.as_slice()),
+        (0x1, &b"hello through postern"[..])
+    );
+    // Sign out from the echo app's sign-out page (its CSRF token, same-origin).
+    let page = https.get(&echo_host, "/.postern/logout", &[("Cookie", &echo_cookie)]);
+    let text = String::from_utf8_lossy(&page.body).into_owned();
+    let csrf = text
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF token on the sign-out page: {text}"))
+        .to_owned();
+    let out = https.request(
+        &echo_host,
+        "POST",
+        "/.postern/logout",
+        &[
+            ("Cookie", &echo_cookie),
+            ("Sec-Fetch-Site", "same-origin"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        format!("csrf={csrf}").as_bytes(),
+    );
+    assert_eq!(out.status, 200, "{}", out.describe());
+    let closed_at = Instant::now();
+    let gone = loop {
+        match read_frame(&mut ws) {
+            Ok((0x8, _)) | Err(_) => break true,
+            Ok(_) if closed_at.elapsed() < Duration::from_secs(10) => continue,
+            Ok(_) => break false,
+        }
+    };
+    assert!(gone, "the WebSocket outlived its sign-in");
+    assert!(
+        closed_at.elapsed() < Duration::from_secs(5),
+        "the WebSocket closed only after {:?}",
+        closed_at.elapsed()
+    );
+    let ws_event = web
+        .w
+        .d
+        .wait_event("web.request", |e| e["http"]["status"] == 101);
+    assert_eq!(ws_event["http"]["path"], "/ws", "{ws_event}");
+    assert!(
+        ws_event["http"]["bytes_up"].as_u64().unwrap() > 0,
+        "{ws_event}"
+    );
+    eprintln!(
+        "[{:?}] WebSocket echoed, then closed by sign-out; done",
+        t.elapsed()
+    );
     assert!(
         deviations.is_empty(),
         "departures from the contract: {deviations:#?}"

@@ -10,6 +10,9 @@
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -41,27 +44,39 @@ enum Sender {
     H2(http2::SendRequest<WebBody>),
 }
 
-/// A session's connections to its application.
+/// A session's connections to its application, each with when it was last handed out.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<Vec<Sender>>,
+    idle: Mutex<Vec<(Sender, Instant)>>,
+}
+
+/// How long a pooled connection may go unused before it is closed (the hospital's server
+/// and the connector stream behind it are released, not held for the whole session).
+pub const POOL_IDLE: Duration = Duration::from_secs(90);
+
+fn closed(s: &Sender) -> bool {
+    match s {
+        Sender::H1(s) => s.is_closed(),
+        Sender::H2(s) => s.is_closed(),
+    }
 }
 
 impl Pool {
     /// A connection ready for a request: the HTTP/2 one, or an idle HTTP/1.1 one.
     fn take(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
-        idle.retain(|s| match s {
-            Sender::H1(s) => !s.is_closed(),
-            Sender::H2(s) => !s.is_closed(),
-        });
-        if let Some(Sender::H2(s)) = idle.iter().find(|s| matches!(s, Sender::H2(_))) {
+        let now = Instant::now();
+        idle.retain(|(s, _)| !closed(s));
+        if let Some((Sender::H2(s), used)) =
+            idle.iter_mut().find(|(s, _)| matches!(s, Sender::H2(_)))
+        {
+            *used = now;
             return Some(Sender::H2(s.clone()));
         }
         let i = idle
             .iter()
-            .position(|s| matches!(s, Sender::H1(s) if s.is_ready()))?;
-        Some(idle.swap_remove(i))
+            .position(|(s, _)| matches!(s, Sender::H1(s) if s.is_ready()))?;
+        Some(idle.swap_remove(i).0)
     }
 
     /// Keeps a connection for later requests (an HTTP/1.1 one becomes ready again once its
@@ -69,11 +84,21 @@ impl Pool {
     fn put(&self, s: Sender) {
         if let Ok(mut idle) = self.idle.lock() {
             match &s {
-                Sender::H2(_) if idle.iter().any(|s| matches!(s, Sender::H2(_))) => {}
+                Sender::H2(_) if idle.iter().any(|(s, _)| matches!(s, Sender::H2(_))) => {}
                 Sender::H1(_) if idle.len() >= MAX_POOLED => {}
-                _ => idle.push(s),
+                _ => idle.push((s, Instant::now())),
             }
         }
+    }
+
+    /// Closes the connections unused for [`POOL_IDLE`]; returns how many are left.
+    pub fn expire(&self) -> usize {
+        let Ok(mut idle) = self.idle.lock() else {
+            return 0;
+        };
+        let now = Instant::now();
+        idle.retain(|(s, used)| !closed(s) && now.duration_since(*used) < POOL_IDLE);
+        idle.len()
     }
 
     /// Drops every connection (the session ended).
@@ -829,22 +854,33 @@ async fn websocket(
         let (Ok(b), Ok(a)) = (browser_side.await, app_side.await) else {
             return;
         };
-        let mut b = TokioIo::new(b);
-        let mut a = TokioIo::new(a);
-        let moved = tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut b, &mut a) => r.ok(),
-            _ = session.closed.cancelled() => None,
-            _ = session.kill.cancelled() => None,
+        // Bytes are counted as they move (the socket may be cut by the session's end at any
+        // moment) and added to the session's counters every second, so a busy WebSocket keeps
+        // the session from going idle.
+        let moved = Arc::new(postern_net::relay::Counters::default());
+        let relay = postern_net::relay::relay(TokioIo::new(b), TokioIo::new(a), moved.clone());
+        tokio::pin!(relay);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut synced = (0u64, 0u64);
+        let sync = |synced: &mut (u64, u64)| {
+            let (up, down) = (moved.a_to_b(), moved.b_to_a());
+            let c = &session.counters;
+            c.a_to_b
+                .fetch_add(up - synced.0, std::sync::atomic::Ordering::Relaxed);
+            c.b_to_a
+                .fetch_add(down - synced.1, std::sync::atomic::Ordering::Relaxed);
+            *synced = (up, down);
         };
-        let (up, down) = moved.unwrap_or((0, 0));
-        session
-            .counters
-            .a_to_b
-            .fetch_add(up, std::sync::atomic::Ordering::Relaxed);
-        session
-            .counters
-            .b_to_a
-            .fetch_add(down, std::sync::atomic::Ordering::Relaxed);
+        loop {
+            tokio::select! {
+                _ = &mut relay => break,
+                _ = session.closed.cancelled() => break,
+                _ = session.kill.cancelled() => break,
+                _ = tick.tick() => sync(&mut synced),
+            }
+        }
+        sync(&mut synced);
+        let (up, down) = synced;
         record::request(
             &audit,
             &session,
@@ -886,6 +922,40 @@ async fn websocket(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pooled connection to a live HTTP/1.1 server over an in-memory pipe.
+    async fn pooled_h1() -> Sender {
+        let (client, server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Empty::<
+                    bytes::Bytes,
+                >::new()))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server), service)
+                .await;
+        });
+        let (send, conn) = http1::handshake(TokioIo::new(client)).await.unwrap();
+        tokio::spawn(conn);
+        Sender::H1(send)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pooled_connections_unused_for_a_while_are_closed() {
+        let pool = Pool::default();
+        pool.put(pooled_h1().await);
+        pool.put(pooled_h1().await);
+        tokio::time::advance(POOL_IDLE - Duration::from_secs(1)).await;
+        assert_eq!(pool.expire(), 2, "still within POOL_IDLE");
+        // One is used again: its clock starts over.
+        let again = pool.take().expect("a ready connection");
+        pool.put(again);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(pool.expire(), 1, "the unused one is closed");
+        pool.clear();
+        assert_eq!(pool.expire(), 0);
+    }
 
     #[test]
     fn identity_headers_are_the_proxys() {

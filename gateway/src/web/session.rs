@@ -247,6 +247,19 @@ impl Web {
             recheck_at: permit.recheck_at,
             upstream_lost: CancellationToken::new(),
         };
+        // Idle connections to the application are closed after a while, not held for the
+        // whole session.
+        let swept = Arc::downgrade(&app);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(super::proxy::POOL_IDLE / 3).await;
+                let Some(app) = swept.upgrade() else { return };
+                if app.closed.is_cancelled() {
+                    return;
+                }
+                app.pool.expire();
+            }
+        });
         let access = self.access.clone();
         let sessions = self.sessions.clone();
         let watched = app.clone();
@@ -265,6 +278,7 @@ impl Web {
                     )
                     .await;
                 watched.closed.cancel();
+                watched.pool.clear();
                 sessions.remove(&watched.session.id);
             }
             .instrument(span),
