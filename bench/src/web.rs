@@ -453,7 +453,7 @@ impl Conn {
     }
 }
 
-/// `https://host[:port]/path?query` → (host[:port], host, /path?query).
+/// `https://host[:port]/path?query` → (`host[:port]`, `host`, `/path?query`).
 fn split_url(url: &str) -> anyhow::Result<(String, String, String)> {
     let rest = url
         .strip_prefix("https://")

@@ -8,9 +8,9 @@
 //! session: a `session.start`, a cookie bound to user, device and application, and the same
 //! supervision as a tunnel (deadline, idle limit, revocations, policy reloads). Every request
 //! is then decided by the policy (method and path) and forwarded through the site's connector
-//! ([`proxy`]); `web.request` events record them ([`record`]).
+//! (`proxy`); `web.request` events record them (`record`).
 //!
-//! Proxy-owned paths on an application host live under `/.postern/` ([`own`]).
+//! Proxy-owned paths on an application host live under `/.postern/` (`own`).
 
 mod body;
 mod cookies;
