@@ -17,6 +17,7 @@ mod cookies;
 mod objects;
 mod own;
 mod pages;
+mod pool;
 mod proxy;
 mod record;
 mod session;

@@ -17,7 +17,7 @@ use postern_policy::Endpoint;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
-use super::proxy::Pool;
+use super::pool::Pool;
 use super::Web;
 use crate::access::handler::{BoxIo, EndpointHandler, HandlerCtx};
 use crate::access::sessions::{Kill, Session, Tunnel};
@@ -252,7 +252,7 @@ impl Web {
         let swept = Arc::downgrade(&app);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(super::proxy::POOL_IDLE / 3).await;
+                tokio::time::sleep(super::pool::POOL_IDLE / 3).await;
                 let Some(app) = swept.upgrade() else { return };
                 if app.closed.is_cancelled() {
                     return;
