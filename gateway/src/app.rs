@@ -221,7 +221,6 @@ fn web_proxy(
         broker: broker.clone(),
         access: access.clone(),
         upstream: broker.upstream.clone(),
-        store: signin.store.clone(),
         signin: signin.clone(),
         limits: limits.clone(),
         clock: clock.clone(),

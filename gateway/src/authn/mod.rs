@@ -16,6 +16,7 @@ mod device_table;
 pub mod devices;
 pub mod issue;
 pub mod oidc;
+pub mod one_time;
 pub mod signin;
 mod subject;
 pub mod tokens;

@@ -637,22 +637,18 @@ impl Oidc {
         binding: &str,
         token: String,
     ) -> Result<String, AuthError> {
-        let ticket = random_b64(32)?;
-        let now = self.clock.unix();
-        let rec = CliCodeRec {
-            challenge: format!("ticket:{binding}"),
-            token,
-            expires: now + CLI_CODE_TTL,
-        };
-        let key = postern_proto::ids::sha256_hex(format!("ticket:{ticket}").as_bytes());
-        self.store.put_cli_code(key, rec, now).await.map_err(|e| {
-            AuthError::new(
+        let challenge = format!("ticket:{binding}");
+        let ticket =
+            super::one_time::put(&self.store, self.clock.unix(), "ticket", challenge, token)
+                .await
+                .map_err(|e| {
+                    AuthError::new(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
                 "The gateway cannot complete the sign-in just now. Please try again in a minute.",
                 format!("keeping the browser ticket: {e}"),
             )
-        })?;
+                })?;
         Ok(format!("/auth/web/resume?ticket={ticket}"))
     }
 

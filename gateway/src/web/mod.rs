@@ -39,7 +39,6 @@ use crate::config::WebConfig;
 use crate::connectors::Upstream;
 use crate::http::Resp;
 use crate::limits::Limits;
-use crate::state::SharedStore;
 
 pub use session::AppSessions;
 
@@ -66,7 +65,6 @@ pub struct Web {
     pub broker: Arc<Broker>,
     pub access: Arc<Access>,
     pub upstream: Arc<dyn Upstream>,
-    pub store: SharedStore,
     pub signin: Arc<SignIn>,
     pub limits: Arc<Limits>,
     pub clock: SharedClock,

@@ -71,8 +71,8 @@ pub fn bad_request<B>(req: &Request<B>, status: StatusCode, code: &str, why: &st
 }
 
 /// The upstream could not be reached or did not answer.
-pub fn upstream_failed<B>(req: &Request<B>, status: StatusCode, code: &str, why: &str) -> Resp {
-    if wants_json(req) {
+pub fn upstream_failed(json: bool, status: StatusCode, code: &str, why: &str) -> Resp {
+    if json {
         return error(status, code, why);
     }
     page(

@@ -229,9 +229,12 @@ pub(super) fn seal(web: &Web, s: &AppSession, app: &str) -> Result<String, Box<c
 pub(super) fn start_failed<B>(req: &Request<B>, app: &str, e: StartError) -> WebResp {
     match e {
         StartError::Denied(d) => whole(pages::denied(req, app, &d.reason)),
-        StartError::Failed(status, code, why) => {
-            whole(pages::upstream_failed(req, status, code, &why))
-        }
+        StartError::Failed(status, code, why) => whole(pages::upstream_failed(
+            super::wants_json(req),
+            status,
+            code,
+            &why,
+        )),
     }
 }
 
@@ -293,6 +296,7 @@ async fn forward(
         }
     };
     let version = req.version();
+    let json = super::wants_json(&req);
     let browser_req = req.map(|b| {
         Up::new(
             b,
@@ -309,12 +313,7 @@ async fn forward(
         Ok(Ok(r)) => r,
         Ok(Err(f)) => {
             record(f.status.as_u16(), Some(f.why.clone()));
-            return whole(pages::upstream_failed(
-                &Request::new(()),
-                f.status,
-                f.code,
-                &f.why,
-            ));
+            return whole(pages::upstream_failed(json, f.status, f.code, &f.why));
         }
         Err(_) => {
             let why = format!(
@@ -323,7 +322,7 @@ async fn forward(
             );
             record(504, Some(why.clone()));
             return whole(pages::upstream_failed(
-                &Request::new(()),
+                json,
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
                 &why,
@@ -714,10 +713,8 @@ async fn websocket(
             },
         );
         whole(pages::upstream_failed(
-            &Request::new(()),
-            f.status,
-            f.code,
-            &f.why,
+            true, // a WebSocket is opened by a script: it gets JSON
+            f.status, f.code, &f.why,
         ))
     };
     let mut sender = match connect(web, s, true).await {

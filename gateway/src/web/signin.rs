@@ -24,15 +24,13 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use openidconnect::url::form_urlencoded;
 use postern_audit::EventType;
-use postern_proto::ids::{ct_eq, random_bytes, sha256_hex};
+use postern_proto::ids::{random_bytes, sha256_hex};
 
 use super::cookies::{self, SSO, STATE, WEB};
 use super::{pages, whole, Web, WebResp};
+use crate::authn::one_time;
 use crate::http::{cookie, param, query, redirect};
-use crate::state::CliCodeRec;
 
-/// How long a code or a ticket can be redeemed.
-const CODE_TTL: u64 = 60;
 /// How long a sign-in started for an application may take.
 const WEB_COOKIE_TTL: u64 = 30 * 60;
 
@@ -153,38 +151,17 @@ pub fn note_browser_sign_in<B, R>(req: &Request<B>, r: &mut http::Response<R>) {
 
 /// Mints the one-time code that takes `token` to `app`'s host, bound to `state`.
 async fn code_for(web: &Web, app: &str, state: &str, token: String) -> Option<String> {
-    let code = random()?;
-    let now = web.clock.unix();
-    let rec = CliCodeRec {
-        challenge: format!("web:{app}:{state}"),
-        token,
-        expires: now + CODE_TTL,
-    };
-    web.signin
-        .store
-        .put_cli_code(sha256_hex(format!("web:{code}").as_bytes()), rec, now)
+    let challenge = format!("web:{app}:{state}");
+    one_time::put(&web.signin.store, web.clock.unix(), "web", challenge, token)
         .await
-        .ok()?;
-    Some(code)
+        .ok()
 }
 
 /// Redeems a code on `app`'s host: the token, if the code is live, unused, for this
 /// application, and bound to this browser's `state_nonce`.
 pub async fn redeem_code(web: &Web, app: &str, code: &str, state_nonce: &str) -> Option<String> {
-    if code.len() > 128 {
-        return None;
-    }
-    let rec = web
-        .signin
-        .store
-        .take_cli_code(
-            sha256_hex(format!("web:{code}").as_bytes()),
-            web.clock.unix(),
-        )
-        .await
-        .ok()??;
-    let want = format!("web:{app}:{}", sha256_hex(state_nonce.as_bytes()));
-    ct_eq(want.as_bytes(), rec.challenge.as_bytes()).then_some(rec.token)
+    let challenge = format!("web:{app}:{}", sha256_hex(state_nonce.as_bytes()));
+    one_time::take(&web.signin.store, web.clock.unix(), "web", code, &challenge).await
 }
 
 fn failed(web: &Web, peer: SocketAddr, detail: String) {
@@ -273,20 +250,8 @@ pub async fn resume(web: &Web, req: Request<Incoming>, peer: SocketAddr) -> WebR
         );
         return whole(pages::bad_code());
     };
-    let rec = web
-        .signin
-        .store
-        .take_cli_code(
-            sha256_hex(format!("ticket:{t}").as_bytes()),
-            web.clock.unix(),
-        )
-        .await
-        .ok()
-        .flatten();
     let want = format!("ticket:{}", sha256_hex(pending.nonce.as_bytes()));
-    let Some(token) = rec
-        .filter(|r| ct_eq(want.as_bytes(), r.challenge.as_bytes()))
-        .map(|r| r.token)
+    let Some(token) = one_time::take(&web.signin.store, web.clock.unix(), "ticket", t, &want).await
     else {
         failed(
             web,
