@@ -119,6 +119,11 @@ pub struct Event {
     /// Added after v1 was first written: absent in older lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub objects: Option<Vec<ObjectRef>>,
+    /// `dicom.*`: what the connector saw on a DICOM association of the session (AE titles,
+    /// the operation's keys, the studies and instances moved), bounded by the gateway before
+    /// it was written. Added after v1 was first written: absent in older lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dicom: Option<DicomRef>,
     /// What the log itself records about its integrity (`audit.*` events only): a checkpoint's
     /// signature, the key that signs, what a recovery found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,10 +235,15 @@ pub struct HttpRef {
     pub sampled: Option<u32>,
 }
 
+/// What the connector saw on a DICOM association ([`Event::dicom`]); the same record travels
+/// from connector to gateway ([`postern_proto::dicom`]).
+pub use postern_proto::dicom::DicomRecord as DicomRef;
+
 /// A clinical object an event touched.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectRef {
-    /// `study`, `series` or `instance` (DICOM); `patient` where a patient id is known.
+    /// `study`, `series` or `instance` (DICOM UIDs); `patient` (a Patient ID) and `accession`
+    /// (an Accession Number) from DICOM query keys.
     pub kind: String,
     /// The identifier: a DICOM UID for studies, series and instances.
     pub id: String,
@@ -296,6 +306,20 @@ pub enum EventType {
     AccessRefusedUnauthenticated,
     /// A session closed; carries byte counts, duration and close reason.
     SessionEnd,
+    /// A DICOM association of the session was accepted ([`Event::dicom`]: calling and called
+    /// AE titles, the SOP classes accepted), as the connector that carries the session saw it.
+    DicomAssociation,
+    /// A C-FIND of the session: its level and keys (patient, accession, study, modality,
+    /// date) and how many matches came back.
+    DicomQuery,
+    /// A C-GET or C-MOVE of the session: the studies and series asked for and the instances
+    /// transferred.
+    DicomRetrieve,
+    /// C-STORE from the clinician's side to the PACS: how many instances, their UIDs.
+    DicomStore,
+    /// The connector refused a DICOM association (A-ASSOCIATE-RJ) or aborted one (A-ABORT)
+    /// because the permit did not allow it: the rule, the reason code and the answer sent.
+    DicomRefused,
     /// A resumable session lost its client's link (Wi-Fi change, sleep, a network that
     /// dropped it): the endpoint side stays open for the rule's `resume_grace` while the
     /// client reconnects; continuous authorization still applies.
@@ -393,12 +417,17 @@ pub enum EventType {
 
 impl EventType {
     /// Every type this version knows, in declaration order.
-    pub const ALL: [EventType; 44] = [
+    pub const ALL: [EventType; 49] = [
         EventType::SessionStart,
         EventType::SessionDenied,
         EventType::WebRequest,
         EventType::AccessRefusedUnauthenticated,
         EventType::SessionEnd,
+        EventType::DicomAssociation,
+        EventType::DicomQuery,
+        EventType::DicomRetrieve,
+        EventType::DicomStore,
+        EventType::DicomRefused,
         EventType::SessionSuspended,
         EventType::SessionResumed,
         EventType::SessionRenewed,
@@ -448,6 +477,11 @@ impl EventType {
             EventType::WebRequest => "web.request",
             EventType::AccessRefusedUnauthenticated => "access.refused_unauthenticated",
             EventType::SessionEnd => "session.end",
+            EventType::DicomAssociation => "dicom.association",
+            EventType::DicomQuery => "dicom.query",
+            EventType::DicomRetrieve => "dicom.retrieve",
+            EventType::DicomStore => "dicom.store",
+            EventType::DicomRefused => "dicom.refused",
             EventType::SessionSuspended => "session.suspended",
             EventType::SessionResumed => "session.resumed",
             EventType::SessionRenewed => "session.renewed",

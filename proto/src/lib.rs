@@ -10,6 +10,8 @@
 //! * [`posture`]: the device posture report, its canonical hash and the WebAuthn challenge
 //!   that binds it.
 //! * [`confirm`]: the sign-in confirmation code `postern login` prints and the device page shows.
+//! * [`dicom`]: the DICOM permit a gateway sends with a tunnel and the records a connector
+//!   reports back (AE titles, queries, retrieves) for the audit.
 //! * [`ids`]: random identifiers and constant-time comparison.
 //! * [`report`]: one-line rendering of an error chain for people.
 //!
@@ -20,6 +22,7 @@
 
 pub mod certs;
 pub mod confirm;
+pub mod dicom;
 pub mod enroll;
 pub mod ids;
 pub mod posture;
