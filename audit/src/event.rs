@@ -881,6 +881,17 @@ mod tests {
                 kind: "study".into(),
                 id: "1.2.3".into(),
             }]),
+            dicom: Some(DicomRef {
+                event: "retrieve".into(),
+                calling_ae: "RAD_JONES".into(),
+                called_ae: "PACS".into(),
+                service: Some("get".into()),
+                level: Some("STUDY".into()),
+                study_uids: vec!["1.2.3".into()],
+                instances: Some(120),
+                status: Some("0000".into()),
+                ..DicomRef::default()
+            }),
             audit: Some(AuditMeta {
                 reason: Some("close".into()),
                 ..AuditMeta::default()
@@ -909,6 +920,7 @@ mod tests {
                 "decision",
                 "detail",
                 "device",
+                "dicom",
                 "duration_ms",
                 "egress_class",
                 "endpoint",
