@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use smallvec::SmallVec;
 
-use crate::model::{user_key, Effect};
-use crate::rule::{path_under, Check, Group, Rule, Selection};
+use crate::model::{user_key, Effect, Endpoint, Protocol};
+use crate::rule::{path_under, Check, Group, Rule, Selection, USER_AE};
 use crate::schedule::{LocalTime, Zone};
 use crate::text::{bounded_list, FastMap, Quoted};
 use crate::Policy;
@@ -109,6 +109,7 @@ pub struct Request<'a> {
     device: Option<&'a DeviceFacts>,
     justification: Option<&'a str>,
     claims: Vec<(&'a str, &'a [String])>,
+    ae_titles: &'a [String],
     mode: Mode<'a>,
 }
 
@@ -132,6 +133,7 @@ impl<'a> Request<'a> {
             device: None,
             justification: None,
             claims: Vec::new(),
+            ae_titles: &[],
             mode: Mode::Tunnel,
         }
     }
@@ -215,6 +217,13 @@ impl<'a> Request<'a> {
 
     /// The values of another IdP claim (`roles`, `job_title`), for groups mapped from it.
     /// `"groups"` adds to the values given to [`Request::new`].
+    /// The calling AE titles the identity provider gives the user (its AE title claim): with
+    /// the policy's `[dicom] ae_titles`, what `{user.ae}` in a rule's `calling_ae` stands for.
+    pub fn with_ae_titles(mut self, titles: &'a [String]) -> Self {
+        self.ae_titles = titles;
+        self
+    }
+
     pub fn with_claim(mut self, claim: &'a str, values: &'a [String]) -> Self {
         self.claims.push((claim, values));
         self
@@ -255,6 +264,23 @@ pub struct Limits {
     /// Break-glass: the access was granted on the strength of the user's justification, which
     /// the gateway must audit and flag for review.
     pub require_justification: bool,
+    /// DICOM endpoints: what the clinician's side may do on the tunnel's associations, which
+    /// the connector enforces. `None` for other endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dicom: Option<DicomGrant>,
+}
+
+/// What an allow decision for a DICOM endpoint lets the clinician's side do on its
+/// associations: the deciding rule's `calling_ae` (with `{user.ae}` replaced by the user's
+/// titles) and `dicom_services`, and the endpoint's `called_ae`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct DicomGrant {
+    /// Calling AE titles, and prefixes ending in `*`, the user may present; empty: any.
+    pub calling_ae: Vec<String>,
+    /// The AE title associations must call (the endpoint's `called_ae`); `None`: any.
+    pub called_ae: Option<String>,
+    /// DIMSE services allowed, from [`crate::DICOM_SERVICES`].
+    pub services: Vec<String>,
 }
 
 fn serialize_duration<S: serde::Serializer>(
@@ -940,6 +966,7 @@ impl Policy {
                     idle_timeout: rule.limits.idle_timeout,
                     resume_grace: rule.limits.resume_grace,
                     require_justification: rule.limits.require_justification,
+                    dicom: None,
                 },
             ),
             (Effect::Deny, Some(rule)) => (rule.reason.clone(), Limits::default()),
@@ -948,6 +975,17 @@ impl Policy {
                 Limits::default(),
             ),
         };
+        let mut limits = limits;
+        if let (Effect::Allow, Some(rule), Some(endpoint)) =
+            (effect, decider_rule, self.endpoints.get(position))
+        {
+            if endpoint.protocol == Protocol::Dicom {
+                match self.dicom_grant(rule, endpoint, req) {
+                    Ok(grant) => limits.dicom = Some(grant),
+                    Err(why) => return self.deny(Some(rule.id.clone()), why, ids(&allows), ids(&denies)),
+                }
+            }
+        }
         Decision {
             effect,
             rule: decider_rule.map(|rule| rule.id.clone()),
@@ -959,6 +997,48 @@ impl Policy {
             valid_until,
             policy_version: self.version.clone(),
         }
+    }
+
+    /// The DICOM grant of allow `rule` for `endpoint`, or why the user gets none: the rule
+    /// accepts `{user.ae}` only and the user has no AE title.
+    fn dicom_grant(
+        &self,
+        rule: &Rule,
+        endpoint: &Endpoint,
+        req: &Request<'_>,
+    ) -> Result<DicomGrant, String> {
+        let services = match &rule.dicom.services {
+            Some(list) => list.iter().map(|s| (*s).to_owned()).collect(),
+            None => crate::DEFAULT_DICOM_SERVICES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        };
+        let mut calling_ae: Vec<String> = Vec::new();
+        for entry in rule.dicom.calling_ae.iter().flatten() {
+            if entry == USER_AE {
+                for t in self.ae_titles(req.user).iter().chain(req.ae_titles) {
+                    if !calling_ae.contains(t) {
+                        calling_ae.push(t.clone());
+                    }
+                }
+            } else if !calling_ae.contains(entry) {
+                calling_ae.push(entry.clone());
+            }
+        }
+        if rule.dicom.calling_ae.is_some() && calling_ae.is_empty() {
+            return Err(format!(
+                "Denied: rule '{}' accepts the user's own AE titles ({USER_AE}) on {}, and user '{}' has none: give them one in the policy's [dicom] ae_titles or the identity provider's AE title claim",
+                rule.id,
+                endpoint.name,
+                Quoted(req.user)
+            ));
+        }
+        Ok(DicomGrant {
+            calling_ae,
+            called_ae: endpoint.called_ae.clone(),
+            services,
+        })
     }
 
     /// See [`Decision::valid_until`]. A deny by a rule that time cannot lift stays a deny; only

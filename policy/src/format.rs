@@ -34,6 +34,7 @@ const ENDPOINT_KEYS: &[&str] = &[
     "tls_verify",
     "upstream_host",
     "request_audit",
+    "called_ae",
 ];
 const RULE_KEYS: &[&str] = &[
     "id",
@@ -58,7 +59,10 @@ const RULE_KEYS: &[&str] = &[
     "idle_timeout",
     "resume_grace",
     "require_justification",
+    "dicom_services",
+    "calling_ae",
 ];
+const DICOM_KEYS: &[&str] = &["ae_titles"];
 const TEST_KEYS: &[&str] = &[
     "name",
     "user",
@@ -103,6 +107,7 @@ pub fn format_policy(text: &str, origin: &str) -> Result<String, PolicyError> {
     for (key, item) in root.iter_mut() {
         let order = match key.get() {
             "defaults" => DEFAULTS_KEYS,
+            "dicom" => DICOM_KEYS,
             "groups" => GROUP_KEYS,
             "endpoints" => ENDPOINT_KEYS,
             "rules" => RULE_KEYS,

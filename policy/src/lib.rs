@@ -92,6 +92,8 @@ mod tests_model;
 mod tests_time;
 #[cfg(test)]
 mod tests_web;
+#[cfg(test)]
+mod tests_dicom;
 
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -102,8 +104,8 @@ pub use cases::{TestCase, TestOutcome, TestReport};
 pub use diff::{PolicyDiff, RequestChange};
 pub use error::{Diagnostic, ErrorKind, PolicyError, Severity};
 pub use eval::{
-    AccessMode, ConditionTrace, Decision, DeviceFacts, Explanation, Limits, ReportOnly, Request,
-    RuleTrace,
+    AccessMode, ConditionTrace, Decision, DeviceFacts, DicomGrant, Explanation, Limits, ReportOnly,
+    Request, RuleTrace,
 };
 pub use format::format_policy;
 pub use model::{
@@ -114,6 +116,13 @@ pub use model::{
 use error::{Diagnostics, SourceFile, SourceMap};
 use eval::Index;
 use rule::{Group, Rule};
+
+/// The DIMSE services a rule's `dicom_services` may list: C-ECHO, C-FIND, C-GET, C-MOVE and
+/// C-STORE (from the clinician's side to the PACS).
+pub const DICOM_SERVICES: [&str; 5] = ["echo", "find", "get", "move", "store"];
+/// What a rule on a DICOM endpoint allows when it has no `dicom_services`: everything but
+/// `store` (reading images, never sending them into the PACS from home).
+pub const DEFAULT_DICOM_SERVICES: [&str; 4] = ["echo", "find", "get", "move"];
 
 /// Largest policy file accepted: 4 MiB.
 pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
@@ -162,6 +171,8 @@ pub struct Policy {
     warnings: Vec<Diagnostic>,
     /// `[defaults] zone`, if set.
     default_zone: Option<String>,
+    /// `[dicom] ae_titles`: ASCII-lowercased user → the user's calling AE titles.
+    ae_titles: std::collections::HashMap<String, Vec<String>>,
     index: Index,
 }
 
@@ -336,6 +347,7 @@ impl Policy {
             tests: resolved.tests,
             warnings,
             default_zone: resolved.defaults.zone.as_ref().map(|z| z.name.clone()),
+            ae_titles: resolved.ae_titles,
             index,
         }
     }
@@ -345,6 +357,14 @@ impl Policy {
     /// Recorded in every decision, so an audit record names the exact policy.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The calling AE titles `[dicom] ae_titles` gives `user` (compared ASCII
+    /// case-insensitively), if any.
+    pub fn ae_titles(&self, user: &str) -> &[String] {
+        self.ae_titles
+            .get(&user.to_ascii_lowercase())
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The endpoint with this name.

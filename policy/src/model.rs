@@ -45,6 +45,9 @@ pub struct Endpoint {
     /// [`RequestAudit::All`] unless the policy says otherwise; always `All` for non-web
     /// endpoints, where it means nothing.
     pub request_audit: RequestAudit,
+    /// DICOM endpoints: the PACS's AE title, which every association through Postern must
+    /// call (the connector answers any other with A-ASSOCIATE-RJ). `None`: any.
+    pub called_ae: Option<String>,
 }
 
 /// Which requests of a web application session are audited one by one (`request_audit` of a

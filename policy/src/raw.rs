@@ -32,6 +32,15 @@ pub(crate) struct RawDefaults {
     pub(crate) zone: Option<Spanned<String>>,
 }
 
+/// The `[dicom]` table: DICOM settings of the whole policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDicom {
+    /// User → the calling AE titles the user's workstation presents (`{user.ae}` in a rule's
+    /// `calling_ae`).
+    pub(crate) ae_titles: Option<BTreeMap<String, Vec<Spanned<String>>>>,
+}
+
 /// One `[[endpoints]]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +58,7 @@ pub(crate) struct RawEndpoint {
     pub(crate) tls_verify: Option<Spanned<bool>>,
     pub(crate) upstream_host: Option<Spanned<String>>,
     pub(crate) request_audit: Option<Spanned<String>>,
+    pub(crate) called_ae: Option<Spanned<String>>,
 }
 
 /// One `[[groups]]` table.
@@ -122,6 +132,8 @@ pub(crate) struct RawRule {
     pub(crate) idle_timeout: Option<Spanned<String>>,
     pub(crate) resume_grace: Option<Spanned<String>>,
     pub(crate) require_justification: Option<Spanned<bool>>,
+    pub(crate) dicom_services: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) calling_ae: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// Device facts in a test case.
@@ -182,6 +194,7 @@ impl<T> Located<T> {
 #[derive(Debug, Default)]
 pub(crate) struct RawDocument {
     pub(crate) defaults: Vec<Located<RawDefaults>>,
+    pub(crate) dicom: Vec<Located<RawDicom>>,
     pub(crate) groups: Vec<Located<RawGroup>>,
     pub(crate) endpoints: Vec<Located<RawEndpoint>>,
     pub(crate) rules: Vec<Located<RawRule>>,
@@ -201,9 +214,10 @@ pub(crate) struct RawDocument {
     pub(crate) deny_all: Vec<(usize, usize, bool)>,
 }
 
-const TOP_LEVEL_KEYS: [&str; 6] = [
+const TOP_LEVEL_KEYS: [&str; 7] = [
     "deny_all",
     "defaults",
+    "dicom",
     "groups",
     "endpoints",
     "rules",
@@ -279,6 +293,28 @@ pub(crate) fn load(
                 key_at,
                 "`defaults` must be a table",
                 Some("write it as a `[defaults]` section".into()),
+            ),
+        }
+    }
+
+    if let Some((key_at, item)) = take(&mut root, "dicom") {
+        match into_table(item) {
+            Some((at, table)) => {
+                if let Some((value, invalid_keys)) = decode::<RawDicom>(table, at, &[], diags) {
+                    raw.dicom.push(Located {
+                        file,
+                        at,
+                        ordinal: 1,
+                        value,
+                        invalid_keys,
+                    });
+                }
+            }
+            None => diags.push(
+                ErrorKind::InvalidType,
+                key_at,
+                "`dicom` must be a table",
+                Some("write it as a `[dicom]` section with `ae_titles = { \"user\" = [\"AE\"] }`".into()),
             ),
         }
     }
@@ -637,14 +673,15 @@ mod tests {
                 "local_port",
                 "tls_verify",
                 "upstream_host",
-                "request_audit"
+                "request_audit",
+                "called_ae"
             ]
         );
         assert_eq!(
             struct_fields::<RawDefaults>(),
             ["max_session", "idle_timeout", "resume_grace", "zone"]
         );
-        assert_eq!(struct_fields::<RawRule>().len(), 22);
+        assert_eq!(struct_fields::<RawRule>().len(), 24);
         assert_eq!(struct_fields::<RawDevice>().len(), 4);
     }
 }

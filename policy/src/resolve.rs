@@ -16,17 +16,22 @@ use crate::error::{Diagnostics, ErrorKind, SourceFile};
 use crate::eval::DeviceFacts;
 use crate::model::{Effect, Egress, Endpoint, PortRange, Protocol, RequestAudit};
 use crate::raw::{
-    Located, RawDefaults, RawDocument, RawEndpoint, RawGroup, RawRule, RawTest, StringOrList,
+    Located, RawDefaults, RawDicom, RawDocument, RawEndpoint, RawGroup, RawRule, RawTest, StringOrList,
 };
 use crate::rule::{
-    glob_match, path_problem, Check, Condition, Group, MethodSet, Rule, RuleLimits, Selection,
-    Selector, Subjects, MAX_PATHS, MAX_PATH_BYTES, METHODS,
+    glob_match, path_problem, Check, Condition, Group, MethodSet, Rule, RuleDicom, RuleLimits,
+    Selection, Selector, Subjects, MAX_PATHS, MAX_PATH_BYTES, METHODS, USER_AE,
 };
 use crate::schedule::{Schedule, Window, Zone};
 use crate::text::{bounded_list, suggest, Quoted};
 use crate::{
-    DEFAULT_MAX_SESSION, DEFAULT_RESUME_GRACE, MAX_INDEX_ENTRIES, MAX_PATTERNS, MAX_STRING_BYTES,
+    DEFAULT_MAX_SESSION, DEFAULT_RESUME_GRACE, DICOM_SERVICES, MAX_INDEX_ENTRIES, MAX_PATTERNS, MAX_STRING_BYTES,
 };
+
+/// Longest AE title (PS3.5: 16 characters).
+const MAX_AE: usize = 16;
+/// Most AE titles `[dicom] ae_titles` gives one user.
+const MAX_USER_AE_TITLES: usize = 32;
 
 /// Longest `upstream_host`, in bytes (a DNS name, a colon and a port).
 const MAX_UPSTREAM_HOST_BYTES: usize = 253 + 6;
@@ -64,6 +69,8 @@ pub(crate) struct Resolved {
     pub(crate) users: Vec<String>,
     pub(crate) rules: Vec<Rule>,
     pub(crate) tests: Vec<TestCase>,
+    /// `[dicom] ae_titles`: ASCII-lowercased user → AE titles.
+    pub(crate) ae_titles: HashMap<String, Vec<String>>,
 }
 
 /// Checks everything in `raw`, recording problems in `diags`.
@@ -82,6 +89,7 @@ pub(crate) fn resolve(
     };
 
     let defaults = r.defaults(&raw.defaults);
+    let ae_titles = r.ae_titles(&raw.dicom);
 
     // Groups.
     let mut groups = Vec::new();
@@ -231,6 +239,7 @@ pub(crate) fn resolve(
         users: r.users,
         rules,
         tests,
+        ae_titles,
     }
 }
 
@@ -594,9 +603,26 @@ impl Resolver<'_, '_> {
         };
 
         let web = self.web_keys(raw, protocol, &label);
+        let called_ae = match &raw.called_ae {
+            Some(value) => {
+                let dicom = protocol.is_none_or(|p| p == Protocol::Dicom);
+                if !dicom {
+                    self.diags.push(
+                        ErrorKind::InvalidValue,
+                        value.span().start,
+                        format!("`called_ae` of {label} is only for DICOM endpoints (protocol \"dicom\")"),
+                        Some("remove `called_ae`, or give the endpoint protocol \"dicom\"".into()),
+                    );
+                }
+                let title = self.ae_title(value, "called_ae", &label, false);
+                title.filter(|_| dicom).map(|t| Some(t.to_owned()))
+            }
+            None => Some(None),
+        };
 
         let ports = ports?;
         let (tls_verify, upstream_host, request_audit) = web?;
+        let called_ae = called_ae?;
         Some(Endpoint {
             name: name?.to_owned(),
             site: site?.to_owned(),
@@ -614,7 +640,154 @@ impl Resolver<'_, '_> {
             tls_verify,
             upstream_host,
             request_audit,
+            called_ae,
         })
+    }
+
+    /// `[dicom] ae_titles` of every file: user → titles (each a plain AE title).
+    fn ae_titles(&mut self, all: &[Located<RawDicom>]) -> HashMap<String, Vec<String>> {
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
+        for located in all {
+            self.diags.set_file(located.file);
+            for (user, titles) in located.value.ae_titles.iter().flatten() {
+                let label = format!("user '{}' in [dicom] ae_titles", Quoted(user));
+                if user.trim().is_empty() || user.len() > MAX_STRING_BYTES {
+                    self.diags.push(
+                        ErrorKind::InvalidValue,
+                        located.at,
+                        format!("{label} is not a user name"),
+                        Some("write the user as the identity provider names them, e.g. \"ann.jones@nhs.example\"".into()),
+                    );
+                    continue;
+                }
+                if titles.len() > MAX_USER_AE_TITLES {
+                    self.diags.push(
+                        ErrorKind::LimitExceeded,
+                        located.at,
+                        format!("{label} has {} AE titles; the limit is {MAX_USER_AE_TITLES}", titles.len()),
+                        None,
+                    );
+                    continue;
+                }
+                let entry = map.entry(user.to_ascii_lowercase()).or_default();
+                for title in titles {
+                    if let Some(t) = self.ae_title(title, "ae_titles", &label, false) {
+                        if !entry.iter().any(|x| x == t) {
+                            entry.push(t.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        map
+    }
+
+    /// An AE title (or, with `pattern`, a prefix ending in `*`): 1 to 16 characters of
+    /// printable ASCII without `\\` (PS3.5's AE value representation), not only spaces.
+    fn ae_title<'v>(
+        &mut self,
+        value: &'v Spanned<String>,
+        key: &str,
+        label: &str,
+        pattern: bool,
+    ) -> Option<&'v str> {
+        let text = value.get_ref().as_str();
+        let body = if pattern {
+            text.strip_suffix('*').unwrap_or(text)
+        } else {
+            text
+        };
+        let problem = if body.chars().count() > MAX_AE {
+            Some(format!("is longer than {} characters", MAX_AE))
+        } else if body.trim().is_empty() && !(pattern && text.ends_with('*')) {
+            Some("is empty".to_owned())
+        } else if body
+            .chars()
+            .any(|c| !(c.is_ascii_graphic() || c == ' ') || c == '\\' || c == '*')
+        {
+            Some(if pattern {
+                "may hold printable ASCII except `\\`, with `*` only at the end".to_owned()
+            } else {
+                "may hold printable ASCII except `\\` and `*`".to_owned()
+            })
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => {
+                self.diags.push(
+                    ErrorKind::InvalidValue,
+                    value.span().start,
+                    format!("AE title '{}' in `{key}` of {label} {problem}", Quoted(text)),
+                    Some("an AE title is 1 to 16 characters, e.g. \"ORTHANC\" or \"RAD_JONES\"".into()),
+                );
+                None
+            }
+            None => Some(text),
+        }
+    }
+
+    /// A rule's `dicom_services` and `calling_ae`, or `None` after recording what is wrong.
+    fn rule_dicom(&mut self, raw: &RawRule, is_deny: bool, label: &str) -> Option<RuleDicom> {
+        let mut ok = true;
+        let mut dicom = RuleDicom::default();
+        if let Some(list) = &raw.dicom_services {
+            if is_deny {
+                self.limit_on_deny(list.span().start, "dicom_services", label);
+                ok = false;
+            }
+            let mut services: Vec<&'static str> = Vec::new();
+            for entry in list.get_ref() {
+                match DICOM_SERVICES.iter().find(|s| **s == entry.get_ref()) {
+                    Some(s) => {
+                        if !services.contains(s) {
+                            services.push(s);
+                        }
+                    }
+                    None => {
+                        self.diags.push(
+                            ErrorKind::InvalidValue,
+                            entry.span().start,
+                            format!(
+                                "unknown DICOM service '{}' in `dicom_services` of {label}",
+                                Quoted(entry.get_ref())
+                            ),
+                            Some(format!("`dicom_services` accepts {}", DICOM_SERVICES.join(", "))),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            services.sort_by_key(|s| DICOM_SERVICES.iter().position(|x| x == s));
+            dicom.services = Some(services);
+        }
+        if let Some(list) = &raw.calling_ae {
+            if is_deny {
+                self.limit_on_deny(list.span().start, "calling_ae", label);
+                ok = false;
+            }
+            if list.get_ref().is_empty() {
+                self.diags.push(
+                    ErrorKind::InvalidValue,
+                    list.span().start,
+                    format!("`calling_ae` of {label} is empty, so no association would be accepted"),
+                    Some(format!("list AE titles such as [\"{USER_AE}\", \"RAD_*\"], or remove `calling_ae` to accept any")),
+                );
+                ok = false;
+            }
+            let mut titles = Vec::new();
+            for entry in list.get_ref() {
+                if entry.get_ref() == USER_AE {
+                    titles.push(USER_AE.to_owned());
+                } else if let Some(t) = self.ae_title(entry, "calling_ae", label, true) {
+                    titles.push(t.to_owned());
+                } else {
+                    ok = false;
+                }
+            }
+            dicom.calling_ae = Some(titles);
+        }
+        ok.then_some(dicom)
     }
 
     /// The web endpoint keys (`tls_verify`, `upstream_host`, `request_audit`): checked, and
@@ -1101,6 +1274,7 @@ impl Resolver<'_, '_> {
                 .map(Some),
             None => Some(None),
         };
+        let dicom = self.rule_dicom(raw, is_deny, &label);
         // Methods and paths (web requests), evaluated first: on a tunnel they decide whether
         // the rule can apply at all.
         let web_conditions = self.web_conditions(raw, is_deny, &label);
@@ -1192,8 +1366,8 @@ impl Resolver<'_, '_> {
 
         // Every check has run; build the rule only if all of them passed.
         let (id, effect, selection) = (id?, effect?, selection?);
-        let (max_session, idle_timeout, resume_grace) =
-            (max_session?, idle_timeout?, resume_grace?);
+        let (max_session, idle_timeout, resume_grace, dicom) =
+            (max_session?, idle_timeout?, resume_grace?, dicom?);
         if no_subjects || !subjects_ok || !conditions_ok {
             return None;
         }
@@ -1239,6 +1413,7 @@ impl Resolver<'_, '_> {
             selection,
             conditions,
             limits,
+            dicom,
             reason,
             file: located.file,
             line: self.line_of(located.file, at),

@@ -200,6 +200,20 @@ pub(crate) struct RuleLimits {
     pub(crate) require_justification: bool,
 }
 
+/// A rule's DICOM keys, checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RuleDicom {
+    /// `dicom_services`, in the order of [`crate::DICOM_SERVICES`]; `None`: the default
+    /// (everything but `store`).
+    pub(crate) services: Option<Vec<&'static str>>,
+    /// `calling_ae`: AE titles, prefixes ending in `*`, and [`USER_AE`]; `None`: any title.
+    pub(crate) calling_ae: Option<Vec<String>>,
+}
+
+/// The `calling_ae` entry that stands for the user's own AE titles: the policy's
+/// `[dicom] ae_titles` for the user and the identity provider's AE title claim.
+pub(crate) const USER_AE: &str = "{user.ae}";
+
 /// A validated rule.
 #[derive(Debug, Clone)]
 pub(crate) struct Rule {
@@ -213,6 +227,9 @@ pub(crate) struct Rule {
     pub(crate) conditions: Vec<Condition>,
     /// For allow rules; default for deny rules.
     pub(crate) limits: RuleLimits,
+    /// DICOM: what an allow rule lets the clinician's side do on the associations of a DICOM
+    /// endpoint (`dicom_services`, `calling_ae`).
+    pub(crate) dicom: RuleDicom,
     /// "allowed by rule 'x'" / "denied by rule 'x': description", built once.
     pub(crate) reason: String,
     /// Where the rule is written: file number and 1-based line.

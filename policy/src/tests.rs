@@ -111,6 +111,7 @@ description = "Radiologists read images"
             tls_verify: true,
             upstream_host: None,
             request_audit: RequestAudit::All,
+            called_ae: None,
         })
     );
     assert_eq!(
@@ -253,7 +254,7 @@ colour = "blue"
     assert_eq!(all[2].message, "unknown key `colour`");
     assert_eq!(
         all[2].hint.as_deref(),
-        Some("allowed keys: name, site, host, port, ports, protocol, egress, labels, description, local_port, tls_verify, upstream_host, request_audit")
+        Some("allowed keys: name, site, host, port, ports, protocol, egress, labels, description, local_port, tls_verify, upstream_host, request_audit, called_ae")
     );
 }
 
@@ -1015,6 +1016,11 @@ fn allow_uses_the_first_matching_allow_rule_and_its_limits() {
                 idle_timeout: None,
                 resume_grace: crate::DEFAULT_RESUME_GRACE,
                 require_justification: false,
+                dicom: Some(DicomGrant {
+                    calling_ae: vec![],
+                    called_ae: None,
+                    services: DEFAULT_DICOM_SERVICES.map(str::to_owned).to_vec(),
+                }),
             },
             matched_allows: vec!["radiologists".into(), "everyone-web".into()],
             matched_denies: vec![],

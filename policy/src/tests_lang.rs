@@ -698,6 +698,7 @@ fn limits_and_defaults() {
             idle_timeout: Some(Duration::from_secs(20 * 60)),
             resume_grace: Duration::from_secs(5 * 60),
             require_justification: false,
+            dicom: None,
         }
     );
     let d = p.evaluate(&Request::new("b", &[], "e", at(TUESDAY_NOON)).with_justification("  "));
@@ -714,6 +715,7 @@ fn limits_and_defaults() {
             idle_timeout: Some(Duration::from_secs(300)),
             resume_grace: Duration::ZERO,
             require_justification: true,
+            dicom: None,
         }
     );
     let json = serde_json::to_value(&d.limits).unwrap();
