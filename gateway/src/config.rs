@@ -125,6 +125,7 @@ struct RawOidc {
     user_claim: Option<String>,
     groups_claim: Option<String>,
     name_claim: Option<String>,
+    ae_title_claim: Option<String>,
     mfa_amr: Option<Vec<String>>,
     #[serde(default)]
     mfa_acr: Vec<String>,
@@ -360,6 +361,10 @@ pub struct OidcConfig {
     pub user_claim: String,
     pub groups_claim: String,
     pub name_claim: String,
+    /// Claim holding the user's DICOM calling AE titles (a string or a list), which a policy
+    /// rule's `calling_ae = ["{user.ae}"]` accepts beside the policy's own `[dicom]
+    /// ae_titles`. Default `ae_title`; a token without it gives none.
+    pub ae_title_claim: String,
     /// `amr` values that mean "multi-factor authentication happened" (default `["mfa"]`: a
     /// single method such as `pin`, `sms` or `hwk` is one factor, not two).
     pub mfa_amr: Vec<String>,
@@ -667,6 +672,7 @@ impl Config {
                 user_claim: o.user_claim.unwrap_or_else(|| "sub".into()),
                 groups_claim: o.groups_claim.unwrap_or_else(|| "groups".into()),
                 name_claim: o.name_claim.unwrap_or_else(|| "name".into()),
+                ae_title_claim: o.ae_title_claim.unwrap_or_else(|| "ae_title".into()),
                 mfa_amr: o.mfa_amr.unwrap_or_else(|| vec!["mfa".into()]),
                 mfa_acr: o.mfa_acr,
                 session_ttl,

@@ -21,6 +21,9 @@ pub struct Metrics {
     pub tunnel_bytes: IntCounterVec,
     /// Web application requests answered, by endpoint and status class (`2xx`, `4xx`, ...).
     pub web_requests: IntCounterVec,
+    /// DICOM records the connectors reported (`association`, `query`, `retrieve`, `store`,
+    /// `refused`), each written as a `dicom.*` audit event.
+    pub dicom_records: IntCounterVec,
     pub connectors_connected: IntGaugeVec,
     pub connector_rtt: HistogramVec,
     pub auth_logins: IntCounterVec,
@@ -103,6 +106,13 @@ impl Metrics {
                     "Web application requests answered by the proxy, by endpoint and status class"
                 ),
                 &["endpoint", "class"]
+            )?),
+            dicom_records: reg!(IntCounterVec::new(
+                Opts::new(
+                    "postern_dicom_records_total",
+                    "DICOM records reported by connectors and audited, by event"
+                ),
+                &["event"]
             )?),
             connectors_connected: reg!(IntGaugeVec::new(
                 Opts::new("postern_connectors_connected", "Live connector links"),

@@ -982,7 +982,9 @@ impl Policy {
             if endpoint.protocol == Protocol::Dicom {
                 match self.dicom_grant(rule, endpoint, req) {
                     Ok(grant) => limits.dicom = Some(grant),
-                    Err(why) => return self.deny(Some(rule.id.clone()), why, ids(&allows), ids(&denies)),
+                    Err(why) => {
+                        return self.deny(Some(rule.id.clone()), why, ids(&allows), ids(&denies))
+                    }
                 }
             }
         }

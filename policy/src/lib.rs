@@ -83,6 +83,8 @@ mod text;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_dicom;
+#[cfg(test)]
 mod tests_identity;
 #[cfg(test)]
 mod tests_lang;
@@ -92,8 +94,6 @@ mod tests_model;
 mod tests_time;
 #[cfg(test)]
 mod tests_web;
-#[cfg(test)]
-mod tests_dicom;
 
 use std::fmt::Write as _;
 use std::io::Read as _;

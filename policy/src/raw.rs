@@ -314,7 +314,10 @@ pub(crate) fn load(
                 ErrorKind::InvalidType,
                 key_at,
                 "`dicom` must be a table",
-                Some("write it as a `[dicom]` section with `ae_titles = { \"user\" = [\"AE\"] }`".into()),
+                Some(
+                    "write it as a `[dicom]` section with `ae_titles = { \"user\" = [\"AE\"] }`"
+                        .into(),
+                ),
             ),
         }
     }

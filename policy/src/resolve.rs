@@ -16,7 +16,8 @@ use crate::error::{Diagnostics, ErrorKind, SourceFile};
 use crate::eval::DeviceFacts;
 use crate::model::{Effect, Egress, Endpoint, PortRange, Protocol, RequestAudit};
 use crate::raw::{
-    Located, RawDefaults, RawDicom, RawDocument, RawEndpoint, RawGroup, RawRule, RawTest, StringOrList,
+    Located, RawDefaults, RawDicom, RawDocument, RawEndpoint, RawGroup, RawRule, RawTest,
+    StringOrList,
 };
 use crate::rule::{
     glob_match, path_problem, Check, Condition, Group, MethodSet, Rule, RuleDicom, RuleLimits,
@@ -25,7 +26,8 @@ use crate::rule::{
 use crate::schedule::{Schedule, Window, Zone};
 use crate::text::{bounded_list, suggest, Quoted};
 use crate::{
-    DEFAULT_MAX_SESSION, DEFAULT_RESUME_GRACE, DICOM_SERVICES, MAX_INDEX_ENTRIES, MAX_PATTERNS, MAX_STRING_BYTES,
+    DEFAULT_MAX_SESSION, DEFAULT_RESUME_GRACE, DICOM_SERVICES, MAX_INDEX_ENTRIES, MAX_PATTERNS,
+    MAX_STRING_BYTES,
 };
 
 /// Longest AE title (PS3.5: 16 characters).
@@ -664,7 +666,10 @@ impl Resolver<'_, '_> {
                     self.diags.push(
                         ErrorKind::LimitExceeded,
                         located.at,
-                        format!("{label} has {} AE titles; the limit is {MAX_USER_AE_TITLES}", titles.len()),
+                        format!(
+                            "{label} has {} AE titles; the limit is {MAX_USER_AE_TITLES}",
+                            titles.len()
+                        ),
                         None,
                     );
                     continue;
@@ -718,8 +723,14 @@ impl Resolver<'_, '_> {
                 self.diags.push(
                     ErrorKind::InvalidValue,
                     value.span().start,
-                    format!("AE title '{}' in `{key}` of {label} {problem}", Quoted(text)),
-                    Some("an AE title is 1 to 16 characters, e.g. \"ORTHANC\" or \"RAD_JONES\"".into()),
+                    format!(
+                        "AE title '{}' in `{key}` of {label} {problem}",
+                        Quoted(text)
+                    ),
+                    Some(
+                        "an AE title is 1 to 16 characters, e.g. \"ORTHANC\" or \"RAD_JONES\""
+                            .into(),
+                    ),
                 );
                 None
             }
@@ -752,7 +763,10 @@ impl Resolver<'_, '_> {
                                 "unknown DICOM service '{}' in `dicom_services` of {label}",
                                 Quoted(entry.get_ref())
                             ),
-                            Some(format!("`dicom_services` accepts {}", DICOM_SERVICES.join(", "))),
+                            Some(format!(
+                                "`dicom_services` accepts {}",
+                                DICOM_SERVICES.join(", ")
+                            )),
                         );
                         ok = false;
                     }

@@ -69,7 +69,13 @@ fn decide(p: &Policy, user: &str, group: &str, endpoint: &str, idp: &[String]) -
 #[test]
 fn an_allow_on_a_dicom_endpoint_carries_the_grant_the_connector_enforces() {
     let p = parse(POLICY);
-    let d = decide(&p, "ANN.JONES@nhs.example", "Radiologists", "pacs-dicom", &[]);
+    let d = decide(
+        &p,
+        "ANN.JONES@nhs.example",
+        "Radiologists",
+        "pacs-dicom",
+        &[],
+    );
     assert!(d.is_allowed(), "{d}");
     let grant = d.limits.dicom.expect("a DICOM grant");
     // `{user.ae}` became the user's titles (user compared case-insensitively), then VIEWER.
@@ -108,7 +114,10 @@ fn an_allow_on_a_dicom_endpoint_carries_the_grant_the_connector_enforces() {
 
 #[test]
 fn a_user_without_an_ae_title_is_denied_when_the_rule_accepts_only_their_own() {
-    let text = POLICY.replace(r#"calling_ae = ["{user.ae}", "VIEWER"]"#, r#"calling_ae = ["{user.ae}"]"#);
+    let text = POLICY.replace(
+        r#"calling_ae = ["{user.ae}", "VIEWER"]"#,
+        r#"calling_ae = ["{user.ae}"]"#,
+    );
     let p = parse(&text);
     let d = decide(&p, "erin@nhs.example", "Radiologists", "pacs-dicom", &[]);
     assert!(!d.is_allowed());
@@ -120,7 +129,13 @@ fn a_user_without_an_ae_title_is_denied_when_the_rule_accepts_only_their_own() {
         d.reason
     );
     // With a title from the identity provider, allowed.
-    let d = decide(&p, "erin@nhs.example", "Radiologists", "pacs-dicom", &["RAD_ERIN".into()]);
+    let d = decide(
+        &p,
+        "erin@nhs.example",
+        "Radiologists",
+        "pacs-dicom",
+        &["RAD_ERIN".into()],
+    );
     assert_eq!(d.limits.dicom.unwrap().calling_ae, ["RAD_ERIN"]);
 }
 
@@ -179,16 +194,25 @@ fn dicom_keys_are_checked_with_clear_messages() {
         "id = \"locums-any\"\neffect = \"deny\"\ndicom_services = [\"find\"]",
     );
     let errs = errors(&text);
-    assert!(errs
-        .iter()
-        .any(|e| e.message.contains("`dicom_services` only applies to allow rules")));
+    assert!(errs.iter().any(|e| e
+        .message
+        .contains("`dicom_services` only applies to allow rules")));
 }
 
 #[test]
 fn the_formatter_knows_the_dicom_keys() {
     let text = "[[endpoints]]\ncalled_ae = \"ORTHANC\"\nname = \"pacs\"\n\n[[rules]]\ncalling_ae = [\"VIEWER\"]\ndicom_services = [\"find\"]\nid = \"r\"\n";
     let out = format_policy(text, "p.toml").unwrap();
-    assert!(out.find("name = \"pacs\"").unwrap() < out.find("called_ae").unwrap(), "{out}");
-    assert!(out.find("id = \"r\"").unwrap() < out.find("dicom_services").unwrap(), "{out}");
-    assert!(out.find("dicom_services").unwrap() < out.find("calling_ae").unwrap(), "{out}");
+    assert!(
+        out.find("name = \"pacs\"").unwrap() < out.find("called_ae").unwrap(),
+        "{out}"
+    );
+    assert!(
+        out.find("id = \"r\"").unwrap() < out.find("dicom_services").unwrap(),
+        "{out}"
+    );
+    assert!(
+        out.find("dicom_services").unwrap() < out.find("calling_ae").unwrap(),
+        "{out}"
+    );
 }

@@ -394,12 +394,14 @@ impl Broker {
         };
         let target =
             postern_net::addr::format_host_port(&permit.endpoint.host, permit.endpoint.port);
+        let dicom = super::dicom::permit(&permit.decision);
         let opened = route
             .open(OpenRequest {
                 target: &target,
                 session_id: &session.id,
                 endpoint: &permit.endpoint.name,
                 timeout: self.dial_timeout,
+                dicom: dicom.as_ref(),
             })
             .await;
         guard.disarm();
@@ -412,6 +414,9 @@ impl Broker {
         // now that it goes live. Dropping `upstream` closes the stream to the endpoint.
         if let Err(w) = self.still_allowed(&session, &kill) {
             return Err(self.withdraw(&session, w).await);
+        }
+        if dicom.is_some() {
+            super::dicom::spawn_records(self.access.clone(), session.clone(), route.clone());
         }
         self.access
             .metrics

@@ -55,7 +55,7 @@ pub fn report_only(d: &Decision) -> Vec<String> {
 }
 
 /// An event of `kind` about session `s`.
-fn session_event(audit: &Audit, s: &Session, kind: EventType) -> Event {
+pub(crate) fn session_event(audit: &Audit, s: &Session, kind: EventType) -> Event {
     let mut ev = audit.event(kind);
     ev.session_id = Some(s.id.clone());
     ev.user = Some(s.subject.user().to_owned());

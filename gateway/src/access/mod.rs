@@ -3,6 +3,8 @@
 //!
 //! * [`authorize`]: `(&Subject, endpoint, &Policy, clock) -> Permit | Denied`.
 //! * `broker`: the tunnel pipeline, from `CONNECT` to `session.end`.
+//! * `dicom`: the DICOM permit a tunnel carries to the connector, and the connector's records
+//!   of the session's associations written as `dicom.*` audit events.
 //! * `endpoints`: `GET /v1/endpoints[/NAME]` (listing and preflight).
 //! * `session`: [`Session`](session::Session), one brokered session and its policy request.
 //! * `sessions`: the live-session registry and each session's supervision (deadline, idle,
@@ -20,6 +22,7 @@
 //!   engine each runs between the client's stream and the endpoint handler.
 
 pub mod broker;
+pub mod dicom;
 pub mod endpoints;
 pub mod events;
 pub mod handler;

@@ -139,6 +139,7 @@ impl Issuer {
                 posture: device.and_then(|d| d.posture.as_ref().map(|p| p.policy_facts())),
                 name: id.name.clone(),
                 email: id.email.clone(),
+                ae: id.ae_titles.clone(),
                 idp: Some(id.issuer.clone()),
             })
             .map_err(|e| internal(e.to_string()))
@@ -175,6 +176,7 @@ mod tests {
             user_claim: "sub".into(),
             groups_claim: "groups".into(),
             name_claim: "name".into(),
+            ae_title_claim: "ae_title".into(),
             mfa_amr: vec![],
             mfa_acr: vec![],
             session_ttl: Duration::from_secs(3600),
@@ -197,6 +199,7 @@ mod tests {
             name: None,
             email: None,
             groups: vec![],
+            ae_titles: vec![],
             mfa: true,
             auth_time: None,
             issuer: "https://idp.example".into(),

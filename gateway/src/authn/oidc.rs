@@ -131,6 +131,9 @@ pub struct Identity {
     pub name: Option<String>,
     pub email: Option<String>,
     pub groups: Vec<String>,
+    /// DICOM calling AE titles from `oidc.ae_title_claim` (valid titles only, at most 16).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ae_titles: Vec<String>,
     pub mfa: bool,
     pub auth_time: Option<u64>,
     pub issuer: String,
@@ -693,6 +696,26 @@ fn name_value(claim: &str, v: &serde_json::Value) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// The AE titles of an `ae_title_claim` value: a string or a list of strings, each kept only
+/// if it is a valid AE title (1 to 16 printable ASCII characters, no `\\`), at most 16.
+fn ae_titles(v: Option<&serde_json::Value>) -> Vec<String> {
+    let valid = |s: &&str| {
+        let t = s.trim_matches(' ');
+        !t.is_empty() && t.len() <= 16 && t.chars().all(|c| c.is_ascii_graphic() && c != '\\')
+    };
+    let titles: Vec<&str> = match v {
+        Some(serde_json::Value::String(s)) => vec![s.as_str()],
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_str()).collect(),
+        _ => Vec::new(),
+    };
+    titles
+        .into_iter()
+        .filter(valid)
+        .map(|t| t.trim_matches(' ').to_owned())
+        .take(16)
+        .collect()
+}
+
 /// Who signed in, from the claims of an ID token whose signature, issuer, audience, expiry and
 /// nonce were verified. The user is the one configured claim (`user_claim`), never another in
 /// its place: `sub` and `oid+tid` are assigned by the IdP; `email` counts only when the IdP says
@@ -786,6 +809,7 @@ pub(crate) fn identity_from_claims(
         subject,
         name: optional(&config.name_claim),
         email: optional("email"),
+        ae_titles: ae_titles(c.get(&config.ae_title_claim)),
         groups,
         mfa: amr_mfa || acr_mfa,
         auth_time,
@@ -829,6 +853,7 @@ mod tests {
             user_claim: user_claim.into(),
             groups_claim: "groups".into(),
             name_claim: "name".into(),
+            ae_title_claim: "ae_title".into(),
             mfa_amr: vec!["mfa".into()],
             mfa_acr: vec!["urn:hospital:loa:3".into()],
             session_ttl: Duration::from_secs(3600),
@@ -844,6 +869,22 @@ mod tests {
             base[k] = v.clone();
         }
         base.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn ae_titles_come_from_their_claim_and_only_valid_titles_are_kept() {
+        let c = config("sub");
+        let id = identity_from_claims(
+            &c,
+            &claims(serde_json::json!({"ae_title": ["RAD_ANN", "bad\\ae", "MUCH_TOO_LONG_FOR_AN_AE", 7, " RAD_ANN2 "]})),
+        )
+        .unwrap();
+        assert_eq!(id.ae_titles, ["RAD_ANN", "RAD_ANN2"]);
+        let id =
+            identity_from_claims(&c, &claims(serde_json::json!({"ae_title": "RAD_ANN"}))).unwrap();
+        assert_eq!(id.ae_titles, ["RAD_ANN"]);
+        let id = identity_from_claims(&c, &claims(serde_json::json!({}))).unwrap();
+        assert!(id.ae_titles.is_empty());
     }
 
     #[test]

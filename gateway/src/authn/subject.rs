@@ -60,7 +60,8 @@ impl Subject {
     ) -> postern_policy::Request<'a> {
         let r = postern_policy::Request::new(&self.claims.sub, &self.claims.groups, endpoint, at)
             .with_source(self.source.ip())
-            .with_auth(self.claims.mfa, self.auth_time);
+            .with_auth(self.claims.mfa, self.auth_time)
+            .with_ae_titles(&self.claims.ae);
         let r = match &self.device {
             Some(d) => r.with_device(d),
             None => r,

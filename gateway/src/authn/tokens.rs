@@ -59,6 +59,10 @@ pub struct Claims {
     /// a person by the address they know).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// DICOM calling AE titles the identity provider gave the user (`oidc.ae_title_claim`):
+    /// what a policy's `{user.ae}` accepts beside `[dicom] ae_titles`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ae: Vec<String>,
     /// Issuer of the sign-in (the IdP), or `mint` for tokens from `session mint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idp: Option<String>,
@@ -379,6 +383,7 @@ impl TokenKeys {
             posture: None,
             name: None,
             email: None,
+            ae: Vec::new(),
             idp: Some("mint".into()),
         })
     }
@@ -660,6 +665,7 @@ mod tests {
             posture: None,
             name: None,
             email: None,
+            ae: vec![],
             idp: None,
         };
         let tok = jsonwebtoken::encode(&header, &claims, &keys.encoding).unwrap();

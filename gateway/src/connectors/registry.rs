@@ -76,6 +76,10 @@ pub struct OpenRequest<'a> {
     pub endpoint: &'a str,
     /// How long the connector may take to dial.
     pub timeout: Duration,
+    /// DICOM endpoints: what the connector lets the clinician's side do on the tunnel's
+    /// associations ([`postern_proto::dicom::HDR_DICOM_PERMIT`]); the connector inspects the
+    /// tunnel only when it is given one.
+    pub dicom: Option<&'a postern_proto::dicom::DicomPermit>,
 }
 
 /// One way to an endpoint's site, chosen for one session.
@@ -89,6 +93,50 @@ pub trait Route: Send + Sync {
         &'a self,
         req: OpenRequest<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<BoxIo, UpstreamError>> + Send + 'a>>;
+    /// The connector's records of session `session_id`, which this route opened with a DICOM
+    /// permit ([`postern_proto::dicom::PATH_SESSION_EVENTS`]), asked on the link that carries
+    /// the tunnel, so that only that connector can report on the session.
+    fn session_events<'a>(
+        &'a self,
+        session_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<EventStream, String>> + Send + 'a>> {
+        let _ = session_id;
+        Box::pin(async { Err("this route carries no session records".to_owned()) })
+    }
+}
+
+/// The body of a connector's answer to a [`postern_proto::dicom::PATH_SESSION_EVENTS`]
+/// request, read chunk by chunk.
+pub enum EventStream {
+    H2(hyper::body::Incoming),
+    Quic(quinn::RecvStream),
+}
+
+impl EventStream {
+    /// The next bytes, or None at the end of the stream.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
+        match self {
+            EventStream::H2(body) => {
+                use http_body_util::BodyExt;
+                loop {
+                    match body.frame().await {
+                        None => return Ok(None),
+                        Some(Err(e)) => return Err(e.to_string()),
+                        Some(Ok(frame)) => {
+                            if let Ok(data) = frame.into_data() {
+                                return Ok(Some(data));
+                            }
+                        }
+                    }
+                }
+            }
+            EventStream::Quic(recv) => recv
+                .read_chunk(64 * 1024, true)
+                .await
+                .map(|c| c.map(|c| c.bytes))
+                .map_err(|e| e.to_string()),
+        }
+    }
 }
 
 /// How the gateway reaches endpoints.
@@ -176,6 +224,35 @@ impl Channel {
             }
     }
 
+    /// Sends `GET` `req` and returns the body of a 200 answer as a stream.
+    pub async fn stream(&self, req: Request<Empty<Bytes>>) -> Result<EventStream, String> {
+        match self {
+            Channel::H2(sender) => {
+                let mut sender = sender.clone();
+                sender.ready().await.map_err(|e| e.to_string())?;
+                let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+                if resp.status() != StatusCode::OK {
+                    return Err(format!("the connector answered {}", resp.status()));
+                }
+                Ok(EventStream::H2(resp.into_body()))
+            }
+            Channel::Quic(q) => {
+                let (mut send, mut recv) = q.conn.open_bi().await.map_err(|e| e.to_string())?;
+                write_frame(&mut send, &link_request(&req))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = send.finish();
+                let answer = read_frame::<_, wire::LinkResponse>(&mut recv)
+                    .await
+                    .map_err(|e| format!("reading the connector's answer: {e}"))?;
+                if answer.status != 200 {
+                    return Err(format!("the connector answered {}", answer.status));
+                }
+                Ok(EventStream::Quic(recv))
+            }
+        }
+    }
+
     /// Sends `req` and waits for the answer (and, for a `CONNECT` answered 200, the tunnel).
     pub async fn send(&self, req: Request<Empty<Bytes>>) -> Result<Answer, String> {
         match self {
@@ -203,17 +280,7 @@ impl Channel {
             Channel::Quic(q) => {
                 let conn = &q.conn;
                 let connect = req.method() == Method::CONNECT;
-                let frame = wire::LinkRequest {
-                    method: req.method().to_string(),
-                    target: req.uri().to_string(),
-                    headers: req
-                        .headers()
-                        .iter()
-                        .filter_map(|(k, v)| {
-                            Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))
-                        })
-                        .collect(),
-                };
+                let frame = link_request(&req);
                 let heard = q.heard();
                 let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
                 write_frame(&mut send, &frame)
@@ -254,6 +321,19 @@ impl Channel {
     }
 }
 
+/// What the QUIC link carries for `req`: its method, target and headers.
+fn link_request(req: &Request<Empty<Bytes>>) -> wire::LinkRequest {
+    wire::LinkRequest {
+        method: req.method().to_string(),
+        target: req.uri().to_string(),
+        headers: req
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+    }
+}
+
 /// One live connection from a connector.
 pub struct Link {
     pub seq: u64,
@@ -289,11 +369,15 @@ impl Link {
 
     async fn connect(&self, req: OpenRequest<'_>) -> Result<BoxIo, UpstreamError> {
         let connector = || self.connector_id.clone();
-        let connect = Request::builder()
+        let mut connect = Request::builder()
             .method(Method::CONNECT)
             .uri(req.target)
             .header(wire::HDR_SESSION, req.session_id)
-            .header(wire::HDR_ENDPOINT, req.endpoint)
+            .header(wire::HDR_ENDPOINT, req.endpoint);
+        if let Some(permit) = req.dicom {
+            connect = connect.header(postern_proto::dicom::HDR_DICOM_PERMIT, permit.to_header());
+        }
+        let connect = connect
             .body(Empty::<Bytes>::new())
             .map_err(|e| UpstreamError::BadTarget(format!("{}: {e}", req.target)))?;
         let answer = match tokio::time::timeout(req.timeout, self.channel.send(connect)).await {
@@ -380,6 +464,21 @@ impl Route for ConnectorRoute {
         req: OpenRequest<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<BoxIo, UpstreamError>> + Send + 'a>> {
         Box::pin(self.open_any(req))
+    }
+
+    fn session_events<'a>(
+        &'a self,
+        session_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<EventStream, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let req = Request::builder()
+                .method(Method::GET)
+                .uri(postern_proto::dicom::PATH_SESSION_EVENTS)
+                .header(wire::HDR_SESSION, session_id)
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            self.link().channel.stream(req).await
+        })
     }
 }
 

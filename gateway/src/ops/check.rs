@@ -744,6 +744,7 @@ mod tests {
             user_claim: "email".into(),
             groups_claim: "groups".into(),
             name_claim: "name".into(),
+            ae_title_claim: "ae_title".into(),
             mfa_amr: vec![],
             mfa_acr: vec![],
             session_ttl: Duration::from_secs(3600),

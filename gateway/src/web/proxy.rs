@@ -396,6 +396,7 @@ async fn connect(web: &Web, s: &AppSession, websocket: bool) -> Result<Sender, F
             session_id: &s.session.id,
             endpoint: &ep.name,
             timeout: web.broker.dial_timeout,
+            dicom: None,
         })
         .await
         .map_err(|e| fail(StatusCode::BAD_GATEWAY, e.close_reason(), e.to_string()))?;
