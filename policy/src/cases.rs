@@ -36,6 +36,13 @@ pub struct TestCase {
     /// `web_session = true`: the test is a web application session as a whole
     /// ([`Request::with_web_session`]). Without it and without a method and path, a tunnel.
     pub web_session: bool,
+    /// DICOM: the calling AE title the association presents (`calling_ae = "RAD_JONES"`); the
+    /// test then also checks the decision's grant, as the connector would.
+    pub calling_ae: Option<String>,
+    /// DICOM: the DIMSE service used (`dicom_service = "store"`), checked against the grant.
+    pub dicom_service: Option<String>,
+    /// The AE titles the identity provider gives the user (`ae_titles = ["RAD_JONES"]`).
+    pub ae_titles: Vec<String>,
     /// When.
     pub at: SystemTime,
     /// The client address, if the test gives one.
@@ -57,7 +64,8 @@ pub struct TestCase {
 impl TestCase {
     /// The request the test describes.
     pub fn request(&self) -> Request<'_> {
-        let mut req = Request::new(&self.user, &self.groups, &self.endpoint, self.at);
+        let mut req = Request::new(&self.user, &self.groups, &self.endpoint, self.at)
+            .with_ae_titles(&self.ae_titles);
         for (claim, values) in &self.claims {
             req = req.with_claim(claim, values);
         }
@@ -82,6 +90,14 @@ impl TestCase {
             req = req.with_web_session();
         }
         req
+    }
+
+    /// What `policy` decides for the test's request, with the DICOM association it describes
+    /// (`calling_ae`, `dicom_service`) checked against the grant as the connector would.
+    pub fn decide(&self, policy: &Policy) -> Decision {
+        policy
+            .evaluate(&self.request())
+            .for_dicom(self.calling_ae.as_deref(), self.dicom_service.as_deref())
     }
 
     /// Why `decision` does not meet the expectation, or `None` if it does.
@@ -205,7 +221,7 @@ impl Policy {
             outcomes: cases
                 .iter()
                 .map(|case| {
-                    let decision = self.evaluate(&case.request());
+                    let decision = case.decide(self);
                     TestOutcome {
                         failure: case.failure(&decision),
                         case: case.clone(),

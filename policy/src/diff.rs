@@ -144,8 +144,7 @@ impl Policy {
         );
         diff.tests_compared = cases.len();
         for case in cases {
-            let req = case.request();
-            let (a, b) = (old.evaluate(&req), new.evaluate(&req));
+            let (a, b) = (case.decide(old), case.decide(new));
             if outcome(&a) != outcome(&b) {
                 diff.tests.push(RequestChange {
                     request: format!("test '{}' ({}:{})", case.name, case.origin, case.line),

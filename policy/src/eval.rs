@@ -270,6 +270,20 @@ pub struct Limits {
     pub dicom: Option<DicomGrant>,
 }
 
+impl DicomGrant {
+    /// Whether `title` may be the calling AE: any when the grant lists none, else equal to an
+    /// entry or starting with an entry's part before its final `*`. Spaces around a title
+    /// are not significant (DICOM pads AE titles with spaces).
+    pub fn allows_calling(&self, title: &str) -> bool {
+        let title = title.trim_matches(' ');
+        self.calling_ae.is_empty()
+            || self.calling_ae.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => title.starts_with(prefix),
+                None => p == title,
+            })
+    }
+}
+
 /// What an allow decision for a DICOM endpoint lets the clinician's side do on its
 /// associations: the deciding rule's `calling_ae` (with `{user.ae}` replaced by the user's
 /// titles) and `dicom_services`, and the endpoint's `called_ae`.
@@ -351,6 +365,43 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The decision as the connector would apply it to an association presenting
+    /// `calling_ae` and using `service` (either may be absent): an allow whose DICOM grant
+    /// does not cover them becomes a deny by the same rule, with the reason the connector
+    /// gives. Unchanged when it is not an allow with a grant.
+    pub fn for_dicom(self, calling_ae: Option<&str>, service: Option<&str>) -> Decision {
+        let (Effect::Allow, Some(grant)) = (self.effect, &self.limits.dicom) else {
+            return self;
+        };
+        let rule = self.rule.clone().unwrap_or_default();
+        let why = if let Some(ae) = calling_ae.filter(|ae| !grant.allows_calling(ae)) {
+            Some(format!(
+                "Denied: rule '{rule}' does not accept calling AE title '{}' for this user (accepted: {})",
+                Quoted(ae),
+                grant.calling_ae.join(", ")
+            ))
+        } else {
+            service
+                .filter(|s| !grant.services.iter().any(|g| g == s))
+                .map(|s| {
+                    format!(
+                        "Denied: rule '{rule}' does not allow the DICOM service '{}' (allowed: {})",
+                        Quoted(s),
+                        grant.services.join(", ")
+                    )
+                })
+        };
+        match why {
+            Some(reason) => Decision {
+                effect: Effect::Deny,
+                reason,
+                limits: Limits::default(),
+                ..self
+            },
+            None => self,
+        }
+    }
+
     /// Whether access is granted.
     pub fn is_allowed(&self) -> bool {
         self.effect == Effect::Allow
@@ -399,6 +450,20 @@ impl fmt::Display for Decision {
                     "not required"
                 }
             )?;
+            if let Some(g) = &self.limits.dicom {
+                let calling = if g.calling_ae.is_empty() {
+                    "any".to_owned()
+                } else {
+                    g.calling_ae.join(", ")
+                };
+                writeln!(f, "dicom calling:   {calling}")?;
+                writeln!(
+                    f,
+                    "dicom called:    {}",
+                    g.called_ae.as_deref().unwrap_or("any")
+                )?;
+                writeln!(f, "dicom services:  {}", g.services.join(", "))?;
+            }
         }
         for report in &self.report_only {
             writeln!(

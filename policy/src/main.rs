@@ -100,6 +100,16 @@ enum Command {
         /// Decide a web application session as a whole (as when it starts), not one request.
         #[arg(long, conflicts_with_all = ["method", "web_path"])]
         web_session: bool,
+        /// DICOM: the calling AE title the association presents; the decision then says whether
+        /// the connector would accept it.
+        #[arg(long, value_name = "AE")]
+        calling_ae: Option<String>,
+        /// DICOM: the service used (`echo`, `find`, `get`, `move`, `store`), checked likewise.
+        #[arg(long, value_name = "SERVICE")]
+        dicom_service: Option<String>,
+        /// DICOM: an AE title the identity provider gives the user (`{user.ae}`), repeatable.
+        #[arg(long = "ae-title", value_name = "AE")]
+        ae_titles: Vec<String>,
         /// Print the decision and trace as JSON.
         #[arg(long)]
         json: bool,
@@ -198,6 +208,9 @@ fn main() -> anyhow::Result<ExitCode> {
             method,
             web_path,
             web_session,
+            calling_ae,
+            dicom_service,
+            ae_titles,
             json,
         } => {
             let Some(policy) = load(&path) else {
@@ -214,7 +227,16 @@ fn main() -> anyhow::Result<ExitCode> {
             };
             let device = device_from_facts(&device_facts)?;
             let claims = parse_claims(&claims)?;
-            let mut req = Request::new(&user, &groups, &endpoint, at);
+            if let Some(s) = dicom_service
+                .as_deref()
+                .filter(|s| !postern_policy::DICOM_SERVICES.contains(s))
+            {
+                anyhow::bail!(
+                    "unknown DICOM service '{s}': use one of {}",
+                    postern_policy::DICOM_SERVICES.join(", ")
+                );
+            }
+            let mut req = Request::new(&user, &groups, &endpoint, at).with_ae_titles(&ae_titles);
             for (name, values) in &claims {
                 req = req.with_claim(name, values);
             }
@@ -239,7 +261,10 @@ fn main() -> anyhow::Result<ExitCode> {
             } else if web_session {
                 req = req.with_web_session();
             }
-            let explanation = policy.explain(&req);
+            let mut explanation = policy.explain(&req);
+            explanation.decision = explanation
+                .decision
+                .for_dicom(calling_ae.as_deref(), dicom_service.as_deref());
             if json {
                 let text = serde_json::to_string_pretty(&explanation)
                     .context("serializing the decision")?;

@@ -2141,6 +2141,34 @@ impl Resolver<'_, '_> {
         if !web_ok {
             return None;
         }
+        let calling_ae = raw.calling_ae.as_ref().map(|v| {
+            self.ae_title(v, "calling_ae", &label, false)
+                .map(str::to_owned)
+        });
+        let dicom_service = raw.dicom_service.as_ref().map(|v| {
+            let found = DICOM_SERVICES.iter().find(|s| **s == v.get_ref()).copied();
+            if found.is_none() {
+                self.diags.push(
+                    ErrorKind::InvalidValue,
+                    v.span().start,
+                    format!(
+                        "unknown DICOM service '{}' in `dicom_service` of {label}",
+                        Quoted(v.get_ref())
+                    ),
+                    Some(format!(
+                        "`dicom_service` is one of {}",
+                        DICOM_SERVICES.join(", ")
+                    )),
+                );
+            }
+            found
+        });
+        let (Some(calling_ae), Some(dicom_service)) = (
+            calling_ae.map_or(Some(None), |a| a.map(Some)),
+            dicom_service.map_or(Some(None), |s| s.map(Some)),
+        ) else {
+            return None;
+        };
         Some(TestCase {
             name: name?.to_owned(),
             origin: self
@@ -2162,6 +2190,9 @@ impl Resolver<'_, '_> {
             method,
             path,
             web_session,
+            calling_ae,
+            dicom_service: dicom_service.map(str::to_owned),
+            ae_titles: raw.ae_titles.clone().unwrap_or_default(),
             at: at_time,
             source: source?,
             device,

@@ -216,3 +216,77 @@ fn the_formatter_knows_the_dicom_keys() {
         "{out}"
     );
 }
+
+#[test]
+fn inline_tests_check_the_grant_as_the_connector_would() {
+    let tests = r#"
+[[tests]]
+name = "ann's own title is accepted"
+user = "ann.jones@nhs.example"
+groups = ["Radiologists"]
+endpoint = "pacs-dicom"
+at = 2026-03-04T12:00:00Z
+calling_ae = "RAD_JONES"
+dicom_service = "get"
+expect = "allow"
+rule = "reporters-read"
+
+[[tests]]
+name = "someone else's title is refused"
+user = "ann.jones@nhs.example"
+groups = ["Radiologists"]
+endpoint = "pacs-dicom"
+at = 2026-03-04T12:00:00Z
+calling_ae = "RAD_BOB"
+expect = "deny"
+rule = "reporters-read"
+reason_contains = "does not accept calling AE title 'RAD_BOB'"
+
+[[tests]]
+name = "reporters cannot store"
+user = "ann.jones@nhs.example"
+groups = ["Radiologists"]
+endpoint = "pacs-dicom"
+at = 2026-03-04T12:00:00Z
+calling_ae = "VIEWER"
+dicom_service = "store"
+expect = "deny"
+reason_contains = "does not allow the DICOM service 'store' (allowed: echo, find, get, move)"
+
+[[tests]]
+name = "a title from the identity provider"
+user = "erin@nhs.example"
+groups = ["Radiologists"]
+endpoint = "pacs-dicom"
+at = 2026-03-04T12:00:00Z
+ae_titles = ["RAD_ERIN"]
+calling_ae = "RAD_ERIN"
+expect = "allow"
+
+[[tests]]
+name = "wrong expectation"
+user = "carol@nhs.example"
+groups = ["PacsAdmins"]
+endpoint = "pacs-dicom"
+at = 2026-03-04T12:00:00Z
+calling_ae = "PACSADMIN_1"
+dicom_service = "store"
+expect = "deny"
+"#;
+    let p = parse(&format!("{POLICY}{tests}"));
+    let report = p.run_tests();
+    assert_eq!(report.outcomes.len(), 5);
+    let failed: Vec<&str> = report
+        .outcomes
+        .iter()
+        .filter(|o| !o.passed())
+        .map(|o| o.case.name.as_str())
+        .collect();
+    assert_eq!(failed, ["wrong expectation"], "{report}");
+    let bad =
+        format!("{POLICY}{tests}").replace("dicom_service = \"get\"", "dicom_service = \"print\"");
+    let errs = errors(&bad);
+    assert!(errs.iter().any(|e| e
+        .message
+        .contains("unknown DICOM service 'print' in `dicom_service`")));
+}

@@ -33,7 +33,7 @@ fn check_accepts_the_example_config() {
     let output = run(&["check", config.to_str().unwrap()]);
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     let out = stdout(&output);
-    let prefix = "ok: 7 endpoints, 11 rules, 26 tests, version sha256:";
+    let prefix = "ok: 7 endpoints, 11 rules, 28 tests, version sha256:";
     assert!(out.starts_with(prefix), "{out}");
     assert_eq!(out.trim_end().len(), prefix.len() + 16);
     assert!(
@@ -230,10 +230,10 @@ fn test_runs_the_inline_tests_and_fails_on_a_failure() {
     assert!(out.starts_with("RESULT TEST"), "{out}");
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
-        26,
+        28,
         "{out}"
     );
-    assert!(out.trim_end().ends_with("26 passed, 0 failed"), "{out}");
+    assert!(out.trim_end().ends_with("28 passed, 0 failed"), "{out}");
 
     // Break the policy: the locum's window moves to the daytime.
     let dir = tempfile::tempdir().unwrap();
@@ -251,7 +251,7 @@ fn test_runs_the_inline_tests_and_fails_on_a_failure() {
         out.contains("FAIL   locum at noon on a Tuesday is denied the Truro viewer"),
         "{out}"
     );
-    assert!(out.trim_end().ends_with("23 passed, 3 failed"), "{out}");
+    assert!(out.trim_end().ends_with("25 passed, 3 failed"), "{out}");
 
     // A policy without tests fails: nothing was tested.
     std::fs::write(&path, "deny_all = true\n").unwrap();
@@ -332,7 +332,7 @@ fn diff_reports_changed_tests_and_samples() {
     assert_eq!(output.status.code(), Some(1), "changes found: exit 1");
     let out = stdout(&output);
     assert!(
-        out.starts_with("inline tests whose decision changes: 1 of 26\n"),
+        out.starts_with("inline tests whose decision changes: 1 of 28\n"),
         "{out}"
     );
     assert!(
@@ -508,6 +508,64 @@ fn explain_decides_web_requests_and_sessions() {
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["access"], "web request HEAD /");
     assert_eq!(value["decision"]["effect"], "allow");
+}
+
+#[test]
+fn explain_checks_a_dicom_association_against_the_grant() {
+    let config = example_config();
+    let base = [
+        "explain",
+        config.to_str().unwrap(),
+        "--user",
+        "dr.khan@truro.nhs.uk",
+        "--groups",
+        "Radiology-Registrars",
+        "--endpoint",
+        "truro-pacs-dicom",
+        "--at",
+        "2025-03-04T12:00",
+        "--mfa",
+        "--device-fact",
+        "registered=true",
+        "--device-fact",
+        "approved=true",
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let output = run(&args);
+        assert!(output.status.success(), "stderr: {}", stderr(&output));
+        stdout(&output)
+    };
+    let plain = with(&[]);
+    assert!(plain.contains("effect:          allow\n"), "{plain}");
+    assert!(plain.contains("dicom calling:   RAD_KHAN\n"), "{plain}");
+    assert!(plain.contains("dicom called:    TRURO_PACS\n"), "{plain}");
+    assert!(
+        plain.contains("dicom services:  echo, find, get\n"),
+        "{plain}"
+    );
+    let own = with(&["--calling-ae", "RAD_KHAN", "--dicom-service", "get"]);
+    assert!(own.contains("effect:          allow\n"), "{own}");
+    let other = with(&["--calling-ae", "RAD_HUGHES"]);
+    assert!(
+        other.contains("reason:          Denied: rule 'registrars-data' does not accept calling AE title 'RAD_HUGHES' for this user (accepted: RAD_KHAN)\n"),
+        "{other}"
+    );
+    let store = with(&["--calling-ae", "RAD_KHAN", "--dicom-service", "move"]);
+    assert!(
+        store.contains("does not allow the DICOM service 'move' (allowed: echo, find, get)"),
+        "{store}"
+    );
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--dicom-service", "print"]);
+    let output = run(&args);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("unknown DICOM service 'print'"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
