@@ -290,6 +290,7 @@ effect = "allow"
 groups = ["radiologists"]
 endpoints = ["pacs-dicom"]
 max_session = "1h"
+dicom_services = ["echo", "find", "get", "move", "store"]
 
 [rules.device]
 approved = true
@@ -1366,6 +1367,8 @@ effect = "allow"
 groups = ["radiologists"]
 endpoints = ["pacs-dicom", "pacs-web", "reporting-pc"]
 max_session = "8h"
+# The shift stores an image through the tunnel: C-STORE must be granted.
+dicom_services = ["echo", "find", "get", "move", "store"]
 "#,
         orthanc.dicom_port, orthanc.http_port, rdp.port
     );

@@ -50,6 +50,8 @@ effect = "allow"
 groups = ["radiologists"]
 endpoints = ["pacs-dicom", "echo", "outside"]
 max_session = "1h"
+# The round trip stores an image through the tunnel: C-STORE must be granted.
+dicom_services = ["echo", "find", "get", "move", "store"]
 
 [[rules]]
 id = "short-sessions"
