@@ -261,6 +261,10 @@ pub struct GatewayConn {
     quic: Arc<Mutex<QuicState>>,
     /// Resumable tunnels' shared state: the reconnecting notice, closing.
     pub(crate) tunnels: resume::Tunnels,
+    /// The gateway's notices already shown ([`wire::Notice::seq`]).
+    notices_seen: std::sync::atomic::AtomicU64,
+    /// When this connection was made (Unix seconds): older notices are not shown.
+    created: u64,
 }
 
 /// Splits `https://host[:port][/]`.
@@ -320,6 +324,8 @@ impl GatewayConn {
             sender: Mutex::new(None),
             quic: Arc::new(Mutex::new(QuicState::default())),
             tunnels: resume::Tunnels::default(),
+            notices_seen: std::sync::atomic::AtomicU64::new(0),
+            created: unix_now(),
         })
     }
 
@@ -538,6 +544,34 @@ impl GatewayConn {
     /// `GET /v1/whoami`.
     pub async fn whoami(&self) -> Result<login::Session, ClientError> {
         self.get_json("/v1/whoami", "your session").await
+    }
+
+    /// Asks the gateway for notices about this user's sessions (a PACS association the
+    /// connector refused, with the policy's reason) and shows the new ones (standard error,
+    /// `postern status`).
+    pub async fn show_notices(&self) {
+        use std::sync::atomic::Ordering;
+        let after = self.notices_seen.load(Ordering::Relaxed);
+        let path = format!("{}?after={after}", wire::PATH_NOTICES);
+        let list: wire::NoticeList = match self.get_json(&path, "notices").await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "no notices from the gateway");
+                return;
+            }
+        };
+        for n in list.notices {
+            let shown = self.notices_seen.fetch_max(n.seq, Ordering::Relaxed) >= n.seq;
+            if shown || n.at + 5 < self.created {
+                continue;
+            }
+            let text: String = format!("{}: {}", n.endpoint, n.message)
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(600)
+                .collect();
+            self.tunnels.notice(text);
+        }
     }
 
     /// `GET /v1/endpoints`.
@@ -1015,7 +1049,8 @@ pub async fn serve(
                     resume: Some(info),
                 }) => {
                     stats.clear_error();
-                    resume::carry(gw, local, stream, info).await
+                    resume::carry(gw.clone(), local, stream, info).await;
+                    notices_after_a_tunnel(&gw).await;
                 }
                 Ok(Opened {
                     stream,
@@ -1024,6 +1059,7 @@ pub async fn serve(
                     stats.clear_error();
                     let counters = Arc::new(postern_net::relay::Counters::default());
                     postern_net::relay::relay(local, stream, counters).await;
+                    notices_after_a_tunnel(&gw).await;
                 }
                 Err(e) => {
                     stats.set_error(e.to_string());
@@ -1034,6 +1070,13 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// After a tunnel has ended: the gateway may have a notice about it (the connector refused a
+/// PACS association), which reaches it a moment after the tunnel ends.
+async fn notices_after_a_tunnel(gw: &GatewayConn) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.show_notices().await;
 }
 
 /// The clinician's recent notices (reconnections, tunnels ended by the gateway, refusals).

@@ -371,6 +371,29 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// `GET` [`PATH_NOTICES`]: what happened to the user's sessions that their own tools cannot
+/// say (a PACS association the connector refused, and why).
+pub const PATH_NOTICES: &str = "/v1/notices";
+
+/// The answer to [`PATH_NOTICES`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeList {
+    pub notices: Vec<Notice>,
+}
+
+/// One notice for a clinician.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// Increasing on one gateway: ask for those after the last one seen (`?after=SEQ`).
+    pub seq: u64,
+    /// When (Unix seconds).
+    pub at: u64,
+    pub session_id: String,
+    pub endpoint: String,
+    /// A sentence for the clinician.
+    pub message: String,
+}
+
 /// First frame of a tunnel stream on the QUIC transport: what a `CONNECT ENDPOINT:0` with its
 /// headers says on HTTP/2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

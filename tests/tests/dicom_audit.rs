@@ -96,7 +96,7 @@ fn ae_titles_and_services_are_enforced_on_the_connector_and_every_study_is_audit
         &[("127.0.0.1/32", orthanc.dicom_port.to_string())],
     );
     let token = d.mint("alice@truro.nhs.uk", "radiologists", "1h");
-    let (_client, local) = d.connect("pacs-dicom", &token).unwrap();
+    let (client, local) = d.connect("pacs-dicom", &token).unwrap();
 
     // Alice's own AE title: verification, query and retrieve pass.
     let (ok, out) = dcmtk_as("echoscu", VIEWER_AET, ORTHANC_AET, local, &[]);
@@ -220,6 +220,23 @@ fn ae_titles_and_services_are_enforced_on_the_connector_and_every_study_is_audit
         "{store}"
     );
     assert!(s(&store["detail"]).contains("radiologists-read"), "{store}");
+
+    // The clinician is told why, in the policy's words, not only "association rejected".
+    let told = wait_for(
+        "the refusal notice on the client",
+        Duration::from_secs(10),
+        || {
+            let log = client.log_text();
+            log.contains("the PACS connection was refused")
+                .then_some(log)
+        },
+    );
+    assert!(
+        told.contains("pacs-dicom: the PACS connection was refused: ")
+            && told.contains("EVIL")
+            && told.contains("radiologists-read"),
+        "{told}"
+    );
 
     // Associations, the query with its keys, the retrieve with the study dcmtk got.
     let starts = d.events("session.start");

@@ -93,6 +93,19 @@ fn record_line(access: &Access, session: &Session, line: &[u8]) {
         .and_then(DicomRecord::bounded)
     {
         Some(record) => {
+            if record.event == "refused" {
+                let why = record
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "it broke the DICOM protocol".to_owned());
+                access.notices.add(
+                    session.subject.user(),
+                    &session.id,
+                    &session.endpoint.name,
+                    &format!("the PACS connection was refused: {why}"),
+                    crate::clock::unix_secs(access.clock.now()),
+                );
+            }
             access
                 .metrics
                 .dicom_records

@@ -12,6 +12,8 @@
 //! * `handler`: [`EndpointHandler`](handler::EndpointHandler), chosen by the endpoint's
 //!   protocol; the TCP relay is the default.
 //! * `events`: one audit-event builder per session event type.
+//! * `notices`: notices for clinicians about their sessions (a refused PACS association),
+//!   served at `GET /v1/notices`.
 //! * `refusals`: refusals of unauthenticated requests, audited in aggregate.
 //! * `renew`: `POST /v1/sessions/renew`, live sessions moved onto a renewed sign-in.
 //! * `policy_watch`: policy reload (file change, SIGHUP) and re-evaluation.
@@ -26,6 +28,7 @@ pub mod dicom;
 pub mod endpoints;
 pub mod events;
 pub mod handler;
+pub mod notices;
 pub mod policy_watch;
 pub mod recovery;
 pub mod refusals;
@@ -54,6 +57,8 @@ pub struct Access {
     /// Resumable tunnels, live and recently ended.
     pub resumables: Arc<resume::Resumables>,
     pub handlers: handler::Handlers,
+    /// Notices for clinicians about their sessions.
+    pub notices: notices::Notices,
     pub audit: Arc<Audit>,
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
@@ -71,6 +76,7 @@ impl Access {
             sessions: Arc::new(sessions::Sessions::new(clock.clone())),
             resumables: Arc::default(),
             handlers: handler::Handlers::default(),
+            notices: notices::Notices::default(),
             audit,
             metrics,
             clock,

@@ -217,6 +217,7 @@ async fn route_gateway(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) 
             enroll::enroll(app.enrolment.clone(), req, peer).await
         }
         (&Method::GET, wire::PATH_ENDPOINTS) => endpoints::list(&app.broker, &req, peer),
+        (&Method::GET, wire::PATH_NOTICES) => crate::access::notices::list(&app.broker, &req, peer),
         (&Method::POST, wire::PATH_SESSIONS_RENEW) => {
             crate::access::renew::renew(&app.broker, req, peer).await
         }
