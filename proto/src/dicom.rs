@@ -240,7 +240,7 @@ impl DicomRecord {
         bound_list(&mut self.study_uids, MAX_UID);
         bound_list(&mut self.series_uids, MAX_UID);
         bound_list(&mut self.instance_uids, MAX_UID);
-        for v in [
+        for s in [
             &mut self.service,
             &mut self.sop_class,
             &mut self.level,
@@ -251,10 +251,11 @@ impl DicomRecord {
             &mut self.status,
             &mut self.refusal,
             &mut self.answer,
-        ] {
-            if let Some(s) = v {
-                *s = clean(s, MAX_VALUE);
-            }
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *s = clean(s, MAX_VALUE);
         }
         if let Some(s) = &mut self.reason {
             *s = clean(s, MAX_REASON);

@@ -270,12 +270,12 @@ fn ae_titles_and_services_are_enforced_on_the_connector_and_every_study_is_audit
     assert_eq!(retrieve["dicom"]["service"], "get");
     assert_eq!(
         strings(&retrieve["dicom"]["study_uids"]),
-        [study_uid.clone()]
+        [study_uid.as_str()]
     );
     assert_eq!(retrieve["dicom"]["instances"], 1);
     assert_eq!(
         strings(&retrieve["dicom"]["instance_uids"]),
-        [sop_uid.clone()]
+        [sop_uid.as_str()]
     );
     assert_eq!(retrieve["dicom"]["status"], "0000");
 
