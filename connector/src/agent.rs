@@ -103,6 +103,7 @@ pub async fn spawn(config: Config) -> Result<AgentHandle, LinkError> {
         connector_id: enrollment.connector_id.clone(),
         revoked: Default::default(),
         learned: Default::default(),
+        dicom: Default::default(),
     });
     info!(connector_id = %enrollment.connector_id, site = %enrollment.site, gateways = ?gateways, "connector starting");
     let mut tasks = JoinSet::new();
