@@ -438,10 +438,12 @@ where
 {
     let rule = sh.permit.rule.as_str();
     let mut first = p.side == Side::Client;
+    // The whole first PDU (header and body) within FIRST_PDU_WITHIN.
+    let deadline = tokio::time::Instant::now() + FIRST_PDU_WITHIN;
     loop {
         // The header: the first PDU of the clinician's side within FIRST_PDU_WITHIN.
         if first {
-            match tokio::time::timeout(FIRST_PDU_WITHIN, p.need(6, false)).await {
+            match tokio::time::timeout_at(deadline, p.need(6, false)).await {
                 Ok(r) => tryread!(p, r, rule),
                 Err(_) => return Flow::Idle,
             }
@@ -475,7 +477,7 @@ where
             };
             return Flow::Refuse(Refusal::unexpected(p.side, name, rule));
         }
-        first = false;
+        let was_first = std::mem::take(&mut first);
         if header.pdu_type == pdu::PDU_PDATA {
             p.out.extend_from_slice(&h);
             if let Err(f) = pdata(p, sh, header.len).await {
@@ -485,7 +487,14 @@ where
         }
         // A small PDU: whole, parsed, then forwarded (or refused).
         let len = header.len as usize;
-        tryread!(p, p.need(len, true).await, rule);
+        if was_first {
+            match tokio::time::timeout_at(deadline, p.need(len, true)).await {
+                Ok(r) => tryread!(p, r, rule),
+                Err(_) => return Flow::Idle,
+            }
+        } else {
+            tryread!(p, p.need(len, true).await, rule);
+        }
         let mut whole = Vec::with_capacity(6 + len);
         whole.extend_from_slice(&h);
         whole.extend_from_slice(&p.buf[p.start..p.start + len]);
@@ -964,4 +973,280 @@ where
     }
     summary.dropped_records = sh.with(|a| a.dropped);
     summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dicom::pdu::tests::{associate_rq, command_set, implicit};
+    use crate::dicom::pdu::IMPLICIT_VR_LE;
+    use dicom_ul::pdu::{AssociationAC, PresentationContextResult, UserVariableItem};
+
+    const FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
+
+    fn permit(services: &[DicomService]) -> DicomPermit {
+        DicomPermit {
+            rule: "r1".into(),
+            calling_ae: vec!["VIEWER".into()],
+            called_ae: Some("PACS".into()),
+            services: services.to_vec(),
+        }
+    }
+
+    fn ac() -> Vec<u8> {
+        let ac = Pdu::AssociationAC(AssociationAC {
+            protocol_version: 1,
+            calling_ae_title: "VIEWER".into(),
+            called_ae_title: "PACS".into(),
+            application_context_name: "1.2.840.10008.3.1.1.1".into(),
+            presentation_contexts: vec![PresentationContextResult {
+                id: 1,
+                reason: PresentationContextResultReason::Acceptance,
+                transfer_syntax: IMPLICIT_VR_LE.into(),
+            }],
+            user_variables: vec![UserVariableItem::MaxLength(16384)],
+        });
+        let mut out = Vec::new();
+        dicom_ul::pdu::write_pdu(&mut out, &ac).unwrap();
+        out
+    }
+
+    /// A P-DATA-TF with one value item.
+    fn pdata(ctx: u8, ctrl: u8, v: &[u8]) -> Vec<u8> {
+        let mut out = vec![4, 0];
+        out.extend_from_slice(&(v.len() as u32 + 6).to_be_bytes());
+        out.extend_from_slice(&(v.len() as u32 + 2).to_be_bytes());
+        out.extend_from_slice(&[ctx, ctrl]);
+        out.extend_from_slice(v);
+        out
+    }
+
+    /// An association that asks one C-FIND by patient id, then releases.
+    fn find_stream() -> Vec<u8> {
+        let mut s = associate_rq("VIEWER", "PACS", &[(1, FIND, IMPLICIT_VR_LE)]);
+        let cmd = command_set(
+            0x0020,
+            3,
+            true,
+            &[(0x0002, b"1.2.840.10008.5.1.4.1.2.2.1\0")],
+        );
+        s.extend(pdata(1, 3, &cmd));
+        let mut id = Vec::new();
+        implicit(&mut id, 0x0008, 0x0052, b"STUDY ");
+        implicit(&mut id, 0x0010, 0x0020, b"PID-9 ");
+        s.extend(pdata(1, 2, &id));
+        s.extend([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
+        s
+    }
+
+    /// Runs `client_bytes` through the relay against a PACS that answers any input with an
+    /// A-ASSOCIATE-AC (then `pacs_more`) and reads to the end. Returns (what the client got,
+    /// what the PACS got, records, summary); panics if it takes more than 5 s.
+    async fn run(
+        client_bytes: Vec<u8>,
+        (pacs_after, pacs_more): (usize, Vec<u8>),
+        permit: DicomPermit,
+    ) -> (Vec<u8>, Vec<u8>, Vec<DicomRecord>, Summary) {
+        let (client, relay_c) = tokio::io::duplex(64 * 1024);
+        let (relay_p, pacs) = tokio::io::duplex(64 * 1024);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+        let counters = Arc::new(Counters::default());
+        let relay =
+            tokio::spawn(
+                async move { relay_inspected(relay_c, relay_p, &permit, tx, counters).await },
+            );
+        let pacs_task = tokio::spawn(async move {
+            let mut pacs_more = pacs_more;
+            let (mut r, mut w) = tokio::io::split(pacs);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let mut answered = false;
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+                if !answered {
+                    answered = true;
+                    let _ = w.write_all(&ac()).await;
+                }
+                if !pacs_more.is_empty() && got.len() >= pacs_after {
+                    let _ = w.write_all(&std::mem::take(&mut pacs_more)).await;
+                }
+            }
+            let _ = w.shutdown().await;
+            got
+        });
+        // The client sends its A-ASSOCIATE-RQ, waits for the answer (as a real one does), then
+        // sends the rest.
+        let rq_len = client_bytes
+            .get(2..6)
+            .map(|l| 6 + u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+            .unwrap_or(0)
+            .min(client_bytes.len());
+        let ac_len = ac().len();
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let work = async {
+            let mut got = Vec::new();
+            let _ = cw.write_all(&client_bytes[..rq_len]).await;
+            let mut buf = [0u8; 4096];
+            while got.len() < ac_len {
+                match tokio::time::timeout(Duration::from_millis(50), cr.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            let _ = cw.write_all(&client_bytes[rq_len..]).await;
+            let _ = cw.shutdown().await;
+            let _ = cr.read_to_end(&mut got).await;
+            let summary = relay.await.unwrap();
+            let to_pacs = pacs_task.await.unwrap();
+            (got, to_pacs, summary)
+        };
+        let (got, to_pacs, summary) = tokio::time::timeout(Duration::from_secs(5), work)
+            .await
+            .expect("the relay hung");
+        let mut records = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            records.push(r);
+        }
+        (got, to_pacs, records, summary)
+    }
+
+    #[tokio::test]
+    async fn a_query_is_recorded_with_its_keys_and_the_pacs_gets_every_byte() {
+        let stream = find_stream();
+        let mut rsp = Vec::new();
+        for status in [0xFF00u16, 0xFF00, 0x0000] {
+            let c = command_set(0x8020, 3, status != 0, &[(0x0900, &status.to_le_bytes())]);
+            rsp.extend(pdata(1, 3, &c));
+        }
+        rsp.extend([6, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
+        let (got, to_pacs, records, summary) = run(
+            stream.clone(),
+            (stream.len() - 10, rsp.clone()),
+            permit(&DicomService::DEFAULT),
+        )
+        .await;
+        assert_eq!(
+            to_pacs, stream,
+            "the association reached the PACS unchanged"
+        );
+        let mut want = ac();
+        want.extend(&rsp);
+        assert_eq!(got, want);
+        assert_eq!(summary.refusal, None);
+        assert_eq!(summary.operations.get("find"), Some(&1));
+        let events: Vec<&str> = records.iter().map(|r| r.event.as_str()).collect();
+        assert_eq!(events, ["association", "query"]);
+        assert_eq!(records[0].sop_classes, [FIND]);
+        let q = &records[1];
+        assert_eq!(q.patient_id.as_deref(), Some("PID-9"));
+        assert_eq!(q.level.as_deref(), Some("STUDY"));
+        assert_eq!((q.matches, q.status.as_deref()), (Some(2), Some("0000")));
+    }
+
+    #[tokio::test]
+    async fn a_service_the_permit_lacks_never_reaches_the_pacs_and_both_sides_get_an_abort() {
+        let stream = find_stream();
+        let (got, to_pacs, records, summary) = run(
+            stream.clone(),
+            (0, Vec::new()),
+            permit(&[DicomService::Echo]),
+        )
+        .await;
+        let rq_len = associate_rq("VIEWER", "PACS", &[(1, FIND, IMPLICIT_VR_LE)]).len();
+        // The PACS saw the A-ASSOCIATE-RQ, then the abort: not one byte of the C-FIND.
+        let mut want = stream[..rq_len].to_vec();
+        want.extend(pdu::abort());
+        assert_eq!(to_pacs, want);
+        let mut want = ac();
+        want.extend(pdu::abort());
+        assert_eq!(got, want);
+        assert_eq!(summary.refusal, Some(refusal::SERVICE_NOT_ALLOWED));
+        assert!(summary.operations.is_empty());
+        let r = records.last().unwrap();
+        assert_eq!(r.service.as_deref(), Some("find"));
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("C-FIND is not allowed for this user by rule 'r1' (allowed: echo)")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_calling_title_gets_a_rejection_and_the_pacs_nothing() {
+        let rq = associate_rq("EVIL", "PACS", &[(1, FIND, IMPLICIT_VR_LE)]);
+        let (got, to_pacs, records, summary) =
+            run(rq, (0, Vec::new()), permit(&DicomService::DEFAULT)).await;
+        assert_eq!(got, pdu::associate_rj(3));
+        assert!(to_pacs.is_empty());
+        assert_eq!(summary.refusal, Some(refusal::CALLING_AE_NOT_ALLOWED));
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].calling_ae, "EVIL");
+    }
+
+    #[tokio::test]
+    async fn p_data_before_the_association_is_unexpected() {
+        let cmd = command_set(0x0030, 1, false, &[]);
+        let (got, _, records, summary) = run(
+            pdata(1, 3, &cmd),
+            (0, Vec::new()),
+            permit(&DicomService::DEFAULT),
+        )
+        .await;
+        assert_eq!(got, pdu::abort());
+        assert_eq!(summary.refusal, Some(refusal::UNEXPECTED_PDU));
+        assert!(records[0].reason.as_deref().unwrap().contains("P-DATA-TF"));
+    }
+
+    /// Mutated and truncated association streams: the relay always ends (no hang, no panic),
+    /// and whatever it refuses it answers with an A-ABORT or A-ASSOCIATE-RJ and one of the
+    /// refusal codes.
+    #[tokio::test]
+    async fn mutated_streams_never_hang_or_panic_and_refusals_are_answered() {
+        let base = find_stream();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut refused = 0;
+        for i in 0..300 {
+            let mut s = base.clone();
+            match i % 3 {
+                0 => {
+                    for _ in 0..1 + rnd() % 4 {
+                        let at = (rnd() as usize) % s.len();
+                        s[at] = rnd() as u8;
+                    }
+                }
+                1 => s.truncate((rnd() as usize) % s.len()),
+                _ => {
+                    let at = (rnd() as usize) % s.len();
+                    let junk: Vec<u8> = (0..rnd() % 16).map(|_| rnd() as u8).collect();
+                    s.splice(at..at, junk);
+                }
+            }
+            let (got, _, records, summary) =
+                run(s, (0, Vec::new()), permit(&DicomService::DEFAULT)).await;
+            if let Some(code) = summary.refusal {
+                refused += 1;
+                assert!(refusal::ALL.contains(&code));
+                assert!(
+                    got.ends_with(&pdu::abort())
+                        || got == pdu::associate_rj(3)
+                        || got == pdu::associate_rj(7),
+                    "refused with {code} but answered {got:?}"
+                );
+                let r = records.last().unwrap();
+                assert_eq!(r.refusal.as_deref(), Some(code));
+            }
+        }
+        assert!(
+            refused > 100,
+            "only {refused} of 300 mutations were refused"
+        );
+    }
 }
