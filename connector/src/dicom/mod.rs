@@ -6,11 +6,11 @@
 //!   the connector answers with, command sets and query identifiers (via `dicom-object`).
 //! * [`inspect`]: the relay itself, which enforces the permit (calling and called AE titles,
 //!   DIMSE services) and reports [`postern_proto::dicom::DicomRecord`]s.
-//! * [`Sessions`]: the records of each session until the gateway's events stream takes them.
+//! * [`sessions`]: the records of each session until the gateway's events stream takes them.
 
 pub mod inspect;
 pub mod pdu;
-mod sessions;
+pub mod sessions;
 
 pub use inspect::{refusal, relay_inspected, Summary};
 pub use sessions::Sessions;
