@@ -976,7 +976,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::dicom::pdu::tests::{associate_rq, command_set, implicit};
     use crate::dicom::pdu::IMPLICIT_VR_LE;
@@ -993,7 +993,7 @@ mod tests {
         }
     }
 
-    fn ac() -> Vec<u8> {
+    pub(crate) fn ac() -> Vec<u8> {
         let ac = Pdu::AssociationAC(AssociationAC {
             protocol_version: 1,
             calling_ae_title: "VIEWER".into(),
@@ -1012,7 +1012,7 @@ mod tests {
     }
 
     /// A P-DATA-TF with one value item.
-    fn pdata(ctx: u8, ctrl: u8, v: &[u8]) -> Vec<u8> {
+    pub(crate) fn pdata(ctx: u8, ctrl: u8, v: &[u8]) -> Vec<u8> {
         let mut out = vec![4, 0];
         out.extend_from_slice(&(v.len() as u32 + 6).to_be_bytes());
         out.extend_from_slice(&(v.len() as u32 + 2).to_be_bytes());
