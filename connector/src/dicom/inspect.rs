@@ -25,8 +25,8 @@ use super::pdu::{self, command, Malformed};
 
 /// How long the first PDU (the A-ASSOCIATE-RQ) may take to arrive.
 pub const FIRST_PDU_WITHIN: Duration = Duration::from_secs(30);
-/// Read buffer per direction; also the most written at once.
-const BUF: usize = 128 * 1024;
+/// Read buffer per direction: room for what is held ([`HOLD_MAX`]) and a whole small PDU.
+const BUF: usize = 256 * 1024;
 /// Pending output is written out once it is this large.
 const FLUSH_AT: usize = 64 * 1024;
 
@@ -229,19 +229,28 @@ impl Shared<'_> {
 }
 
 /// One direction: reads PDUs from `r`, writes what passes to `w`.
+///
+/// Whatever passes is forwarded byte for byte, so output is not copied anywhere: the bytes
+/// read and consumed but not written yet are the range `buf[fwd..start]`, written straight
+/// from the read buffer (before the next read, or once 64 KiB are pending) unless they are
+/// held: a PDU is held from its header until it is known to carry no request that might be
+/// refused (a data fragment begins, or it ends with every command set in it complete and
+/// allowed).
 struct Pipe<'c, R, W> {
     side: Side,
     r: R,
     w: W,
     buf: Vec<u8>,
+    /// Consumed and not yet written from here up to `start`.
+    fwd: usize,
     start: usize,
     end: usize,
-    out: Vec<u8>,
-    /// Output is held back (a command set is not complete yet).
+    /// Pending output is held back.
     hold: bool,
     counter: &'c AtomicU64,
-    /// Fragments of the command set being read.
+    /// Fragments of the command set being read; `command_open`: its last one is still to come.
     command: Vec<u8>,
+    command_open: bool,
     /// The identifier being read: (message id, presentation context, bytes).
     identifier: Option<(u16, u8, Vec<u8>)>,
 }
@@ -252,8 +261,13 @@ enum ReadStop {
     Eof,
     /// End of input inside a PDU.
     Truncated,
+    /// More than [`HOLD_MAX`] bytes would have to be held back.
+    Held,
     Err,
 }
+
+/// Most bytes held back at once (a command set split over many small PDUs).
+const HOLD_MAX: usize = 128 * 1024;
 
 impl<'c, R, W> Pipe<'c, R, W>
 where
@@ -266,12 +280,13 @@ where
             r,
             w,
             buf: vec![0u8; BUF],
+            fwd: 0,
             start: 0,
             end: 0,
-            out: Vec::with_capacity(FLUSH_AT + 1024),
             hold: false,
             counter,
             command: Vec::new(),
+            command_open: false,
             identifier: None,
         }
     }
@@ -280,23 +295,41 @@ where
         self.end - self.start
     }
 
+    fn pending(&self) -> usize {
+        self.start - self.fwd
+    }
+
+    /// Writes what is pending (held or not).
     async fn flush_out(&mut self) -> Result<(), ()> {
-        if self.out.is_empty() {
+        if self.fwd == self.start {
             return Ok(());
         }
         let r = async {
-            self.w.write_all(&self.out).await?;
+            self.w.write_all(&self.buf[self.fwd..self.start]).await?;
             self.w.flush().await
         }
         .await;
         match r {
             Ok(()) => {
                 self.counter
-                    .fetch_add(self.out.len() as u64, Ordering::Relaxed);
-                self.out.clear();
+                    .fetch_add(self.pending() as u64, Ordering::Relaxed);
+                self.fwd = self.start;
                 Ok(())
             }
             Err(_) => Err(()),
+        }
+    }
+
+    /// Drops what is pending (a refused PDU).
+    fn discard(&mut self) {
+        self.fwd = self.start;
+    }
+
+    /// Writes `bytes` (an answer of the connector's own) after what is pending.
+    async fn answer(&mut self, bytes: &[u8]) {
+        if self.flush_out().await.is_ok() {
+            let _ = self.w.write_all(bytes).await;
+            let _ = self.w.flush().await;
         }
     }
 
@@ -305,10 +338,14 @@ where
         if !self.hold {
             self.flush_out().await.map_err(|_| Err(()))?;
         }
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
+        if self.fwd > 0 {
+            self.buf.copy_within(self.fwd..self.end, 0);
+            self.end -= self.fwd;
+            self.start -= self.fwd;
+            self.fwd = 0;
+        }
+        if self.pending() > HOLD_MAX || self.end == self.buf.len() {
+            return Err(Ok(ReadStop::Held));
         }
         match self.r.read(&mut self.buf[self.end..]).await {
             Ok(0) if !inside && self.buffered() == 0 => Err(Ok(ReadStop::Eof)),
@@ -321,7 +358,7 @@ where
         }
     }
 
-    /// Makes `n` (≤ the buffer) bytes available; `inside`: a PDU has begun.
+    /// Makes `n` (at most 64 KiB + 6) bytes available; `inside`: a PDU has begun.
     async fn need(&mut self, n: usize, inside: bool) -> Result<(), Result<ReadStop, ()>> {
         while self.buffered() < n {
             self.fill(inside || self.buffered() > 0).await?;
@@ -329,20 +366,11 @@ where
         Ok(())
     }
 
+    /// Consumes `n` buffered bytes (they are forwarded unless refused).
     fn take(&mut self, n: usize) -> &[u8] {
         let s = &self.buf[self.start..self.start + n];
         self.start += n;
         s
-    }
-
-    async fn push_out(&mut self, n: usize) -> Result<(), ()> {
-        let (a, b) = (self.start, self.start + n);
-        self.out.extend_from_slice(&self.buf[a..b]);
-        self.start = b;
-        if !self.hold && self.out.len() >= FLUSH_AT {
-            self.flush_out().await?;
-        }
-        Ok(())
     }
 
     /// Forwards the next `n` bytes (streaming); with `keep`, also appends them there.
@@ -356,11 +384,15 @@ where
                 self.fill(true).await?;
             }
             let k = self.buffered().min(n);
+            let (a, b) = (self.start, self.start + k);
             if let Some(v) = keep.as_deref_mut() {
-                v.extend_from_slice(&self.buf[self.start..self.start + k]);
+                v.extend_from_slice(&self.buf[a..b]);
             }
-            self.push_out(k).await.map_err(|_| Err(()))?;
+            self.start = b;
             n -= k;
+            if !self.hold && self.pending() >= FLUSH_AT {
+                self.flush_out().await.map_err(|_| Err(()))?;
+            }
         }
         Ok(())
     }
@@ -373,6 +405,14 @@ fn stopped(side: Side, s: Result<ReadStop, ()>, rule: &str) -> Flow {
         Ok(ReadStop::Truncated) => {
             Flow::Refuse(Refusal::malformed(side, &Malformed::Truncated, rule))
         }
+        Ok(ReadStop::Held) => Flow::Refuse(Refusal::malformed(
+            side,
+            &Malformed::Body(format!(
+                "more than {} KiB held back for one command set",
+                HOLD_MAX / 1024
+            )),
+            rule,
+        )),
         Ok(ReadStop::Err) => Flow::ReadErr,
         Err(()) => Flow::WriteErr,
     }
@@ -452,6 +492,8 @@ where
         }
         let mut h = [0u8; 6];
         h.copy_from_slice(p.take(6));
+        // Held until known to be allowed (with whatever was still pending before it).
+        p.hold = true;
         let header = match pdu::parse_header(&h) {
             Ok(h) => h,
             Err(m) => return Flow::Refuse(Refusal::malformed(p.side, &m, rule)),
@@ -479,7 +521,6 @@ where
         }
         let was_first = std::mem::take(&mut first);
         if header.pdu_type == pdu::PDU_PDATA {
-            p.out.extend_from_slice(&h);
             if let Err(f) = pdata(p, sh, header.len).await {
                 return f;
             }
@@ -519,14 +560,12 @@ where
                 }
             }
         }
-        p.out.extend_from_slice(&h);
-        if p.push_out(len).await.is_err() {
-            return Flow::WriteErr;
-        }
+        p.start += len;
+        p.hold = false;
     }
 }
 
-/// The rest of a P-DATA-TF PDU of `len` bytes, whose header is in `p.out`.
+/// The rest of a P-DATA-TF PDU of `len` bytes, whose header was just consumed.
 async fn pdata<R, W>(p: &mut Pipe<'_, R, W>, sh: &Shared<'_>, len: u32) -> Result<(), Flow>
 where
     R: AsyncRead + Unpin,
@@ -556,16 +595,13 @@ where
                 format!("a value item of {item_len} bytes in {left}"),
             ));
         }
-        let mut item_header = [0u8; 6];
-        item_header.copy_from_slice(&p.buf[p.start - 6..p.start]);
-        p.out.extend_from_slice(&item_header);
         let payload = item_len - 2;
         let (is_command, last) = (ctrl & 1 == 1, ctrl & 2 == 2);
         if is_command {
             if p.command.len() + payload > pdu::MAX_COMMAND {
                 return Err(bad(p.side, "a command set longer than 64 KiB".into()));
             }
-            p.hold = true;
+            p.command_open = true;
             let mut cmd = std::mem::take(&mut p.command);
             let r = p.forward(payload, Some(&mut cmd)).await;
             p.command = cmd;
@@ -583,15 +619,17 @@ where
                     }
                     Side::Pacs => pacs_command(sh, &parsed),
                 }
-                p.hold = false;
+                p.command_open = false;
             }
         } else {
-            if p.hold {
+            if p.command_open {
                 return Err(bad(
                     p.side,
                     "a data fragment inside an incomplete command set".into(),
                 ));
             }
+            // Every command set before it in this PDU was allowed: nothing left to hold.
+            p.hold = false;
             match p.identifier.take() {
                 Some((id, ictx, mut bytes)) if ictx == ctx => {
                     if bytes.len() + payload > pdu::MAX_IDENTIFIER {
@@ -616,9 +654,8 @@ where
         }
         left -= 4 + item_len;
     }
-    if !p.hold && p.out.len() >= FLUSH_AT {
-        p.flush_out().await.map_err(|_| Flow::WriteErr)?;
-    }
+    // A command set whose last fragment is still to come keeps its PDUs held.
+    p.hold = p.command_open;
     Ok(())
 }
 
@@ -934,14 +971,15 @@ where
     if let Some(r) = refusal {
         sh.refused(&r);
         summary.refusal = Some(r.code);
-        // What was pending is dropped; the answer goes out alone.
-        up.out.clear();
-        down.out.clear();
+        // What was still pending (the refused PDU, and what shared its reads) is dropped;
+        // the answer goes out alone.
+        up.discard();
+        down.discard();
         match r.answer {
-            Answer::Reject(reason) => down.out.extend_from_slice(&pdu::associate_rj(reason)),
+            Answer::Reject(reason) => down.answer(&pdu::associate_rj(reason)).await,
             Answer::Abort => {
-                down.out.extend_from_slice(&pdu::abort());
-                up.out.extend_from_slice(&pdu::abort());
+                down.answer(&pdu::abort()).await;
+                up.answer(&pdu::abort()).await;
             }
         }
     }
@@ -1044,8 +1082,18 @@ pub(crate) mod tests {
     /// what the PACS got, records, summary); panics if it takes more than 5 s.
     async fn run(
         client_bytes: Vec<u8>,
+        pacs: (usize, Vec<u8>),
+        permit: DicomPermit,
+    ) -> (Vec<u8>, Vec<u8>, Vec<DicomRecord>, Summary) {
+        run_chunked(client_bytes, pacs, permit, usize::MAX).await
+    }
+
+    /// As [`run`], the client writing what follows its A-ASSOCIATE-RQ `chunk` bytes at a time.
+    async fn run_chunked(
+        client_bytes: Vec<u8>,
         (pacs_after, pacs_more): (usize, Vec<u8>),
         permit: DicomPermit,
+        chunk: usize,
     ) -> (Vec<u8>, Vec<u8>, Vec<DicomRecord>, Summary) {
         let (client, relay_c) = tokio::io::duplex(64 * 1024);
         let (relay_p, pacs) = tokio::io::duplex(64 * 1024);
@@ -1096,7 +1144,11 @@ pub(crate) mod tests {
                     _ => break,
                 }
             }
-            let _ = cw.write_all(&client_bytes[rq_len..]).await;
+            for piece in client_bytes[rq_len..].chunks(chunk) {
+                let _ = cw.write_all(piece).await;
+                let _ = cw.flush().await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let _ = cw.shutdown().await;
             let _ = cr.read_to_end(&mut got).await;
             let summary = relay.await.unwrap();
@@ -1171,6 +1223,66 @@ pub(crate) mod tests {
             r.reason.as_deref(),
             Some("C-FIND is not allowed for this user by rule 'r1' (allowed: echo)")
         );
+    }
+
+    #[tokio::test]
+    async fn a_command_set_split_over_pdus_and_reads_is_held_whole_until_refused() {
+        let rq = associate_rq("VIEWER", "PACS", &[(1, FIND, IMPLICIT_VR_LE)]);
+        let cmd = command_set(0x0020, 3, true, &[(0x0002, FIND.as_bytes())]);
+        let (a, b) = cmd.split_at(20);
+        let mut stream = rq.clone();
+        stream.extend(pdata(1, 1, a));
+        stream.extend(pdata(1, 3, b));
+        let (got, to_pacs, _, summary) =
+            run_chunked(stream, (0, Vec::new()), permit(&[DicomService::Echo]), 5).await;
+        // Not one byte of either fragment (nor of the PDU headers) reached the PACS.
+        let mut want = rq;
+        want.extend(pdu::abort());
+        assert_eq!(to_pacs, want);
+        assert!(got.ends_with(&pdu::abort()));
+        assert_eq!(summary.refusal, Some(refusal::SERVICE_NOT_ALLOWED));
+    }
+
+    #[tokio::test]
+    async fn a_command_set_in_thousands_of_one_byte_fragments_is_refused_not_held_forever() {
+        let rq = associate_rq("VIEWER", "PACS", &[(1, FIND, IMPLICIT_VR_LE)]);
+        let mut stream = rq.clone();
+        for _ in 0..12_000 {
+            stream.extend(pdata(1, 1, &[0]));
+        }
+        let (got, to_pacs, records, summary) =
+            run(stream, (0, Vec::new()), permit(&DicomService::DEFAULT)).await;
+        assert_eq!(summary.refusal, Some(refusal::MALFORMED_PDU));
+        assert!(
+            records
+                .last()
+                .unwrap()
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("held back"),
+            "{records:?}"
+        );
+        assert!(got.ends_with(&pdu::abort()));
+        let mut want = rq;
+        want.extend(pdu::abort());
+        assert_eq!(to_pacs, want);
+    }
+
+    #[tokio::test]
+    async fn an_allowed_stream_arriving_in_pieces_passes_unchanged() {
+        let stream = find_stream();
+        let (_, to_pacs, records, summary) = run_chunked(
+            stream.clone(),
+            (0, Vec::new()),
+            permit(&DicomService::DEFAULT),
+            3,
+        )
+        .await;
+        assert_eq!(to_pacs, stream);
+        assert_eq!(summary.refusal, None);
+        assert_eq!(summary.operations.get("find"), Some(&1));
+        assert_eq!(records[0].event, "association");
     }
 
     #[tokio::test]
