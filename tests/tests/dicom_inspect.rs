@@ -259,7 +259,7 @@ fn a_store_the_permit_does_not_allow_is_aborted_and_one_it_allows_is_recorded() 
     let (ok, out, err) = storescu(reading.addr, &file);
     assert!(!ok, "storescu without store passed: {out}{err}");
     assert!(
-        format!("{out}{err}").contains("Abort"),
+        format!("{out}{err}").contains("Peer aborted Association"),
         "storescu did not report the abort: {out}{err}"
     );
     let r = &reading.wait("refused", 1)[0];
