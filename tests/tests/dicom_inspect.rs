@@ -162,7 +162,10 @@ fn a_permitted_viewer_echoes_finds_and_gets_and_the_records_name_what_it_retriev
     // Three associations (echo, find, get), each recorded with its accepted SOP classes.
     let assocs = insp.wait("association", 3);
     for a in &assocs {
-        assert_eq!((a.calling_ae.as_str(), a.called_ae.as_str()), ("VIEWER", "ORTHANC"));
+        assert_eq!(
+            (a.calling_ae.as_str(), a.called_ae.as_str()),
+            ("VIEWER", "ORTHANC")
+        );
         assert!(!a.sop_classes.is_empty(), "{a:?}");
     }
     assert!(assocs
@@ -192,7 +195,8 @@ fn a_permitted_viewer_echoes_finds_and_gets_and_the_records_name_what_it_retriev
 
     let all = insp.all();
     assert!(
-        all.iter().all(|r| r.event != "refused" && r.event != "store"),
+        all.iter()
+            .all(|r| r.event != "refused" && r.event != "store"),
         "{all:?}"
     );
     let (up, down) = *insp.bytes.lock().unwrap();
@@ -276,7 +280,11 @@ fn a_store_the_permit_does_not_allow_is_aborted_and_one_it_allows_is_recorded() 
     // The association had been accepted (recorded), the instance never reached Orthanc.
     assert_eq!(reading.wait("association", 1).len(), 1);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(orthanc.instance_count(), 0, "Orthanc got the refused instance");
+    assert_eq!(
+        orthanc.instance_count(),
+        0,
+        "Orthanc got the refused instance"
+    );
     assert!(reading.all().iter().all(|r| r.event != "store"));
 
     let mut services = DicomService::DEFAULT.to_vec();
@@ -301,7 +309,8 @@ fn garbage_on_the_port_gets_an_abort_and_a_malformed_pdu_record() {
 
     let mut s = std::net::TcpStream::connect(insp.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n").unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n")
+        .unwrap();
     let mut answer = Vec::new();
     s.read_to_end(&mut answer).unwrap();
     // A-ABORT, source 2 (service provider), reason 0; then the connection closed.
@@ -324,7 +333,10 @@ fn garbage_on_the_port_gets_an_abort_and_a_malformed_pdu_record() {
     assert_eq!(answer, [7, 0, 0, 0, 0, 4, 0, 0, 2, 0]);
     let r = &insp.wait("refused", 2)[1];
     assert_eq!(r.refusal.as_deref(), Some("malformed_pdu"));
-    assert!(r.reason.as_deref().unwrap().contains("ended inside"), "{r:?}");
+    assert!(
+        r.reason.as_deref().unwrap().contains("ended inside"),
+        "{r:?}"
+    );
 
     // Orthanc is unharmed: a proper association still works through the inspector.
     let (ok, out, err) = echoscu(insp.addr);
