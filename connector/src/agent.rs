@@ -440,7 +440,8 @@ mod tests {
             dir: &Path,
             gateway: SocketAddr,
             port: u16,
-        ) -> (Config, tokio_rustls::TlsAcceptor) {
+            transport: &str,
+        ) -> (Config, rustls::ServerConfig) {
             let key = rcgen::KeyPair::generate().unwrap();
             let mut p =
                 rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
@@ -467,20 +468,25 @@ mod tests {
             .unwrap();
             let config = Config::parse(
                 &format!(
-                    "state_dir = \"{}\"\nconnections_per_gateway = 1\nlink_transport = \"http2\"\n[[allow]]\ncidr = \"127.0.0.1\"\nports = \"{port}\"\n",
+                    "state_dir = \"{}\"\nconnections_per_gateway = 1\nlink_transport = \"{transport}\"\n[[allow]]\ncidr = \"127.0.0.1\"\nports = \"{port}\"\n",
                     dir.display()
                 ),
                 &dir.join("connector.toml"),
             )
             .unwrap();
+            let alpn = if transport == "quic" {
+                wire::ALPN_LINK_QUIC
+            } else {
+                wire::ALPN_CONNECTOR
+            };
             let server = postern_net::tls::server_config(
                 vec![cert.der().clone()],
                 rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-                &[wire::ALPN_CONNECTOR],
+                &[alpn],
                 None,
             )
             .unwrap();
-            (config, tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+            (config, server)
         }
 
         /// A PACS that answers the A-ASSOCIATE-RQ with an A-ASSOCIATE-AC, then reads to the end
@@ -510,8 +516,13 @@ mod tests {
             let gw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let pacs_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let pacs_addr = pacs_l.local_addr().unwrap();
-            let (config, acceptor) =
-                enrolled_link(dir.path(), gw.local_addr().unwrap(), pacs_addr.port());
+            let (config, server) = enrolled_link(
+                dir.path(),
+                gw.local_addr().unwrap(),
+                pacs_addr.port(),
+                "http2",
+            );
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
             let handle = spawn(config).await.unwrap();
             let pacs_task = tokio::spawn(pacs(pacs_l));
 
@@ -648,6 +659,126 @@ mod tests {
             assert!(m.contains(
                 "postern_connector_dicom_refusals_total{reason=\"calling_ae_not_allowed\"} 0"
             ));
+            handle.shutdown().await;
+        }
+
+        /// One request on a QUIC link, as the gateway makes it: the request frame, the answer.
+        async fn quic_request(
+            conn: &quinn::Connection,
+            method: &str,
+            target: &str,
+            headers: &[(&str, String)],
+        ) -> (wire::LinkResponse, quinn::SendStream, quinn::RecvStream) {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let req = wire::LinkRequest {
+                method: method.into(),
+                target: target.into(),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect(),
+            };
+            postern_net::quic::write_frame(&mut send, &req)
+                .await
+                .unwrap();
+            let answer: wire::LinkResponse =
+                postern_net::quic::read_frame(&mut recv).await.unwrap();
+            (answer, send, recv)
+        }
+
+        #[tokio::test]
+        async fn over_a_quic_link_the_session_events_stream_carries_the_records_too() {
+            let dir = tempfile::tempdir().unwrap();
+            let pacs_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let pacs_addr = pacs_l.local_addr().unwrap();
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let gw_addr = udp.local_addr().unwrap();
+            let (config, server) = enrolled_link(dir.path(), gw_addr, pacs_addr.port(), "quic");
+            let endpoint = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(postern_net::quic::link_server_config(Arc::new(server)).unwrap()),
+                udp,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .unwrap();
+            let handle = spawn(config).await.unwrap();
+            let pacs_task = tokio::spawn(pacs(pacs_l));
+            let conn = tokio::time::timeout(Duration::from_secs(10), async {
+                endpoint.accept().await.unwrap().await.unwrap()
+            })
+            .await
+            .unwrap();
+
+            let target = pacs_addr.to_string();
+            let (answer, _, _) = quic_request(
+                &conn,
+                "GET",
+                postern_proto::dicom::PATH_SESSION_EVENTS,
+                &[(wire::HDR_SESSION, "q-none".into())],
+            )
+            .await;
+            assert_eq!(answer.status, 404);
+            let permit = DicomPermit {
+                rule: "reporters-pacs".into(),
+                calling_ae: vec!["VIEWER".into()],
+                called_ae: Some("PACS".into()),
+                services: vec![DicomService::Echo],
+            };
+            let (answer, send, recv) = quic_request(
+                &conn,
+                "CONNECT",
+                &target,
+                &[
+                    (wire::HDR_SESSION, "q-1".into()),
+                    (postern_proto::dicom::HDR_DICOM_PERMIT, permit.to_header()),
+                ],
+            )
+            .await;
+            assert_eq!(answer.status, 200, "{answer:?}");
+            let mut tunnel = tokio::io::join(recv, send);
+            let (answer, _events_send, mut events) = quic_request(
+                &conn,
+                "GET",
+                postern_proto::dicom::PATH_SESSION_EVENTS,
+                &[(wire::HDR_SESSION, "q-1".into())],
+            )
+            .await;
+            assert_eq!(answer.status, 200);
+
+            // A calling AE title the permit does not list: rejected, and reported.
+            let rq = associate_rq("EVIL", "PACS", &[(1, "1.2.840.10008.1.1", IMPLICIT_VR_LE)]);
+            tunnel.write_all(&rq).await.unwrap();
+            let mut got = Vec::new();
+            tunnel.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, crate::dicom::pdu::associate_rj(3));
+            let body = tokio::time::timeout(Duration::from_secs(10), events.read_to_end(64 * 1024))
+                .await
+                .unwrap()
+                .unwrap();
+            let text = String::from_utf8(body).unwrap();
+            let records: Vec<DicomRecord> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(records.len(), 1, "{text}");
+            assert_eq!(records[0].event, "refused");
+            assert_eq!(
+                records[0].refusal.as_deref(),
+                Some("calling_ae_not_allowed")
+            );
+            assert_eq!(
+                records[0].answer.as_deref(),
+                Some("A-ASSOCIATE-RJ result 1 source 1 reason 3")
+            );
+            // The PACS was dialled but heard nothing.
+            assert!(pacs_task.await.unwrap().is_empty());
+            let m = handle.metrics().render();
+            assert!(
+                m.contains(
+                    "postern_connector_dicom_refusals_total{reason=\"calling_ae_not_allowed\"} 1"
+                ),
+                "{m}"
+            );
             handle.shutdown().await;
         }
     }
