@@ -1165,6 +1165,39 @@ pub(crate) mod tests {
         (got, to_pacs, records, summary)
     }
 
+    /// The `dicom_stream` fuzz target's seeds are these streams (rewritten with
+    /// `POSTERN_WRITE_SEEDS=1`); they must be committed as they are made.
+    #[test]
+    fn the_fuzz_seeds_are_the_streams_these_tests_use() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/dicom_stream");
+        let echo = {
+            let mut s = associate_rq(
+                "VIEWER",
+                "PACS",
+                &[(1, "1.2.840.10008.1.1", IMPLICIT_VR_LE)],
+            );
+            s.extend(pdata(1, 3, &command_set(0x0030, 1, false, &[])));
+            s.extend([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
+            s
+        };
+        let seeds: [(&str, Vec<u8>); 4] = [
+            ("find", find_stream()),
+            ("echo", echo),
+            (
+                "evil",
+                associate_rq("EVIL", "PACS", &[(1, FIND, IMPLICIT_VR_LE)]),
+            ),
+            ("garbage", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+        ];
+        for (name, bytes) in seeds {
+            let path = dir.join(name);
+            if std::env::var_os("POSTERN_WRITE_SEEDS").is_some() {
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "seed {name} is stale");
+        }
+    }
+
     #[tokio::test]
     async fn a_query_is_recorded_with_its_keys_and_the_pacs_gets_every_byte() {
         let stream = find_stream();
