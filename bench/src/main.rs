@@ -7,6 +7,7 @@
 
 mod attack;
 mod cpu;
+mod dicom;
 mod ha;
 mod hostile;
 mod link;
@@ -257,6 +258,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: web::Cmd,
     },
+    /// DICOM inspection on the connector (issue #17): C-GET of a generated study (default
+    /// 100 × 2 MiB) from an Orthanc this command starts, with dcmtk's getscu, through the
+    /// opaque relay and through the inspecting relay (each an in-process loopback listener),
+    /// alternating; throughput, this process's CPU seconds per GB, and the ratios.
+    Dicom(dicom::Opts),
     /// Builds the Markdown results table from the JSON lines the other commands printed.
     Report {
         /// JSON lines file.
@@ -283,6 +289,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Report { raw, meta } => report::report(&raw, &meta),
         Cmd::HaReport { raw, meta } => ha::report(&raw, &meta),
+        Cmd::Dicom(opts) => dicom::run(opts),
         cmd => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -413,6 +420,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         | Cmd::IperfSummary { .. }
         | Cmd::Report { .. }
         | Cmd::HaReport { .. }
+        | Cmd::Dicom(..)
         | Cmd::Cpu { .. } => Ok(()),
     }
 }

@@ -237,7 +237,7 @@ async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
 
 /// `make_large_study` of tests/src/dicom.rs (same bytes for the same arguments): returns the
 /// study UID, the file count and the total size.
-fn make_study(
+pub(crate) fn make_study(
     dir: &Path,
     instances: u32,
     rows: u16,

@@ -103,6 +103,7 @@ pub async fn spawn(config: Config) -> Result<AgentHandle, LinkError> {
         connector_id: enrollment.connector_id.clone(),
         revoked: Default::default(),
         learned: Default::default(),
+        dicom: Default::default(),
     });
     info!(connector_id = %enrollment.connector_id, site = %enrollment.site, gateways = ?gateways, "connector starting");
     let mut tasks = JoinSet::new();
@@ -416,5 +417,369 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains(ENROLLMENT_FILE), "{text}");
         assert!(text.contains("postern-connector enroll"), "{text}");
+    }
+
+    /// A gateway's side of one HTTP/2 link, played by the test: TLS with a certificate the
+    /// connector's enrolment trusts, then an HTTP/2 client as the gateway is on a link.
+    mod dicom_link {
+        use super::*;
+        use crate::dicom::inspect::tests::{ac, pdata};
+        use crate::dicom::pdu::tests::{associate_rq, command_set};
+        use crate::dicom::pdu::IMPLICIT_VR_LE;
+        use bytes::Bytes;
+        use http::{Method, Request, StatusCode};
+        use http_body_util::{BodyExt, Empty};
+        use hyper_util::rt::TokioIo;
+        use postern_proto::dicom::{DicomPermit, DicomRecord, DicomService};
+        use postern_proto::wire;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        /// An enrolled connector dialling `gateway` over one HTTP/2 link, allowed to reach
+        /// 127.0.0.1:`port`; returns the gateway's TLS acceptor for the same identity.
+        fn enrolled_link(
+            dir: &Path,
+            gateway: SocketAddr,
+            port: u16,
+            transport: &str,
+        ) -> (Config, rustls::ServerConfig) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p =
+                rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                    .unwrap();
+            let now = time::OffsetDateTime::now_utc();
+            p.not_before = now - time::Duration::hours(1);
+            p.not_after = now + time::Duration::days(1);
+            let cert = p.self_signed(&key).unwrap();
+            std::fs::write(dir.join(CA_FILE), cert.pem()).unwrap();
+            std::fs::write(dir.join(CERT_FILE), cert.pem()).unwrap();
+            std::fs::write(dir.join(KEY_FILE), key.serialize_pem()).unwrap();
+            let enrollment = Enrollment {
+                connector_id: "conn-dicom".into(),
+                site: "truro".into(),
+                gateway_url: format!("https://{gateway}"),
+                connector_addrs: vec![gateway.to_string()],
+                not_after: "in a day".into(),
+                issued_at: Some(crate::enroll::unix_now()),
+            };
+            std::fs::write(
+                dir.join(ENROLLMENT_FILE),
+                serde_json::to_vec(&enrollment).unwrap(),
+            )
+            .unwrap();
+            let config = Config::parse(
+                &format!(
+                    "state_dir = \"{}\"\nconnections_per_gateway = 1\nlink_transport = \"{transport}\"\n[[allow]]\ncidr = \"127.0.0.1\"\nports = \"{port}\"\n",
+                    dir.display()
+                ),
+                &dir.join("connector.toml"),
+            )
+            .unwrap();
+            let alpn = if transport == "quic" {
+                wire::ALPN_LINK_QUIC
+            } else {
+                wire::ALPN_CONNECTOR
+            };
+            let server = postern_net::tls::server_config(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                &[alpn],
+                None,
+            )
+            .unwrap();
+            (config, server)
+        }
+
+        /// A PACS that answers the A-ASSOCIATE-RQ with an A-ASSOCIATE-AC, then reads to the end
+        /// and closes; returns what it read.
+        async fn pacs(listener: tokio::net::TcpListener) -> Vec<u8> {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = tcp.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                let answer = got.is_empty();
+                got.extend_from_slice(&buf[..n]);
+                if answer {
+                    tcp.write_all(&ac()).await.unwrap();
+                }
+            }
+            let _ = tcp.shutdown().await;
+            got
+        }
+
+        #[tokio::test]
+        async fn an_inspected_tunnel_streams_its_records_on_the_session_events_request() {
+            let dir = tempfile::tempdir().unwrap();
+            let gw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let pacs_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let pacs_addr = pacs_l.local_addr().unwrap();
+            let (config, server) = enrolled_link(
+                dir.path(),
+                gw.local_addr().unwrap(),
+                pacs_addr.port(),
+                "http2",
+            );
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            let handle = spawn(config).await.unwrap();
+            let pacs_task = tokio::spawn(pacs(pacs_l));
+
+            let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), gw.accept())
+                .await
+                .unwrap()
+                .unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
+            let (mut link, conn) = postern_net::h2::client(postern_net::h2::LINK)
+                .handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let req = |m: Method, uri: &str, headers: &[(&str, String)]| {
+                let mut r = Request::builder().method(m).uri(uri);
+                for (k, v) in headers {
+                    r = r.header(*k, v);
+                }
+                r.body(Empty::<Bytes>::new()).unwrap()
+            };
+            let target = pacs_addr.to_string();
+            let permit = DicomPermit {
+                rule: "reporters-pacs".into(),
+                calling_ae: vec!["VIEWER".into()],
+                called_ae: Some("PACS".into()),
+                services: vec![DicomService::Echo],
+            };
+
+            // A permit that does not parse: 400 with the reason, nothing dialled.
+            let r = link
+                .send_request(req(
+                    Method::CONNECT,
+                    &target,
+                    &[
+                        (wire::HDR_SESSION, "s-bad".into()),
+                        (postern_proto::dicom::HDR_DICOM_PERMIT, "{not json".into()),
+                    ],
+                ))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+            let why = r.headers()[wire::HDR_REASON].to_str().unwrap().to_owned();
+            assert!(why.contains("DICOM permit does not parse"), "{why}");
+            // No records for a session the connector carries no inspected tunnel of.
+            let r = link
+                .send_request(req(
+                    Method::GET,
+                    postern_proto::dicom::PATH_SESSION_EVENTS,
+                    &[(wire::HDR_SESSION, "s-none".into())],
+                ))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+            let r = link
+                .send_request(req(
+                    Method::CONNECT,
+                    &target,
+                    &[
+                        (wire::HDR_SESSION, "s-1".into()),
+                        (postern_proto::dicom::HDR_DICOM_PERMIT, permit.to_header()),
+                    ],
+                ))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let mut tunnel = TokioIo::new(hyper::upgrade::on(r).await.unwrap());
+            let events = link
+                .send_request(req(
+                    Method::GET,
+                    postern_proto::dicom::PATH_SESSION_EVENTS,
+                    &[(wire::HDR_SESSION, "s-1".into())],
+                ))
+                .await
+                .unwrap();
+            assert_eq!(events.status(), StatusCode::OK);
+
+            // The clinician's association: RQ, (AC), C-ECHO-RQ, A-RELEASE-RQ, close.
+            let rq = associate_rq(
+                "VIEWER",
+                "PACS",
+                &[(1, "1.2.840.10008.1.1", IMPLICIT_VR_LE)],
+            );
+            tunnel.write_all(&rq).await.unwrap();
+            let mut got = vec![0u8; ac().len()];
+            tunnel.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, ac());
+            tunnel
+                .write_all(&pdata(1, 3, &command_set(0x0030, 1, false, &[])))
+                .await
+                .unwrap();
+            tunnel
+                .write_all(&[5, 0, 0, 0, 0, 4, 0, 0, 0, 0])
+                .await
+                .unwrap();
+            tunnel.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            let _ = tunnel.read_to_end(&mut rest).await;
+
+            // The events stream ends with the tunnel: one association record, as NDJSON.
+            let body = tokio::time::timeout(Duration::from_secs(10), events.into_body().collect())
+                .await
+                .unwrap()
+                .unwrap()
+                .to_bytes();
+            let text = String::from_utf8(body.to_vec()).unwrap();
+            let records: Vec<DicomRecord> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(records.len(), 1, "{text}");
+            assert_eq!(records[0].event, "association");
+            assert_eq!(records[0].calling_ae, "VIEWER");
+            assert_eq!(records[0].sop_classes, ["1.2.840.10008.1.1"]);
+            assert!(text.ends_with('\n'));
+            // Taken once: a second request finds nothing.
+            let r = link
+                .send_request(req(
+                    Method::GET,
+                    postern_proto::dicom::PATH_SESSION_EVENTS,
+                    &[(wire::HDR_SESSION, "s-1".into())],
+                ))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+            let to_pacs = pacs_task.await.unwrap();
+            assert!(to_pacs.starts_with(&rq));
+            let m = handle.metrics().render();
+            assert!(
+                m.contains("postern_connector_dicom_operations_total{service=\"echo\"} 1"),
+                "{m}"
+            );
+            assert!(m.contains(
+                "postern_connector_dicom_refusals_total{reason=\"calling_ae_not_allowed\"} 0"
+            ));
+            handle.shutdown().await;
+        }
+
+        /// One request on a QUIC link, as the gateway makes it: the request frame, the answer.
+        async fn quic_request(
+            conn: &quinn::Connection,
+            method: &str,
+            target: &str,
+            headers: &[(&str, String)],
+        ) -> (wire::LinkResponse, quinn::SendStream, quinn::RecvStream) {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let req = wire::LinkRequest {
+                method: method.into(),
+                target: target.into(),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect(),
+            };
+            postern_net::quic::write_frame(&mut send, &req)
+                .await
+                .unwrap();
+            let answer: wire::LinkResponse =
+                postern_net::quic::read_frame(&mut recv).await.unwrap();
+            (answer, send, recv)
+        }
+
+        #[tokio::test]
+        async fn over_a_quic_link_the_session_events_stream_carries_the_records_too() {
+            let dir = tempfile::tempdir().unwrap();
+            let pacs_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let pacs_addr = pacs_l.local_addr().unwrap();
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let gw_addr = udp.local_addr().unwrap();
+            let (config, server) = enrolled_link(dir.path(), gw_addr, pacs_addr.port(), "quic");
+            let endpoint = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(postern_net::quic::link_server_config(Arc::new(server)).unwrap()),
+                udp,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .unwrap();
+            let handle = spawn(config).await.unwrap();
+            let pacs_task = tokio::spawn(pacs(pacs_l));
+            let conn = tokio::time::timeout(Duration::from_secs(10), async {
+                endpoint.accept().await.unwrap().await.unwrap()
+            })
+            .await
+            .unwrap();
+
+            let target = pacs_addr.to_string();
+            let (answer, _, _) = quic_request(
+                &conn,
+                "GET",
+                postern_proto::dicom::PATH_SESSION_EVENTS,
+                &[(wire::HDR_SESSION, "q-none".into())],
+            )
+            .await;
+            assert_eq!(answer.status, 404);
+            let permit = DicomPermit {
+                rule: "reporters-pacs".into(),
+                calling_ae: vec!["VIEWER".into()],
+                called_ae: Some("PACS".into()),
+                services: vec![DicomService::Echo],
+            };
+            let (answer, send, recv) = quic_request(
+                &conn,
+                "CONNECT",
+                &target,
+                &[
+                    (wire::HDR_SESSION, "q-1".into()),
+                    (postern_proto::dicom::HDR_DICOM_PERMIT, permit.to_header()),
+                ],
+            )
+            .await;
+            assert_eq!(answer.status, 200, "{answer:?}");
+            let mut tunnel = tokio::io::join(recv, send);
+            let (answer, _events_send, mut events) = quic_request(
+                &conn,
+                "GET",
+                postern_proto::dicom::PATH_SESSION_EVENTS,
+                &[(wire::HDR_SESSION, "q-1".into())],
+            )
+            .await;
+            assert_eq!(answer.status, 200);
+
+            // A calling AE title the permit does not list: rejected, and reported.
+            let rq = associate_rq("EVIL", "PACS", &[(1, "1.2.840.10008.1.1", IMPLICIT_VR_LE)]);
+            tunnel.write_all(&rq).await.unwrap();
+            let mut got = Vec::new();
+            tunnel.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, crate::dicom::pdu::associate_rj(3));
+            let body = tokio::time::timeout(Duration::from_secs(10), events.read_to_end(64 * 1024))
+                .await
+                .unwrap()
+                .unwrap();
+            let text = String::from_utf8(body).unwrap();
+            let records: Vec<DicomRecord> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(records.len(), 1, "{text}");
+            assert_eq!(records[0].event, "refused");
+            assert_eq!(
+                records[0].refusal.as_deref(),
+                Some("calling_ae_not_allowed")
+            );
+            assert_eq!(
+                records[0].answer.as_deref(),
+                Some("A-ASSOCIATE-RJ result 1 source 1 reason 3")
+            );
+            // The PACS was dialled but heard nothing.
+            assert!(pacs_task.await.unwrap().is_empty());
+            let m = handle.metrics().render();
+            assert!(
+                m.contains(
+                    "postern_connector_dicom_refusals_total{reason=\"calling_ae_not_allowed\"} 1"
+                ),
+                "{m}"
+            );
+            handle.shutdown().await;
+        }
     }
 }

@@ -8,6 +8,8 @@
 //!   requests (and answers the gateway's round-trip probes).
 //! * [`renew`]: automatic renewal of the client certificate before it expires.
 //! * [`check`]: `postern-connector check` (state, certificates, gateway reachability).
+//! * [`dicom`]: the inspecting relay of DICOM tunnels (issue #17): the gateway's permit
+//!   enforced on the association, and the records of what it carried.
 //! * [`admin_http`] and [`metrics`]: Prometheus metrics and health on the optional admin
 //!   listener.
 //! * [`identity`]: the enrolled key and certificate on disk, the mutual-TLS client
@@ -22,6 +24,7 @@ pub mod agent;
 pub mod allowlist;
 pub mod check;
 pub mod config;
+pub mod dicom;
 pub mod enroll;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -16,13 +16,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use postern_net::addr::HostPort;
 use postern_net::quic::{read_frame, write_frame};
 use postern_net::relay::{relay, Counters};
+use postern_proto::dicom::{DicomPermit, DicomRecord, HDR_DICOM_PERMIT, PATH_SESSION_EVENTS};
 use postern_proto::wire;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -71,6 +73,8 @@ pub(crate) struct Shared {
     pub(crate) revoked: Revoked,
     /// The replica addresses the gateways told this connector about.
     pub(crate) learned: Learned,
+    /// The records of inspected DICOM tunnels until the gateway takes them.
+    pub(crate) dicom: Arc<crate::dicom::Sessions>,
 }
 
 /// The gateway replicas' connector addresses as the links were told them
@@ -668,10 +672,27 @@ async fn quic_request(
             let _ = write_frame(&mut send, &answer).await;
             let _ = send.finish();
         }
+        Decision::Events(mut rx) => {
+            let ok = wire::LinkResponse {
+                status: 200,
+                reason: None,
+            };
+            if write_frame(&mut send, &ok).await.is_err() {
+                return;
+            }
+            while let Some(r) = rx.recv().await {
+                if send.write_all(&ndjson(&r)).await.is_err() {
+                    debug!("the gateway closed a session's events stream");
+                    return;
+                }
+            }
+            let _ = send.finish();
+        }
         Decision::Tunnel {
             tcp,
             session,
             target,
+            inspect,
         } => {
             let ok = wire::LinkResponse {
                 status: 200,
@@ -679,16 +700,13 @@ async fn quic_request(
             };
             if let Err(e) = write_frame(&mut send, &ok).await {
                 debug!(session_id = %session, error = %e, "tunnel answer failed");
+                if inspect.is_some() {
+                    shared.dicom.ended(&session);
+                }
                 return;
             }
             let stream = postern_net::quic::tunnel_stream(send, recv);
-            let relay = run_tunnel(
-                (shared.metrics.clone(), shared.kill.clone()),
-                stream,
-                tcp,
-                session,
-                target,
-            );
+            let relay = run_tunnel(tunnel_env(&shared), stream, tcp, (session, target), inspect);
             shared.relays.spawn(tunnels.track_future(relay));
         }
     }
@@ -755,12 +773,45 @@ async fn allowed_addrs(shared: &Shared, host: &str, port: u16) -> Result<Vec<Soc
 enum Decision {
     /// Answer with this status and reason ([`wire::HDR_REASON`]); no tunnel.
     Answer(StatusCode, Option<String>),
-    /// Answer 200 and relay the stream to `tcp`.
+    /// Answer 200 and relay the stream to `tcp`; with a DICOM permit, inspecting.
     Tunnel {
         tcp: TcpStream,
         session: String,
         target: String,
+        inspect: Option<Inspect>,
     },
+    /// Answer 200 and stream a session's DICOM records (NDJSON) until its tunnel ended.
+    Events(tokio::sync::mpsc::Receiver<DicomRecord>),
+}
+
+/// A DICOM tunnel's permit and where its records go.
+type Inspect = (DicomPermit, tokio::sync::mpsc::Sender<DicomRecord>);
+
+/// What an HTTP/2 link answers with: empty, or a session's records.
+type LinkBody = BoxBody<Bytes, Infallible>;
+
+/// One record as a line of the events stream.
+pub fn ndjson(r: &DicomRecord) -> Bytes {
+    let mut v = serde_json::to_vec(r).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+/// A session's records as a response body, one JSON line per frame, ending with the tunnel.
+struct Records(tokio::sync::mpsc::Receiver<DicomRecord>);
+
+impl hyper::body::Body for Records {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|r| r.map(|r| Ok(hyper::body::Frame::data(ndjson(&r)))))
+    }
 }
 
 /// Serves one request on an HTTP/2 link.
@@ -769,7 +820,7 @@ async fn handle(
     draining: &tokio::sync::Notify,
     link_id: u64,
     req: Request<Incoming>,
-) -> Response<Empty<Bytes>> {
+) -> Response<LinkBody> {
     match decide(
         &shared,
         draining,
@@ -781,7 +832,7 @@ async fn handle(
     .await
     {
         Decision::Answer(status, reason) => {
-            let mut r = Response::new(Empty::new());
+            let mut r = Response::new(Empty::new().boxed());
             *r.status_mut() = status;
             if let Some(v) = reason.and_then(|r| http::HeaderValue::from_str(&r).ok()) {
                 r.headers_mut().insert(wire::HDR_REASON, v);
@@ -792,10 +843,12 @@ async fn handle(
             tcp,
             session,
             target,
+            inspect,
         } => {
-            spawn_tunnel(&shared, req, tcp, session, target);
-            Response::new(Empty::new())
+            spawn_tunnel(&shared, req, tcp, (session, target), inspect);
+            Response::new(Empty::new().boxed())
         }
+        Decision::Events(rx) => Response::new(Records(rx).boxed()),
     }
 }
 
@@ -849,6 +902,15 @@ async fn decide(
         // The gateway's round-trip probe: answered at once, dials nothing.
         return Decision::Answer(StatusCode::NO_CONTENT, None);
     }
+    if method == Method::GET && uri.path() == PATH_SESSION_EVENTS {
+        return match shared.dicom.take(&session) {
+            Some(rx) => Decision::Events(rx),
+            None => Decision::Answer(
+                StatusCode::NOT_FOUND,
+                Some("no inspected DICOM tunnel of this session on this connector".to_owned()),
+            ),
+        };
+    }
     if method != Method::CONNECT {
         return Decision::Answer(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -862,6 +924,20 @@ async fn decide(
         );
     };
     let target = format!("{host}:{port}");
+    let permit = match headers.get(HDR_DICOM_PERMIT) {
+        None => None,
+        Some(v) => match v
+            .to_str()
+            .map_err(|_| "the DICOM permit is not text".to_owned())
+            .and_then(DicomPermit::from_header)
+        {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!(session_id = %session, %target, error = %e, "refused: bad DICOM permit");
+                return Decision::Answer(StatusCode::BAD_REQUEST, Some(e));
+            }
+        },
+    };
     let addrs = match allowed_addrs(shared, &host, port).await {
         Ok(a) => a,
         Err(e) => {
@@ -910,11 +986,16 @@ async fn decide(
     };
     let _ = tcp.set_nodelay(true);
     shared.metrics.dials.with_label_values(&["ok"]).inc();
-    debug!(session_id = %session, %target, "tunnel open");
+    debug!(session_id = %session, %target, inspected = permit.is_some(), "tunnel open");
+    let inspect = permit.map(|p| {
+        let tx = shared.dicom.open(&session);
+        (p, tx)
+    });
     Decision::Tunnel {
         tcp,
         session,
         target,
+        inspect,
     }
 }
 
@@ -924,33 +1005,66 @@ fn spawn_tunnel(
     shared: &Shared,
     req: Request<Incoming>,
     tcp: TcpStream,
-    session: String,
-    target: String,
+    (session, target): (String, String),
+    inspect: Option<Inspect>,
 ) {
-    let shared_metrics = (shared.metrics.clone(), shared.kill.clone());
+    let env = tunnel_env(shared);
     shared.relays.spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(up) => run_tunnel(shared_metrics, TokioIo::new(up), tcp, session, target).await,
-            Err(e) => debug!(session_id = %session, error = %e, "tunnel upgrade failed"),
+            Ok(up) => run_tunnel(env, TokioIo::new(up), tcp, (session, target), inspect).await,
+            Err(e) => {
+                debug!(session_id = %session, error = %e, "tunnel upgrade failed");
+                env.2.ended(&session);
+            }
         }
     });
+}
+
+/// What a tunnel's task needs of [`Shared`].
+type TunnelEnv = (Arc<Metrics>, CancellationToken, Arc<crate::dicom::Sessions>);
+
+fn tunnel_env(shared: &Shared) -> TunnelEnv {
+    (
+        shared.metrics.clone(),
+        shared.kill.clone(),
+        shared.dicom.clone(),
+    )
 }
 
 /// Relays a tunnel `stream` of a link to `tcp` until either side ends or the connector is
 /// killed (`kill`), counting its bytes.
 async fn run_tunnel<S>(
-    (metrics, kill): (Arc<Metrics>, CancellationToken),
+    (metrics, kill, sessions): TunnelEnv,
     stream: S,
     tcp: TcpStream,
-    session: String,
-    target: String,
+    (session, target): (String, String),
+    inspect: Option<Inspect>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     metrics.streams_active.inc();
+    let inspected = inspect.is_some();
     let tunnel = async {
         let counters = Arc::new(Counters::default());
-        let ended = relay(stream, tcp, counters.clone()).await;
+        let ended = match inspect {
+            None => relay(stream, tcp, counters.clone()).await,
+            Some((permit, tx)) => {
+                let s =
+                    crate::dicom::relay_inspected(stream, tcp, &permit, tx, counters.clone()).await;
+                if let Some(r) = s.refusal {
+                    metrics.dicom_refusals.with_label_values(&[r]).inc();
+                }
+                for (service, n) in &s.operations {
+                    metrics
+                        .dicom_operations
+                        .with_label_values(&[service])
+                        .inc_by(*n);
+                }
+                metrics.dicom_records_dropped.inc_by(s.dropped_records);
+                debug!(session_id = %session, refusal = ?s.refusal, operations = ?s.operations, "DICOM tunnel inspected");
+                s.ended
+            }
+        };
         metrics
             .tunnel_bytes
             .with_label_values(&["to_target"])
@@ -964,6 +1078,9 @@ async fn run_tunnel<S>(
     tokio::select! {
         _ = tunnel => {},
         _ = kill.cancelled() => debug!(session_id = %session, %target, "tunnel closed: the connector stopped"),
+    }
+    if inspected {
+        sessions.ended(&session);
     }
     metrics.streams_active.dec();
 }

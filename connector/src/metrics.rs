@@ -25,6 +25,15 @@ pub struct Metrics {
     pub cert_expiry: IntGauge,
     /// Certificate renewals by result: `ok`, `failed`.
     pub renewals: IntCounterVec,
+    /// DICOM associations refused or aborted by the inspecting relay, by `reason` (the
+    /// refusal code of the record: `calling_ae_not_allowed`, `service_not_allowed`, …).
+    pub dicom_refusals: IntCounterVec,
+    /// DIMSE requests the inspecting relay forwarded from the clinician's side, by
+    /// `service` (`echo`, `find`, `get`, `move`, `store`).
+    pub dicom_operations: IntCounterVec,
+    /// DICOM records dropped because the gateway did not take them fast enough (or never
+    /// opened the session's events stream).
+    pub dicom_records_dropped: IntCounter,
     pub build_info: IntGaugeVec,
 }
 
@@ -84,6 +93,24 @@ impl Metrics {
                 ),
                 &["result"]
             )?),
+            dicom_refusals: reg!(IntCounterVec::new(
+                Opts::new(
+                    "postern_connector_dicom_refusals_total",
+                    "DICOM associations refused (A-ASSOCIATE-RJ) or aborted (A-ABORT) by the inspecting relay, by reason"
+                ),
+                &["reason"]
+            )?),
+            dicom_operations: reg!(IntCounterVec::new(
+                Opts::new(
+                    "postern_connector_dicom_operations_total",
+                    "DIMSE requests forwarded from the clinician's side by the inspecting relay, by service"
+                ),
+                &["service"]
+            )?),
+            dicom_records_dropped: reg!(IntCounter::new(
+                "postern_connector_dicom_records_dropped_total",
+                "DICOM records dropped: the gateway did not take them fast enough"
+            )?),
             build_info: reg!(IntGaugeVec::new(
                 Opts::new(
                     "postern_connector_build_info",
@@ -101,6 +128,12 @@ impl Metrics {
         }
         for r in ["ok", "failed"] {
             m.renewals.with_label_values(&[r]);
+        }
+        for r in crate::dicom::refusal::ALL {
+            m.dicom_refusals.with_label_values(&[r]);
+        }
+        for s in postern_proto::dicom::DicomService::ALL {
+            m.dicom_operations.with_label_values(&[s.as_str()]);
         }
         for d in ["to_target", "from_target"] {
             m.tunnel_bytes.with_label_values(&[d]);
