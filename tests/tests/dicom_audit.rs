@@ -48,20 +48,23 @@ max_session = "1h"
     )
 }
 
-/// `tool` as `calling` AE title calling `called`, against `addr`.
+/// `tool` as `calling` AE title calling `called`, against `addr`: options `args`, then the
+/// peer, then `files` (storescu's).
 fn dcmtk_as(
     tool: &str,
     calling: &str,
     called: &str,
     addr: SocketAddr,
     args: &[&str],
+    files: &[&Path],
 ) -> (bool, String) {
     let (ok, out, err) = run(Command::new(tool)
         .args(["-aet", calling, "-aec", called])
         .args(["-to", "20", "-ta", "20", "-td", "20"])
         .args(args)
         .arg(addr.ip().to_string())
-        .arg(addr.port().to_string()));
+        .arg(addr.port().to_string())
+        .args(files));
     (ok, format!("{out}{err}"))
 }
 
@@ -99,7 +102,7 @@ fn ae_titles_and_services_are_enforced_on_the_connector_and_every_study_is_audit
     let (client, local) = d.connect("pacs-dicom", &token).unwrap();
 
     // Alice's own AE title: verification, query and retrieve pass.
-    let (ok, out) = dcmtk_as("echoscu", VIEWER_AET, ORTHANC_AET, local, &[]);
+    let (ok, out) = dcmtk_as("echoscu", VIEWER_AET, ORTHANC_AET, local, &[], &[]);
     assert!(ok, "C-ECHO as {VIEWER_AET}: {out}");
     let (ok, out) = dcmtk_as(
         "findscu",
@@ -116,6 +119,7 @@ fn ae_titles_and_services_are_enforced_on_the_connector_and_every_study_is_audit
             "-k",
             "StudyInstanceUID",
         ],
+        &[],
     );
     assert!(ok && out.contains(&study_uid), "C-FIND: {out}");
     let got = work.path().join("got");
@@ -135,6 +139,7 @@ fn ae_titles_and_services_are_enforced_on_the_connector_and_every_study_is_audit
             "-od",
             got.to_str().unwrap(),
         ],
+        &[],
     );
     assert!(ok, "C-GET: {out}");
     let retrieved: Vec<_> = std::fs::read_dir(&got)
@@ -147,14 +152,14 @@ fn ae_titles_and_services_are_enforced_on_the_connector_and_every_study_is_audit
     assert_eq!((&retrieved_study, &retrieved_sop), (&study_uid, &sop_uid));
 
     // Someone else's AE title: a real A-ASSOCIATE-RJ, which dcmtk reports as such.
-    let (ok, out) = dcmtk_as("echoscu", "EVIL", ORTHANC_AET, local, &[]);
+    let (ok, out) = dcmtk_as("echoscu", "EVIL", ORTHANC_AET, local, &[], &[]);
     assert!(!ok, "an unknown calling AE title was accepted: {out}");
     assert!(
         out.contains("Association Rejected") && out.contains("Calling AE Title Not Recognized"),
         "{out}"
     );
     // The wrong PACS title: rejected with reason 7.
-    let (ok, out) = dcmtk_as("echoscu", VIEWER_AET, "OTHERPACS", local, &[]);
+    let (ok, out) = dcmtk_as("echoscu", VIEWER_AET, "OTHERPACS", local, &[], &[]);
     assert!(!ok, "a wrong called AE title was accepted: {out}");
     assert!(
         out.contains("Association Rejected") && out.contains("Called AE Title Not Recognized"),
@@ -168,7 +173,8 @@ fn ae_titles_and_services_are_enforced_on_the_connector_and_every_study_is_audit
         VIEWER_AET,
         ORTHANC_AET,
         local,
-        &[file2.to_str().unwrap()],
+        &["-v"],
+        &[&file2],
     );
     assert!(!ok, "C-STORE was allowed: {out}");
     assert_eq!(
@@ -294,7 +300,8 @@ fn ae_titles_and_services_are_enforced_on_the_connector_and_every_study_is_audit
         VIEWER_AET,
         ORTHANC_AET,
         admin_local,
-        &[file2.to_str().unwrap()],
+        &["-v"],
+        &[&file2],
     );
     assert!(ok, "the administrator's C-STORE: {out}");
     assert_eq!(orthanc.instance_count(), 2);
