@@ -77,9 +77,11 @@
 //! So a gateway and any number of admin commands interleave on one chain.
 
 pub mod access;
+pub mod atna;
 mod chain;
 mod error;
 mod event;
+pub mod fhir;
 mod head_check;
 mod hexfmt;
 mod key;
