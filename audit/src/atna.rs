@@ -858,7 +858,11 @@ pub fn map(e: &Event, fallback_node: &str) -> Option<Mapped> {
             } else {
                 codes::APPLICATION_STOP
             }];
-            m.participants.push(gateway_participant(&source_id));
+            // Who started or stopped the service is not known (systemd, an operator): the
+            // gateway stands for itself.
+            let mut g = gateway_participant(&source_id);
+            g.requestor = true;
+            m.participants.push(g);
         }
         _ => return None,
     }

@@ -92,17 +92,14 @@ fn type_codes(doc: &roxmltree::Document) -> Vec<String> {
 }
 
 fn source_type(doc: &roxmltree::Document) -> Option<String> {
-    let d = doc.descendants().find(|n| n.has_tag_name("ParticipantObjectDetail"))?;
+    let d = doc
+        .descendants()
+        .find(|n| n.has_tag_name("ParticipantObjectDetail"))?;
     Some(d.attribute("type")?.to_owned())
 }
 
 fn b64(s: &str) -> String {
-    String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .unwrap(),
-    )
-    .unwrap()
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s).unwrap()).unwrap()
 }
 
 #[test]
@@ -220,9 +217,15 @@ fn every_atna_message_kind_validates_against_the_ps3_15_schema_with_jing() {
         .descendants()
         .filter(|n| n.has_tag_name("ActiveParticipant"))
         .collect();
-    assert_eq!(parts[0].attribute("AlternativeUserID"), Some("AETITLES=RAD_JONES"));
+    assert_eq!(
+        parts[0].attribute("AlternativeUserID"),
+        Some("AETITLES=RAD_JONES")
+    );
     assert_eq!(parts[0].attribute("UserIsRequestor"), Some("true"));
-    assert_eq!(parts[1].attribute("AlternativeUserID"), Some("AETITLES=TRURO_PACS"));
+    assert_eq!(
+        parts[1].attribute("AlternativeUserID"),
+        Some("AETITLES=TRURO_PACS")
+    );
     assert_eq!(parts[1].attribute("UserIsRequestor"), Some("false"));
     let sop = q
         .descendants()
@@ -236,9 +239,18 @@ fn every_atna_message_kind_validates_against_the_ps3_15_schema_with_jing() {
         .text()
         .unwrap();
     let keys = b64(query);
-    assert!(keys.contains(&format!("(0010,0020) PatientID={PATIENT}")), "{keys}");
-    assert!(keys.contains(&format!("(0008,0050) AccessionNumber={ACCESSION}")), "{keys}");
-    assert!(keys.contains("(0008,0052) QueryRetrieveLevel=STUDY"), "{keys}");
+    assert!(
+        keys.contains(&format!("(0010,0020) PatientID={PATIENT}")),
+        "{keys}"
+    );
+    assert!(
+        keys.contains(&format!("(0008,0050) AccessionNumber={ACCESSION}")),
+        "{keys}"
+    );
+    assert!(
+        keys.contains("(0008,0052) QueryRetrieveLevel=STUDY"),
+        "{keys}"
+    );
     let patient = |d: &roxmltree::Document| -> Option<String> {
         d.descendants()
             .filter(|n| n.has_tag_name("ParticipantObjectIdentification"))
@@ -277,7 +289,10 @@ fn every_atna_message_kind_validates_against_the_ps3_15_schema_with_jing() {
         .unwrap();
     assert_eq!(sopclass.attribute("NumberOfInstances"), Some("3"));
     assert_eq!(
-        sopclass.children().filter(|c| c.has_tag_name("Instance")).count(),
+        sopclass
+            .children()
+            .filter(|c| c.has_tag_name("Instance"))
+            .count(),
         3
     );
     assert!(study
@@ -287,7 +302,9 @@ fn every_atna_message_kind_validates_against_the_ps3_15_schema_with_jing() {
     // Store: transferred, create; the user's side is the source.
     let s = by_kind("dicom.store");
     assert_eq!(event_id(s), "110104");
-    assert!(s.descendants().any(|n| n.attribute("ParticipantObjectID") == Some(STUDY2)));
+    assert!(s
+        .descendants()
+        .any(|n| n.attribute("ParticipantObjectID") == Some(STUDY2)));
     // Security alerts: refusals, denials, revocations, with their type codes.
     for (kind, code, outcome) in [
         ("dicom.refused", "110126", "4"),
@@ -343,7 +360,11 @@ fn broken_messages_fail_the_schema_so_the_check_can_fail() {
         // EventID must come before the EventTypeCodes (and is mandatory).
         good.replacen("<EventID ", "<EventIDX ", 1),
         // The outcome indicator has four values.
-        good.replacen("EventOutcomeIndicator=\"0\"", "EventOutcomeIndicator=\"1\"", 1),
+        good.replacen(
+            "EventOutcomeIndicator=\"0\"",
+            "EventOutcomeIndicator=\"1\"",
+            1,
+        ),
         // A query is base64.
         {
             let start = good.find("<ParticipantObjectQuery>").unwrap() + 24;
@@ -403,7 +424,11 @@ fn a_tampered_log_exports_a_security_alert_after_audit_log_used() {
     // An insider edits who opened the study.
     let seg = first_segment(&dir);
     let text = std::fs::read_to_string(&seg).unwrap();
-    let edited = text.replacen("\"user\":\"sub-ann-jones\"", "\"user\":\"sub-bob-smith\"", 3);
+    let edited = text.replacen(
+        "\"user\":\"sub-ann-jones\"",
+        "\"user\":\"sub-bob-smith\"",
+        3,
+    );
     assert_ne!(text, edited);
     std::fs::write(&seg, edited).unwrap();
     let messages = export_atna(&dir, &tmp.path().join("export.atna"), &[]);
