@@ -19,6 +19,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
 dpkg -s rsyslog-openssl >/dev/null 2>&1 || need+=(rsyslog-openssl)
+command -v jing >/dev/null 2>&1 || need+=(jing)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 # A real browser for the device-trust tests (WebDriver virtual authenticator), and certutil to
 # trust the gateway's test CA in the browser's NSS database.
