@@ -50,9 +50,11 @@ enum Command {
     /// A summary to hand on: everything one person did (--user), or every break-glass access
     /// (--break-glass), in a period; as text, CSV, or an HTML page to open and print.
     Report(ReportArgs),
-    /// Who opened this study? One row per session that touched a study, series or instance:
-    /// first and last time, user, device, source address, endpoint, session, requests. Exit 0
-    /// also when nothing is found (it says so); 2 for a malformed UID.
+    /// Who opened this study, who viewed this patient? One row per session that touched a
+    /// study, series, instance, patient or accession number (DICOMweb requests and DICOM
+    /// queries, retrieves and stores): first and last time, user, device, source address,
+    /// endpoint, session, requests, and what was done over DICOM. Exit 0 also when nothing is
+    /// found (it says so); 2 for a malformed identifier.
     Access(AccessArgs),
     /// Export matching events as JSON lines, CSV or RFC 5424 syslog (to stdout, or sent to a
     /// syslog server with --to); several logs are merged by time.
@@ -209,7 +211,7 @@ struct ReportArgs {
     ArgGroup::new("objects")
         .required(true)
         .multiple(true)
-        .args(["study", "series", "instance"])
+        .args(["study", "series", "instance", "patient", "accession"])
 ))]
 struct AccessArgs {
     /// Audit log directory (the one holding audit.jsonl); several, one per gateway replica,
@@ -218,14 +220,21 @@ struct AccessArgs {
     dirs: Vec<PathBuf>,
     /// Study Instance UID (may be repeated; a session is listed if it touched any object
     /// given).
-    #[arg(long, value_name = "UID", value_parser = dicom_uid(ObjectKind::Study))]
+    #[arg(long, value_name = "UID", value_parser = object_id(ObjectKind::Study))]
     study: Vec<String>,
     /// Series Instance UID (may be repeated).
-    #[arg(long, value_name = "UID", value_parser = dicom_uid(ObjectKind::Series))]
+    #[arg(long, value_name = "UID", value_parser = object_id(ObjectKind::Series))]
     series: Vec<String>,
     /// SOP Instance UID (may be repeated).
-    #[arg(long, value_name = "UID", value_parser = dicom_uid(ObjectKind::Instance))]
+    #[arg(long, value_name = "UID", value_parser = object_id(ObjectKind::Instance))]
     instance: Vec<String>,
+    /// Patient ID as the PACS holds it (may be repeated): DICOM queries, retrieves and stores
+    /// that named the patient.
+    #[arg(long, value_name = "ID", value_parser = object_id(ObjectKind::Patient))]
+    patient: Vec<String>,
+    /// Accession Number (may be repeated).
+    #[arg(long, value_name = "N", value_parser = object_id(ObjectKind::Accession))]
+    accession: Vec<String>,
     /// Only accesses from this time on (same forms as search --since).
     #[arg(long, value_name = "TIME")]
     since: Option<String>,
@@ -242,7 +251,7 @@ struct AccessArgs {
 
 /// A clap value parser that accepts a valid identifier of `kind` (a bad one is a usage error:
 /// exit 2, like every other bad argument).
-fn dicom_uid(kind: ObjectKind) -> impl Fn(&str) -> Result<String, String> + Clone {
+fn object_id(kind: ObjectKind) -> impl Fn(&str) -> Result<String, String> + Clone {
     move |id: &str| kind.check(id).map(|()| id.to_owned())
 }
 
@@ -732,6 +741,8 @@ fn access(args: AccessArgs) -> anyhow::Result<ExitCode> {
         (ObjectKind::Study, &args.study),
         (ObjectKind::Series, &args.series),
         (ObjectKind::Instance, &args.instance),
+        (ObjectKind::Patient, &args.patient),
+        (ObjectKind::Accession, &args.accession),
     ] {
         for id in ids {
             // Checked by clap already; kept so the query can never hold a bad one.
