@@ -86,6 +86,7 @@ pub async fn check_with(config: &Config, running: bool) -> (Vec<Finding>, Vec<St
         }
     }
     audit_dir(&config.audit_dir, &mut out);
+    syslog(config, &mut out);
     store(config, &mut out, &mut notes).await;
     oidc(config, &mut out).await;
     if config.oidc.is_some() && config.devices.required {
@@ -441,6 +442,17 @@ fn web(config: &Config, out: &mut Vec<Finding>) {
                 f.display()
             ))),
         }
+    }
+}
+
+/// `[syslog]`: the CA and client certificate files read and parse, the key is private.
+fn syslog(config: &Config, out: &mut Vec<Finding>) {
+    let Some(s) = &config.syslog else { return };
+    let checked = s
+        .options()
+        .and_then(postern_audit::syslog::SyslogTarget::new);
+    if let Err(e) = checked {
+        out.push(Finding::error(format!("[syslog]: {e}")));
     }
 }
 
