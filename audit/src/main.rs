@@ -1101,7 +1101,6 @@ fn export_clinical(args: ExportArgs) -> anyhow::Result<ExitCode> {
             framed.clear();
         }
     }
-    drop(emit);
     if args.format == ExportFormat::FhirBundle {
         serde_json::to_writer(
             &mut *out,

@@ -371,11 +371,17 @@ fn broken_messages_fail_the_schema_so_the_check_can_fail() {
             format!("{}not base64!{}", &good[..start], &good[start..])
         },
     ];
-    let (ok, out) = jing(&split(&[good.clone()], &tmp.path().join("good")));
+    let (ok, out) = jing(&split(
+        std::slice::from_ref(&good),
+        &tmp.path().join("good"),
+    ));
     assert!(ok, "{out}");
     for (i, bad) in cases.iter().enumerate() {
         assert_ne!(bad, &good, "case {i} changed nothing");
-        let (ok, out) = jing(&split(&[bad.clone()], &tmp.path().join(format!("bad{i}"))));
+        let (ok, out) = jing(&split(
+            std::slice::from_ref(bad),
+            &tmp.path().join(format!("bad{i}")),
+        ));
         assert!(!ok, "case {i}: jing accepted a broken message:\n{bad}");
         assert!(out.contains("error"), "case {i}: {out}");
     }

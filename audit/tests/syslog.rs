@@ -181,7 +181,7 @@ input(type="imtcp" address="127.0.0.1" port="{port}" listenPortFileName="{port_f
         let text = fs::read_to_string(&self.out).unwrap_or_default();
         text.lines()
             .filter_map(|line| {
-                let sd = line.splitn(8, '|').nth(6)?;
+                let sd = line.split('|').nth(6)?;
                 sd.split("seq=\"").nth(1)?.split('"').next()?.parse().ok()
             })
             .collect()
@@ -658,7 +658,7 @@ async fn atna_forwarding_with_a_client_certificate_survives_a_30_s_outage_exactl
             let mut n = 0u64;
             let deadline = Instant::now() + Duration::from_secs(36);
             while Instant::now() < deadline {
-                let kind = if n % 2 == 0 {
+                let kind = if n.is_multiple_of(2) {
                     EventType::SessionStart
                 } else {
                     EventType::SessionEnd
