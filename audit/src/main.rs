@@ -950,12 +950,43 @@ fn syslog_options(
     Ok(options)
 }
 
-/// Who runs this command, for the Audit Log Used message: the login name.
+/// Who runs this command, for the Audit Log Used message: the login name (`$USER`,
+/// `$LOGNAME`), else the name of the process's user id in /etc/passwd, else `uid N`.
 fn os_user() -> String {
-    ["USER", "LOGNAME"]
+    if let Some(u) = ["USER", "LOGNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| "unknown".to_owned())
+    {
+        return u;
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        });
+    let Some(uid) = uid else {
+        return "unknown".to_owned();
+    };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid).then(|| f[0].to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// This machine's name, the audit source of the Audit Log Used message.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// The filter as given on the command line, for the Audit Log Used message.
@@ -997,11 +1028,8 @@ fn export_clinical(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let logs = LogSet::open(&args.dirs)?;
     logs.check_readable()?;
     let now = postern_audit::now_rfc3339_micros();
-    let node = logs
-        .logs()
-        .iter()
-        .find_map(|l| l.node.clone())
-        .unwrap_or_else(|| "postern-audit".to_owned());
+    // The Audit Log Used message is this command's own: its source is this machine.
+    let node = format!("postern-audit@{}", host_name());
     let dirs: Vec<String> = logs
         .logs()
         .iter()
