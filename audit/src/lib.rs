@@ -50,6 +50,9 @@
 //! * [`logset`]: several logs read together, one per gateway replica ([`logset::LogSet`]):
 //!   refuses the same log given twice, names each log (its *replica label*), and merges their
 //!   events by time (a k-way merge, one event held per log).
+//! * [`atna`]: events mapped to the DICOM audit vocabulary (PS3.15 A.5.3) and written as ATNA
+//!   `AuditMessage` XML; [`fhir`]: the same mapping as FHIR R4 `AuditEvent` resources (IHE
+//!   BALP). `syslog` uses `atna` for its ITI-20 message format, so both sit below it.
 //! * [`verify`], [`search`], [`sessions`], [`access`]: what `postern-audit` does, over one log
 //!   or several.
 //! * [`visits`]: sessions grouped into visits (one clinician, one endpoint, one sign-in), what

@@ -56,8 +56,10 @@ enum Command {
     /// endpoint, session, requests, and what was done over DICOM. Exit 0 also when nothing is
     /// found (it says so); 2 for a malformed identifier.
     Access(AccessArgs),
-    /// Export matching events as JSON lines, CSV or RFC 5424 syslog (to stdout, or sent to a
-    /// syslog server with --to); several logs are merged by time.
+    /// Export matching events as JSON lines, CSV, RFC 5424 syslog, IHE ATNA (DICOM PS3.15 audit
+    /// messages) or FHIR R4 AuditEvent (NDJSON or a Bundle): to stdout, to a file with --out,
+    /// or sent to a syslog server with --to; several logs are merged by time. ATNA and FHIR
+    /// exports start with an Audit Log Used message naming who exported.
     Export(ExportArgs),
     /// Print the latest signed checkpoint as one line, for an outside witness to keep (one line
     /// per log).
