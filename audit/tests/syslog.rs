@@ -729,3 +729,55 @@ fn a_client_key_readable_by_others_is_refused() {
         .to_string();
     assert!(err.contains("needs TLS"), "{err}");
 }
+
+/// `export --format atna --to` backfills a repository that authenticates its senders: the
+/// mapped events arrive as ITI-20 messages, after the export's own Audit Log Used message.
+#[test]
+fn export_sends_atna_to_a_repository_with_a_client_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    for e in common::clinical::events(false) {
+        postern_audit::append_sync(&dir, &e).unwrap();
+    }
+    let want: BTreeSet<u64> = read_all(&dir)
+        .unwrap()
+        .iter()
+        .filter(|e| postern_audit::atna::map(e, "gw").is_some())
+        .map(|e| e.seq.unwrap())
+        .collect();
+    assert!(want.len() >= 18);
+    let tls = make_tls(tmp.path());
+    let rsyslog = Rsyslog::start_with(&tmp.path().join("arr"), 0, Some(&tls), true);
+    let out = run(&[
+        "export",
+        dir.to_str().unwrap(),
+        "--format",
+        "atna",
+        "--to",
+        &rsyslog.address(),
+        "--tls",
+        "--ca",
+        tls.ca.to_str().unwrap(),
+        "--server-name",
+        "syslog.test",
+        "--cert",
+        tls.client_cert.to_str().unwrap(),
+        "--key",
+        tls.client_key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("sent {} ATNA message(s)", want.len() + 1)),
+        "{}",
+        stderr(&out)
+    );
+    let got = rsyslog.wait_for_seqs(&want, Duration::from_secs(20));
+    assert!(got.values().all(|r| r.msgid == "IHE+RFC-3881"));
+    assert_eq!(atna_event_id(&got[want.first().unwrap()].msg), "110114");
+    // The export's own message has no seq; it is there, first.
+    let text = fs::read_to_string(&rsyslog.out).unwrap();
+    let first = text.lines().next().unwrap();
+    let msg = first.splitn(8, '|').nth(7).unwrap();
+    assert_eq!(atna_event_id(msg), "110101", "{first}");
+    assert_eq!(rsyslog.all_seqs().len(), want.len(), "each once");
+}
