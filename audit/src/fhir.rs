@@ -229,7 +229,26 @@ pub fn audit_event(m: &Mapped, index: u64) -> Value {
     if !entities.is_empty() {
         ev.insert("entity".into(), Value::Array(entities));
     }
-    Value::Object(ev)
+    let mut ev = Value::Object(ev);
+    prune(&mut ev);
+    ev
+}
+
+/// Removes empty strings, arrays and objects: FHIR allows no empty values (ele-1), and an
+/// element with nothing known is better left out.
+fn prune(v: &mut Value) -> bool {
+    match v {
+        Value::String(s) => !s.trim().is_empty(),
+        Value::Array(a) => {
+            a.retain_mut(prune);
+            !a.is_empty()
+        }
+        Value::Object(o) => {
+            o.retain(|_, x| prune(x));
+            !o.is_empty()
+        }
+        _ => true,
+    }
 }
 
 /// A `Bundle` of type `collection` holding `resources`.
@@ -249,6 +268,13 @@ pub fn bundle(resources: Vec<Value>, timestamp: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_values_are_left_out() {
+        let mut v = json!({"a": "", "b": [" ", {"c": ""}], "d": {"e": "x", "f": []}, "g": 0});
+        assert!(prune(&mut v));
+        assert_eq!(v, json!({"d": {"e": "x"}, "g": 0}));
+    }
 
     #[test]
     fn ids_are_fhir_ids() {

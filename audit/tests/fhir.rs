@@ -66,8 +66,19 @@ fn codes(v: &Value, path: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// FHIR allows no empty string, array or object (ele-1).
+fn no_empty(v: &Value) -> bool {
+    match v {
+        Value::String(s) => !s.trim().is_empty(),
+        Value::Array(a) => !a.is_empty() && a.iter().all(no_empty),
+        Value::Object(o) => !o.is_empty() && o.values().all(no_empty),
+        _ => true,
+    }
+}
+
 /// The BALP basics every AuditEvent must carry.
 fn check_balp(v: &Value) {
+    assert!(no_empty(v), "an empty value: {v:#}");
     assert!(
         v["type"]["system"].is_string() && v["type"]["code"].is_string(),
         "{v:#}"
