@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (idempotently) and runs the whole test suite.
 # Real peers: Orthanc (PACS) with its DICOMweb plugin, dcmtk (DICOM tools), iperf3, curl, iproute2 (the link emulator's
-# namespaces), rsyslog (SIEM export),
+# namespaces), rsyslog (SIEM export, ATNA forwarding), jing (RELAX NG validation of the ATNA messages),
 # Chromium with chromedriver (device trust in a real browser), PostgreSQL (the replicas' store)
 # — from Debian's packages —
 # and an OpenID provider (tests/oidc-provider: panva's oidc-provider from npm, run by node).
