@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (idempotently) and runs the whole test suite.
 # Real peers: Orthanc (PACS) with its DICOMweb plugin, dcmtk (DICOM tools), iperf3, curl, iproute2 (the link emulator's
-# namespaces), rsyslog (SIEM export),
+# namespaces), rsyslog (SIEM export, ATNA forwarding), jing (RELAX NG validation of the ATNA messages),
 # Chromium with chromedriver (device trust in a real browser), PostgreSQL (the replicas' store)
 # — from Debian's packages —
 # and an OpenID provider (tests/oidc-provider: panva's oidc-provider from npm, run by node).
@@ -19,6 +19,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
 dpkg -s rsyslog-openssl >/dev/null 2>&1 || need+=(rsyslog-openssl)
+command -v jing >/dev/null 2>&1 || need+=(jing)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 # A real browser for the device-trust tests (WebDriver virtual authenticator), and certutil to
 # trust the gateway's test CA in the browser's NSS database.

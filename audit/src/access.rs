@@ -1,7 +1,10 @@
-//! `postern-audit access`: who opened this study? One row per session that touched a clinical
-//! object (a DICOM study, series or instance, named in [`Event::objects`]): when it first and
-//! last touched it, who (with the name and email of the session's `session.start`), from which
-//! device and address, through which endpoint, and how many requests.
+//! `postern-audit access`: who opened this study, who viewed this patient? One row per session
+//! that touched a clinical object (a DICOM study, series or instance, a patient or an accession
+//! number), named in [`Event::objects`] (web requests) or in the DICOM record of a `dicom.*`
+//! event (the query keys, the studies retrieved or stored): when it first and last touched it,
+//! who (with the name and email of the session's `session.start`), from which device and
+//! address, through which endpoint, how many requests, and for DICOM what was done (queries,
+//! retrieves, stores, refusals, instances moved) under which calling AE title.
 //!
 //! Two passes over the log(s), each streaming: the first reads only the lines naming one of the
 //! objects asked for (and the sampled requests, to say when the answer may be incomplete); the
@@ -17,6 +20,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::time::SystemTime;
 
+use postern_proto::dicom::DicomRecord;
 use serde::Serialize;
 
 use crate::error::AuditError;
@@ -34,6 +38,10 @@ pub enum ObjectKind {
     Series,
     /// A DICOM instance (SOP Instance UID).
     Instance,
+    /// A patient (Patient ID, as the PACS holds it).
+    Patient,
+    /// An imaging order (Accession Number).
+    Accession,
 }
 
 /// The longest DICOM UID (PS3.5 §9.1).
@@ -41,7 +49,13 @@ pub const MAX_UID_LEN: usize = 64;
 
 impl ObjectKind {
     /// Every kind, in the order of the DICOM hierarchy.
-    pub const ALL: [ObjectKind; 3] = [ObjectKind::Study, ObjectKind::Series, ObjectKind::Instance];
+    pub const ALL: [ObjectKind; 5] = [
+        ObjectKind::Study,
+        ObjectKind::Series,
+        ObjectKind::Instance,
+        ObjectKind::Patient,
+        ObjectKind::Accession,
+    ];
 
     /// The `kind` of an [`ObjectRef`] of this kind.
     pub const fn as_str(self) -> &'static str {
@@ -49,6 +63,8 @@ impl ObjectKind {
             ObjectKind::Study => "study",
             ObjectKind::Series => "series",
             ObjectKind::Instance => "instance",
+            ObjectKind::Patient => "patient",
+            ObjectKind::Accession => "accession",
         }
     }
 
@@ -64,9 +80,31 @@ impl ObjectKind {
                     ))
                 }
             }
+            ObjectKind::Patient | ObjectKind::Accession => {
+                let what = if self == ObjectKind::Patient {
+                    "a Patient ID"
+                } else {
+                    "an Accession Number"
+                };
+                if id.trim().is_empty()
+                    || id.chars().count() > MAX_ID_LEN
+                    || id.chars().any(|c| c.is_control() || c == '\\')
+                    || id.trim() != id
+                {
+                    Err(format!(
+                        "{id:?} is not {what}: 1 to {MAX_ID_LEN} characters, no backslash, no control character, no leading or trailing space"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
         }
     }
 }
+
+/// The longest Patient ID or Accession Number `access` takes (what the connector keeps of a
+/// DICOM value, `postern_proto::dicom::MAX_VALUE`).
+pub const MAX_ID_LEN: usize = 64;
 
 /// A DICOM UID as `access` accepts it: 1 to 64 characters, digits and dots, no empty
 /// component (no leading, trailing or double dot).
@@ -96,6 +134,20 @@ impl ObjectQuery {
 
     fn matches(&self, o: &ObjectRef) -> bool {
         o.kind == self.kind.as_str() && o.id == self.id
+    }
+
+    /// Whether a `dicom.*` record names this object: the query or retrieve keys, the studies,
+    /// series and instances moved. Trailing spaces of DICOM values are not significant.
+    fn matches_dicom(&self, d: &DicomRecord) -> bool {
+        let list = |l: &[String]| l.iter().any(|v| v.trim_end() == self.id);
+        let one = |v: &Option<String>| v.as_deref().is_some_and(|v| v.trim() == self.id);
+        match self.kind {
+            ObjectKind::Study => list(&d.study_uids),
+            ObjectKind::Series => list(&d.series_uids),
+            ObjectKind::Instance => list(&d.instance_uids),
+            ObjectKind::Patient => one(&d.patient_id),
+            ObjectKind::Accession => one(&d.accession),
+        }
     }
 
     /// `study 1.2.3`.
@@ -145,6 +197,16 @@ pub struct AccessRow {
     pub sampled: Option<u32>,
     /// Which of the objects asked about it touched.
     pub objects: Vec<ObjectRef>,
+    /// DICOM: calling AE titles the session used for those operations.
+    pub calling_ae: Vec<String>,
+    /// DICOM: C-FIND queries that named the object.
+    pub queries: u64,
+    /// DICOM: C-GET / C-MOVE retrieves of it.
+    pub retrieves: u64,
+    /// DICOM: C-STORE operations that sent it in.
+    pub stores: u64,
+    /// DICOM: instances retrieved or stored by those operations.
+    pub instances: u64,
     /// Whether the log holds the session's `session.start` (else who and where come from the
     /// requests themselves, as far as they say).
     pub session_start_found: bool,
@@ -176,12 +238,16 @@ pub fn access_logs(
     let needles: Vec<Vec<u8>> = query
         .objects
         .iter()
+        // The id as the start of a JSON string: in `objects` ("id":"…") and in a DICOM
+        // record ("patient_id":"…", "study_uids":["…"]) alike; open-ended, because a DICOM
+        // value may keep its trailing space padding.
         .map(|o| {
-            format!(
-                r#""id":{}"#,
-                serde_json::to_string(&o.id).unwrap_or_default()
-            )
-            .into_bytes()
+            let quoted = serde_json::to_string(&o.id).unwrap_or_default();
+            quoted
+                .strip_suffix('"')
+                .unwrap_or(&quoted)
+                .as_bytes()
+                .to_vec()
         })
         .collect();
     let sampled_needle: &[u8] = br#""sampled":"#;
@@ -222,7 +288,9 @@ pub fn access_logs(
         Want {
             needle: None,
             line: Box::new(line_ok),
-            event: Box::new(|e: &Event| (e.objects.is_some() || e.http.is_some()) && in_time(e)),
+            event: Box::new(|e: &Event| {
+                (e.objects.is_some() || e.http.is_some() || e.dicom.is_some()) && in_time(e)
+            }),
         },
     )?;
     let mut rows: Vec<AccessRow> = Vec::new();
@@ -243,13 +311,25 @@ pub fn access_logs(
                 }
             }
         }
-        let touched: Vec<ObjectRef> = e
+        let mut touched: Vec<ObjectRef> = e
             .objects
             .iter()
             .flatten()
             .filter(|o| query.objects.iter().any(|q| q.matches(o)))
             .cloned()
             .collect();
+        let dicom = e.dicom.as_ref().filter(|_| e.kind.starts_with("dicom."));
+        if let Some(d) = dicom {
+            for q in query.objects.iter().filter(|q| q.matches_dicom(d)) {
+                let o = ObjectRef {
+                    kind: q.kind.as_str().to_owned(),
+                    id: q.id.clone(),
+                };
+                if !touched.contains(&o) {
+                    touched.push(o);
+                }
+            }
+        }
         if touched.is_empty() {
             continue;
         }
@@ -278,6 +358,24 @@ pub fn access_logs(
         for o in touched {
             if !row.objects.contains(&o) {
                 row.objects.push(o);
+            }
+        }
+        if let Some(d) = dicom {
+            let ae = d.calling_ae.trim();
+            if !ae.is_empty() && !row.calling_ae.iter().any(|a| a == ae) {
+                row.calling_ae.push(ae.to_owned());
+            }
+            match e.event_type() {
+                Some(EventType::DicomQuery) => row.queries += 1,
+                Some(EventType::DicomRetrieve) => {
+                    row.retrieves += 1;
+                    row.instances += d.instances.unwrap_or(0);
+                }
+                Some(EventType::DicomStore) => {
+                    row.stores += 1;
+                    row.instances += d.instances.unwrap_or(0);
+                }
+                _ => {}
             }
         }
         // Until the start is found, what the event itself says.
@@ -370,7 +468,7 @@ fn fill_identity(row: &mut AccessRow, e: &Event, authoritative: bool) {
 }
 
 /// Columns of `access --csv`, in order (times `2025-03-01 08:15:02`, UTC).
-pub const CSV_COLUMNS: [&str; 14] = [
+pub const CSV_COLUMNS: [&str; 19] = [
     "session_id",
     "first_utc",
     "last_utc",
@@ -385,6 +483,11 @@ pub const CSV_COLUMNS: [&str; 14] = [
     "requests_recorded",
     "sampled",
     "objects",
+    "calling_ae",
+    "queries",
+    "retrieves",
+    "stores",
+    "instances",
 ];
 
 fn csv_row(r: &AccessRow) -> String {
@@ -407,6 +510,11 @@ fn csv_row(r: &AccessRow) -> String {
             .map(|o| format!("{}:{}", o.kind, o.id))
             .collect::<Vec<_>>()
             .join(";"),
+        r.calling_ae.join(";"),
+        r.queries.to_string(),
+        r.retrieves.to_string(),
+        r.stores.to_string(),
+        r.instances.to_string(),
     ];
     cells
         .iter()
@@ -431,6 +539,41 @@ fn who(r: &AccessRow) -> String {
     }
 }
 
+/// What a session did over DICOM: `AE RAD_JONES: 1 query, 1 retrieve (3 instances)`.
+fn dicom_cell(r: &AccessRow) -> String {
+    let mut parts = Vec::new();
+    let plural = |n: u64, one: &str, many: &str| {
+        if n == 1 {
+            format!("1 {one}")
+        } else {
+            format!("{n} {many}")
+        }
+    };
+    if r.queries > 0 {
+        parts.push(plural(r.queries, "query", "queries"));
+    }
+    if r.retrieves > 0 {
+        parts.push(plural(r.retrieves, "retrieve", "retrieves"));
+    }
+    if r.stores > 0 {
+        parts.push(plural(r.stores, "store", "stores"));
+    }
+    if parts.is_empty() {
+        return "-".to_owned();
+    }
+    let mut text = parts.join(", ");
+    if r.instances > 0 {
+        text.push_str(&format!(
+            " ({})",
+            plural(r.instances, "instance", "instances")
+        ));
+    }
+    if !r.calling_ae.is_empty() {
+        text = format!("AE {}: {text}", r.calling_ae.join("/"));
+    }
+    text
+}
+
 /// `12`, or `~120 (1 in 10 recorded)` when sampled.
 fn requests_cell(r: &AccessRow) -> String {
     match r.sampled {
@@ -449,8 +592,13 @@ fn short_time(ts: &str) -> String {
 }
 
 /// The table: widths measured from the rows (the report is held, not streamed). With several
-/// objects asked about, an `OBJECTS` column says which each session touched.
+/// objects asked about, an `OBJECTS` column says which each session touched; when a session
+/// touched them over DICOM, a `DICOM` column says what it did.
 fn table(report: &AccessReport, several: bool) -> Vec<String> {
+    let dicom = report
+        .rows
+        .iter()
+        .any(|r| r.queries + r.retrieves + r.stores > 0);
     let dash = |s: &str| {
         if s.is_empty() {
             "-".to_owned()
@@ -464,6 +612,9 @@ fn table(report: &AccessReport, several: bool) -> Vec<String> {
     .iter()
     .map(|s| (*s).to_owned())
     .collect()];
+    if dicom {
+        lines[0].push("DICOM".to_owned());
+    }
     if several {
         lines[0].push("OBJECTS".to_owned());
     }
@@ -483,6 +634,9 @@ fn table(report: &AccessReport, several: bool) -> Vec<String> {
             dash(&r.session_id),
             requests_cell(r),
         ];
+        if dicom {
+            cells.push(one_line(&dicom_cell(r)));
+        }
         if several {
             cells.push(one_line(
                 &r.objects

@@ -237,6 +237,7 @@ pub struct HttpRef {
 
 /// What the connector saw on a DICOM association ([`Event::dicom`]); the same record travels
 /// from connector to gateway ([`postern_proto::dicom`]).
+#[doc(no_inline)]
 pub use postern_proto::dicom::DicomRecord as DicomRef;
 
 /// A clinical object an event touched.

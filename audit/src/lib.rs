@@ -39,7 +39,11 @@
 //! * `sink`: the [`AuditSink`] trait, the seam through which the gateway writes events (held
 //!   as `Arc<dyn AuditSink>`), and [`MemorySink`], an in-memory sink for tests that can be
 //!   switched to fail.
-//! * `syslog`: RFC 5424 over TCP/TLS; the live forwarder behind a bounded queue that resumes
+//! * [`atna`]: events mapped to the DICOM audit vocabulary (PS3.15 A.5.3) and written as ATNA
+//!   `AuditMessage` XML; [`fhir`]: the same mapping as FHIR R4 `AuditEvent` resources (IHE
+//!   BALP). `syslog` uses `atna` for its ITI-20 message format, so both come before it.
+//! * `syslog`: RFC 5424 over TCP/TLS (client certificates; the stored JSON line or an ITI-20
+//!   ATNA message); the live forwarder behind a bounded queue that resumes
 //!   from the local log.
 //! * `writer`: [`AuditLog`], the production [`AuditSink`]: a handle feeding a dedicated thread
 //!   that does **group commit** (one `write_all` + `fdatasync` per batch), rotation, and signed
@@ -77,9 +81,11 @@
 //! So a gateway and any number of admin commands interleave on one chain.
 
 pub mod access;
+pub mod atna;
 mod chain;
 mod error;
 mod event;
+pub mod fhir;
 mod head_check;
 mod hexfmt;
 mod key;

@@ -12,7 +12,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use postern_audit::access::{AccessQuery, ObjectKind, ObjectQuery};
 use postern_audit::logset::LogSet;
 use postern_audit::search::{parse_time, Filter, Format, Matches, ReportError, Summary};
-use postern_audit::syslog::{format_rfc5424_replica, frame, SyslogTarget};
+use postern_audit::syslog::{format_rfc5424_replica, frame, MessageFormat, SyslogTarget};
 use postern_audit::verify::{
     verify, verify_logs, KeySource, LogsVerifyOptions, VerifyOptions, VerifyReport,
 };
@@ -50,12 +50,16 @@ enum Command {
     /// A summary to hand on: everything one person did (--user), or every break-glass access
     /// (--break-glass), in a period; as text, CSV, or an HTML page to open and print.
     Report(ReportArgs),
-    /// Who opened this study? One row per session that touched a study, series or instance:
-    /// first and last time, user, device, source address, endpoint, session, requests. Exit 0
-    /// also when nothing is found (it says so); 2 for a malformed UID.
+    /// Who opened this study, who viewed this patient? One row per session that touched a
+    /// study, series, instance, patient or accession number (DICOMweb requests and DICOM
+    /// queries, retrieves and stores): first and last time, user, device, source address,
+    /// endpoint, session, requests, and what was done over DICOM. Exit 0 also when nothing is
+    /// found (it says so); 2 for a malformed identifier.
     Access(AccessArgs),
-    /// Export matching events as JSON lines, CSV or RFC 5424 syslog (to stdout, or sent to a
-    /// syslog server with --to); several logs are merged by time.
+    /// Export matching events as JSON lines, CSV, RFC 5424 syslog, IHE ATNA (DICOM PS3.15 audit
+    /// messages) or FHIR R4 AuditEvent (NDJSON or a Bundle): to stdout, to a file with --out,
+    /// or sent to a syslog server with --to; several logs are merged by time. ATNA and FHIR
+    /// exports start with an Audit Log Used message naming who exported.
     Export(ExportArgs),
     /// Print the latest signed checkpoint as one line, for an outside witness to keep (one line
     /// per log).
@@ -87,7 +91,7 @@ struct VerifyArgs {
     closed: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct FilterArgs {
     /// Event type, e.g. session.start, or a family such as session.*
     #[arg(long = "type", value_name = "TYPE")]
@@ -209,7 +213,7 @@ struct ReportArgs {
     ArgGroup::new("objects")
         .required(true)
         .multiple(true)
-        .args(["study", "series", "instance"])
+        .args(["study", "series", "instance", "patient", "accession"])
 ))]
 struct AccessArgs {
     /// Audit log directory (the one holding audit.jsonl); several, one per gateway replica,
@@ -218,14 +222,21 @@ struct AccessArgs {
     dirs: Vec<PathBuf>,
     /// Study Instance UID (may be repeated; a session is listed if it touched any object
     /// given).
-    #[arg(long, value_name = "UID", value_parser = dicom_uid(ObjectKind::Study))]
+    #[arg(long, value_name = "UID", value_parser = object_id(ObjectKind::Study))]
     study: Vec<String>,
     /// Series Instance UID (may be repeated).
-    #[arg(long, value_name = "UID", value_parser = dicom_uid(ObjectKind::Series))]
+    #[arg(long, value_name = "UID", value_parser = object_id(ObjectKind::Series))]
     series: Vec<String>,
     /// SOP Instance UID (may be repeated).
-    #[arg(long, value_name = "UID", value_parser = dicom_uid(ObjectKind::Instance))]
+    #[arg(long, value_name = "UID", value_parser = object_id(ObjectKind::Instance))]
     instance: Vec<String>,
+    /// Patient ID as the PACS holds it (may be repeated): DICOM queries, retrieves and stores
+    /// that named the patient.
+    #[arg(long, value_name = "ID", value_parser = object_id(ObjectKind::Patient))]
+    patient: Vec<String>,
+    /// Accession Number (may be repeated).
+    #[arg(long, value_name = "N", value_parser = object_id(ObjectKind::Accession))]
+    accession: Vec<String>,
     /// Only accesses from this time on (same forms as search --since).
     #[arg(long, value_name = "TIME")]
     since: Option<String>,
@@ -242,15 +253,25 @@ struct AccessArgs {
 
 /// A clap value parser that accepts a valid identifier of `kind` (a bad one is a usage error:
 /// exit 2, like every other bad argument).
-fn dicom_uid(kind: ObjectKind) -> impl Fn(&str) -> Result<String, String> + Clone {
+fn object_id(kind: ObjectKind) -> impl Fn(&str) -> Result<String, String> + Clone {
     move |id: &str| kind.check(id).map(|()| id.to_owned())
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ExportFormat {
+    /// The stored JSON lines.
     Json,
+    /// CSV, one row per event.
     Csv,
+    /// RFC 5424 syslog messages carrying the stored lines.
     Syslog,
+    /// DICOM PS3.15 A.5 audit messages (IHE ATNA), one `AuditMessage` per line; with --to,
+    /// sent as IHE ITI-20 syslog messages.
+    Atna,
+    /// FHIR R4 AuditEvent resources (IHE BALP-aligned), one JSON per line (NDJSON).
+    Fhir,
+    /// FHIR R4 AuditEvent resources in one Bundle of type collection.
+    FhirBundle,
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +296,18 @@ struct ExportArgs {
     /// Name in the syslog server's certificate (default: the host of --to).
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
+    /// Client certificate chain (PEM) to present to the syslog server (with --tls).
+    #[arg(long, value_name = "FILE", requires = "tls", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, mode 0600).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// With --format fhir: one Bundle of type collection instead of NDJSON.
+    #[arg(long)]
+    fhir_bundle: bool,
+    /// Write to FILE (created 0600, replaced if it exists) instead of stdout (atna, fhir).
+    #[arg(long, value_name = "FILE", conflicts_with = "to")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -710,6 +743,8 @@ fn access(args: AccessArgs) -> anyhow::Result<ExitCode> {
         (ObjectKind::Study, &args.study),
         (ObjectKind::Series, &args.series),
         (ObjectKind::Instance, &args.instance),
+        (ObjectKind::Patient, &args.patient),
+        (ObjectKind::Accession, &args.accession),
     ] {
         for id in ids {
             // Checked by clap already; kept so the query can never hold a bad one.
@@ -826,15 +861,35 @@ fn late_requests_note(summary: &Summary) {
     }
 }
 
-fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let filter = args.filter.filter()?;
+fn export(mut args: ExportArgs) -> anyhow::Result<ExitCode> {
+    if args.fhir_bundle {
+        if !matches!(args.format, ExportFormat::Fhir | ExportFormat::FhirBundle) {
+            bail!("--fhir-bundle goes with --format fhir");
+        }
+        args.format = ExportFormat::FhirBundle;
+    }
+    if args.out.is_some()
+        && !matches!(
+            args.format,
+            ExportFormat::Atna | ExportFormat::Fhir | ExportFormat::FhirBundle
+        )
+    {
+        bail!("--out writes atna or fhir exports; redirect stdout for the other formats");
+    }
+    if matches!(
+        args.format,
+        ExportFormat::Atna | ExportFormat::Fhir | ExportFormat::FhirBundle
+    ) {
+        return export_clinical(args);
+    }
+    let filter = args.filter.clone().filter()?;
     let format = match args.format {
         ExportFormat::Json => Format::Json,
         ExportFormat::Csv => Format::Csv,
-        ExportFormat::Syslog => Format::Syslog,
+        _ => Format::Syslog,
     };
     let logs = LogSet::open(&args.dirs)?;
-    let Some(to) = args.to else {
+    let Some(to) = args.to.clone() else {
         return run_report(&logs, |out, bad| {
             postern_audit::search::search_logs(&logs, &filter, format, out, bad)
         });
@@ -842,16 +897,7 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     if !matches!(args.format, ExportFormat::Syslog) {
         bail!("--to sends syslog messages; use it with --format syslog");
     }
-    let options = if args.tls {
-        let Some(ca) = &args.ca else {
-            bail!("--tls needs --ca");
-        };
-        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-        let name = args.server_name.clone().unwrap_or_else(|| host_of(&to));
-        SyslogOptions::tls(to.clone(), name, &pem)?
-    } else {
-        SyslogOptions::tcp(to.clone())
-    };
+    let options = syslog_options(&args, &to, MessageFormat::Json)?;
     let target = SyslogTarget::new(options)?;
     let mut matches = Matches::open(&logs, &filter)?;
     let mut conn = target
@@ -880,6 +926,248 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         target.options().target()
     );
     Ok(finish_report(&logs, &matches.summary()))
+}
+
+/// The syslog destination of `export --to`.
+fn syslog_options(
+    args: &ExportArgs,
+    to: &str,
+    format: MessageFormat,
+) -> anyhow::Result<SyslogOptions> {
+    let mut options = if args.tls {
+        let Some(ca) = &args.ca else {
+            bail!("--tls needs --ca");
+        };
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        let name = args.server_name.clone().unwrap_or_else(|| host_of(to));
+        let options = SyslogOptions::tls(to.to_owned(), name, &pem)?;
+        match (&args.cert, &args.key) {
+            (Some(cert), Some(key)) => options.with_client_cert_files(cert, key)?,
+            _ => options,
+        }
+    } else {
+        SyslogOptions::tcp(to.to_owned())
+    };
+    options.format = format;
+    Ok(options)
+}
+
+/// Who runs this command, for the Audit Log Used message: the login name (`$USER`,
+/// `$LOGNAME`), else the name of the process's user id in /etc/passwd, else `uid N`.
+fn os_user() -> String {
+    if let Some(u) = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+    {
+        return u;
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        });
+    let Some(uid) = uid else {
+        return "unknown".to_owned();
+    };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid).then(|| f[0].to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// This machine's name, the audit source of the Audit Log Used message.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The filter as given on the command line, for the Audit Log Used message.
+fn describe_filter(f: &FilterArgs) -> String {
+    let mut parts = Vec::new();
+    for (name, v) in [
+        ("--type", &f.kind),
+        ("--user", &f.user),
+        ("--endpoint", &f.endpoint),
+        ("--site", &f.site),
+        ("--session", &f.session),
+        ("--device", &f.device),
+        ("--decision", &f.decision),
+        ("--object", &f.object),
+        ("--since", &f.since),
+        ("--until", &f.until),
+    ] {
+        if let Some(v) = v {
+            parts.push(format!("{name} {v}"));
+        }
+    }
+    if parts.is_empty() {
+        "all events".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// `export --format atna|fhir|fhir-bundle`: an Audit Log Used message first, a Security Alert
+/// for each log that fails verification, then one message per matching event that has a
+/// mapping.
+fn export_clinical(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    use postern_audit::atna;
+    if args.to.is_some() && args.format != ExportFormat::Atna {
+        bail!("--to sends syslog messages; use it with --format syslog or --format atna");
+    }
+    let what = describe_filter(&args.filter);
+    let filter = args.filter.clone().filter()?;
+    let logs = LogSet::open(&args.dirs)?;
+    logs.check_readable()?;
+    let now = postern_audit::now_rfc3339_micros();
+    // The Audit Log Used message is this command's own: its source is this machine.
+    let node = format!("postern-audit@{}", host_name());
+    let dirs: Vec<String> = logs
+        .logs()
+        .iter()
+        .map(|l| {
+            std::fs::canonicalize(&l.dir)
+                .unwrap_or_else(|_| l.dir.clone())
+                .display()
+                .to_string()
+        })
+        .collect();
+    let mut messages = vec![atna::audit_log_used(&os_user(), &dirs, &what, &now, &node)];
+    for (log, dir) in logs.logs().iter().zip(&dirs) {
+        let report = postern_audit::verify::verify(&log.dir, &VerifyOptions::default())
+            .with_context(|| format!("verifying {}", log.dir.display()))?;
+        if !report.is_ok() {
+            let first = report
+                .first_problem()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            eprintln!(
+                "postern-audit: {} is not intact ({} problem(s)); the export starts with a Security Alert",
+                log.dir.display(),
+                report.problem_count
+            );
+            messages.push(atna::integrity_alert(
+                dir,
+                log.node.as_deref().unwrap_or(&node),
+                &now,
+                report.problem_count,
+                &first,
+            ));
+        }
+    }
+    let mut conn = None;
+    let mut out: Box<dyn Write> = match (&args.to, &args.out) {
+        (Some(to), _) => {
+            let target = SyslogTarget::new(syslog_options(&args, to, MessageFormat::Atna)?)?;
+            conn = Some((
+                target
+                    .connect()
+                    .with_context(|| format!("connecting to {}", target.options().target()))?,
+                target.options().target(),
+            ));
+            Box::new(io::sink())
+        }
+        (None, Some(path)) => Box::new(BufWriter::new(
+            create_private(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        (None, None) => Box::new(BufWriter::with_capacity(256 * 1024, io::stdout().lock())),
+    };
+    let mut matches = Matches::open(&logs, &filter)?;
+    let mut bad = |e: &AuditError| eprintln!("postern-audit: {e}");
+    let (mut events, mut written, mut unmapped) = (0u64, 0u64, 0u64);
+    let mut bundle = Vec::new();
+    let mut framed = Vec::new();
+    let mut emit = |m: &atna::Mapped,
+                    event: Option<&Event>,
+                    out: &mut dyn Write,
+                    framed: &mut Vec<u8>|
+     -> io::Result<()> {
+        match args.format {
+            ExportFormat::Atna if args.to.is_some() => frame(
+                &postern_audit::syslog::format_atna_message(m, event, "postern", &node),
+                framed,
+            ),
+            ExportFormat::Atna => {
+                out.write_all(atna::to_xml(m).as_bytes())?;
+                out.write_all(b"\n")?;
+            }
+            ExportFormat::Fhir => {
+                let r = postern_audit::fhir::audit_event(m, written);
+                serde_json::to_writer(&mut *out, &r)?;
+                out.write_all(b"\n")?;
+            }
+            _ => bundle.push(postern_audit::fhir::audit_event(m, written)),
+        }
+        written += 1;
+        Ok(())
+    };
+    for m in &messages {
+        emit(m, None, &mut *out, &mut framed)?;
+    }
+    while let Some((log, entry)) = matches.next(&mut bad)? {
+        events += 1;
+        let fallback = logs.logs()[log]
+            .node
+            .clone()
+            .unwrap_or_else(|| logs.logs()[log].label.clone());
+        match atna::map(&entry.event, &fallback) {
+            Some(m) => emit(&m, Some(&entry.event), &mut *out, &mut framed)?,
+            None => unmapped += 1,
+        }
+        if framed.len() >= 1 << 20 {
+            if let Some((c, _)) = conn.as_mut() {
+                c.send(&framed)?;
+            }
+            framed.clear();
+        }
+    }
+    if args.format == ExportFormat::FhirBundle {
+        serde_json::to_writer(
+            &mut *out,
+            &postern_audit::fhir::bundle(std::mem::take(&mut bundle), &now),
+        )?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    drop(out);
+    if let Some((mut c, target)) = conn {
+        c.send(&framed)?;
+        c.close();
+        eprintln!("postern-audit: sent {written} ATNA message(s) to {target}");
+    }
+    if let Some(path) = &args.out {
+        eprintln!(
+            "postern-audit: wrote {written} message(s) to {}",
+            path.display()
+        );
+    }
+    eprintln!(
+        "postern-audit: {events} event(s) matched; {} exported, {unmapped} without an ATNA/FHIR mapping (e.g. dicom.association, checkpoints); the first message is Audit Log Used (110101)",
+        events - unmapped
+    );
+    Ok(finish_report(&logs, &matches.summary()))
+}
+
+/// Creates (or truncates) `path`, readable by its owner only.
+fn create_private(path: &Path) -> io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
 }
 
 fn host_of(address: &str) -> String {

@@ -33,6 +33,11 @@ pub struct AuditStats {
     pub forward_lag: u64,
     /// Whether the forwarder is connected to the syslog server right now.
     pub forward_connected: bool,
+    /// Events the forwarder moved past without sending, because the message format has no
+    /// message for them (ATNA: events without a mapping).
+    pub forward_skipped: u64,
+    /// Events sent again after a connection was reset (a repository may hold them twice).
+    pub forward_resent: u64,
 }
 
 /// Counters shared between the syslog forwarder thread (which updates them) and
@@ -45,6 +50,8 @@ pub(crate) struct ForwardStats {
     /// The last seq delivered (or, before any delivery, the cursor it resumes from).
     pub(crate) last_seq: AtomicU64,
     pub(crate) connected: AtomicBool,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) resent: AtomicU64,
 }
 
 impl ForwardStats {
@@ -55,6 +62,8 @@ impl ForwardStats {
         stats.forward_overflow = self.overflow.load(Ordering::Relaxed);
         stats.forward_errors = self.errors.load(Ordering::Relaxed);
         stats.forward_connected = self.connected.load(Ordering::Relaxed);
+        stats.forward_skipped = self.skipped.load(Ordering::Relaxed);
+        stats.forward_resent = self.resent.load(Ordering::Relaxed);
         stats.forward_lag = head_seq.saturating_sub(self.last_seq.load(Ordering::Relaxed));
     }
 }

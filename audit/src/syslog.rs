@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 
 use crate::chain::ChainView;
@@ -54,6 +54,41 @@ pub struct SyslogOptions {
     pub queue_capacity: usize,
     /// APP-NAME of the messages. Default `postern`.
     pub app_name: String,
+    /// What each message carries: the stored JSON line (default), or an ATNA audit message.
+    pub format: MessageFormat,
+}
+
+/// What a forwarded syslog message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MessageFormat {
+    /// The stored JSON line as MSG, `type` as MSGID, facility 13 (log audit).
+    #[default]
+    Json,
+    /// IHE ITI-20: the event's DICOM PS3.15 A.5 audit message (XML) as MSG, MSGID
+    /// `IHE+RFC-3881`, facility 10 (security/authorization); events without an ATNA mapping
+    /// are skipped (and the cursor moves past them).
+    Atna,
+}
+
+impl MessageFormat {
+    /// `json` or `atna`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageFormat::Json => "json",
+            MessageFormat::Atna => "atna",
+        }
+    }
+
+    /// Parses [`MessageFormat::as_str`]'s names.
+    pub fn parse(s: &str) -> Result<MessageFormat, String> {
+        match s {
+            "json" => Ok(MessageFormat::Json),
+            "atna" => Ok(MessageFormat::Atna),
+            other => Err(format!(
+                "unknown syslog message format {other:?}: use \"json\" or \"atna\""
+            )),
+        }
+    }
 }
 
 impl SyslogOptions {
@@ -64,6 +99,7 @@ impl SyslogOptions {
             tls: None,
             queue_capacity: 10_000,
             app_name: "postern".to_owned(),
+            format: MessageFormat::Json,
         }
     }
 
@@ -80,9 +116,60 @@ impl SyslogOptions {
             tls: Some(SyslogTls {
                 server_name: server_name.into(),
                 ca_certs,
+                client: None,
             }),
             ..SyslogOptions::tcp(address)
         })
+    }
+
+    /// Presents a client certificate (PEM chain, leaf first) and its private key (PEM: PKCS#8,
+    /// PKCS#1 or SEC1) in the TLS handshake. Only with [`SyslogOptions::tls`].
+    pub fn with_client_cert_pem(
+        mut self,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<SyslogOptions, AuditError> {
+        use rustls::pki_types::pem::PemObject;
+        let target = self.target();
+        let bad = |reason: String| AuditError::Forward {
+            target: target.clone(),
+            reason,
+        };
+        let Some(tls) = self.tls.as_mut() else {
+            return Err(bad("a client certificate needs TLS".to_owned()));
+        };
+        let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(cert_pem).collect();
+        let certs = certs.map_err(|e| bad(format!("bad client certificate PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad(
+                "no CERTIFICATE in the client certificate PEM".to_owned()
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| bad(format!("bad client key PEM: {e}")))?;
+        tls.client = Some(ClientIdentity {
+            certs,
+            key: Arc::new(key),
+        });
+        Ok(self)
+    }
+
+    /// [`SyslogOptions::with_client_cert_pem`] from files; the key file must be private to its
+    /// owner (mode 0600 or stricter), like every other key of Postern.
+    pub fn with_client_cert_files(
+        self,
+        cert_file: &Path,
+        key_file: &Path,
+    ) -> Result<SyslogOptions, AuditError> {
+        let target = self.target();
+        let bad = |reason: String| AuditError::Forward {
+            target: target.clone(),
+            reason,
+        };
+        let cert = std::fs::read(cert_file)
+            .map_err(|e| bad(format!("reading {}: {e}", cert_file.display())))?;
+        let key = read_private_key(key_file).map_err(bad)?;
+        self.with_client_cert_pem(&cert, &key)
     }
 
     /// `tls://host:port` or `tcp://host:port`, for messages and the cursor file.
@@ -101,6 +188,51 @@ pub struct SyslogTls {
     pub server_name: String,
     /// CA certificates the server's chain must end in.
     pub ca_certs: Vec<CertificateDer<'static>>,
+    /// The client certificate and key presented to the server, if it asks for one.
+    pub client: Option<ClientIdentity>,
+}
+
+/// A client certificate chain and its private key (the key is not shown by `Debug`).
+#[derive(Clone)]
+pub struct ClientIdentity {
+    /// The chain, leaf first.
+    pub certs: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("certs", &self.certs.len())
+            .field("key", &"(private)")
+            .finish()
+    }
+}
+
+/// Reads a PEM private key file, refusing one that others can read.
+fn read_private_key(path: &Path) -> Result<Vec<u8>, String> {
+    let file = File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file
+            .metadata()
+            .map_err(|e| format!("reading {}: {e}", path.display()))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "the client key {} has mode {mode:04o}; it must be private to its owner (chmod 600 {})",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut &file, &mut bytes)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Ok(bytes)
 }
 
 fn parse_ca_pem(target: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, AuditError> {
@@ -134,8 +266,13 @@ fn client_config(target: &str, tls: &SyslogTls) -> Result<Arc<rustls::ClientConf
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| bad(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match &tls.client {
+        Some(id) => config
+            .with_client_auth_cert(id.certs.clone(), id.key.clone_key())
+            .map_err(|e| bad(format!("client certificate: {e}")))?,
+        None => config.with_no_client_auth(),
+    };
     Ok(Arc::new(config))
 }
 
@@ -147,6 +284,18 @@ pub struct SyslogConnection {
 enum Stream {
     Tcp(TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+/// What [`SyslogConnection::peer_state`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// Nothing to read: the server is (as far as can be told) there.
+    Open,
+    /// The server closed the connection in an orderly way (EOF or TLS close_notify): what was
+    /// sent before was read by it (a server that closes with unread data resets instead).
+    Closed,
+    /// The connection was reset or failed: what was sent last may not have been read.
+    Reset,
 }
 
 /// A prepared destination: options plus the TLS configuration built once.
@@ -229,6 +378,63 @@ impl SyslogConnection {
         }
     }
 
+    /// Whether the server is still there, without blocking: a syslog server never sends
+    /// application data, so anything readable is the server going away (EOF, a TLS
+    /// close_notify) or a reset; TLS session tickets are consumed and ignored.
+    pub fn peer_state(&mut self) -> PeerState {
+        match &mut self.stream {
+            Stream::Tcp(s) => {
+                if s.set_nonblocking(true).is_err() {
+                    return PeerState::Reset;
+                }
+                let mut buf = [0u8; 512];
+                let state = loop {
+                    match io::Read::read(s, &mut buf) {
+                        Ok(0) => break PeerState::Closed,
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break PeerState::Open,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => break PeerState::Reset,
+                    }
+                };
+                if s.set_nonblocking(false).is_err() {
+                    return PeerState::Reset;
+                }
+                state
+            }
+            Stream::Tls(s) => {
+                if s.sock.set_nonblocking(true).is_err() {
+                    return PeerState::Reset;
+                }
+                let state = loop {
+                    match s.conn.read_tls(&mut s.sock) {
+                        Ok(0) => break PeerState::Closed,
+                        Ok(_) => match s.conn.process_new_packets() {
+                            Ok(io) if io.peer_has_closed() => break PeerState::Closed,
+                            Ok(io) => {
+                                // Drop any plaintext (a server has nothing to say).
+                                let n = io.plaintext_bytes_to_read();
+                                if n > 0 {
+                                    let mut sink = vec![0u8; n];
+                                    let _ = io::Read::read(&mut s.conn.reader(), &mut sink);
+                                }
+                                continue;
+                            }
+                            Err(_) => break PeerState::Reset,
+                        },
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break PeerState::Open,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => break PeerState::Reset,
+                    }
+                };
+                if s.sock.set_nonblocking(false).is_err() {
+                    return PeerState::Reset;
+                }
+                state
+            }
+        }
+    }
+
     /// Closes the connection cleanly (TLS close_notify).
     pub fn close(mut self) {
         if let Stream::Tls(s) = &mut self.stream {
@@ -283,6 +489,71 @@ pub fn format_rfc5424_replica(
     sd.push(']');
     let mut out = format!("<{pri}>1 {ts} {host} {app} - {msgid} {sd} ").into_bytes();
     out.extend_from_slice(line);
+    out
+}
+
+/// Facility 10, security/authorization messages, as IHE ITI-20 asks.
+const ATNA_FACILITY: u8 = 10;
+/// MSGID of an ITI-20 message.
+pub const ATNA_MSGID: &str = "IHE+RFC-3881";
+
+/// One IHE ITI-20 syslog message for a stored log line (without `\n`): facility 10, severity
+/// notice (5) for a success and warning (4) for a failure, the event's time, node id as
+/// HOSTNAME, MSGID `IHE+RFC-3881`, `seq`, `hash` and `type` as structured data (so a
+/// repository can drop a repeat by `seq`), and as MSG the UTF-8 BOM and the DICOM audit
+/// message. `None` when the event has no ATNA mapping (or the line is not an event).
+pub fn format_atna(line: &[u8], app_name: &str, fallback_host: &str) -> Option<Vec<u8>> {
+    let event: crate::Event = serde_json::from_slice(line).ok()?;
+    let mapped = crate::atna::map(&event, fallback_host)?;
+    Some(format_atna_message(
+        &mapped,
+        Some(&event),
+        app_name,
+        fallback_host,
+    ))
+}
+
+/// [`format_atna`] for a message already mapped; `event` (when it came from the log) gives
+/// HOSTNAME, `seq`, `hash` and `type`.
+pub fn format_atna_message(
+    mapped: &crate::atna::Mapped,
+    event: Option<&crate::Event>,
+    app_name: &str,
+    fallback_host: &str,
+) -> Vec<u8> {
+    let severity: u8 = if mapped.outcome == crate::atna::Outcome::Success {
+        5
+    } else {
+        4
+    };
+    let pri = u16::from(ATNA_FACILITY) * 8 + u16::from(severity);
+    let host = header_field(
+        event
+            .and_then(|e| e.gateway.as_deref())
+            .unwrap_or(fallback_host),
+        255,
+    );
+    let app = header_field(app_name, 48);
+    let mut sd = format!("[{SD_ID}");
+    if let Some(seq) = event.and_then(|e| e.seq) {
+        sd.push_str(&format!(" seq=\"{seq}\""));
+    }
+    if let Some(hash) = event.and_then(|e| e.hash.as_deref()) {
+        sd.push_str(&format!(
+            " hash=\"{}\"",
+            sd_escape(&header_field(hash, 128))
+        ));
+    }
+    sd.push_str(&format!(
+        " type=\"{}\"]",
+        sd_escape(&header_field(&mapped.kind, 64))
+    ));
+    let mut out = format!(
+        "<{pri}>1 {} {host} {app} - {ATNA_MSGID} {sd} \u{FEFF}",
+        mapped.when
+    )
+    .into_bytes();
+    out.extend_from_slice(crate::atna::to_xml(mapped).as_bytes());
     out
 }
 
@@ -350,6 +621,8 @@ pub(crate) struct Forwarder {
 
 /// How long `close` lets the forwarder deliver what is left.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
+/// Longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Events per send.
 const SEND_BATCH: usize = 512;
 
@@ -406,6 +679,8 @@ impl Forwarder {
             pending: VecDeque::new(),
             capacity,
             cursor,
+            checked: cursor,
+            retry: Vec::new(),
             saved_cursor: cursor,
             cursor_path,
             log: None,
@@ -468,6 +743,11 @@ struct ForwardTask {
     capacity: usize,
     /// Last `seq` delivered.
     cursor: u64,
+    /// The cursor when the connection was last found open (before a batch): a reset goes
+    /// back here.
+    checked: u64,
+    /// A batch that could not be sent yet (no connection), sent before anything else.
+    retry: Vec<(u64, Box<[u8]>)>,
     saved_cursor: u64,
     cursor_path: PathBuf,
     log: Option<LogPosition>,
@@ -493,7 +773,11 @@ impl ForwardTask {
             self.drain_queue();
             let poll_log =
                 stop_deadline.is_some() || last_log_poll.elapsed() >= Duration::from_secs(1);
-            let batch = self.next_batch(poll_log);
+            let batch = if self.retry.is_empty() {
+                self.next_batch(poll_log)
+            } else {
+                std::mem::take(&mut self.retry)
+            };
             if poll_log {
                 last_log_poll = Instant::now();
             }
@@ -511,6 +795,47 @@ impl ForwardTask {
                 self.maybe_save(&mut last_save);
                 continue;
             }
+            let mut framed = Vec::with_capacity(batch.len() * 512);
+            for (_, line) in &batch {
+                let app = &self.target.options.app_name;
+                match self.target.options.format {
+                    MessageFormat::Json => {
+                        frame(&format_rfc5424(line, app, &self.host), &mut framed)
+                    }
+                    MessageFormat::Atna => match format_atna(line, app, &self.host) {
+                        Some(msg) => frame(&msg, &mut framed),
+                        None => {
+                            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    },
+                }
+            }
+            let last = batch.last().map_or(self.cursor, |(seq, _)| *seq);
+            if framed.is_empty() {
+                // Nothing of this batch goes out in this format: move past it.
+                self.cursor = last;
+                self.stats.last_seq.store(last, Ordering::Relaxed);
+                self.maybe_save(&mut last_save);
+                continue;
+            }
+            // Before writing, make sure the server did not go away since the last batch: a
+            // write into a closed connection succeeds locally and is lost.
+            if let Some(c) = conn.as_mut() {
+                match c.peer_state() {
+                    PeerState::Open => self.checked = self.cursor,
+                    PeerState::Closed => {
+                        tracing::info!(target = %self.name, "syslog server closed the connection; reconnecting");
+                        self.stats.connected.store(false, Ordering::Relaxed);
+                        conn = None;
+                        self.retry = batch;
+                        continue;
+                    }
+                    PeerState::Reset => {
+                        self.reset_to_checked(&mut conn);
+                        continue;
+                    }
+                }
+            }
             if conn.is_none() {
                 if Instant::now() < next_attempt {
                     if stop_deadline.is_some() {
@@ -519,6 +844,7 @@ impl ForwardTask {
                     std::thread::sleep(
                         Duration::from_millis(50).min(next_attempt - Instant::now()),
                     );
+                    self.retry = batch;
                     continue;
                 }
                 match self.target.connect() {
@@ -526,28 +852,22 @@ impl ForwardTask {
                         tracing::info!(target = %self.name, "connected to syslog");
                         self.stats.connected.store(true, Ordering::Relaxed);
                         backoff = Duration::from_millis(200);
+                        self.checked = self.cursor;
                         conn = Some(c);
                     }
                     Err(e) => {
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(target = %self.name, error = %e, "cannot connect to syslog; events wait in the local log");
                         next_attempt = Instant::now() + jitter(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        self.retry = batch;
                         continue;
                     }
                 }
             }
-            let mut framed = Vec::with_capacity(batch.len() * 512);
-            for (_, line) in &batch {
-                frame(
-                    &format_rfc5424(line, &self.target.options.app_name, &self.host),
-                    &mut framed,
-                );
-            }
             let Some(c) = conn.as_mut() else { continue };
             match c.send(&framed) {
                 Ok(()) => {
-                    let last = batch.last().map_or(self.cursor, |(seq, _)| *seq);
                     self.cursor = last;
                     self.stats.last_seq.store(last, Ordering::Relaxed);
                     self.stats
@@ -556,12 +876,11 @@ impl ForwardTask {
                 }
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    self.stats.connected.store(false, Ordering::Relaxed);
                     tracing::warn!(target = %self.name, error = %e, "syslog send failed; will resend from the local log");
-                    conn = None;
                     next_attempt = Instant::now() + jitter(backoff);
-                    // The batch is not lost: the cursor did not move, so it is read again.
-                    self.log = None;
+                    // The batch is not lost: the cursor did not move, so it is read again; what
+                    // was sent since the last check may not have been read either.
+                    self.reset_to_checked(&mut conn);
                 }
             }
             self.maybe_save(&mut last_save);
@@ -571,6 +890,26 @@ impl ForwardTask {
         }
         self.stats.connected.store(false, Ordering::Relaxed);
         self.save();
+    }
+
+    /// The connection failed or was reset: what was sent after the last check that found it
+    /// open may not have been read, so the cursor goes back there (a repository may see
+    /// those events twice; it can drop repeats by `seq`).
+    fn reset_to_checked(&mut self, conn: &mut Option<SyslogConnection>) {
+        tracing::warn!(target = %self.name, resend_from = self.checked + 1, "syslog connection reset; resending what may not have arrived");
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.stats.connected.store(false, Ordering::Relaxed);
+        *conn = None;
+        if self.checked < self.cursor {
+            self.stats
+                .resent
+                .fetch_add(self.cursor - self.checked, Ordering::Relaxed);
+            self.cursor = self.checked;
+            self.stats.last_seq.store(self.cursor, Ordering::Relaxed);
+        }
+        self.log = None;
+        self.pending.clear();
+        self.retry.clear();
     }
 
     fn push_pending(&mut self, item: (u64, Box<[u8]>)) {

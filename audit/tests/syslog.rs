@@ -22,6 +22,10 @@ struct Tls {
     cert: PathBuf,
     key: PathBuf,
     ca: PathBuf,
+    /// A client certificate for the gateway (`gw-a`), signed by the same CA, and its key
+    /// (mode 0600).
+    client_cert: PathBuf,
+    client_key: PathBuf,
 }
 
 /// A CA and a server certificate for `syslog.test`, made with rcgen.
@@ -40,15 +44,30 @@ fn make_tls(dir: &Path) -> Tls {
         .distinguished_name
         .push(rcgen::DnType::CommonName, "syslog.test");
     let cert = params.signed_by(&key, &issuer).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client_params = rcgen::CertificateParams::new(vec!["gw-a.test".to_owned()]).unwrap();
+    client_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "gw-a.test");
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
     let tls = Tls {
         ca_pem: ca_cert.pem(),
         cert: dir.join("server.pem"),
         key: dir.join("server.key"),
         ca: dir.join("ca.pem"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
     };
     fs::write(&tls.cert, cert.pem()).unwrap();
     fs::write(&tls.key, key.serialize_pem()).unwrap();
     fs::write(&tls.ca, &tls.ca_pem).unwrap();
+    fs::write(&tls.client_cert, client_cert.pem()).unwrap();
+    fs::write(&tls.client_key, client_key.serialize_pem()).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&tls.client_key, fs::Permissions::from_mode(0o600)).unwrap();
+    }
     tls
 }
 
@@ -62,6 +81,12 @@ struct Rsyslog {
 impl Rsyslog {
     /// Starts rsyslogd listening on 127.0.0.1 (`port` 0: any free port), TLS if given.
     fn start(work: &Path, port: u16, tls: Option<&Tls>) -> Rsyslog {
+        Rsyslog::start_with(work, port, tls, false)
+    }
+
+    /// [`Rsyslog::start`]; with `client_auth`, TLS clients must present a certificate that
+    /// chains to the test CA (`x509/certvalid`).
+    fn start_with(work: &Path, port: u16, tls: Option<&Tls>, client_auth: bool) -> Rsyslog {
         assert!(
             Path::new(RSYSLOGD).exists(),
             "this test needs a real syslog daemon: apt-get install -y rsyslog rsyslog-openssl"
@@ -78,8 +103,14 @@ impl Rsyslog {
                     t.cert.display(),
                     t.key.display()
                 ),
-                r#" streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="anon""#
-                    .to_owned(),
+                format!(
+                    r#" streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="{}""#,
+                    if client_auth {
+                        "x509/certvalid"
+                    } else {
+                        "anon"
+                    }
+                ),
             ),
             None => (String::new(), String::new()),
         };
@@ -124,6 +155,36 @@ input(type="imtcp" address="127.0.0.1" port="{port}" listenPortFileName="{port_f
 
     fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops rsyslogd the way an operator does (SIGTERM: it closes its connections and
+    /// writes out what it has read), and waits for it to exit.
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "rsyslogd did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every seq received, in order of arrival, repeats included.
+    fn all_seqs(&self) -> Vec<u64> {
+        let text = fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let sd = line.split('|').nth(6)?;
+                sd.split("seq=\"").nth(1)?.split('"').next()?.parse().ok()
+            })
+            .collect()
     }
 
     /// Messages received so far, by seq: the parsed fields.
@@ -463,4 +524,260 @@ fn export_sends_to_rsyslog_over_tcp_and_tls() {
     assert!(got
         .values()
         .all(|r| r.severity == "4" && r.msgid == "session.denied"));
+}
+
+fn atna_options(rsyslog: &Rsyslog, tls: &Tls, client_cert: bool) -> SyslogOptions {
+    let mut syslog =
+        SyslogOptions::tls(rsyslog.address(), "syslog.test", tls.ca_pem.as_bytes()).unwrap();
+    if client_cert {
+        syslog = syslog
+            .with_client_cert_files(&tls.client_cert, &tls.client_key)
+            .unwrap();
+    }
+    syslog.format = postern_audit::syslog::MessageFormat::Atna;
+    syslog
+}
+
+/// The ATNA message of a received MSG (the XML after the UTF-8 BOM): its EventID.
+fn atna_event_id(msg: &str) -> String {
+    let xml = msg.trim_start_matches('\u{feff}');
+    let doc =
+        roxmltree::Document::parse(xml).unwrap_or_else(|e| panic!("MSG is not XML ({e}): {msg}"));
+    assert_eq!(doc.root_element().tag_name().name(), "AuditMessage");
+    doc.descendants()
+        .find(|n| n.has_tag_name("EventID"))
+        .and_then(|n| n.attribute("csd-code"))
+        .unwrap()
+        .to_owned()
+}
+
+/// The audit record repository asks for a client certificate: the gateway's is accepted and
+/// every mapped event arrives as an IHE ITI-20 message (RFC 5425 framing, MSGID
+/// IHE+RFC-3881, facility 10, the DICOM audit message as MSG); events without a mapping are
+/// skipped. A gateway without a certificate gets nothing in. Then the repository is stopped
+/// for 30 s while events go on being written, and started again: every event arrives exactly
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atna_forwarding_with_a_client_certificate_survives_a_30_s_outage_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = make_tls(tmp.path());
+    let work = tmp.path().join("rsyslog");
+    let rsyslog = Rsyslog::start_with(&work, 0, Some(&tls), true);
+    let port = rsyslog.port;
+    let dir = tmp.path().join("log");
+    let log = AuditLog::open_with(&dir, options(atna_options(&rsyslog, &tls, true)))
+        .await
+        .unwrap();
+    let fixtures = common::clinical::events(false);
+    let mut mapped = BTreeSet::new();
+    for e in &fixtures {
+        log.record(e.clone()).await.unwrap();
+        let stored = read_all(&dir).unwrap();
+        let last = stored.last().unwrap();
+        if postern_audit::atna::map(last, "gw").is_some() {
+            mapped.insert(last.seq.unwrap());
+        }
+    }
+    assert!(mapped.len() >= 18, "{mapped:?}");
+    let got = rsyslog.wait_for_seqs(&mapped, Duration::from_secs(20));
+    let stored: BTreeMap<u64, postern_audit::Event> = read_all(&dir)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.seq.unwrap(), e))
+        .collect();
+    let mut ids = BTreeMap::new();
+    for (seq, r) in &got {
+        let e = &stored[seq];
+        assert_eq!(r.msgid, "IHE+RFC-3881", "{}", e.kind);
+        assert_eq!(r.facility, "10", "security/authorization");
+        assert_eq!(r.app, "postern");
+        assert_eq!(r.hostname, "gw-a");
+        assert!(
+            r.sd.contains(&format!("seq=\"{seq}\""))
+                && r.sd.contains(&format!("type=\"{}\"", e.kind)),
+            "{}",
+            r.sd
+        );
+        ids.insert(e.kind.clone(), atna_event_id(&r.msg));
+    }
+    for (kind, id) in [
+        ("auth.login", "110114"),
+        ("session.start", "110108"),
+        ("dicom.query", "110112"),
+        ("dicom.retrieve", "110104"),
+        ("dicom.refused", "110113"),
+    ] {
+        assert_eq!(
+            ids.get(kind).map(String::as_str),
+            Some(id),
+            "{kind}: {ids:?}"
+        );
+    }
+    // Unmapped events were moved past, not sent.
+    let unmapped: Vec<u64> = stored
+        .values()
+        .filter(|e| postern_audit::atna::map(e, "gw").is_none())
+        .map(|e| e.seq.unwrap())
+        .collect();
+    assert!(
+        unmapped.len() >= 3,
+        "audit.started, dicom.association, token.minted"
+    );
+    let stats = wait_for(Duration::from_secs(5), || {
+        let s = log.stats();
+        (s.forward_lag == 0).then_some(s)
+    })
+    .expect("the cursor did not move past unmapped events");
+    assert!(stats.forward_skipped >= unmapped.len() as u64, "{stats:?}");
+    assert!(unmapped.iter().all(|s| !got.contains_key(s)));
+
+    // Without a client certificate the repository lets nothing in.
+    let dir2 = tmp.path().join("log-nocert");
+    let mut opts = options(atna_options(&rsyslog, &tls, false));
+    opts.node_id = Some("gw-nocert".into());
+    let nocert = AuditLog::open_with(&dir2, opts).await.unwrap();
+    for e in fixtures.iter().take(5) {
+        let mut e = e.clone();
+        e.gateway = Some("gw-nocert".into());
+        nocert.record(e).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = fs::read_to_string(&rsyslog.out).unwrap();
+    assert!(
+        !text.contains("gw-nocert"),
+        "a client without a certificate got in"
+    );
+    assert_eq!(nocert.stats().written, 5, "the local log does not care");
+    nocert.close().await.unwrap();
+
+    // The outage: events every 100 ms throughout; the repository is stopped gracefully for
+    // 30 s (as the issue asks) and started again on the same port.
+    let writer = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(36);
+            while Instant::now() < deadline {
+                let kind = if n.is_multiple_of(2) {
+                    EventType::SessionStart
+                } else {
+                    EventType::SessionEnd
+                };
+                let mut e = session_event(kind, "ann", &format!("outage-{n}"));
+                e.gateway = Some("gw-a".into());
+                e.source = Some("203.0.113.7:5000".into());
+                log.record(e).await.unwrap();
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = log.stats();
+    rsyslog.stop();
+    let stopped_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during = log.stats();
+    assert!(!during.forward_connected, "{during:?}");
+    assert!(
+        during.written >= before.written + 250,
+        "writes went on at full speed during the outage: {before:?} {during:?}"
+    );
+    assert!(during.forward_lag >= 250, "{during:?}");
+    let rsyslog = Rsyslog::start_with(&work, port, Some(&tls), true);
+    println!("repository down for {:?}", stopped_at.elapsed());
+    let n = writer.await.unwrap();
+    assert!(n >= 300, "{n}");
+    let all: Vec<postern_audit::Event> = read_all(&dir).unwrap();
+    let want: BTreeSet<u64> = all
+        .iter()
+        .filter(|e| postern_audit::atna::map(e, "gw").is_some())
+        .map(|e| e.seq.unwrap())
+        .collect();
+    rsyslog.wait_for_seqs(&want, Duration::from_secs(60));
+    // Give a duplicate, if any were sent, time to show up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seqs = rsyslog.all_seqs();
+    let mut seen = BTreeSet::new();
+    let dups: Vec<u64> = seqs.iter().copied().filter(|s| !seen.insert(*s)).collect();
+    assert!(dups.is_empty(), "duplicated: {dups:?}");
+    assert_eq!(seen, want, "exactly the mapped events, each once");
+    let stats = log.stats();
+    assert_eq!(stats.forward_resent, 0, "{stats:?}");
+    log.close().await.unwrap();
+}
+
+#[test]
+fn a_client_key_readable_by_others_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = make_tls(tmp.path());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&tls.client_key, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let err = SyslogOptions::tls("127.0.0.1:6514", "syslog.test", tls.ca_pem.as_bytes())
+        .unwrap()
+        .with_client_cert_files(&tls.client_cert, &tls.client_key)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("chmod 600"), "{err}");
+    // And a client certificate needs TLS.
+    let err = SyslogOptions::tcp("127.0.0.1:514")
+        .with_client_cert_pem(b"", b"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs TLS"), "{err}");
+}
+
+/// `export --format atna --to` backfills a repository that authenticates its senders: the
+/// mapped events arrive as ITI-20 messages, after the export's own Audit Log Used message.
+#[test]
+fn export_sends_atna_to_a_repository_with_a_client_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    for e in common::clinical::events(false) {
+        postern_audit::append_sync(&dir, &e).unwrap();
+    }
+    let want: BTreeSet<u64> = read_all(&dir)
+        .unwrap()
+        .iter()
+        .filter(|e| postern_audit::atna::map(e, "gw").is_some())
+        .map(|e| e.seq.unwrap())
+        .collect();
+    assert!(want.len() >= 18);
+    let tls = make_tls(tmp.path());
+    let rsyslog = Rsyslog::start_with(&tmp.path().join("arr"), 0, Some(&tls), true);
+    let out = run(&[
+        "export",
+        dir.to_str().unwrap(),
+        "--format",
+        "atna",
+        "--to",
+        &rsyslog.address(),
+        "--tls",
+        "--ca",
+        tls.ca.to_str().unwrap(),
+        "--server-name",
+        "syslog.test",
+        "--cert",
+        tls.client_cert.to_str().unwrap(),
+        "--key",
+        tls.client_key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("sent {} ATNA message(s)", want.len() + 1)),
+        "{}",
+        stderr(&out)
+    );
+    let got = rsyslog.wait_for_seqs(&want, Duration::from_secs(20));
+    assert!(got.values().all(|r| r.msgid == "IHE+RFC-3881"));
+    assert_eq!(atna_event_id(&got[want.first().unwrap()].msg), "110114");
+    // The export's own message has no seq; it is there, first.
+    let text = fs::read_to_string(&rsyslog.out).unwrap();
+    let first = text.lines().next().unwrap();
+    let msg = first.splitn(8, '|').nth(7).unwrap();
+    assert_eq!(atna_event_id(msg), "110101", "{first}");
+    assert_eq!(rsyslog.all_seqs().len(), want.len(), "each once");
 }

@@ -549,11 +549,11 @@ fn access_lists_every_session_that_opened_a_study() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[0],
-        "session_id,first_utc,last_utc,user,user_name,user_email,device,source,endpoint,site,requests,requests_recorded,sampled,objects"
+        "session_id,first_utc,last_utc,user,user_name,user_email,device,source,endpoint,site,requests,requests_recorded,sampled,objects,calling_ae,queries,retrieves,stores,instances"
     );
     assert_eq!(
         lines[1],
-        format!("w1,2025-03-03 09:01:00,2025-03-03 09:02:11,sub-ann,Dr Ann Jones,ann.jones@nhs.example,RAD-LAPTOP-042,203.0.113.7:51234,truro-viewer,truro,2,2,,study:{STUDY}")
+        format!("w1,2025-03-03 09:01:00,2025-03-03 09:02:11,sub-ann,Dr Ann Jones,ann.jones@nhs.example,RAD-LAPTOP-042,203.0.113.7:51234,truro-viewer,truro,2,2,,study:{STUDY},,0,0,0,0")
     );
     assert_eq!(lines.len(), 3);
 

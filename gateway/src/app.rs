@@ -449,6 +449,8 @@ impl App {
                 // A log cut short of its audit.head refuses to open (and the gateway to start)
                 // unless the operator said to accept the loss, which is then recorded.
                 accept_truncation: config.accept_truncated_audit,
+                // `[syslog]`: live forwarding; the local log stays the source of truth.
+                syslog: config.syslog.as_ref().map(|s| s.options()).transpose()?,
                 ..Default::default()
             },
         )

@@ -47,6 +47,8 @@ struct RawConfig {
     #[serde(default)]
     store: RawStore,
     web: Option<RawWeb>,
+    /// `[syslog]`: live forwarding of the audit log to a SIEM / audit record repository.
+    syslog: Option<RawSyslog>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +69,20 @@ struct RawWeb {
     body_idle_timeout: Option<String>,
     /// How long an upstream may take to answer a request's headers (default 120s).
     upstream_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSyslog {
+    address: String,
+    format: Option<String>,
+    tls: Option<bool>,
+    ca_file: Option<PathBuf>,
+    server_name: Option<String>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    queue: Option<usize>,
+    app_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +241,143 @@ pub struct Config {
     pub store: crate::state::StoreConfig,
     /// `[web]`: web applications served by the proxy (None: none are).
     pub web: Option<WebConfig>,
+    /// `[syslog]`: forward every audit event to a SIEM or audit record repository (None: no
+    /// forwarding).
+    pub syslog: Option<SyslogConfig>,
+}
+
+/// `[syslog]`: where and how the audit log is forwarded live (RFC 5424; TLS per RFC 5425).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogConfig {
+    /// `host:port` of the server.
+    pub address: String,
+    /// `json` (the stored lines) or `atna` (IHE ITI-20 DICOM audit messages).
+    pub format: postern_audit::syslog::MessageFormat,
+    /// TLS (default); plain TCP only when `tls = false`.
+    pub tls: bool,
+    /// CA certificate(s) the server's certificate must chain to (TLS).
+    pub ca_file: Option<PathBuf>,
+    /// Name the server's certificate must carry (default: the host of `address`).
+    pub server_name: String,
+    /// Client certificate and key presented to the server (the key file mode 0600).
+    pub client: Option<CertFiles>,
+    /// Events held in memory for the forwarder.
+    pub queue: usize,
+    /// APP-NAME of the messages.
+    pub app_name: String,
+}
+
+impl SyslogConfig {
+    /// The forwarder's options, reading the CA and client certificate files (a client key
+    /// that others can read is refused).
+    pub fn options(&self) -> Result<postern_audit::SyslogOptions, postern_audit::AuditError> {
+        let target = format!(
+            "{}://{}",
+            if self.tls { "tls" } else { "tcp" },
+            self.address
+        );
+        let mut options = if self.tls {
+            let Some(ca) = &self.ca_file else {
+                return Err(postern_audit::AuditError::Forward {
+                    target,
+                    reason: "TLS needs ca_file".to_owned(),
+                });
+            };
+            let pem = std::fs::read(ca).map_err(|e| postern_audit::AuditError::Forward {
+                target: target.clone(),
+                reason: format!("reading ca_file {}: {e}", ca.display()),
+            })?;
+            let options = postern_audit::SyslogOptions::tls(
+                self.address.clone(),
+                self.server_name.clone(),
+                &pem,
+            )?;
+            match &self.client {
+                Some(files) => options.with_client_cert_files(&files.cert, &files.key)?,
+                None => options,
+            }
+        } else {
+            postern_audit::SyslogOptions::tcp(self.address.clone())
+        };
+        options.format = self.format;
+        options.queue_capacity = self.queue;
+        options.app_name.clone_from(&self.app_name);
+        Ok(options)
+    }
+}
+
+/// Resolves `[syslog]`.
+fn syslog_config(
+    file: &str,
+    raw: RawSyslog,
+    abs: &dyn Fn(PathBuf) -> PathBuf,
+    errors: &mut Vec<String>,
+) -> SyslogConfig {
+    let host = match raw.address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        _ => {
+            errors.push(format!(
+                "{file}: syslog.address: expected host:port (e.g. \"arr.trust.nhs.uk:6514\"), found \"{}\"",
+                crate::http::printable(&raw.address, 80)
+            ));
+            String::new()
+        }
+    };
+    let format = match raw
+        .format
+        .as_deref()
+        .map(postern_audit::syslog::MessageFormat::parse)
+    {
+        None => postern_audit::syslog::MessageFormat::Json,
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            errors.push(format!("{file}: syslog.format: {e}"));
+            postern_audit::syslog::MessageFormat::Json
+        }
+    };
+    let tls = raw.tls.unwrap_or(true);
+    if tls && raw.ca_file.is_none() {
+        errors.push(format!(
+            "{file}: syslog.ca_file: required with TLS (the CA that issued the server's certificate); set tls = false only for a server on a trusted network"
+        ));
+    }
+    let client = match (raw.cert_file, raw.key_file) {
+        (Some(cert), Some(key)) => Some(CertFiles {
+            cert: abs(cert),
+            key: abs(key),
+        }),
+        (None, None) => None,
+        _ => {
+            errors.push(format!(
+                "{file}: syslog.cert_file and syslog.key_file go together (the client certificate and its key)"
+            ));
+            None
+        }
+    };
+    if client.is_some() && !tls {
+        errors.push(format!(
+            "{file}: syslog.cert_file: a client certificate needs TLS (tls = true)"
+        ));
+    }
+    let queue = raw.queue.unwrap_or(10_000);
+    if queue == 0 || queue > 1_000_000 {
+        errors.push(format!(
+            "{file}: syslog.queue: expected 1 to 1000000 events, found {queue}"
+        ));
+    }
+    SyslogConfig {
+        address: raw.address,
+        format,
+        tls,
+        ca_file: raw.ca_file.map(abs),
+        server_name: raw.server_name.unwrap_or(host),
+        client,
+        queue,
+        app_name: raw.app_name.unwrap_or_else(|| "postern".to_owned()),
+    }
 }
 
 /// `[web]`: the identity-aware proxy for web applications.
@@ -429,6 +582,7 @@ impl Config {
             accept_truncated_audit: false,
             store: crate::state::StoreConfig::default(),
             web: None,
+            syslog: None,
         }
     }
 
@@ -712,6 +866,9 @@ impl Config {
             devices.origin = Some(o);
         }
         let store = store_config(&file.to_string(), raw.store, &abs, &mut errors);
+        let syslog = raw
+            .syslog
+            .map(|r| syslog_config(&file.to_string(), r, &abs, &mut errors));
         listen_overlaps(
             &file.to_string(),
             [
@@ -762,6 +919,7 @@ impl Config {
             accept_truncated_audit: false,
             store,
             web,
+            syslog,
         })
     }
 }
@@ -1237,6 +1395,69 @@ mod tests {
             e.contains("store.max_staleness: expected a duration"),
             "{e}"
         );
+    }
+
+    fn with_syslog(syslog: &str) -> Result<Config, String> {
+        Config::parse(
+            &format!("state_dir = \"s\"\npolicy = \"p\"\n[listen]\nclients = \"127.0.0.1:8443\"\nconnectors = \"127.0.0.1:8444\"\n[syslog]\n{syslog}"),
+            Path::new("/etc/postern/gw.toml"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn syslog_forwarding_is_configured_in_its_section() {
+        let c = with_syslog(
+            "address = \"arr.trust.nhs.uk:6514\"\nformat = \"atna\"\nca_file = \"arr-ca.pem\"\ncert_file = \"arr.pem\"\nkey_file = \"arr.key\"\n",
+        )
+        .unwrap();
+        let s = c.syslog.unwrap();
+        assert_eq!(s.format, postern_audit::syslog::MessageFormat::Atna);
+        assert!(s.tls);
+        assert_eq!(s.server_name, "arr.trust.nhs.uk");
+        assert_eq!(s.ca_file, Some(PathBuf::from("/etc/postern/arr-ca.pem")));
+        assert_eq!(
+            s.client,
+            Some(CertFiles {
+                cert: PathBuf::from("/etc/postern/arr.pem"),
+                key: PathBuf::from("/etc/postern/arr.key"),
+            })
+        );
+        assert_eq!(s.queue, 10_000);
+        // The files are read when the forwarder is set up: a missing CA is reported then.
+        let e = s.options().unwrap_err().to_string();
+        assert!(e.contains("reading ca_file /etc/postern/arr-ca.pem"), "{e}");
+        let c = with_syslog("address = \"siem.local:514\"\ntls = false\n").unwrap();
+        let s = c.syslog.unwrap();
+        assert_eq!(s.format, postern_audit::syslog::MessageFormat::Json);
+        let o = s.options().unwrap();
+        assert!(o.tls.is_none());
+        assert_eq!(o.target(), "tcp://siem.local:514");
+        assert!(with_syslog("address = \"a:1\"\ntls = false\n").is_ok());
+        assert_eq!(with_store("").unwrap().syslog, None);
+    }
+
+    #[test]
+    fn bad_syslog_settings_are_reported() {
+        let e = with_syslog(
+            "address = \"arr.trust.nhs.uk\"\nformat = \"xml\"\ncert_file = \"c.pem\"\nqueue = 0\n",
+        )
+        .unwrap_err();
+        for want in [
+            "syslog.address: expected host:port",
+            "syslog.format: unknown syslog message format \"xml\"",
+            "syslog.ca_file: required with TLS",
+            "syslog.cert_file and syslog.key_file go together",
+            "syslog.queue: expected 1 to 1000000",
+        ] {
+            assert!(e.contains(want), "{want:?} missing from {e}");
+        }
+        let e =
+            with_syslog("address = \"a:1\"\ntls = false\ncert_file = \"c\"\nkey_file = \"k\"\n")
+                .unwrap_err();
+        assert!(e.contains("a client certificate needs TLS"), "{e}");
+        let e = with_syslog("address = \"a:1\"\nport = 3\n").unwrap_err();
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]

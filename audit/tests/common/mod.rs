@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+pub mod clinical;
+
 use postern_audit::{
     AuditKey, AuditLog, AuditOptions, DecisionRef, DeviceRef, EndpointRef, Event, EventType,
 };

@@ -86,6 +86,7 @@ pub async fn check_with(config: &Config, running: bool) -> (Vec<Finding>, Vec<St
         }
     }
     audit_dir(&config.audit_dir, &mut out);
+    syslog(config, &mut out);
     store(config, &mut out, &mut notes).await;
     oidc(config, &mut out).await;
     if config.oidc.is_some() && config.devices.required {
@@ -444,6 +445,17 @@ fn web(config: &Config, out: &mut Vec<Finding>) {
     }
 }
 
+/// `[syslog]`: the CA and client certificate files read and parse, the key is private.
+fn syslog(config: &Config, out: &mut Vec<Finding>) {
+    let Some(s) = &config.syslog else { return };
+    let checked = s
+        .options()
+        .and_then(postern_audit::syslog::SyslogTarget::new);
+    if let Err(e) = checked {
+        out.push(Finding::error(format!("[syslog]: {e}")));
+    }
+}
+
 fn audit_dir(dir: &Path, out: &mut Vec<Finding>) {
     // The directory, or the nearest ancestor that exists (the gateway creates the rest).
     let mut probe_dir = dir;
@@ -629,6 +641,45 @@ mod tests {
         );
         assert!(has(&f, Severity::Error, "state.db: mode 0666"), "{f:?}");
         assert_eq!(errors(&f).len(), 5, "{f:?}");
+    }
+
+    #[tokio::test]
+    async fn syslog_forwarding_files_are_read_and_the_key_must_be_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = good(dir.path());
+        let (ca, _) = cert(&["arr.test"], 100);
+        let (client, key) = cert(&["gw-1"], 100);
+        let files = CertFiles {
+            cert: dir.path().join("arr-client.pem"),
+            key: dir.path().join("arr-client.key"),
+        };
+        std::fs::write(dir.path().join("arr-ca.pem"), &ca).unwrap();
+        std::fs::write(&files.cert, &client).unwrap();
+        std::fs::write(&files.key, &key).unwrap();
+        chmod(&files.key, 0o600);
+        c.syslog = Some(crate::config::SyslogConfig {
+            address: "arr.test:6514".into(),
+            format: postern_audit::syslog::MessageFormat::Atna,
+            tls: true,
+            ca_file: Some(dir.path().join("arr-ca.pem")),
+            server_name: "arr.test".into(),
+            client: Some(files.clone()),
+            queue: 10_000,
+            app_name: "postern".into(),
+        });
+        let f = check(&c).await;
+        assert!(f.is_empty(), "{f:?}");
+        chmod(&files.key, 0o644);
+        let f = check(&c).await;
+        assert!(
+            has(&f, Severity::Error, "[syslog]") && has(&f, Severity::Error, "chmod 600"),
+            "{f:?}"
+        );
+        chmod(&files.key, 0o600);
+        std::fs::remove_file(dir.path().join("arr-ca.pem")).unwrap();
+        let f = check(&c).await;
+        assert!(has(&f, Severity::Error, "reading ca_file"), "{f:?}");
+        assert_eq!(errors(&f).len(), 1, "{f:?}");
     }
 
     #[tokio::test]
