@@ -313,4 +313,64 @@ fn ae_titles_and_services_are_enforced_on_the_connector_and_every_study_is_audit
 
     let (ok, out) = d.verify_audit();
     assert!(ok, "the audit log does not verify: {out}");
+
+    // The trust's audit repository gets the same log as IHE ATNA messages, each valid against
+    // the PS3.15 A.5.1 schema (jing), the retrieve as "DICOM Instances Transferred" naming the
+    // study; and as FHIR AuditEvents naming it too.
+    let atna = work.path().join("audit.atna");
+    let (ok, out, err) = run(Command::new(bin("postern-audit"))
+        .args(["export", "--format", "atna", "--out"])
+        .arg(&atna)
+        .arg(d.path("gw/audit")));
+    assert!(ok, "export --format atna: {out}{err}");
+    let messages: Vec<String> = std::fs::read_to_string(&atna)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert!(messages.len() >= 10, "{messages:#?}");
+    let schema = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../audit/tests/fixtures/atna/audit-message.rnc"
+    );
+    let files: Vec<_> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let f = work.path().join(format!("atna-{i}.xml"));
+            std::fs::write(&f, m).unwrap();
+            f
+        })
+        .collect();
+    let (ok, out, err) = run(Command::new("jing").arg("-c").arg(schema).args(&files));
+    assert!(
+        ok,
+        "ATNA messages from a real log fail the schema: {out}{err}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("csd-code=\"110104\"") && m.contains(&study_uid)),
+        "no DICOM Instances Transferred message naming {study_uid}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("csd-code=\"110113\"") && m.contains("EVIL")),
+        "no Security Alert for the refused AE title"
+    );
+    let (ok, fhir, err) = run(Command::new(bin("postern-audit"))
+        .args(["export", "--format", "fhir"])
+        .arg(d.path("gw/audit")));
+    assert!(ok, "export --format fhir: {err}");
+    let resources: Vec<Value> = fhir
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(resources.iter().all(|r| r["resourceType"] == "AuditEvent"));
+    assert!(
+        resources.iter().any(|r| r.to_string().contains(&study_uid)),
+        "no AuditEvent names study {study_uid}"
+    );
 }
