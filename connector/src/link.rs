@@ -680,13 +680,18 @@ async fn quic_request(
             if write_frame(&mut send, &ok).await.is_err() {
                 return;
             }
-            while let Some(r) = rx.recv().await {
-                if send.write_all(&ndjson(&r)).await.is_err() {
-                    debug!("the gateway closed a session's events stream");
-                    return;
-                }
-            }
-            let _ = send.finish();
+            // Tracked with the tunnels, so a closing link waits for the last records too.
+            tunnels
+                .track_future(async move {
+                    while let Some(r) = rx.recv().await {
+                        if send.write_all(&ndjson(&r)).await.is_err() {
+                            debug!("the gateway closed a session's events stream");
+                            return;
+                        }
+                    }
+                    let _ = send.finish();
+                })
+                .await;
         }
         Decision::Tunnel {
             tcp,
