@@ -274,8 +274,31 @@ mod tests {
     /// so renewal is hours away) and a configuration that dials `gateway` over two links and
     /// has an admin listener on an ephemeral port.
     fn enrolled(dir: &Path, gateway: SocketAddr) -> Config {
+        write_enrolled(dir, gateway, "conn-test", &["localhost"]);
+        Config::parse(
+            &format!(
+                "state_dir = \"{}\"\nconnections_per_gateway = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+                dir.display()
+            ),
+            &dir.join("connector.toml"),
+        )
+        .unwrap()
+    }
+
+    /// Writes an enrolled state into `dir`: connector `id` of site truro dialling `gateway`,
+    /// with a certificate for `names` valid for a day that is its own CA. Returns its key and
+    /// certificate.
+    fn write_enrolled(
+        dir: &Path,
+        gateway: SocketAddr,
+        id: &str,
+        names: &[&str],
+    ) -> (rcgen::KeyPair, rcgen::Certificate) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let mut p = rcgen::CertificateParams::new(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .unwrap();
         let now = time::OffsetDateTime::now_utc();
         p.not_before = now - time::Duration::hours(1);
         p.not_after = now + time::Duration::days(1);
@@ -284,7 +307,7 @@ mod tests {
         std::fs::write(dir.join(CERT_FILE), cert.pem()).unwrap();
         std::fs::write(dir.join(KEY_FILE), key.serialize_pem()).unwrap();
         let enrollment = Enrollment {
-            connector_id: "conn-test".into(),
+            connector_id: id.into(),
             site: "truro".into(),
             gateway_url: format!("https://{gateway}"),
             connector_addrs: vec![gateway.to_string()],
@@ -296,14 +319,7 @@ mod tests {
             serde_json::to_vec(&enrollment).unwrap(),
         )
         .unwrap();
-        Config::parse(
-            &format!(
-                "state_dir = \"{}\"\nconnections_per_gateway = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-                dir.display()
-            ),
-            &dir.join("connector.toml"),
-        )
-        .unwrap()
+        (key, cert)
     }
 
     /// A "gateway" on an ephemeral port that accepts every connection, counts it and closes
@@ -442,30 +458,8 @@ mod tests {
             port: u16,
             transport: &str,
         ) -> (Config, rustls::ServerConfig) {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let mut p =
-                rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                    .unwrap();
-            let now = time::OffsetDateTime::now_utc();
-            p.not_before = now - time::Duration::hours(1);
-            p.not_after = now + time::Duration::days(1);
-            let cert = p.self_signed(&key).unwrap();
-            std::fs::write(dir.join(CA_FILE), cert.pem()).unwrap();
-            std::fs::write(dir.join(CERT_FILE), cert.pem()).unwrap();
-            std::fs::write(dir.join(KEY_FILE), key.serialize_pem()).unwrap();
-            let enrollment = Enrollment {
-                connector_id: "conn-dicom".into(),
-                site: "truro".into(),
-                gateway_url: format!("https://{gateway}"),
-                connector_addrs: vec![gateway.to_string()],
-                not_after: "in a day".into(),
-                issued_at: Some(crate::enroll::unix_now()),
-            };
-            std::fs::write(
-                dir.join(ENROLLMENT_FILE),
-                serde_json::to_vec(&enrollment).unwrap(),
-            )
-            .unwrap();
+            let (key, cert) =
+                write_enrolled(dir, gateway, "conn-dicom", &["localhost", "127.0.0.1"]);
             let config = Config::parse(
                 &format!(
                     "state_dir = \"{}\"\nconnections_per_gateway = 1\nlink_transport = \"{transport}\"\n[[allow]]\ncidr = \"127.0.0.1\"\nports = \"{port}\"\n",

@@ -278,52 +278,20 @@ pub(crate) fn load(
         }
     }
 
-    if let Some((key_at, item)) = take(&mut root, "defaults") {
-        match into_table(item) {
-            Some((at, table)) => {
-                if let Some((value, invalid_keys)) = decode::<RawDefaults>(table, at, &[], diags) {
-                    raw.defaults.push(Located {
-                        file,
-                        at,
-                        ordinal: 1,
-                        value,
-                        invalid_keys,
-                    });
-                }
-            }
-            None => diags.push(
-                ErrorKind::InvalidType,
-                key_at,
-                "`defaults` must be a table",
-                Some("write it as a `[defaults]` section".into()),
-            ),
-        }
-    }
-
-    if let Some((key_at, item)) = take(&mut root, "dicom") {
-        match into_table(item) {
-            Some((at, table)) => {
-                if let Some((value, invalid_keys)) = decode::<RawDicom>(table, at, &[], diags) {
-                    raw.dicom.push(Located {
-                        file,
-                        at,
-                        ordinal: 1,
-                        value,
-                        invalid_keys,
-                    });
-                }
-            }
-            None => diags.push(
-                ErrorKind::InvalidType,
-                key_at,
-                "`dicom` must be a table",
-                Some(
-                    "write it as a `[dicom]` section with `ae_titles = { \"user\" = [\"AE\"] }`"
-                        .into(),
-                ),
-            ),
-        }
-    }
+    raw.defaults.extend(section(
+        &mut root,
+        "defaults",
+        file,
+        diags,
+        "write it as a `[defaults]` section",
+    ));
+    raw.dicom.extend(section(
+        &mut root,
+        "dicom",
+        file,
+        diags,
+        "write it as a `[dicom]` section with `ae_titles = { \"user\" = [\"AE\"] }`",
+    ));
 
     let mut sections = Vec::new();
     for (section, limit, total) in [
@@ -407,6 +375,35 @@ pub(crate) fn load(
         }
     }
     true
+}
+
+/// The single table `[key]` (or `key = { … }`) of the root, decoded as `T`, if written; one
+/// that is not a table is reported with `hint`.
+fn section<T: DeserializeOwned>(
+    root: &mut toml_edit::Table,
+    key: &str,
+    file: usize,
+    diags: &mut Diagnostics,
+    hint: &str,
+) -> Option<Located<T>> {
+    let (key_at, item) = take(root, key)?;
+    let Some((at, table)) = into_table(item) else {
+        diags.push(
+            ErrorKind::InvalidType,
+            key_at,
+            format!("`{key}` must be a table"),
+            Some(hint.to_owned()),
+        );
+        return None;
+    };
+    let (value, invalid_keys) = decode::<T>(table, at, &[], diags)?;
+    Some(Located {
+        file,
+        at,
+        ordinal: 1,
+        value,
+        invalid_keys,
+    })
 }
 
 /// Removes `key` from the root table, returning where the key is written and its item.
