@@ -263,6 +263,10 @@ impl Agent {
         match crate::bind(addr).await {
             Ok(listener) => {
                 e.local = listener.local_addr().ok();
+                e.stats.ask_notices.store(
+                    info.protocol == "dicom",
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 let task = tokio::spawn(crate::serve(
                     self.gw.clone(),
                     info.name.clone(),

@@ -988,13 +988,12 @@ pub async fn connect(
         .local_addr()
         .map_err(|e| ClientError::Setup(e.to_string()))?;
     ready(local, &info);
-    serve(
-        gw,
-        endpoint.to_owned(),
-        listener,
-        Arc::new(TunnelStats::default()),
-    )
-    .await;
+    let stats = Arc::new(TunnelStats::default());
+    stats.ask_notices.store(
+        info.protocol == "dicom",
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    serve(gw, endpoint.to_owned(), listener, stats).await;
     Ok(())
 }
 
@@ -1041,7 +1040,7 @@ pub async fn serve(
         let endpoint = endpoint.clone();
         let stats = stats.clone();
         tokio::spawn(async move {
-            let _live = meter::LiveGuard::new(stats.clone());
+            let live = meter::LiveGuard::new(stats.clone());
             let local = meter::Metered::new(tcp, stats.clone());
             match gw.open_tunnel(&endpoint, true).await {
                 Ok(Opened {
@@ -1050,7 +1049,8 @@ pub async fn serve(
                 }) => {
                     stats.clear_error();
                     resume::carry(gw.clone(), local, stream, info).await;
-                    notices_after_a_tunnel(&gw).await;
+                    drop(live);
+                    notices_after_a_tunnel(&gw, &stats).await;
                 }
                 Ok(Opened {
                     stream,
@@ -1059,9 +1059,11 @@ pub async fn serve(
                     stats.clear_error();
                     let counters = Arc::new(postern_net::relay::Counters::default());
                     postern_net::relay::relay(local, stream, counters).await;
-                    notices_after_a_tunnel(&gw).await;
+                    drop(live);
+                    notices_after_a_tunnel(&gw, &stats).await;
                 }
                 Err(e) => {
+                    drop(live);
                     stats.set_error(e.to_string());
                     gw.tunnels.notice(format!(
                         "a connection from {peer} to {endpoint} was refused: {e}"
@@ -1074,7 +1076,10 @@ pub async fn serve(
 
 /// After a tunnel has ended: the gateway may have a notice about it (the connector refused a
 /// PACS association), which reaches it a moment after the tunnel ends.
-async fn notices_after_a_tunnel(gw: &GatewayConn) {
+async fn notices_after_a_tunnel(gw: &GatewayConn, stats: &TunnelStats) {
+    if !stats.ask_notices.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.show_notices().await;
 }

@@ -23,6 +23,9 @@ pub struct TunnelStats {
     pub down: AtomicU64,
     /// Why the last connection was refused or ended by the gateway, if one was.
     last_error: Mutex<Option<String>>,
+    /// Ask the gateway for notices after each connection: set for DICOM endpoints, where the
+    /// connector may refuse an association for a reason the clinician's viewer cannot show.
+    pub ask_notices: std::sync::atomic::AtomicBool,
 }
 
 impl TunnelStats {
