@@ -108,7 +108,7 @@ deny_checks() {
     why=$(echo "$out" | grep -m1 -E "fatal:|Could not resolve|error:" || true)
     if ls -d "$HOME"/.cargo/advisory-dbs/*/crates >/dev/null 2>&1; then
       echo "advisories: database unreachable ($why); checking against the cached copy"
-      cargo deny --locked --log-level error check --disable-fetch advisories
+      cargo deny --locked --offline --log-level error check advisories
     else
       echo "advisories: SKIPPED — the RustSec database could not be fetched: $why"
     fi

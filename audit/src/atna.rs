@@ -604,20 +604,7 @@ pub fn map(e: &Event, fallback_node: &str) -> Option<Mapped> {
                 m.outcome_desc = reason();
             }
             // A failed sign-in may name no one: the address is still the participant.
-            let p = user(Vec::new()).or_else(|| {
-                e.source
-                    .as_deref()
-                    .and_then(network_of)
-                    .map(|n| Participant {
-                        user_id: format!("unknown user from {}", n.0),
-                        alt_user_id: None,
-                        user_name: None,
-                        requestor: true,
-                        network: Some(n),
-                        roles: Vec::new(),
-                        person: true,
-                    })
-            })?;
+            let p = user(Vec::new()).or_else(|| address_participant(e, "unknown user from"))?;
             m.participants.push(p);
             m.participants.push(gateway_participant(&source_id));
         }
@@ -652,20 +639,8 @@ pub fn map(e: &Event, fallback_node: &str) -> Option<Mapped> {
                 ))),
                 None => reason(),
             };
-            let p = user(Vec::new()).or_else(|| {
-                e.source
-                    .as_deref()
-                    .and_then(network_of)
-                    .map(|n| Participant {
-                        user_id: format!("unauthenticated client {}", n.0),
-                        alt_user_id: None,
-                        user_name: None,
-                        requestor: true,
-                        network: Some(n),
-                        roles: Vec::new(),
-                        person: true,
-                    })
-            })?;
+            let p =
+                user(Vec::new()).or_else(|| address_participant(e, "unauthenticated client"))?;
             m.participants.push(p);
             m.participants.push(gateway_participant(&source_id));
             m.objects.extend(endpoint_object(e));
@@ -963,6 +938,21 @@ pub fn integrity_alert(dir: &str, node: &str, when: &str, problems: u64, first: 
             class: ObjectClass::AuditLog,
         }],
     }
+}
+
+/// The requestor of an event that names no user: `who` and the client's address (a failed
+/// sign-in, an unauthenticated request).
+fn address_participant(e: &Event, who: &str) -> Option<Participant> {
+    let n = e.source.as_deref().and_then(network_of)?;
+    Some(Participant {
+        user_id: format!("{who} {}", n.0),
+        alt_user_id: None,
+        user_name: None,
+        requestor: true,
+        network: Some(n),
+        roles: Vec::new(),
+        person: true,
+    })
 }
 
 /// XML-escapes `s` for an attribute value or text (control characters, which XML 1.0 cannot
