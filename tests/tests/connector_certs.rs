@@ -127,9 +127,18 @@ fn an_enrolment_with_a_hostname_that_is_not_a_dns_name_is_refused_and_listings_s
         assert!(s(&v["message"]).contains("hostname"), "{body}");
         assert!(!s(&v["message"]).chars().any(char::is_control), "{body}");
     }
-    assert!(d.events("connector.enrolled").is_empty());
-    let failed = d.events("connector.enroll_failed");
+    // The audit writer runs beside the request: the answer can arrive before the
+    // event is on disk, so wait for all four refusals.
+    let failed = wait_for(
+        "four connector.enroll_failed events",
+        Duration::from_secs(20),
+        || {
+            let failed = d.events("connector.enroll_failed");
+            (failed.len() >= 4).then_some(failed)
+        },
+    );
     assert_eq!(failed.len(), 4, "{failed:?}");
+    assert!(d.events("connector.enrolled").is_empty());
     assert!(
         s(&failed[0]["detail"]).contains("bad hostname"),
         "{failed:?}"
