@@ -347,6 +347,67 @@ async fn dial_quic(
         .map_err(|_| silent(limit))?
 }
 
+/// In `auto` mode, a QUIC handshake that has not finished this soon is joined by a TCP connect
+/// to the same port (as browsers race QUIC with TCP). quinn does not act on ICMP, so a gateway
+/// that is down (restarting) looks like a QUIC path that is merely slow: without the probe a
+/// dial would wait out [`QUIC_HANDSHAKE`], and a gateway that came back meanwhile would be
+/// taken for one whose UDP is blocked. A healthy path finishes QUIC first and never probes.
+const TCP_PROBE_AFTER: Duration = Duration::from_millis(300);
+
+/// What an `auto` dial found.
+enum QuicOrTcp {
+    Quic(quinn::Connection),
+    /// The probe's TCP connect was refused while QUIC had no answer: nothing listens, so the
+    /// dial ends now (the caller redials) and QUIC is not marked as failed.
+    GatewayDown(String),
+    /// QUIC failed (the reason): HTTP/2 over TCP is next. The probe's connection is not kept
+    /// for it: the gateway closes a connection that sends no TLS hello within its
+    /// `handshake_timeout`, which can be shorter than the QUIC attempt.
+    Tcp(String),
+}
+
+async fn dial_quic_or_probe(shared: &Shared, host: &str, port: u16) -> QuicOrTcp {
+    let quic = dial_quic(shared, host, port, QUIC_HANDSHAKE);
+    let probe = async {
+        tokio::time::sleep(TCP_PROBE_AFTER).await;
+        tcp_connect(host, port).await
+    };
+    tokio::pin!(quic, probe);
+    let mut probed = false;
+    loop {
+        tokio::select! {
+            r = &mut quic => return match r {
+                Ok(conn) => QuicOrTcp::Quic(conn),
+                Err(e) => QuicOrTcp::Tcp(e),
+            },
+            p = &mut probe, if !probed => {
+                probed = true;
+                match p {
+                    // The gateway is up: QUIC goes on trying; the probe's connection closes
+                    // here, before any TLS (the gateway logs that at debug).
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        return QuicOrTcp::GatewayDown(format!(
+                            "gateway is not listening: {e} (and no QUIC answer within {TCP_PROBE_AFTER:?})"
+                        ));
+                    }
+                    // Dropped or unreachable: QUIC may still get through; keep waiting for it.
+                    Err(e) => debug!(error = %e, "TCP probe beside the QUIC dial failed"),
+                }
+            }
+        }
+    }
+}
+
+/// A TCP connection to the gateway, given up after 10 s.
+async fn tcp_connect(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TCP connect timed out"))?
+        .map_err(|e| std::io::Error::new(e.kind(), format!("TCP connect: {e}")))?;
+    Ok(tcp)
+}
+
 async fn connect_once(
     shared: &Arc<Shared>,
     gateway: &str,
@@ -361,26 +422,22 @@ async fn connect_once(
         LinkTransport::Auto => !shared.quic.failed_recently(gateway),
     };
     let mut quic_failed = None;
-    if try_quic {
-        let limit = if auto {
-            QUIC_HANDSHAKE
-        } else {
-            Duration::from_secs(10)
-        };
-        match dial_quic(shared, host, port, limit).await {
-            Ok(conn) => {
+    if try_quic && auto {
+        match dial_quic_or_probe(shared, host, port).await {
+            QuicOrTcp::Quic(conn) => {
                 shared.quic.note(gateway, false);
                 return serve_quic(shared, gateway, leave, conn).await;
             }
-            Err(e) if auto => quic_failed = Some(e),
-            Err(e) => return Err(e),
+            QuicOrTcp::GatewayDown(e) => return Err(e),
+            QuicOrTcp::Tcp(quic) => quic_failed = Some(quic),
         }
+    } else if try_quic {
+        let conn = dial_quic(shared, host, port, Duration::from_secs(10)).await?;
+        shared.quic.note(gateway, false);
+        return serve_quic(shared, gateway, leave, conn).await;
     }
     let tls = async {
-        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| "TCP connect timed out".to_owned())?
-            .map_err(|e| format!("TCP connect: {e}"))?;
+        let tcp = tcp_connect(host, port).await.map_err(|e| e.to_string())?;
         postern_net::h2::tune_socket(&tcp);
         let name =
             ServerName::try_from(host.to_owned()).map_err(|e| format!("server name: {e}"))?;
@@ -555,6 +612,11 @@ async fn serve_quic(
             });
             Ok(())
         }
+        _ = gateway_gone(&conn, gateway) => {
+            warn!(%gateway, "the gateway has not answered for {LINK_SILENT:?} and its port refuses connections: it stopped; dialling again");
+            conn.close(0u32.into(), b"gateway gone");
+            Err("the gateway stopped (silent, and its port refuses connections)".to_owned())
+        }
         _ = draining.notified() => {
             info!(%gateway, "gateway is draining: dialling again; the old link stays for its open tunnels");
             let (stop, kill) = (shared.stop.clone(), shared.kill.clone());
@@ -578,6 +640,54 @@ async fn serve_quic(
     shared.metrics.links_up.dec();
     shared.learned.forget(link_id);
     r
+}
+
+/// A QUIC link that has heard nothing from the gateway for this long (both ends send a
+/// keep-alive every [`LINK_KEEP_ALIVE`](postern_net::quic::LINK_KEEP_ALIVE)) has the
+/// gateway's port probed over TCP.
+const LINK_SILENT: Duration = Duration::from_millis(1500);
+/// While silent, at most this often (each probe is a connection attempt the gateway's
+/// `connector_dial` rate limit counts when it gets through).
+const SILENT_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Returns when the gateway of `conn` has certainly stopped: the link is silent and a TCP
+/// connection to the same port is refused, so no process listens there.
+///
+/// A killed gateway sends nothing, and quinn does not act on ICMP: the link would learn only at
+/// its idle timeout, or from the stateless reset that the restarted gateway sends back to the
+/// link's next probe, which QUIC's backoff may hold for a second or two after the restart. A
+/// silent link whose probe is not refused (an uplink blip drops it; a busy gateway's kernel
+/// accepts it) is left alone, for the keep-alive and idle timeout to decide.
+async fn gateway_gone(conn: &quinn::Connection, gateway: &str) {
+    let Ok(addr) = HostPort::parse(gateway) else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = conn.stats().udp_rx.datagrams;
+    let mut heard_at = Instant::now();
+    let mut probed_at: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        let rx = conn.stats().udp_rx.datagrams;
+        if rx != heard {
+            (heard, heard_at) = (rx, Instant::now());
+            continue;
+        }
+        if heard_at.elapsed() < LINK_SILENT
+            || probed_at.is_some_and(|t| t.elapsed() < SILENT_PROBE_EVERY)
+        {
+            continue;
+        }
+        probed_at = Some(Instant::now());
+        let probe = TcpStream::connect((addr.host.as_str(), addr.port));
+        match tokio::time::timeout(Duration::from_secs(1), probe).await {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            r => {
+                debug!(%gateway, connected = matches!(r, Ok(Ok(_))), "silent QUIC link: the gateway's port does not refuse connections")
+            }
+        }
+    }
 }
 
 /// Accepts the gateway's streams on a QUIC link until it ends. Once `graceful` fires, tells

@@ -683,10 +683,16 @@ fn kill_gateway(tier: &str, sc: GwKillScale) {
     let audit = st.d.audit();
     let ts = |e: &Value| humantime::parse_rfc3339(s(&e["ts"])).unwrap();
     let t_started = ts(&audit[started_idx]);
-    let reconnects: Vec<u64> = audit[started_idx..]
+    let relinked: Vec<&Value> = audit[started_idx..]
         .iter()
         .filter(|e| e["type"] == "connector.connected")
         .take(links)
+        .collect();
+    // The links dialled while the gateway was down come back over QUIC, as before the kill:
+    // a gateway that was restarting is not taken for a path that blocks UDP.
+    let transports: Vec<&str> = relinked.iter().map(|e| s(&e["detail"])).collect();
+    let reconnects: Vec<u64> = relinked
+        .iter()
         .map(|e| {
             ts(e)
                 .duration_since(t_started)
@@ -733,6 +739,7 @@ fn kill_gateway(tier: &str, sc: GwKillScale) {
             "events_before_kill_seen": gen1_events,
             "acked_session_starts_in_log": acked_starts, "held_session_starts_in_log": held_starts,
             "reconnect_ms_after_restart": reconnects,
+            "transports_after_restart": transports,
             "wall_ms_restart_to_links": wall_reconnect.as_millis() as u64,
             "killed_to_links_ms": killed_to_links.as_millis() as u64,
             "background": {"ok": bgr["ok"], "errors": bgr["errors"], "count": bg_count},
@@ -760,6 +767,10 @@ fn kill_gateway(tier: &str, sc: GwKillScale) {
     assert!(
         reconnects.iter().all(|ms| *ms < 2000),
         "connector links took {reconnects:?} ms after the restart"
+    );
+    assert!(
+        transports.iter().all(|t| *t == "link over quic"),
+        "{transports:?}"
     );
 }
 
