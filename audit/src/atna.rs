@@ -868,31 +868,15 @@ pub fn audit_log_used(who: &str, logs: &[String], what: &str, when: &str, node: 
                 roles: Vec::new(),
                 person: true,
             },
-            Participant {
-                user_id: "postern-audit".to_owned(),
-                alt_user_id: None,
-                user_name: Some("postern-audit export".to_owned()),
-                requestor: false,
-                network: None,
-                roles: vec![codes::ROLE_APPLICATION],
-                person: false,
-            },
+            audit_tool("postern-audit export", false),
         ],
         source_id: val(node),
         site: None,
         objects: logs
             .iter()
             .map(|dir| Object {
-                id: val(&format!("file://{dir}")),
-                id_type: codes::URI,
-                type_code: "2",
-                role: "13",
-                name: "Postern audit log".to_owned(),
-                query: None,
                 details: vec![("filter".to_owned(), clean(what, MAX_TEXT))],
-                accessions: Vec::new(),
-                instances: None,
-                class: ObjectClass::AuditLog,
+                ..audit_log(dir)
             })
             .collect(),
     }
@@ -914,29 +898,40 @@ pub fn integrity_alert(dir: &str, node: &str, when: &str, problems: u64, first: 
         )),
         justification: None,
         http_method: None,
-        participants: vec![Participant {
-            user_id: "postern-audit".to_owned(),
-            alt_user_id: None,
-            user_name: Some("postern-audit verify".to_owned()),
-            requestor: true,
-            network: None,
-            roles: vec![codes::ROLE_APPLICATION],
-            person: false,
-        }],
+        participants: vec![audit_tool("postern-audit verify", true)],
         source_id: val(node),
         site: None,
-        objects: vec![Object {
-            id: val(&format!("file://{dir}")),
-            id_type: codes::URI,
-            type_code: "2",
-            role: "13",
-            name: "Postern audit log".to_owned(),
-            query: None,
-            details: Vec::new(),
-            accessions: Vec::new(),
-            instances: None,
-            class: ObjectClass::AuditLog,
-        }],
+        objects: vec![audit_log(dir)],
+    }
+}
+
+/// `postern-audit` itself as a participant: the application, named by its `command`.
+fn audit_tool(command: &str, requestor: bool) -> Participant {
+    Participant {
+        user_id: "postern-audit".to_owned(),
+        alt_user_id: None,
+        user_name: Some(command.to_owned()),
+        requestor,
+        network: None,
+        roles: vec![codes::ROLE_APPLICATION],
+        person: false,
+    }
+}
+
+/// The audit log in `dir` as the object of an event (a system object, role "security
+/// resource").
+fn audit_log(dir: &str) -> Object {
+    Object {
+        id: val(&format!("file://{dir}")),
+        id_type: codes::URI,
+        type_code: "2",
+        role: "13",
+        name: "Postern audit log".to_owned(),
+        query: None,
+        details: Vec::new(),
+        accessions: Vec::new(),
+        instances: None,
+        class: ObjectClass::AuditLog,
     }
 }
 

@@ -89,8 +89,8 @@ pub fn dicom_stream(data: &[u8]) {
     });
 }
 
-/// The A-ASSOCIATE-AC the fuzzing PACS answers with.
-fn dicom_ac() -> Vec<u8> {
+/// The A-ASSOCIATE-AC the fuzzing PACS answers with (the inspection tests' PACS too).
+pub(crate) fn dicom_ac() -> Vec<u8> {
     use dicom_ul::pdu::{
         AssociationAC, Pdu, PresentationContextResult, PresentationContextResultReason,
         UserVariableItem,

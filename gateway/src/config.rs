@@ -1326,12 +1326,17 @@ fn locate_inline(
 mod tests {
     use super::*;
 
-    fn with_store(store: &str) -> Result<Config, String> {
+    /// A minimal gateway.toml with `[section]` holding `body`, parsed.
+    fn with_section(section: &str, body: &str) -> Result<Config, String> {
         Config::parse(
-            &format!("state_dir = \"s\"\npolicy = \"p\"\n[listen]\nclients = \"127.0.0.1:8443\"\nconnectors = \"127.0.0.1:8444\"\n[store]\n{store}"),
+            &format!("state_dir = \"s\"\npolicy = \"p\"\n[listen]\nclients = \"127.0.0.1:8443\"\nconnectors = \"127.0.0.1:8444\"\n[{section}]\n{body}"),
             Path::new("/etc/postern/gw.toml"),
         )
         .map_err(|e| e.to_string())
+    }
+
+    fn with_store(store: &str) -> Result<Config, String> {
+        with_section("store", store)
     }
 
     #[test]
@@ -1398,11 +1403,7 @@ mod tests {
     }
 
     fn with_syslog(syslog: &str) -> Result<Config, String> {
-        Config::parse(
-            &format!("state_dir = \"s\"\npolicy = \"p\"\n[listen]\nclients = \"127.0.0.1:8443\"\nconnectors = \"127.0.0.1:8444\"\n[syslog]\n{syslog}"),
-            Path::new("/etc/postern/gw.toml"),
-        )
-        .map_err(|e| e.to_string())
+        with_section("syslog", syslog)
     }
 
     #[test]

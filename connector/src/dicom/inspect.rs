@@ -1018,7 +1018,6 @@ pub(crate) mod tests {
     use super::*;
     use crate::dicom::pdu::tests::{associate_rq, command_set, implicit};
     use crate::dicom::pdu::IMPLICIT_VR_LE;
-    use dicom_ul::pdu::{AssociationAC, PresentationContextResult, UserVariableItem};
 
     const FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
 
@@ -1031,22 +1030,10 @@ pub(crate) mod tests {
         }
     }
 
+    /// The PACS's A-ASSOCIATE-AC (VIEWER to PACS, context 1 accepted, implicit VR): the
+    /// fuzz target's.
     pub(crate) fn ac() -> Vec<u8> {
-        let ac = Pdu::AssociationAC(AssociationAC {
-            protocol_version: 1,
-            calling_ae_title: "VIEWER".into(),
-            called_ae_title: "PACS".into(),
-            application_context_name: "1.2.840.10008.3.1.1.1".into(),
-            presentation_contexts: vec![PresentationContextResult {
-                id: 1,
-                reason: PresentationContextResultReason::Acceptance,
-                transfer_syntax: IMPLICIT_VR_LE.into(),
-            }],
-            user_variables: vec![UserVariableItem::MaxLength(16384)],
-        });
-        let mut out = Vec::new();
-        dicom_ul::pdu::write_pdu(&mut out, &ac).unwrap();
-        out
+        crate::fuzzing::dicom_ac()
     }
 
     /// A P-DATA-TF with one value item.
