@@ -35,9 +35,13 @@ case "$(field "$conn" Depends)" in *adduser*) ;; *) fail "connector Depends lack
 ok "control fields"
 
 contents() { dpkg-deb -c "$1" | awk '{print $1, $2, $6}'; }
+# The listing is read whole before grep looks at it: `contents | grep -q` under pipefail fails
+# at random when grep quits at the first match and awk is killed by SIGPIPE (CI at 1eb90a3).
 has() { # deb mode owner path
-  contents "$1" | grep -qxF -e "$2 $3 ./$4" || fail "$(basename "$1"): no $2 $3 $4; has:
-$(contents "$1")"
+  local list
+  list=$(contents "$1")
+  grep -qxF -e "$2 $3 ./$4" <<<"$list" || fail "$(basename "$1"): no $2 $3 $4; has:
+$list"
 }
 for b in postern-gateway postern-policy postern-audit; do
   has "$gw" -rwxr-xr-x 0/0 "usr/bin/$b"
@@ -81,7 +85,7 @@ ok "conffiles"
 if command -v lintian >/dev/null 2>&1; then
   lint=$(lintian --tag-display-limit 0 "$gw" "$conn" "$cli" 2>&1 || true)
   echo "$lint" | sed 's/^/lintian: /'
-  if echo "$lint" | grep -q '^E: '; then fail "lintian errors"; fi
+  if grep -q '^E: ' <<<"$lint"; then fail "lintian errors"; fi
   ok "lintian: no errors ($(echo "$lint" | grep -c '^W: ' || true) warnings)"
 else
   echo "lintian not installed: skipped"

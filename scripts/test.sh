@@ -103,7 +103,7 @@ deny_checks() {
   local out
   if out=$(timeout 300 cargo deny --locked --log-level error check advisories 2>&1); then
     echo "advisories ok"
-  elif echo "$out" | grep -q "failed to fetch advisory database"; then
+  elif grep -q "failed to fetch advisory database" <<<"$out"; then
     local why
     why=$(echo "$out" | grep -m1 -E "fatal:|Could not resolve|error:" || true)
     if ls -d "$HOME"/.cargo/advisory-dbs/*/crates >/dev/null 2>&1; then
