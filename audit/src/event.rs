@@ -54,6 +54,14 @@ pub struct Event {
     /// The device the user came from, when device trust identified it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceRef>,
+    /// The sign-in the event belongs to: the id of the session token (`tok-…`) that
+    /// `auth.login` issued, on that `auth.login`, on `auth.logout` and on every session event of
+    /// a connection opened with the token. It ties a clinician's connections to one sign-in
+    /// (`postern-audit sessions` makes them one visit per endpoint). An identifier, not a
+    /// credential: the token itself is never logged. Added after v1 was first written: absent
+    /// in older lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signin: Option<String>,
     /// Client address `ip:port` as seen by the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -860,6 +868,7 @@ mod tests {
                 user_verified: Some(true),
             }),
             user_agent: Some("postern/0.1.0".into()),
+            signin: Some("tok-0123456789abcdef".into()),
             egress_class: Some("clinical".into()),
             report_only: Some(vec!["rule night-shift would deny: outside hours".into()]),
             justification: Some("stroke call, consultant unavailable".into()),
@@ -936,6 +945,7 @@ mod tests {
                 "report_only",
                 "seq",
                 "session_id",
+                "signin",
                 "site",
                 "source",
                 "ts",

@@ -41,9 +41,10 @@ enum Command {
     /// Print the events that match every given filter, oldest first (several logs: merged by
     /// time, with the replica each came from).
     Search(SearchArgs),
-    /// One row per visit (a clinician's connections to one endpoint from one sign-in: same
-    /// user, device, address and justification, at most 5 minutes apart): connections, first
-    /// start, last end, bytes, close reason, web requests and objects opened, justification.
+    /// One row per visit (a clinician's connections to one endpoint from one sign-in, with one
+    /// justification; in logs from before session events named the sign-in: same user, device,
+    /// address and justification, at most 5 minutes apart): connections, first start, last
+    /// end, bytes, close reason, web requests and objects opened, justification.
     /// With --connections, one row per session (connection) instead. Several logs: one row per
     /// session wherever its start and end are.
     Sessions(SessionsArgs),

@@ -454,7 +454,7 @@ pub(crate) fn one_line(s: &str) -> String {
 }
 
 /// Columns of `--csv` / `export --format csv`, in order.
-pub const CSV_COLUMNS: [&str; 41] = [
+pub const CSV_COLUMNS: [&str; 42] = [
     "seq",
     "ts_utc",
     "type",
@@ -496,6 +496,7 @@ pub const CSV_COLUMNS: [&str; 41] = [
     "http_duration_ms",
     "http_sampled",
     "objects",
+    "signin",
 ];
 
 /// The CSV header line (no newline).
@@ -516,7 +517,7 @@ pub fn csv_row(event: &Event) -> String {
     let con = event.connector.as_ref();
     let dec = event.decision.as_ref();
     let http = event.http.as_ref();
-    let cells: [String; 41] = [
+    let cells: [String; 42] = [
         num(event.seq),
         utc_seconds(&event.ts),
         event.kind.clone(),
@@ -580,6 +581,7 @@ pub fn csv_row(event: &Event) -> String {
                     .join(";")
             })
             .unwrap_or_default(),
+        opt(&event.signin),
     ];
     let cells: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
     cells.join(",")

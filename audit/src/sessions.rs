@@ -95,6 +95,10 @@ pub struct SessionRow {
     /// Whether a count of `objects` reached [`MAX_OBJECTS_PER_KIND`] (there may be more).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub objects_capped: bool,
+    /// The sign-in it was opened with (the session token's id, as `auth.login` names it);
+    /// empty in logs written before session events carried it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub signin: String,
 }
 
 /// At most this many distinct objects of one kind are counted per session (kept as 16-byte
@@ -711,6 +715,7 @@ fn start_row(e: &Event) -> SessionRow {
             .map(|x| x.site.clone())
             .unwrap_or_default(),
         source: e.source.clone().unwrap_or_default(),
+        signin: e.signin.clone().unwrap_or_default(),
         start: e.ts.clone(),
         end: String::new(),
         duration_ms: None,
@@ -748,6 +753,7 @@ fn end_row_from(row: &mut SessionRow, from: &SessionRow) {
         (&mut row.justification, &from.justification),
         (&mut row.user, &from.user),
         (&mut row.user_email, &from.user_email),
+        (&mut row.signin, &from.signin),
     ] {
         if to.is_empty() {
             to.clone_from(from);
@@ -777,6 +783,9 @@ fn end_row(row: &mut SessionRow, e: &Event) {
     }
     if row.user_email.is_empty() {
         row.user_email = e.user_email.clone().unwrap_or_default();
+    }
+    if row.signin.is_empty() {
+        row.signin = e.signin.clone().unwrap_or_default();
     }
 }
 

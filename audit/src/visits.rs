@@ -2,17 +2,21 @@
 //! connections for one piece of work (three page loads are three tunnelled connections, each a
 //! session with its own `session.start` and `session.end`); an auditor asks about the work.
 //!
-//! A visit is one clinician's use of one endpoint from one sign-in. Session events do not name
-//! the sign-in (the session token's id is not in them), so connections are grouped by what
-//! they do carry: the same user (subject, any case), endpoint, device, client address (without
-//! the port: every connection has its own) and break-glass justification, where each
-//! connection starts at most [`VISIT_GAP`] after the latest end of the ones before it (or
-//! while one of them is still open). A web application session is already one per sign-in: it
-//! is a visit of its own, never joined with another.
+//! A visit is one clinician's use of one endpoint from one sign-in. Session events name the
+//! sign-in (`signin`, the session token's id), so the connections of one user (subject, any
+//! case) to one endpoint with the same sign-in and break-glass justification are one visit,
+//! whatever addresses they came from (a laptop that changes Wi-Fi keeps its sign-in). Logs
+//! written before session events carried the sign-in are grouped by what they do carry: the
+//! same user, endpoint, device, client address (without the port: every connection has its
+//! own) and justification, where each connection starts at most [`VISIT_GAP`] after the latest
+//! end of the ones before it (or while one of them is still open). A web application session
+//! is already one per sign-in: it is a visit of its own, never joined with another.
 //!
 //! Streams like `sessions`: connections come in order of start, and a visit is printed as soon
-//! as no later connection can join it (a connection has started more than [`VISIT_GAP`] after
-//! its latest end), so memory holds only the visits still open.
+//! as no later connection can join it, so memory holds only the visits still open. A visit
+//! without a sign-in is complete once a connection has started more than [`VISIT_GAP`] after
+//! its latest end; one with a sign-in once that is [`SIGNIN_GAP`], longer than a sign-in lasts
+//! by default, so that a sign-in is one visit per endpoint.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
@@ -31,8 +35,17 @@ use crate::sessions::{
     Connection, SessionRow,
 };
 
-/// The longest pause between one connection's end and the next one's start within a visit.
+/// The longest pause between one connection's end and the next one's start within a visit
+/// whose connections do not name their sign-in (logs from before they did).
 pub const VISIT_GAP: Duration = Duration::from_secs(5 * 60);
+
+/// The same for connections of one sign-in: the gateway's longest token lifetime by default
+/// (`limits.session_token_max_ttl`, 24 h; a sign-in lasts 10 h unless `oidc.session_ttl` says
+/// otherwise). A sign-in configured to last longer, with a pause this long, is two visits.
+pub const SIGNIN_GAP: Duration = Duration::from_secs(24 * 3600);
+
+/// At most this many distinct client addresses are listed for one visit (the rest counted).
+const MAX_SOURCES: usize = 4;
 
 /// One visit: the connections of one clinician to one endpoint from one sign-in.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -43,8 +56,13 @@ pub struct VisitRow {
     pub user_email: String,
     /// Device name, else device id.
     pub device: String,
-    /// Client address, without the port.
+    /// Client address, without the port; a visit of one sign-in that came from several lists
+    /// them, `203.0.113.7, 198.51.100.4` (at most four, then `(+N)`).
     pub source: String,
+    /// The sign-in its connections were opened with (the session token's id); empty for a
+    /// visit inferred from a log written before session events named it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub signin: String,
     /// Endpoint name.
     pub endpoint: String,
     /// Endpoint site.
@@ -124,11 +142,14 @@ pub fn source_address(source: &str) -> String {
     source.to_owned()
 }
 
-/// What connections of one visit share.
+/// What connections of one visit share: the sign-in when they name it, else (older logs) the
+/// client address in its place.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     user: String,
     device: String,
+    signin: String,
+    /// Empty when `signin` is known.
     source: String,
     endpoint: String,
     site: String,
@@ -140,10 +161,24 @@ impl Key {
         Key {
             user: r.user.to_lowercase(),
             device: r.device.clone(),
-            source: source_address(&r.source),
+            signin: r.signin.clone(),
+            source: if r.signin.is_empty() {
+                source_address(&r.source)
+            } else {
+                String::new()
+            },
             endpoint: r.endpoint.clone(),
             site: r.site.clone(),
             justification: r.justification.clone(),
+        }
+    }
+
+    /// The longest pause within a visit of this key, `inferred` when the sign-in is unknown.
+    fn gap(&self, inferred: Duration) -> Duration {
+        if self.signin.is_empty() {
+            inferred
+        } else {
+            SIGNIN_GAP
         }
     }
 }
@@ -165,6 +200,10 @@ struct Acc {
     /// The single connection's own duration (used while it is the only one).
     own_duration: Option<u64>,
     replicas: BTreeSet<String>,
+    /// Distinct client addresses, in order of first use (at most [`MAX_SOURCES`]), and how
+    /// many more there were.
+    sources: Vec<String>,
+    more_sources: u64,
 }
 
 fn sum(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -196,7 +235,7 @@ impl Acc {
             user_name: r.user_name.clone(),
             user_email: r.user_email.clone(),
             device: r.device.clone(),
-            source: source_address(&r.source),
+            signin: r.signin.clone(),
             endpoint: r.endpoint.clone(),
             site: r.site.clone(),
             protocol: r.protocol.clone(),
@@ -220,6 +259,8 @@ impl Acc {
             open: 0,
             own_duration: r.duration_ms,
             replicas: BTreeSet::new(),
+            sources: Vec::new(),
+            more_sources: 0,
         };
         acc.take(r, c.start_replica, c.end_replica);
         acc
@@ -261,6 +302,14 @@ impl Acc {
                 to.clone_from(from);
             }
         }
+        let source = source_address(&r.source);
+        if !source.is_empty() && !self.sources.contains(&source) {
+            if self.sources.len() < MAX_SOURCES {
+                self.sources.push(source);
+            } else {
+                self.more_sources += 1;
+            }
+        }
         self.row.sessions.push(r.session_id);
         for label in [start_replica, end_replica] {
             if !label.is_empty() {
@@ -269,8 +318,10 @@ impl Acc {
         }
     }
 
-    /// Whether a connection starting at `t` belongs to this visit.
-    fn joins(&self, t: SystemTime, gap: Duration) -> bool {
+    /// Whether a connection starting at `t` belongs to this visit (`inferred`: the gap for a
+    /// visit without a sign-in).
+    fn joins(&self, t: SystemTime, inferred: Duration) -> bool {
+        let gap = self.key.as_ref().map_or(inferred, |k| k.gap(inferred));
         match (self.first, self.reach) {
             (Some(first), Some(reach)) => t <= reach + gap && t + gap >= first,
             _ => false,
@@ -278,15 +329,19 @@ impl Acc {
     }
 
     /// Whether no connection starting at or after `watermark` can join it any more.
-    fn closed(&self, watermark: Option<SystemTime>, gap: Duration) -> bool {
+    fn closed(&self, watermark: Option<SystemTime>, inferred: Duration) -> bool {
         match (&self.key, self.reach, watermark) {
             (None, _, _) | (_, None, _) => true,
-            (_, Some(reach), Some(w)) => reach + gap < w,
+            (Some(k), Some(reach), Some(w)) => reach + k.gap(inferred) < w,
             (_, Some(_), None) => false,
         }
     }
 
     fn into_row(mut self) -> VisitRow {
+        self.row.source = self.sources.join(", ");
+        if self.more_sources > 0 {
+            self.row.source += &format!(" (+{})", self.more_sources);
+        }
         if self.open > 0 {
             self.row.end.clear();
             self.row.close_reason = "open".to_owned();
@@ -687,6 +742,77 @@ mod tests {
         assert_eq!(v[2].source, "2001:db8::1");
         assert_eq!(v[2].close_reason, "open");
         assert_eq!(v[2].end, "");
+    }
+
+    fn signed_in(
+        signin: &str,
+        id: &str,
+        start: &str,
+        end: &str,
+        source: &str,
+    ) -> Connection<'static> {
+        let mut c = conn(id, start, end, source);
+        c.row.signin = signin.into();
+        c
+    }
+
+    #[test]
+    fn a_sign_in_is_one_visit_per_endpoint_whatever_the_address_and_pause() {
+        let mut conns = vec![
+            signed_in(
+                "tok-a",
+                "a1",
+                "2025-03-01T10:00:00Z",
+                "2025-03-01T10:01:00Z",
+                "1.2.3.4:1000",
+            ),
+            // Another sign-in at the same address, within the 5 minutes: its own visit.
+            signed_in(
+                "tok-b",
+                "b1",
+                "2025-03-01T10:00:30Z",
+                "2025-03-01T10:02:00Z",
+                "1.2.3.4:1001",
+            ),
+            // The first sign-in two hours later, after a Wi-Fi change: the same visit.
+            signed_in(
+                "tok-a",
+                "a2",
+                "2025-03-01T12:00:00Z",
+                "2025-03-01T12:05:00Z",
+                "5.6.7.8:2000",
+            ),
+        ];
+        // Four more addresses: four are listed, the rest counted.
+        for (i, port) in (3..=6).zip(3000..) {
+            conns.push(signed_in(
+                "tok-a",
+                &format!("a{i}"),
+                &format!("2025-03-01T13:0{i}:00Z"),
+                &format!("2025-03-01T13:0{i}:30Z"),
+                &format!("10.0.0.{i}:{port}"),
+            ));
+        }
+        // More than a day after its last connection: a new visit of the same sign-in.
+        conns.push(signed_in(
+            "tok-a",
+            "a9",
+            "2025-03-02T13:07:00Z",
+            "",
+            "1.2.3.4:1002",
+        ));
+        let v = group(conns);
+        assert_eq!(v.len(), 3, "{v:#?}");
+        assert_eq!(v[0].signin, "tok-a");
+        assert_eq!(v[0].sessions, ["a1", "a2", "a3", "a4", "a5", "a6"]);
+        assert_eq!(v[0].source, "1.2.3.4, 5.6.7.8, 10.0.0.3, 10.0.0.4 (+2)");
+        assert_eq!(v[0].start, "2025-03-01T10:00:00Z");
+        assert_eq!(v[0].end, "2025-03-01T13:06:30Z");
+        assert_eq!(v[1].signin, "tok-b");
+        assert_eq!(v[1].sessions, ["b1"]);
+        assert_eq!(v[1].source, "1.2.3.4");
+        assert_eq!(v[2].sessions, ["a9"]);
+        assert_eq!(v[2].close_reason, "open");
     }
 
     #[test]

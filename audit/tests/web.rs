@@ -469,12 +469,12 @@ fn search_finds_web_requests_by_type_and_object_and_shows_them_readably() {
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert!(
-        lines[0].ends_with(",detail,http_method,http_path,http_status,http_bytes_up,http_bytes_down,http_duration_ms,http_sampled,objects"),
+        lines[0].ends_with(",detail,http_method,http_path,http_status,http_bytes_up,http_bytes_down,http_duration_ms,http_sampled,objects,signin"),
         "{text}"
     );
     assert!(
         lines[1].ends_with(&format!(
-            ",GET,/dicom-web/studies/{STUDY},200,0,1536,42,10,study:{STUDY}"
+            ",GET,/dicom-web/studies/{STUDY},200,0,1536,42,10,study:{STUDY},"
         )),
         "{text}"
     );

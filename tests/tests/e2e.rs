@@ -1432,3 +1432,67 @@ fn idle_sessions_are_closed_after_the_rule_idle_timeout() {
     let end = d.wait_event("session.end", |e| e["endpoint"]["name"] == "echo-idle");
     assert_eq!(end["close_reason"], "idle_timeout");
 }
+
+#[test]
+fn a_sign_in_is_one_visit_per_endpoint_and_two_sign_ins_are_two() {
+    let echo = Echo::start();
+    let d = Deployment::start(
+        &v1_policy(echo.addr, "2099-01-01"),
+        &allow(&[echo.addr.port()]),
+    );
+    // Two sign-ins of one clinician, on one machine at one address, seconds apart: only the
+    // sign-in in the session events tells them apart (grouped by address, they were one visit).
+    let first = d.mint("locum@truro.nhs.uk", "locums", "1h");
+    let second = d.mint("locum@truro.nhs.uk", "locums", "1h");
+    let minted: Vec<String> = d
+        .events("token.minted")
+        .iter()
+        .map(|e| s(&e["signin"]).to_owned())
+        .collect();
+    assert_eq!(minted.len(), 2, "{minted:?}");
+    assert!(
+        minted.iter().all(|m| m.starts_with("tok-")) && minted[0] != minted[1],
+        "{minted:?}"
+    );
+    let (_a, a) = d.connect("echo", &first).unwrap();
+    for msg in [b"one", b"two"] {
+        assert_eq!(echo_roundtrip(a, msg).unwrap(), msg);
+    }
+    let (_b, b) = d.connect("echo", &second).unwrap();
+    assert_eq!(echo_roundtrip(b, b"three").unwrap(), b"three");
+    let ends = wait_for("three session.end", Duration::from_secs(10), || {
+        let v = d.events("session.end");
+        (v.len() >= 3).then_some(v)
+    });
+    let starts = d.events("session.start");
+    assert_eq!(starts.len(), 3);
+    for e in starts.iter().chain(&ends) {
+        assert!(minted.contains(&s(&e["signin"]).to_owned()), "{e}");
+    }
+    assert_eq!(
+        starts.iter().filter(|e| e["signin"] == minted[0]).count(),
+        2
+    );
+
+    let (ok, out, err) = run(Command::new(bin("postern-audit"))
+        .args(["sessions", "--json"])
+        .arg(d.path("gw/audit")));
+    assert!(ok, "postern-audit sessions: {out}{err}");
+    let visits: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(visits.len(), 2, "{out}");
+    let of = |signin: &str| {
+        visits
+            .iter()
+            .find(|v| v["signin"] == signin)
+            .unwrap_or_else(|| panic!("no visit of {signin}: {out}"))
+            .clone()
+    };
+    let (v1, v2) = (of(&minted[0]), of(&minted[1]));
+    assert_eq!(v1["connections"], 2, "{v1}");
+    assert_eq!(v1["sessions"].as_array().unwrap().len(), 2, "{v1}");
+    assert_eq!(v2["connections"], 1, "{v2}");
+    assert_eq!(v1["source"], "127.0.0.1", "{v1}");
+}

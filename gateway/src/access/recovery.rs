@@ -104,6 +104,7 @@ pub(crate) fn lost_end(start: &Event, node_id: &str, now: SystemTime) -> Event {
     end.user_email = start.user_email.clone();
     end.groups = start.groups.clone();
     end.device = start.device.clone();
+    end.signin = start.signin.clone();
     end.source = start.source.clone();
     end.user_agent = start.user_agent.clone();
     end.endpoint = start.endpoint.clone();

@@ -54,6 +54,7 @@ impl Issuer {
         let (token, claims) = self.mint(oidc, identity, device)?;
         let mut ev = self.audit.event(EventType::AuthLogin);
         ev.user = Some(identity.user.clone());
+        ev.signin = Some(claims.signin_id());
         ev.groups = Some(identity.groups.clone());
         ev.source = Some(peer.to_string());
         ev.user_agent = Some(ua.to_owned());
@@ -222,7 +223,19 @@ mod tests {
             .unwrap()
             .expect("a CLI redirect");
         assert!(url.contains("code="), "{url}");
-        assert_eq!(sink.of_type(EventType::AuthLogin).len(), 1);
+        let logins = sink.of_type(EventType::AuthLogin);
+        assert_eq!(logins.len(), 1);
+        // The sign-in's id, which every session event of the token carries, is the token's.
+        let signin = logins[0]
+            .signin
+            .clone()
+            .expect("auth.login names its sign-in");
+        assert!(signin.starts_with("tok-"), "{signin}");
+        assert!(
+            logins[0].detail.as_deref().unwrap_or("").contains(&signin),
+            "{:?}",
+            logins[0].detail
+        );
 
         sink.set_failing(true);
         let err = app

@@ -466,6 +466,7 @@ impl SignIn {
         let ended = self.sessions.end_token(&claims.jti, "token_revoked");
         let mut ev = self.audit.event(EventType::AuthLogout);
         ev.user = Some(claims.sub.clone());
+        ev.signin = Some(claims.signin_id());
         ev.source = Some(peer.to_string());
         ev.detail = Some(format!(
             "{how}: session token {}; {ended} live sessions ended",

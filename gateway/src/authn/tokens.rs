@@ -150,6 +150,16 @@ pub fn new_jti() -> Result<String, TokenError> {
         .map_err(|_| TokenError::Malformed("random number generator failed".into()))
 }
 
+/// The most characters of a token id ([`Claims::jti`]) that audit events carry.
+pub const SIGNIN_ID_MAX: usize = 64;
+
+impl Claims {
+    /// The sign-in this token stands for, as audit events name it (`signin`): its id, bounded.
+    pub fn signin_id(&self) -> String {
+        crate::http::printable(&self.jti, SIGNIN_ID_MAX)
+    }
+}
+
 pub struct TokenKeys {
     /// `iss` of this deployment's tokens: `postern-gateway/<deployment id>`.
     issuer: String,

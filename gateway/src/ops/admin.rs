@@ -303,6 +303,7 @@ pub fn session_mint(
     let (token, claims) = keys.mint(user, groups, ttl, unix_now())?;
     let mut ev = Event::new(EventType::TokenMinted);
     ev.user = Some(user.to_owned());
+    ev.signin = Some(claims.signin_id());
     ev.groups = Some(groups.to_vec());
     ev.detail = Some(format!(
         "session token {} expires {}",
