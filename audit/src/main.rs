@@ -109,6 +109,10 @@ struct FilterArgs {
     /// Session id, exactly.
     #[arg(long, value_name = "SESSION_ID")]
     session: Option<String>,
+    /// Sign-in (session token id, tok-...), exactly: its auth.login and the sessions opened
+    /// with it.
+    #[arg(long, value_name = "TOKEN_ID")]
+    signin: Option<String>,
     /// Device id or name.
     #[arg(long)]
     device: Option<String>,
@@ -139,6 +143,7 @@ impl FilterArgs {
             kind: self.kind,
             user: self.user,
             session: self.session,
+            signin: self.signin,
             endpoint: self.endpoint,
             site: self.site,
             device: self.device,
@@ -1001,6 +1006,7 @@ fn describe_filter(f: &FilterArgs) -> String {
         ("--endpoint", &f.endpoint),
         ("--site", &f.site),
         ("--session", &f.session),
+        ("--signin", &f.signin),
         ("--device", &f.device),
         ("--decision", &f.decision),
         ("--object", &f.object),

@@ -25,6 +25,9 @@ pub struct Filter {
     pub user: Option<String>,
     /// Session id, exactly.
     pub session: Option<String>,
+    /// Sign-in (session token id, `tok-…`), exactly: the `auth.login` that made it and every
+    /// session opened with it (see [`Event::signin`]).
+    pub signin: Option<String>,
     /// Endpoint name, exactly, or every endpoint whose name starts with a prefix when it ends
     /// in `*` (`truro-pacs*` for `truro-pacs-dicom` and `truro-pacs-web`).
     pub endpoint: Option<String>,
@@ -99,6 +102,7 @@ impl Filter {
             && device_ok
             && time_ok
             && eq_opt(&self.session, &event.session_id)
+            && eq_opt(&self.signin, &event.signin)
             && self.endpoint.as_deref().is_none_or(|want| {
                 event
                     .endpoint
@@ -822,6 +826,7 @@ mod tests {
         let mut e = ev(EventType::SessionStart, "sub-1", "s1");
         e.ts = "2025-03-01T22:15:00.000000Z".into();
         e.user_email = Some("Ann.Jones@nhs.example".into());
+        e.signin = Some("tok-1".into());
         e.endpoint = Some(EndpointRef {
             name: "truro-pacs".into(),
             site: "truro".into(),
@@ -873,6 +878,10 @@ mod tests {
                 ..Filter::default()
             },
             Filter {
+                signin: Some("tok-1".into()),
+                ..Filter::default()
+            },
+            Filter {
                 since: t("2025-03-01T18:00:00Z"),
                 until: t("2025-03-02T08:00:00Z"),
                 ..Filter::default()
@@ -904,6 +913,10 @@ mod tests {
             },
             Filter {
                 decision: Some("deny".into()),
+                ..Filter::default()
+            },
+            Filter {
+                signin: Some("tok-12".into()),
                 ..Filter::default()
             },
             Filter {

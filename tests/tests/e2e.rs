@@ -1495,4 +1495,32 @@ fn a_sign_in_is_one_visit_per_endpoint_and_two_sign_ins_are_two() {
     assert_eq!(v1["sessions"].as_array().unwrap().len(), 2, "{v1}");
     assert_eq!(v2["connections"], 1, "{v2}");
     assert_eq!(v1["source"], "127.0.0.1", "{v1}");
+
+    // One sign-in's trail: where it was made and everything its sessions did.
+    let (ok, out, err) = run(Command::new(bin("postern-audit"))
+        .args(["search", "--json", "--signin", &minted[0]])
+        .arg(d.path("gw/audit")));
+    assert!(ok, "postern-audit search --signin: {out}{err}");
+    let trail: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = trail.iter().map(|e| s(&e["type"])).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "token.minted").count(),
+        1,
+        "{out}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "session.start").count(),
+        2,
+        "{out}"
+    );
+    assert!(trail.iter().all(|e| e["signin"] == minted[0]), "{out}");
+    let (ok, out, err) = run(Command::new(bin("postern-audit"))
+        .args(["sessions", "--json", "--signin", &minted[1]])
+        .arg(d.path("gw/audit")));
+    assert!(ok, "postern-audit sessions --signin: {out}{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("\"connections\":1"), "{out}");
 }
