@@ -540,10 +540,22 @@ fn a_radiologist_signs_in_and_reads_a_study_in_orthanc_explorer() {
         all.len() >= 5,
         "explorer, its scripts and REST calls: {all:#?}"
     );
+    // Every request names the sign-in the session was opened with: the browser's auth.login.
+    let signin = start["signin"].as_str().unwrap_or_default().to_owned();
+    assert!(signin.starts_with("tok-"), "{start}");
+    assert!(
+        web.w
+            .d
+            .events("auth.login")
+            .iter()
+            .any(|e| e["signin"] == signin.as_str()),
+        "no auth.login of {signin}"
+    );
     for e in &all {
         let path = e["http"]["path"].as_str().unwrap_or("");
         assert!(!path.contains('?'), "a query string in the audit: {e}");
         assert!(e["http"]["status"].as_u64().is_some(), "{e}");
+        assert_eq!(e["signin"], signin.as_str(), "{e}");
     }
     assert!(
         web.w
