@@ -370,7 +370,7 @@ async fn dial_quic_or_probe(shared: &Shared, host: &str, port: u16) -> QuicOrTcp
     let quic = dial_quic(shared, host, port, QUIC_HANDSHAKE);
     let probe = async {
         tokio::time::sleep(TCP_PROBE_AFTER).await;
-        tcp_connect(host, port).await
+        probe_port(host, port, Duration::from_secs(10)).await
     };
     tokio::pin!(quic, probe);
     let mut probed = false;
@@ -383,29 +383,44 @@ async fn dial_quic_or_probe(shared: &Shared, host: &str, port: u16) -> QuicOrTcp
             p = &mut probe, if !probed => {
                 probed = true;
                 match p {
-                    // The gateway is up: QUIC goes on trying; the probe's connection closes
-                    // here, before any TLS (the gateway logs that at debug).
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    // The gateway is up: QUIC goes on trying.
+                    PortProbe::Listening => {}
+                    PortProbe::Refused(e) => {
                         return QuicOrTcp::GatewayDown(format!(
                             "gateway is not listening: {e} (and no QUIC answer within {TCP_PROBE_AFTER:?})"
                         ));
                     }
                     // Dropped or unreachable: QUIC may still get through; keep waiting for it.
-                    Err(e) => debug!(error = %e, "TCP probe beside the QUIC dial failed"),
+                    PortProbe::NoAnswer(e) => debug!(error = %e, "TCP probe beside the QUIC dial failed"),
                 }
             }
         }
     }
 }
 
-/// A TCP connection to the gateway, given up after 10 s.
-async fn tcp_connect(host: &str, port: u16) -> std::io::Result<TcpStream> {
-    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TCP connect timed out"))?
-        .map_err(|e| std::io::Error::new(e.kind(), format!("TCP connect: {e}")))?;
-    Ok(tcp)
+/// What a TCP connect to the gateway's port found.
+enum PortProbe {
+    /// Something accepted it. The connection is closed at once, before any TLS (the gateway
+    /// logs that at debug).
+    Listening,
+    /// Refused: no process listens on the port.
+    Refused(std::io::Error),
+    /// Dropped, unreachable, or no answer within the limit: says nothing about the gateway.
+    NoAnswer(std::io::Error),
+}
+
+/// Tries a TCP connection to `host:port` for at most `limit`, to tell a gateway that has
+/// stopped (refused) from a path that is merely slow or lossy.
+async fn probe_port(host: &str, port: u16, limit: Duration) -> PortProbe {
+    match tokio::time::timeout(limit, TcpStream::connect((host, port))).await {
+        Ok(Ok(_)) => PortProbe::Listening,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => PortProbe::Refused(e),
+        Ok(Err(e)) => PortProbe::NoAnswer(e),
+        Err(_) => PortProbe::NoAnswer(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {limit:?}"),
+        )),
+    }
 }
 
 async fn connect_once(
@@ -437,7 +452,10 @@ async fn connect_once(
         return serve_quic(shared, gateway, leave, conn).await;
     }
     let tls = async {
-        let tcp = tcp_connect(host, port).await.map_err(|e| e.to_string())?;
+        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| "TCP connect timed out".to_owned())?
+            .map_err(|e| format!("TCP connect: {e}"))?;
         postern_net::h2::tune_socket(&tcp);
         let name =
             ServerName::try_from(host.to_owned()).map_err(|e| format!("server name: {e}"))?;
@@ -680,11 +698,10 @@ async fn gateway_gone(conn: &quinn::Connection, gateway: &str) {
             continue;
         }
         probed_at = Some(Instant::now());
-        let probe = TcpStream::connect((addr.host.as_str(), addr.port));
-        match tokio::time::timeout(Duration::from_secs(1), probe).await {
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
-            r => {
-                debug!(%gateway, connected = matches!(r, Ok(Ok(_))), "silent QUIC link: the gateway's port does not refuse connections")
+        match probe_port(&addr.host, addr.port, Duration::from_secs(1)).await {
+            PortProbe::Refused(_) => return,
+            p => {
+                debug!(%gateway, connected = matches!(p, PortProbe::Listening), "silent QUIC link: the gateway's port does not refuse connections")
             }
         }
     }

@@ -699,6 +699,24 @@ impl Deployment {
         (ok, format!("{out}{err}"))
     }
 
+    /// `postern-audit ARGS… DIR` on the gateway's audit directory, as an auditor runs it: its
+    /// standard output (the test fails if it fails).
+    pub fn audit_cli(&self, args: &[&str]) -> String {
+        let (ok, out, err) = run(Command::new(bin("postern-audit"))
+            .args(args)
+            .arg(self.path("gw/audit")));
+        assert!(ok, "postern-audit {}: {out}{err}", args.join(" "));
+        out
+    }
+
+    /// As [`Deployment::audit_cli`] with a `--json` (or NDJSON) output: its lines, parsed.
+    pub fn audit_cli_json(&self, args: &[&str]) -> Vec<Value> {
+        self.audit_cli(args)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
     pub fn events(&self, kind: &str) -> Vec<Value> {
         self.audit()
             .into_iter()

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use postern_e2e::dicom::{dicom_tag, make_study, storescu, Orthanc, ORTHANC_AET, VIEWER_AET};
-use postern_e2e::{bin, run, wait_for, Deployment};
+use postern_e2e::{run, wait_for, Deployment};
 use serde_json::Value;
 
 fn policy(dicom_port: u16) -> String {
@@ -286,10 +286,7 @@ fn ae_titles_and_services_are_enforced_on_the_connector_and_every_study_is_audit
     assert_eq!(retrieve["dicom"]["status"], "0000");
 
     // "Who opened this study?" — the auditor's question, answered from the log.
-    let (ok, out, err) = run(Command::new(bin("postern-audit"))
-        .args(["access", "--study", &study_uid])
-        .arg(d.path("gw/audit")));
-    assert!(ok, "postern-audit access: {out}{err}");
+    let out = d.audit_cli(&["access", "--study", &study_uid]);
     assert!(out.contains("alice@truro.nhs.uk"), "{out}");
 
     // The administrator's rule allows C-STORE: stored, and audited as a store.
@@ -318,11 +315,13 @@ fn ae_titles_and_services_are_enforced_on_the_connector_and_every_study_is_audit
     // the PS3.15 A.5.1 schema (jing), the retrieve as "DICOM Instances Transferred" naming the
     // study; and as FHIR AuditEvents naming it too.
     let atna = work.path().join("audit.atna");
-    let (ok, out, err) = run(Command::new(bin("postern-audit"))
-        .args(["export", "--format", "atna", "--out"])
-        .arg(&atna)
-        .arg(d.path("gw/audit")));
-    assert!(ok, "export --format atna: {out}{err}");
+    d.audit_cli(&[
+        "export",
+        "--format",
+        "atna",
+        "--out",
+        atna.to_str().unwrap(),
+    ]);
     let messages: Vec<String> = std::fs::read_to_string(&atna)
         .unwrap()
         .lines()
@@ -360,14 +359,7 @@ fn ae_titles_and_services_are_enforced_on_the_connector_and_every_study_is_audit
             .any(|m| m.contains("csd-code=\"110113\"") && m.contains("EVIL")),
         "no Security Alert for the refused AE title"
     );
-    let (ok, fhir, err) = run(Command::new(bin("postern-audit"))
-        .args(["export", "--format", "fhir"])
-        .arg(d.path("gw/audit")));
-    assert!(ok, "export --format fhir: {err}");
-    let resources: Vec<Value> = fhir
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let resources = d.audit_cli_json(&["export", "--format", "fhir"]);
     assert!(resources.iter().all(|r| r["resourceType"] == "AuditEvent"));
     assert!(
         resources.iter().any(|r| r.to_string().contains(&study_uid)),

@@ -1474,20 +1474,13 @@ fn a_sign_in_is_one_visit_per_endpoint_and_two_sign_ins_are_two() {
         2
     );
 
-    let (ok, out, err) = run(Command::new(bin("postern-audit"))
-        .args(["sessions", "--json"])
-        .arg(d.path("gw/audit")));
-    assert!(ok, "postern-audit sessions: {out}{err}");
-    let visits: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(visits.len(), 2, "{out}");
+    let visits = d.audit_cli_json(&["sessions", "--json"]);
+    assert_eq!(visits.len(), 2, "{visits:#?}");
     let of = |signin: &str| {
         visits
             .iter()
             .find(|v| v["signin"] == signin)
-            .unwrap_or_else(|| panic!("no visit of {signin}: {out}"))
+            .unwrap_or_else(|| panic!("no visit of {signin}: {visits:#?}"))
             .clone()
     };
     let (v1, v2) = (of(&minted[0]), of(&minted[1]));
@@ -1497,30 +1490,20 @@ fn a_sign_in_is_one_visit_per_endpoint_and_two_sign_ins_are_two() {
     assert_eq!(v1["source"], "127.0.0.1", "{v1}");
 
     // One sign-in's trail: where it was made and everything its sessions did.
-    let (ok, out, err) = run(Command::new(bin("postern-audit"))
-        .args(["search", "--json", "--signin", &minted[0]])
-        .arg(d.path("gw/audit")));
-    assert!(ok, "postern-audit search --signin: {out}{err}");
-    let trail: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let trail = d.audit_cli_json(&["search", "--json", "--signin", &minted[0]]);
     let kinds: Vec<&str> = trail.iter().map(|e| s(&e["type"])).collect();
     assert_eq!(
         kinds.iter().filter(|k| **k == "token.minted").count(),
         1,
-        "{out}"
+        "{kinds:?}"
     );
     assert_eq!(
         kinds.iter().filter(|k| **k == "session.start").count(),
         2,
-        "{out}"
+        "{kinds:?}"
     );
-    assert!(trail.iter().all(|e| e["signin"] == minted[0]), "{out}");
-    let (ok, out, err) = run(Command::new(bin("postern-audit"))
-        .args(["sessions", "--json", "--signin", &minted[1]])
-        .arg(d.path("gw/audit")));
-    assert!(ok, "postern-audit sessions --signin: {out}{err}");
-    assert_eq!(out.lines().count(), 1, "{out}");
-    assert!(out.contains("\"connections\":1"), "{out}");
+    assert!(trail.iter().all(|e| e["signin"] == minted[0]), "{trail:#?}");
+    let second = d.audit_cli_json(&["sessions", "--json", "--signin", &minted[1]]);
+    assert_eq!(second.len(), 1, "{second:#?}");
+    assert_eq!(second[0]["connections"], 1, "{second:#?}");
 }

@@ -70,7 +70,7 @@ pub(crate) fn session_event(audit: &Audit, s: &Session, kind: EventType) -> Even
     ev.report_only = (!s.report_only.is_empty()).then(|| s.report_only.clone());
     ev.egress_class = s.egress_class.clone();
     ev.device = s.subject.device_ref.clone();
-    ev.signin = Some(s.subject.signin());
+    ev.signin = Some(s.subject.claims.signin_id());
     ev
 }
 
@@ -153,7 +153,7 @@ pub fn denied(
     ev.source = Some(source.to_string());
     ev.user = subject.map(|s| s.user().to_owned());
     ev.device = subject.and_then(|s| s.device_ref.clone());
-    ev.signin = subject.map(Subject::signin);
+    ev.signin = subject.map(|s| s.claims.signin_id());
     ev.groups = subject.map(|s| s.groups().to_vec());
     ev.endpoint = Some(endpoint);
     ev.decision = Some(decision);

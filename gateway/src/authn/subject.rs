@@ -51,11 +51,6 @@ impl Subject {
         &self.claims.groups
     }
 
-    /// The sign-in (session token id) audit events tie this subject's connections to.
-    pub fn signin(&self) -> String {
-        self.claims.signin_id()
-    }
-
     /// The policy request for `endpoint` at `at`, with the break-glass reason if one was given.
     pub fn request<'a>(
         &'a self,

@@ -151,7 +151,7 @@ pub fn new_jti() -> Result<String, TokenError> {
 }
 
 /// The most characters of a token id ([`Claims::jti`]) that audit events carry.
-pub const SIGNIN_ID_MAX: usize = 64;
+const SIGNIN_ID_MAX: usize = 64;
 
 impl Claims {
     /// The sign-in this token stands for, as audit events name it (`signin`): its id, bounded.

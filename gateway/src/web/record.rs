@@ -60,7 +60,7 @@ pub fn request(audit: &Audit, s: &AppSession, o: Outcome) {
     ev.user_name = session.subject.claims.name.clone();
     ev.user_email = session.subject.claims.email.clone();
     ev.device = session.subject.device_ref.clone();
-    ev.signin = Some(session.subject.signin());
+    ev.signin = Some(session.subject.claims.signin_id());
     ev.source = Some(session.subject.source.to_string());
     ev.endpoint = Some(session.endpoint.clone());
     ev.connector = session.connector.clone();
